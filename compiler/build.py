@@ -1,0 +1,206 @@
+"""The compiled policy: IR, kernel, bound params and the arrays it runs on.
+
+`compile_policy(path, params)` is the Python API's front door; `CompiledPolicy.run`
+drives the kernel over arrays of events (the backtest and the live runtime both call
+`kernel.run` through `Session`, so there is one execution path).
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+
+from . import layout as L
+from .check import CheckedPolicy
+from .emit import emit
+from .frontend import Checked, check_policy
+from .hashing import COMPILER_VERSION, toolchain_versions
+from .ir import Program
+from .lower import lower
+from .passes import optimise
+
+
+@dataclass
+class Events:
+    """A batch of events as columns: `vals[:, c]` is `CompiledPolicy.columns[c]`."""
+
+    ts: np.ndarray      # int64 ns since the epoch, UTC
+    kind: np.ndarray    # int8, layout.MARKET / INTENT / ...
+    inst: np.ndarray    # int32 instrument index
+    vals: np.ndarray    # float64 [n, n_columns]
+
+    def __len__(self) -> int:
+        return len(self.ts)
+
+    @staticmethod
+    def market(ts, vals, inst=None) -> "Events":
+        n = len(ts)
+        return Events(np.ascontiguousarray(ts, dtype=np.int64), np.zeros(n, dtype=np.int8),
+                      np.zeros(n, dtype=np.int32) if inst is None else np.ascontiguousarray(inst, dtype=np.int32),
+                      np.ascontiguousarray(vals, dtype=np.float64).reshape(n, -1))
+
+
+@dataclass
+class RunResult:
+    orders: np.ndarray            # [n_orders, layout.ORDER_WIDTH]
+    equity: np.ndarray | None     # equity after each event
+    trace: np.ndarray | None      # [n_events, TRACE_FIXED + n_features]
+    reason_names: list[str]
+    feature_names: list[str]
+
+    def reasons_of(self, row: int) -> list[str]:
+        return L.decode_reasons(self.orders[row, L.O_REASONS], self.reason_names)
+
+
+@dataclass
+class Session:
+    """Mutable state of one run: feature state, account, orders. Snapshot = copy arrays."""
+
+    policy: "CompiledPolicy"
+    mode: int
+    fs: np.ndarray
+    pstate: np.ndarray
+    acct: np.ndarray
+    orders: np.ndarray
+    n_orders: int = 0
+
+    def feed(self, events: Events, equity_out=None, trace=None) -> None:
+        """Run the kernel over a batch; grows the order buffer as needed."""
+        pol = self.policy
+        trace_on = (1 if equity_out is not None else 0) | (2 if trace is not None else 0)
+        eq = equity_out if equity_out is not None else np.zeros(1)
+        tr = trace if trace is not None else np.zeros((1, 1))
+        start, n = 0, len(events)
+        while start < n:
+            start, self.n_orders = pol.kernel.run(
+                events.ts, events.kind, events.inst, events.vals, start, n, pol.param_vector, pol.state.windows,
+                pol.state.offsets, pol.config, self.fs, self.pstate, self.acct, self.orders, self.n_orders,
+                self.mode, eq, tr, trace_on)
+            if start < n:
+                grown = np.empty((len(self.orders) * 2, L.ORDER_WIDTH))
+                grown[: self.n_orders] = self.orders[: self.n_orders]
+                self.orders = grown
+
+    def snapshot(self) -> dict:
+        return {"fs": self.fs.copy(), "pstate": self.pstate.copy(), "acct": self.acct.copy(),
+                "orders": self.orders[: self.n_orders].copy()}
+
+    def restore(self, snap: dict) -> None:
+        self.fs, self.pstate, self.acct = snap["fs"].copy(), snap["pstate"].copy(), snap["acct"].copy()
+        self.orders = np.empty((max(len(snap["orders"]) * 2, 64), L.ORDER_WIDTH))
+        self.orders[: len(snap["orders"])] = snap["orders"]
+        self.n_orders = len(snap["orders"])
+
+
+@dataclass
+class CompiledPolicy:
+    checked: CheckedPolicy
+    program: Program
+    source: str
+    kernel_path: Path
+    kernel: object
+    policy_hash: str
+    build_hash: str
+    params: dict = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        return self.checked.name
+
+    @property
+    def instruments(self) -> list[str]:
+        return self.checked.instruments
+
+    @property
+    def columns(self) -> list[str]:
+        return self.program.columns
+
+    @property
+    def feature_names(self) -> list[str]:
+        return list(self.program.features)
+
+    @property
+    def reason_names(self) -> list[str]:
+        return L.reason_names(self.program)
+
+    @property
+    def param_vector(self) -> np.ndarray:
+        return L.param_vector(self.program, self.params)
+
+    @property
+    def state(self) -> L.StateLayout:
+        return L.state_layout(self.program, [self.params[n] for n in self.program.params])
+
+    @property
+    def config(self) -> np.ndarray:
+        return L.config_vector(self.checked.risk, self.checked.account)
+
+    def with_params(self, **overrides) -> "CompiledPolicy":
+        """The same kernel under new param values: checked and hashed again, never recompiled."""
+        result = check_policy(self.checked.parsed, {**self.params, **overrides})
+        program = optimise(lower(result.checked))
+        if emit(program, result.checked) != self.source:
+            return compile_checked(result)
+        return CompiledPolicy(result.checked, program, self.source, self.kernel_path, self.kernel,
+                              result.policy_hash, result.build_hash, dict(result.checked.params))
+
+    def session(self, mode: int = L.FILL_NEXT, account: dict | None = None) -> Session:
+        settings = {**self.checked.account, **(account or {})}
+        acct, pstate = L.initial_account(len(self.instruments), len(self.program.custom), settings)
+        layout = self.state
+        fs = np.zeros((len(self.instruments), layout.width))
+        return Session(self, mode, fs, pstate, acct, np.empty((1024, L.ORDER_WIDTH)))
+
+    def run(self, events: Events, mode: int = L.FILL_NEXT, *, record_equity: bool = True,
+            trace: bool = False) -> RunResult:
+        """Run a whole batch from a fresh account (a backtest in one call)."""
+        s = self.session(mode)
+        equity = np.empty(len(events)) if record_equity else None
+        tr = np.full((len(events), L.TRACE_FIXED + len(self.program.features)), np.nan) if trace else None
+        s.feed(events, equity, tr)
+        return RunResult(s.orders[: s.n_orders].copy(), equity, tr, self.reason_names, self.feature_names)
+
+    def manifest(self) -> dict:
+        return {
+            "policy": self.name,
+            "version": self.checked.parsed.version,
+            "policy_hash": self.policy_hash,
+            "build_hash": self.build_hash,
+            "params": self.params,
+            "instruments": self.instruments,
+            "inputs": self.checked.inputs,
+            "market_fields": self.checked.fields,
+            "columns": self.columns,
+            "features": self.feature_names,
+            "reasons": self.reason_names,
+            "compiler": {"policyc": COMPILER_VERSION},
+            "toolchain": toolchain_versions(),
+            "kernel": {"file": "kernel.py", "cache_path": str(self.kernel_path)},
+            "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        }
+
+
+def compile_checked(result: Checked) -> CompiledPolicy:
+    from .jit import load_kernel
+
+    program = optimise(lower(result.checked))
+    source = emit(program, result.checked)
+    module, path = load_kernel(source)
+    return CompiledPolicy(result.checked, program, source, path, module, result.policy_hash, result.build_hash,
+                          dict(result.checked.params))
+
+
+def compile_policy(source, params: dict | None = None) -> CompiledPolicy:
+    """Load, check and compile a policy file (or a ParsedPolicy) with param overrides."""
+    return compile_checked(check_policy(source, params))
+
+
+def write_artifact(compiled: CompiledPolicy, out: Path) -> dict:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "kernel.py").write_text(compiled.source)
+    manifest = compiled.manifest()
+    (out / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    return manifest

@@ -1,0 +1,447 @@
+"""Name resolution, type checking, param binding and feature ordering.
+
+`check(parsed, overrides)` turns a parsed policy into a `CheckedPolicy` whose every name
+is resolved, every expression typed, every window and lookback bound to an integer in
+range, and whose features are in dependency order. It imports no Numba: `validate`
+runs exactly this.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from dsl import expressions as ex
+from dsl.diagnostics import Diagnostic, PolicyError, Span, did_you_mean, error, warning
+from dsl.document import ACCOUNT_KEYS, RISK_KEYS, ParsedPolicy
+
+from .builtins import (BOOL, FUNCTIONS, MARKET_FIELDS, MAX_LOOKBACK, MAX_WINDOW, NUM, RESERVED, STATE_VALUES,
+                       TIME, TIMESTAMP)
+
+COMMAND_LINE = "<command line>"
+
+#: Bounds of risk values by kind: (lowest, highest, integer?) ; None means unbounded.
+_KIND_BOUNDS = {
+    "fraction": (0.0, None, False), "units": (0.0, None, False), "money": (0.0, None, False),
+    "rate": (0.0, None, False), "count": (0.0, None, True), "window": (2.0, MAX_WINDOW, True),
+    "duration": (0.0, None, False),
+}
+_AT_MOST_ONE = {"max_drawdown", "max_daily_loss", "stop_loss", "trailing_stop"}
+_ACCOUNT_BOUNDS = {"initial_equity": (0.0, False), "margin_rate": (0.0, False), "fees_bps": (0.0, True),
+                   "slippage_bps": (0.0, True)}
+
+
+@dataclass
+class CheckedPolicy:
+    parsed: ParsedPolicy
+    params: dict[str, float | bool]
+    param_types: dict[str, str]
+    feature_types: dict[str, str]
+    feature_order: list[str]
+    fields: list[str]                  # market fields read, in MARKET_FIELDS order
+    inputs: list[str]
+    risk: dict[str, float]             # bound limits; durations in seconds, bools 1.0/0.0
+    account: dict[str, float]
+    warnings: list[Diagnostic] = field(default_factory=list)
+
+    @property
+    def name(self) -> str:
+        return self.parsed.name
+
+    @property
+    def instruments(self) -> list[str]:
+        return [i.name for i in self.parsed.instruments]
+
+
+def parse_param_value(text: str) -> float | bool | None:
+    """A param value from the command line: a number, a percentage, or true/false."""
+    t = text.strip()
+    if t.lower() in ("true", "false"):
+        return t.lower() == "true"
+    try:
+        return float(t[:-1]) / 100.0 if t.endswith("%") else float(t)
+    except ValueError:
+        return None
+
+
+def bind_params(parsed: ParsedPolicy, overrides: dict[str, str | float | bool] | None) -> dict[str, float | bool]:
+    """Defaults with overrides applied; unknown names and wrong types are E301."""
+    values = {name: decl.value for name, decl in parsed.params.items()}
+    errors = []
+    for name, raw in (overrides or {}).items():
+        where = Span(COMMAND_LINE, 1, 1, 1, len(f"{name}={raw}") + 1)
+        if name not in values:
+            hint = did_you_mean(name, values) or (f"params of this policy: {', '.join(values)}" if values
+                                                 else "this policy declares no params")
+            errors.append(error("E301", where, f"unknown param `{name}`", hint))
+            continue
+        value = raw if isinstance(raw, (bool, int, float)) else parse_param_value(str(raw))
+        if isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if value is None or isinstance(value, bool) != isinstance(values[name], bool):
+            want = "true or false" if isinstance(values[name], bool) else "a number"
+            errors.append(error("E301", where, f"param `{name}` must be {want}, not `{raw}`"))
+            continue
+        if isinstance(value, float) and value != value:
+            errors.append(error("E301", where, f"param `{name}` must be a number, not NaN"))
+            continue
+        values[name] = value
+    if errors:
+        raise PolicyError(errors)
+    return values
+
+
+class _Checker:
+    def __init__(self, parsed: ParsedPolicy, params: dict[str, float | bool]):
+        self.p = parsed
+        self.params = params
+        self.param_types = {k: BOOL if isinstance(v, bool) else NUM for k, v in params.items()}
+        self.inputs = [i.name for i in parsed.inputs]
+        self.errors: list[Diagnostic] = []
+        self.feature_types: dict[str, str] = {}
+        self._typing: set[str] = set()
+        self.fields: set[str] = {"price"}
+        self.uses: dict[str, set[str]] = {}      # feature -> features it reads (any lookback)
+        self.edges: dict[str, set[str]] = {}     # feature -> features it reads at lookback 0
+
+    # ---- names -------------------------------------------------------------------
+    def check_definitions(self):
+        kinds: dict[str, tuple[str, Span]] = {}
+        decls = [("param", d.name, d.span) for d in self.p.params.values()]
+        decls += [("input", d.name, d.span) for d in self.p.inputs]
+        decls += [("feature", d.name, d.span) for d in self.p.features.values()]
+        for kind, name, span in decls:
+            if name in RESERVED:
+                what = "function" if name in FUNCTIONS else "built-in name"
+                self.errors.append(error("E205", span, f"{kind} `{name}` clashes with the {what} `{name}`",
+                                         f"rename the {kind}, e.g. `my_{name}`"))
+            elif name in kinds:
+                other, other_span = kinds[name]
+                self.errors.append(error("E205", span, f"`{name}` is defined twice: as a {other} and as a {kind}",
+                                         f"the {other} is defined at line {other_span.line}"))
+            else:
+                kinds[name] = (kind, span)
+
+    def all_names(self) -> list[str]:
+        return [*self.params, *self.inputs, *self.p.features, *MARKET_FIELDS, *STATE_VALUES, TIMESTAMP]
+
+    # ---- integer arguments ---------------------------------------------------------
+    def integer_arg(self, node: ex.Node, what: str, lo: int, hi: int) -> int | None:
+        if isinstance(node, ex.Number):
+            value, source = node.value, "literal"
+        elif isinstance(node, ex.Name) and node.id in self.params and self.param_types[node.id] == NUM:
+            value, source = self.params[node.id], f"param `{node.id}`"
+        elif isinstance(node, ex.Name) and node.id not in self.all_names():
+            self.errors.append(error("E201", node.span, f"unknown name `{node.id}` in {what}",
+                                     did_you_mean(node.id, self.params) or "windows and lookbacks are literals or params"))
+            return None
+        else:
+            self.errors.append(error("E206", node.span, f"{what} must be an integer literal or a param",
+                                     "computed windows and lookbacks are not allowed; declare a param"))
+            return None
+        if value != int(value) or not lo <= value <= hi:
+            shown = int(value) if value == int(value) else value
+            self.errors.append(error("E207", node.span, f"{what} is {shown} ({source}); it must be an integer from {lo} to {hi:,}"))
+            return None
+        return int(value)
+
+    # ---- types -----------------------------------------------------------------------
+    def type_of(self, node: ex.Node, owner: str | None, lookback: int = 0) -> str | None:
+        """Type of an expression; records names read by feature `owner`."""
+        if isinstance(node, ex.Number):
+            return NUM
+        if isinstance(node, ex.Boolean):
+            return BOOL
+        if isinstance(node, ex.Duration):
+            self.errors.append(error("E103", node.span, "a duration is only allowed as a risk value such as `stale_after`",
+                                     f"write the number of seconds, {node.seconds:g}, if you meant a number"))
+            return None
+        if isinstance(node, ex.Name):
+            return self.name_type(node, owner, lookback)
+        if isinstance(node, ex.Lookback):
+            k = self.integer_arg(node.k, "a lookback", 0, MAX_LOOKBACK)
+            t = self.type_of(node.target, owner, lookback + (k or 0) if k is not None else lookback + 1)
+            if t == TIME:
+                self.errors.append(error("E204", node.span, "`ts` has no lookback"))
+                return None
+            return t
+        if isinstance(node, ex.Unary):
+            t = self.type_of(node.operand, owner, lookback)
+            want = BOOL if node.op == "not" else NUM
+            self.expect(node.operand, t, want, f"`{node.op}`")
+            return want
+        if isinstance(node, ex.Binary):
+            return self.binary_type(node, owner, lookback)
+        if isinstance(node, ex.Cond):
+            self.expect(node.test, self.type_of(node.test, owner, lookback), BOOL, "`if`")
+            a, b = self.type_of(node.then, owner, lookback), self.type_of(node.orelse, owner, lookback)
+            if a and b and a != b:
+                self.errors.append(error("E204", node.span, f"the branches of `if` have different types: {a} and {b}",
+                                         "both `then` and `else` must be numbers, or both true/false"))
+            if TIME in (a, b):
+                self.errors.append(error("E204", node.span, "`ts` can only be passed to hour, minute_of_day or day_of_week"))
+            return a or b
+        if isinstance(node, ex.Call):
+            return self.call_type(node, owner, lookback)
+        raise TypeError(node)
+
+    def expect(self, node: ex.Node, got: str | None, want: str, context: str):
+        if got is None or got == want:
+            return
+        if got == TIME:
+            self.errors.append(error("E204", node.span, "`ts` can only be passed to hour, minute_of_day or day_of_week"))
+            return
+        words = {NUM: "a number", BOOL: "true/false"}
+        help_ = None
+        if want == BOOL and got == NUM:
+            help_ = "compare it, e.g. `x > 0`"
+        elif want == NUM and got == BOOL:
+            help_ = "use `if c then 1 else 0` to turn a condition into a number"
+        self.errors.append(error("E204", node.span, f"{context} needs {words[want]}, but this is {words[got]}", help_))
+
+    def binary_type(self, node: ex.Binary, owner, lookback) -> str | None:
+        lt, rt = self.type_of(node.left, owner, lookback), self.type_of(node.right, owner, lookback)
+        if node.op in ex.LOGICAL:
+            self.expect(node.left, lt, BOOL, f"`{node.op}`")
+            self.expect(node.right, rt, BOOL, f"`{node.op}`")
+            return BOOL
+        if node.op in ex.COMPARISONS:
+            if node.op in ("==", "!=") and lt == rt == BOOL:
+                return BOOL
+            self.expect(node.left, lt, NUM, f"`{node.op}`")
+            self.expect(node.right, rt, NUM, f"`{node.op}`")
+            return BOOL
+        self.expect(node.left, lt, NUM, f"`{node.op}`")
+        self.expect(node.right, rt, NUM, f"`{node.op}`")
+        return NUM
+
+    def name_type(self, node: ex.Name, owner, lookback) -> str | None:
+        name = node.id
+        if name in self.params:
+            return self.param_types[name]
+        if name in self.inputs:
+            return NUM
+        if name in self.p.features:
+            if owner is not None:
+                self.uses.setdefault(owner, set()).add(name)
+                if lookback == 0:
+                    self.edges.setdefault(owner, set()).add(name)
+            return self.feature_type(name)
+        if name in MARKET_FIELDS:
+            self.fields.add(name)
+            return NUM
+        if name in STATE_VALUES:
+            return NUM
+        if name == TIMESTAMP:
+            return TIME
+        if name in FUNCTIONS:
+            self.errors.append(error("E201", node.span, f"`{name}` is a function, not a value",
+                                     f"call it: `{name}({', '.join(FUNCTIONS[name].params)})`"))
+            return None
+        self.errors.append(error("E201", node.span, f"unknown name `{name}`",
+                                 did_you_mean(name, self.all_names()) or _name_help(name)))
+        return None
+
+    def feature_type(self, name: str) -> str | None:
+        if name in self.feature_types:
+            return self.feature_types[name]
+        if name in self._typing:      # reached again through a lookback: settled on return
+            return NUM
+        self._typing.add(name)
+        t = self.type_of(self.p.features[name].expr, name)
+        self._typing.discard(name)
+        if t == TIME:
+            self.errors.append(error("E204", self.p.features[name].expr.span, "a feature cannot be `ts` itself",
+                                     "use hour(ts), minute_of_day(ts) or day_of_week(ts)"))
+        self.feature_types[name] = t
+        return t
+
+    def call_type(self, node: ex.Call, owner, lookback) -> str | None:
+        sig = FUNCTIONS.get(node.func)
+        if sig is None:
+            help_ = did_you_mean(node.func, FUNCTIONS)
+            if node.func in self.all_names():
+                help_ = f"`{node.func}` is a value, not a function"
+            self.errors.append(error("E202", node.func_span, f"unknown function `{node.func}`", help_))
+            for arg in node.args:
+                self.type_of(arg, owner, lookback)
+            return None
+        n, most = len(node.args), len(sig.params)
+        least = most - sig.optional
+        if (n < least) or (n > most and not sig.variadic):
+            want = f"{least}" if least == most else f"{least} or {most}"
+            if sig.variadic:
+                want = f"{least} or more"
+            self.errors.append(error("E203", node.span, f"`{node.func}` takes {want} argument{'s' if most != 1 else ''}, got {n}",
+                                     f"usage: {node.func}({', '.join(sig.params)}{', ...' if sig.variadic else ''})"))
+            return sig.result
+        kinds = list(sig.params) + [sig.params[-1]] * (n - most)
+        for arg, kind in zip(node.args, kinds):
+            if kind == "window":
+                self.integer_arg(arg, f"the window of `{node.func}`", 1, MAX_WINDOW)
+            elif kind == "lag":
+                self.integer_arg(arg, f"the lookback of `{node.func}`", 1, MAX_LOOKBACK)
+            else:
+                t = self.type_of(arg, owner, lookback)
+                self.expect(arg, t, kind, f"`{node.func}`")
+        if node.func == "atr":
+            self.fields.update(("high", "low", "close"))
+        return sig.result
+
+    # ---- ordering --------------------------------------------------------------------
+    def order_features(self) -> list[str]:
+        order, state = [], {}
+        names = list(self.p.features)
+
+        def visit(name: str, trail: list[str]):
+            if state.get(name) == "done":
+                return
+            if state.get(name) == "active":
+                cycle = trail[trail.index(name):] + [name]
+                decl = self.p.features[name]
+                self.errors.append(error("E208", decl.span,
+                                         f"features depend on each other with no lookback: {' -> '.join(cycle)}",
+                                         f"break the cycle with a lookback of 1 or more, e.g. `{cycle[1] if len(cycle) > 1 else name}[1]`"))
+                raise _Cycle()
+            state[name] = "active"
+            for dep in sorted(self.edges.get(name, ()), key=names.index):
+                visit(dep, trail + [name])
+            state[name] = "done"
+            order.append(name)
+
+        for name in names:
+            try:
+                visit(name, [])
+            except _Cycle:
+                return names
+        return order
+
+    # ---- constants -------------------------------------------------------------------
+    def constant(self, node: ex.Node, key: str):
+        """Evaluate a risk or account value: literals and params only."""
+        if isinstance(node, (ex.Number, ex.Boolean)):
+            return node.value
+        if isinstance(node, ex.Duration):
+            return ("duration", node.seconds)
+        if isinstance(node, ex.Name):
+            if node.id in self.params:
+                return self.params[node.id]
+            self.errors.append(error("E209", node.span, f"`{key}` must be a constant; `{node.id}` is not a param",
+                                     did_you_mean(node.id, self.params) or "limits may use literals and params only"))
+            return None
+        if isinstance(node, ex.Unary) and node.op == "-":
+            v = self.constant(node.operand, key)
+            return -v if isinstance(v, float) else None
+        if isinstance(node, ex.Binary) and node.op in ex.ARITHMETIC:
+            a, b = self.constant(node.left, key), self.constant(node.right, key)
+            if not isinstance(a, float) or not isinstance(b, float) or isinstance(a, bool) or isinstance(b, bool):
+                return None
+            try:
+                return {"+": a + b, "-": a - b, "*": a * b, "/": a / b if b else float("nan"), "**": a ** b}[node.op]
+            except (OverflowError, ZeroDivisionError):
+                return float("nan")
+        self.errors.append(error("E209", node.span, f"`{key}` must be a constant: a number, a param or arithmetic on them"))
+        return None
+
+    def risk_values(self) -> dict[str, float]:
+        out = {}
+        for key, decl in (self.p.risk or {}).items():
+            kind = RISK_KEYS[key]
+            v = self.constant(decl.expr, key)
+            if v is None:
+                continue
+            if kind == "bool":
+                if not isinstance(v, bool):
+                    self.errors.append(error("E007", decl.span, f"`{key}` must be true or false"))
+                    continue
+                out[key] = 1.0 if v else 0.0
+                continue
+            if kind == "duration":
+                if not isinstance(v, tuple):
+                    self.errors.append(error("E103", decl.span, f"`{key}` needs a duration such as `2s` or `500ms`",
+                                             f"write `{v:g}s` for {v:g} seconds" if isinstance(v, float) else None))
+                    continue
+                v = v[1]
+            elif isinstance(v, tuple):
+                self.errors.append(error("E103", decl.span, f"`{key}` is not a duration; give a number"))
+                continue
+            elif isinstance(v, bool):
+                self.errors.append(error("E007", decl.span, f"`{key}` must be a number, not true/false"))
+                continue
+            lo, hi, integer = _KIND_BOUNDS[kind]
+            bad = v != v or v <= lo if kind != "count" else v < lo
+            if key in _AT_MOST_ONE and v > 1.0:
+                bad = True
+            if bad or (hi is not None and v > hi) or (integer and v != int(v)):
+                rule = {"fraction": "a fraction above 0 such as `3%`", "count": "a whole number 0 or more",
+                        "window": f"a whole number from 2 to {MAX_WINDOW:,}"}.get(kind, "a number above 0")
+                if key in _AT_MOST_ONE:
+                    rule = "a fraction above 0 and at most 100%"
+                self.errors.append(error("E007", decl.span, f"`{key}` must be {rule}, not {v:g}"))
+                continue
+            out[key] = float(v)
+        return out
+
+    def account_values(self) -> dict[str, float]:
+        out = dict(ACCOUNT_KEYS)
+        for key, decl in self.p.account.items():
+            v = self.constant(decl.expr, key)
+            if v is None:
+                continue
+            lo, inclusive = _ACCOUNT_BOUNDS[key]
+            if isinstance(v, (bool, tuple)) or v != v or v < lo or (v == lo and not inclusive) or v == float("inf"):
+                rule = "0 or more" if inclusive else "above 0"
+                self.errors.append(error("E007", decl.span, f"`account.{key}` must be a number {rule}"))
+                continue
+            out[key] = float(v)
+        return out
+
+
+class _Cycle(Exception):
+    pass
+
+
+def _name_help(name: str) -> str | None:
+    if name in ("True", "False", "TRUE", "FALSE"):
+        return f"write `{name.lower()}`"
+    if name in ("AND", "OR", "NOT", "And", "Or", "Not", "IF", "If"):
+        return f"keywords are lower case: `{name.lower()}`"
+    return "names are params, features, inputs, market fields (price, close, ...) or state values (position, equity, ...)"
+
+
+def check(parsed: ParsedPolicy, overrides: dict | None = None) -> CheckedPolicy:
+    """Resolve, type and bind a parsed policy, or raise PolicyError with every problem found."""
+    params = bind_params(parsed, overrides)
+    c = _Checker(parsed, params)
+    c.check_definitions()
+    for name in parsed.features:
+        c.feature_type(name)
+    for rule in parsed.signals:
+        c.expect(rule.when, c.type_of(rule.when, None), BOOL, "a rule's `when`")
+        c.expect(rule.target, c.type_of(rule.target, None), NUM, "a rule's `target`")
+    for rule in parsed.custom:
+        c.expect(rule.when, c.type_of(rule.when, None), BOOL, f"custom rule `{rule.name}`'s `when`")
+    risk = c.risk_values()
+    account = c.account_values()
+    order = c.order_features() if not c.errors else list(parsed.features)
+    if c.errors:
+        raise PolicyError(sorted(c.errors, key=lambda d: (d.span.file, d.span.line, d.span.column)))
+    warnings = list(parsed.warnings) + _unused_features(parsed, c)
+    return CheckedPolicy(
+        parsed=parsed, params=params, param_types=c.param_types, feature_types=c.feature_types,
+        feature_order=order, fields=[f for f in MARKET_FIELDS if f in c.fields], inputs=c.inputs,
+        risk=risk, account=account, warnings=warnings,
+    )
+
+
+def _unused_features(parsed: ParsedPolicy, c: _Checker) -> list[Diagnostic]:
+    roots: set[str] = set()
+    for node in [r.when for r in parsed.signals] + [r.target for r in parsed.signals] + [r.when for r in parsed.custom]:
+        roots.update(n.id for n in ex.walk(node) if isinstance(n, ex.Name) and n.id in parsed.features)
+    seen, stack = set(), list(roots)
+    while stack:
+        name = stack.pop()
+        if name not in seen:
+            seen.add(name)
+            stack.extend(c.uses.get(name, ()))
+    return [warning("W002", d.span, f"feature `{name}` is never used by a rule",
+                    "it is still computed and traced; remove it if it is not needed")
+            for name, d in parsed.features.items() if name not in seen]

@@ -1,0 +1,181 @@
+"""`policyc`: the command line. Exit 0 on success, 1 on diagnostics, 2 on usage errors.
+
+No Python traceback ever reaches the user: policy problems are diagnostics, usage
+problems are argparse messages, and anything unexpected is reported as an internal
+error with exit 3.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from dsl.diagnostics import ERROR, Diagnostic, PolicyError, render_json, render_text, sort_key
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # usage errors: exit 2 with a one-line reason
+        self.print_usage(sys.stderr)
+        self.exit(2, f"policyc: error: {message}\n")
+
+
+def _param(text: str) -> tuple[str, str]:
+    if "=" not in text:
+        raise argparse.ArgumentTypeError(f"expected NAME=VALUE, got `{text}`")
+    name, _, value = text.partition("=")
+    return name.strip(), value.strip()
+
+
+def _add_params(p: argparse.ArgumentParser):
+    p.add_argument("-p", "--param", dest="params", action="append", type=_param, default=[],
+                   metavar="NAME=VALUE", help="override a param (repeatable)")
+
+
+def _add_format(p: argparse.ArgumentParser):
+    p.add_argument("--format", choices=("text", "json"), default="text")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="policyc", description="Compile, check and run trading policies.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    v = sub.add_parser("validate", help="check policy files and print their hashes")
+    v.add_argument("files", nargs="+", metavar="FILE")
+    _add_params(v)
+    _add_format(v)
+    c = sub.add_parser("compile", help="compile a policy to a Numba kernel and a manifest")
+    c.add_argument("file", metavar="FILE")
+    _add_params(c)
+    c.add_argument("-o", "--out", default=None, metavar="DIR", help="output directory (default: build/POLICY)")
+    _add_format(c)
+    h = sub.add_parser("hash", help="print the policy hash")
+    h.add_argument("file", metavar="FILE")
+    _add_params(h)
+    e = sub.add_parser("explain", help="show the compiled plan")
+    e.add_argument("file", metavar="FILE")
+    _add_params(e)
+    e.add_argument("--ir", action="store_true", help="also print the optimised IR")
+    return parser
+
+
+def _print_diagnostics(diags: list[Diagnostic], fmt: str, out=sys.stderr):
+    if fmt == "json":
+        return
+    cache: dict[str, list[str] | None] = {}
+    for d in sorted(diags, key=sort_key):
+        if d.span.file not in cache:
+            cache[d.span.file] = _source_lines(d.span.file)
+        print(render_text(d, cache[d.span.file]), file=out)
+
+
+def _source_lines(name: str) -> list[str] | None:
+    try:
+        path = Path(name)
+        if path.is_file() and path.stat().st_size <= 1_000_000:
+            return path.read_text(encoding="utf-8", errors="replace").split("\n")
+    except OSError:
+        pass
+    return None
+
+
+def _require_files(parser, files):
+    for f in files:
+        if not Path(f).exists():
+            parser.error(f"no such file: {f}")
+
+
+def cmd_validate(args, parser) -> int:
+    from .frontend import diagnose
+
+    _require_files(parser, args.files)
+    overrides = dict(args.params)
+    all_diags, failed, lines = [], False, []
+    for f in args.files:
+        result, diags = diagnose(f, overrides)
+        all_diags += diags
+        if result is None:
+            failed = True
+        else:
+            lines.append(f"ok {f} {result.policy_hash}")
+    if args.format == "json":
+        print(render_json(sorted(all_diags, key=sort_key)))
+    else:
+        _print_diagnostics(all_diags, "text")
+        for line in lines:
+            print(line)
+    return 1 if failed else 0
+
+
+def _checked_or_exit(args, parser):
+    from .frontend import diagnose
+
+    _require_files(parser, [args.file])
+    result, diags = diagnose(args.file, dict(args.params))
+    fmt = getattr(args, "format", "text")
+    if result is None:
+        if fmt == "json":
+            print(render_json(sorted(diags, key=sort_key)))
+        else:
+            _print_diagnostics(diags, "text")
+        return None
+    _print_diagnostics(diags, "text")
+    return result
+
+
+def cmd_hash(args, parser) -> int:
+    result = _checked_or_exit(args, parser)
+    if result is None:
+        return 1
+    print(result.policy_hash)
+    return 0
+
+
+def cmd_compile(args, parser) -> int:
+    from .build import compile_checked, write_artifact
+
+    result = _checked_or_exit(args, parser)
+    if result is None:
+        return 1
+    compiled = compile_checked(result)
+    out = Path(args.out or Path("build") / compiled.name)
+    manifest = write_artifact(compiled, out)
+    if args.format == "json":
+        print(json.dumps(manifest, indent=2))
+    else:
+        print(f"policy_hash {compiled.policy_hash}")
+        print(f"build_hash  {compiled.build_hash}")
+        print(f"wrote {out / 'manifest.json'} and {out / 'kernel.py'}")
+    return 0
+
+
+def cmd_explain(args, parser) -> int:
+    from .explain import explain
+
+    result = _checked_or_exit(args, parser)
+    if result is None:
+        return 1
+    print(explain(result, show_ir=args.ir))
+    return 0
+
+
+COMMANDS = {"validate": cmd_validate, "hash": cmd_hash, "compile": cmd_compile, "explain": cmd_explain}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return COMMANDS[args.command](args, parser)
+    except PolicyError as exc:
+        _print_diagnostics(exc.diagnostics, "text")
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

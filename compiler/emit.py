@@ -1,0 +1,205 @@
+"""Code generation: optimised IR -> Python source for Numba, through jinja2 templates.
+
+Each op becomes a local `v<N>`; stateful ops read and write their instrument's row of
+the feature-state array at offsets given by the layout (kernel arguments), so param
+values never change the source. Risk steps absent from the policy emit no code.
+"""
+from __future__ import annotations
+
+import math
+from functools import lru_cache
+from types import SimpleNamespace
+
+import jinja2
+
+from . import layout as L
+from .builtins import BOOL
+from .check import CheckedPolicy
+from .ir import Program
+from .semantics import NS_PER_DAY, NS_PER_HOUR, NS_PER_MINUTE
+
+_STATE_EXPR = {
+    "position": f"pstate[i, {L.P_POS}]",
+    "entry_price": f"pstate[i, {L.P_ENTRY}]",
+    "unrealized_pnl": f"(pstate[i, {L.P_POS}] * (pstate[i, {L.P_LAST}] - pstate[i, {L.P_ENTRY}]) "
+                      f"if pstate[i, {L.P_POS}] != 0.0 else 0.0)",
+    "equity": f"acct[{L.A_EQUITY}]",
+    "cash": f"acct[{L.A_CASH}]",
+    "drawdown": f"((acct[{L.A_PEAK}] - acct[{L.A_EQUITY}]) / acct[{L.A_PEAK}] if acct[{L.A_PEAK}] > 0.0 else 0.0)",
+    "margin_usage": f"(gross_exposure(pstate) * cfg[{L.C['margin_rate']}] / acct[{L.A_EQUITY}] "
+                    f"if acct[{L.A_EQUITY}] > 0.0 else NAN)",
+    "orders_today": f"acct[{L.A_ORDERS_TODAY}]",
+}
+_UNARY_NUMPY = {"log": "np.log", "exp": "np.exp", "sqrt": "np.sqrt", "sign": "np.sign", "floor": "np.floor",
+                "ceil": "np.ceil"}
+_TIME = {"hour": f"float((t // {NS_PER_HOUR}) % 24)", "minute_of_day": f"float((t // {NS_PER_MINUTE}) % 1440)",
+         "day_of_week": f"float((t // {NS_PER_DAY} + 3) % 7)"}
+
+
+@lru_cache(maxsize=1)
+def _environment() -> jinja2.Environment:
+    return jinja2.Environment(
+        loader=jinja2.PackageLoader("compiler", "templates"),
+        undefined=jinja2.StrictUndefined, keep_trailing_newline=True, trim_blocks=False,
+    )
+
+
+def _literal(value) -> str:
+    if isinstance(value, bool):
+        return "True" if value else "False"
+    if math.isnan(value):
+        return "NAN"
+    if math.isinf(value):
+        return "INF" if value > 0 else "-INF"
+    return repr(float(value))
+
+
+def _nan_guard(args: list[str]) -> str:
+    return " or ".join(f"{a} != {a}" for a in args)
+
+
+class _Emitter:
+    def __init__(self, program: Program):
+        self.p = program
+        self.slots = L.slots(program)
+        self.slot_of = {(s.op, s.kind): n for n, s in enumerate(self.slots)}
+        self.env = _environment()
+        self.ops_macros = self.env.get_template("ops.j2").module
+        self.lag_ks: dict[tuple, str] = {}
+
+    def name(self, j: int) -> str:
+        op = self.p.ops[j]
+        return "t" if op.kind == "ts" else f"v{j}"
+
+    def k_expr(self, spec: tuple) -> str:
+        if spec[0] == "const":
+            return str(spec[1])
+        name = f"lag_k{spec[1]}"
+        self.lag_ks[spec] = name
+        return name
+
+    def history(self, source: int) -> SimpleNamespace:
+        n = self.slot_of[(source, "history")]
+        slot = self.slots[n]
+        unit = all(spec == ("const", 1) for spec in slot.size_spec)
+        value = self.name(source)
+        if self.p.ops[source].type == BOOL:
+            value = f"(1.0 if {value} else 0.0)"
+        return SimpleNamespace(o=f"o{n}", n=f"n{n}", unit=unit, value=value)
+
+    def op_code(self, j: int) -> str:
+        op = self.p.ops[j]
+        v = self.name(j)
+        a = [self.name(x) for x in op.args]
+        k = op.kind
+        if k == "ts":
+            return ""
+        if k == "const":
+            return f"{v} = {_literal(op.attr[0])}"
+        if k == "param":
+            return f"{v} = p{op.attr[0]}"
+        if k == "field":
+            return f"{v} = vals[e, {op.attr[0]}]"
+        if k == "state":
+            return f"{v} = {_STATE_EXPR[op.attr[0]]}"
+        if k == "neg":
+            return f"{v} = -{a[0]}"
+        if k == "not":
+            return f"{v} = not {a[0]}"
+        if k in ("and", "or"):
+            return f"{v} = {a[0]} {k} {a[1]}"
+        if k == "arith":
+            return f"{v} = {a[0]} {op.attr[0]} {a[1]}"
+        if k == "cmp":
+            if op.attr[0] == "!=" and self.p.ops[op.args[0]].type != BOOL:
+                return f"{v} = {a[0]} < {a[1]} or {a[0]} > {a[1]}"
+            return f"{v} = {a[0]} {op.attr[0]} {a[1]}"
+        if k == "select":
+            return f"{v} = {a[1]} if {a[0]} else {a[2]}"
+        if k == "call":
+            return f"{v} = {self.call(op.attr[0], a)}"
+        if k == "moving":
+            n = self.slot_of[(j, "moving")]
+            ctx = SimpleNamespace(v=v, a=a, fn=op.attr[0], o=f"o{n}", n=f"n{n}", k=f"k{n}")
+            return str(self.ops_macros.moving(ctx)).strip()
+        if k == "bars_since":
+            n = self.slot_of[(j, "bars_since")]
+            return str(self.ops_macros.bars_since(SimpleNamespace(v=v, a=a, o=f"o{n}"))).strip()
+        if k == "lag":
+            source = op.args[0]
+            spec = op.attr[0]
+            ctx = SimpleNamespace(
+                v=v, type=op.type, history=self.history(source), k=self.k_expr(spec), src=self.name(source),
+                k_zero_possible=spec[0] == "param" and source < j,
+            )
+            return str(self.ops_macros.lag(ctx)).strip()
+        raise AssertionError(k)
+
+    @staticmethod
+    def call(fn: str, a: list[str]) -> str:
+        if fn == "abs":
+            return f"abs({a[0]})"
+        if fn in _UNARY_NUMPY:
+            return f"{_UNARY_NUMPY[fn]}({a[0]})"
+        if fn == "round":
+            return f"math.copysign(np.floor(abs({a[0]}) + 0.5), {a[0]})"
+        if fn in ("min", "max"):
+            return f"NAN if {_nan_guard(a)} else {fn}({', '.join(a)})"
+        if fn == "clip":
+            x, lo, hi = a
+            return f"NAN if {_nan_guard(a)} else ({lo} if {x} < {lo} else ({hi} if {x} > {hi} else {x}))"
+        if fn == "nz":
+            return f"{a[1]} if {a[0]} != {a[0]} else {a[0]}"
+        if fn == "is_nan":
+            return f"{a[0]} != {a[0]}"
+        if fn in _TIME:
+            return _TIME[fn]
+        raise AssertionError(fn)
+
+    def render(self, checked: CheckedPolicy) -> str:
+        p = self.p
+        op_codes = [SimpleNamespace(code=code) for code in (self.op_code(j) for j in range(len(p.ops))) if code]
+        pushes = [self.history(s.op) for s in self.slots if s.kind == "history"]
+        slots = []
+        for n, s in enumerate(self.slots):
+            ema = s.kind == "moving" and p.ops[s.op].attr[0] == "ema"
+            slots.append(SimpleNamespace(o=f"o{n}", n=f"n{n}", k=f"k{n}" if ema else None))
+        names = L.reason_names(p)
+        custom = [SimpleNamespace(action=action, value=self.name(when), mask=1 << (L.CUSTOM_BASE + j))
+                  for j, (name, action, when) in enumerate(p.custom)]
+        as_float = lambda j: f"(1.0 if {self.name(j)} else 0.0)" if p.ops[j].type == BOOL else self.name(j)
+        template = self.env.get_template("kernel.py.j2")
+        return template.render(
+            name=checked.name, version=checked.parsed.version,
+            A=SimpleNamespace(**{k[2:]: getattr(L, k) for k in dir(L) if k.startswith("A_") and k != "A_NAMES"}),
+            P=SimpleNamespace(**{k[2:]: getattr(L, k) for k in dir(L) if k.startswith("P_") and k != "P_NAMES"}),
+            O=SimpleNamespace(**{k[2:]: getattr(L, k) for k in dir(L) if k.startswith("O_")}),
+            T=SimpleNamespace(**{k[2:]: getattr(L, k) for k in dir(L) if k.startswith("T_")}),
+            C=_ConfigIndex(), reasons={code: i for i, code in enumerate(names)},
+            bit=lambda code: 1 << names.index(code),
+            risk=set(checked.risk),
+            exits=[k for k in ("stop_loss", "take_profit", "trailing_stop") if k in checked.risk],
+            custom=custom,
+            params=[SimpleNamespace(v=f"p{i}", type=checked.param_types[name]) for i, name in enumerate(p.params)],
+            slots=slots, op_lines=op_codes, pushes=pushes,
+            lag_ks=[SimpleNamespace(name=name, expr=f"int(p{spec[1]})") for spec, name in sorted(self.lag_ks.items())],
+            volatility=None if p.volatility is None else self.name(p.volatility),
+            rules=[SimpleNamespace(when=self.name(w), target=self.name(t)) for w, t in p.rules],
+            intent_column=p.intent_column,
+            features=[as_float(j) for j in p.features.values()],
+            TRACE_FIXED=L.TRACE_FIXED, MARKET=L.MARKET, INTENT=L.INTENT, DECIDE=L.DECIDE, FILL=L.FILL,
+            REJECT=L.REJECT, HALT=L.HALT, RESUME=L.RESUME, FILL_SAME=L.FILL_SAME, FILL_NEXT=L.FILL_NEXT,
+        )
+
+
+class _ConfigIndex:
+    """`C.max_position` or `C["max_position"]` in templates: the config slot of a key."""
+
+    def __getattr__(self, key):
+        return L.C[key]
+
+    __getitem__ = __getattr__
+
+
+def emit(program: Program, checked: CheckedPolicy) -> str:
+    return _Emitter(program).render(checked)

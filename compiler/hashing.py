@@ -1,0 +1,60 @@
+"""Policy identity: `policy_hash` over a canonical form of the meaning, `build_hash` over
+that plus the toolchain that turned it into machine code (spec section 8)."""
+from __future__ import annotations
+
+import hashlib
+import json
+import platform
+from functools import lru_cache
+from importlib import metadata
+
+from dsl.expressions import canonical
+
+from .check import CheckedPolicy
+
+COMPILER_VERSION = "0.1.0"
+LANGUAGE_VERSION = 1
+
+
+def canonical_form(checked: CheckedPolicy) -> dict:
+    """The policy's meaning with params bound: formatting, comments, key order of maps
+    and redundant parentheses do not appear in it; rule order does."""
+    p = checked.parsed
+    return {
+        "language": LANGUAGE_VERSION,
+        "policy": p.name,
+        "version": p.version,
+        "instruments": [i.name for i in p.instruments],
+        "inputs": sorted(i.name for i in p.inputs),
+        "params": {k: checked.params[k] for k in sorted(checked.params)},
+        "features": {k: canonical(p.features[k].expr) for k in sorted(p.features)},
+        "signals": [[canonical(r.when), canonical(r.target)] for r in p.signals],
+        "risk": None if p.risk is None else {k: checked.risk[k] for k in sorted(checked.risk)},
+        "custom": [[r.name, canonical(r.when), r.action] for r in p.custom],
+        "account": {k: checked.account[k] for k in sorted(checked.account)},
+    }
+
+
+def _digest(obj) -> str:
+    text = json.dumps(obj, sort_keys=True, separators=(",", ":"), allow_nan=True)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def policy_hash(checked: CheckedPolicy) -> str:
+    return _digest(canonical_form(checked))
+
+
+@lru_cache(maxsize=1)
+def toolchain_versions() -> dict[str, str]:
+    """Versions read from package metadata, so hashing never imports Numba."""
+    versions = {"policyc": COMPILER_VERSION, "python": platform.python_version()}
+    for package in ("numba", "llvmlite", "numpy"):
+        try:
+            versions[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            versions[package] = "absent"
+    return versions
+
+
+def build_hash(policy_hash_hex: str, toolchain: dict[str, str] | None = None) -> str:
+    return _digest({"policy_hash": policy_hash_hex, "toolchain": toolchain or toolchain_versions()})

@@ -1,0 +1,621 @@
+"""The reference interpreter: the language's semantics in plain Python, one event at a time.
+
+It is written from the spec, not from the kernel, and deliberately shares no code with
+the templates: the differential tests run both on random policies and random events and
+require identical decisions. Slow by design; clarity is its only job.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from . import layout as L
+from .ir import Program, resolve_int
+from .semantics import NAN, NS_PER_DAY, PURE_FUNCTIONS, TIME_FUNCTIONS, arith, compare
+
+
+# ---- stateful functions, following TA-Lib's arithmetic step for step -----------------
+class Moving:
+    """A moving statistic over the last n valid (non-NaN) inputs; NaN input -> NaN out."""
+
+    def __init__(self, n: int):
+        self.n = n
+        self.count = 0
+        self.buf = [0.0] * n
+        self.pos = 0
+
+    def push(self, x: float) -> float | None:
+        """Store x in the ring; return the value leaving the window, if any."""
+        old = self.buf[self.pos] if self.count >= self.n else None
+        self.buf[self.pos] = x
+        self.pos = (self.pos + 1) % self.n
+        self.count += 1
+        return old
+
+
+class Sma(Moving):
+    total = 0.0
+
+    def update(self, x):
+        if x != x:
+            return NAN
+        old = self.push(x)
+        if old is not None:
+            self.total -= old
+        self.total += x
+        return self.total / self.n if self.count >= self.n else NAN
+
+
+class Sum(Sma):
+    def update(self, x):
+        mean = super().update(x)
+        return self.total if mean == mean else NAN
+
+
+class Ema:
+    def __init__(self, n: int, wilder: bool = False):
+        self.n, self.wilder = n, wilder
+        self.count, self.total, self.value = 0, 0.0, NAN
+        self.k = 2.0 / (n + 1)
+
+    def update(self, x):
+        if x != x:
+            return NAN
+        if self.count < self.n:
+            self.count += 1
+            self.total += x
+            if self.count == self.n:
+                self.value = self.total / self.n
+            return self.value
+        if self.wilder:
+            self.value = (self.value * (self.n - 1) + x) / self.n
+        else:
+            self.value = ((x - self.value) * self.k) + self.value
+        return self.value
+
+
+class Wma(Moving):
+    psum = psub = trailing = 0.0
+
+    def update(self, x):
+        if x != x:
+            return NAN
+        if self.count < self.n - 1:
+            self.psub += x
+            self.psum += x * (self.count + 1)
+            self.push(x)
+            return NAN
+        self.psub += x
+        self.psub -= self.trailing
+        self.psum += x * self.n
+        self.push(x)
+        self.trailing = self.buf[self.pos]
+        out = self.psum / (self.n * (self.n + 1) // 2)
+        self.psum -= self.psub
+        return out
+
+
+class Variance(Moving):
+    s1 = s2 = 0.0
+
+    def update(self, x):
+        if x != x:
+            return NAN
+        old = self.push(x)
+        if old is not None:
+            self.s1 -= old
+            self.s2 -= old * old
+        self.s1 += x
+        self.s2 += x * x
+        if self.count < self.n:
+            return NAN
+        m1, m2 = self.s1 / self.n, self.s2 / self.n
+        return m2 - m1 * m1
+
+
+class Stdev(Variance):
+    def update(self, x):
+        var = super().update(x)
+        if var != var:
+            return NAN
+        return math.sqrt(var) if var > 0.0 else 0.0
+
+
+class Extreme(Moving):
+    """highest / lowest: the window's extreme, rescanned when it leaves the window."""
+
+    def __init__(self, n, highest: bool):
+        super().__init__(n)
+        self.highest = highest
+
+    def update(self, x):
+        if x != x:
+            return NAN
+        self.push(x)
+        if self.count < self.n:
+            return NAN
+        return max(self.buf) if self.highest else min(self.buf)
+
+
+class Rsi:
+    def __init__(self, n):
+        self.n, self.count, self.prev, self.gain, self.loss = n, 0, NAN, 0.0, 0.0
+
+    def update(self, x):
+        if x != x:
+            return NAN
+        if self.count == 0:
+            self.prev, self.count = x, 1
+            return NAN
+        diff, self.prev = x - self.prev, x
+        if self.count <= self.n:
+            if diff < 0:
+                self.loss -= diff
+            else:
+                self.gain += diff
+            self.count += 1
+            if self.count <= self.n:
+                return NAN
+            self.loss /= self.n
+            self.gain /= self.n
+        else:
+            self.loss *= self.n - 1
+            self.gain *= self.n - 1
+            if diff < 0:
+                self.loss -= diff
+            else:
+                self.gain += diff
+            self.loss /= self.n
+            self.gain /= self.n
+        total = self.gain + self.loss
+        return 100.0 * (self.gain / total) if not -1e-8 < total < 1e-8 else 0.0
+
+
+def make_moving(name: str, n: int):
+    return {
+        "sma": lambda: Sma(n), "sum": lambda: Sum(n), "ema": lambda: Ema(n), "rma": lambda: Ema(n, wilder=True),
+        "wma": lambda: Wma(n), "variance": lambda: Variance(n), "stdev": lambda: Stdev(n),
+        "highest": lambda: Extreme(n, True), "lowest": lambda: Extreme(n, False), "rsi": lambda: Rsi(n),
+    }[name]()
+
+
+class BarsSince:
+    def __init__(self):
+        self.value = NAN
+
+    def update(self, c: bool):
+        if c:
+            self.value = 0.0
+        elif self.value == self.value:
+            self.value += 1.0
+        return self.value
+
+
+class History:
+    def __init__(self, size: int):
+        self.values: list = []
+        self.size = size
+
+    def push(self, v):
+        self.values.append(v)
+        if len(self.values) > self.size:
+            self.values.pop(0)
+
+    def get(self, k: int, is_bool: bool):
+        if k > len(self.values):
+            return False if is_bool else NAN
+        return self.values[-k]
+
+
+# ---- the engine ------------------------------------------------------------------------
+@dataclass
+class Order:
+    event: int
+    instrument: int
+    qty: float
+    price: float
+    target: float
+    desired: float
+    reasons: int
+    exit: bool
+    fill_event: int = -1
+    fill_price: float = NAN
+    fee: float = NAN
+
+
+@dataclass
+class Account:
+    cash: float
+    peak: float
+    equity: float
+    halted: bool = False
+    day: int | None = None
+    day_open: float = 0.0
+    day_loss: bool = False
+    orders_today: int = 0
+    tokens: float = NAN
+    token_ts: int | None = None
+    fees: float = 0.0
+
+
+@dataclass
+class Book:
+    """One instrument's position, risk state and feature state."""
+
+    position: float = 0.0
+    open: float = 0.0
+    entry: float = NAN
+    best: float = NAN
+    last: float = NAN
+    prev: float = NAN
+    last_ts: int | None = None
+    desired: float = 0.0
+    lock: float = 0.0
+    lock_code: int = -1
+    volatility: float = NAN
+    pending: Order | None = None
+    custom: list = field(default_factory=list)
+    states: dict = field(default_factory=dict)
+    history: dict = field(default_factory=dict)
+
+
+class Interpreter:
+    """Runs a program over events exactly as the spec says (sections 3 to 7)."""
+
+    def __init__(self, program: Program, params: dict, risk: dict, account: dict, n_instruments: int,
+                 mode: int = L.FILL_NEXT):
+        self.p = program
+        self.param_values = [params[name] for name in program.params]
+        self.risk, self.account_cfg, self.mode = risk, account, mode
+        self.acct = Account(cash=account["initial_equity"], peak=account["initial_equity"],
+                            equity=account["initial_equity"], day_open=account["initial_equity"])
+        self.books = [self._new_book() for _ in range(n_instruments)]
+        self.orders: list[Order] = []
+        self.trace: list[dict] = []
+        self.equity_curve: list[float] = []
+
+    def _new_book(self) -> Book:
+        book = Book(custom=[False] * len(self.p.custom))
+        for i, op in enumerate(self.p.ops):
+            if op.kind == "moving":
+                book.states[i] = make_moving(op.attr[0], resolve_int(op.attr[1], self.param_values))
+            elif op.kind == "bars_since":
+                book.states[i] = BarsSince()
+        for source, specs in self.p.history_sources().items():
+            book.history[source] = History(max(max(resolve_int(s, self.param_values) for s in specs), 1))
+        return book
+
+    # -- expressions --
+    def evaluate(self, b: Book, i: int, ts: int, row) -> list:
+        values: list = [None] * len(self.p.ops)
+        for j, op in enumerate(self.p.ops):
+            k = op.kind
+            a = [values[x] for x in op.args] if k != "lag" else None
+            if k == "const":
+                v = op.attr[0]
+            elif k == "param":
+                v = self.param_values[op.attr[0]]
+                v = bool(v) if op.type == "bool" else float(v)
+            elif k == "field":
+                v = float(row[op.attr[0]])
+            elif k == "state":
+                v = self.state_value(op.attr[0], b)
+            elif k == "ts":
+                v = ts
+            elif k == "neg":
+                v = -a[0]
+            elif k == "not":
+                v = not a[0]
+            elif k == "and":
+                v = a[0] and a[1]
+            elif k == "or":
+                v = a[0] or a[1]
+            elif k == "arith":
+                v = arith(op.attr[0], a[0], a[1])
+            elif k == "cmp":
+                v = compare(op.attr[0], a[0], a[1])
+            elif k == "select":
+                v = a[1] if a[0] else a[2]
+            elif k == "call":
+                fn = op.attr[0]
+                v = TIME_FUNCTIONS[fn](a[0]) if fn in TIME_FUNCTIONS else PURE_FUNCTIONS[fn](*a)
+            elif k == "moving":
+                v = b.states[j].update(a[0])
+            elif k == "bars_since":
+                v = b.states[j].update(a[0])
+            elif k == "lag":
+                kk = resolve_int(op.attr[0], self.param_values)
+                v = values[op.args[0]] if kk == 0 else b.history[op.args[0]].get(kk, op.type == "bool")
+            else:
+                raise AssertionError(k)
+            values[j] = v
+        for source, hist in b.history.items():
+            hist.push(values[source])
+        return values
+
+    def state_value(self, name: str, b: Book) -> float:
+        a = self.acct
+        if name == "position":
+            return b.position
+        if name == "entry_price":
+            return b.entry
+        if name == "unrealized_pnl":
+            return b.position * (b.last - b.entry) if b.position != 0 else 0.0
+        if name == "equity":
+            return a.equity
+        if name == "cash":
+            return a.cash
+        if name == "drawdown":
+            return (a.peak - a.equity) / a.peak if a.peak > 0 else 0.0
+        if name == "margin_usage":
+            return self.gross() * self.account_cfg["margin_rate"] / a.equity if a.equity > 0 else NAN
+        if name == "orders_today":
+            return float(a.orders_today)
+        raise AssertionError(name)
+
+    # -- accounting --
+    def gross(self) -> float:
+        return sum(abs((b.position + b.open) * b.last) for b in self.books if b.position + b.open != 0)
+
+    def mark(self):
+        a = self.acct
+        equity = a.cash
+        for b in self.books:
+            if b.position != 0:
+                equity += b.position * b.last
+        a.equity = equity
+        if a.equity > a.peak:
+            a.peak = a.equity
+
+    def fill(self, b: Book, qty: float, price: float, fee: float):
+        a = self.acct
+        pos = b.position
+        new = pos + qty
+        a.cash -= qty * price + fee
+        a.fees += fee
+        if pos == 0 or pos * qty > 0:
+            b.entry = price if pos == 0 else (b.entry * abs(pos) + price * abs(qty)) / abs(new)
+            if pos == 0:
+                b.best = price
+        elif abs(qty) <= abs(pos):
+            if new == 0:
+                b.entry, b.best = NAN, NAN
+        else:
+            b.entry, b.best = price, price
+        b.position = new
+
+    def simulated_fill(self, order: Order, b: Book, e: int, price: float):
+        slip = self.account_cfg["slippage_bps"] / 1e4
+        fill_price = price * (1.0 + slip) if order.qty > 0 else price * (1.0 - slip)
+        fee = abs(order.qty) * fill_price * self.account_cfg["fees_bps"] / 1e4
+        order.fill_event, order.fill_price, order.fee = e, fill_price, fee
+        b.open -= order.qty
+        self.fill(b, order.qty, fill_price, fee)
+
+    def roll_day(self, ts: int):
+        a = self.acct
+        day = ts // NS_PER_DAY
+        if a.day != day:
+            a.day, a.orders_today, a.day_loss, a.day_open = day, 0, False, a.equity
+
+    # -- the event loop --
+    def run(self, ts, kind, inst, vals):
+        for e in range(len(ts)):
+            self.step(e, int(ts[e]), int(kind[e]), int(inst[e]), vals[e])
+        return self
+
+    def step(self, e: int, ts: int, kind: int, i: int, row):
+        b = self.books[i]
+        if kind == L.MARKET:
+            price = float(row[0])
+            if price > 0 and price != math.inf:
+                self.market(e, ts, i, b, row, price)
+        elif kind == L.INTENT:
+            self.roll_day(ts)
+            if math.isfinite(row[0]):
+                b.desired = float(row[0])
+            self.decide(e, ts, i, b, None)
+        elif kind == L.DECIDE:
+            self.roll_day(ts)
+            self.decide(e, ts, i, b, None)
+        elif kind == L.FILL:
+            b.open -= float(row[0])
+            self.fill(b, float(row[0]), float(row[1]), float(row[2]))
+            self.mark()
+        elif kind == L.REJECT:
+            b.open -= float(row[0])
+        elif kind == L.HALT:
+            self.acct.halted = True
+        elif kind == L.RESUME:
+            self.acct.halted = False
+            self.acct.peak = self.acct.equity
+        self.equity_curve.append(self.acct.equity)
+
+    def market(self, e: int, ts: int, i: int, b: Book, row, price: float):
+        if b.pending is not None:
+            order, b.pending = b.pending, None
+            self.simulated_fill(order, b, e, price)
+        b.prev, b.last, b.last_ts = b.last, price, float(ts)
+        self.mark()
+        self.roll_day(ts)
+        if b.position > 0:
+            b.best = max(b.best, price)
+        elif b.position < 0:
+            b.best = min(b.best, price)
+        values = self.evaluate(b, i, ts, row)
+        if self.p.volatility is not None:
+            b.volatility = values[self.p.volatility]
+        b.custom = [values[w] for _, _, w in self.p.custom]
+        for when, target in self.p.rules:
+            if values[when]:
+                t = values[target]
+                if math.isfinite(t):
+                    b.desired = t
+                break
+        if self.p.intent_column is not None and math.isfinite(row[self.p.intent_column]):
+            b.desired = float(row[self.p.intent_column])
+        self.decide(e, ts, i, b, [values[f] for f in self.p.features.values()])
+
+    def decide(self, e: int, ts: int, i: int, b: Book, features):
+        """Spec section 6, steps 1 to 10, then the order."""
+        r, a = self.risk, self.acct
+        bit = lambda code: 1 << L.R[code]
+        price, desired, pos = b.last, b.desired, b.position
+        q = b.position + b.open
+        reasons, target, exit_ = 0, desired, False
+        if price != price:
+            if desired != q:
+                reasons |= bit("no_price:blocked")
+            self.record(e, b, features, pos, q, 0.0, reasons)
+            return
+        # 1. kill switch
+        if "max_drawdown" in r and not a.halted and a.peak > 0 and (a.peak - a.equity) / a.peak >= r["max_drawdown"]:
+            a.halted = True
+            reasons |= bit("max_drawdown:halt")
+        if a.halted:
+            if target != 0:
+                reasons |= bit("kill_switch:halt")
+            target, exit_ = 0.0, True
+        # 2. protective exits
+        if b.lock != 0 and (desired == 0 or desired * b.lock < 0):
+            b.lock, b.lock_code = 0.0, -1
+        triggered = False
+        if b.lock == 0 and pos != 0:
+            code = None
+            long_ = pos > 0
+            if "stop_loss" in r and (price <= b.entry * (1 - r["stop_loss"]) if long_ else price >= b.entry * (1 + r["stop_loss"])):
+                code = "stop_loss"
+            elif "take_profit" in r and (price >= b.entry * (1 + r["take_profit"]) if long_ else price <= b.entry * (1 - r["take_profit"])):
+                code = "take_profit"
+            elif "trailing_stop" in r and (price <= b.best * (1 - r["trailing_stop"]) if long_ else price >= b.best * (1 + r["trailing_stop"])):
+                code = "trailing_stop"
+            if code is not None:
+                b.lock, b.lock_code, triggered = (1.0 if long_ else -1.0), L.R[code + ":exit"], True
+                reasons |= 1 << b.lock_code
+        if b.lock != 0 and target * b.lock > 0:
+            target, exit_ = 0.0, True
+            if not triggered:
+                reasons |= 1 << (b.lock_code if pos * b.lock > 0 else b.lock_code + 3)
+        # 3 and 4: reduce-only conditions
+        if "max_daily_loss" in r and not a.day_loss and a.day_open > 0 and \
+                (a.day_open - a.equity) / a.day_open >= r["max_daily_loss"]:
+            a.day_loss = True
+        reduce = 0
+        if a.day_loss:
+            reduce |= bit("max_daily_loss:blocked")
+        if "max_volatility" in r and b.volatility > r["max_volatility"]:
+            reduce |= bit("max_volatility:blocked")
+        if "stale_after" in r and b.last_ts is not None and (float(ts) - b.last_ts) > r["stale_after"] * 1e9:
+            reduce |= bit("stale_after:blocked")
+        if r.get("long_only") and target < 0:
+            target = 0.0
+            reasons |= bit("long_only:clipped")
+        # 5. custom rules
+        block = 0
+        for j, (name, action, _) in enumerate(self.p.custom):
+            if not b.custom[j]:
+                continue
+            mask = 1 << (L.CUSTOM_BASE + j)
+            if action == "block":
+                block |= mask
+            elif action == "reduce_only":
+                reduce |= mask
+            elif action == "liquidate":
+                if target != 0:
+                    reasons |= mask
+                target, exit_ = 0.0, True
+            else:
+                if not a.halted:
+                    a.halted = True
+                    reasons |= mask
+                target, exit_ = 0.0, True
+        if reduce and not exit_ and _increases(target, q):
+            target = q if target * q > 0 else 0.0
+            reasons |= reduce
+        # 6. position limits
+        if "max_position" in r and abs(target) > r["max_position"]:
+            target = math.copysign(r["max_position"], target)
+            reasons |= bit("max_position:clipped")
+        if "max_position_notional" in r and abs(target) * price > r["max_position_notional"]:
+            target = math.copysign(r["max_position_notional"] / price, target)
+            reasons |= bit("max_position_notional:clipped")
+        # 7. portfolio limits, on exposure increases only
+        if ("max_gross_exposure" in r or "max_margin_usage" in r) and _increases(target, q):
+            other = self.gross() - abs(q * price)
+            keep = abs(q) if target * q > 0 else 0.0
+            if "max_gross_exposure" in r:
+                room = max((r["max_gross_exposure"] - other) / price, keep)
+                if abs(target) > room:
+                    target = math.copysign(room, target)
+                    reasons |= bit("max_gross_exposure:clipped")
+            if "max_margin_usage" in r:
+                room = max((r["max_margin_usage"] * a.equity / self.account_cfg["margin_rate"] - other) / price, keep)
+                if abs(target) > room:
+                    target = math.copysign(room, target)
+                    reasons |= bit("max_margin_usage:clipped")
+        # 8. the order
+        order = target - q
+        lot = r.get("lot_size")
+        if lot and order != 0:
+            rounded = math.trunc(order / lot) * lot
+            if rounded != order:
+                order = rounded
+                reasons |= bit("lot_size:clipped")
+        if "min_order_qty" in r and order != 0 and abs(order) < r["min_order_qty"] and target != 0:
+            order = 0.0
+            reasons |= bit("min_order_qty:blocked")
+        # 9. order limits
+        clipped = False
+        if "max_order_qty" in r and abs(order) > r["max_order_qty"]:
+            order = math.copysign(r["max_order_qty"], order)
+            reasons |= bit("max_order_qty:clipped")
+            clipped = True
+        if "max_order_notional" in r and abs(order) * price > r["max_order_notional"]:
+            order = math.copysign(r["max_order_notional"] / price, order)
+            reasons |= bit("max_order_notional:clipped")
+            clipped = True
+        if clipped and lot:
+            order = math.trunc(order / lot) * lot
+        if "price_collar" in r and order != 0 and b.prev == b.prev and abs(price - b.prev) > r["price_collar"] * b.prev:
+            order = 0.0
+            reasons |= bit("price_collar:blocked")
+        if block and order != 0 and not exit_:
+            order = 0.0
+            reasons |= block
+        # 10. rate limits
+        if order != 0 and not exit_:
+            if "max_orders_per_day" in r and a.orders_today >= r["max_orders_per_day"]:
+                order = 0.0
+                reasons |= bit("max_orders_per_day:blocked")
+            elif "max_orders_per_second" in r:
+                rate = r["max_orders_per_second"]
+                a.tokens = rate if a.token_ts is None else min(rate, a.tokens + (float(ts) - a.token_ts) / 1e9 * rate)
+                a.token_ts = float(ts)
+                if a.tokens < 1.0:
+                    order = 0.0
+                    reasons |= bit("max_orders_per_second:blocked")
+                else:
+                    a.tokens -= 1.0
+        self.record(e, b, features, pos, q, order, reasons)
+        if order != 0:
+            o = Order(e, i, order, price, q + order, desired, reasons, exit_)
+            self.orders.append(o)
+            a.orders_today += 1
+            b.open += order
+            if self.mode == L.FILL_SAME:
+                self.simulated_fill(o, b, e, price)
+                self.mark()
+            elif self.mode == L.FILL_NEXT:
+                b.pending = o
+
+    def record(self, e, b: Book, features, pos, q, order, reasons):
+        self.trace.append({"event": e, "desired": b.desired, "position": pos, "target": q + order,
+                           "order": order, "reasons": reasons, "equity": self.acct.equity,
+                           "features": features})
+
+
+def _increases(target: float, q: float) -> bool:
+    """Whether moving from q to target opens exposure (grows it, or crosses zero)."""
+    return abs(target) > abs(q) or (target * q < 0)

@@ -1,0 +1,116 @@
+"""The IR: a flat list of SSA operations, each keeping the span of the source it came from.
+
+Operations are evaluated in list order on every market event of an instrument. The one
+exception to "arguments come first" is `lag`, which reads the *history* of its argument
+(values from earlier events), so a `lag` may name an operation later in the list: that
+is how a feature refers to its own past (`peak: max(nz(peak[1], close), close)`).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from dsl.diagnostics import Span
+
+from .builtins import BOOL, NUM, TIME
+
+#: Operation kinds and their attributes:
+#:   const   (value,)                 a number or bool
+#:   param   (index,)                 a kernel argument: new values never recompile
+#:   field   (column,)                a column of the event (market field or input)
+#:   state   (name,)                  account state value, as of just before the decision
+#:   ts      ()                       the event's timestamp (integer ns)
+#:   neg, not                         unary
+#:   arith   (op,)                    + - * / **
+#:   cmp     (op,)                    < <= > >= == != (false on NaN)
+#:   and, or                          bool
+#:   select                           (test, then, else)
+#:   call    (name,)                  pure functions: abs, log, min, max, clip, nz, hour, ...
+#:   moving  (name, window)           sma ema rma wma stdev variance sum highest lowest rsi
+#:   bars_since                       events since the argument was last true
+#:   lag     (k,)                     the argument k events ago (k >= 1)
+#: A window or k is ("const", n) or ("param", index).
+PURE_CALLS = ("abs", "log", "exp", "sqrt", "sign", "floor", "ceil", "round", "min", "max", "clip", "nz",
+              "is_nan", "hour", "minute_of_day", "day_of_week")
+MOVING = ("sma", "ema", "rma", "wma", "stdev", "variance", "sum", "highest", "lowest", "rsi")
+
+
+@dataclass(frozen=True)
+class Op:
+    kind: str
+    args: tuple = ()
+    attr: tuple = ()
+    type: str = NUM
+    span: Span | None = field(default=None, compare=False)
+
+    def key(self) -> tuple:
+        return (self.kind, self.args, self.attr, self.type)
+
+
+@dataclass
+class Program:
+    """Operations plus the named outputs the kernel must produce."""
+
+    ops: list[Op]
+    features: dict[str, int]                 # feature name -> op
+    rules: list[tuple[int, int]]             # (when, target) in rule order
+    custom: list[tuple[str, str, int]]       # (name, action, when)
+    volatility: int | None                   # op of the max_volatility brake, if any
+    params: list[str]                        # kernel param vector order
+    columns: list[str]                       # event value columns: market fields, then inputs
+    intent_column: int | None = None
+
+    def outputs(self) -> list[int]:
+        out = list(self.features.values())
+        for when, target in self.rules:
+            out += [when, target]
+        out += [when for _, _, when in self.custom]
+        if self.volatility is not None:
+            out.append(self.volatility)
+        return out
+
+    def with_ops(self, ops: list[Op], mapping: dict[int, int]) -> "Program":
+        return Program(
+            ops=ops,
+            features={k: mapping[v] for k, v in self.features.items()},
+            rules=[(mapping[w], mapping[t]) for w, t in self.rules],
+            custom=[(n, a, mapping[w]) for n, a, w in self.custom],
+            volatility=None if self.volatility is None else mapping[self.volatility],
+            params=self.params, columns=self.columns, intent_column=self.intent_column,
+        )
+
+    def history_sources(self) -> dict[int, list[tuple]]:
+        """Ops whose past values are read, with every k they are read at."""
+        out: dict[int, list[tuple]] = {}
+        for op in self.ops:
+            if op.kind == "lag":
+                out.setdefault(op.args[0], []).append(op.attr[0])
+        return out
+
+    def dump(self) -> str:
+        """A readable listing, one op a line (used by `explain` and golden tests)."""
+        lines = []
+        names = {v: k for k, v in self.features.items()}
+        for i, op in enumerate(self.ops):
+            args = ", ".join(f"%{a}" for a in op.args)
+            attr = ", ".join(_attr_text(a, self.params) for a in op.attr)
+            body = f"{op.kind}({', '.join(x for x in (attr, args) if x)})"
+            label = f"  # {names[i]}" if i in names else ""
+            lines.append(f"%{i}: {op.type} = {body}{label}")
+        return "\n".join(lines)
+
+
+def _attr_text(a, params) -> str:
+    if isinstance(a, tuple) and len(a) == 2 and a[0] in ("const", "param"):
+        return str(a[1]) if a[0] == "const" else params[a[1]]
+    if isinstance(a, float):
+        return repr(a)
+    return str(a)
+
+
+def resolve_int(spec: tuple, params: list) -> int:
+    """A window or lookback under bound param values."""
+    kind, value = spec
+    return int(value) if kind == "const" else int(params[value])
+
+
+__all__ = ["Op", "Program", "PURE_CALLS", "MOVING", "NUM", "BOOL", "TIME", "resolve_int"]

@@ -1,0 +1,166 @@
+"""The kernel's data contract: event kinds, state columns, reason codes, config slots,
+and the per-instrument feature-state layout for bound params.
+
+Both back ends (the Numba kernel and the reference interpreter) and the runtime read
+these tables, so an account or a decision means the same thing everywhere.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from dsl.document import ACCOUNT_KEYS, RISK_KEYS
+
+from .ir import Program, resolve_int
+
+# ---- events ------------------------------------------------------------------------
+MARKET, INTENT, FILL, REJECT, HALT, RESUME, DECIDE = range(7)
+EVENT_KINDS = ("market", "intent", "fill", "reject", "halt", "resume", "decide")
+#: For intent events vals[e, 0] is the proposed target; for fill events vals[e, 0..2] are
+#: qty (signed), price, fee; for reject events vals[e, 0] is the rejected signed qty.
+
+# ---- fill modes ----------------------------------------------------------------------
+FILL_NEXT, FILL_SAME, LIVE = range(3)
+FILL_MODES = {"next": FILL_NEXT, "same": FILL_SAME, "live": LIVE}
+
+# ---- per-instrument account and risk state (pstate[inst, column]) -------------------
+P_POS, P_OPEN, P_ENTRY, P_BEST, P_LAST, P_PREV, P_LAST_TS, P_DESIRED, P_LOCK, P_LOCK_CODE, \
+    P_VOL, P_PENDING, P_CUSTOM = range(13)
+P_NAMES = ("position", "open_qty", "entry_price", "best_price", "last_price", "prev_price", "last_ts",
+           "desired", "lock", "lock_code", "volatility", "pending_order")
+
+# ---- account-wide state (acct[column]) ----------------------------------------------
+A_CASH, A_PEAK, A_HALTED, A_DAY, A_DAY_OPEN, A_DAY_LOSS, A_ORDERS_TODAY, A_TOKENS, A_TOKEN_TS, \
+    A_FEES, A_EQUITY, A_FILLS, A_GROSS = range(13)
+A_NAMES = ("cash", "peak_equity", "halted", "day", "day_open_equity", "daily_loss_tripped", "orders_today",
+           "tokens", "token_ts", "fees", "equity", "fills", "gross_exposure")
+ACCT_WIDTH = len(A_NAMES)
+
+# ---- order records (orders[row, column]) --------------------------------------------
+O_EVENT, O_INST, O_QTY, O_PRICE, O_TARGET, O_DESIRED, O_REASONS, O_EXIT, O_FILL_EVENT, O_FILL_PRICE, \
+    O_FEE = range(11)
+ORDER_WIDTH = 11
+
+# ---- trace (trace[event, column]); named features follow ---------------------------
+T_DESIRED, T_POSITION, T_TARGET, T_ORDER, T_REASONS, T_EQUITY = range(6)
+TRACE_FIXED = 6
+
+# ---- config: risk limits then account settings; NaN where a key is absent -----------
+CONFIG_KEYS = tuple(RISK_KEYS) + tuple(ACCOUNT_KEYS)
+C = {key: i for i, key in enumerate(CONFIG_KEYS)}
+
+# ---- reason codes: bit i of a decision's reason mask --------------------------------
+REASONS = (
+    "kill_switch:halt", "max_drawdown:halt",
+    "stop_loss:exit", "take_profit:exit", "trailing_stop:exit",
+    "stop_loss:blocked", "take_profit:blocked", "trailing_stop:blocked",
+    "max_daily_loss:blocked", "max_volatility:blocked", "stale_after:blocked", "long_only:clipped",
+    "max_position:clipped", "max_position_notional:clipped",
+    "max_gross_exposure:clipped", "max_margin_usage:clipped",
+    "lot_size:clipped", "min_order_qty:blocked",
+    "max_order_qty:clipped", "max_order_notional:clipped", "price_collar:blocked",
+    "max_orders_per_day:blocked", "max_orders_per_second:blocked", "no_price:blocked",
+)
+R = {code: i for i, code in enumerate(REASONS)}
+CUSTOM_BASE = len(REASONS)
+MAX_CUSTOM_RULES = 53 - CUSTOM_BASE  # reason masks travel as float64: 53 exact bits
+CUSTOM_SUFFIX = {"block": "blocked", "reduce_only": "blocked", "liquidate": "exit", "halt": "halt"}
+
+
+def reason_names(program: Program) -> list[str]:
+    return list(REASONS) + [f"{name}:{CUSTOM_SUFFIX[action]}" for name, action, _ in program.custom]
+
+
+def decode_reasons(mask: float | int, names: list[str]) -> list[str]:
+    m = int(mask)
+    return [names[i] for i in range(len(names)) if m >> i & 1]
+
+
+def config_vector(risk: dict[str, float], account: dict[str, float]) -> np.ndarray:
+    cfg = np.full(len(CONFIG_KEYS), np.nan)
+    for key, value in {**risk, **account}.items():
+        cfg[C[key]] = value
+    return cfg
+
+
+# ---- feature state -----------------------------------------------------------------
+_MOVING_FIXED = {"sma": 3, "sum": 3, "ema": 3, "rma": 3, "wma": 5, "stdev": 4, "variance": 4,
+                 "highest": 4, "lowest": 4, "rsi": 4}
+_MOVING_BUFFERED = {"sma", "sum", "wma", "stdev", "variance", "highest", "lowest"}
+
+
+@dataclass(frozen=True)
+class Slot:
+    """State kept per instrument for one op: its moving window, counter or history ring."""
+
+    op: int
+    kind: str        # "moving", "bars_since" or "history"
+    size_spec: tuple  # ("const", n) / ("param", i) window, or a tuple of lag specs for history
+
+
+def slots(program: Program) -> list[Slot]:
+    out = []
+    history = program.history_sources()
+    for i, op in enumerate(program.ops):
+        if op.kind == "moving":
+            out.append(Slot(i, "moving", op.attr[1]))
+        elif op.kind == "bars_since":
+            out.append(Slot(i, "bars_since", ("const", 1)))
+        if i in history:
+            out.append(Slot(i, "history", tuple(history[i])))
+    return out
+
+
+def slot_size(program: Program, slot: Slot, params: list) -> tuple[int, int]:
+    """(window or ring length, state width) of a slot under bound params."""
+    if slot.kind == "bars_since":
+        return 1, 1
+    if slot.kind == "history":
+        k = max(resolve_int(spec, params) for spec in slot.size_spec)
+        k = max(k, 1)
+        return k, 2 + k
+    name = program.ops[slot.op].attr[0]
+    n = resolve_int(slot.size_spec, params)
+    return n, _MOVING_FIXED[name] + (n if name in _MOVING_BUFFERED else 0)
+
+
+@dataclass
+class StateLayout:
+    slots: list[Slot]
+    windows: np.ndarray   # int64 per slot: the window or ring length
+    offsets: np.ndarray   # int64 per slot: first column in the feature-state row
+    width: int
+
+    def size_of(self, i: int) -> int:
+        end = self.offsets[i + 1] if i + 1 < len(self.slots) else self.width
+        return int(end - self.offsets[i])
+
+
+def state_layout(program: Program, params: list) -> StateLayout:
+    ss = slots(program)
+    windows, offsets, at = [], [], 0
+    for s in ss:
+        n, width = slot_size(program, s, params)
+        windows.append(n)
+        offsets.append(at)
+        at += width
+    return StateLayout(ss, np.array(windows, dtype=np.int64), np.array(offsets, dtype=np.int64), max(at, 1))
+
+
+def param_vector(program: Program, params: dict) -> np.ndarray:
+    return np.array([float(params[name]) for name in program.params], dtype=np.float64)
+
+
+def initial_account(n_instruments: int, n_custom: int, account: dict[str, float]) -> tuple[np.ndarray, np.ndarray]:
+    """Fresh account arrays: cash = initial equity, flat, no prices seen."""
+    acct = np.zeros(ACCT_WIDTH)
+    equity = account["initial_equity"]
+    acct[[A_CASH, A_PEAK, A_DAY_OPEN, A_EQUITY]] = equity
+    acct[A_DAY] = np.nan
+    acct[A_TOKENS] = np.nan
+    acct[A_TOKEN_TS] = np.nan
+    pstate = np.zeros((n_instruments, P_CUSTOM + n_custom))
+    pstate[:, [P_ENTRY, P_BEST, P_LAST, P_PREV, P_LAST_TS, P_VOL]] = np.nan
+    pstate[:, P_PENDING] = -1.0
+    return acct, pstate

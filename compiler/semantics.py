@@ -1,0 +1,130 @@
+"""Scalar semantics of the language in plain Python: IEEE results, never exceptions.
+
+Constant folding and the reference interpreter use these; the kernel templates emit
+the same rules in Numba (error_model='numpy'). Division by zero gives +-inf or NaN,
+`log` of a negative number is NaN, every comparison with a NaN operand is false.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+NAN = float("nan")
+INF = float("inf")
+NS_PER_MINUTE = 60_000_000_000
+NS_PER_HOUR = 3_600_000_000_000
+NS_PER_DAY = 86_400_000_000_000
+
+
+def arith(op: str, a: float, b: float) -> float:
+    if op == "+":
+        return a + b
+    if op == "-":
+        return a - b
+    if op == "*":
+        return a * b
+    if op == "/":
+        if b == 0.0:
+            if a != a or a == 0.0:
+                return NAN
+            return math.copysign(INF, a) * math.copysign(1.0, b)
+        return a / b
+    return power(a, b)
+
+
+def power(a: float, b: float) -> float:
+    """C `pow`, as the kernel computes it (0 ** -1 is inf, (-8) ** 0.5 is NaN)."""
+    with np.errstate(all="ignore"):
+        return float(np.power(np.float64(a), np.float64(b)))
+
+
+def compare(op: str, a, b) -> bool:
+    if isinstance(a, float) and a != a or isinstance(b, float) and b != b:
+        return False
+    if op == "<":
+        return a < b
+    if op == "<=":
+        return a <= b
+    if op == ">":
+        return a > b
+    if op == ">=":
+        return a >= b
+    if op == "==":
+        return a == b
+    return a != b
+
+
+def _log(x):
+    if x != x or x < 0:
+        return NAN
+    return -INF if x == 0 else math.log(x)
+
+
+def _sqrt(x):
+    return NAN if x != x or x < 0 else math.sqrt(x)
+
+
+def _exp(x):
+    try:
+        return math.exp(x)
+    except OverflowError:
+        return INF
+
+
+def _sign(x):
+    if x != x:
+        return NAN
+    return 1.0 if x > 0 else (-1.0 if x < 0 else 0.0)
+
+
+def _whole(fn):
+    def apply(x):
+        return x if x != x or x in (INF, -INF) else float(fn(x))
+    return apply
+
+
+def _round(x):
+    """Half away from zero, as traders round: round(2.5) = 3, round(-2.5) = -3."""
+    if x != x or x in (INF, -INF):
+        return x
+    return math.copysign(math.floor(abs(x) + 0.5), x)
+
+
+def _min(*xs):
+    return NAN if any(x != x for x in xs) else min(xs)
+
+
+def _max(*xs):
+    return NAN if any(x != x for x in xs) else max(xs)
+
+
+def _clip(x, lo, hi):
+    if x != x or lo != lo or hi != hi:
+        return NAN
+    return lo if x < lo else (hi if x > hi else x)
+
+
+def _nz(x, default):
+    return default if x != x else x
+
+
+def hour(ts: int) -> float:
+    return float((ts // NS_PER_HOUR) % 24)
+
+
+def minute_of_day(ts: int) -> float:
+    return float((ts // NS_PER_MINUTE) % 1440)
+
+
+def day_of_week(ts: int) -> float:
+    """Monday = 0; 1970-01-01 was a Thursday."""
+    return float((ts // NS_PER_DAY + 3) % 7)
+
+
+PURE_FUNCTIONS = {
+    "abs": lambda x: abs(x), "log": _log, "exp": _exp, "sqrt": _sqrt, "sign": _sign,
+    "floor": _whole(math.floor), "ceil": _whole(math.ceil), "round": _round,
+    "min": _min, "max": _max, "clip": _clip, "nz": _nz, "is_nan": lambda x: x != x,
+}
+TIME_FUNCTIONS = {"hour": hour, "minute_of_day": minute_of_day, "day_of_week": day_of_week}

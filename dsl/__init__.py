@@ -1,0 +1,1 @@
+"""The policy front end: text -> positioned YAML -> document model -> expression ASTs."""

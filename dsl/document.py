@@ -1,0 +1,415 @@
+"""The policy document: pydantic models of the YAML structure, then expressions parsed.
+
+`load_policy` is the front end's single entry point: text in, a `ParsedPolicy` (every
+expression an AST with file spans) or a `PolicyError` carrying positioned diagnostics.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Optional, Union
+
+from pydantic import BaseModel, ConfigDict, create_model, StrictBool, StrictFloat, StrictInt, StrictStr, ValidationError
+
+from . import expressions as ex
+from .diagnostics import Diagnostic, PolicyError, Span, did_you_mean, error, warning
+from .source import Positioned, SourceFile, compose, read_source, scalar_text_offsets, source_from_bytes
+
+Scalar = Union[StrictBool, StrictInt, StrictFloat, StrictStr]
+
+POLICY_NAME = re.compile(r"[a-z][a-z0-9_]*\Z")
+IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
+SYMBOL = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:/\-]*\Z")
+
+#: Risk keys (spec section 6) and the kind of value each takes.
+RISK_KEYS = {
+    "long_only": "bool",
+    "max_drawdown": "fraction", "stop_loss": "fraction", "take_profit": "fraction",
+    "trailing_stop": "fraction", "max_daily_loss": "fraction", "max_volatility": "fraction",
+    "volatility_window": "window", "stale_after": "duration",
+    "max_position": "units", "max_position_notional": "money",
+    "max_gross_exposure": "money", "max_margin_usage": "fraction",
+    "lot_size": "units", "min_order_qty": "units",
+    "max_order_qty": "units", "max_order_notional": "money", "price_collar": "fraction",
+    "max_orders_per_day": "count", "max_orders_per_second": "rate",
+}
+ACCOUNT_KEYS = {"initial_equity": 100000.0, "margin_rate": 1.0, "fees_bps": 0.0, "slippage_bps": 0.0}
+CUSTOM_ACTIONS = ("block", "reduce_only", "liquidate", "halt")
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+class SignalModel(_Strict):
+    when: Scalar
+    target: Scalar
+
+
+class CustomRuleModel(_Strict):
+    name: StrictStr
+    when: Scalar
+    action: Literal["block", "reduce_only", "liquidate", "halt"]
+
+
+RiskModel = create_model(
+    "RiskModel", __base__=_Strict, custom=(list[CustomRuleModel], []),
+    **{key: (Optional[Scalar], None) for key in RISK_KEYS},
+)
+
+
+class AccountModel(_Strict):
+    initial_equity: Optional[Scalar] = None
+    margin_rate: Optional[Scalar] = None
+    fees_bps: Optional[Scalar] = None
+    slippage_bps: Optional[Scalar] = None
+
+
+class PolicyModel(_Strict):
+    policy: StrictStr
+    version: StrictInt
+    description: Optional[StrictStr] = None
+    instruments: list[StrictStr]
+    inputs: list[StrictStr] = []
+    params: dict[str, Scalar] = {}
+    features: dict[str, Scalar] = {}
+    signals: list[SignalModel]
+    risk: Optional[RiskModel] = None
+    account: Optional[AccountModel] = None
+
+
+TOP_KEYS = list(PolicyModel.model_fields)
+
+
+@dataclass
+class Named:
+    """A declared name with the span of its key."""
+
+    name: str
+    span: Span
+
+
+@dataclass
+class ParamDecl(Named):
+    value: float | bool
+
+
+@dataclass
+class FeatureDecl(Named):
+    expr: ex.Node
+
+
+@dataclass
+class RuleDecl:
+    when: ex.Node
+    target: ex.Node
+    span: Span
+
+
+@dataclass
+class CustomDecl:
+    name: str
+    when: ex.Node
+    action: str
+    span: Span
+
+
+@dataclass
+class ValueDecl:
+    """A risk or account value: a constant expression over literals and params."""
+
+    key: str
+    expr: ex.Node
+    span: Span
+
+
+@dataclass
+class ParsedPolicy:
+    source: SourceFile
+    name: str
+    version: int
+    description: str | None
+    instruments: list[Named]
+    inputs: list[Named]
+    params: dict[str, ParamDecl]
+    features: dict[str, FeatureDecl]
+    signals: list[RuleDecl]
+    risk: dict[str, ValueDecl] | None
+    custom: list[CustomDecl]
+    account: dict[str, ValueDecl]
+    warnings: list[Diagnostic] = field(default_factory=list)
+    name_span: Span | None = None
+
+
+def load_policy(path: str | Path, display_name: str | None = None) -> ParsedPolicy:
+    return parse_policy(read_source(path, display_name))
+
+
+def parse_policy_text(text: str | bytes, name: str = "<policy>") -> ParsedPolicy:
+    raw = text.encode() if isinstance(text, str) else text
+    return parse_policy(source_from_bytes(raw, name))
+
+
+def parse_policy(source: SourceFile) -> ParsedPolicy:
+    doc = compose(source)
+    if not isinstance(doc.value, dict):
+        kind = "a list" if isinstance(doc.value, list) else "a single value"
+        raise PolicyError([error("E003", doc.span(()), f"a policy must be a YAML mapping, not {kind}",
+                                 "start with `policy: NAME`, `version: 1`, `instruments: [...]`, `signals: [...]`")])
+    try:
+        model = PolicyModel.model_validate(doc.value)
+    except ValidationError as exc:
+        raise PolicyError(_structure_errors(exc, doc)) from None
+    return _Builder(doc, model).build()
+
+
+def _model_for(path: tuple) -> type[BaseModel] | None:
+    """The pydantic model that describes the mapping at `path` (for 'did you mean')."""
+    if not path:
+        return PolicyModel
+    if path == ("risk",):
+        return RiskModel
+    if path == ("account",):
+        return AccountModel
+    if len(path) == 2 and path[0] == "signals":
+        return SignalModel
+    if len(path) == 3 and path[:2] == ("risk", "custom"):
+        return CustomRuleModel
+    return None
+
+
+_TYPE_WORDS = {
+    "int_type": "an integer", "string_type": "text", "list_type": "a list", "dict_type": "a mapping",
+    "model_type": "a mapping", "bool_type": "true or false", "literal_error": None,
+}
+
+
+def _describe_value(value: Any) -> str:
+    if isinstance(value, dict):
+        return "a mapping"
+    if isinstance(value, list):
+        return "a list"
+    if value is None:
+        return "nothing (null)"
+    if isinstance(value, bool):
+        return f"`{str(value).lower()}`"
+    if isinstance(value, (int, float)):
+        return f"the number {value}"
+    return f"the text `{value}`"
+
+
+def _structure_errors(exc: ValidationError, doc: Positioned) -> list[Diagnostic]:
+    diags: dict[tuple, Diagnostic] = {}
+    for err in exc.errors():
+        loc = tuple(err["loc"])
+        kind = err["type"]
+        # pydantic reports union members separately; keep the first per location
+        loc = tuple(x for x in loc if not (isinstance(x, str) and x in ("bool", "int", "float", "str") and loc.index(x) == len(loc) - 1))
+        loc = tuple(x for x in loc if x not in ("function-after[...]",))
+        if kind == "extra_forbidden":
+            parent, key = loc[:-1], loc[-1]
+            model = _model_for(parent)
+            where = "the policy" if not parent else f"`{'.'.join(str(p) for p in parent)}`"
+            options = list(model.model_fields) if model else []
+            help_ = did_you_mean(str(key), options) or (f"valid keys: {', '.join(options)}" if options else None)
+            diags.setdefault(loc, error("E004", doc.span(loc, key=True), f"unknown key `{key}` in {where}", help_))
+        elif kind == "missing":
+            parent, key = loc[:-1], loc[-1]
+            where = "the policy" if not parent else f"`{'.'.join(str(p) for p in parent)}`"
+            span = doc.span(parent)
+            if not parent:
+                first_key = next(iter(doc.keys.values()), None)
+                span = doc.source.node_span(first_key) if first_key is not None else span
+            diags.setdefault(loc, error("E006", span, f"missing required key `{key}` in {where}", _missing_help(str(key))))
+        else:
+            value = _value_at(doc.value, loc)
+            if isinstance(value, (dict, list)) or kind in ("dict_type", "list_type", "model_type", "model_attributes_type"):
+                code = "E003"
+            else:
+                code = "E007"
+            field = ".".join(str(p) for p in loc) or "the policy"
+            if kind == "literal_error":
+                expected = err.get("ctx", {}).get("expected", "")
+                msg = f"`{field}` must be one of {expected}, not {_describe_value(value)}"
+                help_ = did_you_mean(str(value), CUSTOM_ACTIONS)
+            else:
+                want = _expected_for(loc, kind)
+                msg = f"`{field}` must be {want}, not {_describe_value(value)}"
+                help_ = None
+            if loc not in diags:
+                diags[loc] = error(code, doc.span(loc), msg, help_)
+    return sorted(diags.values(), key=lambda d: (d.span.line, d.span.column))
+
+
+def _expected_for(loc: tuple, kind: str) -> str:
+    name = loc[-1] if loc else ""
+    if name in ("instruments", "inputs", "signals") or kind == "list_type":
+        return "a list"
+    if name in ("params", "features", "risk", "account") or kind in ("dict_type", "model_type"):
+        return "a mapping"
+    if name == "version":
+        return "an integer"
+    if name in ("policy", "description", "name"):
+        return "text"
+    if len(loc) >= 2 and loc[-2] in ("signals",) or (len(loc) >= 3 and loc[-3] == "signals"):
+        return "an expression"
+    if kind in _TYPE_WORDS and _TYPE_WORDS[kind]:
+        return _TYPE_WORDS[kind]
+    return "a number, true/false or an expression"
+
+
+def _missing_help(key: str) -> str | None:
+    return {
+        "policy": "add `policy: my_policy` (lower case, digits and _)",
+        "version": "add `version: 1`",
+        "instruments": "add `instruments: [SYMBOL]`",
+        "signals": "add `signals:` with rules `- when: ... target: ...` (or `signals: []` with `inputs: [intent]`)",
+        "when": "each rule needs `when: CONDITION`",
+        "target": "each rule needs `target: UNITS`",
+    }.get(key)
+
+
+def _value_at(value: Any, loc: tuple) -> Any:
+    for part in loc:
+        try:
+            value = value[part]
+        except (KeyError, IndexError, TypeError):
+            return None
+    return value
+
+
+class _Builder:
+    """Second pass over a structurally valid document: names, literals and expressions."""
+
+    def __init__(self, doc: Positioned, model: PolicyModel):
+        self.doc = doc
+        self.model = model
+        self.errors: list[Diagnostic] = []
+        self.warnings: list[Diagnostic] = []
+
+    def span(self, path, key=False) -> Span:
+        return self.doc.span(tuple(path), key=key)
+
+    def expr(self, path: tuple) -> ex.Node | None:
+        node = self.doc.nodes[path]
+        offsets = scalar_text_offsets(self.doc.source, node)
+        src = self.doc.source
+
+        def span_of(lo: int, hi: int) -> Span:
+            lo = max(0, min(lo, len(offsets) - 1))
+            hi = max(lo + 1, min(hi, len(offsets) - 1))
+            return src.span(offsets[lo], offsets[hi - 1] + 1)
+
+        try:
+            return ex.parse_expression(node.value, span_of)
+        except PolicyError as exc:
+            self.errors.extend(exc.diagnostics)
+            return None
+
+    def literal(self, path: tuple, value: Any) -> float | bool | None:
+        """A param default: a number, `true`/`false`, or a literal like `2%` or `1e-3`."""
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, (int, float)):
+            return float(value)
+        node = self.expr(path)
+        if node is None:
+            return None
+        negate = isinstance(node, ex.Unary) and node.op == "-"
+        inner = node.operand if negate else node
+        if isinstance(inner, ex.Number):
+            return -inner.value if negate else inner.value
+        if isinstance(inner, ex.Boolean) and not negate:
+            return inner.value
+        self.errors.append(error("E007", self.span(path), f"param `{path[-1]}` must be a number or true/false",
+                                 "params are constants; derived values belong in `features`"))
+        return None
+
+    def name(self, path: tuple, text: str, what: str, pattern=IDENTIFIER, key=False) -> bool:
+        if pattern.match(text):
+            return True
+        rule = "lower case letters, digits and _, starting with a letter" if pattern is POLICY_NAME else \
+            "letters, digits and _, not starting with a digit"
+        self.errors.append(error("E008", self.span(path, key=key), f"invalid {what} `{text}`", f"use {rule}"))
+        return False
+
+    def build(self) -> ParsedPolicy:
+        m = self.model
+        self.name(("policy",), m.policy, "policy name", POLICY_NAME)
+        if m.version < 1:
+            self.errors.append(error("E007", self.span(("version",)), f"`version` must be 1 or more, not {m.version}"))
+        if not m.instruments:
+            self.errors.append(error("E007", self.span(("instruments",)), "`instruments` must list at least one symbol"))
+        instruments = self.unique_names("instruments", m.instruments, SYMBOL, "instrument symbol")
+        inputs = self.unique_names("inputs", m.inputs, IDENTIFIER, "input name")
+        params = {}
+        for key, value in m.params.items():
+            if self.name(("params", key), key, "param name", key=True):
+                lit = self.literal(("params", key), value)
+                if lit is not None:
+                    params[key] = ParamDecl(key, self.span(("params", key), key=True), lit)
+        features = {}
+        for key in m.features:
+            if self.name(("features", key), key, "feature name", key=True):
+                node = self.expr(("features", key))
+                if node is not None:
+                    features[key] = FeatureDecl(key, self.span(("features", key), key=True), node)
+        signals = []
+        for i in range(len(m.signals)):
+            when, target = self.expr(("signals", i, "when")), self.expr(("signals", i, "target"))
+            if when is not None and target is not None:
+                signals.append(RuleDecl(when, target, self.span(("signals", i))))
+        if not m.signals and "intent" not in m.inputs:
+            self.errors.append(error("E210", self.span(("signals",)), "`signals` is empty and there is no `intent` input",
+                                     "add a rule, or `inputs: [intent]` to let a model propose targets"))
+        risk, custom = None, []
+        if m.risk is not None:
+            risk = {}
+            for key in RISK_KEYS:
+                if getattr(m.risk, key) is not None:
+                    node = self.expr(("risk", key))
+                    if node is not None:
+                        risk[key] = ValueDecl(key, node, self.span(("risk", key)))
+            seen = set()
+            for i, rule in enumerate(m.risk.custom):
+                path = ("risk", "custom", i)
+                if self.name(path + ("name",), rule.name, "custom rule name") and rule.name in seen:
+                    self.errors.append(error("E205", self.span(path + ("name",)), f"custom rule `{rule.name}` is defined twice"))
+                seen.add(rule.name)
+                when = self.expr(path + ("when",))
+                if when is not None:
+                    custom.append(CustomDecl(rule.name, when, rule.action, self.span(path)))
+        else:
+            self.warnings.append(warning("W001", self.span(("policy",), key=True),
+                                         "policy has no `risk` section: nothing limits its orders",
+                                         "add at least `max_position` and `max_order_qty`"))
+        account = {}
+        if m.account is not None:
+            for key in ACCOUNT_KEYS:
+                if getattr(m.account, key) is not None:
+                    node = self.expr(("account", key))
+                    if node is not None:
+                        account[key] = ValueDecl(key, node, self.span(("account", key)))
+        if self.errors:
+            raise PolicyError(self.errors)
+        return ParsedPolicy(
+            source=self.doc.source, name=m.policy, version=m.version, description=m.description,
+            instruments=instruments, inputs=inputs, params=params, features=features, signals=signals,
+            risk=risk, custom=custom, account=account, warnings=self.warnings,
+            name_span=self.span(("policy",)),
+        )
+
+    def unique_names(self, key: str, values: list[str], pattern, what: str) -> list[Named]:
+        out, seen = [], {}
+        for i, text in enumerate(values):
+            path = (key, i)
+            if not self.name(path, text, what, pattern):
+                continue
+            if text in seen:
+                self.errors.append(error("E205", self.span(path), f"`{text}` is listed twice in `{key}`",
+                                         f"first listed at line {seen[text].line}"))
+                continue
+            seen[text] = self.span(path)
+            out.append(Named(text, self.span(path)))
+        return out

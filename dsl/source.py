@@ -1,0 +1,226 @@
+"""Source text and positioned YAML.
+
+PyYAML's composer keeps a start and end mark on every node. We keep the node tree next
+to the plain Python values built from it, keyed by path, so that every later stage can
+point at the exact line and column of what it complains about, down to a character
+inside an expression.
+"""
+from __future__ import annotations
+
+import bisect
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .diagnostics import PolicyError, Span, error
+
+MAX_FILE_BYTES = 1_000_000
+MAX_NODES = 20_000
+
+PathKey = tuple  # a path of mapping keys (str) and list indices (int)
+
+
+@dataclass
+class SourceFile:
+    """The text of one policy file and a fast offset -> (line, column) index."""
+
+    name: str
+    text: str
+    _line_starts: list[int] = field(default_factory=list, repr=False)
+
+    def __post_init__(self):
+        starts = [0]
+        for i, ch in enumerate(self.text):
+            if ch == "\n":
+                starts.append(i + 1)
+        self._line_starts = starts
+
+    @property
+    def lines(self) -> list[str]:
+        return self.text.split("\n")
+
+    def position(self, offset: int) -> tuple[int, int]:
+        offset = max(0, min(offset, len(self.text)))
+        line = bisect.bisect_right(self._line_starts, offset) - 1
+        return line + 1, offset - self._line_starts[line] + 1
+
+    def span(self, start: int, end: int) -> Span:
+        line, col = self.position(start)
+        end_line, end_col = self.position(max(end, start + 1))
+        return Span(self.name, line, col, end_line, end_col)
+
+    def node_span(self, node: yaml.Node) -> Span:
+        return self.span(node.start_mark.index, node.end_mark.index)
+
+
+def read_source(path: str | Path, display_name: str | None = None) -> SourceFile:
+    """Read a policy file as UTF-8 text, refusing binary, empty and oversized input."""
+    name = display_name or str(path)
+    here = Span(name, 1, 1, 1, 2)
+    try:
+        raw = Path(path).read_bytes()
+    except IsADirectoryError:
+        raise PolicyError([error("E001", here, "is a directory, not a policy file")])
+    except OSError as exc:
+        raise PolicyError([error("E001", here, f"cannot read file: {exc.strerror or exc}")])
+    return source_from_bytes(raw, name)
+
+
+def source_from_bytes(raw: bytes, name: str) -> SourceFile:
+    here = Span(name, 1, 1, 1, 2)
+    if len(raw) > MAX_FILE_BYTES:
+        raise PolicyError([error(
+            "E001", here,
+            f"file is too large ({len(raw) / 1e6:.1f} MB); a policy file may be at most {MAX_FILE_BYTES // 1000} kB",
+        )])
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        src = SourceFile(name, raw[: exc.start].decode("utf-8", "replace"))
+        line, col = src.position(exc.start)
+        raise PolicyError([error(
+            "E001", Span(name, line, col, line, col + 1),
+            f"file is not UTF-8 text (byte 0x{raw[exc.start]:02x} at offset {exc.start})",
+            "policy files are YAML text; is this the right file?",
+        )])
+    if "\x00" in text:
+        src = SourceFile(name, text)
+        line, col = src.position(text.index("\x00"))
+        raise PolicyError([error("E001", Span(name, line, col, line, col + 1),
+                                 "file contains NUL bytes; it looks binary, not a YAML policy")])
+    if not text.strip():
+        raise PolicyError([error("E001", here, "file is empty",
+                                 "a policy needs at least `policy`, `version`, `instruments` and `signals`")])
+    return SourceFile(name, text)
+
+
+class _Loader(yaml.SafeLoader):
+    """Compose-only loader: we never construct arbitrary Python objects from YAML tags."""
+
+
+@dataclass
+class Positioned:
+    """A YAML document as plain values plus the node of every path, for spans."""
+
+    source: SourceFile
+    value: Any
+    nodes: dict[PathKey, yaml.Node]
+    keys: dict[PathKey, yaml.Node]  # the key node of every mapping entry
+
+    def span(self, path: PathKey, *, key: bool = False) -> Span:
+        """The span of the value at `path` (or of its key), or of the nearest parent."""
+        table = self.keys if key else self.nodes
+        p = tuple(path)
+        while p:
+            if p in table:
+                return self.source.node_span(table[p])
+            if p in self.nodes:
+                return self.source.node_span(self.nodes[p])
+            p = p[:-1]
+        node = self.nodes.get((), None)
+        return self.source.node_span(node) if node is not None else Span(self.source.name, 1, 1, 1, 2)
+
+
+def compose(source: SourceFile) -> Positioned:
+    """Parse YAML into positioned values; YAML errors and duplicate keys become diagnostics."""
+    try:
+        root = yaml.compose(source.text, Loader=_Loader)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
+        problem = exc.problem or exc.context or "invalid YAML"
+        raise PolicyError([error("E002", Span(source.name, line, col, line, col + 1), f"YAML: {problem}",
+                                 _yaml_help(problem))])
+    except yaml.YAMLError as exc:
+        raise PolicyError([error("E002", Span(source.name, 1, 1, 1, 2), f"YAML: {exc}")])
+    except RecursionError:
+        raise PolicyError([error("E002", Span(source.name, 1, 1, 1, 2), "YAML is nested too deeply")])
+    if root is None:
+        raise PolicyError([error("E001", Span(source.name, 1, 1, 1, 2), "file holds no YAML document")])
+    doc = Positioned(source, None, {}, {})
+    diags = []
+    count = [0]
+
+    def build(node: yaml.Node, path: PathKey, depth: int):
+        count[0] += 1
+        if count[0] > MAX_NODES or depth > 50:
+            raise PolicyError([error("E003", source.node_span(node), "document is too large or too deeply nested")])
+        doc.nodes[path] = node
+        if isinstance(node, yaml.MappingNode):
+            out = {}
+            for key_node, value_node in node.value:
+                if not isinstance(key_node, yaml.ScalarNode):
+                    diags.append(error("E003", source.node_span(key_node), "a mapping key must be a plain name"))
+                    continue
+                key = key_node.value
+                if key in out:
+                    first = doc.keys[path + (key,)]
+                    diags.append(error("E005", source.node_span(key_node), f"duplicate key `{key}`",
+                                       f"`{key}` is first defined on line {first.start_mark.line + 1}"))
+                    continue
+                doc.keys[path + (key,)] = key_node
+                out[key] = build(value_node, path + (key,), depth + 1)
+            return out
+        if isinstance(node, yaml.SequenceNode):
+            return [build(item, path + (i,), depth + 1) for i, item in enumerate(node.value)]
+        return _scalar(node)
+
+    doc.value = build(root, (), 0)
+    if diags:
+        raise PolicyError(diags)
+    return doc
+
+
+def _scalar(node: yaml.ScalarNode) -> Any:
+    """The typed value of a scalar by PyYAML's safe rules (int, float, bool, null, str)."""
+    try:
+        return _CONSTRUCTOR.construct_object(node)
+    except (yaml.YAMLError, ValueError, TypeError):
+        return node.value
+
+
+_CONSTRUCTOR = yaml.constructor.SafeConstructor()
+
+
+def _yaml_help(problem: str) -> str | None:
+    if "tab" in problem:
+        return "YAML indentation must use spaces, not tabs"
+    if "mapping values are not allowed" in problem:
+        return "a value containing `: ` must be quoted"
+    return None
+
+
+def scalar_text_offsets(source: SourceFile, node: yaml.ScalarNode) -> list[int]:
+    """File offset of every character of a scalar's value, plus one past its end.
+
+    Plain and quoted scalars fold newlines and indentation into single spaces; block
+    scalars start on the next line. We align the value against the raw text so that a
+    column inside an expression maps to the right place in the file.
+    """
+    value = node.value
+    raw = source.text
+    pos = node.start_mark.index
+    end = node.end_mark.index
+    if node.style in ("|", ">"):
+        nl = raw.find("\n", pos, end)
+        pos = nl + 1 if nl >= 0 else pos
+    elif node.style in ("'", '"'):
+        pos += 1
+    offsets = []
+    for ch in value:
+        if ch in " \n" and pos < end and raw[pos] in " \t\r\n":
+            offsets.append(pos)
+            while pos < end and raw[pos] in " \t\r\n":
+                pos += 1
+            continue
+        probe = pos
+        while probe < end and raw[probe] != ch:
+            probe += 1
+        if probe < end:
+            pos = probe
+        offsets.append(pos)
+        pos = min(pos + 1, end)
+    offsets.append(pos)
+    return offsets

@@ -1,0 +1,1 @@
+"""The engine that drives compiled policies: backtests now, live trading next."""
