@@ -13,7 +13,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(PY) -m compiler.demo
+	$(PY) -m runtime.demo
 
 test: $(STAMP)
 	$(PY) -m pytest

@@ -189,8 +189,12 @@ def compile_checked(result: Checked) -> CompiledPolicy:
     program = optimise(lower(result.checked))
     source = emit(program, result.checked)
     module, path = load_kernel(source)
-    return CompiledPolicy(result.checked, program, source, path, module, result.policy_hash, result.build_hash,
-                          dict(result.checked.params))
+    compiled = CompiledPolicy(result.checked, program, source, path, module, result.policy_hash, result.build_hash,
+                              dict(result.checked.params))
+    empty = Events(np.zeros(0, np.int64), np.zeros(0, np.int8), np.zeros(0, np.int32),
+                   np.zeros((0, len(program.columns))))
+    compiled.run(empty, trace=True)  # JIT-compiles now, or loads the machine code from the cache
+    return compiled
 
 
 def compile_policy(source, params: dict | None = None) -> CompiledPolicy:
