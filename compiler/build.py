@@ -74,12 +74,15 @@ class Session:
         eq = equity_out if equity_out is not None else np.zeros(1)
         tr = trace if trace is not None else np.zeros((1, 1))
         start, n = 0, len(events)
-        while start < n:
+        params, state, config = pol.param_vector, pol.state, pol.config
+        while True:
             start, self.n_orders = pol.kernel.run(
-                events.ts, events.kind, events.inst, events.vals, start, n, pol.param_vector, pol.state.windows,
-                pol.state.offsets, pol.config, self.fs, self.pstate, self.acct, self.orders, self.n_orders,
+                events.ts, events.kind, events.inst, events.vals, start, n, params, state.windows,
+                state.offsets, config, self.fs, self.pstate, self.acct, self.orders, self.n_orders,
                 self.mode, eq, tr, trace_on)
-            if start < n:
+            if start >= n:
+                break
+            if self.n_orders >= len(self.orders):
                 grown = np.empty((len(self.orders) * 2, L.ORDER_WIDTH))
                 grown[: self.n_orders] = self.orders[: self.n_orders]
                 self.orders = grown
