@@ -59,7 +59,8 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _print_diagnostics(diags: list[Diagnostic], fmt: str, out=sys.stderr):
+def _print_diagnostics(diags: list[Diagnostic], fmt: str, out=None):
+    out = out or sys.stderr
     if fmt == "json":
         return
     cache: dict[str, list[str] | None] = {}

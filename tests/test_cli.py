@@ -1,0 +1,94 @@
+"""The command line as a trader uses it: exit codes, outputs, artifacts."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from compiler.cli import main
+
+ROOT = Path(__file__).resolve().parent.parent
+EMA = ROOT / "policies" / "ema_cross.yaml"
+
+
+def run(capsys, *argv):
+    try:
+        code = main(list(argv))
+    except SystemExit as exc:
+        code = exc.code
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test_hash_prints_the_policy_hash_alone(capsys):
+    code, out, _ = run(capsys, "hash", str(EMA))
+    assert code == 0
+    assert len(out.strip()) == 64 and all(c in "0123456789abcdef" for c in out.strip())
+    code, out2, _ = run(capsys, "validate", str(EMA))
+    assert code == 0 and out2.strip() == f"ok {EMA} {out.strip()}"
+
+
+def test_param_override_changes_the_hash(capsys):
+    _, base, _ = run(capsys, "hash", str(EMA))
+    _, changed, _ = run(capsys, "hash", str(EMA), "-p", "fast=10")
+    assert base != changed
+
+
+@pytest.mark.parametrize("param, message", [
+    ("fast=abc", "must be a number"),
+    ("fats=10", "did you mean `fast`"),
+    ("fast=0", "window of `ema` is 0"),
+    ("fast=1e12", "must be an integer from 1"),
+])
+def test_bad_param_overrides_are_diagnostics(capsys, param, message):
+    code, out, err = run(capsys, "hash", str(EMA), "-p", param)
+    assert code == 1
+    assert message in err
+    assert "Traceback" not in err + out
+
+
+def test_usage_errors_exit_2(capsys, tmp_path):
+    assert run(capsys, "validate", str(tmp_path / "missing.yaml"))[0] == 2
+    assert run(capsys, "validate", "--bogus", str(EMA))[0] == 2
+    assert run(capsys, "hash", str(EMA), "-p", "no_equals_sign")[0] == 2
+    assert run(capsys)[0] == 2
+
+
+def test_compile_writes_manifest_and_kernel(capsys, tmp_path):
+    out_dir = tmp_path / "artifact"
+    code, out, _ = run(capsys, "compile", str(EMA), "-p", "fast=10", "-o", str(out_dir))
+    assert code == 0
+    manifest = json.loads((out_dir / "manifest.json").read_text())
+    for key in ("policy", "version", "policy_hash", "build_hash", "params", "instruments", "market_fields",
+                "compiler", "toolchain", "created_at"):
+        assert key in manifest
+    assert manifest["params"]["fast"] == 10
+    assert manifest["market_fields"] == ["price", "close"]
+    assert set(manifest["toolchain"]) >= {"numba", "llvmlite", "numpy"}
+    assert manifest["policy_hash"] in out and manifest["build_hash"] in out
+    kernel = (out_dir / "kernel.py").read_text()
+    assert "@njit(cache=True" in kernel and "def run(" in kernel
+    compile(kernel, "kernel.py", "exec")  # the artifact is real Python source
+    code, out, _ = run(capsys, "compile", str(EMA), "-o", str(out_dir), "--format", "json")
+    assert code == 0 and json.loads(out)["params"]["fast"] == 12
+
+
+def test_explain_shows_features_rules_and_risk(capsys):
+    code, out, _ = run(capsys, "explain", str(EMA))
+    assert code == 0
+    for text in ("fast_ma", "state", "crosses_above", "max_position 500", "stop_loss 3%", "kill switch"):
+        assert text in out
+
+
+def test_validate_does_not_import_numba():
+    code = ("import sys; from compiler.cli import main; rc = main(['validate', %r]); "
+            "sys.exit(10 if 'numba' in sys.modules else rc)" % str(EMA))
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    assert result.returncode == 0, result.stderr
+
+
+def test_console_script_runs():
+    exe = Path(sys.executable).parent / "policyc"
+    result = subprocess.run([str(exe), "validate", str(EMA)], capture_output=True, text=True)
+    assert result.returncode == 0 and result.stdout.startswith("ok ")
