@@ -61,31 +61,39 @@ class Session:
 
     policy: "CompiledPolicy"
     mode: int
+    config: np.ndarray
     fs: np.ndarray
     pstate: np.ndarray
     acct: np.ndarray
     orders: np.ndarray
     n_orders: int = 0
 
-    def feed(self, events: Events, equity_out=None, trace=None) -> None:
-        """Run the kernel over a batch; grows the order buffer as needed."""
+    def feed(self, events: Events, equity_out=None, trace=None, start: int = 0, stop: int | None = None) -> None:
+        """Run the kernel over events[start:stop]; grows the order buffer as needed.
+
+        `equity_out` and `trace`, when given, are indexed by absolute event number."""
         pol = self.policy
         trace_on = (1 if equity_out is not None else 0) | (2 if trace is not None else 0)
         eq = equity_out if equity_out is not None else np.zeros(1)
         tr = trace if trace is not None else np.zeros((1, 1))
-        start, n = 0, len(events)
-        params, state, config = pol.param_vector, pol.state, pol.config
+        n = len(events) if stop is None else stop
+        params, state = pol.param_vector, pol.state
         while True:
             start, self.n_orders = pol.kernel.run(
                 events.ts, events.kind, events.inst, events.vals, start, n, params, state.windows,
-                state.offsets, config, self.fs, self.pstate, self.acct, self.orders, self.n_orders,
+                state.offsets, self.config, self.fs, self.pstate, self.acct, self.orders, self.n_orders,
                 self.mode, eq, tr, trace_on)
             if start >= n:
                 break
-            if self.n_orders >= len(self.orders):
-                grown = np.empty((len(self.orders) * 2, L.ORDER_WIDTH))
-                grown[: self.n_orders] = self.orders[: self.n_orders]
-                self.orders = grown
+            grown = np.empty((len(self.orders) * 2, L.ORDER_WIDTH))
+            grown[: self.n_orders] = self.orders[: self.n_orders]
+            self.orders = grown
+
+    @property
+    def reason_counts(self) -> dict[str, int]:
+        names = self.policy.reason_names
+        counts = self.acct[L.A_REASON_COUNTS: L.A_REASON_COUNTS + len(names)]
+        return {name: int(c) for name, c in zip(names, counts) if c}
 
     def snapshot(self) -> dict:
         return {"fs": self.fs.copy(), "pstate": self.pstate.copy(), "acct": self.acct.copy(),
@@ -137,10 +145,6 @@ class CompiledPolicy:
     def state(self) -> L.StateLayout:
         return L.state_layout(self.program, [self.params[n] for n in self.program.params])
 
-    @property
-    def config(self) -> np.ndarray:
-        return L.config_vector(self.checked.risk, self.checked.account)
-
     def with_params(self, **overrides) -> "CompiledPolicy":
         """The same kernel under new param values: checked and hashed again, never recompiled."""
         result = check_policy(self.checked.parsed, {**self.params, **overrides})
@@ -153,9 +157,9 @@ class CompiledPolicy:
     def session(self, mode: int = L.FILL_NEXT, account: dict | None = None) -> Session:
         settings = {**self.checked.account, **(account or {})}
         acct, pstate = L.initial_account(len(self.instruments), len(self.program.custom), settings)
-        layout = self.state
-        fs = np.zeros((len(self.instruments), layout.width))
-        return Session(self, mode, fs, pstate, acct, np.empty((1024, L.ORDER_WIDTH)))
+        fs = np.zeros((len(self.instruments), self.state.width))
+        config = L.config_vector(self.checked.risk, settings)
+        return Session(self, mode, config, fs, pstate, acct, np.empty((1024, L.ORDER_WIDTH)))
 
     def run(self, events: Events, mode: int = L.FILL_NEXT, *, record_equity: bool = True,
             trace: bool = False) -> RunResult:

@@ -35,7 +35,8 @@ A_CASH, A_PEAK, A_HALTED, A_DAY, A_DAY_OPEN, A_DAY_LOSS, A_ORDERS_TODAY, A_TOKEN
     A_FEES, A_EQUITY, A_FILLS, A_GROSS = range(13)
 A_NAMES = ("cash", "peak_equity", "halted", "day", "day_open_equity", "daily_loss_tripped", "orders_today",
            "tokens", "token_ts", "fees", "equity", "fills", "gross_exposure")
-ACCT_WIDTH = len(A_NAMES)
+A_REASON_COUNTS = len(A_NAMES)   # then one counter per reason bit: decisions that recorded it
+ACCT_WIDTH = A_REASON_COUNTS + 53
 
 # ---- order records (orders[row, column]) --------------------------------------------
 O_EVENT, O_INST, O_QTY, O_PRICE, O_TARGET, O_DESIRED, O_REASONS, O_EXIT, O_FILL_EVENT, O_FILL_PRICE, \

@@ -1,0 +1,761 @@
+"""Differential tests: the Numba kernel against the reference interpreter.
+
+Hypothesis generates random but valid policies (typed expression trees over market
+fields, params, features, state values, lookbacks and every built-in; random signal
+rules; a random subset of the risk keys and custom rules; fees and slippage) and random
+event streams (random-walk prices with jumps, equal / sub-second / day-crossing
+timestamps, intents, halts and resumes, bad prices). For every stream, in both backtest
+fill modes, the kernel (`CompiledPolicy.run`) and `compiler.interpret.Interpreter` must
+agree on every order, every decision's desired target and reason codes, the equity
+curve and every traced feature value.
+
+Each generated policy costs one Numba compile, so every example runs several event
+streams, some of them under re-bound param values (`with_params` reuses the kernel).
+Shrinking is off (each shrink step would be another compile): a failure prints the
+policy text and the stream seed, which is enough to replay it.
+"""
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass, field
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, Phase, assume, given, note, settings
+from hypothesis import strategies as st
+
+from compiler import layout as L
+from compiler.build import Events, compile_policy
+from compiler.interpret import Interpreter
+from dsl.diagnostics import PolicyError
+from dsl.document import parse_policy_text
+
+RTOL = 1e-9
+T0 = 1_700_000_000_000_000_000          # 2023-11-14T22:13:20Z
+NS_S = 1_000_000_000
+NS_H = 3600 * NS_S
+MODES = {"next": L.FILL_NEXT, "same": L.FILL_SAME}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _private_kernel_cache(tmp_path_factory):
+    """Random kernels go to a throw-away cache, not the user's."""
+    old = os.environ.get("POLICYC_CACHE")
+    os.environ["POLICYC_CACHE"] = str(tmp_path_factory.mktemp("kernels"))
+    yield
+    if old is None:
+        os.environ.pop("POLICYC_CACHE", None)
+    else:
+        os.environ["POLICYC_CACHE"] = old
+
+
+# =====================================================================================
+# Comparison
+# =====================================================================================
+def close(a, b, rtol=RTOL) -> bool:
+    """Equal, both NaN, or within rtol of each other."""
+    a, b = float(a), float(b)
+    if a != a or b != b:
+        return a != a and b != b
+    if a == b:
+        return True
+    return abs(a - b) <= rtol * max(abs(a), abs(b))
+
+
+def run_both(cp, ev: Events, mode: int):
+    res = cp.run(ev, mode, trace=True)
+    it = Interpreter(cp.program, cp.params, cp.checked.risk, cp.checked.account, len(cp.instruments), mode)
+    it.run(ev.ts, ev.kind, ev.inst, ev.vals)
+    return res, it
+
+
+def differences(cp, ev: Events, mode: int, limit: int = 12) -> list[str]:
+    """Every way the kernel and the interpreter disagree on one stream (first `limit`)."""
+    res, it = run_both(cp, ev, mode)
+    out: list[str] = []
+    names = cp.reason_names
+
+    def reasons(mask) -> str:
+        return "|".join(L.decode_reasons(int(mask), names)) or "-"
+
+    # orders
+    ko, io = res.orders, it.orders
+    if len(ko) != len(io):
+        out.append(f"order count: kernel {len(ko)} interpreter {len(io)}")
+    for n, (k, o) in enumerate(zip(ko, io)):
+        exact = [("event", L.O_EVENT, o.event), ("instrument", L.O_INST, o.instrument),
+                 ("fill_event", L.O_FILL_EVENT, o.fill_event), ("exit", L.O_EXIT, float(o.exit))]
+        approx = [("qty", L.O_QTY, o.qty), ("price", L.O_PRICE, o.price), ("target", L.O_TARGET, o.target),
+                  ("desired", L.O_DESIRED, o.desired), ("fill_price", L.O_FILL_PRICE, o.fill_price),
+                  ("fee", L.O_FEE, o.fee)]
+        bad = [f"{what} {k[col]!r} vs {want!r}" for what, col, want in exact if float(k[col]) != float(want)]
+        bad += [f"{what} {k[col]!r} vs {want!r}" for what, col, want in approx if not close(k[col], want)]
+        if int(k[L.O_REASONS]) != o.reasons:
+            bad.append(f"reasons {reasons(k[L.O_REASONS])} vs {reasons(o.reasons)}")
+        if bad:
+            out.append(f"order {n} (event {o.event}, kernel event {int(k[L.O_EVENT])}): " + "; ".join(bad))
+    # decisions
+    decided = set()
+    for d in it.trace:
+        e = d["event"]
+        decided.add(e)
+        row = res.trace[e]
+        bad = []
+        if not close(row[L.T_DESIRED], d["desired"]):
+            bad.append(f"desired {row[L.T_DESIRED]!r} vs {d['desired']!r}")
+        if row[L.T_REASONS] != d["reasons"]:
+            bad.append(f"reasons {reasons(row[L.T_REASONS]) if row[L.T_REASONS] == row[L.T_REASONS] else 'NaN'}"
+                       f" vs {reasons(d['reasons'])}")
+        for what, col in (("position", L.T_POSITION), ("target", L.T_TARGET), ("order", L.T_ORDER),
+                          ("equity", L.T_EQUITY)):
+            if not close(row[col], d[what]):
+                bad.append(f"{what} {row[col]!r} vs {d[what]!r}")
+        if d["features"] is not None:
+            for name, j, want in zip(cp.feature_names, range(L.TRACE_FIXED, res.trace.shape[1]), d["features"]):
+                if not close(row[j], float(want)):
+                    bad.append(f"feature {name} {row[j]!r} vs {float(want)!r}")
+        if bad:
+            out.append(f"decision at event {e} (kind {int(ev.kind[e])}, inst {int(ev.inst[e])}): " + "; ".join(bad))
+    for e in range(len(ev)):
+        if e not in decided and not np.isnan(res.trace[e, L.T_DESIRED]):
+            out.append(f"kernel decided at event {e} (kind {int(ev.kind[e])}), the interpreter did not")
+    # equity
+    if len(it.equity_curve) != len(ev):
+        out.append(f"interpreter equity curve has {len(it.equity_curve)} points for {len(ev)} events")
+    for e, (k, want) in enumerate(zip(res.equity, it.equity_curve)):
+        if not close(k, want):
+            out.append(f"equity after event {e}: kernel {k!r} interpreter {want!r}")
+            break
+    return out[:limit]
+
+
+def assert_same(cp, ev: Events, context: str = ""):
+    for label, mode in MODES.items():
+        problems = differences(cp, ev, mode)
+        assert not problems, (f"kernel and interpreter disagree (fill {label}) {context}\n"
+                              + "\n".join(problems) + "\n--- policy ---\n" + cp.checked.parsed.source.text)
+
+
+# =====================================================================================
+# Random policies
+# =====================================================================================
+FIELDS = ("close", "price", "high", "low", "volume")
+STATES = ("position", "equity", "drawdown", "orders_today", "entry_price", "unrealized_pnl", "cash", "margin_usage")
+MOVING = ("sma", "ema", "rma", "wma", "stdev", "variance", "sum", "highest", "lowest", "rsi", "zscore")
+UNARY = ("abs", "log", "exp", "sqrt", "sign", "floor", "ceil", "round")
+TIME_FNS = ("hour", "minute_of_day", "day_of_week")
+CMP = ("<", "<=", ">", ">=", "==", "!=")
+LITERALS = ("0", "1", "2", "3", "0.5", "1.5", "10", "50", "100", "2%", "0.1%", "1e-3", "0.25", "7")
+
+
+@dataclass
+class Ctx:
+    """Names an expression may read, by type."""
+
+    num_params: list = field(default_factory=list)
+    win_params: list = field(default_factory=list)    # integer params 1..12: windows and lookbacks
+    bool_params: list = field(default_factory=list)
+    num_feats: list = field(default_factory=list)     # readable now (defined earlier)
+    bool_feats: list = field(default_factory=list)
+    lag_num: list = field(default_factory=list)       # readable only through a lookback >= 1
+    lag_bool: list = field(default_factory=list)
+    inputs: list = field(default_factory=list)
+
+    def no_forward(self) -> "Ctx":
+        """Inside `(expr)[k]` a feature not yet computed may not appear (E208)."""
+        return Ctx(self.num_params, self.win_params, self.bool_params, self.num_feats, self.bool_feats,
+                   [], [], self.inputs)
+
+
+def pick(draw, options):
+    return draw(st.sampled_from(options))
+
+
+def window(draw, ctx: Ctx) -> str:
+    if ctx.win_params and draw(st.integers(0, 2)) == 0:
+        return pick(draw, ctx.win_params)
+    return str(draw(st.integers(1, 12)))
+
+
+def lag_k(draw, ctx: Ctx, zero_ok: bool) -> str:
+    options = ["1", "1", "3", "2"] + (["0"] if zero_ok else []) + ctx.win_params
+    return pick(draw, options)
+
+
+def num_leaf(draw, ctx: Ctx) -> str:
+    kinds = ["field"] * 5 + ["literal"] * 2 + ["state"] + ["lagged"] * 2
+    kinds += ["param"] * 2 * bool(ctx.num_params) + ["feature"] * 3 * bool(ctx.num_feats)
+    kinds += ["forward"] * bool(ctx.lag_num) + ["input"] * bool(ctx.inputs)
+    kind = pick(draw, kinds)
+    if kind == "field":
+        return pick(draw, FIELDS)
+    if kind == "literal":
+        return pick(draw, LITERALS)
+    if kind == "state":
+        return pick(draw, STATES)
+    if kind == "param":
+        return pick(draw, ctx.num_params)
+    if kind == "feature":
+        return pick(draw, ctx.num_feats)
+    if kind == "input":
+        return pick(draw, ctx.inputs)
+    if kind == "forward":
+        return f"{pick(draw, ctx.lag_num)}[{lag_k(draw, ctx, False)}]"
+    source = pick(draw, list(FIELDS) + ctx.num_feats + ctx.num_params)
+    return f"{source}[{lag_k(draw, ctx, True)}]"
+
+
+def num_expr(draw, ctx: Ctx, depth: int) -> str:
+    if depth <= 0 or draw(st.integers(0, 4)) == 0:
+        return num_leaf(draw, ctx)
+    d = depth - 1
+    kind = pick(draw, ["arith"] * 4 + ["moving"] * 3 + ["diff"] * 2 + ["unary"] * 2 + ["neg", "pow", "atr", "bars",
+                      "minmax", "clip", "nz", "time", "if", "lookback"])
+    if kind == "arith":
+        return f"({num_expr(draw, ctx, d)} {pick(draw, '+-*/')} {num_expr(draw, ctx, d)})"
+    if kind == "neg":
+        return f"(-{num_expr(draw, ctx, d)})"
+    if kind == "pow":
+        exponent = pick(draw, ["2", "0.5", "3", "-1", "(-2)", num_leaf(draw, ctx)])
+        return f"({num_expr(draw, ctx, d)} ** {exponent})"
+    if kind == "moving":
+        return f"{pick(draw, MOVING)}({num_expr(draw, ctx, d)}, {window(draw, ctx)})"
+    if kind == "atr":
+        return f"atr({window(draw, ctx)})"
+    if kind == "diff":
+        fn = pick(draw, ["change", "returns", "log_return"])
+        x = num_expr(draw, ctx, d)
+        if fn != "log_return" and draw(st.booleans()):
+            return f"{fn}({x}, {lag_k(draw, ctx, False)})"
+        return f"{fn}({x})"
+    if kind == "bars":
+        return f"bars_since({bool_expr(draw, ctx, d)})"
+    if kind == "unary":
+        return f"{pick(draw, UNARY)}({num_expr(draw, ctx, d)})"
+    if kind == "minmax":
+        args = [num_expr(draw, ctx, d) for _ in range(draw(st.integers(2, 3)))]
+        return f"{pick(draw, ['min', 'max'])}({', '.join(args)})"
+    if kind == "clip":
+        return f"clip({num_expr(draw, ctx, d)}, {num_expr(draw, ctx, d)}, {num_expr(draw, ctx, d)})"
+    if kind == "nz":
+        return f"nz({num_expr(draw, ctx, d)}, {num_expr(draw, ctx, d)})"
+    if kind == "time":
+        return f"{pick(draw, TIME_FNS)}(ts)"
+    if kind == "if":
+        return f"(if {bool_expr(draw, ctx, d)} then {num_expr(draw, ctx, d)} else {num_expr(draw, ctx, d)})"
+    return f"({num_expr(draw, ctx.no_forward(), d)})[{lag_k(draw, ctx, True)}]"
+
+
+def bool_leaf(draw, ctx: Ctx) -> str:
+    kinds = ["cmp"] * 4 + ["literal"] + ["param"] * bool(ctx.bool_params) + ["feature"] * 2 * bool(ctx.bool_feats)
+    kinds += ["forward"] * bool(ctx.lag_bool) + ["is_nan"]
+    kind = pick(draw, kinds)
+    if kind == "literal":
+        return pick(draw, ["true", "false"])
+    if kind == "param":
+        return pick(draw, ctx.bool_params)
+    if kind == "feature":
+        name = pick(draw, ctx.bool_feats)
+        return name if draw(st.booleans()) else f"{name}[{lag_k(draw, ctx, True)}]"
+    if kind == "forward":
+        return f"{pick(draw, ctx.lag_bool)}[{lag_k(draw, ctx, False)}]"
+    if kind == "is_nan":
+        return f"is_nan({num_leaf(draw, ctx)})"
+    return f"({num_leaf(draw, ctx)} {pick(draw, CMP)} {num_leaf(draw, ctx)})"
+
+
+def bool_expr(draw, ctx: Ctx, depth: int) -> str:
+    if depth <= 0 or draw(st.integers(0, 4)) == 0:
+        return bool_leaf(draw, ctx)
+    d = depth - 1
+    kind = pick(draw, ["cmp"] * 5 + ["logic"] * 2 + ["cross"] * 2 + ["not", "is_nan", "if", "eq", "lookback"])
+    if kind == "cmp":
+        return f"({num_expr(draw, ctx, d)} {pick(draw, CMP)} {num_expr(draw, ctx, d)})"
+    if kind == "logic":
+        return f"({bool_expr(draw, ctx, d)} {pick(draw, ['and', 'or'])} {bool_expr(draw, ctx, d)})"
+    if kind == "not":
+        return f"(not {bool_expr(draw, ctx, d)})"
+    if kind == "cross":
+        return f"{pick(draw, ['crosses_above', 'crosses_below'])}({num_expr(draw, ctx, d)}, {num_expr(draw, ctx, d)})"
+    if kind == "is_nan":
+        return f"is_nan({num_expr(draw, ctx, d)})"
+    if kind == "if":
+        return f"(if {bool_expr(draw, ctx, d)} then {bool_expr(draw, ctx, d)} else {bool_expr(draw, ctx, d)})"
+    if kind == "eq":
+        return f"({bool_expr(draw, ctx, d)} {pick(draw, ['==', '!='])} {bool_expr(draw, ctx, d)})"
+    return f"({bool_expr(draw, ctx.no_forward(), d)})[{lag_k(draw, ctx, True)}]"
+
+
+def price_like(draw, ctx: Ctx) -> str:
+    """Something comparable with `close`: a field, a smoothed field, or a num feature."""
+    options = ["field", "smooth", "smooth"] + ["feature"] * bool(ctx.num_feats)
+    kind = pick(draw, options)
+    if kind == "field":
+        f = pick(draw, ("close", "price", "high", "low"))
+        return f if draw(st.booleans()) else f"{f}[{lag_k(draw, ctx, False)}]"
+    if kind == "feature":
+        return pick(draw, ctx.num_feats)
+    return f"{pick(draw, ('sma', 'ema', 'wma', 'rma', 'highest', 'lowest'))}({pick(draw, ('close', 'price'))}, {window(draw, ctx)})"
+
+
+def rule_when(draw, ctx: Ctx) -> str:
+    kind = pick(draw, ["random", "random", "trend", "trend", "feature", "always"])
+    if kind == "always":
+        return "true"
+    if kind == "trend":
+        return f"{price_like(draw, ctx)} {pick(draw, ['>', '<', '>=', '<='])} {price_like(draw, ctx)}"
+    if kind == "feature" and (ctx.num_feats or ctx.bool_feats):
+        if ctx.bool_feats and (not ctx.num_feats or draw(st.booleans())):
+            name = pick(draw, ctx.bool_feats)
+            return name if draw(st.booleans()) else f"not {name}"
+        return f"{pick(draw, ctx.num_feats)} {pick(draw, ['>', '<'])} {num_leaf(draw, ctx)}"
+    return bool_expr(draw, ctx, draw(st.integers(1, 3)))
+
+
+def rule_target(draw, ctx: Ctx, sizes: list) -> str:
+    kinds = ["int"] * 3 + ["size"] * 3 * bool(sizes) + ["expr", "signed", "zero"]
+    kind = pick(draw, kinds)
+    if kind == "int":
+        return str(draw(st.sampled_from([-300, -50, -5, -1, 1, 2, 5, 10, 25, 100, 250, 1000])))
+    if kind == "size":
+        s = pick(draw, sizes)
+        return s if draw(st.integers(0, 3)) else f"-{s}"
+    if kind == "zero":
+        return "0"
+    if kind == "signed":
+        scale = pick(draw, sizes) if sizes and draw(st.booleans()) else str(draw(st.integers(1, 200)))
+        return f"{scale} * sign({num_expr(draw, ctx, 1)})"
+    return num_expr(draw, ctx, draw(st.integers(0, 2)))
+
+
+RISK_VALUES = {
+    "long_only": ["true", "false"],
+    "max_position": ["1", "10", "75", "200", "1000"],
+    "max_position_notional": ["500", "5000", "20000", "100000"],
+    "max_order_qty": ["1", "7", "40", "150"],
+    "max_order_notional": ["300", "2500", "15000"],
+    "max_gross_exposure": ["1000", "15000", "60000"],
+    "max_margin_usage": ["5%", "30%", "80%", "150%"],
+    "stop_loss": ["0.5%", "2%", "5%"],
+    "take_profit": ["0.5%", "3%", "8%"],
+    "trailing_stop": ["0.5%", "1.5%", "4%"],
+    "max_drawdown": ["0.5%", "2%", "8%"],
+    "max_daily_loss": ["0.5%", "1%", "5%"],
+    "max_volatility": ["0.3%", "1%", "3%"],
+    "lot_size": ["1", "5", "10", "0.5"],
+    "min_order_qty": ["1", "3", "20", "0.5"],
+    "price_collar": ["1%", "5%", "12%"],
+    "max_orders_per_day": ["0", "1", "5", "40"],
+    "max_orders_per_second": ["0.5", "1", "3", "100"],
+    "stale_after": ["500ms", "2s", "1h"],
+}
+ACTIONS = ("block", "reduce_only", "liquidate", "halt")
+
+
+@dataclass
+class GenPolicy:
+    text: str
+    n_instruments: int
+    has_intent: bool
+    params: dict            # name -> (kind, value text)
+
+
+def yaml_expr(expr: str) -> str:
+    return '"' + expr + '"'
+
+
+@st.composite
+def policies(draw) -> GenPolicy:
+    n_inst = draw(st.integers(1, 2))
+    has_intent = draw(st.integers(0, 3)) == 0
+    # params: windows, sizes, thresholds, at most one bool
+    params: dict[str, tuple[str, str]] = {}
+    kinds = draw(st.lists(st.sampled_from(["win", "win", "size", "size", "thr", "flag"]), min_size=1, max_size=4))
+    if kinds.count("flag") > 1:
+        kinds = [k for k in kinds if k != "flag"] + ["flag"]
+    for j, kind in enumerate(kinds):
+        if kind == "win":
+            params[f"n{j}"] = (kind, str(draw(st.integers(1, 12))))
+        elif kind == "size":
+            params[f"size{j}"] = (kind, pick(draw, ["1", "3", "10", "25", "100", "250", "12.5", "400"]))
+        elif kind == "thr":
+            params[f"k{j}"] = (kind, pick(draw, ["0.5", "1", "2.5", "0.02", "100", "0"]))
+        else:
+            params["flag"] = (kind, pick(draw, ["true", "false"]))
+    num_params = [n for n, (k, _) in params.items() if k != "flag"]
+    ctx = Ctx(num_params=num_params, win_params=[n for n, (k, _) in params.items() if k == "win"],
+              bool_params=[n for n, (k, _) in params.items() if k == "flag"],
+              inputs=["intent"] if has_intent and draw(st.booleans()) else [])
+    sizes = [n for n, (k, _) in params.items() if k == "size"]
+
+    # features: types fixed up front so later features can be read through lookbacks
+    n_feat = draw(st.integers(1, 5))
+    types = [draw(st.sampled_from(["num", "num", "num", "bool"])) for _ in range(n_feat)]
+    self_ref = draw(st.integers(0, 2)) == 0
+    features: dict[str, str] = {}
+    for j in range(n_feat):
+        name = f"f{j}"
+        later = [f"f{m}" for m in range(j + 1, n_feat)]
+        forward = types[j] == "num" and draw(st.integers(0, 3)) == 0
+        c = Ctx(ctx.num_params, ctx.win_params, ctx.bool_params,
+                [f"f{m}" for m in range(j) if types[m] == "num"], [f"f{m}" for m in range(j) if types[m] == "bool"],
+                [m for m in later if types[int(m[1:])] == "num"] if forward else [],
+                [m for m in later if types[int(m[1:])] == "bool"] if forward else [], ctx.inputs)
+        if types[j] == "num" and self_ref and j == n_feat - 1:
+            seed = num_expr(draw, c, 1)
+            step = num_expr(draw, c, 2)
+            expr = pick(draw, [f"max(nz({name}[1], {seed}), {step})", f"min(nz({name}[1], {seed}), {step})",
+                               f"nz({name}[1], 0) + {step}", f"0.9 * nz({name}[1], {seed}) + 0.1 * {step}"])
+        elif types[j] == "num":
+            expr = num_expr(draw, c, draw(st.integers(1, 4)))
+        else:
+            expr = bool_expr(draw, c, draw(st.integers(1, 4)))
+        features[name] = expr
+    full = Ctx(ctx.num_params, ctx.win_params, ctx.bool_params,
+               [f for f, t in zip(features, types) if t == "num"], [f for f, t in zip(features, types) if t == "bool"],
+               [], [], ctx.inputs)
+    rules = [(rule_when(draw, full), rule_target(draw, full, sizes)) for _ in range(draw(st.integers(1, 3)))]
+
+    # risk
+    risk: dict[str, str] = {}
+    for key in draw(st.lists(st.sampled_from(sorted(RISK_VALUES)), max_size=9, unique=True)):
+        value = pick(draw, RISK_VALUES[key])
+        if key in ("max_position", "max_order_qty") and sizes and draw(st.integers(0, 3)) == 0:
+            value = pick(draw, sizes)            # a limit bound to a param
+        risk[key] = value
+    if "max_volatility" in risk and draw(st.booleans()):
+        risk["volatility_window"] = str(draw(st.integers(2, 15)))
+    custom = [(f"c{j}", bool_expr(draw, full, draw(st.integers(0, 2))), pick(draw, ACTIONS))
+              for j in range(draw(st.integers(0, 2)))]
+    account = {}
+    if draw(st.booleans()):
+        account["fees_bps"] = pick(draw, ["0", "0.5", "1", "7"])
+    if draw(st.booleans()):
+        account["slippage_bps"] = pick(draw, ["0", "1", "2.5"])
+    if draw(st.integers(0, 3)) == 0:
+        account["initial_equity"] = pick(draw, ["5000", "100000", "1000000"])
+    if draw(st.integers(0, 3)) == 0:
+        account["margin_rate"] = pick(draw, ["25%", "50%", "100%"])
+
+    lines = ["policy: gen", "version: 1", f"instruments: [{', '.join(['AAA', 'BBB'][:n_inst])}]"]
+    if has_intent:
+        lines.append("inputs: [intent]")
+    lines.append("params:")
+    lines += [f"  {n}: {v}" for n, (_, v) in params.items()]
+    lines.append("features:")
+    lines += [f"  {n}: {yaml_expr(e)}" for n, e in features.items()]
+    lines.append("signals:")
+    for when, target in rules:
+        lines += [f"  - when: {yaml_expr(when)}", f"    target: {yaml_expr(target)}"]
+    if risk or custom:
+        lines.append("risk:")
+        lines += [f"  {k}: {v}" for k, v in risk.items()]
+        if custom:
+            lines.append("  custom:")
+            for name, when, action in custom:
+                lines += [f"    - name: {name}", f"      when: {yaml_expr(when)}", f"      action: {action}"]
+    if account:
+        lines.append("account:")
+        lines += [f"  {k}: {v}" for k, v in account.items()]
+    return GenPolicy("\n".join(lines) + "\n", n_inst, has_intent, params)
+
+
+# =====================================================================================
+# Random event streams
+# =====================================================================================
+@dataclass
+class StreamSpec:
+    seed: int
+    n: int
+    vol: float          # per-event log-return stdev
+    jump_p: float       # chance of a 2-20% jump
+    intent_p: float     # INTENT events
+    control_p: float    # HALT / RESUME / DECIDE events
+    bad_p: float        # NaN / non-positive / inf price on a market event, NaN in another column
+    market_intent_p: float  # a number in the `intent` column of a market event
+    tick: bool          # prices rounded to cents (ties, equal prices)
+
+
+stream_specs = st.builds(
+    StreamSpec, seed=st.integers(0, 2**32 - 1), n=st.integers(30, 300),
+    vol=st.sampled_from([0.0, 0.002, 0.01, 0.03]), jump_p=st.sampled_from([0.0, 0.02, 0.08]),
+    intent_p=st.sampled_from([0.0, 0.03, 0.1]), control_p=st.sampled_from([0.0, 0.01, 0.04]),
+    bad_p=st.sampled_from([0.0, 0.02, 0.06]), market_intent_p=st.sampled_from([0.0, 0.05, 0.3]),
+    tick=st.booleans(),
+)
+
+
+def make_events(spec: StreamSpec, columns: list[str], n_inst: int) -> Events:
+    rng = np.random.default_rng(spec.seed)
+    n = spec.n
+    # timestamps: equal, sub-second, seconds to minutes, hours (crossing UTC midnight)
+    step_kind = rng.choice(4, size=n, p=[0.1, 0.3, 0.4, 0.2])
+    steps = np.select([step_kind == 0, step_kind == 1, step_kind == 2],
+                      [np.zeros(n, dtype=np.int64), rng.integers(1_000_000, NS_S, n),
+                       rng.integers(NS_S, 600 * NS_S, n)], rng.integers(NS_H, 10 * NS_H, n))
+    steps[0] = 0
+    ts = (T0 + int(rng.integers(0, 24 * NS_H)) + np.cumsum(steps)).astype(np.int64)
+
+    control = spec.control_p
+    p_intent = spec.intent_p
+    kind = rng.choice([L.MARKET, L.INTENT, L.HALT, L.RESUME, L.DECIDE], size=n,
+                      p=[1 - p_intent - 2.5 * control, p_intent, control, control, 0.5 * control]).astype(np.int8)
+    inst = rng.integers(0, n_inst, n).astype(np.int32)
+    vals = np.full((n, len(columns)), np.nan)
+    col = {c: j for j, c in enumerate(columns)}
+    last = rng.uniform(20, 200, n_inst)
+    for e in range(n):
+        i = inst[e]
+        if kind[e] == L.INTENT:
+            vals[e, 0] = rng.choice([0.0, 1.0, -1.0, 5.0, -20.0, 100.0, -100.0, 333.3, 1e4, np.nan, np.inf])
+            continue
+        if kind[e] != L.MARKET:
+            continue
+        prev = last[i]
+        price = prev * math.exp(rng.normal(0.0, spec.vol)) if spec.vol else prev
+        if rng.random() < spec.jump_p:
+            price *= 1.0 + rng.choice([-1, 1]) * rng.uniform(0.02, 0.2)
+        price = max(price, 0.05)
+        if spec.tick:
+            price = max(round(price, 2), 0.01)
+        last[i] = price
+        row = {
+            "price": price, "close": price, "open": prev,
+            "high": max(prev, price) * (1 + abs(rng.normal(0, 0.004))),
+            "low": min(prev, price) * (1 - abs(rng.normal(0, 0.004))),
+            "volume": float(rng.integers(1, 5000)), "qty": float(rng.integers(1, 100)),
+            "bid": price * 0.9995, "ask": price * 1.0005, "intent": np.nan,
+        }
+        if spec.tick:
+            row["high"], row["low"] = round(row["high"], 2), round(row["low"], 2)
+        if rng.random() < spec.market_intent_p:
+            row["intent"] = rng.choice([0.0, 3.0, -7.0, 50.0, -250.0, 1000.0, rng.uniform(-100, 100)])
+        for c, j in col.items():
+            vals[e, j] = row.get(c, rng.uniform(-1, 1))
+        if rng.random() < spec.bad_p:
+            vals[e, 0] = rng.choice([np.nan, 0.0, -1.0, np.inf])
+        if rng.random() < spec.bad_p and len(columns) > 1:
+            vals[e, rng.integers(1, len(columns))] = np.nan
+    return Events(ts, kind, inst, vals)
+
+
+def rebound_params(draw, gp: GenPolicy) -> dict:
+    """New values for some params; the kernel is reused (params are kernel arguments)."""
+    out = {}
+    for name, (kind, _) in gp.params.items():
+        if not draw(st.booleans()):
+            continue
+        if kind == "win":
+            out[name] = float(draw(st.integers(1, 12)))
+        elif kind == "size":
+            out[name] = float(draw(st.sampled_from([1, 5, 40, 120, 600, 7.5])))
+        elif kind == "thr":
+            out[name] = float(draw(st.sampled_from([0.1, 1, 3, 0.05])))
+        else:
+            out[name] = draw(st.booleans())
+    return out
+
+
+STREAMS_PER_POLICY = 3
+
+
+@settings(max_examples=25, deadline=None, phases=[Phase.explicit, Phase.reuse, Phase.generate],
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.filter_too_much])
+@given(gp=policies(), data=st.data())
+def test_kernel_matches_interpreter_on_random_policies(gp, data):
+    note(gp.text)
+    try:
+        base = compile_policy(parse_policy_text(gp.text, "gen.yaml"))
+    except PolicyError as exc:
+        note(str(exc))
+        assume(False)
+    for k in range(STREAMS_PER_POLICY):
+        cp = base
+        overrides = rebound_params(data.draw, gp) if k > 0 else {}
+        if overrides:
+            try:
+                cp = base.with_params(**overrides)
+            except PolicyError:
+                cp = base
+            else:
+                assert cp.kernel is base.kernel
+        spec = data.draw(stream_specs, label=f"stream {k}")
+        ev = make_events(spec, cp.columns, gp.n_instruments)
+        assert_same(cp, ev, f"on {spec} with params {cp.params}")
+
+
+# =====================================================================================
+# Hand-written cases
+# =====================================================================================
+EVERY_KEY = """
+policy: every_key
+version: 1
+instruments: [A, B]
+inputs: [intent]
+params:
+  size: 100
+  fast: 3
+  slow: 8
+features:
+  fast_ma: ema(close, fast)
+  slow_ma: sma(close, slow)
+  peak: max(nz(peak[1], close), close)
+  code: volume
+signals:
+  - when: code == 1111 and crosses_above(fast_ma, slow_ma)
+    target: size
+  - when: code == 2222
+    target: -size
+risk:
+  long_only: false
+  max_position: 900
+  max_position_notional: 95000
+  max_gross_exposure: 150000
+  max_margin_usage: 200%
+  stop_loss: 4%
+  take_profit: 6%
+  trailing_stop: 2.5%
+  max_drawdown: 6%
+  max_daily_loss: 20%
+  max_volatility: 25%
+  volatility_window: 4
+  stale_after: 1h
+  lot_size: 5
+  min_order_qty: 10
+  max_order_qty: 700
+  max_order_notional: 60000
+  price_collar: 12%
+  max_orders_per_day: 60
+  max_orders_per_second: 20
+  custom:
+    - name: quiet_block
+      when: code == 7000
+      action: block
+    - name: cautious
+      when: code == 8000
+      action: reduce_only
+    - name: flatten
+      when: code == 9000
+      action: liquidate
+    - name: panic
+      when: code == 9999
+      action: halt
+account:
+  initial_equity: 100000
+  margin_rate: 50%
+  fees_bps: 1
+  slippage_bps: 2
+"""
+
+
+class Script:
+    """Build an event stream step by step: market bars, intents, halts, resumes."""
+
+    def __init__(self, columns: list[str]):
+        self.columns = columns
+        self.rows: list[tuple] = []
+        self.t = T0 + 13 * NS_H        # 2023-11-15 11:13:20 UTC
+
+    def _add(self, kind, inst, values, dt):
+        self.t += dt
+        row = np.full(len(self.columns), np.nan)
+        for c, v in values.items():
+            row[self.columns.index(c)] = v
+        self.rows.append((self.t, kind, inst, row))
+
+    def bar(self, inst, price, volume=1000.0, intent=np.nan, dt=60 * NS_S):
+        self._add(L.MARKET, inst, {"price": price, "close": price, "high": price * 1.001, "low": price * 0.999,
+                                   "volume": volume, "intent": intent}, dt)
+        return self
+
+    def intent(self, inst, target, dt=NS_S):
+        self._add(L.INTENT, inst, {"price": target}, dt)
+        return self
+
+    def halt(self, dt=NS_S):
+        self._add(L.HALT, 0, {}, dt)
+        return self
+
+    def resume(self, dt=NS_S):
+        self._add(L.RESUME, 0, {}, dt)
+        return self
+
+    def events(self) -> Events:
+        ts, kind, inst, vals = zip(*self.rows)
+        return Events(np.array(ts, dtype=np.int64), np.array(kind, dtype=np.int8), np.array(inst, dtype=np.int32),
+                      np.array(vals))
+
+
+def every_key_script(columns) -> Events:
+    s = Script(columns)
+    for j in range(10):                                  # warm-up, both instruments
+        s.bar(0, 100.0 + 0.1 * j).bar(1, 50.0 - 0.05 * j)
+    # stop loss: long 500 on A, then a 5% fall
+    s.intent(0, 500).bar(0, 101.0).bar(0, 101.2).bar(0, 96.0).bar(0, 96.1).bar(0, 96.2)
+    s.intent(0, 400)                                     # still locked: stop_loss:blocked
+    s.bar(0, 96.3).intent(0, 0).bar(0, 96.4)             # a desired 0 releases the lock
+    # take profit: long 300 on A, +7%
+    s.intent(0, 300).bar(0, 96.5).bar(0, 97.0).bar(0, 103.5).bar(0, 103.6)
+    s.intent(0, 0).bar(0, 103.7)
+    # trailing stop: short 200 on B, a run down then a 3% bounce from the low
+    s.intent(1, -200).bar(1, 49.9).bar(1, 49.5).bar(1, 48.9).bar(1, 50.2).bar(1, 50.3)
+    s.intent(1, 0).bar(1, 50.3)
+    # signal rules by volume code; custom rules: block, reduce_only, liquidate
+    s.bar(0, 103.0, volume=1111).bar(0, 104.0, volume=1111).bar(0, 105.0, volume=1111)
+    s.bar(1, 50.0, volume=2222).bar(1, 50.1)
+    s.bar(0, 105.2, intent=600, volume=7000).bar(0, 105.3, volume=8000).bar(0, 105.4, intent=800, volume=8000)
+    s.bar(0, 105.5).bar(0, 105.6, volume=9000).bar(0, 105.6)
+    s.intent(0, 0).bar(0, 105.6).bar(1, 50.0, intent=0).bar(1, 50.0)
+    # explicit halt and resume
+    s.intent(0, 300).bar(0, 105.0).halt().bar(0, 105.1).intent(0, 400).bar(0, 105.2)
+    s.resume().intent(0, 0).bar(0, 105.3).intent(0, 300).bar(0, 105.4).bar(0, 105.5)
+    # custom halt, then resume
+    s.bar(0, 105.6, volume=9999).bar(0, 105.7).resume().intent(0, 0).bar(0, 105.8)
+    # kill switch by drawdown: 900 long A (capped by notional), a crash
+    s.intent(0, 900).bar(0, 100.0, dt=2 * NS_S).bar(0, 100.1).bar(0, 90.0).bar(0, 90.5).bar(0, 91.0).bar(0, 91.5)
+    s.intent(0, 100).bar(0, 91.6).resume().intent(0, 0).bar(0, 91.7)
+    # next UTC day, a price collar jump, sub-second orders, a bad price
+    s.intent(1, 100).bar(1, 50.0, dt=20 * NS_H).bar(1, 58.0).intent(1, 150, dt=1_000_000).bar(1, 58.1, dt=1_000_000)
+    s.bar(1, float("nan")).bar(1, -1.0).bar(1, 58.2).intent(1, float("nan")).bar(1, 58.3)
+    return s.events()
+
+
+EXPECTED_EVERY_KEY = {
+    "stop_loss:exit", "stop_loss:blocked", "take_profit:exit", "trailing_stop:exit", "max_drawdown:halt",
+    "kill_switch:halt", "quiet_block:blocked", "cautious:blocked", "flatten:exit", "panic:halt",
+    "lot_size:clipped", "price_collar:blocked", "max_position_notional:clipped",
+}
+
+
+def reasons_seen(cp, ev) -> set[str]:
+    res = cp.run(ev, L.FILL_NEXT, trace=True)
+    seen = set()
+    for mask in res.trace[:, L.T_REASONS]:
+        if mask == mask:
+            seen.update(L.decode_reasons(mask, cp.reason_names))
+    return seen
+
+
+@pytest.fixture(scope="module")
+def every_key():
+    return compile_policy(parse_policy_text(EVERY_KEY, "every_key.yaml"))
+
+
+def test_every_risk_key_scripted(every_key):
+    ev = every_key_script(every_key.columns)
+    missing = EXPECTED_EVERY_KEY - reasons_seen(every_key, ev)
+    assert not missing, f"the script no longer exercises {sorted(missing)}"
+    assert_same(every_key, ev)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_every_risk_key_random_walk(every_key, seed):
+    spec = StreamSpec(seed=seed, n=300, vol=0.02, jump_p=0.05, intent_p=0.15, control_p=0.02, bad_p=0.02,
+                      market_intent_p=0.2, tick=seed % 2 == 0)
+    ev = make_events(spec, every_key.columns, 2)
+    rng = np.random.default_rng(seed)
+    codes = every_key.columns.index("volume")
+    market = np.flatnonzero(ev.kind == L.MARKET)
+    ev.vals[rng.choice(market, 40), codes] = rng.choice([1111, 2222, 7000, 8000, 9000, 9999], 40)
+    assert_same(every_key, ev, f"on {spec}")
