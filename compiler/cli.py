@@ -56,7 +56,63 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("file", metavar="FILE")
     _add_params(e)
     e.add_argument("--ir", action="store_true", help="also print the optimised IR")
+    b = sub.add_parser("backtest", help="run a policy over historical data")
+    b.add_argument("file", metavar="FILE")
+    _add_data(b)
+    _add_params(b)
+    _add_account(b)
+    b.add_argument("--orders", metavar="FILE", help="write one CSV row per order")
+    b.add_argument("--trace", metavar="FILE", help="write one CSV row per event: features, target, position")
+    b.add_argument("--report", metavar="FILE", help="write a self-contained HTML report")
+    _add_format(b)
+    w = sub.add_parser("sweep", help="backtest every combination of param values")
+    w.add_argument("file", metavar="FILE")
+    _add_data(w)
+    w.add_argument("-p", "--param", dest="params", action="append", type=_param, default=[],
+                   metavar="NAME=LIST_OR_RANGE", help="values: a,b,c or start:stop:step (stop included)")
+    _add_account(w)
+    w.add_argument("--jobs", type=int, default=os.cpu_count() or 1, metavar="N")
+    w.add_argument("--sort", default="sharpe", metavar="METRIC")
+    w.add_argument("--out", metavar="FILE", help="CSV of every combination, best first")
     return parser
+
+
+def _data_spec(text: str) -> tuple[str | None, str]:
+    if "=" in text:
+        symbol, _, path = text.partition("=")
+        return symbol.strip(), path.strip()
+    return None, text
+
+
+def _add_data(p: argparse.ArgumentParser):
+    p.add_argument("--data", action="append", type=_data_spec, required=True, metavar="[SYMBOL=]PATH",
+                   help="CSV, Parquet or .npz; one per instrument as SYMBOL=PATH")
+    p.add_argument("--skip-bad-rows", action="store_true", help="skip bad rows and report them, instead of stopping")
+    p.add_argument("--from", dest="start", metavar="DATE")
+    p.add_argument("--to", dest="end", metavar="DATE")
+
+
+def _add_account(p: argparse.ArgumentParser):
+    p.add_argument("--fill", choices=("next", "same"), default="next",
+                   help="fill at the next event's price (default) or this event's")
+    p.add_argument("--fees-bps", type=float, metavar="X")
+    p.add_argument("--slippage-bps", type=float, metavar="X")
+    p.add_argument("--initial-equity", type=float, metavar="X")
+
+
+def _account_overrides(args) -> dict:
+    out = {}
+    for key, value in (("fees_bps", args.fees_bps), ("slippage_bps", args.slippage_bps),
+                       ("initial_equity", args.initial_equity)):
+        if value is not None:
+            if not value == value or value < 0 or (key == "initial_equity" and value <= 0):
+                raise _UsageError(f"--{key.replace('_', '-')} must be a number {'above' if key == 'initial_equity' else 'of at least'} 0")
+            out[key] = value
+    return out
+
+
+class _UsageError(Exception):
+    pass
 
 
 def _print_diagnostics(diags: list[Diagnostic], fmt: str, out=None):
@@ -160,7 +216,83 @@ def cmd_explain(args, parser) -> int:
     return 0
 
 
-COMMANDS = {"validate": cmd_validate, "hash": cmd_hash, "compile": cmd_compile, "explain": cmd_explain}
+def cmd_backtest(args, parser) -> int:
+    from runtime.backtest import format_summary, load_events, run_backtest, summary, write_orders, write_trace
+    from runtime.data import DataError
+
+    from .build import compile_checked
+    from .layout import FILL_MODES
+
+    result = _checked_or_exit(args, parser)
+    if result is None:
+        return 1
+    try:
+        account = _account_overrides(args)
+    except _UsageError as exc:
+        parser.error(str(exc))
+    compiled = compile_checked(result)
+    try:
+        events, tables = load_events(compiled, args.data, args.skip_bad_rows, args.start, args.end)
+    except DataError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    bt = run_backtest(compiled, events, FILL_MODES[args.fill], account, trace=bool(args.trace))
+    bt.data_files = [t.path for t in tables]
+    for t in tables:
+        for kind, count in t.skipped.items():
+            bt.skipped[f"{kind}"] = bt.skipped.get(kind, 0) + count
+            lines = t.skipped_lines[kind]
+            shown = ", ".join(map(str, lines[:10])) + (" ..." if len(lines) > 10 else "")
+            print(f"warning: {t.path}: skipped {count} row(s): {kind} (lines {shown})", file=sys.stderr)
+    if args.orders:
+        write_orders(bt, args.orders)
+    if args.trace:
+        write_trace(bt, args.trace)
+    if args.report:
+        from runtime.report import write_report
+
+        write_report(bt, args.report)
+    s = summary(bt)
+    if args.format == "json":
+        print(json.dumps(s, indent=2))
+    else:
+        print(format_summary(s))
+        for label, path in (("orders", args.orders), ("trace", args.trace), ("report", args.report)):
+            if path:
+                print(f"wrote {label}: {path}")
+    return 0
+
+
+def cmd_sweep(args, parser) -> int:
+    from runtime.data import DataError
+    from runtime.sweep import parse_grid, run_sweep, write_sweep
+
+    try:
+        grid = parse_grid(args.params)
+        account = _account_overrides(args)
+    except (ValueError, _UsageError) as exc:
+        parser.error(str(exc))
+    args.params = []
+    base = _checked_or_exit(args, parser)
+    if base is None:
+        return 1
+    try:
+        rows = run_sweep(args.file, grid, args.data, account, args, jobs=max(1, args.jobs))
+    except DataError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except PolicyError as exc:
+        _print_diagnostics(exc.diagnostics, "text")
+        return 1
+    if rows and args.sort not in rows[0]:
+        parser.error(f"unknown metric `{args.sort}`; choose from {', '.join(k for k in rows[0] if not k.startswith('p.'))}")
+    rows.sort(key=lambda r: (r[args.sort] is None, -(r[args.sort] or 0.0)))
+    write_sweep(rows, args.out)
+    return 0
+
+
+COMMANDS = {"validate": cmd_validate, "hash": cmd_hash, "compile": cmd_compile, "explain": cmd_explain,
+            "backtest": cmd_backtest, "sweep": cmd_sweep}
 
 
 def main(argv: list[str] | None = None) -> int:

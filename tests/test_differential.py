@@ -661,7 +661,8 @@ class Script:
         self.t += dt
         row = np.full(len(self.columns), np.nan)
         for c, v in values.items():
-            row[self.columns.index(c)] = v
+            if c in self.columns:
+                row[self.columns.index(c)] = v
         self.rows.append((self.t, kind, inst, row))
 
     def bar(self, inst, price, volume=1000.0, intent=np.nan, dt=60 * NS_S):

@@ -1,0 +1,336 @@
+"""Backtests: load data, drive the engine core over it, and account for every number.
+
+The kernel does the trading; this module only prepares columns, runs the session in
+chunks (for a progress bar), and derives statistics a trader can check by hand:
+round-trip trades that add up to the P&L, drawdown from the equity curve, daily Sharpe.
+"""
+from __future__ import annotations
+
+import csv
+import math
+import sys
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+
+from compiler import layout as L
+from compiler.build import CompiledPolicy, Events
+from compiler.semantics import NS_PER_DAY
+
+from .data import DataError, Table, load_table, merge
+
+CHUNK = 1 << 20
+
+
+@dataclass
+class Trade:
+    """A round trip on one instrument: from flat, back to flat (or reversed)."""
+
+    instrument: str
+    entry_event: int
+    exit_event: int          # -1 while still open
+    side: int                # +1 long, -1 short
+    max_qty: float
+    entry_price: float       # average of the opening fills
+    pnl: float = 0.0         # realised, after fees
+    fees: float = 0.0
+    exit_qty: float = 0.0
+    exit_notional: float = 0.0
+
+    @property
+    def exit_price(self) -> float:
+        return self.exit_notional / self.exit_qty if self.exit_qty else math.nan
+
+
+@dataclass
+class BacktestResult:
+    policy: CompiledPolicy
+    events: Events
+    orders: np.ndarray
+    equity: np.ndarray
+    trace: np.ndarray | None
+    reasons: dict[str, int]
+    initial_equity: float
+    elapsed_s: float
+    data_files: list[str] = field(default_factory=list)
+    skipped: dict[str, int] = field(default_factory=dict)
+    trades: list[Trade] = field(default_factory=list)
+
+    @property
+    def fills(self) -> np.ndarray:
+        return self.orders[self.orders[:, L.O_FILL_EVENT] >= 0]
+
+
+def time_bound(text: str | None) -> int | None:
+    """A --from/--to date (YYYY-MM-DD or ISO datetime) as ns since the epoch, UTC."""
+    if text is None:
+        return None
+    try:
+        return int(np.datetime64(text.replace(" ", "T").rstrip("Z"), "ns").astype(np.int64))
+    except ValueError:
+        raise DataError(f"not a date: `{text}` (use YYYY-MM-DD or YYYY-MM-DDTHH:MM:SS)") from None
+
+
+def load_events(policy: CompiledPolicy, data: list[tuple[str | None, str]], skip_bad_rows: bool = False,
+                start: str | None = None, end: str | None = None) -> tuple[Events, list[Table]]:
+    """Bind data files to the policy's instruments and merge them into one event stream."""
+    instruments = policy.instruments
+    named = {sym: path for sym, path in data if sym is not None}
+    plain = [path for sym, path in data if sym is None]
+    unknown = [s for s in named if s not in instruments]
+    if unknown:
+        raise DataError(f"--data names `{unknown[0]}`, which is not an instrument of `{policy.name}` "
+                        f"(instruments: {', '.join(instruments)})")
+    if plain:
+        if len(instruments) > 1 or len(plain) > 1 or named:
+            raise DataError(f"`{policy.name}` trades {', '.join(instruments)}: give one --data SYMBOL=PATH each")
+        named = {instruments[0]: plain[0]}
+    missing = [s for s in instruments if s not in named]
+    if missing:
+        raise DataError(f"no --data for instrument `{missing[0]}`; give --data {missing[0]}=PATH")
+    lo, hi = time_bound(start), time_bound(end)
+    tables = [load_table(named[s], policy.columns, skip_bad_rows, lo, hi) for s in instruments]
+    return merge(tables, policy.columns), tables
+
+
+class _Progress:
+    """A bar on stderr, shown only on a terminal and only once a run takes over a second."""
+
+    def __init__(self, total: int, label: str):
+        self.total, self.label, self.t0 = total, label, time.perf_counter()
+        self.enabled = sys.stderr.isatty()
+        self.shown = False
+
+    def update(self, done: int):
+        if not self.enabled or time.perf_counter() - self.t0 < 1.0:
+            return
+        self.shown = True
+        frac = done / max(self.total, 1)
+        bar = "#" * int(frac * 30)
+        sys.stderr.write(f"\r{self.label} [{bar:<30}] {frac * 100:5.1f}% {done:,}/{self.total:,}")
+        sys.stderr.flush()
+
+    def close(self):
+        if self.shown:
+            sys.stderr.write("\n")
+
+
+def run_backtest(policy: CompiledPolicy, events: Events, mode: int = L.FILL_NEXT, account: dict | None = None,
+                 trace: bool = False, progress: bool = True) -> BacktestResult:
+    session = policy.session(mode, account)
+    n = len(events)
+    equity = np.empty(n)
+    tr = np.full((n, L.TRACE_FIXED + len(policy.feature_names)), np.nan) if trace else None
+    bar = _Progress(n, policy.name) if progress else None
+    t0 = time.perf_counter()
+    for start in range(0, max(n, 1), CHUNK):
+        session.feed(events, equity, tr, start, min(n, start + CHUNK))
+        if bar:
+            bar.update(min(n, start + CHUNK))
+    elapsed = time.perf_counter() - t0
+    if bar:
+        bar.close()
+    settings = {**policy.checked.account, **(account or {})}
+    result = BacktestResult(policy, events, session.orders[: session.n_orders].copy(), equity, tr,
+                            session.reason_counts, settings["initial_equity"], elapsed)
+    result.trades = round_trips(result)
+    return result
+
+
+def round_trips(result: BacktestResult) -> list[Trade]:
+    """Trades from flat to flat; a reversal closes one trade and opens the next. Closed
+    trades' P&L plus the open trade's realised and unrealised P&L is the equity change."""
+    names = result.policy.instruments
+    trades: list[Trade] = []
+    open_: dict[int, Trade] = {}
+    position: dict[int, float] = {}
+    for o in result.fills:
+        i, qty, price, fee = int(o[L.O_INST]), o[L.O_QTY], o[L.O_FILL_PRICE], o[L.O_FEE]
+        e = int(o[L.O_FILL_EVENT])
+        pos = position.get(i, 0.0)
+        if pos != 0 and pos * qty < 0:
+            t = open_[i]
+            closing = qty if abs(qty) <= abs(pos) else -pos
+            share = fee * abs(closing) / abs(qty)
+            t.pnl += -closing * (price - t.entry_price) - share
+            t.fees += share
+            t.exit_qty += abs(closing)
+            t.exit_notional += abs(closing) * price
+            pos += closing
+            qty -= closing
+            fee -= share
+            if pos == 0:
+                t.exit_event = e
+                trades.append(open_.pop(i))
+        if qty != 0:
+            if pos == 0:
+                open_[i] = Trade(names[i], e, -1, 1 if qty > 0 else -1, abs(qty), price, -fee, fee)
+            else:
+                t = open_[i]
+                t.entry_price = (t.entry_price * abs(pos) + price * abs(qty)) / abs(pos + qty)
+                t.max_qty = max(t.max_qty, abs(pos + qty))
+                t.pnl -= fee
+                t.fees += fee
+            pos += qty
+        position[i] = pos
+    trades.extend(open_.values())
+    return trades
+
+
+def _iso(ns: int) -> str:
+    return str(np.datetime64(int(ns), "ns")) + "Z"
+
+
+def daily_returns(result: BacktestResult) -> np.ndarray:
+    """Returns of the equity at the last event of each UTC day (the first from the
+    initial equity)."""
+    if len(result.events) == 0:
+        return np.zeros(0)
+    day = result.events.ts // NS_PER_DAY
+    last = np.append(np.flatnonzero(np.diff(day)), len(day) - 1)
+    closes = np.concatenate([[result.initial_equity], result.equity[last]])
+    return closes[1:] / closes[:-1] - 1.0
+
+
+def max_drawdown(equity: np.ndarray, initial: float) -> float:
+    curve = np.concatenate([[initial], equity])
+    peak = np.maximum.accumulate(curve)
+    return float(np.max((peak - curve) / peak)) if len(curve) else 0.0
+
+
+def exposure(result: BacktestResult) -> float:
+    """Fraction of events after which some position was open."""
+    n = len(result.events)
+    if n == 0:
+        return 0.0
+    held = np.zeros(n, bool)
+    fills = result.fills
+    for i in range(len(result.policy.instruments)):
+        mine = fills[fills[:, L.O_INST] == i]
+        delta = np.zeros(n)
+        np.add.at(delta, mine[:, L.O_FILL_EVENT].astype(np.int64), mine[:, L.O_QTY])
+        held |= np.abs(np.cumsum(delta)) > 1e-12
+    return float(held.mean())
+
+
+def summary(result: BacktestResult) -> dict:
+    """Every figure of the report, JSON-ready (None where a figure is undefined)."""
+    r = result
+    final = float(r.equity[-1]) if len(r.equity) else r.initial_equity
+    rets = daily_returns(r)
+    sharpe = sortino = None
+    if len(rets) > 1 and np.std(rets, ddof=1) > 0:
+        sharpe = float(np.mean(rets) / np.std(rets, ddof=1) * math.sqrt(252))
+        downside = math.sqrt(float(np.mean(np.minimum(rets, 0.0) ** 2)))
+        sortino = float(np.mean(rets) / downside * math.sqrt(252)) if downside > 0 else None
+    closed = [t for t in r.trades if t.exit_event >= 0]
+    wins = [t.pnl for t in closed if t.pnl > 0]
+    losses = [t.pnl for t in closed if t.pnl <= 0]
+    fills = r.fills
+    checked = r.policy
+    return {
+        "policy": checked.name,
+        "version": checked.checked.parsed.version,
+        "policy_hash": checked.policy_hash,
+        "build_hash": checked.build_hash,
+        "params": checked.params,
+        "data": r.data_files,
+        "skipped_rows": r.skipped,
+        "start": _iso(r.events.ts[0]) if len(r.events) else None,
+        "end": _iso(r.events.ts[-1]) if len(r.events) else None,
+        "events": len(r.events),
+        "orders": len(r.orders),
+        "fills": len(fills),
+        "trades": len(closed),
+        "open_trades": len(r.trades) - len(closed),
+        "initial_equity": r.initial_equity,
+        "final_equity": final,
+        "total_return": final / r.initial_equity - 1.0,
+        "max_drawdown": max_drawdown(r.equity, r.initial_equity),
+        "sharpe": sharpe,
+        "sortino": sortino,
+        "win_rate": len(wins) / len(closed) if closed else None,
+        "profit_factor": (sum(wins) / -sum(losses)) if losses and sum(losses) < 0 else None,
+        "exposure": exposure(r),
+        "fees": float(np.sum(fills[:, L.O_FEE])) if len(fills) else 0.0,
+        "reasons": r.reasons,
+        "elapsed_s": r.elapsed_s,
+        "events_per_s": len(r.events) / r.elapsed_s if r.elapsed_s > 0 else None,
+    }
+
+
+def write_orders(result: BacktestResult, path: str | Path) -> None:
+    names = result.policy.instruments
+    reasons = result.policy.reason_names
+    ts = result.events.ts
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["decision_ts", "fill_ts", "instrument", "qty", "fill_price", "fee", "reasons"])
+        for o in result.orders:
+            filled = o[L.O_FILL_EVENT] >= 0
+            w.writerow([
+                _iso(ts[int(o[L.O_EVENT])]),
+                _iso(ts[int(o[L.O_FILL_EVENT])]) if filled else "",
+                names[int(o[L.O_INST])],
+                f"{o[L.O_QTY]:g}",
+                repr(float(o[L.O_FILL_PRICE])) if filled else "",
+                repr(float(o[L.O_FEE])) if filled else "",
+                ";".join(L.decode_reasons(o[L.O_REASONS], reasons)),
+            ])
+
+
+def write_trace(result: BacktestResult, path: str | Path) -> None:
+    if result.trace is None:
+        raise ValueError("the backtest ran without a trace")
+    names = result.policy.instruments
+    reasons = result.policy.reason_names
+    features = result.policy.feature_names
+    tr, ev = result.trace, result.events
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["ts", "instrument", *features, "desired_target", "position", "order_qty", "reasons"])
+        for e in range(len(ev)):
+            row = tr[e]
+            if row[L.T_DESIRED] != row[L.T_DESIRED]:
+                continue  # an event the engine skipped (no decision was made)
+            w.writerow([
+                _iso(ev.ts[e]), names[int(ev.inst[e])],
+                *(f"{v:.10g}" for v in row[L.TRACE_FIXED:]),
+                f"{row[L.T_DESIRED]:g}", f"{row[L.T_POSITION]:g}", f"{row[L.T_ORDER]:g}",
+                ";".join(L.decode_reasons(row[L.T_REASONS], reasons)),
+            ])
+
+
+def format_summary(s: dict) -> str:
+    """The summary as an aligned two-column table."""
+    pct = {"total_return", "max_drawdown", "win_rate", "exposure"}
+    money = {"initial_equity", "final_equity", "fees"}
+    rows = []
+    for key in ("policy", "policy_hash", "build_hash", "start", "end", "events", "orders", "fills", "trades",
+                "initial_equity", "final_equity", "total_return", "max_drawdown", "sharpe", "sortino", "win_rate",
+                "profit_factor", "exposure", "fees", "elapsed_s", "events_per_s"):
+        v = s[key]
+        if v is None:
+            text = "n/a"
+        elif key in pct:
+            text = f"{v * 100:.2f}%"
+        elif key in money:
+            text = f"{v:,.2f}"
+        elif key == "events_per_s":
+            text = f"{v:,.0f}"
+        elif key == "elapsed_s":
+            text = f"{v * 1e3:.2f} ms"
+        elif isinstance(v, float):
+            text = f"{v:.3f}"
+        else:
+            text = str(v)
+        rows.append((key, text))
+    if s["skipped_rows"]:
+        rows.append(("skipped_rows", ", ".join(f"{k}: {v}" for k, v in s["skipped_rows"].items())))
+    for code, count in sorted(s["reasons"].items()):
+        rows.append((f"reason {code}", str(count)))
+    width = max(len(k) for k, _ in rows)
+    return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)

@@ -1,0 +1,125 @@
+"""`policyc sweep`: every combination of param values, one compiled kernel, N processes.
+
+Params are kernel arguments, so each combination re-binds and re-checks the policy but
+reuses the machine code; workers are forked after the data is loaded, so they share it.
+"""
+from __future__ import annotations
+
+import csv
+import itertools
+import multiprocessing
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from decimal import Decimal
+
+from compiler import layout as L
+from compiler.build import compile_policy
+
+from .backtest import load_events, run_backtest, summary
+
+METRICS = ("final_equity", "total_return", "max_drawdown", "sharpe", "sortino", "win_rate", "profit_factor",
+           "exposure", "fees", "trades", "orders")
+
+_STATE: dict = {}
+
+
+def parse_values(text: str) -> list[float | bool]:
+    """`5:50:5` (stop included), `20,30,50`, or `true,false`."""
+    text = text.strip()
+    if ":" in text:
+        parts = text.split(":")
+        if len(parts) != 3:
+            raise ValueError(f"a range is start:stop:step, not `{text}`")
+        start, stop, step = (Decimal(p) for p in parts)
+        if step <= 0 or stop < start:
+            raise ValueError(f"range `{text}` is empty or has a step that is not positive")
+        count = int((stop - start) / step) + 1
+        if count > 100_000:
+            raise ValueError(f"range `{text}` has {count:,} values; split the sweep")
+        return [float(start + k * step) for k in range(count)]
+    values = []
+    for part in text.split(","):
+        p = part.strip().lower()
+        if p in ("true", "false"):
+            values.append(p == "true")
+            continue
+        try:
+            values.append(float(p[:-1]) / 100 if p.endswith("%") else float(p))
+        except ValueError:
+            raise ValueError(f"`{part}` is not a number") from None
+    return values
+
+
+def parse_grid(specs: list[tuple[str, str]]) -> dict[str, list]:
+    grid = {}
+    for name, text in specs:
+        if name in grid:
+            raise ValueError(f"param `{name}` is given twice")
+        grid[name] = parse_values(text)
+    return grid
+
+
+def _init(policy_path, data, account, args):
+    base = compile_policy(policy_path)
+    events, tables = load_events(base, data, args.skip_bad_rows, args.start, args.end)
+    _STATE.update(base=base, events=events, account=account, mode=L.FILL_MODES[args.fill],
+                  files=[t.path for t in tables])
+
+
+def _run_one(combo: dict) -> dict:
+    policy = _STATE["base"].with_params(**combo)
+    result = run_backtest(policy, _STATE["events"], _STATE["mode"], _STATE["account"], progress=False)
+    s = summary(result)
+    row = {f"p.{k}": v for k, v in combo.items()}
+    row.update({k: s[k] for k in METRICS})
+    row["policy_hash"] = s["policy_hash"]
+    return row
+
+
+def run_sweep(policy_path, grid: dict, data, account, args, jobs: int = 1) -> list[dict]:
+    names = list(grid)
+    combos = [dict(zip(names, values)) for values in itertools.product(*grid.values())]
+    _init(policy_path, data, account, args)  # compile and load once, before forking
+    for combo in combos[:1]:  # check every param name and type early, with a clear diagnostic
+        _STATE["base"].with_params(**combo)
+    t0 = time.perf_counter()
+    rows: list[dict] = []
+    tty = sys.stderr.isatty()
+    if jobs == 1 or len(combos) == 1:
+        for k, combo in enumerate(combos, 1):
+            rows.append(_run_one(combo))
+            _progress(k, len(combos), t0, tty)
+    else:
+        ctx = multiprocessing.get_context("fork")
+        with ProcessPoolExecutor(max_workers=jobs, mp_context=ctx) as pool:
+            futures = [pool.submit(_run_one, c) for c in combos]
+            for k, fut in enumerate(as_completed(futures), 1):
+                rows.append(fut.result())
+                _progress(k, len(combos), t0, tty)
+    if tty:
+        sys.stderr.write("\n")
+    elapsed = time.perf_counter() - t0
+    print(f"{len(combos)} combinations in {elapsed:.2f}s ({len(combos) / elapsed:,.1f}/s) on {jobs} process(es)",
+          file=sys.stderr)
+    return rows
+
+
+def _progress(done: int, total: int, t0: float, tty: bool):
+    if tty and time.perf_counter() - t0 > 1.0:
+        frac = done / total
+        sys.stderr.write(f"\rsweep [{'#' * int(frac * 30):<30}] {done}/{total}")
+        sys.stderr.flush()
+
+
+def write_sweep(rows: list[dict], path) -> None:
+    if not rows:
+        return
+    out = open(path, "w", newline="") if path else sys.stdout
+    try:
+        w = csv.DictWriter(out, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    finally:
+        if path:
+            out.close()
