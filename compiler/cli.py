@@ -308,6 +308,13 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
+    except OSError as exc:  # an output file that cannot be written, a full disk
+        print(f"error: {exc.strerror or exc}: {exc.filename or ''}".rstrip(": "), file=sys.stderr)
+        return 1
+    except Exception as exc:  # a defect in policyc itself: say so plainly, no traceback
+        print(f"internal error: {type(exc).__name__}: {exc}\n"
+              "this is a bug in policyc; please report it with the policy file and command", file=sys.stderr)
+        return 3
 
 
 if __name__ == "__main__":

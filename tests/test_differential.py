@@ -603,7 +603,7 @@ features:
   peak: max(nz(peak[1], close), close)
   code: volume
 signals:
-  - when: code == 1111 and crosses_above(fast_ma, slow_ma)
+  - when: code == 1111 and fast_ma > slow_ma
     target: size
   - when: code == 2222
     target: -size
@@ -689,36 +689,39 @@ class Script:
 
 
 def every_key_script(columns) -> Events:
+    """Targets come mostly through the `intent` column of market events, so a new order is
+    never placed on an instrument while its previous order still waits for its fill."""
     s = Script(columns)
     for j in range(10):                                  # warm-up, both instruments
         s.bar(0, 100.0 + 0.1 * j).bar(1, 50.0 - 0.05 * j)
     # stop loss: long 500 on A, then a 5% fall
-    s.intent(0, 500).bar(0, 101.0).bar(0, 101.2).bar(0, 96.0).bar(0, 96.1).bar(0, 96.2)
+    s.bar(0, 100.9, intent=500).bar(0, 101.0).bar(0, 101.2).bar(0, 96.0).bar(0, 96.1).bar(0, 96.2)
     s.intent(0, 400)                                     # still locked: stop_loss:blocked
     s.bar(0, 96.3).intent(0, 0).bar(0, 96.4)             # a desired 0 releases the lock
     # take profit: long 300 on A, +7%
-    s.intent(0, 300).bar(0, 96.5).bar(0, 97.0).bar(0, 103.5).bar(0, 103.6)
-    s.intent(0, 0).bar(0, 103.7)
+    s.bar(0, 96.5, intent=300).bar(0, 96.6).bar(0, 97.0).bar(0, 103.5).bar(0, 103.6)
+    s.bar(0, 103.7, intent=0).bar(0, 103.7)
     # trailing stop: short 200 on B, a run down then a 3% bounce from the low
-    s.intent(1, -200).bar(1, 49.9).bar(1, 49.5).bar(1, 48.9).bar(1, 50.2).bar(1, 50.3)
-    s.intent(1, 0).bar(1, 50.3)
-    # signal rules by volume code; custom rules: block, reduce_only, liquidate
-    s.bar(0, 103.0, volume=1111).bar(0, 104.0, volume=1111).bar(0, 105.0, volume=1111)
-    s.bar(1, 50.0, volume=2222).bar(1, 50.1)
+    s.bar(1, 50.0, intent=-200).bar(1, 49.9).bar(1, 49.5).bar(1, 48.9).bar(1, 50.2).bar(1, 50.3)
+    s.bar(1, 50.3, intent=0).bar(1, 50.3)
+    # signal rules by volume code
+    s.bar(0, 103.0, volume=1111).bar(0, 104.0, volume=1111).bar(0, 105.0, volume=1111).bar(0, 105.0)
+    s.bar(1, 50.0, volume=2222).bar(1, 50.1).bar(1, 50.1, intent=0).bar(1, 50.1)
+    # custom rules: block, reduce_only, liquidate
     s.bar(0, 105.2, intent=600, volume=7000).bar(0, 105.3, volume=8000).bar(0, 105.4, intent=800, volume=8000)
-    s.bar(0, 105.5).bar(0, 105.6, volume=9000).bar(0, 105.6)
-    s.intent(0, 0).bar(0, 105.6).bar(1, 50.0, intent=0).bar(1, 50.0)
+    s.bar(0, 105.5).bar(0, 105.5).bar(0, 105.6, volume=9000).bar(0, 105.6).bar(0, 105.6, intent=0).bar(0, 105.6)
     # explicit halt and resume
-    s.intent(0, 300).bar(0, 105.0).halt().bar(0, 105.1).intent(0, 400).bar(0, 105.2)
-    s.resume().intent(0, 0).bar(0, 105.3).intent(0, 300).bar(0, 105.4).bar(0, 105.5)
+    s.bar(0, 105.0, intent=300).bar(0, 105.0).halt().bar(0, 105.1).intent(0, 400).bar(0, 105.2)
+    s.resume().bar(0, 105.3, intent=0).bar(0, 105.3).bar(0, 105.4, intent=300).bar(0, 105.5)
     # custom halt, then resume
-    s.bar(0, 105.6, volume=9999).bar(0, 105.7).resume().intent(0, 0).bar(0, 105.8)
-    # kill switch by drawdown: 900 long A (capped by notional), a crash
-    s.intent(0, 900).bar(0, 100.0, dt=2 * NS_S).bar(0, 100.1).bar(0, 90.0).bar(0, 90.5).bar(0, 91.0).bar(0, 91.5)
-    s.intent(0, 100).bar(0, 91.6).resume().intent(0, 0).bar(0, 91.7)
-    # next UTC day, a price collar jump, sub-second orders, a bad price
-    s.intent(1, 100).bar(1, 50.0, dt=20 * NS_H).bar(1, 58.0).intent(1, 150, dt=1_000_000).bar(1, 58.1, dt=1_000_000)
-    s.bar(1, float("nan")).bar(1, -1.0).bar(1, 58.2).intent(1, float("nan")).bar(1, 58.3)
+    s.bar(0, 105.6, volume=9999).bar(0, 105.7).resume().bar(0, 105.8, intent=0).bar(0, 105.8)
+    # kill switch by drawdown: 900 long A (two orders: max_order_notional), then a crash
+    s.bar(0, 100.0, intent=900, dt=2 * NS_S).bar(0, 100.1).bar(0, 100.1).bar(0, 92.0).bar(0, 92.5).bar(0, 91.0)
+    s.intent(0, 100).bar(0, 91.6).resume().bar(0, 91.7, intent=0).bar(0, 91.7)
+    # next UTC day, a price collar jump, sub-second orders, bad prices, a NaN intent
+    s.bar(1, 50.0, intent=100, dt=20 * NS_H).bar(1, 50.0).bar(1, 58.0).bar(1, 58.1, intent=150, dt=1_000_000)
+    s.bar(1, 58.1, intent=-150, dt=1_000_000).bar(1, float("nan")).bar(1, -1.0).bar(1, 58.2)
+    s.intent(1, float("nan")).bar(1, 58.3).bar(1, 58.3, intent=0).bar(1, 58.3)
     return s.events()
 
 
