@@ -7,6 +7,8 @@ runs exactly this.
 """
 from __future__ import annotations
 
+import math
+import sys
 from dataclasses import dataclass, field
 
 from dsl import expressions as ex
@@ -129,6 +131,13 @@ class _Checker:
             value, source = node.value, "literal"
         elif isinstance(node, ex.Name) and node.id in self.params and self.param_types[node.id] == NUM:
             value, source = self.params[node.id], f"param `{node.id}`"
+        elif isinstance(node, ex.Name) and node.id in self.params:
+            self.errors.append(error("E206", node.span, f"{what} must be a whole number, but param `{node.id}` is true/false"))
+            return None
+        elif isinstance(node, ex.Unary) and node.op == "-" and isinstance(node.operand, ex.Number):
+            self.errors.append(error("E207", node.span, f"{what} cannot be negative",
+                                     "a lookback counts events back from now: `x[1]` is the previous value"))
+            return None
         elif isinstance(node, ex.Name) and node.id not in self.all_names():
             self.errors.append(error("E201", node.span, f"unknown name `{node.id}` in {what}",
                                      did_you_mean(node.id, self.params) or "windows and lookbacks are literals or params"))
@@ -137,8 +146,8 @@ class _Checker:
             self.errors.append(error("E206", node.span, f"{what} must be an integer literal or a param",
                                      "computed windows and lookbacks are not allowed; declare a param"))
             return None
-        if value != int(value) or not lo <= value <= hi:
-            shown = int(value) if value == int(value) else value
+        if isinstance(value, bool) or not math.isfinite(value) or value != int(value) or not lo <= value <= hi:
+            shown = int(value) if math.isfinite(value) and value == int(value) else value
             self.errors.append(error("E207", node.span, f"{what} is {shown} ({source}); it must be an integer from {lo} to {hi:,}"))
             return None
         return int(value)
@@ -189,7 +198,7 @@ class _Checker:
         if got == TIME:
             self.errors.append(error("E204", node.span, "`ts` can only be passed to hour, minute_of_day or day_of_week"))
             return
-        words = {NUM: "a number", BOOL: "true/false"}
+        words = {NUM: "a number", BOOL: "true/false", TIME: "the timestamp `ts`"}
         help_ = None
         if want == BOOL and got == NUM:
             help_ = "compare it, e.g. `x > 0`"
@@ -243,8 +252,8 @@ class _Checker:
     def feature_type(self, name: str) -> str | None:
         if name in self.feature_types:
             return self.feature_types[name]
-        if name in self._typing:      # reached again through a lookback: settled on return
-            return NUM
+        if name in self._typing:      # reached again through a lookback: not known yet, not an error
+            return None
         self._typing.add(name)
         t = self.type_of(self.p.features[name].expr, name)
         self._typing.discard(name)
@@ -316,7 +325,9 @@ class _Checker:
 
     # ---- constants -------------------------------------------------------------------
     def constant(self, node: ex.Node, key: str):
-        """Evaluate a risk or account value: literals and params only."""
+        """Evaluate a risk or account value: literals and params, and arithmetic on numbers.
+
+        Returns a float, a bool, ("duration", seconds), or None after recording an error."""
         if isinstance(node, (ex.Number, ex.Boolean)):
             return node.value
         if isinstance(node, ex.Duration):
@@ -329,15 +340,22 @@ class _Checker:
             return None
         if isinstance(node, ex.Unary) and node.op == "-":
             v = self.constant(node.operand, key)
-            return -v if isinstance(v, float) else None
+            if isinstance(v, tuple):
+                return ("duration", -v[1])
+            if isinstance(v, bool):
+                self.errors.append(error("E209", node.span, f"`{key}`: `-` needs a number, not true/false"))
+                return None
+            return None if v is None else -v
         if isinstance(node, ex.Binary) and node.op in ex.ARITHMETIC:
             a, b = self.constant(node.left, key), self.constant(node.right, key)
-            if not isinstance(a, float) or not isinstance(b, float) or isinstance(a, bool) or isinstance(b, bool):
+            if a is None or b is None:
                 return None
-            try:
-                return {"+": a + b, "-": a - b, "*": a * b, "/": a / b if b else float("nan"), "**": a ** b}[node.op]
-            except (OverflowError, ZeroDivisionError):
-                return float("nan")
+            if isinstance(a, (bool, tuple)) or isinstance(b, (bool, tuple)):
+                self.errors.append(error("E209", node.span, f"`{key}`: arithmetic works on numbers only, "
+                                                            "not on true/false or durations",
+                                         "write the value directly, e.g. `3s`"))
+                return None
+            return _arith_constant(node.op, float(a), float(b))
         self.errors.append(error("E209", node.span, f"`{key}` must be a constant: a number, a param or arithmetic on them"))
         return None
 
@@ -367,7 +385,7 @@ class _Checker:
                 self.errors.append(error("E007", decl.span, f"`{key}` must be a number, not true/false"))
                 continue
             lo, hi, integer = _KIND_BOUNDS[kind]
-            bad = v != v or v <= lo if kind != "count" else v < lo
+            bad = not math.isfinite(v) or (v <= lo if kind != "count" else v < lo)
             if key in _AT_MOST_ONE and v > 1.0:
                 bad = True
             if bad or (hi is not None and v > hi) or (integer and v != int(v)):
@@ -387,7 +405,7 @@ class _Checker:
             if v is None:
                 continue
             lo, inclusive = _ACCOUNT_BOUNDS[key]
-            if isinstance(v, (bool, tuple)) or v != v or v < lo or (v == lo and not inclusive) or v == float("inf"):
+            if isinstance(v, (bool, tuple)) or not math.isfinite(v) or v < lo or (v == lo and not inclusive):
                 rule = "0 or more" if inclusive else "above 0"
                 self.errors.append(error("E007", decl.span, f"`account.{key}` must be a number {rule}"))
                 continue
@@ -399,6 +417,13 @@ class _Cycle(Exception):
     pass
 
 
+def _arith_constant(op: str, a: float, b: float) -> float:
+    try:
+        return {"+": a + b, "-": a - b, "*": a * b, "/": a / b if b else float("nan"), "**": a ** b}[op]
+    except (OverflowError, ZeroDivisionError, TypeError):
+        return float("nan")
+
+
 def _name_help(name: str) -> str | None:
     if name in ("True", "False", "TRUE", "FALSE"):
         return f"write `{name.lower()}`"
@@ -407,8 +432,24 @@ def _name_help(name: str) -> str | None:
     return "names are params, features, inputs, market fields (price, close, ...) or state values (position, equity, ...)"
 
 
+MAX_FEATURES = 500
+
+
 def check(parsed: ParsedPolicy, overrides: dict | None = None) -> CheckedPolicy:
     """Resolve, type and bind a parsed policy, or raise PolicyError with every problem found."""
+    if len(parsed.features) > MAX_FEATURES:
+        name = list(parsed.features)[MAX_FEATURES]
+        raise PolicyError([error("E102", parsed.features[name].span,
+                                 f"a policy may define at most {MAX_FEATURES} features")])
+    limit = sys.getrecursionlimit()
+    sys.setrecursionlimit(max(limit, 20 * MAX_FEATURES + 2000))  # features may chain MAX_FEATURES deep
+    try:
+        return _check(parsed, overrides)
+    finally:
+        sys.setrecursionlimit(limit)
+
+
+def _check(parsed: ParsedPolicy, overrides: dict | None) -> CheckedPolicy:
     params = bind_params(parsed, overrides)
     c = _Checker(parsed, params)
     c.check_definitions()

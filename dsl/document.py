@@ -5,6 +5,7 @@ expression an AST with file spans) or a `PolicyError` carrying positioned diagno
 """
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -179,6 +180,7 @@ def _model_for(path: tuple) -> type[BaseModel] | None:
     return None
 
 
+_UNION_TAGS = ("bool", "int", "float", "str")
 _TYPE_WORDS = {
     "int_type": "an integer", "string_type": "text", "list_type": "a list", "dict_type": "a mapping",
     "model_type": "a mapping", "bool_type": "true or false", "literal_error": None,
@@ -204,9 +206,9 @@ def _structure_errors(exc: ValidationError, doc: Positioned) -> list[Diagnostic]
     for err in exc.errors():
         loc = tuple(err["loc"])
         kind = err["type"]
-        # pydantic reports union members separately; keep the first per location
-        loc = tuple(x for x in loc if not (isinstance(x, str) and x in ("bool", "int", "float", "str") and loc.index(x) == len(loc) - 1))
-        loc = tuple(x for x in loc if x not in ("function-after[...]",))
+        # pydantic reports each member of a union separately, tagged with its type name
+        if kind not in ("missing", "extra_forbidden") and len(loc) >= 2 and loc[-1] in _UNION_TAGS:
+            loc = loc[:-1]
         if kind == "extra_forbidden":
             parent, key = loc[:-1], loc[-1]
             model = _model_for(parent)
@@ -239,6 +241,11 @@ def _structure_errors(exc: ValidationError, doc: Positioned) -> list[Diagnostic]
                 help_ = None
             if loc not in diags:
                 diags[loc] = error(code, doc.span(loc), msg, help_)
+    # a misspelled required key is one mistake: keep the "did you mean" and drop the "missing"
+    for loc, d in list(diags.items()):
+        if d.code == "E004" and d.help and d.help.startswith("did you mean"):
+            suggested = d.help.split("`")[1]
+            diags.pop(loc[:-1] + (suggested,), None)
     return sorted(diags.values(), key=lambda d: (d.span.line, d.span.column))
 
 
@@ -252,8 +259,12 @@ def _expected_for(loc: tuple, kind: str) -> str:
         return "an integer"
     if name in ("policy", "description", "name"):
         return "text"
-    if len(loc) >= 2 and loc[-2] in ("signals",) or (len(loc) >= 3 and loc[-3] == "signals"):
+    if len(loc) >= 3 and loc[-3] == "signals" or (len(loc) == 2 and loc[0] == "features"):
         return "an expression"
+    if len(loc) == 2 and loc[0] == "params":
+        return "a number or true/false"
+    if len(loc) == 2 and loc[0] in ("risk", "account"):
+        return "a number, a percentage, a duration, true/false or a param"
     if kind in _TYPE_WORDS and _TYPE_WORDS[kind]:
         return _TYPE_WORDS[kind]
     return "a number, true/false or an expression"
@@ -312,13 +323,16 @@ class _Builder:
         if isinstance(value, bool):
             return value
         if isinstance(value, (int, float)):
+            if not math.isfinite(value):
+                self.errors.append(error("E007", self.span(path), f"param `{path[-1]}` must be a finite number, not {value}"))
+                return None
             return float(value)
         node = self.expr(path)
         if node is None:
             return None
         negate = isinstance(node, ex.Unary) and node.op == "-"
         inner = node.operand if negate else node
-        if isinstance(inner, ex.Number):
+        if isinstance(inner, ex.Number) and math.isfinite(inner.value):
             return -inner.value if negate else inner.value
         if isinstance(inner, ex.Boolean) and not negate:
             return inner.value

@@ -16,7 +16,7 @@ import yaml
 
 from .diagnostics import PolicyError, Span, error
 
-MAX_FILE_BYTES = 1_000_000
+MAX_FILE_BYTES = 256_000
 MAX_NODES = 20_000
 
 PathKey = tuple  # a path of mapping keys (str) and list indices (int)
@@ -90,6 +90,12 @@ def source_from_bytes(raw: bytes, name: str) -> SourceFile:
         line, col = src.position(text.index("\x00"))
         raise PolicyError([error("E001", Span(name, line, col, line, col + 1),
                                  "file contains NUL bytes; it looks binary, not a YAML policy")])
+    # one kind of line break, so our line numbers agree with YAML's
+    text = text.replace("\r\n", "\n").replace("\r", "\n").replace("\x85", "\n") \
+        .replace("\u2028", "\n").replace("\u2029", "\n")
+    if text.count(",") + text.count("\n") + text.count("- ") > 4 * MAX_NODES:
+        raise PolicyError([error("E003", here, "document is too large: a policy has at most "
+                                 f"{MAX_NODES:,} YAML values")])
     if not text.strip():
         raise PolicyError([error("E001", here, "file is empty",
                                  "a policy needs at least `policy`, `version`, `instruments` and `signals`")])
@@ -127,6 +133,12 @@ def compose(source: SourceFile) -> Positioned:
     """Parse YAML into positioned values; YAML errors and duplicate keys become diagnostics."""
     try:
         root = yaml.compose(source.text, Loader=_Loader)
+    except yaml.reader.ReaderError as exc:
+        line, col = source.position(exc.position)
+        what = f"character 0x{exc.character:02x}" if isinstance(exc.character, int) else f"character {exc.character!r}"
+        raise PolicyError([error("E002", Span(source.name, line, col, line, col + 1),
+                                 f"YAML: {what} is not allowed in a policy file",
+                                 "remove the control character")])
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
@@ -185,7 +197,7 @@ _CONSTRUCTOR = yaml.constructor.SafeConstructor()
 
 
 def _yaml_help(problem: str) -> str | None:
-    if "tab" in problem:
+    if "tab" in problem or "\\t" in problem:
         return "YAML indentation must use spaces, not tabs"
     if "mapping values are not allowed" in problem:
         return "a value containing `: ` must be quoted"
@@ -203,17 +215,22 @@ def scalar_text_offsets(source: SourceFile, node: yaml.ScalarNode) -> list[int]:
     raw = source.text
     pos = node.start_mark.index
     end = node.end_mark.index
+    indent = 0
     if node.style in ("|", ">"):
         nl = raw.find("\n", pos, end)
         pos = nl + 1 if nl >= 0 else pos
+        while pos + indent < end and raw[pos + indent] == " ":
+            indent += 1
     elif node.style in ("'", '"'):
         pos += 1
     offsets = []
     for ch in value:
-        if ch in " \n" and pos < end and raw[pos] in " \t\r\n":
+        if ch == " " and pos < end and raw[pos] in " \t\n":
+            run = pos
+            while run < end and raw[run] in " \t\n":
+                run += 1
             offsets.append(pos)
-            while pos < end and raw[pos] in " \t\r\n":
-                pos += 1
+            pos = run if "\n" in raw[pos:run] else pos + 1  # a folded line break, or one space
             continue
         probe = pos
         while probe < end and raw[probe] != ch:
@@ -222,5 +239,7 @@ def scalar_text_offsets(source: SourceFile, node: yaml.ScalarNode) -> list[int]:
             pos = probe
         offsets.append(pos)
         pos = min(pos + 1, end)
+        if ch == "\n" and indent:  # a block scalar's indentation is not part of its value
+            pos = min(pos + indent, end)
     offsets.append(pos)
     return offsets

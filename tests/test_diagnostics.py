@@ -4,10 +4,6 @@ tests/broken/expected.yaml maps every corpus file to the code, line and column o
 FIRST error (sorted by line, then column) the tool must report. Each file is checked
 through the Python API (`diagnose`) and through the CLI (`compiler.cli.main`), in text
 and in JSON form.
-
-Files named `bug_*` (and the tests marked with `KNOWN_BUG`) document bugs found in
-dsl/ or compiler/: they hold what the tool SHOULD do and are expected to fail until the
-bug is fixed (strict xfail: once fixed, remove the entry from KNOWN_BUGS).
 """
 from __future__ import annotations
 
@@ -28,31 +24,7 @@ BROKEN = HERE / "broken"
 EXPECTED: dict[str, dict] = yaml.safe_load((BROKEN / "expected.yaml").read_text())
 JSON_KEYS = {"file", "line", "column", "end_line", "end_column", "severity", "code", "message", "help"}
 
-#: Corpus files that currently fail because of a bug in dsl/ or compiler/.
-KNOWN_BUGS = {
-    "bug_window_overflow.yaml":
-        "check.integer_arg: int(inf) raises OverflowError for a window literal of 1e400",
-    "bug_param_nan_window.yaml":
-        "a param default of .nan is accepted; integer_arg then raises ValueError (int(nan))",
-    "bug_hour_of_number.yaml":
-        "check.expect: words[TIME] KeyError when a number is passed to hour/minute_of_day/day_of_week",
-    "bug_double_space_column.yaml":
-        "source.scalar_text_offsets: a run of 2+ spaces inside an expression shifts later columns",
-    "bug_literal_block_column.yaml":
-        "source.scalar_text_offsets: extra indentation kept in a `|` block shifts later columns",
-    "bug_control_character.yaml":
-        "source.compose: yaml.reader.ReaderError (control character) is reported at 1:1, not where it is",
-}
-
-
-def _case(name: str):
-    if name in KNOWN_BUGS:
-        return pytest.param(name, marks=pytest.mark.xfail(reason=KNOWN_BUGS[name], strict=True), id=name)
-    return pytest.param(name, id=name)
-
-
-CASES = [_case(name) for name in sorted(EXPECTED)]
-KNOWN_BUG = pytest.mark.xfail(strict=True)
+CASES = [pytest.param(name, id=name) for name in sorted(EXPECTED)]
 
 
 def first_error(diags):
@@ -94,7 +66,7 @@ def test_corpus_matches_expectations():
 
 def test_corpus_covers_every_file_error_code():
     file_codes = {c for c in CODES if c.startswith("E") and "E001" <= c <= "E210"}
-    covered = {e["code"] for name, e in EXPECTED.items() if name not in KNOWN_BUGS}
+    covered = {e["code"] for name, e in EXPECTED.items()}
     assert file_codes - covered == set()
 
 
@@ -307,7 +279,6 @@ def test_text_diagnostics_follow_sys_stderr(capsys):
 
 
 # --------------------------------------------------------------------------- known bugs
-@KNOWN_BUG
 def test_unexpected_exception_is_internal_error_exit_3(run_cli, monkeypatch):
     """cli.py promises exit 3 for anything unexpected; main() lets the exception escape
     (as a console script: a traceback and exit status 1, the same status as a diagnostic)."""
@@ -321,7 +292,6 @@ def test_unexpected_exception_is_internal_error_exit_3(run_cli, monkeypatch):
     assert code == 3 and "Traceback" not in err
 
 
-@KNOWN_BUG
 def test_long_feature_chain_does_not_overflow_the_stack(tmp_path):
     """check._Checker.feature_type recurses once per feature: ~200 chained features
     raise RecursionError out of diagnose()."""
@@ -331,7 +301,6 @@ def test_long_feature_chain_does_not_overflow_the_stack(tmp_path):
     assert result is not None and not [d for d in diags if d.severity == "error"]
 
 
-@KNOWN_BUG
 def test_recursive_bool_feature_through_lookback_is_valid(tmp_path):
     """Spec: a cycle through a lookback of 1 or more is fine. A bool feature that reads
     itself (`latch: close > m or latch[1]`) is typed num while in progress -> false E204."""
@@ -341,7 +310,6 @@ def test_recursive_bool_feature_through_lookback_is_valid(tmp_path):
     assert result is not None, [d.message for d in diags]
 
 
-@KNOWN_BUG
 @pytest.mark.parametrize("limit", ["stale_after: -2s", "stale_after: 2s + 1s", "max_position: -true",
                                    "max_position: 10 * flag"])
 def test_risk_value_is_never_silently_dropped(tmp_path, limit):
@@ -353,7 +321,6 @@ def test_risk_value_is_never_silently_dropped(tmp_path, limit):
     assert result is None or key in result.checked.risk
 
 
-@KNOWN_BUG
 def test_cr_line_endings_give_the_right_line(tmp_path):
     """PyYAML treats a lone CR (and NEL, U+2028) as a line break; SourceFile counts only
     LF, so every node span of a CR-only file is on line 1."""
@@ -365,14 +332,12 @@ def test_cr_line_endings_give_the_right_line(tmp_path):
     assert (first.code, first.span.line, first.span.column) == ("E004", 12, 3)
 
 
-@KNOWN_BUG
 def test_tab_indentation_gets_help():
     """source._yaml_help looks for 'tab' but PyYAML says "found character '\\t' ..."."""
     _, diags = diagnose(BROKEN / "e002_tab_indent.yaml")
     assert "tab" in (diags[0].help or "")
 
 
-@KNOWN_BUG
 def test_feature_value_of_wrong_type_says_expression(tmp_path):
     """A list as a feature value is described as 'must be true or false' (the first
     member of the Scalar union), not as 'must be an expression'."""

@@ -609,7 +609,7 @@ signals:
     target: -size
 risk:
   long_only: false
-  max_position: 900
+  max_position: 2000
   max_position_notional: 95000
   max_gross_exposure: 150000
   max_margin_usage: 200%
@@ -702,7 +702,7 @@ def every_key_script(columns) -> Events:
     s.bar(0, 96.5, intent=300).bar(0, 96.6).bar(0, 97.0).bar(0, 103.5).bar(0, 103.6)
     s.bar(0, 103.7, intent=0).bar(0, 103.7)
     # trailing stop: short 200 on B, a run down then a 3% bounce from the low
-    s.bar(1, 50.0, intent=-200).bar(1, 49.9).bar(1, 49.5).bar(1, 48.9).bar(1, 50.2).bar(1, 50.3)
+    s.bar(1, 50.0, intent=-203).bar(1, 49.9).bar(1, 49.5).bar(1, 48.9).bar(1, 50.2).bar(1, 50.3)
     s.bar(1, 50.3, intent=0).bar(1, 50.3)
     # signal rules by volume code
     s.bar(0, 103.0, volume=1111).bar(0, 104.0, volume=1111).bar(0, 105.0, volume=1111).bar(0, 105.0)
@@ -715,8 +715,8 @@ def every_key_script(columns) -> Events:
     s.resume().bar(0, 105.3, intent=0).bar(0, 105.3).bar(0, 105.4, intent=300).bar(0, 105.5)
     # custom halt, then resume
     s.bar(0, 105.6, volume=9999).bar(0, 105.7).resume().bar(0, 105.8, intent=0).bar(0, 105.8)
-    # kill switch by drawdown: 900 long A (two orders: max_order_notional), then a crash
-    s.bar(0, 100.0, intent=900, dt=2 * NS_S).bar(0, 100.1).bar(0, 100.1).bar(0, 92.0).bar(0, 92.5).bar(0, 91.0)
+    # kill switch by drawdown: 950 long A (notional-capped; two orders), then a crash
+    s.bar(0, 100.0, intent=1000, dt=2 * NS_S).bar(0, 100.1).bar(0, 100.1).bar(0, 92.0).bar(0, 92.5).bar(0, 91.0)
     s.intent(0, 100).bar(0, 91.6).resume().bar(0, 91.7, intent=0).bar(0, 91.7)
     # next UTC day, a price collar jump, sub-second orders, bad prices, a NaN intent
     s.bar(1, 50.0, intent=100, dt=20 * NS_H).bar(1, 50.0).bar(1, 58.0).bar(1, 58.1, intent=150, dt=1_000_000)
