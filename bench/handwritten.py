@@ -36,7 +36,8 @@ def ema_cross_hand(ts, vals, fast_n, slow_n, vol_n, size,
                    o_event, o_qty, o_price, o_fill_event, o_fill_price, o_fee):
     """Run over events (vals[:, 0] = price, vals[:, 1] = close). Orders go to the o_* arrays.
 
-    Returns (events processed, number of orders, final equity, cash, position, halted).
+    Returns (events processed, number of orders, final equity, cash, position, halted,
+    event index at which the kill switch tripped or -1).
     """
     n = ts.shape[0]
     capacity = o_event.shape[0]
@@ -66,6 +67,7 @@ def ema_cross_hand(ts, vals, fast_n, slow_n, vol_n, size,
     equity = initial_equity
     peak = initial_equity
     halted = False
+    halt_event = -1
     day = -1
     orders_today = 0
     pos = 0.0
@@ -182,6 +184,7 @@ def ema_cross_hand(ts, vals, fast_n, slow_n, vol_n, size,
             is_exit = False
             if not halted and peak > 0.0 and (peak - equity) / peak >= max_drawdown:
                 halted = True
+                halt_event = e
             if halted:
                 target = 0.0
                 is_exit = True
@@ -214,4 +217,4 @@ def ema_cross_hand(ts, vals, fast_n, slow_n, vol_n, size,
                 orders_today += 1
                 open_qty += order
         e += 1
-    return e, n_orders, equity, cash, pos, halted
+    return e, n_orders, equity, cash, pos, halted, halt_event

@@ -272,21 +272,30 @@ def bench_compile() -> str:
 # ---------------------------------------------------------------------------------------
 # 4-5. kernel speed
 # ---------------------------------------------------------------------------------------
-def synthetic(n: int, seed: int, p0: float = 100.0, sigma: float = 0.001, high_sigma: float = 0.02,
-              high_share: float = 0.05):
-    """Seeded geometric random walk, one event a minute (days roll every 1440 events);
-    a share of whole days are high-volatility so the 2% volatility brake engages."""
+def synthetic(n: int, seed: int, p0: float = 100.0, sigma: float = 0.001, momentum: float = 0.5,
+              high_sigma: float = 0.02, high_share: float = 0.05):
+    """Seeded random walk of log(close), one event a minute (the UTC day rolls every 1440 events).
+
+    Increments are AR(1) with coefficient `momentum` (long-run step stdev `sigma`), so trends
+    exist and the EMA strategy trades through the whole run instead of bleeding fees into its
+    drawdown kill switch; the walk is reflected into [p0/2, 2*p0] so prices stay sane over
+    10M events. On a `high_share` of whole days every event also gets independent jitter of
+    stdev `high_sigma`, so the 2% volatility brake engages."""
     import numpy as np
 
     rng = np.random.default_rng(seed)
     days = n // 1440 + 1
-    day_sigma = np.where(rng.random(days) < high_share, high_sigma, sigma)
-    step = np.repeat(day_sigma, 1440)[:n] * rng.standard_normal(n)
-    close = p0 * np.exp(np.cumsum(step))
+    jittery = np.repeat(rng.random(days) < high_share, 1440)[:n]
+    kernel = momentum ** np.arange(40.0)   # AR(1) impulse response, truncated at phi^40
+    steps = (1.0 - momentum) * sigma * np.convolve(rng.standard_normal(n), kernel)[:n]
+    lo, hi = np.log(p0 / 2), np.log(p0 * 2)
+    x = np.mod(np.log(p0) + np.cumsum(steps) - lo, 2 * (hi - lo))
+    log_close = lo + np.where(x > hi - lo, 2 * (hi - lo) - x, x)
+    log_close += np.where(jittery, high_sigma * rng.standard_normal(n), 0.0)
     ts = T0_NS + np.arange(n, dtype=np.int64) * MINUTE_NS
     vals = np.empty((n, 2))
-    vals[:, 0] = close   # price (bars: price = close)
-    vals[:, 1] = close   # close
+    vals[:, 0] = np.exp(log_close)   # price (bars: price = close)
+    vals[:, 1] = vals[:, 0]          # close
     return ts, vals
 
 
@@ -348,7 +357,7 @@ class Bench:
         self.hand_call()
         self.api_call()
         k_orders, k_acct = self.k_session.n_orders, self.k_session.acct
-        h_e, h_orders, h_equity, _, _, h_halted = self.h_result
+        h_e, h_orders, h_equity, _, _, h_halted, h_halt_event = self.h_result
         o = ref.orders
         problems = []
         if h_e != self.n:
@@ -379,8 +388,9 @@ class Bench:
             for p in problems:
                 print("    " + p)
             raise SystemExit(1)
+        halt = f"tripped at event {h_halt_event:,} in both" if h_halted else "not tripped"
         return (f"parity: ok ({len(o)} orders: same count, event indices, quantities, fill events, fill prices "
-                f"and fees; final equity {k_equity:.9f} vs {h_equity:.9f}, |diff| {diff:g})")
+                f"and fees;\n    final equity {k_equity:.9f} vs {h_equity:.9f}, |diff| {diff:g}; kill switch {halt})")
 
 
 def coverage(policy, events, layout_mod, label: str) -> str:
@@ -418,9 +428,10 @@ def bench_kernel(cache: str | None) -> None:
     print("4. Kernel speed: ema_cross over synthetic minute bars (seeded random walk), fill next, "
           "record_equity=False")
     stress_policy = policy.with_params(size=1000)
-    ts, vals = synthetic(200_000, seed=7, p0=1000.0, high_sigma=0.03, high_share=0.10)
+    ts, vals = synthetic(200_000, seed=7, momentum=0.0, high_sigma=0.03, high_share=0.10)
     stress = Bench(stress_policy, Events.market(ts, vals), L, ema_cross_hand)
-    print("  stress set (200,000 events, size=1000, price ~1000, 10% of days at 3%/min volatility):")
+    print("  parity on a stress set: 200,000 events, size=1000, no momentum (the strategy bleeds until the")
+    print("  kill switch trips), 10% of days with 3% jitter:")
     print("  " + stress.warm_and_check())
     print(coverage(stress_policy, stress.events, L, "stress coverage"))
     del stress
@@ -435,7 +446,7 @@ def bench_kernel(cache: str | None) -> None:
             print()
             print(f"5. Kernel speed at {n:,} events (arrays held in memory: {events.vals.nbytes / 1e6:.0f} MB vals, "
                   f"{events.ts.nbytes / 1e6:.0f} MB ts)")
-        print(f"  benchmark set ({n:,} events, default params; 5% of days at 2%/min volatility):")
+        print(f"  benchmark set: {n:,} events, default params, momentum 0.5, 5% of days with 2% jitter:")
         print("  " + b.warm_and_check())
         if n == 1_000_000:
             print(coverage(policy, events, L, "coverage"))

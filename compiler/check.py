@@ -433,6 +433,7 @@ def _name_help(name: str) -> str | None:
 
 
 MAX_FEATURES = 500
+MAX_CUSTOM_RULES = 29  # reason masks travel as float64: 24 fixed codes + 29 rules = 53 exact bits
 
 
 def check(parsed: ParsedPolicy, overrides: dict | None = None) -> CheckedPolicy:
@@ -460,6 +461,10 @@ def _check(parsed: ParsedPolicy, overrides: dict | None) -> CheckedPolicy:
         c.expect(rule.target, c.type_of(rule.target, None), NUM, "a rule's `target`")
     for rule in parsed.custom:
         c.expect(rule.when, c.type_of(rule.when, None), BOOL, f"custom rule `{rule.name}`'s `when`")
+    if len(parsed.custom) > MAX_CUSTOM_RULES:
+        rule = parsed.custom[MAX_CUSTOM_RULES]
+        c.errors.append(error("E007", rule.span, f"a policy may have at most {MAX_CUSTOM_RULES} custom rules",
+                              "combine conditions with `or`"))
     risk = c.risk_values()
     account = c.account_values()
     order = c.order_features() if not c.errors else list(parsed.features)

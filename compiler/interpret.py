@@ -255,7 +255,7 @@ class Book:
     lock: float = 0.0
     lock_code: int = -1
     volatility: float = NAN
-    pending: Order | None = None
+    pending: list = field(default_factory=list)   # orders waiting for the next event (fill next)
     custom: list = field(default_factory=list)
     states: dict = field(default_factory=dict)
     history: dict = field(default_factory=dict)
@@ -434,8 +434,8 @@ class Interpreter:
         self.equity_curve.append(self.acct.equity)
 
     def market(self, e: int, ts: int, i: int, b: Book, row, price: float):
-        if b.pending is not None:
-            order, b.pending = b.pending, None
+        pending, b.pending = b.pending, []
+        for order in pending:
             self.simulated_fill(order, b, e, price)
         b.prev, b.last, b.last_ts = b.last, price, float(ts)
         self.mark()
@@ -608,7 +608,7 @@ class Interpreter:
                 self.simulated_fill(o, b, e, price)
                 self.mark()
             elif self.mode == L.FILL_NEXT:
-                b.pending = o
+                b.pending.append(o)
 
     def record(self, e, b: Book, features, pos, q, order, reasons):
         self.trace.append({"event": e, "desired": b.desired, "position": pos, "target": q + order,

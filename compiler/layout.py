@@ -65,7 +65,6 @@ REASONS = (
 )
 R = {code: i for i, code in enumerate(REASONS)}
 CUSTOM_BASE = len(REASONS)
-MAX_CUSTOM_RULES = 53 - CUSTOM_BASE  # reason masks travel as float64: 53 exact bits
 CUSTOM_SUFFIX = {"block": "blocked", "reduce_only": "blocked", "liquidate": "exit", "halt": "halt"}
 
 

@@ -60,6 +60,8 @@ def close(a, b, rtol=RTOL) -> bool:
         return a != a and b != b
     if a == b:
         return True
+    if math.isinf(a) or math.isinf(b):
+        return False
     return abs(a - b) <= rtol * max(abs(a), abs(b))
 
 
@@ -89,8 +91,8 @@ def differences(cp, ev: Events, mode: int, limit: int = 12) -> list[str]:
         approx = [("qty", L.O_QTY, o.qty), ("price", L.O_PRICE, o.price), ("target", L.O_TARGET, o.target),
                   ("desired", L.O_DESIRED, o.desired), ("fill_price", L.O_FILL_PRICE, o.fill_price),
                   ("fee", L.O_FEE, o.fee)]
-        bad = [f"{what} {k[col]!r} vs {want!r}" for what, col, want in exact if float(k[col]) != float(want)]
-        bad += [f"{what} {k[col]!r} vs {want!r}" for what, col, want in approx if not close(k[col], want)]
+        bad = [f"{what} {float(k[col])!r} vs {float(want)!r}" for what, col, want in exact if float(k[col]) != float(want)]
+        bad += [f"{what} {float(k[col])!r} vs {float(want)!r}" for what, col, want in approx if not close(k[col], want)]
         if int(k[L.O_REASONS]) != o.reasons:
             bad.append(f"reasons {reasons(k[L.O_REASONS])} vs {reasons(o.reasons)}")
         if bad:
@@ -103,18 +105,18 @@ def differences(cp, ev: Events, mode: int, limit: int = 12) -> list[str]:
         row = res.trace[e]
         bad = []
         if not close(row[L.T_DESIRED], d["desired"]):
-            bad.append(f"desired {row[L.T_DESIRED]!r} vs {d['desired']!r}")
+            bad.append(f"desired {float(row[L.T_DESIRED])!r} vs {float(d['desired'])!r}")
         if row[L.T_REASONS] != d["reasons"]:
             bad.append(f"reasons {reasons(row[L.T_REASONS]) if row[L.T_REASONS] == row[L.T_REASONS] else 'NaN'}"
                        f" vs {reasons(d['reasons'])}")
         for what, col in (("position", L.T_POSITION), ("target", L.T_TARGET), ("order", L.T_ORDER),
                           ("equity", L.T_EQUITY)):
             if not close(row[col], d[what]):
-                bad.append(f"{what} {row[col]!r} vs {d[what]!r}")
+                bad.append(f"{what} {float(row[col])!r} vs {float(d[what])!r}")
         if d["features"] is not None:
             for name, j, want in zip(cp.feature_names, range(L.TRACE_FIXED, res.trace.shape[1]), d["features"]):
                 if not close(row[j], float(want)):
-                    bad.append(f"feature {name} {row[j]!r} vs {float(want)!r}")
+                    bad.append(f"feature {name} {float(row[j])!r} vs {float(want)!r}")
         if bad:
             out.append(f"decision at event {e} (kind {int(ev.kind[e])}, inst {int(ev.inst[e])}): " + "; ".join(bad))
     for e in range(len(ev)):
@@ -125,7 +127,7 @@ def differences(cp, ev: Events, mode: int, limit: int = 12) -> list[str]:
         out.append(f"interpreter equity curve has {len(it.equity_curve)} points for {len(ev)} events")
     for e, (k, want) in enumerate(zip(res.equity, it.equity_curve)):
         if not close(k, want):
-            out.append(f"equity after event {e}: kernel {k!r} interpreter {want!r}")
+            out.append(f"equity after event {e}: kernel {float(k)!r} interpreter {float(want)!r}")
             break
     return out[:limit]
 
@@ -202,7 +204,7 @@ def num_leaf(draw, ctx: Ctx) -> str:
         return pick(draw, ctx.inputs)
     if kind == "forward":
         return f"{pick(draw, ctx.lag_num)}[{lag_k(draw, ctx, False)}]"
-    source = pick(draw, list(FIELDS) + ctx.num_feats + ctx.num_params)
+    source = pick(draw, list(FIELDS) + list(STATES[:3]) + ctx.num_feats + ctx.num_params)
     return f"{source}[{lag_k(draw, ctx, True)}]"
 
 
@@ -340,7 +342,7 @@ RISK_VALUES = {
     "stop_loss": ["0.5%", "2%", "5%"],
     "take_profit": ["0.5%", "3%", "8%"],
     "trailing_stop": ["0.5%", "1.5%", "4%"],
-    "max_drawdown": ["0.5%", "2%", "8%"],
+    "max_drawdown": ["1%", "3%", "8%"],
     "max_daily_loss": ["0.5%", "1%", "5%"],
     "max_volatility": ["0.3%", "1%", "3%"],
     "lot_size": ["1", "5", "10", "0.5"],
@@ -547,7 +549,7 @@ def rebound_params(draw, gp: GenPolicy) -> dict:
         if not draw(st.booleans()):
             continue
         if kind == "win":
-            out[name] = float(draw(st.integers(1, 12)))
+            out[name] = float(draw(st.integers(0, 12)))   # 0: valid as a lookback, not as a window
         elif kind == "size":
             out[name] = float(draw(st.sampled_from([1, 5, 40, 120, 600, 7.5])))
         elif kind == "thr":

@@ -1,10 +1,10 @@
 """Every built-in function of the language (spec section 4) against an oracle.
 
-Both back ends are checked: the Numba kernel (its decision trace carries every named
-feature) and the reference interpreter. The oracles are TA-Lib for the moving
-statistics and a straightforward NumPy / Python computation for everything else.
+Both back ends are checked on every value: the Numba kernel (its decision trace carries
+every named feature) and the reference interpreter. The oracles are TA-Lib for the
+moving statistics and a straightforward NumPy / Python computation for the rest.
 
-Semantics beyond the spec that these tests pin down (docs/language.md):
+Semantics beyond the spec that these tests pin down:
   * a NaN input to a stateful function is skipped: NaN out for that event and the
     state does not advance (leading NaNs then behave like TA-Lib's Python wrapper);
   * stdev is sqrt(variance) when variance > 0 else 0 (TA-Lib says 0 below 1e-8, so
@@ -13,12 +13,15 @@ Semantics beyond the spec that these tests pin down (docs/language.md):
     NaN operand is false (`!=` included);
   * hour/minute_of_day/day_of_week read `ts` (integer ns) in UTC, Monday = 0.
 
-Each distinct policy text costs a Numba compile, so each group below puts many
-features into one policy, compiled once per module.
+Each distinct policy text costs a Numba compile (superlinear in its size), so the
+features are grouped into a few mid-sized policies, each compiled once per session and
+run over several data sets. Known compiler bugs are `xfail(strict=True)` tests at the
+end of each part, each with a minimal input.
 """
 from __future__ import annotations
 
 import csv
+import functools
 import math
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -40,7 +43,7 @@ RTOL = 1e-9
 TINY_VARIANCE = 1e-8  # below it TA-Lib's STDDEV is 0 by definition
 
 
-# ---- helpers ----------------------------------------------------------------------------
+# ==== helpers ===============================================================================
 def policy_text(name: str, features: dict[str, str], params: dict | None = None,
                 inputs: list[str] | None = None) -> str:
     lines = [f"policy: {name}", "version: 1", "instruments: [X]"]
@@ -55,32 +58,34 @@ def policy_text(name: str, features: dict[str, str], params: dict | None = None,
     return "\n".join(lines) + "\n"
 
 
-def compile_features(name, features, params=None, inputs=None):
-    return compile_policy(parse_policy_text(policy_text(name, features, params, inputs), f"{name}.yaml"))
+def compile_features(name, features, params=None, inputs=None, overrides=None):
+    text = policy_text(name, features, params, inputs)
+    return compile_policy(parse_policy_text(text, f"{name}.yaml"), overrides)
 
 
 def run_both(cp, ts, data: dict[str, np.ndarray]):
-    """Run kernel and interpreter over market events; {feature: values} for each."""
+    """Run kernel and interpreter over market events: ({feature: values}, {feature: values})."""
     cols = cp.columns
     assert cols[0] == "price"
     vals = np.column_stack([np.asarray(data["close" if c == "price" else c], dtype=np.float64) for c in cols])
     ev = Events.market(np.asarray(ts, dtype=np.int64), vals)
     res = cp.run(ev, trace=True)
     kern = res.trace[:, L.TRACE_FIXED:]
-    it = Interpreter(cp.program, cp.params, cp.checked.risk, cp.checked.account, 1).run(ev.ts, ev.kind, ev.inst,
-                                                                                         ev.vals)
+    it = Interpreter(cp.program, cp.params, cp.checked.risk, cp.checked.account, 1).run(
+        ev.ts, ev.kind, ev.inst, ev.vals)
     assert len(it.trace) == len(ev), "every event has a valid price, so every event is traced"
     interp = np.array([[float(v) for v in rec["features"]] for rec in it.trace], dtype=np.float64)
     names = cp.feature_names
     assert kern.shape == interp.shape == (len(ev), len(names))
-    return ({n: kern[:, j] for j, n in enumerate(names)}, {n: interp[:, j] for j, n in enumerate(names)})
+    return ({n: kern[:, j].copy() for j, n in enumerate(names)},
+            {n: interp[:, j].copy() for j, n in enumerate(names)})
 
 
 def assert_matches(got, want, label, valid=None, rtol=RTOL):
     """NaN exactly where the oracle is NaN; elsewhere equal within rtol (atol 0).
 
-    `valid` (bool mask) restricts the comparison to positions where the oracle is
-    well defined (e.g. TA-Lib's variance >= 1e-8 for stdev)."""
+    `valid` (bool mask) restricts the check to positions where the oracle is
+    comparable (e.g. TA-Lib's variance >= 1e-8 for stdev)."""
     got = np.asarray(got, dtype=np.float64)
     want = np.asarray(want, dtype=np.float64)
     assert got.shape == want.shape, label
@@ -95,31 +100,24 @@ def assert_matches(got, want, label, valid=None, rtol=RTOL):
 
 def assert_bool_matches(got, want, label):
     want = np.asarray(want, dtype=bool).astype(np.float64)
-    bad = np.flatnonzero(np.asarray(got) != want)
-    assert bad.size == 0, f"{label}: differs at {bad[:5].tolist()}: got {np.asarray(got)[bad[:5]]}, want {want[bad[:5]]}"
+    got = np.asarray(got)
+    bad = np.flatnonzero(got != want)
+    assert bad.size == 0, f"{label}: differs at {bad[:5].tolist()}: got {got[bad[:5]]}, want {want[bad[:5]]}"
 
 
-def check_both(kern, interp, name, want, valid=None, boolean=False):
+def check_both(kern, interp, name, want, valid=None, boolean=False, rtol=RTOL):
     for backend, out in (("kernel", kern), ("interpreter", interp)):
         if boolean:
             assert_bool_matches(out[name], want, f"{backend} {name}")
         else:
-            assert_matches(out[name], want, f"{backend} {name}", valid)
-
-
-def first_valid_only(ref: np.ndarray) -> np.ndarray:
-    """Mask of positions from the oracle's first non-NaN output on."""
-    ok = ~np.isnan(ref)
-    assert ok.any()
-    mask = np.zeros(len(ref), dtype=bool)
-    mask[np.argmax(ok):] = True
-    return mask
+            assert_matches(out[name], want, f"{backend} {name}", valid, rtol)
 
 
 def lag(x, k):
-    out = np.full(len(x), np.nan)
+    x = np.asarray(x, dtype=np.float64)
     if k == 0:
-        return np.array(x, dtype=float)
+        return x.copy()
+    out = np.full(len(x), np.nan)
     out[k:] = x[:-k]
     return out
 
@@ -131,7 +129,7 @@ def lag_bool(c, k):
 
 
 def skip_nan(fn, x):
-    """Apply fn to the non-NaN values only; NaN where x is NaN (the skip semantics)."""
+    """fn over the non-NaN values only, scattered back; NaN where x is NaN (the skip rule)."""
     x = np.asarray(x, dtype=np.float64)
     ok = ~np.isnan(x)
     out = np.full(len(x), np.nan)
@@ -139,7 +137,16 @@ def skip_nan(fn, x):
     return out
 
 
-# ---- oracles TA-Lib cannot give --------------------------------------------------------
+def nan_false(fn, *xs):
+    """A comparison that is false whenever an operand is NaN."""
+    with np.errstate(invalid="ignore"):
+        out = fn(*xs)
+    for x in xs:
+        out &= ~np.isnan(x)
+    return out
+
+
+# ==== oracles TA-Lib cannot give =============================================================
 def wilder(x, n):
     """Wilder smoothing: seed = mean of the first n values, then (prev*(n-1)+x)/n."""
     out = np.full(len(x), np.nan)
@@ -156,13 +163,12 @@ def wilder(x, n):
 def rsi_one(x):
     """RSI with n = 1 (TA-Lib refuses it): 100 after a rise, 0 after a fall or no move."""
     out = np.full(len(x), np.nan)
-    d = np.diff(x)
-    out[1:] = np.where(d > 0, 100.0, 0.0)
+    out[1:] = np.where(np.diff(x) > 0, 100.0, 0.0)
     return out
 
 
 def talib_moving(fn: str, x: np.ndarray, n: int) -> np.ndarray:
-    """The oracle of `fn(x, n)` for a NaN-free (or leading-NaN) series."""
+    """The oracle of `fn(x, n)` for a series that is NaN-free after its leading NaNs."""
     x = np.asarray(x, dtype=np.float64)
     if fn == "sma":
         return talib.SMA(x, n)
@@ -172,7 +178,7 @@ def talib_moving(fn: str, x: np.ndarray, n: int) -> np.ndarray:
         return talib.WMA(x, n)
     if fn == "variance":
         return talib.VAR(x, n, 1)
-    if fn == "stdev":
+    if fn == "stdev":      # TA-Lib refuses n = 1; the deviation of one value is 0
         return talib.STDDEV(x, n, 1) if n > 1 else np.where(np.isnan(x), np.nan, 0.0)
     if fn == "sum":
         return talib.SUM(x, n) if n > 1 else x.copy()
@@ -198,12 +204,13 @@ def well_defined(fn: str, x: np.ndarray, n: int) -> np.ndarray | None:
     return np.isnan(var) | (var >= TINY_VARIANCE)
 
 
-# ---- data -------------------------------------------------------------------------------
-def load_orcl():
+# ==== data ====================================================================================
+@functools.lru_cache(maxsize=None)
+def orcl_bars():
     with ORCL.open(newline="") as f:
         rows = list(csv.DictReader(f))
     ts = np.array([np.datetime64(r["Date"], "ns").astype(np.int64) for r in rows], dtype=np.int64)
-    col = lambda k: np.array([float(r[k]) for r in rows])
+    col = lambda k: np.array([float(r[k]) for r in rows])  # noqa: E731
     return ts, {"open": col("Open"), "high": col("High"), "low": col("Low"), "close": col("Close"),
                 "volume": col("Volume")}
 
@@ -211,8 +218,7 @@ def load_orcl():
 def random_bars(seed: int, n: int):
     """A random walk around 100 with consistent high/low, one bar a minute."""
     rng = np.random.default_rng(seed)
-    close = 100.0 + np.cumsum(rng.normal(0.0, 0.5, n))
-    close = np.maximum(close, 5.0)
+    close = np.maximum(100.0 + np.cumsum(rng.normal(0.0, 0.5, n)), 5.0)
     open_ = np.concatenate([[close[0]], close[:-1]]) + rng.normal(0.0, 0.1, n)
     high = np.maximum(open_, close) + np.abs(rng.normal(0.0, 0.3, n))
     low = np.minimum(open_, close) - np.abs(rng.normal(0.0, 0.3, n))
@@ -220,143 +226,214 @@ def random_bars(seed: int, n: int):
     return ts, {"open": open_, "high": high, "low": low, "close": close}, rng
 
 
-# ---- 1. moving statistics against TA-Lib -----------------------------------------------
-MOVING_FNS = ("sma", "ema", "wma", "stdev", "variance", "sum", "highest", "lowest", "rsi", "rma", "zscore")
+@functools.lru_cache(maxsize=None)
+def moving_dataset(name: str):
+    """(ts, data) with bars and an input stream `y`."""
+    if name == "orcl":               # the real thing; y = volume in millions, leading NaNs
+        ts, d = orcl_bars()
+        y = d["volume"] / 1e6
+        y[:25] = np.nan
+    elif name == "walk":             # seeded random walk; y wanders across zero, leading NaNs
+        ts, d, rng = random_bars(7, 2500)
+        y = rng.normal(3.0, 2.0, len(ts)) + np.cumsum(rng.normal(0.0, 0.2, len(ts)))
+        y[:37] = np.nan
+    elif name == "gappy":            # y has NaNs all through it, and one long gap
+        ts, d, rng = random_bars(11, 2000)
+        y = rng.normal(0.0, 1.0, len(ts)) + 0.3 * np.sin(np.arange(len(ts)) / 50.0)
+        y[:5] = np.nan
+        y[rng.random(len(ts)) < 0.15] = np.nan
+        y[700:760] = np.nan
+    else:
+        raise AssertionError(name)
+    return ts, {**d, "y": y}
+
+
+DATASETS = ("orcl", "walk", "gappy")
+
+# ==== 1. moving statistics against TA-Lib =====================================================
 WINDOWS = (1, 2, 5, 14, 200)
-ZSCORE_WINDOWS = (2, 5, 14, 200)     # zscore(x, 1) is 0/0 everywhere
+SERIES = ("close", "y")
+# Numba compile time grows faster than linearly with kernel size: a few mid-sized groups.
+GROUPS = {
+    "averages": ("sma", "ema", "rma", "wma", "sum"),
+    "dispersion": ("stdev", "variance", "zscore"),
+    "extremes": ("highest", "lowest", "rsi"),
+}
+GROUP_OF = {fn: g for g, fns in GROUPS.items() for fn in fns}
 ATR_WINDOWS = (1, 2, 14, 200)
-SERIES = ("close", "y")              # y: an input stream, with NaNs
 
 
-def moving_features() -> dict[str, str]:
-    feats = {}
-    for src in SERIES:
-        for fn in MOVING_FNS:
-            for n in (ZSCORE_WINDOWS if fn == "zscore" else WINDOWS):
-                feats[f"{fn}_{src}_{n}"] = f"{fn}({src}, {n})"
-    for n in ATR_WINDOWS:
-        feats[f"atr_{n}"] = f"atr({n})"
-        # rma of the true range written out by hand is ATR too
-        feats[f"rma_tr_{n}"] = f"rma(max(high - low, abs(high - close[1]), abs(low - close[1])), {n})"
-    # 2. nested calls keep their own state
-    feats["ema_ema"] = "ema(ema(close, 10), 10)"
-    feats["ema_10"] = "ema(close, 10)"
-    feats["sma_ema_y"] = "sma(ema(y, 7), 5)"
-    feats["rsi_sma"] = "rsi(sma(close, 3), 14)"
-    feats["wma_wma"] = "wma(wma(close, 4), 9)"
-    feats["stdev_ret"] = "stdev(returns(close), 20)"
-    feats["highest_lowest"] = "highest(lowest(close, 5), 5)"
-    feats["sum_sum_y"] = "sum(sum(y, 3), 3)"
+def windows_of(fn):
+    return tuple(n for n in WINDOWS if not (fn == "zscore" and n == 1))   # zscore(x, 1) is 0/0
+
+
+def group_features(group: str) -> dict[str, str]:
+    feats = {f"{fn}_{src}_{n}": f"{fn}({src}, {n})"
+             for fn in GROUPS[group] for src in SERIES for n in windows_of(fn)}
+    if group == "extremes":
+        for n in ATR_WINDOWS:
+            feats[f"atr_{n}"] = f"atr({n})"
+            feats[f"rma_tr_{n}"] = f"rma(max(high - low, abs(high - close[1]), abs(low - close[1])), {n})"
     return feats
 
 
-@pytest.fixture(scope="module")
-def moving_policy():
-    return compile_features("moving_stats", moving_features(), inputs=["y"])
+@functools.lru_cache(maxsize=None)
+def group_policy(group: str):
+    if group == "nested":
+        return compile_features("nested", NESTED_FEATURES, inputs=["y"])
+    return compile_features(f"moving_{group}", group_features(group), inputs=["y"])
 
 
-@pytest.fixture(scope="module")
-def orcl_run(moving_policy):
-    ts, d = load_orcl()
-    y = d["volume"] / 1e6
-    y[:25] = np.nan                      # leading NaNs are skipped
-    data = {**d, "y": y}
-    return data, run_both(moving_policy, ts, data)
+@functools.lru_cache(maxsize=None)
+def group_run(group: str, dataset: str):
+    ts, data = moving_dataset(dataset)
+    return data, run_both(group_policy(group), ts, data)
 
 
-@pytest.fixture(scope="module")
-def random_run(moving_policy):
-    ts, d, rng = random_bars(7, 2500)
-    y = rng.normal(3.0, 2.0, len(ts)) + np.cumsum(rng.normal(0.0, 0.2, len(ts)))
-    y[:37] = np.nan
-    data = {**d, "y": y}
-    return data, run_both(moving_policy, ts, data)
+# Short windows of stdev/variance/zscore are a known mismatch (see the xfail tests below).
+STABLE_DISPERSION_WINDOWS = (1, 14, 200)
 
 
-@pytest.fixture(scope="module")
-def gappy_run(moving_policy):
-    """y with NaNs scattered through it: each is skipped, the state does not advance."""
-    ts, d, rng = random_bars(11, 2000)
-    y = 50.0 + np.cumsum(rng.normal(0.0, 1.0, len(ts)))
-    y[:5] = np.nan
-    y[rng.random(len(ts)) < 0.15] = np.nan
-    y[700:760] = np.nan                  # a long gap
-    data = {**d, "y": y}
-    return data, run_both(moving_policy, ts, data)
+def _moving_cases():
+    for dataset in DATASETS:
+        for fn in GROUP_OF:
+            for src in SERIES:
+                yield pytest.param(dataset, fn, src, id=f"{dataset}-{fn}-{src}")
 
 
-def _check_moving(data, kern, interp, src, fn):
+@pytest.mark.parametrize("dataset, fn, src", list(_moving_cases()))
+def test_moving_statistic_matches_talib(dataset, fn, src):
+    """Kernel and interpreter equal TA-Lib (rtol 1e-9) from its first output, NaN before.
+
+    On `gappy`, y has NaNs throughout: the oracle is TA-Lib over the non-NaN values,
+    scattered back (each NaN is skipped and leaves the state as it was)."""
+    data, (kern, interp) = group_run(GROUP_OF[fn], dataset)
     x = data[src]
-    for n in (ZSCORE_WINDOWS if fn == "zscore" else WINDOWS):
+    ok = ~np.isnan(x)
+    windows = windows_of(fn)
+    if fn in ("stdev", "variance", "zscore"):
+        windows = tuple(n for n in windows if n in STABLE_DISPERSION_WINDOWS)
+    if fn == "wma":
+        windows = tuple(n for n in windows if n != 1)   # see test_wma_window_one_is_the_identity
+    for n in windows:
         name = f"{fn}_{src}_{n}"
-        want = talib_moving(fn, x, n)
-        check_both(kern, interp, name, want, well_defined(fn, x, n))
-        # from the first output on the oracle is defined everywhere (no NaN holes)
-        assert not np.isnan(want[first_valid_only(want)]).any() or fn == "zscore", name
-
-
-@pytest.mark.parametrize("fn", MOVING_FNS)
-@pytest.mark.parametrize("src", SERIES)
-def test_moving_orcl(orcl_run, fn, src):
-    data, (kern, interp) = orcl_run
-    _check_moving(data, kern, interp, src, fn)
-
-
-@pytest.mark.parametrize("fn", MOVING_FNS)
-@pytest.mark.parametrize("src", SERIES)
-def test_moving_random(random_run, fn, src):
-    data, (kern, interp) = random_run
-    _check_moving(data, kern, interp, src, fn)
-
-
-@pytest.mark.parametrize("fn", MOVING_FNS)
-def test_moving_skips_interior_nan(gappy_run, fn):
-    """Equal to the oracle over the non-NaN values, scattered back; NaN at each NaN input."""
-    data, (kern, interp) = gappy_run
-    y = data["y"]
-    ok = ~np.isnan(y)
-    for n in (ZSCORE_WINDOWS if fn == "zscore" else WINDOWS):
-        name = f"{fn}_y_{n}"
-        want = skip_nan(lambda v: talib_moving(fn, v, n), y)
+        want = skip_nan(lambda v: talib_moving(fn, v, n), x)
         valid = None
-        if fn in ("stdev", "zscore"):
-            valid = np.ones(len(y), dtype=bool)
-            valid[ok] = well_defined(fn, y[ok], n)
+        if fn in ("stdev", "zscore") and n > 1:
+            valid = np.ones(len(x), dtype=bool)
+            valid[ok] = well_defined(fn, x[ok], n)
         check_both(kern, interp, name, want, valid)
-        assert np.isnan(kern[name][~ok]).all()
+        assert np.isnan(kern[name][~ok]).all(), f"{name}: a NaN input gives NaN"
+        if n > 1 and fn not in ("stdev", "variance"):
+            assert np.isnan(kern[name][np.flatnonzero(ok)[0]]), f"{name}: no value before the window fills"
+        if dataset != "gappy":
+            # leading NaNs only: the plain TA-Lib call (its wrapper skips them) is the oracle too
+            first = np.argmax(ok)
+            plain = talib_moving(fn, x, n)
+            assert np.isnan(plain[:first]).all()
+            assert_matches(want, plain, f"oracle self-check {name}", rtol=0)
 
 
-@pytest.mark.parametrize("run", ["orcl_run", "random_run"])
-def test_atr(request, run):
-    data, (kern, interp) = request.getfixturevalue(run)
+@pytest.mark.parametrize("dataset", DATASETS)
+def test_atr_matches_talib(dataset):
+    data, (kern, interp) = group_run("extremes", dataset)
     h, lo, c = data["high"], data["low"], data["close"]
     tr = np.maximum.reduce([h - lo, np.abs(h - lag(c, 1)), np.abs(lo - lag(c, 1))])  # NaN at 0
     for n in ATR_WINDOWS:
         want = talib.ATR(h, lo, c, n)
         check_both(kern, interp, f"atr_{n}", want)
+        # `rma` of the true range written out is ATR: rma against TA-Lib
         check_both(kern, interp, f"rma_tr_{n}", want)
-        # and ATR is the Wilder smoothing of the true range
-        assert_matches(want, skip_nan(lambda v: wilder(v, n), tr), f"oracle self-check atr {n}", rtol=1e-12)
+        # and the test's own Wilder smoothing agrees with TA-Lib's
+        assert_matches(skip_nan(lambda v: wilder(v, n), tr), want, f"oracle self-check atr {n}", rtol=1e-12)
 
 
-def test_rma_matches_wilder_via_talib_identities(random_run):
-    """rma(x, n) is the smoothing inside TA-Lib's ATR and RSI: check the oracle itself."""
-    data, (kern, interp) = random_run
+def test_rma_is_the_smoothing_inside_talib_rsi():
+    """The Wilder oracle of `rma` rebuilds TA-Lib's RSI; the kernel's rma equals it."""
+    data, (kern, interp) = group_run("averages", "walk")
     x = data["close"]
-    for n in (2, 14):
-        gains = np.concatenate([[np.nan], np.maximum(np.diff(x), 0.0)])
-        losses = np.concatenate([[np.nan], np.maximum(-np.diff(x), 0.0)])
-        g, lo = skip_nan(lambda v: wilder(v, n), gains), skip_nan(lambda v: wilder(v, n), losses)
-        assert_matches(100.0 * g / (g + lo), talib.RSI(x, n), f"Wilder RSI {n}", rtol=1e-9)
+    for n in (2, 5, 14):
+        d = np.diff(x)
+        g = wilder(np.maximum(d, 0.0), n)
+        lo = wilder(np.maximum(-d, 0.0), n)
+        rsi = np.concatenate([[np.nan], 100.0 * g / (g + lo)])
+        assert_matches(rsi, talib.RSI(x, n), f"Wilder RSI {n}")
         check_both(kern, interp, f"rma_close_{n}", wilder(x, n))
 
 
-# ---- 2. nested calls ----------------------------------------------------------------------
-@pytest.mark.parametrize("run", ["orcl_run", "random_run", "gappy_run"])
-def test_nested_calls_keep_their_own_state(request, run):
-    data, (kern, interp) = request.getfixturevalue(run)
+# ---- known mismatches of part 1 -------------------------------------------------------------
+SHORT_DISPERSION_CASES = [pytest.param(fn, n, id=f"{fn}-{n}") for fn in GROUPS["dispersion"] for n in (2, 5)]
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "BUG: stdev/variance/zscore use one running sum and sum of squares for the whole history "
+    "(var = E[x^2] - E[x]^2): catastrophic cancellation when the window's spread is small next to "
+    "the price level, plus drift that never resets. The installed TA-Lib (C 0.8.1) is numerically "
+    "stable, so short windows on prices differ by up to 1e-4 relative (random walk, n=2)."))
+@pytest.mark.parametrize("fn, n", SHORT_DISPERSION_CASES)
+def test_short_window_dispersion_on_prices_matches_talib(fn, n):
+    for dataset in ("orcl", "walk"):
+        data, (kern, interp) = group_run("dispersion", dataset)
+        x = data["close"]
+        check_both(kern, interp, f"{fn}_close_{n}", talib_moving(fn, x, n), well_defined(fn, x, n))
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "BUG: variance(x, 2) of prices near 1e8 loses everything to cancellation: "
+    "[1e8, 1e8+1, 1e8+3, 1e8, 1e8+2, 1e8+1] gives [nan 0 0 2 2 0], TA-Lib and NumPy give "
+    "[nan 0.25 1 2.25 1 0.25]"))
+def test_variance_of_large_prices():
+    x = 1e8 + np.array([0.0, 1.0, 3.0, 0.0, 2.0, 1.0])
+    want = np.concatenate([[np.nan], np.lib.stride_tricks.sliding_window_view(x, 2).var(axis=1)])
+    assert_matches(talib.VAR(x, 2, 1), want, "oracle self-check", rtol=1e-12)
+    kern, interp = run_both(group_policy("dispersion"), np.arange(len(x)) * NS, {"close": x, "y": x})
+    check_both(kern, interp, "variance_close_2", want)
+    check_both(kern, interp, "stdev_close_2", np.sqrt(want))
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "BUG: one outlier poisons variance/stdev forever: after x = 1e9 has left the window, "
+    "variance(x, 5) of [1,2,3,4,5] repeated stays at -4.0 (negative) instead of 2.0, and "
+    "stdev(x, 5) at 0.0 instead of sqrt(2); TA-Lib gives 2.0"))
+def test_variance_recovers_after_an_outlier():
+    x = np.array([1.0, 2, 3, 4, 5, 1e9] + [1.0, 2, 3, 4, 5] * 4)
+    want = talib.VAR(x, 5, 1)
+    assert_matches(want[11:], np.full(len(x) - 11, 2.0), "oracle self-check", rtol=1e-12)
+    kern, interp = run_both(group_policy("dispersion"), np.arange(len(x)) * NS, {"close": x, "y": x})
+    check_both(kern, interp, "variance_close_5", want)
+    check_both(kern, interp, "stdev_close_5", np.sqrt(want))
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "BUG: wma(x, 1) is not x: the running weighted sum and its subtrahend drift; "
+    "wma([1e6, 0.001, 0.001], 1)[2] = 0.00099999995 (rel. error 4.7e-8), TA-Lib WMA(x, 1) = x exactly"))
+def test_wma_window_one_is_the_identity():
+    x = np.array([1e6, 0.001, 0.001, 0.001])
+    assert np.array_equal(talib.WMA(x, 1), x)
+    kern, interp = run_both(group_policy("averages"), np.arange(len(x)) * NS, {"close": x, "y": x})
+    check_both(kern, interp, "wma_close_1", x, rtol=0)
+
+
+# ==== 2. nested calls keep their own state =====================================================
+NESTED_FEATURES = {
+    "ema_10": "ema(close, 10)",
+    "ema_ema": "ema(ema(close, 10), 10)",
+    "sma_ema_y": "sma(ema(y, 7), 5)",
+    "rsi_sma": "rsi(sma(close, 3), 14)",
+    "wma_wma": "wma(wma(close, 4), 9)",
+    "stdev_ret": "stdev(returns(close), 20)",
+    "highest_lowest": "highest(lowest(close, 5), 5)",
+    "sum_sum_y": "sum(sum(y, 3), 3)",
+    "ema_ema_ema_y": "ema(ema(ema(y, 3), 4), 5)",
+}
+
+
+@pytest.mark.parametrize("dataset", DATASETS)
+def test_nested_calls_keep_their_own_state(dataset):
+    data, (kern, interp) = group_run("nested", dataset)
     c, y = data["close"], data["y"]
     check_both(kern, interp, "ema_10", talib.EMA(c, 10))
+    # TA-Lib's wrapper skips the inner EMA's leading NaNs, as the language does
     check_both(kern, interp, "ema_ema", talib.EMA(talib.EMA(c, 10), 10))
     check_both(kern, interp, "sma_ema_y", skip_nan(lambda v: talib.SMA(talib.EMA(v, 7), 5), y))
     check_both(kern, interp, "rsi_sma", talib.RSI(talib.SMA(c, 3), 14))
@@ -367,3 +444,307 @@ def test_nested_calls_keep_their_own_state(request, run):
     check_both(kern, interp, "stdev_ret", sd, np.isnan(sd) | (talib.VAR(ret, 20, 1) >= TINY_VARIANCE))
     check_both(kern, interp, "highest_lowest", talib.MAX(talib.MIN(c, 5), 5))
     check_both(kern, interp, "sum_sum_y", skip_nan(lambda v: talib.SUM(talib.SUM(v, 3), 3), y))
+    check_both(kern, interp, "ema_ema_ema_y",
+               skip_nan(lambda v: talib.EMA(talib.EMA(talib.EMA(v, 3), 4), 5), y))
+
+
+# ==== 3. the other functions against NumPy ======================================================
+SCALAR_FEATURES = {
+    # change / returns / log_return
+    "ch1": "change(close)", "ch3": "change(close, 3)", "chk": "change(close, k)", "ch_y": "change(y)",
+    "ret1": "returns(close)", "ret5": "returns(close, 5)", "retk": "returns(close, k)",
+    "ret_y": "returns(y, 2)", "lr": "log_return(close)", "lr_y": "log_return(y)",
+    "lr3": "log(close / close[3])",
+    # lookback, literal and param k, on numbers, bools and a feature's own past
+    "lb0": "close[0]", "lb3": "close[3]", "lbk": "close[k]", "lb_y": "y[2]", "lb_far": "close[300]",
+    "up": "close > close[1]", "up2": "up[2]", "upk": "up[k]", "peak": "max(nz(peak[1], close), close)",
+    # crosses and bars_since
+    "fast": "sma(close, 5)", "slow": "sma(close, 20)",
+    "xa": "crosses_above(fast, slow)", "xb": "crosses_below(fast, slow)",
+    "xa_y": "crosses_above(y, z)", "xb_y": "crosses_below(y, z)",
+    "bs_xa": "bars_since(xa)", "bs_y": "bars_since(y > 2)", "bs_never": "bars_since(close < 0)",
+    # one-argument functions
+    "abs_y": "abs(y)", "log_y": "log(y)", "exp_y": "exp(y)", "sqrt_y": "sqrt(y)", "sign_y": "sign(y)",
+    "floor_y": "floor(y)", "ceil_y": "ceil(y)", "round_y": "round(y)", "log_z": "log(z)",
+    # min / max / clip / nz / is_nan
+    "min2": "min(y, z)", "max2": "max(y, z)", "min3": "min(y, z, close - 100)", "max3": "max(y, 0, z)",
+    "clip_y": "clip(y, -1.5, 2.5)", "clip_yz": "clip(z, y - 1, y + 1)",
+    "nz_y": "nz(y, 0)", "nz_yz": "nz(y, z)", "isnan_y": "is_nan(y)", "isnan_sma": "is_nan(sma(y, 3))",
+    # time
+    "hour": "hour(ts)", "mod": "minute_of_day(ts)", "dow": "day_of_week(ts)",
+    # if/then/else
+    "ite": "if y > 0 then y else -1", "ite_nan": "if is_nan(y) then z * 2 else y",
+    "ite_bool": "if close > close[1] then y > 0 else z > 0",
+    "ite_nested": "if y > 1 then 1 else if y < -1 then -1 else 0",
+    # power (right-associative, binds tighter than unary minus)
+    "pow2": "y ** 2", "pow_half": "y ** 0.5", "pow_inv": "z ** -1", "pow_yz": "y ** z",
+    "pow_2y": "2 ** y", "neg_pow": "-close ** 2", "pow_right": "2 ** z ** 2",
+    # division by zero: inf or NaN, never an error
+    "div": "y / z", "div_self0": "close / (close - close)", "div_00": "(y - y) / (z - z)",
+    "div_neg": "-close / (z * 0)",
+    # comparisons: false on NaN, `!=` included
+    "gt": "y > z", "ge": "y >= z", "lt": "y < z", "le": "y <= z", "eq": "y == z", "ne": "y != z",
+    "ne_self": "y != y", "eq_self": "y == y", "not_gt": "not (y > z)", "ne_lit": "y != 0",
+    "bool_ne": "(y > 0) != (z > 0)", "bool_eq": "(y > 0) == (z > 0)",
+}
+SCALAR_PARAMS = {"k": 4}
+BOOL_FEATURES = {"up", "up2", "upk", "xa", "xb", "xa_y", "xb_y", "isnan_y", "isnan_sma", "ite_bool",
+                 "gt", "ge", "lt", "le", "eq", "ne", "ne_self", "eq_self", "not_gt", "ne_lit", "bool_ne", "bool_eq"}
+
+
+def bars_since(c):
+    out = np.full(len(c), np.nan)
+    last = None
+    for i, v in enumerate(c):
+        if v:
+            last = i
+        if last is not None:
+            out[i] = i - last
+    return out
+
+
+def round_half_away(x):
+    """Exact: compares the fraction (x - trunc(x) is exact in floating point) with 0.5."""
+    t = np.trunc(x)
+    with np.errstate(invalid="ignore"):
+        return np.where(np.abs(x - t) >= 0.5, t + np.sign(x), t)
+
+
+def utc_parts(ts):
+    base = datetime(1970, 1, 1, tzinfo=timezone.utc)
+    dts = [base + timedelta(microseconds=int(t) // 1000) for t in ts]
+    return (np.array([d.hour for d in dts], dtype=float),
+            np.array([d.hour * 60 + d.minute for d in dts], dtype=float),
+            np.array([d.weekday() for d in dts], dtype=float))
+
+
+def scalar_reference(d, ts, k):
+    c, y, z = d["close"], d["y"], d["z"]
+    hour, mod, dow = utc_parts(ts)
+    fast, slow = talib.SMA(c, 5), talib.SMA(c, 20)
+    up = nan_false(np.greater, c, lag(c, 1))
+    xa = nan_false(np.greater, fast, slow) & nan_false(np.less_equal, lag(fast, 1), lag(slow, 1))
+    peak = np.maximum.accumulate(c)
+    with np.errstate(all="ignore"):
+        ref = {
+            "ch1": c - lag(c, 1), "ch3": c - lag(c, 3), "chk": c - lag(c, k), "ch_y": y - lag(y, 1),
+            "ret1": c / lag(c, 1) - 1, "ret5": c / lag(c, 5) - 1, "retk": c / lag(c, k) - 1,
+            "ret_y": y / lag(y, 2) - 1, "lr": np.log(c / lag(c, 1)), "lr_y": np.log(y / lag(y, 1)),
+            "lr3": np.log(c / lag(c, 3)),
+            "lb0": c, "lb3": lag(c, 3), "lbk": lag(c, k), "lb_y": lag(y, 2), "lb_far": lag(c, 300),
+            "up": up, "up2": lag_bool(up, 2), "upk": lag_bool(up, k), "peak": peak,
+            "fast": fast, "slow": slow, "xa": xa,
+            "xb": nan_false(np.less, fast, slow) & nan_false(np.greater_equal, lag(fast, 1), lag(slow, 1)),
+            "xa_y": nan_false(np.greater, y, z) & nan_false(np.less_equal, lag(y, 1), lag(z, 1)),
+            "xb_y": nan_false(np.less, y, z) & nan_false(np.greater_equal, lag(y, 1), lag(z, 1)),
+            "bs_xa": bars_since(xa), "bs_y": bars_since(nan_false(np.greater, y, 2.0)),
+            "bs_never": np.full(len(c), np.nan),
+            "abs_y": np.abs(y), "log_y": np.log(y), "exp_y": np.exp(y), "sqrt_y": np.sqrt(y),
+            "sign_y": np.sign(y), "floor_y": np.floor(y), "ceil_y": np.ceil(y), "round_y": round_half_away(y),
+            "log_z": np.log(z),
+            "min2": np.minimum(y, z), "max2": np.maximum(y, z), "min3": np.minimum(np.minimum(y, z), c - 100),
+            "max3": np.maximum(np.maximum(y, 0.0), z),
+            "clip_y": np.clip(y, -1.5, 2.5),
+            "clip_yz": np.where(np.isnan(y) | np.isnan(z), np.nan, np.clip(z, y - 1, y + 1)),
+            "nz_y": np.where(np.isnan(y), 0.0, y), "nz_yz": np.where(np.isnan(y), z, y),
+            "isnan_y": np.isnan(y), "isnan_sma": np.isnan(skip_nan(lambda v: talib.SMA(v, 3), y)),
+            "hour": hour, "mod": mod, "dow": dow,
+            "ite": np.where(nan_false(np.greater, y, 0.0), y, -1.0),
+            "ite_nan": np.where(np.isnan(y), z * 2, y),
+            "ite_bool": np.where(up, nan_false(np.greater, y, 0.0), nan_false(np.greater, z, 0.0)),
+            "ite_nested": np.where(nan_false(np.greater, y, 1.0), 1.0, np.where(nan_false(np.less, y, -1.0), -1.0, 0.0)),
+            "pow2": np.power(y, 2.0), "pow_half": np.power(y, 0.5), "pow_inv": np.power(z, -1.0),
+            "pow_yz": np.power(y, z), "pow_2y": np.power(2.0, y), "neg_pow": -np.power(c, 2.0),
+            "pow_right": np.power(2.0, np.power(z, 2.0)),
+            "div": np.divide(y, z), "div_self0": c / (c - c), "div_00": (y - y) / (z - z),
+            "div_neg": -c / (z * 0.0),
+            "gt": nan_false(np.greater, y, z), "ge": nan_false(np.greater_equal, y, z),
+            "lt": nan_false(np.less, y, z), "le": nan_false(np.less_equal, y, z),
+            "eq": nan_false(np.equal, y, z), "ne": nan_false(np.not_equal, y, z),
+            "ne_self": nan_false(np.not_equal, y, y), "eq_self": nan_false(np.equal, y, y),
+            "not_gt": ~nan_false(np.greater, y, z), "ne_lit": nan_false(np.not_equal, y, 0.0),
+            "bool_ne": nan_false(np.greater, y, 0.0) != nan_false(np.greater, z, 0.0),
+            "bool_eq": nan_false(np.greater, y, 0.0) == nan_false(np.greater, z, 0.0),
+        }
+    assert set(ref) == set(SCALAR_FEATURES)
+    return ref
+
+
+@functools.lru_cache(maxsize=None)
+def scalar_policy():
+    return compile_features("scalar_fns", SCALAR_FEATURES, SCALAR_PARAMS, inputs=["y", "z"])
+
+
+SPECIALS = np.array([np.nan, np.inf, -np.inf, 0.0, -0.0, 1.0, -1.0, 0.5, -0.5, 2.5, -2.5, 1.5, 3.0, -7.25,
+                     700.0, -700.0, 1e-300])
+
+
+@functools.lru_cache(maxsize=None)
+def scalar_dataset(name: str):
+    if name == "mixed":
+        # around 2024-01-01 (a Monday), steps of 1 to 150 minutes plus some seconds:
+        # crosses many midnights and every weekday
+        rng = np.random.default_rng(2024)
+        n = 3000
+        steps = rng.integers(1, 150, n) * 60 * NS + rng.integers(0, 60, n) * NS
+        ts = np.datetime64("2023-12-29T20:00", "ns").astype(np.int64) + np.cumsum(steps)
+        c = np.maximum(100.0 + np.cumsum(rng.normal(0.0, 0.4, n)), 1.0)
+        y = rng.normal(0.0, 3.0, n)
+        pick = rng.random(n)
+        y[pick < 0.10] = rng.integers(-6, 6, int(np.sum(pick < 0.10))) + 0.5     # exact halves for round
+        y[(pick >= 0.10) & (pick < 0.15)] = 0.0
+        y[(pick >= 0.15) & (pick < 0.17)] = -0.0
+        y[(pick >= 0.17) & (pick < 0.27)] = np.nan
+        z = rng.choice(np.array([0.0, -0.0, 1.0, -2.0, 0.5, 3.0, np.nan, 2.0, -0.5]), n)
+        normal = rng.random(n) < 0.4
+        z[normal] = rng.normal(0.0, 2.0, int(normal.sum()))
+        return ts, {"close": c, "y": y, "z": z}
+    if name == "specials":
+        # every pair of special values (NaN, +-inf, +-0, halves, huge exponents), with
+        # timestamps crossing the epoch backwards from Monday 1969-12-29
+        yy, zz = np.meshgrid(SPECIALS, SPECIALS, indexing="ij")
+        y, z = yy.ravel(), zz.ravel()
+        n = len(y)
+        ts = np.datetime64("1969-12-29T00:00", "ns").astype(np.int64) + np.arange(n, dtype=np.int64) * (
+            47 * 60 + 13) * NS + 123_456_789
+        c = 50.0 + 10.0 * np.sin(np.arange(n) / 7.0)
+        return ts, {"close": c, "y": y, "z": z}
+    raise AssertionError(name)
+
+
+@functools.lru_cache(maxsize=None)
+def scalar_run(name: str):
+    ts, d = scalar_dataset(name)
+    return ts, d, run_both(scalar_policy(), ts, d)
+
+
+def _known_pow_mismatch(name, d):
+    """(-inf) ** p for a non-integer p > 0: see test_power_of_minus_infinity."""
+    if name not in ("pow_half", "pow_yz"):
+        return None
+    p = 0.5 if name == "pow_half" else d["z"]
+    with np.errstate(invalid="ignore"):
+        bad = (d["y"] == -np.inf) & (p > 0) & (np.asarray(p) != np.trunc(p))
+    return ~bad
+
+
+@pytest.mark.parametrize("dataset", ["mixed", "specials"])
+@pytest.mark.parametrize("name", list(SCALAR_FEATURES))
+def test_scalar_function_matches_numpy(dataset, name):
+    ts, d, (kern, interp) = scalar_run(dataset)
+    want = scalar_reference(d, ts, SCALAR_PARAMS["k"])[name]
+    if name in BOOL_FEATURES:
+        check_both(kern, interp, name, want, boolean=True)
+    else:
+        check_both(kern, interp, name, want, valid=_known_pow_mismatch(name, d), rtol=1e-12)
+
+
+def test_scalar_data_covers_the_edges():
+    """The data really has what the tests claim to cover."""
+    ts, d, (kern, _) = scalar_run("mixed")
+    y, z = d["y"], d["z"]
+    assert np.isnan(y).sum() > 100 and (y == 0).sum() > 100 and (z == 0).sum() > 100
+    assert (np.abs(y - np.trunc(y)) == 0.5).sum() > 100
+    hour, mod, dow = utc_parts(ts)
+    assert set(dow) == set(range(7)) and set(hour) == set(range(24))
+    assert (np.diff(ts // (86_400 * NS)) > 0).sum() > 50          # many midnights
+    assert kern["xa"].sum() > 5 and kern["xb"].sum() > 5
+    assert np.isinf(kern["div"]).sum() > 10 and np.isnan(kern["div_00"]).all()
+    sts = scalar_dataset("specials")[0]
+    assert sts[0] < 0 < sts[-1]
+
+
+def test_log_return_takes_no_k():
+    """Spec section 4 defines `log_return(x)` only; `log(x / x[k])` is the k-event form."""
+    with pytest.raises(PolicyError) as info:
+        compile_features("bad_log_return", {"a": "log_return(close, 3)"})
+    assert "E203" in str(info.value) or any(d.code == "E203" for d in info.value.diagnostics)
+
+
+# ---- known mismatches of part 3 ---------------------------------------------------------------
+@pytest.mark.xfail(strict=True, reason=(
+    "BUG: round is floor(|x| + 0.5) with the sign put back; the addition rounds, so "
+    "round(0.49999999999999994) = 1 (want 0) and round(4503599627370497) = 4503599627370498 "
+    "(want itself); kernel and interpreter (semantics._round) share the formula"))
+def test_round_is_exact_at_the_edges():
+    y = np.array([0.49999999999999994, -0.49999999999999994, 4503599627370497.0, -4503599627370497.0,
+                  2.5, -2.5, 0.5, 1e300])
+    n = len(y)
+    d = {"close": np.full(n, 100.0), "y": y, "z": np.ones(n)}
+    kern, interp = run_both(scalar_policy(), np.arange(n) * NS, d)
+    want = np.array([0.0, -0.0, 4503599627370497.0, -4503599627370497.0, 3.0, -3.0, 1.0, 1e300])
+    assert_matches(round_half_away(y), want, "oracle self-check", rtol=0)
+    check_both(kern, interp, "round_y", want, rtol=0)
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "BUG (interpreter): (-inf) ** 0.5 is +inf in the kernel (C pow, as semantics.power documents) "
+    "but NaN in the reference interpreter (numpy.power); same for any non-integer exponent > 0"))
+def test_power_of_minus_infinity():
+    y = np.array([-np.inf, -np.inf, 1.0])
+    z = np.array([0.5, 2.5, 1.0])
+    d = {"close": np.full(3, 100.0), "y": y, "z": z}
+    kern, interp = run_both(scalar_policy(), np.arange(3) * NS, d)
+    for name in ("pow_half", "pow_yz"):
+        np.testing.assert_array_equal(kern[name][:2], [np.inf, np.inf])
+        np.testing.assert_array_equal(interp[name], kern[name], err_msg=name)
+
+
+# ==== 4. windows and lookbacks from params ========================================================
+PARAM_FEATURES = {
+    "sma": "sma(close, n)", "ema": "ema(close, n)", "rma": "rma(close, n)", "wma": "wma(close, n)",
+    "sum": "sum(close, n)", "highest": "highest(close, n)", "lowest": "lowest(close, n)",
+    "rsi": "rsi(close, n)", "stdev": "stdev(y, n)", "variance": "variance(y, n)", "zscore": "zscore(y, n)",
+    "atr": "atr(n)", "lag": "close[j]", "change": "change(close, k)", "returns": "returns(close, k)",
+}
+
+
+@functools.lru_cache(maxsize=None)
+def param_policy():
+    return compile_features("param_windows", PARAM_FEATURES, {"n": 14, "k": 3, "j": 2}, inputs=["y"])
+
+
+def _check_param_run(cp, n, k, j):
+    ts, d, rng = random_bars(5, 1500)
+    y = rng.normal(0.0, 1.0, len(ts))
+    y[:9] = np.nan
+    data = {**d, "y": y}
+    kern, interp = run_both(cp, ts, data)
+    c = d["close"]
+    for fn in ("sma", "ema", "rma", "wma", "sum", "highest", "lowest", "rsi"):
+        check_both(kern, interp, fn, talib_moving(fn, c, n))
+    for fn in ("stdev", "variance", "zscore"):
+        check_both(kern, interp, fn, talib_moving(fn, y, n), well_defined(fn, y, n))
+    check_both(kern, interp, "atr", talib.ATR(d["high"], d["low"], c, n))
+    check_both(kern, interp, "lag", lag(c, j))
+    check_both(kern, interp, "change", c - lag(c, k))
+    check_both(kern, interp, "returns", c / lag(c, k) - 1)
+
+
+def test_param_windows_default():
+    cp = param_policy()
+    assert cp.params == {"n": 14.0, "k": 3.0, "j": 2.0}
+    _check_param_run(cp, 14, 3, 2)
+
+
+@pytest.mark.parametrize("n, k, j", [(30, 7, 0), (2, 1, 11), (200, 50, 1)])
+def test_with_params_reuses_the_kernel(n, k, j):
+    cp = param_policy()
+    other = cp.with_params(n=n, k=k, j=j)
+    assert other.kernel is cp.kernel, "with_params must not recompile"
+    assert other.source == cp.source
+    assert other.params == {"n": float(n), "k": float(k), "j": float(j)}
+    assert other.policy_hash != cp.policy_hash
+    _check_param_run(other, n, k, j)
+    # the original is untouched
+    assert cp.params == {"n": 14.0, "k": 3.0, "j": 2.0}
+    _check_param_run(cp, 14, 3, 2)
+
+
+def test_compile_with_params_equals_with_params():
+    cp = param_policy()
+    text = policy_text("param_windows", PARAM_FEATURES, {"n": 14, "k": 3, "j": 2}, inputs=["y"])
+    direct = compile_policy(parse_policy_text(text, "param_windows.yaml"), {"n": 30})
+    assert direct.kernel is cp.kernel          # same source -> the same loaded kernel
+    assert direct.policy_hash == cp.with_params(n=30).policy_hash
+    _check_param_run(direct, 30, 3, 2)

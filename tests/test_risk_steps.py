@@ -278,3 +278,15 @@ def test_fill_next_fills_at_the_next_event_of_the_same_instrument(lab):
     res = run(lab, [M(100, 10, inst=0), M(50, inst=1), M(101, inst=0)], mode=L.FILL_NEXT)
     o = res.orders[0]
     assert o[L.O_FILL_EVENT] == 2 and o[L.O_FILL_PRICE] == 101
+
+
+def test_orders_decided_between_two_events_all_fill_at_the_next_one(lab):
+    res = run(lab, [M(100, 10), I(60), I(100), M(101)], mode=L.FILL_NEXT)
+    assert [(int(o[L.O_EVENT]), o[L.O_QTY], int(o[L.O_FILL_EVENT])) for o in res.orders] == \
+        [(0, 10, 3), (1, 50, 3), (2, 40, 3)]
+
+
+def test_custom_rule_limit_matches_the_reason_mask():
+    from compiler.check import MAX_CUSTOM_RULES
+
+    assert MAX_CUSTOM_RULES == 53 - len(L.REASONS)
