@@ -263,25 +263,26 @@ def random_two_instrument_stream(cp, seed, n=3000):
     return market_events(cp, ts, inst, price), price
 
 
-def test_accounting_invariants_on_every_event(multi):
+@pytest.mark.parametrize("mode", [L.FILL_NEXT, L.FILL_SAME], ids=["next", "same"])
+def test_accounting_invariants_on_every_event(multi, mode):
     cp = multi
     events, price = random_two_instrument_stream(cp, seed=20240611)
-    bt = run_backtest(cp, events, L.FILL_NEXT, trace=True, progress=False)
+    bt = run_backtest(cp, events, mode, trace=True, progress=False)
     orders, fills = bt.orders, bt.fills
     fees_bps, slip_bps = 5.0, 7.0
     assert len(fills) > 50 and len(bt.trades) > 10
     assert {t.side for t in bt.trades} == {1, -1}
 
-    # every fill: at the next event of the same instrument, slipped against the order,
-    # charged fees_bps of its notional
+    # every fill: at the next event of the same instrument (--fill next) or at the decision
+    # event (--fill same), slipped against the order, charged fees_bps of its notional
     for o in orders:
         e, i = int(o[L.O_EVENT]), int(o[L.O_INST])
         later = np.flatnonzero((events.inst == i) & (np.arange(len(events)) > e))
-        if len(later) == 0:
+        if mode == L.FILL_NEXT and len(later) == 0:
             assert o[L.O_FILL_EVENT] == -1
             continue
         f = int(o[L.O_FILL_EVENT])
-        assert f == later[0]
+        assert f == (later[0] if mode == L.FILL_NEXT else e)
         expected = price[f] * (1 + math.copysign(slip_bps / 1e4, o[L.O_QTY]))
         assert rel_close(o[L.O_FILL_PRICE], expected)
         assert rel_close(o[L.O_FEE], abs(o[L.O_QTY]) * o[L.O_FILL_PRICE] * fees_bps / 1e4)
@@ -299,12 +300,19 @@ def test_accounting_invariants_on_every_event(multi):
             cash -= o[L.O_QTY] * o[L.O_FILL_PRICE] + o[L.O_FEE]
         held = sum(pos[j] * last[j] for j in range(2) if pos[j] != 0)
         assert rel_close(bt.equity[e], cash + held), e
-        assert rel_close(bt.trace[e, L.T_EQUITY], bt.equity[e]), e
-        assert abs(bt.trace[e, L.T_POSITION] - pos[i]) < 1e-9, e
+        if mode == L.FILL_NEXT:  # the decision sees this event's fills; nothing else moves equity
+            assert rel_close(bt.trace[e, L.T_EQUITY], bt.equity[e]), e
+            assert abs(bt.trace[e, L.T_POSITION] - pos[i]) < 1e-9, e
 
-    # fees
+    # fees: the account's running total, the summary and the round trips all equal the
+    # sum of the fills' fees; the account's cash is the replayed cash
+    session = cp.session(mode)
+    session.feed(events)
+    total_fees = float(np.sum(fills[:, L.O_FEE]))
+    assert rel_close(session.acct[L.A_FEES], total_fees)
+    assert rel_close(session.acct[L.A_CASH], cash)
     s = summary(bt)
-    assert rel_close(s["fees"], float(np.sum(fills[:, L.O_FEE])))
+    assert rel_close(s["fees"], total_fees)
     assert rel_close(sum(t.fees for t in bt.trades), s["fees"])
 
     # round trips explain the P&L
@@ -330,21 +338,22 @@ def _decisions(bt, k):
     return rows, bt.trace[: k + 1]
 
 
-@pytest.mark.parametrize("seed", [1, 2, 3, 4])
-def test_no_lookahead(multi, seed):
+@pytest.mark.parametrize("mode", [L.FILL_NEXT, L.FILL_SAME], ids=["next", "same"])
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_no_lookahead(multi, seed, mode):
     cp = multi
     events, price = random_two_instrument_stream(cp, seed=seed, n=1500)
     rng = np.random.default_rng(1000 + seed)
-    base = run_backtest(cp, events, L.FILL_NEXT, trace=True, progress=False)
+    base = run_backtest(cp, events, mode, trace=True, progress=False)
     for _ in range(3):
         k = int(rng.integers(30, len(events) - 2))
         scrambled = price.copy()
         tail = scrambled[k + 1:]
         scrambled[k + 1:] = rng.permutation(tail) * rng.uniform(0.5, 2.0, len(tail))
         other = market_events(cp, events.ts, events.inst, scrambled)
-        alt = run_backtest(cp, other, L.FILL_NEXT, trace=True, progress=False)
+        alt = run_backtest(cp, other, mode, trace=True, progress=False)
         (o1, t1), (o2, t2) = _decisions(base, k), _decisions(alt, k)
-        assert o1 == o2, k
+        assert o1 and o1 == o2, k
         np.testing.assert_array_equal(t1, t2)   # features, desired, position, order, reasons, equity
         assert not np.array_equal(base.trace[k + 1:, L.TRACE_FIXED:], alt.trace[k + 1:, L.TRACE_FIXED:],
                                   equal_nan=True)  # the scramble did change the future
@@ -485,54 +494,41 @@ def test_risk_invariants_hold_on_every_event(guard, seed, mp, moq, mopd, mmu, mv
 # =====================================================================================
 # 5. Orders CSV and trace CSV
 # =====================================================================================
-LAST_EVENT = """\
-policy: breakout
-version: 1
-instruments: [ORCL]
-params:
-  level: 100
-features:
-  hi: highest(close, 3)
-  ma: sma(close, 2)
-signals:
-  - when: close > level
-    target: 10
-risk:
-  max_position: 10
-account:
-  fees_bps: 2
-"""
-
-
-def test_orders_and_trace_csv_formats(capsys, tmp_path):
-    policy = tmp_path / "breakout.yaml"
-    policy.write_text(LAST_EVENT)
+def test_orders_and_trace_csv_formats(capsys, tmp_path, ema_stop_file):
+    # 40 falling daily closes, then a jump: the fast EMA crosses above the slow one on the
+    # last event, so the only order is decided there and never filled (--fill next)
+    days = np.datetime64("2024-01-01") + np.arange(41)
+    closes = [100 - 0.5 * k for k in range(40)] + [200.0]
     data = tmp_path / "bars.csv"
-    closes = [90, 91, 92, 93, 101]          # the first order is decided on the last event
-    data.write_text("Date,Close\n" + "".join(f"2024-01-{k + 2:02d},{c}\n" for k, c in enumerate(closes)))
+    data.write_text("Date,Close\n" + "".join(f"{d},{c}\n" for d, c in zip(days, closes)))
     orders, trace = tmp_path / "orders.csv", tmp_path / "trace.csv"
-    code, out, err = cli(capsys, "backtest", policy, "--data", data, "--orders", orders, "--trace", trace)
+    code, out, err = cli(capsys, "backtest", ema_stop_file, "--data", data, "--orders", orders, "--trace", trace)
     assert code == 0, err
     assert f"wrote orders: {orders}" in out and f"wrote trace: {trace}" in out
 
     lines = orders.read_text().splitlines()
     assert lines[0] == "decision_ts,fill_ts,instrument,qty,fill_price,fee,reasons"
-    assert lines[1:] == ["2024-01-06T00:00:00.000000000Z,,ORCL,10,,,"]
+    assert lines[1:] == ["2024-02-10T00:00:00.000000000Z,,ORCL,100,,,"]
 
     rows = list(csv.reader(trace.open()))
-    assert rows[0] == ["ts", "instrument", "hi", "ma", "desired_target", "position", "order_qty", "reasons"]
+    assert rows[0] == ["ts", "instrument", "fast_ma", "slow_ma", "desired_target", "position", "order_qty",
+                       "reasons"]
     assert len(rows) == 1 + len(closes)
-    assert rows[1][:2] == ["2024-01-02T00:00:00.000000000Z", "ORCL"]
-    assert rows[-1][4:] == ["10", "0", "10", ""]
-    assert float(rows[-1][2]) == 101 and float(rows[-1][3]) == 97
-    assert rows[1][2] == "nan"
+    assert rows[1] == ["2024-01-01T00:00:00.000000000Z", "ORCL", "nan", "nan", "0", "0", "0", ""]
+    assert rows[-1][:2] == ["2024-02-10T00:00:00.000000000Z", "ORCL"]
+    assert rows[-1][4:] == ["100", "0", "100", ""]
+    fast, slow = _ema(closes, 12), _ema(closes, 26)
+    assert rel_close(float(rows[-1][2]), fast[-1], 1e-9) and rel_close(float(rows[-1][3]), slow[-1], 1e-9)
+    assert rows[12][2] != "nan" and rows[11][2] == "nan"   # the fast EMA starts on its 12th value
 
-    # the same with a fill: one more bar, filled at its close
-    data.write_text(data.read_text() + "2024-01-08,102\n")
-    code, _, err = cli(capsys, "backtest", policy, "--data", data, "--orders", orders)
+    # one more bar: the order fills at its close, fee 1 bp
+    data.write_text(data.read_text() + "2024-02-11,201\n")
+    code, _, err = cli(capsys, "backtest", ema_stop_file, "--data", data, "--orders", orders)
     assert code == 0, err
-    lines = orders.read_text().splitlines()
-    assert lines[1:] == ["2024-01-06T00:00:00.000000000Z,2024-01-08T00:00:00.000000000Z,ORCL,10,102.0,0.204,"]
+    rows = list(csv.reader(orders.open()))
+    assert rows[1][:5] == ["2024-02-10T00:00:00.000000000Z", "2024-02-11T00:00:00.000000000Z", "ORCL", "100",
+                           "201.0"]
+    assert rel_close(float(rows[1][5]), 100 * 201 * 1e-4) and rows[1][6] == ""
 
 
 def test_orders_reasons_column_lists_codes(capsys, tmp_path, ema_stop_file):
@@ -589,3 +585,46 @@ def test_sweep_writes_every_combination_sorted(capsys, tmp_path, ema_stop_file):
     sharpe = [float(r["sharpe"]) for r in rows if r["sharpe"] != ""]
     assert sharpe == sorted(sharpe, reverse=True)
     assert all(r["sharpe"] != "" for r in rows[: len(sharpe)])  # undefined values last
+
+
+# =====================================================================================
+# Bugs found (strict xfail: each fails today for the stated reason)
+# =====================================================================================
+def _stop_scenario(guard, intent_at_stop):
+    """X bought at 100 (the day's only allowed order), then the price falls 10% through a
+    5% stop; `intent_at_stop` is the model's proposal on that event."""
+    cp = guard.with_params(mp=1e6, moq=1e6, mopd=1, mmu=1000.0, mv=10.0, sl=0.05)
+    price = np.array([100.0, 100.0, 90.0, 90.0, 90.0])
+    intent = np.array([100.0, np.nan, intent_at_stop, np.nan, np.nan])
+    ts = T0 + np.arange(5) * 60 * NS_S   # one UTC day
+    events = market_events(cp, ts, np.zeros(5), price, intent)
+    return cp, run_backtest(cp, events, L.FILL_NEXT, trace=True, progress=False)
+
+
+def test_stop_loss_exit_is_not_blocked_by_max_orders_per_day(guard):
+    cp, bt = _stop_scenario(guard, np.nan)
+    assert [(int(o[L.O_EVENT]), o[L.O_QTY], o[L.O_EXIT]) for o in bt.orders] == [(0, 100, 0), (2, -100, 1)]
+    assert L.decode_reasons(bt.orders[1, L.O_REASONS], cp.reason_names) == ["stop_loss:exit"]
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "when the stop loss triggers on the same event the strategy's desired target goes to 0, the exit is "
+    "recorded as stop_loss:exit but flagged O_EXIT=0, so max_orders_per_day blocks it (reasons "
+    "stop_loss:exit + max_orders_per_day:blocked, T_TARGET stays 100); the position is held through the "
+    "stop for the rest of the day. Spec 6: protective exits are never blocked by step 10"))
+def test_stop_loss_exit_is_not_blocked_when_the_strategy_also_goes_flat(guard):
+    cp, bt = _stop_scenario(guard, 0.0)
+    assert [(int(o[L.O_EVENT]), o[L.O_QTY]) for o in bt.orders] == [(0, 100), (2, -100)]
+    assert bt.trace[4, L.T_POSITION] == 0
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "`policyc sweep --sort max_drawdown` sorts descending (largest drawdown first) although --out is "
+    "documented as 'best first': cli.cmd_sweep sorts every metric by -value"))
+def test_sweep_sorted_by_max_drawdown_puts_the_smallest_first(capsys, tmp_path, ema_stop_file):
+    out = tmp_path / "sweep.csv"
+    code, _, err = cli(capsys, "sweep", ema_stop_file, "--data", ORCL, "-p", "fast=5:15:5", "-p", "slow=30,40",
+                       "--jobs", "1", "--sort", "max_drawdown", "--out", out)
+    assert code == 0, err
+    dd = [float(r["max_drawdown"]) for r in csv.DictReader(out.open())]
+    assert len(dd) == 6 and dd == sorted(dd)

@@ -11,13 +11,15 @@ curve and every traced feature value.
 
 Each generated policy costs one Numba compile, so every example runs several event
 streams, some of them under re-bound param values (`with_params` reuses the kernel).
-Shrinking is off (each shrink step would be another compile): a failure prints the
-policy text and the stream seed, which is enough to replay it.
+The examples share a time budget (see BUDGET_S). Shrinking is off (each shrink step
+would be another compile): a failure prints the policy text, the stream spec (seed and
+knobs) and the bound params, which is enough to replay it with `make_events`.
 """
 from __future__ import annotations
 
 import math
 import os
+import time
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -502,7 +504,7 @@ def make_events(spec: StreamSpec, columns: list[str], n_inst: int) -> Events:
     control = spec.control_p
     p_intent = spec.intent_p
     kind = rng.choice([L.MARKET, L.INTENT, L.HALT, L.RESUME, L.DECIDE], size=n,
-                      p=[1 - p_intent - 2.5 * control, p_intent, control, control, 0.5 * control]).astype(np.int8)
+                      p=[1 - p_intent - 3 * control, p_intent, control, 1.5 * control, 0.5 * control]).astype(np.int8)
     inst = rng.integers(0, n_inst, n).astype(np.int32)
     vals = np.full((n, len(columns)), np.nan)
     col = {c: j for j, c in enumerate(columns)}
@@ -532,7 +534,7 @@ def make_events(spec: StreamSpec, columns: list[str], n_inst: int) -> Events:
         if spec.tick:
             row["high"], row["low"] = round(row["high"], 2), round(row["low"], 2)
         if rng.random() < spec.market_intent_p:
-            row["intent"] = rng.choice([0.0, 3.0, -7.0, 50.0, -250.0, 1000.0, rng.uniform(-100, 100)])
+            row["intent"] = rng.choice([0.0, -0.0, 3.0, -7.0, 50.0, -250.0, 1000.0, -np.inf, rng.uniform(-100, 100)])
         for c, j in col.items():
             vals[e, j] = row.get(c, rng.uniform(-1, 1))
         if rng.random() < spec.bad_p:
@@ -559,32 +561,54 @@ def rebound_params(draw, gp: GenPolicy) -> dict:
     return out
 
 
-STREAMS_PER_POLICY = 3
+STREAMS_PER_POLICY = 5
+#: Each example is one Numba compile (3-9 s), so the examples share a time budget: once
+#: MIN_POLICIES have run and BUDGET_S seconds have passed, the remaining examples pass
+#: without compiling. Raise both for a bug hunt, e.g.
+#: POLICYC_DIFF_EXAMPLES=300 POLICYC_DIFF_SECONDS=3600 pytest tests/test_differential.py
+EXAMPLES = int(os.environ.get("POLICYC_DIFF_EXAMPLES", "25"))
+BUDGET_S = float(os.environ.get("POLICYC_DIFF_SECONDS", "60"))
+MIN_POLICIES = 6
+_budget = {"start": None, "policies": 0, "failed": False}
 
 
-@settings(max_examples=25, deadline=None, phases=[Phase.explicit, Phase.reuse, Phase.generate],
+def _over_budget() -> bool:
+    """True once the budget is spent; never after a failure (Hypothesis replays it)."""
+    now = time.monotonic()
+    if _budget["start"] is None:
+        _budget["start"] = now
+    return (not _budget["failed"] and _budget["policies"] >= MIN_POLICIES
+            and now - _budget["start"] > BUDGET_S)
+
+
+@settings(max_examples=EXAMPLES, deadline=None, phases=[Phase.explicit, Phase.reuse, Phase.generate],
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.filter_too_much])
 @given(gp=policies(), data=st.data())
 def test_kernel_matches_interpreter_on_random_policies(gp, data):
+    if _over_budget():
+        return
     note(gp.text)
     try:
         base = compile_policy(parse_policy_text(gp.text, "gen.yaml"))
     except PolicyError as exc:
         note(str(exc))
         assume(False)
+    _budget["policies"] += 1
     for k in range(STREAMS_PER_POLICY):
         cp = base
         overrides = rebound_params(data.draw, gp) if k > 0 else {}
         if overrides:
             try:
                 cp = base.with_params(**overrides)
-            except PolicyError:
+            except PolicyError:      # e.g. a window param re-bound to 0
                 cp = base
-            else:
-                assert cp.kernel is base.kernel
         spec = data.draw(stream_specs, label=f"stream {k}")
         ev = make_events(spec, cp.columns, gp.n_instruments)
-        assert_same(cp, ev, f"on {spec} with params {cp.params}")
+        try:
+            assert_same(cp, ev, f"on {spec} with params {cp.params}")
+        except BaseException:
+            _budget["failed"] = True
+            raise
 
 
 # =====================================================================================
@@ -629,7 +653,7 @@ risk:
   max_order_notional: 60000
   price_collar: 12%
   max_orders_per_day: 60
-  max_orders_per_second: 20
+  max_orders_per_second: 2
   custom:
     - name: quiet_block
       when: code == 7000
@@ -691,11 +715,12 @@ class Script:
 
 
 def every_key_script(columns) -> Events:
-    """Targets come mostly through the `intent` column of market events, so a new order is
-    never placed on an instrument while its previous order still waits for its fill."""
+    """Targets come mostly through the `intent` column of market events; volume codes
+    switch the signal rules and custom rules on."""
     s = Script(columns)
+    s.intent(1, 50)                                      # B has no price yet: no_price:blocked
     for j in range(10):                                  # warm-up, both instruments
-        s.bar(0, 100.0 + 0.1 * j).bar(1, 50.0 - 0.05 * j)
+        s.bar(0, 100.0 + 0.1 * j).bar(1, 50.0 - 0.05 * j, intent=0.0 if j == 0 else np.nan)
     # stop loss: long 500 on A, then a 5% fall
     s.bar(0, 100.9, intent=500).bar(0, 101.0).bar(0, 101.2).bar(0, 96.0).bar(0, 96.1).bar(0, 96.2)
     s.intent(0, 400)                                     # still locked: stop_loss:blocked
@@ -722,15 +747,21 @@ def every_key_script(columns) -> Events:
     s.intent(0, 100).bar(0, 91.6).resume().bar(0, 91.7, intent=0).bar(0, 91.7)
     # next UTC day, a price collar jump, sub-second orders, bad prices, a NaN intent
     s.bar(1, 50.0, intent=100, dt=20 * NS_H).bar(1, 50.0).bar(1, 58.0).bar(1, 58.1, intent=150, dt=1_000_000)
-    s.bar(1, 58.1, intent=-150, dt=1_000_000).bar(1, float("nan")).bar(1, -1.0).bar(1, 58.2)
+    s.bar(1, 58.1, intent=-150, dt=1_000_000).bar(1, 58.1, intent=0, dt=1_000_000)
+    s.bar(1, 58.1, intent=-50, dt=1_000_000)            # a third order in 3 ms: max_orders_per_second
+    s.bar(1, float("nan")).bar(1, -1.0).bar(1, 58.2)
     s.intent(1, float("nan")).bar(1, 58.3).bar(1, 58.3, intent=0).bar(1, 58.3)
+    s.bar(1, 58.3, intent=7).bar(1, 58.3)               # 7 -> lot 5 -> below min_order_qty
+    s.intent(0, 10)                                      # A's last event is a day old: stale_after
     return s.events()
 
 
 EXPECTED_EVERY_KEY = {
     "stop_loss:exit", "stop_loss:blocked", "take_profit:exit", "trailing_stop:exit", "max_drawdown:halt",
     "kill_switch:halt", "quiet_block:blocked", "cautious:blocked", "flatten:exit", "panic:halt",
-    "lot_size:clipped", "price_collar:blocked", "max_position_notional:clipped",
+    "lot_size:clipped", "price_collar:blocked", "max_position_notional:clipped", "no_price:blocked",
+    "stale_after:blocked", "max_orders_per_second:blocked", "min_order_qty:blocked", "max_order_qty:clipped",
+    "max_order_notional:clipped",
 }
 
 
@@ -765,3 +796,82 @@ def test_every_risk_key_random_walk(every_key, seed):
     market = np.flatnonzero(ev.kind == L.MARKET)
     ev.vals[rng.choice(market, 40), codes] = rng.choice([1111, 2222, 7000, 8000, 9000, 9999], 40)
     assert_same(every_key, ev, f"on {spec}")
+
+
+CHURN = """
+policy: churn
+version: 1
+instruments: [AAA, BBB]
+params:
+  size: 10
+features:
+  flip: -nz(flip[1], -1)
+signals:
+  - when: true
+    target: size * flip
+risk:
+  max_orders_per_second: 1000
+account:
+  fees_bps: 1
+  slippage_bps: 1
+"""
+
+
+def test_long_stream_grows_the_order_buffer():
+    """More orders than the session's first order buffer (1024): the kernel returns early
+    and `Session.feed` resumes it mid-batch; nothing may be lost or repeated."""
+    cp = compile_policy(parse_policy_text(CHURN, "churn.yaml"))
+    spec = StreamSpec(seed=7, n=1500, vol=0.01, jump_p=0.01, intent_p=0.03, control_p=0.0, bad_p=0.01,
+                      market_intent_p=0.0, tick=True)
+    ev = make_events(spec, cp.columns, 2)
+    assert len(cp.run(ev, L.FILL_NEXT).orders) > 1024
+    assert_same(cp, ev)
+
+
+SPECIAL = (0.0, -0.0, 1.0, -1.0, 0.5, -0.3, 2.5, -2.5, -8.0, 1e308, math.inf, -math.inf, math.nan)
+UNARY_CASES = ("abs", "log", "exp", "sqrt", "sign", "floor", "ceil", "round")
+BINARY_CASES = {
+    "add": "a + b", "sub": "a - b", "mul": "a * b", "div": "a / b", "pow": "a ** b", "half": "a ** 0.5",
+    "square": "a ** 2", "recip": "a ** -1", "neg": "-a", "lo": "min(a, b)", "hi": "max(a, b, 0)",
+    "clipped": "clip(a, b, 1)", "filled": "nz(a, b)", "pick": "if a > b then a else b",
+    "high3": "highest(a, 3)", "low3": "lowest(a, 3)",
+}
+
+
+def scalar_policy() -> str:
+    lines = ["policy: scalars", "version: 1", "instruments: [AAA]", "inputs: [a, b]", "features:"]
+    for fn in UNARY_CASES:
+        lines += [f"  {fn}_a: {fn}(a)", f"  inv_{fn}_a: 1 / {fn}(a)"]
+    for name, expr in BINARY_CASES.items():
+        lines += [f'  {name}: "{expr}"', f"  inv_{name}: 1 / {name}"]
+    for j, op in enumerate(CMP):
+        lines.append(f'  cmp{j}: "a {op} b"')
+    lines += ["  missing: is_nan(a)", "signals:", "  - when: inv_half < 0 or inv_ceil_a < 0", "    target: 1"]
+    return "\n".join(lines) + "\n"
+
+
+def test_scalar_functions_on_special_values():
+    """Every pure function and operator on signed zeros, infinities, NaN and negative
+    bases, read from input columns so nothing is constant-folded. `1 / f(x)` makes the
+    sign of a zero result visible. `a` runs through each special value for 13 events, so
+    highest/lowest over 3 see windows holding both +0.0 and -0.0: equal values, and which
+    one they return is a tie-break that the division shows."""
+    cp = compile_policy(parse_policy_text(scalar_policy(), "scalars.yaml"))
+    pairs = [(a, b) for a in SPECIAL for b in SPECIAL]
+    ev = Events((T0 + np.arange(len(pairs)) * 60 * NS_S).astype(np.int64), np.zeros(len(pairs), dtype=np.int8),
+                np.zeros(len(pairs), dtype=np.int32), np.full((len(pairs), len(cp.columns)), 100.0))
+    ev.vals[:, cp.columns.index("a")] = [a for a, _ in pairs]
+    ev.vals[:, cp.columns.index("b")] = [b for _, b in pairs]
+    res, it = run_both(cp, ev, L.FILL_SAME)
+    wrong: dict[str, list[str]] = {}
+    for d in it.trace:
+        a, b = pairs[d["event"]]
+        for name, got, want in zip(cp.feature_names, res.trace[d["event"], L.TRACE_FIXED:], d["features"]):
+            if not close(got, float(want)):
+                uses_b = "b" in BINARY_CASES.get(name.removeprefix("inv_"), "") or name.startswith("cmp")
+                case = f"a={a!r}" + (f" b={b!r}" if uses_b else "")
+                wrong.setdefault(name, [])
+                if not any(w.startswith(case + ":") for w in wrong[name]):
+                    wrong[name].append(f"{case}: kernel {float(got)!r}, interpreter {float(want)!r}")
+    assert not wrong, "\n".join(f"{name}: {'; '.join(cases)}" for name, cases in sorted(wrong.items()))
+    assert_same(cp, ev)

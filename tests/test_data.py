@@ -1,0 +1,526 @@
+"""Market data in: the real files of ../shared/data, Parquet and .npz, several instruments,
+and every kind of broken CSV (a clear error naming file, line and problem; or, with
+--skip-bad-rows, a run that reports what it skipped). Never a Python traceback.
+"""
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from compiler.build import compile_policy
+from compiler.cli import main
+from runtime.backtest import load_events
+from runtime.data import DataError, load_table
+
+DATA = Path("/work/shared/data")
+
+CLOSER = """\
+policy: closer
+version: 1
+instruments: [ORCL]
+features:
+  m: sma(close, 2)
+signals:
+  - when: close > m
+    target: 1
+  - when: close < m
+    target: 0
+risk:
+  max_position: 1
+"""
+PAIR = """\
+policy: pair
+version: 1
+instruments: [ORCL, NVDA]
+features:
+  m: sma(close, 5)
+signals:
+  - when: close > m
+    target: 10
+  - when: close < m
+    target: 0
+risk:
+  max_position: 10
+"""
+INTENT = """\
+policy: follow
+version: 1
+instruments: [ORCL]
+inputs: [intent]
+signals: []
+risk:
+  max_position: 100
+"""
+
+# file -> (rows, first timestamp, last timestamp, first close)
+REAL = {
+    "orcl-1995-2014.csv": (5036, "1995-01-03T00:00:00", "2014-12-31T00:00:00", 2.117284),
+    "nvda-1999-2014.csv": (4012, "1999-01-22T00:00:00", "2014-12-31T00:00:00", 1.640625),
+    "yhoo-1996-2015.csv": (4965, "1996-04-12T00:00:00", "2015-12-31T00:00:00", 1.375),
+    "index-2006-5min.csv": (2142, "2006-01-02T09:05:00", "2006-01-30T17:30:00", 3582.99),
+    "index-ticks-2015-09-23.csv": (135, "2015-09-23T20:57:42.146", "2015-09-23T21:00:00.238", 3067.0),
+}
+
+
+def ns(text: str) -> int:
+    return int(np.datetime64(text, "ns").astype(np.int64))
+
+
+def cli(capsys, *argv):
+    """`policyc ...` in-process: (exit code, stdout, stderr), and never a traceback."""
+    try:
+        code = main([str(a) for a in argv])
+    except SystemExit as exc:
+        code = exc.code
+    out = capsys.readouterr()
+    assert "Traceback" not in out.out + out.err
+    assert "internal error" not in out.err, out.err
+    return code, out.out, out.err
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    d = tmp_path_factory.mktemp("policies")
+    out = {}
+    for name, text in (("closer", CLOSER), ("pair", PAIR), ("intent", INTENT)):
+        (d / f"{name}.yaml").write_text(text)
+        out[name] = d / f"{name}.yaml"
+    return out
+
+
+@pytest.fixture(scope="module")
+def closer(files):
+    return compile_policy(str(files["closer"]))
+
+
+def read_csv_closes(path: Path) -> tuple[list[str], np.ndarray]:
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    return rows, np.array([float(r["Close"]) for r in rows])
+
+
+# =====================================================================================
+# The real files
+# =====================================================================================
+def test_every_shared_file_is_covered():
+    assert sorted(p.name for p in DATA.glob("*.csv")) == sorted(REAL)
+
+
+@pytest.mark.parametrize("name", sorted(REAL))
+def test_real_file_loads_with_load_table(closer, name):
+    rows, first, last, first_close = REAL[name]
+    t = load_table(DATA / name, closer.columns)
+    assert len(t) == rows
+    assert t.ts[0] == ns(first) and t.ts[-1] == ns(last)
+    assert np.all(np.diff(t.ts) >= 0)
+    _, closes = read_csv_closes(DATA / name)
+    np.testing.assert_array_equal(t.columns["close"], closes)
+    np.testing.assert_array_equal(t.columns["price"], closes)  # bars: price = close
+    assert t.columns["close"][0] == first_close
+    assert t.lines[0] == 2 and t.lines[-1] == rows + 1
+    assert not t.skipped
+
+
+@pytest.mark.parametrize("name", sorted(REAL))
+def test_real_file_runs_through_the_backtest_cli(capsys, files, name):
+    rows, first, last, _ = REAL[name]
+    code, out, err = cli(capsys, "backtest", files["closer"], "--data", DATA / name, "--format", "json")
+    assert code == 0, err
+    s = json.loads(out)
+    assert s["events"] == rows
+    assert s["start"] == str(np.datetime64(first, "ns")) + "Z"
+    assert s["end"] == str(np.datetime64(last, "ns")) + "Z"
+    assert s["data"] == [str(DATA / name)] and s["skipped_rows"] == {}
+    assert "warning: " not in err.replace("warning[W", "")  # nothing skipped, nothing reported
+
+
+def test_timestamp_forms(closer, tmp_path):
+    """Date only -> midnight UTC; Date + Time; Datetime with milliseconds; any header case."""
+    cases = {
+        "date.csv": ("Date,Close\n2024-03-01,1\n", "2024-03-01T00:00:00"),
+        "date_time.csv": ("date,time,close\n2024-03-01,09:30:15,1\n", "2024-03-01T09:30:15"),
+        "datetime_ms.csv": ("Datetime,Close\n2024-03-01T09:30:15.250,1\n", "2024-03-01T09:30:15.250"),
+        "datetime_space.csv": ("DATETIME,CLOSE\n2024-03-01 09:30:15.250,1\n", "2024-03-01T09:30:15.250"),
+        "datetime_z.csv": ("Datetime,Close\n2024-03-01T09:30:15Z,1\n", "2024-03-01T09:30:15"),
+    }
+    for name, (text, expected) in cases.items():
+        (tmp_path / name).write_text(text)
+        assert load_table(tmp_path / name, closer.columns).ts[0] == ns(expected), name
+
+
+# =====================================================================================
+# Parquet and .npz
+# =====================================================================================
+def _orcl_arrays():
+    rows, closes = read_csv_closes(DATA / "orcl-1995-2014.csv")
+    ts = np.array([ns(r["Date"]) for r in rows], dtype=np.int64)
+    return ts, closes, np.array([float(r["Volume"]) for r in rows])
+
+
+PARQUET_BUG = ("runtime/data.py: _read_parquet and _read_npz return the columns as a list, and _build "
+               "takes any list for CSV rows (`is_csv = isinstance(raw, list)`), so every Parquet and .npz "
+               "file fails with `AttributeError: 'numpy.int64' object has no attribute 'strip'` "
+               "(CLI: internal error, exit 3)")
+
+
+@pytest.mark.xfail(strict=True, reason=PARQUET_BUG)
+def test_parquet_loads_the_same_values_as_the_csv(closer, tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    ts, closes, volume = _orcl_arrays()
+    path = tmp_path / "orcl.parquet"
+    pq.write_table(pa.table({"Date": pa.array(ts.astype("datetime64[ns]"), pa.timestamp("ns")),
+                             "Close": closes, "Volume": volume}), path)
+    t = load_table(path, closer.columns)
+    c = load_table(DATA / "orcl-1995-2014.csv", closer.columns)
+    np.testing.assert_array_equal(t.ts, c.ts)
+    np.testing.assert_array_equal(t.columns["close"], c.columns["close"])
+    np.testing.assert_array_equal(t.columns["price"], c.columns["price"])
+
+
+@pytest.mark.xfail(strict=True, reason=PARQUET_BUG)
+def test_parquet_with_string_dates_loads(closer, tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path = tmp_path / "s.parquet"
+    pq.write_table(pa.table({"Date": ["2024-01-02", "2024-01-03"], "Close": [1.5, 2.5]}), path)
+    t = load_table(path, closer.columns)
+    assert list(t.ts) == [ns("2024-01-02"), ns("2024-01-03")]
+    assert list(t.columns["close"]) == [1.5, 2.5]
+
+
+@pytest.mark.xfail(strict=True, reason=PARQUET_BUG + "; and, behind it, _read_parquet casts a timestamp "
+                   "column to int64 in its own unit, so timestamp[us] / timestamp[ms] (what pyarrow writes "
+                   "for Python datetimes) are read as if they were nanoseconds: 2024-01-02 becomes "
+                   "1970-01-20T17:22:33.6")
+def test_parquet_timestamps_in_micro_and_milliseconds(closer, tmp_path):
+    import datetime as dt
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    days = [dt.datetime(2024, 1, 2), dt.datetime(2024, 1, 3, 9, 30)]
+    for unit in ("ms", "us"):
+        path = tmp_path / f"t_{unit}.parquet"
+        pq.write_table(pa.table({"Date": pa.array(days, pa.timestamp(unit)), "Close": [1.0, 2.0]}), path)
+        assert list(load_table(path, closer.columns).ts) == [ns("2024-01-02"), ns("2024-01-03T09:30")], unit
+
+
+@pytest.mark.xfail(strict=True, reason=PARQUET_BUG)
+def test_npz_loads_the_same_values_as_the_csv(closer, tmp_path):
+    ts, closes, volume = _orcl_arrays()
+    path = tmp_path / "orcl.npz"
+    np.savez(path, ts=ts, close=closes, volume=volume)
+    t = load_table(path, closer.columns)
+    c = load_table(DATA / "orcl-1995-2014.csv", closer.columns)
+    np.testing.assert_array_equal(t.ts, c.ts)
+    np.testing.assert_array_equal(t.columns["close"], c.columns["close"])
+    path2 = tmp_path / "dates.npz"
+    np.savez(path2, date=ts.astype("datetime64[ns]"), close=closes)
+    np.testing.assert_array_equal(load_table(path2, closer.columns).ts, c.ts)
+
+
+@pytest.mark.xfail(strict=True, reason=PARQUET_BUG)
+def test_parquet_and_npz_through_the_cli(capsys, files, tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    ts, closes, _ = _orcl_arrays()
+    pq.write_table(pa.table({"Date": pa.array(ts.astype("datetime64[ns]"), pa.timestamp("ns")),
+                             "Close": closes}), tmp_path / "o.parquet")
+    np.savez(tmp_path / "o.npz", ts=ts, close=closes)
+    _, csv_out, _ = cli(capsys, "backtest", files["closer"], "--data", DATA / "orcl-1995-2014.csv",
+                        "--format", "json")
+    for name in ("o.parquet", "o.npz"):
+        code, out, err = cli(capsys, "backtest", files["closer"], "--data", tmp_path / name, "--format", "json")
+        assert code == 0, err
+        assert json.loads(out)["final_equity"] == json.loads(csv_out)["final_equity"]
+        assert json.loads(out)["events"] == 5036
+
+
+# =====================================================================================
+# Several instruments
+# =====================================================================================
+def test_two_instruments_merge_by_timestamp(capsys, files):
+    pair = compile_policy(str(files["pair"]))
+    orcl, nvda = DATA / "orcl-1995-2014.csv", DATA / "nvda-1999-2014.csv"
+    events, tables = load_events(pair, [("NVDA", str(nvda)), ("ORCL", str(orcl))])  # order of --data is free
+    assert [t.path for t in tables] == [str(orcl), str(nvda)]          # instrument order
+    assert len(events) == 5036 + 4012
+    assert np.all(np.diff(events.ts) >= 0)
+    price = events.vals[:, pair.columns.index("close")]
+    for i, path in enumerate((orcl, nvda)):
+        mine = events.inst == i
+        _, closes = read_csv_closes(path)
+        np.testing.assert_array_equal(price[mine], closes)
+        np.testing.assert_array_equal(events.ts[mine], load_table(path, pair.columns).ts)
+    # ties keep instrument order: on a day both trade, ORCL's bar comes first
+    same = np.flatnonzero(np.diff(events.ts) == 0)
+    assert len(same) > 3000
+    assert np.all(events.inst[same] == 0) and np.all(events.inst[same + 1] == 1)
+
+    code, out, err = cli(capsys, "backtest", files["pair"], "--data", f"ORCL={orcl}", "--data", f"NVDA={nvda}",
+                         "--format", "json")
+    assert code == 0, err
+    s = json.loads(out)
+    assert s["events"] == 9048 and s["start"].startswith("1995-01-03") and s["data"] == [str(orcl), str(nvda)]
+
+
+def test_data_binding_errors(capsys, files):
+    orcl = DATA / "orcl-1995-2014.csv"
+    code, _, err = cli(capsys, "backtest", files["pair"], "--data", f"ORCL={orcl}")
+    assert code == 1 and "no --data for instrument `NVDA`" in err
+    code, _, err = cli(capsys, "backtest", files["pair"], "--data", orcl)
+    assert code == 1 and "--data SYMBOL=PATH" in err
+    code, _, err = cli(capsys, "backtest", files["pair"], "--data", f"ORCL={orcl}", "--data", f"MSFT={orcl}")
+    assert code == 1 and "`MSFT`" in err
+    code, _, err = cli(capsys, "backtest", files["closer"], "--data", DATA / "missing.csv")
+    assert code == 1 and "missing.csv" in err and "no such file" in err
+
+
+# =====================================================================================
+# The intent input column
+# =====================================================================================
+def test_intent_column_with_empty_cells(capsys, files, tmp_path):
+    data = tmp_path / "intents.csv"
+    data.write_text("Date,Close,intent\n"
+                    "2024-01-02,100,\n"
+                    "2024-01-03,101,50\n"
+                    "2024-01-04,102,\n"
+                    "2024-01-05,103,-20\n"
+                    "2024-01-08,104,\n"
+                    "2024-01-09,105,nan\n")
+    pol = compile_policy(str(files["intent"]))
+    t = load_table(data, pol.columns)
+    intent = t.columns["intent"]
+    assert len(t) == 6 and not t.skipped
+    assert np.isnan(intent[[0, 2, 4, 5]]).all() and intent[1] == 50 and intent[3] == -20
+    orders = tmp_path / "orders.csv"
+    code, out, err = cli(capsys, "backtest", files["intent"], "--data", data, "--orders", orders)
+    assert code == 0, err
+    rows = list(csv.DictReader(orders.open()))
+    assert [(r["decision_ts"][:10], r["qty"]) for r in rows] == [("2024-01-03", "50"), ("2024-01-05", "-70")]
+    # a non-number in the intent column is still an error
+    data.write_text("Date,Close,intent\n2024-01-02,100,abc\n")
+    code, _, err = cli(capsys, "backtest", files["intent"], "--data", data)
+    assert code == 1 and f"{data}:2" in err and "`intent` is not a number" in err
+
+
+def test_missing_column_names_the_column_and_lists_the_columns_found(capsys, files, tmp_path):
+    data = tmp_path / "no_intent.csv"
+    data.write_text("Date,Close\n2024-01-02,100\n")
+    code, _, err = cli(capsys, "backtest", files["intent"], "--data", data)
+    assert code == 1 and "`intent`" in err and "found: Date, Close" in err and str(data) in err
+
+
+# =====================================================================================
+# Broken CSVs
+# =====================================================================================
+H = "Date,Open,High,Low,Close,Volume\n"
+GOOD = "2024-01-02,1,1,1,10,5\n"
+
+# name -> (text, line, phrases in the message, skipped kind, rows left after skipping)
+ROW_PROBLEMS = {
+    "non_numeric": (H + GOOD + "2024-01-03,1,1,1,abc,5\n2024-01-04,1,1,1,11,5\n", 3,
+                    ["`Close`", "not a number"], "not a number", 2),
+    "empty_price_cell": (H + GOOD + "2024-01-03,1,1,1,,5\n2024-01-04,1,1,1,11,5\n", 3,
+                         ["`Close`", "not a number"], "not a number", 2),
+    "nan_price": (H + GOOD + "2024-01-03,1,1,1,NaN,5\n2024-01-04,1,1,1,11,5\n", 3,
+                  ["`Close`", "nan", "positive"], "non-positive or NaN price", 2),
+    "zero_price": (H + GOOD + "2024-01-03,1,1,1,0,5\n2024-01-04,1,1,1,11,5\n", 3,
+                   ["`Close` is 0", "positive"], "non-positive or NaN price", 2),
+    "negative_price": (H + GOOD + "2024-01-03,1,1,1,11,5\n2024-01-04,1,1,1,-2.5,5\n", 4,
+                       ["`Close` is -2.5", "positive"], "non-positive or NaN price", 2),
+    "time_goes_back": (H + GOOD + "2024-01-05,1,1,1,11,5\n2024-01-05,1,1,1,11,5\n2024-01-04,1,1,1,12,5\n"
+                       "2024-01-06,1,1,1,12,5\n", 5, ["earlier than the row before"], "timestamp out of order", 4),
+    "bad_timestamp": (H + GOOD + "2024-13-45,1,1,1,11,5\n2024-01-06,1,1,1,12,5\n", 3,
+                      ["timestamp is not a date/time"], "bad timestamp", 2),
+}
+
+
+@pytest.mark.parametrize("name", sorted(ROW_PROBLEMS))
+def test_broken_row_is_an_error_naming_file_line_and_problem(capsys, files, tmp_path, name):
+    text, line, phrases, _, _ = ROW_PROBLEMS[name]
+    path = tmp_path / f"{name}.csv"
+    path.write_text(text)
+    code, out, err = cli(capsys, "backtest", files["closer"], "--data", path)
+    assert code == 1
+    assert f"error: {path}:{line}: " in err, err
+    for phrase in phrases:
+        assert phrase in err, (phrase, err)
+    with pytest.raises(DataError):
+        load_table(path, ["price", "close"])
+
+
+@pytest.mark.parametrize("name", sorted(ROW_PROBLEMS))
+def test_broken_row_is_skipped_and_reported_with_skip_bad_rows(capsys, files, tmp_path, name):
+    text, line, _, kind, left = ROW_PROBLEMS[name]
+    path = tmp_path / f"{name}.csv"
+    path.write_text(text)
+    code, out, err = cli(capsys, "backtest", files["closer"], "--data", path, "--skip-bad-rows", "--format", "json")
+    assert code == 0, err
+    assert f"warning: {path}: skipped 1 row(s): {kind} (lines {line})" in err, err
+    s = json.loads(out)
+    assert s["events"] == left and s["skipped_rows"] == {kind: 1}
+
+
+def test_equal_timestamps_are_fine(closer, tmp_path):
+    path = tmp_path / "ties.csv"
+    path.write_text("Datetime,Close\n2024-01-02T10:00:00,1\n2024-01-02T10:00:00,2\n2024-01-02T10:00:00,3\n")
+    t = load_table(path, closer.columns)
+    assert len(t) == 3 and len(set(t.ts)) == 1 and not t.skipped
+
+
+def test_skip_bad_rows_counts_each_kind(capsys, files, tmp_path):
+    path = tmp_path / "mixed.csv"
+    path.write_text(H + GOOD
+                    + "2024-01-03,1,1,1,x,5\n"        # 3 not a number
+                    + "2024-01-04,1,1,1,11,5\n"       # 4 ok
+                    + "2024-01-05,1,1,1,,5\n"         # 5 not a number (empty)
+                    + "2024-01-06,1,1,1,nan,5\n"      # 6 NaN
+                    + "2024-01-07,1,1,1,0,5\n"        # 7 zero
+                    + "2024-01-08,1,1,1,-1,5\n"       # 8 negative
+                    + "2024-01-09,1,1,1,12,5\n"       # 9 ok
+                    + "2024-01-01,1,1,1,12,5\n"       # 10 back in time
+                    + "2024-01-10,1,1,1,13,5\n")      # 11 ok
+    code, out, err = cli(capsys, "backtest", files["closer"], "--data", path, "--skip-bad-rows", "--format", "json")
+    assert code == 0, err
+    assert "skipped 2 row(s): not a number (lines 3, 5)" in err
+    assert "skipped 3 row(s): non-positive or NaN price (lines 6, 7, 8)" in err
+    assert "skipped 1 row(s): timestamp out of order (lines 10)" in err
+    s = json.loads(out)
+    assert s["events"] == 4
+    assert s["skipped_rows"] == {"not a number": 2, "non-positive or NaN price": 3, "timestamp out of order": 1}
+
+
+# file-level problems: an error without --skip-bad-rows and with it
+def _junk(path: Path):
+    path.write_bytes(bytes(np.random.default_rng(7).integers(0, 256, 400, dtype=np.uint8)))
+
+
+FILE_PROBLEMS = {
+    "missing_column": (lambda p: p.write_text("Date,Open,High,Low,Volume\n2024-01-02,1,1,1,5\n"),
+                       ["no such column", "found: Date, Open, High, Low, Volume"]),
+    "missing_timestamp_column": (lambda p: p.write_text("Open,High,Low,Close\n1,1,1,10\n"),
+                                 ["no timestamp column", "found: Open, High, Low, Close"]),
+    "binary_junk": (_junk, ["not a UTF-8 text file"]),
+    "png_bytes": (lambda p: p.write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR"), ["not a UTF-8 text file"]),
+    "nul_bytes": (lambda p: p.write_bytes(b"Date,Close\n2024-01-02,1\x00\n"), ["NUL bytes"]),
+    "empty_file": (lambda p: p.write_bytes(b""), ["empty file"]),
+    "header_only": (lambda p: p.write_text(H), ["no rows"]),
+}
+
+
+@pytest.mark.parametrize("skip", [False, True])
+@pytest.mark.parametrize("name", sorted(FILE_PROBLEMS))
+def test_broken_file_is_an_error_naming_file_and_problem(capsys, files, tmp_path, name, skip):
+    make, phrases = FILE_PROBLEMS[name]
+    path = tmp_path / f"{name}.csv"
+    make(path)
+    code, out, err = cli(capsys, "backtest", files["closer"], "--data", path, *(["--skip-bad-rows"] if skip else []))
+    assert code == 1
+    assert f"error: {path}" in err
+    for phrase in phrases:
+        assert phrase in err, (phrase, err)
+
+
+@pytest.mark.xfail(strict=True, reason="a policy that reads only `close` is told it reads `price` when the file "
+                   "has neither: runtime/data.py checks `price` first (it is filled from close) and names it; "
+                   "spec 2 says the error names the field the policy reads")
+def test_missing_close_column_is_named_close(capsys, files, tmp_path):
+    path = tmp_path / "no_close.csv"
+    path.write_text("Date,Open,High,Low,Volume\n2024-01-02,1,1,1,5\n")
+    code, _, err = cli(capsys, "backtest", files["closer"], "--data", path)
+    assert code == 1 and "`close`" in err, err
+
+
+# ---- bugs found in the loader (strict xfail: each one fails today for the stated reason)
+@pytest.mark.xfail(strict=True, reason="a row with the wrong number of fields is blanked and then reported as "
+                   "'`Close` is not a number' (and skipped as kind 'not a number'), never as 'wrong number of "
+                   "fields': problems are sorted by (row, kind) and 'not a number' sorts first")
+def test_wrong_number_of_fields(capsys, files, tmp_path):
+    path = tmp_path / "fields.csv"
+    path.write_text(H + GOOD + "2024-01-03,1,1,1,10\n2024-01-04,1,1,1,11,5,7\n2024-01-05,1,1,1,12,5\n")
+    code, _, err = cli(capsys, "backtest", files["closer"], "--data", path)
+    assert code == 1
+    assert f"error: {path}:3: has 5 fields, the header has 6" in err, err
+    code, out, err = cli(capsys, "backtest", files["closer"], "--data", path, "--skip-bad-rows", "--format", "json")
+    assert code == 0
+    assert "skipped 2 row(s): wrong number of fields (lines 3, 4)" in err, err
+    assert json.loads(out)["skipped_rows"] == {"wrong number of fields": 2}
+
+
+@pytest.mark.xfail(strict=True, reason="an empty (or `NaT`) timestamp cell parses as NaT = INT64_MIN: on the "
+                   "first row it is accepted silently (exit 0, summary start `NaTZ`); on a later row it is "
+                   "reported as 'earlier than the row before' instead of a bad timestamp")
+@pytest.mark.parametrize("text, line", [
+    ("Date,Close\n,10\n2024-01-03,11\n", 2),
+    ("Date,Close\n2024-01-02,10\n,11\n2024-01-04,12\n", 3),
+    ("Date,Close\n2024-01-02,10\nNaT,11\n2024-01-04,12\n", 3),
+])
+def test_empty_timestamp_cell_is_a_bad_timestamp(capsys, files, tmp_path, text, line):
+    path = tmp_path / "empty_ts.csv"
+    path.write_text(text)
+    code, _, err = cli(capsys, "backtest", files["closer"], "--data", path)
+    assert code == 1
+    assert f"error: {path}:{line}: timestamp is not a date/time" in err, err
+
+
+@pytest.mark.xfail(strict=True, reason="`inf` passes the price check (`values > 0`): an infinite price is loaded "
+                   "and the run exits 0; docs/language.md ('Prices') says the loader reports NaN, "
+                   "non-positive or infinite prices")
+def test_infinite_price_is_rejected(capsys, files, tmp_path):
+    path = tmp_path / "inf.csv"
+    path.write_text("Date,Close\n2024-01-02,10\n2024-01-03,inf\n2024-01-04,11\n")
+    code, _, err = cli(capsys, "backtest", files["closer"], "--data", path)
+    assert code == 1 and f"{path}:3:" in err, err
+
+
+@pytest.mark.xfail(strict=True, reason="the '(N more problem rows ...)' count is a count of problems, not rows: "
+                   "for a bars file the Close column feeds both `price` and `close`, so each bad cell is counted "
+                   "twice ('3 more problem rows' when 1 more row is bad)")
+def test_more_problem_rows_counts_rows(capsys, files, tmp_path):
+    path = tmp_path / "two_bad.csv"
+    path.write_text(H + GOOD + "2024-01-03,1,1,1,0,5\n2024-01-04,1,1,1,-3,5\n")
+    code, _, err = cli(capsys, "backtest", files["closer"], "--data", path)
+    assert code == 1 and "(1 more problem rows" in err, err
+
+
+@pytest.mark.xfail(strict=True, reason="line numbers are row index + 2, so a quoted field spanning two lines "
+                   "shifts every later line number by one")
+def test_line_numbers_after_a_multiline_quoted_field(capsys, files, tmp_path):
+    path = tmp_path / "multiline.csv"
+    path.write_text('Date,Close,Note\n2024-01-02,10,"two\nlines"\n2024-01-03,-1,x\n')
+    code, _, err = cli(capsys, "backtest", files["closer"], "--data", path)
+    assert code == 1 and f"{path}:4:" in err, err
+
+
+@pytest.mark.xfail(strict=True, reason="`--to DATE` is exclusive: `--to 2000-12-29` drops the 2000-12-29 bar "
+                   "(runtime/data.py keeps ts < end); a trader reads --from/--to as an inclusive date range "
+                   "(neither the spec nor docs/cli.md says which: a judgement call)")
+def test_to_date_is_inclusive(capsys, files):
+    code, out, err = cli(capsys, "backtest", files["closer"], "--data", DATA / "orcl-1995-2014.csv",
+                         "--from", "2000-01-03", "--to", "2000-12-29", "--format", "json")
+    assert code == 0, err
+    s = json.loads(out)
+    assert s["start"].startswith("2000-01-03") and s["end"].startswith("2000-12-29")
+
+
+def test_from_to_select_a_range(capsys, files):
+    code, out, err = cli(capsys, "backtest", files["closer"], "--data", DATA / "index-2006-5min.csv",
+                         "--from", "2006-01-10T10:00:00", "--to", "2006-01-11", "--format", "json")
+    assert code == 0, err
+    s = json.loads(out)
+    assert s["start"] == "2006-01-10T10:00:00.000000000Z" and s["end"].startswith("2006-01-10T")
+    code, _, err = cli(capsys, "backtest", files["closer"], "--data", DATA / "orcl-1995-2014.csv",
+                       "--from", "yesterday")
+    assert code == 1 and "not a date" in err
+    code, _, err = cli(capsys, "backtest", files["closer"], "--data", DATA / "orcl-1995-2014.csv",
+                       "--from", "2030-01-01")
+    assert code == 1 and "no rows" in err
