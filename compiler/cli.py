@@ -286,7 +286,10 @@ def cmd_sweep(args, parser) -> int:
         return 1
     if rows and args.sort not in rows[0]:
         parser.error(f"unknown metric `{args.sort}`; choose from {', '.join(k for k in rows[0] if not k.startswith('p.'))}")
-    rows.sort(key=lambda r: (r[args.sort] is None, -(r[args.sort] or 0.0)))
+    from runtime.sweep import LOWER_IS_BETTER
+
+    sign = 1.0 if args.sort in LOWER_IS_BETTER else -1.0
+    rows.sort(key=lambda r: (r[args.sort] is None, sign * (r[args.sort] or 0.0)))
     write_sweep(rows, args.out)
     return 0
 

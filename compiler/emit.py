@@ -142,7 +142,9 @@ class _Emitter:
         if fn in _UNARY_NUMPY:
             return f"{_UNARY_NUMPY[fn]}({a[0]})"
         if fn == "round":
-            return f"math.copysign(np.floor(abs({a[0]}) + 0.5), {a[0]})"
+            x = a[0]
+            return (f"math.copysign(np.floor(abs({x})) + (1.0 if abs({x}) - np.floor(abs({x})) >= 0.5 else 0.0), {x})"
+                    f" if abs({x}) < INF else {x}")
         if fn in ("min", "max"):
             return f"NAN if {_nan_guard(a)} else {fn}({', '.join(a)})"
         if fn == "clip":

@@ -82,6 +82,8 @@ class Wma(Moving):
     def update(self, x):
         if x != x:
             return NAN
+        if self.n == 1:
+            return x
         if self.count < self.n - 1:
             self.psub += x
             self.psum += x * (self.count + 1)
@@ -98,29 +100,29 @@ class Wma(Moving):
 
 
 class Variance(Moving):
-    s1 = s2 = 0.0
+    """Two passes over the window (mean, then squared deviations): exact even after an
+    outlier has left the window, where running sums of squares would cancel."""
 
     def update(self, x):
         if x != x:
             return NAN
-        old = self.push(x)
-        if old is not None:
-            self.s1 -= old
-            self.s2 -= old * old
-        self.s1 += x
-        self.s2 += x * x
+        self.push(x)
         if self.count < self.n:
             return NAN
-        m1, m2 = self.s1 / self.n, self.s2 / self.n
-        return m2 - m1 * m1
+        total = 0.0
+        for v in self.buf:
+            total += v
+        mean = total / self.n
+        squares = 0.0
+        for v in self.buf:
+            squares += (v - mean) * (v - mean)
+        return squares / self.n
 
 
 class Stdev(Variance):
     def update(self, x):
         var = super().update(x)
-        if var != var:
-            return NAN
-        return math.sqrt(var) if var > 0.0 else 0.0
+        return NAN if var != var else math.sqrt(var)
 
 
 class Extreme(Moving):
@@ -498,6 +500,8 @@ class Interpreter:
             target, exit_ = 0.0, True
             if not triggered:
                 reasons |= 1 << (b.lock_code if pos * b.lock > 0 else b.lock_code + 3)
+        if triggered and target == 0:  # the strategy went flat as the stop fired: still an exit
+            exit_ = True
         # 3 and 4: reduce-only conditions
         if "max_daily_loss" in r and not a.day_loss and a.day_open > 0 and \
                 (a.day_open - a.equity) / a.day_open >= r["max_daily_loss"]:

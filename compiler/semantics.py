@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
-
 NAN = float("nan")
 INF = float("inf")
 NS_PER_MINUTE = 60_000_000_000
@@ -34,9 +32,16 @@ def arith(op: str, a: float, b: float) -> float:
 
 
 def power(a: float, b: float) -> float:
-    """C `pow`, as the kernel computes it (0 ** -1 is inf, (-8) ** 0.5 is NaN)."""
-    with np.errstate(all="ignore"):
-        return float(np.power(np.float64(a), np.float64(b)))
+    """C `pow`, as the kernel computes it: (-8) ** 0.5 is NaN, 0 ** -1 is inf, (-inf) ** 0.5 is inf."""
+    odd = float(b).is_integer() and abs(b) < 2**53 and int(b) % 2 == 1
+    try:
+        return math.pow(a, b)
+    except ValueError:
+        if a == 0.0 and b < 0:
+            return math.copysign(INF, a) if odd else INF
+        return NAN
+    except OverflowError:
+        return -INF if a < 0 and odd else INF
 
 
 def compare(op: str, a, b) -> bool:
@@ -85,10 +90,15 @@ def _whole(fn):
 
 
 def _round(x):
-    """Half away from zero, as traders round: round(2.5) = 3, round(-2.5) = -3."""
+    """Half away from zero, as traders round: round(2.5) = 3, round(-2.5) = -3. Exact:
+    the fraction is compared, never added (0.49999999999999994 rounds to 0)."""
     if x != x or x in (INF, -INF):
         return x
-    return math.copysign(math.floor(abs(x) + 0.5), x)
+    a = abs(x)
+    r = math.floor(a)
+    if a - r >= 0.5:
+        r += 1
+    return math.copysign(float(r), x)
 
 
 def _min(*xs):

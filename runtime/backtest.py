@@ -64,14 +64,19 @@ class BacktestResult:
         return self.orders[self.orders[:, L.O_FILL_EVENT] >= 0]
 
 
-def time_bound(text: str | None) -> int | None:
-    """A --from/--to date (YYYY-MM-DD or ISO datetime) as ns since the epoch, UTC."""
+def time_bound(text: str | None, end: bool = False) -> int | None:
+    """A --from/--to bound as ns since the epoch, UTC. Both ends are inclusive: a date
+    alone as --to means the whole of that day."""
     if text is None:
         return None
     try:
-        return int(np.datetime64(text.replace(" ", "T").rstrip("Z"), "ns").astype(np.int64))
+        moment = np.datetime64(text.strip().replace(" ", "T").rstrip("Z"))
     except ValueError:
         raise DataError(f"not a date: `{text}` (use YYYY-MM-DD or YYYY-MM-DDTHH:MM:SS)") from None
+    ns = int(moment.astype("datetime64[ns]").astype(np.int64))
+    if end and moment.dtype == np.dtype("datetime64[D]"):
+        ns += NS_PER_DAY - 1
+    return ns
 
 
 def load_events(policy: CompiledPolicy, data: list[tuple[str | None, str]], skip_bad_rows: bool = False,
@@ -91,7 +96,7 @@ def load_events(policy: CompiledPolicy, data: list[tuple[str | None, str]], skip
     missing = [s for s in instruments if s not in named]
     if missing:
         raise DataError(f"no --data for instrument `{missing[0]}`; give --data {missing[0]}=PATH")
-    lo, hi = time_bound(start), time_bound(end)
+    lo, hi = time_bound(start), time_bound(end, end=True)
     tables = [load_table(named[s], policy.columns, skip_bad_rows, lo, hi) for s in instruments]
     return merge(tables, policy.columns), tables
 

@@ -52,21 +52,32 @@ def _canonical(name: str) -> str:
 
 def load_table(path: str | Path, wanted: list[str], skip_bad_rows: bool = False,
                start_ns: int | None = None, end_ns: int | None = None) -> Table:
-    """Read the timestamp and the `wanted` columns of one file."""
+    """Read the timestamp and the `wanted` columns of one file; rows in [start_ns, end_ns]."""
     p = Path(path)
     if not p.is_file():
         raise DataError(f"{path}: no such file")
     suffix = p.suffix.lower()
     if suffix == ".parquet":
-        header, raw = _read_parquet(p)
+        source = _read_parquet(p)
     elif suffix == ".npz":
-        header, raw = _read_npz(p)
+        source = _read_npz(p)
     else:
-        header, raw = _read_csv(p)
-    return _build(str(path), header, raw, wanted, skip_bad_rows, start_ns, end_ns)
+        source = _read_csv(p)
+    return _build(str(path), source, wanted, skip_bad_rows, start_ns, end_ns)
 
 
-def _read_csv(p: Path) -> tuple[list[str], list[list[str]]]:
+@dataclass
+class _Source:
+    """A file's header and its cells as columns, with the file line of every row."""
+
+    header: list[str]
+    columns: list            # one sequence per header entry
+    lines: np.ndarray
+    problems: dict           # row -> (kind, message) found while reading
+    line_label: str = ""     # "" for text files (lines), "row " for binary ones
+
+
+def _read_csv(p: Path) -> _Source:
     try:
         text = p.read_text(encoding="utf-8-sig")
     except UnicodeDecodeError as exc:
@@ -74,199 +85,193 @@ def _read_csv(p: Path) -> tuple[list[str], list[list[str]]]:
     if "\x00" in text:
         raise DataError(f"{p}: contains NUL bytes; not a CSV file")
     reader = csv.reader(io.StringIO(text))
+    rows, lines = [], []
     try:
-        rows = list(reader)
+        header = next(reader, None)
+        for row in reader:
+            if any(c.strip() for c in row):
+                rows.append(row)
+                lines.append(reader.line_num)
     except csv.Error as exc:
         raise DataError(f"{p}:{reader.line_num}: malformed CSV: {exc}") from None
-    if not rows:
+    if not header:
         raise DataError(f"{p}: empty file")
-    return rows[0], rows[1:]
+    width = len(header)
+    problems = {}
+    for k, row in enumerate(rows):
+        if len(row) != width:
+            problems[k] = ("wrong number of fields", f"has {len(row)} fields, the header has {width}")
+            rows[k] = [""] * width
+    columns = [[r[c] for r in rows] for c in range(width)]
+    return _Source(header, columns, np.array(lines, dtype=np.int64), problems)
 
 
-def _read_parquet(p: Path):
+def _read_parquet(p: Path) -> _Source:
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
-    table = pq.read_table(p)
-    header = table.column_names
-    cols = []
-    for name in header:
+    try:
+        table = pq.read_table(p)
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise DataError(f"{p}: not a readable Parquet file: {exc}") from None
+    columns = []
+    for name in table.column_names:
         col = table.column(name)
-        if str(col.type).startswith("timestamp"):
-            arr = col.cast("int64").to_numpy(zero_copy_only=False)
-            cols.append(np.array(arr, dtype=np.int64))
+        if pa.types.is_timestamp(col.type) or pa.types.is_date(col.type):
+            col = col.cast(pa.timestamp("ns", tz=getattr(col.type, "tz", None)))
+            columns.append(col.cast(pa.int64()).to_numpy(zero_copy_only=False))
         else:
-            cols.append(col.to_numpy(zero_copy_only=False))
-    return header, cols
+            columns.append(col.to_numpy(zero_copy_only=False))
+    return _Source(table.column_names, columns, np.arange(table.num_rows), {}, "row ")
 
 
-def _read_npz(p: Path):
-    with np.load(p, allow_pickle=False) as z:
-        header = list(z.files)
-        cols = [z[name] for name in header]
-    return header, cols
+def _read_npz(p: Path) -> _Source:
+    try:
+        with np.load(p, allow_pickle=False) as z:
+            header = list(z.files)
+            columns = [z[name] for name in header]
+    except (ValueError, OSError) as exc:
+        raise DataError(f"{p}: not a readable .npz file: {exc}") from None
+    n = len(columns[0]) if columns else 0
+    if any(len(c) != n for c in columns):
+        raise DataError(f"{p}: arrays of different lengths")
+    return _Source(header, columns, np.arange(n), {}, "row ")
 
 
-def _parse_times(values: list[str] | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """ns since the epoch, and a mask of values that did not parse."""
+_NAT = np.iinfo(np.int64).min
+
+
+def _parse_times(values) -> tuple[np.ndarray, np.ndarray]:
+    """ns since the epoch, and a mask of values that are not a date/time."""
     arr = np.asarray(values)
     if arr.dtype.kind in "iu":
         return arr.astype(np.int64), np.zeros(len(arr), bool)
     if arr.dtype.kind == "M":
-        return arr.astype("datetime64[ns]").astype(np.int64), np.zeros(len(arr), bool)
+        out = arr.astype("datetime64[ns]").astype(np.int64)
+        return out, out == _NAT
     if arr.dtype.kind == "f":
         bad = ~np.isfinite(arr)
         return np.where(bad, 0, arr).astype(np.int64), bad
     strings = np.char.strip(arr.astype(str))
-    strings = np.char.replace(strings, " ", "T")
-    strings = np.char.rstrip(strings, "Z")
+    strings = np.char.rstrip(np.char.replace(strings, " ", "T"), "Z")
     try:
-        return strings.astype("datetime64[ns]").astype(np.int64), np.zeros(len(arr), bool)
+        out = strings.astype("datetime64[ns]").astype(np.int64)
     except ValueError:
         out = np.zeros(len(arr), np.int64)
-        bad = np.zeros(len(arr), bool)
-        for k, s in enumerate(strings):
+        for k, text in enumerate(strings):
             try:
-                out[k] = np.datetime64(s, "ns").astype(np.int64)
+                out[k] = np.datetime64(text, "ns").astype(np.int64)
             except ValueError:
-                bad[k] = True
-        return out, bad
+                out[k] = _NAT
+    return out, out == _NAT
 
 
-def _to_float(values) -> tuple[np.ndarray, np.ndarray]:
-    """Floats, and a mask of cells that are not numbers (empty cells included)."""
+def _to_float(values) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Floats, a mask of cells that are not numbers, and a mask of empty cells."""
     arr = np.asarray(values)
     if arr.dtype.kind in "fiub":
-        return arr.astype(np.float64), np.zeros(len(arr), bool)
+        out = arr.astype(np.float64)
+        return out, np.zeros(len(arr), bool), np.zeros(len(arr), bool)
+    texts = np.char.strip(arr.astype(str))
+    empty = texts == ""
+    out = np.full(len(arr), np.nan)
+    bad = np.zeros(len(arr), bool)
     try:
-        return arr.astype(np.float64), np.zeros(len(arr), bool)
+        out[~empty] = texts[~empty].astype(np.float64)
     except ValueError:
-        out = np.empty(len(arr))
-        bad = np.zeros(len(arr), bool)
-        for k, s in enumerate(arr):
+        for k in np.flatnonzero(~empty):
             try:
-                out[k] = float(s)
+                out[k] = float(texts[k])
             except ValueError:
-                out[k], bad[k] = np.nan, True
-        return out, bad
+                bad[k] = True
+    return out, bad, empty
 
 
-def _build(path, header, raw, wanted, skip_bad_rows, start_ns, end_ns) -> Table:
-    names = [_canonical(h) for h in header]
-    index = {n: k for k, n in enumerate(names) if n}
-    found = [h.strip() for h in header]
-    is_csv = isinstance(raw, list)
-    if is_csv:
-        width = len(header)
-        short = [k for k, row in enumerate(raw) if len(row) != width and any(c.strip() for c in row)]
-        blank = {k for k, row in enumerate(raw) if not any(c.strip() for c in row)}
-        lines = np.arange(2, len(raw) + 2)
-        problems: list[tuple[int, str, str]] = [(k, "wrong number of fields",
-                                                 f"has {len(raw[k])} fields, the header has {width}") for k in short]
-        keep = [k for k in range(len(raw)) if k not in blank]
-        bad_shape = set(short)
-        rows = [raw[k] if k not in bad_shape else [""] * width for k in keep]
-        lines = lines[keep]
-        column = lambda c: [r[c] for r in rows]
-        problems = [(keep.index(k), kind, msg) for k, kind, msg in problems]
-        n = len(rows)
-    else:
-        n = len(raw[0]) if raw else 0
-        lines = np.arange(n)
-        column = lambda c: raw[c]
-        problems = []
-
-    # timestamps
+def _timestamps(path: str, src: _Source, index: dict, found: list[str]):
+    col = lambda name: src.columns[index[name]]
     if "datetime" in index:
-        ts, bad_ts = _parse_times(column(index["datetime"]))
-    elif "date" in index and "time" in index:
-        dates, times = column(index["date"]), column(index["time"])
-        ts, bad_ts = _parse_times([f"{d.strip()}T{t.strip()}" for d, t in zip(dates, times)])
-    elif "date" in index:
-        ts, bad_ts = _parse_times(column(index["date"]))
-    elif "ts" in index:
-        ts, bad_ts = _parse_times(column(index["ts"]))
-    else:
-        raise DataError(f"{path}: no timestamp column; expected Date, Datetime, Date and Time, or ts "
-                        f"(found: {', '.join(found)})")
-    problems += [(k, "bad timestamp", "timestamp is not a date/time") for k in np.flatnonzero(bad_ts)]
+        return _parse_times(col("datetime"))
+    if "date" in index and "time" in index:
+        return _parse_times([f"{str(d).strip()}T{str(t).strip()}" for d, t in zip(col("date"), col("time"))])
+    for name in ("date", "ts"):
+        if name in index:
+            return _parse_times(col(name))
+    raise DataError(f"{path}: no timestamp column; expected Date, Datetime, Date and Time, or ts "
+                    f"(found: {', '.join(found)})")
 
-    # value columns, with price <-> close filled in from each other
-    available = set(index)
+
+def _build(path: str, src: _Source, wanted: list[str], skip_bad_rows: bool, start_ns, end_ns) -> Table:
+    names = [_canonical(h) for h in src.header]
+    index = {n: k for k, n in enumerate(names) if n}
+    found = [str(h).strip() for h in src.header]
+    n = len(src.lines)
+    problems: dict[int, tuple[str, str]] = dict(src.problems)  # first problem of a row wins
+
+    def report(rows, kind, message):
+        for k in rows:
+            problems.setdefault(int(k), (kind, message(int(k)) if callable(message) else message))
+
+    ts, bad_ts = _timestamps(path, src, index, found)
+    report(np.flatnonzero(bad_ts), "bad timestamp", "timestamp is not a date/time")
+
     columns: dict[str, np.ndarray] = {}
-    for name in wanted:
-        source = name
-        if name not in available:
-            if name == "price" and "close" in available:
-                source = "close"
-            elif name == "close" and "price" in available:
-                source = "price"
-            else:
-                have = ", ".join(found)
-                raise DataError(f"{path}: the policy reads `{name}` but the file has no such column "
-                                f"(found: {have})")
-        values, bad = _to_float(column(index[source]))
-        input_column = name not in PRICE_FIELDS and name not in ("qty", "volume")
-        if input_column:  # model inputs may be empty on rows without a value
-            bad &= ~np.array([isinstance(v, str) and not v.strip() for v in column(index[source])]) if is_csv \
-                else bad
-        problems += [(k, "not a number", f"`{header[index[source]].strip()}` is not a number")
-                     for k in np.flatnonzero(bad)]
+    for name in wanted:  # price and close stand in for each other (spec section 2)
+        source = name if name in index else {"price": "close", "close": "price"}.get(name)
+        if source not in index:
+            needed = f"`{name}`" + (" (or `close`)" if name == "price" else " (or `price`)" if name == "close" else "")
+            raise DataError(f"{path}: the policy reads {needed} but the file has no such column "
+                            f"(found: {', '.join(found)})")
+        label = found[index[source]]
+        values, bad, empty = _to_float(src.columns[index[source]])
+        is_input = name not in PRICE_FIELDS and name not in ("qty", "volume")
+        if not is_input:  # a model input may be empty on rows without a value; market data may not
+            report(np.flatnonzero(empty), "not a number", f"`{label}` is empty: not a number")
+        report(np.flatnonzero(bad), "not a number", f"`{label}` is not a number")
         if name in PRICE_FIELDS:
-            nonpos = ~bad & ~(values > 0)
-            problems += [(k, "non-positive or NaN price",
-                          f"`{header[index[source]].strip()}` is {values[k]:g}; prices must be positive")
-                         for k in np.flatnonzero(nonpos)]
+            report(np.flatnonzero(~bad & ~empty & ~((values > 0) & (values < np.inf))), "non-positive, NaN or infinite price",
+                   lambda k, v=values, lab=label: f"`{lab}` is {v[k]:g}; prices must be positive and finite")
         columns[name] = values
 
-    # order: equal timestamps are normal, going back in time is not
-    order_bad = np.zeros(n, bool)
-    ok_ts = ~bad_ts
-    last = None
-    back = np.flatnonzero(np.diff(ts) < 0) + 1 if n > 1 else np.array([], int)
-    if len(back):
-        for k in range(n):  # exact pass only when there is a problem
-            if not ok_ts[k]:
+    # equal timestamps are normal (several trades in one millisecond); going back is not
+    if n > 1 and np.any(np.diff(ts) < 0):
+        last = None
+        for k in range(n):
+            if k in problems:
                 continue
             if last is not None and ts[k] < last:
-                order_bad[k] = True
+                report([k], "timestamp out of order", "timestamp is earlier than the row before")
                 continue
             last = ts[k]
-        problems += [(k, "timestamp out of order", "timestamp is earlier than the row before")
-                     for k in np.flatnonzero(order_bad)]
 
     skipped, skipped_lines = Counter(), {}
     if problems:
-        problems.sort()
+        rows = sorted(problems)
         if not skip_bad_rows:
-            k, kind, msg = problems[0]
-            more = f" ({len(problems) - 1} more problem rows; --skip-bad-rows skips them and reports each kind)" \
-                if len(problems) > 1 else ""
-            raise DataError(f"{path}:{_line(lines, k, is_csv)}: {msg}{more}")
-        drop = np.zeros(n, bool)
-        for k, kind, _ in problems:
-            if not drop[k]:
-                drop[k] = True
-                skipped[kind] += 1
-                skipped_lines.setdefault(kind, []).append(int(lines[k]))
-        keep_mask = ~drop
-        ts = ts[keep_mask]
-        columns = {c: v[keep_mask] for c, v in columns.items()}
-        lines = lines[keep_mask]
+            kind, message = problems[rows[0]]
+            more = f" ({len(rows) - 1} more problem rows; --skip-bad-rows skips them and reports each kind)" \
+                if len(rows) > 1 else ""
+            raise DataError(f"{path}:{src.line_label}{int(src.lines[rows[0]])}: {message}{more}")
+        keep = np.ones(n, bool)
+        for k in rows:
+            kind = problems[k][0]
+            keep[k] = False
+            skipped[kind] += 1
+            skipped_lines.setdefault(kind, []).append(int(src.lines[k]))
+        ts, lines = ts[keep], src.lines[keep]
+        columns = {c: v[keep] for c, v in columns.items()}
+    else:
+        lines = src.lines
     if start_ns is not None or end_ns is not None:
         sel = np.ones(len(ts), bool)
         if start_ns is not None:
             sel &= ts >= start_ns
         if end_ns is not None:
-            sel &= ts < end_ns
+            sel &= ts <= end_ns
         ts, lines = ts[sel], lines[sel]
         columns = {c: v[sel] for c, v in columns.items()}
     if len(ts) == 0:
         raise DataError(f"{path}: no rows to run on" + (" in the chosen date range" if start_ns or end_ns else ""))
     return Table(path, ts, columns, lines, skipped, skipped_lines)
-
-
-def _line(lines, k, is_csv) -> str:
-    return f"{int(lines[k])}" if is_csv else f"row {int(lines[k])}"
 
 
 def merge(tables: list[Table], columns: list[str]) -> Events:

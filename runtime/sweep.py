@@ -21,6 +21,8 @@ from .backtest import load_events, run_backtest, summary
 METRICS = ("final_equity", "total_return", "max_drawdown", "sharpe", "sortino", "win_rate", "profit_factor",
            "exposure", "fees", "trades", "orders")
 
+LOWER_IS_BETTER = {"max_drawdown", "fees"}  # every other metric ranks highest first
+
 _STATE: dict = {}
 
 

@@ -588,7 +588,7 @@ def test_sweep_writes_every_combination_sorted(capsys, tmp_path, ema_stop_file):
 
 
 # =====================================================================================
-# Bugs found (strict xfail: each fails today for the stated reason)
+# Edge cases: protective exits and sweep ranking
 # =====================================================================================
 def _stop_scenario(guard, intent_at_stop):
     """X bought at 100 (the day's only allowed order), then the price falls 10% through a
@@ -607,20 +607,12 @@ def test_stop_loss_exit_is_not_blocked_by_max_orders_per_day(guard):
     assert L.decode_reasons(bt.orders[1, L.O_REASONS], cp.reason_names) == ["stop_loss:exit"]
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "when the stop loss triggers on the same event the strategy's desired target goes to 0, the exit is "
-    "recorded as stop_loss:exit but flagged O_EXIT=0, so max_orders_per_day blocks it (reasons "
-    "stop_loss:exit + max_orders_per_day:blocked, T_TARGET stays 100); the position is held through the "
-    "stop for the rest of the day. Spec 6: protective exits are never blocked by step 10"))
 def test_stop_loss_exit_is_not_blocked_when_the_strategy_also_goes_flat(guard):
     cp, bt = _stop_scenario(guard, 0.0)
     assert [(int(o[L.O_EVENT]), o[L.O_QTY]) for o in bt.orders] == [(0, 100), (2, -100)]
     assert bt.trace[4, L.T_POSITION] == 0
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "`policyc sweep --sort max_drawdown` sorts descending (largest drawdown first) although --out is "
-    "documented as 'best first': cli.cmd_sweep sorts every metric by -value"))
 def test_sweep_sorted_by_max_drawdown_puts_the_smallest_first(capsys, tmp_path, ema_stop_file):
     out = tmp_path / "sweep.csv"
     code, _, err = cli(capsys, "sweep", ema_stop_file, "--data", ORCL, "-p", "fast=5:15:5", "-p", "slow=30,40",

@@ -161,13 +161,8 @@ def _orcl_arrays():
     return ts, closes, np.array([float(r["Volume"]) for r in rows])
 
 
-PARQUET_BUG = ("runtime/data.py: _read_parquet and _read_npz return the columns as a list, and _build "
-               "takes any list for CSV rows (`is_csv = isinstance(raw, list)`), so every Parquet and .npz "
-               "file fails with `AttributeError: 'numpy.int64' object has no attribute 'strip'` "
-               "(CLI: internal error, exit 3)")
 
 
-@pytest.mark.xfail(strict=True, reason=PARQUET_BUG)
 def test_parquet_loads_the_same_values_as_the_csv(closer, tmp_path):
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -183,7 +178,6 @@ def test_parquet_loads_the_same_values_as_the_csv(closer, tmp_path):
     np.testing.assert_array_equal(t.columns["price"], c.columns["price"])
 
 
-@pytest.mark.xfail(strict=True, reason=PARQUET_BUG)
 def test_parquet_with_string_dates_loads(closer, tmp_path):
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -195,10 +189,6 @@ def test_parquet_with_string_dates_loads(closer, tmp_path):
     assert list(t.columns["close"]) == [1.5, 2.5]
 
 
-@pytest.mark.xfail(strict=True, reason=PARQUET_BUG + "; and, behind it, _read_parquet casts a timestamp "
-                   "column to int64 in its own unit, so timestamp[us] / timestamp[ms] (what pyarrow writes "
-                   "for Python datetimes) are read as if they were nanoseconds: 2024-01-02 becomes "
-                   "1970-01-20T17:22:33.6")
 def test_parquet_timestamps_in_micro_and_milliseconds(closer, tmp_path):
     import datetime as dt
 
@@ -212,7 +202,6 @@ def test_parquet_timestamps_in_micro_and_milliseconds(closer, tmp_path):
         assert list(load_table(path, closer.columns).ts) == [ns("2024-01-02"), ns("2024-01-03T09:30")], unit
 
 
-@pytest.mark.xfail(strict=True, reason=PARQUET_BUG)
 def test_npz_loads_the_same_values_as_the_csv(closer, tmp_path):
     ts, closes, volume = _orcl_arrays()
     path = tmp_path / "orcl.npz"
@@ -226,7 +215,6 @@ def test_npz_loads_the_same_values_as_the_csv(closer, tmp_path):
     np.testing.assert_array_equal(load_table(path2, closer.columns).ts, c.ts)
 
 
-@pytest.mark.xfail(strict=True, reason=PARQUET_BUG)
 def test_parquet_and_npz_through_the_cli(capsys, files, tmp_path):
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -332,11 +320,11 @@ ROW_PROBLEMS = {
     "empty_price_cell": (H + GOOD + "2024-01-03,1,1,1,,5\n2024-01-04,1,1,1,11,5\n", 3,
                          ["`Close`", "not a number"], "not a number", 2),
     "nan_price": (H + GOOD + "2024-01-03,1,1,1,NaN,5\n2024-01-04,1,1,1,11,5\n", 3,
-                  ["`Close`", "nan", "positive"], "non-positive or NaN price", 2),
+                  ["`Close`", "nan", "positive"], "non-positive, NaN or infinite price", 2),
     "zero_price": (H + GOOD + "2024-01-03,1,1,1,0,5\n2024-01-04,1,1,1,11,5\n", 3,
-                   ["`Close` is 0", "positive"], "non-positive or NaN price", 2),
+                   ["`Close` is 0", "positive"], "non-positive, NaN or infinite price", 2),
     "negative_price": (H + GOOD + "2024-01-03,1,1,1,11,5\n2024-01-04,1,1,1,-2.5,5\n", 4,
-                       ["`Close` is -2.5", "positive"], "non-positive or NaN price", 2),
+                       ["`Close` is -2.5", "positive"], "non-positive, NaN or infinite price", 2),
     "time_goes_back": (H + GOOD + "2024-01-05,1,1,1,11,5\n2024-01-05,1,1,1,11,5\n2024-01-04,1,1,1,12,5\n"
                        "2024-01-06,1,1,1,12,5\n", 5, ["earlier than the row before"], "timestamp out of order", 4),
     "bad_timestamp": (H + GOOD + "2024-13-45,1,1,1,11,5\n2024-01-06,1,1,1,12,5\n", 3,
@@ -392,11 +380,11 @@ def test_skip_bad_rows_counts_each_kind(capsys, files, tmp_path):
     code, out, err = cli(capsys, "backtest", files["closer"], "--data", path, "--skip-bad-rows", "--format", "json")
     assert code == 0, err
     assert "skipped 2 row(s): not a number (lines 3, 5)" in err
-    assert "skipped 3 row(s): non-positive or NaN price (lines 6, 7, 8)" in err
+    assert "skipped 3 row(s): non-positive, NaN or infinite price (lines 6, 7, 8)" in err
     assert "skipped 1 row(s): timestamp out of order (lines 10)" in err
     s = json.loads(out)
     assert s["events"] == 4
-    assert s["skipped_rows"] == {"not a number": 2, "non-positive or NaN price": 3, "timestamp out of order": 1}
+    assert s["skipped_rows"] == {"not a number": 2, "non-positive, NaN or infinite price": 3, "timestamp out of order": 1}
 
 
 # file-level problems: an error without --skip-bad-rows and with it
@@ -430,9 +418,6 @@ def test_broken_file_is_an_error_naming_file_and_problem(capsys, files, tmp_path
         assert phrase in err, (phrase, err)
 
 
-@pytest.mark.xfail(strict=True, reason="a policy that reads only `close` is told it reads `price` when the file "
-                   "has neither: runtime/data.py checks `price` first (it is filled from close) and names it; "
-                   "spec 2 says the error names the field the policy reads")
 def test_missing_close_column_is_named_close(capsys, files, tmp_path):
     path = tmp_path / "no_close.csv"
     path.write_text("Date,Open,High,Low,Volume\n2024-01-02,1,1,1,5\n")
@@ -440,10 +425,7 @@ def test_missing_close_column_is_named_close(capsys, files, tmp_path):
     assert code == 1 and "`close`" in err, err
 
 
-# ---- bugs found in the loader (strict xfail: each one fails today for the stated reason)
-@pytest.mark.xfail(strict=True, reason="a row with the wrong number of fields is blanked and then reported as "
-                   "'`Close` is not a number' (and skipped as kind 'not a number'), never as 'wrong number of "
-                   "fields': problems are sorted by (row, kind) and 'not a number' sorts first")
+# ---- loader edge cases
 def test_wrong_number_of_fields(capsys, files, tmp_path):
     path = tmp_path / "fields.csv"
     path.write_text(H + GOOD + "2024-01-03,1,1,1,10\n2024-01-04,1,1,1,11,5,7\n2024-01-05,1,1,1,12,5\n")
@@ -456,9 +438,6 @@ def test_wrong_number_of_fields(capsys, files, tmp_path):
     assert json.loads(out)["skipped_rows"] == {"wrong number of fields": 2}
 
 
-@pytest.mark.xfail(strict=True, reason="an empty (or `NaT`) timestamp cell parses as NaT = INT64_MIN: on the "
-                   "first row it is accepted silently (exit 0, summary start `NaTZ`); on a later row it is "
-                   "reported as 'earlier than the row before' instead of a bad timestamp")
 @pytest.mark.parametrize("text, line", [
     ("Date,Close\n,10\n2024-01-03,11\n", 2),
     ("Date,Close\n2024-01-02,10\n,11\n2024-01-04,12\n", 3),
@@ -472,9 +451,6 @@ def test_empty_timestamp_cell_is_a_bad_timestamp(capsys, files, tmp_path, text, 
     assert f"error: {path}:{line}: timestamp is not a date/time" in err, err
 
 
-@pytest.mark.xfail(strict=True, reason="`inf` passes the price check (`values > 0`): an infinite price is loaded "
-                   "and the run exits 0; docs/language.md ('Prices') says the loader reports NaN, "
-                   "non-positive or infinite prices")
 def test_infinite_price_is_rejected(capsys, files, tmp_path):
     path = tmp_path / "inf.csv"
     path.write_text("Date,Close\n2024-01-02,10\n2024-01-03,inf\n2024-01-04,11\n")
@@ -482,9 +458,6 @@ def test_infinite_price_is_rejected(capsys, files, tmp_path):
     assert code == 1 and f"{path}:3:" in err, err
 
 
-@pytest.mark.xfail(strict=True, reason="the '(N more problem rows ...)' count is a count of problems, not rows: "
-                   "for a bars file the Close column feeds both `price` and `close`, so each bad cell is counted "
-                   "twice ('3 more problem rows' when 1 more row is bad)")
 def test_more_problem_rows_counts_rows(capsys, files, tmp_path):
     path = tmp_path / "two_bad.csv"
     path.write_text(H + GOOD + "2024-01-03,1,1,1,0,5\n2024-01-04,1,1,1,-3,5\n")
@@ -492,8 +465,6 @@ def test_more_problem_rows_counts_rows(capsys, files, tmp_path):
     assert code == 1 and "(1 more problem rows" in err, err
 
 
-@pytest.mark.xfail(strict=True, reason="line numbers are row index + 2, so a quoted field spanning two lines "
-                   "shifts every later line number by one")
 def test_line_numbers_after_a_multiline_quoted_field(capsys, files, tmp_path):
     path = tmp_path / "multiline.csv"
     path.write_text('Date,Close,Note\n2024-01-02,10,"two\nlines"\n2024-01-03,-1,x\n')
@@ -501,9 +472,6 @@ def test_line_numbers_after_a_multiline_quoted_field(capsys, files, tmp_path):
     assert code == 1 and f"{path}:4:" in err, err
 
 
-@pytest.mark.xfail(strict=True, reason="`--to DATE` is exclusive: `--to 2000-12-29` drops the 2000-12-29 bar "
-                   "(runtime/data.py keeps ts < end); a trader reads --from/--to as an inclusive date range "
-                   "(neither the spec nor docs/cli.md says which: a judgement call)")
 def test_to_date_is_inclusive(capsys, files):
     code, out, err = cli(capsys, "backtest", files["closer"], "--data", DATA / "orcl-1995-2014.csv",
                          "--from", "2000-01-03", "--to", "2000-12-29", "--format", "json")
@@ -517,7 +485,7 @@ def test_from_to_select_a_range(capsys, files):
                          "--from", "2006-01-10T10:00:00", "--to", "2006-01-11", "--format", "json")
     assert code == 0, err
     s = json.loads(out)
-    assert s["start"] == "2006-01-10T10:00:00.000000000Z" and s["end"].startswith("2006-01-10T")
+    assert s["start"] == "2006-01-10T10:00:00.000000000Z" and s["end"].startswith("2006-01-11T")  # --to DATE includes that day
     code, _, err = cli(capsys, "backtest", files["closer"], "--data", DATA / "orcl-1995-2014.csv",
                        "--from", "yesterday")
     assert code == 1 and "not a date" in err

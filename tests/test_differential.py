@@ -567,8 +567,8 @@ STREAMS_PER_POLICY = 5
 #: without compiling. Raise both for a bug hunt, e.g.
 #: POLICYC_DIFF_EXAMPLES=300 POLICYC_DIFF_SECONDS=3600 pytest tests/test_differential.py
 EXAMPLES = int(os.environ.get("POLICYC_DIFF_EXAMPLES", "25"))
-BUDGET_S = float(os.environ.get("POLICYC_DIFF_SECONDS", "60"))
-MIN_POLICIES = 6
+BUDGET_S = float(os.environ.get("POLICYC_DIFF_SECONDS", "45"))
+MIN_POLICIES = 4
 _budget = {"start": None, "policies": 0, "failed": False}
 
 
