@@ -59,8 +59,6 @@ def ema_cross_hand(ts, vals, fast_n, slow_n, vol_n, size,
     ring = np.zeros(vol_n)
     r_cnt = 0
     r_pos = 0
-    r_s1 = 0.0
-    r_s2 = 0.0
 
     # account and risk state
     cash = initial_equity
@@ -150,20 +148,20 @@ def ema_cross_hand(ts, vals, fast_n, slow_n, vol_n, size,
                 vol = nan
             else:
                 r_cnt += 1
-                if r_cnt > vol_n:
-                    old = ring[r_pos]
-                    r_s1 -= old
-                    r_s2 -= old * old
-                r_s1 += r
-                r_s2 += r * r
                 ring[r_pos] = r
                 r_pos += 1
                 if r_pos == vol_n:
                     r_pos = 0
                 if r_cnt >= vol_n:
-                    m1 = r_s1 / vol_n
-                    var = r_s2 / vol_n - m1 * m1
-                    vol = math.sqrt(var) if var > 0.0 else 0.0
+                    s1 = 0.0
+                    for j in range(vol_n):
+                        s1 += ring[j]
+                    m1 = s1 / vol_n
+                    s2 = 0.0
+                    for j in range(vol_n):
+                        d = ring[j] - m1
+                        s2 += d * d
+                    vol = math.sqrt(s2 / vol_n)
                 else:
                     vol = nan
             up = fast > slow and prev_fast <= prev_slow

@@ -18,18 +18,46 @@ from .check import CheckedPolicy
 from .ir import Program
 from .semantics import NS_PER_DAY, NS_PER_HOUR, NS_PER_MINUTE
 
-_STATE_EXPR = {
-    "position": f"pstate[i, {L.P_POS}]",
-    "entry_price": f"pstate[i, {L.P_ENTRY}]",
-    "unrealized_pnl": f"(pstate[i, {L.P_POS}] * (pstate[i, {L.P_LAST}] - pstate[i, {L.P_ENTRY}]) "
-                      f"if pstate[i, {L.P_POS}] != 0.0 else 0.0)",
-    "equity": f"acct[{L.A_EQUITY}]",
-    "cash": f"acct[{L.A_CASH}]",
-    "drawdown": f"((acct[{L.A_PEAK}] - acct[{L.A_EQUITY}]) / acct[{L.A_PEAK}] if acct[{L.A_PEAK}] > 0.0 else 0.0)",
-    "margin_usage": f"(gross_exposure(pstate) * cfg[{L.C['margin_rate']}] / acct[{L.A_EQUITY}] "
-                    f"if acct[{L.A_EQUITY}] > 0.0 else NAN)",
-    "orders_today": f"acct[{L.A_ORDERS_TODAY}]",
-}
+def _state_expr(name: str, P, A, gross: str) -> str:
+    """A state value (spec section 3) as kernel source."""
+    return {
+        "position": P.POS,
+        "entry_price": P.ENTRY,
+        "unrealized_pnl": f"({P.POS} * ({P.LAST} - {P.ENTRY}) if {P.POS} != 0.0 else 0.0)",
+        "equity": A.EQUITY,
+        "cash": A.CASH,
+        "drawdown": f"(({A.PEAK} - {A.EQUITY}) / {A.PEAK} if {A.PEAK} > 0.0 else 0.0)",
+        "margin_usage": f"({gross} * cfg[{L.C['margin_rate']}] / {A.EQUITY} if {A.EQUITY} > 0.0 else NAN)",
+        "orders_today": A.ORDERS_TODAY,
+    }[name]
+
+
+class _StateNames:
+    """Names of per-instrument state in the kernel: locals when the policy trades one
+    instrument (kept in registers across events), else cells of the `pstate` array."""
+
+    def __init__(self, single: bool, n_custom: int):
+        self.single = single
+        self.columns = {k[2:]: getattr(L, k) for k in dir(L)
+                        if k.startswith("P_") and k not in ("P_NAMES", "P_CUSTOM")}
+        self.n_custom = n_custom
+
+    def _ref(self, index: int, local: str) -> str:
+        return local if self.single else f"pstate[i, {index}]"
+
+    def __getattr__(self, key):
+        if key.isupper() and key in self.columns:
+            return self._ref(self.columns[key], f"p_{key.lower()}")
+        raise AttributeError(key)
+
+    def custom(self, j: int) -> str:
+        return self._ref(L.P_CUSTOM + j, f"p_custom{j}")
+
+    def locals(self) -> list[tuple[str, int]]:
+        out = [(f"p_{k.lower()}", v) for k, v in sorted(self.columns.items(), key=lambda kv: kv[1])]
+        return out + [(f"p_custom{j}", L.P_CUSTOM + j) for j in range(self.n_custom)]
+
+
 _UNARY_NUMPY = {"log": "np.log", "exp": "np.exp", "sqrt": "np.sqrt", "sign": "np.sign", "floor": "np.floor",
                 "ceil": "np.ceil"}
 _TIME = {"hour": f"float((t // {NS_PER_HOUR}) % 24)", "minute_of_day": f"float((t // {NS_PER_MINUTE}) % 1440)",
@@ -59,8 +87,19 @@ def _nan_guard(args: list[str]) -> str:
 
 
 class _Emitter:
-    def __init__(self, program: Program):
+    def __init__(self, program: Program, single: bool):
         self.p = program
+        self.single = single
+        self.P = _StateNames(single, len(program.custom))
+        self.A = SimpleNamespace(**{k[2:]: f"a_{k[2:].lower()}" for k in dir(L)
+                                    if k.startswith("A_") and k not in ("A_NAMES", "A_REASON_COUNTS")})
+        if single:
+            q = f"({self.P.POS} + {self.P.OPEN})"
+            self.gross = f"(abs({q} * {self.P.LAST}) if {q} != 0.0 else 0.0)"
+            self.equity = f"({self.A.CASH} + {self.P.POS} * {self.P.LAST} if {self.P.POS} != 0.0 else {self.A.CASH})"
+        else:
+            self.gross = "gross_exposure(pstate)"
+            self.equity = f"equity_of(pstate, {self.A.CASH})"
         self.slots = L.slots(program)
         self.slot_of = {(s.op, s.kind): n for n, s in enumerate(self.slots)}
         self.env = _environment()
@@ -78,14 +117,35 @@ class _Emitter:
         self.lag_ks[spec] = name
         return name
 
+    def state(self, n: int):
+        """Accessor of slot n's scalar state k: a local (one instrument) or an fs cell."""
+        if self.single:
+            return lambda k: f"f{n}_{k}"
+        return lambda k: f"fs[i, o{n}]" if k == 0 else f"fs[i, o{n} + {k}]"
+
+    def scalars(self, n: int) -> list[tuple[str, str, int, bool]]:
+        """Slot n's scalar state as (local, offset name, index, is an integer position)."""
+        slot = self.slots[n]
+        if slot.kind == "history":
+            count, positions = (3 if self.unit(slot) else 2), (1,)
+        elif slot.kind == "bars_since":
+            count, positions = 1, ()
+        else:
+            fn = self.p.ops[slot.op].attr[0]
+            count = L.MOVING_SCALARS[fn]
+            positions = {"sma": (2,), "sum": (2,)}.get(fn, (1,) if fn in L.MOVING_BUFFERED else ())
+        return [(f"f{n}_{k}", f"o{n}", k, k in positions) for k in range(count)]
+
+    @staticmethod
+    def unit(slot) -> bool:
+        return all(spec == ("const", 1) for spec in slot.size_spec)
+
     def history(self, source: int) -> SimpleNamespace:
         n = self.slot_of[(source, "history")]
-        slot = self.slots[n]
-        unit = all(spec == ("const", 1) for spec in slot.size_spec)
         value = self.name(source)
         if self.p.ops[source].type == BOOL:
             value = f"(1.0 if {value} else 0.0)"
-        return SimpleNamespace(o=f"o{n}", n=f"n{n}", unit=unit, value=value)
+        return SimpleNamespace(o=f"o{n}", n=f"n{n}", unit=self.unit(self.slots[n]), value=value, st=self.state(n))
 
     def op_code(self, j: int) -> str:
         op = self.p.ops[j]
@@ -101,7 +161,7 @@ class _Emitter:
         if k == "field":
             return f"{v} = vals[e, {op.attr[0]}]"
         if k == "state":
-            return f"{v} = {_STATE_EXPR[op.attr[0]]}"
+            return f"{v} = {_state_expr(op.attr[0], self.P, self.A, self.gross)}"
         if k == "neg":
             return f"{v} = -{a[0]}"
         if k == "not":
@@ -120,11 +180,11 @@ class _Emitter:
             return f"{v} = {self.call(op.attr[0], a)}"
         if k == "moving":
             n = self.slot_of[(j, "moving")]
-            ctx = SimpleNamespace(v=v, a=a, fn=op.attr[0], o=f"o{n}", n=f"n{n}", k=f"k{n}")
+            ctx = SimpleNamespace(v=v, a=a, fn=op.attr[0], o=f"o{n}", n=f"n{n}", k=f"k{n}", st=self.state(n))
             return str(self.ops_macros.moving(ctx)).strip()
         if k == "bars_since":
             n = self.slot_of[(j, "bars_since")]
-            return str(self.ops_macros.bars_since(SimpleNamespace(v=v, a=a, o=f"o{n}"))).strip()
+            return str(self.ops_macros.bars_since(SimpleNamespace(v=v, a=a, o=f"o{n}", st=self.state(n)))).strip()
         if k == "lag":
             source = op.args[0]
             spec = op.attr[0]
@@ -173,8 +233,14 @@ class _Emitter:
         template = self.env.get_template("kernel.py.j2")
         return template.render(
             name=checked.name, version=checked.parsed.version,
-            A=SimpleNamespace(**{k[2:]: getattr(L, k) for k in dir(L) if k.startswith("A_") and k != "A_NAMES"}),
-            P=SimpleNamespace(**{k[2:]: getattr(L, k) for k in dir(L) if k.startswith("P_") and k != "P_NAMES"}),
+            A=self.A, P=self.P, single=self.single,
+            P_INDEX=SimpleNamespace(**self.P.columns),
+            acct_columns=[(name, index) for index, name in enumerate(
+                k[2:].lower() for k in sorted((k for k in dir(L) if k.startswith("A_") and
+                                               k not in ("A_NAMES", "A_REASON_COUNTS")), key=lambda k: getattr(L, k)))],
+            p_columns=self.P.locals(),
+            f_scalars=[x for n in range(len(self.slots)) for x in self.scalars(n)] if self.single else [],
+            equity_expr=self.equity, gross_expr=self.gross, REASON_COUNTS=L.A_REASON_COUNTS,
             O=SimpleNamespace(**{k[2:]: getattr(L, k) for k in dir(L) if k.startswith("O_")}),
             T=SimpleNamespace(**{k[2:]: getattr(L, k) for k in dir(L) if k.startswith("T_")}),
             C=_ConfigIndex(), reasons={code: i for i, code in enumerate(names)},
@@ -204,4 +270,4 @@ class _ConfigIndex:
 
 
 def emit(program: Program, checked: CheckedPolicy) -> str:
-    return _Emitter(program).render(checked)
+    return _Emitter(program, single=len(checked.instruments) == 1).render(checked)

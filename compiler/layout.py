@@ -85,9 +85,11 @@ def config_vector(risk: dict[str, float], account: dict[str, float]) -> np.ndarr
 
 
 # ---- feature state -----------------------------------------------------------------
-_MOVING_FIXED = {"sma": 3, "sum": 3, "ema": 3, "rma": 3, "wma": 5, "stdev": 4, "variance": 4,
-                 "highest": 4, "lowest": 4, "rsi": 4}
-_MOVING_BUFFERED = {"sma", "sum", "wma", "stdev", "variance", "highest", "lowest"}
+#: Scalar state of each moving statistic (counters, sums, ring position); the buffered
+#: ones keep their window after it.
+MOVING_SCALARS = {"sma": 3, "sum": 3, "ema": 3, "rma": 3, "wma": 5, "stdev": 2, "variance": 2,
+                  "highest": 4, "lowest": 4, "rsi": 4}
+MOVING_BUFFERED = {"sma", "sum", "wma", "stdev", "variance", "highest", "lowest"}
 
 
 @dataclass(frozen=True)
@@ -122,7 +124,7 @@ def slot_size(program: Program, slot: Slot, params: list) -> tuple[int, int]:
         return k, 2 + k
     name = program.ops[slot.op].attr[0]
     n = resolve_int(slot.size_spec, params)
-    return n, _MOVING_FIXED[name] + (n if name in _MOVING_BUFFERED else 0)
+    return n, MOVING_SCALARS[name] + (n if name in MOVING_BUFFERED else 0)
 
 
 @dataclass
