@@ -205,8 +205,12 @@ class _Emitter:
             x = a[0]
             return (f"math.copysign(np.floor(abs({x})) + (1.0 if abs({x}) - np.floor(abs({x})) >= 0.5 else 0.0), {x})"
                     f" if abs({x}) < INF else {x}")
-        if fn in ("min", "max"):
-            return f"NAN if {_nan_guard(a)} else {fn}({', '.join(a)})"
+        if fn in ("min", "max"):  # as Python's min/max: the first extreme argument wins ties (+0.0 vs -0.0)
+            better = "<" if fn == "min" else ">"
+            chosen = a[0]
+            for b in a[1:]:
+                chosen = f"({b} if {b} {better} {chosen} else {chosen})"
+            return f"NAN if {_nan_guard(a)} else {chosen}"
         if fn == "clip":
             x, lo, hi = a
             return f"NAN if {_nan_guard(a)} else ({lo} if {x} < {lo} else ({hi} if {x} > {hi} else {x}))"

@@ -126,19 +126,29 @@ class Stdev(Variance):
 
 
 class Extreme(Moving):
-    """highest / lowest: the window's extreme, rescanned when it leaves the window."""
+    """highest / lowest: the newest extreme wins ties (it stays longest); when the
+    extreme leaves the window, the window is scanned again, oldest to newest."""
 
     def __init__(self, n, highest: bool):
         super().__init__(n)
-        self.highest = highest
+        self.better = (lambda a, b: a >= b) if highest else (lambda a, b: a <= b)
+        self.best, self.age = 0.0, 0
 
     def update(self, x):
         if x != x:
             return NAN
         self.push(x)
-        if self.count < self.n:
-            return NAN
-        return max(self.buf) if self.highest else min(self.buf)
+        self.age += 1
+        if self.count == 1 or self.better(x, self.best):
+            self.best, self.age = x, 0
+        elif self.age >= self.n:
+            best, at = self.buf[self.pos], 0
+            for j in range(1, self.n):
+                v = self.buf[(self.pos + j) % self.n]
+                if self.better(v, best):
+                    best, at = v, j
+            self.best, self.age = best, self.n - 1 - at
+        return self.best if self.count >= self.n else NAN
 
 
 class Rsi:

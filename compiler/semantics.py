@@ -78,14 +78,16 @@ def _exp(x):
 
 
 def _sign(x):
-    if x != x:
-        return NAN
-    return 1.0 if x > 0 else (-1.0 if x < 0 else 0.0)
+    """1, -1, or x itself for zeros (keeping -0.0) and NaN."""
+    return 1.0 if x > 0 else (-1.0 if x < 0 else x)
 
 
 def _whole(fn):
+    """floor/ceil keeping IEEE signed zeros: ceil(-0.3) is -0.0."""
     def apply(x):
-        return x if x != x or x in (INF, -INF) else float(fn(x))
+        if x != x or x in (INF, -INF):
+            return x
+        return math.copysign(float(fn(x)), x)
     return apply
 
 

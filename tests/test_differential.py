@@ -585,6 +585,10 @@ def _over_budget() -> bool:
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.filter_too_much])
 @given(gp=policies(), data=st.data())
 def test_kernel_matches_interpreter_on_random_policies(gp, data):
+    # Draw everything first: what an example draws must not depend on the budget or on
+    # whether the policy compiles, or Hypothesis sees inconsistent data generation.
+    streams = [(rebound_params(data.draw, gp) if k > 0 else {}, data.draw(stream_specs, label=f"stream {k}"))
+               for k in range(STREAMS_PER_POLICY)]
     if _over_budget():
         return
     note(gp.text)
@@ -594,15 +598,13 @@ def test_kernel_matches_interpreter_on_random_policies(gp, data):
         note(str(exc))
         assume(False)
     _budget["policies"] += 1
-    for k in range(STREAMS_PER_POLICY):
+    for overrides, spec in streams:
         cp = base
-        overrides = rebound_params(data.draw, gp) if k > 0 else {}
         if overrides:
             try:
                 cp = base.with_params(**overrides)
             except PolicyError:      # e.g. a window param re-bound to 0
                 cp = base
-        spec = data.draw(stream_specs, label=f"stream {k}")
         ev = make_events(spec, cp.columns, gp.n_instruments)
         try:
             assert_same(cp, ev, f"on {spec} with params {cp.params}")
