@@ -58,6 +58,10 @@ def ema_cross_hand(ts, vals, fast_n, slow_n, vol_n, size,
     prev_slow = nan
     ring = np.zeros(vol_n)
     r_cnt = 0
+    r_k = 0.0
+    r_s1 = 0.0
+    r_s2 = 0.0
+    r_since = 0
     r_pos = 0
 
     # account and risk state
@@ -148,20 +152,36 @@ def ema_cross_hand(ts, vals, fast_n, slow_n, vol_n, size,
                 vol = nan
             else:
                 r_cnt += 1
+                if r_cnt == 1:
+                    r_k = r
+                gone = 0.0
+                if r_cnt > vol_n:
+                    gone = ring[r_pos] - r_k
+                    r_s1 -= gone
+                    r_s2 -= gone * gone
                 ring[r_pos] = r
                 r_pos += 1
                 if r_pos == vol_n:
                     r_pos = 0
+                d = r - r_k
+                r_s1 += d
+                r_s2 += d * d
+                r_since += 1
+                if r_cnt >= vol_n and (r_since >= vol_n or gone * gone > 1e3 * r_s2):
+                    r_k = r
+                    r_s1 = 0.0
+                    r_s2 = 0.0
+                    for j in range(vol_n):
+                        d = ring[j] - r_k
+                        r_s1 += d
+                        r_s2 += d * d
+                    r_since = 0
                 if r_cnt >= vol_n:
-                    s1 = 0.0
-                    for j in range(vol_n):
-                        s1 += ring[j]
-                    m1 = s1 / vol_n
-                    s2 = 0.0
-                    for j in range(vol_n):
-                        d = ring[j] - m1
-                        s2 += d * d
-                    vol = math.sqrt(s2 / vol_n)
+                    m1 = r_s1 / vol_n
+                    var = r_s2 / vol_n - m1 * m1
+                    if var < 0.0:
+                        var = 0.0
+                    vol = math.sqrt(var)
                 else:
                     vol = nan
             up = fast > slow and prev_fast <= prev_slow
@@ -188,11 +208,15 @@ def ema_cross_hand(ts, vals, fast_n, slow_n, vol_n, size,
                 is_exit = True
             if lock != 0.0 and (desired == 0.0 or desired * lock < 0.0):
                 lock = 0.0
+            triggered = False
             if lock == 0.0 and pos != 0.0:
                 if (price <= entry * (1.0 - stop_loss)) if pos > 0.0 else (price >= entry * (1.0 + stop_loss)):
                     lock = 1.0 if pos > 0.0 else -1.0
+                    triggered = True
             if lock != 0.0 and target * lock > 0.0:
                 target = 0.0
+                is_exit = True
+            if triggered and target == 0.0:
                 is_exit = True
             if long_only and target < 0.0:
                 target = 0.0

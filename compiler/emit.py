@@ -53,9 +53,10 @@ class _StateNames:
     def custom(self, j: int) -> str:
         return self._ref(L.P_CUSTOM + j, f"p_custom{j}")
 
-    def locals(self) -> list[tuple[str, int]]:
-        out = [(f"p_{k.lower()}", v) for k, v in sorted(self.columns.items(), key=lambda kv: kv[1])]
-        return out + [(f"p_custom{j}", L.P_CUSTOM + j) for j in range(self.n_custom)]
+    def locals(self) -> list[tuple[str, int, bool]]:
+        """(local, column, is an integer) for every per-instrument state column."""
+        out = [(f"p_{k.lower()}", v, k == "PENDING") for k, v in sorted(self.columns.items(), key=lambda kv: kv[1])]
+        return out + [(f"p_custom{j}", L.P_CUSTOM + j, False) for j in range(self.n_custom)]
 
 
 _UNARY_NUMPY = {"log": "np.log", "exp": "np.exp", "sqrt": "np.sqrt", "sign": "np.sign", "floor": "np.floor",

@@ -100,23 +100,38 @@ class Wma(Moving):
 
 
 class Variance(Moving):
-    """Two passes over the window (mean, then squared deviations): exact even after an
-    outlier has left the window, where running sums of squares would cancel."""
+    """Sums of deviations from an anchor K (a recent value): no cancellation between
+    large squares. The sums are rebuilt from the window every n events, and at once when
+    a value leaving the window dwarfs what remains (an outlier passing through)."""
+
+    k = s1 = s2 = 0.0
+    since = 0
 
     def update(self, x):
         if x != x:
             return NAN
-        self.push(x)
+        if self.count == 0:
+            self.k = x
+        old = self.push(x)
+        gone = 0.0
+        if old is not None:
+            gone = old - self.k
+            self.s1 -= gone
+            self.s2 -= gone * gone
+        d = x - self.k
+        self.s1 += d
+        self.s2 += d * d
+        self.since += 1
+        if self.count >= self.n and (self.since >= self.n or gone * gone > 1e3 * self.s2):
+            self.k, self.s1, self.s2, self.since = x, 0.0, 0.0, 0
+            for v in self.buf:
+                d = v - self.k
+                self.s1 += d
+                self.s2 += d * d
         if self.count < self.n:
             return NAN
-        total = 0.0
-        for v in self.buf:
-            total += v
-        mean = total / self.n
-        squares = 0.0
-        for v in self.buf:
-            squares += (v - mean) * (v - mean)
-        return squares / self.n
+        m1 = self.s1 / self.n
+        return max(self.s2 / self.n - m1 * m1, 0.0)
 
 
 class Stdev(Variance):

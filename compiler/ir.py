@@ -7,6 +7,7 @@ is how a feature refers to its own past (`peak: max(nz(peak[1], close), close)`)
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 from dsl.diagnostics import Span
@@ -43,7 +44,9 @@ class Op:
     span: Span | None = field(default=None, compare=False)
 
     def key(self) -> tuple:
-        return (self.kind, self.args, self.attr, self.type)
+        """Identity for sharing: `0.0 == -0.0` in Python, but they are different constants."""
+        attr = tuple((a, math.copysign(1.0, a)) if isinstance(a, float) else a for a in self.attr)
+        return (self.kind, self.args, attr, self.type)
 
 
 @dataclass

@@ -87,7 +87,7 @@ def config_vector(risk: dict[str, float], account: dict[str, float]) -> np.ndarr
 # ---- feature state -----------------------------------------------------------------
 #: Scalar state of each moving statistic (counters, sums, ring position); the buffered
 #: ones keep their window after it.
-MOVING_SCALARS = {"sma": 3, "sum": 3, "ema": 3, "rma": 3, "wma": 5, "stdev": 2, "variance": 2,
+MOVING_SCALARS = {"sma": 3, "sum": 3, "ema": 3, "rma": 3, "wma": 5, "stdev": 6, "variance": 6,
                   "highest": 4, "lowest": 4, "rsi": 4}
 MOVING_BUFFERED = {"sma", "sum", "wma", "stdev", "variance", "highest", "lowest"}
 

@@ -17,7 +17,8 @@ Each distinct policy text costs a Numba compile (superlinear in its size), so th
 features are grouped into a few mid-sized policies, each compiled once per session and
 run over several data sets. Edge cases each have a test with a minimal input:
   * stdev/variance/zscore on short windows of prices, prices near 1e8, and after an
-    outlier leaves the window (two passes over the window keep them exact);
+    outlier leaves the window (sums of deviations from a recent anchor, rebuilt
+    from the window, keep them accurate);
   * wma(x, 1) is x;
   * round(0.49999999999999994) is 0 and round(2**52 + 1) is itself;
   * (-inf) ** 0.5 is +inf in both back ends (C `pow`).
