@@ -15,7 +15,7 @@ import numpy as np
 
 from . import layout as L
 from .check import CheckedPolicy
-from .emit import emit
+from .emit import emit_cached
 from .frontend import Checked, check_policy
 from .hashing import COMPILER_VERSION, toolchain_versions
 from .ir import Program
@@ -149,7 +149,7 @@ class CompiledPolicy:
         """The same kernel under new param values: checked and hashed again, never recompiled."""
         result = check_policy(self.checked.parsed, {**self.params, **overrides})
         program = optimise(lower(result.checked))
-        if emit(program, result.checked) != self.source:
+        if emit_cached(program, result.checked) != self.source:
             return compile_checked(result)
         return CompiledPolicy(result.checked, program, self.source, self.kernel_path, self.kernel,
                               result.policy_hash, result.build_hash, dict(result.checked.params))
@@ -194,7 +194,7 @@ def compile_checked(result: Checked) -> CompiledPolicy:
     from .jit import load_kernel
 
     program = optimise(lower(result.checked))
-    source = emit(program, result.checked)
+    source = emit_cached(program, result.checked)
     module, path = load_kernel(source)
     compiled = CompiledPolicy(result.checked, program, source, path, module, result.policy_hash, result.build_hash,
                               dict(result.checked.params))

@@ -6,11 +6,14 @@ values never change the source. Risk steps absent from the policy emit no code.
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import math
+import os
 from functools import lru_cache
+from pathlib import Path
 from types import SimpleNamespace
 
-import jinja2
 
 from . import layout as L
 from .builtins import BOOL
@@ -66,7 +69,9 @@ _TIME = {"hour": f"float((t // {NS_PER_HOUR}) % 24)", "minute_of_day": f"float((
 
 
 @lru_cache(maxsize=1)
-def _environment() -> jinja2.Environment:
+def _environment():
+    import jinja2  # only when a source is rendered: cached compiles never need it
+
     return jinja2.Environment(
         loader=jinja2.PackageLoader("compiler", "templates"),
         undefined=jinja2.StrictUndefined, keep_trailing_newline=True, trim_blocks=False,
@@ -276,3 +281,38 @@ class _ConfigIndex:
 
 def emit(program: Program, checked: CheckedPolicy) -> str:
     return _Emitter(program, single=len(checked.instruments) == 1).render(checked)
+
+
+@lru_cache(maxsize=1)
+def _templates_digest() -> str:
+    folder = Path(__file__).with_name("templates")
+    return hashlib.sha256(b"".join(f.read_bytes() for f in sorted(folder.glob("*.j2")))).hexdigest()
+
+
+def emit_cached(program: Program, checked: CheckedPolicy) -> str:
+    """`emit`, remembered on disk by everything the source depends on (never param
+    values): a cached compile in a fresh process skips template rendering."""
+    from .hashing import COMPILER_VERSION
+    from .jit import cache_root
+
+    key = hashlib.sha256(json.dumps({
+        "compiler": COMPILER_VERSION, "templates": _templates_digest(), "ops": program.dump(),
+        "rules": program.rules, "custom": program.custom, "volatility": program.volatility,
+        "columns": program.columns, "params": [checked.param_types[p] for p in program.params],
+        "intent": program.intent_column, "name": checked.name, "version": checked.parsed.version,
+        "risk": sorted(checked.risk), "instruments": len(checked.instruments),
+    }, sort_keys=True, default=str).encode()).hexdigest()
+    path = cache_root() / "sources" / f"{key}.py"
+    try:
+        return path.read_text()
+    except OSError:
+        pass
+    source = emit(program, checked)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(source)
+        os.replace(tmp, path)
+    except OSError:
+        pass  # a read-only cache only costs the rendering time
+    return source
