@@ -488,6 +488,14 @@ def bench_kernel(cache: str | None) -> None:
         del b, events
 
 
+def bench_data_and_sweep() -> None:
+    from data_and_sweep import bench_loading, bench_sweep
+
+    print()
+    print("6. Data loading (synthetic minute bars; the loader validates every row) and sweep rate")
+    table(["what", "time", "rows/s or rate"], bench_loading() + bench_sweep())
+
+
 def main() -> int:
     if len(sys.argv) == 3 and sys.argv[1] == "--worker":
         kind = sys.argv[2]
@@ -500,6 +508,7 @@ def main() -> int:
     cache = bench_compile()
     try:
         bench_kernel(cache)
+        bench_data_and_sweep()
     finally:
         for d in CREATED_DIRS:
             shutil.rmtree(d, ignore_errors=True)
