@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 from pathlib import Path
@@ -105,7 +106,7 @@ def _account_overrides(args) -> dict:
     for key, value in (("fees_bps", args.fees_bps), ("slippage_bps", args.slippage_bps),
                        ("initial_equity", args.initial_equity)):
         if value is not None:
-            if not value == value or value < 0 or (key == "initial_equity" and value <= 0):
+            if not math.isfinite(value) or value < 0 or (key == "initial_equity" and value <= 0):
                 raise _UsageError(f"--{key.replace('_', '-')} must be a number {'above' if key == 'initial_equity' else 'of at least'} 0")
             out[key] = value
     return out
@@ -217,7 +218,8 @@ def cmd_explain(args, parser) -> int:
 
 
 def cmd_backtest(args, parser) -> int:
-    from runtime.backtest import format_summary, load_events, run_backtest, summary, write_orders, write_trace
+    from runtime.backtest import (format_summary, load_events, run_backtest, skipped_rows_warnings, summary,
+                                  write_orders, write_trace)
     from runtime.data import DataError
 
     from .build import compile_checked
@@ -240,10 +242,9 @@ def cmd_backtest(args, parser) -> int:
     bt.data_files = [t.path for t in tables]
     for t in tables:
         for kind, count in t.skipped.items():
-            bt.skipped[f"{kind}"] = bt.skipped.get(kind, 0) + count
-            lines = t.skipped_lines[kind]
-            shown = ", ".join(map(str, lines[:10])) + (" ..." if len(lines) > 10 else "")
-            print(f"warning: {t.path}: skipped {count} row(s): {kind} (lines {shown})", file=sys.stderr)
+            bt.skipped[kind] = bt.skipped.get(kind, 0) + count
+    for line in skipped_rows_warnings(tables):
+        print(line, file=sys.stderr)
     if args.orders:
         write_orders(bt, args.orders)
     if args.trace:
@@ -267,11 +268,15 @@ def cmd_sweep(args, parser) -> int:
     from runtime.data import DataError
     from runtime.sweep import parse_grid, run_sweep, write_sweep
 
+    from runtime.sweep import LOWER_IS_BETTER, METRICS
+
     try:
         grid = parse_grid(args.params)
         account = _account_overrides(args)
     except (ValueError, _UsageError) as exc:
         parser.error(str(exc))
+    if args.sort not in METRICS:
+        parser.error(f"unknown metric `{args.sort}`; choose from {', '.join(METRICS)}")
     args.params = []
     base = _checked_or_exit(args, parser)
     if base is None:
@@ -284,10 +289,6 @@ def cmd_sweep(args, parser) -> int:
     except PolicyError as exc:
         _print_diagnostics(exc.diagnostics, "text")
         return 1
-    if rows and args.sort not in rows[0]:
-        parser.error(f"unknown metric `{args.sort}`; choose from {', '.join(k for k in rows[0] if not k.startswith('p.'))}")
-    from runtime.sweep import LOWER_IS_BETTER
-
     sign = 1.0 if args.sort in LOWER_IS_BETTER else -1.0
     rows.sort(key=lambda r: (r[args.sort] is None, sign * (r[args.sort] or 0.0)))
     write_sweep(rows, args.out)

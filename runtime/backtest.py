@@ -101,6 +101,17 @@ def load_events(policy: CompiledPolicy, data: list[tuple[str | None, str]], skip
     return merge(tables, policy.columns), tables
 
 
+def skipped_rows_warnings(tables: list[Table]) -> list[str]:
+    """One line per file and kind of bad row that --skip-bad-rows skipped."""
+    out = []
+    for t in tables:
+        for kind, count in t.skipped.items():
+            lines = t.skipped_lines[kind]
+            shown = ", ".join(map(str, lines[:10])) + (" ..." if len(lines) > 10 else "")
+            out.append(f"warning: {t.path}: skipped {count} row(s): {kind} (lines {shown})")
+    return out
+
+
 class _Progress:
     """A bar on stderr, shown only on a terminal and only once a run takes over a second."""
 
@@ -280,7 +291,7 @@ def write_orders(result: BacktestResult, path: str | Path) -> None:
                 _iso(ts[int(o[L.O_EVENT])]),
                 _iso(ts[int(o[L.O_FILL_EVENT])]) if filled else "",
                 names[int(o[L.O_INST])],
-                f"{o[L.O_QTY]:g}",
+                f"{o[L.O_QTY]:.17g}",
                 repr(float(o[L.O_FILL_PRICE])) if filled else "",
                 repr(float(o[L.O_FEE])) if filled else "",
                 ";".join(L.decode_reasons(o[L.O_REASONS], reasons)),

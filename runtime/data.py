@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import io
 import math
+import warnings
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -153,14 +154,20 @@ def _parse_times(values) -> tuple[np.ndarray, np.ndarray]:
         bad = ~np.isfinite(arr)
         return np.where(bad, 0, arr).astype(np.int64), bad
     strings = np.char.strip(arr.astype(str))
+    if len(strings) and np.all(np.char.isdigit(np.char.lstrip(strings, "-"))):
+        return strings.astype(np.int64), np.zeros(len(arr), bool)  # integer ns since the epoch
     strings = np.char.rstrip(np.char.replace(strings, " ", "T"), "Z")
     try:
-        out = strings.astype("datetime64[ns]").astype(np.int64)
+        with warnings.catch_warnings():  # numpy warns on a UTC offset, then applies it
+            warnings.simplefilter("ignore")
+            out = strings.astype("datetime64[ns]").astype(np.int64)
     except ValueError:
         out = np.zeros(len(arr), np.int64)
         for k, text in enumerate(strings):
             try:
-                out[k] = np.datetime64(text, "ns").astype(np.int64)
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    out[k] = np.datetime64(text, "ns").astype(np.int64)
             except ValueError:
                 out[k] = _NAT
     return out, out == _NAT

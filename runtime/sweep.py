@@ -11,12 +11,13 @@ import multiprocessing
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
-from decimal import Decimal
+from decimal import Decimal, InvalidOperation
 
 from compiler import layout as L
 from compiler.build import compile_policy
+from dsl.diagnostics import PolicyError
 
-from .backtest import load_events, run_backtest, summary
+from .backtest import load_events, run_backtest, skipped_rows_warnings, summary
 
 METRICS = ("final_equity", "total_return", "max_drawdown", "sharpe", "sortino", "win_rate", "profit_factor",
            "exposure", "fees", "trades", "orders")
@@ -33,7 +34,10 @@ def parse_values(text: str) -> list[float | bool]:
         parts = text.split(":")
         if len(parts) != 3:
             raise ValueError(f"a range is start:stop:step, not `{text}`")
-        start, stop, step = (Decimal(p) for p in parts)
+        try:
+            start, stop, step = (Decimal(p) for p in parts)
+        except InvalidOperation:
+            raise ValueError(f"a range is start:stop:step of numbers, not `{text}`") from None
         if step <= 0 or stop < start:
             raise ValueError(f"range `{text}` is empty or has a step that is not positive")
         count = int((stop - start) / step) + 1
@@ -65,12 +69,17 @@ def parse_grid(specs: list[tuple[str, str]]) -> dict[str, list]:
 def _init(policy_path, data, account, args):
     base = compile_policy(policy_path)
     events, tables = load_events(base, data, args.skip_bad_rows, args.start, args.end)
+    for line in skipped_rows_warnings(tables):
+        print(line, file=sys.stderr)
     _STATE.update(base=base, events=events, account=account, mode=L.FILL_MODES[args.fill],
                   files=[t.path for t in tables])
 
 
 def _run_one(combo: dict) -> dict:
-    policy = _STATE["base"].with_params(**combo)
+    try:
+        policy = _STATE["base"].with_params(**combo)
+    except PolicyError as exc:  # sent back to the parent, which reports it
+        return {"__diagnostics__": exc.diagnostics}
     result = run_backtest(policy, _STATE["events"], _STATE["mode"], _STATE["account"], progress=False)
     s = summary(result)
     row = {f"p.{k}": v for k, v in combo.items()}
@@ -101,6 +110,9 @@ def run_sweep(policy_path, grid: dict, data, account, args, jobs: int = 1) -> li
                 _progress(k, len(combos), t0, tty)
     if tty:
         sys.stderr.write("\n")
+    for row in rows:
+        if "__diagnostics__" in row:
+            raise PolicyError(row["__diagnostics__"])
     elapsed = time.perf_counter() - t0
     print(f"{len(combos)} combinations in {elapsed:.2f}s ({len(combos) / elapsed:,.1f}/s) on {jobs} process(es)",
           file=sys.stderr)
