@@ -1,0 +1,247 @@
+"""Wire protocol v1 (../shared/spec/wire-protocol.md): frames in, validated messages out.
+
+Every check happens here, before anything reaches the engine: a frame that is not
+JSON, a missing field, a wrong type, a NaN or non-positive price or size, an unknown
+`type` or instrument raises `ProtocolError`, which the runtime counts and logs as
+`bad_message`. Nothing here does I/O.
+"""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from datetime import datetime
+
+MAX_FRAME_BYTES = 1 << 20
+MAX_BATCH = 10_000
+FEED_FORMATS = ("native", "binance", "coinbase")
+
+
+class ProtocolError(ValueError):
+    """A rejected message: `code` is always `bad_message`, `message` says why."""
+
+    code = "bad_message"
+
+
+@dataclass(frozen=True)
+class Market:
+    instrument: str
+    ts: int
+    fields: dict            # market fields: price, qty, open, high, low, close, volume, bid, ask
+    sent_ns: int | None = None
+
+
+@dataclass(frozen=True)
+class Input:
+    instrument: str
+    ts: int | None
+    name: str
+    value: float
+    id: str | None = None
+    sent_ns: int | None = None
+
+
+@dataclass(frozen=True)
+class Intent:
+    id: str
+    instrument: str
+    target: float
+
+
+@dataclass(frozen=True)
+class Control:
+    type: str               # status, halt or resume
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class VenueReply:
+    type: str               # ack, fill or reject
+    client_order_id: str
+    qty: float = 0.0
+    price: float = 0.0
+    fee: float = 0.0
+    ts: int | None = None
+    venue_order_id: str = ""
+    reason: str = ""
+
+
+def decode(frame: str | bytes) -> object:
+    """JSON of one frame, refusing oversized frames and NaN/Infinity literals."""
+    if len(frame) > MAX_FRAME_BYTES:
+        raise ProtocolError(f"frame of {len(frame):,} bytes is over the {MAX_FRAME_BYTES:,}-byte limit")
+    try:
+        return json.loads(frame, parse_constant=_no_constant)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ProtocolError(f"not JSON: {exc}") from None
+
+
+def _no_constant(name: str):
+    raise ProtocolError(f"{name} is not a number")
+
+
+def _object(msg) -> dict:
+    if not isinstance(msg, dict):
+        raise ProtocolError(f"a message is a JSON object, not {type(msg).__name__}")
+    return msg
+
+
+def _text(msg: dict, key: str) -> str:
+    value = msg.get(key)
+    if not isinstance(value, str) or not value:
+        raise ProtocolError(f"`{key}` must be a non-empty string")
+    return value
+
+
+def _number(msg: dict, key: str, *, positive: bool = False, required: bool = True, text: bool = False) -> float | None:
+    value = msg.get(key)
+    if value is None and not required:
+        return None
+    if text and isinstance(value, str):
+        try:
+            value = float(value)
+        except ValueError:
+            raise ProtocolError(f"`{key}` must be a number, not {msg.get(key)!r}") from None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ProtocolError(f"`{key}` must be a number, not {value!r}")
+    value = float(value)
+    if not math.isfinite(value):
+        raise ProtocolError(f"`{key}` must be finite")
+    if positive and value <= 0:
+        raise ProtocolError(f"`{key}` must be positive, not {value:g}")
+    return value
+
+
+def _integer(msg: dict, key: str, required: bool = True) -> int | None:
+    value = msg.get(key)
+    if value is None and not required:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ProtocolError(f"`{key}` must be an integer (ns since the epoch), not {value!r}")
+    return value
+
+
+def _instrument(msg: dict, key: str, instruments) -> str:
+    name = _text(msg, key)
+    if name not in instruments:
+        raise ProtocolError(f"unknown instrument `{name}`")
+    return name
+
+
+def parse_feed(frame: str | bytes, instruments, fmt: str = "native") -> list[Market | Input]:
+    """Every message of a market-data frame (a batch is a JSON array); one bad message
+    rejects the whole frame, so a batch is never half applied."""
+    data = decode(frame)
+    items = data if isinstance(data, list) else [data]
+    if len(items) > MAX_BATCH:
+        raise ProtocolError(f"batch of {len(items):,} messages is over the {MAX_BATCH:,} limit")
+    parse = {"native": _native, "binance": _binance, "coinbase": _coinbase}[fmt]
+    return [parse(_object(item), instruments) for item in items]
+
+
+def _native(msg: dict, instruments) -> Market | Input:
+    kind = msg.get("type")
+    instrument = _instrument(msg, "instrument", instruments)
+    ts = _integer(msg, "ts")
+    sent = _integer(msg, "sent_ns", required=False)
+    if kind == "tick":
+        fields = {"price": _number(msg, "price", positive=True)}
+        qty = _number(msg, "qty", positive=True, required=False)
+        if qty is not None:
+            fields["qty"] = qty
+    elif kind == "bar":
+        fields = {k: _number(msg, k, positive=True) for k in ("open", "high", "low", "close")}
+        volume = _number(msg, "volume", required=False)
+        if volume is not None:
+            if volume < 0:
+                raise ProtocolError("`volume` must not be negative")
+            fields["volume"] = volume
+        fields["price"] = fields["close"]
+    elif kind == "quote":
+        bid, ask = _number(msg, "bid", positive=True), _number(msg, "ask", positive=True)
+        if bid > ask:
+            raise ProtocolError(f"crossed quote: bid {bid:g} above ask {ask:g}")
+        fields = {"bid": bid, "ask": ask, "price": (bid + ask) / 2}
+    elif kind == "input":
+        return Input(instrument, ts, _text(msg, "name"), _number(msg, "value"), sent_ns=sent)
+    else:
+        raise ProtocolError(f"unknown message type {kind!r}")
+    return Market(instrument, ts, fields, sent)
+
+
+def _binance(msg: dict, instruments) -> Market:
+    if msg.get("e") != "trade":
+        raise ProtocolError(f"unknown binance event {msg.get('e')!r}")
+    symbol = _text(msg, "s")
+    instrument = symbol if symbol in instruments else f"binance:{symbol}"
+    if instrument not in instruments:
+        raise ProtocolError(f"unknown instrument `{symbol}`")
+    ms = _integer(msg, "T")
+    fields = {"price": _number(msg, "p", positive=True, text=True), "qty": _number(msg, "q", positive=True, text=True)}
+    return Market(instrument, ms * 1_000_000, fields)
+
+
+def _coinbase(msg: dict, instruments) -> Market:
+    if msg.get("type") != "ticker":
+        raise ProtocolError(f"unknown coinbase message type {msg.get('type')!r}")
+    instrument = _instrument(msg, "product_id", instruments)
+    try:
+        moment = datetime.fromisoformat(_text(msg, "time").replace("Z", "+00:00"))
+    except ValueError:
+        raise ProtocolError(f"`time` is not an ISO timestamp: {msg.get('time')!r}") from None
+    ts = int(moment.timestamp()) * 1_000_000_000 + moment.microsecond * 1000
+    fields = {"price": _number(msg, "price", positive=True, text=True)}
+    size = _number(msg, "last_size", positive=True, text=True, required=False)
+    if size is not None:
+        fields["qty"] = size
+    return Market(instrument, ts, fields)
+
+
+def parse_intent(frame: str | bytes, instruments) -> Intent | Input:
+    msg = _object(decode(frame))
+    kind = msg.get("type")
+    ident = msg.get("id")
+    if not isinstance(ident, str) or not ident:
+        raise ProtocolError("`id` must be a non-empty string")
+    instrument = _instrument(msg, "instrument", instruments)
+    if kind == "intent":
+        return Intent(ident, instrument, _number(msg, "target"))
+    if kind == "input":
+        return Input(instrument, None, _text(msg, "name"), _number(msg, "value"), id=ident)
+    raise ProtocolError(f"unknown message type {kind!r}")
+
+
+def message_id(frame: str | bytes) -> str | None:
+    """The `id` of a frame if it has one, so even a rejected message gets its answer."""
+    try:
+        msg = json.loads(frame)
+    except (ValueError, UnicodeDecodeError):
+        return None
+    ident = msg.get("id") if isinstance(msg, dict) else None
+    return ident if isinstance(ident, str) else None
+
+
+def parse_control(frame: str | bytes) -> Control:
+    msg = _object(decode(frame))
+    kind = msg.get("type")
+    if kind not in ("status", "halt", "resume"):
+        raise ProtocolError(f"unknown message type {kind!r}")
+    reason = msg.get("reason", "")
+    return Control(kind, reason if isinstance(reason, str) else "")
+
+
+def parse_venue(frame: str | bytes) -> VenueReply:
+    msg = _object(decode(frame))
+    kind = msg.get("type")
+    oid = _text(msg, "client_order_id")
+    if kind == "ack":
+        vid = msg.get("venue_order_id", "")
+        return VenueReply("ack", oid, venue_order_id=vid if isinstance(vid, str) else "")
+    if kind == "fill":
+        qty = _number(msg, "qty", positive=True)
+        return VenueReply("fill", oid, qty=qty, price=_number(msg, "price", positive=True),
+                          fee=_number(msg, "fee", required=False) or 0.0, ts=_integer(msg, "ts", required=False))
+    if kind == "reject":
+        reason = msg.get("reason", "")
+        return VenueReply("reject", oid, reason=reason if isinstance(reason, str) else "")
+    raise ProtocolError(f"unknown message type {kind!r}")

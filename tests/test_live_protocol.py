@@ -1,0 +1,95 @@
+"""Wire protocol v1: every malformed message is refused with a reason, never acted on."""
+import json
+
+import pytest
+
+from runtime.live.audit import DecisionLog, read_log
+from runtime.live.protocol import (MAX_FRAME_BYTES, Input, Intent, Market, ProtocolError, message_id,
+                                   parse_control, parse_feed, parse_intent, parse_venue)
+
+INSTRUMENTS = {"ORCL", "BTC-USD", "binance:BTCUSDT"}
+TS = 1_700_000_000_000_000_000
+
+
+def test_native_messages_and_batches():
+    tick = {"type": "tick", "instrument": "ORCL", "ts": TS, "price": 45.1, "qty": 100, "sent_ns": TS + 5}
+    bar = {"type": "bar", "instrument": "ORCL", "ts": TS, "open": 45.0, "high": 45.3, "low": 44.9, "close": 45.1,
+           "volume": 120000}
+    quote = {"type": "quote", "instrument": "ORCL", "ts": TS, "bid": 45.09, "ask": 45.11}
+    score = {"type": "input", "instrument": "ORCL", "ts": TS, "name": "model_score", "value": 0.7}
+    got = parse_feed(json.dumps([tick, bar, quote, score]), INSTRUMENTS)
+    assert got[0] == Market("ORCL", TS, {"price": 45.1, "qty": 100.0}, TS + 5)
+    assert got[1].fields["price"] == 45.1 and got[1].fields["volume"] == 120000
+    assert got[2].fields["price"] == pytest.approx(45.10)
+    assert got[3] == Input("ORCL", TS, "model_score", 0.7)
+
+
+def test_venue_formats():
+    trade = {"e": "trade", "E": 1672515782136, "s": "BTCUSDT", "t": 12345, "p": "16541.53", "q": "0.003",
+             "T": 1672515782134, "m": True, "M": True}
+    (m,) = parse_feed(json.dumps(trade), INSTRUMENTS, "binance")
+    assert m == Market("binance:BTCUSDT", 1672515782134 * 1_000_000, {"price": 16541.53, "qty": 0.003})
+    ticker = {"type": "ticker", "sequence": 1, "product_id": "BTC-USD", "price": "16541.53", "last_size": "0.003",
+              "time": "2022-12-31T19:43:02.136Z"}
+    (c,) = parse_feed(json.dumps(ticker), INSTRUMENTS, "coinbase")
+    assert c.ts == 1672515782136000000 and c.fields == {"price": 16541.53, "qty": 0.003}
+
+
+@pytest.mark.parametrize("frame, why", [
+    ("{not json", "not JSON"),
+    ("[1, 2]", "JSON object"),
+    ('{"type": "tick", "instrument": "ORCL", "ts": 1, "price": NaN}', "NaN is not a number"),
+    ('{"type": "tick", "instrument": "ORCL", "ts": 1, "price": -1}', "positive"),
+    ('{"type": "tick", "instrument": "ORCL", "ts": 1, "price": 0}', "positive"),
+    ('{"type": "tick", "instrument": "ORCL", "ts": 1, "price": "45.1"}', "number"),
+    ('{"type": "tick", "instrument": "ORCL", "ts": 1, "price": true}', "number"),
+    ('{"type": "tick", "instrument": "ORCL", "ts": 1.5, "price": 1}', "integer"),
+    ('{"type": "tick", "instrument": "ORCL", "price": 1}', "integer"),
+    ('{"type": "tick", "instrument": "MSFT", "ts": 1, "price": 1}', "unknown instrument"),
+    ('{"type": "trade", "instrument": "ORCL", "ts": 1, "price": 1}', "unknown message type"),
+    ('{"type": "quote", "instrument": "ORCL", "ts": 1, "bid": 2, "ask": 1}', "crossed"),
+    ('{"type": "tick", "instrument": "ORCL", "ts": 1, "price": 1, "qty": -5}', "positive"),
+])
+def test_bad_feed_messages_are_refused(frame, why):
+    with pytest.raises(ProtocolError, match=why):
+        parse_feed(frame, INSTRUMENTS)
+
+
+def test_one_bad_message_rejects_the_whole_batch():
+    good = {"type": "tick", "instrument": "ORCL", "ts": TS, "price": 1.0}
+    with pytest.raises(ProtocolError):
+        parse_feed(json.dumps([good, {**good, "price": -1}]), INSTRUMENTS)
+
+
+def test_oversized_frames_are_refused():
+    with pytest.raises(ProtocolError, match="limit"):
+        parse_feed("[" + " " * MAX_FRAME_BYTES + "]", INSTRUMENTS)
+
+
+def test_intents_controls_and_venue_replies():
+    assert parse_intent('{"type": "intent", "id": "a1", "instrument": "ORCL", "target": 150}', INSTRUMENTS) == \
+        Intent("a1", "ORCL", 150.0)
+    with pytest.raises(ProtocolError, match="id"):
+        parse_intent('{"type": "intent", "instrument": "ORCL", "target": 150}', INSTRUMENTS)
+    assert message_id('{"type": "intent", "id": "x9", "target": "lots"}') == "x9"
+    assert parse_control('{"type": "halt", "reason": "desk"}').type == "halt"
+    with pytest.raises(ProtocolError):
+        parse_control('{"type": "shutdown"}')
+    fill = parse_venue('{"type": "fill", "client_order_id": "c1", "qty": 100, "price": 45.12, "fee": 0.45, "ts": 1}')
+    assert (fill.qty, fill.price, fill.fee) == (100.0, 45.12, 0.45)
+    with pytest.raises(ProtocolError):
+        parse_venue('{"type": "fill", "client_order_id": "c1", "qty": 100, "price": -1}')
+
+
+def test_decision_log_numbers_records_and_stamps_hashes(tmp_path):
+    log = DecisionLog(tmp_path / "log.jsonl", "p" * 64, "b" * 64)
+    log.write("session", policy="x", params={"a": 1.0})
+    log.write("order", ts=5, qty=float("nan"))
+    log.write("bad_message", reason="not JSON")
+    log.close()
+    records = read_log(tmp_path / "log.jsonl")
+    assert [r["seq"] for r in records] == [1, 2, 3]
+    assert all(r["policy_hash"] == "p" * 64 and r["build_hash"] == "b" * 64 for r in records)
+    assert records[1]["qty"] is None and records[1]["ts"] == 5
+    with pytest.raises(ValueError):
+        DecisionLog(tmp_path / "x.jsonl", "p", "b").write("party")
