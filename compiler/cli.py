@@ -75,7 +75,40 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--jobs", type=int, default=os.cpu_count() or 1, metavar="N")
     w.add_argument("--sort", default="sharpe", metavar="METRIC")
     w.add_argument("--out", metavar="FILE", help="CSV of every combination, best first")
+    r = sub.add_parser("run", help="trade a policy live: feed in, orders out")
+    r.add_argument("file", metavar="FILE")
+    r.add_argument("--feed", required=True, metavar="URL")
+    r.add_argument("--feed-format", choices=("native", "binance", "coinbase"), default="native")
+    r.add_argument("--venue", required=True, metavar="URL")
+    r.add_argument("--intents", type=_address, metavar="HOST:PORT")
+    r.add_argument("--control", type=_address, metavar="HOST:PORT")
+    r.add_argument("--token-file", metavar="PATH")
+    r.add_argument("--log", default="decisions.jsonl", metavar="PATH")
+    _add_params(r)
+    r.add_argument("--duration", type=float, metavar="SECONDS")
+    r.add_argument("--flatten-on-exit", action="store_true")
+    f = sub.add_parser("replay-feed", help="serve recorded data as a live WebSocket feed")
+    f.add_argument("--data", action="append", type=_data_spec, required=True, metavar="[SYMBOL=]PATH")
+    f.add_argument("--listen", type=_address, required=True, metavar="HOST:PORT")
+    pace = f.add_mutually_exclusive_group()
+    pace.add_argument("--speed", type=float, metavar="X", help="X times the data's own clock")
+    pace.add_argument("--rate", type=float, metavar="N", help="N events per second")
+    f.add_argument("--format", choices=("native", "binance", "coinbase"), default="native")
+    f.add_argument("--loop", action="store_true")
+    f.add_argument("--clients", type=int, default=1, metavar="N", help="start once N clients are connected")
+    v = sub.add_parser("paper-venue", help="a venue that fills market orders at the feed's last price")
+    v.add_argument("--listen", type=_address, required=True, metavar="HOST:PORT")
+    v.add_argument("--feed", required=True, metavar="URL")
+    v.add_argument("--latency", type=float, default=0.0, metavar="MS")
+    v.add_argument("--fees-bps", type=float, default=0.0, metavar="X")
     return parser
+
+
+def _address(text: str) -> tuple[str, int]:
+    host, _, port = text.rpartition(":")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise argparse.ArgumentTypeError(f"expected HOST:PORT, got `{text}`")
+    return host, int(port)
 
 
 def _data_spec(text: str) -> tuple[str | None, str]:
@@ -295,8 +328,75 @@ def cmd_sweep(args, parser) -> int:
     return 0
 
 
+def cmd_run(args, parser) -> int:
+    import asyncio
+
+    from runtime.live.runner import LiveRuntime, RunConfig
+
+    from .build import compile_checked
+
+    token = None
+    if args.token_file:
+        try:
+            token = Path(args.token_file).read_text().strip()
+        except OSError as exc:
+            parser.error(f"cannot read --token-file: {exc.strerror}")
+        if not token:
+            parser.error("--token-file is empty")
+    elif args.intents or args.control:
+        parser.error("--intents and --control need --token-file")
+    result = _checked_or_exit(args, parser)
+    if result is None:
+        return 1
+    runtime = LiveRuntime(compile_checked(result), RunConfig(
+        feed_url=args.feed, venue_url=args.venue, feed_format=args.feed_format, intents=args.intents,
+        control=args.control, token=token, log_path=args.log, duration=args.duration,
+        flatten_on_exit=args.flatten_on_exit))
+    status = asyncio.run(runtime.run())
+    print(json.dumps(status, indent=2))
+    print(f"decision log: {args.log}")
+    return 0
+
+
+def cmd_replay_feed(args, parser) -> int:
+    import asyncio
+
+    from runtime.data import DataError
+    from runtime.live.replay import load_recording, serve
+
+    try:
+        rec = load_recording(args.data)
+    except DataError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    host, port = args.listen
+    print(f"replaying {len(rec):,} events of {', '.join(rec.instruments)} on ws://{host}:{port}", file=sys.stderr)
+    try:
+        sent = asyncio.run(serve(rec, host, port, args.format, args.speed, args.rate, args.loop, args.clients))
+    except KeyboardInterrupt:
+        return 0
+    print(f"sent {sent:,} events", file=sys.stderr)
+    return 0
+
+
+def cmd_paper_venue(args, parser) -> int:
+    import asyncio
+
+    from runtime.live.paper import PaperVenue, serve
+
+    venue = PaperVenue(fees_bps=args.fees_bps, latency_ms=args.latency)
+    host, port = args.listen
+    try:
+        asyncio.run(serve(venue, host, port, args.feed))
+    except KeyboardInterrupt:
+        pass
+    print(json.dumps({"fills": len(venue.fills), "latency": venue.percentiles()}), file=sys.stderr)
+    return 0
+
+
 COMMANDS = {"validate": cmd_validate, "hash": cmd_hash, "compile": cmd_compile, "explain": cmd_explain,
-            "backtest": cmd_backtest, "sweep": cmd_sweep}
+            "backtest": cmd_backtest, "sweep": cmd_sweep, "run": cmd_run, "replay-feed": cmd_replay_feed,
+            "paper-venue": cmd_paper_venue}
 
 
 def main(argv: list[str] | None = None) -> int:

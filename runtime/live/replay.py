@@ -1,0 +1,143 @@
+"""`policyc replay-feed`: serve recorded market data over WebSocket, as a live feed would.
+
+Every client gets the whole stream from the start, paced by the data's own clock
+(`speed`: 1 is real time, 60 a minute per second) or at a fixed `rate` of events per
+second, or as fast as the socket takes it. Each message is stamped with `sent_ns` so
+the far end can measure latency end to end.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from runtime.data import DataError, load_table
+
+BAR = ("open", "high", "low", "close")
+
+
+@dataclass
+class Recording:
+    """Events of one or more instruments merged by time: (instrument, ts, fields)."""
+
+    instruments: list[str]
+    ts: np.ndarray
+    inst: np.ndarray
+    columns: dict[str, np.ndarray]
+
+    def __len__(self) -> int:
+        return len(self.ts)
+
+
+def load_recording(data: list[tuple[str | None, str]]) -> Recording:
+    tables, names = [], []
+    for symbol, path in data:
+        name = symbol or Path(path).stem.split("-")[0].upper()
+        try:
+            table = load_table(path, [*BAR, "volume"])
+        except DataError:
+            table = load_table(path, ["price"])
+        tables.append(table)
+        names.append(name)
+    if len(set(names)) != len(names):
+        raise DataError("two --data files have the same instrument name; use SYMBOL=PATH")
+    fields = set.intersection(*(set(t.columns) for t in tables))
+    ts = np.concatenate([t.ts for t in tables])
+    inst = np.concatenate([np.full(len(t), k) for k, t in enumerate(tables)])
+    columns = {f: np.concatenate([t.columns[f] for t in tables]) for f in sorted(fields)}
+    order = np.argsort(ts, kind="stable")
+    return Recording(names, ts[order], inst[order], {f: v[order] for f, v in columns.items()})
+
+
+def message(rec: Recording, k: int, fmt: str, sent_ns: int) -> dict:
+    name = rec.instruments[rec.inst[k]]
+    ts = int(rec.ts[k])
+    c = rec.columns
+    price = float(c["close"][k] if "close" in c else c["price"][k])
+    if fmt == "binance":
+        ms = ts // 1_000_000
+        qty = float(c["volume"][k]) if "volume" in c and c["volume"][k] > 0 else 1.0
+        return {"e": "trade", "E": ms, "s": name.removeprefix("binance:"), "t": k, "p": repr(price),
+                "q": repr(qty), "T": ms, "m": False, "M": True}
+    if fmt == "coinbase":
+        stamp = np.datetime_as_string(np.datetime64(ts, "ns"), unit="ms") + "Z"
+        return {"type": "ticker", "sequence": k, "product_id": name, "price": repr(price), "time": stamp}
+    if all(f in c for f in BAR):
+        msg = {"type": "bar", "instrument": name, "ts": ts, **{f: float(c[f][k]) for f in BAR}}
+        if "volume" in c:
+            msg["volume"] = float(c["volume"][k])
+    else:
+        msg = {"type": "tick", "instrument": name, "ts": ts, "price": price}
+    msg["sent_ns"] = sent_ns
+    return msg
+
+
+async def broadcast(rec: Recording, clients: set, fmt: str = "native", speed: float | None = None,
+                    rate: float | None = None, loop: bool = False) -> int:
+    """Send the recording to every connected client at once, as a live feed does;
+    returns how many messages went out."""
+    from websockets.asyncio.server import broadcast as ws_broadcast
+
+    sent = 0
+    while True:
+        start_wall = time.perf_counter()
+        for k in range(len(rec)):
+            if rate:
+                due = start_wall + k / rate
+            elif speed:
+                due = start_wall + (rec.ts[k] - rec.ts[0]) / 1e9 / speed
+            else:
+                due = None
+            delay = due - time.perf_counter() if due is not None else 0.0
+            await asyncio.sleep(max(delay, 0.0))  # also lets the clients' sockets drain
+            ws_broadcast(clients, json.dumps(message(rec, k, fmt, time.time_ns())))
+            sent += 1
+        if not loop:
+            return sent
+
+
+async def serve(rec: Recording, host: str, port: int, fmt: str = "native", speed: float | None = None,
+                rate: float | None = None, loop: bool = False, clients_needed: int = 1,
+                ready: asyncio.Event | None = None, stop: asyncio.Event | None = None) -> int:
+    """Serve until the recording ends (or `stop`); streaming starts once
+    `clients_needed` clients are connected, and later clients join mid-stream."""
+    from websockets.asyncio.server import serve as ws_serve
+
+    clients: set = set()
+    enough = asyncio.Event()
+
+    async def handler(websocket):
+        clients.add(websocket)
+        if len(clients) >= clients_needed:
+            enough.set()
+        try:
+            await websocket.wait_closed()
+        finally:
+            clients.discard(websocket)
+
+    async with ws_serve(handler, host, port, max_size=1 << 20) as server:
+        if ready is not None:
+            ready.set()
+        waiting = [asyncio.create_task(enough.wait())]
+        if stop is not None:
+            waiting.append(asyncio.create_task(stop.wait()))
+        await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+        sent = 0
+        if enough.is_set() and not (stop is not None and stop.is_set()):
+            feed = asyncio.create_task(broadcast(rec, clients, fmt, speed, rate, loop))
+            stopper = [asyncio.create_task(stop.wait())] if stop is not None else []
+            await asyncio.wait([feed, *stopper], return_when=asyncio.FIRST_COMPLETED)
+            if feed.done():
+                sent = feed.result()
+            else:
+                feed.cancel()
+        for task in waiting:
+            task.cancel()
+        for ws in list(clients):
+            await ws.close()
+        server.close()
+    return sent

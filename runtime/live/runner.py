@@ -1,0 +1,321 @@
+"""`policyc run`: the engine core, live. Market data in over a WebSocket, risk-checked
+orders out to a venue, model intents and operator control in, every decision logged
+with the policy's hashes.
+
+All trading logic is the sans-I/O `Engine`; this module only moves messages. Open
+orders count against every limit from the moment they are sent (the engine holds them
+as open quantity until the venue fills or rejects them); orders not acknowledged when
+the venue connection drops are resent on reconnect, and the venue's idempotency on
+`client_order_id` makes sure none executes twice.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import secrets
+import signal
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+
+from compiler import layout as L
+from compiler.build import CompiledPolicy
+from compiler.hashing import toolchain_versions
+
+from ..engine import Decision, Engine, EngineError
+from .audit import DecisionLog
+from .protocol import Input, ProtocolError, message_id, parse_control, parse_feed, parse_intent, parse_venue
+
+
+@dataclass
+class RunConfig:
+    feed_url: str
+    venue_url: str
+    feed_format: str = "native"
+    intents: tuple[str, int] | None = None
+    control: tuple[str, int] | None = None
+    token: str | None = None
+    log_path: str = "decisions.jsonl"
+    duration: float | None = None
+    flatten_on_exit: bool = False
+
+
+@dataclass
+class Counters:
+    events: int = 0
+    orders: int = 0
+    fills: int = 0
+    rejects: int = 0
+    bad_messages: int = 0
+    reconnects: int = 0
+    latencies_ns: list = field(default_factory=list)
+
+
+class LiveRuntime:
+    def __init__(self, policy: CompiledPolicy, config: RunConfig):
+        self.policy, self.config = policy, config
+        self.engine = Engine(policy, L.LIVE)
+        self.log = DecisionLog(config.log_path, policy.policy_hash, policy.build_hash)
+        self.counters = Counters()
+        self.instruments = set(policy.instruments)
+        stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S")
+        self.order_prefix = f"{policy.name}-{stamp}-{secrets.token_hex(3)}"
+        self.unacked: dict[str, dict] = {}          # client_order_id -> order message
+        self.open: dict[str, list] = {}             # client_order_id -> [instrument, signed qty left]
+        self.venue = None
+        self.stop = asyncio.Event()
+        self.venue_up = asyncio.Event()
+        self.clock: dict[str, tuple[int, int]] = {}  # instrument -> (last event ts, wall ns when seen)
+        self.log.write("session", policy=policy.name, version=policy.checked.parsed.version, params=policy.params,
+                       account=policy.checked.account, instruments=policy.instruments,
+                       toolchain=toolchain_versions(), feed=config.feed_url, venue=config.venue_url,
+                       order_prefix=self.order_prefix)
+
+    # ---- time --------------------------------------------------------------------
+    def now_for(self, instrument: str) -> int:
+        """Event time for a decision that no market event carries (an intent, a halt):
+        the instrument's last event time plus the wall time elapsed since it arrived."""
+        last = self.clock.get(instrument)
+        if last is None:
+            return time.time_ns()
+        return last[0] + (time.time_ns() - last[1])
+
+    # ---- decisions and orders ---------------------------------------------------
+    def act(self, decision: Decision | None, event_sent_ns: int | None = None) -> None:
+        if decision is None:
+            return
+        if decision.order_qty:
+            self.send_order(decision, event_sent_ns)
+        elif decision.reasons:
+            self.log.write("risk", ts=decision.ts, instrument=decision.instrument, reasons=list(decision.reasons),
+                           desired_target=decision.desired_target, approved_target=decision.approved_target)
+
+    def send_order(self, d: Decision, event_sent_ns: int | None) -> None:
+        self.counters.orders += 1
+        oid = f"{self.order_prefix}-{self.counters.orders:06d}"
+        msg = {"type": "order", "client_order_id": oid, "instrument": d.instrument,
+               "side": "buy" if d.order_qty > 0 else "sell", "qty": abs(d.order_qty), "order_type": "market",
+               "policy_hash": self.policy.policy_hash, "ts": d.ts}
+        if event_sent_ns is not None:
+            msg["event_sent_ns"] = event_sent_ns
+        self.unacked[oid] = msg
+        self.open[oid] = [d.instrument, d.order_qty]
+        self.log.write("order", ts=d.ts, client_order_id=oid, instrument=d.instrument, qty=d.order_qty,
+                       price=d.price, desired_target=d.desired_target, approved_target=d.approved_target,
+                       reasons=list(d.reasons), exit=d.is_exit)
+        self._send_to_venue(msg)
+
+    def _send_to_venue(self, msg: dict) -> None:
+        if self.venue is not None:
+            asyncio.ensure_future(self._safe_send(self.venue, json.dumps(msg)))
+
+    @staticmethod
+    async def _safe_send(ws, text: str) -> None:
+        try:
+            await ws.send(text)
+        except Exception:
+            pass  # the venue loop reconnects and resends everything unacknowledged
+
+    def bad_message(self, source: str, reason: str) -> None:
+        self.counters.bad_messages += 1
+        self.log.write("bad_message", source=source, reason=reason[:500])
+
+    # ---- feed ---------------------------------------------------------------------
+    def on_feed_frame(self, frame) -> None:
+        try:
+            items = parse_feed(frame, self.instruments, self.config.feed_format)
+        except ProtocolError as exc:
+            self.bad_message("feed", str(exc))
+            return
+        for item in items:
+            try:
+                if isinstance(item, Input):
+                    self.engine.set_input(item.instrument, item.name, item.value)
+                    continue
+                self.counters.events += 1
+                self.clock[item.instrument] = (item.ts, time.time_ns())
+                self.act(self.engine.market(item.instrument, item.ts, item.fields), item.sent_ns)
+            except EngineError as exc:
+                self.bad_message("feed", str(exc))
+
+    # ---- venue --------------------------------------------------------------------
+    def on_venue_frame(self, frame) -> None:
+        try:
+            reply = parse_venue(frame)
+        except ProtocolError as exc:
+            self.bad_message("venue", str(exc))
+            return
+        oid = reply.client_order_id
+        if oid not in self.open and oid not in self.unacked:
+            if reply.type == "fill":
+                self.bad_message("venue", f"fill for unknown or completed order {oid}")
+            return  # a duplicate answer to a resent order: already applied
+        self.unacked.pop(oid, None)
+        if reply.type == "ack":
+            return
+        instrument, left = self.open[oid]
+        ts = reply.ts if reply.ts is not None else self.now_for(instrument)
+        if reply.type == "reject":
+            self.counters.rejects += 1
+            self.engine.reject(instrument, ts, left)
+            del self.open[oid]
+            self.log.write("reject", ts=ts, client_order_id=oid, instrument=instrument, qty=left, reason=reply.reason)
+            return
+        qty = min(reply.qty, abs(left)) * (1 if left > 0 else -1)
+        self.engine.fill(instrument, ts, qty, reply.price, reply.fee)
+        self.counters.fills += 1
+        self.open[oid][1] = left - qty
+        if abs(self.open[oid][1]) < 1e-12:
+            del self.open[oid]
+        self.log.write("fill", ts=ts, client_order_id=oid, instrument=instrument, qty=qty, price=reply.price,
+                       fee=reply.fee, position=self.engine.positions()[instrument], equity=self.engine.equity)
+
+    # ---- control ------------------------------------------------------------------
+    def halt(self, reason: str) -> None:
+        if not self.engine.halted:
+            self.log.write("halt", reason=reason)
+        ts = max((self.now_for(i) for i in self.instruments), default=time.time_ns())
+        for decision in self.engine.halt(ts):
+            self.act(decision)
+
+    def resume(self) -> None:
+        self.engine.resume(max((self.now_for(i) for i in self.instruments), default=time.time_ns()))
+        self.log.write("resume")
+
+    def status(self) -> dict:
+        lat = sorted(self.counters.latencies_ns)
+        pct = {f"p{int(q * 100)}_us": lat[min(len(lat) - 1, int(q * len(lat)))] / 1e3 for q in (0.5, 0.99)} if lat else {}
+        return {"type": "status", "policy": self.policy.name, "policy_hash": self.policy.policy_hash,
+                "positions": self.engine.positions(), "open_orders": self.engine.open_orders(),
+                "equity": self.engine.equity, "cash": self.engine.cash, "halted": self.engine.halted,
+                "events": self.counters.events, "orders": self.counters.orders, "fills": self.counters.fills,
+                "rejects": self.counters.rejects, "bad_messages": self.counters.bad_messages, "latency": pct}
+
+    def on_control_frame(self, frame) -> dict:
+        try:
+            msg = parse_control(frame)
+        except ProtocolError as exc:
+            self.bad_message("control", str(exc))
+            return {"type": "error", "code": exc.code, "message": str(exc)}
+        if msg.type == "halt":
+            self.halt(msg.reason or "operator halt")
+        elif msg.type == "resume":
+            self.resume()
+        return self.status()
+
+    def on_intent_frame(self, frame) -> dict:
+        ident = message_id(frame)
+        try:
+            msg = parse_intent(frame, self.instruments)
+            if isinstance(msg, Input):
+                self.engine.set_input(msg.instrument, msg.name, msg.value)
+                return {"type": "ack", "id": msg.id}
+            d = self.engine.intent(msg.instrument, self.now_for(msg.instrument), msg.target)
+        except (ProtocolError, EngineError) as exc:
+            self.bad_message("intents", str(exc))
+            return {"type": "error", "id": ident, "code": "bad_message", "message": str(exc)}
+        self.act(d)
+        return {"type": "decision", "id": msg.id, "instrument": msg.instrument,
+                "policy_hash": self.policy.policy_hash, "desired_target": d.desired_target,
+                "approved_target": d.approved_target, "order_qty": d.order_qty, "reasons": list(d.reasons)}
+
+    # ---- connections ----------------------------------------------------------------
+    async def _client(self, url: str, on_frame, on_connect=None) -> None:
+        """Keep a client connection up: reconnect with exponential backoff and jitter."""
+        from websockets.asyncio.client import connect
+
+        delay = 0.05
+        while not self.stop.is_set():
+            try:
+                async with connect(url, max_size=1 << 20, open_timeout=5) as ws:
+                    delay = 0.05
+                    if on_connect is not None:
+                        await on_connect(ws)
+                    async for frame in ws:
+                        on_frame(frame)
+            except Exception:
+                pass
+            finally:
+                if on_connect is not None:
+                    self.venue = None
+            if self.stop.is_set():
+                return
+            self.counters.reconnects += 1
+            await asyncio.sleep(delay * (0.5 + random.random()))
+            delay = min(delay * 2, 2.0)
+
+    async def _venue_connected(self, ws) -> None:
+        self.venue = ws
+        self.venue_up.set()
+        for msg in list(self.unacked.values()):  # resend: the venue answers duplicates idempotently
+            await ws.send(json.dumps(msg))
+
+    async def _listen(self, address, on_frame):
+        """A token-guarded listener: a wrong or missing token closes with code 1008."""
+        from websockets.asyncio.server import serve
+
+        expected = None if self.config.token is None else f"Bearer {self.config.token}"
+
+        async def handler(ws):
+            if expected is None or ws.request.headers.get("Authorization") != expected:
+                self.bad_message("auth", "wrong or missing token")
+                await ws.close(1008, "wrong or missing token")
+                return
+            try:
+                async for frame in ws:
+                    await ws.send(json.dumps(on_frame(frame)))
+            except Exception:
+                return
+
+        host, port = address
+        return await serve(handler, host, port, max_size=1 << 16)
+
+    async def _feed_after_venue(self, wait_s: float = 5.0) -> None:
+        """Market data is consumed once the order path is up (or after `wait_s`, with
+        orders queued until the venue answers)."""
+        try:
+            await asyncio.wait_for(self.venue_up.wait(), wait_s)
+        except asyncio.TimeoutError:
+            pass
+        await self._client(self.config.feed_url, self.on_feed_frame)
+
+    async def run(self) -> dict:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                loop.add_signal_handler(sig, self.stop.set)
+            except (NotImplementedError, RuntimeError):
+                pass
+        servers = []
+        if self.config.intents:
+            servers.append(await self._listen(self.config.intents, self.on_intent_frame))
+        if self.config.control:
+            servers.append(await self._listen(self.config.control, self.on_control_frame))
+        tasks = [asyncio.create_task(self._client(self.config.venue_url, self.on_venue_frame, self._venue_connected)),
+                 asyncio.create_task(self._feed_after_venue())]
+        try:
+            if self.config.duration is not None:
+                await asyncio.wait_for(self.stop.wait(), self.config.duration)
+            else:
+                await self.stop.wait()
+        except asyncio.TimeoutError:
+            pass
+        if self.config.flatten_on_exit:
+            await self.flatten()
+        self.stop.set()
+        for task in tasks:
+            task.cancel()
+        for server in servers:
+            server.close()
+        summary = self.status()
+        self.log.close()
+        return summary
+
+    async def flatten(self, wait_s: float = 2.0) -> None:
+        for name, qty in self.engine.positions().items():
+            if qty:
+                self.act(self.engine.intent(name, self.now_for(name), 0.0))
+        deadline = time.monotonic() + wait_s
+        while self.open and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)

@@ -1,0 +1,154 @@
+"""The live runtime over real loopback sockets: replay feed -> runtime -> paper venue."""
+import asyncio
+import json
+import socket
+from pathlib import Path
+
+import pytest
+
+from compiler.build import compile_policy
+from compiler import layout as L
+from compiler.layout import FILL_SAME
+from dsl.document import parse_policy_text
+from runtime.backtest import load_events, run_backtest
+from runtime.live import paper, replay
+from runtime.live.audit import read_log
+from runtime.live.runner import LiveRuntime, RunConfig
+
+DATA = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "orcl-1995-2014.csv"
+POLICY = """
+policy: live_check
+version: 1
+instruments: [ORCL]
+inputs: [intent]
+params:
+  fast: 3
+  slow: 8
+features:
+  f: ema(close, fast)
+  s: sma(close, slow)
+signals:
+  - when: crosses_above(f, s)
+    target: 100
+  - when: crosses_below(f, s)
+    target: -50
+risk:
+  max_position: 120
+  max_order_qty: 80
+  stop_loss: 3%
+account:
+  fees_bps: 1
+"""
+HOST = "127.0.0.1"
+TOKEN = "s3cret-token"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind((HOST, 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def policy():
+    return compile_policy(parse_policy_text(POLICY, "live_check.yaml"))
+
+
+@pytest.fixture(scope="module")
+def short_data(tmp_path_factory):
+    path = tmp_path_factory.mktemp("live") / "orcl-head.csv"
+    lines = DATA.read_text().splitlines()[:241]
+    path.write_text("\n".join([lines[0] + ",intent"] + [line + "," for line in lines[1:]]) + "\n")  # no proposals
+    return path
+
+
+async def run_stack(policy, data_path, log_path, rate=200.0, after=None):
+    """Replay, paper venue and runtime on loopback; `after(runtime)` runs mid-stream."""
+    feed_port, venue_port = free_port(), free_port()
+    rec = replay.load_recording([("ORCL", str(data_path))])
+    venue = paper.PaperVenue(fees_bps=1.0)
+    feed_ready, venue_ready, stop_venue = asyncio.Event(), asyncio.Event(), asyncio.Event()
+    feed = asyncio.create_task(replay.serve(rec, HOST, feed_port, rate=rate, clients_needed=2, ready=feed_ready))
+    await feed_ready.wait()
+    venue_task = asyncio.create_task(paper.serve(venue, HOST, venue_port, f"ws://{HOST}:{feed_port}",
+                                                 ready=venue_ready, stop=stop_venue))
+    await venue_ready.wait()
+    runtime = LiveRuntime(policy, RunConfig(f"ws://{HOST}:{feed_port}", f"ws://{HOST}:{venue_port}",
+                                            intents=(HOST, free_port()), control=(HOST, free_port()),
+                                            token=TOKEN, log_path=str(log_path)))
+    run = asyncio.create_task(runtime.run())
+    if after is not None:
+        await after(runtime)
+    sent = await feed
+    for _ in range(100):  # let the last fills arrive
+        if not runtime.open:
+            break
+        await asyncio.sleep(0.02)
+    runtime.stop.set()
+    status = await run
+    stop_venue.set()
+    await venue_task
+    return sent, status, venue, runtime
+
+
+def test_live_matches_backtest_fill_same_and_logs_the_hash(policy, short_data, tmp_path):
+    log_path = tmp_path / "decisions.jsonl"
+    sent, status, venue, _ = asyncio.run(run_stack(policy, short_data, log_path, rate=100.0))
+    assert sent == 240 and status["events"] == 240 and status["bad_messages"] == 0
+
+    events, _ = load_events(policy, [(None, str(short_data))])
+    bt = run_backtest(policy, events, FILL_SAME, progress=False)
+    expected = [(int(events.ts[int(o[0])]), o[2], o[9]) for o in bt.orders]  # ts, qty, fill price
+    records = read_log(log_path)
+    orders = [r for r in records if r["kind"] == "order"]
+    fills = {r["client_order_id"]: r for r in records if r["kind"] == "fill"}
+    got = [(r["ts"], r["qty"], fills[r["client_order_id"]]["price"]) for r in orders]
+    assert len(expected) > 5
+    assert got == expected
+    reasons = [r["reasons"] for r in orders]
+    assert reasons == [L.decode_reasons(o[L.O_REASONS], policy.reason_names) for o in bt.orders]
+    assert [r["seq"] for r in records] == list(range(1, len(records) + 1))
+    assert records[0]["kind"] == "session"
+    assert {r["policy_hash"] for r in records} == {policy.policy_hash}
+    assert status["equity"] == pytest.approx(bt.equity[-1], rel=1e-9)
+
+
+def test_intents_and_control_need_the_token_and_answer_each_message(policy, short_data, tmp_path):
+    from websockets.asyncio.client import connect
+    from websockets.exceptions import ConnectionClosed
+
+    answers = {}
+
+    async def drive(runtime):
+        await asyncio.sleep(0.3)
+        url = f"ws://{HOST}:{runtime.config.intents[1]}"
+        async with connect(url, additional_headers={"Authorization": "Bearer wrong"}) as ws:
+            with pytest.raises(ConnectionClosed) as closed:
+                await ws.recv()
+            answers["bad_token"] = closed.value.rcvd.code
+        async with connect(url, additional_headers={"Authorization": f"Bearer {TOKEN}"}) as ws:
+            await ws.send(json.dumps({"type": "intent", "id": "a1", "instrument": "ORCL", "target": 500}))
+            answers["a1"] = json.loads(await ws.recv())
+            await ws.send('{"type": "intent", "id": "a2", "instrument": "ORCL", "target": "lots"}')
+            answers["a2"] = json.loads(await ws.recv())
+            await ws.send("not json at all")
+            answers["junk"] = json.loads(await ws.recv())
+        control = f"ws://{HOST}:{runtime.config.control[1]}"
+        async with connect(control, additional_headers={"Authorization": f"Bearer {TOKEN}"}) as ws:
+            await ws.send('{"type": "halt", "reason": "test"}')
+            answers["halt"] = json.loads(await ws.recv())
+            await ws.send(json.dumps({"type": "intent", "id": "x"}))
+            answers["bad_control"] = json.loads(await ws.recv())
+
+    _, status, _, runtime = asyncio.run(run_stack(policy, short_data, tmp_path / "log.jsonl", rate=400, after=drive))
+    assert answers["bad_token"] == 1008
+    a1 = answers["a1"]
+    assert a1["type"] == "decision" and a1["id"] == "a1" and a1["policy_hash"] == policy.policy_hash
+    assert a1["approved_target"] <= 120 and "max_position:clipped" in a1["reasons"]
+    assert answers["a2"]["type"] == "error" and answers["a2"]["id"] == "a2"
+    assert answers["a2"]["code"] == "bad_message" and answers["junk"]["type"] == "error"
+    assert answers["halt"]["halted"] is True
+    assert answers["bad_control"]["type"] == "error"
+    assert status["halted"] is True and status["bad_messages"] >= 3
+    kinds = [r["kind"] for r in read_log(tmp_path / "log.jsonl")]
+    assert "halt" in kinds and "bad_message" in kinds
