@@ -2,8 +2,12 @@
 import asyncio
 import json
 import socket
+import tempfile
+from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from websockets.asyncio.server import serve
 
 from compiler.build import compile_policy
@@ -198,3 +202,120 @@ def test_the_feed_reconnects_after_it_drops(policy, tmp_path):
         return reconnects
 
     assert asyncio.run(scenario()) >= 1
+
+
+async def _stack(policy, tmp_path):
+    feed = Feed(free_port())
+    await feed.start()
+    venue_port, stop_venue = free_port(), asyncio.Event()
+    venue = paper.PaperVenue()
+    venue_task = asyncio.create_task(paper.serve(venue, HOST, venue_port, f"ws://{HOST}:{feed.port}", stop=stop_venue))
+    rt = runtime_for(policy, feed.port, venue_port, tmp_path / "log.jsonl")
+    run = asyncio.create_task(rt.run())
+    await until(lambda: len(feed.clients) == 2 and rt.venue is not None)
+    await feed.send(tick(0, 50.0))
+    await until(lambda: rt.counters.events == 1)
+
+    async def close():
+        rt.stop.set()
+        await run
+        stop_venue.set()
+        await venue_task
+        if feed.server.is_serving():
+            await feed.stop()
+
+    return feed, rt, close
+
+
+async def _intent(rt, *messages):
+    from websockets.asyncio.client import connect
+
+    url = f"ws://{HOST}:{rt.config.intents[1]}"
+    async with connect(url, additional_headers={"Authorization": f"Bearer {TOKEN}"}) as ws:
+        out = []
+        for m in messages:
+            await ws.send(m if isinstance(m, str) else json.dumps(m))
+            out.append(json.loads(await ws.recv()))
+        return out
+
+
+def test_while_the_feed_is_down_intents_are_reduce_only(policy, tmp_path):
+    async def scenario():
+        feed, rt, close = await _stack(policy, tmp_path)
+        (first,) = await _intent(rt, {"type": "intent", "id": "a", "instrument": "ORCL", "target": 40})
+        await until(lambda: not rt.open)
+        await feed.stop()
+        await until(lambda: not rt.feed_connected)
+        grow, shrink = await _intent(rt, {"type": "intent", "id": "b", "instrument": "ORCL", "target": 90},
+                                     {"type": "intent", "id": "c", "instrument": "ORCL", "target": 10})
+        await close()
+        return first, grow, shrink
+
+    first, grow, shrink = asyncio.run(scenario())
+    assert first["order_qty"] == 40
+    assert grow["order_qty"] == 0 and "stale_after:blocked" in grow["reasons"]
+    assert shrink["order_qty"] == -30
+
+
+def test_a_flood_of_messages_is_refused_and_counted(policy, tmp_path):
+    async def scenario():
+        feed, rt, close = await _stack(policy, tmp_path)
+        answers = await _intent(rt, *[{"type": "intent", "id": str(k), "instrument": "ORCL", "target": 0}
+                                      for k in range(4000)])
+        status = rt.status()
+        await close()
+        return answers, status
+
+    answers, status = asyncio.run(scenario())
+    refused = [a for a in answers if a["type"] == "error"]
+    assert len(answers) == 4000 and len({a["id"] for a in answers}) == 4000  # one answer each
+    assert refused and status["bad_messages"] == len(refused)
+
+
+@settings(max_examples=6, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(targets=st.lists(st.lists(st.one_of(st.floats(-1e6, 1e6), st.integers(-500, 500).map(float)),
+                                 min_size=1, max_size=40), min_size=2, max_size=5))
+def test_concurrent_model_clients_never_push_a_limit_past_its_bound(policy, tmp_path, targets):
+    async def client(rt, n, proposals):
+        return await _intent(rt, *[{"type": "intent", "id": f"{n}-{k}", "instrument": "ORCL", "target": t}
+                                   for k, t in enumerate(proposals)])
+
+    async def scenario(log_dir):
+        feed, rt, close = await _stack(policy, log_dir)
+        answers = await asyncio.gather(*(client(rt, n, p) for n, p in enumerate(targets)))
+        await until(lambda: not rt.open)
+        positions = rt.engine.positions()
+        await close()
+        return answers, positions
+
+    log_dir = Path(tempfile.mkdtemp(dir=tmp_path))
+    answers, positions = asyncio.run(scenario(log_dir))
+    assert all(abs(a["approved_target"]) <= 100 and abs(a["order_qty"]) <= 100 for batch in answers for a in batch)
+    assert abs(positions["ORCL"]) <= 100
+    for r in read_log(log_dir / "log.jsonl"):  # open orders count in: the bound holds at every order
+        if r["kind"] == "order":
+            assert abs(r["approved_target"]) <= 100 and abs(r["qty"]) <= 100
+
+
+def test_sigterm_stops_sending_flushes_the_log_and_exits_0(policy, tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    policy_path = tmp_path / "guard.yaml"
+    policy_path.write_text(POLICY)
+    log = tmp_path / "log.jsonl"
+    exe = Path(sys.executable).parent / "policyc"
+    proc = subprocess.Popen([str(exe), "run", str(policy_path), "--feed", f"ws://{HOST}:{free_port()}",
+                             "--venue", f"ws://{HOST}:{free_port()}", "--log", str(log)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 60
+    while not (log.exists() and log.read_text().strip()) and time.time() < deadline:
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err
+    assert "Traceback" not in err
+    records = read_log(log)
+    assert records[0]["kind"] == "session" and records[0]["policy_hash"] == policy.policy_hash

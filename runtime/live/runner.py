@@ -28,6 +28,9 @@ from .audit import DecisionLog
 from .protocol import Input, ProtocolError, message_id, parse_control, parse_feed, parse_intent, parse_venue
 
 
+MESSAGES_PER_SECOND = 2000.0  # per intents or control connection
+
+
 @dataclass
 class RunConfig:
     feed_url: str
@@ -66,6 +69,8 @@ class LiveRuntime:
         self.venue = None
         self.stop = asyncio.Event()
         self.venue_up = asyncio.Event()
+        self.feed_connected = False
+        self.intent_budget: dict[int, list] = {}   # connection -> [tokens, last refill time]
         self.clock: dict[str, tuple[int, int]] = {}  # instrument -> (last event ts, wall ns when seen)
         self.log.write("session", policy=policy.name, version=policy.checked.parsed.version, params=policy.params,
                        account=policy.checked.account, instruments=policy.instruments,
@@ -173,8 +178,11 @@ class LiveRuntime:
 
     # ---- control ------------------------------------------------------------------
     def halt(self, reason: str) -> None:
+        """Kill switch: cancel what is pending, flatten, send nothing new until resume."""
         if not self.engine.halted:
-            self.log.write("halt", reason=reason)
+            self.log.write("halt", reason=reason, open_orders=list(self.open))
+        for oid in list(self.open):
+            self._send_to_venue({"type": "cancel", "client_order_id": oid})
         ts = max((self.now_for(i) for i in self.instruments), default=time.time_ns())
         for decision in self.engine.halt(ts):
             self.act(decision)
@@ -211,17 +219,33 @@ class LiveRuntime:
             if isinstance(msg, Input):
                 self.engine.set_input(msg.instrument, msg.name, msg.value)
                 return {"type": "ack", "id": msg.id}
-            d = self.engine.intent(msg.instrument, self.now_for(msg.instrument), msg.target)
+            target, extra = msg.target, []
+            if not self.feed_connected:  # no market data: the instrument is reduce-only
+                held = self.engine.positions()[msg.instrument] + self.engine.open_orders()[msg.instrument]
+                if abs(target) > abs(held) or target * held < 0:
+                    target = held if target * held > 0 else 0.0
+                    extra = ["stale_after:blocked"]
+            d = self.engine.intent(msg.instrument, self.now_for(msg.instrument), target)
         except (ProtocolError, EngineError) as exc:
             self.bad_message("intents", str(exc))
             return {"type": "error", "id": ident, "code": "bad_message", "message": str(exc)}
         self.act(d)
         return {"type": "decision", "id": msg.id, "instrument": msg.instrument,
-                "policy_hash": self.policy.policy_hash, "desired_target": d.desired_target,
-                "approved_target": d.approved_target, "order_qty": d.order_qty, "reasons": list(d.reasons)}
+                "policy_hash": self.policy.policy_hash, "desired_target": msg.target,
+                "approved_target": d.approved_target, "order_qty": d.order_qty,
+                "reasons": extra + list(d.reasons)}
+
+    def allow(self, connection: int, rate: float = MESSAGES_PER_SECOND) -> bool:
+        """A token bucket per connection: a flood is refused message by message."""
+        now = time.monotonic()
+        tokens, last = self.intent_budget.get(connection, (rate, now))
+        tokens = min(rate, tokens + (now - last) * rate)
+        ok = tokens >= 1.0
+        self.intent_budget[connection] = (tokens - 1.0 if ok else tokens, now)
+        return ok
 
     # ---- connections ----------------------------------------------------------------
-    async def _client(self, url: str, on_frame, on_connect=None) -> None:
+    async def _client(self, url: str, on_frame, on_connect=None, on_disconnect=None) -> None:
         """Keep a client connection up: reconnect with exponential backoff and jitter."""
         from websockets.asyncio.client import connect
 
@@ -237,8 +261,8 @@ class LiveRuntime:
             except Exception:
                 pass
             finally:
-                if on_connect is not None:
-                    self.venue = None
+                if on_disconnect is not None:
+                    on_disconnect()
             if self.stop.is_set():
                 return
             self.counters.reconnects += 1
@@ -264,9 +288,17 @@ class LiveRuntime:
                 return
             try:
                 async for frame in ws:
-                    await ws.send(json.dumps(on_frame(frame)))
+                    if self.allow(id(ws)):
+                        reply = on_frame(frame)
+                    else:
+                        self.bad_message("flood", "over the message rate limit")
+                        reply = {"type": "error", "id": message_id(frame), "code": "bad_message",
+                                 "message": f"over {MESSAGES_PER_SECOND:g} messages per second"}
+                    await ws.send(json.dumps(reply))
             except Exception:
                 return
+            finally:
+                self.intent_budget.pop(id(ws), None)
 
         host, port = address
         return await serve(handler, host, port, max_size=1 << 16)
@@ -278,7 +310,16 @@ class LiveRuntime:
             await asyncio.wait_for(self.venue_up.wait(), wait_s)
         except asyncio.TimeoutError:
             pass
-        await self._client(self.config.feed_url, self.on_feed_frame)
+        await self._client(self.config.feed_url, self.on_feed_frame, self._feed_connected, self._feed_lost)
+
+    async def _feed_connected(self, ws) -> None:
+        self.feed_connected = True
+
+    def _feed_lost(self) -> None:
+        self.feed_connected = False
+
+    def _venue_lost(self) -> None:
+        self.venue = None
 
     async def run(self) -> dict:
         loop = asyncio.get_running_loop()
@@ -292,7 +333,8 @@ class LiveRuntime:
             servers.append(await self._listen(self.config.intents, self.on_intent_frame))
         if self.config.control:
             servers.append(await self._listen(self.config.control, self.on_control_frame))
-        tasks = [asyncio.create_task(self._client(self.config.venue_url, self.on_venue_frame, self._venue_connected)),
+        tasks = [asyncio.create_task(self._client(self.config.venue_url, self.on_venue_frame, self._venue_connected,
+                                                  self._venue_lost)),
                  asyncio.create_task(self._feed_after_venue())]
         try:
             if self.config.duration is not None:
