@@ -90,6 +90,11 @@ class LiveRuntime:
     def act(self, decision: Decision | None, event_sent_ns: int | None = None) -> None:
         if decision is None:
             return
+        if "max_drawdown:halt" in decision.reasons or any(r.endswith(":halt") and not r.startswith("kill_switch")
+                                                          for r in decision.reasons):
+            self.log.write("halt", ts=decision.ts, reason=",".join(decision.reasons), open_orders=list(self.open))
+            for oid in list(self.open):
+                self._send_to_venue({"type": "cancel", "client_order_id": oid})
         if decision.order_qty:
             self.send_order(decision, event_sent_ns)
         elif decision.reasons:
@@ -104,6 +109,7 @@ class LiveRuntime:
                "policy_hash": self.policy.policy_hash, "ts": d.ts}
         if event_sent_ns is not None:
             msg["event_sent_ns"] = event_sent_ns
+            self.counters.latencies_ns.append(time.time_ns() - event_sent_ns)
         self.unacked[oid] = msg
         self.open[oid] = [d.instrument, d.order_qty]
         self.log.write("order", ts=d.ts, client_order_id=oid, instrument=d.instrument, qty=d.order_qty,
