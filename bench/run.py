@@ -496,6 +496,14 @@ def bench_data_and_sweep() -> None:
     table(["what", "time", "rows/s or rate"], bench_loading() + bench_sweep())
 
 
+def bench_live_runtime() -> None:
+    from live import bench_live
+
+    print()
+    print("7. Live runtime on loopback (replay feed -> policyc run -> paper venue), against bare websockets")
+    table(["what", "figure", "", "ratio to baseline"], bench_live())
+
+
 def main() -> int:
     if len(sys.argv) == 3 and sys.argv[1] == "--worker":
         kind = sys.argv[2]
@@ -509,6 +517,7 @@ def main() -> int:
     try:
         bench_kernel(cache)
         bench_data_and_sweep()
+        bench_live_runtime()
     finally:
         for d in CREATED_DIRS:
             shutil.rmtree(d, ignore_errors=True)

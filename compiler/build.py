@@ -67,6 +67,7 @@ class Session:
     acct: np.ndarray
     orders: np.ndarray
     n_orders: int = 0
+    _bound_arrays: tuple | None = field(default=None, repr=False)
 
     def feed(self, events: Events, equity_out=None, trace=None, start: int = 0, stop: int | None = None) -> None:
         """Run the kernel over events[start:stop]; grows the order buffer as needed.
@@ -77,17 +78,25 @@ class Session:
         eq = equity_out if equity_out is not None else np.zeros(1)
         tr = trace if trace is not None else np.zeros((1, 1))
         n = len(events) if stop is None else stop
-        params, state = pol.param_vector, pol.state
+        params, windows, offsets = self._bound()
         while True:
             start, self.n_orders = pol.kernel.run(
-                events.ts, events.kind, events.inst, events.vals, start, n, params, state.windows,
-                state.offsets, self.config, self.fs, self.pstate, self.acct, self.orders, self.n_orders,
+                events.ts, events.kind, events.inst, events.vals, start, n, params, windows,
+                offsets, self.config, self.fs, self.pstate, self.acct, self.orders, self.n_orders,
                 self.mode, eq, tr, trace_on)
             if start >= n:
                 break
             grown = np.empty((len(self.orders) * 2, L.ORDER_WIDTH))
             grown[: self.n_orders] = self.orders[: self.n_orders]
             self.orders = grown
+
+    def _bound(self) -> tuple:
+        """Param vector and state layout, computed once per session (the per-event live
+        path calls the kernel with one event at a time)."""
+        if self._bound_arrays is None:
+            state = self.policy.state
+            self._bound_arrays = (self.policy.param_vector, state.windows, state.offsets)
+        return self._bound_arrays
 
     @property
     def reason_counts(self) -> dict[str, int]:

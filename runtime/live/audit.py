@@ -24,6 +24,9 @@ def _clean(value):
 
 
 class DecisionLog:
+    """Records are flushed every `flush_every` lines and on close (SIGINT and SIGTERM
+    close it), so a crash loses at most that many buffered lines."""
+
     def __init__(self, path: str | Path, policy_hash: str, build_hash: str, flush_every: int = 1):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)

@@ -59,7 +59,7 @@ class LiveRuntime:
     def __init__(self, policy: CompiledPolicy, config: RunConfig):
         self.policy, self.config = policy, config
         self.engine = Engine(policy, L.LIVE)
-        self.log = DecisionLog(config.log_path, policy.policy_hash, policy.build_hash)
+        self.log = DecisionLog(config.log_path, policy.policy_hash, policy.build_hash, flush_every=64)
         self.counters = Counters()
         self.instruments = set(policy.instruments)
         stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S")
@@ -118,15 +118,12 @@ class LiveRuntime:
         self._send_to_venue(msg)
 
     def _send_to_venue(self, msg: dict) -> None:
-        if self.venue is not None:
-            asyncio.ensure_future(self._safe_send(self.venue, json.dumps(msg)))
+        """Write the frame now, without a task per order; if the venue is down, the
+        reconnect resends everything unacknowledged."""
+        from websockets.asyncio.server import broadcast
 
-    @staticmethod
-    async def _safe_send(ws, text: str) -> None:
-        try:
-            await ws.send(text)
-        except Exception:
-            pass  # the venue loop reconnects and resends everything unacknowledged
+        if self.venue is not None:
+            broadcast([self.venue], json.dumps(msg))
 
     def bad_message(self, source: str, reason: str) -> None:
         self.counters.bad_messages += 1
