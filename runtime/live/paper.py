@@ -98,7 +98,7 @@ async def serve(venue: PaperVenue, host: str, port: int, feed_url: str, ready: a
         delay = 0.05
         while True:
             try:
-                async with connect(feed_url, max_size=1 << 20) as ws:
+                async with connect(feed_url, max_size=1 << 20, compression=None) as ws:
                     delay = 0.05
                     async for frame in ws:
                         venue.on_feed(frame)
@@ -119,7 +119,7 @@ async def serve(venue: PaperVenue, host: str, port: int, feed_url: str, ready: a
 
     feed_task = asyncio.create_task(follow_feed())
     try:
-        async with ws_serve(handler, host, port, max_size=1 << 20) as server:
+        async with ws_serve(handler, host, port, max_size=1 << 20, compression=None) as server:
             if ready is not None:
                 ready.set()
             await (stop.wait() if stop is not None else asyncio.Future())

@@ -119,7 +119,7 @@ async def serve(rec: Recording, host: str, port: int, fmt: str = "native", speed
         finally:
             clients.discard(websocket)
 
-    async with ws_serve(handler, host, port, max_size=1 << 20) as server:
+    async with ws_serve(handler, host, port, max_size=1 << 20, compression=None) as server:
         if ready is not None:
             ready.set()
         waiting = [asyncio.create_task(enough.wait())]

@@ -255,7 +255,7 @@ class LiveRuntime:
         delay = 0.05
         while not self.stop.is_set():
             try:
-                async with connect(url, max_size=1 << 20, open_timeout=5) as ws:
+                async with connect(url, max_size=1 << 20, open_timeout=5, compression=None) as ws:
                     delay = 0.05
                     if on_connect is not None:
                         await on_connect(ws)
@@ -304,7 +304,7 @@ class LiveRuntime:
                 self.intent_budget.pop(id(ws), None)
 
         host, port = address
-        return await serve(handler, host, port, max_size=1 << 16)
+        return await serve(handler, host, port, max_size=1 << 16, compression=None)
 
     async def _feed_after_venue(self, wait_s: float = 5.0) -> None:
         """Market data is consumed once the order path is up (or after `wait_s`, with
