@@ -74,7 +74,12 @@ def reason_names(program: Program) -> list[str]:
 
 def decode_reasons(mask: float | int, names: list[str]) -> list[str]:
     m = int(mask)
-    return [names[i] for i in range(len(names)) if m >> i & 1]
+    out = []
+    while m:
+        low = m & -m
+        out.append(names[low.bit_length() - 1])
+        m ^= low
+    return out
 
 
 def config_vector(risk: dict[str, float], account: dict[str, float]) -> np.ndarray:
