@@ -284,9 +284,12 @@ def emit(program: Program, checked: CheckedPolicy) -> str:
 
 
 @lru_cache(maxsize=1)
-def _templates_digest() -> str:
-    folder = Path(__file__).with_name("templates")
-    return hashlib.sha256(b"".join(f.read_bytes() for f in sorted(folder.glob("*.j2")))).hexdigest()
+def _generator_digest() -> str:
+    """Everything that shapes generated source besides the policy: the templates, this
+    module and the state layout (its column numbers are written into the kernel)."""
+    here = Path(__file__).parent
+    files = [*sorted((here / "templates").glob("*.j2")), here / "emit.py", here / "layout.py"]
+    return hashlib.sha256(b"".join(f.read_bytes() for f in files)).hexdigest()
 
 
 def emit_cached(program: Program, checked: CheckedPolicy) -> str:
@@ -296,7 +299,7 @@ def emit_cached(program: Program, checked: CheckedPolicy) -> str:
     from .jit import cache_root
 
     key = hashlib.sha256(json.dumps({
-        "compiler": COMPILER_VERSION, "templates": _templates_digest(), "ops": program.dump(),
+        "compiler": COMPILER_VERSION, "generator": _generator_digest(), "ops": program.dump(),
         "rules": program.rules, "custom": program.custom, "volatility": program.volatility,
         "columns": program.columns, "params": [checked.param_types[p] for p in program.params],
         "intent": program.intent_column, "name": checked.name, "version": checked.parsed.version,

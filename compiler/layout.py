@@ -32,9 +32,9 @@ P_NAMES = ("position", "open_qty", "entry_price", "best_price", "last_price", "p
 
 # ---- account-wide state (acct[column]) ----------------------------------------------
 A_CASH, A_PEAK, A_HALTED, A_DAY, A_DAY_OPEN, A_DAY_LOSS, A_ORDERS_TODAY, A_TOKENS, A_TOKEN_TS, \
-    A_FEES, A_EQUITY, A_FILLS, A_GROSS = range(13)
+    A_FEES, A_EQUITY, A_FILLS = range(12)
 A_NAMES = ("cash", "peak_equity", "halted", "day", "day_open_equity", "daily_loss_tripped", "orders_today",
-           "tokens", "token_ts", "fees", "equity", "fills", "gross_exposure")
+           "tokens", "token_ts", "fees", "equity", "fills")
 A_REASON_COUNTS = len(A_NAMES)   # then one counter per reason bit: decisions that recorded it
 ACCT_WIDTH = A_REASON_COUNTS + 53
 

@@ -1,7 +1,6 @@
 """The live runtime over real loopback sockets: replay feed -> runtime -> paper venue."""
 import asyncio
 import json
-import socket
 from pathlib import Path
 
 import pytest
@@ -14,6 +13,8 @@ from runtime.backtest import load_events, run_backtest
 from runtime.live import paper, replay
 from runtime.live.audit import read_log
 from runtime.live.runner import LiveRuntime, RunConfig
+
+from loopback import HOST, free_port
 
 DATA = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "orcl-1995-2014.csv"
 POLICY = """
@@ -39,14 +40,8 @@ risk:
 account:
   fees_bps: 1
 """
-HOST = "127.0.0.1"
 TOKEN = "s3cret-token"
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind((HOST, 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")

@@ -1,7 +1,6 @@
 """Faults over real loopback sockets: junk frames, a venue that drops, a feed that drops."""
 import asyncio
 import json
-import socket
 import tempfile
 from pathlib import Path
 
@@ -16,6 +15,8 @@ from runtime.live import paper
 from runtime.live.audit import read_log
 from runtime.live.runner import LiveRuntime, RunConfig
 
+from loopback import HOST, free_port
+
 POLICY = """
 policy: guard
 version: 1
@@ -26,15 +27,9 @@ risk:
   max_position: 100
   max_order_qty: 100
 """
-HOST = "127.0.0.1"
 TOKEN = "t0ken"
 TS = 1_700_000_000_000_000_000
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind((HOST, 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
