@@ -55,6 +55,9 @@ class RunResult:
         return L.decode_reasons(self.orders[row, L.O_REASONS], self.reason_names)
 
 
+_UNUSED_EQUITY, _UNUSED_TRACE = np.zeros(1), np.zeros((1, 1))  # the kernel writes neither when trace_on is 0
+
+
 @dataclass
 class Session:
     """Mutable state of one run: feature state, account, orders. Snapshot = copy arrays."""
@@ -75,8 +78,8 @@ class Session:
         `equity_out` and `trace`, when given, are indexed by absolute event number."""
         pol = self.policy
         trace_on = (1 if equity_out is not None else 0) | (2 if trace is not None else 0)
-        eq = equity_out if equity_out is not None else np.zeros(1)
-        tr = trace if trace is not None else np.zeros((1, 1))
+        eq = equity_out if equity_out is not None else _UNUSED_EQUITY
+        tr = trace if trace is not None else _UNUSED_TRACE
         n = len(events) if stop is None else stop
         params, windows, offsets = self._bound()
         while True:

@@ -99,6 +99,7 @@ def build_parser() -> argparse.ArgumentParser:
     v = sub.add_parser("paper-venue", help="a venue that fills market orders at the feed's last price")
     v.add_argument("--listen", type=_address, required=True, metavar="HOST:PORT")
     v.add_argument("--feed", required=True, metavar="URL")
+    v.add_argument("--feed-format", choices=("native", "binance", "coinbase"), default="native")
     v.add_argument("--latency", type=float, default=0.0, metavar="MS")
     v.add_argument("--fees-bps", type=float, default=0.0, metavar="X")
     return parser
@@ -329,8 +330,7 @@ def cmd_sweep(args, parser) -> int:
 
 
 def cmd_run(args, parser) -> int:
-    import asyncio
-
+    from runtime.live import eventloop
     from runtime.live.runner import LiveRuntime, RunConfig
 
     from .build import compile_checked
@@ -352,16 +352,15 @@ def cmd_run(args, parser) -> int:
         feed_url=args.feed, venue_url=args.venue, feed_format=args.feed_format, intents=args.intents,
         control=args.control, token=token, log_path=args.log, duration=args.duration,
         flatten_on_exit=args.flatten_on_exit))
-    status = asyncio.run(runtime.run())
+    status = eventloop.run(runtime.run())
     print(json.dumps(status, indent=2))
     print(f"decision log: {args.log}")
     return 0
 
 
 def cmd_replay_feed(args, parser) -> int:
-    import asyncio
-
     from runtime.data import DataError
+    from runtime.live import eventloop
     from runtime.live.replay import load_recording, serve
 
     try:
@@ -371,25 +370,19 @@ def cmd_replay_feed(args, parser) -> int:
         return 1
     host, port = args.listen
     print(f"replaying {len(rec):,} events of {', '.join(rec.instruments)} on ws://{host}:{port}", file=sys.stderr)
-    try:
-        sent = asyncio.run(serve(rec, host, port, args.format, args.speed, args.rate, args.loop, args.clients))
-    except KeyboardInterrupt:
-        return 0
+    sent = eventloop.run(eventloop.until_signal(
+        lambda stop: serve(rec, host, port, args.format, args.speed, args.rate, args.loop, args.clients, stop=stop)))
     print(f"sent {sent:,} events", file=sys.stderr)
     return 0
 
 
 def cmd_paper_venue(args, parser) -> int:
-    import asyncio
-
+    from runtime.live import eventloop
     from runtime.live.paper import PaperVenue, serve
 
-    venue = PaperVenue(fees_bps=args.fees_bps, latency_ms=args.latency)
+    venue = PaperVenue(fees_bps=args.fees_bps, latency_ms=args.latency, feed_format=args.feed_format)
     host, port = args.listen
-    try:
-        asyncio.run(serve(venue, host, port, args.feed))
-    except KeyboardInterrupt:
-        pass
+    eventloop.run(eventloop.until_signal(lambda stop: serve(venue, host, port, args.feed, stop=stop)))
     print(json.dumps({"fills": len(venue.fills), "latency": venue.percentiles()}), file=sys.stderr)
     return 0
 

@@ -44,16 +44,23 @@ class Engine:
         self.policy = policy
         self.session = policy.session(mode, account)
         self.index = {name: k for k, name in enumerate(policy.instruments)}
+        self._names, self._reason_names = policy.instruments, policy.reason_names
         self.columns = {name: k for k, name in enumerate(policy.columns)}
-        self.market_columns = [c for c in policy.columns if c in MARKET_FIELDS]
         self.inputs = {name: self.columns[name] for name in policy.checked.inputs}
-        self.latest_inputs = np.full((len(policy.instruments), len(policy.columns)), np.nan)
-        n_columns = max(len(policy.columns), 3)
-        self._events = Events(np.zeros(1, np.int64), np.zeros(1, np.int8), np.zeros(1, np.int32),
-                              np.zeros((1, n_columns)))
-        self._trace = np.full((1, L.TRACE_FIXED + len(policy.feature_names)), np.nan)
-        self._equity = np.zeros(1)
+        self.intent_column = self.columns.get("intent")
+        self._n_columns = max(len(policy.columns), 3)
+        self.latest_inputs = np.full((len(policy.instruments), self._n_columns), np.nan)
+        self._blank_rows: dict[int, list] = {}
+        self._price_columns = [self.columns[c] for c in ("price", "close") if c in self.columns]
+        self._grow(1)
         self.events = 0
+
+    def _grow(self, capacity: int) -> None:
+        """Event, trace and equity buffers for batches of up to `capacity` events."""
+        self._events = Events(np.zeros(capacity, np.int64), np.zeros(capacity, np.int8),
+                              np.zeros(capacity, np.int32), np.zeros((capacity, self._n_columns)))
+        self._trace = np.full((capacity, L.TRACE_FIXED + len(self.policy.feature_names)), np.nan)
+        self._equity = np.zeros(capacity)
 
     # ---- state -------------------------------------------------------------------
     def instrument(self, name: str) -> int:
@@ -74,6 +81,13 @@ class Engine:
     def cash(self) -> float:
         return float(self.session.acct[L.A_CASH])
 
+    def position(self, instrument: str) -> float:
+        return float(self.session.pstate[self.instrument(instrument), L.P_POS])
+
+    def open_quantity(self, instrument: str) -> float:
+        """Signed quantity of the orders sent and not yet filled or rejected."""
+        return float(self.session.pstate[self.instrument(instrument), L.P_OPEN])
+
     def positions(self) -> dict[str, float]:
         return {name: float(self.session.pstate[k, L.P_POS]) for name, k in self.index.items()}
 
@@ -88,55 +102,120 @@ class Engine:
     def restore(self, snap: dict) -> None:
         self.session.restore(snap)
         self.latest_inputs = snap["latest_inputs"].copy()
+        self._blank_rows = {}
 
     # ---- events ------------------------------------------------------------------
-    def _run(self, kind: int, inst: int, ts: int, values=()) -> tuple[int, int]:
+    def _run(self, kind: int, inst: int, ts: int, values=(), traced: bool = True) -> tuple[int, int]:
+        """One event through the kernel; `traced` when a Decision is read back from it."""
         ev = self._events
         ev.ts[0], ev.kind[0], ev.inst[0] = ts, kind, inst
-        ev.vals[0, :] = np.nan
+        row = ev.vals[0]
+        row[:] = np.nan
         for k, v in enumerate(values):
-            ev.vals[0, k] = v
-        self._trace[0, :] = np.nan
+            row[k] = v
         before = self.session.n_orders
-        self.session.feed(ev, self._equity, self._trace)
+        if traced:
+            self._trace[0, :] = np.nan
+            self.session.feed(ev, self._equity, self._trace, 0, 1)
+        else:
+            self.session.feed(ev, None, None, 0, 1)
         self.events += 1
         return before, self.session.n_orders
 
-    def _decision(self, inst: int, ts: int, before: int, after: int) -> Decision | None:
-        row = self._trace[0]
-        if row[L.T_DESIRED] != row[L.T_DESIRED]:
+    def _decision(self, row: int, inst: int, ts: int, order: np.ndarray | None) -> Decision | None:
+        desired, position, target, order_qty, reasons = self._trace[row, :L.T_EQUITY].tolist()
+        if desired != desired:
             return None  # the engine made no decision (e.g. a price it ignores)
-        order = self.session.orders[before] if after > before else None
         return Decision(
-            instrument=self.policy.instruments[inst], ts=ts,
-            price=float(self.session.pstate[inst, L.P_LAST]),
-            desired_target=float(row[L.T_DESIRED]), approved_target=float(row[L.T_TARGET]),
-            position=float(row[L.T_POSITION]), order_qty=float(row[L.T_ORDER]),
-            reasons=tuple(L.decode_reasons(row[L.T_REASONS], self.policy.reason_names)),
+            instrument=self._names[inst], ts=ts, price=self.session.pstate[inst, L.P_LAST].item(),
+            desired_target=desired, approved_target=target, position=position, order_qty=order_qty,
+            reasons=tuple(L.decode_reasons(reasons, self._reason_names)) if reasons else (),
             is_exit=bool(order is not None and order[L.O_EXIT]),
         )
 
+    def _single(self, inst: int, ts: int, before: int, after: int) -> Decision | None:
+        return self._decision(0, inst, ts, self.session.orders[before] if after > before else None)
+
+    def _blank_row(self, inst: int) -> list:
+        """The values a market event of `inst` starts from: the latest inputs, and no
+        intent (an intent acts once, when it arrives). Cached until an input changes."""
+        row = self._blank_rows.get(inst)
+        if row is None:
+            row = self.latest_inputs[inst].tolist()
+            if self.intent_column is not None:
+                row[self.intent_column] = math.nan
+            self._blank_rows[inst] = row
+        return row
+
+    def _market_values(self, inst: int, fields: dict) -> list:
+        """Validate one market event's fields into a row of event values, or raise EngineError."""
+        price = fields.get("price", fields.get("close"))
+        if price is None or isinstance(price, bool) or not isinstance(price, (int, float)) \
+                or not math.isfinite(price) or price <= 0:
+            raise EngineError(f"price must be a positive number, not {price!r}")
+        values = self._blank_row(inst).copy()
+        columns = self.columns
+        for name, value in fields.items():
+            column = columns.get(name)
+            if column is not None:
+                values[column] = value
+            elif name not in MARKET_FIELDS:
+                raise EngineError(f"unknown field `{name}`")
+        for column in self._price_columns:
+            if values[column] != values[column]:
+                values[column] = price
+        return values
+
     def market(self, instrument: str, ts: int, fields: dict[str, float]) -> Decision | None:
         """A tick, bar or quote: updates features, runs the rules and the risk steps."""
-        inst = self.instrument(instrument)
-        unknown = [f for f in fields if f not in MARKET_FIELDS and f not in self.inputs]
-        if unknown:
-            raise EngineError(f"unknown field `{unknown[0]}`")
-        if "price" not in fields and "close" in fields:
-            fields = {**fields, "price": fields["close"]}
-        if "close" not in fields and "price" in fields:
-            fields = {**fields, "close": fields["price"]}
-        price = fields.get("price")
-        if price is None or not (isinstance(price, (int, float)) and math.isfinite(price) and price > 0):
-            raise EngineError(f"price must be a positive number, not {price!r}")
-        values = self.latest_inputs[inst].copy()
-        if "intent" in self.columns:
-            values[self.columns["intent"]] = np.nan  # an intent acts once, when it arrives
-        for name, value in fields.items():
-            if name in self.columns:
-                values[self.columns[name]] = float(value)
-        before, after = self._run(L.MARKET, inst, ts, values)
-        return self._decision(inst, ts, before, after)
+        result = self.market_many([(instrument, ts, fields)])[0]
+        if isinstance(result, EngineError):
+            raise result
+        return result
+
+    def market_many(self, events: list[tuple[str, int, dict]], actionable_only: bool = False
+                    ) -> list[Decision | EngineError | None]:
+        """Market events in arrival order through one kernel call, as if fed one by one.
+        A bad event is refused on its own (its EngineError takes its place in the
+        result) and the others still run; None means no decision (a price it ignores),
+        or with `actionable_only`, a decision without an order or a reason."""
+        if len(events) > len(self._events):
+            self._grow(max(len(events), 2 * len(self._events)))
+        results: list = [None] * len(events)
+        rows: list[tuple[int, int, int]] = []  # (position in `events`, instrument, ts)
+        values = []
+        for k, (instrument, ts, fields) in enumerate(events):
+            try:
+                inst = self.instrument(instrument)
+                values.append(self._market_values(inst, fields))
+                rows.append((k, inst, ts))
+            except EngineError as exc:
+                results[k] = exc
+        if not rows:
+            return results
+        n = len(rows)
+        ev = self._events
+        if n == 1:  # the common live case: scalar writes are cheaper than slices
+            ev.vals[0], ev.kind[0], ev.inst[0], ev.ts[0] = values[0], L.MARKET, rows[0][1], rows[0][2]
+        else:
+            ev.vals[:n] = values
+            ev.kind[:n] = L.MARKET
+            ev.inst[:n] = [inst for _, inst, _ in rows]
+            ev.ts[:n] = [ts for _, _, ts in rows]
+        self._trace[:n, :L.T_EQUITY] = np.nan
+        before = self.session.n_orders
+        self.session.feed(ev, self._equity, self._trace, 0, n)
+        self.events += n
+        by_row = {int(order[L.O_EVENT]): order for order in self.session.orders[before: self.session.n_orders]}
+        if actionable_only:  # NaN (no decision) passes here and is dropped by _decision
+            orders, reasons = self._trace[:n, L.T_ORDER].tolist(), self._trace[:n, L.T_REASONS].tolist()
+            wanted = [row for row in range(n) if orders[row] or reasons[row]]
+        else:
+            wanted = range(n)
+        for row in wanted:
+            k, inst, ts = rows[row]
+            results[k] = self._decision(row, inst, ts, by_row.get(row))
+        return results
 
     def set_input(self, instrument: str, name: str, value: float) -> None:
         """A model input such as a score: read by the next market event of the instrument."""
@@ -145,31 +224,30 @@ class Engine:
             raise EngineError(f"`{name}` is not an input of `{self.policy.name}`"
                               + (" (send an intent instead)" if name == "intent" else ""))
         self.latest_inputs[inst, self.inputs[name]] = float(value)
+        self._blank_rows.pop(inst, None)
 
     def intent(self, instrument: str, ts: int, target: float) -> Decision:
         """A model's proposed position; the risk steps decide what reaches the market."""
         inst = self.instrument(instrument)
         if not math.isfinite(target):
             raise EngineError(f"target must be a finite number, not {target!r}")
-        before, after = self._run(L.INTENT, inst, ts, (float(target),))
-        return self._decision(inst, ts, before, after)
+        return self._single(inst, ts, *self._run(L.INTENT, inst, ts, (float(target),)))
 
     def decide(self, instrument: str, ts: int) -> Decision:
         """Re-run the risk steps on the current desired target (after a halt, say)."""
         inst = self.instrument(instrument)
-        before, after = self._run(L.DECIDE, inst, ts)
-        return self._decision(inst, ts, before, after)
+        return self._single(inst, ts, *self._run(L.DECIDE, inst, ts))
 
     def fill(self, instrument: str, ts: int, qty: float, price: float, fee: float = 0.0) -> None:
-        self._run(L.FILL, self.instrument(instrument), ts, (qty, price, fee))
+        self._run(L.FILL, self.instrument(instrument), ts, (qty, price, fee), traced=False)
 
     def reject(self, instrument: str, ts: int, qty: float) -> None:
-        self._run(L.REJECT, self.instrument(instrument), ts, (qty,))
+        self._run(L.REJECT, self.instrument(instrument), ts, (qty,), traced=False)
 
     def halt(self, ts: int) -> list[Decision]:
         """Trip the kill switch and decide again on every instrument (liquidation orders)."""
-        self._run(L.HALT, 0, ts)
+        self._run(L.HALT, 0, ts, traced=False)
         return [d for d in (self.decide(name, ts) for name in self.index) if d is not None]
 
     def resume(self, ts: int) -> None:
-        self._run(L.RESUME, 0, ts)
+        self._run(L.RESUME, 0, ts, traced=False)

@@ -82,11 +82,11 @@ def runtime_for(policy, feed_port, venue_port, log):
 
 def test_paper_venue_answers_a_repeated_order_without_executing_it_again():
     venue = paper.PaperVenue(fees_bps=1.0)
-    venue.on_feed(tick(0, 45.0))
+    venue.on_feed([tick(0, 45.0)])
     order = json.dumps({"type": "order", "client_order_id": "c1", "instrument": "ORCL", "side": "buy", "qty": 10})
     first = venue.on_order(order)
     assert [r["type"] for r in first] == ["ack", "fill"] and first[1]["price"] == 45.0
-    venue.on_feed(tick(1, 46.0))
+    venue.on_feed([tick(1, 46.0)])
     assert venue.on_order(order) == first and len(venue.fills) == 1
     assert venue.on_order('{"type": "order"}')[0]["type"] == "reject"
     nothing = json.dumps({"type": "order", "client_order_id": "c2", "instrument": "NVDA", "side": "buy", "qty": 1})

@@ -3,24 +3,14 @@ stamped with the policy's hashes so any order can be tied to the exact policy th
 sent it. The `session` record opens every run with its provenance."""
 from __future__ import annotations
 
-import json
-import math
 import os
 import time
 from pathlib import Path
 
+import orjson
+
+JSON_OPTIONS = orjson.OPT_APPEND_NEWLINE | orjson.OPT_SERIALIZE_NUMPY  # NaN is written as null
 KINDS = ("session", "order", "fill", "reject", "risk", "halt", "resume", "bad_message")
-
-
-def _clean(value):
-    """JSON has no NaN: undefined numbers are written as null."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _clean(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_clean(v) for v in value]
-    return value
 
 
 class DecisionLog:
@@ -33,15 +23,15 @@ class DecisionLog:
         self.policy_hash, self.build_hash = policy_hash, build_hash
         self.seq = 0
         self.flush_every = flush_every
-        self._file = open(self.path, "a", encoding="utf-8")
+        self._file = open(self.path, "ab")
 
     def write(self, kind: str, ts: int | None = None, **fields) -> dict:
         if kind not in KINDS:
             raise ValueError(f"unknown record kind {kind!r}")
         self.seq += 1
         record = {"seq": self.seq, "ts": ts if ts is not None else time.time_ns(), "kind": kind,
-                  "policy_hash": self.policy_hash, "build_hash": self.build_hash, **_clean(fields)}
-        self._file.write(json.dumps(record, separators=(",", ":")) + "\n")
+                  "policy_hash": self.policy_hash, "build_hash": self.build_hash, **fields}
+        self._file.write(orjson.dumps(record, option=JSON_OPTIONS))
         if self.seq % self.flush_every == 0:
             self._file.flush()
         return record
@@ -54,5 +44,5 @@ class DecisionLog:
 
 
 def read_log(path: str | Path) -> list[dict]:
-    with open(path, encoding="utf-8") as f:
-        return [json.loads(line) for line in f if line.strip()]
+    with open(path, "rb") as f:
+        return [orjson.loads(line) for line in f if line.strip()]

@@ -1,43 +1,49 @@
 """`policyc paper-venue`: a venue to trade against without an exchange account.
 
 It subscribes to a market-data feed, acknowledges market orders and fills them at the
-last price of that feed (after an optional latency), charges fees in basis points, and
-answers a `client_order_id` it has seen before with exactly what it answered the first
-time, executing nothing twice. It records tick-to-order latency from `event_sent_ns`.
+last price of that feed (after an optional latency, during which a `cancel` still
+stops them), charges fees in basis points, and answers a `client_order_id` it has seen
+before with exactly what it answered so far, executing nothing twice. It records
+tick-to-order latency from `event_sent_ns`.
 """
 from __future__ import annotations
 
 import asyncio
-import json
+import random
 import time
 from dataclasses import dataclass, field
 
-from .protocol import ProtocolError, decode, parse_feed
+from . import transport
+from .protocol import MAX_FRAME_BYTES, Input, ProtocolError, decode, encode, parse_feed
 
 
 @dataclass
 class PaperVenue:
     fees_bps: float = 0.0
     latency_ms: float = 0.0
+    feed_format: str = "native"
     last_price: dict = field(default_factory=dict)
-    replies: dict = field(default_factory=dict)       # client_order_id -> replies sent
+    replies: dict = field(default_factory=dict)       # client_order_id -> replies sent so far
+    pending: dict = field(default_factory=dict)       # client_order_id -> order waiting out the latency
     fills: list = field(default_factory=list)
     latencies_ns: list = field(default_factory=list)
     rejected: int = 0
     next_id: int = 0
 
-    def on_feed(self, frame: str) -> None:
-        try:
-            items = parse_feed(frame, _Anything())
-        except ProtocolError:
-            return
-        for item in items:
-            price = getattr(item, "fields", {}).get("price")
-            if price is not None:
-                self.last_price[item.instrument] = price
+    def on_feed(self, frames: list) -> None:
+        """Remember the last price of each instrument; a frame it cannot read is skipped
+        (the runtime, not the venue, answers for bad market data)."""
+        for frame in frames:
+            try:
+                items = parse_feed(frame, _Anything(), self.feed_format)
+            except ProtocolError:
+                continue
+            for item in items:
+                if not isinstance(item, Input):
+                    self.last_price[item.instrument] = item.fields["price"]
 
-    def on_order(self, frame: str) -> list[dict]:
-        """Replies to one order message (already sent ones again for a duplicate)."""
+    def on_order(self, frame) -> list[dict]:
+        """Replies due now to one order or cancel message."""
         try:
             msg = decode(frame)
             if not isinstance(msg, dict) or msg.get("type") not in ("order", "cancel"):
@@ -48,31 +54,55 @@ class PaperVenue:
         except ProtocolError as exc:
             self.rejected += 1
             return [{"type": "reject", "client_order_id": None, "reason": str(exc)}]
-        if oid in self.replies:
-            return self.replies[oid]
         if msg["type"] == "cancel":
-            return [{"type": "reject", "client_order_id": oid, "reason": "nothing to cancel: orders fill at once"}]
+            return self._cancel(oid)
+        if oid in self.replies:
+            return list(self.replies[oid])
         sent_ns = msg.get("event_sent_ns")
         if isinstance(sent_ns, int):
             self.latencies_ns.append(time.time_ns() - sent_ns)
-        replies = self._execute(oid, msg)
-        self.replies[oid] = replies
-        return replies
-
-    def _execute(self, oid: str, msg: dict) -> list[dict]:
-        instrument, side, qty = msg.get("instrument"), msg.get("side"), msg.get("qty")
-        if side not in ("buy", "sell") or isinstance(qty, bool) or not isinstance(qty, (int, float)) or not qty > 0:
-            return [{"type": "reject", "client_order_id": oid, "reason": "bad side or qty"}]
-        if msg.get("order_type", "market") != "market":
-            return [{"type": "reject", "client_order_id": oid, "reason": "only market orders"}]
-        price = self.last_price.get(instrument)
-        if price is None:
-            return [{"type": "reject", "client_order_id": oid, "reason": f"no price for {instrument}"}]
+        reason = self._refusal(msg)
+        if reason:
+            self.replies[oid] = [{"type": "reject", "client_order_id": oid, "reason": reason}]
+            return list(self.replies[oid])
         self.next_id += 1
+        self.replies[oid] = [{"type": "ack", "client_order_id": oid, "venue_order_id": f"P{self.next_id}"}]
+        self.pending[oid] = msg
+        if not self.latency_ms:
+            return [*self.replies[oid], *self.execute(oid)]
+        return list(self.replies[oid])
+
+    def _refusal(self, msg: dict) -> str:
+        side, qty = msg.get("side"), msg.get("qty")
+        if side not in ("buy", "sell") or isinstance(qty, bool) or not isinstance(qty, (int, float)) or not qty > 0:
+            return "bad side or qty"
+        if msg.get("order_type", "market") != "market":
+            return "only market orders"
+        if msg.get("instrument") not in self.last_price:
+            return f"no price for {msg.get('instrument')}"
+        return ""
+
+    def execute(self, oid: str) -> list[dict]:
+        """Fill a pending order at the instrument's last price; nothing if it was cancelled."""
+        msg = self.pending.pop(oid, None)
+        if msg is None:
+            return []
+        price = self.last_price[msg["instrument"]]
+        qty = msg["qty"]
         fee = abs(qty) * price * self.fees_bps / 1e4
         fill = {"type": "fill", "client_order_id": oid, "qty": qty, "price": price, "fee": fee, "ts": time.time_ns()}
-        self.fills.append({**fill, "instrument": instrument, "side": side})
-        return [{"type": "ack", "client_order_id": oid, "venue_order_id": f"P{self.next_id}"}, fill]
+        self.replies[oid].append(fill)
+        self.fills.append({**fill, "instrument": msg["instrument"], "side": msg["side"]})
+        return [fill]
+
+    def _cancel(self, oid: str) -> list[dict]:
+        """A pending order is cancelled and answered with a `reject`; an order already
+        filled or never seen has nothing to cancel, and the cancel gets no answer."""
+        if self.pending.pop(oid, None) is None:
+            return []
+        reply = {"type": "reject", "client_order_id": oid, "reason": "cancelled"}
+        self.replies[oid].append(reply)
+        return [reply]
 
     def percentiles(self) -> dict:
         if not self.latencies_ns:
@@ -91,35 +121,56 @@ class _Anything:
 
 async def serve(venue: PaperVenue, host: str, port: int, feed_url: str, ready: asyncio.Event | None = None,
                 stop: asyncio.Event | None = None) -> None:
-    from websockets.asyncio.client import connect
+    from websockets.asyncio.server import broadcast as ws_broadcast
     from websockets.asyncio.server import serve as ws_serve
 
     async def follow_feed():
         delay = 0.05
         while True:
             try:
-                async with connect(feed_url, max_size=1 << 20, compression=None) as ws:
-                    delay = 0.05
-                    async for frame in ws:
-                        venue.on_feed(frame)
-            except (OSError, Exception):
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 2.0)
+                stream = await transport.connect(feed_url, venue.on_feed, lambda why: None, max_size=MAX_FRAME_BYTES)
+                delay = 0.05
+                await asyncio.shield(stream.lost)
+            except Exception:  # no feed yet, or it dropped: try again
+                pass
+            await asyncio.sleep(delay * (0.5 + random.random()))
+            delay = min(delay * 2, 2.0)
+
+    scheduled: set = set()
+    route: dict = {}  # client_order_id -> the connection that sent it last (a resend moves it)
+
+    def send(websocket, replies) -> None:
+        for reply in replies:
+            ws_broadcast([websocket], encode(reply).decode())
+
+    def fill_due(oid: str) -> None:
+        """The order executes when due even if its connection dropped meanwhile: a resend
+        of it then gets the fill in its answer."""
+        replies = venue.execute(oid)
+        if oid in route:
+            send(route[oid], replies)
 
     async def handler(websocket):
+        loop = asyncio.get_running_loop()
         try:
             async for frame in websocket:
                 replies = venue.on_order(frame)
-                if venue.latency_ms:
-                    await asyncio.sleep(venue.latency_ms / 1000)
                 for reply in replies:
-                    await websocket.send(json.dumps(reply))
+                    oid = reply["client_order_id"]
+                    if oid is not None:
+                        route[oid] = websocket
+                send(websocket, replies)
+                for reply in replies:
+                    if reply["type"] == "ack" and reply["client_order_id"] in venue.pending \
+                            and reply["client_order_id"] not in scheduled:
+                        scheduled.add(reply["client_order_id"])
+                        loop.call_later(venue.latency_ms / 1000, fill_due, reply["client_order_id"])
         except Exception:
             return
 
     feed_task = asyncio.create_task(follow_feed())
     try:
-        async with ws_serve(handler, host, port, max_size=1 << 20, compression=None) as server:
+        async with ws_serve(handler, host, port, max_size=MAX_FRAME_BYTES, compression=None) as server:
             if ready is not None:
                 ready.set()
             await (stop.wait() if stop is not None else asyncio.Future())

@@ -7,10 +7,11 @@ JSON, a missing field, a wrong type, a NaN or non-positive price or size, an unk
 """
 from __future__ import annotations
 
-import json
 import math
-from dataclasses import dataclass
 from datetime import datetime
+from typing import NamedTuple
+
+import orjson
 
 MAX_FRAME_BYTES = 1 << 20
 MAX_BATCH = 10_000
@@ -23,16 +24,14 @@ class ProtocolError(ValueError):
     code = "bad_message"
 
 
-@dataclass(frozen=True)
-class Market:
+class Market(NamedTuple):  # named tuples: the cheapest records to build, one per message
     instrument: str
     ts: int
     fields: dict            # market fields: price, qty, open, high, low, close, volume, bid, ask
     sent_ns: int | None = None
 
 
-@dataclass(frozen=True)
-class Input:
+class Input(NamedTuple):
     instrument: str
     ts: int | None
     name: str
@@ -41,21 +40,18 @@ class Input:
     sent_ns: int | None = None
 
 
-@dataclass(frozen=True)
-class Intent:
+class Intent(NamedTuple):
     id: str
     instrument: str
     target: float
 
 
-@dataclass(frozen=True)
-class Control:
+class Control(NamedTuple):
     type: str               # status, halt or resume
     reason: str = ""
 
 
-@dataclass(frozen=True)
-class VenueReply:
+class VenueReply(NamedTuple):
     type: str               # ack, fill or reject
     client_order_id: str
     qty: float = 0.0
@@ -67,17 +63,19 @@ class VenueReply:
 
 
 def decode(frame: str | bytes) -> object:
-    """JSON of one frame, refusing oversized frames and NaN/Infinity literals."""
+    """JSON of one frame (strict RFC 8259: NaN and Infinity literals are not JSON),
+    refusing oversized frames."""
     if len(frame) > MAX_FRAME_BYTES:
         raise ProtocolError(f"frame of {len(frame):,} bytes is over the {MAX_FRAME_BYTES:,}-byte limit")
     try:
-        return json.loads(frame, parse_constant=_no_constant)
-    except (ValueError, UnicodeDecodeError) as exc:
+        return orjson.loads(frame)
+    except orjson.JSONDecodeError as exc:
         raise ProtocolError(f"not JSON: {exc}") from None
 
 
-def _no_constant(name: str):
-    raise ProtocolError(f"{name} is not a number")
+def encode(message: dict) -> bytes:
+    """One message as compact JSON; NaN and infinities are written as null."""
+    return orjson.dumps(message)
 
 
 def _object(msg) -> dict:
@@ -112,10 +110,19 @@ def _number(msg: dict, key: str, *, positive: bool = False, required: bool = Tru
     return value
 
 
+def _positive(msg: dict, key: str) -> float:
+    """`_number(positive=True)` with the well-formed case first: a market message
+    carries several prices and this runs for each."""
+    value = msg.get(key)
+    if (value.__class__ is float or value.__class__ is int) and 0 < value < math.inf:
+        return float(value)
+    return _number(msg, key, positive=True)
+
+
 def _integer(msg: dict, key: str, required: bool = True) -> int | None:
     value = msg.get(key)
-    if value is None and not required:
-        return None
+    if value.__class__ is int or (value is None and not required):
+        return value
     if isinstance(value, bool) or not isinstance(value, int):
         raise ProtocolError(f"`{key}` must be an integer (ns since the epoch), not {value!r}")
     return value
@@ -145,20 +152,23 @@ def _native(msg: dict, instruments) -> Market | Input:
     ts = _integer(msg, "ts")
     sent = _integer(msg, "sent_ns", required=False)
     if kind == "tick":
-        fields = {"price": _number(msg, "price", positive=True)}
+        fields = {"price": _positive(msg, "price")}
         qty = _number(msg, "qty", positive=True, required=False)
         if qty is not None:
             fields["qty"] = qty
     elif kind == "bar":
-        fields = {k: _number(msg, k, positive=True) for k in ("open", "high", "low", "close")}
-        volume = _number(msg, "volume", required=False)
+        fields = {"open": _positive(msg, "open"), "high": _positive(msg, "high"), "low": _positive(msg, "low"),
+                  "close": _positive(msg, "close")}
+        volume = msg.get("volume")
         if volume is not None:
-            if volume < 0:
-                raise ProtocolError("`volume` must not be negative")
-            fields["volume"] = volume
+            if not ((volume.__class__ is float or volume.__class__ is int) and 0 <= volume < math.inf):
+                volume = _number(msg, "volume")
+                if volume < 0:
+                    raise ProtocolError("`volume` must not be negative")
+            fields["volume"] = float(volume)
         fields["price"] = fields["close"]
     elif kind == "quote":
-        bid, ask = _number(msg, "bid", positive=True), _number(msg, "ask", positive=True)
+        bid, ask = _positive(msg, "bid"), _positive(msg, "ask")
         if bid > ask:
             raise ProtocolError(f"crossed quote: bid {bid:g} above ask {ask:g}")
         fields = {"bid": bid, "ask": ask, "price": (bid + ask) / 2}
@@ -214,8 +224,8 @@ def parse_intent(frame: str | bytes, instruments) -> Intent | Input:
 def message_id(frame: str | bytes) -> str | None:
     """The `id` of a frame if it has one, so even a rejected message gets its answer."""
     try:
-        msg = json.loads(frame)
-    except (ValueError, UnicodeDecodeError):
+        msg = orjson.loads(frame)
+    except orjson.JSONDecodeError:
         return None
     ident = msg.get("id") if isinstance(msg, dict) else None
     return ident if isinstance(ident, str) else None
@@ -238,8 +248,8 @@ def parse_venue(frame: str | bytes) -> VenueReply:
         vid = msg.get("venue_order_id", "")
         return VenueReply("ack", oid, venue_order_id=vid if isinstance(vid, str) else "")
     if kind == "fill":
-        qty = _number(msg, "qty", positive=True)
-        return VenueReply("fill", oid, qty=qty, price=_number(msg, "price", positive=True),
+        qty = _positive(msg, "qty")
+        return VenueReply("fill", oid, qty=qty, price=_positive(msg, "price"),
                           fee=_number(msg, "fee", required=False) or 0.0, ts=_integer(msg, "ts", required=False))
     if kind == "reject":
         reason = msg.get("reason", "")

@@ -8,7 +8,6 @@ the far end can measure latency end to end.
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +15,8 @@ from pathlib import Path
 import numpy as np
 
 from runtime.data import DataError, load_table
+
+from .protocol import encode
 
 BAR = ("open", "high", "low", "close")
 
@@ -94,7 +95,7 @@ async def broadcast(rec: Recording, clients: set, fmt: str = "native", speed: fl
                 due = None
             delay = due - time.perf_counter() if due is not None else 0.0
             await asyncio.sleep(max(delay, 0.0))  # also lets the clients' sockets drain
-            ws_broadcast(clients, json.dumps(message(rec, k, fmt, time.time_ns())))
+            ws_broadcast(clients, encode(message(rec, k, fmt, time.time_ns())).decode())
             sent += 1
         if not loop:
             return sent

@@ -2,16 +2,17 @@
 orders out to a venue, model intents and operator control in, every decision logged
 with the policy's hashes.
 
-All trading logic is the sans-I/O `Engine`; this module only moves messages. Open
-orders count against every limit from the moment they are sent (the engine holds them
-as open quantity until the venue fills or rejects them); orders not acknowledged when
-the venue connection drops are resent on reconnect, and the venue's idempotency on
-`client_order_id` makes sure none executes twice.
+All trading logic is the sans-I/O `Engine`; this module only moves messages. Market
+data and venue replies arrive on `transport.Stream`s, so whatever one socket read
+completed goes through the kernel in one call. Open orders count against every limit
+from the moment they are sent (the engine holds them as open quantity until the venue
+fills or rejects them); every order still open when the venue connection drops is
+resent on reconnect, and the venue's idempotency on `client_order_id` makes sure none
+executes twice while a fill lost with the connection is answered again.
 """
 from __future__ import annotations
 
 import asyncio
-import json
 import random
 import secrets
 import signal
@@ -24,11 +25,14 @@ from compiler.build import CompiledPolicy
 from compiler.hashing import toolchain_versions
 
 from ..engine import Decision, Engine, EngineError
+from . import transport
 from .audit import DecisionLog
-from .protocol import Input, ProtocolError, message_id, parse_control, parse_feed, parse_intent, parse_venue
+from .protocol import (MAX_FRAME_BYTES, Input, ProtocolError, encode, message_id, parse_control, parse_feed,
+                       parse_intent, parse_venue)
 
 
 MESSAGES_PER_SECOND = 2000.0  # per intents or control connection
+MAX_CLIENT_FRAME_BYTES = 1 << 16  # an intent or a control message is small
 
 
 @dataclass
@@ -64,12 +68,13 @@ class LiveRuntime:
         self.instruments = set(policy.instruments)
         stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S")
         self.order_prefix = f"{policy.name}-{stamp}-{secrets.token_hex(3)}"
-        self.unacked: dict[str, dict] = {}          # client_order_id -> order message
-        self.open: dict[str, list] = {}             # client_order_id -> [instrument, signed qty left]
-        self.venue = None
+        self.open: dict[str, list] = {}             # client_order_id -> [instrument, signed qty left, frame]
+        self.unacked: set[str] = set()              # open orders the venue has not answered yet
+        self.halt_logged = False
+        self.venue: transport.Stream | None = None
+        self.feed: transport.Stream | None = None
         self.stop = asyncio.Event()
         self.venue_up = asyncio.Event()
-        self.feed_connected = False
         self.intent_budget: dict[int, list] = {}   # connection -> [tokens, last refill time]
         self.clock: dict[str, tuple[int, int]] = {}  # instrument -> (last event ts, wall ns when seen)
         self.log.write("session", policy=policy.name, version=policy.checked.parsed.version, params=policy.params,
@@ -90,18 +95,18 @@ class LiveRuntime:
     def act(self, decision: Decision | None, event_sent_ns: int | None = None) -> None:
         if decision is None:
             return
-        if "max_drawdown:halt" in decision.reasons or any(r.endswith(":halt") and not r.startswith("kill_switch")
-                                                          for r in decision.reasons):
-            self.log.write("halt", ts=decision.ts, reason=",".join(decision.reasons), open_orders=list(self.open))
-            for oid in list(self.open):
-                self._send_to_venue({"type": "cancel", "client_order_id": oid})
         if decision.order_qty:
             self.send_order(decision, event_sent_ns)
         elif decision.reasons:
-            self.log.write("risk", ts=decision.ts, instrument=decision.instrument, reasons=list(decision.reasons),
+            self.log.write("risk", ts=decision.ts, instrument=decision.instrument, reasons=decision.reasons,
                            desired_target=decision.desired_target, approved_target=decision.approved_target)
+        if self.engine.halted and not self.halt_logged:  # the kernel tripped the kill switch (max_drawdown)
+            self.halt_logged = True
+            self.log.write("halt", ts=decision.ts, reason=",".join(decision.reasons), open_orders=list(self.open))
+            self._cancel_open_orders()
 
     def send_order(self, d: Decision, event_sent_ns: int | None) -> None:
+        """The frame goes out first, then the log record: the log is buffered either way."""
         self.counters.orders += 1
         oid = f"{self.order_prefix}-{self.counters.orders:06d}"
         msg = {"type": "order", "client_order_id": oid, "instrument": d.instrument,
@@ -109,45 +114,72 @@ class LiveRuntime:
                "policy_hash": self.policy.policy_hash, "ts": d.ts}
         if event_sent_ns is not None:
             msg["event_sent_ns"] = event_sent_ns
+        frame = encode(msg)
+        self.unacked.add(oid)
+        self.open[oid] = [d.instrument, d.order_qty, frame]
+        self._send_to_venue(frame)
+        if event_sent_ns is not None:
             self.counters.latencies_ns.append(time.time_ns() - event_sent_ns)
-        self.unacked[oid] = msg
-        self.open[oid] = [d.instrument, d.order_qty]
         self.log.write("order", ts=d.ts, client_order_id=oid, instrument=d.instrument, qty=d.order_qty,
                        price=d.price, desired_target=d.desired_target, approved_target=d.approved_target,
-                       reasons=list(d.reasons), exit=d.is_exit)
-        self._send_to_venue(msg)
+                       reasons=d.reasons, exit=d.is_exit)
 
-    def _send_to_venue(self, msg: dict) -> None:
-        """Write the frame now, without a task per order; if the venue is down, the
-        reconnect resends everything unacknowledged."""
-        from websockets.asyncio.server import broadcast
-
+    def _send_to_venue(self, frame: bytes) -> None:
+        """Write the frame now; if the venue is down, the reconnect resends every open order."""
         if self.venue is not None:
-            broadcast([self.venue], json.dumps(msg))
+            self.venue.send(frame)
+
+    def _cancel_open_orders(self) -> None:
+        for oid in list(self.open):
+            self._send_to_venue(encode({"type": "cancel", "client_order_id": oid}))
 
     def bad_message(self, source: str, reason: str) -> None:
         self.counters.bad_messages += 1
         self.log.write("bad_message", source=source, reason=reason[:500])
 
     # ---- feed ---------------------------------------------------------------------
-    def on_feed_frame(self, frame) -> None:
-        try:
-            items = parse_feed(frame, self.instruments, self.config.feed_format)
-        except ProtocolError as exc:
-            self.bad_message("feed", str(exc))
-            return
-        for item in items:
+    def on_feed_messages(self, frames: list[bytes]) -> None:
+        """Every message one socket read completed: one kernel call for all of them
+        (inputs split the batch, so each market event sees the inputs sent before it)."""
+        batch, sent = [], []
+        for frame in frames:
             try:
-                if isinstance(item, Input):
-                    self.engine.set_input(item.instrument, item.name, item.value)
-                    continue
-                self.counters.events += 1
-                self.clock[item.instrument] = (item.ts, time.time_ns())
-                self.act(self.engine.market(item.instrument, item.ts, item.fields), item.sent_ns)
-            except EngineError as exc:
+                items = parse_feed(frame, self.instruments, self.config.feed_format)
+            except ProtocolError as exc:
                 self.bad_message("feed", str(exc))
+                continue
+            for item in items:
+                if isinstance(item, Input):
+                    self._market(batch, sent)
+                    batch, sent = [], []
+                    try:
+                        self.engine.set_input(item.instrument, item.name, item.value)
+                    except EngineError as exc:
+                        self.bad_message("feed", str(exc))
+                else:
+                    batch.append((item.instrument, item.ts, item.fields))
+                    sent.append(item.sent_ns)
+        self._market(batch, sent)
+
+    def _market(self, batch: list, sent: list) -> None:
+        if not batch:
+            return
+        now = time.time_ns()
+        for instrument, ts, _ in batch:
+            self.clock[instrument] = (ts, now)
+        self.counters.events += len(batch)
+        for result, sent_ns in zip(self.engine.market_many(batch, actionable_only=True), sent):
+            if isinstance(result, EngineError):
+                self.counters.events -= 1
+                self.bad_message("feed", str(result))
+            else:
+                self.act(result, sent_ns)
 
     # ---- venue --------------------------------------------------------------------
+    def on_venue_messages(self, frames: list[bytes]) -> None:
+        for frame in frames:
+            self.on_venue_frame(frame)
+
     def on_venue_frame(self, frame) -> None:
         try:
             reply = parse_venue(frame)
@@ -155,14 +187,14 @@ class LiveRuntime:
             self.bad_message("venue", str(exc))
             return
         oid = reply.client_order_id
-        if oid not in self.open and oid not in self.unacked:
-            if reply.type == "fill":
-                self.bad_message("venue", f"fill for unknown or completed order {oid}")
-            return  # a duplicate answer to a resent order: already applied
-        self.unacked.pop(oid, None)
+        self.unacked.discard(oid)
         if reply.type == "ack":
             return
-        instrument, left = self.open[oid]
+        if oid not in self.open:
+            if reply.type == "fill" and not self._sent_by_us(oid):
+                self.bad_message("venue", f"fill for an order this runtime did not send: {oid}")
+            return  # an answer to a resent order that is already complete
+        instrument, left, _ = self.open[oid]
         ts = reply.ts if reply.ts is not None else self.now_for(instrument)
         if reply.type == "reject":
             self.counters.rejects += 1
@@ -177,21 +209,27 @@ class LiveRuntime:
         if abs(self.open[oid][1]) < 1e-12:
             del self.open[oid]
         self.log.write("fill", ts=ts, client_order_id=oid, instrument=instrument, qty=qty, price=reply.price,
-                       fee=reply.fee, position=self.engine.positions()[instrument], equity=self.engine.equity)
+                       fee=reply.fee, position=self.engine.position(instrument), equity=self.engine.equity)
+
+    def _sent_by_us(self, oid: str) -> bool:
+        """Order ids are this run's prefix and a sequence number: no set of past ids to keep."""
+        head, _, number = oid.rpartition("-")
+        return head == self.order_prefix and number.isdigit() and 0 < int(number) <= self.counters.orders
 
     # ---- control ------------------------------------------------------------------
     def halt(self, reason: str) -> None:
         """Kill switch: cancel what is pending, flatten, send nothing new until resume."""
-        if not self.engine.halted:
+        if not self.halt_logged:
+            self.halt_logged = True
             self.log.write("halt", reason=reason, open_orders=list(self.open))
-        for oid in list(self.open):
-            self._send_to_venue({"type": "cancel", "client_order_id": oid})
+        self._cancel_open_orders()
         ts = max((self.now_for(i) for i in self.instruments), default=time.time_ns())
         for decision in self.engine.halt(ts):
             self.act(decision)
 
     def resume(self) -> None:
         self.engine.resume(max((self.now_for(i) for i in self.instruments), default=time.time_ns()))
+        self.halt_logged = False
         self.log.write("resume")
 
     def status(self) -> dict:
@@ -224,7 +262,7 @@ class LiveRuntime:
                 return {"type": "ack", "id": msg.id}
             target, extra = msg.target, []
             if not self.feed_connected:  # no market data: the instrument is reduce-only
-                held = self.engine.positions()[msg.instrument] + self.engine.open_orders()[msg.instrument]
+                held = self.engine.position(msg.instrument) + self.engine.open_quantity(msg.instrument)
                 if abs(target) > abs(held) or target * held < 0:
                     target = held if target * held > 0 else 0.0
                     extra = ["stale_after:blocked"]
@@ -248,39 +286,64 @@ class LiveRuntime:
         return ok
 
     # ---- connections ----------------------------------------------------------------
-    async def _client(self, url: str, on_frame, on_connect=None, on_disconnect=None) -> None:
+    async def _keep_connected(self, url: str, source: str, on_messages, on_connect, on_lost) -> None:
         """Keep a client connection up: reconnect with exponential backoff and jitter."""
-        from websockets.asyncio.client import connect
-
         delay = 0.05
         while not self.stop.is_set():
             try:
-                async with connect(url, max_size=1 << 20, open_timeout=5, compression=None) as ws:
-                    delay = 0.05
-                    if on_connect is not None:
-                        await on_connect(ws)
-                    async for frame in ws:
-                        on_frame(frame)
-            except Exception:
-                pass
-            finally:
-                if on_disconnect is not None:
-                    on_disconnect()
+                stream = await transport.connect(url, on_messages, lambda why: self.bad_message(source, why),
+                                                 max_size=MAX_FRAME_BYTES)
+            except Exception:  # refused, timed out, a failed handshake: all mean "try again later"
+                stream = None
+            if stream is not None:
+                delay = 0.05
+                on_connect(stream)
+                try:
+                    await asyncio.shield(stream.lost)
+                finally:
+                    on_lost()
+                    stream.close()
             if self.stop.is_set():
                 return
             self.counters.reconnects += 1
             await asyncio.sleep(delay * (0.5 + random.random()))
             delay = min(delay * 2, 2.0)
 
-    async def _venue_connected(self, ws) -> None:
-        self.venue = ws
+    def _venue_connected(self, stream: transport.Stream) -> None:
+        """Resend every open order: the venue answers one it has seen with what it
+        answered before, which also recovers a fill lost with the old connection."""
+        self.venue = stream
         self.venue_up.set()
-        for msg in list(self.unacked.values()):  # resend: the venue answers duplicates idempotently
-            await ws.send(json.dumps(msg))
+        for _, _, frame in list(self.open.values()):
+            stream.send(frame)
 
-    async def _listen(self, address, on_frame):
+    def _venue_lost(self) -> None:
+        self.venue = None
+
+    def _feed_connected(self, stream: transport.Stream) -> None:
+        self.feed = stream
+
+    def _feed_lost(self) -> None:
+        self.feed = None
+
+    @property
+    def feed_connected(self) -> bool:
+        return self.feed is not None
+
+    async def _feed_after_venue(self, wait_s: float = 5.0) -> None:
+        """Market data is consumed once the order path is up (or after `wait_s`, with
+        orders queued until the venue answers)."""
+        try:
+            await asyncio.wait_for(self.venue_up.wait(), wait_s)
+        except asyncio.TimeoutError:
+            pass
+        await self._keep_connected(self.config.feed_url, "feed", self.on_feed_messages, self._feed_connected,
+                                   self._feed_lost)
+
+    async def _listen(self, address, on_frame, source: str):
         """A token-guarded listener: a wrong or missing token closes with code 1008."""
         from websockets.asyncio.server import serve
+        from websockets.exceptions import ConnectionClosed
 
         expected = None if self.config.token is None else f"Bearer {self.config.token}"
 
@@ -297,32 +360,16 @@ class LiveRuntime:
                         self.bad_message("flood", "over the message rate limit")
                         reply = {"type": "error", "id": message_id(frame), "code": "bad_message",
                                  "message": f"over {MESSAGES_PER_SECOND:g} messages per second"}
-                    await ws.send(json.dumps(reply))
-            except Exception:
-                return
+                    await ws.send(encode(reply).decode())
+            except ConnectionClosed as exc:
+                if exc.sent is not None and exc.sent.code == 1009:
+                    self.bad_message(source, f"frame over the {MAX_CLIENT_FRAME_BYTES:,}-byte limit: "
+                                             "connection closed with code 1009")
             finally:
                 self.intent_budget.pop(id(ws), None)
 
         host, port = address
-        return await serve(handler, host, port, max_size=1 << 16, compression=None)
-
-    async def _feed_after_venue(self, wait_s: float = 5.0) -> None:
-        """Market data is consumed once the order path is up (or after `wait_s`, with
-        orders queued until the venue answers)."""
-        try:
-            await asyncio.wait_for(self.venue_up.wait(), wait_s)
-        except asyncio.TimeoutError:
-            pass
-        await self._client(self.config.feed_url, self.on_feed_frame, self._feed_connected, self._feed_lost)
-
-    async def _feed_connected(self, ws) -> None:
-        self.feed_connected = True
-
-    def _feed_lost(self) -> None:
-        self.feed_connected = False
-
-    def _venue_lost(self) -> None:
-        self.venue = None
+        return await serve(handler, host, port, max_size=MAX_CLIENT_FRAME_BYTES, compression=None)
 
     async def run(self) -> dict:
         loop = asyncio.get_running_loop()
@@ -333,11 +380,11 @@ class LiveRuntime:
                 pass
         servers = []
         if self.config.intents:
-            servers.append(await self._listen(self.config.intents, self.on_intent_frame))
+            servers.append(await self._listen(self.config.intents, self.on_intent_frame, "intents"))
         if self.config.control:
-            servers.append(await self._listen(self.config.control, self.on_control_frame))
-        tasks = [asyncio.create_task(self._client(self.config.venue_url, self.on_venue_frame, self._venue_connected,
-                                                  self._venue_lost)),
+            servers.append(await self._listen(self.config.control, self.on_control_frame, "control"))
+        tasks = [asyncio.create_task(self._keep_connected(self.config.venue_url, "venue", self.on_venue_messages,
+                                                          self._venue_connected, self._venue_lost)),
                  asyncio.create_task(self._feed_after_venue())]
         try:
             if self.config.duration is not None:
@@ -349,6 +396,9 @@ class LiveRuntime:
         if self.config.flatten_on_exit:
             await self.flatten()
         self.stop.set()
+        for stream in (self.feed, self.venue):
+            if stream is not None:
+                stream.close()
         for task in tasks:
             task.cancel()
         for server in servers:

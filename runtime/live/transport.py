@@ -1,0 +1,164 @@
+"""WebSocket client connections for the hot path, on the sans-I/O layer of `websockets`.
+
+The asyncio API of `websockets` hands over one message per `await`: under load that is
+a future, a queue and a task switch for every market event. Here each read of the
+socket hands every message it completed to one callback, so a burst of market data
+becomes one batch for the kernel, and a quiet stream pays for nothing it does not use.
+The protocol itself (handshake, framing, masking, ping, close, size limits) stays
+with `websockets`.
+"""
+from __future__ import annotations
+
+import asyncio
+import ssl
+from typing import Callable
+
+from websockets.client import ClientProtocol
+from websockets.frames import Opcode
+from websockets.http11 import Response
+from websockets.protocol import State
+from websockets.uri import parse_uri
+
+CLOSE_TIMEOUT_S = 2.0
+
+
+class Stream(asyncio.Protocol):
+    """One client connection. `on_messages` gets the payloads (UTF-8 bytes) of the text
+    messages completed by one read, in order; `on_rejected` gets a reason for each
+    message that cannot be one of ours (a binary frame, a frame over `max_size`)."""
+
+    def __init__(self, url: str, on_messages: Callable[[list[bytes]], None],
+                 on_rejected: Callable[[str], None], max_size: int):
+        self.protocol = ClientProtocol(parse_uri(url), max_size=max_size)
+        self.on_messages, self.on_rejected, self.max_size = on_messages, on_rejected, max_size
+        loop = asyncio.get_running_loop()
+        self.opened: asyncio.Future = loop.create_future()
+        self.lost: asyncio.Future = loop.create_future()
+        self.transport: asyncio.Transport | None = None
+        self._parts: list[bytes] = []
+        self._part_opcode: Opcode | None = None
+        self._oversized = False
+        self._flush_scheduled = False
+        self._abort_timer: asyncio.TimerHandle | None = None
+
+    # ---- asyncio.Protocol ------------------------------------------------------------
+    def connection_made(self, transport) -> None:
+        self.transport = transport
+        self.protocol.send_request(self.protocol.connect())
+        self._flush()
+
+    def data_received(self, data: bytes) -> None:
+        self.protocol.receive_data(data)
+        events = self.protocol.events_received()
+        self._flush()
+        messages = []
+        for event in events:
+            if isinstance(event, Response):
+                self._handshake_done()
+                continue
+            opcode = event.opcode
+            if opcode is Opcode.CONT:
+                self._parts.append(event.data)
+                if not event.fin:
+                    continue
+                opcode, payload = self._part_opcode, b"".join(self._parts)
+                self._parts, self._part_opcode = [], None
+            elif opcode in (Opcode.TEXT, Opcode.BINARY):
+                if not event.fin:
+                    self._parts, self._part_opcode = [event.data], opcode
+                    continue
+                payload = event.data
+            else:
+                continue  # ping, pong, close: answered by the protocol
+            if opcode is Opcode.TEXT:
+                messages.append(payload)
+            else:
+                self.on_rejected(f"binary frame of {len(payload):,} bytes (messages are JSON text frames)")
+        if messages:
+            self.on_messages(messages)
+        sent = self.protocol.close_sent
+        if sent is not None and sent.code == 1009 and not self._oversized:
+            self._oversized = True
+            self.on_rejected(f"frame over the {self.max_size:,}-byte limit: connection closed with code 1009")
+
+    def eof_received(self) -> None:
+        self.protocol.receive_eof()
+        self._flush()
+
+    def connection_lost(self, exc) -> None:
+        if self._abort_timer is not None:
+            self._abort_timer.cancel()
+        if not self.opened.done():
+            self.opened.set_exception(ConnectionError(f"connection lost during the handshake: {exc}"))
+        if not self.lost.done():
+            self.lost.set_result(self.protocol.close_code)
+
+    # ---- use -------------------------------------------------------------------------
+    @property
+    def is_open(self) -> bool:
+        return self.protocol.state is State.OPEN
+
+    def send(self, text: str | bytes) -> None:
+        """Queue one text message (no task, no await). Messages queued while one
+        callback runs leave in one write at its end: a batch of orders is one syscall."""
+        if self.protocol.state is State.OPEN:
+            self.protocol.send_text(text.encode() if isinstance(text, str) else text)
+            if not self._flush_scheduled:
+                self._flush_scheduled = True
+                asyncio.get_running_loop().call_soon(self._flush)
+
+    def close(self) -> None:
+        """Deliver nothing more and start the closing handshake; the TCP connection is
+        dropped after CLOSE_TIMEOUT_S if the peer does not answer."""
+        self.on_messages = self.on_rejected = _ignore
+        if self.protocol.state is State.OPEN:
+            self.protocol.send_close(1000)
+            self._flush()
+
+    # ---- internals -------------------------------------------------------------------
+    def _handshake_done(self) -> None:
+        if self.opened.done():
+            return
+        if self.protocol.handshake_exc is not None:
+            self.opened.set_exception(self.protocol.handshake_exc)
+            self.transport.close()
+        else:
+            self.opened.set_result(None)
+
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        if self.transport.is_closing():
+            return
+        for data in self.protocol.data_to_send():
+            if data:
+                self.transport.write(data)
+            elif self.transport.can_write_eof():
+                self.transport.write_eof()
+        if self.protocol.state is State.CLOSED:
+            self.transport.close()
+        elif self.protocol.close_expected() and self._abort_timer is None:
+            self._abort_timer = asyncio.get_running_loop().call_later(CLOSE_TIMEOUT_S, self.transport.abort)
+
+
+def _ignore(*_) -> None:
+    pass
+
+
+async def connect(url: str, on_messages: Callable[[list[bytes]], None], on_rejected: Callable[[str], None],
+                  *, max_size: int = 1 << 20, open_timeout: float = 5.0) -> Stream:
+    """Open a connection and finish the opening handshake, or raise."""
+    uri = parse_uri(url)
+    loop = asyncio.get_running_loop()
+    context = ssl.create_default_context() if uri.secure else None
+
+    async def opening() -> Stream:
+        transport, stream = await loop.create_connection(
+            lambda: Stream(url, on_messages, on_rejected, max_size), uri.host, uri.port, ssl=context)
+        try:
+            await stream.opened
+        except BaseException:
+            transport.abort()
+            raise
+        return stream
+
+    return await asyncio.wait_for(opening(), open_timeout)
