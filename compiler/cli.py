@@ -330,7 +330,9 @@ def cmd_sweep(args, parser) -> int:
 
 
 def cmd_run(args, parser) -> int:
-    from runtime.live import eventloop
+    import asyncio
+
+    from runtime.live import eventloop, view
     from runtime.live.runner import LiveRuntime, RunConfig
 
     from .build import compile_checked
@@ -352,7 +354,13 @@ def cmd_run(args, parser) -> int:
         feed_url=args.feed, venue_url=args.venue, feed_format=args.feed_format, intents=args.intents,
         control=args.control, token=token, log_path=args.log, duration=args.duration,
         flatten_on_exit=args.flatten_on_exit))
-    status = eventloop.run(runtime.run())
+    async def run_and_watch() -> dict:
+        run = asyncio.ensure_future(runtime.run())
+        await view.watch(runtime, run)
+        return await run
+
+    status = eventloop.run(run_and_watch())
+    status.pop("recent")
     print(json.dumps(status, indent=2))
     print(f"decision log: {args.log}")
     return 0

@@ -30,12 +30,14 @@ def main() -> int:
     print(format_summary(summary(result)))
     print(f"\nreport: {OUT / 'ema_cross.html'}\norders: {OUT / 'ema_cross-orders.csv'}\n")
     from .live.demo import run_live_demo
+    from .live.view import percentiles_text
 
     print("Live: replay feed -> policyc run -> paper venue on 127.0.0.1 (ORCL, 2,000 events/s)")
     live = run_live_demo(policy, DATA, OUT / "ema_cross-decisions.jsonl", rate=2000.0)
     print(f"live summary: {live['events']:,} events, {live['orders']} orders, {live['fills']} fills, "
           f"equity {live['equity']:,.2f}, rejected messages {live['bad_messages']}, "
-          f"tick-to-order {live['latency']}, in {live['elapsed_s']:.1f}s")
+          f"tick-to-order p50/p99 {percentiles_text(live['latency'])} in the runtime, "
+          f"{percentiles_text(live['venue_latency'])} at the venue, in {live['elapsed_s']:.1f}s")
     print(f"decision log: {OUT / 'ema_cross-decisions.jsonl'}\n")
     status = 0
     for path in sorted((ROOT / "policies").glob("*.yaml")):

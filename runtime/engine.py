@@ -91,6 +91,9 @@ class Engine:
     def positions(self) -> dict[str, float]:
         return {name: float(self.session.pstate[k, L.P_POS]) for name, k in self.index.items()}
 
+    def last_prices(self) -> dict[str, float]:
+        return {name: float(self.session.pstate[k, L.P_LAST]) for name, k in self.index.items()}
+
     def open_orders(self) -> dict[str, float]:
         return {name: float(self.session.pstate[k, L.P_OPEN]) for name, k in self.index.items()}
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import time
+from collections import deque
 from pathlib import Path
 
 import orjson
@@ -23,6 +24,7 @@ class DecisionLog:
         self.policy_hash, self.build_hash = policy_hash, build_hash
         self.seq = 0
         self.flush_every = flush_every
+        self.recent: deque = deque(maxlen=8)  # the latest records after the session one, for the terminal view
         self._file = open(self.path, "ab")
 
     def write(self, kind: str, ts: int | None = None, **fields) -> dict:
@@ -32,6 +34,8 @@ class DecisionLog:
         record = {"seq": self.seq, "ts": ts if ts is not None else time.time_ns(), "kind": kind,
                   "policy_hash": self.policy_hash, "build_hash": self.build_hash, **fields}
         self._file.write(orjson.dumps(record, option=JSON_OPTIONS))
+        if kind != "session":
+            self.recent.append(record)
         if self.seq % self.flush_every == 0:
             self._file.flush()
         return record

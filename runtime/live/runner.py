@@ -235,11 +235,15 @@ class LiveRuntime:
     def status(self) -> dict:
         lat = sorted(self.counters.latencies_ns)
         pct = {f"p{int(q * 100)}_us": lat[min(len(lat) - 1, int(q * len(lat)))] / 1e3 for q in (0.5, 0.99)} if lat else {}
+        equity, peak = self.engine.equity, float(self.engine.session.acct[L.A_PEAK])
         return {"type": "status", "policy": self.policy.name, "policy_hash": self.policy.policy_hash,
                 "positions": self.engine.positions(), "open_orders": self.engine.open_orders(),
-                "equity": self.engine.equity, "cash": self.engine.cash, "halted": self.engine.halted,
+                "last_prices": self.engine.last_prices(), "equity": equity, "cash": self.engine.cash,
+                "drawdown": (peak - equity) / peak if peak > 0 else 0.0, "halted": self.engine.halted,
+                "risk": self.engine.session.reason_counts,
                 "events": self.counters.events, "orders": self.counters.orders, "fills": self.counters.fills,
-                "rejects": self.counters.rejects, "bad_messages": self.counters.bad_messages, "latency": pct}
+                "rejects": self.counters.rejects, "bad_messages": self.counters.bad_messages,
+                "reconnects": self.counters.reconnects, "latency": pct, "recent": list(self.log.recent)}
 
     def on_control_frame(self, frame) -> dict:
         try:
