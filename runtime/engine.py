@@ -125,19 +125,20 @@ class Engine:
         self.events += 1
         return before, self.session.n_orders
 
-    def _decision(self, row: int, inst: int, ts: int, order: np.ndarray | None) -> Decision | None:
+    def _decision(self, row: int, inst: int, ts: int, price: float, order: np.ndarray | None) -> Decision | None:
         desired, position, target, order_qty, reasons = self._trace[row, :L.T_EQUITY].tolist()
         if desired != desired:
             return None  # the engine made no decision (e.g. a price it ignores)
         return Decision(
-            instrument=self._names[inst], ts=ts, price=self.session.pstate[inst, L.P_LAST].item(),
+            instrument=self._names[inst], ts=ts, price=price,
             desired_target=desired, approved_target=target, position=position, order_qty=order_qty,
             reasons=tuple(L.decode_reasons(reasons, self._reason_names)) if reasons else (),
             is_exit=bool(order is not None and order[L.O_EXIT]),
         )
 
     def _single(self, inst: int, ts: int, before: int, after: int) -> Decision | None:
-        return self._decision(0, inst, ts, self.session.orders[before] if after > before else None)
+        return self._decision(0, inst, ts, self.session.pstate[inst, L.P_LAST].item(),
+                              self.session.orders[before] if after > before else None)
 
     def _blank_row(self, inst: int) -> list:
         """The values a market event of `inst` starts from: the latest inputs, and no
@@ -150,8 +151,9 @@ class Engine:
             self._blank_rows[inst] = row
         return row
 
-    def _market_values(self, inst: int, fields: dict) -> list:
-        """Validate one market event's fields into a row of event values, or raise EngineError."""
+    def _market_values(self, inst: int, fields: dict) -> tuple[list, float]:
+        """Validate one market event's fields into a row of event values and its price,
+        or raise EngineError."""
         price = fields.get("price", fields.get("close"))
         if price is None or isinstance(price, bool) or not isinstance(price, (int, float)) \
                 or not math.isfinite(price) or price <= 0:
@@ -167,7 +169,7 @@ class Engine:
         for column in self._price_columns:
             if values[column] != values[column]:
                 values[column] = price
-        return values
+        return values, float(price)
 
     def market(self, instrument: str, ts: int, fields: dict[str, float]) -> Decision | None:
         """A tick, bar or quote: updates features, runs the rules and the risk steps."""
@@ -185,13 +187,14 @@ class Engine:
         if len(events) > len(self._events):
             self._grow(max(len(events), 2 * len(self._events)))
         results: list = [None] * len(events)
-        rows: list[tuple[int, int, int]] = []  # (position in `events`, instrument, ts)
+        rows: list[tuple[int, int, int, float]] = []  # (position in `events`, instrument, ts, price)
         values = []
         for k, (instrument, ts, fields) in enumerate(events):
             try:
                 inst = self.instrument(instrument)
-                values.append(self._market_values(inst, fields))
-                rows.append((k, inst, ts))
+                row, price = self._market_values(inst, fields)
+                values.append(row)
+                rows.append((k, inst, ts, price))
             except EngineError as exc:
                 results[k] = exc
         if not rows:
@@ -203,8 +206,8 @@ class Engine:
         else:
             ev.vals[:n] = values
             ev.kind[:n] = L.MARKET
-            ev.inst[:n] = [inst for _, inst, _ in rows]
-            ev.ts[:n] = [ts for _, _, ts in rows]
+            ev.inst[:n] = [row[1] for row in rows]
+            ev.ts[:n] = [row[2] for row in rows]
         self._trace[:n, :L.T_EQUITY] = np.nan
         before = self.session.n_orders
         self.session.feed(ev, self._equity, self._trace, 0, n)
@@ -216,8 +219,8 @@ class Engine:
         else:
             wanted = range(n)
         for row in wanted:
-            k, inst, ts = rows[row]
-            results[k] = self._decision(row, inst, ts, by_row.get(row))
+            k, inst, ts, price = rows[row]
+            results[k] = self._decision(row, inst, ts, price, by_row.get(row))
         return results
 
     def set_input(self, instrument: str, name: str, value: float) -> None:

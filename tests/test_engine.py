@@ -136,3 +136,49 @@ def test_bad_messages_are_refused_and_change_nothing(policy, call):
         call(engine)
     after = engine.snapshot()
     assert all(np.array_equal(before[k], after[k], equal_nan=True) for k in before)
+
+
+def test_market_many_equals_market_one_at_a_time(policy):
+    """The live runtime hands every message of one socket read to `market_many`:
+    same decisions, orders and state as one call per event, a bad event refused on its
+    own, and inputs set between chunks seen by the events after them only."""
+    ts, inst, price, _, score = stream(300, seed=11)
+    names = policy.instruments
+    events = [(names[i], int(t), {"price": float(p), "close": float(p)}) for t, i, p in zip(ts, inst, price)]
+    events[17] = (names[0], int(ts[17]), {"price": float("nan")})
+    events[40] = ("NOPE", int(ts[40]), {"price": 1.0})
+    events[77] = (names[1], int(ts[77]), {"colour": 1.0, "price": 2.0})
+
+    one, many = Engine(policy, L.FILL_SAME), Engine(policy, L.FILL_SAME)
+    expected = []
+    for k, event in enumerate(events):
+        if k % 50 == 0:
+            one.set_input(names[k % 2], "score", float(score[k]))
+        try:
+            expected.append(one.market(*event))
+        except EngineError as exc:
+            expected.append(type(exc))
+    got = []
+    for start in range(0, len(events), 50):  # chunks of 50, an input before each, as a feed would send them
+        many.set_input(names[start % 2], "score", float(score[start]))
+        got += [type(r) if isinstance(r, EngineError) else r for r in many.market_many(events[start:start + 50])]
+    assert got == expected
+    assert [got[k] for k in (17, 40, 77)] == [EngineError] * 3
+    assert np.array_equal(one.session.pstate, many.session.pstate, equal_nan=True)
+    cols = [L.O_INST, L.O_QTY, L.O_PRICE, L.O_TARGET, L.O_DESIRED, L.O_REASONS, L.O_EXIT, L.O_FILL_PRICE, L.O_FEE]
+    assert np.array_equal(one.session.orders[: one.session.n_orders][:, cols],
+                          many.session.orders[: many.session.n_orders][:, cols], equal_nan=True)
+    assert one.equity == many.equity and one.session.n_orders > 5
+
+
+def test_market_many_actionable_only_keeps_orders_and_reasons(policy):
+    ts, inst, price, _, _ = stream(200, seed=5)
+    events = [(policy.instruments[i], int(t), {"price": float(p), "score": 1.0}) for t, i, p in zip(ts, inst, price)]
+    full = Engine(policy, L.FILL_SAME).market_many(events)
+    lean = Engine(policy, L.FILL_SAME).market_many(events, actionable_only=True)
+    for a, b in zip(full, lean):
+        if a is not None and (a.order_qty or a.reasons):
+            assert b == a
+        else:
+            assert b is None
+    assert any(d is not None for d in lean)
