@@ -333,6 +333,7 @@ def cmd_run(args, parser) -> int:
     import asyncio
 
     from runtime.live import eventloop, view
+    from runtime.live.protocol import encode_indented
     from runtime.live.runner import LiveRuntime, RunConfig
 
     from .build import compile_checked
@@ -361,7 +362,7 @@ def cmd_run(args, parser) -> int:
 
     status = eventloop.run(run_and_watch())
     status.pop("recent")
-    print(json.dumps(status, indent=2))
+    print(encode_indented(status))
     print(f"decision log: {args.log}")
     return 0
 

@@ -29,6 +29,7 @@ class Decision:
     order_qty: float          # signed; 0 when nothing is sent
     reasons: tuple[str, ...]
     is_exit: bool
+    trips_kill_switch: bool = False  # this decision turned the kill switch on (max_drawdown, a custom halt)
 
 
 class EngineError(ValueError):
@@ -45,6 +46,8 @@ class Engine:
         self.session = policy.session(mode, account)
         self.index = {name: k for k, name in enumerate(policy.instruments)}
         self._names, self._reason_names = policy.instruments, policy.reason_names
+        self._trip_mask = sum(1 << k for k, name in enumerate(self._reason_names)
+                              if name.endswith(":halt") and name != "kill_switch:halt")
         self.columns = {name: k for k, name in enumerate(policy.columns)}
         self.inputs = {name: self.columns[name] for name in policy.checked.inputs}
         self.intent_column = self.columns.get("intent")
@@ -134,6 +137,7 @@ class Engine:
             desired_target=desired, approved_target=target, position=position, order_qty=order_qty,
             reasons=tuple(L.decode_reasons(reasons, self._reason_names)) if reasons else (),
             is_exit=bool(order is not None and order[L.O_EXIT]),
+            trips_kill_switch=bool(int(reasons) & self._trip_mask),
         )
 
     def _single(self, inst: int, ts: int, before: int, after: int) -> Decision | None:

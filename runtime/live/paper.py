@@ -78,16 +78,24 @@ class PaperVenue:
             return "bad side or qty"
         if msg.get("order_type", "market") != "market":
             return "only market orders"
-        if msg.get("instrument") not in self.last_price:
+        if self.price_of(msg.get("instrument")) is None:
             return f"no price for {msg.get('instrument')}"
         return ""
+
+    def price_of(self, instrument) -> float | None:
+        """The last price of an order's instrument; `binance:BTCUSDT` is priced from the
+        feed's `BTCUSDT`, as the runtime names venue symbols."""
+        if not isinstance(instrument, str):
+            return None
+        price = self.last_price.get(instrument)
+        return price if price is not None else self.last_price.get(instrument.partition(":")[2] or instrument)
 
     def execute(self, oid: str) -> list[dict]:
         """Fill a pending order at the instrument's last price; nothing if it was cancelled."""
         msg = self.pending.pop(oid, None)
         if msg is None:
             return []
-        price = self.last_price[msg["instrument"]]
+        price = self.price_of(msg["instrument"])
         qty = msg["qty"]
         fee = abs(qty) * price * self.fees_bps / 1e4
         fill = {"type": "fill", "client_order_id": oid, "qty": qty, "price": price, "fee": fee, "ts": time.time_ns()}

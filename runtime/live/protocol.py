@@ -78,6 +78,11 @@ def encode(message: dict) -> bytes:
     return orjson.dumps(message)
 
 
+def encode_indented(message: dict) -> str:
+    """The same JSON for a person to read (the status `run` prints when it stops)."""
+    return orjson.dumps(message, option=orjson.OPT_INDENT_2).decode()
+
+
 def _object(msg) -> dict:
     if not isinstance(msg, dict):
         raise ProtocolError(f"a message is a JSON object, not {type(msg).__name__}")

@@ -77,13 +77,12 @@ def message(rec: Recording, k: int, fmt: str, sent_ns: int) -> dict:
     return msg
 
 
-async def broadcast(rec: Recording, clients: set, fmt: str = "native", speed: float | None = None,
-                    rate: float | None = None, loop: bool = False) -> int:
-    """Send the recording to every connected client at once, as a live feed does;
-    returns how many messages went out."""
+async def broadcast(rec: Recording, clients: set, sent: list[int], fmt: str = "native", speed: float | None = None,
+                    rate: float | None = None, loop: bool = False) -> None:
+    """Send the recording to every connected client at once, as a live feed does,
+    counting messages in `sent[0]` (so a feed stopped midway still knows its count)."""
     from websockets.asyncio.server import broadcast as ws_broadcast
 
-    sent = 0
     while True:
         start_wall = time.perf_counter()
         for k in range(len(rec)):
@@ -96,9 +95,9 @@ async def broadcast(rec: Recording, clients: set, fmt: str = "native", speed: fl
             delay = due - time.perf_counter() if due is not None else 0.0
             await asyncio.sleep(max(delay, 0.0))  # also lets the clients' sockets drain
             ws_broadcast(clients, encode(message(rec, k, fmt, time.time_ns())).decode())
-            sent += 1
+            sent[0] += 1
         if not loop:
-            return sent
+            return
 
 
 async def serve(rec: Recording, host: str, port: int, fmt: str = "native", speed: float | None = None,
@@ -127,18 +126,16 @@ async def serve(rec: Recording, host: str, port: int, fmt: str = "native", speed
         if stop is not None:
             waiting.append(asyncio.create_task(stop.wait()))
         await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
-        sent = 0
+        sent = [0]
         if enough.is_set() and not (stop is not None and stop.is_set()):
-            feed = asyncio.create_task(broadcast(rec, clients, fmt, speed, rate, loop))
+            feed = asyncio.create_task(broadcast(rec, clients, sent, fmt, speed, rate, loop))
             stopper = [asyncio.create_task(stop.wait())] if stop is not None else []
             await asyncio.wait([feed, *stopper], return_when=asyncio.FIRST_COMPLETED)
-            if feed.done():
-                sent = feed.result()
-            else:
+            if not feed.done():
                 feed.cancel()
         for task in waiting:
             task.cancel()
         for ws in list(clients):
             await ws.close()
         server.close()
-    return sent
+    return sent[0]

@@ -95,15 +95,16 @@ class LiveRuntime:
     def act(self, decision: Decision | None, event_sent_ns: int | None = None) -> None:
         if decision is None:
             return
+        if decision.trips_kill_switch and not self.halt_logged:
+            # cancel what is pending first: this decision's own order is the liquidation
+            self.halt_logged = True
+            self.log.write("halt", ts=decision.ts, reason=",".join(decision.reasons), open_orders=list(self.open))
+            self._cancel_open_orders()
         if decision.order_qty:
             self.send_order(decision, event_sent_ns)
         elif decision.reasons:
             self.log.write("risk", ts=decision.ts, instrument=decision.instrument, reasons=decision.reasons,
                            desired_target=decision.desired_target, approved_target=decision.approved_target)
-        if self.engine.halted and not self.halt_logged:  # the kernel tripped the kill switch (max_drawdown)
-            self.halt_logged = True
-            self.log.write("halt", ts=decision.ts, reason=",".join(decision.reasons), open_orders=list(self.open))
-            self._cancel_open_orders()
 
     def send_order(self, d: Decision, event_sent_ns: int | None) -> None:
         """The frame goes out first, then the log record: the log is buffered either way."""
