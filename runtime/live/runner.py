@@ -46,6 +46,7 @@ class RunConfig:
     log_path: str = "decisions.jsonl"
     duration: float | None = None
     flatten_on_exit: bool = False
+    busy_poll: bool = False
 
 
 @dataclass
@@ -388,7 +389,8 @@ class LiveRuntime:
             servers.append(await self._listen(self.config.intents, self.on_intent_frame, "intents"))
         if self.config.control:
             servers.append(await self._listen(self.config.control, self.on_control_frame, "control"))
-        tasks = [asyncio.create_task(self._keep_connected(self.config.venue_url, "venue", self.on_venue_messages,
+        tasks = [asyncio.create_task(self._busy_poll())] if self.config.busy_poll else []
+        tasks += [asyncio.create_task(self._keep_connected(self.config.venue_url, "venue", self.on_venue_messages,
                                                           self._venue_connected, self._venue_lost)),
                  asyncio.create_task(self._feed_after_venue())]
         try:
@@ -411,6 +413,13 @@ class LiveRuntime:
         summary = self.status()
         self.log.close()
         return summary
+
+    async def _busy_poll(self) -> None:
+        """Keep the event loop polling the sockets instead of sleeping in the kernel: a
+        message is read as soon as it lands, without the wake-up of a sleeping process,
+        at the price of one CPU core kept busy."""
+        while not self.stop.is_set():
+            await asyncio.sleep(0)
 
     async def flatten(self, wait_s: float = 2.0) -> None:
         for name, qty in self.engine.positions().items():
