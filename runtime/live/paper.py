@@ -3,7 +3,8 @@
 It subscribes to a market-data feed, acknowledges market orders and fills them at the
 last price of that feed (after an optional latency, during which a `cancel` still
 stops them), charges fees in basis points, and answers a `client_order_id` it has seen
-before with exactly what it answered so far, executing nothing twice. It records
+before, in an order or a cancel, with exactly what it answered so far, executing
+nothing twice. It records
 tick-to-order latency from `event_sent_ns`.
 """
 from __future__ import annotations
@@ -104,13 +105,17 @@ class PaperVenue:
         return [fill]
 
     def _cancel(self, oid: str) -> list[dict]:
-        """A pending order is cancelled and answered with a `reject`; an order already
-        filled or never seen has nothing to cancel, and the cancel gets no answer."""
-        if self.pending.pop(oid, None) is None:
-            return []
-        reply = {"type": "reject", "client_order_id": oid, "reason": "cancelled"}
-        self.replies[oid].append(reply)
-        return [reply]
+        """A pending order is cancelled and answered with a `reject`. For an order that is
+        already done the answer is what it was answered so far (so a fill lost with a
+        connection is learnt from a cancel too), and an unknown order is rejected: after
+        a cancel, the runtime knows how every order ended."""
+        if self.pending.pop(oid, None) is not None:
+            reply = {"type": "reject", "client_order_id": oid, "reason": "cancelled"}
+            self.replies[oid].append(reply)
+            return [reply]
+        if oid in self.replies:
+            return list(self.replies[oid])
+        return [{"type": "reject", "client_order_id": oid, "reason": "unknown order: nothing to cancel"}]
 
     def percentiles(self) -> dict:
         if not self.latencies_ns:

@@ -96,16 +96,37 @@ class LiveRuntime:
     def act(self, decision: Decision | None, event_sent_ns: int | None = None) -> None:
         if decision is None:
             return
-        if decision.trips_kill_switch and not self.halt_logged:
-            # cancel what is pending first: this decision's own order is the liquidation
+        tripped = decision.trips_kill_switch and not self.halt_logged
+        if tripped:
             self.halt_logged = True
             self.log.write("halt", ts=decision.ts, reason=",".join(decision.reasons), open_orders=list(self.open))
             self._cancel_open_orders()
-        if decision.order_qty:
+        if decision.order_qty and self.engine.halted and self._has_open_orders(decision.instrument):
+            # Kill switch on: the instrument's open orders are being cancelled, and a
+            # liquidation netted against them would overshoot if the cancels succeed.
+            # Undo it; the instrument is flattened once its last open order is answered.
+            self.engine.reject(decision.instrument, decision.ts, decision.order_qty)
+            self.log.write("risk", ts=decision.ts, instrument=decision.instrument, reasons=decision.reasons,
+                           desired_target=decision.desired_target, approved_target=decision.approved_target,
+                           waiting_for="cancels")
+        elif decision.order_qty:
             self.send_order(decision, event_sent_ns)
         elif decision.reasons:
             self.log.write("risk", ts=decision.ts, instrument=decision.instrument, reasons=decision.reasons,
                            desired_target=decision.desired_target, approved_target=decision.approved_target)
+        if tripped:  # flatten every other instrument now, not at its next market event
+            for name in self.policy.instruments:
+                if name != decision.instrument and not self._has_open_orders(name):
+                    self.act(self.engine.decide(name, self.now_for(name)))
+
+    def _has_open_orders(self, instrument: str) -> bool:
+        return any(entry[0] == instrument for entry in self.open.values())
+
+    def _resolved(self, instrument: str, ts: int) -> None:
+        """An order is done (filled or rejected): while the kill switch is on, flatten its
+        instrument once nothing of it is open any more."""
+        if self.engine.halted and not self._has_open_orders(instrument):
+            self.act(self.engine.decide(instrument, ts))
 
     def send_order(self, d: Decision, event_sent_ns: int | None) -> None:
         """The frame goes out first, then the log record: the log is buffered either way."""
@@ -203,15 +224,19 @@ class LiveRuntime:
             self.engine.reject(instrument, ts, left)
             del self.open[oid]
             self.log.write("reject", ts=ts, client_order_id=oid, instrument=instrument, qty=left, reason=reply.reason)
+            self._resolved(instrument, ts)
             return
         qty = min(reply.qty, abs(left)) * (1 if left > 0 else -1)
         self.engine.fill(instrument, ts, qty, reply.price, reply.fee)
         self.counters.fills += 1
         self.open[oid][1] = left - qty
-        if abs(self.open[oid][1]) < 1e-12:
+        done = abs(self.open[oid][1]) < 1e-12
+        if done:
             del self.open[oid]
         self.log.write("fill", ts=ts, client_order_id=oid, instrument=instrument, qty=qty, price=reply.price,
                        fee=reply.fee, position=self.engine.position(instrument), equity=self.engine.equity)
+        if done:
+            self._resolved(instrument, ts)
 
     def _sent_by_us(self, oid: str) -> bool:
         """Order ids are this run's prefix and a sequence number: no set of past ids to keep."""
@@ -317,11 +342,13 @@ class LiveRuntime:
 
     def _venue_connected(self, stream: transport.Stream) -> None:
         """Resend every open order: the venue answers one it has seen with what it
-        answered before, which also recovers a fill lost with the old connection."""
+        answered before, which also recovers a fill lost with the old connection. While
+        the kill switch is on, cancel them instead: the answer to a cancel tells how each
+        ended (cancelled, filled, or never received), and nothing new can execute."""
         self.venue = stream
         self.venue_up.set()
-        for _, _, frame in list(self.open.values()):
-            stream.send(frame)
+        for oid, (_, _, frame) in list(self.open.items()):
+            stream.send(encode({"type": "cancel", "client_order_id": oid}) if self.engine.halted else frame)
 
     def _venue_lost(self) -> None:
         self.venue = None
