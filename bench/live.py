@@ -1,35 +1,52 @@
 """Live runtime figures for `make bench`, each next to a bare websockets baseline measured
-in the same run: tick-to-order latency vs an echo round trip, and market-data
-throughput through the runtime vs a bare client receiving the same frames."""
+in the same run:
+
+- tick-to-order latency at the paper venue vs an echo round trip to a server in its own
+  process (both cross a process boundary twice, both paced like the feed);
+- market-data throughput through the runtime vs a bare client, in the runtime's place,
+  decoding the same frames, both fed faster than they can take them;
+- the same at scale: 1,000 instruments on one feed, and 100 intent clients at once.
+
+Every asyncio part runs on the loop the runtime uses (uvloop when installed). The feed,
+the venue, the echo server and the intent clients are processes of their own; the
+runtime runs in this one, so its counters can be read directly.
+
+Internal: `live.py --worker echo|burst|intents ...` are those child processes.
+"""
 from __future__ import annotations
 
 import asyncio
 import json
+import secrets
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from contextlib import asynccontextmanager, contextmanager, suppress
 from pathlib import Path
 
-import numpy as np
-
 HOST = "127.0.0.1"
-POLICY = """
-policy: flip
-version: 1
-instruments: [SYN]
-features:
-  up: close > close[1]
-signals:
-  - when: up
-    target: 10
-  - when: not up
-    target: -10
-risk:
-  max_position: 10
-"""
+RATE = 500.0            # events (and echo messages) per second wherever a latency is measured
+LATENCY_EVENTS = 2_500  # 5 s at RATE
+THROUGHPUT_EVENTS = 200_000
+THROUGHPUT_PAIRS = 3    # bare client and runtime interleaved, so drift on the shared machine hits both
+INSTRUMENTS = 1_000
+INTENT_CLIENTS = 100
+INTENTS_PER_SECOND = 20.0  # per client
+INTENT_SECONDS = 6.0       # the feed's length in the intents run, at RATE
+
+
+# ---------------------------------------------------------------------------------------
+# plumbing
+# ---------------------------------------------------------------------------------------
+def _run(main):
+    """Run a coroutine on the loop the runtime uses, so baselines pay the same loop costs."""
+    from runtime.live.eventloop import run
+
+    return run(main)
 
 
 def _port() -> int:
@@ -39,42 +56,23 @@ def _port() -> int:
 
 
 def _pct(xs_ns) -> tuple[float, float]:
-    xs = np.sort(np.asarray(xs_ns, dtype=float)) / 1e3
+    """p50 and p99 in microseconds."""
+    import numpy as np
+
+    xs = np.asarray(xs_ns, dtype=float) / 1e3
     return float(np.percentile(xs, 50)), float(np.percentile(xs, 99))
 
 
-async def _echo_round_trip(n: int) -> list[int]:
-    from websockets.asyncio.client import connect
-    from websockets.asyncio.server import serve
-
-    async def echo(ws):
-        async for frame in ws:
-            await ws.send(frame)
-
-    port = _port()
-    out = []
-    async with serve(echo, HOST, port, compression=None):
-        async with connect(f"ws://{HOST}:{port}", compression=None) as ws:
-            for k in range(n):
-                t0 = time.time_ns()
-                await ws.send(json.dumps({"type": "tick", "instrument": "SYN", "ts": k, "price": 1.0, "sent_ns": t0}))
-                await ws.recv()
-                out.append(time.time_ns() - t0)
-    return out
+def _spawn(*argv) -> subprocess.Popen:
+    return subprocess.Popen([str(a) for a in argv], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
-def _recording(n: int, tmp: Path) -> Path:
-    rng = np.random.default_rng(3)
-    price = 100 * np.exp(np.cumsum(rng.normal(0, 0.001, n)))
-    stamps = np.datetime_as_string(np.datetime64("2024-01-02T00:00") + np.arange(n).astype("timedelta64[s]"))
-    path = tmp / "syn.csv"
-    path.write_text("Datetime,Close\n" + "".join(f"{t},{p:.5f}\n" for t, p in zip(stamps, price)))
-    return path
+def _policyc(*args) -> subprocess.Popen:
+    return _spawn(Path(sys.executable).parent / "policyc", *args)
 
 
-def _spawn(*args) -> "subprocess.Popen":
-    exe = Path(sys.executable).parent / "policyc"
-    return subprocess.Popen([str(exe), *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+def _worker_argv(kind: str, *args) -> list[str]:
+    return [sys.executable, str(Path(__file__).resolve()), "--worker", kind, *map(str, args)]
 
 
 def _wait_port(port: int, timeout: float = 30.0) -> None:
@@ -88,6 +86,7 @@ def _wait_port(port: int, timeout: float = 30.0) -> None:
 
 
 def _stop(proc) -> str:
+    """SIGINT, then the process's stderr (the venue prints its latency report there)."""
     proc.send_signal(signal.SIGINT)
     try:
         _, err = proc.communicate(timeout=20)
@@ -97,87 +96,390 @@ def _stop(proc) -> str:
     return err
 
 
-async def _runtime(policy, feed_port: int, venue_port: int, n: int, log: Path):
-    from runtime.live.runner import LiveRuntime, RunConfig
+# ---------------------------------------------------------------------------------------
+# data and policies
+# ---------------------------------------------------------------------------------------
+def _recording(path: Path, n: int, seed: int) -> Path:
+    """A Datetime,Close random walk, one row per second."""
+    import numpy as np
 
-    rt = LiveRuntime(policy, RunConfig(f"ws://{HOST}:{feed_port}", f"ws://{HOST}:{venue_port}", log_path=str(log)))
-    run = asyncio.create_task(rt.run())
-    while rt.counters.events == 0:
-        await asyncio.sleep(0.001)
-    t0 = time.perf_counter()
-    while rt.counters.events < n and time.perf_counter() - t0 < 120:
-        await asyncio.sleep(0.002)
-    elapsed = time.perf_counter() - t0
-    rt.stop.set()
-    await run
-    return rt, (rt.counters.events - 1) / elapsed
+    rng = np.random.default_rng(seed)
+    price = 100 * np.exp(np.cumsum(rng.normal(0, 0.001, n)))
+    stamps = np.datetime_as_string(np.datetime64("2024-01-02T00:00") + np.arange(n).astype("timedelta64[s]"))
+    path.write_text("Datetime,Close\n" + "".join(f"{t},{p:.5f}\n" for t, p in zip(stamps, price)))
+    return path
 
 
-def _live_run(policy, data: Path, n: int, rate: float | None, log: Path):
-    """replay-feed and paper-venue as their own processes, the runtime in this one."""
-    feed_port, venue_port = _port(), _port()
-    pace = ["--rate", str(rate)] if rate else []
-    feed = _spawn("replay-feed", "--data", f"SYN={data}", "--listen", f"{HOST}:{feed_port}", "--clients", "2", *pace)
-    _wait_port(feed_port)
-    venue = _spawn("paper-venue", "--listen", f"{HOST}:{venue_port}", "--feed", f"ws://{HOST}:{feed_port}")
-    _wait_port(venue_port)
+def _many_recordings(tmp: Path) -> dict[str, Path]:
+    """INSTRUMENTS short recordings (30-60 rows each) for one feed."""
+    import numpy as np
+
+    lengths = np.random.default_rng(5).integers(30, 61, INSTRUMENTS)
+    return {f"S{k:04d}": _recording(tmp / f"s{k:04d}.csv", int(n), seed=100 + k) for k, n in enumerate(lengths)}
+
+
+def _flip(instruments, intents: bool = False):
+    """Long on an up-tick, short otherwise: an order on about every other event (the
+    order path under stress). With `intents`, a model's intents set the target too."""
+    return _policy("flip", instruments, "up: close > close[1]", "up", "not up", intents)
+
+
+def _cross(instruments):
+    """An EMA crossover: orders at crossings only, as a trend policy sends them."""
+    return _policy("cross", instruments, "fast: ema(close, 5)\n  slow: ema(close, 20)",
+                   "crosses_above(fast, slow)", "crosses_below(fast, slow)")
+
+
+def _policy(name: str, instruments, features: str, long_when: str, short_when: str, intents: bool = False):
+    from compiler.build import compile_policy
+    from dsl.document import parse_policy_text
+
+    text = f"""
+policy: {name}
+version: 1
+instruments: [{", ".join(instruments)}]
+{"inputs: [intent]" if intents else ""}
+features:
+  {features}
+signals:
+  - when: {long_when}
+    target: 10
+  - when: {short_when}
+    target: -10
+risk:
+  max_position: 10
+"""
+    return compile_policy(parse_policy_text(text, f"{name}.yaml"))
+
+
+# ---------------------------------------------------------------------------------------
+# baselines
+# ---------------------------------------------------------------------------------------
+async def _echo(ws) -> None:
+    async for frame in ws:
+        await ws.send(frame)
+
+
+async def _serve_echo(port: int) -> None:
+    from websockets.asyncio.server import serve
+
+    async with serve(_echo, HOST, port, compression=None):
+        await asyncio.Future()
+
+
+async def _echo_client(port: int, n: int) -> list[int]:
+    """Round trips of tick-shaped frames, paced at RATE like the feed, each reply decoded."""
+    import orjson
+    from websockets.asyncio.client import connect
+
+    out = []
+    async with connect(f"ws://{HOST}:{port}", compression=None) as ws:
+        start = time.perf_counter()
+        for k in range(n):
+            await asyncio.sleep(max(0.0, start + k / RATE - time.perf_counter()))
+            t0 = time.time_ns()
+            await ws.send(orjson.dumps({"type": "tick", "instrument": "SYN", "ts": k, "price": 1.0,
+                                        "sent_ns": t0}).decode())
+            orjson.loads(await ws.recv())
+            out.append(time.time_ns() - t0)
+    return out
+
+
+def _echo_cross_process(n: int) -> list[int]:
+    """The echo server in a process of its own, as the feed and the venue are."""
+    port = _port()
+    server = _spawn(*_worker_argv("echo", port))
     try:
-        rt, rate_got = asyncio.run(_runtime(policy, feed_port, venue_port, n, log))
+        _wait_port(port)
+        return _run(_echo_client(port, n))
     finally:
-        venue_err = _stop(venue)
-        _stop(feed)
-    lines = [l for l in venue_err.splitlines() if l.startswith("{")]
-    return rt, rate_got, (json.loads(lines[-1]) if lines else {})
+        _stop(server)
+
+
+async def _echo_in_process(n: int) -> list[int]:
+    from websockets.asyncio.server import serve
+
+    port = _port()
+    async with serve(_echo, HOST, port, compression=None):
+        return await _echo_client(port, n)
 
 
 async def _bare_client(port: int, n: int) -> float:
+    """Events per second received and decoded with orjson (the runtime's decoder), from
+    the first event to the n-th."""
+    import orjson
     from websockets.asyncio.client import connect
 
     got = 0
     async with connect(f"ws://{HOST}:{port}", max_size=1 << 20, compression=None) as ws:
         async for frame in ws:
-            json.loads(frame)
-            got += 1
-            if got == 1:
+            orjson.loads(frame)
+            if got == 0:
                 t0 = time.perf_counter()
+            got += 1
             if got == n:
                 break
-    return (n - 1) / (time.perf_counter() - t0)
+    return (got - 1) / (time.perf_counter() - t0)
 
 
-def _bare_receive(data: Path, n: int) -> float:
-    """Events per second a bare websockets client takes from the same replay feed."""
-    port = _port()
-    feed = _spawn("replay-feed", "--data", f"SYN={data}", "--listen", f"{HOST}:{port}", "--clients", "1")
-    _wait_port(port)
+# ---------------------------------------------------------------------------------------
+# the runtime between a feed and a paper venue
+# ---------------------------------------------------------------------------------------
+async def _burst_feed(port: int, clients: int, specs: list[str]) -> None:
+    """replay-feed's frames for `specs` (SYMBOL=PATH), framed up front and written to each
+    client in one write once `clients` are connected, then served until SIGINT. The feed
+    process then only flushes its buffers: the consumers read a full socket at their own
+    capacity, and do not share the 2 cores with a feed still encoding."""
+    from websockets.asyncio.server import serve
+    from websockets.frames import Frame, Opcode
+
+    from runtime.live.protocol import encode
+    from runtime.live.replay import load_recording, message
+
+    rec = load_recording([tuple(spec.split("=", 1)) for spec in specs])
+    blob = b"".join(Frame(Opcode.TEXT, encode(message(rec, k, "native", time.time_ns()))).serialize(mask=False)
+                    for k in range(len(rec)))
+    connected: list = []
+    enough = asyncio.Event()
+
+    async def handler(ws):
+        connected.append(ws)
+        if len(connected) >= clients:
+            enough.set()
+        await ws.wait_closed()
+
+    async with serve(handler, HOST, port, max_size=1 << 20, compression=None):
+        await enough.wait()
+        for ws in connected:
+            ws.transport.write(blob)  # what a broadcast of each frame would write, byte for byte
+        await asyncio.Future()
+
+
+@contextmanager
+def _feed_and_venue(data: dict[str, Path], rate: float | None, clients: int = 2):
+    """A feed and paper-venue as processes of their own; the feed starts once `clients`
+    (the venue included) are connected. Paced, the feed is `policyc replay-feed --rate`.
+    Unpaced, it is the burst worker: unpaced replay-feed is CPU-bound below what a bare
+    client takes, so a throughput measured behind it would be the feed's. Yields (feed
+    port, venue port, report); `report` gets the venue's closing figures when the block
+    ends."""
+    feed_port, venue_port = _port(), _port()
+    specs = [f"{name}={path}" for name, path in data.items()]
+    if rate:
+        feed = _policyc("replay-feed", *(a for spec in specs for a in ("--data", spec)), "--listen",
+                        f"{HOST}:{feed_port}", "--clients", clients, "--rate", rate)
+    else:
+        feed = _spawn(*_worker_argv("burst", feed_port, clients, *specs))
+    venue = None
+    report: dict = {}
     try:
-        return asyncio.run(_bare_client(port, n))
+        _wait_port(feed_port)
+        venue = _policyc("paper-venue", "--listen", f"{HOST}:{venue_port}", "--feed", f"ws://{HOST}:{feed_port}")
+        _wait_port(venue_port)
+        yield feed_port, venue_port, report
     finally:
+        if venue is not None:
+            lines = [l for l in _stop(venue).splitlines() if l.startswith("{")]
+            report.update(json.loads(lines[-1]) if lines else {})
         _stop(feed)
 
 
-def bench_live() -> list[list]:
-    from compiler.build import compile_policy
-    from dsl.document import parse_policy_text
+@asynccontextmanager
+async def _running(policy, feed_port: int, venue_port: int, log: Path, **config):
+    """The runtime in this process, on this loop, stopped when the block ends."""
+    from runtime.live.runner import LiveRuntime, RunConfig
 
-    policy = compile_policy(parse_policy_text(POLICY, "flip.yaml"))
-    rows = []
+    rt = LiveRuntime(policy, RunConfig(f"ws://{HOST}:{feed_port}", f"ws://{HOST}:{venue_port}", log_path=str(log),
+                                       **config))
+    task = asyncio.create_task(rt.run())
+    try:
+        yield rt
+    finally:
+        rt.stop.set()
+        await task
+
+
+async def _runtime_until(policy, feed_port: int, venue_port: int, n: int, log: Path, **config):
+    """Run until the runtime has taken n events; returns it and its events per second
+    from the first event on."""
+    async with _running(policy, feed_port, venue_port, log, **config) as rt, asyncio.timeout(120):
+        while rt.counters.events == 0:
+            await asyncio.sleep(0.001)
+        t0 = time.perf_counter()
+        while rt.counters.events < n:
+            await asyncio.sleep(0.002)
+        elapsed = time.perf_counter() - t0
+    return rt, (rt.counters.events - 1) / elapsed
+
+
+def _live_run(policy, data: dict[str, Path], n: int, rate: float | None, log: Path, **config):
+    with _feed_and_venue(data, rate) as (feed_port, venue_port, venue):
+        rt, got = _run(_runtime_until(policy, feed_port, venue_port, n, log, **config))
+    return rt, got, venue.get("latency", {})
+
+
+def _bare_receive(data: dict[str, Path], n: int) -> float:
+    """A bare client in the runtime's place: same feed, same venue also subscribed."""
+    with _feed_and_venue(data, None) as (feed_port, _, _):
+        return _run(_bare_client(feed_port, n))
+
+
+async def _runtime_with_intents(policy, feed_port: int, venue_port: int, log: Path):
+    """The runtime with an intents listener; the worker's clients load it for as long as
+    the feed plays. Returns the worker's report."""
+    token, port = secrets.token_hex(16), _port()
+    async with _running(policy, feed_port, venue_port, log, intents=(HOST, port), token=token) as rt:
+        await asyncio.wait_for(rt.venue_up.wait(), 30)  # the intents listener is up before the venue connects
+        proc = await asyncio.create_subprocess_exec(
+            *_worker_argv("intents", port, token, feed_port), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        try:
+            out, err = await asyncio.wait_for(proc.communicate(), 120)
+        finally:
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()
+    if proc.returncode != 0:
+        raise RuntimeError(f"intent clients failed: {err.decode().strip()[-500:]}")
+    return json.loads(out)
+
+
+# ---------------------------------------------------------------------------------------
+# intent clients (a worker process)
+# ---------------------------------------------------------------------------------------
+async def _intent_clients(port: int, token: str, feed_port: int) -> dict:
+    """INTENT_CLIENTS connections sending intents, INTENTS_PER_SECOND each, every one
+    awaiting its decision, from the feed's first event to its end. This process also
+    subscribes to the feed (as a model would), so the feed starts once all are connected."""
+    import orjson
+    from websockets.asyncio.client import connect
+    from websockets.exceptions import ConnectionClosed
+
+    headers = {"Authorization": f"Bearer {token}"}
+    conns = [await connect(f"ws://{HOST}:{port}", additional_headers=headers, compression=None)
+             for _ in range(INTENT_CLIENTS)]
+    rtts: list[int] = []
+    errors: list[str] = []
+    done = asyncio.Event()
+
+    async def client(c: int, ws) -> None:
+        start = time.perf_counter() + c / INTENT_CLIENTS / INTENTS_PER_SECOND  # spread the clients' phases
+        k = 0
+        while not done.is_set():
+            await asyncio.sleep(max(0.0, start + k / INTENTS_PER_SECOND - time.perf_counter()))
+            ident = f"{c}-{k}"
+            t0 = time.perf_counter_ns()
+            target = (k % 5 - 2) * 10  # -20..20, so max_position clips some
+            try:
+                await ws.send(orjson.dumps({"type": "intent", "id": ident, "instrument": "SYN",
+                                            "target": target}).decode())
+                reply = orjson.loads(await ws.recv())
+            except ConnectionClosed as exc:
+                errors.append(f"client {c}: {exc}")
+                return
+            rtts.append(time.perf_counter_ns() - t0)
+            if reply.get("type") != "decision" or reply.get("id") != ident:
+                errors.append(str(reply)[:200])
+            k += 1
+
+    async with connect(f"ws://{HOST}:{feed_port}", max_size=1 << 20, compression=None) as feed:
+        await feed.recv()
+        tasks = [asyncio.create_task(client(c, ws)) for c, ws in enumerate(conns)]
+        async for _ in feed:
+            pass
+    done.set()
+    await asyncio.gather(*tasks)
+    for ws in conns:
+        await ws.close()
+    return {"rtt_ns": rtts, "errors": len(errors), "first_errors": errors[:3]}
+
+
+def worker(kind: str, args: list[str]) -> None:
+    if kind == "echo":
+        with suppress(KeyboardInterrupt):
+            _run(_serve_echo(int(args[0])))
+    elif kind == "burst":
+        with suppress(KeyboardInterrupt):
+            _run(_burst_feed(int(args[0]), int(args[1]), args[2:]))
+    elif kind == "intents":
+        port, token, feed_port = int(args[0]), args[1], int(args[2])
+        print(json.dumps(_run(_intent_clients(port, token, feed_port))))
+
+
+# ---------------------------------------------------------------------------------------
+# section 7
+# ---------------------------------------------------------------------------------------
+def _latency_row(what: str, lat: dict, echo_p50: float) -> list:
+    if not lat:
+        return [what, "no orders reached the venue", "", ""]
+    return [f"{what} ({lat['n']:,} orders)", f"p50 {lat['p50_us']:,.0f} us", f"p99 {lat['p99_us']:,.0f} us",
+            f"{lat['p50_us'] / echo_p50:.2f} (p50)"]
+
+
+def _throughput_rows(what: str, policy, data: dict[str, Path], n: int, log: Path) -> list[list]:
+    """Medians over interleaved pairs; the ratio is the median of the paired ratios."""
+    bare, got, orders = [], [], []
+    for _ in range(THROUGHPUT_PAIRS):
+        bare.append(_bare_receive(data, n))
+        rt, rate, _ = _live_run(policy, data, n, None, log)
+        got.append(rate)
+        orders.append(rt.counters.orders)
+    ratio = statistics.median(g / b for g, b in zip(got, bare))
+    return [[f"{what}: bare client in the runtime's place, orjson-decoding the feed ({n:,} events, median of "
+             f"{THROUGHPUT_PAIRS})", f"{statistics.median(bare):,.0f} ev/s", "", "1.00"],
+            [f"{what}: runtime through the kernel, orders flowing ({statistics.median(orders):,.0f} orders)",
+             f"{statistics.median(got):,.0f} ev/s", "", f"{ratio:.2f}"]]
+
+
+def bench_live() -> list[list]:
+    one = _flip(["SYN"])  # also pays the compiler's imports
+    t = time.perf_counter()
+    many = _flip([f"S{k:04d}" for k in range(INSTRUMENTS)])
+    rows = [[f"compile_policy of the flip policy over {INSTRUMENTS:,} instruments (JIT, or the kernel cache when "
+             "warm)", f"{time.perf_counter() - t:.2f} s", "", ""]]
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        echo = asyncio.run(_echo_round_trip(3000))
-        e50, e99 = _pct(echo)
-        rows.append(["bare websockets echo round trip (3,000 msgs, one process)", f"p50 {e50:,.0f} us",
-                     f"p99 {e99:,.0f} us", "1.00"])
-        rt, _, venue = _live_run(policy, _recording(3000, tmp), 3000, 500.0, tmp / "lat.jsonl")
-        lat = venue.get("latency", {})
-        if lat:
-            rows.append([f"tick-to-order at the paper venue ({lat['n']:,} orders, feed at 500 ev/s)",
-                         f"p50 {lat['p50_us']:,.0f} us", f"p99 {lat['p99_us']:,.0f} us",
-                         f"{lat['p50_us'] / e50:.2f} (p50)"])
-        big = _recording(50_000, tmp)
-        bare = _bare_receive(big, 50_000)
-        rt, got, _ = _live_run(policy, big, 50_000, None, tmp / "tput.jsonl")
-        rows.append(["bare websockets client receiving the replay feed (50,000 events)", f"{bare:,.0f} ev/s", "", "1.00"])
-        rows.append([f"runtime through the kernel, orders flowing ({rt.counters.orders:,} orders)",
-                     f"{got:,.0f} ev/s", "", f"{got / bare:.2f}"])
+        e50, e99 = _pct(_echo_cross_process(LATENCY_EVENTS))
+        rows.append([f"echo round trip, server in its own process ({LATENCY_EVENTS:,} msgs at {RATE:,.0f}/s): "
+                     "the latency baseline", f"p50 {e50:,.0f} us", f"p99 {e99:,.0f} us", "1.00"])
+        i50, i99 = _pct(_run(_echo_in_process(LATENCY_EVENTS)))
+        rows.append(["echo round trip, server in this process (informational)", f"p50 {i50:,.0f} us",
+                     f"p99 {i99:,.0f} us", f"{i50 / e50:.2f} (p50)"])
+
+        syn = {"SYN": _recording(tmp / "syn.csv", LATENCY_EVENTS + 500, seed=3)}
+        _, _, lat = _live_run(one, syn, LATENCY_EVENTS, RATE, tmp / "lat.jsonl")
+        rows.append(_latency_row(f"1 instrument, feed at {RATE:,.0f} ev/s: tick-to-order at the paper venue; ratio "
+                                 "to the cross-process echo", lat, e50))
+        _, _, lat = _live_run(one, syn, LATENCY_EVENTS, RATE, tmp / "busy.jsonl", busy_poll=True)
+        rows.append(_latency_row("  the same with run --busy-poll (the runtime keeps a core busy; p99 suffers when "
+                                 "it has none of its own)", lat, e50))
+        data = _many_recordings(tmp)
+        _, _, lat = _live_run(many, data, LATENCY_EVENTS, RATE, tmp / "many-lat.jsonl")
+        rows.append(_latency_row(f"{INSTRUMENTS:,} instruments on one feed at {RATE:,.0f} ev/s: tick-to-order",
+                                 lat, e50))
+
+        big = {"SYN": _recording(tmp / "big.csv", THROUGHPUT_EVENTS, seed=4)}
+        rows += _throughput_rows("1 instrument, an order every other event", one, big, THROUGHPUT_EVENTS,
+                                 tmp / "tput.jsonl")
+        rows += _throughput_rows("1 instrument, EMA crossover", _cross(["SYN"]), big, THROUGHPUT_EVENTS,
+                                 tmp / "cross.jsonl")
+        total = sum(len(p.read_text().splitlines()) - 1 for p in data.values())
+        rows += _throughput_rows(f"{INSTRUMENTS:,} instruments", many, data, total, tmp / "many-tput.jsonl")
+
+        paced = {"SYN": _recording(tmp / "intents.csv", int(INTENT_SECONDS * RATE), seed=6)}
+        with _feed_and_venue(paced, RATE, clients=3) as (feed_port, venue_port, venue):
+            load = _run(_runtime_with_intents(_flip(["SYN"], intents=True), feed_port, venue_port,
+                                              tmp / "intents.jsonl"))
+        r50, r99 = _pct(load["rtt_ns"])
+        rows.append([f"{INTENT_CLIENTS} intent clients x {INTENTS_PER_SECOND:g}/s: intent -> decision round trip "
+                     f"({len(load['rtt_ns']):,} intents, {load['errors']} errors)",
+                     f"p50 {r50:,.0f} us", f"p99 {r99:,.0f} us", f"{r50 / e50:.2f} (p50)"])
+        if load["errors"]:
+            rows.append(["  first errors: " + " | ".join(load["first_errors"]), "", "", ""])
+        rows.append(_latency_row(f"  tick-to-order during that load, feed at {RATE:,.0f} ev/s",
+                                 venue.get("latency", {}), e50))
     return rows
+
+
+if __name__ == "__main__":
+    if len(sys.argv) >= 3 and sys.argv[1] == "--worker":
+        worker(sys.argv[2], sys.argv[3:])

@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import sys
 from dataclasses import dataclass, field
+from functools import cached_property
 
 from dsl import expressions as ex
 from dsl.diagnostics import Diagnostic, PolicyError, Span, did_you_mean, error, warning
@@ -48,8 +49,9 @@ class CheckedPolicy:
     def name(self) -> str:
         return self.parsed.name
 
-    @property
+    @cached_property
     def instruments(self) -> list[str]:
+        """Computed once: the live runtime reads it per decision, with up to thousands of names."""
         return [i.name for i in self.parsed.instruments]
 
 

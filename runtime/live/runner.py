@@ -17,6 +17,7 @@ import random
 import secrets
 import signal
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
@@ -191,12 +192,18 @@ class LiveRuntime:
         for instrument, ts, _ in batch:
             self.clock[instrument] = (ts, now)
         self.counters.events += len(batch)
-        for result, sent_ns in zip(self.engine.market_many(batch, actionable_only=True), sent):
-            if isinstance(result, EngineError):
-                self.counters.events -= 1
-                self.bad_message("feed", str(result))
-            else:
-                self.act(result, sent_ns)
+        results = self.engine.market_many(batch, actionable_only=True)
+        with self._venue_corked(len(batch) > 1):
+            for result, sent_ns in zip(results, sent):
+                if isinstance(result, EngineError):
+                    self.counters.events -= 1
+                    self.bad_message("feed", str(result))
+                else:
+                    self.act(result, sent_ns)
+
+    def _venue_corked(self, enabled: bool):
+        """Orders decided on one batch leave in one write."""
+        return self.venue.corked(enabled) if self.venue is not None else nullcontext()
 
     # ---- venue --------------------------------------------------------------------
     def on_venue_messages(self, frames: list[bytes]) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import ssl
+from contextlib import contextmanager
 from typing import Callable
 
 from websockets.client import ClientProtocol
@@ -38,7 +39,7 @@ class Stream(asyncio.Protocol):
         self._parts: list[bytes] = []
         self._part_opcode: Opcode | None = None
         self._oversized = False
-        self._flush_scheduled = False
+        self._corked = False
         self._abort_timer: asyncio.TimerHandle | None = None
 
     # ---- asyncio.Protocol ------------------------------------------------------------
@@ -99,13 +100,26 @@ class Stream(asyncio.Protocol):
         return self.protocol.state is State.OPEN
 
     def send(self, text: str | bytes) -> None:
-        """Queue one text message (no task, no await). Messages queued while one
-        callback runs leave in one write at its end: a batch of orders is one syscall."""
+        """Write one text message now (no task, no await), or, while corked, queue it."""
         if self.protocol.state is State.OPEN:
             self.protocol.send_text(text.encode() if isinstance(text, str) else text)
-            if not self._flush_scheduled:
-                self._flush_scheduled = True
-                asyncio.get_running_loop().call_soon(self._flush)
+            if not self._corked:
+                self._flush()
+
+    @contextmanager
+    def corked(self, enabled: bool = True):
+        """Messages sent inside leave in one write at the end: a batch of orders is one
+        syscall. A single message is better written at once, hence `enabled`."""
+        if not enabled or self._corked:
+            yield
+            return
+        self._corked = True
+        try:
+            yield
+        finally:
+            self._corked = False
+            if self.transport is not None and not self.transport.is_closing():
+                self._flush()
 
     def close(self) -> None:
         """Deliver nothing more and start the closing handshake; the TCP connection is
@@ -126,7 +140,7 @@ class Stream(asyncio.Protocol):
             self.opened.set_result(None)
 
     def _flush(self) -> None:
-        self._flush_scheduled = False
+        self._corked = False
         if self.transport.is_closing():
             return
         for data in self.protocol.data_to_send():
