@@ -8,3 +8,21 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind((HOST, 0))
         return s.getsockname()[1]
+
+
+def wait_port(port: int, timeout: float = 10.0, proc=None) -> None:
+    """Block until something listens on HOST:port (a process started for the test
+    has come up), polling; fail early if `proc` has already exited."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with socket.create_connection((HOST, port), timeout=0.2):
+                return
+        except OSError:
+            if proc is not None and proc.poll() is not None:
+                raise AssertionError(f"process exited with {proc.returncode} before listening on {port}")
+            if time.monotonic() > deadline:
+                raise AssertionError(f"nothing listens on {HOST}:{port} after {timeout} s")
+            time.sleep(0.02)
