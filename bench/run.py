@@ -5,6 +5,9 @@
 3. cached compile in a second fresh process with the same cache (machine code loaded)
 4. kernel speed on 1,000,000 synthetic events against a hand-written @njit loop
 5. the same at 10,000,000 events
+6. data loading (CSV and Parquet) and the sweep rate
+7. the live runtime on loopback: tick-to-order latency, throughput, 1,000 instruments on
+   one feed and 100 intent clients, each next to a bare websockets baseline (bench/live.py)
 
 Benchmarks report; they never fail on timing. The only hard failure is a parity
 mismatch between the generated kernel and the hand-written loop, because then the
