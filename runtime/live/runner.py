@@ -277,6 +277,7 @@ class LiveRuntime:
                 "risk": self.engine.session.reason_counts,
                 "events": self.counters.events, "orders": self.counters.orders, "fills": self.counters.fills,
                 "rejects": self.counters.rejects, "bad_messages": self.counters.bad_messages,
+                "unacknowledged": len(self.unacked),
                 "reconnects": self.counters.reconnects, "latency": pct, "recent": list(self.log.recent)}
 
     def on_control_frame(self, frame) -> dict:
