@@ -196,6 +196,8 @@ class Engine:
         for k, (instrument, ts, fields) in enumerate(events):
             try:
                 inst = self.instrument(instrument)
+                if not isinstance(ts, (int, np.integer)) or isinstance(ts, bool) or not 0 <= ts < 2**63:
+                    raise EngineError(f"timestamp must be int64 nanoseconds, not {ts!r}")
                 row, price = self._market_values(inst, fields)
                 values.append(row)
                 rows.append((k, inst, ts, price))

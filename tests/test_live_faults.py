@@ -1144,3 +1144,51 @@ def test_sigterm_mid_stream_stops_run_replay_feed_and_paper_venue_with_exit_0_an
     sent = int(feed_err.strip().splitlines()[-1].split()[1].replace(",", ""))
     assert 0 < sent < 5036  # stopped mid-stream
     assert json.loads(venue_err.strip().splitlines()[-1])["fills"] >= status["fills"]
+
+
+# ---- a peer that vanishes without closing ------------------------------------------------------------------------
+
+def test_a_silent_peer_is_pinged_and_dropped_so_the_connection_can_be_remade(monkeypatch):
+    """No FIN from a host that went away: the stream pings after PING_INTERVAL_S of
+    silence and drops the connection when not even a pong comes back."""
+    from websockets.asyncio.server import serve
+
+    from runtime.live import transport
+
+    monkeypatch.setattr(transport, "PING_INTERVAL_S", 0.1)
+
+    async def scenario():
+        async def handler(ws):
+            ws.transport.pause_reading()  # alive for TCP, deaf for WebSocket: no pong
+            await asyncio.sleep(10)
+
+        async with serve(handler, HOST, 0) as server:
+            port = server.sockets[0].getsockname()[1]
+            stream = await transport.connect(f"ws://{HOST}:{port}", lambda m: None, lambda why: None)
+            t0 = asyncio.get_running_loop().time()
+            await asyncio.wait_for(asyncio.shield(stream.lost), 3)
+            return asyncio.get_running_loop().time() - t0
+
+    assert asyncio.run(scenario()) < 1.0
+
+
+def test_a_quiet_but_alive_peer_keeps_its_connection(monkeypatch):
+    from websockets.asyncio.server import serve
+
+    from runtime.live import transport
+
+    monkeypatch.setattr(transport, "PING_INTERVAL_S", 0.05)
+
+    async def scenario():
+        async def handler(ws):
+            await asyncio.sleep(10)  # sends nothing, but its protocol answers pings
+
+        async with serve(handler, HOST, 0) as server:
+            port = server.sockets[0].getsockname()[1]
+            stream = await transport.connect(f"ws://{HOST}:{port}", lambda m: None, lambda why: None)
+            await asyncio.sleep(0.6)
+            alive = not stream.lost.done()
+            stream.close()
+            return alive
+
+    assert asyncio.run(scenario())

@@ -93,3 +93,19 @@ def test_decision_log_numbers_records_and_stamps_hashes(tmp_path):
     assert records[1]["qty"] is None and records[1]["ts"] == 5
     with pytest.raises(ValueError):
         DecisionLog(tmp_path / "x.jsonl", "p", "b").write("party")
+
+
+@pytest.mark.parametrize("frame", [
+    '{"type": "tick", "instrument": "ORCL", "ts": 9223372036854775808, "price": 45.1}',
+    '{"type": "tick", "instrument": "ORCL", "ts": -1, "price": 45.1}',
+    '{"type": "tick", "instrument": "ORCL", "ts": 1, "price": 45.1, "sent_ns": 9223372036854775808}',
+])
+def test_timestamps_outside_int64_nanoseconds_are_refused(frame):
+    with pytest.raises(ProtocolError, match="out of range"):
+        parse_feed(frame, INSTRUMENTS)
+
+
+def test_a_binance_trade_time_that_overflows_nanoseconds_is_refused():
+    trade = {"e": "trade", "E": 1, "s": "BTCUSDT", "t": 1, "p": "1.0", "q": "1.0", "T": 10**16, "m": True, "M": True}
+    with pytest.raises(ProtocolError, match="out of range"):
+        parse_feed(json.dumps(trade), INSTRUMENTS, "binance")

@@ -124,13 +124,16 @@ def _positive(msg: dict, key: str) -> float:
     return _number(msg, key, positive=True)
 
 
+MAX_NS = 2**63 - 1  # timestamps are int64 nanoseconds
+
+
 def _integer(msg: dict, key: str, required: bool = True) -> int | None:
     value = msg.get(key)
-    if value.__class__ is int or (value is None and not required):
+    if (value.__class__ is int and 0 <= value <= MAX_NS) or (value is None and not required):
         return value
     if isinstance(value, bool) or not isinstance(value, int):
         raise ProtocolError(f"`{key}` must be an integer (ns since the epoch), not {value!r}")
-    return value
+    raise ProtocolError(f"`{key}` is out of range: {value} (ns since the epoch, 0 to 2**63-1)")
 
 
 def _instrument(msg: dict, key: str, instruments) -> str:
@@ -192,6 +195,8 @@ def _binance(msg: dict, instruments) -> Market:
     if instrument not in instruments:
         raise ProtocolError(f"unknown instrument `{symbol}`")
     ms = _integer(msg, "T")
+    if ms > MAX_NS // 1_000_000:
+        raise ProtocolError(f"`T` is out of range: {ms} (ms since the epoch)")
     fields = {"price": _number(msg, "p", positive=True, text=True), "qty": _number(msg, "q", positive=True, text=True)}
     return Market(instrument, ms * 1_000_000, fields)
 

@@ -17,6 +17,7 @@ import random
 import secrets
 import signal
 import time
+from collections import deque
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -34,6 +35,7 @@ from .protocol import (MAX_FRAME_BYTES, Input, ProtocolError, encode, message_id
 
 MESSAGES_PER_SECOND = 2000.0  # per intents or control connection
 MAX_CLIENT_FRAME_BYTES = 1 << 16  # an intent or a control message is small
+LATENCY_SAMPLES = 100_000  # the latest tick-to-order latencies kept for the percentiles
 
 
 @dataclass
@@ -50,6 +52,21 @@ class RunConfig:
     busy_poll: bool = False
 
 
+@dataclass(slots=True)
+class OpenOrder:
+    """An order sent and not yet done, as the runtime tracks it against the venue."""
+
+    instrument: str
+    qty: float                  # signed quantity ordered
+    left: float                 # signed quantity not filled yet
+    frame: bytes                # the order message, for resending
+    is_exit: bool
+    fills_applied: int = 0      # fills of it applied so far
+    fills_seen: int = 0         # fills of it answered on the current venue connection
+    cancelling: bool = False    # a kill switch sent a cancel for it
+    withdrawn: bool = False     # its quantity is out of the engine's open orders while it is cancelled
+
+
 @dataclass
 class Counters:
     events: int = 0
@@ -58,7 +75,7 @@ class Counters:
     rejects: int = 0
     bad_messages: int = 0
     reconnects: int = 0
-    latencies_ns: list = field(default_factory=list)
+    latencies_ns: deque = field(default_factory=lambda: deque(maxlen=LATENCY_SAMPLES))
 
 
 class LiveRuntime:
@@ -70,9 +87,9 @@ class LiveRuntime:
         self.instruments = set(policy.instruments)
         stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S")
         self.order_prefix = f"{policy.name}-{stamp}-{secrets.token_hex(3)}"
-        self.open: dict[str, list] = {}             # client_order_id -> [instrument, signed qty left, frame]
+        self.open: dict[str, OpenOrder] = {}        # client_order_id -> order not done yet
         self.unacked: set[str] = set()              # open orders the venue has not answered yet
-        self.halt_logged = False
+        self.kill_switch_handled = False            # cancels sent and the halt recorded for the current halt
         self.venue: transport.Stream | None = None
         self.feed: transport.Stream | None = None
         self.stop = asyncio.Event()
@@ -94,40 +111,40 @@ class LiveRuntime:
         return last[0] + (time.time_ns() - last[1])
 
     # ---- decisions and orders ---------------------------------------------------
-    def act(self, decision: Decision | None, event_sent_ns: int | None = None) -> None:
+    def act(self, decision: Decision | None, event_sent_ns: int | None = None, fresh: bool = True) -> None:
+        """Send a decision's order and log it. `fresh` is False for a decision of a batch
+        the kernel ran ahead of this call: once the kill switch is on, such an order may
+        be netted against orders since cancelled, so it is decided again instead."""
         if decision is None:
             return
-        tripped = decision.trips_kill_switch and not self.halt_logged
-        if tripped:
-            self.halt_logged = True
+        if decision.trips_kill_switch and not self.kill_switch_handled:
             self.log.write("halt", ts=decision.ts, reason=",".join(decision.reasons), open_orders=list(self.open))
-            self._cancel_open_orders()
-        if decision.order_qty and self.engine.halted and self._has_open_orders(decision.instrument):
-            # Kill switch on: the instrument's open orders are being cancelled, and a
-            # liquidation netted against them would overshoot if the cancels succeed.
-            # Undo it; the instrument is flattened once its last open order is answered.
-            self.engine.reject(decision.instrument, decision.ts, decision.order_qty)
-            self.log.write("risk", ts=decision.ts, instrument=decision.instrument, reasons=decision.reasons,
-                           desired_target=decision.desired_target, approved_target=decision.approved_target,
-                           waiting_for="cancels")
+            self._cancel_for_kill_switch(decision.ts)
+            self.kill_switch_handled = True
+            fresh = False
+            for name in self.policy.instruments:  # flatten every other instrument now
+                if name != decision.instrument:
+                    self.act(self.engine.decide(name, self.now_for(name)))
+        if decision.order_qty and self.engine.halted and not fresh:
+            self.engine.reject(decision.instrument, decision.ts, decision.order_qty)  # withdraw it, decide again
+            self.act(self.engine.decide(decision.instrument, decision.ts))
         elif decision.order_qty:
             self.send_order(decision, event_sent_ns)
         elif decision.reasons:
             self.log.write("risk", ts=decision.ts, instrument=decision.instrument, reasons=decision.reasons,
                            desired_target=decision.desired_target, approved_target=decision.approved_target)
-        if tripped:  # flatten every other instrument now, not at its next market event
-            for name in self.policy.instruments:
-                if name != decision.instrument and not self._has_open_orders(name):
-                    self.act(self.engine.decide(name, self.now_for(name)))
 
-    def _has_open_orders(self, instrument: str) -> bool:
-        return any(entry[0] == instrument for entry in self.open.values())
-
-    def _resolved(self, instrument: str, ts: int) -> None:
-        """An order is done (filled or rejected): while the kill switch is on, flatten its
-        instrument once nothing of it is open any more."""
-        if self.engine.halted and not self._has_open_orders(instrument):
-            self.act(self.engine.decide(instrument, ts))
+    def _cancel_for_kill_switch(self, ts: int) -> None:
+        """Cancel every open order that is not an exit, and take its quantity out of the
+        engine's open orders at once, so the liquidation covers the filled position only.
+        A fill that beats its cancel is put back and applied, and the position it leaves
+        is flattened in turn (`on_venue_frame`). Exits stay: they reduce exposure."""
+        for oid, order in self.open.items():
+            if order.is_exit or order.cancelling:
+                continue
+            order.cancelling = order.withdrawn = True
+            self.engine.reject(order.instrument, ts, order.left)
+            self._send_to_venue(encode({"type": "cancel", "client_order_id": oid}))
 
     def send_order(self, d: Decision, event_sent_ns: int | None) -> None:
         """The frame goes out first, then the log record: the log is buffered either way."""
@@ -140,7 +157,7 @@ class LiveRuntime:
             msg["event_sent_ns"] = event_sent_ns
         frame = encode(msg)
         self.unacked.add(oid)
-        self.open[oid] = [d.instrument, d.order_qty, frame]
+        self.open[oid] = OpenOrder(d.instrument, d.order_qty, d.order_qty, frame, d.is_exit)
         self._send_to_venue(frame)
         if event_sent_ns is not None:
             self.counters.latencies_ns.append(time.time_ns() - event_sent_ns)
@@ -152,10 +169,6 @@ class LiveRuntime:
         """Write the frame now; if the venue is down, the reconnect resends every open order."""
         if self.venue is not None:
             self.venue.send(frame)
-
-    def _cancel_open_orders(self) -> None:
-        for oid in list(self.open):
-            self._send_to_venue(encode({"type": "cancel", "client_order_id": oid}))
 
     def bad_message(self, source: str, reason: str) -> None:
         self.counters.bad_messages += 1
@@ -189,17 +202,16 @@ class LiveRuntime:
         if not batch:
             return
         now = time.time_ns()
-        for instrument, ts, _ in batch:
-            self.clock[instrument] = (ts, now)
-        self.counters.events += len(batch)
+        halted_before = self.engine.halted
         results = self.engine.market_many(batch, actionable_only=True)
         with self._venue_corked(len(batch) > 1):
-            for result, sent_ns in zip(results, sent):
+            for (instrument, ts, _), result, sent_ns in zip(batch, results, sent):
                 if isinstance(result, EngineError):
-                    self.counters.events -= 1
                     self.bad_message("feed", str(result))
-                else:
-                    self.act(result, sent_ns)
+                    continue
+                self.counters.events += 1
+                self.clock[instrument] = (ts, now)
+                self.act(result, sent_ns, fresh=len(batch) == 1 or not (halted_before or self.engine.halted))
 
     def _venue_corked(self, enabled: bool):
         """Orders decided on one batch leave in one write."""
@@ -220,30 +232,36 @@ class LiveRuntime:
         self.unacked.discard(oid)
         if reply.type == "ack":
             return
-        if oid not in self.open:
+        order = self.open.get(oid)
+        if order is None:
             if reply.type == "fill" and not self._sent_by_us(oid):
                 self.bad_message("venue", f"fill for an order this runtime did not send: {oid}")
-            return  # an answer to a resent order that is already complete
-        instrument, left, _ = self.open[oid]
+            return  # an answer to a resent order that is already done
+        instrument, left = order.instrument, order.left
         ts = reply.ts if reply.ts is not None else self.now_for(instrument)
         if reply.type == "reject":
             self.counters.rejects += 1
-            self.engine.reject(instrument, ts, left)
+            if not order.withdrawn:
+                self.engine.reject(instrument, ts, left)
             del self.open[oid]
             self.log.write("reject", ts=ts, client_order_id=oid, instrument=instrument, qty=left, reason=reply.reason)
-            self._resolved(instrument, ts)
             return
+        order.fills_seen += 1
+        if order.fills_seen <= order.fills_applied:
+            return  # a fill answered again after a resend: applied already
         qty = min(reply.qty, abs(left)) * (1 if left > 0 else -1)
+        if order.withdrawn:  # it filled before its cancel: it is a real position again
+            self.engine.reject(instrument, ts, -qty)
         self.engine.fill(instrument, ts, qty, reply.price, reply.fee)
         self.counters.fills += 1
-        self.open[oid][1] = left - qty
-        done = abs(self.open[oid][1]) < 1e-12
-        if done:
+        order.fills_applied += 1
+        order.left = left - qty
+        if abs(order.left) <= 1e-12 * abs(order.qty):  # done, up to the rounding of partial fills
             del self.open[oid]
         self.log.write("fill", ts=ts, client_order_id=oid, instrument=instrument, qty=qty, price=reply.price,
                        fee=reply.fee, position=self.engine.position(instrument), equity=self.engine.equity)
-        if done:
-            self._resolved(instrument, ts)
+        if order.withdrawn and self.engine.halted:  # flatten what that fill left
+            self.act(self.engine.decide(instrument, ts))
 
     def _sent_by_us(self, oid: str) -> bool:
         """Order ids are this run's prefix and a sequence number: no set of past ids to keep."""
@@ -253,21 +271,28 @@ class LiveRuntime:
     # ---- control ------------------------------------------------------------------
     def halt(self, reason: str) -> None:
         """Kill switch: cancel what is pending, flatten, send nothing new until resume."""
-        if not self.halt_logged:
-            self.halt_logged = True
-            self.log.write("halt", reason=reason, open_orders=list(self.open))
-        self._cancel_open_orders()
         ts = max((self.now_for(i) for i in self.instruments), default=time.time_ns())
+        if not self.kill_switch_handled:
+            self.log.write("halt", reason=reason, open_orders=list(self.open))
+        self._cancel_for_kill_switch(ts)
+        self.kill_switch_handled = True
         for decision in self.engine.halt(ts):
             self.act(decision)
 
     def resume(self) -> None:
-        self.engine.resume(max((self.now_for(i) for i in self.instruments), default=time.time_ns()))
-        self.halt_logged = False
+        """Trading again: orders still being cancelled count against the limits again
+        until the venue answers, as every open order does."""
+        ts = max((self.now_for(i) for i in self.instruments), default=time.time_ns())
+        for order in self.open.values():
+            if order.withdrawn:
+                order.withdrawn = False
+                self.engine.reject(order.instrument, ts, -order.left)
+        self.engine.resume(ts)
+        self.kill_switch_handled = False
         self.log.write("resume")
 
     def status(self) -> dict:
-        lat = sorted(self.counters.latencies_ns)
+        lat = sorted(self.counters.latencies_ns)  # the latest LATENCY_SAMPLES
         pct = {f"p{int(q * 100)}_us": lat[min(len(lat) - 1, int(q * len(lat)))] / 1e3 for q in (0.5, 0.99)} if lat else {}
         equity, peak = self.engine.equity, float(self.engine.session.acct[L.A_PEAK])
         return {"type": "status", "policy": self.policy.name, "policy_hash": self.policy.policy_hash,
@@ -350,13 +375,13 @@ class LiveRuntime:
 
     def _venue_connected(self, stream: transport.Stream) -> None:
         """Resend every open order: the venue answers one it has seen with what it
-        answered before, which also recovers a fill lost with the old connection. While
-        the kill switch is on, cancel them instead: the answer to a cancel tells how each
-        ended (cancelled, filled, or never received), and nothing new can execute."""
+        answered before, which also recovers a fill lost with the old connection. An
+        order the kill switch is cancelling gets its cancel again instead."""
         self.venue = stream
         self.venue_up.set()
-        for oid, (_, _, frame) in list(self.open.items()):
-            stream.send(encode({"type": "cancel", "client_order_id": oid}) if self.engine.halted else frame)
+        for oid, order in list(self.open.items()):
+            order.fills_seen = 0
+            stream.send(encode({"type": "cancel", "client_order_id": oid}) if order.cancelling else order.frame)
 
     def _venue_lost(self) -> None:
         self.venue = None
@@ -395,7 +420,10 @@ class LiveRuntime:
                 return
             try:
                 async for frame in ws:
-                    if self.allow(id(ws)):
+                    if self.stop.is_set():
+                        reply = {"type": "error", "id": message_id(frame), "code": "stopping",
+                                 "message": "the runtime is stopping; nothing was done"}
+                    elif self.allow(id(ws)):
                         reply = on_frame(frame)
                     else:
                         self.bad_message("flood", "over the message rate limit")
@@ -443,8 +471,12 @@ class LiveRuntime:
                 stream.close()
         for task in tasks:
             task.cancel()
-        for server in servers:
+        for server in servers:  # every message taken in is answered and logged before the log closes
             server.close()
+            try:
+                await asyncio.wait_for(server.wait_closed(), 5)
+            except asyncio.TimeoutError:
+                pass
         summary = self.status()
         self.log.close()
         return summary
@@ -457,9 +489,9 @@ class LiveRuntime:
             await asyncio.sleep(0)
 
     async def flatten(self, wait_s: float = 2.0) -> None:
-        for name, qty in self.engine.positions().items():
-            if qty:
-                self.act(self.engine.intent(name, self.now_for(name), 0.0))
+        """Stop with nothing held: the kill switch cancels what is pending and liquidates
+        (market data can no longer open anything), then wait for the venue's answers."""
+        self.halt("flatten on exit")
         deadline = time.monotonic() + wait_s
         while self.open and time.monotonic() < deadline:
             await asyncio.sleep(0.02)

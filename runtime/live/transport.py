@@ -21,6 +21,7 @@ from websockets.protocol import State
 from websockets.uri import parse_uri
 
 CLOSE_TIMEOUT_S = 2.0
+PING_INTERVAL_S = 20.0  # a ping when nothing came for this long; silence for twice as long drops the connection
 
 
 class Stream(asyncio.Protocol):
@@ -40,6 +41,8 @@ class Stream(asyncio.Protocol):
         self._part_opcode: Opcode | None = None
         self._oversized = False
         self._corked = False
+        self._last_read = 0.0
+        self._keepalive: asyncio.TimerHandle | None = None
         self._abort_timer: asyncio.TimerHandle | None = None
 
     # ---- asyncio.Protocol ------------------------------------------------------------
@@ -49,6 +52,7 @@ class Stream(asyncio.Protocol):
         self._flush()
 
     def data_received(self, data: bytes) -> None:
+        self._last_read = asyncio.get_running_loop().time()
         self.protocol.receive_data(data)
         events = self.protocol.events_received()
         self._flush()
@@ -76,7 +80,10 @@ class Stream(asyncio.Protocol):
             else:
                 self.on_rejected(f"binary frame of {len(payload):,} bytes (messages are JSON text frames)")
         if messages:
-            self.on_messages(messages)
+            try:
+                self.on_messages(messages)
+            except Exception as exc:  # a defect, not the peer's fault: keep the connection, count it
+                self.on_rejected(f"internal error handling {len(messages)} message(s): {exc!r}")
         sent = self.protocol.close_sent
         if sent is not None and sent.code == 1009 and not self._oversized:
             self._oversized = True
@@ -87,18 +94,15 @@ class Stream(asyncio.Protocol):
         self._flush()
 
     def connection_lost(self, exc) -> None:
-        if self._abort_timer is not None:
-            self._abort_timer.cancel()
+        for timer in (self._abort_timer, self._keepalive):
+            if timer is not None:
+                timer.cancel()
         if not self.opened.done():
             self.opened.set_exception(ConnectionError(f"connection lost during the handshake: {exc}"))
         if not self.lost.done():
             self.lost.set_result(self.protocol.close_code)
 
     # ---- use -------------------------------------------------------------------------
-    @property
-    def is_open(self) -> bool:
-        return self.protocol.state is State.OPEN
-
     def send(self, text: str | bytes) -> None:
         """Write one text message now (no task, no await), or, while corked, queue it."""
         if self.protocol.state is State.OPEN:
@@ -138,6 +142,21 @@ class Stream(asyncio.Protocol):
             self.transport.close()
         else:
             self.opened.set_result(None)
+            self._keepalive = asyncio.get_running_loop().call_later(PING_INTERVAL_S, self._ping)
+
+    def _ping(self) -> None:
+        """A peer that vanished without closing (a host down, a cable pulled) sends no
+        FIN: without this, orders would pile up in a dead socket for many minutes."""
+        if self.protocol.state is not State.OPEN:
+            return
+        loop = asyncio.get_running_loop()
+        if loop.time() - self._last_read > 2 * PING_INTERVAL_S:
+            self.transport.abort()  # silent, not even a pong: the owner reconnects
+            return
+        if loop.time() - self._last_read > PING_INTERVAL_S:
+            self.protocol.send_ping(b"keepalive")
+            self._flush()
+        self._keepalive = loop.call_later(PING_INTERVAL_S, self._ping)
 
     def _flush(self) -> None:
         self._corked = False

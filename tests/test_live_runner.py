@@ -1,0 +1,142 @@
+"""The runner's order bookkeeping without sockets: venue answers replayed after a
+reconnect, partial fills, and the kill switch with orders still open. Frames go in
+through the same callbacks the sockets call; frames out are collected."""
+import orjson
+import pytest
+
+from compiler.build import compile_policy
+from dsl.document import parse_policy_text
+from runtime.live.runner import LiveRuntime, RunConfig
+
+POLICY = """
+policy: always_long
+version: 1
+instruments: [ORCL]
+signals:
+  - when: close > 0
+    target: 10
+risk:
+  max_position: 10
+"""
+TS = 1_700_000_000_000_000_000
+
+
+class Venue:
+    """Stands in for the venue stream: keeps what the runtime sends."""
+
+    def __init__(self):
+        self.sent = []
+
+    def send(self, frame):
+        self.sent.append(orjson.loads(frame))
+
+    def corked(self, enabled=True):
+        from contextlib import nullcontext
+
+        return nullcontext()
+
+
+@pytest.fixture(scope="module")
+def policy():
+    return compile_policy(parse_policy_text(POLICY, "always_long.yaml"))
+
+
+@pytest.fixture
+def rt(policy, tmp_path):
+    runtime = LiveRuntime(policy, RunConfig("ws://feed", "ws://venue", log_path=str(tmp_path / "log.jsonl")))
+    runtime._venue_connected(Venue())
+    yield runtime
+    runtime.log.close()
+
+
+def tick(rt, k, price=50.0):
+    rt.on_feed_messages([orjson.dumps({"type": "tick", "instrument": "ORCL", "ts": TS + k, "price": price})])
+
+
+def answer(rt, *replies):
+    rt.on_venue_messages([orjson.dumps(r) for r in replies])
+
+
+def ack(oid):
+    return {"type": "ack", "client_order_id": oid, "venue_order_id": "V1"}
+
+
+def fill(oid, qty, price=50.0):
+    return {"type": "fill", "client_order_id": oid, "qty": qty, "price": price, "fee": 0.0, "ts": TS}
+
+
+def orders(venue, kind="order"):
+    return [m for m in venue.sent if m["type"] == kind]
+
+
+def test_a_partial_fill_answered_again_after_a_reconnect_is_applied_once(rt):
+    tick(rt, 0)
+    (order,) = orders(rt.venue)
+    oid = order["client_order_id"]
+    answer(rt, ack(oid), fill(oid, 4))
+    assert rt.engine.position("ORCL") == 4 and rt.engine.open_quantity("ORCL") == 6
+
+    rt._venue_lost()
+    rt._venue_connected(Venue())              # the open order is resent ...
+    assert orders(rt.venue) == [order]
+    answer(rt, ack(oid), fill(oid, 4))         # ... and the venue answers all it said about it
+    assert rt.engine.position("ORCL") == 4 and rt.engine.open_quantity("ORCL") == 6
+    answer(rt, fill(oid, 6))                   # the rest, new
+    assert rt.engine.position("ORCL") == 10 and rt.engine.open_quantity("ORCL") == 0 and not rt.open
+
+
+def test_halt_with_a_partly_filled_order_liquidates_what_is_held_and_cancels_the_rest(rt):
+    tick(rt, 0)
+    oid = orders(rt.venue)[0]["client_order_id"]
+    answer(rt, ack(oid), fill(oid, 4))
+    rt.halt("test")
+    assert orders(rt.venue, "cancel") == [{"type": "cancel", "client_order_id": oid}]
+    liquidation = orders(rt.venue)[-1]
+    assert liquidation["side"] == "sell" and liquidation["qty"] == 4
+    answer(rt, {"type": "reject", "client_order_id": oid, "reason": "cancelled"})
+    lid = liquidation["client_order_id"]
+    answer(rt, ack(lid), fill(lid, 4))
+    assert rt.engine.position("ORCL") == 0 and rt.engine.open_quantity("ORCL") == 0 and not rt.open
+    tick(rt, 1)                                # halted: nothing new
+    assert len(orders(rt.venue)) == 2
+
+
+def test_a_fill_that_beats_its_kill_switch_cancel_is_flattened_too(rt):
+    tick(rt, 0)
+    oid = orders(rt.venue)[0]["client_order_id"]
+    answer(rt, ack(oid), fill(oid, 4))
+    rt.halt("test")
+    lid = orders(rt.venue)[-1]["client_order_id"]
+    answer(rt, fill(oid, 6))                   # the rest filled before the cancel arrived
+    assert rt.engine.position("ORCL") == 10
+    more = orders(rt.venue)[-1]
+    assert more["client_order_id"] != lid and more["side"] == "sell" and more["qty"] == 6
+    answer(rt, ack(lid), fill(lid, 4), ack(more["client_order_id"]), fill(more["client_order_id"], 6))
+    assert rt.engine.position("ORCL") == 0 and not rt.open
+
+
+def test_resume_counts_an_order_still_being_cancelled_against_the_limits_again(rt):
+    tick(rt, 0)
+    oid = orders(rt.venue)[0]["client_order_id"]
+    rt.halt("test")                            # nothing filled: nothing to liquidate
+    assert rt.engine.open_quantity("ORCL") == 0 and len(orders(rt.venue)) == 1
+    rt.resume()
+    assert rt.engine.open_quantity("ORCL") == 10
+    tick(rt, 1)                                # target 10 is covered by the order still open
+    assert len(orders(rt.venue)) == 1
+    answer(rt, {"type": "reject", "client_order_id": oid, "reason": "cancelled"})
+    assert rt.engine.open_quantity("ORCL") == 0
+    tick(rt, 2)
+    assert len(orders(rt.venue)) == 2
+
+
+def test_a_reconnect_while_halted_cancels_the_orders_being_cancelled_and_resends_the_liquidation(rt):
+    tick(rt, 0)
+    oid = orders(rt.venue)[0]["client_order_id"]
+    answer(rt, ack(oid), fill(oid, 4))
+    rt._venue_lost()
+    rt.halt("venue down")                      # the cancel and the liquidation cannot leave
+    venue = Venue()
+    rt._venue_connected(venue)
+    kinds = sorted((m["type"], m.get("side")) for m in venue.sent)
+    assert kinds == [("cancel", None), ("order", "sell")]
