@@ -560,9 +560,8 @@ def test_paper_venue_cancels_a_pending_order_and_remembers_it():
 
 def test_paper_venue_answers_a_cancel_with_nothing_to_cancel_with_how_the_order_ended():
     """A cancel of an order already filled, cancelled or refused is answered with all it
-    was answered so far; of one never seen, with a reject. Nothing executes. (The brief
-    said: no answer; commit 326b49c made every cancel answered, documented in docs/cli.md,
-    so that after a cancel the runtime knows how each order ended.)"""
+    was answered so far; of one never seen, with a reject. Nothing executes:
+    after a cancel the runtime knows how each order ended (docs/cli.md, paper-venue)."""
     venue = paper.PaperVenue(latency_ms=50)
     venue.on_feed([tick(0, 45.0)])
     cancelled = [*venue.on_order(_order("p1")), *venue.on_order(_cancel("p1"))]
@@ -822,10 +821,9 @@ def test_halt_cancels_an_order_waiting_at_the_venue_and_it_never_fills(policy, t
 
 
 def test_halt_with_only_a_pending_order_sends_nothing_and_leaves_the_position_flat(policy, tmp_path):
-    """The halt cancels the pending buy of 40 and must not also liquidate it: up to
-    3fe08cf it flattened `position + open` at once, a sell of 40 for a flat position,
-    and once the cancel succeeded and the sell filled the halted account was short 40
-    (fixed in 326b49c: the liquidation waits for the cancels)."""
+    """The halt cancels the pending buy of 40 and must not also liquidate it: flattening
+    `position + open` would sell 40 of a flat position, and once the cancel succeeded
+    and the sell filled, the halted account would be short 40."""
     log = tmp_path / "log.jsonl"
     r = asyncio.run(_halt_with_a_pending_order(policy, log))
     sent_at_halt = [(rec["client_order_id"], rec["qty"], rec["reasons"]) for rec in _records(log, "order")[1:2]]
@@ -841,8 +839,7 @@ def test_halt_with_only_a_pending_order_sends_nothing_and_leaves_the_position_fl
 
 def test_an_order_pending_when_halt_comes_while_the_venue_is_down_never_executes(policy, tmp_path):
     """An order queued while the venue is down, then a halt, then the venue comes back:
-    the order must not go out (it did up to 3fe08cf: the cancel was dropped while the
-    venue was down and the reconnect resent every open order; fixed in 326b49c)."""
+    the order must not go out: the reconnect sends its cancel, not the order."""
     log = tmp_path / "log.jsonl"
 
     async def scenario():
@@ -885,8 +882,8 @@ account:
 
 def test_a_tripped_max_drawdown_with_a_pending_order_liquidates_the_position_only(tmp_path):
     """Long 100 filled with a buy of 20 waiting at the venue, a drop trips max_drawdown:
-    the runtime cancels the 20 and sells the 100. (Up to 3fe08cf it sold 120, netting the
-    liquidation against the order it was cancelling, and ended short 20.)"""
+    the runtime cancels the 20 and sells the 100, not 120 (a liquidation netted against
+    the order being cancelled would end short 20)."""
     policy = compile_policy(parse_policy_text(DRAWDOWN, "dd.yaml"))
     log = tmp_path / "log.jsonl"
 
@@ -952,9 +949,7 @@ def test_paper_venue_fills_at_the_last_binance_trade_price(tmp_path):
 @pytest.mark.parametrize("instrument", ["BTCUSDT", "binance:BTCUSDT"])
 def test_a_runtime_on_a_binance_feed_gets_fills_from_a_binance_paper_venue(tmp_path, instrument):
     """The runtime names a trade's instrument `binance:SYMBOL` when the policy lists it so
-    and sends its orders under that name; the venue must price them from SYMBOL's trades
-    (up to c7160da it keyed prices by the bare symbol only and rejected every such order
-    `no price for binance:BTCUSDT`; fixed in 3fe08cf)."""
+    and sends its orders under that name; the venue must price them from SYMBOL's trades."""
     policy = compile_policy(parse_policy_text(
         f'policy: crypto\nversion: 1\ninstruments: ["{instrument}"]\ninputs: [intent]\nsignals: []\n'
         "risk:\n  max_position: 10\n  max_order_qty: 10\n", "crypto.yaml"))

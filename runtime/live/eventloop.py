@@ -21,5 +21,8 @@ async def until_signal(serve: Callable[[asyncio.Event], Awaitable]):
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
+        try:
+            loop.add_signal_handler(sig, stop.set)
+        except NotImplementedError:  # Windows: Ctrl-C still ends the process
+            pass
     return await serve(stop)

@@ -159,7 +159,6 @@ class Stream(asyncio.Protocol):
         self._keepalive = loop.call_later(PING_INTERVAL_S, self._ping)
 
     def _flush(self) -> None:
-        self._corked = False
         if self.transport.is_closing():
             return
         for data in self.protocol.data_to_send():
