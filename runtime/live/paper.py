@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import random
 import time
+from collections import deque
 from dataclasses import dataclass, field
 
 from . import transport
@@ -27,7 +28,7 @@ class PaperVenue:
     replies: dict = field(default_factory=dict)       # client_order_id -> replies sent so far
     pending: dict = field(default_factory=dict)       # client_order_id -> order waiting out the latency
     fills: list = field(default_factory=list)
-    latencies_ns: list = field(default_factory=list)
+    latencies_ns: deque = field(default_factory=lambda: deque(maxlen=100_000))  # the latest orders
     rejected: int = 0
     next_id: int = 0
 
@@ -149,8 +150,7 @@ async def serve(venue: PaperVenue, host: str, port: int, feed_url: str, ready: a
             await asyncio.sleep(delay * (0.5 + random.random()))
             delay = min(delay * 2, 2.0)
 
-    scheduled: set = set()
-    route: dict = {}  # client_order_id -> the connection that sent it last (a resend moves it)
+    route: dict = {}  # pending client_order_id -> the connection that sent it last (a resend moves it)
 
     def send(websocket, replies) -> None:
         for reply in replies:
@@ -160,24 +160,21 @@ async def serve(venue: PaperVenue, host: str, port: int, feed_url: str, ready: a
         """The order executes when due even if its connection dropped meanwhile: a resend
         of it then gets the fill in its answer."""
         replies = venue.execute(oid)
-        if oid in route:
-            send(route[oid], replies)
+        websocket = route.pop(oid, None)
+        if websocket is not None:
+            send(websocket, replies)
 
     async def handler(websocket):
         loop = asyncio.get_running_loop()
         try:
             async for frame in websocket:
                 replies = venue.on_order(frame)
-                for reply in replies:
-                    oid = reply["client_order_id"]
-                    if oid is not None:
-                        route[oid] = websocket
                 send(websocket, replies)
-                for reply in replies:
-                    if reply["type"] == "ack" and reply["client_order_id"] in venue.pending \
-                            and reply["client_order_id"] not in scheduled:
-                        scheduled.add(reply["client_order_id"])
-                        loop.call_later(venue.latency_ms / 1000, fill_due, reply["client_order_id"])
+                oid = replies[0]["client_order_id"] if replies else None
+                if oid in venue.pending:
+                    if oid not in route:  # first sight: the fill is due after the latency
+                        loop.call_later(venue.latency_ms / 1000, fill_due, oid)
+                    route[oid] = websocket
         except Exception:
             return
 
