@@ -39,7 +39,7 @@ class Stream(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self._parts: list[bytes] = []
         self._part_opcode: Opcode | None = None
-        self._oversized = False
+        self._failure_reported = False
         self._corked = False
         self._last_read = 0.0
         self._keepalive: asyncio.TimerHandle | None = None
@@ -85,9 +85,12 @@ class Stream(asyncio.Protocol):
             except Exception as exc:  # a defect, not the peer's fault: keep the connection, count it
                 self.on_rejected(f"internal error handling {len(messages)} message(s): {exc!r}")
         sent = self.protocol.close_sent
-        if sent is not None and sent.code == 1009 and not self._oversized:
-            self._oversized = True
-            self.on_rejected(f"frame over the {self.max_size:,}-byte limit: connection closed with code 1009")
+        if sent is not None and sent.code not in (1000, 1001) and not self._failure_reported:
+            self._failure_reported = True  # the peer sent what the protocol refuses
+            if sent.code == 1009:
+                self.on_rejected(f"frame over the {self.max_size:,}-byte limit: connection closed with code 1009")
+            else:
+                self.on_rejected(f"connection closed with code {sent.code}: {sent.reason or 'protocol error'}")
 
     def eof_received(self) -> None:
         self.protocol.receive_eof()
