@@ -494,6 +494,26 @@ def test_a_binary_feed_frame_is_a_bad_message_and_the_connection_stays_up(trend,
     assert order["price"] == 61.0
 
 
+def test_a_text_frame_that_is_not_utf8_is_a_bad_message_and_trading_goes_on(trend, tmp_path):
+    log = tmp_path / "log.jsonl"
+
+    async def scenario():
+        stack = await Stack(trend, log).start(price=50.0)
+        rt = stack.rt
+        await stack.runtime_side().send(b'{"type": "tick", "price": "\xff\xfe"}', text=True)
+        await until(lambda: rt.counters.bad_messages == 1)
+        await until(lambda: rt.feed is not None)  # the same connection, or a new one after a 1007 close
+        await stack.tick(2, 61.0)
+        await until(lambda: not rt.open and rt.counters.fills == 1)
+        positions = rt.engine.positions()
+        await stack.close()
+        return positions
+
+    assert asyncio.run(scenario()) == {"ORCL": 10.0}
+    (bad,) = _records(log, "bad_message")
+    assert bad["source"] == "feed"
+
+
 @pytest.mark.parametrize("source", ["intents", "control"])
 def test_an_oversized_client_frame_is_a_bad_message_and_the_listener_stays_up(policy, tmp_path, source):
     from websockets.asyncio.client import connect
