@@ -140,3 +140,59 @@ def test_a_reconnect_while_halted_cancels_the_orders_being_cancelled_and_resends
     rt._venue_connected(venue)
     kinds = sorted((m["type"], m.get("side")) for m in venue.sent)
     assert kinds == [("cancel", None), ("order", "sell")]
+
+
+DRAWDOWN = """
+policy: two_longs
+version: 1
+instruments: [A, B]
+signals:
+  - when: close > 100
+    target: 1000
+risk:
+  max_position: 1000
+  max_drawdown: 10%
+"""
+
+
+@pytest.fixture
+def two(tmp_path):
+    policy = compile_policy(parse_policy_text(DRAWDOWN, "two_longs.yaml"))
+    runtime = LiveRuntime(policy, RunConfig("ws://feed", "ws://venue", log_path=str(tmp_path / "log.jsonl")))
+    runtime._venue_connected(Venue())
+    yield runtime
+    runtime.log.close()
+
+
+def ticks(rt, *events):
+    """One read of the feed carrying several ticks: one kernel call."""
+    rt.on_feed_messages([orjson.dumps({"type": "tick", "instrument": i, "ts": TS + k, "price": p})
+                         for k, (i, p) in enumerate(events)])
+
+
+def test_a_read_that_trips_the_kill_switch_sends_none_of_its_orders_only_liquidations(two):
+    ticks(two, ("A", 150.0))
+    (buy,) = orders(two.venue)
+    answer(two, ack(buy["client_order_id"]), fill(buy["client_order_id"], 1000, 150.0))
+    # B's buy is decided first in this read, then A's drop trips max_drawdown
+    ticks(two, ("B", 150.0), ("A", 130.0))
+    assert two.engine.halted
+    sent = orders(two.venue)[1:]
+    assert [(o["instrument"], o["side"], o["qty"]) for o in sent] == [("A", "sell", 1000)]
+    assert two.engine.open_quantity("B") == 0 and two.engine.open_quantity("A") == -1000
+
+
+def test_a_second_halt_after_resume_withdraws_orders_still_being_cancelled_again(rt):
+    tick(rt, 0)
+    oid = orders(rt.venue)[0]["client_order_id"]
+    answer(rt, ack(oid), fill(oid, 4))
+    rt.halt("first")                           # cancel sent for the 6 left, liquidation of 4
+    lid = orders(rt.venue)[-1]["client_order_id"]
+    answer(rt, ack(lid), fill(lid, 4))
+    rt.resume()                                # the 6 count again while their cancel is unanswered
+    assert rt.engine.open_quantity("ORCL") == 6
+    rt.halt("second")
+    assert rt.engine.open_quantity("ORCL") == 0 and len(orders(rt.venue)) == 2  # flat: nothing to sell
+    assert len(orders(rt.venue, "cancel")) == 1  # the first cancel still stands
+    answer(rt, {"type": "reject", "client_order_id": oid, "reason": "cancelled"})
+    assert rt.engine.position("ORCL") == 0 and not rt.open

@@ -111,28 +111,38 @@ class LiveRuntime:
         return last[0] + (time.time_ns() - last[1])
 
     # ---- decisions and orders ---------------------------------------------------
-    def act(self, decision: Decision | None, event_sent_ns: int | None = None, fresh: bool = True) -> None:
-        """Send a decision's order and log it. `fresh` is False for a decision of a batch
-        the kernel ran ahead of this call: once the kill switch is on, such an order may
-        be netted against orders since cancelled, so it is decided again instead."""
+    def act(self, decision: Decision | None, event_sent_ns: int | None = None) -> None:
+        """Send a decision's order and log it; a decision that trips the kill switch
+        hands over to `_trip` instead."""
         if decision is None:
             return
         if decision.trips_kill_switch and not self.kill_switch_handled:
-            self.log.write("halt", ts=decision.ts, reason=",".join(decision.reasons), open_orders=list(self.open))
-            self._cancel_for_kill_switch(decision.ts)
-            self.kill_switch_handled = True
-            fresh = False
-            for name in self.policy.instruments:  # flatten every other instrument now
-                if name != decision.instrument:
-                    self.act(self.engine.decide(name, self.now_for(name)))
-        if decision.order_qty and self.engine.halted and not fresh:
-            self.engine.reject(decision.instrument, decision.ts, decision.order_qty)  # withdraw it, decide again
-            self.act(self.engine.decide(decision.instrument, decision.ts))
+            self._trip([decision], decision.ts, ",".join(decision.reasons))
         elif decision.order_qty:
             self.send_order(decision, event_sent_ns)
         elif decision.reasons:
-            self.log.write("risk", ts=decision.ts, instrument=decision.instrument, reasons=decision.reasons,
-                           desired_target=decision.desired_target, approved_target=decision.approved_target)
+            self._log_risk(decision)
+
+    def _log_risk(self, decision: Decision, **extra) -> None:
+        self.log.write("risk", ts=decision.ts, instrument=decision.instrument, reasons=decision.reasons,
+                       desired_target=decision.desired_target, approved_target=decision.approved_target, **extra)
+
+    def _trip(self, decisions: list[Decision], ts: int, reason: str) -> None:
+        """The kernel turned the kill switch on while deciding `decisions` (one, or a
+        whole read). None of their orders has left, and none will: the kernel netted
+        them against open orders that are now cancelled. They are withdrawn, every
+        open order that is not an exit is cancelled, and every instrument is decided
+        again, which liquidates what is actually held."""
+        self.log.write("halt", ts=ts, reason=reason, open_orders=list(self.open))
+        for decision in decisions:
+            if decision.order_qty:
+                self.engine.reject(decision.instrument, decision.ts, decision.order_qty)
+            if decision.reasons or decision.order_qty:
+                self._log_risk(decision, withdrawn_qty=decision.order_qty)
+        self._cancel_for_kill_switch(ts)
+        self.kill_switch_handled = True
+        for name in self.policy.instruments:
+            self.act(self.engine.decide(name, self.now_for(name)))
 
     def _cancel_for_kill_switch(self, ts: int) -> None:
         """Cancel every open order that is not an exit, and take its quantity out of the
@@ -140,11 +150,12 @@ class LiveRuntime:
         A fill that beats its cancel is put back and applied, and the position it leaves
         is flattened in turn (`on_venue_frame`). Exits stay: they reduce exposure."""
         for oid, order in self.open.items():
-            if order.is_exit or order.cancelling:
+            if order.is_exit or order.withdrawn:
                 continue
+            if not order.cancelling:
+                self._send_to_venue(encode({"type": "cancel", "client_order_id": oid}))
             order.cancelling = order.withdrawn = True
             self.engine.reject(order.instrument, ts, order.left)
-            self._send_to_venue(encode({"type": "cancel", "client_order_id": oid}))
 
     def send_order(self, d: Decision, event_sent_ns: int | None) -> None:
         """The frame goes out first, then the log record: the log is buffered either way."""
@@ -204,14 +215,22 @@ class LiveRuntime:
         now = time.time_ns()
         halted_before = self.engine.halted
         results = self.engine.market_many(batch, actionable_only=True)
+        decisions = []
+        for (instrument, ts, _), result, sent_ns in zip(batch, results, sent):
+            if isinstance(result, EngineError):
+                self.bad_message("feed", str(result))
+                continue
+            self.counters.events += 1
+            self.clock[instrument] = (ts, now)
+            if result is not None:
+                decisions.append((result, sent_ns))
         with self._venue_corked(len(batch) > 1):
-            for (instrument, ts, _), result, sent_ns in zip(batch, results, sent):
-                if isinstance(result, EngineError):
-                    self.bad_message("feed", str(result))
-                    continue
-                self.counters.events += 1
-                self.clock[instrument] = (ts, now)
-                self.act(result, sent_ns, fresh=len(batch) == 1 or not (halted_before or self.engine.halted))
+            tripping = [d for d, _ in decisions if d.trips_kill_switch]
+            if tripping and not halted_before and not self.kill_switch_handled:
+                self._trip([d for d, _ in decisions], tripping[0].ts, ",".join(tripping[0].reasons))
+                return
+            for decision, sent_ns in decisions:
+                self.act(decision, sent_ns)
 
     def _venue_corked(self, enabled: bool):
         """Orders decided on one batch leave in one write."""
