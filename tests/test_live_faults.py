@@ -223,15 +223,7 @@ async def _stack(policy, tmp_path):
 
 
 async def _intent(rt, *messages):
-    from websockets.asyncio.client import connect
-
-    url = f"ws://{HOST}:{rt.config.intents[1]}"
-    async with connect(url, additional_headers={"Authorization": f"Bearer {TOKEN}"}) as ws:
-        out = []
-        for m in messages:
-            await ws.send(m if isinstance(m, str) else json.dumps(m))
-            out.append(json.loads(await ws.recv()))
-        return out
+    return await _client(rt.config.intents[1], *messages)
 
 
 def test_while_the_feed_is_down_intents_are_reduce_only(policy, tmp_path):
