@@ -55,6 +55,8 @@ class Engine:
         self.latest_inputs = np.full((len(policy.instruments), self._n_columns), np.nan)
         self._blank_rows: dict[int, list] = {}
         self._price_columns = [self.columns[c] for c in ("price", "close") if c in self.columns]
+        # every name a market event may carry -> its column, or None when the policy does not read it
+        self._field_slots = {**dict.fromkeys(MARKET_FIELDS), **self.columns}
         self._grow(1)
         self.events = 0
 
@@ -159,17 +161,19 @@ class Engine:
         """Validate one market event's fields into a row of event values and its price,
         or raise EngineError."""
         price = fields.get("price", fields.get("close"))
-        if price is None or isinstance(price, bool) or not isinstance(price, (int, float)) \
-                or not math.isfinite(price) or price <= 0:
-            raise EngineError(f"price must be a positive number, not {price!r}")
+        if not (price.__class__ is float and 0.0 < price < math.inf):  # the usual case first
+            if price is None or isinstance(price, bool) or not isinstance(price, (int, float)) \
+                    or not math.isfinite(price) or price <= 0:
+                raise EngineError(f"price must be a positive number, not {price!r}")
         values = self._blank_row(inst).copy()
-        columns = self.columns
+        slots = self._field_slots
         for name, value in fields.items():
-            column = columns.get(name)
-            if column is not None:
-                values[column] = value
-            elif name not in MARKET_FIELDS:
+            column = slots.get(name, -1)
+            if column is None:
+                continue  # a market field this policy does not read
+            if column < 0:
                 raise EngineError(f"unknown field `{name}`")
+            values[column] = value
         for column in self._price_columns:
             if values[column] != values[column]:
                 values[column] = price

@@ -150,15 +150,23 @@ def parse_feed(frame: str | bytes, instruments, fmt: str = "native") -> list[Mar
     items = data if isinstance(data, list) else [data]
     if len(items) > MAX_BATCH:
         raise ProtocolError(f"batch of {len(items):,} messages is over the {MAX_BATCH:,} limit")
-    parse = {"native": _native, "binance": _binance, "coinbase": _coinbase}[fmt]
-    return [parse(_object(item), instruments) for item in items]
+    parse = FEED_PARSERS[fmt]
+    return [parse(item if item.__class__ is dict else _object(item), instruments) for item in items]
 
 
 def _native(msg: dict, instruments) -> Market | Input:
+    """Each check has its well-formed case inline (a feed sends this for every event);
+    anything else goes through the general checks, which raise with the reason."""
     kind = msg.get("type")
-    instrument = _instrument(msg, "instrument", instruments)
-    ts = _integer(msg, "ts")
-    sent = _integer(msg, "sent_ns", required=False)
+    instrument = msg.get("instrument")
+    if instrument.__class__ is not str or instrument not in instruments:
+        instrument = _instrument(msg, "instrument", instruments)
+    ts = msg.get("ts")
+    if not (ts.__class__ is int and 0 <= ts <= MAX_NS):
+        ts = _integer(msg, "ts")
+    sent = msg.get("sent_ns")
+    if sent is not None and not (sent.__class__ is int and 0 <= sent <= MAX_NS):
+        sent = _integer(msg, "sent_ns")
     if kind == "tick":
         fields = {"price": _positive(msg, "price")}
         qty = _number(msg, "qty", positive=True, required=False)
@@ -215,6 +223,9 @@ def _coinbase(msg: dict, instruments) -> Market:
     if size is not None:
         fields["qty"] = size
     return Market(instrument, ts, fields)
+
+
+FEED_PARSERS = {"native": _native, "binance": _binance, "coinbase": _coinbase}
 
 
 def parse_intent(frame: str | bytes, instruments) -> Intent | Input:
