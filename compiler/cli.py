@@ -13,7 +13,7 @@ import os
 import sys
 from pathlib import Path
 
-from dsl.diagnostics import ERROR, Diagnostic, PolicyError, render_json, render_text, sort_key
+from dsl.diagnostics import Diagnostic, PolicyError, render_json, render_text, sort_key
 
 
 class _Parser(argparse.ArgumentParser):

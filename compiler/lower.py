@@ -9,7 +9,7 @@ from __future__ import annotations
 from dsl import expressions as ex
 from dsl.diagnostics import PolicyError, error
 
-from .builtins import BOOL, MARKET_FIELDS, NUM, STATE_VALUES, TIME, TIMESTAMP
+from .builtins import BOOL, NUM, STATE_VALUES, TIME, TIMESTAMP
 from .check import CheckedPolicy
 from .ir import Op, Program
 

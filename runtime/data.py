@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import csv
 import io
-import math
 import warnings
 from collections import Counter
 from dataclasses import dataclass, field
