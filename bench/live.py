@@ -50,9 +50,9 @@ def _run(main):
 
 
 def _port() -> int:
-    with socket.socket() as s:
-        s.bind((HOST, 0))
-        return s.getsockname()[1]
+    from runtime.live.demo import free_port
+
+    return free_port()
 
 
 def _pct(xs_ns) -> tuple[float, float]:

@@ -1,13 +1,7 @@
 """Loopback helpers shared by the live tests: every socket stays on 127.0.0.1."""
 import socket
 
-HOST = "127.0.0.1"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind((HOST, 0))
-        return s.getsockname()[1]
+from runtime.live.demo import HOST, free_port  # noqa: F401  (the tests import them from here)
 
 
 def wait_port(port: int, timeout: float = 10.0, proc=None) -> None:

@@ -10,9 +10,9 @@ from compiler import layout as L
 from compiler.layout import FILL_SAME
 from dsl.document import parse_policy_text
 from runtime.backtest import load_events, run_backtest
-from runtime.live import paper, replay
+from runtime.live import replay
 from runtime.live.audit import read_log
-from runtime.live.runner import LiveRuntime, RunConfig
+from runtime.live.demo import loopback
 
 from loopback import HOST, free_port
 
@@ -59,31 +59,17 @@ def short_data(tmp_path_factory):
 
 async def run_stack(policy, data_path, log_path, rate=200.0, after=None):
     """Replay, paper venue and runtime on loopback; `after(runtime)` runs mid-stream."""
-    feed_port, venue_port = free_port(), free_port()
     rec = replay.load_recording([("ORCL", str(data_path))])
-    venue = paper.PaperVenue(fees_bps=1.0)
-    feed_ready, venue_ready, stop_venue = asyncio.Event(), asyncio.Event(), asyncio.Event()
-    feed = asyncio.create_task(replay.serve(rec, HOST, feed_port, rate=rate, clients_needed=2, ready=feed_ready))
-    await feed_ready.wait()
-    venue_task = asyncio.create_task(paper.serve(venue, HOST, venue_port, f"ws://{HOST}:{feed_port}",
-                                                 ready=venue_ready, stop=stop_venue))
-    await venue_ready.wait()
-    runtime = LiveRuntime(policy, RunConfig(f"ws://{HOST}:{feed_port}", f"ws://{HOST}:{venue_port}",
-                                            intents=(HOST, free_port()), control=(HOST, free_port()),
-                                            token=TOKEN, log_path=str(log_path)))
-    run = asyncio.create_task(runtime.run())
-    if after is not None:
-        await after(runtime)
-    sent = await feed
-    for _ in range(100):  # let the last fills arrive
-        if not runtime.open:
-            break
-        await asyncio.sleep(0.02)
-    runtime.stop.set()
-    status = await run
-    stop_venue.set()
-    await venue_task
-    return sent, status, venue, runtime
+    async with loopback(policy, rec, log_path, rate, fees_bps=1.0, intents=(HOST, free_port()),
+                        control=(HOST, free_port()), token=TOKEN) as stack:
+        if after is not None:
+            await after(stack.runtime)
+        sent = await stack.feed
+        for _ in range(100):  # let the last fills arrive
+            if not stack.runtime.open:
+                break
+            await asyncio.sleep(0.02)
+    return sent, stack.run.result(), stack.venue, stack.runtime
 
 
 def test_live_matches_backtest_fill_same_and_logs_the_hash(policy, short_data, tmp_path):
