@@ -186,9 +186,9 @@ class Engine:
             raise result
         return result
 
-    def market_many(self, events: list[tuple[str, int, dict]], actionable_only: bool = False
-                    ) -> list[Decision | EngineError | None]:
+    def market_many(self, events: list[tuple], actionable_only: bool = False) -> list[Decision | EngineError | None]:
         """Market events in arrival order through one kernel call, as if fed one by one.
+        Each event starts with (instrument, ts, fields); a protocol `Market` is one.
         A bad event is refused on its own (its EngineError takes its place in the
         result) and the others still run; None means no decision (a price it ignores),
         or with `actionable_only`, a decision without an order or a reason."""
@@ -197,7 +197,8 @@ class Engine:
         results: list = [None] * len(events)
         rows: list[tuple[int, int, int, float]] = []  # (position in `events`, instrument, ts, price)
         values = []
-        for k, (instrument, ts, fields) in enumerate(events):
+        for k, event in enumerate(events):
+            instrument, ts, fields = event[0], event[1], event[2]
             try:
                 inst = self.instrument(instrument)
                 if not isinstance(ts, (int, np.integer)) or isinstance(ts, bool) or not 0 <= ts < 2**63:

@@ -29,7 +29,7 @@ from compiler.hashing import toolchain_versions
 from ..engine import Decision, Engine, EngineError
 from . import transport
 from .audit import DecisionLog
-from .protocol import (MAX_FRAME_BYTES, Input, ProtocolError, encode, message_id, parse_control, parse_feed,
+from .protocol import (MAX_FRAME_BYTES, Input, Market, ProtocolError, encode, message_id, parse_control, parse_feed,
                        parse_intent, parse_venue)
 
 
@@ -112,16 +112,22 @@ class LiveRuntime:
 
     # ---- decisions and orders ---------------------------------------------------
     def act(self, decision: Decision | None, event_sent_ns: int | None = None) -> None:
-        """Send a decision's order and log it; a decision that trips the kill switch
-        hands over to `_trip` instead."""
-        if decision is None:
+        if decision is not None:
+            self.act_all([(decision, event_sent_ns)])
+
+    def act_all(self, decisions: list[tuple[Decision, int | None]]) -> None:
+        """Send the orders of decisions taken together (one event, or one read of the
+        feed) and log them, with the `sent_ns` of the event behind each; if one of them
+        tripped the kill switch, `_trip` takes all of them instead."""
+        tripping = [d for d, _ in decisions if d.trips_kill_switch]
+        if tripping and not self.kill_switch_handled:
+            self._trip([d for d, _ in decisions], tripping[0].ts, ",".join(tripping[0].reasons))
             return
-        if decision.trips_kill_switch and not self.kill_switch_handled:
-            self._trip([decision], decision.ts, ",".join(decision.reasons))
-        elif decision.order_qty:
-            self.send_order(decision, event_sent_ns)
-        elif decision.reasons:
-            self._log_risk(decision)
+        for decision, event_sent_ns in decisions:
+            if decision.order_qty:
+                self.send_order(decision, event_sent_ns)
+            elif decision.reasons:
+                self._log_risk(decision)
 
     def _log_risk(self, decision: Decision, **extra) -> None:
         self.log.write("risk", ts=decision.ts, instrument=decision.instrument, reasons=decision.reasons,
@@ -189,7 +195,7 @@ class LiveRuntime:
     def on_feed_messages(self, frames: list[bytes]) -> None:
         """Every message one socket read completed: one kernel call for all of them
         (inputs split the batch, so each market event sees the inputs sent before it)."""
-        batch, sent = [], []
+        batch = []
         for frame in frames:
             try:
                 items = parse_feed(frame, self.instruments, self.config.feed_format)
@@ -198,39 +204,32 @@ class LiveRuntime:
                 continue
             for item in items:
                 if isinstance(item, Input):
-                    self._market(batch, sent)
-                    batch, sent = [], []
+                    self._market(batch)
+                    batch = []
                     try:
                         self.engine.set_input(item.instrument, item.name, item.value)
                     except EngineError as exc:
                         self.bad_message("feed", str(exc))
                 else:
-                    batch.append((item.instrument, item.ts, item.fields))
-                    sent.append(item.sent_ns)
-        self._market(batch, sent)
+                    batch.append(item)
+        self._market(batch)
 
-    def _market(self, batch: list, sent: list) -> None:
+    def _market(self, batch: list[Market]) -> None:
         if not batch:
             return
         now = time.time_ns()
-        halted_before = self.engine.halted
         results = self.engine.market_many(batch, actionable_only=True)
         decisions = []
-        for (instrument, ts, _), result, sent_ns in zip(batch, results, sent):
+        for item, result in zip(batch, results):
             if isinstance(result, EngineError):
                 self.bad_message("feed", str(result))
                 continue
             self.counters.events += 1
-            self.clock[instrument] = (ts, now)
+            self.clock[item.instrument] = (item.ts, now)
             if result is not None:
-                decisions.append((result, sent_ns))
+                decisions.append((result, item.sent_ns))
         with self._venue_corked(len(batch) > 1):
-            tripping = [d for d, _ in decisions if d.trips_kill_switch]
-            if tripping and not halted_before and not self.kill_switch_handled:
-                self._trip([d for d, _ in decisions], tripping[0].ts, ",".join(tripping[0].reasons))
-                return
-            for decision, sent_ns in decisions:
-                self.act(decision, sent_ns)
+            self.act_all(decisions)
 
     def _venue_corked(self, enabled: bool):
         """Orders decided on one batch leave in one write."""
