@@ -77,9 +77,9 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--out", metavar="FILE", help="CSV of every combination, best first")
     r = sub.add_parser("run", help="trade a policy live: feed in, orders out")
     r.add_argument("file", metavar="FILE")
-    r.add_argument("--feed", required=True, metavar="URL")
+    r.add_argument("--feed", required=True, type=_ws_url, metavar="URL")
     r.add_argument("--feed-format", choices=("native", "binance", "coinbase"), default="native")
-    r.add_argument("--venue", required=True, metavar="URL")
+    r.add_argument("--venue", required=True, type=_ws_url, metavar="URL")
     r.add_argument("--intents", type=_address, metavar="HOST:PORT")
     r.add_argument("--control", type=_address, metavar="HOST:PORT")
     r.add_argument("--token-file", metavar="PATH")
@@ -100,11 +100,24 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--clients", type=int, default=1, metavar="N", help="start once N clients are connected")
     v = sub.add_parser("paper-venue", help="a venue that fills market orders at the feed's last price")
     v.add_argument("--listen", type=_address, required=True, metavar="HOST:PORT")
-    v.add_argument("--feed", required=True, metavar="URL")
+    v.add_argument("--feed", required=True, type=_ws_url, metavar="URL")
     v.add_argument("--feed-format", choices=("native", "binance", "coinbase"), default="native")
     v.add_argument("--latency", type=float, default=0.0, metavar="MS")
     v.add_argument("--fees-bps", type=float, default=0.0, metavar="X")
     return parser
+
+
+def _ws_url(text: str) -> str:
+    """A ws:// or wss:// URL, checked up front: a typo would otherwise only show as a
+    connection retried forever."""
+    from websockets.exceptions import InvalidURI
+    from websockets.uri import parse_uri
+
+    try:
+        parse_uri(text)
+    except InvalidURI:
+        raise argparse.ArgumentTypeError(f"expected a ws:// or wss:// URL, got `{text}`") from None
+    return text
 
 
 def _address(text: str) -> tuple[str, int]:

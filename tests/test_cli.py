@@ -92,3 +92,13 @@ def test_console_script_runs():
     exe = Path(sys.executable).parent / "policyc"
     result = subprocess.run([str(exe), "validate", str(EMA)], capture_output=True, text=True)
     assert result.returncode == 0 and result.stdout.startswith("ok ")
+
+
+@pytest.mark.parametrize("args", [
+    ["run", "policies/ema_cross.yaml", "--feed", "notaurl", "--venue", "ws://127.0.0.1:9"],
+    ["run", "policies/ema_cross.yaml", "--feed", "ws://127.0.0.1:9", "--venue", "http://127.0.0.1:9"],
+    ["paper-venue", "--listen", "127.0.0.1:9", "--feed", "127.0.0.1:9"],
+])
+def test_a_url_that_is_not_a_websocket_url_is_a_usage_error(args):
+    out = subprocess.run([sys.executable, "-m", "compiler.cli", *args], capture_output=True, text=True, cwd=ROOT)
+    assert out.returncode == 2 and "expected a ws:// or wss:// URL" in out.stderr and "Traceback" not in out.stderr
