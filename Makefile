@@ -13,7 +13,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(PY) -m runtime.demo
+	$(PY) -m policyc.runtime.demo
 
 test: $(STAMP)
 	$(PY) -m pytest

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
-ORCL = ROOT.parent / "shared" / "data" / "orcl-1995-2014.csv"
+ORCL = ROOT / "data" / "orcl-1995-2014.csv"
 
 
 def _synthetic_csv(path: Path, n: int) -> None:
@@ -29,7 +29,7 @@ def bench_loading(n: int = 1_000_000) -> list[list]:
     import pyarrow.csv as pcsv
     import pyarrow.parquet as pq
 
-    from runtime.data import load_table
+    from policyc.runtime.data import load_table
 
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -53,7 +53,7 @@ def _timed(fn) -> float:
 
 
 def bench_sweep(jobs: int = 2) -> list[list]:
-    from runtime.sweep import parse_grid, run_sweep
+    from policyc.runtime.sweep import parse_grid, run_sweep
 
     grid = parse_grid([("fast", "2:40:1"), ("slow", "20:100:10")])
     args = argparse.Namespace(skip_bad_rows=False, start=None, end=None, fill="next")

@@ -44,13 +44,13 @@ INTENT_SECONDS = 6.0       # the feed's length in the intents run, at RATE
 # ---------------------------------------------------------------------------------------
 def _run(main):
     """Run a coroutine on the loop the runtime uses, so baselines pay the same loop costs."""
-    from runtime.live.eventloop import run
+    from policyc.runtime.live.eventloop import run
 
     return run(main)
 
 
 def _port() -> int:
-    from runtime.live.demo import free_port
+    from policyc.runtime.live.demo import free_port
 
     return free_port()
 
@@ -131,8 +131,8 @@ def _cross(instruments):
 
 
 def _policy(name: str, instruments, features: str, long_when: str, short_when: str, intents: bool = False):
-    from compiler.build import compile_policy
-    from dsl.document import parse_policy_text
+    from policyc.compiler.build import compile_policy
+    from policyc.dsl.document import parse_policy_text
 
     text = f"""
 policy: {name}
@@ -233,8 +233,8 @@ async def _burst_feed(port: int, clients: int, specs: list[str]) -> None:
     from websockets.asyncio.server import serve
     from websockets.frames import Frame, Opcode
 
-    from runtime.live.protocol import encode
-    from runtime.live.replay import load_recording, message
+    from policyc.runtime.live.protocol import encode
+    from policyc.runtime.live.replay import load_recording, message
 
     rec = load_recording([tuple(spec.split("=", 1)) for spec in specs])
     blob = b"".join(Frame(Opcode.TEXT, encode(message(rec, k, "native", time.time_ns()))).serialize(mask=False)
@@ -287,7 +287,7 @@ def _feed_and_venue(data: dict[str, Path], rate: float | None, clients: int = 2)
 @asynccontextmanager
 async def _running(policy, feed_port: int, venue_port: int, log: Path, **config):
     """The runtime in this process, on this loop, stopped when the block ends."""
-    from runtime.live.runner import LiveRuntime, RunConfig
+    from policyc.runtime.live.runner import LiveRuntime, RunConfig
 
     rt = LiveRuntime(policy, RunConfig(f"ws://{HOST}:{feed_port}", f"ws://{HOST}:{venue_port}", log_path=str(log),
                                        **config))
@@ -329,7 +329,7 @@ async def _bare_stream_client(port: int, n: int) -> float:
     how much of the gap to the bare client is the transport and how much the runtime."""
     import orjson
 
-    from runtime.live import transport
+    from policyc.runtime.live import transport
 
     done = asyncio.get_running_loop().create_future()
     got, t0, start = [0], [0.0], [0]

@@ -53,8 +53,8 @@ CREATED_DIRS: list[str] = []   # temp caches made by this run, removed at the en
 # ---------------------------------------------------------------------------------------
 def worker_validate() -> dict:
     t0 = now()
-    from compiler.frontend import check_policy
-    from dsl.diagnostics import PolicyError
+    from policyc.compiler.frontend import check_policy
+    from policyc.dsl.diagnostics import PolicyError
     t_import = now() - t0
     numba_before = "numba" in sys.modules
     rows = []
@@ -78,7 +78,7 @@ def worker_compile() -> dict:
     t1 = now()
     import numba  # noqa: F401
     t2 = now()
-    from compiler.build import compile_policy
+    from policyc.compiler.build import compile_policy
     t3 = now()
     policy = compile_policy(EMA)
     t4 = now()
@@ -91,12 +91,12 @@ def worker_breakdown() -> dict:
     """The steps of compiler.build.compile_checked, timed one by one (cached case)."""
     import numpy as np
     import numba  # noqa: F401
-    from compiler.build import CompiledPolicy, Events
-    from compiler.emit import emit
-    from compiler.frontend import check_policy
-    from compiler.jit import load_kernel
-    from compiler.lower import lower
-    from compiler.passes import optimise
+    from policyc.compiler.build import CompiledPolicy, Events
+    from policyc.compiler.emit import emit
+    from policyc.compiler.frontend import check_policy
+    from policyc.compiler.jit import load_kernel
+    from policyc.compiler.lower import lower
+    from policyc.compiler.passes import optimise
 
     t = [now()]
     # What any first @njit dispatch in a process pays once: Numba loads its typing and
@@ -428,8 +428,8 @@ def bench_kernel(cache: str | None) -> None:
         os.environ["POLICYC_CACHE"] = cache
     import numpy as np
 
-    from compiler import layout as L
-    from compiler.build import Events, compile_policy
+    from policyc.compiler import layout as L
+    from policyc.compiler.build import Events, compile_policy
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from handwritten import ema_cross_hand
 

@@ -12,9 +12,9 @@ import sys
 from dataclasses import dataclass, field
 from functools import cached_property
 
-from dsl import expressions as ex
-from dsl.diagnostics import Diagnostic, PolicyError, Span, did_you_mean, error, warning
-from dsl.document import ACCOUNT_KEYS, RISK_KEYS, ParsedPolicy
+from policyc.dsl import expressions as ex
+from policyc.dsl.diagnostics import Diagnostic, PolicyError, Span, did_you_mean, error, warning
+from policyc.dsl.document import ACCOUNT_KEYS, RISK_KEYS, ParsedPolicy
 
 from .builtins import (BOOL, FUNCTIONS, MARKET_FIELDS, MAX_LOOKBACK, MAX_WINDOW, NUM, RESERVED, STATE_VALUES,
                        TIME, TIMESTAMP)

@@ -5,7 +5,7 @@ risk steps in effect with their limits, and the account settings.
 """
 from __future__ import annotations
 
-from dsl.expressions import pretty
+from policyc.dsl.expressions import pretty
 
 from . import layout as L
 from .frontend import Checked

@@ -7,8 +7,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from dsl.diagnostics import Diagnostic, PolicyError
-from dsl.document import ParsedPolicy, load_policy, parse_policy_text
+from policyc.dsl.diagnostics import Diagnostic, PolicyError
+from policyc.dsl.document import ParsedPolicy, load_policy, parse_policy_text
 
 from .check import CheckedPolicy, check
 from .hashing import build_hash, policy_hash

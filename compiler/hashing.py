@@ -8,7 +8,7 @@ import platform
 from functools import lru_cache
 from importlib import metadata
 
-from dsl.expressions import canonical
+from policyc.dsl.expressions import canonical
 
 from .check import CheckedPolicy
 

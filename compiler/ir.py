@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-from dsl.diagnostics import Span
+from policyc.dsl.diagnostics import Span
 
 from .builtins import BOOL, NUM, TIME
 

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from dsl.document import ACCOUNT_KEYS, RISK_KEYS
+from policyc.dsl.document import ACCOUNT_KEYS, RISK_KEYS
 
 from .ir import Program, resolve_int
 

@@ -6,8 +6,8 @@ the optimiser and both back ends see a small, regular instruction set.
 """
 from __future__ import annotations
 
-from dsl import expressions as ex
-from dsl.diagnostics import PolicyError, error
+from policyc.dsl import expressions as ex
+from policyc.dsl.diagnostics import PolicyError, error
 
 from .builtins import BOOL, NUM, STATE_VALUES, TIME, TIMESTAMP
 from .check import CheckedPolicy

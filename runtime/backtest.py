@@ -15,9 +15,9 @@ from pathlib import Path
 
 import numpy as np
 
-from compiler import layout as L
-from compiler.build import CompiledPolicy, Events
-from compiler.semantics import NS_PER_DAY
+from policyc.compiler import layout as L
+from policyc.compiler.build import CompiledPolicy, Events
+from policyc.compiler.semantics import NS_PER_DAY
 
 from .data import DataError, Table, load_table, merge
 

@@ -1,6 +1,6 @@
 """Market data in: CSV, Parquet and .npz files -> the kernel's event columns.
 
-Every file of ../shared/data loads as it is: `Date`, `Datetime`, or `Date` + `Time`
+Every file of data/ loads as it is: `Date`, `Datetime`, or `Date` + `Time`
 columns, any case, `Adj Close` and unknown columns ignored. Bad rows are errors that
 name the file, the line and the problem; with `skip_bad_rows` they are skipped and
 counted by kind. Nothing is dropped silently.
@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from compiler.build import Events
+from policyc.compiler.build import Events
 
 PRICE_FIELDS = ("price", "open", "high", "low", "close", "bid", "ask")
 _ALIASES = {"datetime": "datetime", "timestamp": "datetime", "date": "date", "time": "time",

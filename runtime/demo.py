@@ -6,15 +6,15 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from compiler.build import compile_policy
-from compiler.layout import FILL_NEXT
-from dsl.diagnostics import PolicyError, render_text
+from policyc.compiler.build import compile_policy
+from policyc.compiler.layout import FILL_NEXT
+from policyc.dsl.diagnostics import PolicyError, render_text
 
 from .backtest import format_summary, load_events, run_backtest, summary, write_orders
 from .report import write_report
 
 ROOT = Path(__file__).resolve().parent.parent
-DATA = ROOT.parent / "shared" / "data" / "orcl-1995-2014.csv"
+DATA = ROOT / "data" / "orcl-1995-2014.csv"
 OUT = ROOT / "reports"
 
 

@@ -11,9 +11,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from compiler import layout as L
-from compiler.build import CompiledPolicy, Events
-from compiler.builtins import MARKET_FIELDS
+from policyc.compiler import layout as L
+from policyc.compiler.build import CompiledPolicy, Events
+from policyc.compiler.builtins import MARKET_FIELDS
 
 
 @dataclass(frozen=True)

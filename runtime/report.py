@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from compiler import layout as L
+from policyc.compiler import layout as L
 
 from .backtest import BacktestResult, format_summary, summary
 

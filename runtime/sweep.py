@@ -13,9 +13,9 @@ import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from decimal import Decimal, InvalidOperation
 
-from compiler import layout as L
-from compiler.build import compile_policy
-from dsl.diagnostics import PolicyError
+from policyc.compiler import layout as L
+from policyc.compiler.build import compile_policy
+from policyc.dsl.diagnostics import PolicyError
 
 from .backtest import load_events, run_backtest, skipped_rows_warnings, summary
 

@@ -1,7 +1,7 @@
 """Loopback helpers shared by the live tests: every socket stays on 127.0.0.1."""
 import socket
 
-from runtime.live.demo import HOST, free_port  # noqa: F401  (the tests import them from here)
+from policyc.runtime.live.demo import HOST, free_port  # noqa: F401  (the tests import them from here)
 
 
 def wait_port(port: int, timeout: float = 10.0, proc=None) -> None:

@@ -17,13 +17,13 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from compiler import layout as L
-from compiler.build import Events, compile_policy
-from compiler.cli import main
-from dsl.document import parse_policy_text
-from runtime.backtest import load_events, run_backtest, summary
+from policyc.compiler import layout as L
+from policyc.compiler.build import Events, compile_policy
+from policyc.cli import main
+from policyc.dsl.document import parse_policy_text
+from policyc.runtime.backtest import load_events, run_backtest, summary
 
-DATA = Path("/work/shared/data")
+DATA = Path(__file__).resolve().parent.parent / "data"
 ORCL = DATA / "orcl-1995-2014.csv"
 NS_S = 1_000_000_000
 NS_DAY = 86_400 * NS_S

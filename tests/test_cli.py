@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from compiler.cli import main
+from policyc.cli import main
 
 ROOT = Path(__file__).resolve().parent.parent
 EMA = ROOT / "policies" / "ema_cross.yaml"
@@ -82,7 +82,7 @@ def test_explain_shows_features_rules_and_risk(capsys):
 
 
 def test_validate_does_not_import_numba():
-    code = ("import sys; from compiler.cli import main; rc = main(['validate', %r]); "
+    code = ("import sys; from policyc.cli import main; rc = main(['validate', %r]); "
             "sys.exit(10 if 'numba' in sys.modules else rc)" % str(EMA))
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
     assert result.returncode == 0, result.stderr
@@ -100,5 +100,5 @@ def test_console_script_runs():
     ["paper-venue", "--listen", "127.0.0.1:9", "--feed", "127.0.0.1:9"],
 ])
 def test_a_url_that_is_not_a_websocket_url_is_a_usage_error(args):
-    out = subprocess.run([sys.executable, "-m", "compiler.cli", *args], capture_output=True, text=True, cwd=ROOT)
+    out = subprocess.run([sys.executable, "-m", "policyc.cli", *args], capture_output=True, text=True, cwd=ROOT)
     assert out.returncode == 2 and "expected a ws:// or wss:// URL" in out.stderr and "Traceback" not in out.stderr

@@ -1,4 +1,4 @@
-"""Market data in: the real files of ../shared/data, Parquet and .npz, several instruments,
+"""Market data in: the real files of data/, Parquet and .npz, several instruments,
 and every kind of broken CSV (a clear error naming file, line and problem; or, with
 --skip-bad-rows, a run that reports what it skipped). Never a Python traceback.
 """
@@ -11,12 +11,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from compiler.build import compile_policy
-from compiler.cli import main
-from runtime.backtest import load_events
-from runtime.data import DataError, load_table
+from policyc.compiler.build import compile_policy
+from policyc.cli import main
+from policyc.runtime.backtest import load_events
+from policyc.runtime.data import DataError, load_table
 
-DATA = Path("/work/shared/data")
+DATA = Path(__file__).resolve().parent.parent / "data"
 
 CLOSER = """\
 policy: closer

@@ -2,7 +2,7 @@
 
 tests/broken/expected.yaml maps every corpus file to the code, line and column of the
 FIRST error (sorted by line, then column) the tool must report. Each file is checked
-through the Python API (`diagnose`) and through the CLI (`compiler.cli.main`), in text
+through the Python API (`diagnose`) and through the CLI (`policyc.cli.main`), in text
 and in JSON form.
 """
 from __future__ import annotations
@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-import compiler.cli as cli_mod
-from compiler.frontend import diagnose
-from dsl.diagnostics import CODES
+import policyc.cli as cli_mod
+from policyc.compiler.frontend import diagnose
+from policyc.dsl.diagnostics import CODES
 
 HERE = Path(__file__).parent
 BROKEN = HERE / "broken"
@@ -282,7 +282,7 @@ def test_text_diagnostics_follow_sys_stderr(capsys):
 def test_unexpected_exception_is_internal_error_exit_3(run_cli, monkeypatch):
     """cli.py promises exit 3 for anything unexpected; main() lets the exception escape
     (as a console script: a traceback and exit status 1, the same status as a diagnostic)."""
-    import compiler.frontend as frontend
+    import policyc.compiler.frontend as frontend
 
     def boom(*args, **kwargs):
         raise RuntimeError("boom")

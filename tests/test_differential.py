@@ -27,11 +27,11 @@ import pytest
 from hypothesis import HealthCheck, Phase, assume, given, note, settings
 from hypothesis import strategies as st
 
-from compiler import layout as L
-from compiler.build import Events, compile_policy
-from compiler.interpret import Interpreter
-from dsl.diagnostics import PolicyError
-from dsl.document import parse_policy_text
+from policyc.compiler import layout as L
+from policyc.compiler.build import Events, compile_policy
+from policyc.compiler.interpret import Interpreter
+from policyc.dsl.diagnostics import PolicyError
+from policyc.dsl.document import parse_policy_text
 
 RTOL = 1e-9
 T0 = 1_700_000_000_000_000_000          # 2023-11-14T22:13:20Z

@@ -4,10 +4,10 @@ import math
 import numpy as np
 import pytest
 
-from compiler import layout as L
-from compiler.build import Events, compile_policy
-from dsl.document import parse_policy_text
-from runtime.engine import Engine, EngineError
+from policyc.compiler import layout as L
+from policyc.compiler.build import Events, compile_policy
+from policyc.dsl.document import parse_policy_text
+from policyc.runtime.engine import Engine, EngineError
 
 POLICY = """
 policy: engine_check

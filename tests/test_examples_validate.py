@@ -5,11 +5,11 @@ from pathlib import Path
 
 import pytest
 
-from compiler.builtins import FUNCTIONS
-from compiler.cli import main
-from compiler.frontend import diagnose
-from dsl import expressions as ex
-from dsl.document import CUSTOM_ACTIONS, RISK_KEYS
+from policyc.compiler.builtins import FUNCTIONS
+from policyc.cli import main
+from policyc.compiler.frontend import diagnose
+from policyc.dsl import expressions as ex
+from policyc.dsl.document import CUSTOM_ACTIONS, RISK_KEYS
 
 POLICIES = sorted((Path(__file__).parent.parent / "policies").glob("*.yaml"))
 NAMES = [p.name for p in POLICIES]

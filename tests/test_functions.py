@@ -35,13 +35,13 @@ import pytest
 
 talib = pytest.importorskip("talib")
 
-from compiler import layout as L  # noqa: E402
-from compiler.build import Events, compile_policy  # noqa: E402
-from compiler.interpret import Interpreter  # noqa: E402
-from dsl.diagnostics import PolicyError  # noqa: E402
-from dsl.document import parse_policy_text  # noqa: E402
+from policyc.compiler import layout as L  # noqa: E402
+from policyc.compiler.build import Events, compile_policy  # noqa: E402
+from policyc.compiler.interpret import Interpreter  # noqa: E402
+from policyc.dsl.diagnostics import PolicyError  # noqa: E402
+from policyc.dsl.document import parse_policy_text  # noqa: E402
 
-ORCL = Path("/work/shared/data/orcl-1995-2014.csv")
+ORCL = Path(__file__).resolve().parent.parent / "data" / "orcl-1995-2014.csv"
 NS = 1_000_000_000
 RTOL = 1e-9
 TINY_VARIANCE = 1e-8  # below it TA-Lib's STDDEV is 0 by definition

@@ -15,10 +15,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from compiler.cli import main
-from compiler.frontend import diagnose
-from dsl.diagnostics import CODES
-from dsl.source import MAX_FILE_BYTES
+from policyc.cli import main
+from policyc.compiler.frontend import diagnose
+from policyc.dsl.diagnostics import CODES
+from policyc.dsl.source import MAX_FILE_BYTES
 
 POLICIES = sorted((Path(__file__).parent.parent / "policies").glob("*.yaml"))
 TEXTS = {p.name: p.read_text() for p in POLICIES}

@@ -3,8 +3,8 @@ from pathlib import Path
 
 import pytest
 
-from compiler.frontend import check_text
-from compiler.hashing import build_hash, policy_hash
+from policyc.compiler.frontend import check_text
+from policyc.compiler.hashing import build_hash, policy_hash
 
 BASE = """\
 policy: h

@@ -5,18 +5,18 @@ from pathlib import Path
 
 import pytest
 
-from compiler.build import compile_policy
-from compiler import layout as L
-from compiler.layout import FILL_SAME
-from dsl.document import parse_policy_text
-from runtime.backtest import load_events, run_backtest
-from runtime.live import replay
-from runtime.live.audit import read_log
-from runtime.live.demo import loopback
+from policyc.compiler.build import compile_policy
+from policyc.compiler import layout as L
+from policyc.compiler.layout import FILL_SAME
+from policyc.dsl.document import parse_policy_text
+from policyc.runtime.backtest import load_events, run_backtest
+from policyc.runtime.live import replay
+from policyc.runtime.live.audit import read_log
+from policyc.runtime.live.demo import loopback
 
 from loopback import HOST, free_port
 
-DATA = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "orcl-1995-2014.csv"
+DATA = Path(__file__).resolve().parent.parent / "data" / "orcl-1995-2014.csv"
 POLICY = """
 policy: live_check
 version: 1

@@ -9,11 +9,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from websockets.asyncio.server import serve
 
-from compiler.build import compile_policy
-from dsl.document import parse_policy_text
-from runtime.live import paper
-from runtime.live.audit import read_log
-from runtime.live.runner import LiveRuntime, RunConfig
+from policyc.compiler.build import compile_policy
+from policyc.dsl.document import parse_policy_text
+from policyc.runtime.live import paper
+from policyc.runtime.live.audit import read_log
+from policyc.runtime.live.runner import LiveRuntime, RunConfig
 
 from loopback import HOST, free_port, wait_port
 
@@ -299,8 +299,8 @@ ULP_TOLERANCE = 1e-12  # docs/language.md, "Order rounding": limits and fraction
 
 def _interleaved(policy, steps):
     """Intents and fills on the sans-I/O engine, fills arriving between intents."""
-    from compiler import layout as L
-    from runtime.engine import Engine
+    from policyc.compiler import layout as L
+    from policyc.runtime.engine import Engine
 
     engine = Engine(policy, L.LIVE)
     engine.market("ORCL", TS, {"price": 50.0})
@@ -423,7 +423,7 @@ def _records(log, kind):
 def test_an_oversized_feed_message_is_a_bad_message_the_feed_reconnects_and_trading_goes_on(trend, tmp_path, shape):
     from websockets.exceptions import ConnectionClosed
 
-    from runtime.live.protocol import MAX_FRAME_BYTES
+    from policyc.runtime.live.protocol import MAX_FRAME_BYTES
 
     log = tmp_path / "log.jsonl"
 
@@ -496,7 +496,7 @@ def test_an_oversized_client_frame_is_a_bad_message_and_the_listener_stays_up(po
     from websockets.asyncio.client import connect
     from websockets.exceptions import ConnectionClosed
 
-    from runtime.live.runner import MAX_CLIENT_FRAME_BYTES
+    from policyc.runtime.live.runner import MAX_CLIENT_FRAME_BYTES
 
     log = tmp_path / "log.jsonl"
 
@@ -985,7 +985,7 @@ def test_a_runtime_on_a_binance_feed_gets_fills_from_a_binance_paper_venue(tmp_p
 
 # ---- SIGTERM ---------------------------------------------------------------------------------------------------------
 
-DATA = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "orcl-1995-2014.csv"
+DATA = Path(__file__).resolve().parent.parent / "data" / "orcl-1995-2014.csv"
 FLIP = """
 policy: flip
 version: 1
@@ -1145,7 +1145,7 @@ def test_a_silent_peer_is_pinged_and_dropped_so_the_connection_can_be_remade(mon
     silence and drops the connection when not even a pong comes back."""
     from websockets.asyncio.server import serve
 
-    from runtime.live import transport
+    from policyc.runtime.live import transport
 
     monkeypatch.setattr(transport, "PING_INTERVAL_S", 0.1)
 
@@ -1167,7 +1167,7 @@ def test_a_silent_peer_is_pinged_and_dropped_so_the_connection_can_be_remade(mon
 def test_a_quiet_but_alive_peer_keeps_its_connection(monkeypatch):
     from websockets.asyncio.server import serve
 
-    from runtime.live import transport
+    from policyc.runtime.live import transport
 
     monkeypatch.setattr(transport, "PING_INTERVAL_S", 0.05)
 

@@ -3,8 +3,8 @@ import json
 
 import pytest
 
-from runtime.live.audit import DecisionLog, read_log
-from runtime.live.protocol import (MAX_FRAME_BYTES, Input, Intent, Market, ProtocolError, message_id,
+from policyc.runtime.live.audit import DecisionLog, read_log
+from policyc.runtime.live.protocol import (MAX_FRAME_BYTES, Input, Intent, Market, ProtocolError, message_id,
                                    parse_control, parse_feed, parse_intent, parse_venue)
 
 INSTRUMENTS = {"ORCL", "BTC-USD", "binance:BTCUSDT"}

@@ -4,9 +4,9 @@ through the same callbacks the sockets call; frames out are collected."""
 import orjson
 import pytest
 
-from compiler.build import compile_policy
-from dsl.document import parse_policy_text
-from runtime.live.runner import LiveRuntime, RunConfig
+from policyc.compiler.build import compile_policy
+from policyc.dsl.document import parse_policy_text
+from policyc.runtime.live.runner import LiveRuntime, RunConfig
 
 POLICY = """
 policy: always_long

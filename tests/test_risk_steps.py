@@ -9,10 +9,10 @@ import math
 import numpy as np
 import pytest
 
-from compiler import layout as L
-from compiler.build import Events, compile_policy
-from compiler.interpret import Interpreter
-from dsl.document import parse_policy_text
+from policyc.compiler import layout as L
+from policyc.compiler.build import Events, compile_policy
+from policyc.compiler.interpret import Interpreter
+from policyc.dsl.document import parse_policy_text
 
 LAB = """
 policy: risk_lab
@@ -287,6 +287,6 @@ def test_orders_decided_between_two_events_all_fill_at_the_next_one(lab):
 
 
 def test_custom_rule_limit_matches_the_reason_mask():
-    from compiler.check import MAX_CUSTOM_RULES
+    from policyc.compiler.check import MAX_CUSTOM_RULES
 
     assert MAX_CUSTOM_RULES == 53 - len(L.REASONS)

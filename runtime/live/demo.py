@@ -10,7 +10,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from compiler.build import CompiledPolicy
+from policyc.compiler.build import CompiledPolicy
 
 from . import eventloop, paper, replay, view
 from .runner import LiveRuntime, RunConfig

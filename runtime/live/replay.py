@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from runtime.data import DataError, load_table
+from policyc.runtime.data import DataError, load_table
 
 from .protocol import encode
 

@@ -22,9 +22,9 @@ from contextlib import nullcontext
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
-from compiler import layout as L
-from compiler.build import CompiledPolicy
-from compiler.hashing import toolchain_versions
+from policyc.compiler import layout as L
+from policyc.compiler.build import CompiledPolicy
+from policyc.compiler.hashing import toolchain_versions
 
 from ..engine import Decision, Engine, EngineError
 from . import transport

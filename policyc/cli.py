@@ -13,7 +13,7 @@ import os
 import sys
 from pathlib import Path
 
-from dsl.diagnostics import Diagnostic, PolicyError, render_json, render_text, sort_key
+from policyc.dsl.diagnostics import Diagnostic, PolicyError, render_json, render_text, sort_key
 
 
 class _Parser(argparse.ArgumentParser):
@@ -193,7 +193,7 @@ def _require_files(parser, files):
 
 
 def cmd_validate(args, parser) -> int:
-    from .frontend import diagnose
+    from policyc.compiler.frontend import diagnose
 
     _require_files(parser, args.files)
     overrides = dict(args.params)
@@ -215,7 +215,7 @@ def cmd_validate(args, parser) -> int:
 
 
 def _checked_or_exit(args, parser):
-    from .frontend import diagnose
+    from policyc.compiler.frontend import diagnose
 
     _require_files(parser, [args.file])
     result, diags = diagnose(args.file, dict(args.params))
@@ -239,7 +239,7 @@ def cmd_hash(args, parser) -> int:
 
 
 def cmd_compile(args, parser) -> int:
-    from .build import compile_checked, write_artifact
+    from policyc.compiler.build import compile_checked, write_artifact
 
     result = _checked_or_exit(args, parser)
     if result is None:
@@ -257,7 +257,7 @@ def cmd_compile(args, parser) -> int:
 
 
 def cmd_explain(args, parser) -> int:
-    from .explain import explain
+    from policyc.compiler.explain import explain
 
     result = _checked_or_exit(args, parser)
     if result is None:
@@ -267,12 +267,12 @@ def cmd_explain(args, parser) -> int:
 
 
 def cmd_backtest(args, parser) -> int:
-    from runtime.backtest import (format_summary, load_events, run_backtest, skipped_rows_warnings, summary,
+    from policyc.runtime.backtest import (format_summary, load_events, run_backtest, skipped_rows_warnings, summary,
                                   write_orders, write_trace)
-    from runtime.data import DataError
+    from policyc.runtime.data import DataError
 
-    from .build import compile_checked
-    from .layout import FILL_MODES
+    from policyc.compiler.build import compile_checked
+    from policyc.compiler.layout import FILL_MODES
 
     result = _checked_or_exit(args, parser)
     if result is None:
@@ -299,7 +299,7 @@ def cmd_backtest(args, parser) -> int:
     if args.trace:
         write_trace(bt, args.trace)
     if args.report:
-        from runtime.report import write_report
+        from policyc.runtime.report import write_report
 
         write_report(bt, args.report)
     s = summary(bt)
@@ -314,10 +314,10 @@ def cmd_backtest(args, parser) -> int:
 
 
 def cmd_sweep(args, parser) -> int:
-    from runtime.data import DataError
-    from runtime.sweep import parse_grid, run_sweep, write_sweep
+    from policyc.runtime.data import DataError
+    from policyc.runtime.sweep import parse_grid, run_sweep, write_sweep
 
-    from runtime.sweep import LOWER_IS_BETTER, METRICS
+    from policyc.runtime.sweep import LOWER_IS_BETTER, METRICS
 
     try:
         grid = parse_grid(args.params)
@@ -347,11 +347,11 @@ def cmd_sweep(args, parser) -> int:
 def cmd_run(args, parser) -> int:
     import asyncio
 
-    from runtime.live import eventloop, view
-    from runtime.live.protocol import encode_indented
-    from runtime.live.runner import LiveRuntime, RunConfig
+    from policyc.runtime.live import eventloop, view
+    from policyc.runtime.live.protocol import encode_indented
+    from policyc.runtime.live.runner import LiveRuntime, RunConfig
 
-    from .build import compile_checked
+    from policyc.compiler.build import compile_checked
 
     token = None
     if args.token_file:
@@ -383,9 +383,9 @@ def cmd_run(args, parser) -> int:
 
 
 def cmd_replay_feed(args, parser) -> int:
-    from runtime.data import DataError
-    from runtime.live import eventloop
-    from runtime.live.replay import load_recording, serve
+    from policyc.runtime.data import DataError
+    from policyc.runtime.live import eventloop
+    from policyc.runtime.live.replay import load_recording, serve
 
     try:
         rec = load_recording(args.data)
@@ -401,8 +401,8 @@ def cmd_replay_feed(args, parser) -> int:
 
 
 def cmd_paper_venue(args, parser) -> int:
-    from runtime.live import eventloop
-    from runtime.live.paper import PaperVenue, serve
+    from policyc.runtime.live import eventloop
+    from policyc.runtime.live.paper import PaperVenue, serve
 
     venue = PaperVenue(fees_bps=args.fees_bps, latency_ms=args.latency, feed_format=args.feed_format)
     host, port = args.listen
