@@ -78,15 +78,18 @@ def bind_params(parsed: ParsedPolicy, overrides: dict[str, str | float | bool] |
             errors.append(error("E301", where, f"unknown param `{name}`", hint))
             continue
         value = raw if isinstance(raw, (bool, int, float)) else parse_param_value(str(raw))
-        if isinstance(value, int) and not isinstance(value, bool):
-            value = float(value)
         if value is None or isinstance(value, bool) != isinstance(values[name], bool):
             want = "true or false" if isinstance(values[name], bool) else "a number"
             errors.append(error("E301", where, f"param `{name}` must be {want}, not `{raw}`"))
             continue
-        if isinstance(value, float) and value != value:
-            errors.append(error("E301", where, f"param `{name}` must be a number, not NaN"))
-            continue
+        if not isinstance(value, bool):
+            value = ex.literal_float(value, str(raw))
+            if value is None:
+                errors.append(ex.too_large("E301", where, str(raw), f"param `{name}`: "))
+                continue
+            if not math.isfinite(value):  # a param is a finite number, as in the file
+                errors.append(error("E301", where, f"param `{name}` must be a finite number, not `{raw}`"))
+                continue
         values[name] = value
     if errors:
         raise PolicyError(errors)
@@ -140,6 +143,9 @@ class _Checker:
             self.errors.append(error("E207", node.span, f"{what} cannot be negative",
                                      "a lookback counts events back from now: `x[1]` is the previous value"))
             return None
+        elif isinstance(node, ex.Duration):
+            self.errors.append(ex.misplaced_duration(node))
+            return None
         elif isinstance(node, ex.Name) and node.id not in self.all_names():
             self.errors.append(error("E201", node.span, f"unknown name `{node.id}` in {what}",
                                      did_you_mean(node.id, self.params) or "windows and lookbacks are literals or params"))
@@ -162,8 +168,7 @@ class _Checker:
         if isinstance(node, ex.Boolean):
             return BOOL
         if isinstance(node, ex.Duration):
-            self.errors.append(error("E103", node.span, "a duration is only allowed as a risk value such as `stale_after`",
-                                     f"write the number of seconds, {node.seconds:g}, if you meant a number"))
+            self.errors.append(ex.misplaced_duration(node))
             return None
         if isinstance(node, ex.Name):
             return self.name_type(node, owner, lookback)
@@ -387,7 +392,7 @@ class _Checker:
                 self.errors.append(error("E007", decl.span, f"`{key}` must be a number, not true/false"))
                 continue
             lo, hi, integer = _KIND_BOUNDS[kind]
-            bad = not math.isfinite(v) or (v <= lo if kind != "count" else v < lo)
+            bad = not math.isfinite(v) or (v < lo if integer else v <= lo)  # whole-number kinds include their lowest
             if key in _AT_MOST_ONE and v > 1.0:
                 bad = True
             if bad or (hi is not None and v > hi) or (integer and v != int(v)):
@@ -406,8 +411,11 @@ class _Checker:
             v = self.constant(decl.expr, key)
             if v is None:
                 continue
+            if isinstance(v, tuple):
+                self.errors.append(error("E103", decl.span, f"`account.{key}` is not a duration; give a number"))
+                continue
             lo, inclusive = _ACCOUNT_BOUNDS[key]
-            if isinstance(v, (bool, tuple)) or not math.isfinite(v) or v < lo or (v == lo and not inclusive):
+            if isinstance(v, bool) or not math.isfinite(v) or v < lo or (v == lo and not inclusive):
                 rule = "0 or more" if inclusive else "above 0"
                 self.errors.append(error("E007", decl.span, f"`account.{key}` must be a number {rule}"))
                 continue

@@ -13,7 +13,8 @@ from typing import Iterable, Sequence
 ERROR = "error"
 WARNING = "warning"
 
-#: Every code the tool can emit, with a one-line meaning (docs/cli.md lists them).
+#: Every code the tool can emit, with a one-line meaning (the table in docs/commands.md is
+#: generated from it by docs/gen_codes.py; tests/test_docs.py checks the two agree).
 CODES = {
     "E001": "the file cannot be read as text (missing, binary, empty or too large)",
     "E002": "YAML syntax error",
@@ -40,6 +41,7 @@ CODES = {
     "W001": "policy has no risk section",
     "W002": "feature is never used",
     "W003": "rule can never be reached",
+    "W004": "a percentage on a risk or account key measured in units, money, orders or basis points",
 }
 
 

@@ -36,6 +36,12 @@ RISK_KEYS = {
     "max_orders_per_day": "count", "max_orders_per_second": "rate",
 }
 ACCOUNT_KEYS = {"initial_equity": 100000.0, "margin_rate": 1.0, "fees_bps": 0.0, "slippage_bps": 0.0}
+#: What each risk and account value that is not a fraction counts: a `%` on one of these is
+#: almost always a slip (`max_position: 50%` is half a unit), so it warns (W004).
+_MEASURES = {"units": "units", "money": "currency units", "count": "orders", "rate": "orders per second",
+             "window": "events"}
+QUANTITY_KEYS = {key: _MEASURES[kind] for key, kind in RISK_KEYS.items() if kind in _MEASURES} | {
+    "initial_equity": "currency units", "fees_bps": "basis points", "slippage_bps": "basis points"}
 CUSTOM_ACTIONS = ("block", "reduce_only", "liquidate", "halt")
 
 
@@ -323,10 +329,15 @@ class _Builder:
         if isinstance(value, bool):
             return value
         if isinstance(value, (int, float)):
-            if not math.isfinite(value):
+            text = self.doc.nodes[path].value
+            number = ex.literal_float(value, text)
+            if number is None:
+                self.errors.append(ex.too_large("E007", self.span(path), text))
+                return None
+            if not math.isfinite(number):
                 self.errors.append(error("E007", self.span(path), f"param `{path[-1]}` must be a finite number, not {value}"))
                 return None
-            return float(value)
+            return number
         node = self.expr(path)
         if node is None:
             return None
@@ -336,9 +347,19 @@ class _Builder:
             return -inner.value if negate else inner.value
         if isinstance(inner, ex.Boolean) and not negate:
             return inner.value
+        if isinstance(inner, ex.Duration):
+            self.errors.append(ex.misplaced_duration(inner))
+            return None
         self.errors.append(error("E007", self.span(path), f"param `{path[-1]}` must be a number or true/false",
                                  "params are constants; derived values belong in `features`"))
         return None
+
+    def percent_of_quantity(self, key: str, node: ex.Node):
+        if key in QUANTITY_KEYS and isinstance(node, ex.Number) and node.text.endswith("%"):
+            unit = QUANTITY_KEYS[key]
+            self.warnings.append(warning("W004", node.span, f"`{key}: {node.text}` is {node.value:g}: `{key}` is "
+                                                            f"measured in {unit}, not as a fraction",
+                                         f"`%` divides by 100; write the number of {unit}"))
 
     def name(self, path: tuple, text: str, what: str, pattern=IDENTIFIER, key=False) -> bool:
         if pattern.match(text):
@@ -385,6 +406,7 @@ class _Builder:
                     node = self.expr(("risk", key))
                     if node is not None:
                         risk[key] = ValueDecl(key, node, self.span(("risk", key)))
+                        self.percent_of_quantity(key, node)
             seen = set()
             for i, rule in enumerate(m.risk.custom):
                 path = ("risk", "custom", i)
@@ -405,6 +427,7 @@ class _Builder:
                     node = self.expr(("account", key))
                     if node is not None:
                         account[key] = ValueDecl(key, node, self.span(("account", key)))
+                        self.percent_of_quantity(key, node)
         if self.errors:
             raise PolicyError(self.errors)
         return ParsedPolicy(

@@ -5,6 +5,7 @@ cannot exhaust the Python stack while parsing; depth is then bounded explicitly.
 """
 from __future__ import annotations
 
+import math
 import threading
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -14,7 +15,7 @@ from typing import Callable
 from lark import Lark, Token, Transformer
 from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, UnexpectedToken, VisitError
 
-from .diagnostics import PolicyError, Span, error
+from .diagnostics import Diagnostic, PolicyError, Span, error
 
 MAX_EXPRESSION_CHARS = 4000
 MAX_DEPTH = 100
@@ -198,24 +199,30 @@ class _ToAst(Transformer):
     def _make(self, cls, lo, hi, *args, **kw):
         return (cls(self.span_of(lo, hi), *args, **kw), lo, hi)
 
+    def _finite(self, value: float, t: Token) -> float:
+        """float() turns a literal beyond float64 (`1e400`, 400 digits) into inf, silently."""
+        if math.isinf(value):
+            raise PolicyError([too_large("E007", self.span_of(t.start_pos, t.end_pos), str(t))])
+        return value
+
     def number(self, items):
         (t,) = items
         lo, hi = self._tok(t)
         text = str(t)
-        value = float(text)
+        value = self._finite(float(text), t)
         return self._make(Number, lo, hi, value, text, value.is_integer() and not any(c in text for c in ".eE"))
 
     def percent(self, items):
         (t,) = items
         lo, hi = self._tok(t)
-        return self._make(Number, lo, hi, float(str(t)[:-1]) / 100.0, str(t), False)
+        return self._make(Number, lo, hi, self._finite(float(str(t)[:-1]) / 100.0, t), str(t), False)
 
     def duration(self, items):
         (t,) = items
         lo, hi = self._tok(t)
         text = str(t)
         unit = "ms" if text.endswith("ms") else text[-1]
-        return self._make(Duration, lo, hi, float(text[: -len(unit)]) * DURATION_SECONDS[unit], text)
+        return self._make(Duration, lo, hi, self._finite(float(text[: -len(unit)]) * DURATION_SECONDS[unit], t), text)
 
     def true(self, items):
         lo, hi = self._tok(items[0])
@@ -266,6 +273,29 @@ class _ToAst(Transformer):
     def cond(self, items):
         if_tok, test, _, then, _, orelse = items
         return self._make(Cond, if_tok.start_pos, orelse[2], test[0], then[0], orelse[0])
+
+
+def literal_float(value: int | float, text: str) -> float | None:
+    """`value` as a float, or None when `text` writes a number beyond float64 (`1e400`, 400
+    digits): float() makes those inf, or raises for an int. `inf` spelled out has no digit."""
+    try:
+        number = float(value)
+    except OverflowError:
+        return None
+    return None if math.isinf(number) and any(c.isdigit() for c in text) else number
+
+
+def too_large(code: str, span: Span, text: str, where: str = "") -> Diagnostic:
+    """A number literal beyond float64, where Python gives inf (or raises, for an int)."""
+    shown = f"`{text}`" if len(text) <= 20 else f"`{text[:12]}...` ({len(text)} characters)"
+    return error(code, span, f"{where}the number {shown} is too large",
+                 "numbers are 64-bit floats: at most about 1.8e308")
+
+
+def misplaced_duration(node: Duration) -> Diagnostic:
+    """A duration where a number is expected; docs/language.md (section 3) quotes this text."""
+    return error("E103", node.span, "a duration is only allowed as a risk value such as `stale_after`",
+                 f"write the number of seconds, {node.seconds:g}, if you meant a number")
 
 
 _PARSE_LOCK = threading.Lock()

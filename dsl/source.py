@@ -8,6 +8,7 @@ inside an expression.
 from __future__ import annotations
 
 import bisect
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -139,16 +140,18 @@ def compose(source: SourceFile) -> Positioned:
         raise PolicyError([error("E002", Span(source.name, line, col, line, col + 1),
                                  f"YAML: {what} is not allowed in a policy file",
                                  "remove the control character")])
-    except yaml.MarkedYAMLError as exc:
+    except yaml.MarkedYAMLError as exc:  # scanner, parser and composer errors
         mark = exc.problem_mark or exc.context_mark
         line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
-        problem = exc.problem or exc.context or "invalid YAML"
+        # the composer states its error in `context` ("found duplicate anchor 'a'; first
+        # occurrence") and leaves only "second occurrence" in `problem`
+        composer = isinstance(exc, yaml.composer.ComposerError) and exc.context
+        problem = exc.context.split(";")[0] if composer else exc.problem or exc.context or "invalid YAML"
         raise PolicyError([error("E002", Span(source.name, line, col, line, col + 1), f"YAML: {problem}",
-                                 _yaml_help(problem))])
-    except yaml.YAMLError as exc:
-        raise PolicyError([error("E002", Span(source.name, 1, 1, 1, 2), f"YAML: {exc}")])
+                                 _yaml_help(exc, source))])
     except RecursionError:
-        raise PolicyError([error("E002", Span(source.name, 1, 1, 1, 2), "YAML is nested too deeply")])
+        raise PolicyError([error("E002", Span(source.name, 1, 1, 1, 2), "YAML is nested too deeply",
+                                 "a policy is at most 50 levels deep")])
     if root is None:
         raise PolicyError([error("E001", Span(source.name, 1, 1, 1, 2), "file holds no YAML document")])
     doc = Positioned(source, None, {}, {})
@@ -196,12 +199,62 @@ def _scalar(node: yaml.ScalarNode) -> Any:
 _CONSTRUCTOR = yaml.constructor.SafeConstructor()
 
 
-def _yaml_help(problem: str) -> str | None:
-    if "tab" in problem or "\\t" in problem:
-        return "YAML indentation must use spaces, not tabs"
-    if "mapping values are not allowed" in problem:
-        return "a value containing `: ` must be quoted"
-    return None
+#: A help line for each kind of PyYAML error, matched on its text (first match wins): the
+#: raw text names a token ("expected <block end>"), not the change that fixes the file.
+#: {line} is the line where the construct PyYAML was reading began, {found} the character
+#: or token it found (in backticks).
+_YAML_HELP = [
+    (("'\\t'",), "replace the tab with spaces: YAML indentation must use spaces, not tabs"),
+    (("cannot start any token",), "a YAML value cannot start with {found}: put the value in quotes"),
+    (("could not find expected ':'",),
+     "line {line} is read as a key but has no `:` after it: add the `:`, or indent the line if it continues "
+     "the value above"),
+    (("sequence entries are not allowed",), "a `- ` list item must start its own line, indented under its key"),
+    (("mapping keys are not allowed",), "`?` cannot follow a value on its line: put the whole value in quotes"),
+    (("double-quoted scalar",),
+     "in double quotes `\\` starts an escape: write `\\\\` for a backslash, or use single quotes"),
+    (("quoted scalar",), "the quote opened on line {line} is never closed"),
+    (("flow sequence",), "the `[` on line {line} is not closed: end the list with `]` and separate items with `,`"),
+    (("flow mapping",), "the `{{` on line {line} is not closed: end it with `}}` and separate entries with `,`"),
+    (("but found ']'", "but found '}'"), "{found} closes no open bracket: remove it, or put the value in quotes"),
+    (("but found ','",), "a value is missing before this `,`: put a value that contains `,` in quotes"),
+    (("content, but found ':'", "content, but found '-'", "content, but found '?'"),
+     "put a value that starts with {found} in quotes"),
+    (("'<document end>'",), "a `...` line ends the YAML document: remove it"),
+    (("'<stream end>'",), "the file ends where a value is expected"),
+    (("<block end>",),
+     "check the indentation: the keys of one mapping, and the `- ` items of one list, must start in the "
+     "same column"),
+    (("anchor", "alias"), "`&` starts a YAML anchor and `*` an alias, which a policy does not need: put a value "
+                          "that starts with `&` or `*` in quotes"),
+    (("directive", "YAML document", "duplicate tag handle"),
+     "a line starting with `%` is a YAML directive, which a policy does not need: remove it"),
+    (("a tag", "tag handle"), "`!` starts a YAML tag, which a policy does not need: put a value that starts with "
+                              "`!` in quotes"),
+    (("block scalar",), "`|` and `>` start a block of text on the next lines: put a value that starts with `|` "
+                        "or `>` in quotes"),
+    (("<document start>",), "the YAML document ended before this line: top-level keys must start in column 1, "
+                            "with no `...` or `%` line before them"),
+    (("single document",), "a policy file holds one YAML document: remove the `---` line"),
+]
+
+
+def _yaml_help(exc: yaml.MarkedYAMLError, source: SourceFile) -> str:
+    text = f"{exc.context or ''}: {exc.problem or ''}"
+    if "mapping values are not allowed" in text:
+        # `a: b: c` has a second `:` on the line; a line without one is indented under a plain value
+        mark = exc.problem_mark
+        before = source.lines[mark.line][: mark.column]
+        return "a value containing `: ` must be quoted" if ":" in before else \
+            "check the indentation: this line is indented deeper than the key above, so YAML reads it as " \
+            "part of that key's value"
+    found = (re.findall(r"'([^']*)'", exc.problem or "") or [""])[-1]
+    fields = {"line": exc.context_mark.line + 1 if exc.context_mark else "?",
+              "found": f"`` {found} ``" if "`" in found else f"`{found}`"}
+    for patterns, help_ in _YAML_HELP:
+        if any(p in text for p in patterns):
+            return help_.format(**fields)
+    return "check the YAML syntax here; a value with special characters may need quotes"
 
 
 def scalar_text_offsets(source: SourceFile, node: yaml.ScalarNode) -> list[int]:

@@ -16,8 +16,10 @@ import pytest
 import yaml
 
 import policyc.cli as cli_mod
-from policyc.compiler.frontend import diagnose
-from policyc.dsl.diagnostics import CODES
+from policyc.compiler.frontend import check_text, diagnose
+from policyc.dsl.diagnostics import CODES, PolicyError
+from policyc.dsl.document import ACCOUNT_KEYS, QUANTITY_KEYS, RISK_KEYS
+from policyc.dsl.source import SourceFile, _yaml_help
 
 HERE = Path(__file__).parent
 BROKEN = HERE / "broken"
@@ -52,6 +54,15 @@ def write(tmp_path: Path, text: str, name: str = "policy.yaml") -> Path:
     path = tmp_path / name
     path.write_text(text)
     return path
+
+
+def diagnose_text(text: str, params: dict | None = None):
+    """Like `diagnose`, for a policy given as text."""
+    try:
+        result = check_text(text, params)
+    except PolicyError as exc:
+        return None, exc.diagnostics
+    return result, result.warnings
 
 
 # --------------------------------------------------------------------------- corpus
@@ -276,6 +287,252 @@ def test_text_diagnostics_follow_sys_stderr(capsys):
     code = cli_mod.main(["validate", str(BROKEN / "e201_unknown_name.yaml")])
     assert code == 1
     assert "error[E201]" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------- YAML errors
+INDENT_HELP = ("check the indentation: the keys of one mapping, and the `- ` items of one list, must start in the "
+               "same column")
+ANCHOR_HELP = ("`&` starts a YAML anchor and `*` an alias, which a policy does not need: put a value that starts "
+               "with `&` or `*` in quotes")
+DIRECTIVE_HELP = "a line starting with `%` is a YAML directive, which a policy does not need: remove it"
+TAG_HELP = "`!` starts a YAML tag, which a policy does not need: put a value that starts with `!` in quotes"
+BLOCK_HELP = "`|` and `>` start a block of text on the next lines: put a value that starts with `|` or `>` in quotes"
+ESCAPE_HELP = "in double quotes `\\` starts an escape: write `\\\\` for a backslash, or use single quotes"
+DOCUMENT_HELP = ("the YAML document ended before this line: top-level keys must start in column 1, with no `...` "
+                 "or `%` line before them")
+
+
+@pytest.mark.parametrize("name, message, help_", [
+    ("e002_bad_indent.yaml", "YAML: expected <block end>, but found '<block mapping start>'", INDENT_HELP),
+    ("e002_over_indented_key.yaml", "YAML: mapping values are not allowed here",
+     "check the indentation: this line is indented deeper than the key above, so YAML reads it as part of "
+     "that key's value"),
+    ("e002_indented_first_key.yaml", "YAML: expected '<document start>', but found '<block mapping start>'",
+     DOCUMENT_HELP),
+    ("e002_missing_colon.yaml", "YAML: could not find expected ':'",
+     "line 4 is read as a key but has no `:` after it: add the `:`, or indent the line if it continues the "
+     "value above"),
+    ("e002_tab_indent.yaml", "YAML: found character '\\t' that cannot start any token",
+     "replace the tab with spaces: YAML indentation must use spaces, not tabs"),
+    ("e002_colon_in_value.yaml", "YAML: mapping values are not allowed here", "a value containing `: ` must be quoted"),
+    ("e002_control_character.yaml", "YAML: character 0x07 is not allowed in a policy file",
+     "remove the control character"),
+    ("e002_unclosed_flow.yaml", "YAML: expected ',' or ']', but got ':'",
+     "the `[` on line 4 is not closed: end the list with `]` and separate items with `,`"),
+    ("e002_unclosed_brace.yaml", "YAML: expected ',' or '}', but got ':'",
+     "the `{` on line 12 is not closed: end it with `}` and separate entries with `,`"),
+    ("e002_unclosed_quote.yaml", "YAML: found unexpected end of stream", "the quote opened on line 4 is never closed"),
+    ("e002_stray_bracket.yaml", "YAML: expected <block end>, but found ']'",
+     "`]` closes no open bracket: remove it, or put the value in quotes"),
+    ("e002_inline_list_item.yaml", "YAML: sequence entries are not allowed here",
+     "a `- ` list item must start its own line, indented under its key"),
+    ("e002_question_after_value.yaml", "YAML: mapping keys are not allowed here",
+     "`?` cannot follow a value on its line: put the whole value in quotes"),
+    ("e002_bad_escape.yaml", "YAML: found unknown escape character 'd'", ESCAPE_HELP),
+    ("e002_value_starts_with_at.yaml", "YAML: found character '@' that cannot start any token",
+     "a YAML value cannot start with `@`: put the value in quotes"),
+    ("e002_undefined_alias.yaml", "YAML: found undefined alias '2'", ANCHOR_HELP),
+    ("e002_pipe_abs.yaml", "YAML: expected chomping or indentation indicators, but found 'c'", BLOCK_HELP),
+    ("e002_tag.yaml", "YAML: expected '>', but found ' '", TAG_HELP),
+    ("e002_second_document.yaml", "YAML: expected a single document in the stream",
+     "a policy file holds one YAML document: remove the `---` line"),
+    ("e002_directive.yaml", "YAML: found incompatible YAML document (version 1.* is required)", DIRECTIVE_HELP),
+])
+def test_yaml_error_corpus_has_help(name, message, help_, run_cli):
+    _, diags = diagnose(BROKEN / name)
+    assert [(d.message, d.help) for d in diags] == [(message, help_)]
+    _, _, err = run_cli("validate", BROKEN / name)
+    assert f"error[E002]: {message}\n" in err and err.endswith(f"  = help: {help_}\n")
+
+
+# One sample of every error PyYAML's reader, scanner, parser and composer raise that the
+# corpus above does not show.
+@pytest.mark.parametrize("text, line, column, message, help_", [
+    ("a: 1\nb:\t2\n", 2, 3, "YAML: found character '\\t' that cannot start any token",
+     "replace the tab with spaces: YAML indentation must use spaces, not tabs"),
+    ("a: `x`\n", 1, 4, "YAML: found character '`' that cannot start any token",
+     "a YAML value cannot start with `` ` ``: put the value in quotes"),
+    ("a: %x\n", 1, 4, "YAML: found character '%' that cannot start any token",
+     "a YAML value cannot start with `%`: put the value in quotes"),
+    ("a:\n  - b: 1\n    c: 2\n    - d\n", 4, 5, "YAML: expected <block end>, but found '-'", INDENT_HELP),
+    ("a:\n  - b\n c\n", 3, 2, "YAML: expected <block end>, but found '<scalar>'", INDENT_HELP),
+    ("a: b:\n", 1, 5, "YAML: mapping values are not allowed here", "a value containing `: ` must be quoted"),
+    ("a: x\nb\nc: 1\n", 3, 1, "YAML: could not find expected ':'",
+     "line 2 is read as a key but has no `:` after it: add the `:`, or indent the line if it continues the value "
+     "above"),
+    ('a: "x\\x4"\n', 1, 8, "YAML: expected escape sequence of 2 hexadecimal numbers, but found '\"'", ESCAPE_HELP),
+    ("a: 'x\n---\n'\n", 2, 1, "YAML: found unexpected document separator",
+     "the quote opened on line 1 is never closed"),
+    ("a: [b, }]\n", 1, 8, "YAML: expected the node content, but found '}'",
+     "`}` closes no open bracket: remove it, or put the value in quotes"),
+    ("a: ,\n", 1, 4, "YAML: expected the node content, but found ','",
+     "a value is missing before this `,`: put a value that contains `,` in quotes"),
+    ("a: [- b]\n", 1, 5, "YAML: expected the node content, but found '-'",
+     "put a value that starts with `-` in quotes"),
+    ("...\n", 1, 1, "YAML: expected the node content, but found '<document end>'",
+     "a `...` line ends the YAML document: remove it"),
+    ("a: !t [\n", 2, 1, "YAML: expected the node content, but found '<stream end>'",
+     "the file ends where a value is expected"),
+    ("a: 1\n... b\n", 2, 5, "YAML: expected '<document start>', but found '<scalar>'", DOCUMENT_HELP),
+    ("a: & b\n", 1, 5, "YAML: expected alphabetic or numeric character, but found ' '", ANCHOR_HELP),
+    ("a: * b\n", 1, 5, "YAML: expected alphabetic or numeric character, but found ' '", ANCHOR_HELP),
+    ("a: &x 1\nb: &x 2\n", 2, 4, "YAML: found duplicate anchor 'x'", ANCHOR_HELP),
+    ("a: !e!x b\n", 1, 4, "YAML: found undefined tag handle '!e!'", TAG_HELP),
+    ("a: !x%zz b\n", 1, 7, "YAML: expected URI escape sequence of 2 hexadecimal numbers, but found 'z'", TAG_HELP),
+    ("a: |0\n  b\n", 1, 5, "YAML: expected indentation indicator in the range 1-9, but found 0", BLOCK_HELP),
+    ("a: > b\n", 1, 6, "YAML: expected a comment or a line break, but found 'b'", BLOCK_HELP),
+    ("%YAML 1.1\n%YAML 1.1\n---\na: 1\n", 2, 1, "YAML: found duplicate YAML directive", DIRECTIVE_HELP),
+    ("%TAG ! a\n%TAG ! b\n---\na: 1\n", 2, 1, "YAML: duplicate tag handle '!'", DIRECTIVE_HELP),
+    ("%YAML x\n---\na: 1\n", 1, 7, "YAML: expected a digit, but found 'x'", DIRECTIVE_HELP),
+    ("%YAML 1.1\na: 1\n", 2, 1, "YAML: expected '<document start>', but found '<scalar>'", DOCUMENT_HELP),
+])
+def test_every_kind_of_yaml_error_has_help(text, line, column, message, help_):
+    _, diags = diagnose_text(text)
+    assert [(d.code, d.span.line, d.span.column, d.message, d.help) for d in diags] == \
+        [("E002", line, column, message, help_)]
+
+
+def test_an_unforeseen_yaml_error_still_has_help():
+    """A message this PyYAML does not raise still gets a help line, never raw text alone."""
+    exc = yaml.scanner.ScannerError(None, None, "something new", None)
+    assert _yaml_help(exc, SourceFile("<policy>", "a: 1\n")) == \
+        "check the YAML syntax here; a value with special characters may need quotes"
+
+
+# --------------------------------------------------------------------------- numbers
+TOO_LARGE_HELP = "numbers are 64-bit floats: at most about 1.8e308"
+DIGITS = "9" * 400
+
+
+@pytest.mark.parametrize("old, new, line, column, shown", [
+    ("  n: 10\n", f"  n: {DIGITS}\n", 5, 6, "`999999999999...` (400 characters)"),          # YAML int
+    ("  n: 10\n", f"  n: -{DIGITS}\n", 5, 6, "`-99999999999...` (401 characters)"),
+    ("  n: 10\n", "  n: 1.0e+400\n", 5, 6, "`1.0e+400`"),                                   # YAML float
+    ("  n: 10\n", "  n: 1e400\n", 5, 6, "`1e400`"),                                         # expression
+    ("  n: 10\n", f"  n: {DIGITS}%\n", 5, 6, "`999999999999...` (401 characters)"),
+    ("sma(close, n)", "sma(close, 1e400)", 7, 17, "`1e400`"),                               # window
+    ("sma(close, n)", "close[1e400]", 7, 12, "`1e400`"),                                     # lookback
+    ("sma(close, n)", f"change(close, {DIGITS})", 7, 20, "`999999999999...` (400 characters)"),  # lag
+    ("close > m", "close > 1e400 * m", 9, 19, "`1e400`"),                                   # expression
+    ("target: 1", f"target: {DIGITS}", 10, 13, "`999999999999...` (400 characters)"),
+    ("max_position: 10", "max_position: 1e400", 12, 17, "`1e400`"),                         # risk
+    ("max_position: 10", f"max_position: 2 * {DIGITS}", 12, 21, "`999999999999...` (400 characters)"),
+    ("max_position: 10", f"stale_after: {DIGITS}s", 12, 16, "`999999999999...` (401 characters)"),
+    ("max_position: 10\n", "max_position: 10\naccount:\n  initial_equity: 1e400\n", 14, 19, "`1e400`"),
+])
+def test_number_beyond_float64_is_located_error(old, new, line, column, shown):
+    _, diags = diagnose_text(GOOD.format(extra="", risk=RISK).replace(old, new, 1))
+    assert [(d.code, d.span.line, d.span.column, d.message, d.help) for d in diags] == \
+        [("E007", line, column, f"the number {shown} is too large", TOO_LARGE_HELP)]
+
+
+@pytest.mark.parametrize("value, message, help_", [
+    ("1e400", "param `n`: the number `1e400` is too large", TOO_LARGE_HELP),
+    (DIGITS, "param `n`: the number `999999999999...` (400 characters) is too large", TOO_LARGE_HELP),
+    (10 ** 400, "param `n`: the number `100000000000...` (401 characters) is too large", TOO_LARGE_HELP),
+    ("inf", "param `n` must be a finite number, not `inf`", None),
+    (float("inf"), "param `n` must be a finite number, not `inf`", None),
+    ("nan", "param `n` must be a finite number, not `nan`", None),
+])
+def test_param_override_beyond_float64_is_e301(value, message, help_):
+    _, diags = diagnose_text(GOOD.format(extra="", risk=RISK), {"n": value})
+    assert [(d.code, d.span.file, d.message, d.help) for d in diags] == [("E301", "<command line>", message, help_)]
+
+
+def test_param_override_beyond_float64_on_the_command_line(tmp_path, run_cli):
+    path = write(tmp_path, GOOD.format(extra="", risk=RISK))
+    code, out, err = run_cli("validate", path, "-p", "n=1e400")
+    assert code == 1 and "Traceback" not in out + err
+    assert err == ("<command line>:1:1: error[E301]: param `n`: the number `1e400` is too large\n"
+                   f"  = help: {TOO_LARGE_HELP}\n")
+
+
+def test_infinite_param_default_is_not_called_too_large():
+    _, diags = diagnose_text(GOOD.format(extra="", risk=RISK).replace("  n: 10\n", "  n: .inf\n"))
+    assert [(d.code, d.message, d.help) for d in diags] == [("E007", "param `n` must be a finite number, not inf", None)]
+
+
+def test_volatility_window_of_two_is_accepted():
+    """docs/language.md: `volatility_window` is a whole number 2..100,000."""
+    result, diags = diagnose_text(GOOD.format(extra="", risk=RISK + "  max_volatility: 2%\n  volatility_window: 2\n"))
+    assert result is not None and diags == []
+
+
+# --------------------------------------------------------------------------- durations
+DURATION_MESSAGE = "a duration is only allowed as a risk value such as `stale_after`"
+
+
+@pytest.mark.parametrize("old, new, line, column, seconds", [
+    ("sma(close, n)", "sma(close, 5m)", 7, 17, "300"),          # window
+    ("sma(close, n)", "close[5m]", 7, 12, "300"),                # lookback
+    ("sma(close, n)", "change(close, 2s)", 7, 20, "2"),         # lag
+    ("sma(close, n)", "returns(close, 500ms)", 7, 21, "0.5"),
+    ("close > m", "bars_since(close > m) > 5m", 9, 35, "300"),  # the example of docs/language.md
+    ("  n: 10\n", "  n: 5m\n", 5, 6, "300"),                    # param
+    ("  n: 10\n", "  n: -1h\n", 5, 7, "3600"),
+])
+def test_duration_where_a_number_is_expected(old, new, line, column, seconds):
+    _, diags = diagnose_text(GOOD.format(extra="", risk=RISK).replace(old, new, 1))
+    assert [(d.code, d.span.line, d.span.column, d.message, d.help) for d in diags] == \
+        [("E103", line, column, DURATION_MESSAGE, f"write the number of seconds, {seconds}, if you meant a number")]
+
+
+def test_duration_as_account_value():
+    _, diags = diagnose_text(GOOD.format(extra="", risk=RISK + "account:\n  fees_bps: 5m\n"))
+    assert [(d.code, d.span.line, d.span.column, d.message) for d in diags] == \
+        [("E103", 14, 13, "`account.fees_bps` is not a duration; give a number")]
+
+
+# --------------------------------------------------------------------------- percentages
+@pytest.mark.parametrize("section, key, value, message, help_", [
+    ("risk", "max_position", "50%", "`max_position: 50%` is 0.5: `max_position` is measured in units, not as a fraction",
+     "`%` divides by 100; write the number of units"),
+    ("risk", "max_order_qty", "20%", "`max_order_qty: 20%` is 0.2: `max_order_qty` is measured in units, not as a "
+     "fraction", "`%` divides by 100; write the number of units"),
+    ("risk", "min_order_qty", "1%", "`min_order_qty: 1%` is 0.01: `min_order_qty` is measured in units, not as a "
+     "fraction", "`%` divides by 100; write the number of units"),
+    ("risk", "lot_size", "10%", "`lot_size: 10%` is 0.1: `lot_size` is measured in units, not as a fraction",
+     "`%` divides by 100; write the number of units"),
+    ("risk", "max_position_notional", "50%", "`max_position_notional: 50%` is 0.5: `max_position_notional` is "
+     "measured in currency units, not as a fraction", "`%` divides by 100; write the number of currency units"),
+    ("risk", "max_gross_exposure", "150%", "`max_gross_exposure: 150%` is 1.5: `max_gross_exposure` is measured in "
+     "currency units, not as a fraction", "`%` divides by 100; write the number of currency units"),
+    ("risk", "max_order_notional", "5%", "`max_order_notional: 5%` is 0.05: `max_order_notional` is measured in "
+     "currency units, not as a fraction", "`%` divides by 100; write the number of currency units"),
+    ("risk", "max_orders_per_day", "100%", "`max_orders_per_day: 100%` is 1: `max_orders_per_day` is measured in "
+     "orders, not as a fraction", "`%` divides by 100; write the number of orders"),
+    ("risk", "max_orders_per_second", "50%", "`max_orders_per_second: 50%` is 0.5: `max_orders_per_second` is "
+     "measured in orders per second, not as a fraction", "`%` divides by 100; write the number of orders per second"),
+    ("risk", "volatility_window", "300%", "`volatility_window: 300%` is 3: `volatility_window` is measured in "
+     "events, not as a fraction", "`%` divides by 100; write the number of events"),
+    ("account", "initial_equity", "50%", "`initial_equity: 50%` is 0.5: `initial_equity` is measured in currency "
+     "units, not as a fraction", "`%` divides by 100; write the number of currency units"),
+    ("account", "fees_bps", "1%", "`fees_bps: 1%` is 0.01: `fees_bps` is measured in basis points, not as a "
+     "fraction", "`%` divides by 100; write the number of basis points"),
+    ("account", "slippage_bps", "2%", "`slippage_bps: 2%` is 0.02: `slippage_bps` is measured in basis points, not "
+     "as a fraction", "`%` divides by 100; write the number of basis points"),
+])
+def test_percentage_on_a_quantity_warns_w004(tmp_path, run_cli, section, key, value, message, help_):
+    risk = f"risk:\n  {key}: {value}\n" if section == "risk" else f"{RISK}account:\n  {key}: {value}\n"
+    if key == "volatility_window":
+        risk += "  max_volatility: 2%\n"
+    path = write(tmp_path, GOOD.format(extra="", risk=risk))
+    result, diags = diagnose(path)
+    assert result is not None
+    assert [(d.code, d.severity, d.message, d.help) for d in diags] == [("W004", "warning", message, help_)]
+    code, out, err = run_cli("validate", path)
+    assert code == 0 and f"ok {path}" in out and f"warning[W004]: {message}\n" in err
+
+
+def test_every_quantity_key_is_covered_by_w004():
+    fractions = {k for k, kind in RISK_KEYS.items() if kind in ("fraction", "bool", "duration")} | {"margin_rate"}
+    assert set(QUANTITY_KEYS) == (set(RISK_KEYS) | set(ACCOUNT_KEYS)) - fractions
+
+
+@pytest.mark.parametrize("limit", ["stop_loss: 3%", "max_margin_usage: 30%", "max_position: 10% * 1000"])
+def test_percentage_on_a_fraction_or_in_arithmetic_does_not_warn(limit):
+    result, diags = diagnose_text(GOOD.format(extra="", risk=f"risk:\n  {limit}\n"))
+    assert result is not None and diags == []
 
 
 # --------------------------------------------------------------------------- known bugs
