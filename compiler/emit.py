@@ -73,7 +73,7 @@ def _environment():
     import jinja2  # only when a source is rendered: cached compiles never need it
 
     return jinja2.Environment(
-        loader=jinja2.PackageLoader("compiler", "templates"),
+        loader=jinja2.PackageLoader(__package__, "templates"),
         undefined=jinja2.StrictUndefined, keep_trailing_newline=True, trim_blocks=False,
     )
 

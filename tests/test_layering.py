@@ -7,6 +7,8 @@ and runtime/ are only ever imported as parts of `policyc`.
 from __future__ import annotations
 
 import ast
+import os
+import subprocess
 import sys
 import tomllib
 from pathlib import Path
@@ -88,10 +90,18 @@ def test_the_wheel_installs_one_top_level_name():
 
 def test_the_package_imports_from_anywhere(tmp_path):
     """Importing from outside the source tree finds every stage under `policyc`."""
-    import subprocess
-
     code = ("import policyc.dsl, policyc.compiler, policyc.runtime, policyc.cli, sys; "
             "print(sorted(m for m in sys.modules if m.split('.')[0] in {'dsl', 'compiler', 'runtime'}))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"
+
+
+def test_a_fresh_compile_from_outside_the_source_tree(tmp_path):
+    """Templates and grammar are found through the package, not the working directory:
+    an empty kernel cache and a directory far from the repository still compile."""
+    env = {**os.environ, "POLICYC_CACHE": str(tmp_path / "cache")}
+    out = subprocess.run([sys.executable, "-m", "policyc", "compile", str(ROOT / "policies" / "ema_cross.yaml"),
+                          "-o", str(tmp_path / "out")], capture_output=True, text=True, cwd=tmp_path, env=env)
+    assert out.returncode == 0, out.stderr
+    assert (tmp_path / "out" / "kernel.py").is_file()
