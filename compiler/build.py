@@ -7,6 +7,7 @@ drives the kernel over arrays of events (the backtest and the live runtime both 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -202,8 +203,14 @@ class CompiledPolicy:
         }
 
 
-def compile_checked(result: Checked) -> CompiledPolicy:
-    from .jit import load_kernel
+def compile_checked(result: Checked, on_compile: Callable[[str], None] | None = None) -> CompiledPolicy:
+    """Generate, load and compile the kernel of a checked policy: seconds the first time
+    (Numba JIT), milliseconds once its machine code is in the cache (`jit.cache_root()`).
+
+    `on_compile` is called with one line, `compiling NAME (first run; about N s)...`, as a
+    real compile starts, and never when the machine code comes from the cache, so a
+    caller can tell a person why they wait."""
+    from .jit import load_kernel, watch_compile
 
     program = optimise(lower(result.checked))
     source = emit_cached(program, result.checked)
@@ -212,13 +219,22 @@ def compile_checked(result: Checked) -> CompiledPolicy:
                               dict(result.checked.params))
     empty = Events(np.zeros(0, np.int64), np.zeros(0, np.int8), np.zeros(0, np.int32),
                    np.zeros((0, len(program.columns))))
-    compiled.run(empty, trace=True)  # JIT-compiles now, or loads the machine code from the cache
+
+    def starting(estimate_s: float) -> None:
+        if on_compile is not None:
+            on_compile(f"compiling {compiled.name} (first run; about {max(1, round(estimate_s))} s)...")
+
+    with watch_compile(source, starting):
+        compiled.run(empty, trace=True)  # JIT-compiles now, or loads the machine code from the cache
     return compiled
 
 
-def compile_policy(source, params: dict | None = None) -> CompiledPolicy:
-    """Load, check and compile a policy file (or a ParsedPolicy) with param overrides."""
-    return compile_checked(check_policy(source, params))
+def compile_policy(source, params: dict | None = None,
+                   on_compile: Callable[[str], None] | None = None) -> CompiledPolicy:
+    """Load, check and compile a policy file (or a ParsedPolicy) with param overrides;
+    `on_compile` as in `compile_checked`. Raises PolicyError for a file that cannot be
+    read or does not check."""
+    return compile_checked(check_policy(source, params), on_compile)
 
 
 def write_artifact(compiled: CompiledPolicy, out: Path) -> dict:

@@ -11,6 +11,10 @@ from policyc.compiler import layout as L
 from .backtest import BacktestResult, format_summary, summary
 
 W, H, PAD = 900, 220, 40
+TICKS = 6  # labels on the time axis, the first and last event included
+NS_PER_S = 1_000_000_000
+# (tick spacing in ns, label unit): the coarsest unit that still tells the ticks apart
+_UNITS = ((86_400 * NS_PER_S, "D"), (60 * NS_PER_S, "m"), (NS_PER_S, "s"), (0, "ms"))
 
 
 def _downsample(x: np.ndarray, y: np.ndarray, points: int = 1500):
@@ -23,6 +27,22 @@ def _downsample(x: np.ndarray, y: np.ndarray, points: int = 1500):
 def _scale(values, lo, hi, a, b):
     span = hi - lo if hi > lo else 1.0
     return a + (np.asarray(values, float) - lo) / span * (b - a)
+
+
+def time_ticks(first: int, last: int) -> list[tuple[int, str]]:
+    """Evenly spaced ticks from `first` to `last` (int ns since the epoch, UTC) with their
+    UTC labels: dates (`2014-12-31`), or minutes, seconds or milliseconds when the ticks
+    are closer than a day, a minute or a second (`2024-01-02 09:30`)."""
+    span = last - first
+    # Python ints: span * i would overflow int64 for spans over 58 years
+    ticks = [first + span * i // (TICKS - 1) for i in range(TICKS)]
+    unit = next(u for step, u in _UNITS if span // (TICKS - 1) >= step)
+    labels = [str(s).replace("T", " ") for s in np.datetime_as_string(np.array(ticks, "datetime64[ns]"), unit=unit)]
+    out: list[tuple[int, str]] = []
+    for t, label in zip(ticks, labels):
+        if not out or out[-1][1] != label:  # ticks under 1 ms apart share a label
+            out.append((t, label))
+    return out
 
 
 def _chart(title: str, x: np.ndarray, y: np.ndarray, color: str, marks=(), fill=False) -> str:
@@ -43,13 +63,17 @@ def _chart(title: str, x: np.ndarray, y: np.ndarray, color: str, marks=(), fill=
         pts = f"{cx},{cy - 6} {cx - 5},{cy + 4} {cx + 5},{cy + 4}" if shape == "up" else \
             f"{cx},{cy + 6} {cx - 5},{cy - 4} {cx + 5},{cy - 4}"
         body.append(f'<polygon fill="{mcolor}" points="{pts}"/>')
-    first, last = np.datetime64(int(x[0]), "D"), np.datetime64(int(x[-1]), "D")
-    axis = (f'<text x="{PAD}" y="{H - 5}" font-size="11">{first}</text>'
-            f'<text x="{W - 10}" y="{H - 5}" font-size="11" text-anchor="end">{last}</text>'
-            f'<text x="2" y="14" font-size="11">{hi:,.4g}</text><text x="2" y="{H - 28}" font-size="11">{lo:,.4g}</text>')
+    ticks = time_ticks(int(x[0]), int(x[-1]))
+    axis = [f'<text x="2" y="14" font-size="11">{hi:,.4g}</text>'
+            f'<text x="2" y="{H - 28}" font-size="11">{lo:,.4g}</text>']
+    for i, (t, label) in enumerate(ticks):
+        tx = float(_scale([t], x0, x1, PAD, W - 10)[0])
+        anchor = "start" if i == 0 else "end" if i == len(ticks) - 1 else "middle"
+        axis.append(f'<line x1="{tx:.1f}" x2="{tx:.1f}" y1="10" y2="{H - 25}" stroke="#eee"/>'
+                    f'<text class="time" x="{tx:.1f}" y="{H - 5}" font-size="11" text-anchor="{anchor}">{label}</text>')
     return (f"<h2>{html.escape(title)}</h2><svg width='{W}' height='{H}' viewBox='0 0 {W} {H}' "
             f"xmlns='http://www.w3.org/2000/svg' role='img'><rect width='{W}' height='{H}' fill='#fff' "
-            f"stroke='#ddd'/>{axis}{''.join(body)}</svg>")
+            f"stroke='#ddd'/>{''.join(axis)}{''.join(body)}</svg>")
 
 
 def write_report(result: BacktestResult, path: str | Path) -> None:
@@ -58,7 +82,7 @@ def write_report(result: BacktestResult, path: str | Path) -> None:
     eq = result.equity
     curve = np.concatenate([[result.initial_equity], eq])
     peak = np.maximum.accumulate(curve)[1:]
-    drawdown = -(peak - eq) / peak * 100
+    drawdown = (eq - peak) / peak * 100  # 0.0 at a peak, not -0.0
     sections = [_chart("Equity", ts, eq, "#1f5fa8", fill=True),
                 _chart("Drawdown (%)", ts, drawdown, "#b03030", fill=True)]
     price_col = result.policy.columns.index("price")
