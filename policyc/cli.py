@@ -1,25 +1,83 @@
-"""`policyc`: the command line. Exit 0 on success, 1 on diagnostics, 2 on usage errors.
+"""`policyc`: the command line. Exit 0 on success, 1 on diagnostics and data problems,
+2 on usage errors, 3 on an internal error.
 
-No Python traceback ever reaches the user: policy problems are diagnostics, usage
-problems are argparse messages, and anything unexpected is reported as an internal
-error with exit 3.
+No Python traceback ever reaches the user: policy problems are diagnostics; data problems
+are one `error:` line naming the file, line and value; usage problems are the command's
+usage and one `policyc: error:` line naming the word at fault and, when one is close, the
+word meant (a command, an option, a choice, a sweep range). A file the command line names
+that does not exist is a usage error, for every option that reads one. Anything
+unexpected is reported as an internal error.
 """
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import math
 import os
 import sys
 from pathlib import Path
 
-from policyc.dsl.diagnostics import Diagnostic, PolicyError, render_json, render_text, sort_key
+from policyc.dsl.diagnostics import Diagnostic, PolicyError, did_you_mean, render_json, render_text, sort_key
 
 
 class _Parser(argparse.ArgumentParser):
+    """argparse whose usage errors are one line that names the wrong word and the fix."""
+
     def error(self, message):  # usage errors: exit 2 with a one-line reason
         self.print_usage(sys.stderr)
         self.exit(2, f"policyc: error: {message}\n")
+
+    def parse_known_args(self, args=None, namespace=None):
+        """Like argparse, but every argument must be known, and a misspelt option of a
+        command is reported before argparse would report what it then lacks (`--data-file
+        x` would otherwise be "the following arguments are required: --data")."""
+        args = sys.argv[1:] if args is None else list(args)
+        if self._subparsers is None:  # a command's parser: no later parser knows more options
+            for arg in itertools.takewhile(lambda a: a != "--", args):
+                option = arg.split("=", 1)[0]
+                if option.startswith("--") and not any(o.startswith(option) for o in self._option_string_actions):
+                    self._unknown_argument(option)  # not even an abbreviation of an option
+        namespace, extras = super().parse_known_args(args, namespace)
+        if extras:
+            self._unknown_argument(extras[0])
+        return namespace, extras
+
+    def _unknown_argument(self, arg: str):
+        if not arg.startswith("-"):
+            self.error(f"unexpected argument `{arg}`")
+        option = arg.split("=", 1)[0]
+        fix = did_you_mean(option, self._option_string_actions) or f"see `{self.prog} --help`"
+        self.error(f"unknown option `{option}`; {fix}")
+
+    def _check_value(self, action, value):  # argparse's check of `choices`, with the fix
+        if action.choices is not None and value not in action.choices:
+            if action.dest == "command":
+                raise argparse.ArgumentError(None, _unknown("command", value, action.choices))
+            raise argparse.ArgumentError(action, _unknown("value", value, action.choices))
+
+
+def _unknown(what: str, word: str, known) -> str:
+    """`unknown WHAT `word`; did you mean `x`?`, or the choices when none is close."""
+    known = list(known)
+    return f"unknown {what} `{word}`; {did_you_mean(word, known) or 'choose from ' + ', '.join(known)}"
+
+
+class _Version(argparse.Action):
+    """`--version`: policyc's version and the toolchain that enters build_hash. Versions
+    come from package metadata, so Numba is not imported."""
+
+    def __init__(self, option_strings, dest, **kwargs):
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, **kwargs)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        from policyc import __version__
+        from policyc.compiler.hashing import COMPILER_VERSION, toolchain_versions
+
+        # the toolchain's `policyc` entry is COMPILER_VERSION, named for what it is here
+        rest = ", ".join(f"{name} {version}" for name, version in toolchain_versions().items() if name != "policyc")
+        print(f"policyc {__version__}\nbuild_hash toolchain: compiler {COMPILER_VERSION}, {rest}")
+        parser.exit()
 
 
 def _param(text: str) -> tuple[str, str]:
@@ -40,25 +98,28 @@ def _add_format(p: argparse.ArgumentParser):
 
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="policyc", description="Compile, check and run trading policies.")
+    parser.add_argument("--version", action=_Version,
+                        help="print the versions of policyc and of the toolchain that enters build_hash, and exit")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    parser.commands = sub.choices  # name -> parser: errors found after parsing show that command's usage
     v = sub.add_parser("validate", help="check policy files and print their hashes")
-    v.add_argument("files", nargs="+", metavar="FILE")
+    v.add_argument("files", nargs="+", type=_input_file, metavar="FILE")
     _add_params(v)
     _add_format(v)
     c = sub.add_parser("compile", help="compile a policy to a Numba kernel and a manifest")
-    c.add_argument("file", metavar="FILE")
+    c.add_argument("file", type=_input_file, metavar="FILE")
     _add_params(c)
     c.add_argument("-o", "--out", default=None, metavar="DIR", help="output directory (default: build/POLICY)")
     _add_format(c)
     h = sub.add_parser("hash", help="print the policy hash")
-    h.add_argument("file", metavar="FILE")
+    h.add_argument("file", type=_input_file, metavar="FILE")
     _add_params(h)
     e = sub.add_parser("explain", help="show the compiled plan")
-    e.add_argument("file", metavar="FILE")
+    e.add_argument("file", type=_input_file, metavar="FILE")
     _add_params(e)
     e.add_argument("--ir", action="store_true", help="also print the optimised IR")
     b = sub.add_parser("backtest", help="run a policy over historical data")
-    b.add_argument("file", metavar="FILE")
+    b.add_argument("file", type=_input_file, metavar="FILE")
     _add_data(b)
     _add_params(b)
     _add_account(b)
@@ -67,7 +128,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--report", metavar="FILE", help="write a self-contained HTML report")
     _add_format(b)
     w = sub.add_parser("sweep", help="backtest every combination of param values")
-    w.add_argument("file", metavar="FILE")
+    w.add_argument("file", type=_input_file, metavar="FILE")
     _add_data(w)
     w.add_argument("-p", "--param", dest="params", action="append", type=_param, default=[],
                    metavar="NAME=LIST_OR_RANGE", help="values: a,b,c or start:stop:step (stop included)")
@@ -76,13 +137,13 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--sort", default="sharpe", metavar="METRIC")
     w.add_argument("--out", metavar="FILE", help="CSV of every combination, best first")
     r = sub.add_parser("run", help="trade a policy live: feed in, orders out")
-    r.add_argument("file", metavar="FILE")
+    r.add_argument("file", type=_input_file, metavar="FILE")
     r.add_argument("--feed", required=True, type=_ws_url, metavar="URL")
     r.add_argument("--feed-format", choices=("native", "binance", "coinbase"), default="native")
     r.add_argument("--venue", required=True, type=_ws_url, metavar="URL")
     r.add_argument("--intents", type=_address, metavar="HOST:PORT")
     r.add_argument("--control", type=_address, metavar="HOST:PORT")
-    r.add_argument("--token-file", metavar="PATH")
+    r.add_argument("--token-file", type=_input_file, metavar="PATH")
     r.add_argument("--log", default="decisions.jsonl", metavar="PATH")
     _add_params(r)
     r.add_argument("--duration", type=float, metavar="SECONDS")
@@ -90,7 +151,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--busy-poll", action="store_true",
                    help="poll the sockets without sleeping: lower latency for one busy CPU core")
     f = sub.add_parser("replay-feed", help="serve recorded data as a live WebSocket feed")
-    f.add_argument("--data", action="append", type=_data_spec, required=True, metavar="[SYMBOL=]PATH")
+    _add_data_files(f, "CSV, Parquet or .npz, served as SYMBOL (default: the file name up to its first -)")
     f.add_argument("--listen", type=_address, required=True, metavar="HOST:PORT")
     pace = f.add_mutually_exclusive_group()
     pace.add_argument("--speed", type=float, metavar="X", help="X times the data's own clock")
@@ -127,19 +188,49 @@ def _address(text: str) -> tuple[str, int]:
     return host, int(port)
 
 
+def _input_file(text: str) -> str:
+    """A file the command reads; one that does not exist is a usage error."""
+    if not Path(text).exists():
+        raise argparse.ArgumentTypeError(f"no such file: {text}")
+    return text
+
+
 def _data_spec(text: str) -> tuple[str | None, str]:
     if "=" in text:
         symbol, _, path = text.partition("=")
-        return symbol.strip(), path.strip()
-    return None, text
+        return symbol.strip(), _input_file(path.strip())
+    return None, _input_file(text)
+
+
+def _date_format(text: str) -> str:
+    if "%" not in text:  # `dd/mm/yyyy`, as a spreadsheet writes formats
+        raise argparse.ArgumentTypeError(f"`{text}` is not a strptime format; write it like %d/%m/%Y")
+    return text
+
+
+def _date_bound(end: bool):
+    """The type of --from (`end` False) and --to: ns since the epoch, UTC."""
+    def parse(text: str) -> int:
+        from policyc.runtime.backtest import time_bound
+
+        try:
+            return time_bound(text, end)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+    return parse
+
+
+def _add_data_files(p: argparse.ArgumentParser, help: str):
+    p.add_argument("--data", action="append", type=_data_spec, required=True, metavar="[SYMBOL=]PATH", help=help)
+    p.add_argument("--date-format", type=_date_format, metavar="FORMAT",
+                   help="read text timestamps with this strptime format, e.g. %%d/%%m/%%Y (default: ISO 8601)")
 
 
 def _add_data(p: argparse.ArgumentParser):
-    p.add_argument("--data", action="append", type=_data_spec, required=True, metavar="[SYMBOL=]PATH",
-                   help="CSV, Parquet or .npz; one per instrument as SYMBOL=PATH")
+    _add_data_files(p, "CSV, Parquet or .npz; one per instrument as SYMBOL=PATH")
     p.add_argument("--skip-bad-rows", action="store_true", help="skip bad rows and report them, instead of stopping")
-    p.add_argument("--from", dest="start", metavar="DATE")
-    p.add_argument("--to", dest="end", metavar="DATE")
+    p.add_argument("--from", dest="start", type=_date_bound(end=False), metavar="DATE")
+    p.add_argument("--to", dest="end", type=_date_bound(end=True), metavar="DATE")
 
 
 def _add_account(p: argparse.ArgumentParser):
@@ -165,6 +256,12 @@ class _UsageError(Exception):
     pass
 
 
+def _say(message: str) -> None:
+    """A progress line for the person waiting (a first compile): stderr, so stdout
+    stays the command's result (`compile --format json`)."""
+    print(message, file=sys.stderr, flush=True)
+
+
 def _print_diagnostics(diags: list[Diagnostic], fmt: str, out=None):
     out = out or sys.stderr
     if fmt == "json":
@@ -186,16 +283,9 @@ def _source_lines(name: str) -> list[str] | None:
     return None
 
 
-def _require_files(parser, files):
-    for f in files:
-        if not Path(f).exists():
-            parser.error(f"no such file: {f}")
-
-
 def cmd_validate(args, parser) -> int:
     from policyc.compiler.frontend import diagnose
 
-    _require_files(parser, args.files)
     overrides = dict(args.params)
     all_diags, failed, lines = [], False, []
     for f in args.files:
@@ -214,10 +304,9 @@ def cmd_validate(args, parser) -> int:
     return 1 if failed else 0
 
 
-def _checked_or_exit(args, parser):
+def _checked_or_exit(args):
     from policyc.compiler.frontend import diagnose
 
-    _require_files(parser, [args.file])
     result, diags = diagnose(args.file, dict(args.params))
     fmt = getattr(args, "format", "text")
     if result is None:
@@ -231,7 +320,7 @@ def _checked_or_exit(args, parser):
 
 
 def cmd_hash(args, parser) -> int:
-    result = _checked_or_exit(args, parser)
+    result = _checked_or_exit(args)
     if result is None:
         return 1
     print(result.policy_hash)
@@ -241,10 +330,10 @@ def cmd_hash(args, parser) -> int:
 def cmd_compile(args, parser) -> int:
     from policyc.compiler.build import compile_checked, write_artifact
 
-    result = _checked_or_exit(args, parser)
+    result = _checked_or_exit(args)
     if result is None:
         return 1
-    compiled = compile_checked(result)
+    compiled = compile_checked(result, on_compile=_say)
     out = Path(args.out or Path("build") / compiled.name)
     manifest = write_artifact(compiled, out)
     if args.format == "json":
@@ -259,7 +348,7 @@ def cmd_compile(args, parser) -> int:
 def cmd_explain(args, parser) -> int:
     from policyc.compiler.explain import explain
 
-    result = _checked_or_exit(args, parser)
+    result = _checked_or_exit(args)
     if result is None:
         return 1
     print(explain(result, show_ir=args.ir))
@@ -274,16 +363,16 @@ def cmd_backtest(args, parser) -> int:
     from policyc.compiler.build import compile_checked
     from policyc.compiler.layout import FILL_MODES
 
-    result = _checked_or_exit(args, parser)
+    result = _checked_or_exit(args)
     if result is None:
         return 1
     try:
         account = _account_overrides(args)
     except _UsageError as exc:
         parser.error(str(exc))
-    compiled = compile_checked(result)
+    compiled = compile_checked(result, on_compile=_say)
     try:
-        events, tables = load_events(compiled, args.data, args.skip_bad_rows, args.start, args.end)
+        events, tables = load_events(compiled, args.data, args.skip_bad_rows, args.start, args.end, args.date_format)
     except DataError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
@@ -325,9 +414,9 @@ def cmd_sweep(args, parser) -> int:
     except (ValueError, _UsageError) as exc:
         parser.error(str(exc))
     if args.sort not in METRICS:
-        parser.error(f"unknown metric `{args.sort}`; choose from {', '.join(METRICS)}")
+        parser.error(f"argument --sort: {_unknown('value', args.sort, METRICS)}")
     args.params = []
-    base = _checked_or_exit(args, parser)
+    base = _checked_or_exit(args)
     if base is None:
         return 1
     try:
@@ -358,15 +447,15 @@ def cmd_run(args, parser) -> int:
         try:
             token = Path(args.token_file).read_text().strip()
         except OSError as exc:
-            parser.error(f"cannot read --token-file: {exc.strerror}")
+            parser.error(f"argument --token-file: cannot read {args.token_file}: {exc.strerror}")
         if not token:
-            parser.error("--token-file is empty")
+            parser.error(f"argument --token-file: {args.token_file} is empty")
     elif args.intents or args.control:
         parser.error("--intents and --control need --token-file")
-    result = _checked_or_exit(args, parser)
+    result = _checked_or_exit(args)
     if result is None:
         return 1
-    runtime = LiveRuntime(compile_checked(result), RunConfig(
+    runtime = LiveRuntime(compile_checked(result, on_compile=_say), RunConfig(
         feed_url=args.feed, venue_url=args.venue, feed_format=args.feed_format, intents=args.intents,
         control=args.control, token=token, log_path=args.log, duration=args.duration,
         flatten_on_exit=args.flatten_on_exit, busy_poll=args.busy_poll))
@@ -388,7 +477,7 @@ def cmd_replay_feed(args, parser) -> int:
     from policyc.runtime.live.replay import load_recording, serve
 
     try:
-        rec = load_recording(args.data)
+        rec = load_recording(args.data, args.date_format)
     except DataError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
@@ -417,10 +506,10 @@ COMMANDS = {"validate": cmd_validate, "hash": cmd_hash, "compile": cmd_compile, 
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
     try:
-        return COMMANDS[args.command](args, parser)
+        parser = build_parser()
+        args = parser.parse_args(argv)
+        return COMMANDS[args.command](args, parser.commands[args.command])
     except PolicyError as exc:
         _print_diagnostics(exc.diagnostics, "text")
         return 1

@@ -18,8 +18,9 @@ import numpy as np
 from policyc.compiler import layout as L
 from policyc.compiler.build import CompiledPolicy, Events
 from policyc.compiler.semantics import NS_PER_DAY
+from policyc.dsl.diagnostics import did_you_mean
 
-from .data import DataError, Table, load_table, merge
+from .data import ISO_FORMS, DataError, Table, load_table, merge
 
 CHUNK = 1 << 20
 
@@ -63,15 +64,15 @@ class BacktestResult:
         return self.orders[self.orders[:, L.O_FILL_EVENT] >= 0]
 
 
-def time_bound(text: str | None, end: bool = False) -> int | None:
+def time_bound(text: str, end: bool = False) -> int:
     """A --from/--to bound as ns since the epoch, UTC. Both ends are inclusive: a date
-    alone as --to means the whole of that day."""
-    if text is None:
-        return None
+    alone as --to means the whole of that day. Raises ValueError for text that is not one."""
     try:
         moment = np.datetime64(text.strip().replace(" ", "T").rstrip("Z"))
     except ValueError:
-        raise DataError(f"not a date: `{text}` (use YYYY-MM-DD or YYYY-MM-DDTHH:MM:SS)") from None
+        moment = np.datetime64("NaT")
+    if np.isnat(moment):  # also what NumPy makes of "" and "NaT"
+        raise ValueError(f"not a date: `{text}`; use {ISO_FORMS}")
     ns = int(moment.astype("datetime64[ns]").astype(np.int64))
     if end and moment.dtype == np.dtype("datetime64[D]"):
         ns += NS_PER_DAY - 1
@@ -79,15 +80,18 @@ def time_bound(text: str | None, end: bool = False) -> int | None:
 
 
 def load_events(policy: CompiledPolicy, data: list[tuple[str | None, str]], skip_bad_rows: bool = False,
-                start: str | None = None, end: str | None = None) -> tuple[Events, list[Table]]:
-    """Bind data files to the policy's instruments and merge them into one event stream."""
+                start_ns: int | None = None, end_ns: int | None = None,
+                date_format: str | None = None) -> tuple[Events, list[Table]]:
+    """Bind data files ((symbol or None, path) pairs) to the policy's instruments and merge
+    them into one event stream; the other arguments are those of `load_table`. Raises
+    DataError for a file that cannot be used or that no instrument (or two) would take."""
     instruments = policy.instruments
     named = {sym: path for sym, path in data if sym is not None}
     plain = [path for sym, path in data if sym is None]
     unknown = [s for s in named if s not in instruments]
     if unknown:
-        raise DataError(f"--data names `{unknown[0]}`, which is not an instrument of `{policy.name}` "
-                        f"(instruments: {', '.join(instruments)})")
+        fix = did_you_mean(unknown[0], instruments) or f"instruments: {', '.join(instruments)}"
+        raise DataError(f"--data names `{unknown[0]}`, which is not an instrument of `{policy.name}`; {fix}")
     if plain:
         if len(instruments) > 1 or len(plain) > 1 or named:
             raise DataError(f"`{policy.name}` trades {', '.join(instruments)}: give one --data SYMBOL=PATH each")
@@ -95,8 +99,7 @@ def load_events(policy: CompiledPolicy, data: list[tuple[str | None, str]], skip
     missing = [s for s in instruments if s not in named]
     if missing:
         raise DataError(f"no --data for instrument `{missing[0]}`; give --data {missing[0]}=PATH")
-    lo, hi = time_bound(start), time_bound(end, end=True)
-    tables = [load_table(named[s], policy.columns, skip_bad_rows, lo, hi) for s in instruments]
+    tables = [load_table(named[s], policy.columns, skip_bad_rows, start_ns, end_ns, date_format) for s in instruments]
     return merge(tables, policy.columns), tables
 
 

@@ -1,9 +1,12 @@
 """Market data in: CSV, Parquet and .npz files -> the kernel's event columns.
 
 Every file of data/ loads as it is: `Date`, `Datetime`, or `Date` + `Time`
-columns, any case, `Adj Close` and unknown columns ignored. Bad rows are errors that
-name the file, the line and the problem; with `skip_bad_rows` they are skipped and
-counted by kind. Nothing is dropped silently.
+columns, any case, `Adj Close` and unknown columns ignored. A CSV file may be delimited
+by `,` `;` tab or `|` (the one its header line has most of); in a `;` file, as a European
+Excel writes it, a comma in a number is the decimal mark. Timestamps are ISO 8601 text,
+or any form a strptime `date_format` describes. Bad rows are errors that name the file,
+the line, the value and the problem; with `skip_bad_rows` they are skipped and counted
+by kind. Nothing is dropped silently.
 """
 from __future__ import annotations
 
@@ -12,6 +15,7 @@ import io
 import warnings
 from collections import Counter
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +26,8 @@ PRICE_FIELDS = ("price", "open", "high", "low", "close", "bid", "ask")
 _ALIASES = {"datetime": "datetime", "timestamp": "datetime", "date": "date", "time": "time",
             "last": "price", "vol": "volume"}
 _IGNORED = {"adj close", "adj_close", "adjclose", "openinterest", "open_interest", "open interest"}
+DELIMITERS = (",", ";", "\t", "|")
+ISO_FORMS = "YYYY-MM-DD or YYYY-MM-DDTHH:MM:SS[.fff]"  # what NumPy reads without a date_format
 
 
 class DataError(Exception):
@@ -51,8 +57,11 @@ def _canonical(name: str) -> str:
 
 
 def load_table(path: str | Path, wanted: list[str], skip_bad_rows: bool = False,
-               start_ns: int | None = None, end_ns: int | None = None) -> Table:
-    """Read the timestamp and the `wanted` columns of one file; rows in [start_ns, end_ns]."""
+               start_ns: int | None = None, end_ns: int | None = None, date_format: str | None = None) -> Table:
+    """Read the timestamp and the `wanted` columns of one file; rows in [start_ns, end_ns]
+    (ns since the epoch, UTC, both inclusive). `date_format` (strptime syntax) reads text
+    timestamps; a time zone in it (`%z`) is converted to UTC, without one the time is UTC.
+    Raises DataError naming the file (and line) when the file cannot be used."""
     p = Path(path)
     if not p.is_file():
         raise DataError(f"{path}: no such file")
@@ -63,7 +72,7 @@ def load_table(path: str | Path, wanted: list[str], skip_bad_rows: bool = False,
         source = _read_npz(p)
     else:
         source = _read_csv(p)
-    return _build(str(path), source, wanted, skip_bad_rows, start_ns, end_ns)
+    return _build(str(path), source, wanted, skip_bad_rows, start_ns, end_ns, date_format)
 
 
 @dataclass
@@ -75,6 +84,7 @@ class _Source:
     lines: np.ndarray
     problems: dict           # row -> (kind, message) found while reading
     line_label: str = ""     # "" for text files (lines), "row " for binary ones
+    decimal_comma: bool = False
 
 
 def _read_csv(p: Path) -> _Source:
@@ -84,7 +94,10 @@ def _read_csv(p: Path) -> _Source:
         raise DataError(f"{p}: not a UTF-8 text file (byte {exc.start}); is it really CSV?") from None
     if "\x00" in text:
         raise DataError(f"{p}: contains NUL bytes; not a CSV file")
-    reader = csv.reader(io.StringIO(text))
+    end = text.find("\n")
+    header_line = text if end < 0 else text[:end]
+    delimiter = max(DELIMITERS, key=header_line.count)  # on a tie, or none at all: `,`
+    reader = csv.reader(io.StringIO(text), delimiter=delimiter)
     rows, lines = [], []
     try:
         header = next(reader, None)
@@ -103,7 +116,7 @@ def _read_csv(p: Path) -> _Source:
             problems[k] = ("wrong number of fields", f"has {len(row)} fields, the header has {width}")
             rows[k] = [""] * width
     columns = [[r[c] for r in rows] for c in range(width)]
-    return _Source(header, columns, np.array(lines, dtype=np.int64), problems)
+    return _Source(header, columns, np.array(lines, dtype=np.int64), problems, decimal_comma=delimiter == ";")
 
 
 def _read_parquet(p: Path) -> _Source:
@@ -141,8 +154,9 @@ def _read_npz(p: Path) -> _Source:
 _NAT = np.iinfo(np.int64).min
 
 
-def _parse_times(values) -> tuple[np.ndarray, np.ndarray]:
-    """ns since the epoch, and a mask of values that are not a date/time."""
+def _parse_times(values, date_format: str | None) -> tuple[np.ndarray, np.ndarray]:
+    """ns since the epoch, and a mask of values that are not a date/time. `date_format`
+    applies to text; Parquet and .npz timestamps and numbers are read as they are."""
     arr = np.asarray(values)
     if arr.dtype.kind in "iu":
         return arr.astype(np.int64), np.zeros(len(arr), bool)
@@ -153,6 +167,9 @@ def _parse_times(values) -> tuple[np.ndarray, np.ndarray]:
         bad = ~np.isfinite(arr)
         return np.where(bad, 0, arr).astype(np.int64), bad
     strings = np.char.strip(arr.astype(str))
+    if date_format is not None:
+        out = np.array([_strptime(text, date_format) for text in strings], np.int64)
+        return out, out == _NAT
     if len(strings) and np.all(np.char.isdigit(np.char.lstrip(strings, "-"))):
         return strings.astype(np.int64), np.zeros(len(arr), bool)  # integer ns since the epoch
     strings = np.char.rstrip(np.char.replace(strings, " ", "T"), "Z")
@@ -172,13 +189,26 @@ def _parse_times(values) -> tuple[np.ndarray, np.ndarray]:
     return out, out == _NAT
 
 
-def _to_float(values) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _strptime(text: str, date_format: str) -> int:
+    """ns since the epoch of `text` read with `date_format`, UTC; NaT when it does not match."""
+    try:
+        moment = datetime.strptime(text, date_format)
+    except ValueError:
+        return _NAT
+    if moment.tzinfo is not None:
+        moment = moment.astimezone(timezone.utc).replace(tzinfo=None)
+    return int(np.datetime64(moment, "ns").astype(np.int64))
+
+
+def _to_float(values, decimal_comma: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Floats, a mask of cells that are not numbers, and a mask of empty cells."""
     arr = np.asarray(values)
     if arr.dtype.kind in "fiub":
         out = arr.astype(np.float64)
         return out, np.zeros(len(arr), bool), np.zeros(len(arr), bool)
     texts = np.char.strip(arr.astype(str))
+    if decimal_comma:
+        texts = np.char.replace(texts, ",", ".")
     empty = texts == ""
     out = np.full(len(arr), np.nan)
     bad = np.zeros(len(arr), bool)
@@ -193,20 +223,29 @@ def _to_float(values) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return out, bad, empty
 
 
-def _timestamps(path: str, src: _Source, index: dict, found: list[str]):
+def _timestamp_values(path: str, src: _Source, index: dict, found: list[str]):
+    """The timestamp of every row as the file has it (`Date` and `Time` joined by a space)."""
     col = lambda name: src.columns[index[name]]
     if "datetime" in index:
-        return _parse_times(col("datetime"))
+        return col("datetime")
     if "date" in index and "time" in index:
-        return _parse_times([f"{str(d).strip()}T{str(t).strip()}" for d, t in zip(col("date"), col("time"))])
+        return [f"{str(d).strip()} {str(t).strip()}" for d, t in zip(col("date"), col("time"))]
     for name in ("date", "ts"):
         if name in index:
-            return _parse_times(col(name))
+            return col(name)
     raise DataError(f"{path}: no timestamp column; expected Date, Datetime, Date and Time, or ts "
                     f"(found: {', '.join(found)})")
 
 
-def _build(path: str, src: _Source, wanted: list[str], skip_bad_rows: bool, start_ns, end_ns) -> Table:
+def _bad_timestamp(text: str, date_format: str | None) -> str:
+    if not text:
+        return "timestamp is empty"
+    if date_format is not None:
+        return f"timestamp `{text}` does not match --date-format `{date_format}`"
+    return f"timestamp `{text}` is not a date/time: use {ISO_FORMS}, or --date-format FORMAT such as %m/%d/%Y"
+
+
+def _build(path: str, src: _Source, wanted: list[str], skip_bad_rows: bool, start_ns, end_ns, date_format) -> Table:
     names = [_canonical(h) for h in src.header]
     index = {n: k for k, n in enumerate(names) if n}
     found = [str(h).strip() for h in src.header]
@@ -217,8 +256,9 @@ def _build(path: str, src: _Source, wanted: list[str], skip_bad_rows: bool, star
         for k in rows:
             problems.setdefault(int(k), (kind, message(int(k)) if callable(message) else message))
 
-    ts, bad_ts = _timestamps(path, src, index, found)
-    report(np.flatnonzero(bad_ts), "bad timestamp", "timestamp is not a date/time")
+    stamps = _timestamp_values(path, src, index, found)
+    ts, bad_ts = _parse_times(stamps, date_format)
+    report(np.flatnonzero(bad_ts), "bad timestamp", lambda k: _bad_timestamp(str(stamps[k]).strip(), date_format))
 
     columns: dict[str, np.ndarray] = {}
     for name in wanted:  # price and close stand in for each other (spec section 2)
@@ -227,12 +267,13 @@ def _build(path: str, src: _Source, wanted: list[str], skip_bad_rows: bool, star
             needed = f"`{name}`" + (" (or `close`)" if name == "price" else " (or `price`)" if name == "close" else "")
             raise DataError(f"{path}: the policy reads {needed} but the file has no such column "
                             f"(found: {', '.join(found)})")
-        label = found[index[source]]
-        values, bad, empty = _to_float(src.columns[index[source]])
+        label, cells = found[index[source]], src.columns[index[source]]
+        values, bad, empty = _to_float(cells, src.decimal_comma)
         is_input = name not in PRICE_FIELDS and name not in ("qty", "volume")
         if not is_input:  # a model input may be empty on rows without a value; market data may not
             report(np.flatnonzero(empty), "not a number", f"`{label}` is empty: not a number")
-        report(np.flatnonzero(bad), "not a number", f"`{label}` is not a number")
+        report(np.flatnonzero(bad), "not a number",
+               lambda k, c=cells, lab=label: f"`{lab}` is not a number: `{str(c[k]).strip()}`")
         if name in PRICE_FIELDS:
             report(np.flatnonzero(~bad & ~empty & ~((values > 0) & (values < np.inf))), "non-positive, NaN or infinite price",
                    lambda k, v=values, lab=label: f"`{lab}` is {v[k]:g}; prices must be positive and finite")
@@ -252,11 +293,14 @@ def _build(path: str, src: _Source, wanted: list[str], skip_bad_rows: bool, star
     skipped, skipped_lines = Counter(), {}
     if problems:
         rows = sorted(problems)
-        if not skip_bad_rows:
-            kind, message = problems[rows[0]]
+        if len(rows) == n or not skip_bad_rows:
+            first = f"{path}:{src.line_label}{int(src.lines[rows[0]])}: {problems[rows[0]][1]}"
+            if len(rows) == n:  # skipping would leave nothing: say what is wrong, by kind
+                kinds = Counter(problems[k][0] for k in rows)
+                raise DataError(f"{first} (every row is bad; {', '.join(f'{kind}: {c}' for kind, c in kinds.items())})")
             more = f" ({len(rows) - 1} more problem rows; --skip-bad-rows skips them and reports each kind)" \
                 if len(rows) > 1 else ""
-            raise DataError(f"{path}:{src.line_label}{int(src.lines[rows[0]])}: {message}{more}")
+            raise DataError(first + more)
         keep = np.ones(n, bool)
         for k in rows:
             kind = problems[k][0]

@@ -8,6 +8,7 @@ from __future__ import annotations
 import csv
 import itertools
 import multiprocessing
+import re
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -27,9 +28,17 @@ LOWER_IS_BETTER = {"max_drawdown", "fees"}  # every other metric ranks highest f
 _STATE: dict = {}
 
 
+_NUMBER = r"\s*([-+]?(?:\d+\.?\d*|\.\d+))\s*"
+_TWO_ENDS = re.compile(f"{_NUMBER}[-\u2013:]{_NUMBER}")  # `5-15`, `5–15` or `5:15`: a range without its step
+
+
 def parse_values(text: str) -> list[float | bool]:
-    """`5:50:5` (stop included), `20,30,50`, or `true,false`."""
+    """`5:50:5` (stop included), `20,30,50`, or `true,false`. Raises ValueError saying
+    what is wrong, with the range meant when it was written `5-15` or `5:15`."""
     text = text.strip()
+    ends = _TWO_ENDS.fullmatch(text)
+    if ends:
+        raise ValueError(f"a range is start:stop:step; did you mean `{ends[1]}:{ends[2]}:1`?")
     if ":" in text:
         parts = text.split(":")
         if len(parts) != 3:
@@ -58,17 +67,21 @@ def parse_values(text: str) -> list[float | bool]:
 
 
 def parse_grid(specs: list[tuple[str, str]]) -> dict[str, list]:
+    """{name: values} from (name, text) pairs; raises ValueError naming the `-p` at fault."""
     grid = {}
     for name, text in specs:
         if name in grid:
             raise ValueError(f"param `{name}` is given twice")
-        grid[name] = parse_values(text)
+        try:
+            grid[name] = parse_values(text)
+        except ValueError as exc:
+            raise ValueError(f"-p {name}={text}: {exc}") from None
     return grid
 
 
 def _init(policy_path, data, account, args):
-    base = compile_policy(policy_path)
-    events, tables = load_events(base, data, args.skip_bad_rows, args.start, args.end)
+    base = compile_policy(policy_path, on_compile=lambda message: print(message, file=sys.stderr, flush=True))
+    events, tables = load_events(base, data, args.skip_bad_rows, args.start, args.end, args.date_format)
     for line in skipped_rows_warnings(tables):
         print(line, file=sys.stderr)
     _STATE.update(base=base, events=events, account=account, mode=L.FILL_MODES[args.fill],
@@ -89,6 +102,9 @@ def _run_one(combo: dict) -> dict:
 
 
 def run_sweep(policy_path, grid: dict, data, account, args, jobs: int = 1) -> list[dict]:
+    """One summary row per combination of `grid`, in completion order. `args` carries the
+    options of `policyc sweep` for loading and filling: `skip_bad_rows`, `start` and `end`
+    (ns, or None), `date_format` (or None) and `fill`. Raises DataError and PolicyError."""
     names = list(grid)
     combos = [dict(zip(names, values)) for values in itertools.product(*grid.values())]
     _init(policy_path, data, account, args)  # compile and load once, before forking

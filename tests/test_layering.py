@@ -105,3 +105,6 @@ def test_a_fresh_compile_from_outside_the_source_tree(tmp_path):
                           "-o", str(tmp_path / "out")], capture_output=True, text=True, cwd=tmp_path, env=env)
     assert out.returncode == 0, out.stderr
     assert (tmp_path / "out" / "kernel.py").is_file()
+    # a person waiting on the first compile is told why; stdout stays the result
+    assert out.stderr.startswith("compiling ema_cross (first run; about "), out.stderr
+    assert "compiling" not in out.stdout

@@ -34,14 +34,17 @@ class Recording:
         return len(self.ts)
 
 
-def load_recording(data: list[tuple[str | None, str]]) -> Recording:
+def load_recording(data: list[tuple[str | None, str]], date_format: str | None = None) -> Recording:
+    """Bars (or, without them, prices) of each (symbol or None, path) file; a symbol
+    defaults to the file name up to its first `-`, upper-cased. `date_format` is that of
+    `load_table`. Raises DataError for a file that cannot be used, or two of one name."""
     tables, names = [], []
     for symbol, path in data:
         name = symbol or Path(path).stem.split("-")[0].upper()
         try:
-            table = load_table(path, [*BAR, "volume"])
+            table = load_table(path, [*BAR, "volume"], date_format=date_format)
         except DataError:
-            table = load_table(path, ["price"])
+            table = load_table(path, ["price"], date_format=date_format)
         tables.append(table)
         names.append(name)
     if len(set(names)) != len(names):
