@@ -1,4 +1,4 @@
-"""Wire protocol v1 (../shared/spec/wire-protocol.md): frames in, validated messages out.
+"""Wire protocol v1 (docs/live.md, "Wire protocol v1"): frames in, validated messages out.
 
 Every check happens here, before anything reaches the engine: a frame that is not
 JSON, a missing field, a wrong type, a NaN or non-positive price or size, an unknown
