@@ -108,3 +108,15 @@ def test_a_fresh_compile_from_outside_the_source_tree(tmp_path):
     # a person waiting on the first compile is told why; stdout stays the result
     assert out.stderr.startswith("compiling ema_cross (first run; about "), out.stderr
     assert "compiling" not in out.stdout
+
+
+def test_a_python_without_policyc_installed_gets_a_fix_not_a_traceback():
+    """From the source tree, a Python that never installed policyc finds the `policyc/`
+    folder but not the stages mapped into it: one clear message, exit 2."""
+    out = subprocess.run([sys.executable, "-S", "-m", "policyc", "--help"], capture_output=True, text=True,
+                         cwd=ROOT)
+    assert out.returncode == 2
+    assert "Traceback" not in out.stderr
+    assert out.stderr.splitlines() == [
+        f"policyc: error: policyc is not installed in {sys.executable} (only its source folder was found)",
+        "policyc: run `make demo` and use .venv/bin/policyc, or `pip install .`"]
