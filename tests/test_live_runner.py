@@ -1,8 +1,18 @@
 """The runner's order bookkeeping without sockets: venue answers replayed after a
 reconnect, partial fills, and the kill switch with orders still open. Frames go in
-through the same callbacks the sockets call; frames out are collected."""
+through the same callbacks the sockets call; frames out are collected. Then what `run`
+says when the feed or the venue cannot be reached (on ports nothing listens on)."""
+import asyncio
+import functools
+import io
+import json
+import subprocess
+import sys
+from pathlib import Path
+
 import orjson
 import pytest
+from loopback import HOST, free_port, until
 
 from policyc.compiler.build import compile_policy
 from policyc.dsl.document import parse_policy_text
@@ -196,3 +206,82 @@ def test_a_second_halt_after_resume_withdraws_orders_still_being_cancelled_again
     assert len(orders(rt.venue, "cancel")) == 1  # the first cancel still stands
     answer(rt, {"type": "reject", "client_order_id": oid, "reason": "cancelled"})
     assert rt.engine.position("ORCL") == 0 and not rt.open
+
+
+# ---- connections that fail: said once on stderr, not once per retry ---------------------------------------------------
+
+def test_a_connection_that_fails_is_said_once_on_stderr_and_again_when_it_comes_back(policy, tmp_path, capsys,
+                                                                                     monkeypatch):
+    from websockets.asyncio.server import serve
+
+    # the feed is tried at once instead of after 5 s without a venue
+    monkeypatch.setattr(LiveRuntime, "_feed_after_venue", functools.partialmethod(LiveRuntime._feed_after_venue, 0.0))
+    feed_url, venue_port = f"ws://{HOST}:{free_port()}/", free_port()  # ports nothing listens on
+    venue_url = f"ws://{HOST}:{venue_port}/"
+
+    def lines():
+        return capsys.readouterr().err.splitlines()
+
+    async def scenario():
+        rt = LiveRuntime(policy, RunConfig(feed_url, venue_url, log_path=str(tmp_path / "log.jsonl")))
+        run = asyncio.create_task(rt.run())
+        retries = []
+        await until(lambda: rt.counters.reconnects >= 8)  # several failed attempts each
+        retries.append(lines())
+        assert {source: link.state for source, link in rt.links.items()} == {"feed": "down", "venue": "down"}
+        assert rt.links["venue"].error == "cannot connect (Connection refused)"
+
+        async def hold(ws):
+            await ws.wait_closed()
+
+        venue = await serve(hold, HOST, venue_port)  # the venue comes up ...
+        await until(lambda: rt.links["venue"].state == "connected")
+        retries.append(lines())
+        venue.close()                                # ... and goes away again
+        await venue.wait_closed()
+        reconnects = rt.counters.reconnects
+        await until(lambda: rt.links["venue"].state == "down" and rt.counters.reconnects >= reconnects + 4)
+        retries.append(lines())
+        rt.stop.set()
+        return await run, retries
+
+    status, (failing, back, lost) = asyncio.run(scenario())
+    assert sorted(failing) == [f"feed {feed_url}: cannot connect (Connection refused); retrying about every 2 s",
+                               f"venue {venue_url}: cannot connect (Connection refused); retrying about every 2 s"]
+    assert back == [f"venue {venue_url}: connected"]
+    assert lost == [f"venue {venue_url}: connection closed (code 1001); reconnecting"]  # the server going away
+    assert not lines()  # stopping says nothing
+    assert status["reconnects"] >= 12
+    # the decision log records no connection events (audit.md): nothing but the session record
+    assert [orjson.loads(line)["kind"] for line in (tmp_path / "log.jsonl").read_bytes().splitlines()] == ["session"]
+
+
+def test_the_terminal_view_shows_each_connection_and_why_one_is_down(rt):
+    from rich.console import Console
+
+    from policyc.runtime.live.view import render
+
+    rt.links["venue"].state = "connected"
+    rt._link_down("feed", "cannot connect (Connection refused)", "retrying about every 2 s")
+    console = Console(width=200, record=True, file=io.StringIO())
+    console.print(render(rt.status(), links=rt.links))
+    text = console.export_text()
+    assert "feed  ws://feed  DOWN for 0 s: cannot connect (Connection refused); retrying" in text
+    assert "venue ws://venue  connected" in text
+
+
+def test_run_says_on_stderr_that_it_cannot_reach_the_venue(tmp_path):
+    """`policyc run` off a terminal, against a venue port nothing listens on: one line on
+    stderr right away however many retries follow, and the final status on stdout."""
+    policy_file = tmp_path / "always_long.yaml"
+    policy_file.write_text(POLICY)
+    feed_url, venue_url = f"ws://{HOST}:{free_port()}/", f"ws://{HOST}:{free_port()}/"
+    run = subprocess.run([str(Path(sys.executable).parent / "policyc"), "run", str(policy_file), "--feed", feed_url,
+                          "--venue", venue_url, "--log", str(tmp_path / "log.jsonl"), "--duration", "2"],
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    said = [line for line in run.stderr.splitlines() if "ws://" in line]
+    # the feed is tried 5 s after start without a venue: not within --duration 2
+    assert said == [f"venue {venue_url}: cannot connect (Connection refused); retrying about every 2 s"]
+    status = json.loads(run.stdout[:run.stdout.rindex("decision log:")])
+    assert status["reconnects"] >= 1

@@ -13,9 +13,11 @@ executes twice while a fill lost with the connection is answered again.
 from __future__ import annotations
 
 import asyncio
+import os
 import random
 import secrets
 import signal
+import sys
 import time
 from collections import deque
 from contextlib import nullcontext
@@ -36,6 +38,8 @@ from .protocol import (MAX_FRAME_BYTES, Input, Market, ProtocolError, encode, me
 MESSAGES_PER_SECOND = 2000.0  # per intents or control connection
 MAX_CLIENT_FRAME_BYTES = 1 << 16  # an intent or a control message is small
 LATENCY_SAMPLES = 100_000  # the latest tick-to-order latencies kept for the percentiles
+RETRY_FIRST_S, RETRY_MAX_S = 0.05, 2.0  # reconnect backoff: the first wait, doubling up to the longest
+VENUE_FIRST_S = 5.0  # at start, the feed waits this long at most for the venue connection
 
 
 @dataclass
@@ -68,6 +72,35 @@ class OpenOrder:
 
 
 @dataclass
+class Link:
+    """The state of the feed or the venue connection, as the terminal view shows it and
+    stderr reports its changes."""
+
+    url: str
+    state: str = "connecting"   # "connecting" (no attempt over yet), "connected", "down"; the feed
+                                # is "waiting" for the venue first (`_feed_after_venue`)
+    error: str | None = None     # while down: why the last attempt failed or the connection dropped
+    since: float = field(default_factory=time.monotonic)  # when `state` last changed
+
+
+def _why(exc: BaseException) -> str:
+    """A connection failure in a few words: `Connection refused`, `no answer within 5 s`."""
+    if isinstance(exc, (asyncio.TimeoutError, TimeoutError)):
+        return "no answer within 5 s"
+    if isinstance(exc, OSError) and (exc.errno or 0) > 0:  # not the loop's wording: `Connect call failed (...)`
+        return os.strerror(exc.errno)
+    if isinstance(exc, OSError) and exc.strerror:  # a name that does not resolve
+        return exc.strerror
+    return (str(exc) or type(exc).__name__)[:200]
+
+
+def announce(line: str) -> None:
+    """A connection's change of state, for the person running `run`: on stderr, which the
+    terminal view shows above itself and which stays out of the JSON printed on stdout."""
+    print(line, file=sys.stderr, flush=True)
+
+
+@dataclass
 class Counters:
     events: int = 0
     orders: int = 0
@@ -92,6 +125,7 @@ class LiveRuntime:
         self.kill_switch_handled = False            # cancels sent and the halt recorded for the current halt
         self.venue: transport.Stream | None = None
         self.feed: transport.Stream | None = None
+        self.links = {"feed": Link(config.feed_url), "venue": Link(config.venue_url)}
         self.stop = asyncio.Event()
         self.venue_up = asyncio.Event()
         self.intent_budget: dict[int, list] = {}   # connection -> [tokens, last refill time]
@@ -369,27 +403,51 @@ class LiveRuntime:
 
     # ---- connections ----------------------------------------------------------------
     async def _keep_connected(self, url: str, source: str, on_messages, on_connect, on_lost) -> None:
-        """Keep a client connection up: reconnect with exponential backoff and jitter."""
-        delay = 0.05
+        """Keep a client connection up: reconnect with exponential backoff and jitter.
+        Each change of its state is reported once (`_link_down`, `_link_up`), not each retry."""
+        delay = RETRY_FIRST_S
         while not self.stop.is_set():
             try:
                 stream = await transport.connect(url, on_messages, lambda why: self.bad_message(source, why),
                                                  max_size=MAX_FRAME_BYTES)
-            except Exception:  # refused, timed out, a failed handshake: all mean "try again later"
+            except Exception as exc:  # refused, timed out, a failed handshake: all mean "try again later"
                 stream = None
+                if not self.stop.is_set():
+                    self._link_down(source, f"cannot connect ({_why(exc)})", f"retrying about every {RETRY_MAX_S:g} s")
             if stream is not None:
-                delay = 0.05
+                delay = RETRY_FIRST_S
+                self._link_up(source)
                 on_connect(stream)
                 try:
-                    await asyncio.shield(stream.lost)
+                    code = await asyncio.shield(stream.lost)
                 finally:
                     on_lost()
                     stream.close()
+                if not self.stop.is_set():
+                    self._link_down(source, "connection lost" if code in (None, 1006) else
+                                    f"connection closed (code {code})", "reconnecting")
             if self.stop.is_set():
                 return
             self.counters.reconnects += 1
             await asyncio.sleep(delay * (0.5 + random.random()))
-            delay = min(delay * 2, 2.0)
+            delay = min(delay * 2, RETRY_MAX_S)
+
+    def _link_down(self, source: str, error: str, plan: str) -> None:
+        """The feed or the venue is down: said on stderr when it goes down (its first failed
+        attempt, or a drop), not again while retries keep failing."""
+        link = self.links[source]
+        link.error = error
+        if link.state != "down":
+            link.state, link.since = "down", time.monotonic()
+            announce(f"{source} {link.url}: {error}; {plan}")
+
+    def _link_up(self, source: str) -> None:
+        """The feed or the venue is connected: said on stderr when it comes back, not when
+        the first attempt succeeds."""
+        link = self.links[source]
+        if link.state == "down":
+            announce(f"{source} {link.url}: connected")
+        link.state, link.error, link.since = "connected", None, time.monotonic()
 
     def _venue_connected(self, stream: transport.Stream) -> None:
         """Resend every open order: the venue answers one it has seen with what it
@@ -414,13 +472,17 @@ class LiveRuntime:
     def feed_connected(self) -> bool:
         return self.feed is not None
 
-    async def _feed_after_venue(self, wait_s: float = 5.0) -> None:
+    async def _feed_after_venue(self, wait_s: float = VENUE_FIRST_S) -> None:
         """Market data is consumed once the order path is up (or after `wait_s`, with
         orders queued until the venue answers)."""
+        feed = self.links["feed"]
+        if not self.venue_up.is_set():
+            feed.state = "waiting"
         try:
             await asyncio.wait_for(self.venue_up.wait(), wait_s)
         except asyncio.TimeoutError:
             pass
+        feed.state = "connecting"
         await self._keep_connected(self.config.feed_url, "feed", self.on_feed_messages, self._feed_connected,
                                    self._feed_lost)
 

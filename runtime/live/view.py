@@ -1,17 +1,21 @@
-"""The terminal view of a live run (`policyc run` on a terminal, `make demo`):
-positions, equity, orders, risk state, rejected messages and latency, redrawn a few
-times a second from `LiveRuntime.status()`. Off a terminal it prints nothing until the
-run ends, so logs and pipes stay clean."""
+"""The terminal view of a live run (`policyc run` on a terminal, `make demo`): the feed
+and venue connections, positions, equity, orders, risk state, rejected messages and
+latency, redrawn a few times a second from `LiveRuntime.status()` and `.links`. Off a
+terminal it prints nothing until the run ends, so logs and pipes stay clean (a
+connection going down or coming back is one line on stderr either way, runner.py)."""
 from __future__ import annotations
 
 import asyncio
 import math
 import sys
+import time
 
 from rich.console import Group
 from rich.live import Live
 from rich.table import Table
 from rich.text import Text
+
+from .runner import VENUE_FIRST_S
 
 
 MAX_ROWS = 12
@@ -23,7 +27,25 @@ def percentiles_text(latency: dict) -> str:
     return f"{latency['p50_us']:,.0f} / {latency['p99_us']:,.0f} us"
 
 
-def render(status: dict, venue_latency: dict | None = None) -> Group:
+def links_text(links: dict, now: float | None = None) -> Text:
+    """A line for each connection (`LiveRuntime.links`) and its state; one that is down
+    in red, with for how long and why."""
+    now = time.monotonic() if now is None else now
+    lines = []
+    for source, link in links.items():
+        if link.state == "connected":
+            state = ("connected", "green")
+        elif link.state == "down":
+            state = (f"DOWN for {now - link.since:,.0f} s: {link.error}; retrying", "bold red")
+        elif link.state == "waiting":
+            state = (f"waiting for the venue ({VENUE_FIRST_S:g} s at most)", "yellow")
+        else:
+            state = ("connecting", "yellow")
+        lines.append(Text.assemble(f"{source:<5} {link.url}  ", state))
+    return Text("\n").join(lines)
+
+
+def render(status: dict, venue_latency: dict | None = None, links: dict | None = None) -> Group:
     halted = status["halted"]
     head = Text.assemble(
         (f"{status['policy']} ", "bold"), (f"policy_hash {status['policy_hash'][:16]}  ", "dim"),
@@ -74,7 +96,7 @@ def render(status: dict, venue_latency: dict | None = None) -> Group:
 
     grid = Table.grid(expand=True)
     grid.add_row(book, account, flow)
-    return Group(head, grid, recent)
+    return Group(head, *([links_text(links)] if links else []), grid, recent)
 
 
 async def watch(runtime, until: asyncio.Future | asyncio.Task, venue=None, hz: float = 4.0) -> None:
@@ -84,7 +106,8 @@ async def watch(runtime, until: asyncio.Future | asyncio.Task, venue=None, hz: f
         return
 
     def frame():
-        return render(runtime.status(), venue.percentiles() if venue is not None else None)
+        return render(runtime.status(), venue.percentiles() if venue is not None else None,
+                      runtime.links)
 
     with Live(frame(), refresh_per_second=hz, transient=False) as live:
         while not until.done():
