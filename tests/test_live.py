@@ -14,7 +14,7 @@ from policyc.runtime.live import replay
 from policyc.runtime.live.audit import read_log
 from policyc.runtime.live.demo import loopback
 
-from loopback import HOST, free_port
+from loopback import HOST, Lockstep, free_port, until
 
 DATA = Path(__file__).resolve().parent.parent / "data" / "orcl-1995-2014.csv"
 POLICY = """
@@ -57,24 +57,40 @@ def short_data(tmp_path_factory):
     return path
 
 
-async def run_stack(policy, data_path, log_path, rate=200.0, after=None):
-    """Replay, paper venue and runtime on loopback; `after(runtime)` runs mid-stream."""
+async def run_stack(policy, data_path, log_path, monkeypatch, pause_after=None, during_pause=None):
+    """Replay feed, paper venue and runtime on loopback, the feed in lockstep with them
+    (`loopback.Lockstep`): each event reaches the venue, then the runtime, and the next
+    one leaves once every order this one caused is done. `during_pause(runtime)` runs
+    after the `pause_after`-th event, with the feed held."""
+    lock = Lockstep(pause_after)
+    monkeypatch.setattr(replay, "broadcast", lock.broadcast)
     rec = replay.load_recording([("ORCL", str(data_path))])
-    async with loopback(policy, rec, log_path, rate, fees_bps=1.0, intents=(HOST, free_port()),
+    async with loopback(policy, rec, log_path, rate=1000.0, fees_bps=1.0, intents=(HOST, free_port()),  # rate: unused
                         control=(HOST, free_port()), token=TOKEN) as stack:
-        if after is not None:
-            await after(stack.runtime)
+        lock.attach(stack)
+        if during_pause is not None:
+            paused = asyncio.create_task(lock.paused.wait())
+            await asyncio.wait([paused, stack.feed], return_when=asyncio.FIRST_COMPLETED)
+            assert lock.paused.is_set(), f"the feed ended before event {pause_after}: {lock.error!r}"
+            try:
+                await during_pause(stack.runtime)
+            finally:
+                lock.resume.set()
         sent = await stack.feed
-        for _ in range(100):  # let the last fills arrive
-            if not stack.runtime.open:
-                break
-            await asyncio.sleep(0.02)
+        if lock.error is not None:
+            raise lock.error
+        assert lock.sent == sent == len(rec), "the replay feed did not go through Lockstep"
+        await until(lambda: not stack.runtime.open)  # the last fills are in (Lockstep waited for them)
     return sent, stack.run.result(), stack.venue, stack.runtime
 
 
-def test_live_matches_backtest_fill_same_and_logs_the_hash(policy, short_data, tmp_path):
+def test_live_matches_backtest_fill_same_and_logs_the_hash(policy, short_data, tmp_path, monkeypatch):
+    """Over real sockets, the runtime sends the backtest's orders (same event, qty,
+    reasons) and the paper venue fills each at the price of the event it was decided
+    on (FILL_SAME); the log is numbered without gaps, opens with the session record
+    and carries the policy hash on every record; the equity ends where the backtest's does."""
     log_path = tmp_path / "decisions.jsonl"
-    sent, status, venue, _ = asyncio.run(run_stack(policy, short_data, log_path, rate=100.0))
+    sent, status, venue, _ = asyncio.run(run_stack(policy, short_data, log_path, monkeypatch))
     assert sent == 240 and status["events"] == 240 and status["bad_messages"] == 0
 
     events, _ = load_events(policy, [(None, str(short_data))])
@@ -94,14 +110,16 @@ def test_live_matches_backtest_fill_same_and_logs_the_hash(policy, short_data, t
     assert status["equity"] == pytest.approx(bt.equity[-1], rel=1e-9)
 
 
-def test_intents_and_control_need_the_token_and_answer_each_message(policy, short_data, tmp_path):
+def test_intents_and_control_need_the_token_and_answer_each_message(policy, short_data, tmp_path, monkeypatch):
+    """Mid-stream (after event 120, the feed held): a wrong token is closed with 1008;
+    with the right one every intent or control message gets exactly one answer, a
+    decision, a status or an error; the halt holds to the end and is logged."""
     from websockets.asyncio.client import connect
     from websockets.exceptions import ConnectionClosed
 
     answers = {}
 
     async def drive(runtime):
-        await asyncio.sleep(0.3)
         url = f"ws://{HOST}:{runtime.config.intents[1]}"
         async with connect(url, additional_headers={"Authorization": "Bearer wrong"}) as ws:
             with pytest.raises(ConnectionClosed) as closed:
@@ -110,6 +128,7 @@ def test_intents_and_control_need_the_token_and_answer_each_message(policy, shor
         async with connect(url, additional_headers={"Authorization": f"Bearer {TOKEN}"}) as ws:
             await ws.send(json.dumps({"type": "intent", "id": "a1", "instrument": "ORCL", "target": 500}))
             answers["a1"] = json.loads(await ws.recv())
+            await until(lambda: not runtime.open)  # a1's order is done: the halt below finds nothing open
             await ws.send('{"type": "intent", "id": "a2", "instrument": "ORCL", "target": "lots"}')
             answers["a2"] = json.loads(await ws.recv())
             await ws.send("not json at all")
@@ -121,7 +140,8 @@ def test_intents_and_control_need_the_token_and_answer_each_message(policy, shor
             await ws.send(json.dumps({"type": "intent", "id": "x"}))
             answers["bad_control"] = json.loads(await ws.recv())
 
-    _, status, _, runtime = asyncio.run(run_stack(policy, short_data, tmp_path / "log.jsonl", rate=400, after=drive))
+    _, status, _, runtime = asyncio.run(run_stack(policy, short_data, tmp_path / "log.jsonl", monkeypatch,
+                                                  pause_after=120, during_pause=drive))
     assert answers["bad_token"] == 1008
     a1 = answers["a1"]
     assert a1["type"] == "decision" and a1["id"] == "a1" and a1["policy_hash"] == policy.policy_hash
