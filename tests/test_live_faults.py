@@ -1282,3 +1282,44 @@ def test_a_quiet_but_alive_peer_keeps_its_connection(monkeypatch):
 
     alive, pongs = clock.run(scenario())
     assert alive and pongs == 4
+
+
+def test_keepalive_decides_on_reads_not_on_timer_precision(monkeypatch):
+    """Each keepalive check looks only at what was read since the last one, so a timer
+    that fires a millisecond early or late (uvloop's resolution) cannot drop a live peer:
+    traffic -> no ping; quiet -> ping; only the pong -> ping again; nothing after a
+    ping -> drop."""
+    from policyc.runtime.live import transport
+
+    class Wire:  # the socket side of a Stream: what it sends and whether it aborted
+        def __init__(self):
+            self.aborted = False
+
+        def is_closing(self):
+            return self.aborted
+
+        def write(self, data):
+            pass
+
+        def abort(self):
+            self.aborted = True
+
+    async def scenario():
+        stream = transport.Stream("ws://127.0.0.1:1", lambda m: None, lambda why: None, 1 << 20)
+        stream.transport = Wire()
+        monkeypatch.setattr(stream.protocol, "state", transport.State.OPEN)
+        pings = []
+        monkeypatch.setattr(stream.protocol, "send_ping", lambda data: pings.append(data))
+        steps = []
+        for reads in (3, 0, 1, 1, 0, 1):  # reads arriving before each check
+            stream._reads += reads
+            before = len(pings)
+            stream._ping()
+            if stream._keepalive is not None:
+                stream._keepalive.cancel()  # the test makes every check itself
+            steps.append("drop" if stream.transport.aborted else "ping" if len(pings) > before else "-")
+            if stream.transport.aborted:
+                break
+        return steps
+
+    assert asyncio.run(scenario()) == ["-", "ping", "ping", "ping", "drop"]

@@ -21,7 +21,8 @@ from websockets.protocol import State
 from websockets.uri import parse_uri
 
 CLOSE_TIMEOUT_S = 2.0
-PING_INTERVAL_S = 20.0  # a ping when nothing came for this long; silence for twice as long drops the connection
+PING_INTERVAL_S = 20.0  # a check every interval: a ping after an interval with nothing read, a drop when the
+                        # interval after that ping also brought nothing
 
 
 class Stream(asyncio.Protocol):
@@ -41,7 +42,9 @@ class Stream(asyncio.Protocol):
         self._part_opcode: Opcode | None = None
         self._failure_reported = False
         self._corked = False
-        self._last_read = 0.0
+        self._reads = 0                  # reads so far: the keepalive compares counts, never times
+        self._reads_at_check = 0
+        self._reads_at_ping: int | None = None  # set while a ping is unanswered
         self._keepalive: asyncio.TimerHandle | None = None
         self._abort_timer: asyncio.TimerHandle | None = None
 
@@ -52,7 +55,7 @@ class Stream(asyncio.Protocol):
         self._flush()
 
     def data_received(self, data: bytes) -> None:
-        self._last_read = asyncio.get_running_loop().time()
+        self._reads += 1
         self.protocol.receive_data(data)
         events = self.protocol.events_received()
         self._flush()
@@ -145,6 +148,7 @@ class Stream(asyncio.Protocol):
             self.transport.close()
         else:
             self.opened.set_result(None)
+            self._reads_at_check = self._reads  # the handshake's answer is not traffic
             self._keepalive = asyncio.get_running_loop().call_later(PING_INTERVAL_S, self._ping)
 
     def _ping(self) -> None:
@@ -152,14 +156,21 @@ class Stream(asyncio.Protocol):
         FIN: without this, orders would pile up in a dead socket for many minutes."""
         if self.protocol.state is not State.OPEN:
             return
-        loop = asyncio.get_running_loop()
-        if loop.time() - self._last_read > 2 * PING_INTERVAL_S:
+        # Counting reads rather than comparing times keeps a quiet live peer whatever the
+        # timer resolution (uvloop's is 1 ms): a check that found a read one interval
+        # ago minus a tick would otherwise skip its ping, and the next drop the peer.
+        if self._reads_at_ping is not None and self._reads == self._reads_at_ping:
             self.transport.abort()  # silent, not even a pong: the owner reconnects
             return
-        if loop.time() - self._last_read > PING_INTERVAL_S:
+        # quiet since the last check, or only the pong of its ping came: ping again
+        if self._reads == self._reads_at_check or self._reads_at_ping is not None:
             self.protocol.send_ping(b"keepalive")
             self._flush()
-        self._keepalive = loop.call_later(PING_INTERVAL_S, self._ping)
+            self._reads_at_ping = self._reads
+        else:
+            self._reads_at_ping = None
+        self._reads_at_check = self._reads
+        self._keepalive = asyncio.get_running_loop().call_later(PING_INTERVAL_S, self._ping)
 
     def _flush(self) -> None:
         if self.transport.is_closing():
