@@ -14,7 +14,7 @@ from functools import cached_property
 
 from policyc.dsl import expressions as ex
 from policyc.dsl.diagnostics import Diagnostic, PolicyError, Span, did_you_mean, error, warning
-from policyc.dsl.document import ACCOUNT_KEYS, RISK_KEYS, ParsedPolicy
+from policyc.dsl.document import ACCOUNT_KEYS, QUANTITY_KEYS, RISK_KEYS, ParsedPolicy
 
 from .builtins import (BOOL, FUNCTIONS, MARKET_FIELDS, MAX_LOOKBACK, MAX_WINDOW, NUM, RESERVED, STATE_VALUES,
                        TIME, TIMESTAMP)
@@ -30,6 +30,12 @@ _KIND_BOUNDS = {
 _AT_MOST_ONE = {"max_drawdown", "max_daily_loss", "stop_loss", "trailing_stop"}
 _ACCOUNT_BOUNDS = {"initial_equity": (0.0, False), "margin_rate": (0.0, False), "fees_bps": (0.0, True),
                    "slippage_bps": (0.0, True)}
+#: Keys whose value is a fraction (`3%` is 0.03): a plain number above 1 there is most likely
+#: a percentage without its `%` (`stop_loss: 5` is 500%).
+FRACTION_KEYS = {key for key, kind in RISK_KEYS.items() if kind == "fraction"} | {"margin_rate"}
+#: Functions whose result is one of their arguments (or rounds it): a percentage passed to
+#: them is still the value (`target: min(size, 100)`).
+_PASS_THROUGH = {"min", "max", "clip", "nz", "round", "floor", "ceil", "abs"}
 
 
 @dataclass
@@ -56,14 +62,43 @@ class CheckedPolicy:
 
 
 def parse_param_value(text: str) -> float | bool | None:
-    """A param value from the command line: a number, a percentage, or true/false."""
+    """A param value from the command line: a number, a percentage, or true/false, written as
+    in a policy file (`-p size=1_000` is refused as `size: 1_000` is)."""
     t = text.strip()
-    if t.lower() in ("true", "false"):
+    if ex.is_boolean_spelling(t):
         return t.lower() == "true"
+    number = t[:-1] if t.endswith("%") else t
+    if ex.NUMBER_LITERAL.match(number):
+        return float(number) / 100.0 if t.endswith("%") else float(number)
     try:
-        return float(t[:-1]) / 100.0 if t.endswith("%") else float(t)
+        value = float(t)
     except ValueError:
         return None
+    return value if not math.isfinite(value) else None  # `inf`, `nan`: reported as not finite
+
+
+def _override_help(raw, boolean: bool) -> str:
+    """How to write a param value on the command line, from the expression parser's help."""
+    text = str(raw)
+    if boolean:
+        return ex.boolean_word_help(text.strip()) or "write `true` or `false`"
+    try:
+        ex.parse_expression(text, lambda lo, hi: Span(COMMAND_LINE, 1, lo + 1, 1, hi + 1))
+    except PolicyError as exc:
+        if exc.diagnostics[0].help and exc.diagnostics[0].code == "E101":
+            return exc.diagnostics[0].help
+    return "write a number such as `10`, `2.5` or `2%`"
+
+
+def percent_params(parsed: ParsedPolicy, overrides: dict | None) -> set[str]:
+    """The params whose bound value was written as a percentage (default or override)."""
+    out = {name for name, decl in parsed.params.items() if decl.percent}
+    for name, raw in (overrides or {}).items():
+        if name in parsed.params:
+            out.discard(name)
+            if isinstance(raw, str) and raw.strip().endswith("%"):
+                out.add(name)
+    return out
 
 
 def bind_params(parsed: ParsedPolicy, overrides: dict[str, str | float | bool] | None) -> dict[str, float | bool]:
@@ -79,8 +114,10 @@ def bind_params(parsed: ParsedPolicy, overrides: dict[str, str | float | bool] |
             continue
         value = raw if isinstance(raw, (bool, int, float)) else parse_param_value(str(raw))
         if value is None or isinstance(value, bool) != isinstance(values[name], bool):
-            want = "true or false" if isinstance(values[name], bool) else "a number"
-            errors.append(error("E301", where, f"param `{name}` must be {want}, not `{raw}`"))
+            boolean = isinstance(values[name], bool)
+            want = "true or false" if boolean else "a number"
+            errors.append(error("E301", where, f"param `{name}` must be {want}, not `{raw}`",
+                                _override_help(raw, boolean)))
             continue
         if not isinstance(value, bool):
             value = ex.literal_float(value, str(raw))
@@ -97,9 +134,11 @@ def bind_params(parsed: ParsedPolicy, overrides: dict[str, str | float | bool] |
 
 
 class _Checker:
-    def __init__(self, parsed: ParsedPolicy, params: dict[str, float | bool]):
+    def __init__(self, parsed: ParsedPolicy, params: dict[str, float | bool], percent: set[str] = frozenset()):
         self.p = parsed
         self.params = params
+        self.percent = percent  # params written as a percentage
+        self.warnings: list[Diagnostic] = []
         self.param_types = {k: BOOL if isinstance(v, bool) else NUM for k, v in params.items()}
         self.inputs = [i.name for i in parsed.inputs]
         self.errors: list[Diagnostic] = []
@@ -116,7 +155,10 @@ class _Checker:
         decls += [("input", d.name, d.span) for d in self.p.inputs]
         decls += [("feature", d.name, d.span) for d in self.p.features.values()]
         for kind, name, span in decls:
-            if name in RESERVED:
+            if ex.is_boolean_spelling(name) and name not in RESERVED:
+                self.errors.append(error("E205", span, f"{kind} `{name}` clashes with the boolean `{name.lower()}`",
+                                         f"rename the {kind}: expressions read `{name}` as `{name.lower()}`"))
+            elif name in RESERVED:
                 what = "function" if name in FUNCTIONS else "built-in name"
                 self.errors.append(error("E205", span, f"{kind} `{name}` clashes with the {what} `{name}`",
                                          f"rename the {kind}, e.g. `my_{name}`"))
@@ -156,7 +198,8 @@ class _Checker:
             return None
         if isinstance(value, bool) or not math.isfinite(value) or value != int(value) or not lo <= value <= hi:
             shown = int(value) if math.isfinite(value) and value == int(value) else value
-            self.errors.append(error("E207", node.span, f"{what} is {shown} ({source}); it must be an integer from {lo} to {hi:,}"))
+            self.errors.append(error("E207", node.span, f"{what} is {shown} ({source}); it must be an integer from {lo} to {hi:,}",
+                                     self.percent_help(node, value)))
             return None
         return int(value)
 
@@ -253,7 +296,7 @@ class _Checker:
                                      f"call it: `{name}({', '.join(FUNCTIONS[name].params)})`"))
             return None
         self.errors.append(error("E201", node.span, f"unknown name `{name}`",
-                                 did_you_mean(name, self.all_names()) or _name_help(name)))
+                                 ex.boolean_word_help(name) or did_you_mean(name, self.all_names()) or _name_help(name)))
         return None
 
     def feature_type(self, name: str) -> str | None:
@@ -342,6 +385,10 @@ class _Checker:
         if isinstance(node, ex.Name):
             if node.id in self.params:
                 return self.params[node.id]
+            if RISK_KEYS.get(key) == "bool" and ex.boolean_word_help(node.id):
+                self.errors.append(error("E007", node.span, f"`{key}` must be true or false, not `{node.id}`",
+                                         ex.boolean_word_help(node.id)))
+                return None
             self.errors.append(error("E209", node.span, f"`{key}` must be a constant; `{node.id}` is not a param",
                                      did_you_mean(node.id, self.params) or "limits may use literals and params only"))
             return None
@@ -375,7 +422,9 @@ class _Checker:
                 continue
             if kind == "bool":
                 if not isinstance(v, bool):
-                    self.errors.append(error("E007", decl.span, f"`{key}` must be true or false"))
+                    shown = "a duration" if isinstance(v, tuple) else f"{v:g}"
+                    self.errors.append(error("E007", decl.span, f"`{key}` must be true or false, not {shown}",
+                                             "write `true` or `false`"))
                     continue
                 out[key] = 1.0 if v else 0.0
                 continue
@@ -400,8 +449,10 @@ class _Checker:
                         "window": f"a whole number from 2 to {MAX_WINDOW:,}"}.get(kind, "a number above 0")
                 if key in _AT_MOST_ONE:
                     rule = "a fraction above 0 and at most 100%"
-                self.errors.append(error("E007", decl.span, f"`{key}` must be {rule}, not {v:g}"))
+                self.errors.append(error("E007", decl.span, f"`{key}` must be {rule}, not {v:g}",
+                                         self.percent_help(decl.expr, v, key)))
                 continue
+            self.fraction_without_percent(key, decl.expr, v)
             out[key] = float(v)
         return out
 
@@ -419,8 +470,52 @@ class _Checker:
                 rule = "0 or more" if inclusive else "above 0"
                 self.errors.append(error("E007", decl.span, f"`account.{key}` must be a number {rule}"))
                 continue
+            self.fraction_without_percent(key, decl.expr, v)
             out[key] = float(v)
         return out
+
+    # ---- percentages -----------------------------------------------------------------
+    def origin(self, node: ex.Node) -> tuple[str, str, bool] | None:
+        """("literal", text, written with %) or ("param", name, written with %) for a value
+        that is one literal or one param; None for arithmetic."""
+        if isinstance(node, ex.Number):
+            text = node.text or f"{node.value:g}"
+            return "literal", text, text.endswith("%")
+        if isinstance(node, ex.Name) and node.id in self.params and not isinstance(self.params[node.id], bool):
+            return "param", node.id, node.id in self.percent
+        return None
+
+    def percent_help(self, node: ex.Node, v: float, key: str | None = None) -> str | None:
+        """The help of an out-of-range value that a `%` probably explains: a fraction key given
+        a number of percent (`stop_loss: 5`), or a count given a percentage (`sma(x, 20%)`)."""
+        where = self.origin(node)
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+            return None
+        if key in FRACTION_KEYS:
+            if not 1 < v <= 100 or (where and where[2]):
+                return None
+            if where and where[0] == "param":
+                return f"`{key}` is a fraction, so param `{where[1]}` = {v:g} is {v * 100:g}%: set it to `{v:g}%`"
+            written = where[1] if where else f"{v:g}"
+            return f"write `{written}%`: `{key}` is a fraction, so `{written}` is {v * 100:g}%"
+        if where is None or not where[2]:
+            return None
+        if where[0] == "param":
+            return f"param `{where[1]}` is `{v * 100:g}%`; `%` divides by 100: set it to `{v * 100:g}`"
+        return f"`%` divides by 100: write `{v * 100:g}`"
+
+    def fraction_without_percent(self, key: str, node: ex.Node, v: float):
+        """W005: `take_profit: 5` is 500%, most likely a slip for `5%`."""
+        where = self.origin(node)
+        if key not in FRACTION_KEYS or where is None or where[2] or not v > 1:
+            return
+        kind, name, _ = where
+        shown = name if kind == "literal" else f"{v:g}"
+        message = (f"`{key}: {name}` is {v * 100:g}%" + (f" (param `{name}` is {v:g})" if kind == "param" else "")
+                   + f": `{key}` is a fraction, not a number of percent")
+        help_ = (f"write `{shown}%` for {shown} percent, or `{v * 100:g}%` if you mean it" if kind == "literal" else
+                 f"set `{name}` to `{shown}%` for {shown} percent, or to `{v * 100:g}%` if you mean it")
+        self.warnings.append(warning("W005", node.span, message, help_))
 
 
 class _Cycle(Exception):
@@ -435,9 +530,7 @@ def _arith_constant(op: str, a: float, b: float) -> float:
 
 
 def _name_help(name: str) -> str | None:
-    if name in ("True", "False", "TRUE", "FALSE"):
-        return f"write `{name.lower()}`"
-    if name in ("AND", "OR", "NOT", "And", "Or", "Not", "IF", "If"):
+    if name.lower() in ("if", "then", "else", "and", "or", "not"):
         return f"keywords are lower case: `{name.lower()}`"
     return "names are params, features, inputs, market fields (price, close, ...) or state values (position, equity, ...)"
 
@@ -462,7 +555,7 @@ def check(parsed: ParsedPolicy, overrides: dict | None = None) -> CheckedPolicy:
 
 def _check(parsed: ParsedPolicy, overrides: dict | None) -> CheckedPolicy:
     params = bind_params(parsed, overrides)
-    c = _Checker(parsed, params)
+    c = _Checker(parsed, params, percent_params(parsed, overrides))
     c.check_definitions()
     for name in parsed.features:
         c.feature_type(name)
@@ -480,12 +573,66 @@ def _check(parsed: ParsedPolicy, overrides: dict | None) -> CheckedPolicy:
     order = c.order_features() if not c.errors else list(parsed.features)
     if c.errors:
         raise PolicyError(sorted(c.errors, key=lambda d: (d.span.file, d.span.line, d.span.column)))
-    warnings = list(parsed.warnings) + _unused_features(parsed, c)
+    warnings = list(parsed.warnings) + c.warnings + _percent_as_quantity(parsed, c) + _unused_features(parsed, c)
     return CheckedPolicy(
         parsed=parsed, params=params, param_types=c.param_types, feature_types=c.feature_types,
         feature_order=order, fields=[f for f in MARKET_FIELDS if f in c.fields], inputs=c.inputs,
         risk=risk, account=account, warnings=warnings,
     )
+
+
+def _value_leaves(node: ex.Node):
+    """The nodes whose value is the value of `node`: through `if` branches, unary `-` and
+    functions such as `min` or `round`, but not through arithmetic (`equity * 2% / close`)."""
+    stack = [node]
+    while stack:
+        n = stack.pop()
+        if isinstance(n, ex.Cond):
+            stack.extend((n.orelse, n.then))
+        elif isinstance(n, ex.Unary) and n.op == "-":
+            stack.append(n.operand)
+        elif isinstance(n, ex.Call) and n.func in _PASS_THROUGH:
+            stack.extend(reversed(n.args))
+        else:
+            yield n
+
+
+def _percent_as_quantity(parsed: ParsedPolicy, c: _Checker) -> list[Diagnostic]:
+    """W004 for a percentage used as a quantity: a `%` literal or a param written with `%` that
+    is a rule's target (directly, through `if`, `min`, ... or a feature), or a param written
+    with `%` that is a risk or account key measured in units (a `%` literal there is reported
+    by the parser)."""
+    out: dict[tuple, Diagnostic] = {}
+    units_help = "`%` divides by 100; write the number of units"
+
+    def param(node: ex.Name, what: str, unit: str):
+        value = c.params[node.id]
+        message = f"param `{node.id}` is `{value * 100:g}%`, which is {value:g}: {what} is measured in {unit}, " \
+                  "not as a fraction"
+        out.setdefault((node.span, message), warning("W004", node.span, message,
+                                                     f"`%` divides by 100; set `{node.id}` to the number of {unit}"))
+
+    def target(node: ex.Node, what: str, whole: bool, seen: frozenset):
+        for leaf in _value_leaves(node):
+            if isinstance(leaf, ex.Number) and leaf.text.endswith("%"):
+                shown = f"target: {leaf.text}" if whole and leaf is node else leaf.text
+                message = f"`{shown}` is {leaf.value:g}: {what} is measured in units, not as a fraction"
+                out.setdefault((leaf.span, message), warning("W004", leaf.span, message, units_help))
+            elif isinstance(leaf, ex.Name) and leaf.id in c.percent:
+                param(leaf, what, "units")
+            elif isinstance(leaf, ex.Name) and leaf.id in parsed.features and leaf.id not in seen:
+                target(parsed.features[leaf.id].expr, f"a rule's `target` (through feature `{leaf.id}`)", False,
+                       seen | {leaf.id})
+
+    for rule in parsed.signals:
+        target(rule.target, "a rule's `target`", True, frozenset())
+    for section in (parsed.risk or {}), parsed.account:
+        for key, decl in section.items():
+            if key in QUANTITY_KEYS:
+                for leaf in _value_leaves(decl.expr):
+                    if isinstance(leaf, ex.Name) and leaf.id in c.percent:
+                        param(leaf, f"`{key}`", QUANTITY_KEYS[key])
+    return list(out.values())
 
 
 def _unused_features(parsed: ParsedPolicy, c: _Checker) -> list[Diagnostic]:

@@ -41,7 +41,9 @@ CODES = {
     "W001": "policy has no risk section",
     "W002": "feature is never used",
     "W003": "rule can never be reached",
-    "W004": "a percentage on a risk or account key measured in units, money, orders or basis points",
+    "W004": "a percentage where a quantity is expected: a rule's target, or a risk or account key measured in "
+            "units, money, orders or basis points",
+    "W005": "a fraction-valued risk or account key given a number above 1 without `%` (`take_profit: 5` is 500%)",
 }
 
 

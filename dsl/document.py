@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Optional, Union
 
+import yaml
 from pydantic import BaseModel, ConfigDict, create_model, StrictBool, StrictFloat, StrictInt, StrictStr, ValidationError
 
 from . import expressions as ex
@@ -100,6 +101,7 @@ class Named:
 @dataclass
 class ParamDecl(Named):
     value: float | bool
+    percent: bool = False  # written as a percentage (`size: 50%`)
 
 
 @dataclass
@@ -164,11 +166,25 @@ def parse_policy(source: SourceFile) -> ParsedPolicy:
         kind = "a list" if isinstance(doc.value, list) else "a single value"
         raise PolicyError([error("E003", doc.span(()), f"a policy must be a YAML mapping, not {kind}",
                                  "start with `policy: NAME`, `version: 1`, `instruments: [...]`, `signals: [...]`")])
+    _symbols_as_text(doc)
     try:
         model = PolicyModel.model_validate(doc.value)
     except ValidationError as exc:
         raise PolicyError(_structure_errors(exc, doc)) from None
     return _Builder(doc, model).build()
+
+
+def _symbols_as_text(doc: Positioned) -> None:
+    """Instrument symbols and input names are text: `ON` (a ticker that YAML 1.1 reads as true)
+    and `7203` (a number) are taken as written."""
+    for key in ("instruments", "inputs"):
+        items = doc.value.get(key)
+        if not isinstance(items, list):
+            continue
+        for i, item in enumerate(items):
+            node = doc.nodes.get((key, i))
+            if isinstance(item, (bool, int, float)) and isinstance(node, yaml.ScalarNode) and node.style is None:
+                items[i] = node.value
 
 
 def _model_for(path: tuple) -> type[BaseModel] | None:
@@ -193,7 +209,10 @@ _TYPE_WORDS = {
 }
 
 
-def _describe_value(value: Any) -> str:
+def _describe_value(value: Any, text: str | None = None) -> str:
+    """`text` is the value as written, for the scalars YAML converts (`yes` is read as true)."""
+    if isinstance(value, (bool, int, float)) and text is not None and text != str(value):
+        return f"`{text}`"
     if isinstance(value, dict):
         return "a mapping"
     if isinstance(value, list):
@@ -243,8 +262,13 @@ def _structure_errors(exc: ValidationError, doc: Positioned) -> list[Diagnostic]
                 help_ = did_you_mean(str(value), CUSTOM_ACTIONS)
             else:
                 want = _expected_for(loc, kind)
-                msg = f"`{field}` must be {want}, not {_describe_value(value)}"
+                node = doc.nodes.get(loc)
+                text = node.value if isinstance(node, yaml.ScalarNode) and node.style is None else None
+                msg = f"`{field}` must be {want}, not {_describe_value(value, text)}"
                 help_ = None
+                if want == "text" and isinstance(value, (bool, int, float)) and text is not None:
+                    reads = "true/false" if isinstance(value, bool) else "a number"
+                    help_ = f"YAML reads `{text}` as {reads}: put it in quotes, `\"{text}\"`"
             if loc not in diags:
                 diags[loc] = error(code, doc.span(loc), msg, help_)
     # a misspelled required key is one mistake: keep the "did you mean" and drop the "missing"
@@ -324,34 +348,45 @@ class _Builder:
             self.errors.extend(exc.diagnostics)
             return None
 
-    def literal(self, path: tuple, value: Any) -> float | bool | None:
-        """A param default: a number, `true`/`false`, or a literal like `2%` or `1e-3`."""
+    def literal(self, path: tuple, value: Any) -> tuple[float | bool, bool] | None:
+        """A param default and whether it is written as a percentage: a number, a boolean, or a
+        literal like `2%` or `1e-3`, read by the rules of expressions, not by YAML 1.1's (which
+        reads `010` as 8, `1_000` and `1:30` as numbers, and `yes`, `no`, `on`, `off` as booleans)."""
+        node = self.doc.nodes[path]
+        text = node.value
+        plain = node.style is None
+        if isinstance(value, bool) and plain and not ex.is_boolean_spelling(text):
+            self.errors.append(error("E007", self.span(path), f"param `{path[-1]}` must be a number or true/false, "
+                                                              f"not `{text}`", ex.boolean_word_help(text)))
+            return None
         if isinstance(value, bool):
-            return value
-        if isinstance(value, (int, float)):
-            text = self.doc.nodes[path].value
-            number = ex.literal_float(value, text)
+            return value, False
+        if isinstance(value, float) and plain and not math.isfinite(value) and not any(c.isdigit() for c in text):
+            self.errors.append(error("E007", self.span(path), f"param `{path[-1]}` must be a finite number, not {value}"))
+            return None
+        # YAML 1.1 reads a number as the grammar does, except that `010` is octal: use float()
+        if isinstance(value, (int, float)) and plain and ex.NUMBER_LITERAL.match(text):
+            number = ex.literal_float(float(text), text)
             if number is None:
                 self.errors.append(ex.too_large("E007", self.span(path), text))
                 return None
-            if not math.isfinite(number):
-                self.errors.append(error("E007", self.span(path), f"param `{path[-1]}` must be a finite number, not {value}"))
-                return None
-            return number
-        node = self.expr(path)
+            return number, False
+        node = self.expr(path)  # everything else is read as an expression: `2%`, `-5`, `1e-3`, `True`
         if node is None:
             return None
         negate = isinstance(node, ex.Unary) and node.op == "-"
         inner = node.operand if negate else node
         if isinstance(inner, ex.Number) and math.isfinite(inner.value):
-            return -inner.value if negate else inner.value
+            return (-inner.value if negate else inner.value), inner.text.endswith("%")
         if isinstance(inner, ex.Boolean) and not negate:
-            return inner.value
+            return inner.value, False
         if isinstance(inner, ex.Duration):
             self.errors.append(ex.misplaced_duration(inner))
             return None
-        self.errors.append(error("E007", self.span(path), f"param `{path[-1]}` must be a number or true/false",
-                                 "params are constants; derived values belong in `features`"))
+        help_ = "params are constants; derived values belong in `features`"
+        if isinstance(inner, ex.Name) and not negate and ex.boolean_word_help(inner.id):
+            help_ = ex.boolean_word_help(inner.id)
+        self.errors.append(error("E007", self.span(path), f"param `{path[-1]}` must be a number or true/false", help_))
         return None
 
     def percent_of_quantity(self, key: str, node: ex.Node):
@@ -383,7 +418,7 @@ class _Builder:
             if self.name(("params", key), key, "param name", key=True):
                 lit = self.literal(("params", key), value)
                 if lit is not None:
-                    params[key] = ParamDecl(key, self.span(("params", key), key=True), lit)
+                    params[key] = ParamDecl(key, self.span(("params", key), key=True), *lit)
         features = {}
         for key in m.features:
             if self.name(("features", key), key, "feature name", key=True):

@@ -6,7 +6,9 @@ cannot exhaust the Python stack while parsing; depth is then bounded explicitly.
 from __future__ import annotations
 
 import math
+import re
 import threading
+import unicodedata
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -235,6 +237,8 @@ class _ToAst(Transformer):
     def name(self, items):
         (t,) = items
         lo, hi = self._tok(t)
+        if is_boolean_spelling(str(t)):  # `True`, `FALSE`: the YAML spellings of a boolean
+            return self._make(Boolean, lo, hi, str(t).lower() == "true")
         return self._make(Name, lo, hi, str(t))
 
     def paren(self, items):
@@ -306,14 +310,16 @@ def _parser() -> tuple[Lark, _ToAst]:
     """One LALR parser whose transformer runs during the parse: no tree, no recursion."""
     builder = _ToAst()
     grammar = Path(__file__).with_name("grammar.lark").read_text()
-    return Lark(grammar, parser="lalr", start="start", maybe_placeholders=True, transformer=builder), builder
+    return Lark(grammar, parser="lalr", lexer="basic", start="start", maybe_placeholders=True,
+                transformer=builder), builder
 
 
 def parse_expression(text: str, span_of: Callable[[int, int], Span]) -> Node:
     """Parse one expression; `span_of(lo, hi)` turns text offsets into file spans."""
     stripped = text.strip()
     if not stripped:
-        raise PolicyError([error("E101", span_of(0, max(1, len(text))), "empty expression")])
+        raise PolicyError([error("E101", span_of(0, max(1, len(text))), "empty expression",
+                                 "write a value or a formula here, e.g. `close > sma(close, 20)` or `100`")])
     if len(text) > MAX_EXPRESSION_CHARS:
         raise PolicyError([error("E102", span_of(0, 1),
                                  f"expression is {len(text)} characters long; the limit is {MAX_EXPRESSION_CHARS}",
@@ -346,38 +352,255 @@ def parse_expression(text: str, span_of: Callable[[int, int], Span]) -> Node:
 
 
 def _syntax_error(exc: UnexpectedInput, text: str, span_of) -> "Diagnostic":
-    pos = getattr(exc, "pos_in_stream", None)
+    """E101 for a syntax error, always with a help line that names the fix."""
     if isinstance(exc, UnexpectedCharacters):
-        ch = text[exc.pos_in_stream]
-        help_ = None
-        if ch in "&|":
-            help_ = "use `and` / `or`"
-        elif ch == "!":
-            help_ = "use `not x` or `a != b`"
-        elif ch == "=":
-            help_ = "use `==` to compare"
-        elif ch in "'\"":
-            help_ = "expressions have no strings; instrument symbols go in `instruments`"
-        return error("E101", span_of(exc.pos_in_stream, exc.pos_in_stream + 1), f"unexpected character `{ch}`", help_)
+        p = exc.pos_in_stream
+        ch = text[p]
+        return error("E101", span_of(p, p + 1), f"unexpected character `{ch}`", _character_help(text, p))
     if isinstance(exc, UnexpectedEOF) or (isinstance(exc, UnexpectedToken) and exc.token.type == "$END"):
         expected = getattr(exc, "expected", None) or getattr(exc, "accepts", None) or set()
         end = len(text.rstrip())
         return error("E101", span_of(max(0, end - 1), max(1, end)), "expression ends too early",
-                     _expected_words(expected))
+                     _expected_words(expected) or "the expression is incomplete")
     assert isinstance(exc, UnexpectedToken)
     tok = exc.token
     lo, hi = tok.start_pos, tok.end_pos
-    expected = exc.accepts or exc.expected
-    help_ = _expected_words(expected)
-    if tok.type == "COMP_OP" and "COMP_OP" not in expected:
-        help_ = "comparisons cannot be chained; write `a < b and b < c`"
-    elif tok.type == "LSQB":
-        help_ = "a lookback applies to a name or a call, e.g. `close[1]`"
-    elif tok.type == "NAME" and str(tok) in ("AND", "OR", "NOT", "If", "IF", "True", "False", "TRUE", "FALSE"):
-        help_ = f"keywords are lower case: `{str(tok).lower()}`"
-    elif tok.type in ("NAME", "NUMBER") and not ({"NAME", "NUMBER"} & set(expected)):
-        help_ = "an operator is missing between two values"
+    expected = set(exc.accepts or exc.expected or ())
+    help_ = _token_help(tok, expected, text) or _expected_words(expected) or "check the expression around here"
     return error("E101", span_of(lo, hi), f"unexpected {_describe(tok)}", help_)
+
+
+#: Words YAML 1.1 reads as booleans that a policy does not: `yes` is a name in an
+#: expression. Booleans are `true` and `false` in any case (docs/language.md, section 1).
+YAML_BOOLEAN_WORDS = {"yes": True, "on": True, "no": False, "off": False}
+DURATION_UNIT_WORDS = {"sec": "s", "secs": "s", "second": "s", "seconds": "s", "min": "m", "mins": "m",
+                       "minute": "m", "minutes": "m", "hr": "h", "hrs": "h", "hour": "h", "hours": "h",
+                       "day": "d", "days": "d"}
+_KEYWORDS = ("if", "then", "else", "and", "or", "not")
+#: A number literal as the grammar's NUMBER writes it, with an optional `-`: the form a
+#: param default or a command-line value must have to be read as a number directly.
+NUMBER_LITERAL = re.compile(r"-?([0-9]+(\.[0-9]*)?|\.[0-9]+)([eE][-+]?[0-9]+)?\Z")
+_NUMBER_END = re.compile(r"([0-9]+(?:\.[0-9]*)?|\.[0-9]+)([eE][+-]?[0-9]+)?\s*\Z")
+
+
+def is_boolean_spelling(word: str) -> bool:
+    """`true` and `false` in any case: the YAML booleans a policy accepts everywhere."""
+    return word.lower() in ("true", "false")
+
+
+def boolean_word_help(word: str) -> str | None:
+    """The help for `yes`, `no`, `on`, `off` (any case) where a value is expected."""
+    value = YAML_BOOLEAN_WORDS.get(word.lower())
+    if value is None:
+        return None
+    return f"write `{'true' if value else 'false'}`: booleans are `true` and `false`, not yes/no or on/off"
+
+
+def _token_help(tok: Token, expected: set, text: str) -> str | None:
+    lo = tok.start_pos
+    before = text[:lo]
+    word = str(tok)
+    value_expected = bool(expected & {"NAME", "NUMBER"})
+    if tok.type == "COMP_OP" and "COMP_OP" not in expected:
+        return "comparisons cannot be chained; write `a < b and b < c`"
+    if tok.type == "IF":
+        return "an `if` inside an operation needs parentheses: " + _wrap_rest(text, lo, "(if c then a else b)")
+    if tok.type == "NOT":
+        return "a `not` after an operator needs parentheses: " + _wrap_rest(text, lo, "(not c)")
+    if tok.type in ("THEN", "ELSE") and not re.search(r"\bif\b", before):
+        return f"`{word}` belongs to `if CONDITION then A else B`, and there is no `if` before it"
+    if tok.type == "ADD_OP" and value_expected:
+        return "there is no unary `+`: remove it"
+    if tok.type == "COMMA" and value_expected:
+        return "a value is missing before this `,`"
+    if tok.type == "COMMA":
+        return _comma_help(text, lo)
+    if tok.type in ("RPAR", "RSQB"):
+        opener = "(" if tok.type == "RPAR" else "["
+        if before.count(opener) <= before.count(word):
+            return f"`{word}` closes no `{opener}`: remove it"
+        return None
+    if tok.type == "LSQB":
+        return "a lookback `[k]` follows a name, a call or `( )`, as in `close[1]`; there are no lists"
+    if tok.type == "NAME":
+        number = _NUMBER_END.search(before)
+        adjacent = number is not None and not before[-1:].isspace()
+        if word.startswith("_") and adjacent:
+            return f"write `{_join_number(text, lo, '_')}`: numbers have no `_` separators"
+        if adjacent and number.group(0) == "0" and len(before) == number.start() + 1 \
+                and re.fullmatch(r"[xX][0-9a-fA-F]+|[oO][0-7]+|[bB][01]+", word):
+            base = {"x": 16, "o": 8, "b": 2}[word[0].lower()]
+            return f"numbers are decimal: write `{int(word[1:], base)}`"
+        if number is not None and word in DURATION_SECONDS and not adjacent:
+            return f"write `{number.group(0).strip()}{word}`, with no space before the unit"
+        if number is not None and word.lower() in DURATION_UNIT_WORDS:
+            unit = DURATION_UNIT_WORDS[word.lower()]
+            return f"write `{number.group(0).strip()}{unit}`: the duration units are ms, s, m, h and d"
+        if number is not None and word.lower() in ("percent", "pct"):
+            return f"write `{number.group(0).strip()}%`"
+        if word.lower() in _KEYWORDS and word != word.lower():
+            return f"keywords are lower case: `{word.lower()}`"
+        if word.lower() in YAML_BOOLEAN_WORDS and not value_expected:
+            return boolean_word_help(word)
+    if tok.type == "NUMBER" and not value_expected:
+        previous = _NUMBER_END.search(before)
+        if previous and re.fullmatch(r"[0-9]{1,3}", previous.group(1)) and re.fullmatch(r"[0-9]{3}", word) \
+                and before.endswith(" "):
+            return (f"if this is one number, write `{previous.group(1)}{word}`: numbers have no thousands "
+                    "separators; otherwise an operator is missing")
+    if tok.type in ("NAME", "NUMBER", "PERCENT", "DURATION", "TRUE", "FALSE", "LPAR") and not value_expected:
+        return "an operator is missing between two values"
+    return None
+
+
+def _one_line(text: str) -> str:
+    """An expression as one line with single spaces, to quote in a help line."""
+    return " ".join(text.split())
+
+
+def _wrap_rest(text: str, lo: int, generic: str) -> str:
+    """`1 + if c then a else b` -> write `1 + (if c then a else b)` (when short and complete enough)."""
+    body = _one_line(text)
+    start = len(_one_line(text[:lo] + "x")) - 1  # where the token starts in the one-line form
+    complete = not body[start:].startswith("if") or re.search(r"\bthen\b.*\belse\b", body[start:])
+    if len(body) > 80 or not complete or not body[start:].split(None, 1)[1:]:
+        return f"write `{generic}`"
+    return f"write `{body[:start]}({body[start:]})`"
+
+
+def _join_number(text: str, lo: int, separator: str) -> str:
+    """The digits around `lo` with `separator` removed: `100_000` -> `100000`."""
+    start = lo
+    while start > 0 and text[start - 1] in "0123456789." + separator:
+        start -= 1
+    end = lo
+    while end < len(text) and (text[end] in "0123456789." + separator):
+        end += 1
+    return text[start:end].replace(separator, "")
+
+
+def _comma_help(text: str, lo: int) -> str:
+    before, after = text[:lo], text[lo + 1:]
+    if re.search(r"[0-9]\Z", before) and re.match(r"[0-9]", after):
+        groups = re.search(r"[0-9]+\Z", before).group(0)
+        following = re.match(r"[0-9,]*[0-9](\.[0-9]+)?", after).group(0)
+        number = groups + "," + following
+        if re.fullmatch(r"[0-9]{1,3}(,[0-9]{3})+(\.[0-9]+)?", number):
+            return f"write `{number.replace(',', '')}`: numbers have no thousands separators"
+        if number.count(",") == 1 and "." not in number:
+            return f"write `{number.replace(',', '.')}`: the decimal point is `.`"
+    return "a `,` only separates the arguments of a call, as in `max(a, b)`"
+
+
+#: Characters that look like an ASCII one the language uses (NFKC covers the full-width
+#: forms, `２` `％` `（`); these it does not.
+_LOOKALIKES = {
+    "\u2212": "-", "\u2010": "-", "\u2011": "-", "\u2012": "-", "\u2013": "-", "\u2014": "-", "\u2015": "-",
+    "\ufe63": "-", "\u00d7": "*", "\u22c5": "*", "\u2217": "*", "\u2219": "*", "\u00f7": "/", "\u2215": "/",
+    "\u2044": "/", "\u2264": "<=", "\u2265": ">=", "\u2260": "!=", "\u2a7d": "<=", "\u2a7e": ">=",
+    "\u2018": "'", "\u2019": "'", "\u201a": "'", "\u201b": "'", "\u2032": "'",
+    "\u201c": '"', "\u201d": '"', "\u201e": '"', "\u00ab": '"', "\u00bb": '"',
+    "\u066a": "%", "\u066b": ".", "\u066c": ",", "\u2030": "%", "\u00b7": "*",
+    # Cyrillic and Greek letters that look like Latin ones
+    "\u0430": "a", "\u0435": "e", "\u043e": "o", "\u0440": "p", "\u0441": "c", "\u0443": "y", "\u0445": "x",
+    "\u0456": "i", "\u0455": "s", "\u0458": "j", "\u0410": "A", "\u0412": "B", "\u0415": "E", "\u041a": "K",
+    "\u041c": "M", "\u041d": "H", "\u041e": "O", "\u0420": "P", "\u0421": "C", "\u0422": "T", "\u0425": "X",
+    "\u03bf": "o", "\u0391": "A", "\u0392": "B", "\u0395": "E", "\u0396": "Z", "\u0397": "H", "\u0399": "I",
+    "\u039a": "K", "\u039c": "M", "\u039d": "N", "\u039f": "O", "\u03a1": "P", "\u03a4": "T", "\u03a5": "Y",
+    "\u03a7": "X",
+}
+_GENERIC_CHARACTER_HELP = ("an expression is made of numbers, names, `( ) [ ] ,`, the operators "
+                           "`+ - * / ** < <= > >= == !=` and the words `and or not if then else`")
+
+
+def _character_help(text: str, p: int) -> str:
+    ch = text[p]
+    before, after = text[:p], text[p + 1:]
+    if ord(ch) >= 128:
+        return _non_ascii_help(ch, text, p)
+    if ch in "&|":
+        return "use `and` / `or`"
+    if ch == "!":
+        return "use `not x` or `a != b`"
+    if ch == "=":
+        keyword = re.search(r"(?:[A-Za-z_][A-Za-z0-9_]*\s*\(|,)\s*([A-Za-z_][A-Za-z0-9_]*)\s*\Z", before)
+        if keyword and not after.startswith("="):
+            positional = re.sub(r"([(,]\s*)[A-Za-z_][A-Za-z0-9_]*\s*=(?!=)\s*", r"\1", _one_line(text))
+            fix = f"write `{positional}`" if len(positional) <= 80 else f"remove `{keyword.group(1)}=`"
+            return f"functions take arguments by position only: {fix}"
+        return "use `==` to compare"
+    if ch in "'\"":
+        return "expressions have no strings; instrument symbols go in `instruments`"
+    if ch == "%":
+        number = _NUMBER_END.search(before)
+        if number is not None and before[-1:].isspace():
+            return f"write `{number.group(0).strip()}%`, with no space before `%`"
+        return "`%` only ends a percentage, as in `3%`: there is no remainder operator"
+    if ch == "$":
+        return _currency_help(ch, text, p)
+    if ch == "^":
+        return "use `**` for a power"
+    if ch == "~":
+        return "use `not`"
+    if ch == "?":
+        return "write a choice as `if c then a else b`"
+    if ch in "{}":
+        return "use `(` and `)` to group"
+    if ch == "." and re.search(r"[A-Za-z_0-9]\Z", before):
+        return "values have no methods or fields: call a function, `f(x)`, or look back with `x[1]`"
+    if ch == ":" and re.search(r"[0-9]\Z", before) and re.match(r"[0-9]", after):
+        digits = re.search(r"[0-9]+(:[0-9]+)+", text[re.search(r"[0-9:]*\Z", before).start():]).group(0)
+        value = 0
+        for part in digits.split(":"):
+            value = value * 60 + int(part)
+        return f"numbers have no `:` (YAML 1.1 reads `{digits}` as {value}, in base 60): write the number you mean"
+    if ch == "_" and _NUMBER_END.search(before):
+        return f"write `{_join_number(text, p, '_')}`: numbers have no `_` separators"
+    return _GENERIC_CHARACTER_HELP
+
+
+def _currency_help(ch: str, text: str, p: int) -> str:
+    number = re.match(r"\s*([0-9][0-9.,_]*)", text[p + 1:]) or re.search(r"([0-9][0-9.,_]*)\s*\Z", text[:p])
+    written = f"write `{number.group(1).replace(',', '').replace('_', '')}`: " if number else ""
+    return f"{written}numbers have no currency symbol (`{ch}`)"
+
+
+def _ascii_for(ch: str) -> str | None:
+    """The ASCII text a lookalike character stands for (`−` -> `-`, `２` -> `2`), if any."""
+    if ch in _LOOKALIKES:
+        return _LOOKALIKES[ch]
+    if unicodedata.decimal(ch, None) is not None and "SUPERSCRIPT" not in unicodedata.name(ch, ""):
+        return str(unicodedata.decimal(ch))
+    folded = unicodedata.normalize("NFKC", ch)  # the full-width forms: `２` `％` `（`
+    if len(folded) == 1 and folded.isascii() and folded.strip() and "SUPERSCRIPT" not in unicodedata.name(ch, ""):
+        return folded
+    return None
+
+
+def _non_ascii_help(ch: str, text: str, p: int) -> str:
+    name = unicodedata.name(ch, "")
+    label = f"`{ch}` (U+{ord(ch):04X}{' ' + name if name else ''})"
+    category = unicodedata.category(ch)
+    if category == "Sc":
+        return _currency_help(ch, text, p)
+    if "SUPERSCRIPT" in name and unicodedata.digit(ch, None) is not None:
+        return f"write `** {unicodedata.digit(ch)}` for a power: {label} is not ASCII"
+    ascii_ = _ascii_for(ch)
+    if ascii_ is not None:
+        end = p
+        while end < len(text) and ord(text[end]) >= 128 and _ascii_for(text[end]) is not None:
+            end += 1
+        if end - p > 1:  # `２％`: name the whole run, not only its first character
+            run = text[p:end]
+            return f"write the ASCII `{''.join(_ascii_for(c) for c in run)}` instead of `{run}`"
+        return f"write the ASCII `{ascii_}` instead of {label}"
+    if category == "Zs":
+        return f"write an ordinary space instead of {label}"
+    if category in ("Cf", "Cc", "Co", "Cn"):
+        return f"remove the invisible character {label}"
+    if category.startswith("L"):
+        return f"names use ASCII letters, digits and `_` only; {label} is not one"
+    return f"expressions use ASCII characters only; {label} is not one"
 
 
 def _describe(tok: Token) -> str:
@@ -390,6 +613,6 @@ def _expected_words(expected) -> str | None:
     words = sorted({TERMINAL_WORDS.get(t, t) for t in expected})
     if not words:
         return None
-    if set(expected) >= _OPERAND_START:
+    if set(expected) >= _OPERAND_START - {"IF", "NOT"}:
         return "expected a value: a number, a name, a call or `(`"
     return "expected " + ", ".join(words[:-1]) + (" or " if len(words) > 1 else "") + words[-1]

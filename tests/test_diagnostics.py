@@ -258,11 +258,15 @@ def test_console_script_usage_error(tmp_path):
     assert "no such file" in proc.stderr
 
 
-def test_directory_is_e001(tmp_path, run_cli):
+def test_directory_is_e001_and_a_usage_error_on_the_command_line(tmp_path, run_cli):
+    """Through the API a directory is a file that cannot be read (E001); on the command
+    line it is a mistake in the command, answered with how to name its policies."""
     result, diags = diagnose(tmp_path)
     assert result is None and [d.code for d in diags] == ["E001"]
     code, _, err = run_cli("validate", tmp_path)
-    assert code == 1 and "error[E001]" in err
+    assert code == 2
+    assert err.splitlines()[-1] == (f"policyc: error: argument FILE: {tmp_path} is a directory; "
+                                    f"to check every policy in it, give {tmp_path}/*.yaml")
 
 
 def test_several_files_ok_and_broken(tmp_path, run_cli):
@@ -533,6 +537,370 @@ def test_every_quantity_key_is_covered_by_w004():
 def test_percentage_on_a_fraction_or_in_arithmetic_does_not_warn(limit):
     result, diags = diagnose_text(GOOD.format(extra="", risk=f"risk:\n  {limit}\n"))
     assert result is not None and diags == []
+
+
+# --------------------------------------------------------------------------- booleans
+BOOLEAN_HELP = "booleans are `true` and `false`, not yes/no or on/off"
+BOOL_POLICY = GOOD.format(extra="", risk=RISK + "  long_only: {long_only}\n  custom:\n    - name: brake\n"
+                                                "      when: {custom}\n      action: block\n").replace(
+    "  n: 10\n", "  n: 10\n  flag: {flag}\n").replace("close > m\n", "close > m and {when}\n")
+
+
+@pytest.mark.parametrize("word, value", [("true", True), ("True", True), ("TRUE", True), ("false", False),
+                                         ("False", False), ("FALSE", False)])
+def test_true_and_false_in_any_case_are_booleans_everywhere(word, value):
+    """docs/language.md section 1: the same spellings in params, risk keys, `when` and custom rules."""
+    text = BOOL_POLICY.format(flag=word, long_only=word, custom=word, when=f"flag == {word}")
+    result, diags = diagnose_text(text, {"flag": word})
+    assert result is not None and diags == [], [d.message for d in diags]
+    assert result.checked.params["flag"] is value
+    assert result.checked.risk["long_only"] == float(value)
+    assert result.checked.parsed.signals[0].when.right.right.value is value
+    assert result.checked.parsed.custom[0].when.value is value
+
+
+@pytest.mark.parametrize("field, word, line, column, code, message", [
+    ("long_only", "yes", 14, 14, "E007", "`long_only` must be true or false, not `yes`"),
+    ("long_only", "Off", 14, 14, "E007", "`long_only` must be true or false, not `Off`"),
+    ("long_only", "ON", 14, 14, "E007", "`long_only` must be true or false, not `ON`"),
+    ("flag", "no", 6, 9, "E007", "param `flag` must be a number or true/false, not `no`"),
+    ("flag", "On", 6, 9, "E007", "param `flag` must be a number or true/false, not `On`"),
+    ("when", "yes", 10, 25, "E201", "unknown name `yes`"),
+    ("custom", "off", 17, 13, "E201", "unknown name `off`"),
+])
+def test_yaml_1_1_boolean_words_are_refused_everywhere_with_help(field, word, line, column, code, message):
+    values = {"flag": "true", "long_only": "true", "custom": "false", "when": "flag"} | {field: word}
+    _, diags = diagnose_text(BOOL_POLICY.format(**values))
+    fix = "true" if word.lower() in ("yes", "on") else "false"
+    assert [(d.code, d.span.line, d.span.column, d.message, d.help) for d in diags] == \
+        [(code, line, column, message, f"write `{fix}`: {BOOLEAN_HELP}")]
+
+
+def test_yaml_1_1_boolean_word_on_the_command_line_is_e301_with_help():
+    text = BOOL_POLICY.format(flag="true", long_only="true", custom="false", when="flag")
+    _, diags = diagnose_text(text, {"flag": "yes"})
+    assert [(d.code, d.message, d.help) for d in diags] == \
+        [("E301", "param `flag` must be true or false, not `yes`", f"write `true`: {BOOLEAN_HELP}")]
+    _, diags = diagnose_text(text, {"flag": "1"})
+    assert [(d.code, d.message, d.help) for d in diags] == \
+        [("E301", "param `flag` must be true or false, not `1`", "write `true` or `false`")]
+
+
+def test_a_param_named_on_is_a_name_not_a_boolean():
+    text = BOOL_POLICY.format(flag="true", long_only="on", custom="on", when="on").replace(
+        "  flag: true\n", "  flag: true\n  'on': false\n")
+    result, diags = diagnose_text(text)
+    assert result is not None and diags == [] and result.checked.risk["long_only"] == 0.0
+
+
+def test_a_param_named_true_clashes_with_the_boolean():
+    _, diags = diagnose_text(GOOD.format(extra="", risk=RISK).replace("  n: 10\n", "  n: 10\n  'True': 1\n"))
+    assert [(d.code, d.span.line, d.span.column, d.message, d.help) for d in diags] == \
+        [("E205", 6, 3, "param `True` clashes with the boolean `true`",
+          "rename the param: expressions read `True` as `true`")]
+
+
+def test_long_only_given_a_number_says_write_true():
+    _, diags = diagnose(BROKEN / "e007_long_only_number.yaml")
+    assert [(d.message, d.help) for d in diags] == [("`long_only` must be true or false, not 1", "write `true` or `false`")]
+
+
+def test_symbols_yaml_reads_as_booleans_or_numbers_are_taken_as_written():
+    result, diags = diagnose_text(GOOD.format(extra="", risk=RISK).replace("[ORCL]", "[ON, 'NO', 7203, TRUE]"))
+    assert result is not None and diags == []
+    assert result.checked.instruments == ["ON", "NO", "7203", "TRUE"]
+
+
+def test_text_field_yaml_reads_as_a_boolean_says_quote_it():
+    _, diags = diagnose_text(GOOD.format(extra="", risk=RISK).replace("policy: demo", "policy: yes"))
+    assert [(d.code, d.message, d.help) for d in diags] == \
+        [("E007", "`policy` must be text, not `yes`", 'YAML reads `yes` as true/false: put it in quotes, `"yes"`')]
+
+
+# --------------------------------------------------------------------------- expression help
+@pytest.mark.parametrize("old, new, line, column, message, help_", [
+    # `if` inside an operation
+    ("target: 1", "target: 1 + if close > m then 2 else 0", 10, 17, "unexpected `if`",
+     "an `if` inside an operation needs parentheses: write `1 + (if close > m then 2 else 0)`"),
+    ("close > m", "close > m or if n > 1 then true else false", 9, 24, "unexpected `if`",
+     "an `if` inside an operation needs parentheses: write `close > m or (if n > 1 then true else false)`"),
+    ("target: 1", "target: 1 + if", 10, 17, "unexpected `if`",
+     "an `if` inside an operation needs parentheses: write `(if c then a else b)`"),
+    ("close > m", "close > m and true == not false", 9, 33, "unexpected `not`",
+     "a `not` after an operator needs parentheses: write `close > m and true == (not false)`"),
+    ("close > m", "close > m then 1", 9, 21, "unexpected `then`",
+     "`then` belongs to `if CONDITION then A else B`, and there is no `if` before it"),
+    # functions
+    ("sma(close, n)", "ema(close, window=n)", 7, 23, "unexpected character `=`",
+     "functions take arguments by position only: write `ema(close, n)`"),
+    ("close > m", "clip(close, lo=1, hi = 2) > m", 9, 25, "unexpected character `=`",
+     "functions take arguments by position only: write `clip(close, 1, 2) > m`"),
+    ("close > m", "close = m", 9, 17, "unexpected character `=`", "use `==` to compare"),
+    ("close > m", "close.shift(1) > m", 9, 16, "unexpected character `.`",
+     "values have no methods or fields: call a function, `f(x)`, or look back with `x[1]`"),
+    # numbers
+    ("max_position: 10", "stop_loss: 3 %", 12, 16, "unexpected character `%`", "write `3%`, with no space before `%`"),
+    ("close > m", "close % 2 > m", 9, 17, "unexpected character `%`",
+     "`%` only ends a percentage, as in `3%`: there is no remainder operator"),
+    ("max_position: 10", "stop_loss: 3 percent", 12, 16, "unexpected name `percent`", "write `3%`"),
+    ("max_position: 10", "max_position: 100,000", 12, 20, "unexpected `,`",
+     "write `100000`: numbers have no thousands separators"),
+    ("max_position: 10", "max_position: 1,000,000.5", 12, 18, "unexpected `,`",
+     "write `1000000.5`: numbers have no thousands separators"),
+    ("target: 1", "target: 2,5", 10, 14, "unexpected `,`", "write `2.5`: the decimal point is `.`"),
+    ("close > m", "close > m, close < 1", 9, 20, "unexpected `,`",
+     "a `,` only separates the arguments of a call, as in `max(a, b)`"),
+    ("max_position: 10", "max_position: 10 000", 12, 20, "unexpected number `000`",
+     "if this is one number, write `10000`: numbers have no thousands separators; otherwise an operator is missing"),
+    ("max_position: 10", "max_position: 100_000", 12, 20, "unexpected name `_000`",
+     "write `100000`: numbers have no `_` separators"),
+    ("max_position: 10", "max_position: $100000", 12, 17, "unexpected character `$`",
+     "write `100000`: numbers have no currency symbol (`$`)"),
+    ("max_position: 10", "max_position: 100000 €", 12, 24, "unexpected character `€`",
+     "write `100000`: numbers have no currency symbol (`€`)"),
+    ("target: 1", "target: 0x1F", 10, 14, "unexpected name `x1F`", "numbers are decimal: write `31`"),
+    ("target: 1", "target: +5", 10, 13, "unexpected `+`", "there is no unary `+`: remove it"),
+    ("  n: 10\n", "  n: 1:30\n", 5, 7, "unexpected character `:`",
+     "numbers have no `:` (YAML 1.1 reads `1:30` as 90, in base 60): write the number you mean"),
+    # durations
+    ("max_position: 10", "stale_after: 5 m", 12, 18, "unexpected name `m`", "write `5m`, with no space before the unit"),
+    ("max_position: 10", "stale_after: 5min", 12, 17, "unexpected name `min`",
+     "write `5m`: the duration units are ms, s, m, h and d"),
+    ("max_position: 10", "stale_after: 5 seconds", 12, 18, "unexpected name `seconds`",
+     "write `5s`: the duration units are ms, s, m, h and d"),
+    # lookalike and other non-ASCII characters
+    ("target: 1", "target: −100", 10, 13, "unexpected character `−`",
+     "write the ASCII `-` instead of `−` (U+2212 MINUS SIGN)"),
+    ("max_position: 10", "stop_loss: ２％", 12, 14, "unexpected character `２`", "write the ASCII `2%` instead of `２％`"),
+    ("target: 1", "target: 10 × 2", 10, 16, "unexpected character `×`",
+     "write the ASCII `*` instead of `×` (U+00D7 MULTIPLICATION SIGN)"),
+    ("close > m", "close ≥ m", 9, 17, "unexpected character `≥`",
+     "write the ASCII `>=` instead of `≥` (U+2265 GREATER-THAN OR EQUAL TO)"),
+    ("close > m", "close > m and n < ٣", 9, 29, "unexpected character `٣`",
+     "write the ASCII `3` instead of `٣` (U+0663 ARABIC-INDIC DIGIT THREE)"),
+    ("close > m", "сlose > m", 9, 11, "unexpected character `с`",
+     "write the ASCII `c` instead of `с` (U+0441 CYRILLIC SMALL LETTER ES)"),
+    ("close > m", "close > m and x == ‘a’", 9, 30, "unexpected character `‘`",
+     "write the ASCII `'` instead of `‘` (U+2018 LEFT SINGLE QUOTATION MARK)"),
+    ("target: 1", "target: close²", 10, 18, "unexpected character `²`",
+     "write `** 2` for a power: `²` (U+00B2 SUPERSCRIPT TWO) is not ASCII"),
+    ("close > m", "close\u00a0> m", 9, 16, "unexpected character `\u00a0`",
+     "write an ordinary space instead of `\u00a0` (U+00A0 NO-BREAK SPACE)"),
+    ("close > m", "close\u200b > m", 9, 16, "unexpected character `\u200b`",
+     "remove the invisible character `\u200b` (U+200B ZERO WIDTH SPACE)"),
+    ("close > m", "clôse > m", 9, 13, "unexpected character `ô`",
+     "names use ASCII letters, digits and `_` only; `ô` (U+00F4 LATIN SMALL LETTER O WITH CIRCUMFLEX) is not one"),
+    # other operators and brackets
+    ("close > m", "close ^ 2 > m", 9, 17, "unexpected character `^`", "use `**` for a power"),
+    ("close > m", "close > m ? 1", 9, 21, "unexpected character `?`", "write a choice as `if c then a else b`"),
+    ("close > m", "~(close > m)", 9, 11, "unexpected character `~`", "use `not`"),
+    ("close > m", "close > m; close < 1", 9, 20, "unexpected character `;`",
+     "an expression is made of numbers, names, `( ) [ ] ,`, the operators `+ - * / ** < <= > >= == !=` and the words "
+     "`and or not if then else`"),
+    ("close > m", "close > m)", 9, 20, "unexpected `)`", "`)` closes no `(`: remove it"),
+    ("close > m", "close + [1] > m", 9, 19, "unexpected `[`",
+     "a lookback `[k]` follows a name, a call or `( )`, as in `close[1]`; there are no lists"),
+    ("close > m", "close > m Or close < 1", 9, 21, "unexpected name `Or`", "keywords are lower case: `or`"),
+    ("close > m", "close > m THEN", 9, 21, "unexpected name `THEN`", "keywords are lower case: `then`"),
+    ("close > m", "close > m yes", 9, 21, "unexpected name `yes`", f"write `true`: {BOOLEAN_HELP}"),
+    ("close > m", "close m", 9, 17, "unexpected name `m`", "an operator is missing between two values"),
+    ("sma(close, n)", "sma(close,, n)", 7, 16, "unexpected `,`", "a value is missing before this `,`"),
+    ("close > m", "close >", 9, 17, "expression ends too early", "expected a value: a number, a name, a call or `(`"),
+])
+def test_expression_syntax_errors_name_the_fix(old, new, line, column, message, help_):
+    _, diags = diagnose_text(GOOD.format(extra="", risk=RISK).replace(old, new, 1))
+    assert [(d.code, d.span.line, d.span.column, d.message, d.help) for d in diags] == \
+        [("E101", line, column, message, help_)]
+
+
+def test_a_non_ascii_digit_is_not_a_number():
+    """`\\d` matches `２`, and float("２") is 2.0: a lookalike digit never passes as a number."""
+    _, diags = diagnose_text(GOOD.format(extra="", risk=RISK).replace("target: 1", "target: ２"))
+    assert [(d.code, d.message) for d in diags] == [("E101", "unexpected character `２`")]
+
+
+@pytest.mark.parametrize("name, message, help_", [
+    ("e101_if_in_arithmetic.yaml", "unexpected `if`",
+     "an `if` inside an operation needs parentheses: write `1 + (if vol < 1% then size else 0)`"),
+    ("e101_keyword_argument.yaml", "unexpected character `=`",
+     "functions take arguments by position only: write `ema(close, fast)`"),
+    ("e101_space_before_percent.yaml", "unexpected character `%`", "write `3%`, with no space before `%`"),
+    ("e101_thousands_separator.yaml", "unexpected `,`", "write `100000`: numbers have no thousands separators"),
+    ("e101_unicode_minus.yaml", "unexpected character `−`", "write the ASCII `-` instead of `−` (U+2212 MINUS SIGN)"),
+    ("e101_stray_comma.yaml", "unexpected `,`", "a value is missing before this `,`"),
+    ("e101_unbalanced_close.yaml", "unexpected `)`", "`)` closes no `(`: remove it"),
+    ("e101_empty_expression.yaml", "empty expression",
+     "write a value or a formula here, e.g. `close > sma(close, 20)` or `100`"),
+    ("e007_long_only_yes.yaml", "`long_only` must be true or false, not `yes`", f"write `true`: {BOOLEAN_HELP}"),
+    ("e007_stop_loss_without_percent.yaml", "`stop_loss` must be a fraction above 0 and at most 100%, not 5",
+     "write `5%`: `stop_loss` is a fraction, so `5` is 500%"),
+])
+def test_corpus_help_lines(name, message, help_, run_cli):
+    _, diags = diagnose(BROKEN / name)
+    assert [(d.message, d.help) for d in diags] == [(message, help_)]
+    _, _, err = run_cli("validate", BROKEN / name)
+    assert f"]: {message}\n" in err and err.endswith(f"  = help: {help_}\n")
+
+
+# --------------------------------------------------------------------------- param numbers
+@pytest.mark.parametrize("written, value", [("10", 10.0), ("010", 10.0), ("-5", -5.0), ("2.5", 2.5), ("1e3", 1000.0),
+                                            ("2%", 0.02), ('"7"', 7.0), ("1.5e+2", 150.0)])
+def test_param_numbers_are_read_as_expressions_read_them(written, value):
+    """YAML 1.1 reads `010` as 8; the expression `010` is 10, and so is the param."""
+    result, diags = diagnose_text(GOOD.format(extra="", risk=RISK).replace("  n: 10\n", f"  n: 10\n  x: {written}\n"))
+    assert result is not None and result.checked.params["x"] == value
+
+
+@pytest.mark.parametrize("written, column, message, help_", [
+    ("1_000", 7, "unexpected name `_000`", "write `1000`: numbers have no `_` separators"),
+    ("0x1F", 7, "unexpected name `x1F`", "numbers are decimal: write `31`"),
+    ("+5", 6, "unexpected `+`", "there is no unary `+`: remove it"),
+])
+def test_param_numbers_yaml_1_1_reads_differently_are_e101(written, column, message, help_):
+    _, diags = diagnose_text(GOOD.format(extra="", risk=RISK).replace("  n: 10\n", f"  n: {written}\n"))
+    assert [(d.code, d.span.line, d.span.column, d.message, d.help) for d in diags] == \
+        [("E101", 5, column, message, help_)]
+
+
+@pytest.mark.parametrize("value, help_", [
+    ("1_000", "write `1000`: numbers have no `_` separators"),
+    ("１０", "write the ASCII `10` instead of `１０`"),
+    ("$5", "write `5`: numbers have no currency symbol (`$`)"),
+    ("ten", "write a number such as `10`, `2.5` or `2%`"),
+])
+def test_param_override_written_as_no_policy_number_is_e301_with_help(value, help_):
+    _, diags = diagnose_text(GOOD.format(extra="", risk=RISK), {"n": value})
+    assert [(d.code, d.message, d.help) for d in diags] == [("E301", f"param `n` must be a number, not `{value}`", help_)]
+
+
+# --------------------------------------------------------------------------- fractions without %
+@pytest.mark.parametrize("limit, message, help_", [
+    ("stop_loss: 5", "`stop_loss` must be a fraction above 0 and at most 100%, not 5",
+     "write `5%`: `stop_loss` is a fraction, so `5` is 500%"),
+    ("max_drawdown: 10", "`max_drawdown` must be a fraction above 0 and at most 100%, not 10",
+     "write `10%`: `max_drawdown` is a fraction, so `10` is 1000%"),
+    ("trailing_stop: 1.5", "`trailing_stop` must be a fraction above 0 and at most 100%, not 1.5",
+     "write `1.5%`: `trailing_stop` is a fraction, so `1.5` is 150%"),
+    ("max_daily_loss: stop", "`max_daily_loss` must be a fraction above 0 and at most 100%, not 3",
+     "`max_daily_loss` is a fraction, so param `stop` = 3 is 300%: set it to `3%`"),
+    ("max_drawdown: 150%", "`max_drawdown` must be a fraction above 0 and at most 100%, not 1.5", None),
+    ("stop_loss: 500", "`stop_loss` must be a fraction above 0 and at most 100%, not 500", None),
+])
+def test_fraction_key_given_a_number_of_percent_says_write_percent(limit, message, help_):
+    text = GOOD.format(extra="", risk=f"{RISK}  {limit}\n").replace("  n: 10\n", "  n: 10\n  stop: 3\n")
+    _, diags = diagnose_text(text)
+    assert [(d.code, d.message, d.help) for d in diags] == [("E007", message, help_)]
+
+
+@pytest.mark.parametrize("section, limit, column, message, help_", [
+    ("risk", "take_profit: 5", 16, "`take_profit: 5` is 500%: `take_profit` is a fraction, not a number of percent",
+     "write `5%` for 5 percent, or `500%` if you mean it"),
+    ("risk", "max_volatility: 2", 19, "`max_volatility: 2` is 200%: `max_volatility` is a fraction, not a number of "
+     "percent", "write `2%` for 2 percent, or `200%` if you mean it"),
+    ("risk", "price_collar: 5", 17, "`price_collar: 5` is 500%: `price_collar` is a fraction, not a number of percent",
+     "write `5%` for 5 percent, or `500%` if you mean it"),
+    ("risk", "max_margin_usage: 30", 21, "`max_margin_usage: 30` is 3000%: `max_margin_usage` is a fraction, not a "
+     "number of percent", "write `30%` for 30 percent, or `3000%` if you mean it"),
+    ("risk", "take_profit: stop", 16, "`take_profit: stop` is 300% (param `stop` is 3): `take_profit` is a fraction, "
+     "not a number of percent", "set `stop` to `3%` for 3 percent, or to `300%` if you mean it"),
+    ("account", "margin_rate: 50", 16, "`margin_rate: 50` is 5000%: `margin_rate` is a fraction, not a number of "
+     "percent", "write `50%` for 50 percent, or `5000%` if you mean it"),
+])
+def test_unbounded_fraction_key_given_a_number_of_percent_warns_w005(tmp_path, run_cli, section, limit, column,
+                                                                      message, help_):
+    risk = f"{RISK}  {limit}\n" if section == "risk" else f"{RISK}account:\n  {limit}\n"
+    path = write(tmp_path, GOOD.format(extra="", risk=risk).replace("  n: 10\n", "  n: 10\n  stop: 3\n"))
+    result, diags = diagnose(path)
+    assert result is not None
+    line = 14 if section == "risk" else 15
+    assert [(d.code, d.severity, d.span.line, d.span.column, d.message, d.help) for d in diags] == \
+        [("W005", "warning", line, column, message, help_)]
+    code, out, err = run_cli("validate", path)
+    assert code == 0 and f"warning[W005]: {message}\n" in err and f"  = help: {help_}\n" in err
+
+
+@pytest.mark.parametrize("limit", ["take_profit: 500%", "take_profit: 1", "take_profit: 0.5", "take_profit: 2 * 3",
+                                   "max_margin_usage: 1", "stop_loss: 1"])
+def test_fraction_key_with_percent_or_at_most_one_does_not_warn(limit):
+    result, diags = diagnose_text(GOOD.format(extra="", risk=f"{RISK}  {limit}\n"))
+    assert result is not None and diags == []
+
+
+# --------------------------------------------------------------------------- percentage params as quantities
+PCT = GOOD.format(extra="", risk=RISK).replace("  n: 10\n", "  n: 10\n  size: 100%\n")
+
+
+@pytest.mark.parametrize("old, new, line, column, message, help_", [
+    ("target: 1", "target: size", 12, 13, "param `size` is `100%`, which is 1: a rule's `target` is measured in units, "
+     "not as a fraction", "`%` divides by 100; set `size` to the number of units"),
+    ("target: 1", "target: if close > m then size else 0", 12, 31, "param `size` is `100%`, which is 1: a rule's "
+     "`target` is measured in units, not as a fraction", "`%` divides by 100; set `size` to the number of units"),
+    ("target: 1", "target: -min(size, 5)", 12, 18, "param `size` is `100%`, which is 1: a rule's `target` is measured "
+     "in units, not as a fraction", "`%` divides by 100; set `size` to the number of units"),
+    ("target: 1", "target: units", 9, 10, "param `size` is `100%`, which is 1: a rule's `target` (through feature `units`) "
+     "is measured in units, not as a fraction", "`%` divides by 100; set `size` to the number of units"),
+    ("target: 1", "target: 50%", 12, 13, "`target: 50%` is 0.5: a rule's `target` is measured in units, not as a "
+     "fraction", "`%` divides by 100; write the number of units"),
+    ("target: 1", "target: if close > m then 50% else 0", 12, 31, "`50%` is 0.5: a rule's `target` is measured in "
+     "units, not as a fraction", "`%` divides by 100; write the number of units"),
+    ("max_position: 10", "max_position: size", 14, 17, "param `size` is `100%`, which is 1: `max_position` is measured "
+     "in units, not as a fraction", "`%` divides by 100; set `size` to the number of units"),
+    ("max_position: 10", "max_position: 10\n  max_order_notional: size", 15, 23, "param `size` is `100%`, which is 1: "
+     "`max_order_notional` is measured in currency units, not as a fraction",
+     "`%` divides by 100; set `size` to the number of currency units"),
+    ("max_position: 10\n", "max_position: 10\naccount:\n  fees_bps: size\n", 16, 13, "param `size` is `100%`, which is "
+     "1: `fees_bps` is measured in basis points, not as a fraction",
+     "`%` divides by 100; set `size` to the number of basis points"),
+])
+def test_percentage_param_used_as_a_quantity_warns_w004(old, new, line, column, message, help_):
+    text = PCT.replace(old, new, 1).replace("  m: sma(close, n)\n", "  m: sma(close, n)\n  units: size\n")
+    result, diags = diagnose_text(text)
+    assert result is not None
+    assert [(d.code, d.span.line, d.span.column, d.message, d.help) for d in diags if d.code != "W002"] == \
+        [("W004", line, column, message, help_)]
+
+
+@pytest.mark.parametrize("old, new", [
+    ("max_position: 10", "max_position: 10\n  stop_loss: size"),        # a fraction key: what % is for
+    ("target: 1", "target: floor(equity * size / close)"),              # arithmetic: a fraction of something
+    ("close > m", "close > m * (1 + size)"),                            # a condition, not a quantity
+    ("max_position: 10", "max_position: 1000 * size"),
+])
+def test_percentage_param_used_as_a_fraction_does_not_warn(old, new):
+    result, diags = diagnose_text(PCT.replace(old, new, 1))
+    assert result is not None and diags == []
+
+
+def test_percentage_param_warning_follows_the_bound_value(run_cli, tmp_path):
+    """An override without `%` silences W004; an override with `%` raises it."""
+    result, diags = diagnose_text(PCT.replace("target: 1", "target: size"), {"size": "50"})
+    assert result is not None and diags == []
+    text = GOOD.format(extra="", risk=RISK).replace("  n: 10\n", "  n: 10\n  k: 5\n").replace("target: 1", "target: k")
+    result, diags = diagnose_text(text, {"k": "50%"})
+    assert [(d.code, d.message) for d in diags] == \
+        [("W004", "param `k` is `50%`, which is 0.5: a rule's `target` is measured in units, not as a fraction")]
+    path = write(tmp_path, PCT.replace("target: 1", "target: size"))
+    code, out, err = run_cli("validate", path)
+    assert code == 0 and err == (
+        f"{path}:11:13: warning[W004]: param `size` is `100%`, which is 1: a rule's `target` is measured in units, "
+        "not as a fraction\n"
+        "  11 |     target: size\n"
+        "     |             ^^^^\n"
+        "  = help: `%` divides by 100; set `size` to the number of units\n")
+
+
+@pytest.mark.parametrize("old, new, line, column, code, message, help_", [
+    ("sma(close, n)", "sma(close, 20%)", 7, 17, "E207", "the window of `sma` is 0.2 (literal); it must be an integer "
+     "from 1 to 100,000", "`%` divides by 100: write `20`"),
+    ("  n: 10\n", "  n: 20%\n", 7, 17, "E207", "the window of `sma` is 0.2 (param `n`); it must be an integer from 1 "
+     "to 100,000", "param `n` is `20%`; `%` divides by 100: set it to `20`"),
+    ("max_position: 10", "max_orders_per_day: 50%", 12, 23, "E007", "`max_orders_per_day` must be a whole number 0 "
+     "or more, not 0.5", "`%` divides by 100: write `50`"),
+])
+def test_percentage_where_a_count_is_expected_says_what_percent_does(old, new, line, column, code, message, help_):
+    _, diags = diagnose_text(GOOD.format(extra="", risk=RISK).replace(old, new, 1))
+    assert [(d.code, d.span.line, d.span.column, d.message, d.help) for d in diags] == \
+        [(code, line, column, message, help_)]
 
 
 # --------------------------------------------------------------------------- known bugs

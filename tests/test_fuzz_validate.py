@@ -42,6 +42,7 @@ def check_diagnose(path: Path):
         assert d.span.end_line >= d.span.line, d
         assert isinstance(d.message, str) and d.message, d
         assert d.code != "E002" or d.help, d  # raw PyYAML text never goes out without a help line
+        assert d.code != "E101" or d.help, d  # every expression syntax error names its fix
     if result is None:
         assert any(d.severity == "error" for d in diags), "rejected without an error"
     else:
@@ -50,11 +51,13 @@ def check_diagnose(path: Path):
 
 
 # ------------------------------------------------------------------- mutations
-ALPHABET = string.ascii_letters + string.digits + " _()[],.:-+*/<>=!%&|#'\"{}?@`~^\\\n\t" + "éЖ\u00a0"
+ALPHABET = string.ascii_letters + string.digits + " _()[],.:-+*/<>=!%&|#'\"{}?@`~^\\\n\t" + "éЖ\u00a0" + \
+    "−２％×≥‘€$²٣с\u200b"
 TOKENS = [" and ", " or ", "not ", "if ", " then ", " else ", "[1]", "[", "]", "(", ")", ",", "ts", "**",
           "%", "5m", "2s", "-", "true", "false", ": ", "- ", "\n  ", "\n", "  ", "close", "sma(", "&&",
           "==", "=", "&anchor ", "*anchor", "!!str ", "? ", "|\n", ">\n", "---\n", "...\n", "'", '"',
-          "1e9", "1e400", "9" * 400, "0", "100%", "intent", "custom:", "{", "}", "#"]
+          "1e9", "1e400", "9" * 400, "0", "100%", "intent", "custom:", "{", "}", "#", "True", "FALSE", "yes",
+          "off", "1,000", "1_000", "0x1F", "010", "1:30", "$100", "3 %", "5 m", "window=", "+"]
 
 position = st.integers(min_value=0, max_value=10**6)
 piece = st.one_of(st.sampled_from(list(ALPHABET)), st.sampled_from(TOKENS))
@@ -125,7 +128,9 @@ KEYS = ["policy: p", "version: 1", "instruments: [ORCL]", "inputs: [intent]", "p
         "      when: ", "      action: halt", "account:", "  fees_bps: "]
 EXPR_TOKENS = ["close", "f", "g", "k", "flag", "ts", "position", "1", "2.5", "3%", "2s", "1e400", "true", "sma(close, k)",
                "ema(f, 3)", "hour(ts)", "f[1]", "g[k]", "+", "-", "*", "/", "**", ">", "==", "and", "or", "not",
-               "if", "then", "else", "(", ")", ",", "crosses_above(f, g)", "bars_since(", "nz(", "max(", "x"]
+               "if", "then", "else", "(", ")", ",", "crosses_above(f, g)", "bars_since(", "nz(", "max(", "x",
+               "True", "yes", "on", "−1", "２％", "100,000", "1_000", "$5", "3 %", "5 m", "n=", "If", "[", "]", "=",
+               "%", "^", "?", ".", ";", "²", "\u00a0", "€", "size", "50%"]
 expression = st.lists(st.sampled_from(EXPR_TOKENS), min_size=1, max_size=7).map(" ".join)
 yaml_line = st.one_of(st.sampled_from(KEYS),
                       st.tuples(st.sampled_from([k for k in KEYS if k.endswith(": ")]), expression).map("".join))
@@ -137,6 +142,24 @@ def test_random_policy_shaped_text_never_crashes(workdir, lines):
     path = workdir / "shaped.yaml"
     path.write_text("\n".join(lines) + "\n")
     check_diagnose(path)
+
+
+EXPRESSION_CHARACTERS = string.printable + "−２％×≥‘’€£²٣сé\u00a0\u200b…"
+
+
+@settings(max_examples=400, deadline=None, database=None)
+@given(text=st.one_of(expression, st.text(alphabet=EXPRESSION_CHARACTERS, min_size=1, max_size=40)))
+def test_every_expression_syntax_error_has_a_help_line(text):
+    """Whatever the expression, a syntax error says how to fix it (never a bare E101)."""
+    from policyc.dsl.diagnostics import PolicyError, Span
+    from policyc.dsl.expressions import parse_expression
+
+    try:
+        parse_expression(text, lambda lo, hi: Span("<x>", 1, lo + 1, 1, hi + 1))
+    except PolicyError as exc:
+        for d in exc.diagnostics:
+            assert d.code in ("E101", "E102", "E007"), d
+            assert d.help and "\n" not in d.help, d
 
 
 # ------------------------------------------------------------------- the CLI
