@@ -2,23 +2,76 @@
 2 on usage errors, 3 on an internal error.
 
 No Python traceback ever reaches the user: policy problems are diagnostics; data problems
-are one `error:` line naming the file, line and value; usage problems are the command's
-usage and one `policyc: error:` line naming the word at fault and, when one is close, the
-word meant (a command, an option, a choice, a sweep range). A file the command line names
-that does not exist is a usage error, for every option that reads one. Anything
+are one `error:` line naming the file, line and value (with `backtest --format json`, a
+JSON array like the diagnostics'); usage problems are the command's usage and one
+`policyc: error:` line naming the word at fault and, when one is close, the word meant (a
+command, an option, a choice, a sweep range), or what policyc calls what another tool
+calls `--html`, `--start` or `--json`. A file the command line names that does not
+exist, is a directory or is not a regular file is a usage error, for every option that
+reads one; so is an output file that cannot be created, found before the run. Anything
 unexpected is reported as an internal error.
 """
 from __future__ import annotations
 
 import argparse
+import difflib
 import itertools
 import json
 import math
 import os
+import re
 import sys
 from pathlib import Path
 
-from policyc.dsl.diagnostics import Diagnostic, PolicyError, did_you_mean, render_json, render_text, sort_key
+from policyc.dsl.diagnostics import Diagnostic, PolicyError, render_json, render_text, sort_key
+
+# words other tools use -> what policyc has for them (the first word an option of the
+# command, `--format json` only where `--format` offers json); shown as "did you mean"
+_OUTPUTS = ("--out", "--orders", "--report", "--trace")
+OPTION_SYNONYMS = {
+    "--html": ("--report",), "--start": ("--from",), "--begin": ("--from",), "--since": ("--from",),
+    "--start-date": ("--from",), "--from-date": ("--from",), "--end": ("--to",), "--until": ("--to",),
+    "--stop": ("--to",), "--end-date": ("--to",), "--to-date": ("--to",), "--json": ("--format json",),
+    "--out": _OUTPUTS, "--output": _OUTPUTS, "-o": ("-o", *_OUTPUTS), "-V": ("--version",),
+    "--workers": ("--jobs",), "--processes": ("--jobs",), "--threads": ("--jobs",), "-j": ("--jobs",),
+    "--capital": ("--initial-equity",), "--equity": ("--initial-equity",), "--cash": ("--initial-equity",),
+    "--initial-capital": ("--initial-equity",), "--initial-cash": ("--initial-equity",),
+    "--input": ("--data",), "--csv": ("--data",), "--timeout": ("--duration",), "--seconds": ("--duration",),
+    "--port": ("--listen",), "--bind": ("--listen",), "--host": ("--listen",),
+}
+COMMAND_SYNONYMS = {"check": "validate", "lint": "validate", "build": "compile", "test": "backtest",
+                    "simulate": "backtest", "optimize": "sweep", "optimise": "sweep", "grid": "sweep",
+                    "trade": "run", "live": "run", "replay": "replay-feed", "feed": "replay-feed",
+                    "paper": "paper-venue", "venue": "paper-venue"}
+_META = ("-h", "--help", "--version")  # suggested only for a near miss, never for a longer unrelated word
+
+
+def _close(word: str, known) -> str | None:
+    """The known word meant by `word`, or None: the same word with `-` for `_` or in
+    another case; a known option that `word` extends (`--report-html`); or a near
+    spelling (difflib ratio 0.75 or more; for --help and --version, 0.8 and at most two
+    characters longer or shorter)."""
+    known = sorted(set(known))
+    norm = word.replace("_", "-")
+    for k in known:
+        if k.lower() == norm.lower():
+            return k
+    extended = [k for k in known if len(k.strip("-")) >= 3 and norm.startswith(k + "-")]
+    if extended:
+        return max(extended, key=len)
+    best, score = None, 0.0
+    for k in known:
+        ratio = difflib.SequenceMatcher(None, norm, k).ratio()
+        if k in _META and (ratio < 0.8 or abs(len(k) - len(norm)) > 2):
+            continue
+        if ratio >= 0.75 and ratio > score:
+            best, score = k, ratio
+    return best
+
+
+def _meant(options: list[str]) -> str:
+    quoted = [f"`{o}`" for o in options]
+    return "did you mean " + (quoted[0] if len(quoted) == 1 else ", ".join(quoted[:-1]) + " or " + quoted[-1]) + "?"
 
 
 class _Parser(argparse.ArgumentParser):
@@ -29,26 +82,59 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"policyc: error: {message}\n")
 
     def parse_known_args(self, args=None, namespace=None):
-        """Like argparse, but every argument must be known, and a misspelt option of a
-        command is reported before argparse would report what it then lacks (`--data-file
-        x` would otherwise be "the following arguments are required: --data")."""
+        """Like argparse, but every argument must be known, and a misspelt option is
+        reported before argparse would report what it then lacks (`--data-file x` would
+        otherwise be "the following arguments are required: --data", `policyc --versoin`
+        "... required: command")."""
         args = sys.argv[1:] if args is None else list(args)
-        if self._subparsers is None:  # a command's parser: no later parser knows more options
-            for arg in itertools.takewhile(lambda a: a != "--", args):
-                option = arg.split("=", 1)[0]
-                if option.startswith("--") and not any(o.startswith(option) for o in self._option_string_actions):
-                    self._unknown_argument(option)  # not even an abbreviation of an option
+        for k, arg in enumerate(itertools.takewhile(lambda a: a != "--", args)):
+            if self._subparsers is not None and (not arg.startswith("-") or arg == "-"):
+                self._check_command(arg, args[k + 1:])  # the command: what comes after is its own
+                break
+            if not arg.startswith("-") or arg == "-" or re.fullmatch(r"-\d.*|-\.\d.*", arg):
+                continue  # a value, or a negative number
+            option = arg.split("=", 1)[0] if arg.startswith("--") else arg[:2]
+            if option in self._option_string_actions:
+                continue
+            if option.startswith("--") and any(o.startswith(option) for o in self._option_string_actions):
+                continue  # an abbreviation; argparse says when it is ambiguous
+            self._unknown_argument(option)
         namespace, extras = super().parse_known_args(args, namespace)
         if extras:
             self._unknown_argument(extras[0])
         return namespace, extras
 
+    def _check_command(self, word: str, rest: list[str]):
+        """`policyc help [COMMAND]` and `policyc version` are options here."""
+        if word == "help":
+            command = next((a for a in rest if a in self._subparsers._group_actions[0].choices), None)
+            self.error(f"unknown command `help`; did you mean `policyc {command + ' ' if command else ''}--help`?")
+        if word == "version":
+            self.error("unknown command `version`; did you mean `policyc --version`?")
+
     def _unknown_argument(self, arg: str):
         if not arg.startswith("-"):
             self.error(f"unexpected argument `{arg}`")
         option = arg.split("=", 1)[0]
-        fix = did_you_mean(option, self._option_string_actions) or f"see `{self.prog} --help`"
+        if self._subparsers is not None:  # `policyc --data x backtest`: an option of a command, before it
+            commands = self._subparsers._group_actions[0].choices
+            owners = [name for name, p in commands.items() if option in p._option_string_actions]
+            if owners and option not in ("-h", "--help"):
+                names = owners[0] if len(owners) == 1 else ", ".join(owners[:-1]) + " and " + owners[-1]
+                self.error(f"unknown option `{option}` before the command; it is an option of {names}: "
+                           f"write it after the command, as in `policyc {owners[0]} {option} ...`")
+        meant = [o for o in OPTION_SYNONYMS.get(option, ()) if self._offers(o)]
+        if not meant:
+            close = _close(option, [o for o in self._option_string_actions if o.startswith("--") or o == option])
+            meant = [close] if close else []
+        fix = _meant(meant) if meant else f"see `{self.prog} --help`"
         self.error(f"unknown option `{option}`; {fix}")
+
+    def _offers(self, option: str) -> bool:
+        """Whether this command has `option` (`--format json`: with that choice)."""
+        name, _, value = option.partition(" ")
+        action = self._option_string_actions.get(name)
+        return action is not None and (not value or value in (action.choices or ()))
 
     def _check_value(self, action, value):  # argparse's check of `choices`, with the fix
         if action.choices is not None and value not in action.choices:
@@ -60,7 +146,9 @@ class _Parser(argparse.ArgumentParser):
 def _unknown(what: str, word: str, known) -> str:
     """`unknown WHAT `word`; did you mean `x`?`, or the choices when none is close."""
     known = list(known)
-    return f"unknown {what} `{word}`; {did_you_mean(word, known) or 'choose from ' + ', '.join(known)}"
+    meant = COMMAND_SYNONYMS.get(word) if what == "command" else None
+    meant = meant or _close(word, known)
+    return f"unknown {what} `{word}`; {_meant([meant]) if meant else 'choose from ' + ', '.join(known)}"
 
 
 class _Version(argparse.Action):
@@ -80,16 +168,43 @@ class _Version(argparse.Action):
         parser.exit()
 
 
+class _Once(argparse.Action):
+    """A repeatable option whose items are (key, value) pairs; a key given twice is a
+    usage error (`-p fast=10 -p fast=11`, `--data ORCL=a.csv --data ORCL=b.csv`), never
+    the last one silently winning."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        key, value = values
+        items = list(getattr(namespace, self.dest, None) or [])
+        for k, v in items:
+            if self.dest == "params" and k == key:
+                parser.error(f"argument -p/--param: `{key}` is given twice ({key}={v}, then {key}={value}); "
+                             "give each param once")
+            if self.dest == "data" and k is not None and k == key:
+                parser.error(f"argument --data: `{key}` is given twice ({key}={v}, then {key}={value}); "
+                             "give one file per instrument")
+            if self.dest == "data" and k is None and key is None and _same_file(v, value):
+                parser.error(f"argument --data: {value} is given twice")
+        items.append(values)
+        setattr(namespace, self.dest, items)
+
+
+def _same_file(a: str, b: str) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return os.path.normpath(a) == os.path.normpath(b)
+
+
 def _param(text: str) -> tuple[str, str]:
-    if "=" not in text:
+    name, eq, value = text.partition("=")
+    if not eq or not name.strip():
         raise argparse.ArgumentTypeError(f"expected NAME=VALUE, got `{text}`")
-    name, _, value = text.partition("=")
     return name.strip(), value.strip()
 
 
-def _add_params(p: argparse.ArgumentParser):
-    p.add_argument("-p", "--param", dest="params", action="append", type=_param, default=[],
-                   metavar="NAME=VALUE", help="override a param (repeatable)")
+def _add_params(p: argparse.ArgumentParser, metavar: str = "NAME=VALUE", help: str = "override a param (repeatable)"):
+    p.add_argument("-p", "--param", dest="params", action=_Once, type=_param, default=[], metavar=metavar, help=help)
 
 
 def _add_format(p: argparse.ArgumentParser):
@@ -103,50 +218,52 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     parser.commands = sub.choices  # name -> parser: errors found after parsing show that command's usage
     v = sub.add_parser("validate", help="check policy files and print their hashes")
-    v.add_argument("files", nargs="+", type=_input_file, metavar="FILE")
+    v.add_argument("files", nargs="+", type=_policy_files, metavar="FILE")
     _add_params(v)
     _add_format(v)
     c = sub.add_parser("compile", help="compile a policy to a Numba kernel and a manifest")
-    c.add_argument("file", type=_input_file, metavar="FILE")
+    c.add_argument("file", type=_policy_file, metavar="FILE")
     _add_params(c)
-    c.add_argument("-o", "--out", default=None, metavar="DIR", help="output directory (default: build/POLICY)")
+    c.add_argument("-o", "--out", default=None, type=_output_dir, metavar="DIR",
+                   help="output directory (default: build/POLICY)")
     _add_format(c)
     h = sub.add_parser("hash", help="print the policy hash")
-    h.add_argument("file", type=_input_file, metavar="FILE")
+    h.add_argument("file", type=_policy_file, metavar="FILE")
     _add_params(h)
     e = sub.add_parser("explain", help="show the compiled plan")
-    e.add_argument("file", type=_input_file, metavar="FILE")
+    e.add_argument("file", type=_policy_file, metavar="FILE")
     _add_params(e)
     e.add_argument("--ir", action="store_true", help="also print the optimised IR")
     b = sub.add_parser("backtest", help="run a policy over historical data")
-    b.add_argument("file", type=_input_file, metavar="FILE")
+    b.add_argument("file", type=_policy_file, metavar="FILE")
     _add_data(b)
     _add_params(b)
     _add_account(b)
-    b.add_argument("--orders", metavar="FILE", help="write one CSV row per order")
-    b.add_argument("--trace", metavar="FILE", help="write one CSV row per event: features, target, position")
-    b.add_argument("--report", metavar="FILE", help="write a self-contained HTML report")
+    b.add_argument("--orders", type=_output_file, metavar="FILE", help="write one CSV row per order")
+    b.add_argument("--trace", type=_output_file, metavar="FILE",
+                   help="write one CSV row per event: features, target, position")
+    b.add_argument("--report", type=_output_file, metavar="FILE", help="write a self-contained HTML report")
     _add_format(b)
     w = sub.add_parser("sweep", help="backtest every combination of param values")
-    w.add_argument("file", type=_input_file, metavar="FILE")
+    w.add_argument("file", type=_policy_file, metavar="FILE")
     _add_data(w)
-    w.add_argument("-p", "--param", dest="params", action="append", type=_param, default=[],
-                   metavar="NAME=LIST_OR_RANGE", help="values: a,b,c or start:stop:step (stop included)")
+    _add_params(w, "NAME=LIST_OR_RANGE", "values: a,b,c or start:stop:step (stop included)")
     _add_account(w)
-    w.add_argument("--jobs", type=int, default=os.cpu_count() or 1, metavar="N")
+    w.add_argument("--jobs", type=_count, default=os.cpu_count() or 1, metavar="N")
     w.add_argument("--sort", default="sharpe", metavar="METRIC")
-    w.add_argument("--out", metavar="FILE", help="CSV of every combination, best first")
+    w.add_argument("--out", type=_output_file, metavar="FILE", help="CSV of every combination, best first")
     r = sub.add_parser("run", help="trade a policy live: feed in, orders out")
-    r.add_argument("file", type=_input_file, metavar="FILE")
+    r.add_argument("file", type=_policy_file, metavar="FILE")
     r.add_argument("--feed", required=True, type=_ws_url, metavar="URL")
     r.add_argument("--feed-format", choices=("native", "binance", "coinbase"), default="native")
     r.add_argument("--venue", required=True, type=_ws_url, metavar="URL")
     r.add_argument("--intents", type=_address, metavar="HOST:PORT")
     r.add_argument("--control", type=_address, metavar="HOST:PORT")
-    r.add_argument("--token-file", type=_input_file, metavar="PATH")
-    r.add_argument("--log", default="decisions.jsonl", metavar="PATH")
+    r.add_argument("--token-file", type=_token_file, metavar="PATH")
+    r.add_argument("--log", default="decisions.jsonl", type=_output_file, metavar="PATH")
     _add_params(r)
-    r.add_argument("--duration", type=float, metavar="SECONDS")
+    r.add_argument("--duration", type=_duration, metavar="DURATION",
+                   help="stop after this long: seconds, or a number with s, m or h (90, 30s, 5m, 1h30m)")
     r.add_argument("--flatten-on-exit", action="store_true")
     r.add_argument("--busy-poll", action="store_true",
                    help="poll the sockets without sleeping: lower latency for one busy CPU core")
@@ -154,17 +271,18 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data_files(f, "CSV, Parquet or .npz, served as SYMBOL (default: the file name up to its first -)")
     f.add_argument("--listen", type=_address, required=True, metavar="HOST:PORT")
     pace = f.add_mutually_exclusive_group()
-    pace.add_argument("--speed", type=float, metavar="X", help="X times the data's own clock")
-    pace.add_argument("--rate", type=float, metavar="N", help="N events per second")
+    pace.add_argument("--speed", type=_positive, metavar="X", help="X times the data's own clock")
+    pace.add_argument("--rate", type=_positive, metavar="N", help="N events per second")
     f.add_argument("--format", choices=("native", "binance", "coinbase"), default="native")
     f.add_argument("--loop", action="store_true")
-    f.add_argument("--clients", type=int, default=1, metavar="N", help="start once N clients are connected")
+    f.add_argument("--clients", type=_count, default=1, metavar="N",
+                   help="start once N clients are connected")
     v = sub.add_parser("paper-venue", help="a venue that fills market orders at the feed's last price")
     v.add_argument("--listen", type=_address, required=True, metavar="HOST:PORT")
     v.add_argument("--feed", required=True, type=_ws_url, metavar="URL")
     v.add_argument("--feed-format", choices=("native", "binance", "coinbase"), default="native")
-    v.add_argument("--latency", type=float, default=0.0, metavar="MS")
-    v.add_argument("--fees-bps", type=float, default=0.0, metavar="X")
+    v.add_argument("--latency", type=_not_negative, default=0.0, metavar="MS")
+    v.add_argument("--fees-bps", type=_not_negative, default=0.0, metavar="X")
     return parser
 
 
@@ -188,6 +306,61 @@ def _address(text: str) -> tuple[str, int]:
     return host, int(port)
 
 
+def _count(text: str) -> int:
+    """The type of an option that counts something: a whole number of at least 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got `{text}`") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
+
+
+def _real(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got `{text}`") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"expected a finite number, got `{text}`")
+    return value
+
+
+def _positive(text: str) -> float:
+    value = _real(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be above 0, not {text}")
+    return value
+
+
+def _not_negative(text: str) -> float:
+    value = _real(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, not {text}")
+    return value
+
+
+_DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ms|s|m|h)")
+_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def _duration(text: str) -> float:
+    """Seconds: `90`, `2.5`, or numbers with a unit, `30s`, `500ms`, `5m`, `2h`, `1h30m`."""
+    t = text.strip().lower().replace(" ", "")
+    try:
+        seconds = float(t)
+    except ValueError:
+        parts = _DURATION_PART.findall(t)
+        if not parts or "".join(a + b for a, b in parts) != t:
+            raise argparse.ArgumentTypeError(
+                f"expected a duration such as 90 (seconds), 30s, 5m or 1h30m, got `{text}`") from None
+        seconds = sum(float(a) * _SECONDS[b] for a, b in parts)
+    if not (math.isfinite(seconds) and seconds > 0):
+        raise argparse.ArgumentTypeError(f"a duration must be above 0, got `{text}`")
+    return seconds
+
+
 def _input_file(text: str) -> str:
     """A file the command reads; one that does not exist is a usage error."""
     if not Path(text).exists():
@@ -195,17 +368,148 @@ def _input_file(text: str) -> str:
     return text
 
 
+def _readable(text: str, directory_hint: str) -> str:
+    """`text` names a file that exists (`_input_file`) and is not a directory (the error
+    says `directory_hint`) or a device: a FIFO (`<(zcat ...)`) is fine."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("expected a file name, got ``")
+    _input_file(text)
+    path = Path(text)
+    if path.is_dir():
+        raise argparse.ArgumentTypeError(f"{text} is a directory; {directory_hint}")
+    if path.exists() and not (path.is_file() or path.is_fifo()):
+        raise argparse.ArgumentTypeError(f"{text} is not a regular file")
+    return text
+
+
+def _one_in(text: str, what: str, suffixes: tuple[str, ...]) -> str:
+    """`give one WHAT in it, such as DIR/x.csv` (the first file of the directory with one
+    of `suffixes`), or `give a WHAT, not a directory`."""
+    try:
+        first = min((p for p in Path(text).iterdir() if p.suffix.lower() in suffixes and p.is_file()), default=None)
+    except OSError:
+        first = None
+    return f"give one {what} in it, such as {first}" if first else f"give a {what}, not a directory"
+
+
+def _policy_file(text: str) -> str:
+    return _readable(text, _one_in(text, "policy file", (".yaml", ".yml")))
+
+
+def _policy_files(text: str) -> str:  # validate: all of a directory's policies are a glob away
+    return _readable(text, f"to check every policy in it, give {os.path.join(text, '*.yaml')}")
+
+
+def _token_file(text: str) -> str:
+    return _readable(text, "give the file that holds the token")
+
+
 def _data_spec(text: str) -> tuple[str | None, str]:
+    """`[SYMBOL=]PATH`. A file whose name has a `=` (`run=1.csv`, `data/a=b.csv`) is read
+    as that file when it exists and `SYMBOL=PATH` names no file."""
+    def hint(path: str) -> str:
+        return _one_in(path, "data file", _DATA_SUFFIXES)
+
     if "=" in text:
         symbol, _, path = text.partition("=")
-        return symbol.strip(), _input_file(path.strip())
-    return None, _input_file(text)
+        symbol, path = symbol.strip(), path.strip()
+        if "/" in symbol or os.sep in symbol or (not Path(path).exists() and Path(text).exists()):
+            return None, _readable(text, hint(text))
+        if not symbol or not path:
+            raise argparse.ArgumentTypeError(f"expected SYMBOL=PATH or PATH, got `{text}`")
+        return symbol, _readable(path, hint(path))
+    return None, _readable(text, hint(text))
+
+
+_DATA_SUFFIXES = (".csv", ".parquet", ".npz", ".txt", ".tsv")
+
+
+def _unwritable(path: Path) -> str | None:
+    """Why `path` cannot be written (created, with its missing parent directories), or None."""
+    if path.exists():
+        return None if os.access(path, os.W_OK) else "permission denied"
+    ancestor = path.parent
+    while not ancestor.exists() and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        return f"{ancestor} is a file, not a directory"
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        return f"{ancestor} is not writable"
+    return None
+
+
+def _output_file(text: str) -> str:
+    """A file the command writes, checked before any run: missing parent directories are
+    created when it is written; a directory, or a place that cannot be written, is a
+    usage error now rather than a lost run later."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("expected a file name, got ``")
+    path = Path(text)
+    if path.is_dir():
+        raise argparse.ArgumentTypeError(f"{text} is a directory; name a file in it")
+    problem = _unwritable(path)
+    if problem:
+        raise argparse.ArgumentTypeError(f"cannot write {text}: {problem}")
+    return text
+
+
+def _output_dir(text: str) -> str:
+    path = Path(text)
+    if path.exists() and not path.is_dir():
+        raise argparse.ArgumentTypeError(f"{text} is a file, not a directory")
+    problem = _unwritable(path)
+    if problem:
+        raise argparse.ArgumentTypeError(f"cannot write to {text}: {problem}")
+    return text
 
 
 def _date_format(text: str) -> str:
+    """A strptime format, checked for directives strptime knows, or `epoch`, `epoch-ms`,
+    `epoch-us`, `epoch-ns`."""
+    from datetime import datetime
+
+    from policyc.runtime.data import EPOCH_FORMATS
+
+    if text in EPOCH_FORMATS:
+        return text
+    if text.lower() in ("unix", "epoch-s", "seconds", "s", "%s", "timestamp", "posix"):  # strptime has no %s
+        raise argparse.ArgumentTypeError(f"for seconds since 1970 write epoch, not `{text}` (strptime has no %s)")
     if "%" not in text:  # `dd/mm/yyyy`, as a spreadsheet writes formats
-        raise argparse.ArgumentTypeError(f"`{text}` is not a strptime format; write it like %d/%m/%Y")
+        meant = _strptime_form(text)
+        fix = f"write it as {meant}" if "%" in meant else "write it like %d/%m/%Y, or epoch for seconds since 1970"
+        raise argparse.ArgumentTypeError(f"`{text}` is not a strptime format; {fix}")
+    try:
+        datetime.strptime(datetime(2001, 2, 3, 4, 5, 6).strftime(text), text)
+    except ValueError as exc:
+        if "directive" in str(exc) or "stray %" in str(exc):
+            raise argparse.ArgumentTypeError(f"`{text}` is not a strptime format: {exc}") from None
     return text
+
+
+_SPREADSHEET = (("yyyy", "%Y"), ("yy", "%y"), ("dd", "%d"), ("hh", "%H"), ("ss", "%S"), ("mmm", "%b"))
+
+
+def _strptime_form(text: str) -> str:
+    """`dd/mm/yyyy` -> `%d/%m/%Y`; `mm` is minutes after `hh`, months elsewhere."""
+    out, rest = "", text
+    while rest:
+        low = rest.lower()
+        for word, directive in _SPREADSHEET:
+            if low.startswith(word):
+                out, rest = out + directive, rest[len(word):]
+                break
+        else:
+            if low.startswith("mm"):
+                out, rest = out + ("%M" if "%H" in out else "%m"), rest[2:]
+            else:
+                out, rest = out + rest[0], rest[1:]
+    return out
+
+
+class _Bound(int):
+    """A --from/--to bound: ns since the epoch, UTC, with the text it was given as."""
+
+    text: str
 
 
 def _date_bound(end: bool):
@@ -214,16 +518,19 @@ def _date_bound(end: bool):
         from policyc.runtime.backtest import time_bound
 
         try:
-            return time_bound(text, end)
+            bound = _Bound(time_bound(text, end))
         except ValueError as exc:
             raise argparse.ArgumentTypeError(str(exc)) from None
+        bound.text = text.strip()
+        return bound
     return parse
 
 
 def _add_data_files(p: argparse.ArgumentParser, help: str):
-    p.add_argument("--data", action="append", type=_data_spec, required=True, metavar="[SYMBOL=]PATH", help=help)
+    p.add_argument("--data", action=_Once, type=_data_spec, required=True, metavar="[SYMBOL=]PATH", help=help)
     p.add_argument("--date-format", type=_date_format, metavar="FORMAT",
-                   help="read text timestamps with this strptime format, e.g. %%d/%%m/%%Y (default: ISO 8601)")
+                   help="read timestamps with this strptime format, e.g. %%d/%%m/%%Y, or as numbers since 1970: "
+                        "epoch, epoch-ms, epoch-us, epoch-ns (default: ISO 8601)")
 
 
 def _add_data(p: argparse.ArgumentParser):
@@ -252,8 +559,41 @@ def _account_overrides(args) -> dict:
     return out
 
 
+def _check_run_options(args, parser, outputs: tuple[str, ...]):
+    """What can be checked of a backtest or sweep before compiling and loading: the date
+    range, and output files that would overwrite each other or an input."""
+    if args.start is not None and args.end is not None and args.start > args.end:
+        parser.error(f"--from {args.start.text} is after --to {args.end.text}; swap them")
+    inputs = [("the policy file", args.file)] + [("a --data file", path) for _, path in args.data]
+    seen: list[tuple[str, str]] = []
+    for option in outputs:
+        path = getattr(args, option.lstrip("-").replace("-", "_"))
+        if not path:
+            continue
+        for what, other in inputs:
+            if _same_file(path, other):
+                parser.error(f"argument {option}: {path} is {what}; writing it would overwrite it")
+        for other_option, other in seen:
+            if _same_file(path, other):
+                parser.error(f"{other_option} and {option} name the same file: {path}")
+        seen.append((option, path))
+
+
+def _write(path: str, write) -> None:
+    """`write(path)`, with the missing parent directories of `path` created first."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    write(path)
+
+
 class _UsageError(Exception):
     pass
+
+
+def _data_error_json(exc) -> str:
+    """A data error as --format json prints it: an array of one object with the keys of a
+    diagnostic; `code` and the columns are null, `line` is the CSV line or null."""
+    return json.dumps([{"file": exc.file, "line": exc.line, "column": None, "end_line": None, "end_column": None,
+                        "severity": "error", "code": None, "message": exc.detail, "help": None}], indent=2)
 
 
 def _say(message: str) -> None:
@@ -357,25 +697,33 @@ def cmd_explain(args, parser) -> int:
 
 def cmd_backtest(args, parser) -> int:
     from policyc.runtime.backtest import (format_summary, load_events, run_backtest, skipped_rows_warnings, summary,
-                                  write_orders, write_trace)
+                                          write_orders, write_trace)
     from policyc.runtime.data import DataError
 
     from policyc.compiler.build import compile_checked
     from policyc.compiler.layout import FILL_MODES
 
-    result = _checked_or_exit(args)
-    if result is None:
-        return 1
+    _check_run_options(args, parser, ("--orders", "--trace", "--report"))
     try:
         account = _account_overrides(args)
     except _UsageError as exc:
         parser.error(str(exc))
+    result = _checked_or_exit(args)
+    if result is None:
+        return 1
+
+    def fail(exc: DataError) -> int:  # data problems: one `error:` line, or JSON as diagnostics are
+        if args.format == "json":
+            print(_data_error_json(exc))
+        else:
+            print(f"error: {exc}", file=sys.stderr)
+        return 1
+
     compiled = compile_checked(result, on_compile=_say)
     try:
         events, tables = load_events(compiled, args.data, args.skip_bad_rows, args.start, args.end, args.date_format)
     except DataError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
+        return fail(exc)
     bt = run_backtest(compiled, events, FILL_MODES[args.fill], account, trace=bool(args.trace))
     bt.data_files = [t.path for t in tables]
     for t in tables:
@@ -383,22 +731,27 @@ def cmd_backtest(args, parser) -> int:
             bt.skipped[kind] = bt.skipped.get(kind, 0) + count
     for line in skipped_rows_warnings(tables):
         print(line, file=sys.stderr)
-    if args.orders:
-        write_orders(bt, args.orders)
-    if args.trace:
-        write_trace(bt, args.trace)
+    writers = {"orders": lambda path: write_orders(bt, path), "trace": lambda path: write_trace(bt, path)}
     if args.report:
         from policyc.runtime.report import write_report
 
-        write_report(bt, args.report)
+        writers["report"] = lambda path: write_report(bt, path)
+    for label in ("orders", "trace", "report"):
+        path = getattr(args, label)
+        if path:
+            try:
+                _write(path, writers[label])
+            except OSError as exc:
+                return fail(DataError(f"cannot write {path}: {exc.strerror or exc}", path, None,
+                                      f"cannot write --{label} {path}: {exc.strerror or exc}"))
     s = summary(bt)
     if args.format == "json":
         print(json.dumps(s, indent=2))
     else:
         print(format_summary(s))
-        for label, path in (("orders", args.orders), ("trace", args.trace), ("report", args.report)):
-            if path:
-                print(f"wrote {label}: {path}")
+        for label in ("orders", "trace", "report"):
+            if getattr(args, label):
+                print(f"wrote {label}: {getattr(args, label)}")
     return 0
 
 
@@ -408,6 +761,7 @@ def cmd_sweep(args, parser) -> int:
 
     from policyc.runtime.sweep import LOWER_IS_BETTER, METRICS
 
+    _check_run_options(args, parser, ("--out",))
     try:
         grid = parse_grid(args.params)
         account = _account_overrides(args)
@@ -420,7 +774,7 @@ def cmd_sweep(args, parser) -> int:
     if base is None:
         return 1
     try:
-        rows = run_sweep(args.file, grid, args.data, account, args, jobs=max(1, args.jobs))
+        rows = run_sweep(args.file, grid, args.data, account, args, jobs=args.jobs)
     except DataError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
@@ -429,7 +783,10 @@ def cmd_sweep(args, parser) -> int:
         return 1
     sign = 1.0 if args.sort in LOWER_IS_BETTER else -1.0
     rows.sort(key=lambda r: (r[args.sort] is None, sign * (r[args.sort] or 0.0)))
-    write_sweep(rows, args.out)
+    if args.out:
+        _write(args.out, lambda path: write_sweep(rows, path))
+    else:
+        write_sweep(rows, None)
     return 0
 
 
@@ -452,6 +809,8 @@ def cmd_run(args, parser) -> int:
             parser.error(f"argument --token-file: {args.token_file} is empty")
     elif args.intents or args.control:
         parser.error("--intents and --control need --token-file")
+    if _same_file(args.log, args.file):
+        parser.error(f"argument --log: {args.log} is the policy file; writing it would overwrite it")
     result = _checked_or_exit(args)
     if result is None:
         return 1
@@ -474,8 +833,11 @@ def cmd_run(args, parser) -> int:
 def cmd_replay_feed(args, parser) -> int:
     from policyc.runtime.data import DataError
     from policyc.runtime.live import eventloop
-    from policyc.runtime.live.replay import load_recording, serve
+    from policyc.runtime.live.replay import duplicate_names, load_recording, serve
 
+    clash = duplicate_names(args.data)
+    if clash:
+        parser.error(f"argument --data: {clash}")
     try:
         rec = load_recording(args.data, args.date_format)
     except DataError as exc:
@@ -508,6 +870,10 @@ COMMANDS = {"validate": cmd_validate, "hash": cmd_hash, "compile": cmd_compile, 
 def main(argv: list[str] | None = None) -> int:
     try:
         parser = build_parser()
+        argv = sys.argv[1:] if argv is None else list(argv)
+        if not argv:  # `policyc` alone: what it can do, and a usage error for scripts
+            parser.print_help(sys.stderr)
+            return 2
         args = parser.parse_args(argv)
         return COMMANDS[args.command](args, parser.commands[args.command])
     except PolicyError as exc:

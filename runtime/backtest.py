@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import csv
 import math
+import re
 import sys
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -64,18 +66,33 @@ class BacktestResult:
         return self.orders[self.orders[:, L.O_FILL_EVENT] >= 0]
 
 
+_BOUND = re.compile(r"\d{4}(-\d{2}(-\d{2}([T ]\d{2}(:\d{2}(:\d{2}(\.\d{1,9})?)?)?(Z|[+-]\d{2}:?\d{2})?)?)?)?")
+
+
 def time_bound(text: str, end: bool = False) -> int:
-    """A --from/--to bound as ns since the epoch, UTC. Both ends are inclusive: a date
-    alone as --to means the whole of that day. Raises ValueError for text that is not one."""
-    try:
-        moment = np.datetime64(text.strip().replace(" ", "T").rstrip("Z"))
-    except ValueError:
-        moment = np.datetime64("NaT")
-    if np.isnat(moment):  # also what NumPy makes of "" and "NaT"
-        raise ValueError(f"not a date: `{text}`; use {ISO_FORMS}")
+    """A --from/--to bound as ns since the epoch, UTC. Both ends are inclusive: a year, a
+    month or a date alone as --to means the whole of it (`--to 2010` is up to the end of
+    2010-12-31). Raises ValueError for text that is not one: anything but ISO 8601 from a
+    year to a time (NumPy alone would read `20100101` as the year 20100101)."""
+    t = text.strip()
+    moment = np.datetime64("NaT")
+    shaped = _BOUND.fullmatch(t)
+    if shaped:
+        try:
+            with warnings.catch_warnings():  # numpy warns on a UTC offset, then applies it
+                warnings.simplefilter("ignore")
+                moment = np.datetime64(t.replace(" ", "T").rstrip("Z"))
+        except ValueError:
+            pass
+    if np.isnat(moment):
+        if shaped and t:
+            raise ValueError(f"not a real date: `{text}`")
+        digits = re.fullmatch(r"(\d{4})(\d{2})(\d{2})", t)
+        fix = f"write it as {digits[1]}-{digits[2]}-{digits[3]}" if digits else f"use {ISO_FORMS}"
+        raise ValueError(f"not a date: `{text}`; {fix}")
     ns = int(moment.astype("datetime64[ns]").astype(np.int64))
-    if end and moment.dtype == np.dtype("datetime64[D]"):
-        ns += NS_PER_DAY - 1
+    if end and moment.dtype in (np.dtype("datetime64[Y]"), np.dtype("datetime64[M]"), np.dtype("datetime64[D]")):
+        ns = int((moment + 1).astype("datetime64[ns]").astype(np.int64)) - 1
     return ns
 
 
@@ -86,6 +103,10 @@ def load_events(policy: CompiledPolicy, data: list[tuple[str | None, str]], skip
     them into one event stream; the other arguments are those of `load_table`. Raises
     DataError for a file that cannot be used or that no instrument (or two) would take."""
     instruments = policy.instruments
+    symbols = [sym for sym, _ in data if sym is not None]
+    twice = next((s for k, s in enumerate(symbols) if s in symbols[:k]), None)
+    if twice:
+        raise DataError(f"--data gives `{twice}` twice; give one file per instrument")
     named = {sym: path for sym, path in data if sym is not None}
     plain = [path for sym, path in data if sym is None]
     unknown = [s for s in named if s not in instruments]
@@ -284,6 +305,7 @@ def write_orders(result: BacktestResult, path: str | Path) -> None:
     names = result.policy.instruments
     reasons = result.policy.reason_names
     ts = result.events.ts
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["decision_ts", "fill_ts", "instrument", "qty", "fill_price", "fee", "reasons"])
@@ -307,6 +329,7 @@ def write_trace(result: BacktestResult, path: str | Path) -> None:
     reasons = result.policy.reason_names
     features = result.policy.feature_names
     tr, ev = result.trace, result.events
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["ts", "instrument", *features, "desired_target", "position", "order_qty", "reasons"])

@@ -1,21 +1,37 @@
 """Market data in: CSV, Parquet and .npz files -> the kernel's event columns.
 
-Every file of data/ loads as it is: `Date`, `Datetime`, or `Date` + `Time`
-columns, any case, `Adj Close` and unknown columns ignored. A CSV file may be delimited
-by `,` `;` tab or `|` (the one its header line has most of); in a `;` file, as a European
-Excel writes it, a comma in a number is the decimal mark. Timestamps are ISO 8601 text,
-or any form a strptime `date_format` describes. Bad rows are errors that name the file,
-the line, the value and the problem; with `skip_bad_rows` they are skipped and counted
-by kind. Nothing is dropped silently.
+Every file of data/ loads as it is: `Date`, `Datetime`, or `Date` + `Time` columns, any
+case, `Adj Close` and unknown columns ignored. A CSV file is UTF-8, or UTF-16 as Excel's
+"Unicode Text" saves it, and may be delimited by `,` `;` tab or `|` (the one its header
+line has most of). In a file not delimited by `,`, as a European Excel writes it, a
+comma in a number is the decimal mark; thousands separators are read where they cannot be
+mistaken (`1.234,5`, `36.301.200`, `1,234.5`, `1 234,5`).
+
+Timestamps are ISO 8601 text, any form a strptime `date_format` describes, or, with the
+`date_format` `epoch` (`epoch-ms`, `epoch-us`, `epoch-ns`), a count since 1970. A number
+is never silently read as a date in some unit: `19950103` or `1443043062` in a CSV file
+is a bad timestamp whose message says what it looks like and which `date_format` reads
+it, and so is an integer column of a Parquet or .npz file that looks like seconds,
+milliseconds, microseconds or YYYYMMDD rather than nanoseconds.
+
+Bad rows are errors that name the file, the line, the value and the problem; with
+`skip_bad_rows` they are skipped and counted by kind, unless more than half of the rows
+have a bad or out-of-order timestamp: that is a wrong date format (or a file sorted
+newest first), not a few bad rows, and it is an error either way. Nothing is dropped
+silently.
 """
 from __future__ import annotations
 
+import codecs
 import csv
 import io
+import re
+import shlex
 import warnings
 from collections import Counter
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import date, datetime, timezone
+from decimal import Decimal, InvalidOperation
 from pathlib import Path
 
 import numpy as np
@@ -28,10 +44,30 @@ _ALIASES = {"datetime": "datetime", "timestamp": "datetime", "date": "date", "ti
 _IGNORED = {"adj close", "adj_close", "adjclose", "openinterest", "open_interest", "open interest"}
 DELIMITERS = (",", ";", "\t", "|")
 ISO_FORMS = "YYYY-MM-DD or YYYY-MM-DDTHH:MM:SS[.fff]"  # what NumPy reads without a date_format
+# date_format values that read a number since 1970 (ns per unit); every other value is strptime
+EPOCH_FORMATS = {"epoch": 1_000_000_000, "epoch-ms": 1_000_000, "epoch-us": 1_000, "epoch-ns": 1}
+TOO_MANY_TIMESTAMPS = 0.5  # above this share of rows with a timestamp problem, skipping is refused
+NS_PER_DAY = 86_400_000_000_000
 
 
 class DataError(Exception):
-    """A data problem, with the file and line it comes from."""
+    """A data problem: the message names the file and line (`str(exc)`); `file`, `line`
+    (a CSV line; None for a whole file, or a Parquet/.npz row, which `detail` names) and
+    `detail` (the message without `FILE:LINE: `) are there for tools (`--format json`)."""
+
+    def __init__(self, message: str, file: str | None = None, line: int | None = None, detail: str | None = None):
+        super().__init__(message)
+        self.file, self.line, self.detail = file, line, detail if detail is not None else message
+
+
+def _error(path, detail: str, line: int | None = None, label: str = "") -> DataError:
+    """DataError `PATH:LINE: detail` (`PATH:row N: ` for Parquet and .npz; `PATH: ` for
+    the whole file)."""
+    if line is None:
+        return DataError(f"{path}: {detail}", str(path), None, detail)
+    if label:  # a row of a binary file: no line to point at, the row is in the text
+        return DataError(f"{path}:{label}{line}: {detail}", str(path), None, f"{label}{line}: {detail}")
+    return DataError(f"{path}:{line}: {detail}", str(path), line, detail)
 
 
 @dataclass
@@ -59,12 +95,16 @@ def _canonical(name: str) -> str:
 def load_table(path: str | Path, wanted: list[str], skip_bad_rows: bool = False,
                start_ns: int | None = None, end_ns: int | None = None, date_format: str | None = None) -> Table:
     """Read the timestamp and the `wanted` columns of one file; rows in [start_ns, end_ns]
-    (ns since the epoch, UTC, both inclusive). `date_format` (strptime syntax) reads text
-    timestamps; a time zone in it (`%z`) is converted to UTC, without one the time is UTC.
+    (ns since the epoch, UTC, both inclusive). `date_format` reads timestamps: a strptime
+    format reads text (and integer columns, as their digits); a time zone in it (`%z`) is
+    converted to UTC, without one the time is UTC. `epoch`, `epoch-ms`, `epoch-us` or
+    `epoch-ns` reads numbers (text or numeric columns) as that unit since 1970.
     Raises DataError naming the file (and line) when the file cannot be used."""
     p = Path(path)
-    if not p.is_file():
-        raise DataError(f"{path}: no such file")
+    if p.is_dir():
+        raise _error(path, "is a directory, not a data file")
+    if not (p.is_file() or p.is_fifo()):
+        raise _error(path, "no such file" if not p.exists() else "not a regular file")
     suffix = p.suffix.lower()
     if suffix == ".parquet":
         source = _read_parquet(p)
@@ -84,16 +124,34 @@ class _Source:
     lines: np.ndarray
     problems: dict           # row -> (kind, message) found while reading
     line_label: str = ""     # "" for text files (lines), "row " for binary ones
-    decimal_comma: bool = False
+    delimiter: str = ","     # of a CSV file; how a comma in a number is read follows from it
+
+
+def _decode(p: Path) -> str:
+    """The text of a CSV file: UTF-8 (a BOM allowed), or UTF-16 with a BOM, or UTF-16
+    without one (every other byte NUL), as spreadsheets save "Unicode Text"."""
+    raw = p.read_bytes()
+    encoding = "utf-8-sig"
+    if raw.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+        encoding = "utf-16"
+    elif len(raw) >= 4 and raw.count(0) * 2 >= len(raw) - 1:  # half NULs: UTF-16 without a BOM
+        head = raw[:4096]
+        if not any(head[1::2]) and all(head[0::2]):
+            encoding = "utf-16-le"
+        elif not any(head[0::2]) and all(head[1::2]):
+            encoding = "utf-16-be"
+    try:
+        return raw.decode(encoding)
+    except UnicodeDecodeError as exc:
+        what = "UTF-16" if encoding.startswith("utf-16") else "UTF-8"
+        raise _error(p, f"not a {what} text file (byte {exc.start}); is it really CSV? "
+                        "If a spreadsheet wrote it, save it as CSV UTF-8") from None
 
 
 def _read_csv(p: Path) -> _Source:
-    try:
-        text = p.read_text(encoding="utf-8-sig")
-    except UnicodeDecodeError as exc:
-        raise DataError(f"{p}: not a UTF-8 text file (byte {exc.start}); is it really CSV?") from None
+    text = _decode(p)
     if "\x00" in text:
-        raise DataError(f"{p}: contains NUL bytes; not a CSV file")
+        raise _error(p, "contains NUL bytes; not a CSV file")
     end = text.find("\n")
     header_line = text if end < 0 else text[:end]
     delimiter = max(DELIMITERS, key=header_line.count)  # on a tie, or none at all: `,`
@@ -106,9 +164,9 @@ def _read_csv(p: Path) -> _Source:
                 rows.append(row)
                 lines.append(reader.line_num)
     except csv.Error as exc:
-        raise DataError(f"{p}:{reader.line_num}: malformed CSV: {exc}") from None
+        raise _error(p, f"malformed CSV: {exc}", reader.line_num) from None
     if not header:
-        raise DataError(f"{p}: empty file")
+        raise _error(p, "empty file")
     width = len(header)
     problems = {}
     for k, row in enumerate(rows):
@@ -116,7 +174,7 @@ def _read_csv(p: Path) -> _Source:
             problems[k] = ("wrong number of fields", f"has {len(row)} fields, the header has {width}")
             rows[k] = [""] * width
     columns = [[r[c] for r in rows] for c in range(width)]
-    return _Source(header, columns, np.array(lines, dtype=np.int64), problems, decimal_comma=delimiter == ";")
+    return _Source(header, columns, np.array(lines, dtype=np.int64), problems, delimiter=delimiter)
 
 
 def _read_parquet(p: Path) -> _Source:
@@ -126,13 +184,14 @@ def _read_parquet(p: Path) -> _Source:
     try:
         table = pq.read_table(p)
     except (pa.ArrowInvalid, OSError) as exc:
-        raise DataError(f"{p}: not a readable Parquet file: {exc}") from None
+        raise _error(p, f"not a readable Parquet file: {exc}") from None
     columns = []
     for name in table.column_names:
         col = table.column(name)
         if pa.types.is_timestamp(col.type) or pa.types.is_date(col.type):
+            # datetime64[ns] (UTC, nulls NaT): a time, whatever unit --date-format gives numbers
             col = col.cast(pa.timestamp("ns", tz=getattr(col.type, "tz", None)))
-            columns.append(col.cast(pa.int64()).to_numpy(zero_copy_only=False))
+            columns.append(np.asarray(col.to_numpy(zero_copy_only=False), "datetime64[ns]"))
         else:
             columns.append(col.to_numpy(zero_copy_only=False))
     return _Source(table.column_names, columns, np.arange(table.num_rows), {}, "row ")
@@ -144,41 +203,84 @@ def _read_npz(p: Path) -> _Source:
             header = list(z.files)
             columns = [z[name] for name in header]
     except (ValueError, OSError) as exc:
-        raise DataError(f"{p}: not a readable .npz file: {exc}") from None
+        raise _error(p, f"not a readable .npz file: {exc}") from None
     n = len(columns[0]) if columns else 0
     if any(len(c) != n for c in columns):
-        raise DataError(f"{p}: arrays of different lengths")
+        raise _error(p, "arrays of different lengths")
     return _Source(header, columns, np.arange(n), {}, "row ")
 
 
 _NAT = np.iinfo(np.int64).min
 
 
+# ---- timestamps --------------------------------------------------------------------
 def _parse_times(values, date_format: str | None) -> tuple[np.ndarray, np.ndarray]:
-    """ns since the epoch, and a mask of values that are not a date/time. `date_format`
-    applies to text; Parquet and .npz timestamps and numbers are read as they are."""
+    """ns since the epoch, and a mask of values that are not a date/time."""
     arr = np.asarray(values)
-    if arr.dtype.kind in "iu":
-        return arr.astype(np.int64), np.zeros(len(arr), bool)
+    unit = EPOCH_FORMATS.get(date_format or "")
     if arr.dtype.kind == "M":
         out = arr.astype("datetime64[ns]").astype(np.int64)
         return out, out == _NAT
+    if arr.dtype.kind in "iub":
+        if date_format is not None and unit is None:  # a strptime format reads the digits
+            return _parse_times(arr.astype(np.int64).astype(str), date_format)
+        return _scaled(arr.astype(np.int64), unit or 1)
     if arr.dtype.kind == "f":
         bad = ~np.isfinite(arr)
-        return np.where(bad, 0, arr).astype(np.int64), bad
+        scaled = np.where(bad, 0, arr) * (unit or 1)
+        bad |= np.abs(scaled) >= 2.0 ** 63
+        return np.where(bad, 0, scaled).astype(np.int64), bad
     strings = np.char.strip(arr.astype(str))
+    if unit is not None:
+        return _parse_numbers(strings, unit)
     if date_format is not None:
         out = np.array([_strptime(text, date_format) for text in strings], np.int64)
         return out, out == _NAT
-    if len(strings) and np.all(np.char.isdigit(np.char.lstrip(strings, "-"))):
-        return strings.astype(np.int64), np.zeros(len(arr), bool)  # integer ns since the epoch
-    strings = np.char.rstrip(np.char.replace(strings, " ", "T"), "Z")
+    return _parse_iso(strings)
+
+
+def _scaled(counts: np.ndarray, unit: int) -> tuple[np.ndarray, np.ndarray]:
+    """Counts of `unit` ns as ns; those that do not fit in int64 ns are bad."""
+    limit = np.iinfo(np.int64).max // unit
+    bad = np.abs(counts) > limit
+    return np.where(bad, 0, counts) * unit, bad
+
+
+def _parse_numbers(strings: np.ndarray, unit: int) -> tuple[np.ndarray, np.ndarray]:
+    """Text numbers of `unit` ns since the epoch (`1443043062`, `1443043062.146`)."""
+    try:
+        return _scaled(strings.astype(np.int64), unit)
+    except (ValueError, OverflowError):
+        pass
+    out = np.zeros(len(strings), np.int64)
+    bad = np.zeros(len(strings), bool)
+    for k, text in enumerate(strings):
+        try:
+            ns = int(Decimal(text) * unit)
+            if not -2**63 < ns < 2**63:
+                raise OverflowError
+            out[k] = ns
+        except (InvalidOperation, OverflowError, ValueError):  # `abc`, `nan`, `inf`, too large
+            bad[k] = True
+    return out, bad
+
+
+def _parse_iso(strings: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """ISO 8601 text: a date `YYYY-MM-DD`, then optionally a time (`T` or a space), a
+    `Z` or a UTC offset, which is applied. NumPy would also read `19950103` (as the year
+    19950103), `2010` and `today`; text without the `YYYY-MM-DD` shape is refused."""
+    n = len(strings)
+    if n == 0:
+        return np.zeros(0, np.int64), np.zeros(0, bool)
+    chars = strings.astype("U11").view("U1").reshape(n, 11)
+    shaped = (chars[:, 4] == "-") & (chars[:, 7] == "-") & np.isin(chars[:, 10], ["", "T", " "])
+    strings = np.char.rstrip(np.char.replace(np.where(shaped, strings, "NaT"), " ", "T"), "Z")
     try:
         with warnings.catch_warnings():  # numpy warns on a UTC offset, then applies it
             warnings.simplefilter("ignore")
             out = strings.astype("datetime64[ns]").astype(np.int64)
     except ValueError:
-        out = np.zeros(len(arr), np.int64)
+        out = np.zeros(n, np.int64)
         for k, text in enumerate(strings):
             try:
                 with warnings.catch_warnings():
@@ -200,26 +302,228 @@ def _strptime(text: str, date_format: str) -> int:
     return int(np.datetime64(moment, "ns").astype(np.int64))
 
 
-def _to_float(values, decimal_comma: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def show_time(ns: int, end: bool = False) -> str:
+    """ns since the epoch as short ISO text: a date alone at midnight (and, for an `end`
+    bound, at the last ns of a day), otherwise to the second or as finely as needed."""
+    ns = int(ns)
+    if ns % NS_PER_DAY == 0 or (end and (ns + 1) % NS_PER_DAY == 0):
+        return str(np.datetime64(ns - (ns % NS_PER_DAY if end else 0), "ns").astype("datetime64[D]"))
+    for unit, size in (("s", 10**9), ("ms", 10**6), ("us", 10**3), ("ns", 1)):
+        if ns % size == 0:
+            return str(np.datetime64(ns // size, unit))
+    return str(np.datetime64(ns, "ns"))
+
+
+def _utc(ns: int) -> str:
+    """`show_time`, with a `Z` on a time of day."""
+    text = show_time(ns)
+    return text if len(text) == 10 else text + "Z"
+
+
+# forms of text timestamps, to tell a user which --date-format reads theirs
+_DATE_FORMS = ("%Y-%m-%d", "%Y/%m/%d", "%Y.%m.%d", "%Y%m%d", "%m/%d/%Y", "%d/%m/%Y", "%d.%m.%Y", "%m-%d-%Y",
+               "%d-%m-%Y", "%m/%d/%y", "%d/%m/%y", "%d.%m.%y", "%d-%b-%Y", "%d-%b-%y", "%d %b %Y", "%b %d, %Y",
+               "%b %d %Y", "%d %B %Y", "%B %d, %Y", "%Y-%m-%dT")
+_TIME_FORMS = ("", " %H:%M", " %H:%M:%S", " %H:%M:%S.%f", "%H:%M", "%H:%M:%S", "%H:%M:%S.%f", " %I:%M %p",
+               " %I:%M:%S %p", " %H%M%S", "%H%M%S", "%H%M")
+_ZONE = re.compile(r".*\d(?:Z|[+-]\d\d:?\d\d)$")
+_DIGITS = re.compile(r"[0-9]+(?:\.[0-9]+)?")
+_ISO_DATE = re.compile(r"(\d{4})-(\d{1,2})-(\d{1,2})(?:[T ].*)?")
+
+
+def _forms(text: str) -> list[str]:
+    """The formats of _DATE_FORMS x _TIME_FORMS (with `%z` for a zone) that read `text`."""
+    zone = "%z" if _ZONE.fullmatch(text) else ""
+    out = []
+    for d in _DATE_FORMS:
+        for t in _TIME_FORMS:
+            if d.endswith("T") != t.startswith("%H"):  # `T` joins only a time written right after it
+                continue
+            fmt = d + t + zone
+            try:
+                datetime.strptime(text, fmt)
+            except ValueError:
+                continue
+            out.append(fmt)
+    return out
+
+
+def _guess_formats(text: str, others=()) -> list[str]:
+    """The formats that read `text`, narrowed to those that also read every one of
+    `others` (more failing values of the same column) when some do."""
+    found = _forms(text)
+    narrowed = [f for f in found if all(_reads(o, f) for o in others)]
+    return narrowed or found
+
+
+def _reads(text: str, fmt: str) -> bool:
+    try:
+        datetime.strptime(text, fmt)
+    except ValueError:
+        return False
+    return True
+
+
+def _shell(fmt: str) -> str:
+    return shlex.quote(fmt)
+
+
+def _one_of(formats: list[str]) -> str:
+    """`%m/%d/%Y (month first) or %d/%m/%Y (day first)`, or `A`, or `A, B or C`."""
+    formats = formats[:3]
+    if len(formats) == 2 and formats[0].replace("%m", "%M!").replace("%d", "%m").replace("%M!", "%d") == formats[1]:
+        first = {f: "month first" if f.index("%m") < f.index("%d") else "day first" for f in formats}
+        return " or ".join(f"{_shell(f)} ({first[f]})" for f in formats)
+    shown = [_shell(f) for f in formats]
+    return shown[0] if len(shown) == 1 else ", ".join(shown[:-1]) + " or " + shown[-1]
+
+
+def _number_hint(text: str) -> str | None:
+    """What a timestamp made of digits looks like, and the --date-format that reads it."""
+    if not _DIGITS.fullmatch(text):
+        return None
+    whole = text.split(".")[0]
+    for fmt, shape in (("%Y%m%d", "YYYYMMDD"), ("%Y%m%d%H%M", "YYYYMMDDHHMM"), ("%Y%m%d%H%M%S", "YYYYMMDDHHMMSS")):
+        if "." not in text and len(text) == len(shape) and 1800 <= int(text[:4]) <= 2200 and _reads(text, fmt):
+            return f"looks like {shape}; use --date-format {fmt}"
+    value = int(whole)
+    for name, unit, fmt in (("seconds", 10**9, "epoch"), ("milliseconds", 10**6, "epoch-ms"),
+                            ("microseconds", 10**3, "epoch-us"), ("nanoseconds", 1, "epoch-ns")):
+        if 10**17 // unit <= value < 10**19 // unit:  # 1973-03-03 to 2286-11-20 in this unit
+            return f"looks like {name} since 1970 ({_utc(int(Decimal(text) * unit))}); use --date-format {fmt}"
+    return None
+
+
+def _bad_timestamp(text: str, date_format: str | None, others=()) -> str:
+    """Why `text` is not a timestamp, and the fix, guessed from the text (and `others`,
+    more failing values of its column, which can tell `01/03` day first from month first)."""
+    if not text:
+        return "timestamp is empty"
+    if date_format in EPOCH_FORMATS:
+        unit = {"epoch": "seconds", "epoch-ms": "milliseconds", "epoch-us": "microseconds", "epoch-ns": "nanoseconds"}
+        fix = _guess_formats(text, others)
+        hint = f"; it looks like a date: use --date-format {_one_of(fix)}" if fix else ""
+        return f"timestamp `{text}` is not a number of {unit[date_format]} since 1970 (--date-format {date_format}){hint}"
+    if date_format is not None:
+        head = f"timestamp `{text}` does not match --date-format `{date_format}`"
+        try:
+            datetime.strptime(text, date_format)
+        except ValueError as exc:
+            if "does not match" not in str(exc) and "unconverted data" not in str(exc):
+                return f"timestamp `{text}` is not a real date ({exc}; --date-format `{date_format}`)"
+        digits = _number_hint(text)
+        if digits:
+            return f"{head}: it {digits}"
+        if _iso_ns(text) is not None:
+            return f"{head}: it is ISO 8601, which is read without --date-format"
+        fix = [f for f in _guess_formats(text, others) if f != date_format]
+        return f"{head}: try {_one_of(fix)}" if fix else head
+    digits = _number_hint(text)
+    if digits:
+        return f"timestamp `{text}` {digits}"
+    iso = _ISO_DATE.fullmatch(text)
+    if iso:
+        year, month, day = map(int, iso.groups())
+        if not 1 <= month <= 12:
+            return f"timestamp `{text}` is not a real date: there is no month {month}"
+        try:
+            date(year, month, day)
+        except ValueError:
+            last = (date(year + month // 12, month % 12 + 1, 1) - date(year, month, 1)).days
+            return (f"timestamp `{text}` is not a real date: {date(year, month, 1):%B %Y} has {last} days")
+    fix = _guess_formats(text, others)
+    if fix:
+        return f"timestamp `{text}` is not ISO 8601: use --date-format {_one_of(fix)}"
+    return f"timestamp `{text}` is not a date/time: use {ISO_FORMS}, or give its strptime format with --date-format"
+
+
+def _iso_ns(text: str) -> int | None:
+    out, bad = _parse_iso(np.array([text]))
+    return None if bad[0] else int(out[0])
+
+
+def _unit_problem(values, ts: np.ndarray) -> str | None:
+    """For a numeric timestamp column read as ns (Parquet, .npz): the message when its
+    first value looks like another unit (seconds, ms, us since 1970, or YYYYMMDD)."""
+    arr = np.asarray(values)
+    finite = np.flatnonzero(np.isfinite(arr)) if arr.dtype.kind == "f" else np.arange(len(arr))
+    if not len(finite):
+        return None
+    first = arr[finite[0]]
+    text = str(int(first)) if float(first).is_integer() else repr(float(first))
+    hint = _number_hint(text)
+    if hint is None or "nanoseconds" in hint:
+        return None
+    return f"timestamp {text} read as nanoseconds since 1970 is {_utc(ts[finite[0]])}; it {hint}"
+
+
+# ---- numbers -----------------------------------------------------------------------
+_INT_PART = re.compile(r"[0-9]+|[0-9]{1,3}(?:([.,' ])[0-9]{3})(?:\1[0-9]{3})*")
+_SPACES = str.maketrans({"\u00a0": " ", "\u202f": " "})
+
+
+def _number(text: str, comma_decimal: bool, dot_thousands: bool) -> float:
+    """One number with a decimal mark and thousands separators as a spreadsheet writes
+    them. Both marks in one number: the last is the decimal mark (`1.234,5`, `1,234.5`);
+    one of them several times: thousands (`36.301.200`); one `,` alone: the decimal mark
+    when `comma_decimal`, else thousands; one `.` alone: thousands when `dot_thousands`.
+    Thousands separators (also a space or `'`) must group by three. Raises ValueError."""
+    t = text.translate(_SPACES)
+    commas, dots = t.count(","), t.count(".")
+    if not commas and (dots == 0 or dots == 1 and not dot_thousands) and " " not in t and "'" not in t:
+        return float(t)  # the ordinary case, and `nan`, `inf`, `1e-3`
+    sign = t[0] if t[:1] in "+-" else ""
+    t = t[len(sign):]
+    if commas and dots:
+        mark = "," if t.rfind(",") > t.rfind(".") else "."
+    elif commas == 1 and comma_decimal:
+        mark = ","
+    elif dots == 1 and not dot_thousands:
+        mark = "."
+    else:
+        mark = None
+    whole, frac = t.rsplit(mark, 1) if mark else (t, "")
+    grouped = _INT_PART.fullmatch(whole)
+    if not grouped or (mark and not re.fullmatch(r"[0-9]+", frac)):
+        raise ValueError(text)
+    return float(sign + re.sub(r"[.,' ]", "", whole) + ("." + frac if frac else ""))
+
+
+def _to_float(values, delimiter: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Floats, a mask of cells that are not numbers, and a mask of empty cells."""
     arr = np.asarray(values)
     if arr.dtype.kind in "fiub":
         out = arr.astype(np.float64)
         return out, np.zeros(len(arr), bool), np.zeros(len(arr), bool)
     texts = np.char.strip(arr.astype(str))
-    if decimal_comma:
-        texts = np.char.replace(texts, ",", ".")
     empty = texts == ""
     out = np.full(len(arr), np.nan)
     bad = np.zeros(len(arr), bool)
+    cells = texts[~empty]
     try:
-        out[~empty] = texts[~empty].astype(np.float64)
+        out[~empty] = cells.astype(np.float64)
+        return out, bad, empty
     except ValueError:
-        for k in np.flatnonzero(~empty):
-            try:
-                out[k] = float(texts[k])
-            except ValueError:
-                bad[k] = True
+        pass
+    # the column's convention, from the numbers that cannot be mistaken
+    commas, dots = np.char.count(cells, ","), np.char.count(cells, ".")
+    last_comma, last_dot = np.char.rfind(cells, ","), np.char.rfind(cells, ".")
+    both = (commas > 0) & (dots > 0)
+    european = bool(np.any(both & (last_comma > last_dot)) or np.any((dots > 1) & (commas == 0)))
+    american = bool(np.any(both & (last_dot > last_comma)) or np.any((commas > 1) & (dots == 0)))
+    comma_decimal = european or (delimiter != "," and not american)
+    dot_thousands = european and not american
+    if comma_decimal and not dot_thousands and not np.any(dots):
+        try:  # the usual European file: a decimal comma and nothing else
+            out[~empty] = np.char.replace(cells, ",", ".").astype(np.float64)
+            return out, bad, empty
+        except ValueError:
+            pass
+    for k in np.flatnonzero(~empty):
+        try:
+            out[k] = _number(str(texts[k]), comma_decimal, dot_thousands)
+        except ValueError:
+            bad[k] = True
     return out, bad, empty
 
 
@@ -233,16 +537,7 @@ def _timestamp_values(path: str, src: _Source, index: dict, found: list[str]):
     for name in ("date", "ts"):
         if name in index:
             return col(name)
-    raise DataError(f"{path}: no timestamp column; expected Date, Datetime, Date and Time, or ts "
-                    f"(found: {', '.join(found)})")
-
-
-def _bad_timestamp(text: str, date_format: str | None) -> str:
-    if not text:
-        return "timestamp is empty"
-    if date_format is not None:
-        return f"timestamp `{text}` does not match --date-format `{date_format}`"
-    return f"timestamp `{text}` is not a date/time: use {ISO_FORMS}, or --date-format FORMAT such as %m/%d/%Y"
+    raise _error(path, f"no timestamp column; expected Date, Datetime, Date and Time, or ts (found: {', '.join(found)})")
 
 
 def _build(path: str, src: _Source, wanted: list[str], skip_bad_rows: bool, start_ns, end_ns, date_format) -> Table:
@@ -250,25 +545,44 @@ def _build(path: str, src: _Source, wanted: list[str], skip_bad_rows: bool, star
     index = {n: k for k, n in enumerate(names) if n}
     found = [str(h).strip() for h in src.header]
     n = len(src.lines)
-    problems: dict[int, tuple[str, str]] = dict(src.problems)  # first problem of a row wins
+    # row -> (kind, message or a function of the row giving it); the first problem of a
+    # row wins, and a message is only made for a row that is shown
+    problems: dict[int, tuple] = dict(src.problems)
 
     def report(rows, kind, message):
         for k in rows:
-            problems.setdefault(int(k), (kind, message(int(k)) if callable(message) else message))
+            problems.setdefault(int(k), (kind, message))
+
+    def message(k: int) -> str:
+        text = problems[k][1]
+        return text(k) if callable(text) else text
+
+    def where(k: int) -> str:
+        return f"{path}:{src.line_label}{int(src.lines[k])}"
 
     stamps = _timestamp_values(path, src, index, found)
     ts, bad_ts = _parse_times(stamps, date_format)
-    report(np.flatnonzero(bad_ts), "bad timestamp", lambda k: _bad_timestamp(str(stamps[k]).strip(), date_format))
+    raw = np.asarray(stamps)
+    if raw.dtype.kind in "iuf" and date_format is None and n:
+        problem = _unit_problem(raw, ts)
+        if problem:
+            raise _error(path, problem, int(src.lines[0]), src.line_label)
+    bad_rows = np.flatnonzero(bad_ts)
+
+    def bad_timestamp(k: int) -> str:  # with more failing values of the column, to narrow the guess
+        others = [str(stamps[j]).strip() for j in bad_rows[:: max(1, len(bad_rows) // 50)][:50] if j != k]
+        return _bad_timestamp(str(stamps[k]).strip(), date_format, [o for o in others if o])
+
+    report(bad_rows, "bad timestamp", bad_timestamp)
 
     columns: dict[str, np.ndarray] = {}
     for name in wanted:  # price and close stand in for each other (spec section 2)
         source = name if name in index else {"price": "close", "close": "price"}.get(name)
         if source not in index:
             needed = f"`{name}`" + (" (or `close`)" if name == "price" else " (or `price`)" if name == "close" else "")
-            raise DataError(f"{path}: the policy reads {needed} but the file has no such column "
-                            f"(found: {', '.join(found)})")
+            raise _error(path, f"the policy reads {needed} but the file has no such column (found: {', '.join(found)})")
         label, cells = found[index[source]], src.columns[index[source]]
-        values, bad, empty = _to_float(cells, src.decimal_comma)
+        values, bad, empty = _to_float(cells, src.delimiter)
         is_input = name not in PRICE_FIELDS and name not in ("qty", "volume")
         if not is_input:  # a model input may be empty on rows without a value; market data may not
             report(np.flatnonzero(empty), "not a number", f"`{label}` is empty: not a number")
@@ -293,14 +607,28 @@ def _build(path: str, src: _Source, wanted: list[str], skip_bad_rows: bool, star
     skipped, skipped_lines = Counter(), {}
     if problems:
         rows = sorted(problems)
-        if len(rows) == n or not skip_bad_rows:
-            first = f"{path}:{src.line_label}{int(src.lines[rows[0]])}: {problems[rows[0]][1]}"
-            if len(rows) == n:  # skipping would leave nothing: say what is wrong, by kind
-                kinds = Counter(problems[k][0] for k in rows)
-                raise DataError(f"{first} (every row is bad; {', '.join(f'{kind}: {c}' for kind, c in kinds.items())})")
+        kinds = Counter(problems[k][0] for k in rows)
+        timing = kinds["bad timestamp"] + kinds["timestamp out of order"]
+        if len(rows) == n:  # skipping would leave nothing: say what is wrong, by kind
+            raise _row_error(where(rows[0]), message(rows[0]), path, src, rows[0],
+                             f" (every row is bad; {', '.join(f'{kind}: {c}' for kind, c in kinds.items())})")
+        if timing > TOO_MANY_TIMESTAMPS * n:  # a wrong --date-format, or a file sorted newest first
+            good = np.array([k for k in range(n) if k not in problems or problems[k][0] == "timestamp out of order"])
+            if not kinds["bad timestamp"] and len(good) > 1 and np.all(np.diff(ts[good]) <= 0):
+                raise _error(path, f"the rows run newest first ({show_time(ts[good[0]])} down to "
+                                   f"{show_time(ts[good[-1]])}); sort them oldest first")
+            first = next(k for k in rows if problems[k][0] == ("bad timestamp" if kinds["bad timestamp"]
+                                                                else "timestamp out of order"))
+            ooo = kinds["timestamp out of order"]
+            counts = (f"{kinds['bad timestamp']} of {n} rows have a bad timestamp"
+                      + (f" and {ooo} more are out of order" if ooo and kinds["bad timestamp"] else "")
+                      if kinds["bad timestamp"] else f"{ooo} of {n} rows are out of order")
+            raise _row_error(where(first), message(first), path, src, first,
+                             f" ({counts}: too many to skip)")
+        if not skip_bad_rows:
             more = f" ({len(rows) - 1} more problem rows; --skip-bad-rows skips them and reports each kind)" \
                 if len(rows) > 1 else ""
-            raise DataError(first + more)
+            raise _row_error(where(rows[0]), message(rows[0]), path, src, rows[0], more)
         keep = np.ones(n, bool)
         for k in rows:
             kind = problems[k][0]
@@ -311,17 +639,28 @@ def _build(path: str, src: _Source, wanted: list[str], skip_bad_rows: bool, star
         columns = {c: v[keep] for c, v in columns.items()}
     else:
         lines = src.lines
+    if len(ts) == 0:
+        raise _error(path, "no rows to run on")
     if start_ns is not None or end_ns is not None:
         sel = np.ones(len(ts), bool)
         if start_ns is not None:
             sel &= ts >= start_ns
         if end_ns is not None:
             sel &= ts <= end_ns
+        if not sel.any():
+            span = (f"from {show_time(start_ns)} to {show_time(end_ns, end=True)}" if start_ns is not None and end_ns is not None
+                    else f"from {show_time(start_ns)} on" if start_ns is not None else f"up to {show_time(end_ns, end=True)}")
+            raise _error(path, f"no rows {span} (--from/--to); the file runs from {show_time(ts.min())} "
+                               f"to {show_time(ts.max())}")
         ts, lines = ts[sel], lines[sel]
         columns = {c: v[sel] for c, v in columns.items()}
-    if len(ts) == 0:
-        raise DataError(f"{path}: no rows to run on" + (" in the chosen date range" if start_ns or end_ns else ""))
     return Table(path, ts, columns, lines, skipped, skipped_lines)
+
+
+def _row_error(where: str, detail: str, path: str, src: _Source, k: int, suffix: str) -> DataError:
+    line = int(src.lines[k])
+    return DataError(f"{where}: {detail}{suffix}", path, None if src.line_label else line,
+                     f"{src.line_label}{line}: {detail}{suffix}" if src.line_label else detail + suffix)
 
 
 def merge(tables: list[Table], columns: list[str]) -> Events:

@@ -13,6 +13,7 @@ import sys
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from decimal import Decimal, InvalidOperation
+from pathlib import Path
 
 from policyc.compiler import layout as L
 from policyc.compiler.build import compile_policy
@@ -107,6 +108,7 @@ def run_sweep(policy_path, grid: dict, data, account, args, jobs: int = 1) -> li
     (ns, or None), `date_format` (or None) and `fill`. Raises DataError and PolicyError."""
     names = list(grid)
     combos = [dict(zip(names, values)) for values in itertools.product(*grid.values())]
+    jobs = max(1, min(jobs, len(combos)))  # no more processes than combinations
     _init(policy_path, data, account, args)  # compile and load once, before forking
     for combo in combos[:1]:  # check every param name and type early, with a clear diagnostic
         _STATE["base"].with_params(**combo)
@@ -142,14 +144,22 @@ def _progress(done: int, total: int, t0: float, tty: bool):
         sys.stderr.flush()
 
 
+def _cell(value):
+    """A param value as it was written: `10`, not `10.0`."""
+    return int(value) if isinstance(value, float) and value.is_integer() and abs(value) < 2**53 else value
+
+
 def write_sweep(rows: list[dict], path) -> None:
+    """The rows as CSV to `path` (its missing parent directories created) or stdout."""
     if not rows:
         return
+    if path:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
     out = open(path, "w", newline="") if path else sys.stdout
     try:
         w = csv.DictWriter(out, fieldnames=list(rows[0]))
         w.writeheader()
-        w.writerows(rows)
+        w.writerows({k: _cell(v) if k.startswith("p.") else v for k, v in row.items()} for row in rows)
     finally:
         if path:
             out.close()

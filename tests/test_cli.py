@@ -1,5 +1,6 @@
 """The command line as a trader uses it: exit codes, outputs, artifacts."""
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -145,7 +146,7 @@ def usage_error(capsys, *argv) -> str:
     (["sweep", EMA, "--data", ORCL, "--skip-bad-lines", "-p", "fast=5,6"],
      "unknown option `--skip-bad-lines`; did you mean `--skip-bad-rows`?"),
     (["validate", EMA, "--zzz"], "unknown option `--zzz`; see `policyc validate --help`"),
-    (["--verbose", "validate", EMA], "unknown option `--verbose`; did you mean `--version`?"),
+    (["--verbose", "validate", EMA], "unknown option `--verbose`; see `policyc --help`"),
     (["hash", EMA, EMA], f"unexpected argument `{EMA}`"),
     (["backtest", EMA, "--data", ORCL, "--fill", "nxt"], "argument --fill: unknown value `nxt`; did you mean `next`?"),
     (["validate", EMA, "--format", "xml"], "argument --format: unknown value `xml`; choose from text, json"),
@@ -184,3 +185,189 @@ def test_a_missing_file_is_the_same_usage_error_for_every_option(capsys, tmp_pat
     missing = tmp_path / "missing.txt"
     line = usage_error(capsys, *(str(a).format(missing=missing) for a in argv))
     assert line == f"policyc: error: argument {option}: no such file: {missing}"
+
+
+# ---- words other tools use, and near misses only when they are near
+@pytest.mark.parametrize("argv, line", [
+    (["backtest", EMA, "--data", ORCL, "--html", "x.html"], "unknown option `--html`; did you mean `--report`?"),
+    (["backtest", EMA, "--data", ORCL, "--start", "2010-01-01"], "unknown option `--start`; did you mean `--from`?"),
+    (["backtest", EMA, "--data", ORCL, "--end", "2010-01-01"], "unknown option `--end`; did you mean `--to`?"),
+    (["backtest", EMA, "--data", ORCL, "--json"], "unknown option `--json`; did you mean `--format json`?"),
+    (["backtest", EMA, "--data", ORCL, "--out", "x.csv"],
+     "unknown option `--out`; did you mean `--orders`, `--report` or `--trace`?"),
+    (["backtest", EMA, "--data", ORCL, "-o", "x.csv"],
+     "unknown option `-o`; did you mean `--orders`, `--report` or `--trace`?"),
+    (["sweep", EMA, "--data", ORCL, "-o", "x.csv"], "unknown option `-o`; did you mean `--out`?"),
+    (["sweep", EMA, "--data", ORCL, "--workers", "2"], "unknown option `--workers`; did you mean `--jobs`?"),
+    (["hash", EMA, "--json"], "unknown option `--json`; see `policyc hash --help`"),  # hash has no --format
+    (["validate", EMA, "--verbose"], "unknown option `--verbose`; see `policyc validate --help`"),
+    (["validate", EMA, "--hlep"], "unknown option `--hlep`; did you mean `--help`?"),
+    (["backtest", EMA, "--data", ORCL, "--date_format", "%Y"], "unknown option `--date_format`; did you mean `--date-format`?"),
+    (["--versoin"], "unknown option `--versoin`; did you mean `--version`?"),
+    (["-V"], "unknown option `-V`; did you mean `--version`?"),
+    (["version"], "unknown command `version`; did you mean `policyc --version`?"),
+    (["help"], "unknown command `help`; did you mean `policyc --help`?"),
+    (["help", "backtest"], "unknown command `help`; did you mean `policyc backtest --help`?"),
+    (["test", EMA], "unknown command `test`; did you mean `backtest`?"),
+    (["--data", ORCL, "backtest", EMA], "unknown option `--data` before the command; it is an option of backtest, "
+                                        "sweep and replay-feed: write it after the command, as in "
+                                        "`policyc backtest --data ...`"),
+])
+def test_a_synonym_or_a_near_miss_is_suggested_and_nothing_else(capsys, argv, line):
+    assert usage_error(capsys, *argv) == f"policyc: error: {line}"
+
+
+def test_policyc_alone_prints_the_help(capsys):
+    code, out, err = run(capsys)
+    assert code == 2 and out == ""
+    assert err.startswith("usage: policyc ") and "arguments are required" not in err
+    for command in ("validate", "backtest", "sweep", "run", "replay-feed", "paper-venue"):
+        assert f"    {command} " in err
+
+
+# ---- files on the command line that are not files
+@pytest.mark.parametrize("argv, line", [
+    (["backtest", EMA, "--data", ROOT / "data"],
+     f"argument --data: {ROOT / 'data'} is a directory; give one data file in it, such as "
+     f"{ROOT / 'data' / 'index-2006-5min.csv'}"),
+    (["backtest", EMA, "--data", "/dev/null"], "argument --data: /dev/null is not a regular file"),
+    (["backtest", "/dev/null", "--data", ORCL], "argument FILE: /dev/null is not a regular file"),
+    (["validate", ROOT / "policies"],
+     f"argument FILE: {ROOT / 'policies'} is a directory; to check every policy in it, give {ROOT / 'policies'}/*.yaml"),
+    (["hash", ROOT / "policies"],
+     f"argument FILE: {ROOT / 'policies'} is a directory; give one policy file in it, such as "
+     f"{ROOT / 'policies' / 'ai_guard.yaml'}"),
+])
+def test_a_directory_or_a_device_is_a_usage_error_with_a_fix(capsys, argv, line):
+    assert usage_error(capsys, *argv) == f"policyc: error: {line}"
+
+
+def test_a_data_file_with_an_equals_sign_in_its_name_is_that_file(capsys, tmp_path):
+    path = tmp_path / "run=1.csv"
+    path.write_text(ORCL.read_text())
+    code, out, err = run(capsys, "backtest", str(EMA), "--data", str(path), "--to", "1995-12-31", "--format", "json")
+    assert code == 0, err
+    assert json.loads(out)["data"] == [str(path)]
+    assert usage_error(capsys, "backtest", EMA, "--data", "=x.csv") == \
+        "policyc: error: argument --data: expected SYMBOL=PATH or PATH, got `=x.csv`"
+
+
+# ---- an option given twice is refused, never the last silently winning
+@pytest.mark.parametrize("command", [["validate", EMA], ["compile", EMA], ["hash", EMA], ["explain", EMA],
+                                     ["backtest", EMA, "--data", ORCL], ["sweep", EMA, "--data", ORCL],
+                                     ["run", EMA, "--feed", "ws://127.0.0.1:9", "--venue", "ws://127.0.0.1:9"]])
+def test_a_param_given_twice_is_a_usage_error_for_every_command(capsys, command):
+    assert usage_error(capsys, *command, "-p", "fast=10", "-p", "fast=11") == (
+        "policyc: error: argument -p/--param: `fast` is given twice (fast=10, then fast=11); give each param once")
+
+
+def test_a_data_file_given_twice_is_a_usage_error(capsys, tmp_path):
+    assert usage_error(capsys, "backtest", EMA, "--data", f"ORCL={ORCL}", "--data", f"ORCL={ORCL}") == (
+        f"policyc: error: argument --data: `ORCL` is given twice (ORCL={ORCL}, then ORCL={ORCL}); "
+        "give one file per instrument")
+    assert usage_error(capsys, "backtest", EMA, "--data", ORCL, "--data", ORCL) == \
+        f"policyc: error: argument --data: {ORCL} is given twice"
+    other = tmp_path / "orcl-copy.csv"
+    other.write_text("Date,Close\n2024-01-02,1\n")
+    assert usage_error(capsys, "replay-feed", "--data", ORCL, "--data", other, "--listen", "127.0.0.1:9") == (
+        f"policyc: error: argument --data: {ORCL} and {other} are both served as `ORCL`; name them with SYMBOL=PATH")
+
+
+# ---- values of options
+@pytest.mark.parametrize("argv, line", [
+    (["backtest", EMA, "--data", ORCL, "--from", "2012-01-01", "--to", "2010-01-01"],
+     "--from 2012-01-01 is after --to 2010-01-01; swap them"),
+    (["backtest", EMA, "--data", ORCL, "--from", "20100101"], "argument --from: not a date: `20100101`; write it as 2010-01-01"),
+    (["backtest", EMA, "--data", ORCL, "--to", "2010-02-30"], "argument --to: not a real date: `2010-02-30`"),
+    (["sweep", EMA, "--data", ORCL, "--jobs", "0"], "argument --jobs: must be at least 1, not 0"),
+    (["sweep", EMA, "--data", ORCL, "--jobs", "-1"], "argument --jobs: must be at least 1, not -1"),
+    (["run", EMA, "--feed", "ws://127.0.0.1:9", "--venue", "ws://127.0.0.1:9", "--duration", "2x"],
+     "argument --duration: expected a duration such as 90 (seconds), 30s, 5m or 1h30m, got `2x`"),
+    (["run", EMA, "--feed", "ws://127.0.0.1:9", "--venue", "ws://127.0.0.1:9", "--duration", "0s"],
+     "argument --duration: a duration must be above 0, got `0s`"),
+    (["replay-feed", "--data", ORCL, "--listen", "127.0.0.1:9", "--rate", "0"], "argument --rate: must be above 0, not 0"),
+    (["replay-feed", "--data", ORCL, "--listen", "127.0.0.1:9", "--clients", "0"],
+     "argument --clients: must be at least 1, not 0"),
+    (["paper-venue", "--listen", "127.0.0.1:9", "--feed", "ws://127.0.0.1:9", "--latency", "-5"],
+     "argument --latency: must be 0 or more, not -5"),
+    (["backtest", EMA, "--data", ORCL, "--date-format", "%s"],
+     "argument --date-format: for seconds since 1970 write epoch, not `%s` (strptime has no %s)"),
+    (["backtest", EMA, "--data", ORCL, "--date-format", "%d/%q"],
+     "argument --date-format: `%d/%q` is not a strptime format: 'q' is a bad directive in format '%d/%q'"),
+    (["backtest", EMA, "--data", ORCL, "--date-format", "dd.mm.yyyy hh:mm"],
+     "argument --date-format: `dd.mm.yyyy hh:mm` is not a strptime format; write it as %d.%m.%Y %H:%M"),
+])
+def test_an_option_value_out_of_its_range_is_a_usage_error(capsys, argv, line):
+    assert usage_error(capsys, *argv) == f"policyc: error: {line}"
+
+
+@pytest.mark.parametrize("text, seconds", [("2", 2.0), ("2.5", 2.5), ("2s", 2.0), ("500ms", 0.5), ("5m", 300.0),
+                                           ("2h", 7200.0), ("1h30m", 5400.0), (" 90 ", 90.0)])
+def test_run_duration_takes_a_unit(text, seconds):
+    from policyc.cli import build_parser
+
+    args = build_parser().parse_args(["run", str(EMA), "--feed", "ws://127.0.0.1:9", "--venue", "ws://127.0.0.1:9",
+                                      "--duration", text])
+    assert args.duration == seconds
+
+
+# ---- output files: parents created, problems found before the run
+def test_output_files_in_missing_directories_are_created(capsys, tmp_path):
+    outs = {"--orders": tmp_path / "a" / "b" / "orders.csv", "--trace": tmp_path / "a" / "trace.csv",
+            "--report": tmp_path / "c" / "report.html"}
+    code, out, err = run(capsys, "backtest", str(EMA), "--data", str(ORCL), "--to", "1996-12-31",
+                         *(str(x) for pair in outs.items() for x in pair))
+    assert code == 0, err
+    assert all(path.is_file() and path.stat().st_size > 0 for path in outs.values())
+    sweep_out = tmp_path / "d" / "sweep.csv"
+    code, _, err = run(capsys, "sweep", str(EMA), "--data", str(ORCL), "--to", "1996-12-31", "-p", "fast=5,10",
+                       "--jobs", "1", "--out", str(sweep_out))
+    assert code == 0 and sweep_out.is_file(), err
+
+
+def test_an_output_file_that_cannot_be_written_is_refused_before_the_run(capsys, tmp_path):
+    assert usage_error(capsys, "backtest", EMA, "--data", ORCL, "--orders", tmp_path) == \
+        f"policyc: error: argument --orders: {tmp_path} is a directory; name a file in it"
+    assert usage_error(capsys, "backtest", EMA, "--data", ORCL, "--report", f"{ORCL}/r.html") == \
+        f"policyc: error: argument --report: cannot write {ORCL}/r.html: {ORCL} is a file, not a directory"
+    assert usage_error(capsys, "sweep", EMA, "--data", ORCL, "--out", f"{ORCL}/x/s.csv") == \
+        f"policyc: error: argument --out: cannot write {ORCL}/x/s.csv: {ORCL} is a file, not a directory"
+    assert usage_error(capsys, "backtest", EMA, "--data", ORCL, "--orders", ORCL) == \
+        f"policyc: error: argument --orders: {ORCL} is a --data file; writing it would overwrite it"
+    same = tmp_path / "x.csv"
+    assert usage_error(capsys, "backtest", EMA, "--data", ORCL, "--orders", same, "--trace", same) == \
+        f"policyc: error: --orders and --trace name the same file: {same}"
+    assert usage_error(capsys, "compile", EMA, "-o", ORCL) == f"policyc: error: argument -o/--out: {ORCL} is a file, not a directory"
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root may write anywhere")
+def test_an_output_directory_without_write_permission_is_refused_before_the_run(capsys, tmp_path):
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o500)
+    assert usage_error(capsys, "backtest", EMA, "--data", ORCL, "--orders", locked / "new" / "o.csv") == \
+        f"policyc: error: argument --orders: cannot write {locked}/new/o.csv: {locked} is not writable"
+
+
+# ---- sweep: processes and param values
+def test_sweep_uses_no_more_processes_than_combinations_and_writes_whole_numbers_as_integers(capsys, tmp_path):
+    out = tmp_path / "s.csv"
+    code, _, err = run(capsys, "sweep", str(EMA), "--data", str(ORCL), "--to", "1996-12-31", "-p", "fast=5,10",
+                       "--jobs", "64", "--out", str(out))
+    assert code == 0, err
+    assert err.splitlines()[-1].endswith("on 2 process(es)")
+    assert sorted(r.split(",")[0] for r in out.read_text().splitlines()[1:]) == ["10", "5"]
+
+
+# ---- --format json: data errors are JSON on stdout too
+def test_a_data_error_with_format_json_is_json_on_stdout(capsys, tmp_path):
+    path = tmp_path / "bad.csv"
+    path.write_text("Date,Close\n2024-01-02,10\n2024-01-03,abc\n2024-01-04,12\n")
+    code, out, err = run(capsys, "backtest", str(EMA), "--data", str(path), "--format", "json")
+    assert code == 1 and err == ""
+    assert json.loads(out) == [{"file": str(path), "line": 3, "column": None, "end_line": None, "end_column": None,
+                                "severity": "error", "code": None, "message": "`Close` is not a number: `abc`",
+                                "help": None}]
+    code, out, _ = run(capsys, "backtest", str(EMA), "--data", str(ORCL), "--from", "2030-01-01", "--format", "json")
+    assert code == 1
+    assert json.loads(out)[0]["line"] is None and json.loads(out)[0]["message"] == (
+        "no rows from 2030-01-01 on (--from/--to); the file runs from 1995-01-03 to 2014-12-31")

@@ -331,7 +331,7 @@ ROW_PROBLEMS = {
     "time_goes_back": (H + GOOD + "2024-01-05,1,1,1,11,5\n2024-01-05,1,1,1,11,5\n2024-01-04,1,1,1,12,5\n"
                        "2024-01-06,1,1,1,12,5\n", 5, ["earlier than the row before"], "timestamp out of order", 4),
     "bad_timestamp": (H + GOOD + "2024-13-45,1,1,1,11,5\n2024-01-06,1,1,1,12,5\n", 3,
-                      ["timestamp `2024-13-45` is not a date/time"], "bad timestamp", 2),
+                      ["timestamp `2024-13-45` is not a real date: there is no month 13"], "bad timestamp", 2),
 }
 
 
@@ -445,7 +445,7 @@ def test_wrong_number_of_fields(capsys, files, tmp_path):
     ("Date,Close\n,10\n2024-01-03,11\n", 2, "timestamp is empty"),
     ("Date,Close\n2024-01-02,10\n,11\n2024-01-04,12\n", 3, "timestamp is empty"),
     ("Date,Close\n2024-01-02,10\nNaT,11\n2024-01-04,12\n", 3, "timestamp `NaT` is not a date/time: "
-     "use YYYY-MM-DD or YYYY-MM-DDTHH:MM:SS[.fff], or --date-format FORMAT such as %m/%d/%Y"),
+     "use YYYY-MM-DD or YYYY-MM-DDTHH:MM:SS[.fff], or give its strptime format with --date-format"),
 ])
 def test_empty_timestamp_cell_is_a_bad_timestamp(capsys, files, tmp_path, text, line, message):
     path = tmp_path / "empty_ts.csv"
@@ -505,7 +505,6 @@ def test_from_to_select_a_range(capsys, files):
 # =====================================================================================
 # Data mistakes name the value and the fix
 # =====================================================================================
-ACCEPTED = "use YYYY-MM-DD or YYYY-MM-DDTHH:MM:SS[.fff], or --date-format FORMAT such as %m/%d/%Y"
 US = "Date,Close\n01/03/1995,10\n01/04/1995,11\n01/05/1995,12\n"
 
 
@@ -514,14 +513,15 @@ def test_a_timestamp_that_does_not_parse_shows_the_text_its_line_and_the_formats
     path.write_text("Date,Close\n1995-01-03,10\n01/04/1995,11\n1995-01-05,12\n")
     code, _, err = cli(capsys, "backtest", files["closer"], "--data", path)
     assert code == 1
-    assert err.splitlines() == [f"error: {path}:3: timestamp `01/04/1995` is not a date/time: {ACCEPTED}"]
+    assert err.splitlines() == [f"error: {path}:3: timestamp `01/04/1995` is not ISO 8601: "
+                                "use --date-format %m/%d/%Y (month first) or %d/%m/%Y (day first)"]
 
 
 def test_a_file_whose_every_timestamp_fails_counts_them_instead_of_suggesting_skip_bad_rows(capsys, files, tmp_path):
     path = tmp_path / "us.csv"
     path.write_text(US)
-    expected = (f"error: {path}:2: timestamp `01/03/1995` is not a date/time: {ACCEPTED} "
-                "(every row is bad; bad timestamp: 3)")
+    expected = (f"error: {path}:2: timestamp `01/03/1995` is not ISO 8601: use --date-format %m/%d/%Y (month first) "
+                "or %d/%m/%Y (day first) (every row is bad; bad timestamp: 3)")
     for skip in ([], ["--skip-bad-rows"]):
         code, _, err = cli(capsys, "backtest", files["closer"], "--data", path, *skip)
         assert code == 1 and err.splitlines() == [expected], err
@@ -553,8 +553,8 @@ def test_a_timestamp_that_does_not_match_date_format_names_both(capsys, files, t
     path.write_text("Date,Close\n1995-01-03,10\n1995-01-04,11\n")
     code, _, err = cli(capsys, "backtest", files["closer"], "--data", path, "--date-format", "%m/%d/%Y")
     assert code == 1
-    assert err.splitlines() == [f"error: {path}:2: timestamp `1995-01-03` does not match --date-format `%m/%d/%Y` "
-                                "(every row is bad; bad timestamp: 2)"]
+    assert err.splitlines() == [f"error: {path}:2: timestamp `1995-01-03` does not match --date-format `%m/%d/%Y`: "
+                                "it is ISO 8601, which is read without --date-format (every row is bad; bad timestamp: 2)"]
 
 
 def test_date_format_covers_date_and_time_columns_and_converts_a_zone_to_utc(closer, tmp_path):
@@ -584,7 +584,7 @@ def test_a_date_format_without_directives_is_a_usage_error(capsys, files):
                        "--date-format", "dd/mm/yyyy")
     assert code == 2
     assert err.splitlines()[-1] == ("policyc: error: argument --date-format: `dd/mm/yyyy` is not a strptime format; "
-                                    "write it like %d/%m/%Y")
+                                    "write it as %d/%m/%Y")
 
 
 @pytest.mark.parametrize("delimiter", [";", "\t", "|"])
@@ -606,3 +606,233 @@ def test_a_european_excel_file_reads_with_decimal_commas(closer, tmp_path):
     assert list(t.ts) == [ns("1995-01-03"), ns("1995-01-04")]
     assert list(t.columns["close"]) == [2.117284, 2.25] and list(t.columns["open"]) == [2.1, 2.2]
     assert list(t.columns["volume"]) == [100, 200]
+
+
+# =====================================================================================
+# Numbers are not dates in another unit, silently
+# =====================================================================================
+def _with_stamps(path: Path, stamps: list[str]) -> Path:
+    path.write_text("Date,Close\n" + "".join(f"{s},{10 + k}\n" for k, s in enumerate(stamps)))
+    return path
+
+
+@pytest.mark.parametrize("stamps, message", [
+    (["19950103", "19950104"], "timestamp `19950103` looks like YYYYMMDD; use --date-format %Y%m%d"),
+    (["199501030930", "199501031000"], "timestamp `199501030930` looks like YYYYMMDDHHMM; use --date-format %Y%m%d%H%M"),
+    (["1443043062", "1443043063"],
+     "timestamp `1443043062` looks like seconds since 1970 (2015-09-23T21:17:42Z); use --date-format epoch"),
+    (["789091200", "789177600"], "timestamp `789091200` looks like seconds since 1970 (1995-01-03); use --date-format epoch"),
+    (["1443043062.5", "1443043063"],
+     "timestamp `1443043062.5` looks like seconds since 1970 (2015-09-23T21:17:42.500Z); use --date-format epoch"),
+    (["1443043062146", "1443043062147"], "timestamp `1443043062146` looks like milliseconds since 1970 "
+                                         "(2015-09-23T21:17:42.146Z); use --date-format epoch-ms"),
+    (["1443043062146000", "1443043062147000"], "timestamp `1443043062146000` looks like microseconds since 1970 "
+                                               "(2015-09-23T21:17:42.146Z); use --date-format epoch-us"),
+    (["1443043062146000000", "1443043062147000000"], "timestamp `1443043062146000000` looks like nanoseconds since "
+                                                     "1970 (2015-09-23T21:17:42.146Z); use --date-format epoch-ns"),
+    (["12", "13"], "timestamp `12` is not a date/time: use YYYY-MM-DD or YYYY-MM-DDTHH:MM:SS[.fff], "
+                   "or give its strptime format with --date-format"),
+])
+def test_a_csv_timestamp_made_of_digits_is_refused_with_the_format_that_reads_it(capsys, files, tmp_path, stamps, message):
+    path = _with_stamps(tmp_path / "digits.csv", stamps)
+    for skip in ([], ["--skip-bad-rows"]):
+        code, _, err = cli(capsys, "backtest", files["closer"], "--data", path, *skip)
+        assert code == 1
+        assert err.splitlines() == [f"error: {path}:2: {message} (every row is bad; bad timestamp: 2)"]
+
+
+def test_one_timestamp_of_digits_among_iso_dates_is_a_bad_row_not_the_year_19950104(capsys, files, tmp_path):
+    path = _with_stamps(tmp_path / "mixed.csv", ["1995-01-03", "19950104", "1995-01-05", "1995-01-06"])
+    code, _, err = cli(capsys, "backtest", files["closer"], "--data", path)
+    assert code == 1
+    assert err.splitlines() == [f"error: {path}:3: timestamp `19950104` looks like YYYYMMDD; use --date-format %Y%m%d"]
+
+
+@pytest.mark.parametrize("fmt, stamps", [
+    ("epoch", ["789091200", "789177600.5"]),
+    ("epoch-ms", ["789091200000", "789177600500"]),
+    ("epoch-us", ["789091200000000", "789177600500000"]),
+    ("epoch-ns", ["789091200000000000", "789177600500000000"]),
+])
+def test_date_format_epoch_reads_numbers_since_1970(closer, tmp_path, fmt, stamps):
+    path = _with_stamps(tmp_path / "epoch.csv", stamps)
+    assert list(load_table(path, closer.columns, date_format=fmt).ts) == [ns("1995-01-03"), ns("1995-01-04T00:00:00.5")]
+
+
+def test_date_format_epoch_refuses_text_that_is_not_a_number(capsys, files, tmp_path):
+    path = _with_stamps(tmp_path / "epoch.csv", ["789091200", "1995-01-04", "789264000", "789350400"])
+    code, _, err = cli(capsys, "backtest", files["closer"], "--data", path, "--date-format", "epoch")
+    assert code == 1
+    assert err.splitlines() == [f"error: {path}:3: timestamp `1995-01-04` is not a number of seconds since 1970 "
+                                "(--date-format epoch); it looks like a date: use --date-format %Y-%m-%d"]
+
+
+def test_integer_timestamps_in_npz_and_parquet_that_are_not_nanoseconds_are_refused(closer, capsys, files, tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    seconds = np.array([789091200, 789177600])
+    np.savez(tmp_path / "s.npz", ts=seconds, close=[1.0, 2.0])
+    code, _, err = cli(capsys, "backtest", files["closer"], "--data", tmp_path / "s.npz")
+    assert code == 1
+    assert err.splitlines() == [f"error: {tmp_path / 's.npz'}:row 0: timestamp 789091200 read as nanoseconds since "
+                                "1970 is 1970-01-01T00:00:00.789091200Z; it looks like seconds since 1970 (1995-01-03); "
+                                "use --date-format epoch"]
+    assert list(load_table(tmp_path / "s.npz", closer.columns, date_format="epoch").ts) == \
+        [ns("1995-01-03"), ns("1995-01-04")]
+    pq.write_table(pa.table({"Date": np.array([19950103, 19950104]), "Close": [1.0, 2.0]}), tmp_path / "d.parquet")
+    with pytest.raises(DataError, match="it looks like YYYYMMDD; use --date-format %Y%m%d"):
+        load_table(tmp_path / "d.parquet", closer.columns)
+    assert list(load_table(tmp_path / "d.parquet", closer.columns, date_format="%Y%m%d").ts) == \
+        [ns("1995-01-03"), ns("1995-01-04")]
+    # a timestamp column stays a time whatever --date-format says of numbers
+    pq.write_table(pa.table({"Date": pa.array(np.array(["1995-01-03"], "datetime64[ms]")), "Close": [1.0]}),
+                   tmp_path / "t.parquet")
+    assert list(load_table(tmp_path / "t.parquet", closer.columns, date_format="epoch").ts) == [ns("1995-01-03")]
+    np.savez(tmp_path / "small.npz", ts=np.arange(3), close=[1.0, 2.0, 3.0])  # small counts: nanoseconds, as documented
+    assert list(load_table(tmp_path / "small.npz", closer.columns).ts) == [0, 1, 2]
+
+
+def test_date_format_applies_to_parquet_string_columns(closer, tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.table({"Date": ["03/01/1995", "04/01/1995"], "Close": [1.0, 2.0]}), tmp_path / "s.parquet")
+    assert list(load_table(tmp_path / "s.parquet", closer.columns, date_format="%d/%m/%Y").ts) == \
+        [ns("1995-01-03"), ns("1995-01-04")]
+
+
+# =====================================================================================
+# A wrong format is not a few bad rows
+# =====================================================================================
+def _orcl_rows(n: int | None = None) -> tuple[str, list[list[str]]]:
+    lines = (DATA / "orcl-1995-2014.csv").read_text().splitlines()
+    return lines[0], [line.split(",") for line in lines[1: None if n is None else n + 1]]
+
+
+def test_skip_bad_rows_refuses_when_most_timestamps_fail(capsys, files, tmp_path):
+    header, rows = _orcl_rows(200)
+    path = tmp_path / "us.csv"
+    path.write_text("\n".join([header] + [",".join([f"{d[5:7]}/{d[8:10]}/{d[:4]}", *rest]) for d, *rest in rows]) + "\n")
+    expected = (f"error: {path}:10: timestamp `01/13/1995` does not match --date-format `%d/%m/%Y`: try %m/%d/%Y "
+                "(118 of 200 rows have a bad timestamp and 68 more are out of order: too many to skip)")
+    for skip in ([], ["--skip-bad-rows"]):
+        code, _, err = cli(capsys, "backtest", files["closer"], "--data", path, "--date-format", "%d/%m/%Y", *skip)
+        assert code == 1 and err.splitlines() == [expected], err
+    code, out, err = cli(capsys, "backtest", files["closer"], "--data", path, "--date-format", "%m/%d/%Y",
+                         "--format", "json")
+    assert code == 0 and json.loads(out)["events"] == 200, err
+
+
+def test_a_file_sorted_newest_first_says_so(capsys, files, tmp_path):
+    header, rows = _orcl_rows(50)
+    path = tmp_path / "newest.csv"
+    path.write_text("\n".join([header] + [",".join(r) for r in rows[::-1]]) + "\n")
+    code, _, err = cli(capsys, "backtest", files["closer"], "--data", path, "--skip-bad-rows")
+    assert code == 1
+    assert err.splitlines() == [f"error: {path}: the rows run newest first (1995-03-14 down to 1995-01-03); "
+                                "sort them oldest first"]
+
+
+@pytest.mark.parametrize("stamps, message", [
+    (["03.01.1995", "04.01.1995"], "timestamp `03.01.1995` is not ISO 8601: use --date-format %d.%m.%Y"),
+    (["03.01.1995 09:30", "04.01.1995 09:30"],
+     "timestamp `03.01.1995 09:30` is not ISO 8601: use --date-format '%d.%m.%Y %H:%M'"),
+    (["01/03/1995", "01/04/1995"],
+     "timestamp `01/03/1995` is not ISO 8601: use --date-format %m/%d/%Y (month first) or %d/%m/%Y (day first)"),
+    (["01/03/1995", "01/13/1995"], "timestamp `01/03/1995` is not ISO 8601: use --date-format %m/%d/%Y"),
+    (["13/01/1995", "14/01/1995"], "timestamp `13/01/1995` is not ISO 8601: use --date-format %d/%m/%Y"),
+    (["3 Jan 1995", "4 Jan 1995"], "timestamp `3 Jan 1995` is not ISO 8601: use --date-format '%d %b %Y'"),
+    (["1995-02-29", "1995-02-30"], "timestamp `1995-02-29` is not a real date: February 1995 has 28 days"),
+    (["1995-1-3", "1995-1-4"], "timestamp `1995-1-3` is not ISO 8601: use --date-format %Y-%m-%d"),
+    (["today", "now"], "timestamp `today` is not a date/time: use YYYY-MM-DD or YYYY-MM-DDTHH:MM:SS[.fff], "
+                       "or give its strptime format with --date-format"),
+])
+def test_the_timestamp_hint_is_guessed_from_the_text(capsys, files, tmp_path, stamps, message):
+    path = _with_stamps(tmp_path / "forms.csv", stamps)
+    code, _, err = cli(capsys, "backtest", files["closer"], "--data", path)
+    assert code == 1
+    assert err.splitlines()[0].startswith(f"error: {path}:2: {message} ("), err
+
+
+def test_a_date_that_does_not_exist_with_date_format_says_so(capsys, files, tmp_path):
+    path = _with_stamps(tmp_path / "eu.csv", ["28/02/1995", "29/02/1995", "01/03/1995", "02/03/1995"])
+    code, _, err = cli(capsys, "backtest", files["closer"], "--data", path, "--date-format", "%d/%m/%Y")
+    assert code == 1
+    assert err.splitlines() == [f"error: {path}:3: timestamp `29/02/1995` is not a real date "
+                                "(day is out of range for month; --date-format `%d/%m/%Y`)"]
+
+
+def test_a_utc_offset_in_an_iso_timestamp_is_converted(closer, tmp_path):
+    path = tmp_path / "offset.csv"
+    path.write_text("Datetime,Close\n2024-01-02T10:00:00+02:00,1\n2024-01-02T10:00:00-0130,2\n")
+    assert list(load_table(path, closer.columns).ts) == [ns("2024-01-02T08:00"), ns("2024-01-02T11:30")]
+
+
+# =====================================================================================
+# --from/--to
+# =====================================================================================
+@pytest.mark.parametrize("bounds, span", [
+    (["--from", "2030-01-01"], "from 2030-01-01 on"),
+    (["--to", "1990"], "up to 1990-12-31"),
+    (["--from", "2020-01-01", "--to", "2020-06-30"], "from 2020-01-01 to 2020-06-30"),
+    (["--from", "1995-01-07T10:00"], "from 1995-01-07T10:00:00 on"),
+])
+def test_a_range_without_rows_names_the_files_first_and_last_dates(capsys, files, tmp_path, bounds, span):
+    path = _with_stamps(tmp_path / "week.csv", ["1995-01-03", "1995-01-04", "1995-01-05", "1995-01-06"])
+    code, _, err = cli(capsys, "backtest", files["closer"], "--data", path, *bounds)
+    assert code == 1
+    assert err.splitlines() == [f"error: {path}: no rows {span} (--from/--to); the file runs from 1995-01-03 to 1995-01-06"]
+
+
+def test_a_year_or_a_month_as_from_and_to_means_all_of_it(capsys, files):
+    code, out, err = cli(capsys, "backtest", files["closer"], "--data", DATA / "orcl-1995-2014.csv",
+                         "--from", "2000", "--to", "2000-02", "--format", "json")
+    assert code == 0, err
+    s = json.loads(out)
+    assert s["start"].startswith("2000-01-03") and s["end"].startswith("2000-02-29")
+
+
+# =====================================================================================
+# Spreadsheet exports
+# =====================================================================================
+EU_ROWS = [("03.01.1995", "2,179012", "2,117284", "36.301.200"), ("04.01.1995", "2,123457", "2,135803", "1.234.567,5"),
+           ("05.01.1995", "2,1", "2,2", "987")]
+
+
+@pytest.mark.parametrize("delimiter", [";", "\t", "|"])
+def test_decimal_commas_and_thousands_in_a_file_not_delimited_by_commas(closer, tmp_path, delimiter):
+    path = tmp_path / "eu.txt"
+    path.write_text("\n".join(delimiter.join(r) for r in [("Date", "Open", "Close", "Volume"), *EU_ROWS]) + "\n")
+    t = load_table(path, [*closer.columns, "open", "volume"], date_format="%d.%m.%Y")
+    assert list(t.ts) == [ns("1995-01-03"), ns("1995-01-04"), ns("1995-01-05")]
+    assert list(t.columns["close"]) == [2.117284, 2.135803, 2.2]
+    assert list(t.columns["open"]) == [2.179012, 2.123457, 2.1]
+    assert list(t.columns["volume"]) == [36301200, 1234567.5, 987]
+
+
+@pytest.mark.parametrize("cells, values", [
+    (["1,234.5", "2,345,678", "12.25"], [1234.5, 2345678, 12.25]),    # a comma before a point: thousands
+    (["1 234,5", "2 345 678", "12,25"], [1234.5, 2345678, 12.25]),    # spaces group thousands
+    (["1\u00a0234,5", "12,25", "7"], [1234.5, 12.25, 7]),            # so do no-break spaces
+])
+def test_thousands_separators_that_cannot_be_mistaken(closer, tmp_path, cells, values):
+    path = tmp_path / "tab.txt"
+    path.write_text("Date\tClose\n" + "".join(f"1995-01-0{k + 3}\t{c}\n" for k, c in enumerate(cells)))
+    assert list(load_table(path, closer.columns).columns["close"]) == values
+
+
+def test_a_comma_in_a_number_of_a_comma_delimited_file_is_a_thousands_separator_or_a_bad_number(capsys, files, tmp_path):
+    path = tmp_path / "us.csv"
+    path.write_text('Date,Close\n1995-01-03,"1,234.5"\n1995-01-04,"2,5"\n1995-01-05,12\n')
+    code, _, err = cli(capsys, "backtest", files["closer"], "--data", path)
+    assert code == 1 and err.splitlines() == [f"error: {path}:3: `Close` is not a number: `2,5`"]
+
+
+@pytest.mark.parametrize("encoding, bom", [("utf-16-le", b"\xff\xfe"), ("utf-16-be", b"\xfe\xff"), ("utf-16-le", b"")])
+def test_a_utf16_unicode_text_export_is_read(closer, tmp_path, encoding, bom):
+    path = tmp_path / "unicode.txt"
+    text = "\r\n".join("\t".join(r) for r in [("Date", "Open", "Close", "Volume"), *EU_ROWS]) + "\r\n"
+    path.write_bytes(bom + text.encode(encoding))
+    t = load_table(path, closer.columns, date_format="%d.%m.%Y")
+    assert list(t.columns["close"]) == [2.117284, 2.135803, 2.2] and len(t) == 3

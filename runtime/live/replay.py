@@ -34,21 +34,41 @@ class Recording:
         return len(self.ts)
 
 
+def instrument_name(symbol: str | None, path: str) -> str:
+    """The instrument a --data file is served as: its SYMBOL, or the file name up to its
+    first `-`, upper-cased (`orcl-1995-2014.csv` is ORCL)."""
+    return symbol or Path(path).stem.split("-")[0].upper()
+
+
+def duplicate_names(data: list[tuple[str | None, str]]) -> str | None:
+    """What is wrong when two (symbol or None, path) files would be served as one
+    instrument, or None."""
+    seen: dict[str, str] = {}
+    for symbol, path in data:
+        name = instrument_name(symbol, path)
+        if name in seen:
+            return (f"{seen[name]} and {symbol + '=' if symbol else ''}{path} are both served as `{name}`; "
+                    "name them with SYMBOL=PATH")
+        seen[name] = f"{symbol + '=' if symbol else ''}{path}"
+    return None
+
+
 def load_recording(data: list[tuple[str | None, str]], date_format: str | None = None) -> Recording:
-    """Bars (or, without them, prices) of each (symbol or None, path) file; a symbol
-    defaults to the file name up to its first `-`, upper-cased. `date_format` is that of
-    `load_table`. Raises DataError for a file that cannot be used, or two of one name."""
+    """Bars (or, without them, prices) of each (symbol or None, path) file, served as
+    `instrument_name`. `date_format` is that of `load_table`. Raises DataError for a file
+    that cannot be used, or two of one name."""
+    clash = duplicate_names(data)
+    if clash:
+        raise DataError(f"--data: {clash}")
     tables, names = [], []
     for symbol, path in data:
-        name = symbol or Path(path).stem.split("-")[0].upper()
+        name = instrument_name(symbol, path)
         try:
             table = load_table(path, [*BAR, "volume"], date_format=date_format)
         except DataError:
             table = load_table(path, ["price"], date_format=date_format)
         tables.append(table)
         names.append(name)
-    if len(set(names)) != len(names):
-        raise DataError("two --data files have the same instrument name; use SYMBOL=PATH")
     fields = set.intersection(*(set(t.columns) for t in tables))
     ts = np.concatenate([t.ts for t in tables])
     inst = np.concatenate([np.full(len(t), k) for k, t in enumerate(tables)])
