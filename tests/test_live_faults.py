@@ -572,7 +572,7 @@ def test_paper_venue_cancels_a_pending_order_and_remembers_it():
 def test_paper_venue_answers_a_cancel_with_nothing_to_cancel_with_how_the_order_ended():
     """A cancel of an order already filled, cancelled or refused is answered with all it
     was answered so far; of one never seen, with a reject. Nothing executes:
-    after a cancel the runtime knows how each order ended (docs/cli.md, paper-venue)."""
+    after a cancel the runtime knows how each order ended (docs/live.md, the paper venue)."""
     venue = paper.PaperVenue(latency_ms=50)
     venue.on_feed([tick(0, 45.0)])
     cancelled = [*venue.on_order(_order("p1")), *venue.on_order(_cancel("p1"))]
@@ -589,6 +589,46 @@ def test_paper_venue_answers_a_cancel_with_nothing_to_cancel_with_how_the_order_
     assert venue.on_order(_cancel("never-seen")) == [
         {"type": "reject", "client_order_id": "never-seen", "reason": "unknown order: nothing to cancel"}]
     assert len(venue.fills) == 1 and len(instant.fills) == 1 and not venue.pending
+
+
+def _order_at(oid, ts, qty=10):
+    """An order decided on the market event at `ts`."""
+    return json.dumps({"type": "order", "client_order_id": oid, "instrument": "ORCL", "side": "buy", "qty": qty,
+                       "ts": ts, "event_ts": ts})
+
+
+def test_paper_venue_fills_an_order_at_the_event_it_was_decided_on_even_when_its_feed_lags():
+    """The runtime's copy of the feed can be ahead of the venue's: an order decided on
+    an event the venue has not seen yet waits for that event and fills at its price,
+    as `backtest --fill same` does, never at the price before it."""
+    venue = paper.PaperVenue()
+    venue.on_feed([tick(0, 45.0)])
+    (ack,) = venue.on_order(_order_at("p1", ts=TS + 1))  # decided on event 1; the venue is at event 0
+    assert ack["type"] == "ack" and venue.fills == [] and "p1" in venue.behind
+    (fill,) = venue.on_feed([tick(1, 46.0)])
+    assert fill["client_order_id"] == "p1" and fill["price"] == 46.0 and not venue.behind
+    assert venue.on_feed([tick(2, 47.0)]) == []  # filled once
+    # an order of an event the venue has seen fills at once, at the last price
+    assert [r["type"] for r in venue.on_order(_order_at("p2", ts=TS + 1))] == ["ack", "fill"]
+    assert venue.fills[-1]["price"] == 47.0
+    # a cancel reaches an order waiting for the feed
+    venue.on_order(_order_at("p3", ts=TS + 9))
+    assert venue.on_order(_cancel("p3")) == [{"type": "reject", "client_order_id": "p3", "reason": "cancelled"}]
+    assert venue.on_feed([tick(9, 50.0)]) == [] and len(venue.fills) == 2
+
+
+def test_paper_venue_ends_the_wait_for_its_feed_with_the_last_price_or_a_reject():
+    """Two feeds should never be a second apart; when the venue's is, the wait ends
+    (FEED_WAIT_S) with a fill at the last price there is, or a reject with none."""
+    venue = paper.PaperVenue()
+    venue.on_order(_order_at("early", ts=TS + 0))  # no feed at all yet: it waits, not refused
+    assert "early" in venue.behind
+    (reject,) = venue.execute("early", venue.behind.pop("early"), wait=False)
+    assert reject == {"type": "reject", "client_order_id": "early", "reason": "no price for ORCL"}
+    venue.on_feed([tick(0, 45.0)])
+    venue.on_order(_order_at("late", ts=TS + 5))
+    (fill,) = venue.execute("late", venue.behind.pop("late"), wait=False)
+    assert fill["price"] == 45.0
 
 
 def test_paper_venue_over_sockets_cancels_and_fills_on_the_last_connection_to_send_the_order():

@@ -285,3 +285,17 @@ def test_run_says_on_stderr_that_it_cannot_reach_the_venue(tmp_path):
     assert said == [f"venue {venue_url}: cannot connect (Connection refused); retrying about every 2 s"]
     status = json.loads(run.stdout[:run.stdout.rindex("decision log:")])
     assert status["reconnects"] >= 1
+
+
+def test_an_order_says_which_market_event_it_was_decided_on(rt):
+    """An order decided on a market event carries that event's time as `event_ts` (a
+    paper venue fills it at that event's price); one decided on nothing the feed sent,
+    like the kill switch's liquidation, has none."""
+    venue = rt.venue
+    tick(rt, 1)
+    (buy,) = orders(venue)
+    assert buy["event_ts"] == buy["ts"] == TS + 1
+    answer(rt, ack(buy["client_order_id"]), fill(buy["client_order_id"], 10))
+    rt.halt("operator")
+    (sell,) = orders(venue)[1:]
+    assert sell["side"] == "sell" and "event_ts" not in sell

@@ -18,6 +18,10 @@ from dataclasses import dataclass, field
 from . import transport
 from .protocol import MAX_FRAME_BYTES, Input, ProtocolError, decode, encode, parse_feed
 
+#: Seconds an order decided on an event the venue's feed has not brought yet waits for
+#: it; then it fills at the last price there is (two feeds should never be this far apart).
+FEED_WAIT_S = 1.0
+
 
 @dataclass
 class PaperVenue:
@@ -31,10 +35,13 @@ class PaperVenue:
     latencies_ns: deque = field(default_factory=lambda: deque(maxlen=100_000))  # the latest orders
     rejected: int = 0
     next_id: int = 0
+    last_ts: dict = field(default_factory=dict)       # instrument -> ts (ns) of its last feed event
+    behind: dict = field(default_factory=dict)        # client_order_id -> order waiting for the feed
 
-    def on_feed(self, frames: list) -> None:
-        """Remember the last price of each instrument; a frame it cannot read is skipped
-        (the runtime, not the venue, answers for bad market data)."""
+    def on_feed(self, frames: list) -> list[dict]:
+        """Remember the last price and event time of each instrument; a frame it cannot
+        read is skipped (the runtime, not the venue, answers for bad market data).
+        Returns the fills of orders that were waiting for this feed to reach their `ts`."""
         for frame in frames:
             try:
                 items = parse_feed(frame, _Anything(), self.feed_format)
@@ -43,6 +50,16 @@ class PaperVenue:
             for item in items:
                 if not isinstance(item, Input):
                     self.last_price[item.instrument] = item.fields["price"]
+                    self.last_ts[item.instrument] = item.ts
+        return [fill for oid in list(self.behind) if not self._feed_behind(self.behind[oid])
+                for fill in self.execute(oid, self.behind.pop(oid))]
+
+    def _feed_behind(self, msg: dict) -> bool:
+        """The venue's own feed has not yet brought the market event the order was
+        decided on (`event_ts`; the runtime's copy of the feed can be ahead of the venue's)."""
+        ts = msg.get("event_ts")
+        last = self.last_ts.get(self._priced_as(msg.get("instrument")))
+        return isinstance(ts, int) and (last is None or last < ts)
 
     def on_order(self, frame) -> list[dict]:
         """Replies due now to one order or cancel message."""
@@ -80,24 +97,37 @@ class PaperVenue:
             return "bad side or qty"
         if msg.get("order_type", "market") != "market":
             return "only market orders"
-        if self.price_of(msg.get("instrument")) is None:
+        if self.price_of(msg.get("instrument")) is None and not isinstance(msg.get("event_ts"), int):
             return f"no price for {msg.get('instrument')}"
         return ""
 
-    def price_of(self, instrument) -> float | None:
-        """The last price of an order's instrument; `binance:BTCUSDT` is priced from the
-        feed's `BTCUSDT`, as the runtime names venue symbols."""
+    def _priced_as(self, instrument) -> str | None:
+        """The feed's name for an order's instrument: `binance:BTCUSDT` is the feed's
+        `BTCUSDT`, as the runtime names venue symbols."""
         if not isinstance(instrument, str):
             return None
-        price = self.last_price.get(instrument)
-        return price if price is not None else self.last_price.get(instrument.partition(":")[2] or instrument)
+        return instrument if instrument in self.last_price else (instrument.partition(":")[2] or instrument)
 
-    def execute(self, oid: str) -> list[dict]:
-        """Fill a pending order at the instrument's last price; nothing if it was cancelled."""
-        msg = self.pending.pop(oid, None)
+    def price_of(self, instrument) -> float | None:
+        """The last price of an order's instrument, None before the feed brought one."""
+        return self.last_price.get(self._priced_as(instrument))
+
+    def execute(self, oid: str, msg: dict | None = None, wait: bool = True) -> list[dict]:
+        """Fill a pending order at the instrument's last price; nothing if it was
+        cancelled. An order decided on an event the venue's feed has not brought yet
+        waits for it (`on_feed` fills it then), so it fills at that event's price;
+        `wait=False` ends the wait (`FEED_WAIT_S`): the last price, or a reject without one."""
+        msg = msg or self.pending.pop(oid, None)
         if msg is None:
             return []
+        if wait and self._feed_behind(msg):
+            self.behind[oid] = msg
+            return []
         price = self.price_of(msg["instrument"])
+        if price is None:
+            reply = {"type": "reject", "client_order_id": oid, "reason": f"no price for {msg['instrument']}"}
+            self.replies[oid].append(reply)
+            return [reply]
         qty = msg["qty"]
         fee = abs(qty) * price * self.fees_bps / 1e4
         fill = {"type": "fill", "client_order_id": oid, "qty": qty, "price": price, "fee": fee, "ts": time.time_ns()}
@@ -110,7 +140,7 @@ class PaperVenue:
         already done the answer is what it was answered so far (so a fill lost with a
         connection is learnt from a cancel too), and an unknown order is rejected: after
         a cancel, the runtime knows how every order ended."""
-        if self.pending.pop(oid, None) is not None:
+        if self.pending.pop(oid, None) is not None or self.behind.pop(oid, None) is not None:
             reply = {"type": "reject", "client_order_id": oid, "reason": "cancelled"}
             self.replies[oid].append(reply)
             return [reply]
@@ -142,7 +172,7 @@ async def serve(venue: PaperVenue, host: str, port: int, feed_url: str, ready: a
         delay = 0.05
         while True:
             try:
-                stream = await transport.connect(feed_url, venue.on_feed, lambda why: None, max_size=MAX_FRAME_BYTES)
+                stream = await transport.connect(feed_url, on_feed, lambda why: None, max_size=MAX_FRAME_BYTES)
                 delay = 0.05
                 await asyncio.shield(stream.lost)
             except Exception:  # no feed yet, or it dropped: try again
@@ -150,30 +180,48 @@ async def serve(venue: PaperVenue, host: str, port: int, feed_url: str, ready: a
             await asyncio.sleep(delay * (0.5 + random.random()))
             delay = min(delay * 2, 2.0)
 
+    loop = asyncio.get_running_loop()
     route: dict = {}  # pending client_order_id -> the connection that sent it last (a resend moves it)
 
     def send(websocket, replies) -> None:
         for reply in replies:
             ws_broadcast([websocket], encode(reply).decode())
 
+    def on_feed(frames) -> None:
+        for fill in venue.on_feed(frames):
+            answer(fill["client_order_id"], [fill])
+
+    def answer(oid: str, replies: list) -> None:
+        """An order's fill goes to the connection that sent it last; if that one dropped,
+        a resend of the order gets the fill in its answer."""
+        if replies:
+            websocket = route.pop(oid, None)
+            if websocket is not None:
+                send(websocket, replies)
+
+    def end_wait(oid: str) -> None:
+        msg = venue.behind.pop(oid, None)
+        if msg is not None:
+            answer(oid, venue.execute(oid, msg, wait=False))
+
     def fill_due(oid: str) -> None:
-        """The order executes when due even if its connection dropped meanwhile: a resend
-        of it then gets the fill in its answer."""
-        replies = venue.execute(oid)
-        websocket = route.pop(oid, None)
-        if websocket is not None:
-            send(websocket, replies)
+        """The order executes when due even if its connection dropped meanwhile."""
+        answer(oid, venue.execute(oid))
+        if oid in venue.behind:
+            loop.call_later(FEED_WAIT_S, end_wait, oid)
 
     async def handler(websocket):
-        loop = asyncio.get_running_loop()
         try:
             async for frame in websocket:
                 replies = venue.on_order(frame)
                 send(websocket, replies)
                 oid = replies[0]["client_order_id"] if replies else None
-                if oid in venue.pending:
-                    if oid not in route:  # first sight: the fill is due after the latency
-                        loop.call_later(venue.latency_ms / 1000, fill_due, oid)
+                if oid in venue.pending or oid in venue.behind:
+                    if oid not in route:  # first sight
+                        if oid in venue.pending:  # the fill is due after the latency
+                            loop.call_later(venue.latency_ms / 1000, fill_due, oid)
+                        else:  # executed at once, but waiting for the feed
+                            loop.call_later(FEED_WAIT_S, end_wait, oid)
                     route[oid] = websocket
         except Exception:
             return

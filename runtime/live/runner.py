@@ -149,17 +149,18 @@ class LiveRuntime:
         if decision is not None:
             self.act_all([(decision, event_sent_ns)])
 
-    def act_all(self, decisions: list[tuple[Decision, int | None]]) -> None:
+    def act_all(self, decisions: list[tuple[Decision, int | None]], on_market: bool = False) -> None:
         """Send the orders of decisions taken together (one event, or one read of the
         feed) and log them, with the `sent_ns` of the event behind each; if one of them
-        tripped the kill switch, `_trip` takes all of them instead."""
+        tripped the kill switch, `_trip` takes all of them instead. `on_market`: each was
+        decided on the market event at its `ts` (its order says so: `event_ts`)."""
         tripping = [d for d, _ in decisions if d.trips_kill_switch]
         if tripping and not self.kill_switch_handled:
             self._trip([d for d, _ in decisions], tripping[0].ts, ",".join(tripping[0].reasons))
             return
         for decision, event_sent_ns in decisions:
             if decision.order_qty:
-                self.send_order(decision, event_sent_ns)
+                self.send_order(decision, event_sent_ns, on_market)
             elif decision.reasons:
                 self._log_risk(decision)
 
@@ -197,7 +198,7 @@ class LiveRuntime:
             order.cancelling = order.withdrawn = True
             self.engine.reject(order.instrument, ts, order.left)
 
-    def send_order(self, d: Decision, event_sent_ns: int | None) -> None:
+    def send_order(self, d: Decision, event_sent_ns: int | None, on_market: bool = False) -> None:
         """The frame goes out first, then the log record: the log is buffered either way."""
         self.counters.orders += 1
         oid = f"{self.order_prefix}-{self.counters.orders:06d}"
@@ -206,6 +207,8 @@ class LiveRuntime:
                "policy_hash": self.policy.policy_hash, "ts": d.ts}
         if event_sent_ns is not None:
             msg["event_sent_ns"] = event_sent_ns
+        if on_market:  # a paper venue fills it at this event's price, not at one its feed had before
+            msg["event_ts"] = d.ts
         frame = encode(msg)
         self.unacked.add(oid)
         self.open[oid] = OpenOrder(d.instrument, d.order_qty, d.order_qty, frame, d.is_exit)
@@ -263,7 +266,7 @@ class LiveRuntime:
             if result is not None:
                 decisions.append((result, item.sent_ns))
         with self._venue_corked(len(batch) > 1):
-            self.act_all(decisions)
+            self.act_all(decisions, on_market=True)
 
     def _venue_corked(self, enabled: bool):
         """Orders decided on one batch leave in one write."""
