@@ -20,6 +20,13 @@ EVENT_KINDS = ("market", "intent", "fill", "reject", "halt", "resume", "decide")
 #: For intent events vals[e, 0] is the proposed target; for fill events vals[e, 0..2] are
 #: qty (signed), price, fee; for reject events vals[e, 0] is the rejected signed qty.
 
+#: The largest magnitude a price, quantity, intent target or input value may have. Far
+#: above any real market (prices and quantities both below 1e15 keep a notional under
+#: 1e30 and an account sum of thousands of them finite), and far below float64's 1.8e308,
+#: so no sum or product of accepted values can overflow and turn a limit off. Values
+#: beyond it are refused where they enter: data files, feed messages and intents.
+MAX_MAGNITUDE = 1e15
+
 # ---- fill modes ----------------------------------------------------------------------
 FILL_NEXT, FILL_SAME, LIVE = range(3)
 FILL_MODES = {"next": FILL_NEXT, "same": FILL_SAME, "live": LIVE}
