@@ -536,7 +536,7 @@ def _name_help(name: str) -> str | None:
 
 
 MAX_FEATURES = 500
-MAX_CUSTOM_RULES = 29  # reason masks travel as float64: 24 fixed codes + 29 rules = 53 exact bits
+MAX_CUSTOM_RULES = 25  # reason masks travel as float64: 28 fixed codes (layout.REASONS) + 25 rules = 53 exact bits
 
 
 def check(parsed: ParsedPolicy, overrides: dict | None = None) -> CheckedPolicy:

@@ -7,9 +7,9 @@ values never change the source. Risk steps absent from the policy emit no code.
 from __future__ import annotations
 
 import hashlib
-import json
 import math
 import os
+from dataclasses import dataclass, fields
 from functools import lru_cache
 from pathlib import Path
 from types import SimpleNamespace
@@ -228,22 +228,35 @@ class _Emitter:
             return _TIME[fn]
         raise AssertionError(fn)
 
-    def render(self, checked: CheckedPolicy) -> str:
+    def slot_extent(self, n: int) -> SimpleNamespace:
+        """How far slot n reaches into a feature-state row: `fixed` columns plus its
+        window when `windowed` (the kernel checks fs is that wide before it runs)."""
+        slot = self.slots[n]
+        if slot.kind == "history":
+            return SimpleNamespace(fixed=2, windowed=True)
+        if slot.kind == "bars_since":
+            return SimpleNamespace(fixed=1, windowed=False)
+        fn = self.p.ops[slot.op].attr[0]
+        return SimpleNamespace(fixed=L.MOVING_SCALARS[fn], windowed=fn in L.MOVING_BUFFERED)
+
+    def render(self, gen: "GenerationInput") -> str:
         p = self.p
         op_codes = [SimpleNamespace(code=code) for code in (self.op_code(j) for j in range(len(p.ops))) if code]
         pushes = [self.history(s.op) for s in self.slots if s.kind == "history"]
         slots = []
         for n, s in enumerate(self.slots):
             ema = s.kind == "moving" and p.ops[s.op].attr[0] == "ema"
-            slots.append(SimpleNamespace(o=f"o{n}", n=f"n{n}", k=f"k{n}" if ema else None))
+            slots.append(SimpleNamespace(o=f"o{n}", n=f"n{n}", k=f"k{n}" if ema else None, extent=self.slot_extent(n)))
         names = L.reason_names(p)
         custom = [SimpleNamespace(action=action, value=self.name(when), mask=1 << (L.CUSTOM_BASE + j))
                   for j, (name, action, when) in enumerate(p.custom)]
         as_float = lambda j: f"(1.0 if {self.name(j)} else 0.0)" if p.ops[j].type == BOOL else self.name(j)
         template = self.env.get_template("kernel.py.j2")
         return template.render(
-            name=checked.name, version=checked.parsed.version,
-            A=self.A, P=self.P, single=self.single,
+            name=gen.name, version=gen.version,
+            A=self.A, P=self.P, single=self.single, n_instruments=gen.instruments,
+            n_columns=len(p.columns), n_config=len(L.CONFIG_KEYS), pstate_width=L.P_CUSTOM + len(p.custom),
+            ACCT_WIDTH=L.ACCT_WIDTH, ORDER_WIDTH=L.ORDER_WIDTH,
             P_INDEX=SimpleNamespace(**self.P.columns),
             acct_columns=[(name, index) for index, name in enumerate(
                 k[2:].lower() for k in sorted((k for k in dir(L) if k.startswith("A_") and
@@ -255,10 +268,10 @@ class _Emitter:
             T=SimpleNamespace(**{k[2:]: getattr(L, k) for k in dir(L) if k.startswith("T_")}),
             C=_ConfigIndex(), reasons={code: i for i, code in enumerate(names)},
             bit=lambda code: 1 << names.index(code),
-            risk=set(checked.risk),
-            exits=[k for k in ("stop_loss", "take_profit", "trailing_stop") if k in checked.risk],
+            risk=set(gen.risk), EXIT_TO_BLOCKED=L.EXIT_TO_BLOCKED,
+            exits=[k for k in L.EXITS if k in gen.risk],
             custom=custom,
-            params=[SimpleNamespace(v=f"p{i}", type=checked.param_types[name]) for i, name in enumerate(p.params)],
+            params=[SimpleNamespace(v=f"p{i}", type=kind) for i, kind in enumerate(gen.param_types)],
             slots=slots, op_lines=op_codes, pushes=pushes,
             lag_ks=[SimpleNamespace(name=name, expr=f"int(p{spec[1]})") for spec, name in sorted(self.lag_ks.items())],
             volatility=None if p.volatility is None else self.name(p.volatility),
@@ -279,8 +292,40 @@ class _ConfigIndex:
     __getitem__ = __getattr__
 
 
+@dataclass(frozen=True)
+class GenerationInput:
+    """Everything code generation reads, and nothing else: the source is a function of
+    this value (and of the generator's own files), so it is also the source cache's key."""
+
+    program: Program
+    name: str
+    version: int
+    param_types: tuple[str, ...]   # of program.params, in order
+    risk: tuple[str, ...]          # the risk keys present, sorted (their values are kernel arguments)
+    instruments: int
+
+    @staticmethod
+    def of(program: Program, checked: CheckedPolicy) -> "GenerationInput":
+        return GenerationInput(program, checked.name, checked.parsed.version,
+                               tuple(checked.param_types[name] for name in program.params),
+                               tuple(sorted(checked.risk)), len(checked.instruments))
+
+    def key(self) -> str:
+        """SHA-256 of every field, the program's included field by field (each op
+        without its source span), in order: feature order is trace column order."""
+        program = {f.name: getattr(self.program, f.name) for f in fields(self.program)}
+        program["ops"] = [op.key() for op in self.program.ops]
+        described = repr(({f.name: getattr(self, f.name) for f in fields(self) if f.name != "program"}, program))
+        return hashlib.sha256(described.encode()).hexdigest()
+
+
+def _render(gen: GenerationInput) -> str:
+    return _Emitter(gen.program, single=gen.instruments == 1).render(gen)
+
+
 def emit(program: Program, checked: CheckedPolicy) -> str:
-    return _Emitter(program, single=len(checked.instruments) == 1).render(checked)
+    """The kernel source of a lowered, optimised program."""
+    return _render(GenerationInput.of(program, checked))
 
 
 @lru_cache(maxsize=1)
@@ -293,24 +338,20 @@ def _generator_digest() -> str:
 
 
 def emit_cached(program: Program, checked: CheckedPolicy) -> str:
-    """`emit`, remembered on disk by everything the source depends on (never param
-    values): a cached compile in a fresh process skips template rendering."""
+    """`emit`, remembered on disk by the whole input of code generation (never param
+    values, which are kernel arguments): a cached compile in a fresh process skips
+    template rendering."""
     from .hashing import COMPILER_VERSION
     from .jit import cache_root
 
-    key = hashlib.sha256(json.dumps({
-        "compiler": COMPILER_VERSION, "generator": _generator_digest(), "ops": program.dump(),
-        "rules": program.rules, "custom": program.custom, "volatility": program.volatility,
-        "columns": program.columns, "params": [checked.param_types[p] for p in program.params],
-        "intent": program.intent_column, "name": checked.name, "version": checked.parsed.version,
-        "risk": sorted(checked.risk), "instruments": len(checked.instruments),
-    }, sort_keys=True, default=str).encode()).hexdigest()
+    gen = GenerationInput.of(program, checked)
+    key = hashlib.sha256(f"{COMPILER_VERSION}\n{_generator_digest()}\n{gen.key()}".encode()).hexdigest()
     path = cache_root() / "sources" / f"{key}.py"
     try:
         return path.read_text()
     except OSError:
         pass
-    source = emit(program, checked)
+    source = _render(gen)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(f".{os.getpid()}.tmp")

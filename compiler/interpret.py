@@ -9,8 +9,6 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-import numpy as np
-
 from . import layout as L
 from .ir import Program, resolve_int
 from .semantics import NAN, NS_PER_DAY, PURE_FUNCTIONS, TIME_FUNCTIONS, arith, compare
@@ -396,7 +394,9 @@ class Interpreter:
         if a.equity > a.peak:
             a.peak = a.equity
 
-    def fill(self, b: Book, qty: float, price: float, fee: float):
+    def fill(self, b: Book, qty: float, price: float, fee: float, market: float):
+        """A fill at `price`; `market` is the market price it happened at: a new position's
+        best price (trailing stop) starts there, not at a slipped price."""
         a = self.acct
         pos = b.position
         new = pos + qty
@@ -405,12 +405,12 @@ class Interpreter:
         if pos == 0 or pos * qty > 0:
             b.entry = price if pos == 0 else (b.entry * abs(pos) + price * abs(qty)) / abs(new)
             if pos == 0:
-                b.best = price
+                b.best = market
         elif abs(qty) <= abs(pos):
             if new == 0:
                 b.entry, b.best = NAN, NAN
         else:
-            b.entry, b.best = price, price
+            b.entry, b.best = price, market
         b.position = new
 
     def simulated_fill(self, order: Order, b: Book, e: int, price: float):
@@ -419,12 +419,14 @@ class Interpreter:
         fee = abs(order.qty) * fill_price * self.account_cfg["fees_bps"] / 1e4
         order.fill_event, order.fill_price, order.fee = e, fill_price, fee
         b.open -= order.qty
-        self.fill(b, order.qty, fill_price, fee)
+        self.fill(b, order.qty, fill_price, fee, price)
 
     def roll_day(self, ts: int):
+        """A later UTC day resets the day counters; an earlier one (time going backwards)
+        does not."""
         a = self.acct
         day = ts // NS_PER_DAY
-        if a.day != day:
+        if a.day is None or day > a.day:
             a.day, a.orders_today, a.day_loss, a.day_open = day, 0, False, a.equity
 
     # -- the event loop --
@@ -449,13 +451,17 @@ class Interpreter:
             self.decide(e, ts, i, b, None)
         elif kind == L.FILL:
             b.open -= float(row[0])
-            self.fill(b, float(row[0]), float(row[1]), float(row[2]))
+            price = float(row[1])
+            self.fill(b, float(row[0]), price, float(row[2]), b.last if b.last == b.last else price)
             self.mark()
         elif kind == L.REJECT:
             b.open -= float(row[0])
         elif kind == L.HALT:
             self.acct.halted = True
         elif kind == L.RESUME:
+            if self.acct.halted:  # the halt used up every desired target
+                for book in self.books:
+                    book.desired = 0.0
             self.acct.halted = False
             self.acct.peak = self.acct.equity
         self.equity_curve.append(self.acct.equity)
@@ -486,21 +492,27 @@ class Interpreter:
         self.decide(e, ts, i, b, [values[f] for f in self.p.features.values()])
 
     def decide(self, e: int, ts: int, i: int, b: Book, features):
-        """Spec section 6, steps 1 to 10, then the order."""
+        """Spec section 6: steps 1 and 2 here, then steps 3 to 10 and the order in `leg`;
+        twice when a protective exit meets an opposite target (the exit, then the re-entry)."""
         r, a = self.risk, self.acct
         bit = lambda code: 1 << L.R[code]
         price, desired, pos = b.last, b.desired, b.position
         q = b.position + b.open
+        seen = (e, desired, features, pos, q, a.equity)  # recorded as the decision saw them
         reasons, target, exit_ = 0, desired, False
         if price != price:
             if desired != q:
                 reasons |= bit("no_price:blocked")
-            self.record(e, b, features, pos, q, 0.0, reasons)
+            self.record(seen, 0.0, reasons)
             return
-        # 1. kill switch
-        if "max_drawdown" in r and not a.halted and a.peak > 0 and (a.peak - a.equity) / a.peak >= r["max_drawdown"]:
-            a.halted = True
-            reasons |= bit("max_drawdown:halt")
+        # 1. kill switch; equity, peak and drawdown must be numbers for it to be off
+        if not a.halted:
+            if not (math.isfinite(a.equity) and math.isfinite(a.peak)):
+                a.halted = True
+                reasons |= bit("equity_invalid:halt")
+            elif "max_drawdown" in r and not (a.peak > 0 and (a.peak - a.equity) / a.peak < r["max_drawdown"]):
+                a.halted = True
+                reasons |= bit("max_drawdown:halt")
         if a.halted:
             if target != 0:
                 reasons |= bit("kill_switch:halt")
@@ -524,19 +536,44 @@ class Interpreter:
         if b.lock != 0 and target * b.lock > 0:
             target, exit_ = 0.0, True
             if not triggered:
-                reasons |= 1 << (b.lock_code if pos * b.lock > 0 else b.lock_code + 3)
+                reasons |= 1 << (b.lock_code if pos * b.lock > 0 else b.lock_code + L.EXIT_TO_BLOCKED)
         if triggered and target == 0:  # the strategy went flat as the stop fired: still an exit
             exit_ = True
-        # 3 and 4: reduce-only conditions
-        if "max_daily_loss" in r and not a.day_loss and a.day_open > 0 and \
-                (a.day_open - a.equity) / a.day_open >= r["max_daily_loss"]:
+        if triggered and target * b.lock < 0 and q * b.lock > 0:
+            # the exit leaves first as an order of its own: steps 8 and 9 only (it is exempt
+            # from 3 to 5 and 10); the re-entry is then a new order from where the exit
+            # leaves q, with every check
+            exit_order, exit_reasons = self.order_limits(b, -q, reasons)
+            if exit_order != 0 and not math.isfinite(abs(exit_order) * price):
+                exit_order, exit_reasons = 0.0, exit_reasons | bit("notional_invalid:blocked")
+            self.send(e, i, b, desired, q, exit_order, exit_reasons, True)
+            order, reasons = self.leg(e, ts, i, b, desired, q + exit_order, target, False, 0)
+            self.record(seen, exit_order + order, exit_reasons | reasons)
+            return
+        order, reasons = self.leg(e, ts, i, b, desired, q, target, exit_, reasons)
+        self.record(seen, order, reasons)
+
+    def leg(self, e: int, ts: int, i: int, b: Book, desired: float, q: float, target: float, exit_: bool,
+            reasons: int) -> tuple[float, int]:
+        """Steps 3 to 10 for one order from q toward target, and the order itself (sent
+        when not 0): (order, reasons). `desired` is the decision's, recorded on the order."""
+        r, a = self.risk, self.acct
+        bit = lambda code: 1 << L.R[code]
+        price = b.last
+        # 3 and 4: reduce-only conditions; a loss or volatility that is not a number counts as a breach
+        if "max_daily_loss" in r and not a.day_loss and \
+                not (a.day_open > 0 and (a.day_open - a.equity) / a.day_open < r["max_daily_loss"]):
             a.day_loss = True
         reduce = 0
         if a.day_loss:
             reduce |= bit("max_daily_loss:blocked")
-        if "max_volatility" in r and b.volatility > r["max_volatility"]:
-            reduce |= bit("max_volatility:blocked")
-        if "stale_after" in r and b.last_ts is not None and (float(ts) - b.last_ts) > r["stale_after"] * 1e9:
+        if "max_volatility" in r:
+            if b.volatility > r["max_volatility"]:
+                reduce |= bit("max_volatility:blocked")
+            elif math.isnan(b.volatility):
+                reduce |= bit("volatility_unknown:blocked")
+        if "stale_after" in r and b.last_ts is not None and \
+                not (0.0 <= float(ts) - b.last_ts <= r["stale_after"] * 1e9):
             reduce |= bit("stale_after:blocked")
         if r.get("long_only") and target < 0:
             target = 0.0
@@ -555,6 +592,7 @@ class Interpreter:
                 if target != 0:
                     reasons |= mask
                 target, exit_ = 0.0, True
+                b.desired = 0.0   # spent: no re-opening once the rule stops firing
             else:
                 if not a.halted:
                     a.halted = True
@@ -574,28 +612,63 @@ class Interpreter:
         if ("max_gross_exposure" in r or "max_margin_usage" in r) and _increases(target, q):
             other = self.gross() - abs(q * price)
             keep = abs(q) if target * q > 0 else 0.0
-            if "max_gross_exposure" in r:
-                room = max((r["max_gross_exposure"] - other) / price, keep)
-                if abs(target) > room:
-                    target = math.copysign(room, target)
-                    reasons |= bit("max_gross_exposure:clipped")
-            if "max_margin_usage" in r:
-                room = max((r["max_margin_usage"] * a.equity / self.account_cfg["margin_rate"] - other) / price, keep)
-                if abs(target) > room:
-                    target = math.copysign(room, target)
-                    reasons |= bit("max_margin_usage:clipped")
-        # 8. the order
-        order = target - q
+            if not other < math.inf:   # the exposure overflowed, or is NaN: no increase
+                target = q if target * q > 0 else 0.0
+                reasons |= bit("exposure_invalid:blocked")
+            else:
+                if "max_gross_exposure" in r:
+                    room = max((r["max_gross_exposure"] - other) / price, keep)
+                    if abs(target) > room:
+                        target = math.copysign(room, target)
+                        reasons |= bit("max_gross_exposure:clipped")
+                if "max_margin_usage" in r:
+                    room = max((r["max_margin_usage"] * a.equity / self.account_cfg["margin_rate"] - other) / price, keep)
+                    if abs(target) > room:
+                        target = math.copysign(room, target)
+                        reasons |= bit("max_margin_usage:clipped")
+        # 8 and 9. the order and its limits
+        order, reasons = self.order_limits(b, target - q, reasons, target)
+        if block and order != 0 and not exit_:
+            order = 0.0
+            reasons |= block
+        if order != 0 and not math.isfinite(abs(order) * price):  # NaN, inf, or a notional past float64
+            order = 0.0
+            reasons |= bit("notional_invalid:blocked")
+        # 10. rate limits
+        if order != 0 and not exit_:
+            if "max_orders_per_day" in r and a.orders_today >= r["max_orders_per_day"]:
+                order = 0.0
+                reasons |= bit("max_orders_per_day:blocked")
+            elif "max_orders_per_second" in r:
+                rate, now = r["max_orders_per_second"], float(ts)
+                if a.token_ts is None:
+                    a.tokens = rate
+                elif now > a.token_ts:   # tokens come from time going forward only
+                    a.tokens = min(rate, a.tokens + (now - a.token_ts) / 1e9 * rate)
+                a.token_ts = now if a.token_ts is None else max(a.token_ts, now)
+                if a.tokens < 1.0:
+                    order = 0.0
+                    reasons |= bit("max_orders_per_second:blocked")
+                else:
+                    a.tokens -= 1.0
+        self.send(e, i, b, desired, q, order, reasons, exit_)
+        return order, reasons
+
+    def order_limits(self, b: Book, order: float, reasons: int, target: float = 0.0) -> tuple[float, int]:
+        """Steps 8 and 9 on an order (units) toward `target`: lot rounding, min_order_qty
+        (never for a target of 0: it closes everything), max_order_qty and
+        max_order_notional, the collar: (order, reasons)."""
+        r, price = self.risk, b.last
+        bit = lambda code: 1 << L.R[code]
         lot = r.get("lot_size")
         if lot and order != 0:
-            rounded = math.trunc(order / lot) * lot
+            rounded = _toward_zero(order / lot) * lot
             if rounded != order:
                 order = rounded
                 reasons |= bit("lot_size:clipped")
         if "min_order_qty" in r and order != 0 and abs(order) < r["min_order_qty"] and target != 0:
             order = 0.0
             reasons |= bit("min_order_qty:blocked")
-        # 9. order limits
         clipped = False
         if "max_order_qty" in r and abs(order) > r["max_order_qty"]:
             order = math.copysign(r["max_order_qty"], order)
@@ -606,43 +679,38 @@ class Interpreter:
             reasons |= bit("max_order_notional:clipped")
             clipped = True
         if clipped and lot:
-            order = math.trunc(order / lot) * lot
+            order = _toward_zero(order / lot) * lot
         if "price_collar" in r and order != 0 and b.prev == b.prev and abs(price - b.prev) > r["price_collar"] * b.prev:
             order = 0.0
             reasons |= bit("price_collar:blocked")
-        if block and order != 0 and not exit_:
-            order = 0.0
-            reasons |= block
-        # 10. rate limits
-        if order != 0 and not exit_:
-            if "max_orders_per_day" in r and a.orders_today >= r["max_orders_per_day"]:
-                order = 0.0
-                reasons |= bit("max_orders_per_day:blocked")
-            elif "max_orders_per_second" in r:
-                rate = r["max_orders_per_second"]
-                a.tokens = rate if a.token_ts is None else min(rate, a.tokens + (float(ts) - a.token_ts) / 1e9 * rate)
-                a.token_ts = float(ts)
-                if a.tokens < 1.0:
-                    order = 0.0
-                    reasons |= bit("max_orders_per_second:blocked")
-                else:
-                    a.tokens -= 1.0
-        self.record(e, b, features, pos, q, order, reasons)
-        if order != 0:
-            o = Order(e, i, order, price, q + order, desired, reasons, exit_)
-            self.orders.append(o)
-            a.orders_today += 1
-            b.open += order
-            if self.mode == L.FILL_SAME:
-                self.simulated_fill(o, b, e, price)
-                self.mark()
-            elif self.mode == L.FILL_NEXT:
-                b.pending.append(o)
+        return order, reasons
 
-    def record(self, e, b: Book, features, pos, q, order, reasons):
-        self.trace.append({"event": e, "desired": b.desired, "position": pos, "target": q + order,
-                           "order": order, "reasons": reasons, "equity": self.acct.equity,
-                           "features": features})
+    def send(self, e: int, i: int, b: Book, desired: float, q: float, order: float, reasons: int, exit_: bool):
+        """The order from q, unless it is 0: recorded, counted for the day and as open
+        quantity, and filled at once (--fill same) or at the next market event (--fill next)."""
+        if order == 0:
+            return
+        o = Order(e, i, order, b.last, q + order, desired, reasons, exit_)
+        self.orders.append(o)
+        self.acct.orders_today += 1
+        b.open += order
+        if self.mode == L.FILL_SAME:
+            self.simulated_fill(o, b, e, b.last)
+            self.mark()
+        elif self.mode == L.FILL_NEXT:
+            b.pending.append(o)
+
+    def record(self, seen: tuple, order: float, reasons: int):
+        """One trace row: `seen` is (event, desired, features, position, q, equity) as the
+        decision began; order and reasons are those of all its orders."""
+        e, desired, features, pos, q, equity = seen
+        self.trace.append({"event": e, "desired": desired, "position": pos, "target": q + order,
+                           "order": order, "reasons": reasons, "equity": equity, "features": features})
+
+
+def _toward_zero(x: float) -> float:
+    """x rounded toward zero, as a float with x's sign (math.trunc raises on inf)."""
+    return math.copysign(float(math.trunc(x)), x) if math.isfinite(x) else x
 
 
 def _increases(target: float, q: float) -> bool:

@@ -43,7 +43,8 @@ A_CASH, A_PEAK, A_HALTED, A_DAY, A_DAY_OPEN, A_DAY_LOSS, A_ORDERS_TODAY, A_TOKEN
 A_NAMES = ("cash", "peak_equity", "halted", "day", "day_open_equity", "daily_loss_tripped", "orders_today",
            "tokens", "token_ts", "fees", "equity", "fills")
 A_REASON_COUNTS = len(A_NAMES)   # then one counter per reason bit: decisions that recorded it
-ACCT_WIDTH = A_REASON_COUNTS + 53
+MASK_BITS = 53                   # reason masks travel in float64 columns: 53 exact bits
+ACCT_WIDTH = A_REASON_COUNTS + MASK_BITS
 
 # ---- order records (orders[row, column]) --------------------------------------------
 O_EVENT, O_INST, O_QTY, O_PRICE, O_TARGET, O_DESIRED, O_REASONS, O_EXIT, O_FILL_EVENT, O_FILL_PRICE, \
@@ -59,19 +60,28 @@ CONFIG_KEYS = tuple(RISK_KEYS) + tuple(ACCOUNT_KEYS)
 C = {key: i for i, key in enumerate(CONFIG_KEYS)}
 
 # ---- reason codes: bit i of a decision's reason mask --------------------------------
+#: In the order of the risk steps. A value a check needs that is not a finite number
+#: (an overflow, NaN, or a volatility still warming up) is a breach with its own code:
+#: equity_invalid, volatility_unknown, exposure_invalid, notional_invalid.
 REASONS = (
-    "kill_switch:halt", "max_drawdown:halt",
+    "kill_switch:halt", "max_drawdown:halt", "equity_invalid:halt",
     "stop_loss:exit", "take_profit:exit", "trailing_stop:exit",
     "stop_loss:blocked", "take_profit:blocked", "trailing_stop:blocked",
-    "max_daily_loss:blocked", "max_volatility:blocked", "stale_after:blocked", "long_only:clipped",
+    "max_daily_loss:blocked", "max_volatility:blocked", "volatility_unknown:blocked", "stale_after:blocked",
+    "long_only:clipped",
     "max_position:clipped", "max_position_notional:clipped",
-    "max_gross_exposure:clipped", "max_margin_usage:clipped",
+    "max_gross_exposure:clipped", "max_margin_usage:clipped", "exposure_invalid:blocked",
     "lot_size:clipped", "min_order_qty:blocked",
-    "max_order_qty:clipped", "max_order_notional:clipped", "price_collar:blocked",
+    "max_order_qty:clipped", "max_order_notional:clipped", "price_collar:blocked", "notional_invalid:blocked",
     "max_orders_per_day:blocked", "max_orders_per_second:blocked", "no_price:blocked",
 )
 R = {code: i for i, code in enumerate(REASONS)}
 CUSTOM_BASE = len(REASONS)
+#: The protective exits, in the order they are checked; a lock's `:blocked` code is its
+#: `:exit` code plus EXIT_TO_BLOCKED.
+EXITS = ("stop_loss", "take_profit", "trailing_stop")
+EXIT_TO_BLOCKED = R["stop_loss:blocked"] - R["stop_loss:exit"]
+assert all(R[f"{k}:blocked"] - R[f"{k}:exit"] == EXIT_TO_BLOCKED for k in EXITS), "REASONS lost the exits' order"
 CUSTOM_SUFFIX = {"block": "blocked", "reduce_only": "blocked", "liquidate": "exit", "halt": "halt"}
 
 

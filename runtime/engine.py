@@ -18,22 +18,35 @@ from policyc.compiler.builtins import MARKET_FIELDS
 
 @dataclass(frozen=True)
 class Decision:
-    """What the policy decided on one event (spec section 6)."""
+    """What the policy decided on one event (spec section 6). Quantities are in units,
+    prices in the instrument's currency.
+
+    An event makes at most two orders: when a protective exit meets an opposite target,
+    the exit leaves on its own (this Decision: `is_exit`, `order_qty` the exit) and the
+    re-entry, checked like any order, is `then` (is_exit False). Otherwise `then` is None."""
 
     instrument: str
     ts: int
     price: float              # the instrument's last price (NaN before the first)
     desired_target: float
-    approved_target: float
+    approved_target: float    # position plus open orders once this order is sent
     position: float           # filled position before the decision
     order_qty: float          # signed; 0 when nothing is sent
     reasons: tuple[str, ...]
     is_exit: bool
     trips_kill_switch: bool = False  # this decision turned the kill switch on (max_drawdown, a custom halt)
+    then: Decision | None = None     # the re-entry order after an exit, on the same event
 
 
 class EngineError(ValueError):
     """A message the engine cannot act on (unknown instrument or field, bad value)."""
+
+
+def _check_timestamp(ts) -> None:
+    """Raise EngineError unless ts is int64 nanoseconds since the epoch (not before it),
+    so no timestamp the kernel sees can overflow its arrays or its arithmetic."""
+    if not isinstance(ts, (int, np.integer)) or isinstance(ts, bool) or not 0 <= ts < 2**63:
+        raise EngineError(f"timestamp must be int64 nanoseconds, not {ts!r}")
 
 
 class Engine:
@@ -115,6 +128,7 @@ class Engine:
     # ---- events ------------------------------------------------------------------
     def _run(self, kind: int, inst: int, ts: int, values=(), traced: bool = True) -> tuple[int, int]:
         """One event through the kernel; `traced` when a Decision is read back from it."""
+        _check_timestamp(ts)
         ev = self._events
         ev.ts[0], ev.kind[0], ev.inst[0] = ts, kind, inst
         row = ev.vals[0]
@@ -130,21 +144,38 @@ class Engine:
         self.events += 1
         return before, self.session.n_orders
 
-    def _decision(self, row: int, inst: int, ts: int, price: float, order: np.ndarray | None) -> Decision | None:
+    def _reasons(self, mask: float) -> tuple[str, ...]:
+        return tuple(L.decode_reasons(mask, self._reason_names)) if mask else ()
+
+    def _decision(self, row: int, inst: int, ts: int, price: float, orders: list | None) -> Decision | None:
+        """The Decision of trace row `row`, whose event made `orders` (None, or one or two
+        order rows)."""
         desired, position, target, order_qty, reasons = self._trace[row, :L.T_EQUITY].tolist()
         if desired != desired:
             return None  # the engine made no decision (e.g. a price it ignores)
+        then = None
+        is_exit = bool(orders and orders[0][L.O_EXIT])
+        if orders and len(orders) == 2:  # an exit and its re-entry: each Decision describes its own order
+            exit_, entry = orders[0].tolist(), orders[1].tolist()
+            then = Decision(
+                instrument=self._names[inst], ts=ts, price=price, desired_target=desired,
+                approved_target=entry[L.O_TARGET], position=position, order_qty=entry[L.O_QTY],
+                reasons=self._reasons(entry[L.O_REASONS]), is_exit=bool(entry[L.O_EXIT]),
+                trips_kill_switch=bool(int(entry[L.O_REASONS]) & self._trip_mask))
+            target, order_qty = exit_[L.O_TARGET], exit_[L.O_QTY]
+            mine = exit_[L.O_REASONS]
+        else:
+            mine = reasons
         return Decision(
             instrument=self._names[inst], ts=ts, price=price,
             desired_target=desired, approved_target=target, position=position, order_qty=order_qty,
-            reasons=tuple(L.decode_reasons(reasons, self._reason_names)) if reasons else (),
-            is_exit=bool(order is not None and order[L.O_EXIT]),
-            trips_kill_switch=bool(int(reasons) & self._trip_mask),
+            reasons=self._reasons(mine), is_exit=is_exit,
+            trips_kill_switch=bool(int(reasons) & self._trip_mask), then=then,
         )
 
     def _single(self, inst: int, ts: int, before: int, after: int) -> Decision | None:
         return self._decision(0, inst, ts, self.session.pstate[inst, L.P_LAST].item(),
-                              self.session.orders[before] if after > before else None)
+                              list(self.session.orders[before:after]) if after > before else None)
 
     def _blank_row(self, inst: int) -> list:
         """The values a market event of `inst` starts from: the latest inputs, and no
@@ -201,8 +232,7 @@ class Engine:
             instrument, ts, fields = event[0], event[1], event[2]
             try:
                 inst = self.instrument(instrument)
-                if not isinstance(ts, (int, np.integer)) or isinstance(ts, bool) or not 0 <= ts < 2**63:
-                    raise EngineError(f"timestamp must be int64 nanoseconds, not {ts!r}")
+                _check_timestamp(ts)
                 row, price = self._market_values(inst, fields)
                 values.append(row)
                 rows.append((k, inst, ts, price))
@@ -223,7 +253,9 @@ class Engine:
         before = self.session.n_orders
         self.session.feed(ev, self._equity, self._trace, 0, n)
         self.events += n
-        by_row = {int(order[L.O_EVENT]): order for order in self.session.orders[before: self.session.n_orders]}
+        by_row: dict[int, list] = {}  # an event makes one order, or two (an exit and its re-entry)
+        for order in self.session.orders[before: self.session.n_orders]:
+            by_row.setdefault(int(order[L.O_EVENT]), []).append(order)
         if actionable_only:  # NaN (no decision) passes here and is dropped by _decision
             orders, reasons = self._trace[:n, L.T_ORDER].tolist(), self._trace[:n, L.T_REASONS].tolist()
             wanted = [row for row in range(n) if orders[row] or reasons[row]]

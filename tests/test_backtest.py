@@ -205,6 +205,114 @@ def test_independent_ema_crossover_with_stop_loss(capsys, tmp_path, ema_stop_fil
     assert bt.reasons == ref_counts
 
 
+EMA_FLIP = """\
+policy: ema_flip
+version: 1
+description: long/short EMA crossover with a 3% stop, for the independent check of exits that meet a reversal
+instruments: [ORCL]
+params:
+  size: 100
+features:
+  fast_ma: ema(close, 12)
+  slow_ma: ema(close, 26)
+signals:
+  - when: crosses_above(fast_ma, slow_ma)
+    target: size
+  - when: crosses_below(fast_ma, slow_ma)
+    target: -size
+risk:
+  stop_loss: 3%
+account:
+  initial_equity: 100000
+  fees_bps: 1
+"""
+
+
+def reference_ema_flip(path: Path, size=100.0, stop=0.03, fees_bps=1.0, equity0=100000.0):
+    """A plain loop over the CSV, from the spec: (orders, final equity, reason counts).
+
+    As `reference_ema_stop`, but the crossover goes short as well as long, and the stop
+    (spec 6.2) protects both sides: a long exits at 3% below its average entry price, a
+    short at 3% above, and that side stays locked until the desired target is 0 or on
+    the other side. When the stop fires on the bar where the strategy reverses, the exit
+    is its own order and the reversal a second one (spec 6, exits always leave); both
+    fill at the next bar."""
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    dates = [r["Date"] for r in rows]
+    close = [float(r["Close"]) for r in rows]
+    f_ma, s_ma = _ema(close, 12), _ema(close, 26)
+    cash, pos, entry = equity0, 0.0, math.nan
+    desired, locked, pending = 0.0, 0.0, []
+    orders, counts = [], {}
+    for e, p in enumerate(close):
+        for o in pending:
+            q = o["qty"]
+            fee = abs(q) * p * fees_bps / 1e4
+            new = pos + q
+            if new == 0:
+                entry = math.nan
+            elif pos == 0 or pos * new < 0:    # opened, or reversed through zero: a new entry
+                entry = p
+            elif pos * q > 0:                  # added to
+                entry = (entry * abs(pos) + p * abs(q)) / abs(new)
+            cash -= q * p + fee
+            pos = new
+            o.update(fill=dates[e], price=p, fee=fee)
+        pending = []
+        if e >= 1 and f_ma[e] > s_ma[e] and f_ma[e - 1] <= s_ma[e - 1]:
+            desired = size
+        elif e >= 1 and f_ma[e] < s_ma[e] and f_ma[e - 1] >= s_ma[e - 1]:
+            desired = -size
+        if locked and (desired == 0 or desired * locked < 0):
+            locked = 0.0
+        fired = False
+        if not locked and (pos > 0 and p <= entry * (1 - stop) or pos < 0 and p >= entry * (1 + stop)):
+            locked, fired = math.copysign(1.0, pos), True
+        reasons = ["stop_loss:exit"] if fired else []
+        target = desired
+        legs = []
+        if locked and target * locked > 0:
+            target = 0.0
+            if not fired:
+                reasons = ["stop_loss:exit" if pos * locked > 0 else "stop_loss:blocked"]
+        if fired and target * locked < 0 and pos * locked > 0:
+            legs.append((-pos, "stop_loss:exit"))   # the exit, on its own
+            legs.append((target, ""))               # then the reversal, from flat
+        elif target != pos:
+            legs.append((target - pos, ";".join(reasons)))
+        for r in reasons:
+            counts[r] = counts.get(r, 0) + 1
+        for qty, why in legs:
+            pending.append({"decision": dates[e], "fill": "", "qty": qty, "price": None, "fee": None, "reasons": why})
+        orders += pending
+    return orders, cash + pos * close[-1], counts
+
+
+def test_independent_long_short_crossover_with_exits_that_meet_a_reversal(capsys, tmp_path):
+    path = tmp_path / "ema_flip.yaml"
+    path.write_text(EMA_FLIP)
+    ref_orders, ref_equity, ref_counts = reference_ema_flip(ORCL)
+    decided = [o["decision"] for o in ref_orders]
+    assert sum(decided.count(d) == 2 for d in set(decided)) > 10   # the data has stops on reversal bars
+    orders_csv = tmp_path / "orders.csv"
+    code, out, err = cli(capsys, "backtest", path, "--data", ORCL, "--orders", orders_csv, "--format", "json")
+    assert code == 0, err
+    s = json.loads(out)
+    with open(orders_csv, newline="") as f:
+        got = list(csv.DictReader(f))
+    assert len(got) == len(ref_orders) == s["orders"]
+    for k, (mine, theirs) in enumerate(zip(ref_orders, got)):
+        assert theirs["decision_ts"] == mine["decision"] + "T00:00:00.000000000Z", k
+        assert theirs["fill_ts"][:10] == mine["fill"], k
+        assert float(theirs["qty"]) == mine["qty"], k
+        assert rel_close(float(theirs["fill_price"]), mine["price"]), k
+        assert rel_close(float(theirs["fee"]), mine["fee"]), k
+        assert theirs["reasons"] == mine["reasons"], k
+    assert rel_close(s["final_equity"], ref_equity)
+    assert s["reasons"] == ref_counts
+
+
 # =====================================================================================
 # 2. Accounting invariants on a random two-instrument run
 # =====================================================================================
@@ -450,45 +558,44 @@ def test_risk_invariants_hold_on_every_event(guard, seed, mp, moq, mopd, mmu, mv
     pos = np.zeros(2)
     last = np.full(2, np.nan)
     open_qty = np.zeros(2)
-    order_at = {int(o[L.O_EVENT]): o for o in orders}
-    assert len(order_at) == len(orders)  # at most one order per event
-    fills_at = {}
+    orders_at: dict[int, list] = {}
+    fills_at: dict[int, list] = {}
     for o in orders:
+        orders_at.setdefault(int(o[L.O_EVENT]), []).append(o)
         if o[L.O_FILL_EVENT] >= 0:
-            fills_at[int(o[L.O_FILL_EVENT])] = o
+            fills_at.setdefault(int(o[L.O_FILL_EVENT]), []).append(o)
+    # at most two orders an event, and then the first is an exempt exit and the second its re-entry
+    assert all(len(os) == 1 or [o[L.O_EXIT] for o in os] == [1.0, 0.0] for os in orders_at.values())
     per_day: dict[int, int] = {}
     for e in range(n):
         i = int(events.inst[e])
         last[i] = price[e]
-        if e in fills_at:
-            f = fills_at[e]
+        for f in fills_at.get(e, []):
             j = int(f[L.O_INST])
             pos[j] += f[L.O_QTY]
             open_qty[j] -= f[L.O_QTY]
         assert np.all(np.abs(pos) <= mp * (1 + 1e-12) + tol), (e, pos)
         assert abs(tr[e, L.T_POSITION] - pos[i]) < 1e-6
-        o = order_at.get(e)
-        if o is None:
-            continue
-        q = o[L.O_QTY]
-        assert int(o[L.O_INST]) == i
-        assert abs(q) <= moq * (1 + 1e-12) + tol, (e, q)
-        if o[L.O_EXIT] == 0:
-            day = int(events.ts[e] // NS_DAY)
-            per_day[day] = per_day.get(day, 0) + 1
-            assert per_day[day] <= mopd, (e, day)
-        before = pos[i] + open_qty[i]
-        after = before + q
-        increases = abs(after) > abs(before) + tol
-        if increases:
-            gross = sum(abs(pos[j] + open_qty[j] + (q if j == i else 0.0)) * last[j]
-                        for j in range(2) if not math.isnan(last[j]))
-            usage = gross * MARGIN_RATE / tr[e, L.T_EQUITY]
-            assert usage <= mmu + 1e-9, (e, usage, mmu)
-            if not math.isnan(vol[e]) and vol[e] > mv * (1 + 1e-9):
-                pytest.fail(f"event {e}: order {q} increases exposure while volatility {vol[e]:.5f} > {mv}")
-        assert abs(after) <= mp * (1 + 1e-12) + tol
-        open_qty[i] += q
+        for o in orders_at.get(e, []):
+            q = o[L.O_QTY]
+            assert int(o[L.O_INST]) == i
+            assert abs(q) <= moq * (1 + 1e-12) + tol, (e, q)
+            if o[L.O_EXIT] == 0:
+                day = int(events.ts[e] // NS_DAY)
+                per_day[day] = per_day.get(day, 0) + 1
+                assert per_day[day] <= mopd, (e, day)
+            before = pos[i] + open_qty[i]
+            after = before + q
+            increases = abs(after) > abs(before) + tol
+            if increases:
+                gross = sum(abs(pos[j] + open_qty[j] + (q if j == i else 0.0)) * last[j]
+                            for j in range(2) if not math.isnan(last[j]))
+                usage = gross * MARGIN_RATE / tr[e, L.T_EQUITY]
+                assert usage <= mmu + 1e-9, (e, usage, mmu)
+                if not vol[e] <= mv * (1 + 1e-9):  # an unknown volatility (warm-up) refuses increases too
+                    pytest.fail(f"event {e}: order {q} increases exposure while volatility {vol[e]:.5f} > {mv}")
+            assert abs(after) <= mp * (1 + 1e-12) + tol
+            open_qty[i] += q
 
 
 # =====================================================================================
@@ -591,26 +698,38 @@ def test_sweep_writes_every_combination_sorted(capsys, tmp_path, ema_stop_file):
 # Edge cases: protective exits and sweep ranking
 # =====================================================================================
 def _stop_scenario(guard, intent_at_stop):
-    """X bought at 100 (the day's only allowed order), then the price falls 10% through a
-    5% stop; `intent_at_stop` is the model's proposal on that event."""
+    """X bought at 100 (the day's only allowed order) once its volatility is known, then
+    the price falls 10% through a 5% stop; `intent_at_stop` is the model's proposal on that
+    event. Returns (policy, backtest, event of the purchase)."""
     cp = guard.with_params(mp=1e6, moq=1e6, mopd=1, mmu=1000.0, mv=10.0, sl=0.05)
-    price = np.array([100.0, 100.0, 90.0, 90.0, 90.0])
-    intent = np.array([100.0, np.nan, intent_at_stop, np.nan, np.nan])
-    ts = T0 + np.arange(5) * 60 * NS_S   # one UTC day
-    events = market_events(cp, ts, np.zeros(5), price, intent)
-    return cp, run_backtest(cp, events, L.FILL_NEXT, trace=True, progress=False)
+    warm = VOL_WINDOW  # flat bars first: the volatility of VOL_WINDOW returns needs one price more
+    price = np.array([100.0] * warm + [100.0, 100.0, 90.0, 90.0, 90.0])
+    intent = np.array([np.nan] * warm + [100.0, np.nan, intent_at_stop, np.nan, np.nan])
+    ts = T0 + np.arange(len(price)) * 60 * NS_S   # one UTC day
+    events = market_events(cp, ts, np.zeros(len(price)), price, intent)
+    return cp, run_backtest(cp, events, L.FILL_NEXT, trace=True, progress=False), warm
 
 
 def test_stop_loss_exit_is_not_blocked_by_max_orders_per_day(guard):
-    cp, bt = _stop_scenario(guard, np.nan)
-    assert [(int(o[L.O_EVENT]), o[L.O_QTY], o[L.O_EXIT]) for o in bt.orders] == [(0, 100, 0), (2, -100, 1)]
+    cp, bt, e = _stop_scenario(guard, np.nan)
+    assert [(int(o[L.O_EVENT]), o[L.O_QTY], o[L.O_EXIT]) for o in bt.orders] == [(e, 100, 0), (e + 2, -100, 1)]
     assert L.decode_reasons(bt.orders[1, L.O_REASONS], cp.reason_names) == ["stop_loss:exit"]
 
 
 def test_stop_loss_exit_is_not_blocked_when_the_strategy_also_goes_flat(guard):
-    cp, bt = _stop_scenario(guard, 0.0)
-    assert [(int(o[L.O_EVENT]), o[L.O_QTY]) for o in bt.orders] == [(0, 100), (2, -100)]
-    assert bt.trace[4, L.T_POSITION] == 0
+    cp, bt, e = _stop_scenario(guard, 0.0)
+    assert [(int(o[L.O_EVENT]), o[L.O_QTY]) for o in bt.orders] == [(e, 100), (e + 2, -100)]
+    assert bt.trace[e + 4, L.T_POSITION] == 0
+
+
+def test_stop_loss_exit_leaves_on_its_own_when_the_strategy_reverses(guard):
+    """The stop and a short target meet: the exit goes out exempt, and the short re-entry
+    is a separate order that the day's spent order budget blocks."""
+    cp, bt, e = _stop_scenario(guard, -100.0)
+    assert [(int(o[L.O_EVENT]), o[L.O_QTY], o[L.O_EXIT]) for o in bt.orders] == [(e, 100, 0), (e + 2, -100, 1)]
+    assert L.decode_reasons(bt.trace[e + 2, L.T_REASONS], cp.reason_names) == \
+        ["stop_loss:exit", "max_orders_per_day:blocked"]
+    assert bt.trace[e + 4, L.T_POSITION] == 0
 
 
 def test_sweep_sorted_by_max_drawdown_puts_the_smallest_first(capsys, tmp_path, ema_stop_file):

@@ -477,9 +477,11 @@ class StreamSpec:
     jump_p: float       # chance of a 2-20% jump
     intent_p: float     # INTENT events
     control_p: float    # HALT / RESUME / DECIDE events
-    bad_p: float        # NaN / non-positive / inf price on a market event, NaN in another column
+    bad_p: float        # NaN / non-positive / inf / huge / subnormal price on a market event, NaN in another column
     market_intent_p: float  # a number in the `intent` column of a market event
     tick: bool          # prices rounded to cents (ties, equal prices)
+    back_p: float = 0.0     # an event dated up to two days before the one it follows (time going backwards)
+    leap: bool = False      # one event at the last int64 nanosecond, and the stream going on from before it
 
 
 stream_specs = st.builds(
@@ -487,7 +489,7 @@ stream_specs = st.builds(
     vol=st.sampled_from([0.0, 0.002, 0.01, 0.03]), jump_p=st.sampled_from([0.0, 0.02, 0.08]),
     intent_p=st.sampled_from([0.0, 0.03, 0.1]), control_p=st.sampled_from([0.0, 0.01, 0.04]),
     bad_p=st.sampled_from([0.0, 0.02, 0.06]), market_intent_p=st.sampled_from([0.0, 0.05, 0.3]),
-    tick=st.booleans(),
+    tick=st.booleans(), back_p=st.sampled_from([0.0, 0.0, 0.03, 0.1]), leap=st.booleans(),
 )
 
 
@@ -501,6 +503,10 @@ def make_events(spec: StreamSpec, columns: list[str], n_inst: int) -> Events:
                        rng.integers(NS_S, 600 * NS_S, n)], rng.integers(NS_H, 10 * NS_H, n))
     steps[0] = 0
     ts = (T0 + int(rng.integers(0, 24 * NS_H)) + np.cumsum(steps)).astype(np.int64)
+    back = rng.random(n) < spec.back_p
+    ts[back] -= rng.integers(1, 2 * 24 * NS_H, n)[back]
+    if spec.leap:
+        ts[rng.integers(0, n)] = np.iinfo(np.int64).max
 
     control = spec.control_p
     p_intent = spec.intent_p
@@ -539,7 +545,7 @@ def make_events(spec: StreamSpec, columns: list[str], n_inst: int) -> Events:
         for c, j in col.items():
             vals[e, j] = row.get(c, rng.uniform(-1, 1))
         if rng.random() < spec.bad_p:
-            vals[e, 0] = rng.choice([np.nan, 0.0, -1.0, np.inf])
+            vals[e, 0] = rng.choice([np.nan, 0.0, -1.0, np.inf, 1e308, 1.7e308, 5e-324, 1e-300])
         if rng.random() < spec.bad_p and len(columns) > 1:
             vals[e, rng.integers(1, len(columns))] = np.nan
     return Events(ts, kind, inst, vals)
@@ -717,8 +723,9 @@ def every_key_script(columns) -> Events:
     switch the signal rules and custom rules on."""
     s = Script(columns)
     s.intent(1, 50)                                      # B has no price yet: no_price:blocked
-    for j in range(10):                                  # warm-up, both instruments
-        s.bar(0, 100.0 + 0.1 * j).bar(1, 50.0 - 0.05 * j, intent=0.0 if j == 0 else np.nan)
+    for j in range(10):                                  # warm-up, both instruments; A's intent of 10 is
+        a_intent = {1: 10.0, 2: 0.0}.get(j, np.nan)      # refused while its volatility is unknown
+        s.bar(0, 100.0 + 0.1 * j, intent=a_intent).bar(1, 50.0 - 0.05 * j, intent=0.0 if j == 0 else np.nan)
     # stop loss: long 500 on A, then a 5% fall
     s.bar(0, 100.9, intent=500).bar(0, 101.0).bar(0, 101.2).bar(0, 96.0).bar(0, 96.1).bar(0, 96.2)
     s.intent(0, 400)                                     # still locked: stop_loss:blocked
@@ -729,6 +736,9 @@ def every_key_script(columns) -> Events:
     # trailing stop: short 200 on B, a run down then a 3% bounce from the low
     s.bar(1, 50.0, intent=-203).bar(1, 49.9).bar(1, 49.5).bar(1, 48.9).bar(1, 50.2).bar(1, 50.3)
     s.bar(1, 50.3, intent=0).bar(1, 50.3)
+    # a stop that meets a short target: the exit leaves on its own, then the short re-entry
+    s.bar(0, 103.0, intent=200).bar(0, 103.1).bar(0, 98.5, intent=-100).bar(0, 98.4).bar(0, 98.4, intent=0)
+    s.bar(0, 98.4)
     # signal rules by volume code
     s.bar(0, 103.0, volume=1111).bar(0, 104.0, volume=1111).bar(0, 105.0, volume=1111).bar(0, 105.0)
     s.bar(1, 50.0, volume=2222).bar(1, 50.1).bar(1, 50.1, intent=0).bar(1, 50.1)
@@ -751,6 +761,9 @@ def every_key_script(columns) -> Events:
     s.intent(1, float("nan")).bar(1, 58.3).bar(1, 58.3, intent=0).bar(1, 58.3)
     s.bar(1, 58.3, intent=7).bar(1, 58.3)               # 7 -> lot 5 -> below min_order_qty
     s.intent(0, 10)                                      # A's last event is a day old: stale_after
+    # time going backwards a day and forward again, then a price that overflows the account
+    s.bar(1, 58.4, intent=20, dt=-30 * NS_H).bar(1, 58.4, intent=30, dt=31 * NS_H).bar(1, 58.5)
+    s.bar(1, 1e308).bar(1, 58.6).bar(1, 58.6)
     return s.events()
 
 
@@ -759,7 +772,7 @@ EXPECTED_EVERY_KEY = {
     "kill_switch:halt", "quiet_block:blocked", "cautious:blocked", "flatten:exit", "panic:halt",
     "lot_size:clipped", "price_collar:blocked", "max_position_notional:clipped", "no_price:blocked",
     "stale_after:blocked", "max_orders_per_second:blocked", "min_order_qty:blocked", "max_order_qty:clipped",
-    "max_order_notional:clipped",
+    "max_order_notional:clipped", "volatility_unknown:blocked", "equity_invalid:halt",
 }
 
 
@@ -781,13 +794,16 @@ def test_every_risk_key_scripted(every_key):
     ev = every_key_script(every_key.columns)
     missing = EXPECTED_EVERY_KEY - reasons_seen(every_key, ev)
     assert not missing, f"the script no longer exercises {sorted(missing)}"
+    events = every_key.run(ev, L.FILL_NEXT).orders[:, L.O_EVENT].tolist()
+    assert any(events.count(e) == 2 for e in events), "the script no longer splits an exit from its re-entry"
     assert_same(every_key, ev)
 
 
 @pytest.mark.parametrize("seed", range(6))
 def test_every_risk_key_random_walk(every_key, seed):
     spec = StreamSpec(seed=seed, n=300, vol=0.02, jump_p=0.05, intent_p=0.15, control_p=0.02, bad_p=0.02,
-                      market_intent_p=0.2, tick=seed % 2 == 0)
+                      market_intent_p=0.2, tick=seed % 2 == 0, back_p=0.05 if seed % 3 == 0 else 0.0,
+                      leap=seed % 3 == 1)
     ev = make_events(spec, every_key.columns, 2)
     rng = np.random.default_rng(seed)
     codes = every_key.columns.index("volume")
@@ -819,8 +835,8 @@ def test_long_stream_grows_the_order_buffer():
     """More orders than the session's first order buffer (1024): the kernel returns early
     and `Session.feed` resumes it mid-batch; nothing may be lost or repeated."""
     cp = compile_policy(parse_policy_text(CHURN, "churn.yaml"))
-    spec = StreamSpec(seed=7, n=1500, vol=0.01, jump_p=0.01, intent_p=0.03, control_p=0.0, bad_p=0.01,
-                      market_intent_p=0.0, tick=True)
+    spec = StreamSpec(seed=7, n=1500, vol=0.01, jump_p=0.01, intent_p=0.03, control_p=0.0, bad_p=0.0,
+                      market_intent_p=0.0, tick=True)  # no bad prices: a huge one would halt the churn
     ev = make_events(spec, cp.columns, 2)
     assert len(cp.run(ev, L.FILL_NEXT).orders) > 1024
     assert_same(cp, ev)

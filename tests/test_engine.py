@@ -69,8 +69,10 @@ def test_event_by_event_equals_one_batch(policy):
     orders = engine.session.orders[: engine.session.n_orders]
     same = [c for c in range(L.ORDER_WIDTH) if c not in (L.O_EVENT, L.O_FILL_EVENT)]  # event numbers are per call
     np.testing.assert_array_equal(orders[:, same], batch.orders[:, same])
-    assert [k for k, d in enumerate(decisions) if d.order_qty] == list(batch.orders[:, L.O_EVENT].astype(int))
-    assert [d.order_qty for d in decisions] == list(batch.trace[:, L.T_ORDER])
+    sent = [[d] + ([d.then] if d.then else []) for d in decisions]  # an exit and its re-entry: two orders
+    assert [k for k, ds in enumerate(sent) for d in ds if d.order_qty] == list(batch.orders[:, L.O_EVENT].astype(int))
+    assert [sum(d.order_qty for d in ds) for ds in sent] == list(batch.trace[:, L.T_ORDER])
+    assert any(d.then for d in decisions)  # the stream has exits that meet an opposite intent
     assert engine.equity == pytest.approx(batch.equity[-1], rel=1e-12)
 
 
@@ -182,3 +184,96 @@ def test_market_many_actionable_only_keeps_orders_and_reasons(policy):
         else:
             assert b is None
     assert any(d is not None for d in lean)
+
+
+def test_a_stop_that_meets_an_opposite_intent_is_two_decisions(policy):
+    """Long 10 at 100, then 95 (through the 4% stop) with an intent of -10: the Decision
+    is the exit on its own (exempt), and `then` the short re-entry, checked like any order."""
+    engine = Engine(policy, L.FILL_SAME)
+    engine.market("A", T0, {"price": 100.0})
+    assert engine.intent("A", T0 + 1, 10).order_qty == 10
+    d = engine.market("A", T0 + MIN, {"price": 95.0, "intent": -10.0})
+    assert (d.order_qty, d.is_exit, d.reasons, d.approved_target) == (-10, True, ("stop_loss:exit",), 0)
+    assert (d.then.order_qty, d.then.is_exit, d.then.reasons, d.then.approved_target) == (-10, False, (), -10)
+    assert d.then.then is None and engine.position("A") == -10
+    burst = Engine(policy, L.FILL_SAME)  # the same in a burst through market_many
+    burst.market("A", T0, {"price": 100.0})
+    burst.intent("A", T0 + 1, 10)
+    got = burst.market_many([("B", T0 + MIN - 1, {"price": 50.0}), ("A", T0 + MIN, {"price": 95.0, "intent": -10.0}),
+                             ("A", T0 + MIN + 1, {"price": 95.0})])
+    assert got[1] == d and got[2].order_qty == 0
+
+
+HUGE_TICK = """
+policy: huge_tick
+version: 1
+instruments: [X]
+inputs: [intent]
+signals: []
+risk:
+  max_drawdown: 10%
+account:
+  initial_equity: 10000
+"""
+
+
+def test_a_tick_that_overflows_equity_trips_the_kill_switch_live():
+    """Buy 100 at 50 (filled), then ticks at 1e308, 40, 25, 10 and 5: the kill switch
+    trips on the 1e308 tick and stays tripped; the liquidation goes out at 40."""
+    engine = Engine(compile_policy(parse_policy_text(HUGE_TICK, "huge_tick.yaml")), L.LIVE)
+    engine.market("X", T0, {"price": 50.0})
+    assert engine.intent("X", T0 + 1, 100).order_qty == 100
+    engine.fill("X", T0 + 2, 100, 50.0)
+    d = engine.market("X", T0 + MIN, {"price": 1e308})
+    assert d.trips_kill_switch and d.order_qty == 0
+    assert d.reasons == ("kill_switch:halt", "equity_invalid:halt", "notional_invalid:blocked")
+    liquidation = engine.market("X", T0 + 2 * MIN, {"price": 40.0})
+    assert (liquidation.order_qty, liquidation.is_exit) == (-100, True)
+    for k, price in enumerate((25.0, 10.0, 5.0)):
+        engine.market("X", T0 + (3 + k) * MIN, {"price": price})
+        assert engine.halted
+
+
+DAY_LIMIT = """
+policy: day_limit
+version: 1
+instruments: [X]
+inputs: [intent]
+signals: []
+risk:
+  max_orders_per_day: 1
+"""
+
+
+def test_time_going_backwards_does_not_reset_the_day_live():
+    """A tick at T, intent 10 (sent), intent 20 (blocked), a tick dated T minus a day, a
+    tick at T + 1 s: one order that day, not three."""
+    engine = Engine(compile_policy(parse_policy_text(DAY_LIMIT, "day_limit.yaml")), L.LIVE)
+    day, sec = 86_400_000_000_000, 1_000_000_000
+    decisions = [engine.market("X", T0, {"price": 100.0}), engine.intent("X", T0 + 1, 10),
+                 engine.intent("X", T0 + 2, 20), engine.market("X", T0 - day, {"price": 100.0}),
+                 engine.market("X", T0 + sec, {"price": 100.0})]
+    assert [d.order_qty for d in decisions] == [0, 10, 0, 0, 0]
+    assert [d.reasons for d in decisions[2:]] == [("max_orders_per_day:blocked",)] * 3
+    assert engine.session.n_orders == 1
+
+
+@pytest.mark.parametrize("ts", [2**63, -1, 1.5e18, True, "1"])
+def test_a_timestamp_outside_int64_nanoseconds_is_refused_by_every_call(policy, ts):
+    engine = Engine(policy, L.LIVE)
+    engine.market("A", T0, {"price": 100.0})
+    for call in (lambda: engine.market("A", ts, {"price": 1.0}), lambda: engine.intent("A", ts, 1),
+                 lambda: engine.decide("A", ts), lambda: engine.fill("A", ts, 1, 1.0),
+                 lambda: engine.reject("A", ts, 1), lambda: engine.halt(ts), lambda: engine.resume(ts)):
+        with pytest.raises(EngineError, match="timestamp"):
+            call()
+
+
+def test_the_last_int64_nanosecond_raises_nothing(policy):
+    last = 2**63 - 1
+    engine = Engine(policy, L.LIVE)
+    assert engine.market("A", last, {"price": 100.0}) is not None
+    assert engine.intent("A", last, 10).order_qty == 10
+    engine.fill("A", last, 10, 100.0)
+    assert engine.market("A", T0, {"price": 100.0}).position == 10  # and back again
+    assert engine.decide("A", last) is not None

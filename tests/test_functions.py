@@ -638,6 +638,20 @@ def scalar_dataset(name: str):
             47 * 60 + 13) * NS + 123_456_789
         c = 50.0 + 10.0 * np.sin(np.arange(n) / 7.0)
         return ts, {"close": c, "y": y, "z": z}
+    if name == "extremes":
+        # time at the ends of int64 nanoseconds (1677 and 2262), around the epoch, and
+        # jumping between them, backwards as often as forwards: no time arithmetic may
+        # overflow or raise, and every time function is still exact
+        rng = np.random.default_rng(63)
+        lo, hi = np.iinfo(np.int64).min, np.iinfo(np.int64).max
+        anchors = np.array([lo, hi, 0, -1, hi - 86_400 * NS, lo + 86_400 * NS], dtype=np.int64)
+        n = 600
+        offsets = rng.integers(0, 3 * 86_400, n) * NS + rng.integers(0, NS, n)
+        picks = anchors[rng.integers(0, len(anchors), n)]
+        ts = np.where(picks >= 0, picks - offsets, picks + offsets)   # inside int64 from either end
+        ts[:6] = anchors
+        c = np.maximum(100.0 + np.cumsum(rng.normal(0.0, 0.4, n)), 1.0)
+        return ts, {"close": c, "y": rng.normal(0.0, 3.0, n), "z": rng.normal(0.0, 2.0, n)}
     raise AssertionError(name)
 
 
@@ -657,7 +671,7 @@ def _known_pow_mismatch(name, d):
     return ~bad
 
 
-@pytest.mark.parametrize("dataset", ["mixed", "specials"])
+@pytest.mark.parametrize("dataset", ["mixed", "specials", "extremes"])
 @pytest.mark.parametrize("name", list(SCALAR_FEATURES))
 def test_scalar_function_matches_numpy(dataset, name):
     ts, d, (kern, interp) = scalar_run(dataset)

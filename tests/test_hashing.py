@@ -1,10 +1,12 @@
-"""policy_hash follows meaning, not formatting; build_hash follows the toolchain."""
+"""policy_hash follows meaning, not formatting; build_hash follows the toolchain; the
+kernel-source cache follows everything that shapes the source."""
+import contextlib
 from pathlib import Path
 
 import pytest
 
 from policyc.compiler.frontend import check_text
-from policyc.compiler.hashing import build_hash, policy_hash
+from policyc.compiler.hashing import build_hash
 
 BASE = """\
 policy: h
@@ -90,3 +92,97 @@ def test_examples_have_distinct_hashes():
     root = Path(__file__).resolve().parent.parent / "policies"
     hashes = [check_text(p.read_text(), name=str(p)).policy_hash for p in sorted(root.glob("*.yaml"))]
     assert len(hashes) >= 5 and len(set(hashes)) == len(hashes)
+
+
+# ---- the kernel-source cache, and the kernel's own check of what it is given ---------
+SAME_NAME = """\
+policy: same
+version: 1
+instruments: [X]
+features:
+{features}
+signals:
+  - when: b > 100
+    target: 1
+"""
+
+
+def test_the_source_cache_key_covers_every_input_of_code_generation(tmp_path, monkeypatch):
+    """Two policies with the same name and version, one with features `a: close` and
+    `b: close`, the other with `b: close` only, in one cache directory: each gets its own
+    kernel (the second once got the first's, which wrote past its trace buffer)."""
+    import numpy as np
+
+    from policyc.compiler.build import Events, compile_policy
+    from policyc.dsl.document import parse_policy_text
+
+    monkeypatch.setenv("POLICYC_CACHE", str(tmp_path))
+    two = compile_policy(parse_policy_text(SAME_NAME.format(features="  a: close\n  b: close"), "two.yaml"))
+    one = compile_policy(parse_policy_text(SAME_NAME.format(features="  b: close"), "one.yaml"))
+    assert one.source != two.source and one.feature_names == ["b"] and two.feature_names == ["a", "b"]
+    assert len(list((tmp_path / "sources").iterdir())) == 2
+    ev = Events.market(np.arange(3, dtype=np.int64), np.repeat([[99.0], [101.0], [102.0]], 2, axis=1))  # price, close
+    assert one.run(ev, trace=True).trace.shape == (3, 7) and two.run(ev, trace=True).trace.shape == (3, 8)
+    assert [o[2] for o in one.run(ev).orders.tolist()] == [1.0]
+
+
+SHAPES = """\
+policy: shapes
+version: 1
+instruments: [X]
+features:
+  m: sma(close, 3)
+signals:
+  - when: close > m
+    target: 1
+risk:
+  custom:
+    - {name: never, when: false, action: block}
+"""
+
+
+@pytest.fixture(scope="module")
+def shapes():
+    from policyc.compiler.build import compile_policy
+    from policyc.dsl.document import parse_policy_text
+
+    return compile_policy(parse_policy_text(SHAPES, "shapes.yaml"))
+
+
+@pytest.mark.parametrize("spoil", ["nothing", "trace", "orders", "pstate", "acct", "fs", "vals", "inst", "equity",
+                                   "params"])
+def test_the_kernel_refuses_buffers_of_another_shape(shapes, spoil):
+    """A buffer of the wrong shape (another policy's, say) is a ValueError before the
+    kernel runs, never a write out of bounds."""
+    import numpy as np
+
+    from policyc.compiler import layout as L
+    from policyc.compiler.build import Events
+
+    n = 4
+    ev = Events.market(np.arange(n, dtype=np.int64), np.full((n, 2), 100.0))  # price, close
+    s = shapes.session()
+    trace = np.full((n, L.TRACE_FIXED + 1), np.nan)
+    equity = np.empty(n)
+    params, win, lay = s._bound()
+    if spoil == "trace":
+        trace = np.full((n, L.TRACE_FIXED), np.nan)
+    elif spoil == "orders":
+        s.orders = np.empty((8, L.ORDER_WIDTH - 1))
+    elif spoil == "pstate":
+        s.pstate = s.pstate[:, :-1].copy()
+    elif spoil == "acct":
+        s.acct = s.acct[:-1].copy()
+    elif spoil == "fs":
+        s.fs = s.fs[:, :-1].copy()
+    elif spoil == "vals":
+        ev.vals = np.zeros((n, 0))
+    elif spoil == "inst":
+        ev.inst[2] = 1
+    elif spoil == "equity":
+        equity = np.empty(n - 1)
+    elif spoil == "params":
+        params = np.zeros(1)
+    with pytest.raises(ValueError) if spoil != "nothing" else contextlib.nullcontext():
+        shapes.kernel.run(ev.ts, ev.kind, ev.inst, ev.vals, 0, n, params, win, lay, s.config, s.fs, s.pstate,
+                          s.acct, s.orders, 0, s.mode, equity, trace, 3)
