@@ -264,6 +264,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_params(r)
     r.add_argument("--duration", type=_duration, metavar="DURATION",
                    help="stop after this long: seconds, or a number with s, m or h (90, 30s, 5m, 1h30m)")
+    r.add_argument("--max-clock-skew", type=_duration, metavar="DURATION",
+                   help="refuse a market event dated further ahead of the wall clock (default 5s)")
+    r.add_argument("--max-feed-silence", type=_duration, metavar="DURATION",
+                   help="without a market event for this long, intents may only reduce exposure (default 5s)")
     r.add_argument("--flatten-on-exit", action="store_true")
     r.add_argument("--busy-poll", action="store_true",
                    help="poll the sockets without sleeping: lower latency for one busy CPU core")
@@ -814,10 +818,12 @@ def cmd_run(args, parser) -> int:
     result = _checked_or_exit(args)
     if result is None:
         return 1
+    limits = {key: value for key, value in (("max_clock_skew", args.max_clock_skew),
+                                            ("max_feed_silence", args.max_feed_silence)) if value is not None}
     runtime = LiveRuntime(compile_checked(result, on_compile=_say), RunConfig(
         feed_url=args.feed, venue_url=args.venue, feed_format=args.feed_format, intents=args.intents,
         control=args.control, token=token, log_path=args.log, duration=args.duration,
-        flatten_on_exit=args.flatten_on_exit, busy_poll=args.busy_poll))
+        flatten_on_exit=args.flatten_on_exit, busy_poll=args.busy_poll, **limits))
     async def run_and_watch() -> dict:
         run = asyncio.ensure_future(runtime.run())
         await view.watch(runtime, run)

@@ -14,7 +14,8 @@ is a bad timestamp whose message says what it looks like and which `date_format`
 it, and so is an integer column of a Parquet or .npz file that looks like seconds,
 milliseconds, microseconds or YYYYMMDD rather than nanoseconds.
 
-Bad rows are errors that name the file, the line, the value and the problem; with
+Bad rows are errors that name the file, the line, the value and the problem (a value
+beyond `layout.MAX_MAGNITUDE` included: `value too large`); with
 `skip_bad_rows` they are skipped and counted by kind, unless more than half of the rows
 have a bad or out-of-order timestamp: that is a wrong date format (or a file sorted
 newest first), not a few bad rows, and it is an error either way. Nothing is dropped
@@ -37,6 +38,7 @@ from pathlib import Path
 import numpy as np
 
 from policyc.compiler.build import Events
+from policyc.compiler.layout import MAX_MAGNITUDE
 
 PRICE_FIELDS = ("price", "open", "high", "low", "close", "bid", "ask")
 _ALIASES = {"datetime": "datetime", "timestamp": "datetime", "date": "date", "time": "time",
@@ -591,6 +593,10 @@ def _build(path: str, src: _Source, wanted: list[str], skip_bad_rows: bool, star
         if name in PRICE_FIELDS:
             report(np.flatnonzero(~bad & ~empty & ~((values > 0) & (values < np.inf))), "non-positive, NaN or infinite price",
                    lambda k, v=values, lab=label: f"`{lab}` is {v[k]:g}; prices must be positive and finite")
+        # sums and products of larger values could overflow the account's arithmetic and turn a limit off
+        report(np.flatnonzero(np.abs(values) > MAX_MAGNITUDE), "value too large",
+               lambda k, v=values, lab=label: f"`{lab}` is {v[k]:g}; values must be at most {MAX_MAGNITUDE:g} "
+                                              "in magnitude")
         columns[name] = values
 
     # equal timestamps are normal (several trades in one millisecond); going back is not

@@ -285,6 +285,10 @@ def test_a_data_file_given_twice_is_a_usage_error(capsys, tmp_path):
      "argument --duration: expected a duration such as 90 (seconds), 30s, 5m or 1h30m, got `2x`"),
     (["run", EMA, "--feed", "ws://127.0.0.1:9", "--venue", "ws://127.0.0.1:9", "--duration", "0s"],
      "argument --duration: a duration must be above 0, got `0s`"),
+    (["run", EMA, "--feed", "ws://127.0.0.1:9", "--venue", "ws://127.0.0.1:9", "--max-clock-skew", "0"],
+     "argument --max-clock-skew: a duration must be above 0, got `0`"),
+    (["run", EMA, "--feed", "ws://127.0.0.1:9", "--venue", "ws://127.0.0.1:9", "--max-feed-silence", "5 sec"],
+     "argument --max-feed-silence: expected a duration such as 90 (seconds), 30s, 5m or 1h30m, got `5 sec`"),
     (["replay-feed", "--data", ORCL, "--listen", "127.0.0.1:9", "--rate", "0"], "argument --rate: must be above 0, not 0"),
     (["replay-feed", "--data", ORCL, "--listen", "127.0.0.1:9", "--clients", "0"],
      "argument --clients: must be at least 1, not 0"),
@@ -309,6 +313,30 @@ def test_run_duration_takes_a_unit(text, seconds):
     args = build_parser().parse_args(["run", str(EMA), "--feed", "ws://127.0.0.1:9", "--venue", "ws://127.0.0.1:9",
                                       "--duration", text])
     assert args.duration == seconds
+
+
+def test_run_passes_its_clock_skew_and_feed_silence_to_the_runtime_and_says_their_defaults(capsys, monkeypatch):
+    from policyc.cli import build_parser, main
+    from policyc.runtime.live import runner
+    from policyc.runtime.orders import MAX_CLOCK_SKEW_S, MAX_FEED_SILENCE_S
+
+    configs = []
+
+    class Made(Exception):
+        pass
+
+    def runtime(policy, config):
+        configs.append(config)
+        raise Made
+
+    monkeypatch.setattr(runner, "LiveRuntime", runtime)
+    base = ["run", str(EMA), "--feed", "ws://127.0.0.1:9", "--venue", "ws://127.0.0.1:9", "--log", os.devnull]
+    assert main(base + ["--max-clock-skew", "250ms", "--max-feed-silence", "1m"]) == 3  # Made: an internal error
+    assert main(base) == 3
+    assert [(c.max_clock_skew, c.max_feed_silence) for c in configs] == [(0.25, 60.0),
+                                                                        (MAX_CLOCK_SKEW_S, MAX_FEED_SILENCE_S)]
+    run = build_parser().commands["run"].format_help()
+    assert f"(default {MAX_CLOCK_SKEW_S:g}s)" in run and f"(default {MAX_FEED_SILENCE_S:g}s)" in " ".join(run.split())
 
 
 # ---- output files: parents created, problems found before the run

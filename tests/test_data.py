@@ -303,6 +303,19 @@ def test_intent_column_with_empty_cells(capsys, files, tmp_path):
     assert code == 1 and f"error: {data}:2: `intent` is not a number: `abc`" in err.splitlines()
 
 
+def test_an_input_beyond_the_largest_magnitude_is_a_bad_row_of_its_own_kind(capsys, files, tmp_path):
+    from policyc.compiler.layout import MAX_MAGNITUDE
+
+    data = tmp_path / "intents.csv"
+    data.write_text(f"Date,Close,intent\n2024-01-02,100,{MAX_MAGNITUDE:.0f}\n2024-01-03,101,-1e16\n"
+                    "2024-01-04,102,inf\n2024-01-05,103,5\n")
+    code, _, err = cli(capsys, "backtest", files["intent"], "--data", data)
+    assert code == 1 and (f"error: {data}:3: `intent` is -1e+16; values must be at most 1e+15 in magnitude "
+                          "(1 more problem rows; --skip-bad-rows skips them and reports each kind)") in err.splitlines()
+    t = load_table(data, compile_policy(str(files["intent"])).columns, skip_bad_rows=True)
+    assert list(t.columns["intent"]) == [MAX_MAGNITUDE, 5.0] and t.skipped == {"value too large": 2}
+
+
 def test_missing_column_names_the_column_and_lists_the_columns_found(capsys, files, tmp_path):
     data = tmp_path / "no_intent.csv"
     data.write_text("Date,Close\n2024-01-02,100\n")
@@ -332,6 +345,9 @@ ROW_PROBLEMS = {
                        "2024-01-06,1,1,1,12,5\n", 5, ["earlier than the row before"], "timestamp out of order", 4),
     "bad_timestamp": (H + GOOD + "2024-13-45,1,1,1,11,5\n2024-01-06,1,1,1,12,5\n", 3,
                       ["timestamp `2024-13-45` is not a real date: there is no month 13"], "bad timestamp", 2),
+    # finite, but sums and products of it would overflow the account's arithmetic (issue 9, case 1)
+    "huge_price": (H + GOOD + "2024-01-03,1,1,1,1e308,5\n2024-01-04,1,1,1,11,5\n", 3,
+                   ["`Close` is 1e+308; values must be at most 1e+15 in magnitude"], "value too large", 2),
 }
 
 

@@ -135,6 +135,20 @@ def test_every_subcommand_and_option_is_in_the_command_reference(name):
     assert not problems, "\n".join(problems)
 
 
+def test_the_defaults_of_run_in_the_docs_are_the_runtimes():
+    """`--max-clock-skew` and `--max-feed-silence` default to constants of
+    `runtime/orders.py`; the command reference and the live contract say their values."""
+    from policyc.runtime.orders import MAX_CLOCK_SKEW_S, MAX_FEED_SILENCE_S
+
+    rows = {line.split("|")[1].strip(): line for line in _sections(_commands_md())["run"].splitlines()
+            if line.startswith("| `--max-")}
+    assert f"default `{MAX_CLOCK_SKEW_S:g}s`" in rows["`--max-clock-skew DURATION`"]
+    assert f"default `{MAX_FEED_SILENCE_S:g}s`" in rows["`--max-feed-silence DURATION`"]
+    live = " ".join((DOCS / "live.md").read_text(encoding="utf-8").split())
+    assert f"(default {MAX_CLOCK_SKEW_S:g} s, `MAX_CLOCK_SKEW_S` in `runtime/orders.py`)" in live
+    assert f"(default {MAX_FEED_SILENCE_S:g} s, `MAX_FEED_SILENCE_S` in `runtime/orders.py`)" in live
+
+
 def test_global_options_are_in_the_command_reference():
     sections = _sections(_commands_md())
     assert "Global options" in sections

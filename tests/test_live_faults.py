@@ -70,9 +70,14 @@ class Feed:
         await self.server.wait_closed()
 
 
+#: --max-feed-silence where a test is not about it: longer than any stall of a busy
+#: machine and than every move of a test's `Clock`, so the feed never goes silent
+QUIET_S = 3600.0
+
+
 def runtime_for(policy, feed_port, venue_port, log):
     return LiveRuntime(policy, RunConfig(f"ws://{HOST}:{feed_port}", f"ws://{HOST}:{venue_port}", log_path=str(log),
-                                         intents=(HOST, free_port()), token=TOKEN))
+                                         intents=(HOST, free_port()), token=TOKEN, max_feed_silence=QUIET_S))
 
 
 def test_paper_venue_answers_a_repeated_order_without_executing_it_again():
@@ -376,10 +381,11 @@ class Stack:
     fault can be sent to the runtime alone, and it prices the venue before the runtime
     sees a tick (an order the tick causes never races the venue's own copy of it)."""
 
-    def __init__(self, policy, log, venue=None, control=False):
+    def __init__(self, policy, log, venue=None, control=False, **config):
         self.policy, self.log = policy, log
         self.venue = venue if venue is not None else paper.PaperVenue()
         self.control = control
+        self.config = {"max_feed_silence": QUIET_S, **config}  # more RunConfig settings
 
     async def start(self, price=50.0):
         self.feed = Feed(free_port())
@@ -389,7 +395,8 @@ class Stack:
                                                           f"ws://{HOST}:{self.feed.port}", stop=self.stop_venue))
         self.rt = LiveRuntime(self.policy, RunConfig(
             f"ws://{HOST}:{self.feed.port}", f"ws://{HOST}:{self.venue_port}", log_path=str(self.log),
-            intents=(HOST, free_port()), control=(HOST, free_port()) if self.control else None, token=TOKEN))
+            intents=(HOST, free_port()), control=(HOST, free_port()) if self.control else None, token=TOKEN,
+            **self.config))
         self.run = asyncio.create_task(self.rt.run())
         await until(lambda: len(self.feed.clients) == 2 and self.rt.venue is not None and self.rt.feed is not None)
         await self.tick(0, price)
@@ -807,7 +814,8 @@ def test_a_fill_lost_with_the_venue_connection_is_learnt_from_the_cancel_of_a_ha
         server = await DropsTheFirstFill(venue).start()
         server.release.set()
         rt = LiveRuntime(policy, RunConfig(f"ws://{HOST}:{feed.port}", f"ws://{HOST}:{server.port}", log_path=str(log),
-                                           intents=(HOST, free_port()), control=(HOST, free_port()), token=TOKEN))
+                                           intents=(HOST, free_port()), control=(HOST, free_port()), token=TOKEN,
+                                           max_feed_silence=QUIET_S))
         run = asyncio.create_task(rt.run())
         await until(lambda: len(feed.clients) == 1 and rt.venue is not None)
         await feed.send(tick(0, 50.0))
@@ -984,6 +992,212 @@ def test_a_tripped_max_drawdown_with_a_pending_order_liquidates_the_position_onl
         f"liquidation sold {out['liquidation']} for a filled position of 100 (the pending 20 was cancelled)")
 
 
+# ---- issue 9 over loopback: numbers too large, time going backwards, a silent feed --------------------------------
+
+HUGE = """
+policy: huge
+version: 1
+instruments: [ORCL]
+inputs: [intent]
+signals: []
+risk:
+  max_drawdown: 10%
+account:
+  initial_equity: 10000
+  fees_bps: 0
+"""
+
+
+def test_a_huge_finite_price_is_refused_and_the_kill_switch_still_trips(tmp_path):
+    """Issue 9, case 1: long 100 at 50, then a tick at 1e308 and ticks at 40, 25, 10, 5.
+    The 1e308 used to overflow equity and its peak to inf, so drawdown was NaN and
+    `max_drawdown` never tripped, even at a 45% loss. It is a bad message now; the tick
+    at 40 is a 10% drawdown, which trips the kill switch, and the liquidation sells at 40."""
+    policy = compile_policy(parse_policy_text(HUGE, "huge.yaml"))
+    log = tmp_path / "log.jsonl"
+
+    async def scenario():
+        stack = await Stack(policy, log).start(price=50.0)
+        rt = stack.rt
+        (buy,) = await _client(rt.config.intents[1], {"type": "intent", "id": "a", "instrument": "ORCL", "target": 100})
+        await until(lambda: not rt.open)
+        ours = await stack.runtime_side()
+        await ours.send(tick(1, 1e308))
+        await until(lambda: rt.counters.bad_messages == 1)
+        for k, price in enumerate((40.0, 25.0, 10.0, 5.0), start=2):
+            await stack.tick(k, price)
+            await until(lambda: not rt.open)
+        return buy, await stack.close()
+
+    buy, status = asyncio.run(scenario())
+    assert buy["order_qty"] == 100
+    assert status["halted"] is True and status["positions"] == {"ORCL": 0.0} and status["equity"] == 9000.0
+    assert status["bad_messages"] == 1 and status["events"] == 5
+    (bad,) = _records(log, "bad_message")
+    assert bad["reason"] == "`price` is 1e+308: too large (at most 1e+15 in magnitude)"
+    assert _records(log, "halt")[0]["reason"] == "kill_switch:halt,max_drawdown:halt"
+    assert [(r["qty"], r["price"], r["exit"]) for r in _records(log, "order")] == [(100.0, 50.0, False),
+                                                                                  (-100.0, 40.0, True)]
+
+
+ONCE_A_DAY = POLICY + "  max_orders_per_day: 1\n"
+DAY_NS = 86_400_000_000_000
+
+
+def test_time_going_backwards_on_the_feed_is_refused_and_does_not_reset_the_day(tmp_path):
+    """Issue 9, case 2: one order a day. After a tick at T, intent 10 is sent and intent
+    20 is blocked; a tick dated a day back, then one a second on, used to reset the day
+    counters twice and let 3 orders out within a second. The tick from the day before is
+    refused and logged with both times, so the third intent is blocked too; so is a tick
+    dated at the last nanosecond of int64, without raising anywhere."""
+    policy = compile_policy(parse_policy_text(ONCE_A_DAY, "once_a_day.yaml"))
+    log = tmp_path / "log.jsonl"
+    last_ns = 2**63 - 1
+
+    async def scenario():
+        stack = await Stack(policy, log).start(price=50.0)
+        rt = stack.rt
+        first, second = await _intent(rt, {"type": "intent", "id": "a", "instrument": "ORCL", "target": 10},
+                                      {"type": "intent", "id": "b", "instrument": "ORCL", "target": 20})
+        ours = await stack.runtime_side()
+        await ours.send(tick(-DAY_NS, 51.0))
+        await ours.send(tick(last_ns - TS, 52.0))
+        await until(lambda: rt.counters.bad_messages == 2)
+        await stack.tick(1_000_000_000, 53.0)
+        (third,) = await _intent(rt, {"type": "intent", "id": "c", "instrument": "ORCL", "target": 30})
+        await until(lambda: not rt.open)
+        return first, second, third, await stack.close()
+
+    first, second, third, status = asyncio.run(scenario())
+    assert first["order_qty"] == 10
+    assert second["order_qty"] == 0 and "max_orders_per_day:blocked" in second["reasons"]
+    assert third["order_qty"] == 0 and "max_orders_per_day:blocked" in third["reasons"]
+    assert status["orders"] == 1 and status["events"] == 2 and status["last_prices"] == {"ORCL": 53.0}
+    back, ahead = _records(log, "bad_message")
+    assert (back["source"], back["event_ts"], back["last_ts"]) == ("feed", TS - DAY_NS, TS)
+    assert back["reason"] == (f"ORCL: event time {TS - DAY_NS} is before the instrument's latest event at {TS} "
+                              "(86400 s earlier): refused")
+    assert ahead["event_ts"] == last_ns and ahead["wall_ts"] < last_ns and "--max-clock-skew 5 s" in ahead["reason"]
+
+
+def test_a_feed_that_goes_silent_makes_intents_reduce_only_until_it_sends_again(policy, tmp_path, capsys):
+    """Issue 9, case 6: a feed that stops sending but keeps its connection open, and a
+    policy without `stale_after`. After --max-feed-silence without a market event, intents
+    may only reduce exposure; the silence is logged when it starts and when it ends. The
+    silence passes on the test's clock (`Clock`): the runtime's timer and its durations
+    run on the event loop's clock."""
+    log = tmp_path / "log.jsonl"
+    silence_s = 10.0
+
+    async def scenario():
+        stack = await Stack(policy, log, max_feed_silence=silence_s).start(price=50.0)
+        rt = stack.rt
+        (first,) = await _intent(rt, {"type": "intent", "id": "a", "instrument": "ORCL", "target": 40})
+        await until(lambda: not rt.open)
+        assert rt.status()["reduce_only"] is False
+        await clock.advance(silence_s + 1)
+        await until(lambda: rt.core.silent_since_ns is not None)  # the timer noticed, no intent asked
+        grow, shrink = await _intent(rt, {"type": "intent", "id": "b", "instrument": "ORCL", "target": 90},
+                                     {"type": "intent", "id": "c", "instrument": "ORCL", "target": 10})
+        await until(lambda: not rt.open)
+        silent = rt.status()["reduce_only"]
+        await stack.tick(1, 51.0)
+        (again,) = await _intent(rt, {"type": "intent", "id": "d", "instrument": "ORCL", "target": 90})
+        await until(lambda: not rt.open)
+        live = not rt.status()["reduce_only"]
+        return first, grow, shrink, again, silent and live, await stack.close()
+
+    clock = Clock()
+    first, grow, shrink, again, silent_then_live, status = clock.run(scenario())
+    assert first["order_qty"] == 40 and silent_then_live
+    assert grow["order_qty"] == 0 and grow["reasons"] == ["stale_after:blocked"]
+    assert shrink["order_qty"] == -30 and again["order_qty"] == 80
+    assert status["positions"] == {"ORCL": 90.0}
+    kinds = [r for r in read_log(log) if r["kind"] in ("order", "feed_silent", "feed_live")]
+    assert [(r["kind"], r.get("qty")) for r in kinds] == [("order", 40.0), ("feed_silent", None), ("order", -30.0),
+                                                          ("feed_live", None), ("order", 80.0)]
+    assert kinds[1]["silent_s"] >= silence_s and kinds[1]["last_event_ts"] == TS
+    assert kinds[3]["silent_s"] >= silence_s + 1 and kinds[3]["ts"] == TS + 1
+    said = [line.split(": ", 1)[1] for line in capsys.readouterr().err.splitlines() if "market data" in line]
+    assert [line.split(" for ")[0].split(" after ")[0] for line in said] == ["no market data", "market data again"]
+    assert said[0].endswith("s; intents are reduce-only")
+
+
+STOP_FLIP = """
+policy: stop_flip
+version: 1
+instruments: [ORCL]
+signals:
+  - when: close >= 100
+    target: 10
+  - when: close < 92
+    target: -10
+risk:
+  max_position: 10
+  stop_loss: 5%
+{custom}account:
+  initial_equity: 10000
+  fees_bps: 0
+"""
+AFTERNOON = "  custom:\n    - {name: afternoon, when: hour(ts) >= 13, action: block}\n"
+TEN_AM = 1_700_042_400 * 1_000_000_000 - TS  # 2023-11-15T10:00:00Z, as an offset for `tick`
+HOUR = 3_600_000_000_000
+
+
+@pytest.mark.parametrize("custom, orders, position, equity", [
+    # issue 9, case 3: the re-entry is blocked after 13:00, the exit is not: out at 90, 9,900 left
+    (AFTERNOON, [(10.0, 100.0, False), (-10.0, 90.0, True)], 0.0, 9900.0),
+    # without the block the re-entry follows the exit as an order of its own; short 10 from 90 at 80
+    ("", [(10.0, 100.0, False), (-10.0, 90.0, True), (-10.0, 90.0, False)], -10.0, 10000.0),
+])
+def test_a_stop_that_meets_an_opposite_target_exits_first_and_re_enters_as_a_checked_order(tmp_path, custom, orders,
+                                                                                           position, equity):
+    """Hourly bars 100, 99, 96, 90, 85, 80 from 10:00, long 10 at 100 with a 5% stop; at
+    13:00 the stop triggers on the bar whose signal asks for -10."""
+    policy = compile_policy(parse_policy_text(STOP_FLIP.format(custom=custom), "stop_flip.yaml"))
+    log = tmp_path / "log.jsonl"
+
+    async def scenario():
+        stack = await Stack(policy, log).start(price=95.0)  # no signal
+        for h, price in enumerate((100.0, 99.0, 96.0, 90.0, 85.0, 80.0)):
+            await stack.tick(TEN_AM + h * HOUR, price)
+            await until(lambda: not stack.rt.open)
+        return await stack.close()
+
+    status = asyncio.run(scenario())
+    assert [(r["qty"], r["price"], r["exit"]) for r in _records(log, "order")] == orders
+    assert status["positions"] == {"ORCL": position} and status["equity"] == equity
+
+
+def test_a_looped_replay_dates_each_pass_after_the_one_before():
+    """`replay-feed --loop` moves each pass on by the recording's span and one mean step,
+    so a runtime that refuses time going backwards takes every pass."""
+    import numpy as np
+    from websockets.asyncio.client import connect
+
+    from policyc.runtime.live import replay
+
+    day = 86_400_000_000_000
+    rec = replay.Recording(["ORCL"], np.array([TS, TS + day, TS + 3 * day]), np.zeros(3, int),
+                           {"price": np.array([1.0, 2.0, 3.0])})
+
+    async def scenario():
+        port, stop, ready = free_port(), asyncio.Event(), asyncio.Event()
+        server = asyncio.create_task(replay.serve(rec, HOST, port, loop=True, ready=ready, stop=stop))
+        await ready.wait()
+        async with connect(f"ws://{HOST}:{port}") as ws:
+            got = [json.loads(await ws.recv()) for _ in range(7)]
+        stop.set()
+        await server
+        return got
+
+    got = asyncio.run(scenario())
+    step = 3 * day + 3 * day // 2  # the span and one mean step
+    assert [(m["ts"], m["price"]) for m in got] == [
+        (TS, 1.0), (TS + day, 2.0), (TS + 3 * day, 3.0),
+        (TS + step, 1.0), (TS + step + day, 2.0), (TS + step + 3 * day, 3.0), (TS + 2 * step, 1.0)]
+
+
 # ---- a paper venue priced from a binance feed --------------------------------------------------------------------
 
 def trade(k: int, price: float, symbol: str = "BTCUSDT") -> str:
@@ -1034,7 +1248,8 @@ def test_a_runtime_on_a_binance_feed_gets_fills_from_a_binance_paper_venue(tmp_p
         venue, port, stop = paper.PaperVenue(feed_format="binance"), free_port(), asyncio.Event()
         task = asyncio.create_task(paper.serve(venue, HOST, port, f"ws://{HOST}:{feed.port}", stop=stop))
         rt = LiveRuntime(policy, RunConfig(f"ws://{HOST}:{feed.port}", f"ws://{HOST}:{port}", feed_format="binance",
-                                           log_path=str(log), intents=(HOST, free_port()), token=TOKEN))
+                                           log_path=str(log), intents=(HOST, free_port()), token=TOKEN,
+                                           max_feed_silence=QUIET_S))
         run = asyncio.create_task(rt.run())
         await until(lambda: len(feed.clients) == 2 and rt.venue is not None)
         await feed.send(trade(1, 16540.0), trade(2, 16541.53))

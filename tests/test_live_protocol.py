@@ -109,3 +109,44 @@ def test_a_binance_trade_time_that_overflows_nanoseconds_is_refused():
     trade = {"e": "trade", "E": 1, "s": "BTCUSDT", "t": 1, "p": "1.0", "q": "1.0", "T": 10**16, "m": True, "M": True}
     with pytest.raises(ProtocolError, match="out of range"):
         parse_feed(json.dumps(trade), INSTRUMENTS, "binance")
+
+
+# ---- numbers beyond layout.MAX_MAGNITUDE: finite, yet they would overflow the account ------------------------------
+
+def _tick(**fields):
+    return json.dumps({"type": "tick", "instrument": "ORCL", "ts": TS, "price": 45.1, **fields})
+
+
+@pytest.mark.parametrize("parse, frame, key", [
+    (parse_feed, _tick(price=1e308), "price"),
+    (parse_feed, _tick(price=1e15 * (1 + 2**-52)), "price"),
+    (parse_feed, _tick(qty=1e16), "qty"),
+    (parse_feed, json.dumps({"type": "bar", "instrument": "ORCL", "ts": TS, "open": 1, "high": 1e300, "low": 1,
+                             "close": 1}), "high"),
+    (parse_feed, json.dumps({"type": "bar", "instrument": "ORCL", "ts": TS, "open": 1, "high": 1, "low": 1,
+                             "close": 1, "volume": 1e20}), "volume"),
+    (parse_feed, json.dumps({"type": "quote", "instrument": "ORCL", "ts": TS, "bid": 1, "ask": 1e16}), "ask"),
+    (parse_feed, json.dumps({"type": "input", "instrument": "ORCL", "ts": TS, "name": "s", "value": -1e16}), "value"),
+    (lambda f, i: parse_feed(f, i, "binance"),
+     json.dumps({"e": "trade", "s": "BTCUSDT", "p": "1e300", "q": "1", "T": 1}), "p"),
+    (lambda f, i: parse_feed(f, i, "coinbase"),
+     json.dumps({"type": "ticker", "product_id": "BTC-USD", "price": "1", "last_size": "1e99",
+                 "time": "2022-12-31T19:43:02.136Z"}), "last_size"),
+    (parse_intent, json.dumps({"type": "intent", "id": "a", "instrument": "ORCL", "target": -1e16}), "target"),
+    (parse_intent, json.dumps({"type": "input", "id": "a", "instrument": "ORCL", "name": "s", "value": 1e300}), "value"),
+    (lambda f, i: parse_venue(f), json.dumps({"type": "fill", "client_order_id": "c", "qty": 1e16, "price": 1}), "qty"),
+    (lambda f, i: parse_venue(f), json.dumps({"type": "fill", "client_order_id": "c", "qty": 1, "price": 1e300}),
+     "price"),
+    (lambda f, i: parse_venue(f), json.dumps({"type": "fill", "client_order_id": "c", "qty": 1, "price": 1,
+                                              "fee": -1e16}), "fee"),
+])
+def test_a_number_beyond_the_largest_magnitude_is_refused_with_its_field(parse, frame, key):
+    with pytest.raises(ProtocolError, match=f"^`{key}` is .*: too large \\(at most 1e\\+15 in magnitude\\)$"):
+        parse(frame, INSTRUMENTS)
+
+
+def test_the_largest_magnitude_itself_passes():
+    (m,) = parse_feed(_tick(price=1e15, qty=1e15), INSTRUMENTS)
+    assert m.fields == {"price": 1e15, "qty": 1e15}
+    assert parse_intent(json.dumps({"type": "intent", "id": "a", "instrument": "ORCL", "target": -1e15}),
+                        INSTRUMENTS).target == -1e15

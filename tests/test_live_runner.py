@@ -299,3 +299,13 @@ def test_an_order_says_which_market_event_it_was_decided_on(rt):
     rt.halt("operator")
     (sell,) = orders(venue)[1:]
     assert sell["side"] == "sell" and "event_ts" not in sell
+
+
+def test_the_session_record_says_the_clock_skew_and_feed_silence_the_run_uses(policy, tmp_path):
+    log = tmp_path / "log.jsonl"
+    runtime = LiveRuntime(policy, RunConfig("ws://feed", "ws://venue", log_path=str(log), max_clock_skew=0.5,
+                                            max_feed_silence=30.0))
+    runtime.log.close()
+    (session,) = [orjson.loads(line) for line in log.read_bytes().splitlines()]
+    assert (session["max_clock_skew_s"], session["max_feed_silence_s"]) == (0.5, 30.0)
+    assert (runtime.core.max_clock_skew_ns, runtime.core.max_feed_silence_ns) == (500_000_000, 30_000_000_000)

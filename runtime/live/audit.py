@@ -11,7 +11,8 @@ from pathlib import Path
 import orjson
 
 JSON_OPTIONS = orjson.OPT_APPEND_NEWLINE | orjson.OPT_SERIALIZE_NUMPY  # NaN is written as null
-KINDS = ("session", "order", "fill", "reject", "risk", "halt", "resume", "bad_message")
+KINDS = ("session", "order", "fill", "reject", "overfill", "risk", "halt", "resume", "feed_silent", "feed_live",
+         "bad_message")
 
 
 class DecisionLog:

@@ -1,9 +1,9 @@
 """Wire protocol v1 (docs/live.md, "Wire protocol v1"): frames in, validated messages out.
 
 Every check happens here, before anything reaches the engine: a frame that is not
-JSON, a missing field, a wrong type, a NaN or non-positive price or size, an unknown
-`type` or instrument raises `ProtocolError`, which the runtime counts and logs as
-`bad_message`. Nothing here does I/O.
+JSON, a missing field, a wrong type, a NaN or non-positive price or size, a number
+beyond `layout.MAX_MAGNITUDE`, an unknown `type` or instrument raises `ProtocolError`,
+which the runtime counts and logs as `bad_message`. Nothing here does I/O.
 """
 from __future__ import annotations
 
@@ -12,6 +12,8 @@ from datetime import datetime
 from typing import NamedTuple
 
 import orjson
+
+from policyc.compiler.layout import MAX_MAGNITUDE
 
 MAX_FRAME_BYTES = 1 << 20
 MAX_BATCH = 10_000
@@ -112,6 +114,8 @@ def _number(msg: dict, key: str, *, positive: bool = False, required: bool = Tru
         raise ProtocolError(f"`{key}` must be finite")
     if positive and value <= 0:
         raise ProtocolError(f"`{key}` must be positive, not {value:g}")
+    if abs(value) > MAX_MAGNITUDE:  # finite, yet sums and products of it could overflow and turn a limit off
+        raise ProtocolError(f"`{key}` is {value:g}: too large (at most {MAX_MAGNITUDE:g} in magnitude)")
     return value
 
 
@@ -119,7 +123,7 @@ def _positive(msg: dict, key: str) -> float:
     """`_number(positive=True)` with the well-formed case first: a market message
     carries several prices and this runs for each."""
     value = msg.get(key)
-    if (value.__class__ is float or value.__class__ is int) and 0 < value < math.inf:
+    if (value.__class__ is float or value.__class__ is int) and 0 < value <= MAX_MAGNITUDE:
         return float(value)
     return _number(msg, key, positive=True)
 
@@ -177,7 +181,7 @@ def _native(msg: dict, instruments) -> Market | Input:
                   "close": _positive(msg, "close")}
         volume = msg.get("volume")
         if volume is not None:
-            if not ((volume.__class__ is float or volume.__class__ is int) and 0 <= volume < math.inf):
+            if not ((volume.__class__ is float or volume.__class__ is int) and 0 <= volume <= MAX_MAGNITUDE):
                 volume = _number(msg, "volume")
                 if volume < 0:
                     raise ProtocolError("`volume` must not be negative")

@@ -77,9 +77,10 @@ def load_recording(data: list[tuple[str | None, str]], date_format: str | None =
     return Recording(names, ts[order], inst[order], {f: v[order] for f, v in columns.items()})
 
 
-def message(rec: Recording, k: int, fmt: str, sent_ns: int) -> dict:
+def message(rec: Recording, k: int, fmt: str, sent_ns: int, shift_ns: int = 0) -> dict:
+    """Event k of the recording as a feed message, its time moved on by `shift_ns`."""
     name = rec.instruments[rec.inst[k]]
-    ts = int(rec.ts[k])
+    ts = int(rec.ts[k]) + shift_ns
     c = rec.columns
     price = float(c["close"][k] if "close" in c else c["price"][k])
     if fmt == "binance":
@@ -103,9 +104,13 @@ def message(rec: Recording, k: int, fmt: str, sent_ns: int) -> dict:
 async def broadcast(rec: Recording, clients: set, sent: list[int], fmt: str = "native", speed: float | None = None,
                     rate: float | None = None, loop: bool = False) -> None:
     """Send the recording to every connected client at once, as a live feed does,
-    counting messages in `sent[0]` (so a feed stopped midway still knows its count)."""
+    counting messages in `sent[0]` (so a feed stopped midway still knows its count).
+    With `loop`, each pass is dated after the one before (by the recording's span and
+    one mean step), because time going backwards is refused downstream."""
     from websockets.asyncio.server import broadcast as ws_broadcast
 
+    span = int(rec.ts[-1] - rec.ts[0]) if len(rec) else 0
+    shift, per_pass = 0, span + max(1, span // max(1, len(rec) - 1))
     while True:
         start_wall = time.perf_counter()
         for k in range(len(rec)):
@@ -117,10 +122,11 @@ async def broadcast(rec: Recording, clients: set, sent: list[int], fmt: str = "n
                 due = None
             delay = due - time.perf_counter() if due is not None else 0.0
             await asyncio.sleep(max(delay, 0.0))  # also lets the clients' sockets drain
-            ws_broadcast(clients, encode(message(rec, k, fmt, time.time_ns())).decode())
+            ws_broadcast(clients, encode(message(rec, k, fmt, time.time_ns(), shift)).decode())
             sent[0] += 1
         if not loop:
             return
+        shift += per_pass
 
 
 async def serve(rec: Recording, host: str, port: int, fmt: str = "native", speed: float | None = None,

@@ -49,8 +49,9 @@ def render(status: dict, venue_latency: dict | None = None, links: dict | None =
     halted = status["halted"]
     head = Text.assemble(
         (f"{status['policy']} ", "bold"), (f"policy_hash {status['policy_hash'][:16]}  ", "dim"),
-        ("KILL SWITCH ON: flattening, nothing new until resume" if halted else "trading",
-         "bold red" if halted else "bold green"))
+        ("KILL SWITCH ON: flattening, nothing new until resume", "bold red") if halted else
+        ("REDUCE-ONLY: no market data from the feed", "bold yellow") if status["reduce_only"] else
+        ("trading", "bold green"))
 
     book = Table(title="positions", expand=True)
     for column in ("instrument", "position", "open orders", "last price"):

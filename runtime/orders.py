@@ -1,0 +1,400 @@
+"""The order-management core of live trading: between the market's clock, the venue's
+answers and the `Engine`, without sockets, asyncio or a clock of its own.
+
+It keeps the open-order table and what the kernel must know of it: every order counts
+as open quantity in the engine from the decision that makes it until the venue fills or
+rejects it. It removes duplicate fills (a venue answers a resent order with every answer
+so far), clamps a fill for more than is open (and logs an `overfill`), withdraws an
+order's quantity from the engine while the kill switch cancels it and restores it on a
+`resume` or when a fill beats the cancel, runs the kill-switch sequence (cancel, then
+liquidate), keeps each instrument's event clock forward-only, and makes intents
+reduce-only while the feed is down or silent.
+
+Everything it sends goes through `send(message, event_sent_ns)` and everything it logs
+through `record(kind, ts=None, **fields)`, both given by its owner; time comes from two
+injected clocks, `wall_ns` (the Unix time, ns) and `monotonic_ns` (for durations, ns).
+`runtime/live/runner.py` wires it to sockets, timers and the decision log;
+`tests/test_orders.py` drives it directly.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+from .engine import Decision, Engine, EngineError
+
+MAX_NS = 2**63 - 1  # event times are int64 nanoseconds
+MAX_CLOCK_SKEW_S = 5.0  # default of `run --max-clock-skew`: how far a market event may be ahead of the wall clock
+MAX_FEED_SILENCE_S = 5.0  # default of `run --max-feed-silence`: no market event for this long and intents reduce only
+DONE = 1e-12  # an order is done once what is left is within this share of its size (partial fills round)
+REDUCE_ONLY = "stale_after:blocked"  # the reason an intent's answer gets when reduce-only clipped it
+
+
+@dataclass
+class Counters:
+    """What a live run has counted, as its status shows it. The core counts all of it
+    but `reconnects`, which whoever keeps the connections counts."""
+
+    events: int = 0          # market events applied
+    orders: int = 0          # orders sent (the sequence number of the latest client_order_id)
+    fills: int = 0           # fills applied
+    rejects: int = 0         # rejects applied
+    bad_messages: int = 0    # refused messages of every source
+    reconnects: int = 0      # connection retries to the feed and the venue
+
+
+@dataclass(slots=True)
+class OpenOrder:
+    """An order sent and not yet done."""
+
+    instrument: str
+    qty: float                  # signed quantity ordered
+    left: float                 # signed quantity not filled yet
+    message: dict               # the order message, sent again on a venue reconnection
+    is_exit: bool
+    fills_applied: int = 0      # fills of it applied so far
+    fills_seen: int = 0         # fills of it answered on the current venue connection
+    cancelling: bool = False    # the kill switch sent a cancel for it
+    withdrawn: bool = False     # its `left` is out of the engine's open quantity while the cancel is pending
+
+
+def steps(decision: Decision) -> tuple[Decision, ...]:
+    """A decision and the re-entry it carries (`Decision.then`): when a protective exit
+    meets an opposite target, the exit is one order and the re-entry, fully checked,
+    another, sent after it."""
+    return (decision,) if decision.then is None else (decision, *steps(decision.then))
+
+
+class OrderCore:
+    """Live order management over one `Engine` (see the module docstring).
+
+    `send(message, event_sent_ns)` gets each order and cancel message (a dict) in the
+    order they must reach the venue; `event_sent_ns` is the `sent_ns` of the market event
+    behind an order, or None. `record(kind, ts=None, **fields)` gets each decision log
+    record; `ts` None means the wall clock. `max_clock_skew_s` and `max_feed_silence_s`
+    are in seconds; `wall_ns()` and `monotonic_ns()` return nanoseconds."""
+
+    def __init__(self, engine: Engine, order_prefix: str, send: Callable[[dict, int | None], None],
+                 record: Callable[..., object], *, max_clock_skew_s: float = MAX_CLOCK_SKEW_S,
+                 max_feed_silence_s: float = MAX_FEED_SILENCE_S, wall_ns: Callable[[], int] = time.time_ns,
+                 monotonic_ns: Callable[[], int] = time.monotonic_ns):
+        self.engine = engine
+        self.instruments = tuple(engine.policy.instruments)
+        self.policy_hash = engine.policy.policy_hash
+        self.order_prefix = order_prefix
+        self.send, self.record = send, record
+        self.wall_ns, self.monotonic_ns = wall_ns, monotonic_ns
+        self.max_clock_skew_ns = round(max_clock_skew_s * 1e9)
+        self.max_feed_silence_ns = round(max_feed_silence_s * 1e9)
+        self.counters = Counters()
+        self.open: dict[str, OpenOrder] = {}    # client_order_id -> order not done yet
+        self.unacked: set[str] = set()          # open orders the venue has not answered yet
+        self.kill_switch_handled = False        # the current halt is recorded and its cancels sent
+        self.last_ts: dict[str, int] = {}       # instrument -> its latest accepted market event's ts
+        self.arrived_ns: dict[str, int] = {}    # instrument -> monotonic time that event arrived
+        self.feed_up = False                    # the feed connection is open
+        self.connected_ns = 0                   # monotonic time it opened
+        self.heard_ns: int | None = None        # monotonic time of its latest accepted market event, None before one
+        self.silent_since_ns: int | None = None  # while a silence is logged: monotonic time it began
+
+    # ---- time --------------------------------------------------------------------
+    def now_for(self, instrument: str) -> int:
+        """Event time (ns) for a decision no market event carries (an intent, a fill): the
+        instrument's latest market event time plus the time elapsed since it arrived;
+        before its first event, `latest_time`. On the feed's clock, never the wall clock:
+        in a replay of old data a wall-clock time would move the kernel's day (which
+        only goes forward) decades ahead of the events still to come."""
+        if instrument in self.last_ts:
+            return self._since(instrument)
+        return self.latest_time()
+
+    def latest_time(self) -> int:
+        """The latest `now_for` over the instruments that have had a market event (ns), or
+        0 before any: an account-wide step (a halt, a resume) happens on the feed's clock."""
+        return max(map(self._since, self.last_ts), default=0)
+
+    def _since(self, instrument: str) -> int:
+        return min(self.last_ts[instrument] + (self.monotonic_ns() - self.arrived_ns[instrument]), MAX_NS)
+
+    # ---- the feed ----------------------------------------------------------------
+    def market(self, batch: list) -> None:
+        """The market events of one read of the feed, in arrival order, through one kernel
+        call; each is `(instrument, ts, fields, sent_ns)`, as a protocol `Market` is.
+
+        An event older than its instrument's latest accepted one, or more than
+        `max_clock_skew_s` ahead of the wall clock, is refused as a bad message with both
+        times; accepted events move the instrument's clock on. The wall clock, because a
+        recording replayed at any speed stays behind it, while an event time from the
+        future can only be a fault: so a replay of old data runs and a leap to the year
+        2262 does not."""
+        now = self.monotonic_ns()
+        horizon = self.wall_ns() + self.max_clock_skew_ns
+        last_ts, arrived = self.last_ts, self.arrived_ns
+        fresh = []
+        for item in batch:
+            instrument, ts = item[0], item[1]
+            before = last_ts.get(instrument, -1)
+            if before <= ts <= horizon:  # the usual case: time goes on and stays in the present
+                last_ts[instrument] = ts
+                arrived[instrument] = now
+                fresh.append(item)
+            elif ts < before:
+                self.bad_message("feed", f"{instrument}: event time {ts} is before the instrument's latest event "
+                                         f"at {before} ({(before - ts) / 1e9:g} s earlier): refused",
+                                 event_ts=ts, last_ts=before)
+            else:
+                wall = horizon - self.max_clock_skew_ns
+                self.bad_message("feed", f"{instrument}: event time {ts} is {(ts - wall) / 1e9:g} s ahead of the "
+                                         f"wall clock, over --max-clock-skew {self.max_clock_skew_ns / 1e9:g} s: "
+                                         "refused", event_ts=ts, wall_ts=wall)
+        if not fresh:
+            return
+        self.heard_ns = now
+        if self.silent_since_ns is not None:
+            self.record("feed_live", ts=fresh[0][1], silent_s=(now - self.silent_since_ns) / 1e9)
+            self.silent_since_ns = None
+        results = self.engine.market_many(fresh, actionable_only=True)
+        decisions, refused = [], 0
+        for item, result in zip(fresh, results):
+            if result is None:
+                continue
+            if isinstance(result, EngineError):  # the protocol checks all the engine does: a defect
+                self.bad_message("feed", str(result))
+                refused += 1
+                continue
+            decisions.append((result, item[3]))
+        self.counters.events += len(fresh) - refused
+        self.act(decisions, on_market=True)
+
+    def feed_connected(self) -> None:
+        """The feed connection is open: live once a market event arrives on it (which
+        may come before this call, with the connection's first read)."""
+        self.feed_up, self.connected_ns = True, self.monotonic_ns()
+
+    def feed_lost(self) -> None:
+        """The feed connection is closed: what arrived on it no longer makes the feed live."""
+        self.feed_up, self.heard_ns = False, None
+
+    def _live(self, now: int) -> bool:
+        return self.feed_up and self.heard_ns is not None and now - self.heard_ns < self.max_feed_silence_ns
+
+    def feed_live(self) -> bool:
+        """Whether intents may add exposure: the feed connection is open and a market
+        event arrived on it within `max_feed_silence_s`. Logs `feed_silent` when an open
+        connection has delivered nothing that long (since its latest event, or since it
+        opened); `market` logs `feed_live` when events come again. The owner calls this
+        on a timer too, so a silence is logged without an intent to ask."""
+        now = self.monotonic_ns()
+        if self._live(now):
+            return True
+        if self.feed_up and self.silent_since_ns is None:
+            quiet_since = self.heard_ns if self.heard_ns is not None else self.connected_ns
+            if now - quiet_since >= self.max_feed_silence_ns:
+                self.silent_since_ns = quiet_since
+                self.record("feed_silent", ts=self.latest_time(), silent_s=(now - quiet_since) / 1e9,
+                            last_event_ts=max(self.last_ts.values(), default=None))
+        return False
+
+    @property
+    def reduce_only(self) -> bool:
+        """Whether intents are reduce-only now (no logging: for the status)."""
+        return not self._live(self.monotonic_ns())
+
+    # ---- intents -----------------------------------------------------------------
+    def intent(self, instrument: str, target: float) -> tuple[Decision, tuple[str, ...]]:
+        """A model's target through the risk steps; returns the decision and the reasons
+        the core added. While the feed is not live the instrument is reduce-only: a
+        target that would increase |position + open orders|, or cross zero, becomes the
+        current exposure (same side) or 0, with `stale_after:blocked`."""
+        added = ()
+        if not self.feed_live():
+            held = self.engine.position(instrument) + self.engine.open_quantity(instrument)
+            if abs(target) > abs(held) or target * held < 0:
+                target = held if target * held > 0 else 0.0
+                added = (REDUCE_ONLY,)
+        decision = self.engine.intent(instrument, self.now_for(instrument), target)
+        self.act([(decision, None)])
+        return decision, added
+
+    # ---- decisions and orders ----------------------------------------------------
+    def act(self, decisions: list[tuple[Decision, int | None]], on_market: bool = False) -> None:
+        """Send the orders of decisions taken together (one event, or one read of the
+        feed), each with the `sent_ns` of the event behind it, and log them; if one of
+        them turned the kill switch on, `_trip` takes them all instead. `on_market`:
+        each was decided on the market event at its `ts` (its order says so: `event_ts`)."""
+        if not self.kill_switch_handled:
+            for decision, _ in decisions:
+                for step in steps(decision):
+                    if step.trips_kill_switch:
+                        self._trip([d for d, _ in decisions], step.ts, ",".join(step.reasons))
+                        return
+        for decision, event_sent_ns in decisions:
+            for step in steps(decision):
+                if step.order_qty:
+                    self._send_order(step, event_sent_ns, on_market)
+                elif step.reasons:
+                    self._log_risk(step)
+
+    def decide(self, instrument: str) -> None:
+        """Run the risk steps again on the instrument's desired target and act on it."""
+        decision = self.engine.decide(instrument, self.now_for(instrument))
+        if decision is not None:
+            self.act([(decision, None)])
+
+    def _log_risk(self, d: Decision, **extra) -> None:
+        self.record("risk", ts=d.ts, instrument=d.instrument, reasons=d.reasons, desired_target=d.desired_target,
+                    approved_target=d.approved_target, **extra)
+
+    def _send_order(self, d: Decision, event_sent_ns: int | None, on_market: bool) -> None:
+        """The message goes out first, then the log record."""
+        self.counters.orders += 1
+        oid = f"{self.order_prefix}-{self.counters.orders:06d}"
+        msg = {"type": "order", "client_order_id": oid, "instrument": d.instrument,
+               "side": "buy" if d.order_qty > 0 else "sell", "qty": abs(d.order_qty), "order_type": "market",
+               "policy_hash": self.policy_hash, "ts": d.ts}
+        if event_sent_ns is not None:
+            msg["event_sent_ns"] = event_sent_ns
+        if on_market:  # a paper venue fills it at this event's price, not at one its feed had before
+            msg["event_ts"] = d.ts
+        self.unacked.add(oid)
+        self.open[oid] = OpenOrder(d.instrument, d.order_qty, d.order_qty, msg, d.is_exit)
+        self.send(msg, event_sent_ns)
+        self.record("order", ts=d.ts, client_order_id=oid, instrument=d.instrument, qty=d.order_qty, price=d.price,
+                    desired_target=d.desired_target, approved_target=d.approved_target, reasons=d.reasons,
+                    exit=d.is_exit)
+
+    # The engine counts open quantity from the decision to the venue's fill or reject (its
+    # `reject` event releases it). While the kill switch cancels an order, its quantity is
+    # taken out of that count at once (`_withdraw`, a reject the venue has not sent yet),
+    # and put back (`_restore`, the same event with the opposite sign) when a fill beats
+    # the cancel or a `resume` counts the order again.
+    def _withdraw(self, instrument: str, ts: int, qty: float) -> None:
+        self.engine.reject(instrument, ts, qty)
+
+    def _restore(self, instrument: str, ts: int, qty: float) -> None:
+        self.engine.reject(instrument, ts, -qty)
+
+    def open_quantity(self, instrument: str) -> float:
+        """The signed quantity of the instrument's open orders that counts against the
+        limits: what the engine's `open_quantity` must equal."""
+        return sum(o.left for o in self.open.values() if o.instrument == instrument and not o.withdrawn)
+
+    # ---- the kill switch -----------------------------------------------------------
+    def _trip(self, decisions: list[Decision], ts: int, reason: str) -> None:
+        """The kernel turned the kill switch on while deciding `decisions` (one, or a
+        whole read). None of their orders has left, and none will: the kernel netted
+        them against open orders that are now cancelled. They are withdrawn, every open
+        order that is not an exit is cancelled, and every instrument is decided again,
+        which liquidates what is actually held."""
+        self.record("halt", ts=ts, reason=reason, open_orders=list(self.open))
+        for decision in decisions:
+            for step in steps(decision):
+                if step.order_qty:
+                    self._withdraw(step.instrument, step.ts, step.order_qty)
+                if step.reasons or step.order_qty:
+                    self._log_risk(step, withdrawn_qty=step.order_qty)
+        self._cancel_open(ts)
+        self.kill_switch_handled = True
+        for name in self.instruments:
+            self.decide(name)
+
+    def _cancel_open(self, ts: int) -> None:
+        """Cancel every open order that is not an exit and withdraw its quantity at once,
+        so the liquidation covers the filled position only. Exits stay: they reduce
+        exposure, and the liquidation is netted against them."""
+        for oid, order in self.open.items():
+            if order.is_exit or order.withdrawn:
+                continue
+            if not order.cancelling:
+                self.send({"type": "cancel", "client_order_id": oid}, None)
+            order.cancelling = order.withdrawn = True
+            self._withdraw(order.instrument, ts, order.left)
+
+    def halt(self, reason: str) -> None:
+        """Kill switch from outside (an operator, a flatten on exit): record it, cancel
+        what is pending, liquidate; nothing new until `resume`."""
+        ts = self.latest_time()
+        if not self.kill_switch_handled:
+            self.record("halt", reason=reason, open_orders=list(self.open))
+        self._cancel_open(ts)
+        self.kill_switch_handled = True
+        self.act([(decision, None) for decision in self.engine.halt(ts)])
+
+    def resume(self) -> None:
+        """Trading again: orders still being cancelled count against the limits again
+        until the venue answers them, as every open order does."""
+        ts = self.latest_time()
+        for order in self.open.values():
+            if order.withdrawn:
+                order.withdrawn = False
+                self._restore(order.instrument, ts, order.left)
+        self.engine.resume(ts)
+        self.kill_switch_handled = False
+        self.record("resume")
+
+    # ---- the venue -----------------------------------------------------------------
+    def venue_connected(self) -> None:
+        """A venue connection is open: send every open order again (the venue answers one
+        it has seen with every answer so far, which recovers a fill lost with the old
+        connection), or its cancel, for an order the kill switch is cancelling."""
+        for oid, order in list(self.open.items()):
+            order.fills_seen = 0
+            self.send({"type": "cancel", "client_order_id": oid} if order.cancelling else order.message, None)
+
+    def venue_reply(self, reply) -> None:
+        """An `ack`, `fill` or `reject` (a protocol `VenueReply`). Kernel events take the
+        instrument's event time (`now_for`), so the kernel stays on the feed's clock;
+        the records take the venue's `ts` when it sent one."""
+        oid = reply.client_order_id
+        self.unacked.discard(oid)
+        if reply.type == "ack":
+            return
+        order = self.open.get(oid)
+        if order is None:
+            if reply.type == "fill" and not self._sent_by_us(oid):
+                self.bad_message("venue", f"fill for an order this runtime did not send: {oid}")
+            return  # an answer about an order already done
+        instrument, left = order.instrument, order.left
+        ts = self.now_for(instrument)
+        said = reply.ts if reply.ts is not None else ts
+        if reply.type == "reject":
+            self.counters.rejects += 1
+            if not order.withdrawn:
+                self._withdraw(instrument, ts, left)
+            del self.open[oid]
+            self.record("reject", ts=said, client_order_id=oid, instrument=instrument, qty=left, reason=reply.reason)
+            return
+        order.fills_seen += 1
+        if order.fills_seen <= order.fills_applied:
+            return  # a fill answered again after a resend: applied already
+        sign = 1.0 if left > 0 else -1.0
+        qty = min(reply.qty, abs(left)) * sign
+        if reply.qty > abs(left):  # the venue says it filled more than was open: apply what was open
+            self.record("overfill", ts=said, client_order_id=oid, instrument=instrument, venue_qty=reply.qty * sign,
+                        qty=qty)
+        if order.withdrawn:  # it filled before its cancel: a real position again
+            self._restore(instrument, ts, qty)
+        self.engine.fill(instrument, ts, qty, reply.price, reply.fee)
+        self.counters.fills += 1
+        order.fills_applied += 1
+        order.left = left - qty
+        if abs(order.left) <= DONE * abs(order.qty):
+            if order.left and not order.withdrawn:  # the rounding of partial fills: release what is left
+                self._withdraw(instrument, ts, order.left)
+            del self.open[oid]
+        self.record("fill", ts=said, client_order_id=oid, instrument=instrument, qty=qty, price=reply.price,
+                    fee=reply.fee, position=self.engine.position(instrument), equity=self.engine.equity)
+        if order.withdrawn and self.engine.halted:  # flatten what that fill left
+            self.decide(instrument)
+
+    def _sent_by_us(self, oid: str) -> bool:
+        """Order ids are this run's prefix and a sequence number: no set of past ids to keep."""
+        head, _, number = oid.rpartition("-")
+        return head == self.order_prefix and number.isdigit() and 0 < int(number) <= self.counters.orders
+
+    # ---- refusals ------------------------------------------------------------------
+    def bad_message(self, source: str, reason: str, **fields) -> None:
+        """A refused message: counted and logged, never acted on."""
+        self.counters.bad_messages += 1
+        self.record("bad_message", source=source, reason=reason[:500], **fields)
