@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 INSTALL_LOG := $(VENV)/install.log
 
-.PHONY: demo test bench clean
+.PHONY: demo test bench fuzz clean
 
 # pip's output goes to the log, which is shown (its end) only if the install fails.
 $(STAMP): pyproject.toml
@@ -23,6 +23,13 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) bench/run.py
+
+# The state machine of tests/test_invariants.py (every risk limit after every random step) with many
+# more examples than `make test` runs: FUZZ_EXAMPLES (50,000 by default, derandomized; add
+# POLICYC_FUZZ_RANDOM=1 for new ones each run). It prints how many ran.
+FUZZ_EXAMPLES ?= 50000
+fuzz: $(STAMP)
+	POLICYC_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(PY) -m pytest tests/test_invariants.py -p no:cacheprovider
 
 clean:
 	rm -rf $(VENV) build reports .pytest_cache .hypothesis
