@@ -316,8 +316,21 @@ def test_every_relative_link_points_to_a_file_and_heading_that_exist(page):
 
 
 def test_no_page_points_outside_the_repository():
+    """Every path a page names upwards (`../x`) is a file or folder of the repository,
+    relative to the page or to the repository's root, and no page names an absolute path of one machine: a user who clones
+    the project has nothing else."""
+    outside = []
     for page in PAGES:
-        assert "../shared" not in page.read_text(encoding="utf-8"), page.name
+        text = page.read_text(encoding="utf-8")
+        for path in re.findall(r"(?<![\w/.])((?:\.\./)+[\w./-]+)", text):
+            for base in (page.parent, ROOT):  # relative to the page (links) or to the repo (commands)
+                target = (base / path).resolve()
+                if target.exists() and (target == ROOT or ROOT in target.parents):
+                    break
+            else:
+                outside.append(f"{page.name}: {path}")
+        outside += [f"{page.name}: {path}" for path in re.findall(r"/work/[\w./-]+", text)]
+    assert not outside, "\n".join(outside)
 
 
 def test_the_readme_starts_with_make_demo_and_make_test():
