@@ -14,25 +14,14 @@ from functools import cached_property
 
 from policyc.dsl import expressions as ex
 from policyc.dsl.diagnostics import Diagnostic, PolicyError, Span, did_you_mean, error, warning
-from policyc.dsl.document import ACCOUNT_KEYS, QUANTITY_KEYS, RISK_KEYS, ParsedPolicy
+from policyc.dsl.document import ParsedPolicy, ValueDecl
+from policyc.dsl.risk_keys import ACCOUNT_KEYS, BOOLEAN, DURATION, FRACTION, RISK_KEYS, Key
 
 from .builtins import (BOOL, FUNCTIONS, MARKET_FIELDS, MAX_LOOKBACK, MAX_WINDOW, NUM, RESERVED, STATE_VALUES,
                        TIME, TIMESTAMP)
 
 COMMAND_LINE = "<command line>"
 
-#: Bounds of risk values by kind: (lowest, highest, integer?) ; None means unbounded.
-_KIND_BOUNDS = {
-    "fraction": (0.0, None, False), "units": (0.0, None, False), "money": (0.0, None, False),
-    "rate": (0.0, None, False), "count": (0.0, None, True), "window": (2.0, MAX_WINDOW, True),
-    "duration": (0.0, None, False),
-}
-_AT_MOST_ONE = {"max_drawdown", "max_daily_loss", "stop_loss", "trailing_stop"}
-_ACCOUNT_BOUNDS = {"initial_equity": (0.0, False), "margin_rate": (0.0, False), "fees_bps": (0.0, True),
-                   "slippage_bps": (0.0, True)}
-#: Keys whose value is a fraction (`3%` is 0.03): a plain number above 1 there is most likely
-#: a percentage without its `%` (`stop_loss: 5` is 500%).
-FRACTION_KEYS = {key for key, kind in RISK_KEYS.items() if kind == "fraction"} | {"margin_rate"}
 #: Functions whose result is one of their arguments (or rounds it): a percentage passed to
 #: them is still the value (`target: min(size, 100)`).
 _PASS_THROUGH = {"min", "max", "clip", "nz", "round", "floor", "ceil", "abs"}
@@ -374,10 +363,11 @@ class _Checker:
         return order
 
     # ---- constants -------------------------------------------------------------------
-    def constant(self, node: ex.Node, key: str):
+    def constant(self, node: ex.Node, key: Key):
         """Evaluate a risk or account value: literals and params, and arithmetic on numbers.
 
         Returns a float, a bool, ("duration", seconds), or None after recording an error."""
+        name = key.name
         if isinstance(node, (ex.Number, ex.Boolean)):
             return node.value
         if isinstance(node, ex.Duration):
@@ -385,11 +375,11 @@ class _Checker:
         if isinstance(node, ex.Name):
             if node.id in self.params:
                 return self.params[node.id]
-            if RISK_KEYS.get(key) == "bool" and ex.boolean_word_help(node.id):
-                self.errors.append(error("E007", node.span, f"`{key}` must be true or false, not `{node.id}`",
+            if key.kind is BOOLEAN and ex.boolean_word_help(node.id):
+                self.errors.append(error("E007", node.span, f"`{name}` must be true or false, not `{node.id}`",
                                          ex.boolean_word_help(node.id)))
                 return None
-            self.errors.append(error("E209", node.span, f"`{key}` must be a constant; `{node.id}` is not a param",
+            self.errors.append(error("E209", node.span, f"`{name}` must be a constant; `{node.id}` is not a param",
                                      did_you_mean(node.id, self.params) or "limits may use literals and params only"))
             return None
         if isinstance(node, ex.Unary) and node.op == "-":
@@ -397,7 +387,7 @@ class _Checker:
             if isinstance(v, tuple):
                 return ("duration", -v[1])
             if isinstance(v, bool):
-                self.errors.append(error("E209", node.span, f"`{key}`: `-` needs a number, not true/false"))
+                self.errors.append(error("E209", node.span, f"`{name}`: `-` needs a number, not true/false"))
                 return None
             return None if v is None else -v
         if isinstance(node, ex.Binary) and node.op in ex.ARITHMETIC:
@@ -405,73 +395,62 @@ class _Checker:
             if a is None or b is None:
                 return None
             if isinstance(a, (bool, tuple)) or isinstance(b, (bool, tuple)):
-                self.errors.append(error("E209", node.span, f"`{key}`: arithmetic works on numbers only, "
+                self.errors.append(error("E209", node.span, f"`{name}`: arithmetic works on numbers only, "
                                                             "not on true/false or durations",
                                          "write the value directly, e.g. `3s`"))
                 return None
             return _arith_constant(node.op, float(a), float(b))
-        self.errors.append(error("E209", node.span, f"`{key}` must be a constant: a number, a param or arithmetic on them"))
+        self.errors.append(error("E209", node.span, f"`{name}` must be a constant: a number, a param or arithmetic on them"))
         return None
+
+    def bound_value(self, key: Key, decl: ValueDecl, label: str) -> float | None:
+        """A risk or account value, evaluated and checked against its key's kind and bounds:
+        a float (seconds for a duration, 1.0 or 0.0 for true/false), or None after recording
+        an error. `label` names the key in messages (`stop_loss`, `account.fees_bps`)."""
+        v = self.constant(decl.expr, key)
+        if v is None:
+            return None
+        if key.kind is BOOLEAN:
+            if not isinstance(v, bool):
+                shown = "a duration" if isinstance(v, tuple) else f"{v:g}"
+                self.errors.append(error("E007", decl.span, f"`{label}` must be true or false, not {shown}",
+                                         "write `true` or `false`"))
+                return None
+            return 1.0 if v else 0.0
+        if key.kind is DURATION:
+            if not isinstance(v, tuple):
+                self.errors.append(error("E103", decl.span, f"`{label}` needs a duration such as `2s` or `500ms`",
+                                         f"write `{v:g}s` for {v:g} seconds" if isinstance(v, float) else None))
+                return None
+            v = v[1]
+        elif isinstance(v, tuple):
+            self.errors.append(error("E103", decl.span, f"`{label}` is not a duration; give a number"))
+            return None
+        elif isinstance(v, bool):
+            self.errors.append(error("E007", decl.span, f"`{label}` must be a number, not true/false"))
+            return None
+        if not key.bounds.admit(v):
+            self.errors.append(error("E007", decl.span, f"`{label}` must be {key.rule}, not {v:g}",
+                                     self.percent_help(decl.expr, v, key)))
+            return None
+        self.fraction_without_percent(key, decl.expr, v)
+        return float(v)
 
     def risk_values(self) -> dict[str, float]:
         out = {}
-        for key, decl in (self.p.risk or {}).items():
-            kind = RISK_KEYS[key]
-            v = self.constant(decl.expr, key)
-            if v is None:
-                continue
-            if kind == "bool":
-                if not isinstance(v, bool):
-                    shown = "a duration" if isinstance(v, tuple) else f"{v:g}"
-                    self.errors.append(error("E007", decl.span, f"`{key}` must be true or false, not {shown}",
-                                             "write `true` or `false`"))
-                    continue
-                out[key] = 1.0 if v else 0.0
-                continue
-            if kind == "duration":
-                if not isinstance(v, tuple):
-                    self.errors.append(error("E103", decl.span, f"`{key}` needs a duration such as `2s` or `500ms`",
-                                             f"write `{v:g}s` for {v:g} seconds" if isinstance(v, float) else None))
-                    continue
-                v = v[1]
-            elif isinstance(v, tuple):
-                self.errors.append(error("E103", decl.span, f"`{key}` is not a duration; give a number"))
-                continue
-            elif isinstance(v, bool):
-                self.errors.append(error("E007", decl.span, f"`{key}` must be a number, not true/false"))
-                continue
-            lo, hi, integer = _KIND_BOUNDS[kind]
-            bad = not math.isfinite(v) or (v < lo if integer else v <= lo)  # whole-number kinds include their lowest
-            if key in _AT_MOST_ONE and v > 1.0:
-                bad = True
-            if bad or (hi is not None and v > hi) or (integer and v != int(v)):
-                rule = {"fraction": "a fraction above 0 such as `3%`", "count": "a whole number 0 or more",
-                        "window": f"a whole number from 2 to {MAX_WINDOW:,}"}.get(kind, "a number above 0")
-                if key in _AT_MOST_ONE:
-                    rule = "a fraction above 0 and at most 100%"
-                self.errors.append(error("E007", decl.span, f"`{key}` must be {rule}, not {v:g}",
-                                         self.percent_help(decl.expr, v, key)))
-                continue
-            self.fraction_without_percent(key, decl.expr, v)
-            out[key] = float(v)
+        for name, decl in (self.p.risk or {}).items():
+            v = self.bound_value(RISK_KEYS[name], decl, name)
+            if v is not None:
+                out[name] = v
         return out
 
     def account_values(self) -> dict[str, float]:
-        out = dict(ACCOUNT_KEYS)
-        for key, decl in self.p.account.items():
-            v = self.constant(decl.expr, key)
-            if v is None:
-                continue
-            if isinstance(v, tuple):
-                self.errors.append(error("E103", decl.span, f"`account.{key}` is not a duration; give a number"))
-                continue
-            lo, inclusive = _ACCOUNT_BOUNDS[key]
-            if isinstance(v, bool) or not math.isfinite(v) or v < lo or (v == lo and not inclusive):
-                rule = "0 or more" if inclusive else "above 0"
-                self.errors.append(error("E007", decl.span, f"`account.{key}` must be a number {rule}"))
-                continue
-            self.fraction_without_percent(key, decl.expr, v)
-            out[key] = float(v)
+        """Every account setting: the policy's, or the key's default."""
+        out = {name: key.default for name, key in ACCOUNT_KEYS.items()}
+        for name, decl in self.p.account.items():
+            v = self.bound_value(ACCOUNT_KEYS[name], decl, f"account.{name}")
+            if v is not None:
+                out[name] = v
         return out
 
     # ---- percentages -----------------------------------------------------------------
@@ -485,34 +464,34 @@ class _Checker:
             return "param", node.id, node.id in self.percent
         return None
 
-    def percent_help(self, node: ex.Node, v: float, key: str | None = None) -> str | None:
+    def percent_help(self, node: ex.Node, v: float, key: Key | None = None) -> str | None:
         """The help of an out-of-range value that a `%` probably explains: a fraction key given
         a number of percent (`stop_loss: 5`), or a count given a percentage (`sma(x, 20%)`)."""
         where = self.origin(node)
         if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
             return None
-        if key in FRACTION_KEYS:
+        if key is not None and key.kind is FRACTION:
             if not 1 < v <= 100 or (where and where[2]):
                 return None
             if where and where[0] == "param":
-                return f"`{key}` is a fraction, so param `{where[1]}` = {v:g} is {v * 100:g}%: set it to `{v:g}%`"
+                return f"`{key.name}` is a fraction, so param `{where[1]}` = {v:g} is {v * 100:g}%: set it to `{v:g}%`"
             written = where[1] if where else f"{v:g}"
-            return f"write `{written}%`: `{key}` is a fraction, so `{written}` is {v * 100:g}%"
+            return f"write `{written}%`: `{key.name}` is a fraction, so `{written}` is {v * 100:g}%"
         if where is None or not where[2]:
             return None
         if where[0] == "param":
             return f"param `{where[1]}` is `{v * 100:g}%`; `%` divides by 100: set it to `{v * 100:g}`"
         return f"`%` divides by 100: write `{v * 100:g}`"
 
-    def fraction_without_percent(self, key: str, node: ex.Node, v: float):
+    def fraction_without_percent(self, key: Key, node: ex.Node, v: float):
         """W005: `take_profit: 5` is 500%, most likely a slip for `5%`."""
         where = self.origin(node)
-        if key not in FRACTION_KEYS or where is None or where[2] or not v > 1:
+        if key.kind is not FRACTION or where is None or where[2] or not v > 1:
             return
         kind, name, _ = where
         shown = name if kind == "literal" else f"{v:g}"
-        message = (f"`{key}: {name}` is {v * 100:g}%" + (f" (param `{name}` is {v:g})" if kind == "param" else "")
-                   + f": `{key}` is a fraction, not a number of percent")
+        message = (f"`{key.name}: {name}` is {v * 100:g}%" + (f" (param `{name}` is {v:g})" if kind == "param" else "")
+                   + f": `{key.name}` is a fraction, not a number of percent")
         help_ = (f"write `{shown}%` for {shown} percent, or `{v * 100:g}%` if you mean it" if kind == "literal" else
                  f"set `{name}` to `{shown}%` for {shown} percent, or to `{v * 100:g}%` if you mean it")
         self.warnings.append(warning("W005", node.span, message, help_))
@@ -626,12 +605,13 @@ def _percent_as_quantity(parsed: ParsedPolicy, c: _Checker) -> list[Diagnostic]:
 
     for rule in parsed.signals:
         target(rule.target, "a rule's `target`", True, frozenset())
-    for section in (parsed.risk or {}), parsed.account:
-        for key, decl in section.items():
-            if key in QUANTITY_KEYS:
+    for section, keys in ((parsed.risk or {}), RISK_KEYS), (parsed.account, ACCOUNT_KEYS):
+        for name, decl in section.items():
+            unit = keys[name].kind.measure
+            if unit is not None:
                 for leaf in _value_leaves(decl.expr):
                     if isinstance(leaf, ex.Name) and leaf.id in c.percent:
-                        param(leaf, f"`{key}`", QUANTITY_KEYS[key])
+                        param(leaf, f"`{name}`", unit)
     return list(out.values())
 
 

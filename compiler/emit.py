@@ -14,6 +14,7 @@ from functools import lru_cache
 from pathlib import Path
 from types import SimpleNamespace
 
+from policyc.dsl import risk_keys
 
 from . import layout as L
 from .builtins import BOOL
@@ -268,8 +269,9 @@ class _Emitter:
             T=SimpleNamespace(**{k[2:]: getattr(L, k) for k in dir(L) if k.startswith("T_")}),
             C=_ConfigIndex(), reasons={code: i for i, code in enumerate(names)},
             bit=lambda code: 1 << names.index(code),
-            risk=set(gen.risk), EXIT_TO_BLOCKED=L.EXIT_TO_BLOCKED,
-            exits=[k for k in L.EXITS if k in gen.risk],
+            risk=set(gen.risk),
+            exits=[SimpleNamespace(key=key, exit=bits.exit, blocked_mask=1 << bits.blocked)
+                   for key, bits in L.EXITS.items() if key in gen.risk],
             custom=custom,
             params=[SimpleNamespace(v=f"p{i}", type=kind) for i, kind in enumerate(gen.param_types)],
             slots=slots, op_lines=op_codes, pushes=pushes,
@@ -331,9 +333,11 @@ def emit(program: Program, checked: CheckedPolicy) -> str:
 @lru_cache(maxsize=1)
 def _generator_digest() -> str:
     """Everything that shapes generated source besides the policy: the templates, this
-    module and the state layout (its column numbers are written into the kernel)."""
+    module, the state layout (its column numbers are written into the kernel) and the
+    table of risk keys it is built from (config slots and reason bits)."""
     here = Path(__file__).parent
-    files = [*sorted((here / "templates").glob("*.j2")), here / "emit.py", here / "layout.py"]
+    files = [*sorted((here / "templates").glob("*.j2")), here / "emit.py", here / "layout.py",
+             Path(risk_keys.__file__)]
     return hashlib.sha256(b"".join(f.read_bytes() for f in files)).hexdigest()
 
 

@@ -6,35 +6,12 @@ risk steps in effect with their limits, and the account settings.
 from __future__ import annotations
 
 from policyc.dsl.expressions import pretty
+from policyc.dsl.risk_keys import CUSTOM_STEP, RISK_KEYS, RISK_STEPS
 
 from . import layout as L
 from .frontend import Checked
 from .lower import lower
 from .passes import optimise
-
-_PERCENT_KEYS = {"max_drawdown", "stop_loss", "take_profit", "trailing_stop", "max_daily_loss", "max_volatility",
-                 "max_margin_usage", "price_collar"}
-_STEPS = (
-    ("1 kill switch", ("max_drawdown",)),
-    ("2 protective exits", ("stop_loss", "take_profit", "trailing_stop")),
-    ("3 day limits", ("max_daily_loss",)),
-    ("4 reduce-only conditions", ("max_volatility", "volatility_window", "stale_after", "long_only")),
-    ("6 position limits", ("max_position", "max_position_notional")),
-    ("7 portfolio limits", ("max_gross_exposure", "max_margin_usage")),
-    ("8 order rounding", ("lot_size", "min_order_qty")),
-    ("9 order limits", ("max_order_qty", "max_order_notional", "price_collar")),
-    ("10 rate limits", ("max_orders_per_day", "max_orders_per_second")),
-)
-
-
-def _value(key: str, value: float) -> str:
-    if key in _PERCENT_KEYS:
-        return f"{value * 100:g}%"
-    if key == "stale_after":
-        return f"{value:g}s"
-    if key == "long_only":
-        return "true" if value else "false"
-    return f"{value:g}"
 
 
 def _reachable(program, start: int) -> set[int]:
@@ -83,13 +60,14 @@ def explain(result: Checked, show_ir: bool = False) -> str:
         out.append("risk: none (warning: nothing limits this policy's orders)")
     else:
         out.append("risk steps in effect, in order:")
-        for title, keys in _STEPS:
-            if title.startswith("6"):
+        for step in RISK_STEPS:
+            if step.number == CUSTOM_STEP:
                 for rule in p.custom:
-                    out.append(f"  5 custom `{rule.name}`: when {pretty(rule.when)} -> {rule.action}")
-            present = [k for k in keys if k in c.risk]
+                    out.append(f"  {step.number} custom `{rule.name}`: when {pretty(rule.when)} -> {rule.action}")
+            present = [k for k in step.keys if k in c.risk]
             if present:
-                out.append(f"  {title}: " + ", ".join(f"{k} {_value(k, c.risk[k])}" for k in present))
+                out.append(f"  {step.number} {step.title}: "
+                           + ", ".join(f"{k} {RISK_KEYS[k].kind.written(c.risk[k])}" for k in present))
         out.append("  protective exits and liquidations are never blocked by steps 3-5 and 10")
     out.append("account: " + ", ".join(f"{k} {v:g}" for k, v in c.account.items()))
     if show_ir:

@@ -278,7 +278,7 @@ class Book:
     last_ts: int | None = None
     desired: float = 0.0
     lock: float = 0.0
-    lock_code: int = -1
+    lock_key: str | None = None   # the protective exit that holds the lock
     volatility: float = NAN
     pending: list = field(default_factory=list)   # orders waiting for the next event (fill next)
     custom: list = field(default_factory=list)
@@ -519,24 +519,19 @@ class Interpreter:
             target, exit_ = 0.0, True
         # 2. protective exits
         if b.lock != 0 and (desired == 0 or desired * b.lock < 0):
-            b.lock, b.lock_code = 0.0, -1
+            b.lock, b.lock_key = 0.0, None
         triggered = False
         if b.lock == 0 and pos != 0:
-            code = None
             long_ = pos > 0
-            if "stop_loss" in r and (price <= b.entry * (1 - r["stop_loss"]) if long_ else price >= b.entry * (1 + r["stop_loss"])):
-                code = "stop_loss"
-            elif "take_profit" in r and (price >= b.entry * (1 + r["take_profit"]) if long_ else price <= b.entry * (1 - r["take_profit"])):
-                code = "take_profit"
-            elif "trailing_stop" in r and (price <= b.best * (1 - r["trailing_stop"]) if long_ else price >= b.best * (1 + r["trailing_stop"])):
-                code = "trailing_stop"
-            if code is not None:
-                b.lock, b.lock_code, triggered = (1.0 if long_ else -1.0), L.R[code + ":exit"], True
-                reasons |= 1 << b.lock_code
+            hit = next((key for key in L.EXITS if key in r and _exit_hit(key, r[key], price, b, long_)), None)
+            if hit is not None:
+                b.lock, b.lock_key, triggered = (1.0 if long_ else -1.0), hit, True
+                reasons |= 1 << L.EXITS[hit].exit
         if b.lock != 0 and target * b.lock > 0:
             target, exit_ = 0.0, True
             if not triggered:
-                reasons |= 1 << (b.lock_code if pos * b.lock > 0 else b.lock_code + L.EXIT_TO_BLOCKED)
+                bits = L.EXITS[b.lock_key]
+                reasons |= 1 << (bits.exit if pos * b.lock > 0 else bits.blocked)
         if triggered and target == 0:  # the strategy went flat as the stop fired: still an exit
             exit_ = True
         if triggered and target * b.lock < 0 and q * b.lock > 0:
@@ -716,3 +711,16 @@ def _toward_zero(x: float) -> float:
 def _increases(target: float, q: float) -> bool:
     """Whether moving from q to target opens exposure (grows it, or crosses zero)."""
     return abs(target) > abs(q) or (target * q < 0)
+
+
+def _exit_hit(key: str, limit: float, price: float, b: Book, long_: bool) -> bool:
+    """Whether the protective exit `key` triggers at `price` (spec section 6, step 2): the
+    stop loss and the trailing stop on an adverse move of `limit` (a fraction) from the
+    entry price, or from the best price since entry; the take profit on a favourable one."""
+    if key == "stop_loss":
+        return price <= b.entry * (1 - limit) if long_ else price >= b.entry * (1 + limit)
+    if key == "take_profit":
+        return price >= b.entry * (1 + limit) if long_ else price <= b.entry * (1 - limit)
+    if key == "trailing_stop":
+        return price <= b.best * (1 - limit) if long_ else price >= b.best * (1 + limit)
+    raise NotImplementedError(f"the interpreter has no rule for the protective exit `{key}`")

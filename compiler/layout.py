@@ -7,10 +7,11 @@ these tables, so an account or a decision means the same thing everywhere.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 
-from policyc.dsl.document import ACCOUNT_KEYS, RISK_KEYS
+from policyc.dsl.risk_keys import ACCOUNT_KEYS, RISK_KEYS, RISK_STEPS
 
 from .ir import Program, resolve_int
 
@@ -60,28 +61,26 @@ CONFIG_KEYS = tuple(RISK_KEYS) + tuple(ACCOUNT_KEYS)
 C = {key: i for i, key in enumerate(CONFIG_KEYS)}
 
 # ---- reason codes: bit i of a decision's reason mask --------------------------------
-#: In the order of the risk steps. A value a check needs that is not a finite number
-#: (an overflow, NaN, or a volatility still warming up) is a breach with its own code:
-#: equity_invalid, volatility_unknown, exposure_invalid, notional_invalid.
-REASONS = (
-    "kill_switch:halt", "max_drawdown:halt", "equity_invalid:halt",
-    "stop_loss:exit", "take_profit:exit", "trailing_stop:exit",
-    "stop_loss:blocked", "take_profit:blocked", "trailing_stop:blocked",
-    "max_daily_loss:blocked", "max_volatility:blocked", "volatility_unknown:blocked", "stale_after:blocked",
-    "long_only:clipped",
-    "max_position:clipped", "max_position_notional:clipped",
-    "max_gross_exposure:clipped", "max_margin_usage:clipped", "exposure_invalid:blocked",
-    "lot_size:clipped", "min_order_qty:blocked",
-    "max_order_qty:clipped", "max_order_notional:clipped", "price_collar:blocked", "notional_invalid:blocked",
-    "max_orders_per_day:blocked", "max_orders_per_second:blocked", "no_price:blocked",
-)
+#: Every fixed code of the risk steps, in the steps' order (dsl/risk_keys.py RISK_STEPS);
+#: the custom rules' codes follow, from CUSTOM_BASE.
+REASONS = tuple(reason.code for step in RISK_STEPS for reason in step.reasons)
 R = {code: i for i, code in enumerate(REASONS)}
 CUSTOM_BASE = len(REASONS)
-#: The protective exits, in the order they are checked; a lock's `:blocked` code is its
-#: `:exit` code plus EXIT_TO_BLOCKED.
-EXITS = ("stop_loss", "take_profit", "trailing_stop")
-EXIT_TO_BLOCKED = R["stop_loss:blocked"] - R["stop_loss:exit"]
-assert all(R[f"{k}:blocked"] - R[f"{k}:exit"] == EXIT_TO_BLOCKED for k in EXITS), "REASONS lost the exits' order"
+
+
+class ExitBits(NamedTuple):
+    """The reason bits of a protective exit: `exit` while it closes the position, `blocked`
+    once flat while its lock holds a target on that side at 0."""
+
+    exit: int
+    blocked: int
+
+
+#: The protective exits (the keys with an `:exit` code), in the order step 2 checks them.
+#: A lock keeps its exit's bit in P_LOCK_CODE; each back end maps it to the blocked bit.
+EXITS = {name: ExitBits(R[key.reason("exit")], R[key.reason("blocked")])
+         for name, key in RISK_KEYS.items() if key.reason("exit")}
+
 CUSTOM_SUFFIX = {"block": "blocked", "reduce_only": "blocked", "liquidate": "exit", "halt": "halt"}
 
 

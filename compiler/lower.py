@@ -8,12 +8,11 @@ from __future__ import annotations
 
 from policyc.dsl import expressions as ex
 from policyc.dsl.diagnostics import PolicyError, error
+from policyc.dsl.risk_keys import RISK_KEYS
 
 from .builtins import BOOL, NUM, STATE_VALUES, TIME, TIMESTAMP
 from .check import CheckedPolicy
 from .ir import Op, Program
-
-DEFAULT_VOLATILITY_WINDOW = 20
 
 
 class _Lowerer:
@@ -160,7 +159,7 @@ def lower(checked: CheckedPolicy) -> Program:
         if decl is not None and isinstance(decl.expr, ex.Name):
             window = ("param", lw.params.index(decl.expr.id))
         else:
-            window = ("const", int(checked.risk.get("volatility_window", DEFAULT_VOLATILITY_WINDOW)))
+            window = ("const", int(checked.risk.get("volatility_window", RISK_KEYS["volatility_window"].default)))
         price = lw.field("price", None)
         past = lw.lag(price, ("const", 1), None)
         ratio = lw.emit("arith", (price, past), ("/",))

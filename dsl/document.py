@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, create_model, StrictBool, StrictFloa
 
 from . import expressions as ex
 from .diagnostics import Diagnostic, PolicyError, Span, did_you_mean, error, warning
+from .risk_keys import ACCOUNT_KEYS, RISK_KEYS, Key
 from .source import Positioned, SourceFile, compose, read_source, scalar_text_offsets, source_from_bytes
 
 Scalar = Union[StrictBool, StrictInt, StrictFloat, StrictStr]
@@ -24,25 +25,6 @@ POLICY_NAME = re.compile(r"[a-z][a-z0-9_]*\Z")
 IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 SYMBOL = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:/\-]*\Z")
 
-#: Risk keys (spec section 6) and the kind of value each takes.
-RISK_KEYS = {
-    "long_only": "bool",
-    "max_drawdown": "fraction", "stop_loss": "fraction", "take_profit": "fraction",
-    "trailing_stop": "fraction", "max_daily_loss": "fraction", "max_volatility": "fraction",
-    "volatility_window": "window", "stale_after": "duration",
-    "max_position": "units", "max_position_notional": "money",
-    "max_gross_exposure": "money", "max_margin_usage": "fraction",
-    "lot_size": "units", "min_order_qty": "units",
-    "max_order_qty": "units", "max_order_notional": "money", "price_collar": "fraction",
-    "max_orders_per_day": "count", "max_orders_per_second": "rate",
-}
-ACCOUNT_KEYS = {"initial_equity": 100000.0, "margin_rate": 1.0, "fees_bps": 0.0, "slippage_bps": 0.0}
-#: What each risk and account value that is not a fraction counts: a `%` on one of these is
-#: almost always a slip (`max_position: 50%` is half a unit), so it warns (W004).
-_MEASURES = {"units": "units", "money": "currency units", "count": "orders", "rate": "orders per second",
-             "window": "events"}
-QUANTITY_KEYS = {key: _MEASURES[kind] for key, kind in RISK_KEYS.items() if kind in _MEASURES} | {
-    "initial_equity": "currency units", "fees_bps": "basis points", "slippage_bps": "basis points"}
 CUSTOM_ACTIONS = ("block", "reduce_only", "liquidate", "halt")
 
 
@@ -61,17 +43,15 @@ class CustomRuleModel(_Strict):
     action: Literal["block", "reduce_only", "liquidate", "halt"]
 
 
+# Every key takes any scalar here: its value is an expression (a limit may be `2 * size`),
+# and its kind and bounds are the checker's, once params are bound.
 RiskModel = create_model(
     "RiskModel", __base__=_Strict, custom=(list[CustomRuleModel], []),
     **{key: (Optional[Scalar], None) for key in RISK_KEYS},
 )
-
-
-class AccountModel(_Strict):
-    initial_equity: Optional[Scalar] = None
-    margin_rate: Optional[Scalar] = None
-    fees_bps: Optional[Scalar] = None
-    slippage_bps: Optional[Scalar] = None
+AccountModel = create_model(
+    "AccountModel", __base__=_Strict, **{key: (Optional[Scalar], None) for key in ACCOUNT_KEYS},
+)
 
 
 class PolicyModel(_Strict):
@@ -389,10 +369,14 @@ class _Builder:
         self.errors.append(error("E007", self.span(path), f"param `{path[-1]}` must be a number or true/false", help_))
         return None
 
-    def percent_of_quantity(self, key: str, node: ex.Node):
-        if key in QUANTITY_KEYS and isinstance(node, ex.Number) and node.text.endswith("%"):
-            unit = QUANTITY_KEYS[key]
-            self.warnings.append(warning("W004", node.span, f"`{key}: {node.text}` is {node.value:g}: `{key}` is "
+    def percent_of_quantity(self, key: Key, node: ex.Node):
+        """W004 for a `%` literal on a key measured in units, money, orders, events or basis
+        points: `max_position: 50%` is half a unit. (A param written with `%` is the checker's
+        to warn about, once params are bound.)"""
+        unit = key.kind.measure
+        if unit is not None and isinstance(node, ex.Number) and node.text.endswith("%"):
+            name = key.name
+            self.warnings.append(warning("W004", node.span, f"`{name}: {node.text}` is {node.value:g}: `{name}` is "
                                                             f"measured in {unit}, not as a fraction",
                                          f"`%` divides by 100; write the number of {unit}"))
 
@@ -441,7 +425,7 @@ class _Builder:
                     node = self.expr(("risk", key))
                     if node is not None:
                         risk[key] = ValueDecl(key, node, self.span(("risk", key)))
-                        self.percent_of_quantity(key, node)
+                        self.percent_of_quantity(RISK_KEYS[key], node)
             seen = set()
             for i, rule in enumerate(m.risk.custom):
                 path = ("risk", "custom", i)
@@ -462,7 +446,7 @@ class _Builder:
                     node = self.expr(("account", key))
                     if node is not None:
                         account[key] = ValueDecl(key, node, self.span(("account", key)))
-                        self.percent_of_quantity(key, node)
+                        self.percent_of_quantity(ACCOUNT_KEYS[key], node)
         if self.errors:
             raise PolicyError(self.errors)
         return ParsedPolicy(

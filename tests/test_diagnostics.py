@@ -18,7 +18,7 @@ import yaml
 import policyc.cli as cli_mod
 from policyc.compiler.frontend import check_text, diagnose
 from policyc.dsl.diagnostics import CODES, PolicyError
-from policyc.dsl.document import ACCOUNT_KEYS, QUANTITY_KEYS, RISK_KEYS
+from policyc.dsl.risk_keys import ACCOUNT_KEYS, RISK_KEYS
 from policyc.dsl.source import SourceFile, _yaml_help
 
 HERE = Path(__file__).parent
@@ -488,7 +488,7 @@ def test_duration_as_account_value():
 
 
 # --------------------------------------------------------------------------- percentages
-@pytest.mark.parametrize("section, key, value, message, help_", [
+W004_CASES = [
     ("risk", "max_position", "50%", "`max_position: 50%` is 0.5: `max_position` is measured in units, not as a fraction",
      "`%` divides by 100; write the number of units"),
     ("risk", "max_order_qty", "20%", "`max_order_qty: 20%` is 0.2: `max_order_qty` is measured in units, not as a "
@@ -515,7 +515,10 @@ def test_duration_as_account_value():
      "fraction", "`%` divides by 100; write the number of basis points"),
     ("account", "slippage_bps", "2%", "`slippage_bps: 2%` is 0.02: `slippage_bps` is measured in basis points, not "
      "as a fraction", "`%` divides by 100; write the number of basis points"),
-])
+]
+
+
+@pytest.mark.parametrize("section, key, value, message, help_", W004_CASES)
 def test_percentage_on_a_quantity_warns_w004(tmp_path, run_cli, section, key, value, message, help_):
     risk = f"risk:\n  {key}: {value}\n" if section == "risk" else f"{RISK}account:\n  {key}: {value}\n"
     if key == "volatility_window":
@@ -529,8 +532,10 @@ def test_percentage_on_a_quantity_warns_w004(tmp_path, run_cli, section, key, va
 
 
 def test_every_quantity_key_is_covered_by_w004():
-    fractions = {k for k, kind in RISK_KEYS.items() if kind in ("fraction", "bool", "duration")} | {"margin_rate"}
-    assert set(QUANTITY_KEYS) == (set(RISK_KEYS) | set(ACCOUNT_KEYS)) - fractions
+    """Every key measured in units, money, orders, events or basis points has a case above."""
+    measured = {(section, name) for section, keys in (("risk", RISK_KEYS), ("account", ACCOUNT_KEYS))
+                for name, key in keys.items() if key.kind.measure is not None}
+    assert {(section, key) for section, key, *_ in W004_CASES} == measured
 
 
 @pytest.mark.parametrize("limit", ["stop_loss: 3%", "max_margin_usage: 30%", "max_position: 10% * 1000"])

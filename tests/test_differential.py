@@ -33,6 +33,7 @@ from policyc.compiler.build import Events, compile_policy
 from policyc.compiler.interpret import Interpreter
 from policyc.dsl.diagnostics import PolicyError
 from policyc.dsl.document import parse_policy_text
+from policyc.dsl.risk_keys import ACCOUNT_KEYS, RISK_KEYS
 
 RTOL = 1e-9
 T0 = 1_700_000_000_000_000_000          # 2023-11-14T22:13:20Z
@@ -334,27 +335,9 @@ def rule_target(draw, ctx: Ctx, sizes: list) -> str:
     return num_expr(draw, ctx, draw(st.integers(0, 2)))
 
 
-RISK_VALUES = {
-    "long_only": ["true", "false"],
-    "max_position": ["1", "10", "75", "200", "1000"],
-    "max_position_notional": ["500", "5000", "20000", "100000"],
-    "max_order_qty": ["1", "7", "40", "150"],
-    "max_order_notional": ["300", "2500", "15000"],
-    "max_gross_exposure": ["1000", "15000", "60000"],
-    "max_margin_usage": ["5%", "30%", "80%", "150%"],
-    "stop_loss": ["0.5%", "2%", "5%"],
-    "take_profit": ["0.5%", "3%", "8%"],
-    "trailing_stop": ["0.5%", "1.5%", "4%"],
-    "max_drawdown": ["1%", "3%", "8%"],
-    "max_daily_loss": ["0.5%", "1%", "5%"],
-    "max_volatility": ["0.3%", "1%", "3%"],
-    "lot_size": ["1", "5", "10", "0.5"],
-    "min_order_qty": ["1", "3", "20", "0.5"],
-    "price_collar": ["1%", "5%", "12%"],
-    "max_orders_per_day": ["0", "1", "5", "40"],
-    "max_orders_per_second": ["0.5", "1", "3", "100"],
-    "stale_after": ["500ms", "2s", "1h"],
-}
+#: Values each risk key may take in a random policy, as written (dsl/risk_keys.py): every
+#: key but those that only tune another key's check, drawn along with that key.
+RISK_VALUES = {name: key.samples for name, key in RISK_KEYS.items() if key.setting_of is None}
 ACTIONS = ("block", "reduce_only", "liquidate", "halt")
 
 
@@ -429,19 +412,12 @@ def policies(draw) -> GenPolicy:
         if key in ("max_position", "max_order_qty") and sizes and draw(st.integers(0, 3)) == 0:
             value = pick(draw, sizes)            # a limit bound to a param
         risk[key] = value
-    if "max_volatility" in risk and draw(st.booleans()):
-        risk["volatility_window"] = str(draw(st.integers(2, 15)))
+    for name, key in RISK_KEYS.items():
+        if key.setting_of in risk and draw(st.booleans()):
+            risk[name] = pick(draw, key.samples)
     custom = [(f"c{j}", bool_expr(draw, full, draw(st.integers(0, 2))), pick(draw, ACTIONS))
               for j in range(draw(st.integers(0, 2)))]
-    account = {}
-    if draw(st.booleans()):
-        account["fees_bps"] = pick(draw, ["0", "0.5", "1", "7"])
-    if draw(st.booleans()):
-        account["slippage_bps"] = pick(draw, ["0", "1", "2.5"])
-    if draw(st.integers(0, 3)) == 0:
-        account["initial_equity"] = pick(draw, ["5000", "100000", "1000000"])
-    if draw(st.integers(0, 3)) == 0:
-        account["margin_rate"] = pick(draw, ["25%", "50%", "100%"])
+    account = {name: pick(draw, key.samples) for name, key in ACCOUNT_KEYS.items() if draw(st.booleans())}
 
     lines = ["policy: gen", "version: 1", f"instruments: [{', '.join(['AAA', 'BBB'][:n_inst])}]"]
     if has_intent:

@@ -1,5 +1,6 @@
 """The docs cannot drift from the code: the command reference against the argparse
-definitions, the table of diagnostic codes against `CODES`, every command line shown in
+definitions, the table of diagnostic codes against `CODES`, the tables of risk keys,
+reason codes and account keys against dsl/risk_keys.py, every command line shown in
 the docs against the parser, every relative link against the files and headings it
 points to, and the Python API examples against their shown output."""
 import argparse
@@ -277,6 +278,24 @@ def test_the_generator_keeps_the_written_column_and_follows_CODES():
     assert "| `E999` | error | a new code |  |" in table
     kept = gen.details(text)
     assert all(gen.details(new)[c] == kept[c] for c in codes if c in kept)
+
+
+def test_the_tables_of_risk_keys_reason_codes_and_account_keys_are_generated_from_the_table():
+    from policyc.compiler import layout as L
+    from policyc.dsl import risk_keys
+
+    spec = importlib.util.spec_from_file_location("gen_risk_keys", DOCS / "gen_risk_keys.py")
+    gen = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gen)
+    text = (DOCS / "language.md").read_text(encoding="utf-8")
+    assert gen.generate(text, risk_keys) == text, (
+        "a table of docs/language.md differs from dsl/risk_keys.py; run .venv/bin/python docs/gen_risk_keys.py")
+    lo, hi = gen.block(text, "REASON CODES")
+    assert re.findall(r"^\| (\d+) \| `([^`]+)` \|", text[lo:hi], re.M) == [(str(i), c) for i, c in enumerate(L.REASONS)]
+    lo, hi = gen.block(text, "RISK KEYS")
+    assert re.findall(r"^\| \d+ \| `(\w+)` \|", text[lo:hi], re.M) == [
+        *(name for name in risk_keys.RISK_KEYS if risk_keys.RISK_KEYS[name].step < risk_keys.CUSTOM_STEP), "custom",
+        *(name for name in risk_keys.RISK_KEYS if risk_keys.RISK_KEYS[name].step > risk_keys.CUSTOM_STEP)]
 
 
 def _slug(heading: str) -> str:

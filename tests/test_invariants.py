@@ -93,6 +93,7 @@ from hypothesis.stateful import RuleBasedStateMachine, initialize, precondition,
 
 from policyc.compiler.build import compile_policy
 from policyc.dsl.document import parse_policy_text
+from policyc.dsl.risk_keys import RISK_KEYS
 from policyc.runtime.engine import EngineError
 from policyc.runtime.live.runner import LiveRuntime, RunConfig
 
@@ -123,7 +124,7 @@ account:
   fees_bps: 1
 """
 INSTRUMENTS = ("A", "B")
-PROTECTIVE = {"stop_loss:exit", "take_profit:exit", "trailing_stop:exit"}
+PROTECTIVE = {key.reason("exit") for key in RISK_KEYS.values() if key.reason("exit")}  # the protective exits
 
 EXAMPLES = int(os.environ.get("POLICYC_FUZZ_EXAMPLES", "2000"))
 STEPS = int(os.environ.get("POLICYC_FUZZ_STEPS", "40"))
