@@ -150,3 +150,60 @@ def test_the_largest_magnitude_itself_passes():
     assert m.fields == {"price": 1e15, "qty": 1e15}
     assert parse_intent(json.dumps({"type": "intent", "id": "a", "instrument": "ORCL", "target": -1e15}),
                         INSTRUMENTS).target == -1e15
+
+
+# ---- values that would move equity or the clock without being market facts -----------------------------------------
+
+def _fill(**fields):
+    return json.dumps({"type": "fill", "client_order_id": "c", "qty": 10, "price": 50, **fields})
+
+
+@pytest.mark.parametrize("fee", [-0.01, -1e15, 500.01])
+def test_a_fee_below_0_or_above_the_notional_is_refused(fee):
+    # one fill with fee -1e15 used to raise equity by 1e15 and with it the margin headroom
+    with pytest.raises(ProtocolError, match=r"^`fee` is .*: a market order's fee is from 0 to the fill's notional \(500\)$"):
+        parse_venue(_fill(fee=fee))
+
+
+@pytest.mark.parametrize("fee, kept", [(0, 0.0), (500, 500.0), (None, 0.0)])
+def test_a_fee_from_0_to_the_notional_passes(fee, kept):
+    assert parse_venue(_fill(**({} if fee is None else {"fee": fee}))).fee == kept
+
+
+@pytest.mark.parametrize("text", ["1_000", "\u0663", "nan", "NaN", "inf", "-Infinity", "0x10", " 1", "1 ", ""])
+def test_numbers_in_strings_are_plain_ascii_decimals(text):
+    trade = {"e": "trade", "s": "BTCUSDT", "p": text, "q": "1", "T": 1}
+    with pytest.raises(ProtocolError, match="must be a number|positive|non-empty"):
+        parse_feed(json.dumps(trade), INSTRUMENTS, "binance")
+
+
+@pytest.mark.parametrize("text, ts", [("16541.53", 16541.53), ("1e-3", 0.001), (".5", 0.5), ("2.", 2.0)])
+def test_plain_decimal_strings_are_read(text, ts):
+    trade = {"e": "trade", "s": "BTCUSDT", "p": text, "q": "1", "T": 1}
+    assert parse_feed(json.dumps(trade), INSTRUMENTS, "binance")[0].fields["price"] == ts
+
+
+@pytest.mark.parametrize("time, why", [
+    ("2022-12-31T19:43:02.136", "no timezone"),            # would be read as the machine's local time
+    ("0001-01-01T00:00:00", "no timezone"),
+    ("0001-01-01T00:00:00+05:00", "out of range"),         # used to raise an uncaught OverflowError
+    ("1969-12-31T23:59:59.5Z", "out of range"),            # used to come out as +0.5 s
+    ("2262-04-12T00:00:00Z", "out of range"),
+    ("yesterday", "not an ISO timestamp"),
+])
+def test_coinbase_times_without_a_zone_or_outside_int64_nanoseconds_are_refused(time, why):
+    ticker = {"type": "ticker", "product_id": "BTC-USD", "price": "1", "time": time}
+    with pytest.raises(ProtocolError, match=why):
+        parse_feed(json.dumps(ticker), INSTRUMENTS, "coinbase")
+
+
+def test_coinbase_times_are_exact_nanoseconds():
+    ticker = {"type": "ticker", "product_id": "BTC-USD", "price": "1", "time": "2262-04-11T23:47:16.854775Z"}
+    assert parse_feed(json.dumps(ticker), INSTRUMENTS, "coinbase")[0].ts == 9223372036854775000
+    ticker["time"] = "2023-11-14T23:13:20.000001+01:00"
+    assert parse_feed(json.dumps(ticker), INSTRUMENTS, "coinbase")[0].ts == TS + 1000
+
+
+def test_a_refused_number_is_shown_in_full():
+    with pytest.raises(ProtocolError, match=r"^`price` is 1000000000000001.0: too large"):
+        parse_feed(_tick(price=1_000_000_000_000_001), INSTRUMENTS)

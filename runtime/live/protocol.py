@@ -8,7 +8,8 @@ which the runtime counts and logs as `bad_message`. Nothing here does I/O.
 from __future__ import annotations
 
 import math
-from datetime import datetime
+import re
+from datetime import datetime, timedelta, timezone
 from typing import NamedTuple
 
 import orjson
@@ -98,15 +99,20 @@ def _text(msg: dict, key: str) -> str:
     return value
 
 
+#: A number written as text (Binance and Coinbase send prices as strings): ASCII digits
+#: only. Python's float() also takes `1_000`, other scripts' digits and `nan`, none of
+#: which a venue sends on purpose.
+_DECIMAL = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?\Z")
+
+
 def _number(msg: dict, key: str, *, positive: bool = False, required: bool = True, text: bool = False) -> float | None:
     value = msg.get(key)
     if value is None and not required:
         return None
     if text and isinstance(value, str):
-        try:
-            value = float(value)
-        except ValueError:
-            raise ProtocolError(f"`{key}` must be a number, not {msg.get(key)!r}") from None
+        if not _DECIMAL.match(value):
+            raise ProtocolError(f"`{key}` must be a number, not {value!r}")
+        value = float(value)
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise ProtocolError(f"`{key}` must be a number, not {value!r}")
     value = float(value)
@@ -115,7 +121,7 @@ def _number(msg: dict, key: str, *, positive: bool = False, required: bool = Tru
     if positive and value <= 0:
         raise ProtocolError(f"`{key}` must be positive, not {value:g}")
     if abs(value) > MAX_MAGNITUDE:  # finite, yet sums and products of it could overflow and turn a limit off
-        raise ProtocolError(f"`{key}` is {value:g}: too large (at most {MAX_MAGNITUDE:g} in magnitude)")
+        raise ProtocolError(f"`{key}` is {value!r}: too large (at most {MAX_MAGNITUDE:g} in magnitude)")
     return value
 
 
@@ -217,11 +223,19 @@ def _coinbase(msg: dict, instruments) -> Market:
     if msg.get("type") != "ticker":
         raise ProtocolError(f"unknown coinbase message type {msg.get('type')!r}")
     instrument = _instrument(msg, "product_id", instruments)
+    text = _text(msg, "time")
     try:
-        moment = datetime.fromisoformat(_text(msg, "time").replace("Z", "+00:00"))
+        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
     except ValueError:
-        raise ProtocolError(f"`time` is not an ISO timestamp: {msg.get('time')!r}") from None
-    ts = int(moment.timestamp()) * 1_000_000_000 + moment.microsecond * 1000
+        raise ProtocolError(f"`time` is not an ISO timestamp: {text!r}") from None
+    if moment.tzinfo is None:  # read as local time it would depend on the machine
+        raise ProtocolError(f"`time` has no timezone: {text!r} (Coinbase sends UTC with `Z`)")
+    try:
+        ts = (moment - _EPOCH) // timedelta(microseconds=1) * 1000  # exact: no float seconds
+    except OverflowError:  # a year-1 time with an offset east of UTC
+        raise ProtocolError(f"`time` is out of range: {text!r} (1970 to 2262)") from None
+    if not 0 <= ts <= MAX_NS:
+        raise ProtocolError(f"`time` is out of range: {text!r} (1970 to 2262)")
     fields = {"price": _number(msg, "price", positive=True, text=True)}
     size = _number(msg, "last_size", positive=True, text=True, required=False)
     if size is not None:
@@ -229,6 +243,7 @@ def _coinbase(msg: dict, instruments) -> Market:
     return Market(instrument, ts, fields)
 
 
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 FEED_PARSERS = {"native": _native, "binance": _binance, "coinbase": _coinbase}
 
 
@@ -274,8 +289,14 @@ def parse_venue(frame: str | bytes) -> VenueReply:
         return VenueReply("ack", oid, venue_order_id=vid if isinstance(vid, str) else "")
     if kind == "fill":
         qty = _positive(msg, "qty")
-        return VenueReply("fill", oid, qty=qty, price=_positive(msg, "price"),
-                          fee=_number(msg, "fee", required=False) or 0.0, ts=_integer(msg, "ts", required=False))
+        price = _positive(msg, "price")
+        fee = _number(msg, "fee", required=False) or 0.0
+        # Orders are market orders, which pay a fee and never earn a rebate; a fee below 0 or
+        # above the fill's notional would move equity, and every limit that reads it.
+        if not 0 <= fee <= qty * price:
+            raise ProtocolError(f"`fee` is {fee!r}: a market order's fee is from 0 to the fill's notional "
+                                f"({qty * price:g})")
+        return VenueReply("fill", oid, qty=qty, price=price, fee=fee, ts=_integer(msg, "ts", required=False))
     if kind == "reject":
         reason = msg.get("reason", "")
         return VenueReply("reject", oid, reason=reason if isinstance(reason, str) else "")
