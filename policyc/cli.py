@@ -212,6 +212,8 @@ def _add_format(p: argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from policyc.runtime.live.audit import DEFAULT_FSYNC, FSYNC_MODES
+
     parser = _Parser(prog="policyc", description="Compile, check and run trading policies.")
     parser.add_argument("--version", action=_Version,
                         help="print the versions of policyc and of the toolchain that enters build_hash, and exit")
@@ -271,6 +273,15 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--flatten-on-exit", action="store_true")
     r.add_argument("--busy-poll", action="store_true",
                    help="poll the sockets without sleeping: lower latency for one busy CPU core")
+    r.add_argument("--fsync", choices=FSYNC_MODES, default=DEFAULT_FSYNC,
+                   help=f"when the decision log reaches the disk: each record, every few ms, or when the operating "
+                        f"system likes (default {DEFAULT_FSYNC})")
+    r.add_argument("--log-max-bytes", type=_size, metavar="SIZE",
+                   help="go on in a new numbered log file before one grows past SIZE bytes (k, M, G: 1024, 1024**2, "
+                        "1024**3)")
+    r.add_argument("--log-key-file", type=_key_file, metavar="PATH", help="encrypt the log with this AES-256 key")
+    r.add_argument("--sign-key-file", type=_key_file, metavar="PATH",
+                   help="sign the log's session record and checkpoints with this Ed25519 key")
     f = sub.add_parser("replay-feed", help="serve recorded data as a live WebSocket feed")
     _add_data_files(f, "CSV, Parquet or .npz, served as SYMBOL (default: the file name up to its first -)")
     f.add_argument("--listen", type=_address, required=True, metavar="HOST:PORT")
@@ -287,6 +298,13 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--feed-format", choices=("native", "binance", "coinbase"), default="native")
     v.add_argument("--latency", type=_not_negative, default=0.0, metavar="MS")
     v.add_argument("--fees-bps", type=_not_negative, default=0.0, metavar="X")
+    a = sub.add_parser("audit", help="check a decision log, or report what it shows")
+    a.add_argument("action", choices=("verify", "report"), metavar="verify|report")
+    a.add_argument("log", type=_log_input, metavar="LOG", help="the log's first file, or its folder")
+    a.add_argument("--public-key", type=_key_file, metavar="PATH",
+                   help="require every run to be signed by this Ed25519 key")
+    a.add_argument("--key-file", type=_key_file, metavar="PATH", help="the AES-256 key of an encrypted log")
+    a.add_argument("--html", type=_output_file, metavar="FILE", help="report: also write it as an HTML page")
     return parser
 
 
@@ -406,6 +424,41 @@ def _policy_files(text: str) -> str:  # validate: all of a directory's policies 
 
 def _token_file(text: str) -> str:
     return _readable(text, "give the file that holds the token")
+
+
+def _key_file(text: str) -> str:
+    """A key file that exists; what it holds is read by the command (`_check_key`)."""
+    return _readable(text, "give the file that holds the key")
+
+
+def _log_input(text: str) -> str:
+    """A decision log's first file, or the folder that holds it."""
+    return text if Path(_input_file(text)).is_dir() else _readable(text, "")
+
+
+_SIZE = re.compile(r"(\d+)([kmg]?)b?")
+
+
+def _size(text: str) -> int:
+    """Bytes: `1048576`, or with a unit `k`, `M` or `G` (1024, 1024**2, 1024**3), at least 1."""
+    m = _SIZE.fullmatch(text.strip().lower())
+    if not m:
+        raise argparse.ArgumentTypeError(f"expected a size in bytes such as 1048576, 512k or 64M, got `{text}`")
+    value = int(m.group(1)) * 1024 ** " kmg".index(m.group(2) or " ")
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1 byte, not {text}")
+    return value
+
+
+def _check_key(parser, option: str, path: str | None, read) -> None:
+    """A key file named by `option` must hold its kind of key and be private."""
+    from policyc.runtime.audit_chain import LogError
+
+    if path is not None:
+        try:
+            read(path)
+        except LogError as exc:
+            parser.error(f"argument {option}: {exc}")
 
 
 def _data_spec(text: str) -> tuple[str | None, str]:
@@ -797,7 +850,9 @@ def cmd_sweep(args, parser) -> int:
 def cmd_run(args, parser) -> int:
     import asyncio
 
+    from policyc.runtime.audit_chain import LogError
     from policyc.runtime.live import eventloop, view
+    from policyc.runtime.live.audit import read_log_key, read_signing_key
     from policyc.runtime.live.protocol import encode_indented
     from policyc.runtime.live.runner import LiveRuntime, RunConfig
 
@@ -815,15 +870,22 @@ def cmd_run(args, parser) -> int:
         parser.error("--intents and --control need --token-file")
     if _same_file(args.log, args.file):
         parser.error(f"argument --log: {args.log} is the policy file; writing it would overwrite it")
+    _check_key(parser, "--log-key-file", args.log_key_file, read_log_key)
+    _check_key(parser, "--sign-key-file", args.sign_key_file, read_signing_key)
     result = _checked_or_exit(args)
     if result is None:
         return 1
     limits = {key: value for key, value in (("max_clock_skew", args.max_clock_skew),
                                             ("max_feed_silence", args.max_feed_silence)) if value is not None}
-    runtime = LiveRuntime(compile_checked(result, on_compile=_say), RunConfig(
-        feed_url=args.feed, venue_url=args.venue, feed_format=args.feed_format, intents=args.intents,
-        control=args.control, token=token, log_path=args.log, duration=args.duration,
-        flatten_on_exit=args.flatten_on_exit, busy_poll=args.busy_poll, **limits))
+    try:
+        runtime = LiveRuntime(compile_checked(result, on_compile=_say), RunConfig(
+            feed_url=args.feed, venue_url=args.venue, feed_format=args.feed_format, intents=args.intents,
+            control=args.control, token=token, log_path=args.log, duration=args.duration,
+            flatten_on_exit=args.flatten_on_exit, busy_poll=args.busy_poll, fsync=args.fsync,
+            log_max_bytes=args.log_max_bytes, log_key_file=args.log_key_file, sign_key_file=args.sign_key_file,
+            **limits))
+    except LogError as exc:  # a log that cannot be continued
+        parser.error(f"argument --log: {exc}")
     async def run_and_watch() -> dict:
         run = asyncio.ensure_future(runtime.run())
         await view.watch(runtime, run)
@@ -868,9 +930,63 @@ def cmd_paper_venue(args, parser) -> int:
     return 0
 
 
+def cmd_audit(args, parser) -> int:
+    """`audit verify`: OK and what was checked on stdout, exit 0; or the first bad record
+    on stdout, exit 1; a log or key that cannot be checked is a usage error, exit 2.
+    `audit report`: the log verified first (a log that does not verify gets no report,
+    exit 1), then the report on stdout and, with --html, as a page."""
+    from policyc.runtime.audit_chain import LogError
+    from policyc.runtime.live.audit import read_log_key, read_public_key, verify_log
+
+    _check_key(parser, "--public-key", args.public_key, read_public_key)
+    _check_key(parser, "--key-file", args.key_file, read_log_key)
+    if args.html and args.action != "report":
+        parser.error("--html is an option of `audit report`")
+    try:
+        files, summary, problem = verify_log(args.log, args.public_key, args.key_file)
+    except LogError as exc:
+        parser.error(str(exc))
+    if problem is not None:
+        seq = "" if problem.seq is None else f" (seq {problem.seq})"
+        print(f"BAD {problem.file} line {problem.line}{seq}: {problem.kind}: {problem.detail}")
+        return 1
+    if args.action == "report":
+        return _audit_report(args, files[0])
+    kinds = ", ".join(f"{kind} {n:,}" for kind, n in summary.kinds.most_common())
+    print(f"OK {files[0]}: {summary.records:,} records in {summary.runs:,} run{'s' * (summary.runs != 1)}, "
+          f"{len(files):,} file{'s' * (len(files) != 1)} ({kinds})")
+    print(f"chain head: {summary.head}")
+    if summary.signatures_checked:
+        print(f"signatures: {summary.signatures_checked:,} verified with --public-key; the log ends with its "
+              "closing checkpoint")
+    elif summary.signatures_unchecked:
+        print(f"signatures: {summary.signatures_unchecked:,}, not verified: give --public-key")
+    else:
+        print("signatures: none (records cut off the end of an unsigned log would not show)")
+    print(f"encrypted: {summary.encrypted_runs:,} of {summary.runs:,} runs" if summary.encrypted_runs else
+          "encrypted: no")
+    return 0
+
+
+def _audit_report(args, first_file) -> int:
+    from policyc.runtime.audit_report import build_report, render_html, render_text
+    from policyc.runtime.live.audit import read_log, read_log_key
+
+    records = read_log(args.log, read_log_key(args.key_file) if args.key_file else None)
+    sessions = [r for r in records if r.get("kind") == "session"]
+    limits = sessions[-1].get("risk") or {} if sessions else {}
+    report = build_report(records, limits)
+    print(render_text(report), end="")
+    if args.html:
+        page = render_html(report, f"Audit report: {first_file}")
+        _write(args.html, lambda path: Path(path).write_text(page, encoding="utf-8"))
+        print(f"wrote {args.html}")
+    return 0
+
+
 COMMANDS = {"validate": cmd_validate, "hash": cmd_hash, "compile": cmd_compile, "explain": cmd_explain,
             "backtest": cmd_backtest, "sweep": cmd_sweep, "run": cmd_run, "replay-feed": cmd_replay_feed,
-            "paper-venue": cmd_paper_venue}
+            "paper-venue": cmd_paper_venue, "audit": cmd_audit}
 
 
 def main(argv: list[str] | None = None) -> int:

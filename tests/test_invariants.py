@@ -92,6 +92,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, precondition, rule, run_state_machine_as_test
 
 from policyc.compiler.build import compile_policy
+from policyc.compiler.layout import MAX_MAGNITUDE
 from policyc.dsl.document import parse_policy_text
 from policyc.dsl.risk_keys import RISK_KEYS
 from policyc.runtime.engine import EngineError
@@ -776,11 +777,12 @@ class LimitsMachine(RuleBasedStateMachine):
         self._flush(True)
 
     @precondition(lambda self: any(not v.done for v in self.book.values()))
-    @rule(k=st.integers(0, 63), part=fill_parts, price=fill_prices, fee=st.sampled_from([None, 0.0, 1.5, 1000.0]),
+    @rule(k=st.integers(0, 63), part=fill_parts, price=fill_prices, fee=st.sampled_from([None, 0.0, 0.001, 1.0]),
           when=st.sampled_from([None, "now", 0]), now=st.booleans())
     def venue_fill(self, k, part, price, fee, when, now):
         """A fill of all, part, or more than what the venue has open (it may be disconnected: then the
-        answer waits in its book for the order's resend)."""
+        answer waits in its book for the order's resend); `fee` is a share of the fill's notional,
+        up to all of it (the most a venue may charge) or MAX_MAGNITUDE."""
         live = self._live()
         self._fill(live[k % len(live)], part, price, fee, when)
         self._flush(now)
@@ -797,7 +799,7 @@ class LimitsMachine(RuleBasedStateMachine):
             p = price[1]
         msg = {"type": "fill", "client_order_id": v.oid, "qty": qty, "price": p}
         if fee is not None:
-            msg["fee"] = fee
+            msg["fee"] = min(fee * qty * p, MAX_MAGNITUDE)
         if when is not None:
             msg["ts"] = self._now_for(v.inst) if when == "now" else when
         executed = min(qty, abs(v.left)) * (1.0 if v.left > 0 else -1.0)

@@ -1388,9 +1388,8 @@ def test_paper_venue_cli_prices_from_a_binance_feed_and_stops_on_sigterm_with_a_
 
 def test_sigterm_mid_stream_stops_run_replay_feed_and_paper_venue_with_exit_0_and_a_flushed_log(tmp_path):
     """The three live commands as processes, trading: SIGTERM each while the feed is still
-    streaming. `run` buffers its log (a flush every 64 records, and whenever the file's
-    buffer fills), so the log only ends on a complete line, and holds every order and
-    fill `run` counted, if the SIGTERM path flushes it. The feed runs at 250 events a
+    streaming. The log must end on a complete line and hold every order and fill `run`
+    counted, and the SIGTERM path must sync and close it. The feed runs at 250 events a
     second: the stream lasts 20 s, far longer than the SIGTERMs take on a busy machine."""
     import subprocess
     import time
@@ -1410,7 +1409,7 @@ def test_sigterm_mid_stream_stops_run_replay_feed_and_paper_venue_with_exit_0_an
     procs = [run, feed, venue]
     try:
         deadline = time.monotonic() + FAILSAFE_S
-        while not (log.exists() and log.stat().st_size):  # a buffer's worth is out: trading is under way
+        while b'"kind":"order"' not in (log.read_bytes() if log.exists() else b""):  # trading is under way
             gone = [p for p in procs if p.poll() is not None]
             assert not gone, [(p.args[1], p.returncode, p.communicate()[1]) for p in gone]
             assert time.monotonic() < deadline, f"no decision log after {FAILSAFE_S} s"

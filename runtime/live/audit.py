@@ -1,53 +1,456 @@
-"""The decision log: JSON Lines, one record per line, numbered without gaps, each
-stamped with the policy's hashes so any order can be tied to the exact policy that
-sent it. The `session` record opens every run with its provenance."""
+"""The decision log's files. `DecisionLog` appends each record the moment it is written
+(one os.write), sealed into the hash chain of `runtime/audit_chain.py`, encrypted and
+signed when given keys, rotating to numbered segment files; `read_log` and
+`verify_log` read a log back; the `read_*_key` functions read key files, which must be
+private. docs/audit.md describes the formats and what each fsync mode guarantees."""
 from __future__ import annotations
 
 import os
+import re
+import stat
+import threading
 import time
 from collections import deque
 from pathlib import Path
+from typing import Iterator
 
 import orjson
 
-JSON_OPTIONS = orjson.OPT_APPEND_NEWLINE | orjson.OPT_SERIALIZE_NUMPY  # NaN is written as null
+from ..audit_chain import (NONCE_BYTES, SIGNED, ZERO_HASH, Line, LogError, Problem, Summary, check, envelope, key_id,
+                           open_envelope, public_key_id, read_record, seal)
+
 KINDS = ("session", "order", "fill", "reject", "overfill", "risk", "halt", "resume", "feed_silent", "feed_live",
-         "bad_message")
+         "bad_message", "checkpoint")
+_KNOWN = frozenset(KINDS)
+FSYNC_MODES = ("always", "batch", "never")
+DEFAULT_FSYNC = "batch"
+BATCH_SYNC_S = 0.005     # --fsync batch: the log is synced at most this often (s), by a thread of its own
+CHECKPOINT_EVERY = 1000  # with a signing key: a signed checkpoint after this many records of a run
+_NOT_RECENT = ("session", "checkpoint")  # provenance, not decisions: the status and the view leave them out
+_SEGMENT = re.compile(r"(.+?)\.(\d{6,})((?:\.[^.]*)?)")  # decisions.000002.jsonl: name, number, suffix
+_sync = getattr(os, "fdatasync", os.fsync)  # the data and the size, which is all a reader needs back
+
+
+# ---- key files --------------------------------------------------------------------------
+def _private(path: str | Path) -> bytes:
+    """The content of a key file only its owner may use (ssh's rule for private keys)."""
+    try:
+        mode = os.stat(path).st_mode
+        if os.name == "posix" and mode & 0o077:
+            raise LogError(f"{path} is open to group or others (mode {stat.S_IMODE(mode):04o}); a key file must be "
+                           f"private: chmod 600 {path}")
+        return Path(path).read_bytes()
+    except OSError as exc:
+        raise LogError(f"cannot read {path}: {exc.strerror}") from None
+
+
+def read_log_key(path: str | Path) -> bytes:
+    """The 32 bytes of a log key file: 64 hex digits, whitespace around them ignored.
+    Raises LogError for a file that is not one, cannot be read, or is open to group or
+    others."""
+    text = _private(path).strip()
+    try:
+        key = bytes.fromhex(text.decode("ascii"))
+    except (UnicodeDecodeError, ValueError):
+        key = b""
+    if len(key) != 32:
+        raise LogError(f"{path} does not hold a log key: 64 hex digits (32 bytes), as `openssl rand -hex 32` writes")
+    return key
+
+
+def read_signing_key(path: str | Path):
+    """The Ed25519 private key of a PEM file (cryptography's `Ed25519PrivateKey`).
+    Raises LogError as `read_log_key` does, and for a key protected by a password."""
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+    from cryptography.hazmat.primitives.serialization import load_pem_private_key
+
+    data = _private(path)
+    try:
+        key = load_pem_private_key(data, password=None)
+    except TypeError:
+        raise LogError(f"{path} is protected by a password; give the key without one (chmod 600 keeps it "
+                       "private)") from None
+    except ValueError:
+        key = None
+    if not isinstance(key, Ed25519PrivateKey):
+        raise LogError(f"{path} does not hold an Ed25519 private key in PEM, as `openssl genpkey -algorithm ed25519` "
+                       "writes")
+    return key
+
+
+def read_public_key(path: str | Path):
+    """The Ed25519 public key of a PEM file (`Ed25519PublicKey`). Raises LogError for a
+    file that cannot be read or holds no such key."""
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+    from cryptography.hazmat.primitives.serialization import load_pem_public_key
+
+    try:
+        data = Path(path).read_bytes()
+    except OSError as exc:
+        raise LogError(f"cannot read {path}: {exc.strerror}") from None
+    if b"PRIVATE KEY" in data:
+        raise LogError(f"{path} holds a private key; give its public key, as `openssl pkey -in {path} -pubout` "
+                       "writes it")
+    try:
+        key = load_pem_public_key(data)
+    except ValueError:
+        key = None
+    if not isinstance(key, Ed25519PublicKey):
+        raise LogError(f"{path} does not hold an Ed25519 public key in PEM")
+    return key
+
+
+# ---- segment files ----------------------------------------------------------------------
+def segment_path(first: Path, number: int) -> Path:
+    """File `number` of the log whose first file is `first` (number 0):
+    decisions.jsonl, decisions.000001.jsonl, decisions.000002.jsonl, ..."""
+    return first if number == 0 else first.with_name(f"{first.stem}.{number:06d}{first.suffix}")
+
+
+def segments(first: Path) -> list[tuple[int, Path]]:
+    """The files of the log whose first file is `first` that exist, in order, numbered."""
+    pattern = re.compile(re.escape(first.stem) + r"\.(\d{6,})" + re.escape(first.suffix))
+    try:
+        names = os.listdir(first.parent)
+    except OSError:
+        names = []
+    numbered = sorted((int(m.group(1)), first.parent / name) for name in names if (m := pattern.fullmatch(name)))
+    return ([(0, first)] if first.exists() else []) + numbered
+
+
+def _first_file_of(path: Path) -> Path | None:
+    """The first file of the log `path` is a later segment of, if that file exists."""
+    m = _SEGMENT.fullmatch(path.name)
+    first = path.with_name(m.group(1) + m.group(3)) if m else None
+    return first if first is not None and first.is_file() else None
+
+
+def log_files(path: str | Path) -> list[Path]:
+    """The files of a log, given its first file or the folder that holds it. Raises
+    LogError for a later segment, or a folder with no log or several."""
+    path = Path(path)
+    if path.is_dir():
+        firsts = [p for p in sorted(path.iterdir()) if p.is_file() and not p.name.startswith(".")
+                  and _first_file_of(p) is None and _starts_like_a_log(p)]
+        if len(firsts) != 1:
+            raise LogError(f"{path} holds no decision log" if not firsts else
+                           f"{path} holds {len(firsts)} decision logs ({', '.join(p.name for p in firsts)}); give "
+                           "the first file of one")
+        path = firsts[0]
+    elif (first := _first_file_of(path)) is not None:
+        raise LogError(f"{path} is a later file of the log {first}: give its first file or its folder")
+    return [p for _, p in segments(path)]
+
+
+def _starts_like_a_log(path: Path) -> bool:
+    try:
+        with open(path, "rb") as f:
+            return f.read(7) == b'{"seq":'
+    except OSError:
+        return False
+
+
+def _lines(files: list[Path]) -> Iterator[Line]:
+    for path in files:
+        with open(path, "rb") as f:
+            for number, raw in enumerate(f, 1):
+                complete = raw.endswith(b"\n")
+                yield Line(str(path), number, raw[:-1] if complete else raw, complete)
+
+
+def _last_line(path: Path) -> bytes | None:
+    """The last line of a regular file without its newline, None when it is empty.
+    Raises LogError when it does not end with a newline."""
+    if not path.is_file():
+        return None
+    with open(path, "rb") as f:
+        end = f.seek(0, os.SEEK_END)
+        if end == 0:
+            return None
+        chunk, start = b"", end
+        while start > 0 and chunk.count(b"\n") < 2:  # the line's own newline, and the one before it
+            step = min(start, 1 << 16)
+            start -= step
+            f.seek(start)
+            chunk = f.read(step) + chunk
+    if not chunk.endswith(b"\n"):
+        raise LogError(f"{path} ends in the middle of a record (its writer was stopped while writing it); check it "
+                       "with `policyc audit verify` and start a new log")
+    return chunk[:-1].rsplit(b"\n", 1)[-1]
+
+
+def _chain_head(files: list[tuple[int, Path]], aead) -> str:
+    """The hash a new run continues from: the last record's of the last file that has
+    one, the zero hash for a new log. Raises LogError when the log cannot be continued."""
+    for _, path in reversed(files):
+        data = _last_line(path)
+        if data is None:
+            continue
+        if b'"enc":"' in data and aead is None:
+            raise LogError(f"{path} is encrypted: give its key with --log-key-file, or start a new log")
+        rec = read_record(Line(str(path), 0, data), aead)
+        if isinstance(rec, Problem):
+            raise LogError(f"cannot continue the hash chain of {path}: its last line "
+                           + ("does not decrypt with this --log-key-file (another key?)" if b'"enc":"' in data else
+                              "is not a record with a hash (a log of an older policyc?)") + "; start a new log")
+        return rec.hash
+    return ZERO_HASH
+
+
+def _open(path: Path) -> int:
+    return os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o666)
+
+
+def _sync_dir(path: Path) -> None:
+    """A file's name survives a power loss once its folder is synced."""
+    if os.name == "posix":
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+# ---- writing ----------------------------------------------------------------------------
+class _GroupCommit:
+    """--fsync batch: a thread syncs the log when something was written since its last
+    sync, at most every BATCH_SYNC_S, so that no write waits for the disk. A failed sync
+    is raised by the next write that would have woken it."""
+
+    def __init__(self, fd: int, folder: Path):
+        self._fd, self._folder = fd, folder
+        self._retired: list[int] = []   # files rotated away: synced once more, then closed, here
+        self._lock = threading.Lock()   # guards `_fd` and `_retired`, never a sync
+        self._pending = False           # a write has asked for a sync not started yet
+        self._wake, self._stop = threading.Event(), threading.Event()
+        self.error: OSError | None = None
+        self._thread = threading.Thread(target=self._run, name="decision-log-sync", daemon=True)
+        self._thread.start()
+
+    def written(self) -> None:
+        """After each write: wake the thread, once per sync, not once per record."""
+        if not self._pending:
+            if self.error is not None:
+                raise self.error
+            self._pending = True
+            self._wake.set()
+
+    def rotated(self, fd: int) -> None:
+        """The log went on to a new file: the old one is synced and closed here."""
+        with self._lock:
+            self._retired.append(self._fd)
+            self._fd = fd
+        self.written()
+
+    def _run(self) -> None:
+        while True:
+            self._wake.wait()
+            if self._stop.is_set():
+                return
+            self._wake.clear()
+            self._pending = False  # before the sync: a write from now on asks for the next one
+            try:
+                self.sync()
+            except OSError as exc:
+                self.error = exc
+                return
+            if self._stop.wait(BATCH_SYNC_S):
+                return
+
+    def sync(self) -> None:
+        """Sync the files rotated away (then close them, and sync their folder for the new
+        file's name) and the current one. Raises OSError as the sync does."""
+        with self._lock:
+            retired, self._retired, fd = self._retired, [], self._fd
+        for old in retired:
+            _sync(old)
+            os.close(old)
+        if retired:
+            _sync_dir(self._folder)
+        _sync(fd)
+
+    def stop(self) -> None:
+        """End the thread and sync what is left, in the caller's thread."""
+        self._stop.set()
+        self._wake.set()
+        self._thread.join()
+        self.sync()
 
 
 class DecisionLog:
-    """Records are flushed every `flush_every` lines and on close (SIGINT and SIGTERM
-    close it), so a crash loses at most that many buffered lines."""
+    """Appends records to the log at `path` (docs/audit.md): each is numbered, stamped
+    with the policy's hashes, sealed into the hash chain, and handed to the operating
+    system before `write` returns. A log that exists is continued: the new run's
+    session record follows its last record.
 
-    def __init__(self, path: str | Path, policy_hash: str, build_hash: str, flush_every: int = 1):
+    `fsync`: "always" (each record on disk before `write` returns), "batch" (a thread
+    syncs every BATCH_SYNC_S at most) or "never" (the operating system's choice).
+    `max_bytes`: the log goes on in a new numbered segment file rather than let one
+    grow past this many bytes (unless a single record is larger). `log_key` (32 bytes) encrypts every
+    record but the session one with AES-256-GCM; `sign_key` (`Ed25519PrivateKey`) signs
+    the session record, a checkpoint every CHECKPOINT_EVERY records and one on `close`.
+
+    Raises LogError when an existing log cannot be continued (its last line cut off,
+    another key, no hash chain), OSError when the file cannot be opened."""
+
+    def __init__(self, path: str | Path, policy_hash: str, build_hash: str, *, fsync: str = DEFAULT_FSYNC,
+                 max_bytes: int | None = None, log_key: bytes | None = None, sign_key=None):
+        if fsync not in FSYNC_MODES:
+            raise ValueError(f"fsync is one of {', '.join(FSYNC_MODES)}, not {fsync!r}")
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.policy_hash, self.build_hash = policy_hash, build_hash
         self.seq = 0
-        self.flush_every = flush_every
-        self.recent: deque = deque(maxlen=8)  # the latest records after the session one, for the terminal view
-        self._file = open(self.path, "ab")
+        self.recent: deque = deque(maxlen=8)  # the latest decision records, for the status and the terminal view
+        self._aead, self._keys = None, {}     # _keys: the key ids the session record names
+        if log_key is not None:
+            from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+            self._aead = AESGCM(log_key)
+            self._keys["log_key_id"] = key_id(log_key)
+        self._sign = None if sign_key is None else sign_key.sign
+        if sign_key is not None:
+            self._keys["sign_key_id"] = public_key_id(sign_key.public_key())
+        self._since_signed = 0
+        files = segments(self.path) or [(0, self.path)]
+        self.head = _chain_head(files, self._aead)  # the hash the next record follows
+        self._number, current = files[-1]
+        created = not current.exists()
+        self._fd = _open(current)
+        info = os.fstat(self._fd)
+        regular = stat.S_ISREG(info.st_mode)  # /dev/null is neither synced nor rotated
+        self._size = info.st_size
+        self._fsync = fsync if regular else "never"
+        self._max_bytes = max_bytes if regular else None
+        if created and self._fsync != "never":
+            _sync_dir(current.parent)
+        self._syncer = _GroupCommit(self._fd, current.parent) if self._fsync == "batch" else None
 
     def write(self, kind: str, ts: int | None = None, **fields) -> dict:
-        if kind not in KINDS:
+        """Append one record and return it, `prev_hash` and `hash` included; `ts` is in
+        ns since the epoch, None for the wall clock. When this returns, the record is in
+        the operating system's hands, and with fsync "always" on disk. Raises ValueError
+        for an unknown kind, OSError when the file cannot be written (a full disk) or a
+        background sync failed."""
+        if kind not in _KNOWN:
             raise ValueError(f"unknown record kind {kind!r}")
-        self.seq += 1
-        record = {"seq": self.seq, "ts": ts if ts is not None else time.time_ns(), "kind": kind,
+        seq = self.seq + 1
+        record = {"seq": seq, "ts": time.time_ns() if ts is None else ts, "kind": kind,
                   "policy_hash": self.policy_hash, "build_hash": self.build_hash, **fields}
-        self._file.write(orjson.dumps(record, option=JSON_OPTIONS))
-        if kind != "session":
+        if kind == "session":
+            record.update(self._keys)
+        record["prev_hash"] = self.head
+        signed = self._sign is not None and kind in SIGNED
+        line, hash_ = seal(record, self._sign if signed else None)
+        if self._aead is not None and kind != "session":
+            line = envelope(self._aead, os.urandom(NONCE_BYTES), seq, line)
+        self._append(line + b"\n")
+        self.seq, self.head = seq, hash_  # only once it is written: a record that failed leaves no gap
+        record["hash"] = hash_
+        if kind not in _NOT_RECENT:
             self.recent.append(record)
-        if self.seq % self.flush_every == 0:
-            self._file.flush()
+        self._synced()
+        if self._sign is not None:
+            self._since_signed = 0 if signed else self._since_signed + 1
+            if self._since_signed >= CHECKPOINT_EVERY:
+                self.write("checkpoint", closing=False)
         return record
 
+    def _append(self, data: bytes) -> None:
+        """`data` at the end of the log, whole or not at all."""
+        if self._max_bytes is not None and self._size and self._size + len(data) > self._max_bytes:
+            self._rotate()
+        try:
+            written = os.write(self._fd, data)
+            while written < len(data):  # a regular file takes less only when the disk is full: the next call says so
+                written += os.write(self._fd, data[written:])
+        except OSError:
+            os.ftruncate(self._fd, self._size)  # no partial line for the next record to follow
+            raise
+        self._size += written
+
+    def _synced(self) -> None:
+        if self._syncer is not None:
+            self._syncer.written()
+        elif self._fsync == "always":
+            _sync(self._fd)
+
+    def _rotate(self) -> None:
+        path = segment_path(self.path, self._number + 1)
+        fd = _open(path)
+        old, self._fd, self._size, self._number = self._fd, fd, 0, self._number + 1
+        if self._syncer is not None:
+            self._syncer.rotated(fd)
+            return
+        os.close(old)  # with fsync "always" already synced, record by record
+        if self._fsync == "always":
+            _sync_dir(path.parent)
+
     def close(self) -> None:
-        if not self._file.closed:
-            self._file.flush()
-            os.fsync(self._file.fileno())
-            self._file.close()
+        """Write the signed closing checkpoint (with a signing key), sync the file
+        (unless fsync is "never") and close it; a second call does nothing. Raises
+        OSError as `write` does."""
+        if self._fd < 0:
+            return
+        try:
+            if self._sign is not None:
+                self.write("checkpoint", closing=True)
+        finally:
+            fd, self._fd = self._fd, -1  # a write after this fails (EBADF), never reaching a reused descriptor
+            try:
+                if self._syncer is not None:
+                    self._syncer.stop()
+                elif self._fsync == "always":
+                    _sync(fd)
+            finally:
+                os.close(fd)
 
 
-def read_log(path: str | Path) -> list[dict]:
-    with open(path, "rb") as f:
-        return [orjson.loads(line) for line in f if line.strip()]
+# ---- reading ----------------------------------------------------------------------------
+def read_log(path: str | Path, log_key: bytes | None = None) -> list[dict]:
+    """The records of a log (all its segment files), decrypted with `log_key` (32
+    bytes), without checking the chain (`verify_log` does). Raises LogError for an
+    encrypted record without the key or one that does not decrypt, ValueError
+    (orjson.JSONDecodeError) for a line that is not JSON."""
+    aead = None
+    if log_key is not None:
+        from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+        aead = AESGCM(log_key)
+    records = []
+    for line in _lines([p for _, p in segments(Path(path))]):
+        obj = orjson.loads(line.data)
+        if "enc" in obj:
+            if aead is None:
+                raise LogError(f"{line.file} line {line.number} is encrypted: give its log key")
+            try:
+                obj = orjson.loads(open_envelope(aead, obj))
+            except ValueError:
+                raise LogError(f"{line.file} line {line.number} does not decrypt with this key") from None
+        records.append(obj)
+    return records
+
+
+def verify_log(path: str | Path, public_key_file: str | Path | None = None,
+               log_key_file: str | Path | None = None) -> tuple[list[Path], Summary, Problem | None]:
+    """Check the log at `path` (its first file, or its folder): its files, what was
+    checked, and its first bad record or None (`audit_chain.check`). Raises LogError
+    when it cannot be checked: not a log, a key file that is not one, a key missing or
+    not the log's, a file that cannot be read."""
+    files = log_files(path)
+    if not files:
+        raise LogError(f"no such file: {path}")
+    public_key = read_public_key(public_key_file) if public_key_file is not None else None
+    aead = aead_key_id = None
+    if log_key_file is not None:
+        from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+        key = read_log_key(log_key_file)
+        aead, aead_key_id = AESGCM(key), key_id(key)
+    try:
+        summary, problem = check(lambda: _lines(files), aead, aead_key_id, public_key)
+    except LogError as exc:
+        raise LogError(f"{files[0]}: {exc}") from None
+    except OSError as exc:
+        raise LogError(f"cannot read {exc.filename}: {exc.strerror}") from None
+    return files, summary, problem

@@ -30,7 +30,7 @@ from policyc.compiler.hashing import toolchain_versions
 from ..engine import Engine, EngineError
 from ..orders import MAX_CLOCK_SKEW_S, MAX_FEED_SILENCE_S, OrderCore, steps
 from . import transport
-from .audit import DecisionLog
+from .audit import DEFAULT_FSYNC, DecisionLog, read_log_key, read_signing_key
 from .protocol import (MAX_FRAME_BYTES, Input, Market, ProtocolError, encode, message_id, parse_control, parse_feed,
                        parse_intent, parse_venue)
 
@@ -56,6 +56,10 @@ class RunConfig:
     busy_poll: bool = False
     max_clock_skew: float = MAX_CLOCK_SKEW_S      # s a market event may be ahead of the wall clock
     max_feed_silence: float = MAX_FEED_SILENCE_S  # s without a market event before intents are reduce-only
+    fsync: str = DEFAULT_FSYNC                     # the decision log's: "always", "batch" or "never"
+    log_max_bytes: int | None = None               # rotate the decision log to a new file before this size
+    log_key_file: str | None = None                # encrypt the decision log with this key
+    sign_key_file: str | None = None               # sign the decision log with this Ed25519 key
 
 
 @dataclass
@@ -96,7 +100,10 @@ class LiveRuntime:
     def __init__(self, policy: CompiledPolicy, config: RunConfig):
         self.policy, self.config = policy, config
         self.engine = Engine(policy, L.LIVE)
-        self.log = DecisionLog(config.log_path, policy.policy_hash, policy.build_hash, flush_every=64)
+        self.log = DecisionLog(config.log_path, policy.policy_hash, policy.build_hash, fsync=config.fsync,
+                               max_bytes=config.log_max_bytes,
+                               log_key=read_log_key(config.log_key_file) if config.log_key_file else None,
+                               sign_key=read_signing_key(config.sign_key_file) if config.sign_key_file else None)
         self.instruments = set(policy.instruments)
         stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S")
         self.order_prefix = f"{policy.name}-{stamp}-{secrets.token_hex(3)}"
@@ -113,7 +120,7 @@ class LiveRuntime:
         self.venue_up = asyncio.Event()
         self.intent_budget: dict[int, list] = {}   # connection -> [tokens, last refill time]
         self.log.write("session", policy=policy.name, version=policy.checked.parsed.version, params=policy.params,
-                       account=policy.checked.account, instruments=policy.instruments,
+                       account=policy.checked.account, risk=policy.checked.risk, instruments=policy.instruments,
                        toolchain=toolchain_versions(), feed=config.feed_url, venue=config.venue_url,
                        order_prefix=self.order_prefix, max_clock_skew_s=config.max_clock_skew,
                        max_feed_silence_s=config.max_feed_silence)

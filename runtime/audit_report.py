@@ -1,0 +1,263 @@
+"""`policyc audit report`: what a decision log shows a risk officer.
+
+Sans-I/O: `build_report(records, limits)` takes the log's records (dicts, in `seq`
+order, as `runtime.live.audit` reads them) and the policy's bound risk limits, and
+returns an `AuditReport`; `render_text` and `render_html` turn it into a page. Three
+parts:
+
+- per day (UTC date of each record's `ts`): orders, fills, rejects, limit hits by
+  reason code, and every kill-switch trip and resume with its time and who did it;
+- limits: the largest position, gross exposure, order size, order notional and orders in
+  one day that the log shows, next to the policy's limit for each;
+- control coverage: which of the pre-trade controls of RTS 6 (Commission Delegated
+  Regulation (EU) 2017/589) Articles 12 and 15 and of SEC Rule 15c3-5(c)(1) the policy's
+  risk keys provide, and which are missing.
+"""
+from __future__ import annotations
+
+import html
+import math
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+
+#: A figure above its limit by more than this share is a breach; below it, rounding.
+TOLERANCE = 1e-9
+
+
+@dataclass(frozen=True)
+class Control:
+    """One regulatory control: met when every requirement has at least one of its keys.
+
+    `requirements` are (what, keys) pairs; `built_in` says what the runtime provides
+    whatever the policy says (an empty string when nothing)."""
+
+    rule: str
+    provision: str
+    asks: str
+    requirements: tuple[tuple[str, tuple[str, ...]], ...]
+    built_in: str = ""
+
+
+#: RTS 6 Art. 15(1)(a)-(d) and Art. 12; SEC 15c3-5(c)(1)(i) and (ii).
+CONTROLS = (
+    Control("RTS 6", "Art. 15(1)(a)", "price collars: block orders outside set price parameters",
+            (("price collar", ("price_collar",)),)),
+    Control("RTS 6", "Art. 15(1)(b)", "maximum order value", (("order value limit", ("max_order_notional",)),)),
+    Control("RTS 6", "Art. 15(1)(c)", "maximum order volume", (("order size limit", ("max_order_qty",)),)),
+    Control("RTS 6", "Art. 15(1)(d)", "maximum messages limits",
+            (("message rate limit", ("max_orders_per_second", "max_orders_per_day")),)),
+    Control("RTS 6", "Art. 12", "kill functionality: cancel unexecuted orders at once",
+            (), built_in="operator `halt` on the control port cancels open orders and liquidates"),
+    Control("SEC 15c3-5", "(c)(1)(i)", "credit and capital thresholds, in the aggregate",
+            (("aggregate exposure threshold", ("max_gross_exposure", "max_margin_usage")),
+             ("capital loss threshold", ("max_drawdown", "max_daily_loss")))),
+    Control("SEC 15c3-5", "(c)(1)(ii)", "erroneous orders: price or size parameters, over a short period, duplicates",
+            (("price parameter", ("price_collar",)), ("size parameter", ("max_order_qty", "max_order_notional")),
+             ("short-period / duplicate parameter", ("max_orders_per_second",)))),
+)
+
+
+@dataclass
+class Coverage:
+    control: Control
+    met_by: list[str]       # the policy's keys that provide it
+    missing: list[str]      # the requirements no key of the policy provides
+
+    @property
+    def status(self) -> str:
+        if not self.missing:
+            return "met"
+        return "partial" if self.met_by else "missing"
+
+
+@dataclass
+class Day:
+    date: str                                          # YYYY-MM-DD, UTC
+    orders: int = 0
+    exits: int = 0                                     # orders that were protective exits or liquidations
+    fills: int = 0
+    rejects: int = 0
+    hits: dict[str, int] = field(default_factory=dict)  # reason code -> decisions that recorded it
+    trips: list[dict] = field(default_factory=list)    # {"ts", "by", "reason"}
+    resumes: list[dict] = field(default_factory=list)  # {"ts", "by"}
+
+
+@dataclass
+class LimitFigure:
+    figure: str
+    peak: float              # the largest value the log shows (NaN when it shows none)
+    key: str                 # the risk key that limits it
+    limit: float | None      # the policy's value, None when it sets none
+
+    @property
+    def breached(self) -> bool:
+        return self.limit is not None and self.peak == self.peak and self.peak > self.limit * (1 + TOLERANCE)
+
+
+@dataclass
+class AuditReport:
+    runs: list[dict]          # the session records
+    days: list[Day]
+    limits: list[LimitFigure]
+    coverage: list[Coverage]
+
+
+def _date(ts) -> str:
+    return datetime.fromtimestamp(int(ts) / 1e9, timezone.utc).strftime("%Y-%m-%d") if ts else "unknown"
+
+
+def _by(record: dict) -> str:
+    """Who tripped or resumed the kill switch: the control's role when the log names it,
+    the policy for a decision's reason codes, otherwise the runtime or an operator."""
+    if record.get("role"):
+        return str(record["role"])
+    reason = str(record.get("reason", ""))
+    if record["kind"] == "halt" and ":halt" in reason:
+        return "policy"
+    if reason == "flatten on exit":
+        return "runtime"
+    return "operator"
+
+
+def coverage(limits: dict[str, float]) -> list[Coverage]:
+    out = []
+    for control in CONTROLS:
+        met, missing = [], []
+        for what, keys in control.requirements:
+            present = [k for k in keys if k in limits]
+            met += [k for k in present if k not in met]
+            if not present:
+                missing.append(f"{what} ({' or '.join(keys)})")
+        out.append(Coverage(control, met, missing))
+    return out
+
+
+def build_report(records: list[dict], limits: dict[str, float]) -> AuditReport:
+    """The report of `records` (every record of the log, in order) under the policy's
+    bound risk `limits` (key -> value, as `policyc explain` shows them; money in the
+    account's currency, quantities in units)."""
+    days: dict[str, Day] = {}
+    position: dict[str, float] = {}
+    price: dict[str, float] = {}
+    peak_pos = peak_gross = peak_qty = peak_notional = math.nan
+    runs = []
+
+    def day(record) -> Day:
+        d = _date(record.get("ts"))
+        return days.setdefault(d, Day(d))
+
+    def top(a: float, b: float) -> float:
+        return b if a != a or b > a else a
+
+    for r in records:
+        kind = r.get("kind")
+        if kind == "session":
+            runs.append(r)
+            position, price = {}, {}   # each run starts flat as far as its log says
+            continue
+        if kind in ("order", "risk"):
+            hits = day(r).hits
+            for code in r.get("reasons") or ():
+                hits[code] = hits.get(code, 0) + 1
+        if kind == "order":
+            d = day(r)
+            d.orders += 1
+            d.exits += bool(r.get("exit"))
+            qty, p = abs(float(r.get("qty") or 0.0)), r.get("price")
+            peak_qty = top(peak_qty, qty)
+            if p is not None and math.isfinite(p):
+                price[r["instrument"]] = float(p)
+                if not r.get("exit"):
+                    peak_notional = top(peak_notional, qty * float(p))
+        elif kind == "fill":
+            day(r).fills += 1
+            inst = r["instrument"]
+            position[inst] = float(r.get("position", 0.0))
+            price[inst] = float(r.get("price", price.get(inst, math.nan)))
+            peak_pos = top(peak_pos, abs(position[inst]))
+            gross = sum(abs(q) * price.get(i, math.nan) for i, q in position.items() if q)
+            if gross == gross:
+                peak_gross = top(peak_gross, gross)
+        elif kind == "reject":
+            day(r).rejects += 1
+        elif kind == "halt":
+            day(r).trips.append({"ts": r.get("ts"), "by": _by(r), "reason": r.get("reason", "")})
+        elif kind == "resume":
+            day(r).resumes.append({"ts": r.get("ts"), "by": _by(r)})
+    ordered = [days[d] for d in sorted(days)]
+    most_orders = float(max((d.orders for d in ordered), default=0))
+    figures = [
+        LimitFigure("largest position (units, absolute)", peak_pos, "max_position", limits.get("max_position")),
+        LimitFigure("largest gross exposure (money, at the latest logged prices)", peak_gross, "max_gross_exposure",
+                    limits.get("max_gross_exposure")),
+        LimitFigure("largest order (units)", peak_qty, "max_order_qty", limits.get("max_order_qty")),
+        LimitFigure("largest order notional, exits aside (money)", peak_notional, "max_order_notional",
+                    limits.get("max_order_notional")),
+        LimitFigure("most orders in one day", most_orders, "max_orders_per_day", limits.get("max_orders_per_day")),
+    ]
+    return AuditReport(runs, ordered, figures, coverage(limits))
+
+
+def _num(v) -> str:
+    if v is None:
+        return "none"
+    if v != v:
+        return "-"
+    return f"{v:,.0f}" if float(v).is_integer() else f"{v:,.4g}"
+
+
+def _time(ts) -> str:
+    return datetime.fromtimestamp(int(ts) / 1e9, timezone.utc).strftime("%H:%M:%S") if ts else "?"
+
+
+def _sections(rep: AuditReport) -> list[tuple[str, list[str], list[list[str]]]]:
+    """(title, header, rows) of each table, shared by the text and the HTML page."""
+    runs = [[str(r.get("seq", "")), _date(r.get("ts")), str(r.get("policy", "")), str(r.get("policy_hash", ""))[:16],
+             str(r.get("order_prefix", ""))] for r in rep.runs]
+    days = [[d.date, str(d.orders), str(d.exits), str(d.fills), str(d.rejects),
+             ", ".join(f"{k} {n}" for k, n in sorted(d.hits.items())) or "-",
+             "; ".join(f"{_time(t['ts'])} by {t['by']} ({t['reason']})" for t in d.trips) or "-",
+             "; ".join(f"{_time(t['ts'])} by {t['by']}" for t in d.resumes) or "-"] for d in rep.days]
+    limits = [[f.figure, _num(f.peak), f.key, _num(f.limit),
+               "BREACH" if f.breached else ("no limit" if f.limit is None else "held")] for f in rep.limits]
+    cover = [[c.control.rule, c.control.provision, c.control.asks, c.status.upper() if c.status != "met" else "met",
+              ", ".join(c.met_by + ([c.control.built_in] if c.control.built_in else [])) or "-",
+              "; ".join(c.missing) or "-"] for c in rep.coverage]
+    return [
+        ("Runs", ["session seq", "date", "policy", "policy_hash", "order prefix"], runs),
+        ("Per day (UTC)", ["date", "orders", "exits", "fills", "rejects", "limit hits by reason",
+                           "kill-switch trips", "resumes"], days),
+        ("Limits", ["figure", "peak in the log", "risk key", "limit", ""], limits),
+        ("Control coverage", ["rule", "provision", "asks for", "status", "met by", "missing"], cover),
+    ]
+
+
+def render_text(rep: AuditReport) -> str:
+    out = []
+    for title, header, rows in _sections(rep):
+        out.append(title)
+        widths = [max(len(x) for x in col) for col in zip(header, *rows)]
+        for row in [header, *rows]:
+            out.append("  " + "  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip())
+        if not rows:
+            out.append("  (none)")
+        out.append("")
+    return "\n".join(out).rstrip() + "\n"
+
+
+def render_html(rep: AuditReport, title: str) -> str:
+    """One self-contained page: tables only, no scripts, no network."""
+    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>",
+             "<style>body{font:14px sans-serif;margin:2em}table{border-collapse:collapse;margin-bottom:2em}"
+             "td,th{border:1px solid #ccc;padding:4px 8px;text-align:left;vertical-align:top}"
+             ".bad{color:#b00;font-weight:bold}</style></head><body>", f"<h1>{html.escape(title)}</h1>"]
+    for name, header, rows in _sections(rep):
+        parts.append(f"<h2>{html.escape(name)}</h2><table><tr>"
+                     + "".join(f"<th>{html.escape(h)}</th>" for h in header) + "</tr>")
+        for row in rows:
+            parts.append("<tr>" + "".join(
+                f"<td class='bad'>{html.escape(c)}</td>" if c in ("BREACH", "MISSING", "PARTIAL")
+                else f"<td>{html.escape(c)}</td>" for c in row) + "</tr>")
+        parts.append("</table>")
+    parts.append("</body></html>\n")
+    return "".join(parts)

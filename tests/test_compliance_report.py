@@ -1,0 +1,119 @@
+"""`policyc audit report`: per-day counts, peaks against limits, control coverage."""
+from __future__ import annotations
+
+import math
+
+from policyc.dsl.document import RISK_KEYS
+from policyc.runtime.audit_report import CONTROLS, build_report, coverage, render_html, render_text
+
+DAY1 = 1_700_000_000_000_000_000      # 2023-11-14T22:13:20Z
+DAY2 = DAY1 + 86_400 * 10**9
+
+
+def rec(seq, kind, ts, **fields):
+    return {"seq": seq, "kind": kind, "ts": ts, **fields}
+
+
+RECORDS = [
+    rec(1, "session", DAY1, policy="p", policy_hash="ab" * 32, order_prefix="p-1"),
+    rec(2, "order", DAY1, instrument="A", qty=10.0, price=100.0, reasons=[], exit=False),
+    rec(3, "fill", DAY1 + 1, instrument="A", qty=10.0, price=100.0, position=10.0),
+    rec(4, "order", DAY1 + 2, instrument="B", qty=-5.0, price=50.0, reasons=["max_position:clipped"], exit=False),
+    rec(5, "fill", DAY1 + 3, instrument="B", qty=-5.0, price=50.0, position=-5.0),
+    rec(6, "risk", DAY1 + 4, instrument="A", reasons=["max_orders_per_day:blocked"]),
+    rec(7, "halt", DAY1 + 5, reason="kill_switch:halt,max_drawdown:halt"),
+    rec(8, "order", DAY1 + 6, instrument="A", qty=-10.0, price=90.0, reasons=["kill_switch:halt"], exit=True),
+    rec(9, "reject", DAY1 + 7, instrument="A", qty=-10.0, reason="venue down"),
+    rec(10, "resume", DAY2),
+    rec(11, "order", DAY2 + 1, instrument="A", qty=30.0, price=110.0, reasons=[], exit=False),
+    rec(12, "fill", DAY2 + 2, instrument="A", qty=30.0, price=110.0, position=40.0),
+    rec(13, "halt", DAY2 + 3, reason="operator halt"),
+]
+
+
+def test_per_day_counts_trips_and_resumes():
+    rep = build_report(RECORDS, {})
+    d1, d2 = rep.days
+    assert (d1.date, d1.orders, d1.exits, d1.fills, d1.rejects) == ("2023-11-14", 3, 1, 2, 1)
+    assert d1.hits == {"max_position:clipped": 1, "max_orders_per_day:blocked": 1, "kill_switch:halt": 1}
+    assert [(t["by"], t["reason"]) for t in d1.trips] == [("policy", "kill_switch:halt,max_drawdown:halt")]
+    assert (d2.date, d2.orders, d2.fills) == ("2023-11-15", 1, 1)
+    assert [r["by"] for r in d2.resumes] == ["operator"] and [t["by"] for t in d2.trips] == ["operator"]
+    assert len(rep.runs) == 1
+
+
+def test_peaks_against_limits():
+    limits = {"max_position": 25.0, "max_gross_exposure": 4000.0, "max_order_qty": 30.0, "max_orders_per_day": 3.0}
+    figures = {f.key: f for f in build_report(RECORDS, limits).limits}
+    assert figures["max_position"].peak == 40.0 and figures["max_position"].breached
+    # after the last fill: |40| * 110 + |-5| * 50
+    assert figures["max_gross_exposure"].peak == 40 * 110 + 5 * 50 and figures["max_gross_exposure"].breached
+    assert figures["max_order_qty"].peak == 30.0 and not figures["max_order_qty"].breached
+    # the exit at 90 is left out of the order notional: the largest entry is 30 at 110
+    assert figures["max_order_notional"].peak == 3300.0 and figures["max_order_notional"].limit is None
+    assert figures["max_orders_per_day"].peak == 3.0 and not figures["max_orders_per_day"].breached
+
+
+def test_an_empty_log_has_no_peaks():
+    rep = build_report([], {"max_position": 1.0})
+    assert rep.days == [] and math.isnan(rep.limits[0].peak) and not rep.limits[0].breached
+
+
+def test_coverage_marks_what_is_missing():
+    full = {k: 1.0 for k in ("price_collar", "max_order_notional", "max_order_qty", "max_orders_per_second",
+                             "max_gross_exposure", "max_drawdown")}
+    assert all(c.status == "met" for c in coverage(full))
+    by = {(c.control.rule, c.control.provision): c for c in coverage({"max_order_qty": 5.0})}
+    assert by[("RTS 6", "Art. 15(1)(c)")].status == "met"
+    assert by[("RTS 6", "Art. 15(1)(a)")].status == "missing"
+    assert by[("RTS 6", "Art. 12")].status == "met"          # the operator halt is always there
+    ii = by[("SEC 15c3-5", "(c)(1)(ii)")]
+    assert ii.status == "partial" and ii.met_by == ["max_order_qty"] and len(ii.missing) == 2
+
+
+def test_every_key_a_control_names_is_a_risk_key():
+    for control in CONTROLS:
+        for _, keys in control.requirements:
+            assert set(keys) <= set(RISK_KEYS), control
+
+
+def test_pages_show_breaches_and_gaps():
+    rep = build_report(RECORDS, {"max_position": 25.0})
+    text = render_text(rep)
+    assert "BREACH" in text and "MISSING" in text and "2023-11-15" in text
+    page = render_html(rep, "audit <p>")
+    assert "<script" not in page and "audit &lt;p&gt;" in page and "class='bad'>BREACH" in page
+
+
+def _log(path):
+    from policyc.runtime.live.audit import DecisionLog
+
+    log = DecisionLog(path, "a" * 64, "b" * 64)
+    log.write("session", policy="p", risk={"max_position": 50.0, "max_order_qty": 30.0}, order_prefix="p-1")
+    log.write("order", ts=DAY1, client_order_id="p-1-000001", instrument="A", qty=40.0, price=10.0,
+              reasons=["max_order_qty:clipped"], exit=False)
+    log.write("fill", ts=DAY1 + 1, client_order_id="p-1-000001", instrument="A", qty=40.0, price=10.0, fee=0.0,
+              position=60.0, equity=1.0)
+    log.close()
+
+
+def test_the_command_reads_the_limits_from_the_session_record(tmp_path, capsys):
+    from policyc.cli import main
+
+    _log(tmp_path / "d.jsonl")
+    assert main(["audit", "report", str(tmp_path / "d.jsonl"), "--html", str(tmp_path / "out" / "r.html")]) == 0
+    out = capsys.readouterr().out
+    row = next(line for line in out.splitlines() if "largest position" in line)
+    assert row.split()[-3:] == ["max_position", "50", "BREACH"]
+    assert "<h2>Control coverage</h2>" in (tmp_path / "out" / "r.html").read_text()
+
+
+def test_a_log_that_does_not_verify_gets_no_report(tmp_path, capsys):
+    from policyc.cli import main
+
+    path = tmp_path / "d.jsonl"
+    _log(path)
+    path.write_bytes(path.read_bytes().replace(b'"qty":40.0,"price":10.0,"fee"', b'"qty":4.0,"price":10.0,"fee"'))
+    assert main(["audit", "report", str(path)]) == 1
+    out = capsys.readouterr().out
+    assert out.startswith("BAD ") and "edited" in out and "Limits" not in out
