@@ -293,8 +293,10 @@ ACCOUNT_KEYS = {key.name: key for key in (
         samples=("5000", "100000", "1000000"), meaning="cash at the start, and so the first equity and peak equity"),
     Key("margin_rate", FRACTION, _ABOVE_0, default=1.0, example="50%", samples=("25%", "50%", "100%"),
         meaning="initial margin as a fraction of notional, for `margin_usage` and `max_margin_usage`"),
-    Key("fees_bps", BASIS_POINTS, Bounds(lowest_included=True), default=0.0, example="1",
+    # At most 10,000 bp: a fee above the fill's notional, or a sell filled at a price of
+    # 0 or less, is no market's.
+    Key("fees_bps", BASIS_POINTS, Bounds(lowest_included=True, highest=10_000.0), default=0.0, example="1",
         samples=("0", "0.5", "1", "7"), meaning="the fee of a fill, in basis points of its notional"),
-    Key("slippage_bps", BASIS_POINTS, Bounds(lowest_included=True), default=0.0, example="2",
+    Key("slippage_bps", BASIS_POINTS, Bounds(lowest_included=True, highest=9_999.0), default=0.0, example="2",
         samples=("0", "1", "2.5"), meaning="a buy fills this many basis points above the price, a sell below"),
 )}

@@ -297,7 +297,7 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--feed", required=True, type=_ws_url, metavar="URL")
     v.add_argument("--feed-format", choices=("native", "binance", "coinbase"), default="native")
     v.add_argument("--latency", type=_not_negative, default=0.0, metavar="MS")
-    v.add_argument("--fees-bps", type=_not_negative, default=0.0, metavar="X")
+    v.add_argument("--fees-bps", type=_fees_bps, default=0.0, metavar="X")
     a = sub.add_parser("audit", help="check a decision log, or report what it shows")
     a.add_argument("action", choices=("verify", "report"), metavar="verify|report")
     a.add_argument("log", type=_log_input, metavar="LOG", help="the log's first file, or its folder")
@@ -363,8 +363,22 @@ def _not_negative(text: str) -> float:
     return value
 
 
+def _fees_bps(text: str) -> float:
+    """`paper-venue --fees-bps`: within the bounds of the account key `fees_bps`, so the
+    venue never charges a fee the runtime must refuse."""
+    from policyc.dsl.risk_keys import ACCOUNT_KEYS
+
+    value, key = _real(text), ACCOUNT_KEYS["fees_bps"]
+    if not key.bounds.admit(value):
+        raise argparse.ArgumentTypeError(f"must be {key.rule}, not {text}")
+    return value
+
+
 _DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ms|s|m|h)")
 _SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+_MAX_DURATION_S = (2**63 - 1) // 10**9
 
 
 def _duration(text: str) -> float:
@@ -380,6 +394,9 @@ def _duration(text: str) -> float:
         seconds = sum(float(a) * _SECONDS[b] for a, b in parts)
     if not (math.isfinite(seconds) and seconds > 0):
         raise argparse.ArgumentTypeError(f"a duration must be above 0, got `{text}`")
+    if seconds > _MAX_DURATION_S:  # every duration becomes int64 nanoseconds somewhere
+        raise argparse.ArgumentTypeError(f"a duration must be at most {_MAX_DURATION_S:,.0f} s (292 years), "
+                                         f"got `{text}`")
     return seconds
 
 
@@ -606,12 +623,15 @@ def _add_account(p: argparse.ArgumentParser):
 
 
 def _account_overrides(args) -> dict:
+    """The account options given, checked against the bounds of their account keys."""
+    from policyc.dsl.risk_keys import ACCOUNT_KEYS
+
     out = {}
     for key, value in (("fees_bps", args.fees_bps), ("slippage_bps", args.slippage_bps),
                        ("initial_equity", args.initial_equity)):
         if value is not None:
-            if not math.isfinite(value) or value < 0 or (key == "initial_equity" and value <= 0):
-                raise _UsageError(f"--{key.replace('_', '-')} must be a number {'above' if key == 'initial_equity' else 'of at least'} 0")
+            if not ACCOUNT_KEYS[key].bounds.admit(value):
+                raise _UsageError(f"--{key.replace('_', '-')} must be {ACCOUNT_KEYS[key].rule}, not {value:g}")
             out[key] = value
     return out
 

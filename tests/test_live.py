@@ -125,6 +125,11 @@ def test_intents_and_control_need_the_token_and_answer_each_message(policy, shor
             with pytest.raises(ConnectionClosed) as closed:
                 await ws.recv()
             answers["bad_token"] = closed.value.rcvd.code
+        twice = [("Authorization", f"Bearer {TOKEN}")] * 2  # used to raise in the handler: a traceback, nothing logged
+        async with connect(url, additional_headers=twice) as ws:
+            with pytest.raises(ConnectionClosed) as closed:
+                await ws.recv()
+            answers["two_tokens"] = closed.value.rcvd.code
         async with connect(url, additional_headers={"Authorization": f"Bearer {TOKEN}"}) as ws:
             await ws.send(json.dumps({"type": "intent", "id": "a1", "instrument": "ORCL", "target": 500}))
             answers["a1"] = json.loads(await ws.recv())
@@ -142,7 +147,7 @@ def test_intents_and_control_need_the_token_and_answer_each_message(policy, shor
 
     _, status, _, runtime = asyncio.run(run_stack(policy, short_data, tmp_path / "log.jsonl", monkeypatch,
                                                   pause_after=120, during_pause=drive))
-    assert answers["bad_token"] == 1008
+    assert answers["bad_token"] == answers["two_tokens"] == 1008
     a1 = answers["a1"]
     assert a1["type"] == "decision" and a1["id"] == "a1" and a1["policy_hash"] == policy.policy_hash
     assert a1["approved_target"] <= 120 and "max_position:clipped" in a1["reasons"]
@@ -151,5 +156,7 @@ def test_intents_and_control_need_the_token_and_answer_each_message(policy, shor
     assert answers["halt"]["halted"] is True
     assert answers["bad_control"]["type"] == "error"
     assert status["halted"] is True and status["bad_messages"] >= 3
-    kinds = [r["kind"] for r in read_log(tmp_path / "log.jsonl")]
+    records = read_log(tmp_path / "log.jsonl")
+    kinds = [r["kind"] for r in records]
     assert "halt" in kinds and "bad_message" in kinds
+    assert sum(r.get("source") == "auth" for r in records) == 2  # the wrong token and the token sent twice

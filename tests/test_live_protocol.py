@@ -207,3 +207,14 @@ def test_coinbase_times_are_exact_nanoseconds():
 def test_a_refused_number_is_shown_in_full():
     with pytest.raises(ProtocolError, match=r"^`price` is 1000000000000001.0: too large"):
         parse_feed(_tick(price=1_000_000_000_000_001), INSTRUMENTS)
+
+
+def test_a_parser_defect_is_a_bad_message_for_its_frame_alone(monkeypatch):
+    from policyc.runtime.live import protocol
+
+    def broken(msg, instruments):
+        raise KeyError("a check nobody wrote")
+
+    monkeypatch.setitem(protocol.FEED_PARSERS, "native", broken)
+    with pytest.raises(ProtocolError, match=r"^unreadable message: KeyError\('a check nobody wrote'\)$"):
+        parse_feed(_tick(), INSTRUMENTS)

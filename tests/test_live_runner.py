@@ -309,3 +309,28 @@ def test_the_session_record_says_the_clock_skew_and_feed_silence_the_run_uses(po
     (session,) = [orjson.loads(line) for line in log.read_bytes().splitlines()]
     assert (session["max_clock_skew_s"], session["max_feed_silence_s"]) == (0.5, 30.0)
     assert (runtime.core.max_clock_skew_ns, runtime.core.max_feed_silence_ns) == (500_000_000, 30_000_000_000)
+
+
+def test_an_answer_the_core_cannot_handle_does_not_cost_the_fills_after_it(rt, monkeypatch):
+    """A defect in handling one venue answer (here: the core raising on an id) is a counted
+    bad message; the real fill in the same read is still applied."""
+    tick(rt, 0)
+    oid = orders(rt.venue)[0]["client_order_id"]
+    handle = rt.core.venue_reply
+
+    def defective(reply):
+        if reply.client_order_id == "poison":
+            raise ValueError("a defect")
+        handle(reply)
+
+    monkeypatch.setattr(rt.core, "venue_reply", defective)
+    answer(rt, fill("poison", 1), fill(oid, 10))
+    assert rt.engine.position("ORCL") == 10 and rt.counters.bad_messages == 1
+    (bad,) = [r for r in json_records(rt) if r["kind"] == "bad_message"]
+    assert bad["reason"] == "internal error handling a `fill` for 'poison': ValueError('a defect')"
+
+
+def json_records(rt):
+    from policyc.runtime.live.audit import read_log
+
+    return read_log(rt.log.path)

@@ -169,7 +169,7 @@ RULES = {
     "stale_after": "a duration above 0 such as `2s`",
     "max_position": "a number above 0",
     "max_orders_per_day": "a whole number 0 or more",
-    "fees_bps": "a number 0 or more",
+    "fees_bps": "a number 0 or more and at most 10000",
     "long_only": "true or false",
 }
 

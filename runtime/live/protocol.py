@@ -7,6 +7,7 @@ which the runtime counts and logs as `bad_message`. Nothing here does I/O.
 """
 from __future__ import annotations
 
+import functools
 import math
 import re
 from datetime import datetime, timedelta, timezone
@@ -153,6 +154,21 @@ def _instrument(msg: dict, key: str, instruments) -> str:
     return name
 
 
+def _one_frame(parse):
+    """A parser whose every failure is a ProtocolError for its frame alone: an exception
+    the checks did not foresee (a defect) must not cost the other frames of the read."""
+    @functools.wraps(parse)
+    def guarded(frame, *args, **kwargs):
+        try:
+            return parse(frame, *args, **kwargs)
+        except ProtocolError:
+            raise
+        except Exception as exc:
+            raise ProtocolError(f"unreadable message: {exc!r}"[:300]) from exc
+    return guarded
+
+
+@_one_frame
 def parse_feed(frame: str | bytes, instruments, fmt: str = "native") -> list[Market | Input]:
     """Every message of a market-data frame (a batch is a JSON array); one bad message
     rejects the whole frame, so a batch is never half applied."""
@@ -247,6 +263,7 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 FEED_PARSERS = {"native": _native, "binance": _binance, "coinbase": _coinbase}
 
 
+@_one_frame
 def parse_intent(frame: str | bytes, instruments) -> Intent | Input:
     msg = _object(decode(frame))
     kind = msg.get("type")
@@ -271,6 +288,7 @@ def message_id(frame: str | bytes) -> str | None:
     return ident if isinstance(ident, str) else None
 
 
+@_one_frame
 def parse_control(frame: str | bytes) -> Control:
     msg = _object(decode(frame))
     kind = msg.get("type")
@@ -280,6 +298,7 @@ def parse_control(frame: str | bytes) -> Control:
     return Control(kind, reason if isinstance(reason, str) else "")
 
 
+@_one_frame
 def parse_venue(frame: str | bytes) -> VenueReply:
     msg = _object(decode(frame))
     kind = msg.get("type")

@@ -195,13 +195,19 @@ class LiveRuntime:
 
     # ---- venue --------------------------------------------------------------------
     def on_venue_messages(self, frames: list[bytes]) -> None:
+        """Each answer on its own: one the core cannot handle (a defect) is logged as a bad
+        message, and the fills after it in the same read are still applied."""
         for frame in frames:
             try:
                 reply = parse_venue(frame)
             except ProtocolError as exc:
                 self.bad_message("venue", str(exc))
                 continue
-            self.core.venue_reply(reply)
+            try:
+                self.core.venue_reply(reply)
+            except Exception as exc:  # anything rather than the loss of the answers after it
+                self.bad_message("venue", f"internal error handling a `{reply.type}` for "
+                                          f"{reply.client_order_id[:80]!r}: {exc!r}")
 
     # ---- control ------------------------------------------------------------------
     def halt(self, reason: str) -> None:
@@ -363,7 +369,7 @@ class LiveRuntime:
         expected = None if self.config.token is None else f"Bearer {self.config.token}"
 
         async def handler(ws):
-            if expected is None or ws.request.headers.get("Authorization") != expected:
+            if expected is None or ws.request.headers.get_all("Authorization") != [expected]:  # one header, the token
                 self.bad_message("auth", "wrong or missing token")
                 await ws.close(1008, "wrong or missing token")
                 return
