@@ -3,6 +3,10 @@
 The kernel does the trading; this module only prepares columns, runs the session in
 chunks (for a progress bar), and derives statistics a trader can check by hand:
 round-trip trades that add up to the P&L, drawdown from the equity curve, daily Sharpe.
+
+`run_through_order_core` runs the same events through the live order path instead (the
+order core, an engine in live mode, and a venue that fills by the backtest's fill model),
+to show which orders live order management makes of them.
 """
 from __future__ import annotations
 
@@ -14,6 +18,7 @@ import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -23,6 +28,10 @@ from policyc.compiler.semantics import NS_PER_DAY
 from policyc.dsl.diagnostics import did_you_mean
 
 from .data import ISO_FORMS, DataError, Table, load_table, merge
+from .engine import Engine
+from .fills import Fill, FillBook, FillModel
+from .live.protocol import Market, VenueReply
+from .orders import MAX_NS, OrderCore
 
 CHUNK = 1 << 20
 
@@ -175,6 +184,129 @@ def run_backtest(policy: CompiledPolicy, events: Events, mode: int = L.FILL_NEXT
     settings = {**policy.checked.account, **(account or {})}
     result = BacktestResult(policy, events, session.orders[: session.n_orders].copy(), equity, tr,
                             session.reason_counts, settings["initial_equity"], elapsed)
+    result.trades = round_trips(result)
+    return result
+
+
+def run_through_order_core(policy: CompiledPolicy, events: Events, mode: int = L.FILL_NEXT,
+                           account: dict | None = None, record: Callable[..., object] | None = None) -> BacktestResult:
+    """The backtest of `events` through the live order path, for both fill modes: each
+    event goes to an `OrderCore` over an `Engine` in layout.LIVE mode, as `policyc run`
+    hands its messages over, and every order the core sends goes to a venue that fills it
+    by the fill model of `mode` (`fills.FillBook`, with the policy's slippage and fees);
+    the venue's acks, fills and cancels go back into the core. Returns what `run_backtest`
+    returns (without a trace), its orders read from the core's decision log: the event
+    each was decided and filled on, quantity, decision price, targets, reasons, exit flag,
+    fill price and fee. `record(event, kind, ts, **fields)`, when given, gets every record
+    of that log as the core writes it, with the index of the event being handled.
+
+    Both clocks of the core read the time (ns) of the event being handled: the events
+    arrive as fast as their own timestamps say, so the core dates an intent, a halt or a
+    fill with that time, and a feed is never silent once a market event has come. The
+    venue is shown each market event with a usable price before the core is, so under
+    `next` the fills of the orders waiting for it come in first, as the kernel applies
+    them before the event. Event kinds map to the core's calls: market -> `market`,
+    intent -> `intent` (a target that is not a finite number -> `decide`: the kernel
+    keeps the desired target then, and the wire refuses such an intent), decide ->
+    `decide`, halt -> `halt`, resume -> `resume`; fills and rejects are refused
+    (ValueError): the venue makes those.
+
+    The orders are `run_backtest`'s, bit for bit, but where live order management differs
+    from the kernel's loop by design:
+    - the kill switch: from a decision that trips it, the core withdraws that decision's
+      orders, cancels the orders still waiting for a fill (under `next`) and decides
+      every instrument again at once, so each is liquidated at its last price, the trip's
+      reason in the `halt` and `risk` records rather than on the order; the kernel
+      liquidates each instrument at its next decision and lets the waiting orders fill.
+      A halt event likewise decides every instrument at once (as a `decide` of each after
+      it would in the kernel) and cancels the waiting orders;
+    - `next`: a fill reaches the engine before the event it filled at, so the engine
+      marks the account at the price before it, which can raise peak equity
+      (`max_drawdown`, `drawdown`), and a position it opens starts its trailing stop's
+      best price there;
+    - `same`: the exit of an exit and its re-entry on one event fills after both are
+      decided, so the re-entry's daily-loss and margin checks see the equity before the
+      exit's fees and slippage;
+    - a market event dated before its instrument's latest is refused (the venue still
+      fills at its price), and an intent before the first market event is reduce-only.
+    One kernel call per event, with Python around it: of the order of 100,000 events
+    per second, for checking a policy's order path rather than for research."""
+    if np.any((events.kind == L.FILL) | (events.kind == L.REJECT)):
+        raise ValueError("a backtest's events have no fills or rejects: the simulated venue makes them")
+    settings = {**policy.checked.account, **(account or {})}
+    engine = Engine(policy, L.LIVE, account)
+    book = FillBook(FillModel.of(settings), mode)
+    names, columns = policy.instruments, policy.columns
+    reason_bit = {name: k for k, name in enumerate(policy.reason_names)}
+    now = 0                          # the time (ns) of the event being handled: both clocks of the core
+    current = 0                      # its index in `events`
+    outbox: list[dict] = []          # what the core sent and the venue has not answered yet
+    rows: dict[str, list] = {}       # client_order_id -> its order row, in the order sent
+
+    def log(kind: str, ts: int | None = None, **fields) -> None:
+        if kind == "order":
+            rows[fields["client_order_id"]] = [
+                current, names.index(fields["instrument"]), fields["qty"], fields["price"],
+                fields["approved_target"], fields["desired_target"],
+                float(sum(1 << reason_bit[r] for r in fields["reasons"])), float(fields["exit"]),
+                -1.0, math.nan, math.nan]
+        elif kind == "fill":  # the venue fills each order whole, once
+            row = rows[fields["client_order_id"]]
+            row[L.O_FILL_EVENT], row[L.O_FILL_PRICE], row[L.O_FEE] = current, fields["price"], fields["fee"]
+        if record is not None:
+            record(current, kind, ts, **fields)
+
+    core = OrderCore(engine, f"{policy.name}-backtest", lambda message, _: outbox.append(message), log,
+                     max_clock_skew_s=0.0, max_feed_silence_s=MAX_NS / 1e9,
+                     wall_ns=lambda: now, monotonic_ns=lambda: now)
+    core.feed_connected()
+
+    def filled(fills: list[Fill]) -> None:
+        for f in fills:
+            core.venue_reply(VenueReply("fill", f.client_order_id, qty=abs(f.qty), price=f.price, fee=f.fee, ts=f.ts))
+
+    def answer() -> None:
+        """The venue answers what the core sent, which may send more (a fill that beat its cancel)."""
+        while outbox:
+            msg = outbox.pop(0)
+            oid = msg["client_order_id"]
+            if msg["type"] == "cancel":
+                if book.cancel(oid):
+                    core.venue_reply(VenueReply("reject", oid, reason="cancelled"))
+                continue
+            core.venue_reply(VenueReply("ack", oid))
+            qty = msg["qty"] if msg["side"] == "buy" else -msg["qty"]
+            fill = book.order(oid, msg["instrument"], qty, msg.get("event_ts"))
+            if fill is not None:
+                filled([fill])
+
+    n = len(events)
+    equity = np.empty(n)
+    t0 = time.perf_counter()
+    for e in range(n):
+        current, now, kind = e, int(events.ts[e]), int(events.kind[e])
+        name, row = names[int(events.inst[e])], events.vals[e].tolist()
+        if kind == L.MARKET:
+            if 0.0 < row[0] < math.inf:  # a price the kernel takes (vals[:, 0] is `price`)
+                filled(book.market(name, now, row[0]))
+            core.market([Market(name, now, dict(zip(columns, row)))])
+        elif kind == L.INTENT:
+            if math.isfinite(row[0]):
+                core.intent(name, row[0])
+            else:
+                core.decide(name)
+        elif kind == L.DECIDE:
+            core.decide(name)
+        elif kind == L.HALT:
+            core.halt("halt event")
+        elif kind == L.RESUME:
+            core.resume()
+        answer()
+        equity[e] = engine.equity
+    elapsed = time.perf_counter() - t0
+    orders = np.array(list(rows.values()), dtype=np.float64).reshape(-1, L.ORDER_WIDTH)
+    result = BacktestResult(policy, events, orders, equity, None, engine.session.reason_counts,
+                            settings["initial_equity"], elapsed)
     result.trades = round_trips(result)
     return result
 

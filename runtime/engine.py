@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from policyc.compiler import layout as L
-from policyc.compiler.build import CompiledPolicy, Events
+from policyc.compiler.build import CompiledPolicy, Events, Session
 from policyc.compiler.builtins import MARKET_FIELDS
 
 
@@ -23,7 +23,9 @@ class Decision:
 
     An event makes at most two orders: when a protective exit meets an opposite target,
     the exit leaves on its own (this Decision: `is_exit`, `order_qty` the exit) and the
-    re-entry, checked like any order, is `then` (is_exit False). Otherwise `then` is None."""
+    re-entry, checked like any order, is `then` (is_exit False); each carries its own
+    reasons, and one whose order the risk steps blocked has `order_qty` 0. Otherwise
+    `then` is None."""
 
     instrument: str
     ts: int
@@ -52,11 +54,17 @@ def _check_timestamp(ts) -> None:
 class Engine:
     """Drives a compiled policy one event at a time. `mode` is layout.LIVE (fills come
     from a venue) or a backtest fill mode. Each call is a batch of one event, so the
-    event columns of `session.orders` are 0; `Decision` carries the timestamp instead."""
+    event columns of `session.orders` are 0; `Decision` carries the timestamp instead.
 
-    def __init__(self, policy: CompiledPolicy, mode: int = L.LIVE, account: dict | None = None):
+    `session` is the state and the back end the events run through: by default a fresh
+    `policy.session(mode, account)` over the compiled kernel; anything with `Session`'s
+    `feed`, `orders`, `n_orders`, `pstate` and `acct` can stand in for it (the tests run
+    the reference interpreter behind an Engine this way)."""
+
+    def __init__(self, policy: CompiledPolicy, mode: int = L.LIVE, account: dict | None = None, *,
+                 session: Session | None = None):
         self.policy = policy
-        self.session = policy.session(mode, account)
+        self.session = policy.session(mode, account) if session is None else session
         self.index = {name: k for k, name in enumerate(policy.instruments)}
         self._names, self._reason_names = policy.instruments, policy.reason_names
         self._trip_mask = sum(1 << k for k, name in enumerate(self._reason_names)
@@ -67,7 +75,7 @@ class Engine:
         self._n_columns = max(len(policy.columns), 3)
         self.latest_inputs = np.full((len(policy.instruments), self._n_columns), np.nan)
         self._blank_rows: dict[int, list] = {}
-        self._price_columns = [self.columns[c] for c in ("price", "close") if c in self.columns]
+        self._price_columns = [(c, self.columns[c]) for c in ("price", "close") if c in self.columns]
         # every name a market event may carry -> its column, or None when the policy does not read it
         self._field_slots = {**dict.fromkeys(MARKET_FIELDS), **self.columns}
         self._grow(1)
@@ -149,29 +157,32 @@ class Engine:
 
     def _decision(self, row: int, inst: int, ts: int, price: float, orders: list | None) -> Decision | None:
         """The Decision of trace row `row`, whose event made `orders` (None, or one or two
-        order rows)."""
+        order rows). When a protective exit met an opposite target the decision has two
+        legs, the exit and the re-entry, and each Decision carries its own leg's order
+        and reasons; a leg that made no order has order_qty 0 and the reasons the other
+        leg's order lacks. (A single decision's order row has exactly the decision's
+        reasons: one order row with others is one leg of two.)"""
         desired, position, target, order_qty, reasons = self._trace[row, :L.T_EQUITY].tolist()
         if desired != desired:
             return None  # the engine made no decision (e.g. a price it ignores)
-        then = None
-        is_exit = bool(orders and orders[0][L.O_EXIT])
-        if orders and len(orders) == 2:  # an exit and its re-entry: each Decision describes its own order
-            exit_, entry = orders[0].tolist(), orders[1].tolist()
-            then = Decision(
-                instrument=self._names[inst], ts=ts, price=price, desired_target=desired,
-                approved_target=entry[L.O_TARGET], position=position, order_qty=entry[L.O_QTY],
-                reasons=self._reasons(entry[L.O_REASONS]), is_exit=bool(entry[L.O_EXIT]),
-                trips_kill_switch=bool(int(entry[L.O_REASONS]) & self._trip_mask))
-            target, order_qty = exit_[L.O_TARGET], exit_[L.O_QTY]
-            mine = exit_[L.O_REASONS]
-        else:
-            mine = reasons
-        return Decision(
-            instrument=self._names[inst], ts=ts, price=price,
-            desired_target=desired, approved_target=target, position=position, order_qty=order_qty,
-            reasons=self._reasons(mine), is_exit=is_exit,
-            trips_kill_switch=bool(int(reasons) & self._trip_mask), then=then,
-        )
+        name, mask = self._names[inst], int(reasons)
+        trips = bool(mask & self._trip_mask)
+        if orders and (len(orders) == 2 or int(orders[0][L.O_REASONS]) != mask):
+            legs = [(o[L.O_TARGET], o[L.O_QTY], int(o[L.O_REASONS]), bool(o[L.O_EXIT]))
+                    for o in (order.tolist() for order in orders)]
+            if len(legs) == 1:
+                leg_target, leg_qty, leg_mask, leg_exit = legs[0]
+                if leg_exit:  # the re-entry made no order
+                    legs.append((target, 0.0, mask & ~leg_mask, False))
+                else:  # the exit made none (blocked): the re-entry left from where the exit started
+                    legs.insert(0, (leg_target - leg_qty, 0.0, mask & ~leg_mask, True))
+            (exit_target, exit_qty, exit_mask, exit_flag), (entry_target, entry_qty, entry_mask, entry_flag) = legs
+            then = Decision(name, ts, price, desired, entry_target, position, entry_qty, self._reasons(entry_mask),
+                            entry_flag, bool(entry_mask & self._trip_mask))
+            return Decision(name, ts, price, desired, exit_target, position, exit_qty, self._reasons(exit_mask),
+                            exit_flag, trips, then)
+        return Decision(name, ts, price, desired, target, position, order_qty, self._reasons(mask),
+                        bool(orders and orders[0][L.O_EXIT]), trips)
 
     def _single(self, inst: int, ts: int, before: int, after: int) -> Decision | None:
         return self._decision(0, inst, ts, self.session.pstate[inst, L.P_LAST].item(),
@@ -190,7 +201,8 @@ class Engine:
 
     def _market_values(self, inst: int, fields: dict) -> tuple[list, float]:
         """Validate one market event's fields into a row of event values and its price,
-        or raise EngineError."""
+        or raise EngineError. `price` and `close` stand in for each other where the event
+        does not carry one (a tick has no close); a value it carries is kept as it is."""
         price = fields.get("price", fields.get("close"))
         if not (price.__class__ is float and 0.0 < price < math.inf):  # the usual case first
             if price is None or isinstance(price, bool) or not isinstance(price, (int, float)) \
@@ -205,8 +217,8 @@ class Engine:
             if column < 0:
                 raise EngineError(f"unknown field `{name}`")
             values[column] = value
-        for column in self._price_columns:
-            if values[column] != values[column]:
+        for name, column in self._price_columns:
+            if name not in fields:
                 values[column] = price
         return values, float(price)
 

@@ -247,7 +247,9 @@ class OrderCore:
                     approved_target=d.approved_target, **extra)
 
     def _send_order(self, d: Decision, event_sent_ns: int | None, on_market: bool) -> None:
-        """The message goes out first, then the log record."""
+        """Write ahead: the order joins the open-order table and its log record is written
+        before its message is sent, so every order that reaches the venue has a record (a
+        stop between the two leaves a record of an order never sent, never the reverse)."""
         self.counters.orders += 1
         oid = f"{self.order_prefix}-{self.counters.orders:06d}"
         msg = {"type": "order", "client_order_id": oid, "instrument": d.instrument,
@@ -259,10 +261,10 @@ class OrderCore:
             msg["event_ts"] = d.ts
         self.unacked.add(oid)
         self.open[oid] = OpenOrder(d.instrument, d.order_qty, d.order_qty, msg, d.is_exit)
-        self.send(msg, event_sent_ns)
         self.record("order", ts=d.ts, client_order_id=oid, instrument=d.instrument, qty=d.order_qty, price=d.price,
                     desired_target=d.desired_target, approved_target=d.approved_target, reasons=d.reasons,
                     exit=d.is_exit)
+        self.send(msg, event_sent_ns)
 
     # The engine counts open quantity from the decision to the venue's fill or reject (its
     # `reject` event releases it). While the kill switch cancels an order, its quantity is

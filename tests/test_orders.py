@@ -265,6 +265,28 @@ def test_a_stop_that_meets_an_opposite_target_leaves_as_the_exit_then_the_re_ent
     assert rig.open_qty() == rig.core.open_quantity("ORCL") == -20.0
 
 
+def test_each_orders_record_is_written_before_its_message_is_sent():
+    """Write ahead: an order's log record is written before its message is handed to
+    `send`, for the exit and the re-entry of one event and for the flattening after a
+    fill that beat its cancel alike."""
+    rig = Rig(compiled(FLIP, "flip.yaml"))
+    trail = []
+    record, send = rig.core.record, rig.core.send
+    rig.core.record = lambda kind, ts=None, **fields: (trail.append(("logged", kind, fields.get("client_order_id"))),
+                                                      record(kind, ts, **fields))
+    rig.core.send = lambda message, sent_ns: (trail.append(("sent", message["type"], message["client_order_id"])),
+                                             send(message, sent_ns))
+    rig.tick(T, 100.0)
+    rig.answer("fill", rig.orders()[0]["client_order_id"], 10.0, 100.0)
+    rig.tick(T + S, 90.0)                           # the stop's exit, then the re-entry
+    rig.core.halt("operator halt")                  # cancels the re-entry; the exit stays
+    rig.answer("fill", rig.orders()[2]["client_order_id"], 10.0, 90.0)  # the re-entry beat its cancel: flattened
+    orders = [step for step in trail if step[1] == "order"]
+    assert [oid for _, _, oid in orders] == [f"p-1-{n:06d}" for n in (1, 1, 2, 2, 3, 3, 4, 4)]
+    assert [done for done, _, _ in orders] == ["logged", "sent"] * 4
+    assert ("sent", "cancel", "p-1-000003") in trail
+
+
 # ---- event time: forward only, never from the future -------------------------------------------------------------
 
 ORDERS_PER_DAY = """

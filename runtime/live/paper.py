@@ -1,11 +1,12 @@
 """`policyc paper-venue`: a venue to trade against without an exchange account.
 
-It subscribes to a market-data feed, acknowledges market orders and fills them at the
-last price of that feed (after an optional latency, during which a `cancel` still
-stops them), charges fees in basis points, and answers a `client_order_id` it has seen
-before, in an order or a cancel, with exactly what it answered so far, executing
-nothing twice. It records
-tick-to-order latency from `event_sent_ns`.
+It subscribes to a market-data feed, acknowledges market orders and fills them by the
+`same` fill model of `runtime/fills.py` (at the price of the market event each was
+decided on, or the feed's last price), after an optional latency during which a
+`cancel` still stops them, charges fees in basis points, and answers a
+`client_order_id` it has seen before, in an order or a cancel, with exactly what it
+answered so far, executing nothing twice. It records tick-to-order latency from
+`event_sent_ns`.
 """
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 
+from ..fills import Fill, FillBook, FillModel
 from . import transport
 from .protocol import MAX_FRAME_BYTES, Input, ProtocolError, decode, encode, parse_feed
 
@@ -28,20 +30,33 @@ class PaperVenue:
     fees_bps: float = 0.0
     latency_ms: float = 0.0
     feed_format: str = "native"
-    last_price: dict = field(default_factory=dict)
     replies: dict = field(default_factory=dict)       # client_order_id -> replies sent so far
     pending: dict = field(default_factory=dict)       # client_order_id -> order waiting out the latency
     fills: list = field(default_factory=list)
     latencies_ns: deque = field(default_factory=lambda: deque(maxlen=100_000))  # the latest orders
     rejected: int = 0
     next_id: int = 0
-    last_ts: dict = field(default_factory=dict)       # instrument -> ts (ns) of its last feed event
-    behind: dict = field(default_factory=dict)        # client_order_id -> order waiting for the feed
+    behind: dict = field(default_factory=dict)        # client_order_id -> order waiting for the feed, on the book
+    book: FillBook = field(init=False, repr=False)    # the feed's prices and the orders waiting for them
+
+    def __post_init__(self):
+        self.book = FillBook(FillModel(fees_bps=self.fees_bps))  # `same`; no slippage: a fill at the feed's price
+
+    @property
+    def last_price(self) -> dict:
+        """Instrument (as the feed names it) -> its last price."""
+        return self.book.last_price
+
+    @property
+    def last_ts(self) -> dict:
+        """Instrument (as the feed names it) -> the time (ns) of its last feed event."""
+        return self.book.last_ts
 
     def on_feed(self, frames: list) -> list[dict]:
-        """Remember the last price and event time of each instrument; a frame it cannot
-        read is skipped (the runtime, not the venue, answers for bad market data).
-        Returns the fills of orders that were waiting for this feed to reach their `ts`."""
+        """Show every market event to the book, in order; a frame it cannot read is
+        skipped (the runtime, not the venue, answers for bad market data). Returns the
+        fills of orders that were waiting for the feed to reach their `event_ts`."""
+        fills = []
         for frame in frames:
             try:
                 items = parse_feed(frame, _Anything(), self.feed_format)
@@ -49,17 +64,9 @@ class PaperVenue:
                 continue
             for item in items:
                 if not isinstance(item, Input):
-                    self.last_price[item.instrument] = item.fields["price"]
-                    self.last_ts[item.instrument] = item.ts
-        return [fill for oid in list(self.behind) if not self._feed_behind(self.behind[oid])
-                for fill in self.execute(oid, self.behind.pop(oid))]
-
-    def _feed_behind(self, msg: dict) -> bool:
-        """The venue's own feed has not yet brought the market event the order was
-        decided on (`event_ts`; the runtime's copy of the feed can be ahead of the venue's)."""
-        ts = msg.get("event_ts")
-        last = self.last_ts.get(self._priced_as(msg.get("instrument")))
-        return isinstance(ts, int) and (last is None or last < ts)
+                    for fill in self.book.market(item.instrument, item.ts, item.fields["price"]):
+                        fills.append(self._filled(self.behind.pop(fill.client_order_id), fill))
+        return fills
 
     def on_order(self, frame) -> list[dict]:
         """Replies due now to one order or cancel message."""
@@ -97,7 +104,7 @@ class PaperVenue:
             return "bad side or qty"
         if msg.get("order_type", "market") != "market":
             return "only market orders"
-        if self.price_of(msg.get("instrument")) is None and not isinstance(msg.get("event_ts"), int):
+        if self.price_of(msg.get("instrument")) is None and _event_ts(msg) is None:
             return f"no price for {msg.get('instrument')}"
         return ""
 
@@ -113,34 +120,43 @@ class PaperVenue:
         return self.last_price.get(self._priced_as(instrument))
 
     def execute(self, oid: str, msg: dict | None = None, wait: bool = True) -> list[dict]:
-        """Fill a pending order at the instrument's last price; nothing if it was
-        cancelled. An order decided on an event the venue's feed has not brought yet
-        waits for it (`on_feed` fills it then), so it fills at that event's price;
-        `wait=False` ends the wait (`FEED_WAIT_S`): the last price, or a reject without one."""
-        msg = msg or self.pending.pop(oid, None)
-        if msg is None:
-            return []
-        if wait and self._feed_behind(msg):
-            self.behind[oid] = msg
-            return []
-        price = self.price_of(msg["instrument"])
-        if price is None:
+        """Hand an order done waiting out its latency to the book (nothing if it was
+        cancelled): it fills at the price of the event it was decided on, at once when
+        the venue's feed has brought that event, else when `on_feed` brings it.
+        `wait=False` ends that wait (`FEED_WAIT_S`): the last price, or a reject without one."""
+        if not wait:
+            fill = self.book.fill_now(oid)
+            if fill is not None:
+                return [self._filled(msg, fill)]
             reply = {"type": "reject", "client_order_id": oid, "reason": f"no price for {msg['instrument']}"}
             self.replies[oid].append(reply)
             return [reply]
-        qty = msg["qty"]
-        fee = abs(qty) * price * self.fees_bps / 1e4
-        fill = {"type": "fill", "client_order_id": oid, "qty": qty, "price": price, "fee": fee, "ts": time.time_ns()}
-        self.replies[oid].append(fill)
-        self.fills.append({**fill, "instrument": msg["instrument"], "side": msg["side"]})
-        return [fill]
+        msg = msg or self.pending.pop(oid, None)
+        if msg is None:
+            return []
+        qty = msg["qty"] if msg["side"] == "buy" else -msg["qty"]
+        fill = self.book.order(oid, self._priced_as(msg["instrument"]), qty, _event_ts(msg))
+        if fill is None:
+            self.behind[oid] = msg
+            return []
+        return [self._filled(msg, fill)]
+
+    def _filled(self, msg: dict, fill: Fill) -> dict:
+        """The `fill` reply of an order (`msg`) the book filled, remembered and returned."""
+        oid = fill.client_order_id
+        reply = {"type": "fill", "client_order_id": oid, "qty": msg["qty"], "price": fill.price, "fee": fill.fee,
+                 "ts": time.time_ns()}
+        self.replies[oid].append(reply)
+        self.fills.append({**reply, "instrument": msg["instrument"], "side": msg["side"]})
+        return reply
 
     def _cancel(self, oid: str) -> list[dict]:
         """A pending order is cancelled and answered with a `reject`. For an order that is
         already done the answer is what it was answered so far (so a fill lost with a
         connection is learnt from a cancel too), and an unknown order is rejected: after
         a cancel, the runtime knows how every order ended."""
-        if self.pending.pop(oid, None) is not None or self.behind.pop(oid, None) is not None:
+        if self.pending.pop(oid, None) is not None or self.book.cancel(oid):
+            self.behind.pop(oid, None)
             reply = {"type": "reject", "client_order_id": oid, "reason": "cancelled"}
             self.replies[oid].append(reply)
             return [reply]
@@ -154,6 +170,12 @@ class PaperVenue:
         xs = sorted(self.latencies_ns)
         pick = lambda q: xs[min(len(xs) - 1, int(q * len(xs)))] / 1e3
         return {"p50_us": pick(0.5), "p99_us": pick(0.99), "n": len(xs)}
+
+
+def _event_ts(msg: dict) -> int | None:
+    """The `event_ts` of an order (ns), None when it has none or it is not an integer."""
+    ts = msg.get("event_ts")
+    return ts if isinstance(ts, int) and not isinstance(ts, bool) else None
 
 
 class _Anything:
