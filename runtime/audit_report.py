@@ -108,13 +108,14 @@ def _date(ts) -> str:
 
 def _by(record: dict) -> str:
     """Who tripped or resumed the kill switch: the control's role when the log names it,
-    the policy for a decision's reason codes, otherwise the runtime or an operator."""
+    the policy for a decision's reason codes, the runtime for a flatten on exit or a venue
+    break, otherwise an operator."""
     if record.get("role"):
         return str(record["role"])
     reason = str(record.get("reason", ""))
     if record["kind"] == "halt" and ":halt" in reason:
         return "policy"
-    if reason == "flatten on exit":
+    if reason == "flatten on exit" or reason.startswith("venue_break:"):
         return "runtime"
     return "operator"
 

@@ -97,6 +97,7 @@ class OrderCore:
         self.connected_ns = 0                   # monotonic time it opened
         self.heard_ns: int | None = None        # monotonic time of its latest accepted market event, None before one
         self.silent_since_ns: int | None = None  # while a silence is logged: monotonic time it began
+        self.rejected: set[str] = set()         # the orders the venue rejected: a later fill of one is a break
 
     # ---- time --------------------------------------------------------------------
     def now_for(self, instrument: str) -> int:
@@ -131,14 +132,17 @@ class OrderCore:
         now = self.monotonic_ns()
         horizon = self.wall_ns() + self.max_clock_skew_ns
         last_ts, arrived = self.last_ts, self.arrived_ns
-        fresh = []
+        fresh, advanced = [], False
         for item in batch:
             instrument, ts = item[0], item[1]
             before = last_ts.get(instrument, -1)
-            if before <= ts <= horizon:  # the usual case: time goes on and stays in the present
+            if before < ts <= horizon:  # the usual case: time goes on and stays in the present
                 last_ts[instrument] = ts
                 arrived[instrument] = now
                 fresh.append(item)
+                advanced = True
+            elif ts == before:  # another event at the same time: acted on, but it does not make the
+                fresh.append(item)  # feed live or restart the instrument's clock (a stuck relay repeats one)
             elif ts < before:
                 self.bad_message("feed", f"{instrument}: event time {ts} is before the instrument's latest event "
                                          f"at {before} ({(before - ts) / 1e9:g} s earlier): refused",
@@ -150,10 +154,11 @@ class OrderCore:
                                          "refused", event_ts=ts, wall_ts=wall)
         if not fresh:
             return
-        self.heard_ns = now
-        if self.silent_since_ns is not None:
-            self.record("feed_live", ts=fresh[0][1], silent_s=(now - self.silent_since_ns) / 1e9)
-            self.silent_since_ns = None
+        if advanced:
+            self.heard_ns = now
+            if self.silent_since_ns is not None:
+                self.record("feed_live", ts=fresh[0][1], silent_s=(now - self.silent_since_ns) / 1e9)
+                self.silent_since_ns = None
         results = self.engine.market_many(fresh, actionable_only=True)
         decisions, refused = [], 0
         for item, result in zip(fresh, results):
@@ -356,6 +361,8 @@ class OrderCore:
         if order is None:
             if reply.type == "fill" and not self._sent_by_us(oid):
                 self.bad_message("venue", f"fill for an order this runtime did not send: {oid}")
+            elif reply.type == "fill" and oid in self.rejected:
+                self._venue_break(f"fill of {reply.qty:g} for {oid} after the venue rejected it")
             return  # an answer about an order already done
         instrument, left = order.instrument, order.left
         ts = self.now_for(instrument)
@@ -365,6 +372,7 @@ class OrderCore:
             if not order.withdrawn:
                 self._withdraw(instrument, ts, left)
             del self.open[oid]
+            self.rejected.add(oid)
             self.record("reject", ts=said, client_order_id=oid, instrument=instrument, qty=left, reason=reply.reason)
             return
         order.fills_seen += 1
@@ -372,7 +380,8 @@ class OrderCore:
             return  # a fill answered again after a resend: applied already
         sign = 1.0 if left > 0 else -1.0
         qty = min(reply.qty, abs(left)) * sign
-        if reply.qty > abs(left):  # the venue says it filled more than was open: apply what was open
+        overfilled = reply.qty > abs(left)
+        if overfilled:  # the venue says it filled more than was open: apply what was open
             self.record("overfill", ts=said, client_order_id=oid, instrument=instrument, venue_qty=reply.qty * sign,
                         qty=qty)
         if order.withdrawn:  # it filled before its cancel: a real position again
@@ -389,11 +398,22 @@ class OrderCore:
                     fee=reply.fee, position=self.engine.position(instrument), equity=self.engine.equity)
         if order.withdrawn and self.engine.halted:  # flatten what that fill left
             self.decide(instrument)
+        if overfilled:
+            self._venue_break(f"the venue filled {reply.qty:g} of {oid}, {abs(left):g} of which was open")
+
+    def _venue_break(self, what: str) -> None:
+        """The venue's answers contradict what it was sent, so its position and this
+        runtime's may differ: the kill switch trips (`venue_break`), until an operator
+        has compared the two and resumes."""
+        self.bad_message("venue", what)
+        if not self.engine.halted:
+            self.halt(f"venue_break: {what}")
 
     def _sent_by_us(self, oid: str) -> bool:
         """Order ids are this run's prefix and a sequence number: no set of past ids to keep."""
         head, _, number = oid.rpartition("-")
-        return head == self.order_prefix and number.isdigit() and 0 < int(number) <= self.counters.orders
+        return (head == self.order_prefix and number.isascii() and number.isdigit()  # `²` is a digit to isdigit
+                and 0 < int(number) <= self.counters.orders)
 
     # ---- refusals ------------------------------------------------------------------
     def bad_message(self, source: str, reason: str, **fields) -> None:

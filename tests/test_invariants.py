@@ -217,6 +217,7 @@ class Order:
     left: float         # signed, not filled yet
     fills: int = 0      # distinct venue fills applied
     done: bool = False  # filled (up to DONE) or rejected
+    rejected: bool = False
     cancelling: bool = False
     withdrawn: bool = False
 
@@ -360,7 +361,7 @@ class LimitsMachine(RuleBasedStateMachine):
         if o is None or o.done or msg["type"] == "ack":
             return
         if msg["type"] == "reject":
-            o.done = True
+            o.done = o.rejected = True
             return
         if fill_no is None:
             raise RuntimeError("test harness: a bogus fill for an open order")
@@ -849,9 +850,12 @@ class LimitsMachine(RuleBasedStateMachine):
     @precondition(lambda self: self.venue_up)
     @rule(kind=st.sampled_from(BOGUS_VENUE), k=st.integers(0, 63))
     def venue_bogus(self, kind, k):
-        """Answers about nothing the venue holds, or malformed: nothing changes."""
-        done = [o.oid for o in self.orders.values() if o.done]
-        some = done[k % len(done)] if done else "nobody-000001"
+        """Answers about nothing the venue holds, or malformed: nothing changes. Except a
+        fill for an order the venue rejected: a break in the venue's own story, which
+        trips the kill switch and applies nothing."""
+        done = [o for o in self.orders.values() if o.done]
+        order = done[k % len(done)] if done else None
+        some = order.oid if order else "nobody-000001"
         frame = {
             "fill_unknown": {"type": "fill", "client_order_id": "nobody-000001", "qty": 1.0, "price": 50.0},
             "fill_ours_not_sent": {"type": "fill", "client_order_id": f"{self.prefix}-999999", "qty": 1.0,
@@ -872,9 +876,12 @@ class LimitsMachine(RuleBasedStateMachine):
         else:
             raw = {"fill_nan": f'{{"type":"fill","client_order_id":"{some}","qty":NaN,"price":50.0}}',
                    "not_json": "fill!", "not_an_object": "[1, 2]"}[kind].encode()
-        before = self._state()
+        before, positions = self._state(), self.rt.engine.positions()
         self._step("venue", lambda: self.rt.on_venue_messages([raw]))
-        assert self._state() == before, f"a bogus venue answer ({kind}) changed the runtime's state"
+        if kind == "fill_done" and order and order.rejected:
+            assert self.rt.engine.halted and self.rt.engine.positions() == positions, "a fill after a reject"
+        else:
+            assert self._state() == before, f"a bogus venue answer ({kind}) changed the runtime's state"
 
 
 def test_every_limit_holds_after_every_random_step(capsys, tmp_path):

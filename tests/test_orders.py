@@ -116,17 +116,52 @@ def test_fills_answered_again_after_a_reconnect_are_applied_once(guard):
     assert rig.engine.position("ORCL") == 40.0 and not rig.core.open and rig.core.counters.fills == 2
 
 
-def test_an_overfill_applies_what_was_open_and_is_logged_with_the_venues_quantity(guard):
+def test_an_overfill_applies_what_was_open_is_logged_with_the_venues_quantity_and_trips_the_kill_switch(guard):
+    """The venue now holds 45 more than this runtime applied: a break that only an
+    operator comparing the two can resolve, so nothing new goes out until a resume."""
     rig = Rig(guard)
     rig.tick(T)
     rig.intent(-40)
     oid = rig.orders()[0]["client_order_id"]
     rig.answer("fill", oid, 25.0)
     rig.answer("fill", oid, 60.0)                   # 15 were open
-    assert rig.engine.position("ORCL") == -40.0 and rig.open_qty() == 0.0 and not rig.core.open
+    assert rig.engine.position("ORCL") == -40.0 and oid not in rig.core.open
     (over,) = rig.kinds("overfill")
     assert (over["client_order_id"], over["venue_qty"], over["qty"]) == (oid, -60.0, -15.0)
     assert [r["qty"] for r in rig.kinds("fill")] == [-25.0, -15.0]
+    (halt,) = rig.kinds("halt")
+    assert halt["reason"] == f"venue_break: the venue filled 60 of {oid}, 15 of which was open"
+    assert rig.engine.halted and rig.core.counters.bad_messages == 1
+    (liquidation,) = rig.orders()[1:]
+    assert (liquidation["side"], liquidation["qty"]) == ("buy", 40.0) and rig.open_qty() == 40.0
+    rig.intent(-10)
+    assert len(rig.orders()) == 2                   # halted: no new exposure
+
+
+def test_a_fill_after_its_orders_reject_trips_the_kill_switch(guard):
+    rig = Rig(guard)
+    rig.tick(T)
+    rig.intent(50)
+    oid = rig.orders()[0]["client_order_id"]
+    rig.answer("reject", oid)
+    rig.answer("fill", oid, 50.0)                   # the venue contradicts itself: its position may be 50
+    assert rig.engine.position("ORCL") == 0.0 and rig.engine.halted
+    (bad,) = rig.kinds("bad_message")
+    assert bad["reason"] == f"fill of 50 for {oid} after the venue rejected it"
+    assert rig.kinds("halt")[0]["reason"] == f"venue_break: fill of 50 for {oid} after the venue rejected it"
+    rig.intent(60)
+    assert len(rig.orders()) == 1
+
+
+def test_an_order_id_with_other_digits_is_not_ours(guard):
+    rig = Rig(guard)
+    rig.tick(T)
+    rig.intent(10)
+    oid = rig.orders()[0]["client_order_id"]
+    prefix = oid.rpartition("-")[0]
+    rig.answer("fill", f"{prefix}-\u00b2", 1.0)     # `²`: isdigit() says yes, int() raises
+    rig.answer("fill", oid, 10.0)
+    assert rig.engine.position("ORCL") == 10.0 and rig.core.counters.bad_messages == 1
 
 
 def test_a_fill_for_an_order_never_sent_is_a_bad_message_and_an_answer_about_a_done_one_is_ignored(guard):
@@ -396,6 +431,21 @@ def test_a_silent_feed_makes_intents_reduce_only_and_is_logged_when_it_starts_an
     (live,) = rig.kinds("feed_live")
     assert (live["silent_s"], live["ts"]) == (7.0, T + 7 * S)
     assert rig.intent(90)[0].order_qty == 90        # held 40, selling 40: from 0 to 90
+
+
+def test_a_stuck_relay_repeating_its_last_event_is_a_silent_feed(guard):
+    """Events at the time already seen are acted on, but only event time that moves on
+    makes the feed live and restarts the instrument's clock."""
+    rig = Rig(guard, max_feed_silence_s=5.0)
+    rig.tick(T)
+    for _ in range(20):                             # the same tick every 0.3 s for 6 s
+        rig.mono += 3 * S // 10
+        rig.tick(T)
+    grow, added = rig.intent(40)
+    assert (grow.order_qty, added) == (0.0, ("stale_after:blocked",)) and rig.kinds("feed_silent")
+    assert grow.ts == T + 6 * S                     # the intent's time went on with the wall clock
+    rig.tick(T + 1)
+    assert rig.intent(40)[0].order_qty == 40 and rig.kinds("feed_live")
 
 
 def test_the_feed_is_not_live_before_its_first_event_nor_while_its_connection_is_down(guard):
