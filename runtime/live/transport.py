@@ -12,13 +12,15 @@ from __future__ import annotations
 import asyncio
 import ssl
 from contextlib import contextmanager
-from typing import Callable
+from typing import Callable, Sequence
 
 from websockets.client import ClientProtocol
 from websockets.frames import Opcode
 from websockets.http11 import Response
 from websockets.protocol import State
 from websockets.uri import parse_uri
+
+from .security import client_context, describe_tls_error
 
 CLOSE_TIMEOUT_S = 2.0
 PING_INTERVAL_S = 20.0  # a check every interval: a ping after an interval with nothing read, a drop when the
@@ -28,11 +30,13 @@ PING_INTERVAL_S = 20.0  # a check every interval: a ping after an interval with 
 class Stream(asyncio.Protocol):
     """One client connection. `on_messages` gets the payloads (UTF-8 bytes) of the text
     messages completed by one read, in order; `on_rejected` gets a reason for each
-    message that cannot be one of ours (a binary frame, a frame over `max_size`)."""
+    message that cannot be one of ours (a binary frame, a frame over `max_size`).
+    `headers` are added to the opening handshake (an `Authorization` for the peer)."""
 
     def __init__(self, url: str, on_messages: Callable[[list[bytes]], None],
-                 on_rejected: Callable[[str], None], max_size: int):
+                 on_rejected: Callable[[str], None], max_size: int, headers: Sequence[tuple[str, str]] = ()):
         self.protocol = ClientProtocol(parse_uri(url), max_size=max_size)
+        self.headers = headers
         self.on_messages, self.on_rejected, self.max_size = on_messages, on_rejected, max_size
         loop = asyncio.get_running_loop()
         self.opened: asyncio.Future = loop.create_future()
@@ -51,7 +55,12 @@ class Stream(asyncio.Protocol):
     # ---- asyncio.Protocol ------------------------------------------------------------
     def connection_made(self, transport) -> None:
         self.transport = transport
-        self.protocol.send_request(self.protocol.connect())
+        request = self.protocol.connect()
+        for name, value in self.headers:  # in place of, not beside, one the URL made (user:password@)
+            if name in request.headers:
+                del request.headers[name]
+            request.headers[name] = value
+        self.protocol.send_request(request)
         self._flush()
 
     def data_received(self, data: bytes) -> None:
@@ -191,15 +200,29 @@ def _ignore(*_) -> None:
 
 
 async def connect(url: str, on_messages: Callable[[list[bytes]], None], on_rejected: Callable[[str], None],
-                  *, max_size: int = 1 << 20, open_timeout: float = 5.0) -> Stream:
-    """Open a connection and finish the opening handshake, or raise."""
+                  *, max_size: int = 1 << 20, open_timeout: float = 5.0, ca_file: str | None = None,
+                  headers: Sequence[tuple[str, str]] = ()) -> Stream:
+    """Open a connection and finish the opening handshake, or raise. A `wss` URL's
+    certificate and host name are always verified (`security.client_context`): against
+    the certificate authorities of `ca_file` alone when given, the system's otherwise.
+    A failed TLS handshake raises ConnectionError saying why (an untrusted certificate
+    names the fix), not OpenSSL's `[SSL: ...]` line; a CA file that cannot be used
+    raises `security.SecurityError`."""
     uri = parse_uri(url)
     loop = asyncio.get_running_loop()
-    context = ssl.create_default_context() if uri.secure else None
+    context = client_context(ca_file) if uri.secure else None
 
     async def opening() -> Stream:
-        transport, stream = await loop.create_connection(
-            lambda: Stream(url, on_messages, on_rejected, max_size), uri.host, uri.port, ssl=context)
+        try:
+            transport, stream = await loop.create_connection(
+                lambda: Stream(url, on_messages, on_rejected, max_size, headers), uri.host, uri.port, ssl=context)
+        except ssl.SSLError as exc:  # an OSError whose errno would read `Operation not permitted`
+            raise ConnectionError(describe_tls_error(exc, uri.host, uri.port)) from exc
+        except ConnectionResetError as exc:
+            if context is None:
+                raise
+            # what a peer that does not speak TLS does to a TLS hello: say so, not `ConnectionResetError`
+            raise ConnectionError(describe_tls_error(exc, uri.host, uri.port)) from exc
         try:
             await stream.opened
         except BaseException:
