@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 INSTALL_LOG := $(VENV)/install.log
 
-.PHONY: demo test bench fuzz clean
+.PHONY: demo test bench fuzz crash clean
 
 # pip's output goes to the log, which is shown (its end) only if the install fails.
 $(STAMP): pyproject.toml
@@ -30,6 +30,11 @@ bench: $(STAMP)
 FUZZ_EXAMPLES ?= 50000
 fuzz: $(STAMP)
 	POLICYC_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(PY) -m pytest tests/test_invariants.py -p no:cacheprovider
+
+# tests/test_crash_loop.py with CRASH_CYCLES kills of `policyc run` (50 by default; `make test` runs 8).
+CRASH_CYCLES ?= 50
+crash: $(STAMP)
+	CRASH_CYCLES=$(CRASH_CYCLES) $(PY) -m pytest tests/test_crash_loop.py -s -p no:cacheprovider
 
 clean:
 	rm -rf $(VENV) build reports .pytest_cache .hypothesis

@@ -286,9 +286,11 @@ def _feed_and_venue(data: dict[str, Path], rate: float | None, clients: int = 2)
 
 @asynccontextmanager
 async def _running(policy, feed_port: int, venue_port: int, log: Path, **config):
-    """The runtime in this process, on this loop, stopped when the block ends."""
+    """The runtime in this process, on this loop, stopped when the block ends; on a new
+    log each time (a log that exists would be resumed)."""
     from policyc.runtime.live.runner import LiveRuntime, RunConfig
 
+    log.unlink(missing_ok=True)
     rt = LiveRuntime(policy, RunConfig(f"ws://{HOST}:{feed_port}", f"ws://{HOST}:{venue_port}", log_path=str(log),
                                        **config))
     task = asyncio.create_task(rt.run())

@@ -282,6 +282,10 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--log-key-file", type=_key_file, metavar="PATH", help="encrypt the log with this AES-256 key")
     r.add_argument("--sign-key-file", type=_key_file, metavar="PATH",
                    help="sign the log's session record and checkpoints with this Ed25519 key")
+    r.add_argument("--resume", action="store_true",
+                   help="the log must exist: go on from the state its runs left (a log that exists is resumed anyway)")
+    r.add_argument("--allow-policy-change", action="store_true",
+                   help="resume a log written by another policy: its account and positions carry over")
     f = sub.add_parser("replay-feed", help="serve recorded data as a live WebSocket feed")
     _add_data_files(f, "CSV, Parquet or .npz, served as SYMBOL (default: the file name up to its first -)")
     f.add_argument("--listen", type=_address, required=True, metavar="HOST:PORT")
@@ -298,6 +302,15 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--feed-format", choices=("native", "binance", "coinbase"), default="native")
     v.add_argument("--latency", type=_not_negative, default=0.0, metavar="MS")
     v.add_argument("--fees-bps", type=_fees_bps, default=0.0, metavar="X")
+    p = sub.add_parser("replay", help="feed a decision log's inputs through the policy and compare its decisions")
+    p.add_argument("log", type=_log_input, metavar="LOG", help="the log's first file, or its folder")
+    p.add_argument("file", nargs="?", type=_policy_file, metavar="POLICY",
+                   help="the policy to replay (default: the source each run's session record carries)")
+    _add_params(p)
+    p.add_argument("--what-if", action="store_true",
+                   help="replay a policy whose hash differs from the log's and show the decisions that differ")
+    p.add_argument("--show", type=_count, default=10, metavar="N", help="--what-if: show the first N differences")
+    p.add_argument("--key-file", type=_key_file, metavar="PATH", help="the AES-256 key of an encrypted log")
     a = sub.add_parser("audit", help="check a decision log, or report what it shows")
     a.add_argument("action", choices=("verify", "report"), metavar="verify|report")
     a.add_argument("log", type=_log_input, metavar="LOG", help="the log's first file, or its folder")
@@ -903,9 +916,15 @@ def cmd_run(args, parser) -> int:
             control=args.control, token=token, log_path=args.log, duration=args.duration,
             flatten_on_exit=args.flatten_on_exit, busy_poll=args.busy_poll, fsync=args.fsync,
             log_max_bytes=args.log_max_bytes, log_key_file=args.log_key_file, sign_key_file=args.sign_key_file,
-            **limits))
+            resume=args.resume, allow_policy_change=args.allow_policy_change, **limits))
     except LogError as exc:  # a log that cannot be continued
         parser.error(f"argument --log: {exc}")
+    if runtime.restored is not None:
+        held = {name: qty for name, qty in runtime.engine.positions().items() if qty}
+        print(f"resuming {args.log}: {runtime.restored.runs:,} earlier run{'s' * (runtime.restored.runs != 1)} "
+              f"replayed; positions {held or 'flat'}, {len(runtime.open):,} open order"
+              f"{'s' * (len(runtime.open) != 1)}, kill switch {'on' if runtime.engine.halted else 'off'}; "
+              "trading once the venue's positions match", file=sys.stderr)
     async def run_and_watch() -> dict:
         run = asyncio.ensure_future(runtime.run())
         await view.watch(runtime, run)
@@ -988,6 +1007,75 @@ def cmd_audit(args, parser) -> int:
     return 0
 
 
+def cmd_replay(args, parser) -> int:
+    """The log verified (one that does not is refused, exit 1, as `audit verify` says
+    why), then its inputs fed through the policy: OK and the counts, exit 0; or the first
+    decision that differs, both sides, exit 1. With --what-if, every difference is
+    counted and the first --show printed, exit 0. A log, key or policy that cannot be
+    used is a usage error, exit 2."""
+    from policyc.compiler.build import compile_checked
+    from policyc.runtime.audit_chain import LogError
+    from policyc.runtime.journal import ReplayError, replay, session_policy
+    from policyc.runtime.live.audit import read_log, read_log_key, verify_log
+
+    _check_key(parser, "--key-file", args.key_file, read_log_key)
+    if args.params and not args.file:
+        parser.error("-p/--param binds a param of POLICY: give the policy file")
+    try:
+        files, _, problem = verify_log(args.log, None, args.key_file)
+        if problem is None:
+            records = read_log(args.log, read_log_key(args.key_file) if args.key_file else None)
+    except (LogError, ValueError) as exc:
+        parser.error(str(exc).splitlines()[0])
+    if problem is not None:
+        seq = "" if problem.seq is None else f" (seq {problem.seq})"
+        print(f"BAD {problem.file} line {problem.line}{seq}: {problem.kind}: {problem.detail}; not replayed")
+        return 1
+    sessions = [r for r in records if r.get("kind") == "session"]
+    if not sessions:
+        parser.error(f"{files[0]} holds no run to replay")
+    policy_for = session_policy
+    if args.file:
+        result = _checked_or_exit(args)
+        if result is None:
+            return 1
+        differ = [s for s in sessions if s.get("policy_hash") != result.policy_hash]
+        if differ and not args.what_if:
+            parser.error(f"policy hash {result.policy_hash} of {args.file} differs from the log's "
+                         f"{differ[0].get('policy_hash')} (run at seq {differ[0].get('seq')}): refused; --what-if "
+                         "replays it anyway")
+        policy = compile_checked(result, on_compile=_say)
+        policy_for = lambda record: policy  # noqa: E731
+    elif args.what_if:
+        parser.error("--what-if replays another policy: give its file")
+    try:
+        replayer, found = replay(records, policy_for, stop_at_first=not args.what_if)
+    except ReplayError as exc:
+        parser.error(str(exc))
+    runs = f"{replayer.runs:,} run{'s' * (replayer.runs != 1)}"
+    tail = (f"; its last run stopped before writing the last {len(replayer.pending):,} record"
+            f"{'s' * (len(replayer.pending) != 1)} of its last input (written when it was resumed)"
+            if replayer.pending else "")
+    if args.what_if:
+        print(f"what-if {args.file} ({policy.policy_hash[:12]}) over {files[0]}: {len(found):,} decision"
+              f"{'s' * (len(found) != 1)} differ, {replayer.outputs:,} equal, {replayer.inputs:,} inputs in {runs}")
+        for d in found[:args.show]:
+            print(f"seq {d.seq}:\n  logged:   {_compact(d.logged)}\n  what-if:  {_compact(d.replayed)}")
+        return 0
+    if found:
+        d = found[0]
+        print(f"DIVERGED at seq {d.seq} (run {d.run}):\n  logged:   {_compact(d.logged)}\n"
+              f"  replayed: {_compact(d.replayed)}")
+        return 1
+    print(f"OK {files[0]}: {replayer.inputs:,} inputs in {runs} replayed, {replayer.outputs:,} decision records equal "
+          f"to the logged ones bit for bit{tail}")
+    return 0
+
+
+def _compact(record: dict | None) -> str:
+    return "(none)" if record is None else json.dumps(record, separators=(",", ":"))
+
+
 def _audit_report(args, first_file) -> int:
     from policyc.runtime.audit_report import build_report, render_html, render_text
     from policyc.runtime.live.audit import read_log, read_log_key
@@ -1006,7 +1094,7 @@ def _audit_report(args, first_file) -> int:
 
 COMMANDS = {"validate": cmd_validate, "hash": cmd_hash, "compile": cmd_compile, "explain": cmd_explain,
             "backtest": cmd_backtest, "sweep": cmd_sweep, "run": cmd_run, "replay-feed": cmd_replay_feed,
-            "paper-venue": cmd_paper_venue, "audit": cmd_audit}
+            "paper-venue": cmd_paper_venue, "replay": cmd_replay, "audit": cmd_audit}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -12,7 +12,10 @@ reduce-only while the feed is down or silent.
 
 Everything it sends goes through `send(message, event_sent_ns)` and everything it logs
 through `record(kind, ts=None, **fields)`, both given by its owner; time comes from two
-injected clocks, `wall_ns` (the Unix time, ns) and `monotonic_ns` (for durations, ns).
+injected clocks, `wall_ns` (the Unix time, ns) and `monotonic_ns` (for durations, ns),
+read once per input. With `journal`, each input is logged before it is handled, so a
+log replays to the same records (`runtime/journal.py`); `restart` and `venue_state`
+let a new run go on from a replayed state once the venue's positions agree.
 `runtime/live/runner.py` wires it to sockets, timers and the decision log;
 `tests/test_orders.py` drives it directly.
 """
@@ -29,6 +32,9 @@ MAX_CLOCK_SKEW_S = 5.0  # default of `run --max-clock-skew`: how far a market ev
 MAX_FEED_SILENCE_S = 5.0  # default of `run --max-feed-silence`: no market event for this long and intents reduce only
 DONE = 1e-12  # an order is done once what is left is within this share of its size (partial fills round)
 REDUCE_ONLY = "stale_after:blocked"  # the reason an intent's answer gets when reduce-only clipped it
+RECONCILE_PENDING = "reconcile_pending"  # the reason of an order held until the venue's state matches
+RECONCILE_MISMATCH = "reconcile_mismatch"  # the halt reason when the venue's positions differ
+MATCH_RTOL = 1e-9  # positions match within this share of the larger (fills add up in different orders)
 
 
 @dataclass
@@ -78,13 +84,15 @@ class OrderCore:
     def __init__(self, engine: Engine, order_prefix: str, send: Callable[[dict, int | None], None],
                  record: Callable[..., object], *, max_clock_skew_s: float = MAX_CLOCK_SKEW_S,
                  max_feed_silence_s: float = MAX_FEED_SILENCE_S, wall_ns: Callable[[], int] = time.time_ns,
-                 monotonic_ns: Callable[[], int] = time.monotonic_ns):
+                 monotonic_ns: Callable[[], int] = time.monotonic_ns, journal: bool = False):
         self.engine = engine
         self.instruments = tuple(engine.policy.instruments)
         self.policy_hash = engine.policy.policy_hash
         self.order_prefix = order_prefix
         self.send, self.record = send, record
         self.wall_ns, self.monotonic_ns = wall_ns, monotonic_ns
+        self.journal = journal                  # write an input record before handling each input
+        self._wall = self._mono = 0             # the clocks as read at the entry of the input being handled
         self.max_clock_skew_ns = round(max_clock_skew_s * 1e9)
         self.max_feed_silence_ns = round(max_feed_silence_s * 1e9)
         self.counters = Counters()
@@ -98,6 +106,20 @@ class OrderCore:
         self.heard_ns: int | None = None        # monotonic time of its latest accepted market event, None before one
         self.silent_since_ns: int | None = None  # while a silence is logged: monotonic time it began
         self.rejected: set[str] = set()         # the orders the venue rejected: a later fill of one is a break
+        self.past_prefixes: dict[str, int] = {}  # order_prefix of an earlier run of this state -> orders it sent
+        self.reconcile_due = False              # a resumed state: compare positions with the venue's before trading
+        self.reconciling = False                # the venue was asked for its state and has not answered yet
+        self.held: set[str] = set()             # instruments whose orders were held while reconciling
+
+    # ---- inputs ------------------------------------------------------------------
+    # Every public input reads both clocks once, here, and uses those readings throughout,
+    # so the same input with the same readings does the same thing: with `journal`, the
+    # input and the readings are recorded first (write-ahead), and `runtime/journal.py`
+    # replays a log by feeding them back.
+    def _begin(self, kind: str, **fields) -> None:
+        self._wall, self._mono = self.wall_ns(), self.monotonic_ns()
+        if self.journal:
+            self.record(kind, ts=self._wall, mono_ns=self._mono, **fields)
 
     # ---- time --------------------------------------------------------------------
     def now_for(self, instrument: str) -> int:
@@ -116,7 +138,7 @@ class OrderCore:
         return max(map(self._since, self.last_ts), default=0)
 
     def _since(self, instrument: str) -> int:
-        return min(self.last_ts[instrument] + (self.monotonic_ns() - self.arrived_ns[instrument]), MAX_NS)
+        return min(self.last_ts[instrument] + (self._mono - self.arrived_ns[instrument]), MAX_NS)
 
     # ---- the feed ----------------------------------------------------------------
     def market(self, batch: list) -> None:
@@ -129,8 +151,9 @@ class OrderCore:
         recording replayed at any speed stays behind it, while an event time from the
         future can only be a fault: so a replay of old data runs and a leap to the year
         2262 does not."""
-        now = self.monotonic_ns()
-        horizon = self.wall_ns() + self.max_clock_skew_ns
+        self._begin("market", events=[[item[0], item[1], item[2]] for item in batch])
+        now = self._mono
+        horizon = self._wall + self.max_clock_skew_ns
         last_ts, arrived = self.last_ts, self.arrived_ns
         fresh, advanced = [], False
         for item in batch:
@@ -144,14 +167,14 @@ class OrderCore:
             elif ts == before:  # another event at the same time: acted on, but it does not make the
                 fresh.append(item)  # feed live or restart the instrument's clock (a stuck relay repeats one)
             elif ts < before:
-                self.bad_message("feed", f"{instrument}: event time {ts} is before the instrument's latest event "
-                                         f"at {before} ({(before - ts) / 1e9:g} s earlier): refused",
-                                 event_ts=ts, last_ts=before)
+                self._bad("feed", f"{instrument}: event time {ts} is before the instrument's latest event "
+                                  f"at {before} ({(before - ts) / 1e9:g} s earlier): refused",
+                          event_ts=ts, last_ts=before)
             else:
                 wall = horizon - self.max_clock_skew_ns
-                self.bad_message("feed", f"{instrument}: event time {ts} is {(ts - wall) / 1e9:g} s ahead of the "
-                                         f"wall clock, over --max-clock-skew {self.max_clock_skew_ns / 1e9:g} s: "
-                                         "refused", event_ts=ts, wall_ts=wall)
+                self._bad("feed", f"{instrument}: event time {ts} is {(ts - wall) / 1e9:g} s ahead of the "
+                                  f"wall clock, over --max-clock-skew {self.max_clock_skew_ns / 1e9:g} s: "
+                                  "refused", event_ts=ts, wall_ts=wall)
         if not fresh:
             return
         if advanced:
@@ -165,20 +188,28 @@ class OrderCore:
             if result is None:
                 continue
             if isinstance(result, EngineError):  # the protocol checks all the engine does: a defect
-                self.bad_message("feed", str(result))
+                self._bad("feed", str(result))
                 refused += 1
                 continue
             decisions.append((result, item[3]))
         self.counters.events += len(fresh) - refused
         self.act(decisions, on_market=True)
 
+    def set_input(self, instrument: str, name: str, value: float) -> None:
+        """A model input such as a score, read by the instrument's next market event.
+        Raises EngineError for an unknown instrument or input."""
+        self._begin("input", instrument=instrument, name=name, value=value)
+        self.engine.set_input(instrument, name, value)
+
     def feed_connected(self) -> None:
         """The feed connection is open: live once a market event arrives on it (which
         may come before this call, with the connection's first read)."""
-        self.feed_up, self.connected_ns = True, self.monotonic_ns()
+        self._begin("link", link="feed", up=True)
+        self.feed_up, self.connected_ns = True, self._mono
 
     def feed_lost(self) -> None:
         """The feed connection is closed: what arrived on it no longer makes the feed live."""
+        self._begin("link", link="feed", up=False)
         self.feed_up, self.heard_ns = False, None
 
     def _live(self, now: int) -> bool:
@@ -189,16 +220,28 @@ class OrderCore:
         event arrived on it within `max_feed_silence_s`. Logs `feed_silent` when an open
         connection has delivered nothing that long (since its latest event, or since it
         opened); `market` logs `feed_live` when events come again. The owner calls this
-        on a timer too, so a silence is logged without an intent to ask."""
+        on a timer too, so a silence is logged without an intent to ask: an input (a
+        `timer` record) only when it starts one."""
         now = self.monotonic_ns()
+        if not self._silence_starts(now):
+            return self._live(now)  # nothing changes: not an input
+        self._begin("timer")
+        return self._feed_live()
+
+    def _silence_starts(self, now: int) -> bool:
+        if self._live(now) or not self.feed_up or self.silent_since_ns is not None:
+            return False
+        quiet_since = self.heard_ns if self.heard_ns is not None else self.connected_ns
+        return now - quiet_since >= self.max_feed_silence_ns
+
+    def _feed_live(self) -> bool:
+        now = self._mono
         if self._live(now):
             return True
-        if self.feed_up and self.silent_since_ns is None:
-            quiet_since = self.heard_ns if self.heard_ns is not None else self.connected_ns
-            if now - quiet_since >= self.max_feed_silence_ns:
-                self.silent_since_ns = quiet_since
-                self.record("feed_silent", ts=self.latest_time(), silent_s=(now - quiet_since) / 1e9,
-                            last_event_ts=max(self.last_ts.values(), default=None))
+        if self._silence_starts(now):
+            self.silent_since_ns = quiet_since = self.heard_ns if self.heard_ns is not None else self.connected_ns
+            self.record("feed_silent", ts=self.latest_time(), silent_s=(now - quiet_since) / 1e9,
+                        last_event_ts=max(self.last_ts.values(), default=None))
         return False
 
     @property
@@ -207,17 +250,21 @@ class OrderCore:
         return not self._live(self.monotonic_ns())
 
     # ---- intents -----------------------------------------------------------------
-    def intent(self, instrument: str, target: float) -> tuple[Decision, tuple[str, ...]]:
+    def intent(self, instrument: str, target: float, ident: str | None = None) -> tuple[Decision, tuple[str, ...]]:
         """A model's target through the risk steps; returns the decision and the reasons
         the core added. While the feed is not live the instrument is reduce-only: a
         target that would increase |position + open orders|, or cross zero, becomes the
-        current exposure (same side) or 0, with `stale_after:blocked`."""
-        added = ()
-        if not self.feed_live():
+        current exposure (same side) or 0, with `stale_after:blocked`; while the state is
+        being reconciled with the venue, its order is held (`reconcile_pending`).
+        `ident` is the intent's id, for the log. Raises EngineError for an unknown
+        instrument or a target that is not finite."""
+        self._begin("intent", id=ident, instrument=instrument, target=target)
+        added = (RECONCILE_PENDING,) if self.reconciling else ()
+        if not self._feed_live():
             held = self.engine.position(instrument) + self.engine.open_quantity(instrument)
             if abs(target) > abs(held) or target * held < 0:
                 target = held if target * held > 0 else 0.0
-                added = (REDUCE_ONLY,)
+                added = (REDUCE_ONLY, *added)
         decision = self.engine.intent(instrument, self.now_for(instrument), target)
         self.act([(decision, None)])
         return decision, added
@@ -236,13 +283,23 @@ class OrderCore:
                         return
         for decision, event_sent_ns in decisions:
             for step in steps(decision):
-                if step.order_qty:
+                if step.order_qty and self.reconciling:  # held: decided again once the venue agrees
+                    self._withdraw(step.instrument, step.ts, step.order_qty)
+                    self.held.add(step.instrument)
+                    self.record("risk", ts=step.ts, instrument=step.instrument,
+                                reasons=(*step.reasons, RECONCILE_PENDING), desired_target=step.desired_target,
+                                approved_target=step.approved_target, withdrawn_qty=step.order_qty)
+                elif step.order_qty:
                     self._send_order(step, event_sent_ns, on_market)
                 elif step.reasons:
                     self._log_risk(step)
 
     def decide(self, instrument: str) -> None:
         """Run the risk steps again on the instrument's desired target and act on it."""
+        self._begin("decide", instrument=instrument)
+        self._decide(instrument)
+
+    def _decide(self, instrument: str) -> None:
         decision = self.engine.decide(instrument, self.now_for(instrument))
         if decision is not None:
             self.act([(decision, None)])
@@ -304,7 +361,7 @@ class OrderCore:
         self._cancel_open(ts)
         self.kill_switch_handled = True
         for name in self.instruments:
-            self.decide(name)
+            self._decide(name)
 
     def _cancel_open(self, ts: int) -> None:
         """Cancel every open order that is not an exit and withdraw its quantity at once,
@@ -321,9 +378,13 @@ class OrderCore:
     def halt(self, reason: str) -> None:
         """Kill switch from outside (an operator, a flatten on exit): record it, cancel
         what is pending, liquidate; nothing new until `resume`."""
+        self._begin("control", action="halt", reason=reason)
+        self._halt(reason)
+
+    def _halt(self, reason: str) -> None:
         ts = self.latest_time()
         if not self.kill_switch_handled:
-            self.record("halt", reason=reason, open_orders=list(self.open))
+            self.record("halt", ts=self._wall, reason=reason, open_orders=list(self.open))
         self._cancel_open(ts)
         self.kill_switch_handled = True
         self.act([(decision, None) for decision in self.engine.halt(ts)])
@@ -331,6 +392,7 @@ class OrderCore:
     def resume(self) -> None:
         """Trading again: orders still being cancelled count against the limits again
         until the venue answers them, as every open order does."""
+        self._begin("control", action="resume", reason="")
         ts = self.latest_time()
         for order in self.open.values():
             if order.withdrawn:
@@ -338,21 +400,36 @@ class OrderCore:
                 self._restore(order.instrument, ts, order.left)
         self.engine.resume(ts)
         self.kill_switch_handled = False
-        self.record("resume")
+        self.record("resume", ts=self._wall)
 
     # ---- the venue -----------------------------------------------------------------
     def venue_connected(self) -> None:
         """A venue connection is open: send every open order again (the venue answers one
         it has seen with every answer so far, which recovers a fill lost with the old
-        connection), or its cancel, for an order the kill switch is cancelling."""
+        connection), or its cancel, for an order the kill switch is cancelling. A resumed
+        state then asks for the venue's (`venue_state` takes the answer)."""
+        self._begin("link", link="venue", up=True)
         for oid, order in list(self.open.items()):
             order.fills_seen = 0
             self.send({"type": "cancel", "client_order_id": oid} if order.cancelling else order.message, None)
+        if self.reconcile_due:
+            self.reconciling = True
+            self.send({"type": "state_request"}, None)
+
+    def venue_lost(self) -> None:
+        """The venue connection is closed: a state asked for on it will not come."""
+        self._begin("link", link="venue", up=False)
 
     def venue_reply(self, reply) -> None:
         """An `ack`, `fill` or `reject` (a protocol `VenueReply`). Kernel events take the
         instrument's event time (`now_for`), so the kernel stays on the feed's clock;
         the records take the venue's `ts` when it sent one."""
+        fields = {"type": reply.type, "client_order_id": reply.client_order_id}
+        if reply.type == "fill":
+            fields.update(qty=reply.qty, price=reply.price, fee=reply.fee, venue_ts=reply.ts)
+        elif reply.type == "reject":
+            fields["reason"] = reply.reason
+        self._begin("venue", **fields)
         oid = reply.client_order_id
         self.unacked.discard(oid)
         if reply.type == "ack":
@@ -360,7 +437,7 @@ class OrderCore:
         order = self.open.get(oid)
         if order is None:
             if reply.type == "fill" and not self._sent_by_us(oid):
-                self.bad_message("venue", f"fill for an order this runtime did not send: {oid}")
+                self._bad("venue", f"fill for an order this runtime did not send: {oid}")
             elif reply.type == "fill" and oid in self.rejected:
                 self._venue_break(f"fill of {reply.qty:g} for {oid} after the venue rejected it")
             return  # an answer about an order already done
@@ -397,26 +474,89 @@ class OrderCore:
         self.record("fill", ts=said, client_order_id=oid, instrument=instrument, qty=qty, price=reply.price,
                     fee=reply.fee, position=self.engine.position(instrument), equity=self.engine.equity)
         if order.withdrawn and self.engine.halted:  # flatten what that fill left
-            self.decide(instrument)
+            self._decide(instrument)
         if overfilled:
             self._venue_break(f"the venue filled {reply.qty:g} of {oid}, {abs(left):g} of which was open")
+
+    def venue_state(self, positions: dict, open_orders: list) -> None:
+        """The venue's answer to `state_request`: its signed position per instrument
+        (units; an instrument it does not name is flat) and the ids of the orders it
+        holds open. Matched against this state's positions within `MATCH_RTOL`: a match
+        lets the orders held meanwhile be decided again; a mismatch trips the kill switch
+        (`reconcile_mismatch`) until an operator resumes. Either way a `reconcile` record
+        shows both sides. An answer nobody asked for is ignored."""
+        self._begin("venue", type="state", positions=positions, open_orders=open_orders)
+        if not self.reconciling:
+            return
+        self.reconciling = self.reconcile_due = False
+        ours = self.engine.positions()
+        theirs = {name: float(positions.get(name, 0.0)) for name in self.instruments}
+        differ = [name for name in self.instruments
+                  if abs(ours[name] - theirs[name]) > MATCH_RTOL * max(abs(ours[name]), abs(theirs[name]))]
+        self.record("reconcile", ts=self._wall, matched=not differ, instruments=differ,
+                    runtime={"positions": ours, "open_orders": list(self.open)},
+                    venue={"positions": positions, "open_orders": open_orders})
+        held, self.held = sorted(self.held), set()
+        if differ:
+            if not self.engine.halted:
+                self._halt(RECONCILE_MISMATCH)
+            return
+        for name in held:
+            self._decide(name)
+
+    def use_engine(self, engine: Engine) -> None:
+        """Go on over another engine (another policy, `journal.carry_over`), with the
+        open orders as they are."""
+        self.engine, self.policy_hash = engine, engine.policy.policy_hash
+
+    def restart(self, order_prefix: str, mono_ns: int, *, max_clock_skew_s: float = MAX_CLOCK_SKEW_S,
+                max_feed_silence_s: float = MAX_FEED_SILENCE_S) -> None:
+        """Go on from this state in a new run (a new process, with its own limits in
+        seconds): orders are numbered again under `order_prefix`, and the new process's
+        monotonic clock reads `mono_ns` (ns) now.
+        What the core keeps on the monotonic clock is moved onto the new one so that the
+        time between the two processes does not count (each instrument's event time
+        resumes where the last input of the old run left it); no connection is open; the
+        venue's state is asked for on the next venue connection."""
+        self.max_clock_skew_ns = round(max_clock_skew_s * 1e9)
+        self.max_feed_silence_ns = round(max_feed_silence_s * 1e9)
+        shift = mono_ns - self._mono
+        self.arrived_ns = {name: t + shift for name, t in self.arrived_ns.items()}
+        self.connected_ns += shift
+        if self.silent_since_ns is not None:
+            self.silent_since_ns += shift
+        self.feed_up, self.heard_ns = False, None
+        self._mono = mono_ns
+        self.past_prefixes[self.order_prefix] = self.counters.orders
+        self.order_prefix = order_prefix
+        for name, value in vars(Counters()).items():  # counted per run, in place: the owner holds the object
+            setattr(self.counters, name, value)
+        self.unacked = set(self.open)
+        self.reconciling, self.reconcile_due = False, True
 
     def _venue_break(self, what: str) -> None:
         """The venue's answers contradict what it was sent, so its position and this
         runtime's may differ: the kill switch trips (`venue_break`), until an operator
         has compared the two and resumes."""
-        self.bad_message("venue", what)
+        self._bad("venue", what)
         if not self.engine.halted:
-            self.halt(f"venue_break: {what}")
+            self._halt(f"venue_break: {what}")
 
     def _sent_by_us(self, oid: str) -> bool:
-        """Order ids are this run's prefix and a sequence number: no set of past ids to keep."""
+        """Order ids are a run's prefix and a sequence number: no set of past ids to keep."""
         head, _, number = oid.rpartition("-")
-        return (head == self.order_prefix and number.isascii() and number.isdigit()  # `²` is a digit to isdigit
-                and 0 < int(number) <= self.counters.orders)
+        sent = self.counters.orders if head == self.order_prefix else self.past_prefixes.get(head, 0)
+        return number.isascii() and number.isdigit() and 0 < int(number) <= sent  # `²` is a digit to isdigit
 
     # ---- refusals ------------------------------------------------------------------
-    def bad_message(self, source: str, reason: str, **fields) -> None:
-        """A refused message: counted and logged, never acted on."""
+    def bad_message(self, source: str, reason: str) -> None:
+        """A message refused before it reached the core (it did not parse): counted and
+        logged on the wall clock, never acted on. Not an input: a replay takes the record
+        as it is."""
         self.counters.bad_messages += 1
-        self.record("bad_message", source=source, reason=reason[:500], **fields)
+        self.record("bad_message", source=source, reason=reason[:500])
+
+    def _bad(self, source: str, reason: str, **fields) -> None:
+        """A message the core refused while handling an input: counted and logged."""
+        self.counters.bad_messages += 1
+        self.record("bad_message", ts=self._wall, source=source, reason=reason[:500], **fields)

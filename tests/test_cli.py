@@ -138,7 +138,7 @@ def usage_error(capsys, *argv) -> str:
 @pytest.mark.parametrize("argv, line", [
     (["bactest", EMA], "unknown command `bactest`; did you mean `backtest`?"),
     (["frobnicate"], "unknown command `frobnicate`; choose from validate, compile, hash, explain, backtest, sweep, "
-                     "run, replay-feed, paper-venue, audit"),
+                     "run, replay-feed, paper-venue, replay, audit"),
     (["backtest", EMA, "--data", ORCL, "--report-html", "x.html"],
      "unknown option `--report-html`; did you mean `--report`?"),
     (["backtest", EMA, "--data-file", ORCL], "unknown option `--data-file`; did you mean `--data`?"),

@@ -19,14 +19,16 @@ import orjson
 from ..audit_chain import (NONCE_BYTES, SIGNED, ZERO_HASH, Line, LogError, Problem, Summary, check, envelope, key_id,
                            open_envelope, public_key_id, read_record, seal)
 
+#: What reached the order core, written before it is handled (a journal that replays it).
+INPUT_KINDS = ("market", "input", "intent", "decide", "venue", "control", "link", "timer")
 KINDS = ("session", "order", "fill", "reject", "overfill", "risk", "halt", "resume", "feed_silent", "feed_live",
-         "bad_message", "checkpoint")
+         "bad_message", "reconcile", "checkpoint", *INPUT_KINDS)
 _KNOWN = frozenset(KINDS)
 FSYNC_MODES = ("always", "batch", "never")
 DEFAULT_FSYNC = "batch"
 BATCH_SYNC_S = 0.005     # --fsync batch: the log is synced at most this often (s), by a thread of its own
 CHECKPOINT_EVERY = 1000  # with a signing key: a signed checkpoint after this many records of a run
-_NOT_RECENT = ("session", "checkpoint")  # provenance, not decisions: the status and the view leave them out
+_NOT_RECENT = frozenset(("session", "checkpoint", *INPUT_KINDS))  # not decisions: the status and view leave them out
 _SEGMENT = re.compile(r"(.+?)\.(\d{6,})((?:\.[^.]*)?)")  # decisions.000002.jsonl: name, number, suffix
 _sync = getattr(os, "fdatasync", os.fsync)  # the data and the size, which is all a reader needs back
 

@@ -5,8 +5,9 @@ It subscribes to a market-data feed, acknowledges market orders and fills them b
 decided on, or the feed's last price), after an optional latency during which a
 `cancel` still stops them, charges fees in basis points, and answers a
 `client_order_id` it has seen before, in an order or a cancel, with exactly what it
-answered so far, executing nothing twice. It records tick-to-order latency from
-`event_sent_ns`.
+answered so far, executing nothing twice. It keeps each instrument's position (the sum
+of its fills, over every connection) and answers a `state_request` with the positions
+and the orders it holds open. It records tick-to-order latency from `event_sent_ns`.
 """
 from __future__ import annotations
 
@@ -37,6 +38,8 @@ class PaperVenue:
     rejected: int = 0
     next_id: int = 0
     behind: dict = field(default_factory=dict)        # client_order_id -> order waiting for the feed, on the book
+    positions: dict = field(default_factory=dict)     # instrument (as orders name it) -> signed sum of its fills
+    received: list = field(default_factory=list)      # every order message taken in, the first time, in order
     book: FillBook = field(init=False, repr=False)    # the feed's prices and the orders waiting for them
 
     def __post_init__(self):
@@ -72,8 +75,10 @@ class PaperVenue:
         """Replies due now to one order or cancel message."""
         try:
             msg = decode(frame)
+            if isinstance(msg, dict) and msg.get("type") == "state_request":
+                return [self.state()]
             if not isinstance(msg, dict) or msg.get("type") not in ("order", "cancel"):
-                raise ProtocolError("expected an order or a cancel")
+                raise ProtocolError("expected an order, a cancel or a state_request")
             oid = msg.get("client_order_id")
             if not isinstance(oid, str) or not oid:
                 raise ProtocolError("`client_order_id` must be a non-empty string")
@@ -84,6 +89,7 @@ class PaperVenue:
             return self._cancel(oid)
         if oid in self.replies:
             return list(self.replies[oid])
+        self.received.append(msg)
         sent_ns = msg.get("event_sent_ns")
         if isinstance(sent_ns, int):
             self.latencies_ns.append(time.time_ns() - sent_ns)
@@ -97,6 +103,11 @@ class PaperVenue:
         if not self.latency_ms:
             return [*self.replies[oid], *self.execute(oid)]
         return list(self.replies[oid])
+
+    def state(self) -> dict:
+        """The answer to a `state_request`: every instrument's position (units) and the
+        ids of the orders not done yet (waiting out the latency or for the feed)."""
+        return {"type": "state", "positions": dict(self.positions), "open_orders": [*self.pending, *self.behind]}
 
     def _refusal(self, msg: dict) -> str:
         side, qty = msg.get("side"), msg.get("qty")
@@ -148,6 +159,8 @@ class PaperVenue:
                  "ts": time.time_ns()}
         self.replies[oid].append(reply)
         self.fills.append({**reply, "instrument": msg["instrument"], "side": msg["side"]})
+        signed = msg["qty"] if msg["side"] == "buy" else -msg["qty"]
+        self.positions[msg["instrument"]] = self.positions.get(msg["instrument"], 0.0) + signed
         return reply
 
     def _cancel(self, oid: str) -> list[dict]:
@@ -237,7 +250,7 @@ async def serve(venue: PaperVenue, host: str, port: int, feed_url: str, ready: a
             async for frame in websocket:
                 replies = venue.on_order(frame)
                 send(websocket, replies)
-                oid = replies[0]["client_order_id"] if replies else None
+                oid = replies[0].get("client_order_id") if replies else None
                 if oid in venue.pending or oid in venue.behind:
                     if oid not in route:  # first sight
                         if oid in venue.pending:  # the fill is due after the latency

@@ -66,6 +66,14 @@ class VenueReply(NamedTuple):
     reason: str = ""
 
 
+class VenueState(NamedTuple):
+    """The venue's answer to `{"type": "state_request"}`."""
+
+    type: str               # "state"
+    positions: dict         # instrument -> signed position (units)
+    open_orders: list       # client_order_ids the venue holds open
+
+
 def decode(frame: str | bytes) -> object:
     """JSON of one frame (strict RFC 8259: NaN and Infinity literals are not JSON),
     refusing oversized frames."""
@@ -299,9 +307,18 @@ def parse_control(frame: str | bytes) -> Control:
 
 
 @_one_frame
-def parse_venue(frame: str | bytes) -> VenueReply:
+def parse_venue(frame: str | bytes) -> VenueReply | VenueState:
     msg = _object(decode(frame))
     kind = msg.get("type")
+    if kind == "state":
+        positions, open_orders = msg.get("positions"), msg.get("open_orders")
+        if not isinstance(positions, dict) or not all(
+                isinstance(k, str) and isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+                for k, v in positions.items()):
+            raise ProtocolError("`positions` must map instruments to finite numbers")
+        if not isinstance(open_orders, list) or not all(isinstance(o, str) for o in open_orders):
+            raise ProtocolError("`open_orders` must be a list of client_order_ids")
+        return VenueState("state", {k: float(v) for k, v in positions.items()}, open_orders)
     oid = _text(msg, "client_order_id")
     if kind == "ack":
         vid = msg.get("venue_order_id", "")

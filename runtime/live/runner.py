@@ -28,6 +28,7 @@ from policyc.compiler.build import CompiledPolicy
 from policyc.compiler.hashing import toolchain_versions
 
 from ..engine import Engine, EngineError
+from ..journal import resume_state
 from ..orders import MAX_CLOCK_SKEW_S, MAX_FEED_SILENCE_S, OrderCore, steps
 from . import transport
 from .audit import DEFAULT_FSYNC, DecisionLog, read_log_key, read_signing_key
@@ -60,6 +61,8 @@ class RunConfig:
     log_max_bytes: int | None = None               # rotate the decision log to a new file before this size
     log_key_file: str | None = None                # encrypt the decision log with this key
     sign_key_file: str | None = None               # sign the decision log with this Ed25519 key
+    resume: bool = False                           # the log must exist: go on from the state it left
+    allow_policy_change: bool = False              # resume a log written by another policy (`journal.carry_over`)
 
 
 @dataclass
@@ -99,18 +102,26 @@ class LiveRuntime:
 
     def __init__(self, policy: CompiledPolicy, config: RunConfig):
         self.policy, self.config = policy, config
-        self.engine = Engine(policy, L.LIVE)
+        log_key = read_log_key(config.log_key_file) if config.log_key_file else None
+        # Before the log is opened for writing: a log that does not verify or replay is refused untouched.
+        self.restored = resume_state(config.log_path, log_key, policy, config.allow_policy_change,
+                                     required=config.resume)
         self.log = DecisionLog(config.log_path, policy.policy_hash, policy.build_hash, fsync=config.fsync,
-                               max_bytes=config.log_max_bytes,
-                               log_key=read_log_key(config.log_key_file) if config.log_key_file else None,
+                               max_bytes=config.log_max_bytes, log_key=log_key,
                                sign_key=read_signing_key(config.sign_key_file) if config.sign_key_file else None)
         self.instruments = set(policy.instruments)
         stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S")
         self.order_prefix = f"{policy.name}-{stamp}-{secrets.token_hex(3)}"
         self._loop: asyncio.AbstractEventLoop | None = None  # set by `run`: durations are on its clock
-        self.core = OrderCore(self.engine, self.order_prefix, self._send, self._record,
-                              max_clock_skew_s=config.max_clock_skew, max_feed_silence_s=config.max_feed_silence,
-                              monotonic_ns=self._monotonic_ns)
+        if self.restored is None:
+            self.engine = Engine(policy, L.LIVE)
+            self.core = OrderCore(self.engine, self.order_prefix, self._send, self._record,
+                                  max_clock_skew_s=config.max_clock_skew, max_feed_silence_s=config.max_feed_silence,
+                                  monotonic_ns=self._monotonic_ns, journal=True)
+        else:
+            self.engine, self.core = self.restored.engine, self.restored.core
+            self.core.send, self.core.record = self._send, self._record
+            self.core.wall_ns, self.core.monotonic_ns, self.core.journal = time.time_ns, self._monotonic_ns, True
         self.counters = self.core.counters
         self.latencies_ns: deque = deque(maxlen=LATENCY_SAMPLES)
         self.venue: transport.Stream | None = None
@@ -119,11 +130,19 @@ class LiveRuntime:
         self.stop = asyncio.Event()
         self.venue_up = asyncio.Event()
         self.intent_budget: dict[int, list] = {}   # connection -> [tokens, last refill time]
+        started_ns = self._monotonic_ns()
         self.log.write("session", policy=policy.name, version=policy.checked.parsed.version, params=policy.params,
                        account=policy.checked.account, risk=policy.checked.risk, instruments=policy.instruments,
                        toolchain=toolchain_versions(), feed=config.feed_url, venue=config.venue_url,
                        order_prefix=self.order_prefix, max_clock_skew_s=config.max_clock_skew,
-                       max_feed_silence_s=config.max_feed_silence)
+                       max_feed_silence_s=config.max_feed_silence, mono_ns=started_ns,
+                       resumed_runs=self.restored.runs if self.restored else 0,
+                       policy_source=policy.checked.parsed.source.text)
+        if self.restored is not None:
+            for record in self.restored.pending:  # what the run before did not finish writing (`runtime/journal.py`)
+                self.log.write(**record)
+            self.core.restart(self.order_prefix, started_ns, max_clock_skew_s=config.max_clock_skew,
+                              max_feed_silence_s=config.max_feed_silence)
 
     @property
     def open(self) -> dict:
@@ -177,7 +196,7 @@ class LiveRuntime:
                     self._market(batch)
                     batch = []
                     try:
-                        self.engine.set_input(item.instrument, item.name, item.value)
+                        self.core.set_input(item.instrument, item.name, item.value)
                     except EngineError as exc:
                         self.bad_message("feed", str(exc))
                 else:
@@ -204,7 +223,11 @@ class LiveRuntime:
                 self.bad_message("venue", str(exc))
                 continue
             try:
-                self.core.venue_reply(reply)
+                if reply.type == "state":
+                    self.core.venue_state(reply.positions, reply.open_orders)
+                    self._trading()
+                else:
+                    self.core.venue_reply(reply)
             except Exception as exc:  # anything rather than the loss of the answers after it
                 self.bad_message("venue", f"internal error handling a `{reply.type}` for "
                                           f"{reply.client_order_id[:80]!r}: {exc!r}")
@@ -249,9 +272,9 @@ class LiveRuntime:
         try:
             msg = parse_intent(frame, self.instruments)
             if isinstance(msg, Input):
-                self.engine.set_input(msg.instrument, msg.name, msg.value)
+                self.core.set_input(msg.instrument, msg.name, msg.value)
                 return {"type": "ack", "id": msg.id}
-            decision, added = self.core.intent(msg.instrument, msg.target)
+            decision, added = self.core.intent(msg.instrument, msg.target, msg.id)
         except (ProtocolError, EngineError) as exc:
             self.bad_message("intents", str(exc))
             return {"type": "error", "id": ident, "code": "bad_message", "message": str(exc)}
@@ -319,13 +342,22 @@ class LiveRuntime:
         link.state, link.error, link.since = "connected", None, time.monotonic()
 
     def _venue_connected(self, stream: transport.Stream) -> None:
-        """Every open order goes to the new connection again (`OrderCore.venue_connected`)."""
+        """Every open order goes to the new connection again (`OrderCore.venue_connected`),
+        and a resumed run asks for the venue's state."""
         self.venue = stream
-        self.venue_up.set()
         self.core.venue_connected()
+        self._trading()
+
+    def _trading(self) -> None:
+        """The order path is up, and a resumed state agrees with the venue's: market data
+        may come in."""
+        if not self.core.reconciling:
+            self.venue_up.set()
 
     def _venue_lost(self) -> None:
         self.venue = None
+        if not self.stop.is_set():  # stopping: the log may be closed, and a new run starts without connections
+            self.core.venue_lost()
 
     def _feed_connected(self, stream: transport.Stream) -> None:
         self.feed = stream
@@ -333,7 +365,8 @@ class LiveRuntime:
 
     def _feed_lost(self) -> None:
         self.feed = None
-        self.core.feed_lost()
+        if not self.stop.is_set():  # as for the venue
+            self.core.feed_lost()
 
     @property
     def feed_connected(self) -> bool:
