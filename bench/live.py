@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import secrets
 import signal
 import socket
@@ -355,11 +356,15 @@ async def _bare_stream_client(port: int, n: int) -> float:
 async def _runtime_with_intents(policy, feed_port: int, venue_port: int, log: Path):
     """The runtime with an intents listener; the worker's clients load it for as long as
     the feed plays. Returns the worker's report."""
+    from policyc.runtime.live import security
+
     token, port = secrets.token_hex(16), _port()
-    async with _running(policy, feed_port, venue_port, log, intents=(HOST, port), token=token) as rt:
+    guard = security.Guard(security.Credentials([("model", token, "bench")]))
+    async with _running(policy, feed_port, venue_port, log, intents=(HOST, port), guard=guard) as rt:
         await asyncio.wait_for(rt.venue_up.wait(), 30)  # the intents listener is up before the venue connects
-        proc = await asyncio.create_subprocess_exec(
-            *_worker_argv("intents", port, token, feed_port), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        proc = await asyncio.create_subprocess_exec(  # the token in the environment, not on the command line
+            *_worker_argv("intents", port, feed_port), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            env={**os.environ, "POLICYC_MODEL_TOKEN": token})
         try:
             out, err = await asyncio.wait_for(proc.communicate(), 120)
         finally:
@@ -429,7 +434,7 @@ def worker(kind: str, args: list[str]) -> None:
         with suppress(KeyboardInterrupt):
             _run(_burst_feed(int(args[0]), int(args[1]), args[2:]))
     elif kind == "intents":
-        port, token, feed_port = int(args[0]), args[1], int(args[2])
+        port, token, feed_port = int(args[0]), os.environ["POLICYC_MODEL_TOKEN"], int(args[1])
         print(json.dumps(_run(_intent_clients(port, token, feed_port))))
 
 

@@ -259,9 +259,29 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--feed", required=True, type=_ws_url, metavar="URL")
     r.add_argument("--feed-format", choices=("native", "binance", "coinbase"), default="native")
     r.add_argument("--venue", required=True, type=_ws_url, metavar="URL")
-    r.add_argument("--intents", type=_address, metavar="HOST:PORT")
-    r.add_argument("--control", type=_address, metavar="HOST:PORT")
-    r.add_argument("--token-file", type=_token_file, metavar="PATH")
+    r.add_argument("--intents", type=_address, metavar="HOST:PORT",
+                   help="listen for a model's intents (needs a model credential)")
+    r.add_argument("--control", type=_address, metavar="HOST:PORT",
+                   help="listen for operators (needs an operator or viewer credential)")
+    r.add_argument("--model-token-file", "--token-file", dest="model_token_file", type=_token_file, metavar="PATH",
+                   help="the model's token, for the intents port (a private file)")
+    r.add_argument("--operator-token-file", type=_token_file, metavar="PATH",
+                   help="an operator's token, for the control port (a private file)")
+    r.add_argument("--viewer-token-file", type=_token_file, metavar="PATH",
+                   help="a viewer's token: the status on the control port only (a private file)")
+    r.add_argument("--credentials-file", type=_token_file, metavar="PATH",
+                   help="tokens of any roles, one `ROLE TOKEN` a line (a private file)")
+    r.add_argument("--totp-secret-file", type=_key_file, metavar="PATH",
+                   help="the base32 TOTP secret operators' codes are checked against (resume, flatten)")
+    r.add_argument("--tls-cert", type=_key_file, metavar="PATH", help="serve the listeners on wss: the certificate "
+                                                                       "chain (PEM); needs --tls-key")
+    r.add_argument("--tls-key", type=_key_file, metavar="PATH", help="the private key of --tls-cert (PEM)")
+    r.add_argument("--ca-file", type=_key_file, metavar="PATH",
+                   help="verify a wss:// feed or venue against these certificate authorities (PEM) only")
+    r.add_argument("--feed-auth-file", type=_token_file, metavar="PATH",
+                   help="the Authorization header value for the feed (a private file)")
+    r.add_argument("--venue-auth-file", type=_token_file, metavar="PATH",
+                   help="the Authorization header value for the venue (a private file)")
     r.add_argument("--log", default="decisions.jsonl", type=_output_file, metavar="PATH")
     _add_params(r)
     r.add_argument("--duration", type=_duration, metavar="DURATION",
@@ -300,6 +320,8 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--listen", type=_address, required=True, metavar="HOST:PORT")
     v.add_argument("--feed", required=True, type=_ws_url, metavar="URL")
     v.add_argument("--feed-format", choices=("native", "binance", "coinbase"), default="native")
+    v.add_argument("--ca-file", type=_key_file, metavar="PATH",
+                   help="verify a wss:// feed against these certificate authorities (PEM) only")
     v.add_argument("--latency", type=_not_negative, default=0.0, metavar="MS")
     v.add_argument("--fees-bps", type=_fees_bps, default=0.0, metavar="X")
     p = sub.add_parser("replay", help="feed a decision log's inputs through the policy and compare its decisions")
@@ -327,6 +349,12 @@ def _ws_url(text: str) -> str:
     from websockets.exceptions import InvalidURI
     from websockets.uri import parse_uri
 
+    from policyc.runtime.live.security import SecurityError, check_url
+
+    try:
+        check_url(text)  # a credential in the URL is refused, and not echoed
+    except SecurityError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
     try:
         parse_uri(text)
     except InvalidURI:
@@ -891,16 +919,7 @@ def cmd_run(args, parser) -> int:
 
     from policyc.compiler.build import compile_checked
 
-    token = None
-    if args.token_file:
-        try:
-            token = Path(args.token_file).read_text().strip()
-        except OSError as exc:
-            parser.error(f"argument --token-file: cannot read {args.token_file}: {exc.strerror}")
-        if not token:
-            parser.error(f"argument --token-file: {args.token_file} is empty")
-    elif args.intents or args.control:
-        parser.error("--intents and --control need --token-file")
+    settings = _run_security(args, parser)
     if _same_file(args.log, args.file):
         parser.error(f"argument --log: {args.log} is the policy file; writing it would overwrite it")
     _check_key(parser, "--log-key-file", args.log_key_file, read_log_key)
@@ -913,10 +932,10 @@ def cmd_run(args, parser) -> int:
     try:
         runtime = LiveRuntime(compile_checked(result, on_compile=_say), RunConfig(
             feed_url=args.feed, venue_url=args.venue, feed_format=args.feed_format, intents=args.intents,
-            control=args.control, token=token, log_path=args.log, duration=args.duration,
+            control=args.control, log_path=args.log, duration=args.duration,
             flatten_on_exit=args.flatten_on_exit, busy_poll=args.busy_poll, fsync=args.fsync,
             log_max_bytes=args.log_max_bytes, log_key_file=args.log_key_file, sign_key_file=args.sign_key_file,
-            resume=args.resume, allow_policy_change=args.allow_policy_change, **limits))
+            resume=args.resume, allow_policy_change=args.allow_policy_change, **settings, **limits))
     except LogError as exc:  # a log that cannot be continued
         parser.error(f"argument --log: {exc}")
     if runtime.restored is not None:
@@ -935,6 +954,44 @@ def cmd_run(args, parser) -> int:
     print(encode_indented(status))
     print(f"decision log: {args.log}")
     return 0
+
+
+def _run_security(args, parser) -> dict:
+    """The RunConfig fields of `run`'s security options (docs/security.md): the listeners'
+    credentials and second factor, TLS, and the feed's and venue's Authorization. A
+    secret that cannot be used (open to others, weak, given twice) is a usage error whose
+    message names the file or variable, never the secret."""
+    from policyc.runtime.live import security
+
+    try:
+        credentials = security.load_credentials(
+            {"model": args.model_token_file, "operator": args.operator_token_file,
+             "viewer": args.viewer_token_file}, args.credentials_file, os.environ)
+        totp = (security.TotpVerifier(security.read_totp_secret(args.totp_secret_file))
+                if args.totp_secret_file else None)
+        if (args.tls_cert is None) != (args.tls_key is None):
+            raise security.SecurityError("--tls-cert and --tls-key go together: the listeners' certificate and "
+                                         "its private key")
+        if args.tls_cert:
+            security.server_context(args.tls_cert, args.tls_key)
+        if args.ca_file:
+            security.client_context(args.ca_file)
+        feed_auth = security.read_client_authorization(args.feed_auth_file, "POLICYC_FEED_AUTHORIZATION", os.environ)
+        venue_auth = security.read_client_authorization(args.venue_auth_file, "POLICYC_VENUE_AUTHORIZATION",
+                                                        os.environ)
+    except security.SecurityError as exc:
+        parser.error(str(exc))
+    roles = credentials.roles()
+    if args.intents and "model" not in roles:
+        parser.error("--intents needs a model credential: --model-token-file, --credentials-file or "
+                     "POLICYC_MODEL_TOKEN")
+    if args.control and not roles & {"operator", "viewer"}:
+        parser.error("--control needs an operator or viewer credential: --operator-token-file, "
+                     "--viewer-token-file, --credentials-file or POLICYC_OPERATOR_TOKEN")
+    return {"guard": security.Guard(credentials, totp), "tls_cert": args.tls_cert, "tls_key": args.tls_key,
+            "ca_file": args.ca_file,
+            "feed_headers": (("Authorization", feed_auth),) if feed_auth else (),
+            "venue_headers": (("Authorization", venue_auth),) if venue_auth else ()}
 
 
 def cmd_replay_feed(args, parser) -> int:
@@ -962,9 +1019,17 @@ def cmd_paper_venue(args, parser) -> int:
     from policyc.runtime.live import eventloop
     from policyc.runtime.live.paper import PaperVenue, serve
 
+    from policyc.runtime.live.security import SecurityError, client_context
+
+    if args.ca_file:
+        try:
+            client_context(args.ca_file)
+        except SecurityError as exc:
+            parser.error(f"argument --ca-file: {exc}")
     venue = PaperVenue(fees_bps=args.fees_bps, latency_ms=args.latency, feed_format=args.feed_format)
     host, port = args.listen
-    eventloop.run(eventloop.until_signal(lambda stop: serve(venue, host, port, args.feed, stop=stop)))
+    eventloop.run(eventloop.until_signal(lambda stop: serve(venue, host, port, args.feed, stop=stop,
+                                                            ca_file=args.ca_file)))
     print(json.dumps({"fills": len(venue.fills), "latency": venue.percentiles()}), file=sys.stderr)
     return 0
 
@@ -1024,7 +1089,7 @@ def cmd_replay(args, parser) -> int:
     try:
         files, _, problem = verify_log(args.log, None, args.key_file)
         if problem is None:
-            records = read_log(args.log, read_log_key(args.key_file) if args.key_file else None)
+            records = read_log(files[0], read_log_key(args.key_file) if args.key_file else None)
     except (LogError, ValueError) as exc:
         parser.error(str(exc).splitlines()[0])
     if problem is not None:
@@ -1080,7 +1145,7 @@ def _audit_report(args, first_file) -> int:
     from policyc.runtime.audit_report import build_report, render_html, render_text
     from policyc.runtime.live.audit import read_log, read_log_key
 
-    records = read_log(args.log, read_log_key(args.key_file) if args.key_file else None)
+    records = read_log(first_file, read_log_key(args.key_file) if args.key_file else None)
     sessions = [r for r in records if r.get("kind") == "session"]
     limits = sessions[-1].get("risk") or {} if sessions else {}
     report = build_report(records, limits)

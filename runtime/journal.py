@@ -33,7 +33,7 @@ from policyc.compiler.build import CompiledPolicy
 
 from .audit_chain import JSON_OPTIONS
 from .engine import Engine
-from .live.audit import INPUT_KINDS
+from .live.audit import INPUT_KINDS, RUNNER_KINDS
 from .live.protocol import Market, VenueReply
 from .orders import OrderCore
 
@@ -114,7 +114,7 @@ class Replayer:
             return []
         if self.core is None:
             raise ReplayError(f"record {record.get('seq')} comes before any session record")
-        if kind == "checkpoint":
+        if kind == "checkpoint" or kind in RUNNER_KINDS:  # not the core's: the listeners' security
             return []
         if kind in _INPUTS:
             found = self._leftover()
@@ -270,7 +270,7 @@ def resume_state(path, log_key_file: str | None, policy: CompiledPolicy, allow_p
         if required:
             raise LogError(f"--resume: there is no log at {path} to resume")
         return None
-    _, _, problem = verify_log(path, None, log_key_file)
+    _, _, problem = verify_log(path, None, log_key_file, open_end=True)
     if problem is not None:
         raise LogError(f"{problem.file} line {problem.line} does not verify ({problem.kind}: {problem.detail}); "
                        "nothing was resumed: check it with `policyc audit verify`")

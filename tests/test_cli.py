@@ -179,7 +179,7 @@ def test_a_mistake_in_a_command_shows_that_commands_usage(capsys):
     (["sweep", EMA, "--data", "{missing}", "-p", "fast=5,6"], "--data"),
     (["replay-feed", "--data", "{missing}", "--listen", "127.0.0.1:9"], "--data"),
     (["run", EMA, "--feed", "ws://127.0.0.1:9", "--venue", "ws://127.0.0.1:9", "--token-file", "{missing}"],
-     "--token-file"),
+     "--model-token-file/--token-file"),
 ])
 def test_a_missing_file_is_the_same_usage_error_for_every_option(capsys, tmp_path, argv, option):
     missing = tmp_path / "missing.txt"

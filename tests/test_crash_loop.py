@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pyotp
 import pytest
 
 from policyc.runtime.journal import replay, session_policy
@@ -29,6 +30,8 @@ from loopback import FAILSAFE_S, HOST, free_port, wait_port
 
 CYCLES = int(os.environ.get("CRASH_CYCLES", "8"))
 SEED = int(os.environ.get("CRASH_SEED", "7"))
+OPERATOR = "c7a1e5b9d3f2048a6c8e0b2d4f6a8c1e"  # the operator's token (a test's, 128 bits)
+TOTP_SECRET = pyotp.random_base32()             # `resume` needs a code
 MAX_POSITION, MAX_ORDERS_PER_DAY = 100, 8
 BAR_S = 600                    # one bar every 10 minutes: 144 a UTC day
 RATE = 60.0                    # bars per second on the feed
@@ -126,7 +129,8 @@ def start(policy: Path, log: Path, ex: Exchange, control: int, token: Path) -> s
     return subprocess.Popen(
         [sys.executable, "-m", "policyc", "run", str(policy), "--feed", f"ws://{HOST}:{ex.feed_port}",
          "--venue", f"ws://{HOST}:{ex.venue_port}", "--log", str(log), "--control", f"{HOST}:{control}",
-         "--token-file", str(token), "--max-feed-silence", "60s"],
+         "--operator-token-file", str(token), "--totp-secret-file", str(token.with_name("totp")),
+         "--max-feed-silence", "60s"],
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
 
@@ -184,8 +188,10 @@ def test_kill_9_at_random_moments_breaks_no_limit_and_loses_no_order(tmp_path):
     rng = random.Random(SEED)
     data, policy, log, token = tmp_path / "syn.csv", tmp_path / "churn.yaml", tmp_path / "d.jsonl", tmp_path / "t"
     policy.write_text(POLICY)
-    token.write_text("crash-token")
+    token.write_text(OPERATOR)
     token.chmod(0o600)
+    token.with_name("totp").write_text(TOTP_SECRET)
+    token.with_name("totp").chmod(0o600)
     bars = int(RATE * (CYCLES * 3.5 + 20))  # enough bars for every cycle
     recording(data, bars)
     ex = Exchange(data)
@@ -197,10 +203,10 @@ def test_kill_9_at_random_moments_breaks_no_limit_and_loses_no_order(tmp_path):
             try:
                 reconciled(log, cycle - 1, port, proc)
                 if rng.random() < 0.25 and not halted:
-                    control(port, "crash-token", {"type": "halt", "reason": f"cycle {cycle}"})
+                    control(port, OPERATOR, {"type": "halt", "reason": f"cycle {cycle}"})
                     halted = True
                 elif halted and rng.random() < 0.6:
-                    control(port, "crash-token", {"type": "resume"})
+                    control(port, OPERATOR, {"type": "resume", "totp": pyotp.TOTP(TOTP_SECRET).now()})
                     halted = False
                 time.sleep(rng.uniform(0.3, 2.5))
             finally:

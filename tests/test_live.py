@@ -10,7 +10,7 @@ from policyc.compiler import layout as L
 from policyc.compiler.layout import FILL_SAME
 from policyc.dsl.document import parse_policy_text
 from policyc.runtime.backtest import load_events, run_backtest
-from policyc.runtime.live import replay
+from policyc.runtime.live import replay, security
 from policyc.runtime.live.audit import read_log
 from policyc.runtime.live.demo import loopback
 
@@ -40,7 +40,8 @@ risk:
 account:
   fees_bps: 1
 """
-TOKEN = "s3cret-token"
+TOKEN = "5e3c7a9b1d2f4e6a8c0b1d3f5a7c9e2b"     # the model's
+OPERATOR = "a1b2c3d4e5f60718293a4b5c6d7e8f90"  # the operator's: the control port admits no model
 
 
 
@@ -66,7 +67,9 @@ async def run_stack(policy, data_path, log_path, monkeypatch, pause_after=None, 
     monkeypatch.setattr(replay, "broadcast", lock.broadcast)
     rec = replay.load_recording([("ORCL", str(data_path))])
     async with loopback(policy, rec, log_path, rate=1000.0, fees_bps=1.0, intents=(HOST, free_port()),  # rate: unused
-                        control=(HOST, free_port()), token=TOKEN) as stack:
+                        control=(HOST, free_port()),
+                        guard=security.Guard(security.Credentials([("model", TOKEN, "test"),
+                                                                   ("operator", OPERATOR, "test")]))) as stack:
         lock.attach(stack)
         if during_pause is not None:
             paused = asyncio.create_task(lock.paused.wait())
@@ -111,9 +114,11 @@ def test_live_matches_backtest_fill_same_and_logs_the_hash(policy, short_data, t
 
 
 def test_intents_and_control_need_the_token_and_answer_each_message(policy, short_data, tmp_path, monkeypatch):
-    """Mid-stream (after event 120, the feed held): a wrong token is closed with 1008;
-    with the right one every intent or control message gets exactly one answer, a
-    decision, a status or an error; the halt holds to the end and is logged."""
+    """Mid-stream (after event 120, the feed held): a wrong token, or the model's on the
+    control port, is closed with 1008; with the right one every intent or control
+    message gets exactly one answer, a decision, a status or an error; the halt holds to
+    the end and is logged, as an `access` record too; the failed authentications are
+    summarised in `auth_failures` records, not one `bad_message` each."""
     from websockets.asyncio.client import connect
     from websockets.exceptions import ConnectionClosed
 
@@ -140,6 +145,10 @@ def test_intents_and_control_need_the_token_and_answer_each_message(policy, shor
             answers["junk"] = json.loads(await ws.recv())
         control = f"ws://{HOST}:{runtime.config.control[1]}"
         async with connect(control, additional_headers={"Authorization": f"Bearer {TOKEN}"}) as ws:
+            with pytest.raises(ConnectionClosed) as closed:
+                await ws.recv()
+            answers["model_on_control"] = closed.value.rcvd.code
+        async with connect(control, additional_headers={"Authorization": f"Bearer {OPERATOR}"}) as ws:
             await ws.send('{"type": "halt", "reason": "test"}')
             answers["halt"] = json.loads(await ws.recv())
             await ws.send(json.dumps({"type": "intent", "id": "x"}))
@@ -147,16 +156,24 @@ def test_intents_and_control_need_the_token_and_answer_each_message(policy, shor
 
     _, status, _, runtime = asyncio.run(run_stack(policy, short_data, tmp_path / "log.jsonl", monkeypatch,
                                                   pause_after=120, during_pause=drive))
-    assert answers["bad_token"] == answers["two_tokens"] == 1008
+    assert answers["bad_token"] == answers["two_tokens"] == answers["model_on_control"] == 1008
     a1 = answers["a1"]
     assert a1["type"] == "decision" and a1["id"] == "a1" and a1["policy_hash"] == policy.policy_hash
     assert a1["approved_target"] <= 120 and "max_position:clipped" in a1["reasons"]
     assert answers["a2"]["type"] == "error" and answers["a2"]["id"] == "a2"
     assert answers["a2"]["code"] == "bad_message" and answers["junk"]["type"] == "error"
     assert answers["halt"]["halted"] is True
-    assert answers["bad_control"]["type"] == "error"
-    assert status["halted"] is True and status["bad_messages"] >= 3
+    assert answers["bad_control"]["type"] == "error" and answers["bad_control"]["code"] == "forbidden"  # no TOTP
+    assert status["halted"] is True and status["bad_messages"] >= 2
     records = read_log(tmp_path / "log.jsonl")
     kinds = [r["kind"] for r in records]
     assert "halt" in kinds and "bad_message" in kinds
-    assert sum(r.get("source") == "auth" for r in records) == 2  # the wrong token and the token sent twice
+    assert not any(r.get("source") == "auth" for r in records)
+    failures = [r for r in records if r["kind"] == "auth_failures"]
+    # the wrong token, the token sent twice, the model's on the control port; the first at once, the rest at the end
+    assert sum(r["failures"] for r in failures) == 3 and len(failures) <= 2
+    access = [(r["role"], r["action"], r["result"]) for r in records if r["kind"] == "access"]
+    assert access[0] == ("operator", "halt", "done") and access[1][:2] == ("operator", "intent")
+    assert access[1][2].startswith("refused: `intent` needs a TOTP code")
+    from policyc.runtime.journal import replay as replay_log, session_policy
+    assert replay_log(records, session_policy)[1] == []  # `access` and `auth_failures` are not the core's

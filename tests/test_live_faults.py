@@ -6,6 +6,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import pyotp
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -14,7 +15,7 @@ from websockets.protocol import State
 
 from policyc.compiler.build import compile_policy
 from policyc.dsl.document import parse_policy_text
-from policyc.runtime.live import paper
+from policyc.runtime.live import paper, security
 from policyc.runtime.live.audit import read_log
 from policyc.runtime.live.runner import LiveRuntime, RunConfig
 
@@ -30,7 +31,20 @@ risk:
   max_position: 100
   max_order_qty: 100
 """
-TOKEN = "t0ken"
+TOKEN = "70ce2f3a9b1d4e6f8a0b2c4d6e8f1a3b"     # the model's
+OPERATOR = "0be7a10c5d2e4f6a8b0c1d3e5f7a9b2c"  # the operator's, for the control port
+TOTP_SECRET = pyotp.random_base32()
+
+
+def guard() -> security.Guard:
+    """The listeners' credentials: a model and an operator token, and a TOTP secret
+    (`resume` needs a code: `totp()`)."""
+    return security.Guard(security.Credentials([("model", TOKEN, "test"), ("operator", OPERATOR, "test")]),
+                          security.TotpVerifier(TOTP_SECRET))
+
+
+def totp() -> str:
+    return pyotp.TOTP(TOTP_SECRET).now()
 TS = 1_700_000_000_000_000_000
 
 
@@ -77,7 +91,7 @@ QUIET_S = 3600.0
 
 def runtime_for(policy, feed_port, venue_port, log):
     return LiveRuntime(policy, RunConfig(f"ws://{HOST}:{feed_port}", f"ws://{HOST}:{venue_port}", log_path=str(log),
-                                         intents=(HOST, free_port()), token=TOKEN, max_feed_silence=QUIET_S))
+                                         intents=(HOST, free_port()), guard=guard(), max_feed_silence=QUIET_S))
 
 
 def test_paper_venue_answers_a_repeated_order_without_executing_it_again():
@@ -395,7 +409,7 @@ class Stack:
                                                           f"ws://{HOST}:{self.feed.port}", stop=self.stop_venue))
         self.rt = LiveRuntime(self.policy, RunConfig(
             f"ws://{HOST}:{self.feed.port}", f"ws://{HOST}:{self.venue_port}", log_path=str(self.log),
-            intents=(HOST, free_port()), control=(HOST, free_port()) if self.control else None, token=TOKEN,
+            intents=(HOST, free_port()), control=(HOST, free_port()) if self.control else None, guard=guard(),
             **self.config))
         self.run = asyncio.create_task(self.rt.run())
         await until(lambda: len(self.feed.clients) == 2 and self.rt.venue is not None and self.rt.feed is not None)
@@ -527,12 +541,13 @@ def test_an_oversized_client_frame_is_a_bad_message_and_the_listener_stays_up(po
         port = rt.config.intents[1] if source == "intents" else rt.config.control[1]
         big = json.dumps({"type": "intent" if source == "intents" else "halt", "id": "big", "instrument": "ORCL",
                           "target": 50, "reason": "x" * (MAX_CLIENT_FRAME_BYTES + 10)})
-        async with connect(f"ws://{HOST}:{port}", additional_headers={"Authorization": f"Bearer {TOKEN}"}) as ws:
+        token = TOKEN if source == "intents" else OPERATOR
+        async with connect(f"ws://{HOST}:{port}", additional_headers={"Authorization": f"Bearer {token}"}) as ws:
             await ws.send(big)
             with pytest.raises(ConnectionClosed) as closed:
                 await ws.recv()
         await until(lambda: rt.counters.bad_messages == 1)
-        (status,) = await _client(rt.config.control[1], {"type": "status"})
+        (status,) = await _client(rt.config.control[1], {"type": "status"}, token=OPERATOR)
         (decision,) = await _client(rt.config.intents[1],
                                     {"type": "intent", "id": "a", "instrument": "ORCL", "target": 20})
         await until(lambda: not rt.open)
@@ -814,7 +829,7 @@ def test_a_fill_lost_with_the_venue_connection_is_learnt_from_the_cancel_of_a_ha
         server = await DropsTheFirstFill(venue).start()
         server.release.set()
         rt = LiveRuntime(policy, RunConfig(f"ws://{HOST}:{feed.port}", f"ws://{HOST}:{server.port}", log_path=str(log),
-                                           intents=(HOST, free_port()), control=(HOST, free_port()), token=TOKEN,
+                                           intents=(HOST, free_port()), control=(HOST, free_port()), guard=guard(),
                                            max_feed_silence=QUIET_S))
         run = asyncio.create_task(rt.run())
         await until(lambda: len(feed.clients) == 1 and rt.venue is not None)
@@ -825,7 +840,7 @@ def test_a_fill_lost_with_the_venue_connection_is_learnt_from_the_cancel_of_a_ha
                                     {"type": "intent", "id": "i1", "instrument": "ORCL", "target": 60})
         (oid,) = list(rt.open)
         await until(lambda: server.dropped and server.refused >= 1)
-        (halted,) = await _client(rt.config.control[1], {"type": "halt", "reason": "venue down"})
+        (halted,) = await _client(rt.config.control[1], {"type": "halt", "reason": "venue down"}, token=OPERATOR)
         server.refuse = False
         await until(lambda: len(server.connections) == 2)
         await until(lambda: not rt.open and len(venue.fills) == 2)
@@ -860,7 +875,7 @@ async def _halt_with_a_pending_order(policy, log, clock):
     (oid,) = list(rt.open)
     await until(lambda: oid in venue.pending and oid not in rt.unacked)  # acked, waiting out the latency
     orders_before = rt.counters.orders
-    (halted,) = await _client(rt.config.control[1], {"type": "halt", "reason": "test"})
+    (halted,) = await _client(rt.config.control[1], {"type": "halt", "reason": "test"}, token=OPERATOR)
     await until(lambda: oid not in rt.open)  # the cancel's answer came back
     await clock.advance(LATENCY_S)  # the cancelled order is due now, and whatever the halt sent
     await until(lambda: not rt.open)  # settles (a fill, if it sent an order)
@@ -869,7 +884,8 @@ async def _halt_with_a_pending_order(policy, log, clock):
     (while_halted,) = await _client(rt.config.intents[1],
                                     {"type": "intent", "id": "b", "instrument": "ORCL", "target": 30})
     orders_while_halted = rt.counters.orders - orders_before
-    (resumed,) = await _client(rt.config.control[1], {"type": "resume"})
+    (resumed,) = await _client(rt.config.control[1], {"type": "resume", "totp": totp()},
+                               token=OPERATOR)
     (after_resume,) = await _client(rt.config.intents[1],
                                     {"type": "intent", "id": "c", "instrument": "ORCL", "target": 30})
     orders_after_resume = rt.counters.orders - orders_before
@@ -927,7 +943,7 @@ def test_an_order_pending_when_halt_comes_while_the_venue_is_down_never_executes
         await until(lambda: rt.venue is None)
         (decision,) = await _client(rt.config.intents[1],
                                     {"type": "intent", "id": "a", "instrument": "ORCL", "target": 40})
-        (halted,) = await _client(rt.config.control[1], {"type": "halt", "reason": "venue down"})
+        (halted,) = await _client(rt.config.control[1], {"type": "halt", "reason": "venue down"}, token=OPERATOR)
         stack.stop_venue = asyncio.Event()
         stack.venue_task = asyncio.create_task(paper.serve(venue, HOST, stack.venue_port,
                                                            f"ws://{HOST}:{stack.feed.port}", stop=stack.stop_venue))
@@ -1248,7 +1264,7 @@ def test_a_runtime_on_a_binance_feed_gets_fills_from_a_binance_paper_venue(tmp_p
         venue, port, stop = paper.PaperVenue(feed_format="binance"), free_port(), asyncio.Event()
         task = asyncio.create_task(paper.serve(venue, HOST, port, f"ws://{HOST}:{feed.port}", stop=stop))
         rt = LiveRuntime(policy, RunConfig(f"ws://{HOST}:{feed.port}", f"ws://{HOST}:{port}", feed_format="binance",
-                                           log_path=str(log), intents=(HOST, free_port()), token=TOKEN,
+                                           log_path=str(log), intents=(HOST, free_port()), guard=guard(),
                                            max_feed_silence=QUIET_S))
         run = asyncio.create_task(rt.run())
         await until(lambda: len(feed.clients) == 2 and rt.venue is not None)

@@ -22,7 +22,9 @@ from ..audit_chain import (NONCE_BYTES, SIGNED, ZERO_HASH, Line, LogError, Probl
 #: What reached the order core, written before it is handled (a journal that replays it).
 INPUT_KINDS = ("market", "input", "intent", "decide", "venue", "control", "link", "timer")
 KINDS = ("session", "order", "fill", "reject", "overfill", "risk", "halt", "resume", "feed_silent", "feed_live",
-         "bad_message", "reconcile", "checkpoint", *INPUT_KINDS)
+         "bad_message", "reconcile", "checkpoint", "access", "auth_failures", *INPUT_KINDS)
+#: Written by the runner around the core (the listeners' security), not by the core: replay passes them by.
+RUNNER_KINDS = ("access", "auth_failures")
 _KNOWN = frozenset(KINDS)
 FSYNC_MODES = ("always", "batch", "never")
 DEFAULT_FSYNC = "batch"
@@ -434,9 +436,12 @@ def read_log(path: str | Path, log_key: bytes | None = None) -> list[dict]:
 
 
 def verify_log(path: str | Path, public_key_file: str | Path | None = None,
-               log_key_file: str | Path | None = None) -> tuple[list[Path], Summary, Problem | None]:
+               log_key_file: str | Path | None = None,
+               open_end: bool = False) -> tuple[list[Path], Summary, Problem | None]:
     """Check the log at `path` (its first file, or its folder): its files, what was
-    checked, and its first bad record or None (`audit_chain.check`). Raises LogError
+    checked, and its first bad record or None (`audit_chain.check`; `open_end`: a last
+    signed run may lack its closing checkpoint, as a killed run's does, when a new run is
+    about to follow it). Raises LogError
     when it cannot be checked: not a log, a key file that is not one, a key missing or
     not the log's, a file that cannot be read."""
     files = log_files(path)
@@ -450,7 +455,7 @@ def verify_log(path: str | Path, public_key_file: str | Path | None = None,
         key = read_log_key(log_key_file)
         aead, aead_key_id = AESGCM(key), key_id(key)
     try:
-        summary, problem = check(lambda: _lines(files), aead, aead_key_id, public_key)
+        summary, problem = check(lambda: _lines(files), aead, aead_key_id, public_key, open_end)
     except LogError as exc:
         raise LogError(f"{files[0]}: {exc}") from None
     except OSError as exc:

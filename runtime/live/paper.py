@@ -199,7 +199,8 @@ class _Anything:
 
 
 async def serve(venue: PaperVenue, host: str, port: int, feed_url: str, ready: asyncio.Event | None = None,
-                stop: asyncio.Event | None = None) -> None:
+                stop: asyncio.Event | None = None, ca_file: str | None = None) -> None:
+    """`ca_file`: a wss:// feed is verified against these certificate authorities only."""
     from websockets.asyncio.server import broadcast as ws_broadcast
     from websockets.asyncio.server import serve as ws_serve
 
@@ -207,7 +208,8 @@ async def serve(venue: PaperVenue, host: str, port: int, feed_url: str, ready: a
         delay = 0.05
         while True:
             try:
-                stream = await transport.connect(feed_url, on_feed, lambda why: None, max_size=MAX_FRAME_BYTES)
+                stream = await transport.connect(feed_url, on_feed, lambda why: None, max_size=MAX_FRAME_BYTES,
+                                                 ca_file=ca_file)
                 delay = 0.05
                 await asyncio.shield(stream.lost)
             except Exception:  # no feed yet, or it dropped: try again

@@ -30,7 +30,7 @@ from policyc.compiler.hashing import toolchain_versions
 from ..engine import Engine, EngineError
 from ..journal import resume_state
 from ..orders import MAX_CLOCK_SKEW_S, MAX_FEED_SILENCE_S, OrderCore, steps
-from . import transport
+from . import security, transport
 from .audit import DEFAULT_FSYNC, DecisionLog, read_log_key, read_signing_key
 from .protocol import (MAX_FRAME_BYTES, Input, Market, ProtocolError, encode, message_id, parse_control, parse_feed,
                        parse_intent, parse_venue)
@@ -50,7 +50,12 @@ class RunConfig:
     feed_format: str = "native"
     intents: tuple[str, int] | None = None
     control: tuple[str, int] | None = None
-    token: str | None = None
+    guard: security.Guard | None = None           # the listeners' credentials, roles and second factor
+    tls_cert: str | None = None                    # the listeners on wss: their certificate chain (PEM)
+    tls_key: str | None = None                     # and its private key
+    ca_file: str | None = None                     # a wss feed or venue is verified against these authorities
+    feed_headers: tuple = ()                       # added to the feed's opening handshake: (name, value) pairs
+    venue_headers: tuple = ()                      # and the venue's
     log_path: str = "decisions.jsonl"
     duration: float | None = None
     flatten_on_exit: bool = False
@@ -104,7 +109,7 @@ class LiveRuntime:
         self.policy, self.config = policy, config
         log_key = read_log_key(config.log_key_file) if config.log_key_file else None
         # Before the log is opened for writing: a log that does not verify or replay is refused untouched.
-        self.restored = resume_state(config.log_path, log_key, policy, config.allow_policy_change,
+        self.restored = resume_state(config.log_path, config.log_key_file, policy, config.allow_policy_change,
                                      required=config.resume)
         self.log = DecisionLog(config.log_path, policy.policy_hash, policy.build_hash, fsync=config.fsync,
                                max_bytes=config.log_max_bytes, log_key=log_key,
@@ -137,7 +142,9 @@ class LiveRuntime:
                        order_prefix=self.order_prefix, max_clock_skew_s=config.max_clock_skew,
                        max_feed_silence_s=config.max_feed_silence, mono_ns=started_ns,
                        resumed_runs=self.restored.runs if self.restored else 0,
-                       policy_source=policy.checked.parsed.source.text)
+                       policy_source=policy.checked.parsed.source.text,
+                       **(config.guard.session_fields() if config.guard is not None else {}),
+                       **({"tls_cert": security.cert_fingerprint(config.tls_cert)} if config.tls_cert else {}))
         if self.restored is not None:
             for record in self.restored.pending:  # what the run before did not finish writing (`runtime/journal.py`)
                 self.log.write(**record)
@@ -301,7 +308,9 @@ class LiveRuntime:
         while not self.stop.is_set():
             try:
                 stream = await transport.connect(url, on_messages, lambda why: self.bad_message(source, why),
-                                                 max_size=MAX_FRAME_BYTES)
+                                                 max_size=MAX_FRAME_BYTES, ca_file=self.config.ca_file,
+                                                 headers=self.config.feed_headers if source == "feed"
+                                                 else self.config.venue_headers)
             except Exception as exc:  # refused, timed out, a failed handshake: all mean "try again later"
                 stream = None
                 if not self.stop.is_set():
@@ -395,28 +404,38 @@ class LiveRuntime:
                                    self._feed_lost)
 
     async def _listen(self, address, on_frame, source: str):
-        """A token-guarded listener: a wrong or missing token closes with code 1008."""
+        """A guarded listener (`security.Guard`): a connection is admitted by the role of its
+        token, or closed with code 1008; a control message is checked before it acts, and
+        each control action is logged as an `access` record."""
         from websockets.asyncio.server import serve
         from websockets.exceptions import ConnectionClosed
 
-        expected = None if self.config.token is None else f"Bearer {self.config.token}"
+        guard = self.config.guard
+        if guard is None:  # no credentials: nobody is admitted (`run` refuses a listener without them)
+            guard = self.config.guard = security.Guard(security.Credentials([]))
 
         async def handler(ws):
-            if expected is None or ws.request.headers.get_all("Authorization") != [expected]:  # one header, the token
-                self.bad_message("auth", "wrong or missing token")
-                await ws.close(1008, "wrong or missing token")
+            identity = await security.admit(ws, guard, source)
+            self._summarise_failures()
+            if identity is None:
                 return
             try:
                 async for frame in ws:
                     if self.stop.is_set():
                         reply = {"type": "error", "id": message_id(frame), "code": "stopping",
                                  "message": "the runtime is stopping; nothing was done"}
-                    elif self.allow(id(ws)):
-                        reply = on_frame(frame)
-                    else:
+                    elif not self.allow(id(ws)):
                         self.bad_message("flood", "over the message rate limit")
                         reply = {"type": "error", "id": message_id(frame), "code": "bad_message",
                                  "message": f"over {MESSAGES_PER_SECOND:g} messages per second"}
+                    elif source == "control":
+                        check = guard.check(identity, frame)
+                        reply = check.refusal or on_frame(frame)
+                        record = check.record(reply)
+                        if record is not None:
+                            self.log.write("access", **record)
+                    else:
+                        reply = on_frame(frame)
                     await ws.send(encode(reply).decode())
             except ConnectionClosed as exc:
                 if exc.sent is not None and exc.sent.code == 1009:
@@ -426,7 +445,23 @@ class LiveRuntime:
                 self.intent_budget.pop(id(ws), None)
 
         host, port = address
-        return await serve(handler, host, port, max_size=MAX_CLIENT_FRAME_BYTES, compression=None)
+        tls = security.server_context(self.config.tls_cert, self.config.tls_key) if self.config.tls_cert else None
+        return await serve(handler, host, port, max_size=MAX_CLIENT_FRAME_BYTES, compression=None, ssl=tls,
+                           open_timeout=security.HANDSHAKE_TIMEOUT_S)
+
+    def _summarise_failures(self, force: bool = False) -> None:
+        """Failed authentications to the log: one `auth_failures` record per interval at most."""
+        if self.config.guard is None:
+            return
+        record = self.config.guard.summary.take(force)
+        if record is not None:
+            self.log.write("auth_failures", **record)
+
+    async def _watch_failures(self) -> None:
+        """The failures of a burst are written at the end of their interval, not at the next failure."""
+        while not self.stop.is_set():
+            await asyncio.sleep(security.SUMMARY_INTERVAL_S)
+            self._summarise_failures()
 
     async def run(self) -> dict:
         loop = self._loop = asyncio.get_running_loop()
@@ -444,6 +479,8 @@ class LiveRuntime:
         tasks += [asyncio.create_task(self._keep_connected(self.config.venue_url, "venue", self.on_venue_messages,
                                                           self._venue_connected, self._venue_lost)),
                  asyncio.create_task(self._feed_after_venue()), asyncio.create_task(self._watch_feed())]
+        if servers:
+            tasks.append(asyncio.create_task(self._watch_failures()))
         try:
             if self.config.duration is not None:
                 await asyncio.wait_for(self.stop.wait(), self.config.duration)
@@ -465,6 +502,8 @@ class LiveRuntime:
                 await asyncio.wait_for(server.wait_closed(), 5)
             except asyncio.TimeoutError:
                 pass
+        if servers:
+            self._summarise_failures(force=True)
         summary = self.status()
         self.log.close()
         return summary
