@@ -15,6 +15,7 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
+import re
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Callable, Iterable
@@ -26,6 +27,10 @@ ZERO_HASH = "0" * 64  # the `prev_hash` of a log's first record
 SIGNED = ("session", "checkpoint")  # the kinds a signing key signs
 NONCE_BYTES = 12  # AES-GCM's standard nonce
 _HASH = b',"hash":"'  # the `hash` member: after it come only the hash, `sig` on a signed record, and `}`
+#: All a sealed line may hold after `,"hash":"`; anything more (a member appended after the
+#: hash, which a JSON reader would take over the sealed one) is an edit.
+_TAIL = re.compile(rb'[0-9a-f]{64}"(?:,"sig":"[0-9a-f]{128}")?\}\Z')
+_ENVELOPE = re.compile(rb'\{"seq":(?:0|[1-9][0-9]*),"enc":"[A-Za-z0-9+/]*={0,2}"\}\Z')
 
 EDITED, MISSING, REORDERED, INSERTED, TRUNCATED, BAD_SIGNATURE = (
     "edited", "missing", "reordered", "inserted", "truncated", "bad signature")
@@ -173,6 +178,9 @@ def read_record(line: Line, aead=None) -> Rec | Problem:
     data = line.data
     if encrypted:
         seq = obj.get("seq")
+        if not _ENVELOPE.match(data):
+            return _problem(line, EDITED, "not an envelope as written: text was added to or changed in it",
+                            seq if isinstance(seq, int) else None)
         if aead is None:
             return _problem(line, EDITED, "an encrypted record in a run whose session says it is in clear", seq)
         try:
@@ -189,18 +197,23 @@ def read_record(line: Line, aead=None) -> Rec | Problem:
     if missing:
         return _problem(line, EDITED, f"lacks {', '.join(missing)}", seq if isinstance(seq, int) else None)
     canonical = canonical_bytes(data)
+    if canonical is not None and not _TAIL.match(data, data.rfind(_HASH) + len(_HASH)):
+        return _problem(line, EDITED, "text after its hash: a record ends with `hash` (and `sig`), as written", seq)
     sound = canonical is not None and hashlib.sha256(canonical).hexdigest() == hash_
     return Rec(line, obj, seq, kind, prev, hash_, sound, encrypted)
 
 
 # ---- checking --------------------------------------------------------------------------
 def check(lines: Callable[[], Iterable[Line]], aead=None, aead_key_id: str | None = None,
-          public_key=None) -> tuple[Summary, Problem | None]:
+          public_key=None, open_end: bool = False) -> tuple[Summary, Problem | None]:
     """Check a whole log, its files' lines in order: `lines()` gives them, and is called
     once more only when something is wrong, to tell what. `aead` (cryptography's
     `AESGCM`, named `aead_key_id`) reads encrypted runs; `public_key`
     (`Ed25519PublicKey`) makes every run's session and checkpoints need a valid
-    signature by it. Returns what was checked and the first bad record, or None.
+    signature by it. `open_end`: the last run, if signed, may end without its closing
+    checkpoint (a run killed before it could close the log, which a resuming run is about
+    to follow with its own signed session record). Returns what was checked and the first
+    bad record, or None.
 
     Raises LogError when the input cannot be checked: empty, a first line that is not
     a decision log record (or one written without a hash chain), or a run encrypted
@@ -237,7 +250,7 @@ def check(lines: Callable[[], Iterable[Line]], aead=None, aead_key_id: str | Non
         raise LogError("empty")
     summary.head = head
     summary.closed = last.kind == "checkpoint" and bool(last.record.get("closing"))
-    if "sign_key_id" in run and not summary.closed:
+    if "sign_key_id" in run and not summary.closed and not open_end:
         return summary, Problem(TRUNCATED, last.line.file, last.line.number + 1, last.seq + 1,
                                 f"the log ends at seq {last.seq} without its run's signed closing checkpoint: "
                                 "records after its last checkpoint may have been cut off (or the run was killed "

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import html
 import math
+import re
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
@@ -84,6 +85,7 @@ class Day:
 
 @dataclass
 class LimitFigure:
+    run: int                 # the `seq` of its run's session record (0: records before any)
     figure: str
     peak: float              # the largest value the log shows (NaN when it shows none)
     key: str                 # the risk key that limits it
@@ -133,28 +135,60 @@ def coverage(limits: dict[str, float]) -> list[Coverage]:
     return out
 
 
+@dataclass
+class _Peaks:
+    """The largest figures of one run, as its records go by."""
+
+    limits: dict
+    position: dict = field(default_factory=dict)   # instrument -> position after its latest fill
+    price: dict = field(default_factory=dict)      # instrument -> latest logged price
+    pos: float = math.nan
+    gross: float = math.nan
+    qty: float = math.nan
+    notional: float = math.nan
+    entries: dict = field(default_factory=dict)    # UTC date -> orders that were not exits
+
+    def figures(self, run: int) -> list[LimitFigure]:
+        most = float(max(self.entries.values(), default=0))
+        lim = self.limits.get
+        return [
+            LimitFigure(run, "largest position (units, absolute)", self.pos, "max_position", lim("max_position")),
+            LimitFigure(run, "largest gross exposure (money, at the latest logged prices)", self.gross,
+                        "max_gross_exposure", lim("max_gross_exposure")),
+            LimitFigure(run, "largest order (units)", self.qty, "max_order_qty", lim("max_order_qty")),
+            LimitFigure(run, "largest order notional, exits aside (money)", self.notional, "max_order_notional",
+                        lim("max_order_notional")),
+            LimitFigure(run, "most orders in one day, exits aside", most, "max_orders_per_day",
+                        lim("max_orders_per_day")),
+        ]
+
+
+def _top(a: float, b: float) -> float:
+    return b if a != a or b > a else a
+
+
 def build_report(records: list[dict], limits: dict[str, float]) -> AuditReport:
-    """The report of `records` (every record of the log, in order) under the policy's
-    bound risk `limits` (key -> value, as `policyc explain` shows them; money in the
-    account's currency, quantities in units)."""
+    """The report of `records` (every record of the log, in order). Each run's figures are
+    judged by its own limits, the `risk` field of its `session` record, or `limits` (key ->
+    value, as `policyc explain` shows them; money in the account's currency, quantities
+    in units) for a run whose record has none. Coverage is of the latest run's limits.
+    The exits and liquidations the rules never block are left out of the order notional
+    and the orders per day, as the checks leave them out."""
     days: dict[str, Day] = {}
-    position: dict[str, float] = {}
-    price: dict[str, float] = {}
-    peak_pos = peak_gross = peak_qty = peak_notional = math.nan
-    runs = []
+    runs, figures = [], []
+    peaks = _Peaks(limits)
 
     def day(record) -> Day:
         d = _date(record.get("ts"))
         return days.setdefault(d, Day(d))
 
-    def top(a: float, b: float) -> float:
-        return b if a != a or b > a else a
-
     for r in records:
         kind = r.get("kind")
         if kind == "session":
+            if runs:
+                figures += peaks.figures(runs[-1].get("seq", len(runs)))
             runs.append(r)
-            position, price = {}, {}   # each run starts flat as far as its log says
+            peaks = _Peaks(r.get("risk") or limits)   # each run starts flat as far as its log says
             continue
         if kind in ("order", "risk"):
             hits = day(r).hits
@@ -165,38 +199,30 @@ def build_report(records: list[dict], limits: dict[str, float]) -> AuditReport:
             d.orders += 1
             d.exits += bool(r.get("exit"))
             qty, p = abs(float(r.get("qty") or 0.0)), r.get("price")
-            peak_qty = top(peak_qty, qty)
+            peaks.qty = _top(peaks.qty, qty)
+            if not r.get("exit"):
+                peaks.entries[d.date] = peaks.entries.get(d.date, 0) + 1
             if p is not None and math.isfinite(p):
-                price[r["instrument"]] = float(p)
+                peaks.price[r["instrument"]] = float(p)
                 if not r.get("exit"):
-                    peak_notional = top(peak_notional, qty * float(p))
+                    peaks.notional = _top(peaks.notional, qty * float(p))
         elif kind == "fill":
             day(r).fills += 1
             inst = r["instrument"]
-            position[inst] = float(r.get("position", 0.0))
-            price[inst] = float(r.get("price", price.get(inst, math.nan)))
-            peak_pos = top(peak_pos, abs(position[inst]))
-            gross = sum(abs(q) * price.get(i, math.nan) for i, q in position.items() if q)
+            peaks.position[inst] = float(r.get("position", 0.0))
+            peaks.price[inst] = float(r.get("price", peaks.price.get(inst, math.nan)))
+            peaks.pos = _top(peaks.pos, abs(peaks.position[inst]))
+            gross = sum(abs(q) * peaks.price.get(i, math.nan) for i, q in peaks.position.items() if q)
             if gross == gross:
-                peak_gross = top(peak_gross, gross)
+                peaks.gross = _top(peaks.gross, gross)
         elif kind == "reject":
             day(r).rejects += 1
         elif kind == "halt":
             day(r).trips.append({"ts": r.get("ts"), "by": _by(r), "reason": r.get("reason", "")})
         elif kind == "resume":
             day(r).resumes.append({"ts": r.get("ts"), "by": _by(r)})
-    ordered = [days[d] for d in sorted(days)]
-    most_orders = float(max((d.orders for d in ordered), default=0))
-    figures = [
-        LimitFigure("largest position (units, absolute)", peak_pos, "max_position", limits.get("max_position")),
-        LimitFigure("largest gross exposure (money, at the latest logged prices)", peak_gross, "max_gross_exposure",
-                    limits.get("max_gross_exposure")),
-        LimitFigure("largest order (units)", peak_qty, "max_order_qty", limits.get("max_order_qty")),
-        LimitFigure("largest order notional, exits aside (money)", peak_notional, "max_order_notional",
-                    limits.get("max_order_notional")),
-        LimitFigure("most orders in one day", most_orders, "max_orders_per_day", limits.get("max_orders_per_day")),
-    ]
-    return AuditReport(runs, ordered, figures, coverage(limits))
+    figures += peaks.figures(runs[-1].get("seq", len(runs)) if runs else 0)
+    return AuditReport(runs, [days[d] for d in sorted(days)], figures, coverage(peaks.limits))
 
 
 def _num(v) -> str:
@@ -219,7 +245,7 @@ def _sections(rep: AuditReport) -> list[tuple[str, list[str], list[list[str]]]]:
              ", ".join(f"{k} {n}" for k, n in sorted(d.hits.items())) or "-",
              "; ".join(f"{_time(t['ts'])} by {t['by']} ({t['reason']})" for t in d.trips) or "-",
              "; ".join(f"{_time(t['ts'])} by {t['by']}" for t in d.resumes) or "-"] for d in rep.days]
-    limits = [[f.figure, _num(f.peak), f.key, _num(f.limit),
+    limits = [[str(f.run), f.figure, _num(f.peak), f.key, _num(f.limit),
                "BREACH" if f.breached else ("no limit" if f.limit is None else "held")] for f in rep.limits]
     cover = [[c.control.rule, c.control.provision, c.control.asks, c.status.upper() if c.status != "met" else "met",
               ", ".join(c.met_by + ([c.control.built_in] if c.control.built_in else [])) or "-",
@@ -228,14 +254,22 @@ def _sections(rep: AuditReport) -> list[tuple[str, list[str], list[list[str]]]]:
         ("Runs", ["session seq", "date", "policy", "policy_hash", "order prefix"], runs),
         ("Per day (UTC)", ["date", "orders", "exits", "fills", "rejects", "limit hits by reason",
                            "kill-switch trips", "resumes"], days),
-        ("Limits", ["figure", "peak in the log", "risk key", "limit", ""], limits),
+        ("Limits, each run against its own", ["run", "figure", "peak in the log", "risk key", "limit", ""], limits),
         ("Control coverage", ["rule", "provision", "asks for", "status", "met by", "missing"], cover),
     ]
 
 
+#: Control and bidirectional-format characters: an operator's halt reason is free text, and
+#: a newline, an escape sequence or a right-to-left override in it must not redraw the table.
+_UNPRINTABLE = re.compile(r"[\x00-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+
+
 def render_text(rep: AuditReport) -> str:
+    """The report as plain text tables; characters that would move the cursor or the
+    text's direction are shown as `?`."""
     out = []
     for title, header, rows in _sections(rep):
+        rows = [[_UNPRINTABLE.sub("?", cell) for cell in row] for row in rows]
         out.append(title)
         widths = [max(len(x) for x in col) for col in zip(header, *rows)]
         for row in [header, *rows]:

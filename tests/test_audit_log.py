@@ -509,3 +509,29 @@ def test_a_log_max_bytes_that_is_not_a_size_is_a_usage_error(capsys, value, line
     with pytest.raises(SystemExit) as exit_:
         main(["run", str(EMA), "--feed", "ws://h:1", "--venue", "ws://h:2", "--log-max-bytes", value])
     assert exit_.value.code == 2 and capsys.readouterr().err.splitlines()[-1] == f"policyc: error: {line}"
+
+
+# ---- nothing after the hash: a JSON reader keeps the last of two equal keys -----------------------------------------
+
+@pytest.mark.parametrize("tail", [b',"qty":5000.0,"position":5000.0}', b',"policy_hash":"' + b"f" * 64 + b'"}',
+                                  b"} ", b"}\r"])
+def test_text_after_a_records_hash_is_an_edit(tmp_path, tail):
+    """Members appended after `hash` would override the sealed ones for every reader
+    (read_log, replay, the report) without touching the hash."""
+    log = _tampered(tmp_path, lambda lines: lines[:5] + [lines[5].rstrip(b"\n")[:-1] + tail + b"\n"] + lines[6:])
+    problem = _problem(log)
+    assert _at(problem) == (EDITED, 6, 6) and "text after its hash" in problem.detail
+
+
+def test_text_after_a_signature_is_an_edit_even_when_every_signature_verifies(tmp_path, signer):
+    key, _, public = signer
+    forged = b',"policy_hash":"' + b"f" * 64 + b'"}\n'
+    log = _tampered(tmp_path, lambda lines: [lines[0].rstrip(b"\n")[:-1] + forged] + lines[1:], sign_key=key)
+    assert _at(_problem(log, public_key_file=public)) == (EDITED, 1, 1)
+
+
+def test_a_member_added_to_an_envelope_is_an_edit(tmp_path, key_file):
+    log = _tampered(tmp_path, lambda lines: lines[:4] + [lines[4].rstrip(b"\n")[:-1] + b',"kind":"fill"}\n']
+                    + lines[5:], log_key=LOG_KEY)
+    problem = _problem(log, log_key_file=key_file)
+    assert _at(problem) == (EDITED, 5, 5) and "envelope" in problem.detail

@@ -51,7 +51,8 @@ def test_peaks_against_limits():
     assert figures["max_order_qty"].peak == 30.0 and not figures["max_order_qty"].breached
     # the exit at 90 is left out of the order notional: the largest entry is 30 at 110
     assert figures["max_order_notional"].peak == 3300.0 and figures["max_order_notional"].limit is None
-    assert figures["max_orders_per_day"].peak == 3.0 and not figures["max_orders_per_day"].breached
+    # day 1 has 3 orders, one of them the kill switch's exit, which the limit never blocks
+    assert figures["max_orders_per_day"].peak == 2.0 and not figures["max_orders_per_day"].breached
 
 
 def test_an_empty_log_has_no_peaks():
@@ -104,6 +105,7 @@ def test_the_command_reads_the_limits_from_the_session_record(tmp_path, capsys):
     assert main(["audit", "report", str(tmp_path / "d.jsonl"), "--html", str(tmp_path / "out" / "r.html")]) == 0
     out = capsys.readouterr().out
     row = next(line for line in out.splitlines() if "largest position" in line)
+    assert row.split()[0] == "1"
     assert row.split()[-3:] == ["max_position", "50", "BREACH"]
     assert "<h2>Control coverage</h2>" in (tmp_path / "out" / "r.html").read_text()
 
@@ -117,3 +119,17 @@ def test_a_log_that_does_not_verify_gets_no_report(tmp_path, capsys):
     assert main(["audit", "report", str(path)]) == 1
     out = capsys.readouterr().out
     assert out.startswith("BAD ") and "edited" in out and "Limits" not in out
+
+
+def test_each_run_is_judged_by_its_own_limits():
+    second = [rec(20, "session", DAY2, policy="p", risk={"max_position": 1000.0}),
+              rec(21, "fill", DAY2 + 5, instrument="A", qty=1.0, price=110.0, position=41.0)]
+    figures = [f for f in build_report(RECORDS + second, {"max_position": 25.0}).limits if f.key == "max_position"]
+    # the first run (no `risk` in its record: the fallback, 25) breached; the second, under 1,000, did not
+    assert [(f.run, f.peak, f.limit, f.breached) for f in figures] == [(1, 40.0, 25.0, True), (20, 41.0, 1000.0, False)]
+
+
+def test_control_characters_in_a_halt_reason_do_not_reach_the_terminal():
+    records = [rec(1, "session", DAY1), rec(2, "halt", DAY1, reason="stop\nnow \u202eevil \x1b[2J")]
+    text = render_text(build_report(records, {}))
+    assert "stop?now ?evil ?[2J" in text and "\x1b" not in text and "\u202e" not in text

@@ -105,7 +105,7 @@ def test_the_monotonic_clock_is_moved_onto_the_new_process(walk):
 
 # ---- live, over loopback -----------------------------------------------------------------------------------
 
-async def session(policy, log, venue, data, *, intents=(), halt=False, resume=False, allow_change=False):
+async def session(policy, log, venue, data, *, intents=(), halt=False, resume=False, allow_change=False, **config):
     """A feed of `data`, `venue` (kept across sessions by the caller) and a runtime on
     `log`; the runtime trades `intents` (target per instrument) once it is trading, is
     halted if asked, and stops without flattening: its last state stays in the log."""
@@ -118,7 +118,8 @@ async def session(policy, log, venue, data, *, intents=(), halt=False, resume=Fa
                                                  ready=venue_ready, stop=stop_venue))
     await venue_ready.wait()
     runtime = LiveRuntime(policy, RunConfig(f"ws://{HOST}:{feed_port}", f"ws://{HOST}:{venue_port}",
-                                            log_path=str(log), resume=resume, allow_policy_change=allow_change))
+                                            log_path=str(log), resume=resume, allow_policy_change=allow_change,
+                                            **config))
     run = asyncio.create_task(runtime.run())
     try:
         await until(lambda: runtime.counters.events >= 5)
@@ -197,3 +198,27 @@ def test_resume_needs_a_log(held, tmp_path):
     with pytest.raises(LogError, match="no log"):
         LiveRuntime(held, RunConfig("ws://127.0.0.1:9", "ws://127.0.0.1:9", log_path=str(tmp_path / "x.jsonl"),
                                     resume=True))
+
+
+def test_an_encrypted_signed_run_that_was_killed_resumes(held, short, tmp_path):
+    """A killed signed run has no closing checkpoint, which a resuming run's signed session
+    record follows; an encrypted log is read with its key file (and no key is ever shown)."""
+    import os
+
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+    from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat
+
+    key, sign = tmp_path / "log.key", tmp_path / "sign.pem"
+    key.write_text(os.urandom(32).hex())
+    sign.write_bytes(Ed25519PrivateKey.generate().private_bytes(Encoding.PEM, PrivateFormat.PKCS8, NoEncryption()))
+    key.chmod(0o600)
+    sign.chmod(0o600)
+    keys = dict(log_key_file=str(key), sign_key_file=str(sign))
+    log, venue = tmp_path / "decisions.jsonl", paper.PaperVenue()
+    first = asyncio.run(session(held, log, venue, short, intents=(150,), **keys))
+    lines = log.read_bytes().splitlines(keepends=True)
+    log.write_bytes(b"".join(lines[:-1]))            # as if killed: no closing checkpoint
+    second = asyncio.run(session(held, log, venue, short, **keys))
+    assert second.engine.position("ORCL") == first.engine.position("ORCL") == 150 == venue.positions["ORCL"]
+    records = read_log(log, bytes.fromhex(key.read_text()))
+    assert [r["matched"] for r in records if r["kind"] == "reconcile"] == [True]
