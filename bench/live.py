@@ -5,7 +5,9 @@ in the same run:
   process (both cross a process boundary twice, both paced like the feed);
 - market-data throughput through the runtime vs a bare client, in the runtime's place,
   decoding the same frames, both fed faster than they can take them;
-- the same at scale: 1,000 instruments on one feed, and 100 intent clients at once.
+- the same at scale: 1,000 instruments on one feed, and 100 intent clients at once;
+- the 1-instrument tick-to-order and EMA throughput runs again with TLS on the feed and the
+  venue (wss, a certificate of a throwaway authority for 127.0.0.1), next to the plain ones.
 
 Every asyncio part runs on the loop the runtime uses (uvloop when installed). The feed,
 the venue, the echo server and the intent clients are processes of their own; the
@@ -38,6 +40,7 @@ INSTRUMENTS = 1_000
 INTENT_CLIENTS = 100
 INTENTS_PER_SECOND = 20.0  # per client
 INTENT_SECONDS = 6.0       # the feed's length in the intents run, at RATE
+TLS_THROUGHPUT_RUNS = 3    # the EMA throughput run with TLS: median of this many
 
 
 # ---------------------------------------------------------------------------------------
@@ -95,6 +98,51 @@ def _stop(proc) -> str:
         proc.kill()
         _, err = proc.communicate()
     return err
+
+
+def _authority(folder: Path) -> Path:
+    """A throwaway certificate authority and a server certificate it signs for 127.0.0.1,
+    as `folder`/ca.pem, cert.pem, key.pem (the key private): what the TLS rows serve."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+    def name(common: str) -> x509.Name:
+        return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common)])
+
+    now = datetime.datetime.now(datetime.timezone.utc)
+    ca_key, key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
+    ca = (x509.CertificateBuilder().subject_name(name("bench CA")).issuer_name(name("bench CA"))
+          .public_key(ca_key.public_key()).serial_number(x509.random_serial_number())
+          .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(days=1))
+          .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+          .add_extension(x509.KeyUsage(False, False, False, False, False, True, True, False, False), critical=True)
+          .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False)
+          .sign(ca_key, hashes.SHA256()))
+    cert = (x509.CertificateBuilder().subject_name(name(HOST)).issuer_name(ca.subject)
+            .public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address(HOST))]), critical=False)
+            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+            .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False)
+            .sign(ca_key, hashes.SHA256()))
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "ca.pem").write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    (folder / "cert.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    (folder / "key.pem").write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                                       serialization.NoEncryption()))
+    os.chmod(folder / "key.pem", 0o600)
+    return folder
+
+
+def _tls_options(tls: Path | None) -> list[str]:
+    """replay-feed's and paper-venue's options that put them on wss, verifying with the CA."""
+    return [] if tls is None else ["--tls-cert", str(tls / "cert.pem"), "--tls-key", str(tls / "key.pem")]
 
 
 # ---------------------------------------------------------------------------------------
@@ -226,12 +274,15 @@ async def _bare_client(port: int, n: int) -> float:
 # ---------------------------------------------------------------------------------------
 # the runtime between a feed and a paper venue
 # ---------------------------------------------------------------------------------------
-async def _burst_feed(port: int, clients: int, specs: list[str]) -> None:
+async def _burst_feed(port: int, clients: int, specs: list[str], tls: str | None = None) -> None:
     """replay-feed's frames for `specs` (SYMBOL=PATH), framed up front and written to each
     client in one write once `clients` are connected, then served until SIGINT. The feed
     process then only flushes its buffers: the consumers read a full socket at their own
-    capacity, and do not share the 2 cores with a feed still encoding."""
+    capacity, and do not share the 2 cores with a feed still encoding. `tls`: the folder of
+    `_authority`, to serve on wss (the blob is then encrypted as it is written)."""
     from websockets.asyncio.server import serve
+
+    from policyc.runtime.live.security import server_context
     from websockets.frames import Frame, Opcode
 
     from policyc.runtime.live.protocol import encode
@@ -249,7 +300,8 @@ async def _burst_feed(port: int, clients: int, specs: list[str]) -> None:
             enough.set()
         await ws.wait_closed()
 
-    async with serve(handler, HOST, port, max_size=1 << 20, compression=None):
+    context = server_context(Path(tls) / "cert.pem", Path(tls) / "key.pem") if tls else None
+    async with serve(handler, HOST, port, max_size=1 << 20, compression=None, ssl=context):
         await enough.wait()
         for ws in connected:
             ws.transport.write(blob)  # what a broadcast of each frame would write, byte for byte
@@ -257,25 +309,27 @@ async def _burst_feed(port: int, clients: int, specs: list[str]) -> None:
 
 
 @contextmanager
-def _feed_and_venue(data: dict[str, Path], rate: float | None, clients: int = 2):
+def _feed_and_venue(data: dict[str, Path], rate: float | None, clients: int = 2, tls: Path | None = None):
     """A feed and paper-venue as processes of their own; the feed starts once `clients`
     (the venue included) are connected. Paced, the feed is `policyc replay-feed --rate`.
     Unpaced, it is the burst worker: unpaced replay-feed is CPU-bound below what a bare
     client takes, so a throughput measured behind it would be the feed's. Yields (feed
     port, venue port, report); `report` gets the venue's closing figures when the block
-    ends."""
+    ends. `tls`: the folder of `_authority`, to put the feed and the venue on wss."""
     feed_port, venue_port = _port(), _port()
     specs = [f"{name}={path}" for name, path in data.items()]
     if rate:
         feed = _policyc("replay-feed", *(a for spec in specs for a in ("--data", spec)), "--listen",
-                        f"{HOST}:{feed_port}", "--clients", clients, "--rate", rate)
+                        f"{HOST}:{feed_port}", "--clients", clients, "--rate", rate, *_tls_options(tls))
     else:
-        feed = _spawn(*_worker_argv("burst", feed_port, clients, *specs))
+        feed = _spawn(*_worker_argv("burst", feed_port, clients, tls or "-", *specs))
     venue = None
     report: dict = {}
     try:
         _wait_port(feed_port)
-        venue = _policyc("paper-venue", "--listen", f"{HOST}:{venue_port}", "--feed", f"ws://{HOST}:{feed_port}")
+        scheme = "wss" if tls else "ws"
+        venue = _policyc("paper-venue", "--listen", f"{HOST}:{venue_port}", "--feed", f"{scheme}://{HOST}:{feed_port}",
+                         *_tls_options(tls), *(["--ca-file", str(tls / "ca.pem")] if tls else []))
         _wait_port(venue_port)
         yield feed_port, venue_port, report
     finally:
@@ -288,12 +342,14 @@ def _feed_and_venue(data: dict[str, Path], rate: float | None, clients: int = 2)
 @asynccontextmanager
 async def _running(policy, feed_port: int, venue_port: int, log: Path, **config):
     """The runtime in this process, on this loop, stopped when the block ends; on a new
-    log each time (a log that exists would be resumed)."""
+    log each time (a log that exists would be resumed). With `ca_file` in `config`, the
+    feed and the venue are on wss."""
     from policyc.runtime.live.runner import LiveRuntime, RunConfig
 
     log.unlink(missing_ok=True)
-    rt = LiveRuntime(policy, RunConfig(f"ws://{HOST}:{feed_port}", f"ws://{HOST}:{venue_port}", log_path=str(log),
-                                       **config))
+    scheme = "wss" if config.get("ca_file") else "ws"
+    rt = LiveRuntime(policy, RunConfig(f"{scheme}://{HOST}:{feed_port}", f"{scheme}://{HOST}:{venue_port}",
+                                       log_path=str(log), **config))
     task = asyncio.create_task(rt.run())
     try:
         yield rt
@@ -315,8 +371,11 @@ async def _runtime_until(policy, feed_port: int, venue_port: int, n: int, log: P
     return rt, (rt.counters.events - start) / elapsed
 
 
-def _live_run(policy, data: dict[str, Path], n: int, rate: float | None, log: Path, **config):
-    with _feed_and_venue(data, rate) as (feed_port, venue_port, venue):
+def _live_run(policy, data: dict[str, Path], n: int, rate: float | None, log: Path, tls: Path | None = None,
+              **config):
+    if tls is not None:
+        config["ca_file"] = str(tls / "ca.pem")
+    with _feed_and_venue(data, rate, tls=tls) as (feed_port, venue_port, venue):
         rt, got = _run(_runtime_until(policy, feed_port, venue_port, n, log, **config))
     return rt, got, venue.get("latency", {})
 
@@ -432,7 +491,7 @@ def worker(kind: str, args: list[str]) -> None:
             _run(_serve_echo(int(args[0])))
     elif kind == "burst":
         with suppress(KeyboardInterrupt):
-            _run(_burst_feed(int(args[0]), int(args[1]), args[2:]))
+            _run(_burst_feed(int(args[0]), int(args[1]), args[3:], None if args[2] == "-" else args[2]))
     elif kind == "intents":
         port, token, feed_port = int(args[0]), os.environ["POLICYC_MODEL_TOKEN"], int(args[1])
         print(json.dumps(_run(_intent_clients(port, token, feed_port))))
@@ -448,9 +507,19 @@ def _latency_row(what: str, lat: dict, echo_p50: float) -> list:
             f"{lat['p50_us'] / echo_p50:.2f} (p50)"]
 
 
-def _throughput_rows(what: str, policy, data: dict[str, Path], n: int, log: Path) -> tuple[list[list], float]:
+def _tls_latency_row(lat: dict, plain: dict) -> list:
+    """The 1-instrument tick-to-order run with TLS on the feed and the venue; ratio to
+    the plain run's p50 and p99."""
+    what = "  the same with TLS on the feed and the venue (wss, certificates verified); ratio to the plain run"
+    if not lat or not plain:
+        return [what, "no orders reached the venue", "", ""]
+    return [f"{what} ({lat['n']:,} orders)", f"p50 {lat['p50_us']:,.0f} us", f"p99 {lat['p99_us']:,.0f} us",
+            f"{lat['p50_us'] / plain['p50_us']:.2f} (p50), {lat['p99_us'] / plain['p99_us']:.2f} (p99)"]
+
+
+def _throughput_rows(what: str, policy, data: dict[str, Path], n: int, log: Path) -> tuple[list[list], float, float]:
     """Medians over interleaved pairs; the ratio is the median of the paired ratios.
-    Also returns the bare client's median, for rows measured against it."""
+    Also returns the bare client's median, for rows measured against it, and the runtime's."""
     bare, got, orders = [], [], []
     for _ in range(THROUGHPUT_PAIRS):
         bare.append(_bare_receive(data, n))
@@ -461,7 +530,8 @@ def _throughput_rows(what: str, policy, data: dict[str, Path], n: int, log: Path
     return [[f"{what}: bare client in the runtime's place, orjson-decoding the feed ({n:,} events, median of "
              f"{THROUGHPUT_PAIRS})", f"{statistics.median(bare):,.0f} ev/s", "", "1.00"],
             [f"{what}: runtime through the kernel, orders flowing ({statistics.median(orders):,.0f} orders)",
-             f"{statistics.median(got):,.0f} ev/s", "", f"{ratio:.2f}"]], statistics.median(bare)
+             f"{statistics.median(got):,.0f} ev/s", "", f"{ratio:.2f}"]], \
+        statistics.median(bare), statistics.median(got)
 
 
 def bench_live() -> list[list]:
@@ -483,6 +553,9 @@ def bench_live() -> list[list]:
         _, _, lat = _live_run(one, syn, LATENCY_EVENTS, RATE, tmp / "lat.jsonl")
         rows.append(_latency_row(f"1 instrument, feed at {RATE:,.0f} ev/s: tick-to-order at the paper venue; ratio "
                                  "to the cross-process echo", lat, e50))
+        tls = _authority(tmp / "tls")
+        _, _, tls_lat = _live_run(one, syn, LATENCY_EVENTS, RATE, tmp / "lat-tls.jsonl", tls=tls)
+        rows.append(_tls_latency_row(tls_lat, lat))
         _, _, lat = _live_run(one, syn, LATENCY_EVENTS, RATE, tmp / "busy.jsonl", busy_poll=True)
         rows.append(_latency_row("  the same with run --busy-poll (the runtime keeps a core busy; p99 suffers when "
                                  "it has none of its own)", lat, e50))
@@ -494,9 +567,13 @@ def bench_live() -> list[list]:
         big = {"SYN": _recording(tmp / "big.csv", THROUGHPUT_EVENTS, seed=4)}
         rows += _throughput_rows("1 instrument, an order every other event", one, big, THROUGHPUT_EVENTS,
                                  tmp / "tput.jsonl")[0]
-        cross, bare = _throughput_rows("1 instrument, EMA crossover", _cross(["SYN"]), big, THROUGHPUT_EVENTS,
+        cross, bare, plain = _throughput_rows("1 instrument, EMA crossover", _cross(["SYN"]), big, THROUGHPUT_EVENTS,
                                        tmp / "cross.jsonl")
         rows += cross
+        tls_got = statistics.median(_live_run(_cross(["SYN"]), big, THROUGHPUT_EVENTS, None, tmp / "cross-tls.jsonl",
+                                              tls=tls)[1] for _ in range(TLS_THROUGHPUT_RUNS))
+        rows.append([f"  the same EMA run with TLS on the feed and the venue (median of {TLS_THROUGHPUT_RUNS}); ratio "
+                     "to the plain runtime above", f"{tls_got:,.0f} ev/s", "", f"{tls_got / plain:.2f}"])
         own = statistics.median(_bare_receive(big, THROUGHPUT_EVENTS, _bare_stream_client)
                                 for _ in range(THROUGHPUT_PAIRS))
         rows.append([f"  informational: bare client on the runtime's own batched transport, orjson-decoding "

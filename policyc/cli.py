@@ -316,12 +316,14 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--loop", action="store_true")
     f.add_argument("--clients", type=_count, default=1, metavar="N",
                    help="start once N clients are connected")
+    _add_listener_tls(f, "serve the feed")
     v = sub.add_parser("paper-venue", help="a venue that fills market orders at the feed's last price")
     v.add_argument("--listen", type=_address, required=True, metavar="HOST:PORT")
     v.add_argument("--feed", required=True, type=_ws_url, metavar="URL")
     v.add_argument("--feed-format", choices=("native", "binance", "coinbase"), default="native")
     v.add_argument("--ca-file", type=_key_file, metavar="PATH",
                    help="verify a wss:// feed against these certificate authorities (PEM) only")
+    _add_listener_tls(v, "serve the venue")
     v.add_argument("--latency", type=_not_negative, default=0.0, metavar="MS")
     v.add_argument("--fees-bps", type=_fees_bps, default=0.0, metavar="X")
     p = sub.add_parser("replay", help="feed a decision log's inputs through the policy and compare its decisions")
@@ -994,6 +996,27 @@ def _run_security(args, parser) -> dict:
             "venue_headers": (("Authorization", venue_auth),) if venue_auth else ()}
 
 
+def _add_listener_tls(sub, what: str) -> None:
+    """`--tls-cert` and `--tls-key` of `replay-feed` and `paper-venue`, as `run`'s."""
+    sub.add_argument("--tls-cert", type=_key_file, metavar="PATH",
+                     help=f"{what} on wss: the certificate chain (PEM); needs --tls-key")
+    sub.add_argument("--tls-key", type=_key_file, metavar="PATH", help="the private key of --tls-cert (PEM)")
+
+
+def _listener_tls(args, parser):
+    """The server TLS context of `--tls-cert` and `--tls-key` (None without them); a
+    pair that cannot be used is a usage error, with `run`'s messages."""
+    from policyc.runtime.live import security
+
+    try:
+        if (args.tls_cert is None) != (args.tls_key is None):
+            raise security.SecurityError("--tls-cert and --tls-key go together: the listener's certificate and "
+                                         "its private key")
+        return security.server_context(args.tls_cert, args.tls_key) if args.tls_cert else None
+    except security.SecurityError as exc:
+        parser.error(str(exc))
+
+
 def cmd_replay_feed(args, parser) -> int:
     from policyc.runtime.data import DataError
     from policyc.runtime.live import eventloop
@@ -1002,15 +1025,18 @@ def cmd_replay_feed(args, parser) -> int:
     clash = duplicate_names(args.data)
     if clash:
         parser.error(f"argument --data: {clash}")
+    tls = _listener_tls(args, parser)
     try:
         rec = load_recording(args.data, args.date_format)
     except DataError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     host, port = args.listen
-    print(f"replaying {len(rec):,} events of {', '.join(rec.instruments)} on ws://{host}:{port}", file=sys.stderr)
+    print(f"replaying {len(rec):,} events of {', '.join(rec.instruments)} on {'wss' if tls else 'ws'}://{host}:{port}",
+          file=sys.stderr)
     sent = eventloop.run(eventloop.until_signal(
-        lambda stop: serve(rec, host, port, args.format, args.speed, args.rate, args.loop, args.clients, stop=stop)))
+        lambda stop: serve(rec, host, port, args.format, args.speed, args.rate, args.loop, args.clients, stop=stop,
+                           tls=tls)))
     print(f"sent {sent:,} events", file=sys.stderr)
     return 0
 
@@ -1026,10 +1052,11 @@ def cmd_paper_venue(args, parser) -> int:
             client_context(args.ca_file)
         except SecurityError as exc:
             parser.error(f"argument --ca-file: {exc}")
+    tls = _listener_tls(args, parser)
     venue = PaperVenue(fees_bps=args.fees_bps, latency_ms=args.latency, feed_format=args.feed_format)
     host, port = args.listen
     eventloop.run(eventloop.until_signal(lambda stop: serve(venue, host, port, args.feed, stop=stop,
-                                                            ca_file=args.ca_file)))
+                                                            ca_file=args.ca_file, tls=tls)))
     print(json.dumps({"fills": len(venue.fills), "latency": venue.percentiles()}), file=sys.stderr)
     return 0
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import ssl
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -199,8 +200,10 @@ class _Anything:
 
 
 async def serve(venue: PaperVenue, host: str, port: int, feed_url: str, ready: asyncio.Event | None = None,
-                stop: asyncio.Event | None = None, ca_file: str | None = None) -> None:
-    """`ca_file`: a wss:// feed is verified against these certificate authorities only."""
+                stop: asyncio.Event | None = None, ca_file: str | None = None,
+                tls: ssl.SSLContext | None = None) -> None:
+    """`ca_file`: a wss:// feed is verified against these certificate authorities only.
+    `tls`: a server context (`security.server_context`) puts the venue itself on wss."""
     from websockets.asyncio.server import broadcast as ws_broadcast
     from websockets.asyncio.server import serve as ws_serve
 
@@ -265,7 +268,7 @@ async def serve(venue: PaperVenue, host: str, port: int, feed_url: str, ready: a
 
     feed_task = asyncio.create_task(follow_feed())
     try:
-        async with ws_serve(handler, host, port, max_size=MAX_FRAME_BYTES, compression=None) as server:
+        async with ws_serve(handler, host, port, max_size=MAX_FRAME_BYTES, compression=None, ssl=tls) as server:
             if ready is not None:
                 ready.set()
             await (stop.wait() if stop is not None else asyncio.Future())

@@ -8,6 +8,7 @@ the far end can measure latency end to end.
 from __future__ import annotations
 
 import asyncio
+import ssl
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -131,9 +132,11 @@ async def broadcast(rec: Recording, clients: set, sent: list[int], fmt: str = "n
 
 async def serve(rec: Recording, host: str, port: int, fmt: str = "native", speed: float | None = None,
                 rate: float | None = None, loop: bool = False, clients_needed: int = 1,
-                ready: asyncio.Event | None = None, stop: asyncio.Event | None = None) -> int:
+                ready: asyncio.Event | None = None, stop: asyncio.Event | None = None,
+                tls: ssl.SSLContext | None = None) -> int:
     """Serve until the recording ends (or `stop`); streaming starts once
-    `clients_needed` clients are connected, and later clients join mid-stream."""
+    `clients_needed` clients are connected, and later clients join mid-stream. With
+    `tls` (a server context, as `security.server_context` makes) the feed is on wss."""
     from websockets.asyncio.server import serve as ws_serve
 
     clients: set = set()
@@ -148,7 +151,7 @@ async def serve(rec: Recording, host: str, port: int, fmt: str = "native", speed
         finally:
             clients.discard(websocket)
 
-    async with ws_serve(handler, host, port, max_size=1 << 20, compression=None) as server:
+    async with ws_serve(handler, host, port, max_size=1 << 20, compression=None, ssl=tls) as server:
         if ready is not None:
             ready.set()
         waiting = [asyncio.create_task(enough.wait())]
