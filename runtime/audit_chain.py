@@ -30,7 +30,7 @@ _HASH = b',"hash":"'  # the `hash` member: after it come only the hash, `sig` on
 #: All a sealed line may hold after `,"hash":"`; anything more (a member appended after the
 #: hash, which a JSON reader would take over the sealed one) is an edit.
 _TAIL = re.compile(rb'[0-9a-f]{64}"(?:,"sig":"[0-9a-f]{128}")?\}\Z')
-_ENVELOPE = re.compile(rb'\{"seq":(?:0|[1-9][0-9]*),"enc":"[A-Za-z0-9+/]*={0,2}"\}\Z')
+_ENVELOPE = re.compile(rb'\{"seq":(?:0|[1-9][0-9]*),"enc":"[^"\\]*"\}\Z')  # what `enc` holds, decryption judges
 
 EDITED, MISSING, REORDERED, INSERTED, TRUNCATED, BAD_SIGNATURE = (
     "edited", "missing", "reordered", "inserted", "truncated", "bad signature")

@@ -271,16 +271,19 @@ class _StoppedMonotonic:
 
 def test_a_flood_of_messages_is_refused_and_counted(policy, tmp_path, monkeypatch):
     """Every message of a flood gets one answer; past the rate limit the answer is an
-    error and each refusal is a bad message. The limiter's clock is stopped: at real
+    error and each refusal counts as a bad message, logged once a second per credential
+    with the number refused. The limiter's clock is stopped: at real
     speed a slow enough machine would never go over the rate, whatever the flood."""
     from policyc.runtime.live import runner
 
     monkeypatch.setattr(runner, "time", _StoppedMonotonic())
+    rt_log = []
 
     async def scenario():
         from websockets.asyncio.client import connect
 
         feed, rt, close = await _stack(policy, tmp_path)
+        rt_log.append(rt.config.log_path)
         url = f"ws://{HOST}:{rt.config.intents[1]}"
         async with connect(url, additional_headers={"Authorization": f"Bearer {TOKEN}"}) as ws:
             async def burst():  # without waiting for answers
@@ -298,9 +301,12 @@ def test_a_flood_of_messages_is_refused_and_counted(policy, tmp_path, monkeypatc
     refused = [a for a in answers if a["type"] == "error"]
     assert len(answers) == 4000 and len({a["id"] for a in answers}) == 4000  # one answer each
     # a full bucket lets MESSAGES_PER_SECOND through, then (no time passes) refuses the rest
-    allowed = int(runner.MESSAGES_PER_SECOND)
+    allowed = int(runner.MESSAGES_PER_SECOND["intents"])
     assert [a["id"] for a in refused] == [str(k) for k in range(allowed, 4000)]
     assert all(a["code"] == "bad_message" for a in refused) and status["bad_messages"] == len(refused)
+    # the log has one `flood` record per second of the flood and one at the close, not one per message
+    floods = [r for r in read_log(rt_log[0]) if r["kind"] == "bad_message" and r["source"] == "flood"]
+    assert 1 <= len(floods) <= 3 and sum(int(r["reason"].split()[0].replace(",", "")) for r in floods) == len(refused)
 
 
 @settings(max_examples=6, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

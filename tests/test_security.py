@@ -270,17 +270,29 @@ def test_each_role_is_admitted_to_its_own_port_only(creds):
     assert guard.admit("intents", "q", []).reason == "wrong or missing token"
 
 
-def test_a_peer_in_its_backoff_is_refused_even_with_the_right_token(creds):
+def test_a_peer_in_its_backoff_is_refused_even_with_the_right_token_but_an_operator_may_still_halt(creds):
+    """A guesser on the operator's own address (the same host, an ssh tunnel) must not keep
+    the kill switch out of reach: in back-off, an operator's token opens a connection
+    that may ask for the status and halt, nothing else; every other token is refused."""
     clock = Clock(0.0)
-    guard = Guard(creds, limiter=AuthLimiter(clock=clock), summary=FailureSummary(clock=clock))
+    guard = Guard(creds, TotpVerifier(SECRET, clock), limiter=AuthLimiter(clock=clock),
+                  summary=FailureSummary(clock=clock))
     for _ in range(S.FREE_FAILURES):
         assert guard.admit("control", "evil", ["Bearer x"]).reason == "wrong or missing token"
-    refused = guard.admit("control", "evil", [f"Bearer {OPERATOR}"])
+    refused = guard.admit("control", "evil", [f"Bearer {VIEWER}"])
     assert refused == S.Admission(None, "too many failed authentications; retry in 1 s")
-    assert guard.admit("control", "good", [f"Bearer {OPERATOR}"]).identity.role == "operator"
+    assert guard.admit("intents", "evil", [f"Bearer {MODEL}"]).identity is None
+    restricted = guard.admit("control", "evil", [f"Bearer {OPERATOR}"]).identity
+    assert restricted.role == "operator" and restricted.halt_only
+    assert guard.check(restricted, '{"type": "halt"}').refusal is None
+    assert guard.check(restricted, '{"type": "status"}').refusal is None
+    code = pyotp.TOTP(SECRET).at(clock.now)
+    refusal = guard.check(restricted, f'{{"type": "resume", "totp": "{code}"}}').refusal
+    assert refusal["code"] == "forbidden" and "back-off" in refusal["message"]
+    assert guard.admit("control", "good", [f"Bearer {OPERATOR}"]).identity.halt_only is False
     clock.now += 1
-    assert guard.admit("control", "evil", [f"Bearer {OPERATOR}"]).identity.role == "operator"
-    assert guard.summary.take()["peers"] == [{"peer": "evil", "count": S.FREE_FAILURES + 1}]
+    assert guard.admit("control", "evil", [f"Bearer {OPERATOR}"]).identity.halt_only is False
+    assert guard.summary.take()["peers"] == [{"peer": "evil", "count": S.FREE_FAILURES + 3}]
 
 
 def test_what_each_role_may_send_on_the_control_port(creds):

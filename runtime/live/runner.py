@@ -36,7 +36,10 @@ from .protocol import (MAX_FRAME_BYTES, Input, Market, ProtocolError, encode, me
                        parse_intent, parse_venue)
 
 
-MESSAGES_PER_SECOND = 2000.0  # per intents or control connection
+#: Messages a credential may send per second, over all its connections (each opened
+#: connection does not bring a budget of its own): a model's intents, and an operator's or
+#: viewer's control messages, which a person sends a few of and each of which is logged.
+MESSAGES_PER_SECOND = {"intents": 2000.0, "control": 20.0}
 MAX_CLIENT_FRAME_BYTES = 1 << 16  # an intent or a control message is small
 LATENCY_SAMPLES = 100_000  # the latest tick-to-order latencies kept for the percentiles
 RETRY_FIRST_S, RETRY_MAX_S = 0.05, 2.0  # reconnect backoff: the first wait, doubling up to the longest
@@ -134,7 +137,8 @@ class LiveRuntime:
         self.links = {"feed": Link(config.feed_url), "venue": Link(config.venue_url)}
         self.stop = asyncio.Event()
         self.venue_up = asyncio.Event()
-        self.intent_budget: dict[int, list] = {}   # connection -> [tokens, last refill time]
+        self.intent_budget: dict[tuple, tuple] = {}  # (port, credential) -> (tokens, last refill time)
+        self.floods: dict[tuple, list] = {}  # (port, credential) -> [refused since logged, when last logged]
         started_ns = self._monotonic_ns()
         self.log.write("session", policy=policy.name, version=policy.checked.parsed.version, params=policy.params,
                        account=policy.checked.account, risk=policy.checked.risk, instruments=policy.instruments,
@@ -291,14 +295,30 @@ class LiveRuntime:
                 "approved_target": chain[-1].approved_target, "order_qty": sum(d.order_qty for d in chain),
                 "reasons": list(dict.fromkeys([*added, *(r for d in chain for r in d.reasons)]))}
 
-    def allow(self, connection: int, rate: float = MESSAGES_PER_SECOND) -> bool:
-        """A token bucket per connection: a flood is refused message by message."""
+    def allow(self, connection, rate: float) -> bool:
+        """A token bucket per `connection` key (a port and a credential): a flood is
+        refused message by message."""
         now = time.monotonic()
         tokens, last = self.intent_budget.get(connection, (rate, now))
         tokens = min(rate, tokens + (now - last) * rate)
         ok = tokens >= 1.0
         self.intent_budget[connection] = (tokens - 1.0 if ok else tokens, now)
         return ok
+
+    def _flooded(self, key: tuple, rate: float, closing: bool = False) -> None:
+        """Count a message refused for the rate limit; log at most one `flood` bad message
+        per credential and second, with how many were refused since the last one (and
+        the rest when its connection closes), so a flood cannot grow the log at its pace."""
+        counts = self.floods.setdefault(key, [0, 0.0])
+        now = time.monotonic()
+        if not closing:
+            counts[0] += 1
+            self.counters.bad_messages += 1  # each refused message counts; the record below counts itself too
+        if counts[0] and (closing or now - counts[1] >= 1.0):
+            self.counters.bad_messages -= 1
+            self.bad_message("flood", f"{counts[0]:,} message(s) over the {key[0]} limit of {rate:g} per second "
+                                      f"(credential {key[1]}) refused")
+            counts[0], counts[1] = 0, now
 
     # ---- connections ----------------------------------------------------------------
     async def _keep_connected(self, url: str, source: str, on_messages, on_connect, on_lost) -> None:
@@ -419,15 +439,16 @@ class LiveRuntime:
             self._summarise_failures()
             if identity is None:
                 return
+            key, rate = (source, identity.credential), MESSAGES_PER_SECOND[source]
             try:
                 async for frame in ws:
                     if self.stop.is_set():
                         reply = {"type": "error", "id": message_id(frame), "code": "stopping",
                                  "message": "the runtime is stopping; nothing was done"}
-                    elif not self.allow(id(ws)):
-                        self.bad_message("flood", "over the message rate limit")
+                    elif not self.allow(key, rate):
+                        self._flooded(key, rate)
                         reply = {"type": "error", "id": message_id(frame), "code": "bad_message",
-                                 "message": f"over {MESSAGES_PER_SECOND:g} messages per second"}
+                                 "message": f"over {rate:g} messages per second"}
                     elif source == "control":
                         check = guard.check(identity, frame)
                         reply = check.refusal or on_frame(frame)
@@ -442,7 +463,7 @@ class LiveRuntime:
                     self.bad_message(source, f"frame over the {MAX_CLIENT_FRAME_BYTES:,}-byte limit: "
                                              "connection closed with code 1009")
             finally:
-                self.intent_budget.pop(id(ws), None)
+                self._flooded(key, rate, closing=True)
 
         host, port = address
         tls = security.server_context(self.config.tls_cert, self.config.tls_key) if self.config.tls_cert else None

@@ -65,6 +65,7 @@ class Identity(NamedTuple):
     it presented, which tells one operator's actions from another's in the log."""
     role: str
     credential: str
+    halt_only: bool = False   # admitted while its address was in back-off: status and halt only
 
 
 class SecurityError(Exception):
@@ -455,13 +456,19 @@ class Guard:
     def admit(self, port: str, peer: str, authorization: list[str]) -> Admission:
         """Judge an opening handshake on `port` (`intents` or `control`) from `peer`
         (`peer_key`), given every `Authorization` header it sent. A peer in its back-off
-        is refused unchecked; a wrong or missing token, two headers, or a token whose
-        role may not use the port is a failure for the limiter and the summary."""
+        is refused, except an operator on the control port, who is admitted for `status`
+        and `halt` only: a guesser sharing the operator's address (the same host, an ssh
+        tunnel, a NAT) must not be able to keep the kill switch out of reach, and what a
+        guess that hits gains is a way to stop trading. A wrong or missing token, two
+        headers, or a token whose role may not use the port is a failure for the limiter
+        and the summary."""
+        identity = self.credentials.identify(authorization[0] if len(authorization) == 1 else None)
         wait = self.limiter.retry_after(peer)
         if wait > 0:
             self.summary.add(peer)
+            if identity is not None and identity.role == "operator" and port == "control":
+                return Admission(identity._replace(halt_only=True))
             return Admission(None, f"too many failed authentications; retry in {math.ceil(wait)} s")
-        identity = self.credentials.identify(authorization[0] if len(authorization) == 1 else None)
         if identity is None:
             reason = "wrong or missing token"
         elif identity.role not in PORT_ROLES[port]:
@@ -490,6 +497,10 @@ class Guard:
             return ControlCheck(identity, action, _forbidden(f"{_a(identity.role)} may only ask for the status"))
         if action in FREE_ACTIONS:
             return ControlCheck(identity, action, None)
+        if identity.halt_only:
+            return ControlCheck(identity, action, _forbidden(
+                f"`{action}` refused: this connection came while its address was in back-off after failed "
+                "logins, and may only ask for the status or halt; connect again once the back-off is over"))
         if self.totp is None:
             return ControlCheck(identity, action, _forbidden(f"`{action}` needs a TOTP code and this run has no "
                                                              "TOTP secret"))
