@@ -463,7 +463,7 @@ def test_bad_inputs_of_verify_are_one_line_usage_errors(tmp_path, capsys, key_fi
              ([log], f"{log}: the run at {log} line 1 is encrypted (key id {audit_chain.key_id(LOG_KEY)}): give its "
                      "key with --key-file"),
              ([log, "--key-file", open_key],
-              f"argument --key-file: {open_key} is open to group or others (mode 0644); a key file must be private: "
+              f"argument --key-file: {open_key} is open to group or others (mode 0644); a file of secrets must be private: "
               f"chmod 600 {open_key}"),
              ([log, "--key-file", not_a_key],
               f"argument --key-file: {not_a_key} does not hold a log key: 64 hex digits (32 bytes), as `openssl rand "
@@ -487,7 +487,7 @@ def test_run_refuses_a_key_file_open_to_others_before_compiling(tmp_path, capsys
         code = exc.code
     err = capsys.readouterr().err
     assert code == 2 and err.splitlines()[-1] == (
-        f"policyc: error: argument --log-key-file: {key} is open to group or others (mode 0644); a key file must "
+        f"policyc: error: argument --log-key-file: {key} is open to group or others (mode 0644); a file of secrets must "
         f"be private: chmod 600 {key}")
     assert not (tmp_path / "log.jsonl").exists()
 

@@ -37,15 +37,14 @@ _sync = getattr(os, "fdatasync", os.fsync)  # the data and the size, which is al
 
 # ---- key files --------------------------------------------------------------------------
 def _private(path: str | Path) -> bytes:
-    """The content of a key file only its owner may use (ssh's rule for private keys)."""
+    """The content of a key file only its owner may use (ssh's rule for private keys,
+    `security.read_private`); raises LogError instead of SecurityError."""
+    from .security import SecurityError, read_private
+
     try:
-        mode = os.stat(path).st_mode
-        if os.name == "posix" and mode & 0o077:
-            raise LogError(f"{path} is open to group or others (mode {stat.S_IMODE(mode):04o}); a key file must be "
-                           f"private: chmod 600 {path}")
-        return Path(path).read_bytes()
-    except OSError as exc:
-        raise LogError(f"cannot read {path}: {exc.strerror}") from None
+        return read_private(path)
+    except SecurityError as exc:
+        raise LogError(str(exc)) from None
 
 
 def read_log_key(path: str | Path) -> bytes:
