@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import sys
 import time
+from pathlib import Path
 
 from websockets.protocol import State
 
@@ -19,6 +21,32 @@ from policyc.runtime.live.demo import HOST, free_port  # noqa: F401  (the tests 
 from policyc.runtime.live.protocol import encode
 
 FAILSAFE_S = 60.0  # only ever reached when a test is going to fail anyway
+ORCL_DATA = Path(__file__).resolve().parent.parent / "data" / "orcl-1995-2014.csv"
+#: A policy that trades often on ORCL's daily bars: the live processes' tests run it.
+FLIP = """
+policy: flip
+version: 1
+instruments: [ORCL]
+params:
+  fast: 2
+  slow: 4
+features:
+  f: ema(close, fast)
+  s: sma(close, slow)
+signals:
+  - when: crosses_above(f, s)
+    target: 10
+  - when: crosses_below(f, s)
+    target: 0
+risk:
+  max_position: 100
+  max_order_qty: 100
+"""
+
+
+def policyc_command(*args) -> list[str]:
+    """The argv of the installed `policyc` command (beside this Python) with `args`."""
+    return [str(Path(sys.executable).parent / "policyc"), *map(str, args)]
 
 
 def wait_port(port: int, timeout: float = FAILSAFE_S, proc=None) -> None:

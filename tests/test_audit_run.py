@@ -4,41 +4,14 @@ finds the log sound, and it holds every order and fill the run counted."""
 import json
 import signal
 import subprocess
-import sys
 import time
-from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat, PublicFormat
 
 from policyc.runtime.live.audit import read_log
 
-from loopback import FAILSAFE_S, HOST, free_port
-
-DATA = Path(__file__).resolve().parent.parent / "data" / "orcl-1995-2014.csv"
-FLIP = """
-policy: flip
-version: 1
-instruments: [ORCL]
-params:
-  fast: 2
-  slow: 4
-features:
-  f: ema(close, fast)
-  s: sma(close, slow)
-signals:
-  - when: crosses_above(f, s)
-    target: 10
-  - when: crosses_below(f, s)
-    target: 0
-risk:
-  max_position: 100
-  max_order_qty: 100
-"""
-
-
-def _policyc(*args):
-    return [str(Path(sys.executable).parent / "policyc"), *map(str, args)]
+from loopback import FAILSAFE_S, FLIP, HOST, ORCL_DATA, free_port, policyc_command
 
 
 def _stop(proc) -> tuple[int, str, str]:
@@ -67,11 +40,11 @@ def test_a_real_run_writes_a_log_that_verifies(tmp_path):
     log = folder / "decisions.jsonl"
     feed_port, venue_port = free_port(), free_port()
     pipes = dict(stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    feed = subprocess.Popen(_policyc("replay-feed", "--data", f"ORCL={DATA}", "--listen", f"{HOST}:{feed_port}",
+    feed = subprocess.Popen(policyc_command("replay-feed", "--data", f"ORCL={ORCL_DATA}", "--listen", f"{HOST}:{feed_port}",
                                      "--rate", "250", "--clients", "2"), **pipes)
-    venue = subprocess.Popen(_policyc("paper-venue", "--listen", f"{HOST}:{venue_port}",
+    venue = subprocess.Popen(policyc_command("paper-venue", "--listen", f"{HOST}:{venue_port}",
                                       "--feed", f"ws://{HOST}:{feed_port}"), **pipes)
-    run = subprocess.Popen(_policyc("run", policy, "--feed", f"ws://{HOST}:{feed_port}",
+    run = subprocess.Popen(policyc_command("run", policy, "--feed", f"ws://{HOST}:{feed_port}",
                                     "--venue", f"ws://{HOST}:{venue_port}", "--log", log, "--flatten-on-exit",
                                     "--log-key-file", key_file, "--sign-key-file", sign_file,
                                     "--log-max-bytes", "8k"), **pipes)
@@ -93,7 +66,7 @@ def test_a_real_run_writes_a_log_that_verifies(tmp_path):
     assert run_code == 0, run_err
     status = json.loads(run_out[:run_out.rindex("decision log:")])
 
-    verify = subprocess.run(_policyc("audit", "verify", folder, "--public-key", public_file, "--key-file", key_file),
+    verify = subprocess.run(policyc_command("audit", "verify", folder, "--public-key", public_file, "--key-file", key_file),
                             capture_output=True, text=True, timeout=FAILSAFE_S)
     assert verify.returncode == 0, verify.stdout + verify.stderr
     first, head, signatures, encrypted = verify.stdout.splitlines()

@@ -19,7 +19,7 @@ from policyc.runtime.live import paper, security
 from policyc.runtime.live.audit import read_log
 from policyc.runtime.live.runner import LiveRuntime, RunConfig
 
-from loopback import FAILSAFE_S, HOST, Clock, free_port, runtime_side, until, wait_port
+from loopback import FAILSAFE_S, FLIP, HOST, ORCL_DATA, Clock, free_port, policyc_command, runtime_side, until, wait_port
 
 POLICY = """
 policy: guard
@@ -46,7 +46,6 @@ def guard() -> security.Guard:
 def totp() -> str:
     return pyotp.TOTP(TOTP_SECRET).now()
 TS = 1_700_000_000_000_000_000
-
 
 
 @pytest.fixture(scope="module")
@@ -819,7 +818,6 @@ def test_a_fill_lost_with_the_venue_connection_is_recovered_once_on_reconnect(po
     assert [(f["client_order_id"], f["qty"], f["price"]) for f in fills] == [(oid, 60, 50.0)]
 
 
-
 def test_a_fill_lost_with_the_venue_connection_is_learnt_from_the_cancel_of_a_halt(policy, tmp_path):
     """The fill is lost with the connection, the venue stays down, the operator halts:
     on reconnect the runtime sends a cancel instead of the order, the venue answers it
@@ -1298,33 +1296,6 @@ def test_a_runtime_on_a_binance_feed_gets_fills_from_a_binance_paper_venue(tmp_p
 
 # ---- SIGTERM ---------------------------------------------------------------------------------------------------------
 
-DATA = Path(__file__).resolve().parent.parent / "data" / "orcl-1995-2014.csv"
-FLIP = """
-policy: flip
-version: 1
-instruments: [ORCL]
-params:
-  fast: 2
-  slow: 4
-features:
-  f: ema(close, fast)
-  s: sma(close, slow)
-signals:
-  - when: crosses_above(f, s)
-    target: 10
-  - when: crosses_below(f, s)
-    target: 0
-risk:
-  max_position: 100
-  max_order_qty: 100
-"""
-
-
-def _policyc(*args):
-    import sys
-
-    return [str(Path(sys.executable).parent / "policyc"), *map(str, args)]
-
 
 def _sigterm(proc, timeout=FAILSAFE_S):
     """SIGTERM, and the process's (returncode, stdout, stderr) once it is gone."""
@@ -1354,7 +1325,7 @@ def test_replay_feed_stops_on_sigterm_with_exit_0():
     import subprocess
 
     port = free_port()
-    proc = subprocess.Popen(_policyc("replay-feed", "--data", f"ORCL={DATA}", "--listen", f"{HOST}:{port}",
+    proc = subprocess.Popen(policyc_command("replay-feed", "--data", f"ORCL={ORCL_DATA}", "--listen", f"{HOST}:{port}",
                                      "--rate", "100"), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         assert _first_line(proc.stderr).startswith("replaying")  # up, and about to handle signals
@@ -1373,7 +1344,7 @@ def test_paper_venue_cli_prices_from_a_binance_feed_and_stops_on_sigterm_with_a_
         await feed.start()
         port = free_port()
         proc = await asyncio.create_subprocess_exec(
-            *_policyc("paper-venue", "--listen", f"{HOST}:{port}", "--feed", f"ws://{HOST}:{feed.port}",
+            *policyc_command("paper-venue", "--listen", f"{HOST}:{port}", "--feed", f"ws://{HOST}:{feed.port}",
                       "--feed-format", "binance"), stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
         try:
             await until(lambda: len(feed.clients) == 1 and _listening(port))
@@ -1422,11 +1393,11 @@ def test_sigterm_mid_stream_stops_run_replay_feed_and_paper_venue_with_exit_0_an
     log = tmp_path / "log.jsonl"
     feed_port, venue_port = free_port(), free_port()
     pipes = dict(stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    feed = subprocess.Popen(_policyc("replay-feed", "--data", f"ORCL={DATA}", "--listen", f"{HOST}:{feed_port}",
+    feed = subprocess.Popen(policyc_command("replay-feed", "--data", f"ORCL={ORCL_DATA}", "--listen", f"{HOST}:{feed_port}",
                                      "--rate", "250", "--clients", "2"), **pipes)
-    venue = subprocess.Popen(_policyc("paper-venue", "--listen", f"{HOST}:{venue_port}",
+    venue = subprocess.Popen(policyc_command("paper-venue", "--listen", f"{HOST}:{venue_port}",
                                       "--feed", f"ws://{HOST}:{feed_port}"), **pipes)
-    run = subprocess.Popen(_policyc("run", policy_path, "--feed", f"ws://{HOST}:{feed_port}",
+    run = subprocess.Popen(policyc_command("run", policy_path, "--feed", f"ws://{HOST}:{feed_port}",
                                     "--venue", f"ws://{HOST}:{venue_port}", "--log", log), **pipes)
     procs = [run, feed, venue]
     try:
