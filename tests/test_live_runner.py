@@ -336,3 +336,61 @@ def json_records(rt):
     from policyc.runtime.live.audit import read_log
 
     return read_log(rt.log.path)
+
+
+class WalVenue(Venue):
+    """Reads the log file at the moment each frame is sent: its order's record must be there."""
+
+    def __init__(self, path):
+        super().__init__()
+        self.path, self.logged_at_send = path, []
+
+    def send(self, frame):
+        super().send(frame)
+        ids = {r.get("client_order_id") for r in map(orjson.loads, self.path.read_bytes().splitlines())
+               if r["kind"] == "order"}
+        self.logged_at_send.append(self.sent[-1]["client_order_id"] in ids)
+
+
+def test_a_read_is_one_write_of_the_log_and_each_order_is_in_the_file_before_its_frame_leaves(policy, tmp_path,
+                                                                                              monkeypatch):
+    path = tmp_path / "log.jsonl"
+    runtime = LiveRuntime(policy, RunConfig("ws://feed", "ws://venue", log_path=str(path), fsync="never"))
+    venue = WalVenue(path)
+    runtime._venue_connected(venue)
+    writes = []
+    real = __import__("os").write
+    monkeypatch.setattr("os.write", lambda fd, data: writes.append(data.count(b"\n")) or real(fd, data))
+    frames = [orjson.dumps({"type": "tick", "instrument": "ORCL", "ts": TS + k, "price": 50.0}) for k in range(3)]
+    runtime.on_feed_messages(frames)
+    monkeypatch.undo()
+    runtime.log.close()
+    kinds = [r["kind"] for r in map(orjson.loads, path.read_bytes().splitlines())]
+    # the journal's market record and the order's go out in the write before the frame; nothing is left after
+    assert kinds[-2:] == ["market", "order"] and writes == [2]
+    assert venue.logged_at_send == [True] and len(orders(venue)) == 1
+
+
+def test_records_a_full_disk_refused_in_a_batch_are_dropped_and_the_chain_goes_on_from_the_last_written(tmp_path,
+                                                                                                      monkeypatch):
+    from policyc.runtime.live.audit import DecisionLog, verify_log
+
+    path = tmp_path / "log.jsonl"
+    log = DecisionLog(path, "p" * 64, "b" * 64, fsync="never")
+    log.write("session", policy="t")
+    real = __import__("os").write
+
+    def full_disk(fd, data):
+        raise OSError(28, "No space left on device")
+
+    with pytest.raises(OSError):
+        with log.batch():
+            log.write("market", ts=1, events=[])
+            monkeypatch.setattr("os.write", full_disk)
+    monkeypatch.setattr("os.write", real)
+    with log.batch():
+        log.write("market", ts=2, events=[])
+    log.close()
+    records = [orjson.loads(line) for line in path.read_bytes().splitlines()]
+    assert [(r["seq"], r["ts"]) for r in records[1:]] == [(2, 2)]
+    assert verify_log(path)[2] is None

@@ -1,5 +1,6 @@
 """The decision log's files. `DecisionLog` appends each record the moment it is written
-(one os.write), sealed into the hash chain of `runtime/audit_chain.py`, encrypted and
+(one os.write; inside `batch`, one os.write for the batch, before any order leaves),
+sealed into the hash chain of `runtime/audit_chain.py`, encrypted and
 signed when given keys, rotating to numbered segment files; `read_log` and
 `verify_log` read a log back; the `read_*_key` functions read key files, which must be
 private. docs/audit.md describes the formats and what each fsync mode guarantees."""
@@ -11,6 +12,7 @@ import stat
 import threading
 import time
 from collections import deque
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
@@ -328,13 +330,31 @@ class DecisionLog:
         if created and self._fsync != "never":
             _sync_dir(current.parent)
         self._syncer = _GroupCommit(self._fd, current.parent) if self._fsync == "batch" else None
+        self._pending: list[bytes] = []  # sealed lines not yet handed to the operating system, in order
+        self._pending_prev: list[str] = []  # the chain head each of them follows
+        self._batches = 0                # open `batch` blocks
+
+    @contextmanager
+    def batch(self):
+        """Records written inside the block are handed to the operating system together,
+        in one write, when the block ends or at `flush` (the runtime flushes before any
+        order leaves, so an order's record is still written before its frame is sent).
+        One read of a socket is one batch: a record per os.write cost more than the rest
+        of the log. Blocks nest; the outermost one writes. Raises OSError as `flush`."""
+        self._batches += 1
+        try:
+            yield self
+        finally:
+            self._batches -= 1
+            if not self._batches:
+                self.flush()
 
     def write(self, kind: str, ts: int | None = None, **fields) -> dict:
         """Append one record and return it, `prev_hash` and `hash` included; `ts` is in
         ns since the epoch, None for the wall clock. When this returns, the record is in
-        the operating system's hands, and with fsync "always" on disk. Raises ValueError
-        for an unknown kind, OSError when the file cannot be written (a full disk) or a
-        background sync failed."""
+        the operating system's hands (inside `batch`: at the batch's end or the next
+        `flush`), and with fsync "always" on disk. Raises ValueError for an unknown kind,
+        OSError when the file cannot be written (a full disk) or a background sync failed."""
         if kind not in _KNOWN:
             raise ValueError(f"unknown record kind {kind!r}")
         seq = self.seq + 1
@@ -347,22 +367,53 @@ class DecisionLog:
         line, hash_ = seal(record, self._sign if signed else None)
         if self._aead is not None and kind != "session":
             line = envelope(self._aead, os.urandom(NONCE_BYTES), seq, line)
-        self._append(line + b"\n")
-        self.seq, self.head = seq, hash_  # only once it is written: a record that failed leaves no gap
+        self._pending.append(line + b"\n")
+        self._pending_prev.append(self.head)
+        self.seq, self.head = seq, hash_
         record["hash"] = hash_
         if kind not in _NOT_RECENT:
             self.recent.append(record)
-        self._synced()
+        if not self._batches:
+            self.flush()
         if self._sign is not None:
             self._since_signed = 0 if signed else self._since_signed + 1
             if self._since_signed >= CHECKPOINT_EVERY:
                 self.write("checkpoint", closing=False)
         return record
 
+    def flush(self) -> None:
+        """Hand the pending records to the operating system, in as few writes as the
+        segment size allows, then sync as the fsync mode says. Raises OSError when the
+        file cannot be written (a full disk) or a background sync failed; then the records
+        not written are dropped and the chain goes back to the last one written, so the
+        next record follows it with no gap (an order whose record failed is not sent)."""
+        pending, prev = self._pending, self._pending_prev
+        if not pending:
+            return
+        limit = self._max_bytes
+        try:
+            while pending:
+                if limit is not None and self._size and self._size + len(pending[0]) > limit:
+                    self._rotate()
+                take, size = len(pending), self._size
+                if limit is not None:  # as many as fit the segment; at least one, however large
+                    for take, line in enumerate(pending):
+                        size += len(line)
+                        if take and size > limit:
+                            break
+                    else:
+                        take = len(pending)
+                self._append(pending[0] if take == 1 else b"".join(pending[:take]))
+                del pending[:take], prev[:take]
+        except OSError:
+            self.seq, self.head = self.seq - len(pending), prev[0]
+            pending.clear()
+            prev.clear()
+            raise
+        self._synced()
+
     def _append(self, data: bytes) -> None:
-        """`data` at the end of the log, whole or not at all."""
-        if self._max_bytes is not None and self._size and self._size + len(data) > self._max_bytes:
-            self._rotate()
+        """`data` (whole records) at the end of the log, whole or not at all."""
         try:
             written = os.write(self._fd, data)
             while written < len(data):  # a regular file takes less only when the disk is full: the next call says so
@@ -398,6 +449,7 @@ class DecisionLog:
         try:
             if self._sign is not None:
                 self.write("checkpoint", closing=True)
+            self.flush()  # what a batch left pending (a stop in the middle of a read)
         finally:
             fd, self._fd = self._fd, -1  # a write after this fails (EBADF), never reaching a reused descriptor
             try:

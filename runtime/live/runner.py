@@ -174,6 +174,7 @@ class LiveRuntime:
         """An order or cancel of the core, written to the venue at once; while the venue
         is down it waits in the open orders, which a reconnection sends again."""
         if self.venue is not None:
+            self.log.flush()  # write-ahead: the records of this read so far, this order's among them
             self.venue.send(encode(message))
         if event_sent_ns is not None:
             self.latencies_ns.append(time.time_ns() - event_sent_ns)
@@ -194,7 +195,12 @@ class LiveRuntime:
     # ---- feed ---------------------------------------------------------------------
     def on_feed_messages(self, frames: list[bytes]) -> None:
         """Every message one socket read completed: one kernel call for all of them
-        (inputs split the batch, so each market event sees the inputs sent before it)."""
+        (inputs split the batch, so each market event sees the inputs sent before it), and
+        one write of the log for all the records they make."""
+        with self.log.batch():
+            self._feed_messages(frames)
+
+    def _feed_messages(self, frames: list[bytes]) -> None:
         batch = []
         for frame in frames:
             try:
@@ -226,7 +232,12 @@ class LiveRuntime:
     # ---- venue --------------------------------------------------------------------
     def on_venue_messages(self, frames: list[bytes]) -> None:
         """Each answer on its own: one the core cannot handle (a defect) is logged as a bad
-        message, and the fills after it in the same read are still applied."""
+        message, and the fills after it in the same read are still applied. One write of
+        the log for the read, before anything it shows in the status."""
+        with self.log.batch():
+            self._venue_messages(frames)
+
+    def _venue_messages(self, frames: list[bytes]) -> None:
         for frame in frames:
             try:
                 reply = parse_venue(frame)
