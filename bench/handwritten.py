@@ -44,6 +44,7 @@ def ema_cross_hand(ts, vals, fast_n, slow_n, vol_n, size,
     kf = 2.0 / (fast_n + 1)
     ks = 2.0 / (slow_n + 1)
     slip = slippage_bps / 1e4
+    fee_rate = fees_bps / 1e4
     nan = np.nan
 
     # feature state
@@ -90,7 +91,7 @@ def ema_cross_hand(ts, vals, fast_n, slow_n, vol_n, size,
             if pending >= 0:
                 qty = o_qty[pending]
                 fill_price = price * (1.0 + slip) if qty > 0.0 else price * (1.0 - slip)
-                fee = abs(qty) * fill_price * fees_bps / 1e4
+                fee = abs(qty) * fill_price * fee_rate
                 o_fill_event[pending] = e
                 o_fill_price[pending] = fill_price
                 o_fee[pending] = fee
@@ -240,3 +241,98 @@ def ema_cross_hand(ts, vals, fast_n, slow_n, vol_n, size,
                 open_qty += order
         e += 1
     return e, n_orders, equity, cash, pos, halted, halt_event
+
+
+@njit(error_model="numpy", nogil=True, cache=False)
+def ema_stop_bare(ts, vals, fast_n, slow_n, size, stop_loss, fees_bps, slippage_bps, initial_cash,
+                  o_event, o_qty, o_fill_event, o_fill_price, o_fee):
+    """The reference job as a quant writes it: EMA fast/slow crossover (long `size` on a cross
+    above, flat on a cross below), a stop loss that holds the position flat until the next
+    cross below, market orders filled at the next event's price. No equity curve, no day
+    counters, no risk block beyond the stop: only what the strategy needs.
+
+    vals[:, 0] = price, vals[:, 1] = close; orders go to the o_* arrays (sized by the
+    caller). Returns (events processed, number of orders, cash, position, last price).
+    """
+    n = ts.shape[0]
+    capacity = o_event.shape[0]
+    kf = 2.0 / (fast_n + 1)
+    ks = 2.0 / (slow_n + 1)
+    slip = slippage_bps / 1e4
+    fee_rate = fees_bps / 1e4
+    nan = np.nan
+    f_cnt = 0
+    f_sum = 0.0
+    f_ema = 0.0
+    s_cnt = 0
+    s_sum = 0.0
+    s_ema = 0.0
+    prev_fast = nan
+    prev_slow = nan
+    cash = initial_cash
+    pos = 0.0
+    entry = nan
+    desired = 0.0
+    locked = False
+    pending = -1
+    n_orders = 0
+    last = nan
+    e = 0
+    while e < n:
+        if n_orders >= capacity:
+            break
+        price = vals[e, 0]
+        if price > 0.0 and price < np.inf:
+            last = price
+            if pending >= 0:
+                qty = o_qty[pending]
+                fill_price = price * (1.0 + slip) if qty > 0.0 else price * (1.0 - slip)
+                fee = abs(qty) * fill_price * fee_rate
+                o_fill_event[pending] = e
+                o_fill_price[pending] = fill_price
+                o_fee[pending] = fee
+                pending = -1
+                cash -= qty * fill_price + fee
+                entry = fill_price if pos == 0.0 else (nan if pos + qty == 0.0 else entry)
+                pos += qty
+            close = vals[e, 1]
+            fast = nan
+            slow = nan
+            if close == close:
+                if f_cnt < fast_n:
+                    f_cnt += 1
+                    f_sum += close
+                    if f_cnt == fast_n:
+                        f_ema = f_sum / fast_n
+                        fast = f_ema
+                else:
+                    f_ema = ((close - f_ema) * kf) + f_ema
+                    fast = f_ema
+                if s_cnt < slow_n:
+                    s_cnt += 1
+                    s_sum += close
+                    if s_cnt == slow_n:
+                        s_ema = s_sum / slow_n
+                        slow = s_ema
+                else:
+                    s_ema = ((close - s_ema) * ks) + s_ema
+                    slow = s_ema
+            if fast > slow and prev_fast <= prev_slow:
+                desired = size
+            elif fast < slow and prev_fast >= prev_slow:
+                desired = 0.0
+            prev_fast = fast
+            prev_slow = slow
+            if locked and desired == 0.0:
+                locked = False
+            if not locked and pos > 0.0 and price <= entry * (1.0 - stop_loss):
+                locked = True
+            order = (0.0 if locked else desired) - pos
+            if order != 0.0:
+                o_event[n_orders] = e
+                o_qty[n_orders] = order
+                o_fill_event[n_orders] = -1
+                pending = n_orders
+                n_orders += 1
+        e += 1
+    return e, n_orders, cash, pos, last

@@ -56,6 +56,8 @@ class RunResult:
         return L.decode_reasons(self.orders[row, L.O_REASONS], self.reason_names)
 
 
+ORDER_ROWS_PER_EVENTS = 8  # a backtest's first order buffer: one row per this many events
+ORDER_GROWTH = 4           # a full order buffer is replaced by one this many times larger
 _UNUSED_EQUITY, _UNUSED_TRACE = np.zeros(1), np.zeros((1, 1))  # the kernel writes neither when trace_on is 0
 
 
@@ -90,7 +92,17 @@ class Session:
                 self.mode, eq, tr, trace_on)
             if start >= n:
                 break
-            grown = np.empty((len(self.orders) * 2, L.ORDER_WIDTH))
+            self._grow_orders(len(self.orders) * ORDER_GROWTH)
+
+    def reserve_orders(self, n_events: int) -> None:
+        """Size the order buffer for a batch of `n_events` up front, so the kernel runs it
+        in one call: a row per ORDER_ROWS_PER_EVENTS events (policies that trade more
+        often grow it by ORDER_GROWTH). Rows are only committed to memory once written."""
+        self._grow_orders(n_events // ORDER_ROWS_PER_EVENTS + 2)
+
+    def _grow_orders(self, rows: int) -> None:
+        if rows > len(self.orders):
+            grown = np.empty((rows, L.ORDER_WIDTH))
             grown[: self.n_orders] = self.orders[: self.n_orders]
             self.orders = grown
 
@@ -178,6 +190,7 @@ class CompiledPolicy:
             trace: bool = False) -> RunResult:
         """Run a whole batch from a fresh account (a backtest in one call)."""
         s = self.session(mode)
+        s.reserve_orders(len(events))
         equity = np.empty(len(events)) if record_equity else None
         tr = np.full((len(events), L.TRACE_FIXED + len(self.program.features)), np.nan) if trace else None
         s.feed(events, equity, tr)

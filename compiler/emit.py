@@ -280,7 +280,7 @@ class _Emitter:
             rules=[SimpleNamespace(when=self.name(w), target=self.name(t)) for w, t in p.rules],
             intent_column=p.intent_column,
             features=[as_float(j) for j in p.features.values()],
-            TRACE_FIXED=L.TRACE_FIXED, MARKET=L.MARKET, INTENT=L.INTENT, DECIDE=L.DECIDE, FILL=L.FILL,
+            HELD_EPSILON=repr(L.HELD_EPSILON), TRACE_FIXED=L.TRACE_FIXED, MARKET=L.MARKET, INTENT=L.INTENT, DECIDE=L.DECIDE, FILL=L.FILL,
             REJECT=L.REJECT, HALT=L.HALT, RESUME=L.RESUME, FILL_SAME=L.FILL_SAME, FILL_NEXT=L.FILL_NEXT,
         )
 

@@ -34,15 +34,31 @@ FILL_MODES = {"next": FILL_NEXT, "same": FILL_SAME, "live": LIVE}
 
 # ---- per-instrument account and risk state (pstate[inst, column]) -------------------
 P_POS, P_OPEN, P_ENTRY, P_BEST, P_LAST, P_PREV, P_LAST_TS, P_DESIRED, P_LOCK, P_LOCK_CODE, \
-    P_VOL, P_PENDING, P_CUSTOM = range(13)
+    P_VOL, P_PENDING, P_TRADE_PNL, P_CUSTOM = range(14)
 P_NAMES = ("position", "open_qty", "entry_price", "best_price", "last_price", "prev_price", "last_ts",
-           "desired", "lock", "lock_code", "volatility", "pending_order")
+           "desired", "lock", "lock_code", "volatility", "pending_order", "trade_pnl")
+#: |position| above this counts as holding one (a position summed back from fills may
+#: leave dust of a few ulps).
+HELD_EPSILON = 1e-12
 
 # ---- account-wide state (acct[column]) ----------------------------------------------
 A_CASH, A_PEAK, A_HALTED, A_DAY, A_DAY_OPEN, A_DAY_LOSS, A_ORDERS_TODAY, A_TOKENS, A_TOKEN_TS, \
     A_FEES, A_EQUITY, A_FILLS = range(12)
+#: Statistics of the run, kept by the kernel as it goes (no per-event array is needed):
+#: the equity curve's running peak, its lowest point since that peak and the largest
+#: drawdown (fraction of the peak) of the equity after each event; daily returns of the
+#: equity at the last event of each UTC day (Welford's running mean and sum of squared
+#: deviations, and the sum of squared negative returns), the current UTC day and the
+#: equity at the close of the one before; events after which a position was open, and
+#: how many instruments hold one; closed round trips (flat to flat, a reversal closes
+#: one), how many made money, and the summed P&L (after fees) of winners and of losers.
+A_CURVE_PEAK, A_CURVE_TROUGH, A_MAX_DRAWDOWN, A_STAT_DAY, A_DAY_CLOSE, A_RET_N, A_RET_MEAN, A_RET_M2, \
+    A_RET_DOWN2, A_EXPOSED, A_HELD, A_TRADES, A_WINS, A_WIN_PNL, A_LOSS_PNL = range(12, 27)
 A_NAMES = ("cash", "peak_equity", "halted", "day", "day_open_equity", "daily_loss_tripped", "orders_today",
-           "tokens", "token_ts", "fees", "equity", "fills")
+           "tokens", "token_ts", "fees", "equity", "fills",
+           "curve_peak", "curve_trough", "max_drawdown", "stat_day", "day_close", "returns", "return_mean",
+           "return_m2", "return_down2", "exposed_events", "held", "trades", "winning_trades", "win_pnl",
+           "loss_pnl")
 A_REASON_COUNTS = len(A_NAMES)   # then one counter per reason bit: decisions that recorded it
 MASK_BITS = 53                   # reason masks travel in float64 columns: 53 exact bits
 ACCT_WIDTH = A_REASON_COUNTS + MASK_BITS
@@ -179,8 +195,9 @@ def initial_account(n_instruments: int, n_custom: int, account: dict[str, float]
     """Fresh account arrays: cash = initial equity, flat, no prices seen."""
     acct = np.zeros(ACCT_WIDTH)
     equity = account["initial_equity"]
-    acct[[A_CASH, A_PEAK, A_DAY_OPEN, A_EQUITY]] = equity
+    acct[[A_CASH, A_PEAK, A_DAY_OPEN, A_EQUITY, A_CURVE_PEAK, A_CURVE_TROUGH, A_DAY_CLOSE]] = equity
     acct[A_DAY] = np.nan
+    acct[A_STAT_DAY] = np.nan
     acct[A_TOKENS] = np.nan
     acct[A_TOKEN_TS] = np.nan
     pstate = np.zeros((n_instruments, P_CUSTOM + n_custom))

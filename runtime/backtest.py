@@ -17,6 +17,7 @@ import sys
 import time
 import warnings
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Callable
 
@@ -24,7 +25,6 @@ import numpy as np
 
 from policyc.compiler import layout as L
 from policyc.compiler.build import CompiledPolicy, Events
-from policyc.compiler.semantics import NS_PER_DAY
 from policyc.dsl.diagnostics import did_you_mean
 
 from .data import ISO_FORMS, DataError, Table, load_table, merge
@@ -58,21 +58,32 @@ class Trade:
 
 @dataclass
 class BacktestResult:
+    """A finished run. `acct` and `pstate` are the session's final account and
+    per-instrument state (compiler/layout.py columns), which carry the run's statistics;
+    `equity` is the equity after each event when it was recorded, else None."""
+
     policy: CompiledPolicy
     events: Events
     orders: np.ndarray
-    equity: np.ndarray
+    equity: np.ndarray | None
     trace: np.ndarray | None
     reasons: dict[str, int]
     initial_equity: float
     elapsed_s: float
+    acct: np.ndarray
+    pstate: np.ndarray
     data_files: list[str] = field(default_factory=list)
     skipped: dict[str, int] = field(default_factory=dict)
-    trades: list[Trade] = field(default_factory=list)
 
     @property
     def fills(self) -> np.ndarray:
         return self.orders[self.orders[:, L.O_FILL_EVENT] >= 0]
+
+    @cached_property
+    def trades(self) -> list[Trade]:
+        """Each round trip, itemised from the fills on first use (the summary's trade
+        figures come from the kernel's counters and need no list)."""
+        return round_trips(self)
 
 
 _BOUND = re.compile(r"\d{4}(-\d{2}(-\d{2}([T ]\d{2}(:\d{2}(:\d{2}(\.\d{1,9})?)?)?(Z|[+-]\d{2}:?\d{2})?)?)?)?")
@@ -167,10 +178,13 @@ class _Progress:
 
 
 def run_backtest(policy: CompiledPolicy, events: Events, mode: int = L.FILL_NEXT, account: dict | None = None,
-                 trace: bool = False, progress: bool = True) -> BacktestResult:
+                 trace: bool = False, progress: bool = True, record_equity: bool = True) -> BacktestResult:
+    """Run `events` through a fresh session of `policy`. `record_equity` keeps the equity
+    after each event (8 bytes an event; a report's charts need it, the summary does not)."""
     session = policy.session(mode, account)
     n = len(events)
-    equity = np.empty(n)
+    session.reserve_orders(n)
+    equity = np.empty(n) if record_equity else None
     tr = np.full((n, L.TRACE_FIXED + len(policy.feature_names)), np.nan) if trace else None
     bar = _Progress(n, policy.name) if progress else None
     t0 = time.perf_counter()
@@ -182,10 +196,9 @@ def run_backtest(policy: CompiledPolicy, events: Events, mode: int = L.FILL_NEXT
     if bar:
         bar.close()
     settings = {**policy.checked.account, **(account or {})}
-    result = BacktestResult(policy, events, session.orders[: session.n_orders].copy(), equity, tr,
-                            session.reason_counts, settings["initial_equity"], elapsed)
-    result.trades = round_trips(result)
-    return result
+    return BacktestResult(policy, events, session.orders[: session.n_orders].copy(), equity, tr,
+                          session.reason_counts, settings["initial_equity"], elapsed, session.acct.copy(),
+                          session.pstate.copy())
 
 
 def run_through_order_core(policy: CompiledPolicy, events: Events, mode: int = L.FILL_NEXT,
@@ -305,10 +318,9 @@ def run_through_order_core(policy: CompiledPolicy, events: Events, mode: int = L
         equity[e] = engine.equity
     elapsed = time.perf_counter() - t0
     orders = np.array(list(rows.values()), dtype=np.float64).reshape(-1, L.ORDER_WIDTH)
-    result = BacktestResult(policy, events, orders, equity, None, engine.session.reason_counts,
-                            settings["initial_equity"], elapsed)
-    result.trades = round_trips(result)
-    return result
+    return BacktestResult(policy, events, orders, equity, None, engine.session.reason_counts,
+                          settings["initial_equity"], elapsed, engine.session.acct.copy(),
+                          engine.session.pstate.copy())
 
 
 def round_trips(result: BacktestResult) -> list[Trade]:
@@ -355,51 +367,50 @@ def _iso(ns: int) -> str:
     return str(np.datetime64(int(ns), "ns")) + "Z"
 
 
-def daily_returns(result: BacktestResult) -> np.ndarray:
-    """Returns of the equity at the last event of each UTC day (the first from the
-    initial equity)."""
-    if len(result.events) == 0:
-        return np.zeros(0)
-    day = result.events.ts // NS_PER_DAY
-    last = np.append(np.flatnonzero(np.diff(day)), len(day) - 1)
-    closes = np.concatenate([[result.initial_equity], result.equity[last]])
-    return closes[1:] / closes[:-1] - 1.0
-
-
-def max_drawdown(equity: np.ndarray, initial: float) -> float:
-    curve = np.concatenate([[initial], equity])
-    peak = np.maximum.accumulate(curve)
-    return float(np.max((peak - curve) / peak)) if len(curve) else 0.0
+def max_drawdown(result: BacktestResult) -> float:
+    """The largest fall of the equity curve (the initial equity, then the equity after
+    each event) from its running peak, as a fraction of that peak; NaN once equity has
+    not been a finite number."""
+    return float(result.acct[L.A_MAX_DRAWDOWN])
 
 
 def exposure(result: BacktestResult) -> float:
-    """Fraction of events after which some position was open."""
+    """Fraction of events after which some position was open (|position| above
+    layout.HELD_EPSILON)."""
     n = len(result.events)
-    if n == 0:
-        return 0.0
-    held = np.zeros(n, bool)
-    fills = result.fills
-    for i in range(len(result.policy.instruments)):
-        mine = fills[fills[:, L.O_INST] == i]
-        delta = np.zeros(n)
-        np.add.at(delta, mine[:, L.O_FILL_EVENT].astype(np.int64), mine[:, L.O_QTY])
-        held |= np.abs(np.cumsum(delta)) > 1e-12
-    return float(held.mean())
+    return float(result.acct[L.A_EXPOSED]) / n if n else 0.0
+
+
+def return_moments(result: BacktestResult) -> tuple[int, float, float, float]:
+    """(count, mean, sample stdev, root mean square of the negative ones) of the daily
+    returns: returns of the equity at the last event of each UTC day, the first from the
+    initial equity, the last day's at the final equity. The kernel keeps them for every
+    day it closed (Welford's update); the last day's is added here."""
+    a = result.acct
+    n, mean, m2, down2 = float(a[L.A_RET_N]), float(a[L.A_RET_MEAN]), float(a[L.A_RET_M2]), float(a[L.A_RET_DOWN2])
+    if len(result.events):
+        r = float(a[L.A_EQUITY]) / float(a[L.A_DAY_CLOSE]) - 1.0
+        n += 1.0
+        d = r - mean
+        mean += d / n
+        m2 += d * (r - mean)
+        down2 += r * r if r < 0.0 else 0.0
+    std = math.sqrt(m2 / (n - 1.0)) if n > 1 else math.nan
+    return int(n), mean, std, math.sqrt(down2 / n) if n else math.nan
 
 
 def summary(result: BacktestResult) -> dict:
     """Every figure of the report, JSON-ready (None where a figure is undefined)."""
     r = result
-    final = float(r.equity[-1]) if len(r.equity) else r.initial_equity
-    rets = daily_returns(r)
+    a = r.acct
+    final = float(a[L.A_EQUITY]) if len(r.events) else r.initial_equity
+    n_rets, mean, std, downside = return_moments(r)
     sharpe = sortino = None
-    if len(rets) > 1 and np.std(rets, ddof=1) > 0:
-        sharpe = float(np.mean(rets) / np.std(rets, ddof=1) * math.sqrt(252))
-        downside = math.sqrt(float(np.mean(np.minimum(rets, 0.0) ** 2)))
-        sortino = float(np.mean(rets) / downside * math.sqrt(252)) if downside > 0 else None
-    closed = [t for t in r.trades if t.exit_event >= 0]
-    wins = [t.pnl for t in closed if t.pnl > 0]
-    losses = [t.pnl for t in closed if t.pnl <= 0]
+    if n_rets > 1 and std > 0:
+        sharpe = float(mean / std * math.sqrt(252))
+        sortino = float(mean / downside * math.sqrt(252)) if downside > 0 else None
+    closed, wins = int(a[L.A_TRADES]), int(a[L.A_WINS])
+    win_pnl, loss_pnl = float(a[L.A_WIN_PNL]), float(a[L.A_LOSS_PNL])
     fills = r.fills
     checked = r.policy
     return {
@@ -415,16 +426,16 @@ def summary(result: BacktestResult) -> dict:
         "events": len(r.events),
         "orders": len(r.orders),
         "fills": len(fills),
-        "trades": len(closed),
-        "open_trades": len(r.trades) - len(closed),
+        "trades": closed,
+        "open_trades": int(np.count_nonzero(r.pstate[:, L.P_POS])),
         "initial_equity": r.initial_equity,
         "final_equity": final,
         "total_return": final / r.initial_equity - 1.0,
-        "max_drawdown": max_drawdown(r.equity, r.initial_equity),
+        "max_drawdown": max_drawdown(r),
         "sharpe": sharpe,
         "sortino": sortino,
-        "win_rate": len(wins) / len(closed) if closed else None,
-        "profit_factor": (sum(wins) / -sum(losses)) if losses and sum(losses) < 0 else None,
+        "win_rate": wins / closed if closed else None,
+        "profit_factor": win_pnl / -loss_pnl if closed > wins and loss_pnl < 0 else None,
         "exposure": exposure(r),
         "fees": float(np.sum(fills[:, L.O_FEE])) if len(fills) else 0.0,
         "reasons": r.reasons,

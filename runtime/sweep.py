@@ -94,7 +94,8 @@ def _run_one(combo: dict) -> dict:
         policy = _STATE["base"].with_params(**combo)
     except PolicyError as exc:  # sent back to the parent, which reports it
         return {"__diagnostics__": exc.diagnostics}
-    result = run_backtest(policy, _STATE["events"], _STATE["mode"], _STATE["account"], progress=False)
+    result = run_backtest(policy, _STATE["events"], _STATE["mode"], _STATE["account"], progress=False,
+                          record_equity=False)
     s = summary(result)
     row = {f"p.{k}": v for k, v in combo.items()}
     row.update({k: s[k] for k in METRICS})

@@ -739,3 +739,46 @@ def test_sweep_sorted_by_max_drawdown_puts_the_smallest_first(capsys, tmp_path, 
     assert code == 0, err
     dd = [float(r["max_drawdown"]) for r in csv.DictReader(out.open())]
     assert len(dd) == 6 and dd == sorted(dd)
+
+
+def _figures_from_the_curve(bt) -> dict:
+    """The summary's figures as the definitions give them, from the per-event equity curve
+    and the itemised round trips (two-pass NumPy, Python sums)."""
+    day = bt.events.ts // 86_400_000_000_000
+    last = np.append(np.flatnonzero(np.diff(day)), len(day) - 1)
+    closes = np.concatenate([[bt.initial_equity], bt.equity[last]])
+    rets = closes[1:] / closes[:-1] - 1.0
+    curve = np.concatenate([[bt.initial_equity], bt.equity])
+    peak = np.maximum.accumulate(curve)
+    closed = [t for t in bt.trades if t.exit_event >= 0]
+    wins = [t.pnl for t in closed if t.pnl > 0]
+    losses = [t.pnl for t in closed if t.pnl <= 0]
+    held = np.zeros(len(bt.events), bool)
+    for i in range(len(bt.policy.instruments)):
+        mine = bt.fills[bt.fills[:, L.O_INST] == i]
+        delta = np.zeros(len(bt.events))
+        np.add.at(delta, mine[:, L.O_FILL_EVENT].astype(np.int64), mine[:, L.O_QTY])
+        held |= np.abs(np.cumsum(delta)) > L.HELD_EPSILON
+    return {"max_drawdown": float(np.max((peak - curve) / peak)), "final_equity": float(bt.equity[-1]),
+            "sharpe": float(np.mean(rets) / np.std(rets, ddof=1) * math.sqrt(252)),
+            "sortino": float(np.mean(rets) / math.sqrt(float(np.mean(np.minimum(rets, 0.0) ** 2))) * math.sqrt(252)),
+            "trades": len(closed), "open_trades": len(bt.trades) - len(closed), "win_rate": len(wins) / len(closed),
+            "profit_factor": sum(wins) / -sum(losses), "exposure": float(held.mean())}
+
+
+@pytest.mark.parametrize("mode", [L.FILL_NEXT, L.FILL_SAME], ids=["next", "same"])
+def test_streamed_summary_figures_equal_those_of_the_equity_curve(multi, mode):
+    """The kernel keeps the summary's figures as it runs (no equity array): they equal the
+    figures computed afterwards from the recorded curve and trades, exactly but for Sharpe
+    and Sortino (Welford's running moments against NumPy's two passes)."""
+    events, _ = random_two_instrument_stream(multi, seed=7, n=20_000)
+    bt = run_backtest(multi, events, mode, progress=False)
+    s, want = summary(bt), _figures_from_the_curve(bt)
+    assert want["trades"] > 20 and 0 < want["exposure"] < 1 and want["max_drawdown"] > 0
+    for key, value in want.items():
+        if key in ("sharpe", "sortino"):
+            assert rel_close(s[key], value, 1e-12), key
+        else:
+            assert s[key] == value, key
+    assert summary(run_backtest(multi, events, mode, progress=False, record_equity=False)) | {"elapsed_s": 0,
+           "events_per_s": 0} == s | {"elapsed_s": 0, "events_per_s": 0}
