@@ -1,0 +1,165 @@
+"""policyc.client against a real `policyc run` over loopback: `replay-feed`, `paper-venue`
+and `run` as processes, a model token and an operator token. The sync and asyncio clients
+send targets and get decisions with their reasons, read the status, are refused with a
+wrong token or role, refuse bad targets before sending, and reconnect with back-off when
+`run` is stopped and started again on the same ports."""
+from __future__ import annotations
+
+import asyncio
+import math
+import secrets
+import signal
+import subprocess
+import time
+
+import pytest
+
+from loopback import FAILSAFE_S, HOST, ORCL_DATA, free_port, policyc_command, wait_port
+from policyc.client import AsyncClient, AuthError, Client, Refused, Unreachable
+
+MODEL, OPERATOR = secrets.token_hex(16), secrets.token_hex(16)
+#: A model alone sets the target: no rules, so every order is the model's, within the limits.
+GUARD = """
+policy: guarded_model
+version: 1
+instruments: [ORCL]
+inputs: [intent]
+signals: []
+risk:
+  max_position: 100
+  max_order_qty: 60
+"""
+
+
+def _private(path, text: str) -> str:
+    path.write_text(text)
+    path.chmod(0o600)
+    return str(path)
+
+
+class Stack:
+    """A replay feed (looping, 200 events/s), a paper venue and `run` with its intents and
+    control ports; `restart_run()` stops `run` and starts a new one on the same ports."""
+
+    def __init__(self, tmp_path):
+        self.tmp = tmp_path
+        self.feed, self.venue, self.intents, self.control = (free_port() for _ in range(4))
+        self.policy = tmp_path / "guarded.yaml"
+        self.policy.write_text(GUARD)
+        self.model = _private(tmp_path / "model", MODEL)
+        self.operator = _private(tmp_path / "operator", OPERATOR)
+        self.procs = [
+            subprocess.Popen(policyc_command("replay-feed", "--data", ORCL_DATA, "--listen", f"{HOST}:{self.feed}",
+                                             "--rate", 200, "--loop", "--clients", 2),
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE),
+            subprocess.Popen(policyc_command("paper-venue", "--listen", f"{HOST}:{self.venue}", "--feed",
+                                             f"ws://{HOST}:{self.feed}"),
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)]
+        self.runs = 0
+        self.run = self._start_run()
+
+    def _start_run(self) -> subprocess.Popen:
+        self.runs += 1
+        proc = subprocess.Popen(policyc_command(
+            "run", self.policy, "--feed", f"ws://{HOST}:{self.feed}", "--venue", f"ws://{HOST}:{self.venue}",
+            "--intents", f"{HOST}:{self.intents}", "--control", f"{HOST}:{self.control}",
+            "--model-token-file", self.model, "--operator-token-file", self.operator,
+            "--log", self.tmp / f"decisions-{self.runs}.jsonl"), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        self.procs.append(proc)
+        return proc
+
+    def restart_run(self) -> None:
+        self.run.send_signal(signal.SIGTERM)
+        assert self.run.wait(FAILSAFE_S) == 0, self.run.stderr.read().decode()[-2000:]
+        self.run = self._start_run()
+
+    def close(self) -> None:
+        for p in reversed(self.procs):
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+        for p in self.procs:
+            try:
+                p.wait(FAILSAFE_S)
+            except subprocess.TimeoutExpired:
+                p.kill()
+
+
+@pytest.fixture
+def stack(tmp_path):
+    s = Stack(tmp_path)
+    try:
+        wait_port(s.intents, proc=s.run)
+        yield s
+    finally:
+        s.close()
+
+
+def _trading(client: Client) -> dict:
+    """Wait until the runtime has market data (an intent before any is reduce-only)."""
+    for _ in range(int(FAILSAFE_S / 0.05)):
+        status = client.status()
+        if status["events"] > 0 and not status["reduce_only"]:
+            return status
+        time.sleep(0.05)
+    raise AssertionError("no market data reached the runtime")
+
+
+def test_sync_client_decisions_status_refusals_and_a_reconnect(stack):
+    url, control = f"ws://{HOST}:{stack.intents}", f"ws://{HOST}:{stack.control}"
+    with Client(url, MODEL, control=control, control_token=OPERATOR, timeout=FAILSAFE_S) as client:
+        _trading(client)
+        d = client.intent("ORCL", 80)
+        assert (d.instrument, d.desired_target) == ("ORCL", 80.0)
+        assert d.approved_target == 60.0 and d.order_qty == 60.0 and d.reasons == ("max_order_qty:clipped",)
+        assert d.overruled and len(d.policy_hash) == 64
+        d = client.intent("ORCL", 500)  # beyond max_position: clipped to 100, of which 60 are open or held
+        assert d.approved_target == 100.0 and "max_position:clipped" in d.reasons and d.overruled
+        status = client.status()
+        assert status["type"] == "status" and status["policy"] == "guarded_model"
+        assert status["positions"]["ORCL"] + status["open_orders"]["ORCL"] == 100.0
+
+        for bad in (math.nan, math.inf, 1e16, "10", True):
+            with pytest.raises(ValueError, match="target must be"):
+                client.intent("ORCL", bad)
+        with pytest.raises(Refused, match="bad_message") as refused:
+            client.intent("NOPE", 1)
+        assert refused.value.code == "bad_message"
+
+        stack.restart_run()  # the client's connections drop; it reconnects with back-off once run listens again
+        d = client.intent("ORCL", 0)
+        assert client.reconnects >= 1 and d.desired_target == 0.0
+        assert _trading(client)["policy_hash"] == d.policy_hash
+    assert stack.run.poll() is None
+
+
+def test_wrong_tokens_roles_and_a_dead_port_give_clear_errors(stack):
+    url, control = f"ws://{HOST}:{stack.intents}", f"ws://{HOST}:{stack.control}"
+    with pytest.raises(AuthError, match="wrong or missing token"):
+        Client(url, secrets.token_hex(16)).intent("ORCL", 1)
+    with pytest.raises(AuthError, match="model credential may not use the control port"):
+        Client(control=control, control_token=MODEL).status()
+    with pytest.raises(ValueError, match="no intents URL"):
+        Client(control=control, control_token=OPERATOR).intent("ORCL", 1)
+    dead = Client(f"ws://{HOST}:{free_port()}", MODEL, attempts=3, timeout=1.0)
+    with pytest.raises(Unreachable, match="no answer after 3 attempts"):
+        dead.intent("ORCL", 1)
+
+
+def test_async_client_against_the_same_runtime(stack):
+    url, control = f"ws://{HOST}:{stack.intents}", f"ws://{HOST}:{stack.control}"
+
+    async def main():
+        async with AsyncClient(url, MODEL, control=control, control_token=OPERATOR, timeout=FAILSAFE_S) as client:
+            for _ in range(int(FAILSAFE_S / 0.05)):
+                if (await client.status())["events"] > 0:
+                    break
+                await asyncio.sleep(0.05)
+            decisions = [await client.intent("ORCL", t) for t in (40, -30)]
+            return decisions, await client.status()
+
+    (up, down), status = asyncio.run(main())
+    assert up.approved_target == 40.0 and up.order_qty == 40.0 and not up.overruled and up.reasons == ()
+    # from 40 to -30 is an order of -70: max_order_qty clips it to -60
+    assert (down.desired_target, down.order_qty, down.approved_target) == (-30.0, -60.0, -20.0)
+    assert down.reasons == ("max_order_qty:clipped",) and down.overruled
+    assert status["positions"]["ORCL"] + status["open_orders"]["ORCL"] == -20.0
