@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 from policyc.dsl.diagnostics import Diagnostic, PolicyError
@@ -18,7 +19,12 @@ from .hashing import build_hash, policy_hash
 class Checked:
     checked: CheckedPolicy
     policy_hash: str
-    build_hash: str
+
+    @cached_property
+    def build_hash(self) -> str:
+        """`policy_hash` with the toolchain's versions, read from package metadata when
+        first asked for (`validate` and `hash` never ask)."""
+        return build_hash(self.policy_hash)
 
     @property
     def warnings(self) -> list[Diagnostic]:
@@ -29,8 +35,7 @@ def check_policy(source: str | Path | ParsedPolicy, params: dict | None = None) 
     """Load (if given a path) and check a policy, binding `params` over its defaults."""
     parsed = source if isinstance(source, ParsedPolicy) else load_policy(source)
     checked = check(parsed, params)
-    h = policy_hash(checked)
-    return Checked(checked, h, build_hash(h))
+    return Checked(checked, policy_hash(checked))
 
 
 def check_text(text: str, params: dict | None = None, name: str = "<policy>") -> Checked:

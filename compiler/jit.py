@@ -10,28 +10,20 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
-import os
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from types import ModuleType
 
+from policyc.dsl.cache import cache_root, write_atomic
+
 # A kernel is one big function, and Numba's compile time grows with the square of its
 # lines: the example policies (500 to 860 lines, 2 to 6 s) took 7.8 to 9.3 us per line
 # squared on a 2-core x86-64 VM. That is the factor until one is measured in the cache.
 FACTOR_FILE = "compile-seconds-per-line-squared"
 DEFAULT_FACTOR = 8.5e-6
-
-
-def cache_root() -> Path:
-    env = os.environ.get("POLICYC_CACHE")
-    if env:
-        return Path(env)
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "policyc"
 
 
 def source_digest(source: str) -> str:
@@ -42,19 +34,12 @@ def kernel_path(source: str) -> Path:
     return cache_root() / "kernels" / source_digest(source)[:32] / "kernel.py"
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)  # concurrent compilers never see half a file
-
-
 def load_kernel(source: str) -> tuple[ModuleType, Path]:
     """Write (once) and import the kernel module for this source."""
     path = kernel_path(source)
     if not path.exists() or path.read_text() != source:
         path.parent.mkdir(parents=True, exist_ok=True)
-        _write_atomic(path, source)
+        write_atomic(path, source)
     name = f"policyc_kernel_{path.parent.name}"
     module = sys.modules.get(name)
     if module is None:
@@ -107,6 +92,6 @@ def watch_compile(source: str, on_compile: Callable[[float], None]) -> Iterator[
         if previous is not None:  # a running mean: one compile on a busy machine is noisy
             factor = (previous + factor) / 2
         try:
-            _write_atomic(cache_root() / FACTOR_FILE, f"{factor:.6g}\n")
+            write_atomic(cache_root() / FACTOR_FILE, f"{factor:.6g}\n")
         except OSError:
             pass

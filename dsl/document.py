@@ -1,25 +1,30 @@
-"""The policy document: pydantic models of the YAML structure, then expressions parsed.
+"""The policy document: the shape of the YAML structure, then expressions parsed.
 
 `load_policy` is the front end's single entry point: text in, a `ParsedPolicy` (every
 expression an AST with file spans) or a `PolicyError` carrying positioned diagnostics.
+
+The shape is described once, in SHAPES. A document is checked against it directly,
+which is quick; only a document that does not fit is handed to pydantic models built
+from the same description, whose errors name every misfit (pydantic takes longer to
+import than the rest of a `policyc validate`).
 """
 from __future__ import annotations
 
+import copy
 import math
 import re
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
-from typing import Any, Literal, Optional, Union
+from types import SimpleNamespace
+from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, create_model, StrictBool, StrictFloat, StrictInt, StrictStr, ValidationError
 
 from . import expressions as ex
 from .diagnostics import Diagnostic, PolicyError, Span, did_you_mean, error, warning
 from .risk_keys import ACCOUNT_KEYS, RISK_KEYS, Key
 from .source import Positioned, SourceFile, compose, read_source, scalar_text_offsets, source_from_bytes
-
-Scalar = Union[StrictBool, StrictInt, StrictFloat, StrictStr]
 
 POLICY_NAME = re.compile(r"[a-z][a-z0-9_]*\Z")
 IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
@@ -27,47 +32,102 @@ SYMBOL = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:/\-]*\Z")
 
 CUSTOM_ACTIONS = ("block", "reduce_only", "liquidate", "halt")
 
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", strict=True)
-
-
-class SignalModel(_Strict):
-    when: Scalar
-    target: Scalar
-
-
-class CustomRuleModel(_Strict):
-    name: StrictStr
-    when: Scalar
-    action: Literal["block", "reduce_only", "liquidate", "halt"]
-
-
-# Every key takes any scalar here: its value is an expression (a limit may be `2 * size`),
-# and its kind and bounds are the checker's, once params are bound.
-RiskModel = create_model(
-    "RiskModel", __base__=_Strict, custom=(list[CustomRuleModel], []),
-    **{key: (Optional[Scalar], None) for key in RISK_KEYS},
-)
-AccountModel = create_model(
-    "AccountModel", __base__=_Strict, **{key: (Optional[Scalar], None) for key in ACCOUNT_KEYS},
-)
-
-
-class PolicyModel(_Strict):
-    policy: StrictStr
-    version: StrictInt
-    description: Optional[StrictStr] = None
-    instruments: list[StrictStr]
-    inputs: list[StrictStr] = []
-    params: dict[str, Scalar] = {}
-    features: dict[str, Scalar] = {}
-    signals: list[SignalModel]
-    risk: Optional[RiskModel] = None
-    account: Optional[AccountModel] = None
+# ---- the document's shape ------------------------------------------------------------
+# A value's shape: "text", "integer", "scalar" (true/false, a number or text: every
+# expression, as YAML reads it), ("optional", SHAPE) (also null), ("list", SHAPE),
+# ("mapping", SHAPE) (text keys), ("one of", CHOICES), or the name of a record in SHAPES.
+# A record maps its keys to (shape, default); REQUIRED marks a key without one.
+REQUIRED = object()
+OPTIONAL_SCALAR = ("optional", "scalar")
+SHAPES = {
+    "PolicyModel": {
+        "policy": ("text", REQUIRED), "version": ("integer", REQUIRED), "description": (("optional", "text"), None),
+        "instruments": (("list", "text"), REQUIRED), "inputs": (("list", "text"), []),
+        "params": (("mapping", "scalar"), {}), "features": (("mapping", "scalar"), {}),
+        "signals": (("list", "SignalModel"), REQUIRED), "risk": (("optional", "RiskModel"), None),
+        "account": (("optional", "AccountModel"), None),
+    },
+    "SignalModel": {"when": ("scalar", REQUIRED), "target": ("scalar", REQUIRED)},
+    "CustomRuleModel": {"name": ("text", REQUIRED), "when": ("scalar", REQUIRED),
+                        "action": (("one of", CUSTOM_ACTIONS), REQUIRED)},
+    # Every key takes any scalar here: its value is an expression (a limit may be `2 * size`),
+    # and its kind and bounds are the checker's, once params are bound.
+    "RiskModel": {"custom": (("list", "CustomRuleModel"), []), **{key: (OPTIONAL_SCALAR, None) for key in RISK_KEYS}},
+    "AccountModel": {key: (OPTIONAL_SCALAR, None) for key in ACCOUNT_KEYS},
+}
+TOP_KEYS = list(SHAPES["PolicyModel"])
 
 
-TOP_KEYS = list(PolicyModel.model_fields)
+def _fits(shape, value) -> bool:
+    """Whether `value` (as YAML reads it) has `shape`, by the rules of the pydantic
+    models `_model` builds: strict, no conversion, no unknown keys."""
+    if isinstance(shape, str):
+        if shape == "text":
+            return isinstance(value, str)
+        if shape == "integer":
+            return isinstance(value, int) and not isinstance(value, bool)
+        if shape == "scalar":
+            return isinstance(value, (bool, int, float, str))
+        fields = SHAPES[shape]
+        return (isinstance(value, dict) and all(k in fields for k in value)
+                and all(k in value for k, (_, default) in fields.items() if default is REQUIRED)
+                and all(_fits(fields[k][0], v) for k, v in value.items()))
+    kind, inner = shape
+    if kind == "optional":
+        return value is None or _fits(inner, value)
+    if kind == "list":
+        return isinstance(value, list) and all(_fits(inner, v) for v in value)
+    if kind == "mapping":
+        return isinstance(value, dict) and all(isinstance(k, str) and _fits(inner, v) for k, v in value.items())
+    return isinstance(value, str) and value in inner  # "one of"
+
+
+def _filled(shape, value):
+    """A value that fits `shape`, with each record a namespace of all its keys (defaults
+    for those left out): what the pydantic model would have made of it."""
+    if isinstance(shape, str):
+        if shape not in SHAPES:
+            return value
+        return SimpleNamespace(**{k: _filled(s, value[k]) if k in value else copy.copy(default)
+                                  for k, (s, default) in SHAPES[shape].items()})
+    kind, inner = shape
+    if value is None or kind in ("mapping", "one of"):  # mappings hold scalars
+        return value
+    if kind == "list":
+        return [_filled(inner, v) for v in value]
+    return _filled(inner, value)
+
+
+@lru_cache(maxsize=None)
+def _model(name: str):
+    """The pydantic model of the record `name` of SHAPES (strict, unknown keys refused)."""
+    from typing import Literal, Optional, Union
+
+    from pydantic import BaseModel, ConfigDict, StrictBool, StrictFloat, StrictInt, StrictStr, create_model
+
+    class _Strict(BaseModel):
+        model_config = ConfigDict(extra="forbid", strict=True)
+
+    def annotation(shape):
+        if isinstance(shape, str):
+            return {"text": StrictStr, "integer": StrictInt,
+                    "scalar": Union[StrictBool, StrictInt, StrictFloat, StrictStr]}.get(shape) or _model(shape)
+        kind, inner = shape
+        if kind == "one of":
+            return Literal[inner]
+        if kind == "mapping":
+            return dict[str, annotation(inner)]
+        return Optional[annotation(inner)] if kind == "optional" else list[annotation(inner)]
+
+    return create_model(name, __base__=_Strict, **{key: (annotation(shape), ... if default is REQUIRED else default)
+                                                   for key, (shape, default) in SHAPES[name].items()})
+
+
+def __getattr__(name: str):
+    """The pydantic models by name (`RiskModel`, ...), built on first use."""
+    if name in SHAPES:
+        return _model(name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 @dataclass
@@ -147,11 +207,14 @@ def parse_policy(source: SourceFile) -> ParsedPolicy:
         raise PolicyError([error("E003", doc.span(()), f"a policy must be a YAML mapping, not {kind}",
                                  "start with `policy: NAME`, `version: 1`, `instruments: [...]`, `signals: [...]`")])
     _symbols_as_text(doc)
-    try:
-        model = PolicyModel.model_validate(doc.value)
-    except ValidationError as exc:
-        raise PolicyError(_structure_errors(exc, doc)) from None
-    return _Builder(doc, model).build()
+    if not _fits("PolicyModel", doc.value):
+        from pydantic import ValidationError
+
+        try:
+            _model("PolicyModel").model_validate(doc.value)
+        except ValidationError as exc:
+            raise PolicyError(_structure_errors(exc, doc)) from None
+    return _Builder(doc, _filled("PolicyModel", doc.value)).build()
 
 
 def _symbols_as_text(doc: Positioned) -> None:
@@ -167,18 +230,18 @@ def _symbols_as_text(doc: Positioned) -> None:
                 items[i] = node.value
 
 
-def _model_for(path: tuple) -> type[BaseModel] | None:
-    """The pydantic model that describes the mapping at `path` (for 'did you mean')."""
+def _record_at(path: tuple) -> str | None:
+    """The record of SHAPES that describes the mapping at `path` (for 'did you mean')."""
     if not path:
-        return PolicyModel
+        return "PolicyModel"
     if path == ("risk",):
-        return RiskModel
+        return "RiskModel"
     if path == ("account",):
-        return AccountModel
+        return "AccountModel"
     if len(path) == 2 and path[0] == "signals":
-        return SignalModel
+        return "SignalModel"
     if len(path) == 3 and path[:2] == ("risk", "custom"):
-        return CustomRuleModel
+        return "CustomRuleModel"
     return None
 
 
@@ -206,7 +269,8 @@ def _describe_value(value: Any, text: str | None = None) -> str:
     return f"the text `{value}`"
 
 
-def _structure_errors(exc: ValidationError, doc: Positioned) -> list[Diagnostic]:
+def _structure_errors(exc, doc: Positioned) -> list[Diagnostic]:
+    """The diagnostics of a pydantic ValidationError `exc` of the document `doc`."""
     diags: dict[tuple, Diagnostic] = {}
     for err in exc.errors():
         loc = tuple(err["loc"])
@@ -216,9 +280,9 @@ def _structure_errors(exc: ValidationError, doc: Positioned) -> list[Diagnostic]
             loc = loc[:-1]
         if kind == "extra_forbidden":
             parent, key = loc[:-1], loc[-1]
-            model = _model_for(parent)
+            record = _record_at(parent)
             where = "the policy" if not parent else f"`{'.'.join(str(p) for p in parent)}`"
-            options = list(model.model_fields) if model else []
+            options = list(SHAPES[record]) if record else []
             help_ = did_you_mean(str(key), options) or (f"valid keys: {', '.join(options)}" if options else None)
             diags.setdefault(loc, error("E004", doc.span(loc, key=True), f"unknown key `{key}` in {where}", help_))
         elif kind == "missing":
@@ -303,7 +367,7 @@ def _value_at(value: Any, loc: tuple) -> Any:
 class _Builder:
     """Second pass over a structurally valid document: names, literals and expressions."""
 
-    def __init__(self, doc: Positioned, model: PolicyModel):
+    def __init__(self, doc: Positioned, model: SimpleNamespace):
         self.doc = doc
         self.model = model
         self.errors: list[Diagnostic] = []

@@ -5,6 +5,7 @@ cannot exhaust the Python stack while parsing; depth is then bounded explicitly.
 """
 from __future__ import annotations
 
+import hashlib
 import math
 import re
 import threading
@@ -17,6 +18,7 @@ from typing import Callable
 from lark import Lark, Token, Transformer
 from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, UnexpectedToken, VisitError
 
+from .cache import cache_root
 from .diagnostics import Diagnostic, PolicyError, Span, error
 
 MAX_EXPRESSION_CHARS = 4000
@@ -307,11 +309,21 @@ _PARSE_LOCK = threading.Lock()
 
 @lru_cache(maxsize=1)
 def _parser() -> tuple[Lark, _ToAst]:
-    """One LALR parser whose transformer runs during the parse: no tree, no recursion."""
+    """One LALR parser whose transformer runs during the parse: no tree, no recursion.
+
+    Building its tables takes longer than the rest of a `policyc validate`, so Lark
+    keeps them in the cache folder, under a name of the grammar's digest; Lark checks
+    the grammar, its options and its own version against the file's, and rebuilds (and
+    rewrites) the tables when they differ or the file cannot be read."""
     builder = _ToAst()
     grammar = Path(__file__).with_name("grammar.lark").read_text()
+    tables = cache_root() / "parsers" / f"expressions-{hashlib.sha256(grammar.encode()).hexdigest()[:32]}.lark"
+    try:
+        tables.parent.mkdir(parents=True, exist_ok=True)
+    except OSError:  # a cache folder that cannot be written: build the tables every time
+        tables = None
     return Lark(grammar, parser="lalr", lexer="basic", start="start", maybe_placeholders=True,
-                transformer=builder), builder
+                transformer=builder, cache=str(tables) if tables else False), builder
 
 
 def parse_expression(text: str, span_of: Callable[[int, int], Span]) -> Node:

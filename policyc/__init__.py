@@ -3,9 +3,18 @@
 The pipeline stages are subpackages, each importing only those before it:
 `policyc.dsl` <- `policyc.compiler` <- `policyc.runtime` <- `policyc.cli`.
 """
-from importlib.metadata import PackageNotFoundError, version as _dist_version
 
-try:
-    __version__ = _dist_version("policyc")
-except PackageNotFoundError:  # imported from a source tree that was never installed
-    __version__ = "0+unknown"
+
+def __getattr__(name: str) -> str:
+    """`policyc.__version__`, read from the package metadata when first asked for:
+    importlib.metadata takes longer to import than a `policyc validate` should."""
+    if name != "__version__":
+        raise AttributeError(f"module 'policyc' has no attribute {name!r}")
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        value = version("policyc")
+    except PackageNotFoundError:  # imported from a source tree that was never installed
+        value = "0+unknown"
+    globals()["__version__"] = value
+    return value

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import difflib
+import gc
 import itertools
 import json
 import math
@@ -844,7 +845,8 @@ def cmd_backtest(args, parser) -> int:
         events, tables = load_events(compiled, args.data, args.skip_bad_rows, args.start, args.end, args.date_format)
     except DataError as exc:
         return fail(exc)
-    bt = run_backtest(compiled, events, FILL_MODES[args.fill], account, trace=bool(args.trace))
+    bt = run_backtest(compiled, events, FILL_MODES[args.fill], account, trace=bool(args.trace),
+                      record_equity=bool(args.report))
     bt.data_files = [t.path for t in tables]
     for t in tables:
         for kind, count in t.skipped.items():
@@ -1189,7 +1191,23 @@ COMMANDS = {"validate": cmd_validate, "hash": cmd_hash, "compile": cmd_compile, 
             "paper-venue": cmd_paper_venue, "replay": cmd_replay, "audit": cmd_audit}
 
 
+# Commands that stay up, or whose work makes Python objects in proportion to their input:
+# the cyclic garbage collector runs for them as usual.
+COLLECTING = ("sweep", "run", "replay-feed", "paper-venue", "replay", "audit")
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Run one command line (`argv`, default `sys.argv[1:]`); returns the exit status.
+
+    Called without `argv`, as the `policyc` program, the process is policyc's own. Then,
+    except for the COLLECTING commands, the cyclic garbage collector is off: a short
+    command's start-up makes hundreds of thousands of objects (Numba's among them) and
+    no garbage cycles worth a pass over them. And at the end every object alive is
+    frozen, so the interpreter's exit does not walk them once more before the operating
+    system frees the memory."""
+    own_process = argv is None
+    if own_process:
+        gc.disable()
     try:
         parser = build_parser()
         argv = sys.argv[1:] if argv is None else list(argv)
@@ -1197,6 +1215,8 @@ def main(argv: list[str] | None = None) -> int:
             parser.print_help(sys.stderr)
             return 2
         args = parser.parse_args(argv)
+        if own_process and args.command in COLLECTING:
+            gc.enable()
         return COMMANDS[args.command](args, parser.commands[args.command])
     except PolicyError as exc:
         _print_diagnostics(exc.diagnostics, "text")
@@ -1213,6 +1233,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"internal error: {type(exc).__name__}: {exc}\n"
               "this is a bug in policyc; please report it with the policy file and command", file=sys.stderr)
         return 3
+    finally:
+        if own_process:
+            gc.freeze()
 
 
 if __name__ == "__main__":

@@ -215,6 +215,23 @@ def test_npz_loads_the_same_values_as_the_csv(closer, tmp_path):
     np.testing.assert_array_equal(load_table(path2, closer.columns).ts, c.ts)
 
 
+def test_npz_arrays_the_policy_does_not_read_are_still_checked(closer, tmp_path):
+    ts, closes = np.arange(3) + 10**18, np.array([1.0, 2.0, 3.0])
+    for name, extra, problem in (("short", np.zeros(2), "arrays of different lengths"),
+                                 ("objects", np.array([None, 1, "x"], dtype=object), "not a readable .npz file"),
+                                 ("scalar", np.float64(1.0), "array `spare` is a single value, not a column")):
+        path = tmp_path / f"{name}.npz"
+        np.savez(path, ts=ts, close=closes, spare=extra)
+        with pytest.raises(DataError, match=problem):
+            load_table(path, closer.columns)
+    np.savez(tmp_path / "used.npz", ts=ts, close=np.float64(1.0))
+    with pytest.raises(DataError, match="array `close` is a single value"):
+        load_table(tmp_path / "used.npz", closer.columns)
+    path = tmp_path / "fine.npz"
+    np.savez(path, ts=ts, close=closes, spare=np.zeros(3), label=np.array(["a", "b", "c"]))
+    assert load_table(path, closer.columns).columns["close"].tolist() == closes.tolist()
+
+
 def test_parquet_and_npz_through_the_cli(capsys, files, tmp_path):
     import pyarrow as pa
     import pyarrow.parquet as pq
