@@ -672,7 +672,7 @@ def test_json_summary_and_html_report(capsys, tmp_path, ema_stop_file, ema_stop)
     assert isinstance(s["reasons"], dict) and s["reasons"].get("stop_loss:exit", 0) > 0
 
     page = report.read_text()
-    for text in ("ema_stop", s["policy_hash"], s["build_hash"], "orcl-1995-2014.csv", "<svg"):
+    for text in ("ema_stop", s["policy_hash"], s["build_hash"], "orcl-1995-2014.csv", "id=\"fig-equity\""):
         assert text in page, text
 
 

@@ -1,26 +1,30 @@
-"""The HTML report's axes: time labels are UTC dates (or times) inside the data's range,
-placed where their time is; value labels are round money figures (percent on the
-drawdown chart) on gridlines, placed where their value is; the drawdown chart reaches
-the summary's max_drawdown; the same inputs write the same page. All read back from
-the page `make demo` writes."""
+"""The HTML tearsheet (`--report`) of `make demo`'s backtest, read back two ways: from the
+Plotly figures' JSON in the page (always), and as headless Chromium renders it (where
+/usr/bin/chromium is installed). Both check that the time axes carry dates of the data,
+that the drawdown chart reaches the summary's max_drawdown, and that the trade count is
+the summary's."""
 from __future__ import annotations
 
+import base64
+import html
+import json
 import re
+import subprocess
+from pathlib import Path
 
 import numpy as np
 import pytest
 
-from policyc.compiler.build import compile_policy
+from policyc.compiler.build import Events, compile_policy
+from policyc.compiler.layout import FILL_SAME
 from policyc.runtime import demo
-from policyc.runtime.backtest import summary
-from policyc.runtime.report import H, PAD, W, _downsample, time_ticks, value_ticks, write_report
+from policyc.runtime.backtest import load_events, run_backtest, summary
+from policyc.runtime.report import decimate, write_report
 
-NS_DAY = 86_400 * 10**9
-T0 = 1_704_205_800 * 10**9  # 2024-01-02 14:30 UTC
-LABEL = re.compile(r'<text class="time" x="([\d.]+)"[^>]*>([^<]+)</text>')
-VALUE = re.compile(r'<text class="value" x="[\d.]+" y="([\d.]+)"[^>]*>([^<]+)</text>')
-GRID = re.compile(r'<line x1="[\d.]+" x2="[\d.]+" y1="([\d.]+)" y2="\1" stroke="#eee"/>')
-LINE = re.compile(r'<polyline [^>]*points="([^"]+)"')
+CHROMIUM = Path("/usr/bin/chromium")
+INTRADAY = demo.ROOT / "data" / "index-2006-5min.csv"
+TIME_CHARTS = ("equity", "drawdown", "position", "price-0", "rolling-sharpe")
+MS = 1_000_000
 
 
 @pytest.fixture(scope="module")
@@ -37,119 +41,191 @@ def demo_run(demo_policy, tmp_path_factory):
     return path, result
 
 
-@pytest.fixture(scope="module")
-def demo_report(demo_run):
-    """(report page, event timestamps in ns) of `make demo`'s backtest."""
+def figures(page: str) -> dict[str, dict]:
+    """Every figure of the page by name, its typed arrays (`bdata`) decoded."""
+    def decode(obj):
+        if isinstance(obj, dict):
+            if "bdata" in obj and "dtype" in obj:
+                return np.frombuffer(base64.b64decode(obj["bdata"]), dtype=obj["dtype"])
+            return {k: decode(v) for k, v in obj.items()}
+        if isinstance(obj, list):
+            return [decode(v) for v in obj]
+        return obj
+    found = re.findall(r'<script type="application/json" id="fig-([\w-]+)">(.*?)</script>', page, re.S)
+    return {name: decode(json.loads(text.replace("<\\/", "</"))) for name, text in found}
+
+
+def table_rows(page: str, ident: str) -> list[list[str]]:
+    body = re.search(rf'<table id="{ident}">.*?<tbody>(.*?)</tbody>', page, re.S).group(1)
+    return [[html.unescape(c) for c in re.findall(r"<td>(.*?)</td>", row)] for row in re.findall(r"<tr>(.*?)</tr>", body)]
+
+
+def closed_trades_listed(page: str) -> int:
+    return sum(row[4] != "open" for row in table_rows(page, "trades"))
+
+
+def stat(page: str, name: str) -> str:
+    return dict((r[0], r[1]) for r in table_rows(page, "stats"))[name]
+
+
+# ---- from the figures' JSON ------------------------------------------------------------------
+
+def test_time_axes_are_dates_spanning_the_data(demo_run):
     path, result = demo_run
-    return path.read_text(), result.events.ts
+    figs = figures(path.read_text())
+    first, last = int(result.events.ts[0]), int(result.events.ts[-1])
+    for name in TIME_CHARTS:
+        axis = figs[name]["layout"]["xaxis"]
+        assert axis["type"] == "date", name  # daily bars: a date axis, x in ms since the epoch
+        assert axis["range"] == [first / MS, last / MS]
+        for trace in figs[name]["data"]:
+            x = np.asarray(trace["x"], dtype=np.float64)
+            assert first / MS <= x.min() and x.max() <= last / MS, (name, trace["name"])
+    assert str(np.datetime64(int(figs["equity"]["data"][0]["x"][0]), "ms")) == "1995-01-03T00:00:00.000"
 
 
-def value_axis(chart: str) -> list[tuple[float, float]]:
-    """(y in px, value) of each value label of a chart, top first."""
+def test_intraday_axes_leave_out_nights_and_label_real_times(demo_policy, tmp_path):
+    events, _ = load_events(demo_policy, [(None, str(INTRADAY))])
+    result = run_backtest(demo_policy, events, FILL_SAME, progress=False)
+    write_report(result, tmp_path / "intraday.html")
+    page = (tmp_path / "intraday.html").read_text()
+    stamps = np.unique(events.ts)
+    for name in TIME_CHARTS[:4]:
+        axis = figures(page)[name]["layout"]["xaxis"]
+        assert axis["type"] == "linear" and axis["range"] == [0, len(stamps) - 1]
+        labels = [np.datetime64(t.replace(" ", "T"), "ns").astype(np.int64) for t in axis["ticktext"]]
+        # each tick is labelled with the UTC time of the event it stands on, to the minute
+        assert labels == (stamps[axis["tickvals"]] // (60 * 10**9) * 60 * 10**9).tolist()
+        assert axis["ticktext"][0] == "2006-01-02 09:05" and axis["ticktext"][-1] == "2006-01-30 17:30"
+    # the overnight gap takes one step of the axis, as a 5-minute one does
+    equity = figures(page)["equity"]["data"][0]
+    assert np.array_equal(np.asarray(equity["x"]), np.arange(len(stamps)))
+
+
+def test_drawdown_chart_reaches_the_summary_s_max_drawdown(demo_run):
+    path, result = demo_run
+    page = path.read_text()
+    s = summary(result)
+    chart = figures(page)["drawdown"]
+    y = np.asarray(chart["data"][0]["y"])
+    assert len(y) == len(result.events)  # 5,036 points: drawn whole
+    assert y.min() == pytest.approx(-s["max_drawdown"] * 100, abs=1e-9)
+    assert chart["layout"]["annotations"][0]["text"].startswith(f"max drawdown -{s['max_drawdown'] * 100:.2f}%")
+    assert stat(page, "max drawdown") == f"-{s['max_drawdown'] * 100:.2f}%"
+    deepest = table_rows(page, "drawdowns")[0]
+    assert deepest[1] == f"-{s['max_drawdown'] * 100:.2f}%"
+
+
+def test_trade_count_and_every_fill_are_the_summary_s(demo_run):
+    path, result = demo_run
+    page = path.read_text()
+    s = summary(result)
+    assert closed_trades_listed(page) == s["trades"] == int(stat(page, "closed trades")) > 0
+    assert f"<h2>Trades ({s['trades']:,} closed, {s['open_trades']:,} open)</h2>" in page
+    marks = [t for t in figures(page)["price-0"]["data"] if t["type"] == "scattergl"]
+    assert sum(len(t["x"]) for t in marks) == s["fills"] == 105  # every fill, not the first few hundred
+    assert {t["name"] for t in marks} <= {"buys opening", "buys reducing or closing", "sells opening",
+                                          "sells reducing or closing"}
+    assert all("@" in t["hovertemplate"] and "reasons" in t["hovertemplate"] for t in marks)
+    assert s["policy_hash"] in page and s["build_hash"] in page and "orcl-1995-2014.csv" in page
+
+
+def test_the_page_works_offline_and_is_the_same_for_the_same_inputs(demo_run, demo_policy, tmp_path):
+    path, _ = demo_run
+    page = path.read_text()
+    assert not re.search(r'<script[^>]+src=|<link[^>]+href="http', page)  # plotly.js inlined, nothing fetched
+    assert "Plotly.newPlot" in page
+    write_report(demo.backtest(demo_policy), tmp_path / "again.html")  # another run: another elapsed time
+    assert (tmp_path / "again.html").read_bytes() == path.read_bytes()
+
+
+def test_decimation_keeps_every_extreme():
+    rng = np.random.default_rng(7)
+    y = rng.normal(size=100_000).cumsum()
+    y[12_345], y[67_891] = y.min() - 50, y.max() + 50  # one-event spikes
+    z = -y
+    z[40_000] = np.nan
+    keep = decimate(len(y), y, z, buckets=500)
+    assert len(keep) <= 4 * 500 * 2 and (np.diff(keep) > 0).all()
+    assert keep[0] == 0 and keep[-1] == len(y) - 1
+    assert y[keep].min() == y.min() and y[keep].max() == y.max() and np.nanmin(z[keep]) == np.nanmin(z)
+    assert np.array_equal(decimate(10, y[:10]), np.arange(10))
+
+
+def test_edge_cases_give_a_clear_page(demo_policy, demo_run, tmp_path):
+    _, full = demo_run
+    ev = full.events
+    cut = lambda k: Events(ev.ts[:k], ev.kind[:k], ev.inst[:k], ev.vals[:k])  # noqa: E731
+    for k, expect in ((0, "No events"), (1, "n/a (fewer than 2 days)"), (40, "n/a (no variation)")):
+        result = run_backtest(demo_policy, cut(k), FILL_SAME, progress=False)
+        write_report(result, tmp_path / f"cut{k}.html")
+        page = (tmp_path / f"cut{k}.html").read_text()
+        assert expect in page
+        shown = re.sub(r"<script.*?</script>", "", page, flags=re.S)
+        assert not re.search(r"\bnan\b|\binf\b", shown, re.I), k  # undefined figures say n/a and why
+        if k:  # flat: no trade, no drawdown
+            assert "No trades" in page and "The equity never fell below its peak." in page
+    result = run_backtest(demo_policy, ev, FILL_SAME, progress=False, record_equity=False)
+    with pytest.raises(ValueError, match="record_equity=True"):
+        write_report(result, tmp_path / "none.html")
+
+
+# ---- in a browser ----------------------------------------------------------------------------------
+
+def render(page: Path, tmp_path: Path, *args: str) -> subprocess.CompletedProcess:
+    profile = tmp_path / "profile"
+    profile.mkdir(exist_ok=True)
+    return subprocess.run(
+        [str(CHROMIUM), "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+         "--disable-background-networking", "--disable-component-update", "--disable-sync",
+         f"--user-data-dir={profile}", "--window-size=1280,4000", "--virtual-time-budget=20000", *args,
+         page.as_uri()], capture_output=True, text=True, timeout=120)
+
+
+def rendered_chart(dom: str, name: str) -> str:
+    start = dom.index(f'id="chart-{name}"')
+    end = dom.find('<script type="application/json"', start)
+    return dom[start:end]
+
+
+def ticks(chart: str, axis: str) -> list[tuple[float, str]]:
+    """(position in px along the axis, label) of each rendered tick of `axis` (x or y)."""
     out = []
-    for y, text in VALUE.findall(chart):
-        assert re.fullmatch(r"-?\d{1,3}(,\d{3})*(\.\d+)?%?", text), text  # `100,500`, `-1.5%`: no `1.006e+05`
-        out.append((float(y) - 4, float(text.rstrip("%").replace(",", ""))))
+    for tag in re.findall(rf'<g class="{axis}tick"><text([^>]*)>', chart):
+        label = html.unescape(re.search(r'data-unformatted="([^"]*)"', tag).group(1))
+        move = re.search(r"translate\(([-\d.e]+),\s*([-\d.e]+)\)", tag)
+        out.append((float(move.group(1 if axis == "x" else 2)) if move else 0.0, label))
     return out
 
 
-def test_every_chart_is_labelled_with_dates_of_the_data(demo_report):
-    page, ts = demo_report
-    first, last = int(ts[0]), int(ts[-1])
-    charts = page.split("<svg")[1:]
-    assert len(charts) == 3  # equity, drawdown, ORCL price
-    for chart in charts:
-        labels = [(float(x), text) for x, text in LABEL.findall(chart)]
-        assert len(labels) >= 2
-        dates = [np.datetime64(text, "D") for _, text in labels]
-        assert str(dates[0]) == "1995-01-03" and str(dates[-1]) == "2014-12-31"
-        assert dates == sorted(set(dates))
-        for (x, _), date in zip(labels, dates):
-            day = int(date.astype("datetime64[ns]").astype(np.int64))
-            assert first - NS_DAY < day <= last
-            # the label sits where its date is on the axis (0.1 px is about a day here)
-            at = first + (x - PAD) / (W - 10 - PAD) * (last - first)
-            assert abs(at - day) < 2 * NS_DAY
-
-
-def test_ticks_closer_than_a_day_show_the_time():
-    session = time_ticks(T0, T0 + 6 * 3600 * 10**9 + 30 * 60 * 10**9)
-    assert [label for _, label in session] == ["2024-01-02 14:30", "2024-01-02 15:48", "2024-01-02 17:06",
-                                               "2024-01-02 18:24", "2024-01-02 19:42", "2024-01-02 21:00"]
-    assert [label for _, label in time_ticks(T0, T0 + 10 * 10**9)][-1] == "2024-01-02 14:30:10"
-    assert time_ticks(T0, T0) == [(T0, "2024-01-02 14:30:00.000")]
-
-
-def test_ticks_over_a_long_span_do_not_overflow():
-    ticks = time_ticks(0, 2**62)  # 146 years of nanoseconds
-    assert ticks[0] == (0, "1970-01-01") and ticks[-1] == (2**62, "2116-02-20")
-
-
-def test_every_value_axis_has_round_labels_on_gridlines_where_their_value_is(demo_report):
-    page, _ = demo_report
-    equity, drawdown, price = page.split("<svg")[1:]
-    for chart, percent in ((equity, False), (drawdown, True), (price, False)):
-        axis = value_axis(chart)
-        assert 3 <= len(axis) <= 8
-        assert all(text.endswith("%") == percent for _, text in VALUE.findall(chart))
-        ys, values = [y for y, _ in axis], [v for _, v in axis]
-        assert ys == sorted(ys, reverse=True) and ys[-1] == pytest.approx(10) and ys[0] == pytest.approx(H - 25)
-        steps = np.diff(values)
-        assert np.allclose(steps, steps[0]) and steps[0] > 0  # one round step apart, evenly placed:
-        assert np.allclose(np.diff(ys), np.diff(ys)[0], atol=0.1)
-        gridlines = {float(y) for y in GRID.findall(chart)}
-        assert all(any(abs(y - g) < 0.06 for g in gridlines) for y in ys)  # each label on its gridline
-    assert [text for _, text in VALUE.findall(equity)] == ["99,000", "99,500", "100,000", "100,500", "101,000"]
-    assert [text for _, text in VALUE.findall(drawdown)] == ["-1.5%", "-1.0%", "-0.5%", "0.0%"]
-
-
-def test_value_ticks_are_round_and_cover_the_data():
-    assert value_ticks(99_348.5, 100_622.1)[:2] == (99_000.0, 101_000.0)
-    assert [label for _, label in value_ticks(12.3, 13.1)[2]] == ["12.2", "12.4", "12.6", "12.8", "13.0", "13.2"]
-    assert [label for _, label in value_ticks(-0.9, 0.0, percent=True)[2]] == \
-        ["-1.00%", "-0.75%", "-0.50%", "-0.25%", "0.00%"]  # a 2.5 step needs one more decimal; no `-0.00%`
-    assert [label for _, label in value_ticks(-3e6, 1.2e7)[2]] == \
-        ["-5,000,000", "0", "5,000,000", "10,000,000", "15,000,000"]
-    lo, hi, ticks = value_ticks(100_000.0, 100_000.0)  # a flat equity curve still gets an axis
-    assert lo < 100_000.0 < hi and "100,000" in [label for _, label in ticks]
-    # no drawdown, or one of rounding noise: an axis below 0, no labels of 14 decimals
-    assert [label for _, label in value_ticks(0.0, 0.0, percent=True)[2]][-1] == "0.00%"
-    assert value_ticks(-1e-14, 0.0, percent=True)[2] == [(-0.01, "-0.01%"), (0.0, "0.00%")]
-    assert [label for _, label in value_ticks(1.234e-5, 1.299e-5, resolution=1e-8)[2]] == \
-        ["0.0000122", "0.0000124", "0.0000126", "0.0000128", "0.0000130"]  # prices under a cent
-
-
-def test_the_drawdown_chart_reaches_the_summarys_max_drawdown(demo_run):
+@pytest.mark.skipif(not CHROMIUM.exists(), reason="/usr/bin/chromium is not installed: the report's figures are "
+                                                   "checked from their JSON only")
+def test_the_report_as_chromium_renders_it(demo_run, tmp_path):
     path, result = demo_run
-    drawdown = path.read_text().split("<svg")[2]
-    assert len(result.equity) > 1500  # the series is downsampled for the chart
-    max_drawdown = summary(result)["max_drawdown"] * 100
-    # the lowest point drawn, read back through the value axis's labels
-    (y_top, v_top), *_, (y_bottom, v_bottom) = value_axis(drawdown)
-    lowest = max(float(point.split(",")[1]) for point in LINE.search(drawdown).group(1).split())
-    drawn = v_bottom + (lowest - y_bottom) / (y_top - y_bottom) * (v_top - v_bottom)
-    assert drawn == pytest.approx(-max_drawdown, abs=0.002)  # 0.1 px is 0.0008% here
-    # and it is labelled with the summary's figure
-    assert f"max_drawdown              {max_drawdown:.2f}%" in path.read_text()
-    assert re.search(r'<text class="low"[^>]*>([^<]+)</text>', drawdown).group(1) == f"-{max_drawdown:.2f}% max drawdown"
+    done = render(path, tmp_path, "--dump-dom")
+    assert done.returncode == 0, done.stderr[-2000:]
+    dom = done.stdout
+    s = summary(result)
+    first, last = (np.datetime64(int(t), "ns") for t in result.events.ts[[0, -1]])
+    for name in TIME_CHARTS:
+        labels = [label for _, label in ticks(rendered_chart(dom, name), "x")]
+        assert len(labels) >= 3, name
+        for label in labels:
+            date = np.datetime64(label.replace(" ", "T"))  # raises on anything but an ISO date
+            assert first <= date <= last, (name, label)
 
+    # the drawdown chart's lowest point, read back through its rendered value axis
+    chart = rendered_chart(dom, "drawdown")
+    y_ticks = [(px, float(label.replace("\u2212", "-").rstrip("%"))) for px, label in ticks(chart, "y")]
+    (p0, v0), (p1, v1) = y_ticks[0], y_ticks[-1]
+    path_d = re.search(r'<path class="js-line"[^>]* d="([^"]+)"', chart).group(1)
+    top = float(re.search(r'<g class="overplot"><g class="xy" transform="translate\([-\d.e]+,\s*([-\d.e]+)\)', chart).group(1))
+    lowest_px = top + max(float(y) for y in re.findall(r"[ML][-\d.e]+,([-\d.e]+)", path_d))  # in the plot area
+    drawn = v0 + (lowest_px - p0) * (v1 - v0) / (p1 - p0)
+    px_per_pct = abs((p1 - p0) / (v1 - v0))
+    assert drawn == pytest.approx(-s["max_drawdown"] * 100, abs=0.5 / px_per_pct)  # within half a pixel
+    assert f"max drawdown -{s['max_drawdown'] * 100:.2f}%" in html.unescape(chart)
 
-def test_downsampling_keeps_every_bucket_s_extremes():
-    rng = np.random.default_rng(7)
-    x = np.arange(100_000)
-    y = rng.normal(size=len(x)).cumsum()
-    y[12_345], y[67_891] = y.min() - 50, y.max() + 50  # one-event spikes
-    xs, ys = _downsample(x, y, points=1500)
-    assert len(xs) <= 1502 and (np.diff(xs) > 0).all()
-    assert ys.min() == y[12_345] and ys.max() == y[67_891]
-    assert xs[0] == 0 and xs[-1] == len(x) - 1
-    assert (ys == y[xs]).all()
-
-
-def test_the_same_inputs_write_the_same_report_byte_for_byte(demo_run, demo_policy, tmp_path):
-    path, first = demo_run
-    again = demo.backtest(demo_policy)  # another run: another elapsed time
-    write_report(again, tmp_path / "again.html")
-    assert (tmp_path / "again.html").read_bytes() == path.read_bytes()
-    page = path.read_text()
-    assert "elapsed_s" not in page and "events_per_s" not in page  # they belong to the console summary
+    assert closed_trades_listed(dom) == s["trades"] == int(stat(dom, "closed trades"))
+    shot = tmp_path / "report.png"
+    assert render(path, tmp_path, f"--screenshot={shot}").returncode == 0 and shot.stat().st_size > 50_000
