@@ -9,6 +9,11 @@ in the same run:
 - the 1-instrument tick-to-order and EMA throughput runs again with TLS on the feed and the
   venue (wss, a certificate of a throwaway authority for 127.0.0.1), next to the plain ones.
 
+`bench_live` ends with the section's targets as dicts (`_target`), which bench/run.py moves
+into its PASS/MISS table: throughput at least 0.8 of the bare client on the EMA crossover
+and 0.6 with 1,000 instruments, tick-to-order p50 at most 1.5x the echo, the decision log
+at most 10% of the EMA run's throughput.
+
 Every asyncio part runs on the loop the runtime uses (uvloop when installed). The feed,
 the venue, the echo server and the intent clients are processes of their own; the
 runtime runs in this one, so its counters can be read directly.
@@ -520,10 +525,20 @@ def _tls_latency_row(lat: dict, plain: dict) -> list:
             f"{lat['p50_us'] / plain['p50_us']:.2f} (p50), {lat['p99_us'] / plain['p99_us']:.2f} (p99)"]
 
 
-def _throughput_rows(what: str, policy, data: dict[str, Path], n: int, log: Path) -> tuple[list[list], float, float]:
+def _target(what: str, measured: float | None, limit: float, at_least: bool = False) -> dict:
+    """A target row for bench/run.py's table: a ratio measured in this run against its
+    limit, which it must not exceed (or, `at_least`, not fall below)."""
+    ok = measured is not None and (measured >= limit if at_least else measured <= limit)
+    return {"section": "live", "target": what + (" (at least the limit)" if at_least else ""), "measured": measured,
+            "limit": limit, "unit": "ratio", "pass": ok}
+
+
+def _throughput_rows(what: str, policy, data: dict[str, Path], n: int,
+                     log: Path) -> tuple[list[list], dict[str, float]]:
     """Medians over interleaved runs (bare client, runtime, runtime without its log); a
-    ratio is the median of the ratios of the runs made together. Also returns the bare
-    client's median, for rows measured against it, and the runtime's."""
+    ratio is the median of the ratios of the runs made together. Also returns the
+    figures: the bare client's and the runtime's medians (ev/s), the runtime's ratio to
+    the bare client and the log's cost (the share of throughput it takes)."""
     bare, got, unlogged, orders = [], [], [], []
     for _ in range(THROUGHPUT_PAIRS):
         bare.append(_bare_receive(data, n))
@@ -541,10 +556,11 @@ def _throughput_rows(what: str, policy, data: dict[str, Path], n: int, log: Path
             [f"  the same without the decision log (records dropped unwritten); the log's cost is "
              f"{log_cost:.1%} of throughput", f"{statistics.median(unlogged):,.0f} ev/s", "",
              f"{statistics.median(u / b for u, b in zip(unlogged, bare)):.2f}"]], \
-        statistics.median(bare), statistics.median(got)
+        {"bare": statistics.median(bare), "runtime": statistics.median(got), "ratio": ratio, "log_cost": log_cost}
 
 
-def bench_live() -> list[list]:
+def bench_live() -> list[list | dict]:
+    """Section 7's table rows (lists), then its target rows (dicts, `_target`)."""
     one = _flip(["SYN"])  # also pays the compiler's imports
     t = time.perf_counter()
     many = _flip([f"S{k:04d}" for k in range(INSTRUMENTS)])
@@ -563,6 +579,8 @@ def bench_live() -> list[list]:
         _, _, lat = _live_run(one, syn, LATENCY_EVENTS, RATE, tmp / "lat.jsonl")
         rows.append(_latency_row(f"1 instrument, feed at {RATE:,.0f} ev/s: tick-to-order at the paper venue; ratio "
                                  "to the cross-process echo", lat, e50))
+        targets = [_target("tick-to-order p50 / echo round trip p50 (1 instrument, no --busy-poll)",
+                           lat["p50_us"] / e50 if lat else None, 1.5)]
         tls = _authority(tmp / "tls")
         _, _, tls_lat = _live_run(one, syn, LATENCY_EVENTS, RATE, tmp / "lat-tls.jsonl", tls=tls)
         rows.append(_tls_latency_row(tls_lat, lat))
@@ -577,9 +595,13 @@ def bench_live() -> list[list]:
         big = {"SYN": _recording(tmp / "big.csv", THROUGHPUT_EVENTS, seed=4)}
         rows += _throughput_rows("1 instrument, an order every other event", one, big, THROUGHPUT_EVENTS,
                                  tmp / "tput.jsonl")[0]
-        cross, bare, plain = _throughput_rows("1 instrument, EMA crossover", _cross(["SYN"]), big, THROUGHPUT_EVENTS,
-                                       tmp / "cross.jsonl")
+        cross, ema = _throughput_rows("1 instrument, EMA crossover", _cross(["SYN"]), big, THROUGHPUT_EVENTS,
+                                      tmp / "cross.jsonl")
         rows += cross
+        bare, plain = ema["bare"], ema["runtime"]
+        targets += [_target("EMA crossover throughput / bare websockets client", ema["ratio"], 0.8, at_least=True),
+                    _target("decision log's cost on the EMA run: 1 - logged / unlogged throughput", ema["log_cost"],
+                            0.10)]
         tls_got = statistics.median(_live_run(_cross(["SYN"]), big, THROUGHPUT_EVENTS, None, tmp / "cross-tls.jsonl",
                                               tls=tls)[1] for _ in range(TLS_THROUGHPUT_RUNS))
         rows.append([f"  the same EMA run with TLS on the feed and the venue (median of {TLS_THROUGHPUT_RUNS}); ratio "
@@ -590,7 +612,10 @@ def bench_live() -> list[list]:
                      f"(median of {THROUGHPUT_PAIRS}); ratio to the bare websockets client above",
                      f"{own:,.0f} ev/s", "", f"{own / bare:.2f}"])
         total = sum(len(p.read_text().splitlines()) - 1 for p in data.values())
-        rows += _throughput_rows(f"{INSTRUMENTS:,} instruments", many, data, total, tmp / "many-tput.jsonl")[0]
+        scale, wide = _throughput_rows(f"{INSTRUMENTS:,} instruments", many, data, total, tmp / "many-tput.jsonl")
+        rows += scale
+        targets.append(_target(f"{INSTRUMENTS:,} instruments throughput / bare websockets client", wide["ratio"], 0.6,
+                               at_least=True))
 
         paced = {"SYN": _recording(tmp / "intents.csv", int(INTENT_SECONDS * RATE), seed=6)}
         with _feed_and_venue(paced, RATE, clients=3) as (feed_port, venue_port, venue):
@@ -604,7 +629,7 @@ def bench_live() -> list[list]:
             rows.append(["  first errors: " + " | ".join(load["first_errors"]), "", "", ""])
         rows.append(_latency_row(f"  tick-to-order during that load, feed at {RATE:,.0f} ev/s",
                                  venue.get("latency", {}), e50))
-    return rows
+    return rows + targets
 
 
 if __name__ == "__main__":

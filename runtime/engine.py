@@ -40,6 +40,11 @@ class Decision:
     then: Decision | None = None     # the re-entry order after an exit, on the same event
 
 
+#: From this many market events in one call on, their rows are written column by column
+#: (a few NumPy calls per batch) rather than row by row.
+VECTOR_MIN = 8
+
+
 class EngineError(ValueError):
     """A message the engine cannot act on (unknown instrument or field, bad value)."""
 
@@ -78,6 +83,7 @@ class Engine:
         self._price_columns = [(c, self.columns[c]) for c in ("price", "close") if c in self.columns]
         # every name a market event may carry -> its column, or None when the policy does not read it
         self._field_slots = {**dict.fromkeys(MARKET_FIELDS), **self.columns}
+        self._plans: dict[tuple, tuple | bool] = {}  # the fields of a market event -> how `_market_batch` writes them
         self._grow(1)
         self.events = 0
 
@@ -238,45 +244,119 @@ class Engine:
         if len(events) > len(self._events):
             self._grow(max(len(events), 2 * len(self._events)))
         results: list = [None] * len(events)
-        rows: list[tuple[int, int, int, float]] = []  # (position in `events`, instrument, ts, price)
-        values = []
+        batch = self._market_batch(events) if len(events) >= VECTOR_MIN else None
+        if batch is not None:
+            positions, insts, stamps, prices = range(len(events)), *batch
+        else:
+            positions, insts, stamps, prices = self._market_rows(events, results)
+        n = len(insts)
+        if not n:
+            return results
+        ev = self._events
+        if n == 1:  # the common live case: scalar writes are cheaper than slices
+            ev.kind[0], ev.inst[0], ev.ts[0] = L.MARKET, insts[0], stamps[0]
+        else:
+            ev.kind[:n] = L.MARKET
+            ev.inst[:n] = insts
+            ev.ts[:n] = stamps
+        self._trace[:n, :L.T_EQUITY] = np.nan
+        before = self.session.n_orders
+        self.session.feed(ev, self._equity, self._trace, 0, n)
+        self.events += n
+        by_row: dict[int, list] = {}  # an event makes one order, or two (an exit and its re-entry)
+        if self.session.n_orders > before:
+            for order in self.session.orders[before: self.session.n_orders]:
+                by_row.setdefault(int(order[L.O_EVENT]), []).append(order)
+        if not actionable_only:
+            wanted = range(n)
+        elif n < VECTOR_MIN:  # NaN (no decision) passes here and is dropped by _decision
+            orders, reasons = self._trace[:n, L.T_ORDER].tolist(), self._trace[:n, L.T_REASONS].tolist()
+            wanted = [row for row in range(n) if orders[row] or reasons[row]]
+        else:
+            trace = self._trace[:n]
+            wanted = np.flatnonzero((trace[:, L.T_ORDER] != 0) | (trace[:, L.T_REASONS] != 0)).tolist()
+        for row in wanted:
+            results[positions[row]] = self._decision(row, insts[row], stamps[row], prices[row], by_row.get(row))
+        return results
+
+    def _market_rows(self, events: list[tuple], results: list) -> tuple[list, list, list, list]:
+        """Each event checked on its own into the event buffer's rows: the positions in
+        `events`, instruments, times and prices of the valid ones, in order; an invalid
+        event's EngineError goes to its place in `results`."""
+        positions, insts, stamps, prices, values = [], [], [], [], []
         for k, event in enumerate(events):
             instrument, ts, fields = event[0], event[1], event[2]
             try:
                 inst = self.instrument(instrument)
                 _check_timestamp(ts)
                 row, price = self._market_values(inst, fields)
-                values.append(row)
-                rows.append((k, inst, ts, price))
             except EngineError as exc:
                 results[k] = exc
-        if not rows:
-            return results
-        n = len(rows)
-        ev = self._events
-        if n == 1:  # the common live case: scalar writes are cheaper than slices
-            ev.vals[0], ev.kind[0], ev.inst[0], ev.ts[0] = values[0], L.MARKET, rows[0][1], rows[0][2]
-        else:
-            ev.vals[:n] = values
-            ev.kind[:n] = L.MARKET
-            ev.inst[:n] = [row[1] for row in rows]
-            ev.ts[:n] = [row[2] for row in rows]
-        self._trace[:n, :L.T_EQUITY] = np.nan
-        before = self.session.n_orders
-        self.session.feed(ev, self._equity, self._trace, 0, n)
-        self.events += n
-        by_row: dict[int, list] = {}  # an event makes one order, or two (an exit and its re-entry)
-        for order in self.session.orders[before: self.session.n_orders]:
-            by_row.setdefault(int(order[L.O_EVENT]), []).append(order)
-        if actionable_only:  # NaN (no decision) passes here and is dropped by _decision
-            orders, reasons = self._trace[:n, L.T_ORDER].tolist(), self._trace[:n, L.T_REASONS].tolist()
-            wanted = [row for row in range(n) if orders[row] or reasons[row]]
-        else:
-            wanted = range(n)
-        for row in wanted:
-            k, inst, ts, price = rows[row]
-            results[k] = self._decision(row, inst, ts, price, by_row.get(row))
-        return results
+                continue
+            values.append(row)
+            positions.append(k)
+            insts.append(inst)
+            stamps.append(ts)
+            prices.append(price)
+        if len(values) == 1:
+            self._events.vals[0] = values[0]
+        elif values:
+            self._events.vals[:len(values)] = values
+        return positions, insts, stamps, prices
+
+    def _market_batch(self, events: list[tuple]) -> tuple[list, list, list] | None:
+        """The events' rows written column by column, when all of them are well-formed and
+        carry the same fields with a float price (what the protocol makes of a feed's
+        messages): their instruments, times and prices. None when any is not, and
+        `_market_rows` then checks them one by one, with the reasons. The rows are
+        those `_market_values` makes."""
+        index, first = self.index, events[0][2]
+        if first.__class__ is not dict:
+            return None
+        keys = first.keys()
+        insts, stamps, columns = [], [], []
+        for event in events:
+            inst, ts, fields = index.get(event[0]), event[1], event[2]
+            if inst is None or ts.__class__ is not int or not 0 <= ts < 2**63 or fields.__class__ is not dict \
+                    or fields.keys() != keys:
+                return None
+            insts.append(inst)
+            stamps.append(ts)
+            columns.append(fields)
+        plan = self._plans.get(tuple(first))
+        if plan is None:
+            plan = self._plans[tuple(first)] = self._plan(first)
+        if plan is False:
+            return None
+        price_name, written, filled = plan
+        prices = [fields[price_name] for fields in columns]
+        if set(map(type, prices)) != {float}:
+            return None
+        checked = np.array(prices)
+        if not ((checked > 0.0) & (checked < math.inf)).all():
+            return None
+        n = len(insts)
+        vals = self._events.vals[:n]
+        np.take(self.latest_inputs, insts, axis=0, out=vals)
+        if self.intent_column is not None:
+            vals[:, self.intent_column] = math.nan
+        for name, column in written:
+            vals[:, column] = checked if name == price_name else [fields[name] for fields in columns]
+        for column in filled:
+            vals[:, column] = checked
+        return insts, stamps, prices
+
+    def _plan(self, fields: dict):
+        """How `_market_batch` writes events with these fields: (the field that is the
+        price, [(field, column)] for the fields the policy reads, [the price columns
+        the events do not carry]); False when one is not a market field (the per-event
+        path refuses it) or there is no price."""
+        price_name = "price" if "price" in fields else "close" if "close" in fields else None
+        if price_name is None or any(self._field_slots.get(name, -1) == -1 for name in fields):
+            return False
+        written = [(name, self._field_slots[name]) for name in fields if self._field_slots[name] is not None]
+        filled = [column for name, column in self._price_columns if name not in fields]
+        return price_name, written, filled
 
     def set_input(self, instrument: str, name: str, value: float) -> None:
         """A model input such as a score: read by the next market event of the instrument."""

@@ -91,8 +91,10 @@ def test_decision_log_numbers_records_and_stamps_hashes(tmp_path):
     assert [r["seq"] for r in records] == [1, 2, 3]
     assert all(r["policy_hash"] == "p" * 64 and r["build_hash"] == "b" * 64 for r in records)
     assert records[1]["qty"] is None and records[1]["ts"] == 5
+    refusing = DecisionLog(tmp_path / "x.jsonl", "p", "b")
     with pytest.raises(ValueError):
-        DecisionLog(tmp_path / "x.jsonl", "p", "b").write("party")
+        refusing.write("party")
+    refusing.close()  # its sync thread ends with it
 
 
 @pytest.mark.parametrize("frame", [

@@ -19,7 +19,6 @@ import signal
 import sys
 import time
 from collections import deque
-from contextlib import nullcontext
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
@@ -32,7 +31,7 @@ from ..journal import resume_state
 from ..orders import MAX_CLOCK_SKEW_S, MAX_FEED_SILENCE_S, OrderCore, steps
 from . import security, transport
 from .audit import DEFAULT_FSYNC, DecisionLog, read_log_key, read_signing_key
-from .protocol import (MAX_FRAME_BYTES, Input, Market, ProtocolError, encode, message_id, parse_control, parse_feed,
+from .protocol import (MAX_FRAME_BYTES, FeedDecoder, Input, Market, ProtocolError, encode, message_id, parse_control,
                        parse_intent, parse_venue)
 
 
@@ -118,6 +117,7 @@ class LiveRuntime:
                                max_bytes=config.log_max_bytes, log_key=log_key,
                                sign_key=read_signing_key(config.sign_key_file) if config.sign_key_file else None)
         self.instruments = set(policy.instruments)
+        self.feed_decoder = FeedDecoder(self.instruments, config.feed_format)
         stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S")
         self.order_prefix = f"{policy.name}-{stamp}-{secrets.token_hex(3)}"
         self._loop: asyncio.AbstractEventLoop | None = None  # set by `run`: durations are on its clock
@@ -132,6 +132,7 @@ class LiveRuntime:
             self.core.wall_ns, self.core.monotonic_ns, self.core.journal = time.time_ns, self._monotonic_ns, True
         self.counters = self.core.counters
         self.latencies_ns: deque = deque(maxlen=LATENCY_SAMPLES)
+        self._outbox: list | None = None  # while the core handles a market batch: the messages it sends, in order
         self.venue: transport.Stream | None = None
         self.feed: transport.Stream | None = None
         self.links = {"feed": Link(config.feed_url), "venue": Link(config.venue_url)}
@@ -171,8 +172,12 @@ class LiveRuntime:
         return int(self._loop.time() * 1e9) if self._loop is not None else time.monotonic_ns()
 
     def _send(self, message: dict, event_sent_ns: int | None) -> None:
-        """An order or cancel of the core, written to the venue at once; while the venue
-        is down it waits in the open orders, which a reconnection sends again."""
+        """An order or cancel of the core, written to the venue at once, or with the
+        others of its market batch at the batch's end (`_market`); while the venue is
+        down it waits in the open orders, which a reconnection sends again."""
+        if self._outbox is not None:
+            self._outbox.append((message, event_sent_ns))
+            return
         if self.venue is not None:
             self.log.flush()  # write-ahead: the records of this read so far, this order's among them
             self.venue.send(encode(message))
@@ -202,14 +207,15 @@ class LiveRuntime:
 
     def _feed_messages(self, frames: list[bytes]) -> None:
         batch = []
-        for frame in frames:
-            try:
-                items = parse_feed(frame, self.instruments, self.config.feed_format)
-            except ProtocolError as exc:
-                self.bad_message("feed", str(exc))
+        for items in self.feed_decoder.frames(frames):
+            if items.__class__ is ProtocolError:
+                self.bad_message("feed", str(items))
+                continue
+            if len(items) == 1 and items[0].__class__ is Market:  # the usual frame: one market event
+                batch.append(items[0])
                 continue
             for item in items:
-                if isinstance(item, Input):
+                if item.__class__ is Input:
                     self._market(batch)
                     batch = []
                     try:
@@ -221,13 +227,26 @@ class LiveRuntime:
         self._market(batch)
 
     def _market(self, batch: list[Market]) -> None:
-        if batch:
-            with self._venue_corked(len(batch) > 1):
-                self.core.market(batch)
+        """One kernel call for the batch; the orders it decides leave together after it,
+        their records first (write-ahead: one write of the log, then one of the socket)."""
+        if not batch:
+            return
+        self._outbox = outbox = []
+        try:
+            self.core.market(batch)
+        finally:
+            self._outbox = None
+            if outbox:
+                self._send_all(outbox)
 
-    def _venue_corked(self, enabled: bool):
-        """Orders decided on one batch leave in one write."""
-        return self.venue.corked(enabled) if self.venue is not None else nullcontext()
+    def _send_all(self, outbox: list[tuple[dict, int | None]]) -> None:
+        if self.venue is not None:
+            self.log.flush()
+            with self.venue.corked(len(outbox) > 1):
+                for message, _ in outbox:
+                    self.venue.send(encode(message))
+        now = time.time_ns()
+        self.latencies_ns.extend(now - sent for _, sent in outbox if sent is not None)
 
     # ---- venue --------------------------------------------------------------------
     def on_venue_messages(self, frames: list[bytes]) -> None:

@@ -23,6 +23,7 @@ from websockets.uri import parse_uri
 from .security import client_context, describe_tls_error
 
 CLOSE_TIMEOUT_S = 2.0
+MAX_HANDSHAKE_BYTES = 1 << 16  # an answer to the opening handshake longer than this is the protocol's to refuse
 PING_INTERVAL_S = 20.0  # a check every interval: a ping after an interval with nothing read, a drop when the
                         # interval after that ping also brought nothing
 
@@ -43,6 +44,11 @@ class Stream(asyncio.Protocol):
         self.lost: asyncio.Future = loop.create_future()
         self.transport: asyncio.Transport | None = None
         self._parts: list[bytes] = []
+        # Frames are parsed here (`_frames`) from the end of the opening handshake while the
+        # connection is open: None during the handshake, True then, False once the
+        # protocol parses all (closing, failing, or the handshake refused).
+        self._direct: bool | None = None
+        self._buffer = b""  # what waits for the next read: a handshake answer or a frame, cut short
         self._part_opcode: Opcode | None = None
         self._failure_reported = False
         self._corked = False
@@ -65,7 +71,89 @@ class Stream(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self._reads += 1
-        self.protocol.receive_data(data)
+        if self._buffer:
+            data, self._buffer = self._buffer + data, b""
+        if self._direct and self.protocol.state is State.OPEN:
+            messages = self._frames(data)
+        elif self._direct is None:
+            messages = self._handshake(data)
+        else:
+            self._direct = False  # closing: the protocol takes all from here on
+            self.protocol.receive_data(data)
+            messages = self._events()
+        if messages:
+            try:
+                self.on_messages(messages)
+            except Exception as exc:  # a defect, not the peer's fault: keep the connection, count it
+                self.on_rejected(f"internal error handling {len(messages)} message(s): {exc!r}")
+        sent = self.protocol.close_sent
+        if sent is not None and sent.code not in (1000, 1001) and not self._failure_reported:
+            self._failure_reported = True  # the peer sent what the protocol refuses
+            if sent.code == 1009:
+                self.on_rejected(f"frame over the {self.max_size:,}-byte limit: connection closed with code 1009")
+            else:
+                self.on_rejected(f"connection closed with code {sent.code}: {sent.reason or 'protocol error'}")
+
+    def _handshake(self, data: bytes) -> list[bytes]:
+        """The opening handshake's answer to the protocol, and nothing after it: a 101
+        answer has no body, so the protocol then stands between frames, and `_frames`
+        parses what follows. Any other answer, or one too long, is the protocol's
+        alone."""
+        end = data.find(b"\r\n\r\n")
+        if end < 0 and len(data) <= MAX_HANDSHAKE_BYTES:
+            self._buffer = data
+            return []
+        head, rest = (data, b"") if end < 0 else (data[:end + 4], data[end + 4:])
+        self.protocol.receive_data(head)
+        messages = self._events()
+        self._direct = self.protocol.state is State.OPEN
+        if not self._direct:
+            if rest:
+                self.protocol.receive_data(rest)
+                messages += self._events()
+            return messages
+        return messages + self._frames(rest)
+
+    def _frames(self, data: bytes) -> list[bytes]:
+        """The messages of `data`, the protocol standing between frames. Each complete
+        final, unmasked text frame without reserved bits (all a feed sends) is taken
+        here, in a few operations; any other complete frame (a ping, a close, a fragment,
+        a binary or masked frame) goes to the protocol whole, in its turn; the start of
+        an incomplete frame waits for the next read. A frame over `max_size`, and all
+        after it, go to the protocol, which fails the connection with 1009."""
+        messages = []
+        end, pos = len(data), 0
+        fragmented = bool(self._parts)
+        while end - pos >= 2:
+            head, length = data[pos], data[pos + 1]
+            masked, length, start = length & 0x80, length & 0x7F, pos + 2
+            if length == 126:
+                length, start = int.from_bytes(data[start:start + 2], "big"), start + 2
+            elif length == 127:
+                length, start = int.from_bytes(data[start:start + 8], "big"), start + 8
+            if length > self.max_size:
+                self._direct = False
+                self.protocol.receive_data(data[pos:])
+                return messages + self._events()
+            stop = start + (4 if masked else 0) + length
+            if stop > end:
+                break
+            if head == 0x81 and not masked and not fragmented:
+                messages.append(data[start:stop])
+            else:
+                self.protocol.receive_data(data[pos:stop])
+                messages += self._events()
+                fragmented = bool(self._parts)
+                if self.protocol.state is not State.OPEN:  # closing: the protocol takes all from here on
+                    self._direct = False
+                    self.protocol.receive_data(data[stop:])
+                    return messages + self._events()
+            pos = stop
+        self._buffer = data[pos:]
+        return messages
+
+    def _events(self) -> list[bytes]:
+        """The messages among the events the protocol parsed; sends what it must answer."""
         events = self.protocol.events_received()
         self._flush()
         messages = []
@@ -91,20 +179,13 @@ class Stream(asyncio.Protocol):
                 messages.append(payload)
             else:
                 self.on_rejected(f"binary frame of {len(payload):,} bytes (messages are JSON text frames)")
-        if messages:
-            try:
-                self.on_messages(messages)
-            except Exception as exc:  # a defect, not the peer's fault: keep the connection, count it
-                self.on_rejected(f"internal error handling {len(messages)} message(s): {exc!r}")
-        sent = self.protocol.close_sent
-        if sent is not None and sent.code not in (1000, 1001) and not self._failure_reported:
-            self._failure_reported = True  # the peer sent what the protocol refuses
-            if sent.code == 1009:
-                self.on_rejected(f"frame over the {self.max_size:,}-byte limit: connection closed with code 1009")
-            else:
-                self.on_rejected(f"connection closed with code {sent.code}: {sent.reason or 'protocol error'}")
+        return messages
 
     def eof_received(self) -> None:
+        if self._buffer:  # cut short: the protocol says so as if it had read it all along
+            self.protocol.receive_data(self._buffer)
+            self._buffer = b""
+        self._direct = False
         self.protocol.receive_eof()
         self._flush()
 
