@@ -1,14 +1,16 @@
 """Code generation: optimised IR -> Python source for Numba, through jinja2 templates.
 
-Each op becomes a local `v<N>`; stateful ops read and write their instrument's row of
-the feature-state array at offsets given by the layout (kernel arguments), so param
-values never change the source. Risk steps absent from the policy emit no code.
+Each op becomes a local `v<N>`; stateful ops keep their scalars in locals `f<slot>_<k>`
+and their windows in their instrument's row of the feature-state array, at offsets given
+by the layout (kernel arguments), so param values never change the source. Risk steps
+absent from the policy emit no code.
 """
 from __future__ import annotations
 
 import hashlib
 import math
 import os
+import re
 from dataclasses import dataclass, fields
 from functools import lru_cache
 from pathlib import Path
@@ -36,30 +38,35 @@ def _state_expr(name: str, P, A, gross: str) -> str:
     }[name]
 
 
-class _StateNames:
-    """Names of per-instrument state in the kernel: locals when the policy trades one
-    instrument (kept in registers across events), else cells of the `pstate` array."""
+#: Per-instrument columns that stay in `pstate` rather than in locals: the terms of the
+#: running totals, which an exact re-sum reads for every instrument.
+_IN_PLACE = ("MARK", "GROSS")
 
-    def __init__(self, single: bool, n_custom: int):
-        self.single = single
+
+class _StateNames:
+    """Names of per-instrument state in the kernel: locals, which a policy of one
+    instrument loads once per batch and a policy of several loads from the event's row
+    of `pstate` at the start of each event and stores back at its end (so they can stay
+    in registers through the event), except the running totals' terms (_IN_PLACE)."""
+
+    def __init__(self, n_custom: int):
         self.columns = {k[2:]: getattr(L, k) for k in dir(L)
                         if k.startswith("P_") and k not in ("P_NAMES", "P_CUSTOM")}
         self.n_custom = n_custom
 
-    def _ref(self, index: int, local: str) -> str:
-        return local if self.single else f"pstate[i, {index}]"
-
     def __getattr__(self, key):
         if key.isupper() and key in self.columns:
-            return self._ref(self.columns[key], f"p_{key.lower()}")
+            return f"pstate[i, {self.columns[key]}]" if key in _IN_PLACE else f"p_{key.lower()}"
         raise AttributeError(key)
 
-    def custom(self, j: int) -> str:
-        return self._ref(L.P_CUSTOM + j, f"p_custom{j}")
+    @staticmethod
+    def custom(j: int) -> str:
+        return f"p_custom{j}"
 
     def locals(self) -> list[tuple[str, int, bool]]:
-        """(local, column, is an integer) for every per-instrument state column."""
-        out = [(f"p_{k.lower()}", v, k == "PENDING") for k, v in sorted(self.columns.items(), key=lambda kv: kv[1])]
+        """(local, column, is an integer) for every per-instrument state column held in a local."""
+        out = [(f"p_{k.lower()}", v, k == "PENDING") for k, v in sorted(self.columns.items(), key=lambda kv: kv[1])
+               if k not in _IN_PLACE]
         return out + [(f"p_custom{j}", L.P_CUSTOM + j, False) for j in range(self.n_custom)]
 
 
@@ -97,16 +104,14 @@ class _Emitter:
     def __init__(self, program: Program, single: bool):
         self.p = program
         self.single = single
-        self.P = _StateNames(single, len(program.custom))
+        self.P = _StateNames(len(program.custom))
         self.A = SimpleNamespace(**{k[2:]: f"a_{k[2:].lower()}" for k in dir(L)
                                     if k.startswith("A_") and k not in ("A_NAMES", "A_REASON_COUNTS")})
-        if single:
+        if single:  # one term besides cash: the one IEEE addition rounds the sum once
             q = f"({self.P.POS} + {self.P.OPEN})"
             self.gross = f"(abs({q} * {self.P.LAST}) if {q} != 0.0 else 0.0)"
-            self.equity = f"({self.A.CASH} + {self.P.POS} * {self.P.LAST} if {self.P.POS} != 0.0 else {self.A.CASH})"
-        else:
-            self.gross = "gross_exposure(pstate)"
-            self.equity = f"equity_of(pstate, {self.A.CASH})"
+        else:  # the running total, read into a local by the template's read_gross
+            self.gross = "gross_now"
         self.slots = L.slots(program)
         self.slot_of = {(s.op, s.kind): n for n, s in enumerate(self.slots)}
         self.env = _environment()
@@ -124,11 +129,11 @@ class _Emitter:
         self.lag_ks[spec] = name
         return name
 
-    def state(self, n: int):
-        """Accessor of slot n's scalar state k: a local (one instrument) or an fs cell."""
-        if self.single:
-            return lambda k: f"f{n}_{k}"
-        return lambda k: f"fs[i, o{n}]" if k == 0 else f"fs[i, o{n} + {k}]"
+    @staticmethod
+    def state(n: int):
+        """Accessor of slot n's scalar state k: a local, loaded from the event's row of `fs`
+        once per batch (one instrument) or once per market event (several)."""
+        return lambda k: f"f{n}_{k}"
 
     def scalars(self, n: int) -> list[tuple[str, str, int, bool]]:
         """Slot n's scalar state as (local, offset name, index, is an integer position)."""
@@ -263,8 +268,9 @@ class _Emitter:
                 k[2:].lower() for k in sorted((k for k in dir(L) if k.startswith("A_") and
                                                k not in ("A_NAMES", "A_REASON_COUNTS")), key=lambda k: getattr(L, k)))],
             p_columns=self.P.locals(),
-            f_scalars=[x for n in range(len(self.slots)) for x in self.scalars(n)] if self.single else [],
-            equity_expr=self.equity, gross_expr=self.gross, REASON_COUNTS=L.A_REASON_COUNTS,
+            f_scalars=[x for n in range(len(self.slots)) for x in self.scalars(n)],
+            gross_expr=self.gross, REASON_COUNTS=L.A_REASON_COUNTS,
+            gross_state=any(op.kind == "state" and op.attr[0] == "margin_usage" for op in p.ops),
             O=SimpleNamespace(**{k[2:]: getattr(L, k) for k in dir(L) if k.startswith("O_")}),
             T=SimpleNamespace(**{k[2:]: getattr(L, k) for k in dir(L) if k.startswith("T_")}),
             C=_ConfigIndex(), reasons={code: i for i, code in enumerate(names)},
@@ -321,8 +327,32 @@ class GenerationInput:
         return hashlib.sha256(described.encode()).hexdigest()
 
 
+_ASSIGNMENT = re.compile(r"^(?P<indent>\s*)(?P<local>[pf]\w+) [-+]?= (?P<value>.*)$")
+
+
+def _write_through(source: str, cells: dict[str, str]) -> str:
+    """A kernel of several instruments loads the event's instrument's state into locals
+    (`cells`: local -> the array cell it comes from) and writes each one back right
+    where it is assigned, so the arrays are current at every point and an event stores
+    only what it changes. Every assignment in the generated source is one line."""
+    out = []
+    for line in source.split("\n"):
+        out.append(line)
+        m = _ASSIGNMENT.match(line)
+        if m and m["local"] in cells and m["value"] not in (cells[m["local"]], f"int({cells[m['local']]})"):
+            out.append(f"{m['indent']}{cells[m['local']]} = {m['local']}")
+    return "\n".join(out)
+
+
 def _render(gen: GenerationInput) -> str:
-    return _Emitter(gen.program, single=gen.instruments == 1).render(gen)
+    emitter = _Emitter(gen.program, single=gen.instruments == 1)
+    source = emitter.render(gen)
+    if emitter.single:  # its state stays in locals for the whole batch
+        return source
+    cells = {local: f"pstate[i, {index}]" for local, index, _ in emitter.P.locals()}
+    cells.update({local: f"fs[i, {offset} + {k}]" for n in range(len(emitter.slots))
+                  for local, offset, k, _ in emitter.scalars(n)})
+    return _write_through(source, cells)
 
 
 def emit(program: Program, checked: CheckedPolicy) -> str:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from fractions import Fraction
 
 from . import layout as L
 from .ir import Program, resolve_int
@@ -382,15 +383,13 @@ class Interpreter:
 
     # -- accounting --
     def gross(self) -> float:
-        return sum(abs((b.position + b.open) * b.last) for b in self.books if b.position + b.open != 0)
+        """Gross exposure: the sum over instruments of |(position + open) x last price|."""
+        return total([abs((b.position + b.open) * b.last) for b in self.books if b.position + b.open != 0])
 
     def mark(self):
+        """Equity: cash plus the sum over instruments of position x last price."""
         a = self.acct
-        equity = a.cash
-        for b in self.books:
-            if b.position != 0:
-                equity += b.position * b.last
-        a.equity = equity
+        a.equity = total([a.cash] + [b.position * b.last for b in self.books if b.position != 0])
         if a.equity > a.peak:
             a.peak = a.equity
 
@@ -701,6 +700,23 @@ class Interpreter:
         e, desired, features, pos, q, equity = seen
         self.trace.append({"event": e, "desired": desired, "position": pos, "target": q + order,
                            "order": order, "reasons": reasons, "equity": equity, "features": features})
+
+
+def total(terms: list[float]) -> float:
+    """The sum of an account's terms (each already a float), as the spec defines it: the
+    exact sum of the finite terms rounded once (to ±inf past the largest float), plus the
+    IEEE sum of the others when there are any (NaN for a NaN or for both infinities)."""
+    finite = [x for x in terms if math.isfinite(x)]
+    try:
+        exact = math.fsum(finite)
+    except OverflowError:  # a partial sum overflowed on the way: add exactly, round once
+        whole = sum(map(Fraction, finite), Fraction(0))
+        try:
+            exact = float(whole)
+        except OverflowError:
+            exact = math.inf if whole > 0 else -math.inf
+    others = [x for x in terms if not math.isfinite(x)]
+    return exact + sum(others) if others else exact
 
 
 def _toward_zero(x: float) -> float:

@@ -34,9 +34,12 @@ FILL_MODES = {"next": FILL_NEXT, "same": FILL_SAME, "live": LIVE}
 
 # ---- per-instrument account and risk state (pstate[inst, column]) -------------------
 P_POS, P_OPEN, P_ENTRY, P_BEST, P_LAST, P_PREV, P_LAST_TS, P_DESIRED, P_LOCK, P_LOCK_CODE, \
-    P_VOL, P_PENDING, P_TRADE_PNL, P_CUSTOM = range(14)
+    P_VOL, P_PENDING, P_TRADE_PNL, P_MARK, P_GROSS, P_CUSTOM = range(16)
+#: P_MARK and P_GROSS: the instrument's terms in the account's running totals (kernels of
+#: several instruments only): position x last price (0 when flat) and
+#: |(position + open quantity) x last price| (0 when both are flat), as last added.
 P_NAMES = ("position", "open_qty", "entry_price", "best_price", "last_price", "prev_price", "last_ts",
-           "desired", "lock", "lock_code", "volatility", "pending_order", "trade_pnl")
+           "desired", "lock", "lock_code", "volatility", "pending_order", "trade_pnl", "mark_term", "gross_term")
 #: |position| above this counts as holding one (a position summed back from fills may
 #: leave dust of a few ulps).
 HELD_EPSILON = 1e-12
@@ -54,11 +57,16 @@ A_CASH, A_PEAK, A_HALTED, A_DAY, A_DAY_OPEN, A_DAY_LOSS, A_ORDERS_TODAY, A_TOKEN
 #: one), how many made money, and the summed P&L (after fees) of winners and of losers.
 A_CURVE_PEAK, A_CURVE_TROUGH, A_MAX_DRAWDOWN, A_STAT_DAY, A_DAY_CLOSE, A_RET_N, A_RET_MEAN, A_RET_M2, \
     A_RET_DOWN2, A_EXPOSED, A_HELD, A_TRADES, A_WINS, A_WIN_PNL, A_LOSS_PNL = range(12, 27)
+#: The running totals of a kernel of several instruments (docs/architecture.md, "Running
+#: totals"): equity's terms (cash and every P_MARK) and gross exposure's terms (every
+#: P_GROSS), each as an unevaluated sum hi + lo of its finite terms, a bound on what that
+#: sum has dropped (err), and how many terms are not finite (bad).
+A_MARK_HI, A_MARK_LO, A_MARK_ERR, A_MARK_BAD, A_GROSS_HI, A_GROSS_LO, A_GROSS_ERR, A_GROSS_BAD = range(27, 35)
 A_NAMES = ("cash", "peak_equity", "halted", "day", "day_open_equity", "daily_loss_tripped", "orders_today",
            "tokens", "token_ts", "fees", "equity", "fills",
            "curve_peak", "curve_trough", "max_drawdown", "stat_day", "day_close", "returns", "return_mean",
            "return_m2", "return_down2", "exposed_events", "held", "trades", "winning_trades", "win_pnl",
-           "loss_pnl")
+           "loss_pnl", "mark_hi", "mark_lo", "mark_err", "mark_bad", "gross_hi", "gross_lo", "gross_err", "gross_bad")
 A_REASON_COUNTS = len(A_NAMES)   # then one counter per reason bit: decisions that recorded it
 MASK_BITS = 53                   # reason masks travel in float64 columns: 53 exact bits
 ACCT_WIDTH = A_REASON_COUNTS + MASK_BITS
@@ -195,7 +203,7 @@ def initial_account(n_instruments: int, n_custom: int, account: dict[str, float]
     """Fresh account arrays: cash = initial equity, flat, no prices seen."""
     acct = np.zeros(ACCT_WIDTH)
     equity = account["initial_equity"]
-    acct[[A_CASH, A_PEAK, A_DAY_OPEN, A_EQUITY, A_CURVE_PEAK, A_CURVE_TROUGH, A_DAY_CLOSE]] = equity
+    acct[[A_CASH, A_PEAK, A_DAY_OPEN, A_EQUITY, A_CURVE_PEAK, A_CURVE_TROUGH, A_DAY_CLOSE, A_MARK_HI]] = equity
     acct[A_DAY] = np.nan
     acct[A_STAT_DAY] = np.nan
     acct[A_TOKENS] = np.nan

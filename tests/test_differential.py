@@ -30,7 +30,7 @@ from hypothesis import strategies as st
 
 from policyc.compiler import layout as L
 from policyc.compiler.build import Events, compile_policy
-from policyc.compiler.interpret import Interpreter
+from policyc.compiler.interpret import Interpreter, total
 from policyc.dsl.diagnostics import PolicyError
 from policyc.dsl.document import parse_policy_text
 from policyc.dsl.risk_keys import ACCOUNT_KEYS, RISK_KEYS
@@ -865,3 +865,150 @@ def test_scalar_functions_on_special_values():
                     wrong[name].append(f"{case}: kernel {float(got)!r}, interpreter {float(want)!r}")
     assert not wrong, "\n".join(f"{name}: {'; '.join(cases)}" for name, cases in sorted(wrong.items()))
     assert_same(cp, ev)
+
+
+# =====================================================================================
+# Account totals: equity and gross exposure of several instruments
+# =====================================================================================
+TOTALS = """
+policy: totals
+version: 1
+instruments: [A, B, C, D, E, F]
+inputs: [intent]
+features:
+  usage: margin_usage
+  eq: equity
+signals:
+  - when: eq < 0
+    target: 0
+risk:
+  max_gross_exposure: 1e300
+account:
+  initial_equity: 100000
+  margin_rate: 50%
+  fees_bps: 3
+  slippage_bps: 2
+"""
+
+
+def totals_events(seed: int, n: int = 3000) -> Events:
+    """Prices and quantities of every scale (so running sums drop low bits and cancel),
+    targets that flip sign, venue fills of odd sizes, and a few infinite or overflowing
+    marks (a huge price on a huge position)."""
+    rng = np.random.default_rng(seed)
+    scale = 10.0 ** rng.integers(-9, 10, 6)
+    kind = rng.choice([L.MARKET, L.INTENT, L.FILL], n, p=[0.6, 0.3, 0.1]).astype(np.int8)
+    inst = rng.integers(0, 6, n).astype(np.int32)
+    vals = np.full((n, 3), np.nan)
+    price = scale[inst] * np.exp(rng.normal(0, 0.3, n))
+    price[rng.random(n) < 0.002] = 1e300
+    target = np.round(rng.normal(0, 1, n) * 10.0 ** rng.integers(-3, 7, n), 3)
+    market, intent, fill = kind == L.MARKET, kind == L.INTENT, kind == L.FILL
+    vals[market, 0] = price[market]
+    vals[market, 1] = rng.normal(0, 5, n)[market]     # the intent input column: mostly NaN
+    vals[market & (rng.random(n) < 0.8), 1] = np.nan
+    vals[intent, 0] = target[intent]
+    vals[fill, 0] = rng.normal(0, 3, n)[fill] * 10.0 ** rng.integers(-2, 4, n)[fill]
+    vals[fill, 1] = price[fill]
+    vals[fill, 2] = np.abs(rng.normal(0, 0.01, n))[fill]
+    ts = T0 + np.cumsum(rng.integers(0, 3 * NS_H, n)).astype(np.int64)
+    return Events(ts, kind, inst, vals)
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_account_totals_are_exact_sums(seed):
+    """The running totals of a kernel of several instruments give the exact sum rounded
+    once, as the interpreter's `total` does from every instrument: equity after every
+    event, the margin usage and equity features, and every order, bit for bit. Run one
+    event at a time, the running total must also have lost bits at some point (err > 0),
+    so its certified path is what is being compared."""
+    cp = compile_policy(parse_policy_text(TOTALS))
+    ev = totals_events(seed)
+    for mode in MODES.values():
+        res, it = run_both(cp, ev, mode)
+        assert np.array_equal(res.equity, np.array(it.equity_curve), equal_nan=True)
+        for d in it.trace:
+            if d["features"] is not None:   # a market event's decision
+                assert np.array_equal(res.trace[d["event"], L.TRACE_FIXED:], np.array(d["features"], float),
+                                      equal_nan=True), d["event"]
+        assert len(res.orders) == len(it.orders)
+        for row, o in zip(res.orders, it.orders):
+            assert (row[L.O_QTY], row[L.O_FILL_PRICE] if o.fill_event >= 0 else 0.0) == \
+                   (o.qty, o.fill_price if o.fill_event >= 0 else 0.0)
+    session = cp.session(L.FILL_SAME)
+    dropped = 0
+    for e in range(len(ev)):
+        session.feed(Events(ev.ts[e:e + 1], ev.kind[e:e + 1], ev.inst[e:e + 1], ev.vals[e:e + 1]))
+        dropped += session.acct[L.A_MARK_ERR] > 0 or session.acct[L.A_GROSS_ERR] > 0
+    assert dropped > 0
+
+
+def _exact(terms) -> "Fraction":
+    from fractions import Fraction
+
+    return sum((Fraction(x) for x in terms), Fraction(0))
+
+
+ULP_1 = 2.0 ** -52
+SUMS = [
+    [1.0, ULP_1 / 2],                          # a tie: half to even, down
+    [1.0 + ULP_1, ULP_1 / 2],                  # a tie: up
+    [1.0, ULP_1 / 2, 2.0 ** -200],             # not a tie: a far smaller term decides
+    [1.0, ULP_1 / 2, -(2.0 ** -200)],
+    [1e16, 1.0, 1e-16],
+    [1e308, 1e308, -1e308],                    # a partial sum overflows, the sum does not
+    [1.7e308, 1.7e308],                        # the sum overflows
+    [-1.7e308, -1.7e308, 5e-324],
+    [5e-324, 5e-324, -1e-320],                 # subnormal
+    [1e100, 1.0, -1e100],                      # cancellation
+    [1.0, math.inf, 2.0],
+    [-math.inf, 1.0],
+    [math.inf, -math.inf],
+    [math.nan, 1.0],
+    [0.0, -0.0],
+    [],
+]
+
+
+@pytest.mark.parametrize("terms", SUMS + [list(np.random.default_rng(k).normal(0, 1, 40)
+                                               * 10.0 ** np.random.default_rng(k + 50).integers(-30, 30, 40))
+                                          for k in range(20)])
+def test_exact_total_rounds_once(terms):
+    """The kernel's exact re-sum is the interpreter's `total`, and the running total it
+    restarts from (hi + lo, err) is within err of the exact finite sum."""
+    cp = compile_policy(parse_policy_text(TOTALS))
+    k = cp.kernel
+    extra, rest = (terms[0], terms[1:]) if terms else (0.0, [])
+    pstate = np.zeros((len(rest), L.P_CUSTOM))
+    pstate[:, L.P_MARK] = rest
+    value, hi, lo, err, bad = k.exact_total(pstate, L.P_MARK, extra)
+    want = total(terms if terms else [0.0])
+    assert value == want or (value != value and want != want), (value, want)
+    finite = [x for x in terms if math.isfinite(x)]
+    assert bad == len(terms) - len(finite)
+    if err < math.inf:
+        from fractions import Fraction
+        assert abs(Fraction(hi) + Fraction(lo) - _exact(finite)) <= Fraction(err)
+
+
+def test_settle_never_trusts_an_uncertain_rounding():
+    """A running total whose hi + lo sits on a rounding midpoint, or within its error
+    bound of one, is re-summed exactly; one far from any midpoint is rounded as it is.
+    Either way the value is the exact sum of the terms rounded once."""
+    k = compile_policy(parse_policy_text(TOTALS)).kernel
+    pstate = np.zeros((2, L.P_CUSTOM))
+    pstate[:, L.P_MARK] = [ULP_1 / 2, 2.0 ** -300]            # the true sum is just above 1 + ulp/2
+    truth = total([1.0, ULP_1 / 2, 2.0 ** -300])
+    assert truth == 1.0 + ULP_1
+    # hi + lo is the midpoint itself and err admits the lost 2**-300: IEEE alone would round
+    # down to 1.0 (half to even), below the truth
+    value, hi, lo, err, _ = k.settle(1.0, ULP_1 / 2, 2.0 ** -300, 0.0, pstate, L.P_MARK, 1.0)
+    assert value == truth and hi == truth
+    # far from a midpoint: certified as it is, the state unchanged
+    pstate[:, L.P_MARK] = [ULP_1 / 8, 2.0 ** -300]
+    value, hi, lo, err, _ = k.settle(1.0, ULP_1 / 8, 2.0 ** -300, 0.0, pstate, L.P_MARK, 1.0)
+    assert value == 1.0 and (hi, lo, err) == (1.0, ULP_1 / 8, 2.0 ** -300)
+    # a total near 0 cannot be certified against a non-zero error: re-summed
+    pstate[:, L.P_MARK] = [-1.0, 2.0 ** -400]
+    value, *_ = k.settle(0.0, 0.0, 2.0 ** -300, 0.0, pstate, L.P_MARK, 1.0)
+    assert value == 2.0 ** -400
