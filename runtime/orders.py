@@ -421,15 +421,33 @@ class OrderCore:
         self._begin("link", link="venue", up=False)
 
     def venue_reply(self, reply) -> None:
-        """An `ack`, `fill` or `reject` (a protocol `VenueReply`). Kernel events take the
-        instrument's event time (`now_for`), so the kernel stays on the feed's clock;
-        the records take the venue's `ts` when it sent one."""
-        fields = {"type": reply.type, "client_order_id": reply.client_order_id}
-        if reply.type == "fill":
-            fields.update(qty=reply.qty, price=reply.price, fee=reply.fee, venue_ts=reply.ts)
-        elif reply.type == "reject":
-            fields["reason"] = reply.reason
-        self._begin("venue", **fields)
+        """One `ack`, `fill` or `reject` (a protocol `VenueReply`): `venue_replies` of it alone."""
+        self.venue_replies([reply])
+
+    def venue_replies(self, replies: list) -> None:
+        """The `ack`, `fill` and `reject` answers (protocol `VenueReply`s) of one read of
+        the venue connection, in order, journaled as one record. Kernel events take the
+        instrument's event time (`now_for`), so the kernel stays on the feed's clock; the
+        records take the venue's `ts` when it sent one. An answer the core fails to
+        handle (a defect) is logged as a bad message, and the answers after it are still
+        applied."""
+        said = []
+        for reply in replies:
+            fields = {"type": reply.type, "client_order_id": reply.client_order_id}
+            if reply.type == "fill":
+                fields.update(qty=reply.qty, price=reply.price, fee=reply.fee, venue_ts=reply.ts)
+            elif reply.type == "reject":
+                fields["reason"] = reply.reason
+            said.append(fields)
+        self._begin("venue", replies=said)
+        for reply in replies:
+            try:
+                self._venue_reply(reply)
+            except Exception as exc:  # anything rather than the loss of the answers after it
+                self._bad("venue", f"internal error handling a `{reply.type}` for "
+                                   f"{reply.client_order_id[:80]!r}: {exc!r}")
+
+    def _venue_reply(self, reply) -> None:
         oid = reply.client_order_id
         self.unacked.discard(oid)
         if reply.type == "ack":

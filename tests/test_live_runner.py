@@ -318,18 +318,32 @@ def test_an_answer_the_core_cannot_handle_does_not_cost_the_fills_after_it(rt, m
     bad message; the real fill in the same read is still applied."""
     tick(rt, 0)
     oid = orders(rt.venue)[0]["client_order_id"]
-    handle = rt.core.venue_reply
+    handle = rt.core._venue_reply
 
     def defective(reply):
         if reply.client_order_id == "poison":
             raise ValueError("a defect")
         handle(reply)
 
-    monkeypatch.setattr(rt.core, "venue_reply", defective)
+    monkeypatch.setattr(rt.core, "_venue_reply", defective)
     answer(rt, fill("poison", 1), fill(oid, 10))
     assert rt.engine.position("ORCL") == 10 and rt.counters.bad_messages == 1
     (bad,) = [r for r in json_records(rt) if r["kind"] == "bad_message"]
     assert bad["reason"] == "internal error handling a `fill` for 'poison': ValueError('a defect')"
+
+
+def test_the_answers_of_one_read_are_one_journal_record_and_replay_from_it(rt):
+    tick(rt, 0)
+    oid = orders(rt.venue)[0]["client_order_id"]
+    answer(rt, ack(oid), fill(oid, 4), fill(oid, 6))
+    venue = [r for r in json_records(rt) if r["kind"] == "venue"]
+    assert [[a["type"] for a in r["replies"]] for r in venue] == [["ack", "fill", "fill"]]
+    assert rt.engine.position("ORCL") == 10
+    rt.log.close()
+    from policyc.runtime.journal import replay
+
+    replayer, divergences = replay(json_records(rt), lambda session: rt.policy)
+    assert divergences == [] and replayer.engine.position("ORCL") == 10
 
 
 def json_records(rt):

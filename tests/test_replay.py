@@ -138,7 +138,7 @@ def test_an_altered_decision_is_the_first_divergence(walk):
 def test_an_input_removed_from_the_journal_shows(walk):
     rig = JournalRig(walk)
     drive(rig, random.Random(2), 200)
-    fill_input = next(r for r in rig.records if r["kind"] == "venue" and r["type"] == "fill")
+    fill_input = next(r for r in rig.records if r["kind"] == "venue" and [a["type"] for a in r["replies"]] == ["fill"])
     records = [r for r in rig.records if r is not fill_input]
     _, found = replay(records, lambda record: walk)
     assert found and found[0].logged["kind"] == "fill" and found[0].replayed is None

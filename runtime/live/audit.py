@@ -18,6 +18,7 @@ from typing import Iterator
 
 import orjson
 
+from . import DEFAULT_FSYNC, FSYNC_MODES
 from ..audit_chain import (NONCE_BYTES, SIGNED, ZERO_HASH, Line, LogError, Problem, Summary, check, envelope, key_id,
                            open_envelope, public_key_id, read_record, seal)
 
@@ -28,8 +29,6 @@ KINDS = ("session", "order", "fill", "reject", "overfill", "risk", "halt", "resu
 #: Written by the runner around the core (the listeners' security), not by the core: replay passes them by.
 RUNNER_KINDS = ("access", "auth_failures")
 _KNOWN = frozenset(KINDS)
-FSYNC_MODES = ("always", "batch", "never")
-DEFAULT_FSYNC = "batch"
 BATCH_SYNC_S = 0.005     # --fsync batch: the log is synced at most this often (s), by a thread of its own
 CHECKPOINT_EVERY = 1000  # with a signing key: a signed checkpoint after this many records of a run
 _NOT_RECENT = frozenset(("session", "checkpoint", *INPUT_KINDS))  # not decisions: the status and view leave them out

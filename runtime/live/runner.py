@@ -250,28 +250,38 @@ class LiveRuntime:
 
     # ---- venue --------------------------------------------------------------------
     def on_venue_messages(self, frames: list[bytes]) -> None:
-        """Each answer on its own: one the core cannot handle (a defect) is logged as a bad
-        message, and the fills after it in the same read are still applied. One write of
+        """The answers of one read, in order: each run of acks, fills and rejects goes to
+        the core together (one journal record); one the core cannot handle (a defect) is
+        logged as a bad message, and the fills after it are still applied. One write of
         the log for the read, before anything it shows in the status."""
         with self.log.batch():
             self._venue_messages(frames)
 
     def _venue_messages(self, frames: list[bytes]) -> None:
+        answers: list = []  # the run of acks, fills and rejects not yet handed over
         for frame in frames:
             try:
                 reply = parse_venue(frame)
             except ProtocolError as exc:
+                self._venue_answers(answers)
                 self.bad_message("venue", str(exc))
                 continue
+            if reply.type != "state":
+                answers.append(reply)
+                continue
+            self._venue_answers(answers)
             try:
-                if reply.type == "state":
-                    self.core.venue_state(reply.positions, reply.open_orders)
-                    self._trading()
-                else:
-                    self.core.venue_reply(reply)
-            except Exception as exc:  # anything rather than the loss of the answers after it
-                self.bad_message("venue", f"internal error handling a `{reply.type}` for "
-                                          f"{reply.client_order_id[:80]!r}: {exc!r}")
+                self.core.venue_state(reply.positions, reply.open_orders)
+                self._trading()
+            except Exception as exc:  # a defect: logged, and the answers after it still count
+                self.bad_message("venue", f"internal error handling a `state`: {exc!r}")
+        self._venue_answers(answers)
+
+    def _venue_answers(self, answers: list) -> None:
+        """Hand a run of answers to the core and empty it."""
+        if answers:
+            self.core.venue_replies(answers)
+            answers.clear()
 
     # ---- control ------------------------------------------------------------------
     def halt(self, reason: str) -> None:
