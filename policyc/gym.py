@@ -14,6 +14,8 @@ docs/rl.md.
 - `Observer`: the observation's NumPy work alone, shared by both.
 - `unshielded(policy)`: the same policy without its risk section, to train a model that
   never meets the limits (and measure afterwards how often they overrule it).
+- `reward_curve`, `check_account`, `check_events`: the `log` reward's curve, and the
+  checks of account overrides and of `Events` given as data.
 
 Units: targets, positions and quantities in units of the instrument; equity, P&L and fees
 in the account's money; drawdown and margin usage as fractions; times in ns since the
@@ -22,6 +24,7 @@ epoch, UTC.
 from __future__ import annotations
 
 import dataclasses
+import numbers
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
@@ -34,16 +37,75 @@ from policyc.compiler import layout as L
 from policyc.compiler.build import CompiledPolicy, Events, compile_checked, compile_policy
 from policyc.compiler.frontend import check_policy
 from policyc.dsl.diagnostics import did_you_mean
-from policyc.runtime.data import load_table, merge
+from policyc.dsl.risk_keys import ACCOUNT_KEYS
+from policyc.runtime.data import PRICE_FIELDS, load_table, merge
 
-#: The built-in rewards, per step: `equity` the change in equity (money); `log` the log of
-#: equity over the previous step's; `drawdown` the simple return minus `drawdown_penalty`
-#: times the rise in drawdown (a fraction) since the previous step.
+#: The built-in rewards, per step (`reward_curve` and `Reward` in docs/rl.md): `equity` the
+#: change in equity (money); `log` the change in `reward_curve(equity)`, which is the log
+#: of equity over the previous step's while both are at least `REWARD_FLOOR` x the initial
+#: equity; `drawdown` the change in equity over max(previous equity, `REWARD_FLOOR` x the
+#: initial equity) minus `drawdown_penalty` times the rise in drawdown (a fraction) since
+#: the previous step. Each is finite for finite equity, and has the sign of the change in
+#: equity (0 for none), whatever the equity, 0 or below included.
 REWARDS = ("equity", "log", "drawdown")
+#: The fraction of the initial equity below which the `log` and `drawdown` rewards stop
+#: dividing by the equity: 1%.
+REWARD_FLOOR = 0.01
 #: The account part of each observation row, after the features, positions and open orders.
 ACCOUNT_FIELDS = ("return", "drawdown", "margin_usage")
 MODES = {"next": L.FILL_NEXT, "same": L.FILL_SAME}
 INTENT = "intent"
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+
+def _real(value) -> bool:
+    """A real number (Python's or NumPy's), not a bool, a string or an array."""
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+def reward_curve(equity, initial_equity):
+    """log(equity / initial_equity) for equity of at least `REWARD_FLOOR` x initial_equity,
+    and below that the straight line tangent to it there, log(REWARD_FLOOR) + (equity /
+    initial_equity - REWARD_FLOOR) / REWARD_FLOOR: finite and increasing for every finite
+    equity, 0 and below included. The `log` reward is its change over a step. Arrays or
+    floats, both in money; returns a float array (no unit)."""
+    x = np.asarray(equity, dtype=np.float64) / np.asarray(initial_equity, dtype=np.float64)
+    return np.where(x >= REWARD_FLOOR, np.log(np.maximum(x, REWARD_FLOOR)),
+                    np.log(REWARD_FLOOR) + (x - REWARD_FLOOR) / REWARD_FLOOR)
+
+
+def check_account(account) -> dict[str, float]:
+    """Account overrides as floats, checked as `policyc backtest --fees-bps`,
+    `--slippage-bps` and `--initial-equity` are checked: each key one of
+    `policyc.dsl.risk_keys.ACCOUNT_KEYS` (`initial_equity` money, `margin_rate` a fraction,
+    `fees_bps` and `slippage_bps` basis points), each value a real number (not a string or
+    a bool) that the key's bounds admit. None is no override. Raises ValueError naming the
+    key (with a did-you-mean for a misspelt one) and the rule its value breaks."""
+    if account is None:
+        return {}
+    if not isinstance(account, Mapping):
+        raise ValueError(f"account must be a dict of account settings ({', '.join(ACCOUNT_KEYS)}), "
+                         f"not {type(account).__name__}")
+    out = {}
+    for key, value in account.items():
+        spec = ACCOUNT_KEYS.get(key)
+        if spec is None:
+            raise ValueError(f"`{key}` is not an account setting; "
+                             f"{did_you_mean(str(key), ACCOUNT_KEYS) or 'the settings: ' + ', '.join(ACCOUNT_KEYS)}")
+        if not _real(value):
+            raise ValueError(f"account `{key}` must be {spec.rule}, not {value!r} (a {type(value).__name__})")
+        if not spec.bounds.admit(float(value)):
+            raise ValueError(f"account `{key}` must be {spec.rule}, not {float(value):g}")
+        out[key] = float(value)
+    return out
+
+
+def check_render_mode(render_mode) -> None:
+    """Raises ValueError for any render mode but None: the environments render nothing
+    (`metadata["render_modes"]` is empty)."""
+    if render_mode is not None:
+        raise ValueError(f"render_mode {render_mode!r} is not supported: the environment renders nothing "
+                         "(supported render modes: none; leave render_mode None)")
 
 
 class Observer:
@@ -56,14 +118,17 @@ class Observer:
     (sum of |position x last price| x margin rate / equity). NaN (a feature still warming
     up, no price yet) becomes 0, and every value is clipped to [-clip, clip]. With
     `window` > 1 the observation is the latest `window` rows, oldest first, flattened.
+    Raises ValueError for a `window` that is not a whole number of at least 1, or a `clip`
+    not above 0 and at most the largest float32 (about 3.4e38).
     """
 
     def __init__(self, n_envs: int, instruments: Sequence[str], features: Sequence[str], window: int,
                  clip: float, scale: np.ndarray, initial_equity: np.ndarray, margin_rate: np.ndarray):
         if not (isinstance(window, (int, np.integer)) and window >= 1):
             raise ValueError(f"window must be a whole number of steps, at least 1, not {window!r}")
-        if not (clip > 0 and np.isfinite(clip)):
-            raise ValueError(f"clip must be a positive finite number, not {clip!r}")
+        if not (_real(clip) and 0 < clip <= FLOAT32_MAX):
+            raise ValueError(f"clip must be a number above 0 and at most {FLOAT32_MAX:g} (the largest float32: "
+                             f"the observation is float32), not {clip!r}")
         k, f = len(instruments), len(features)
         self.window, self.clip = int(window), float(clip)
         self.row_names = ([f"{i}.{name}" for i in instruments for name in features]
@@ -145,12 +210,7 @@ def _events(policy: CompiledPolicy, data) -> Events:
     """The data as events with an `intent` column of NaN (no action)."""
     columns = policy.columns
     if isinstance(data, Events):
-        if data.vals.ndim != 2 or data.vals.shape[1] != len(columns):
-            raise ValueError(f"the events have {data.vals.shape[1:]} value columns; `{policy.name}` reads "
-                             f"{len(columns)}: {', '.join(columns)}")
-        if len(data) and np.any(data.kind != L.MARKET):
-            raise ValueError("the events must all be market events (layout.MARKET): the environment makes the intents")
-        events = Events(data.ts.copy(), data.kind.copy(), data.inst.copy(), data.vals.copy())
+        events = check_events(policy, data)
     else:
         if isinstance(data, (str, Path)):
             if len(policy.instruments) > 1:
@@ -174,6 +234,58 @@ def _events(policy: CompiledPolicy, data) -> Events:
     if len(np.unique(events.ts)) < 2:
         raise ValueError("the data has fewer than two distinct timestamps: nothing to step through")
     return events
+
+
+def check_events(policy: CompiledPolicy, events: Events) -> Events:
+    """A copy of `events` (int64 ts, int8 kind, int32 inst, float64 vals) with its intent
+    column NaN, checked as the data loader checks a file (`policyc.runtime.data`): market
+    events only, one value column per `policy.columns`, instrument indices of the policy,
+    timestamps (ns) that never go back (equal ones are fine), prices (`close`, `price`,
+    `bid`, ...) positive and finite, `qty` and `volume` numbers, and every value at most
+    `layout.MAX_MAGNITUDE` in magnitude (a model input may be NaN: no value). Raises
+    ValueError naming the first bad event, its column and value."""
+    columns = policy.columns
+    ts, kind, inst, vals = (np.asarray(a) for a in (events.ts, events.kind, events.inst, events.vals))
+    n = len(ts)
+    if vals.ndim != 2 or vals.shape[1] != len(columns):
+        raise ValueError(f"the events have {vals.shape[1:]} value columns; `{policy.name}` reads "
+                         f"{len(columns)}: {', '.join(columns)}")
+    if ts.ndim != 1 or not (len(kind) == len(inst) == len(vals) == n):
+        raise ValueError(f"the events' columns differ in length: ts {ts.shape}, kind {kind.shape}, inst {inst.shape}, "
+                         f"vals {vals.shape}")
+    for name, a in (("ts", ts), ("kind", kind), ("inst", inst)):
+        if a.dtype.kind not in "iu":
+            raise ValueError(f"the events' `{name}` must be whole numbers, not of dtype {a.dtype}")
+    if n and np.any(kind != L.MARKET):
+        raise ValueError("the events must all be market events (layout.MARKET): the environment makes the intents")
+    k = len(policy.instruments)
+    bad = np.flatnonzero((inst < 0) | (inst >= k))
+    if len(bad):
+        raise ValueError(f"event {bad[0]}: instrument index {inst[bad[0]]} is not one of `{policy.name}`'s "
+                         f"0..{k - 1} ({', '.join(policy.instruments)})")
+    back = np.flatnonzero(np.diff(ts) < 0)
+    if len(back):
+        e = back[0] + 1
+        raise ValueError(f"event {e}: timestamp {ts[e]} ns is earlier than the event before ({ts[e - 1]} ns); "
+                         "the events must be sorted by time (equal timestamps are fine)")
+    vals = np.array(vals, dtype=np.float64)
+    for c, name in enumerate(columns):
+        if name == INTENT:
+            continue
+        v = vals[:, c]
+        if name in PRICE_FIELDS:
+            bad, rule = np.flatnonzero(~((v > 0) & (v < np.inf))), "prices must be positive and finite"
+        elif name in ("qty", "volume"):
+            bad, rule = np.flatnonzero(np.isnan(v)), "market data must be numbers"
+        else:
+            bad = np.array([], np.int64)
+        if not len(bad):
+            bad, rule = np.flatnonzero(np.abs(v) > L.MAX_MAGNITUDE), f"values must be at most {L.MAX_MAGNITUDE:g} " \
+                                                                     "in magnitude"
+        if len(bad):
+            raise ValueError(f"event {bad[0]}: `{name}` is {v[bad[0]]:g}; {rule}")
+    vals[:, columns.index(INTENT)] = np.nan
+    return Events(np.array(ts, np.int64), np.array(kind, np.int8), np.array(inst, np.int32), vals)
 
 
 def _prepare(policy: CompiledPolicy, data, pad: int | None = None) -> _Data:
@@ -231,7 +343,8 @@ class _Core:
             raise ValueError(f"episode_steps must be a whole number of steps, at least 1, or None, not {episode_steps!r}")
         self.episode_steps, self.random_start = episode_steps, bool(random_start)
 
-        settings = [{**p.checked.account, **(account or {})} for p in policies]
+        account = check_account(account)
+        settings = [{**p.checked.account, **account} for p in policies]
         self.initial = np.array([s["initial_equity"] for s in settings])
         self.sessions = [p.session(mode, account) for p in policies]
         self.fresh = [(s.acct.copy(), s.pstate.copy(), s.fs.copy()) for s in self.sessions]
@@ -261,6 +374,8 @@ class _Core:
             raise ValueError(f"action must be `box` or `discrete`, not {action!r}")
         if not (reward in REWARDS or callable(reward)):
             raise ValueError(f"reward must be one of {', '.join(REWARDS)} or a callable, not {reward!r}")
+        if not (_real(drawdown_penalty) and 0 <= drawdown_penalty < np.inf):
+            raise ValueError(f"drawdown_penalty must be a finite number, 0 or more, not {drawdown_penalty!r}")
         self.reward, self.drawdown_penalty = reward, float(drawdown_penalty)
 
         self.observer = Observer(n_envs, self.instruments, chosen, window, clip, self.scale, self.initial,
@@ -359,7 +474,8 @@ class _Core:
         self.targets[i] = np.nan
         self._prev[i] = self.acct[i, self._counted]
         self._prev_exposure[i] = self.pstate[i, :, L.P_POS] + self.pstate[i, :, L.P_OPEN]
-        self._prev_drawdown[i] = 0.0
+        # the warm-up's own rules may have traded: the first step's rise is from here
+        self._prev_drawdown[i] = 1.0 - self.acct[i, L.A_EQUITY] / self.acct[i, L.A_PEAK]
 
     def ended(self) -> np.ndarray:
         """Per environment: its episode cannot go on (the data's last step, `episode_steps`
@@ -429,10 +545,10 @@ class _Core:
         if self.reward == "equity":
             r = out["pnl"]
         elif self.reward == "log":
-            with np.errstate(divide="ignore", invalid="ignore"):
-                r = np.log(np.maximum(equity, 1e-12 * self.initial) / prev)
+            r = reward_curve(equity, self.initial) - reward_curve(prev, self.initial)
         elif self.reward == "drawdown":
-            r = out["pnl"] / prev - self.drawdown_penalty * np.maximum(0.0, out["drawdown"] - self._prev_drawdown)
+            r = (out["pnl"] / np.maximum(prev, REWARD_FLOOR * self.initial)
+                 - self.drawdown_penalty * np.maximum(0.0, out["drawdown"] - self._prev_drawdown))
         else:
             r = np.array([float(self.reward(self.info_of(out, i))) for i in range(len(equity))])
         self._prev_drawdown[:] = out["drawdown"]
@@ -487,18 +603,22 @@ class PolicyEnv(gymnasium.Env):
       `levels` (targets in units), `Discrete(len(levels))`, or `MultiDiscrete` with several
       instruments.
     - observation: `features` (names; default all of the policy's), `window` (rows, default
-      1), `clip` (bound of the `Box`, default 1e6); the layout is `Observer`'s, and
+      1), `clip` (bound of the `Box`, default 1e6, at most the largest float32); the layout is `Observer`'s, and
       `observation_names` names each value.
-    - `reward`: `equity` (default), `log`, `drawdown` (with `drawdown_penalty`, default 1),
-      or a callable taking the step's info dict and returning a float.
+    - `reward`: `equity` (default), `log`, `drawdown` (with `drawdown_penalty`, default 1,
+      0 or more), or a callable taking the step's info dict and returning a float; the
+      built-in ones are defined at `REWARDS`.
     - episodes: `warmup` (steps fed before the first observation, intents NaN; default the
       policy's longest window + 1), `episode_steps` (None: to the end of the data),
       `random_start` (default True: `reset(seed=...)` starts at a random step; the start
       can also be given as `reset(options={"start": step})`).
     - `mode`: `next` (default; an order fills at its instrument's next market event's
       price, as `policyc backtest`) or `same` (at the deciding event's price).
-    - `account`: overrides of `initial_equity`, `margin_rate`, `fees_bps`, `slippage_bps`.
+    - `account`: overrides of `initial_equity` (money), `margin_rate` (fraction),
+      `fees_bps`, `slippage_bps` (basis points), checked as `policyc backtest` checks
+      `--initial-equity`, `--fees-bps`, `--slippage-bps` (`check_account`).
     - `shield`: False runs `unshielded(policy)`: no risk section at all.
+    - `render_mode`: None, the only mode (the environment renders nothing).
 
     A step is one timestamp of the data: every market event dated then. An instrument's
     target goes into the `intent` of its next market event (normally in this step), which
@@ -514,14 +634,19 @@ class PolicyEnv(gymnasium.Env):
     terminated when the kill switch halts the account and truncated at the end of the
     data (or after `episode_steps`).
 
-    Raises ValueError for a policy without an `intent` input, unknown feature or option
-    values, unusable data (`policyc.runtime.data.DataError` for a file), and, from
+    Raises TypeError for an unknown option; ValueError for a policy without an `intent`
+    input, an unknown feature, a bad option value (an account override its key's bounds
+    refuse, a `clip` above the largest float32, a `render_mode` other than None), unusable
+    `Events` (`check_events`; `policyc.runtime.data.DataError` for a file), and, from
     `step`, for an action outside the action space (shape, NaN, range).
     """
 
     metadata = {"render_modes": []}
 
-    def __init__(self, policy: CompiledPolicy | str | Path, data, *, shield: bool = True, **options):
+    def __init__(self, policy: CompiledPolicy | str | Path, data, *, shield: bool = True,
+                 render_mode: str | None = None, **options):
+        check_render_mode(render_mode)
+        self.render_mode = None
         unknown = [k for k in options if k not in _OPTIONS]
         if unknown:
             raise TypeError(f"unknown option `{unknown[0]}`; "
@@ -601,7 +726,10 @@ class PolicyVectorEnv(VectorEnv):
 
     metadata = {"autoreset_mode": AutoresetMode.NEXT_STEP, "render_modes": []}
 
-    def __init__(self, policies: Sequence[CompiledPolicy], data: Sequence, *, shield: bool = True, **options):
+    def __init__(self, policies: Sequence[CompiledPolicy], data: Sequence, *, shield: bool = True,
+                 render_mode: str | None = None, **options):
+        check_render_mode(render_mode)
+        self.render_mode = None
         unknown = [k for k in options if k not in _OPTIONS]
         if unknown:
             raise TypeError(f"unknown option `{unknown[0]}`; "

@@ -2,20 +2,32 @@
 and `run` as processes, a model token and an operator token. The sync and asyncio clients
 send targets and get decisions with their reasons, read the status, are refused with a
 wrong token or role, refuse bad targets before sending, and reconnect with back-off when
-`run` is stopped and started again on the same ports."""
+`run` is stopped and started again on the same ports. One client shared by threads or
+tasks gives each call its own answer over one connection per port. Against small fake
+runtimes: a call that gets no answer ends at its deadline, a decision lacking fields is a
+ClientError, and a close with code 1008 after the runtime has answered is a policy
+violation, not a refused credential."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 import secrets
 import signal
+import socket
 import subprocess
+import threading
 import time
 
+import numpy as np
+import orjson
 import pytest
+from websockets.protocol import State
+from websockets.sync.server import serve
 
+import policyc.client
 from loopback import FAILSAFE_S, HOST, ORCL_DATA, free_port, policyc_command, wait_port
-from policyc.client import AsyncClient, AuthError, Client, Refused, Unreachable
+from policyc.client import AsyncClient, AuthError, Client, ClientError, PolicyViolation, Refused, Unreachable
 
 MODEL, OPERATOR = secrets.token_hex(16), secrets.token_hex(16)
 #: A model alone sets the target: no rules, so every order is the model's, within the limits.
@@ -163,3 +175,152 @@ def test_async_client_against_the_same_runtime(stack):
     assert (down.desired_target, down.order_qty, down.approved_target) == (-30.0, -60.0, -20.0)
     assert down.reasons == ("max_order_qty:clipped",) and down.overruled
     assert status["positions"]["ORCL"] + status["open_orders"]["ORCL"] == -20.0
+
+
+def _recording(monkeypatch, name: str) -> list:
+    """Record every connection `policyc.client` opens through its `name` (sync_connect or
+    async_connect)."""
+    opened, real = [], getattr(policyc.client, name)
+
+    def sync_connect(*args, **kwargs):
+        opened.append(real(*args, **kwargs))
+        return opened[-1]
+
+    async def async_connect(*args, **kwargs):
+        opened.append(await real(*args, **kwargs))
+        return opened[-1]
+
+    monkeypatch.setattr(policyc.client, name, sync_connect if name == "sync_connect" else async_connect)
+    return opened
+
+
+def test_one_client_shared_by_threads_and_tasks_gives_each_call_its_answer(stack, monkeypatch):
+    url, control = f"ws://{HOST}:{stack.intents}", f"ws://{HOST}:{stack.control}"
+    opened = _recording(monkeypatch, "sync_connect")
+    client = Client(url, MODEL, timeout=FAILSAFE_S)
+    results: dict[int, list] = {0: [], 1: []}
+
+    def model(k: int) -> None:
+        for n in range(100):
+            target = (1 if k == 0 else -1) * (n % 90 + 1)
+            try:
+                results[k].append((target, client.intent("ORCL", target)))
+            except Exception as exc:  # noqa: BLE001  (the assertion below shows it)
+                results[k].append((target, exc))
+
+    threads = [threading.Thread(target=model, args=(k,)) for k in (0, 1)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(FAILSAFE_S)
+    for k in (0, 1):
+        assert len(results[k]) == 100
+        for target, d in results[k]:
+            assert not isinstance(d, Exception), d
+            assert d.desired_target == target
+    assert len(opened) == 1 and client.reconnects == 0
+    client.close()
+    assert opened[0].state is State.CLOSED
+
+    opened = _recording(monkeypatch, "async_connect")
+
+    async def main():
+        client = AsyncClient(url, MODEL, control=control, control_token=OPERATOR, timeout=FAILSAFE_S)
+        statuses = await asyncio.gather(*(client.status() for _ in range(5)))  # a fresh client: none open yet
+        targets = [n - 10 for n in range(20)]
+        decisions = await asyncio.gather(*(client.intent("ORCL", t) for t in targets))
+        assert [d.desired_target for d in decisions] == targets
+        assert all(s["type"] == "status" for s in statuses)
+        assert len(opened) == 2 and client.reconnects == 0  # one per port
+        await client.close()
+        assert all(c.state is State.CLOSED for c in opened)
+
+    asyncio.run(main())
+
+
+@contextlib.contextmanager
+def _fake_runtime(handler):
+    """A WebSocket server on loopback running `handler(ws)` per connection; yields its URL."""
+    server = serve(handler, HOST, 0)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"ws://{HOST}:{server.socket.getsockname()[1]}"
+    finally:
+        server.shutdown()
+        thread.join(FAILSAFE_S)
+
+
+def test_a_runtime_that_never_answers_is_given_up_on_at_the_deadline():
+    def silent(ws):
+        for _ in ws:  # reads every message, answers none
+            pass
+
+    with socket.socket() as mute, _fake_runtime(silent) as url:
+        mute.bind((HOST, 0))
+        mute.listen()  # the kernel completes TCP connections; nothing ever speaks WebSocket
+        for where in (url, f"ws://{HOST}:{mute.getsockname()[1]}"):
+            client = Client(where, MODEL, deadline_s=0.5)  # the default timeout of 10 s per answer
+            began = time.monotonic()
+            with pytest.raises(Unreachable, match="within the deadline of 0.5 s"):
+                client.intent("ORCL", 1)
+            assert time.monotonic() - began < 5.0
+            client.close()
+
+        async def main():
+            client = AsyncClient(url, MODEL, deadline_s=0.5)
+            began = time.monotonic()
+            with pytest.raises(Unreachable, match="within the deadline of 0.5 s"):
+                await client.intent("ORCL", 1)
+            assert time.monotonic() - began < 5.0
+            await client.close()
+
+        asyncio.run(main())
+    with pytest.raises(ValueError, match="deadline_s must be"):
+        Client(url, MODEL, deadline_s=math.inf)
+
+
+def _decision_answer(msg: dict) -> dict:
+    return {"type": "decision", "id": msg["id"], "instrument": msg["instrument"], "desired_target": msg["target"],
+            "approved_target": msg["target"], "order_qty": msg["target"], "reasons": [], "policy_hash": "0" * 64}
+
+
+def test_bad_answers_a_later_1008_and_array_targets_give_clear_errors():
+    def runtime(ws):
+        if ws.request.headers.get("Authorization") != f"Bearer {MODEL}":
+            ws.close(1008, "wrong or missing token")
+            return
+        for frame in ws:
+            msg = orjson.loads(frame)
+            if msg["target"] == 1:
+                ws.send(orjson.dumps(_decision_answer(msg)).decode())
+            elif msg["target"] == 2:  # a decision lacking two fields
+                answer = _decision_answer(msg)
+                del answer["approved_target"], answer["reasons"]
+                ws.send(orjson.dumps(answer).decode())
+            else:
+                ws.close(1008, "over the message limit")
+
+    with _fake_runtime(runtime) as url:
+        with Client(url, MODEL) as client:
+            assert client.intent("ORCL", 1).approved_target == 1.0
+            with pytest.raises(ClientError, match="lacks `approved_target`, `reasons`"):
+                client.intent("ORCL", 2)
+            with pytest.raises(PolicyViolation, match=r"policy violation \(code 1008\): over the message limit"):
+                client.intent("ORCL", 3)
+            for bad in (np.array([500.0]), np.array(5.0), "5", None):
+                with pytest.raises(ValueError, match="target must be a number"):
+                    client.intent("ORCL", bad)
+            assert client.intent("ORCL", np.float32(1)).desired_target == 1.0
+        with pytest.raises(AuthError, match="wrong or missing token"):
+            Client(url, OPERATOR).intent("ORCL", 1)
+
+        async def main():
+            async with AsyncClient(url, MODEL) as client:
+                assert (await client.intent("ORCL", 1)).order_qty == 1.0
+                with pytest.raises(PolicyViolation):
+                    await client.intent("ORCL", 3)
+            with pytest.raises(AuthError):
+                await AsyncClient(url, OPERATOR).intent("ORCL", 1)
+
+        asyncio.run(main())

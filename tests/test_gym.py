@@ -2,7 +2,9 @@
 environment is `policyc backtest` of those actions as an `intent` column; under random
 and adversarial actions no risk limit is ever exceeded and the info's shield statistics
 add up to what the kernel did; the vector environment steps as its sub-environments do
-alone; bad actions and options give clear errors. The agents are a few lines of NumPy."""
+alone; the built-in rewards stay finite, with the sign of the P&L, when equity goes
+negative; bad actions, options, account overrides and `Events` give clear errors. The
+agents are a few lines of NumPy."""
 from __future__ import annotations
 
 import csv
@@ -20,9 +22,10 @@ from hypothesis import strategies as st
 
 from loopback import ORCL_DATA, policyc_command
 from policyc.compiler import layout as L
-from policyc.compiler.build import compile_policy
+from policyc.compiler.build import Events, compile_policy
 from policyc.compiler.semantics import NS_PER_DAY
-from policyc.gym import PolicyEnv, PolicyVectorEnv, make_vector
+from policyc.dsl.risk_keys import ACCOUNT_KEYS
+from policyc.gym import REWARD_FLOOR, PolicyEnv, PolicyVectorEnv, make_vector, reward_curve
 from policyc.runtime.backtest import run_backtest
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -254,3 +257,100 @@ def test_bad_actions_and_options_give_clear_errors(guard, tmp_path):
         PolicyEnv(plain, ORCL_DATA)
     with pytest.raises(ValueError, match="not an instrument"):
         PolicyEnv(guard, {"ORCX": ORCL_DATA})
+
+
+# ---- rewards --------------------------------------------------------------------------
+@pytest.mark.parametrize("reward", ["log", "drawdown"])
+def test_rewards_are_finite_with_the_sign_of_the_pnl_through_negative_equity(reward):
+    env = PolicyEnv(GUARD, ORCL_DATA, shield=False, max_target=200_000, reward=reward, random_start=False)
+    env.reset(options={"start": 1500})
+    initial = env.policy.checked.account["initial_equity"]
+    rewards, pnl, equity = [], [], []
+    for k in range(600):  # +1 and -1 in blocks of 50: 200,000 units of ORCL on 100,000 of equity
+        _, r, terminated, truncated, info = env.step(np.array([1.0 if (k // 50) % 2 == 0 else -1.0], np.float32))
+        rewards.append(r), pnl.append(info["pnl"]), equity.append(info["equity"])
+        assert not (terminated or truncated)
+    rewards, pnl, equity = map(np.array, (rewards, pnl, equity))
+    prev = equity - pnl
+    assert (equity < 0).sum() > 100 and np.any((prev <= 0) & (pnl > 0)) and np.any((prev > 0) & (equity < 0))
+    assert np.all(np.isfinite(rewards))
+    np.testing.assert_array_equal(np.sign(rewards), np.sign(pnl))
+    above = (prev >= REWARD_FLOOR * initial) & (equity >= REWARD_FLOOR * initial)
+    assert above.sum() > 10
+    if reward == "log":  # the log return wherever both equities are above the floor
+        np.testing.assert_allclose(rewards[above], np.log(equity[above] / prev[above]), rtol=1e-9, atol=1e-12)
+        np.testing.assert_allclose(rewards, reward_curve(equity, initial) - reward_curve(prev, initial))
+    else:  # simple return over max(previous equity, the floor), less the penalty on a rise in drawdown
+        np.testing.assert_array_equal(rewards[pnl > 0], (pnl / np.maximum(prev, REWARD_FLOOR * initial))[pnl > 0])
+
+
+def test_reward_curve_is_the_log_above_the_floor_and_its_tangent_below():
+    x = np.array([-3.0, -0.5, 0.0, 0.005, 0.01, 0.5, 1.0, 2.0]) * 1000.0
+    y = reward_curve(x, 1000.0)
+    np.testing.assert_allclose(y[4:], np.log(x[4:] / 1000.0))
+    np.testing.assert_allclose(y[:4], np.log(0.01) + (x[:4] / 1000.0 - 0.01) / 0.01)
+    assert np.all(np.diff(y) > 0) and np.all(np.isfinite(y))
+
+
+# ---- options and data ------------------------------------------------------------------
+def test_account_overrides_are_checked_as_the_cli_checks_them(guard):
+    for account, key in [({"fees_bps": -500}, "fees_bps"), ({"initial_equity": float("nan")}, "initial_equity"),
+                         ({"slippage_bps": float("inf")}, "slippage_bps"), ({"initial_equity": 0}, "initial_equity"),
+                         ({"initial_equity": -5}, "initial_equity"), ({"margin_rate": 0}, "margin_rate"),
+                         ({"fees_bps": 10_001}, "fees_bps")]:
+        with pytest.raises(ValueError, match=f"account `{key}` must be {ACCOUNT_KEYS[key].rule}, not"):
+            PolicyEnv(guard, ORCL_DATA, account=account)
+    with pytest.raises(ValueError, match="`fee_bps` is not an account setting; did you mean `fees_bps`"):
+        PolicyEnv(guard, ORCL_DATA, account={"fee_bps": 2})
+    for value in ("2", True, None):
+        with pytest.raises(ValueError, match="account `fees_bps` must be"):
+            PolicyEnv(guard, ORCL_DATA, account={"fees_bps": value})
+    with pytest.raises(ValueError, match="account must be a dict"):
+        PolicyEnv(guard, ORCL_DATA, account=[("fees_bps", 2)])
+    env = PolicyEnv(guard, ORCL_DATA, account={"fees_bps": np.float64(0), "initial_equity": 5000, "slippage_bps": 0})
+    _, info = env.reset(seed=0)
+    assert env.session.acct[L.A_EQUITY] == 5000.0
+    with pytest.raises(ValueError, match="drawdown_penalty must be"):
+        PolicyEnv(guard, ORCL_DATA, reward="drawdown", drawdown_penalty=-1)
+
+
+@pytest.mark.filterwarnings("ignore:.*render_mode.*:UserWarning")  # gymnasium's own, before the env refuses it
+def test_render_mode_and_clip_are_checked_by_the_env(guard):
+    env = gymnasium.make("policyc/Policy-v0", policy=guard, data=ORCL_DATA, render_mode=None)
+    assert env.unwrapped.render_mode is None
+    with pytest.raises(ValueError, match="render_mode 'human' is not supported.*supported render modes: none"):
+        gymnasium.make("policyc/Policy-v0", policy=guard, data=ORCL_DATA, render_mode="human", disable_env_checker=True)
+    with pytest.raises(ValueError, match="render_mode 'rgb_array' is not supported"):
+        make_vector(guard, ORCL_DATA, 2, render_mode="rgb_array")
+    for clip in (1e39, np.inf, 0, "5"):
+        with pytest.raises(ValueError, match="clip must be a number above 0 and at most 3.40282e\\+38"):
+            PolicyEnv(guard, ORCL_DATA, clip=clip)
+    assert PolicyEnv(guard, ORCL_DATA, clip=3e38).observation_space.high[0] == np.float32(3e38)
+
+
+def test_events_given_as_data_are_checked_as_files_are(guard):
+    day = NS_PER_DAY
+    good = Events.market(np.arange(5) * day, np.column_stack([np.full(5, 10.0), np.full(5, 10.0), np.zeros(5)]))
+    env = PolicyEnv(guard, good, warmup=0, random_start=False)
+    env.reset()
+    assert np.isnan(env.events.vals[:, 2]).all()  # the intent column is the environment's
+
+    def events(ts=None, close=None, inst=None) -> Events:
+        e = Events.market(np.arange(5) * day, np.full((5, 3), 10.0))
+        if ts is not None:
+            e.ts[:] = ts
+        if close is not None:
+            e.vals[2, 1] = close
+        if inst is not None:
+            e.inst[3] = inst
+        return e
+
+    for data, message in [(events(ts=[0, 2 * day, day, 3 * day, 4 * day]), "event 2: timestamp .* is earlier"),
+                          (events(close=0.0), "event 2: `close` is 0; prices must be positive and finite"),
+                          (events(close=-1.0), "event 2: `close` is -1; prices must be positive"),
+                          (events(close=np.nan), "event 2: `close` is nan; prices must be positive"),
+                          (events(close=1e300), "event 2: `close` is 1e\\+300; values must be at most 1e\\+15"),
+                          (events(inst=1), "event 3: instrument index 1 is not one of")]:
+        with pytest.raises(ValueError, match=message):
+            PolicyEnv(guard, data)
+    PolicyEnv(guard, events(ts=[0, day, day, 2 * day, 3 * day]), warmup=0)  # equal timestamps are fine
