@@ -22,6 +22,7 @@ from .hashing import COMPILER_VERSION, toolchain_versions
 from .ir import Program
 from .lower import lower
 from .passes import optimise
+from .sessions import NO_CLOCK, Clock, clock_of
 
 
 @dataclass
@@ -32,6 +33,9 @@ class Events:
     kind: np.ndarray    # int8, layout.MARKET / INTENT / ...
     inst: np.ndarray    # int32 instrument index
     vals: np.ndarray    # float64 [n, n_columns]
+    #: float64 [n, layout.BAR_WIDTH]: each market event's open, high and low when the data
+    #: has bars (prices; NaN where a row has none), else None
+    bars: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.ts)
@@ -59,6 +63,7 @@ class RunResult:
 ORDER_ROWS_PER_EVENTS = 8  # a backtest's first order buffer: one row per this many events
 ORDER_GROWTH = 4           # a full order buffer is replaced by one this many times larger
 _UNUSED_EQUITY, _UNUSED_TRACE = np.zeros(1), np.zeros((1, 1))  # the kernel writes neither when trace_on is 0
+_NO_BARS = np.zeros((0, L.BAR_WIDTH))
 
 
 @dataclass
@@ -73,6 +78,7 @@ class Session:
     acct: np.ndarray
     orders: np.ndarray
     n_orders: int = 0
+    latency_ns: int = 0  # of layout.FILL_LATENCY: an order fills at the first event this long after its decision
     _bound_arrays: tuple | None = field(default=None, repr=False)
 
     def feed(self, events: Events, equity_out=None, trace=None, start: int = 0, stop: int | None = None) -> None:
@@ -86,10 +92,12 @@ class Session:
         n = len(events) if stop is None else stop
         params, windows, offsets = self._bound()
         while True:
+            clock = NO_CLOCK if pol.clock is None else pol.clock.columns(events.ts[start:n])
             start, self.n_orders = pol.kernel.run(
-                events.ts, events.kind, events.inst, events.vals, start, n, params, windows,
+                events.ts, events.kind, events.inst, events.vals, clock,
+                _NO_BARS if events.bars is None else events.bars, start, n, params, windows,
                 offsets, self.config, self.fs, self.pstate, self.acct, self.orders, self.n_orders,
-                self.mode, eq, tr, trace_on)
+                self.mode, self.latency_ns, eq, tr, trace_on)
             if start >= n:
                 break
             self._grow_orders(len(self.orders) * ORDER_GROWTH)
@@ -163,6 +171,11 @@ class CompiledPolicy:
         return L.reason_names(self.program)
 
     @property
+    def clock(self) -> Clock | None:
+        """The policy's calendar and time zone, or None: days are UTC days."""
+        return clock_of(self.program.clock)
+
+    @property
     def param_vector(self) -> np.ndarray:
         return L.param_vector(self.program, self.params)
 
@@ -179,17 +192,18 @@ class CompiledPolicy:
         return CompiledPolicy(result.checked, program, self.source, self.kernel_path, self.kernel,
                               result.policy_hash, result.build_hash, dict(result.checked.params))
 
-    def session(self, mode: int = L.FILL_NEXT, account: dict | None = None) -> Session:
+    def session(self, mode: int = L.FILL_NEXT, account: dict | None = None, latency_ns: int = 0) -> Session:
+        """A fresh session: `mode` a layout fill mode, `latency_ns` the delay of FILL_LATENCY (ns)."""
         settings = {**self.checked.account, **(account or {})}
         acct, pstate = L.initial_account(len(self.instruments), len(self.program.custom), settings)
         fs = np.zeros((len(self.instruments), self.state.width))
         config = L.config_vector(self.checked.risk, settings)
-        return Session(self, mode, config, fs, pstate, acct, np.empty((1024, L.ORDER_WIDTH)))
+        return Session(self, mode, config, fs, pstate, acct, np.empty((1024, L.ORDER_WIDTH)), latency_ns=latency_ns)
 
     def run(self, events: Events, mode: int = L.FILL_NEXT, *, record_equity: bool = True,
-            trace: bool = False) -> RunResult:
+            trace: bool = False, latency_ns: int = 0) -> RunResult:
         """Run a whole batch from a fresh account (a backtest in one call)."""
-        s = self.session(mode)
+        s = self.session(mode, latency_ns=latency_ns)
         s.reserve_orders(len(events))
         equity = np.empty(len(events)) if record_equity else None
         tr = np.full((len(events), L.TRACE_FIXED + len(self.program.features)), np.nan) if trace else None

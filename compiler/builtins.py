@@ -62,7 +62,13 @@ FUNCTIONS: dict[str, Signature] = {
     "is_nan": Signature(("num",), BOOL),
     "hour": Signature(("time",), NUM), "minute_of_day": Signature(("time",), NUM),
     "day_of_week": Signature(("time",), NUM),
+    "in_session": Signature((), BOOL, doc="the event is inside its session: open <= ts < close, not in a break"),
+    "minutes_since_open": Signature((), NUM, doc="whole minutes from the session's open to the event"),
+    "minutes_to_close": Signature((), NUM, doc="whole minutes from the event to the session's close"),
 }
+
+#: Functions of the event's trading session: they need the policy's `calendar` or `timezone`.
+SESSION_FUNCTIONS = ("in_session", "minutes_since_open", "minutes_to_close")
 
 #: Every name a policy may not define for itself.
 RESERVED = set(MARKET_FIELDS) | set(STATE_VALUES) | {TIMESTAMP} | set(FUNCTIONS) | {

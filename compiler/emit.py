@@ -23,6 +23,7 @@ from .builtins import BOOL
 from .check import CheckedPolicy
 from .ir import Program
 from .semantics import NS_PER_DAY, NS_PER_HOUR, NS_PER_MINUTE
+from .sessions import CLOCK_WIDTH, K_CLOSE, K_DAY, K_IN, K_OFFSET, K_OPEN
 
 def _state_expr(name: str, P, A, gross: str) -> str:
     """A state value (spec section 3) as kernel source."""
@@ -72,8 +73,12 @@ class _StateNames:
 
 _UNARY_NUMPY = {"log": "np.log", "exp": "np.exp", "sqrt": "np.sqrt", "sign": "np.sign", "floor": "np.floor",
                 "ceil": "np.ceil"}
-_TIME = {"hour": f"float((t // {NS_PER_HOUR}) % 24)", "minute_of_day": f"float((t // {NS_PER_MINUTE}) % 1440)",
-         "day_of_week": f"float((t // {NS_PER_DAY} + 3) % 7)"}
+_TIME = {"hour": f"float(({{}} // {NS_PER_HOUR}) % 24)", "minute_of_day": f"float(({{}} // {NS_PER_MINUTE}) % 1440)",
+         "day_of_week": f"float(({{}} // {NS_PER_DAY} + 3) % 7)"}
+# the session functions, from the event's clock row (compiler/sessions.py)
+_SESSION = {"in_session": f"clock[e - start, {K_IN}] != 0",
+            "minutes_since_open": f"float((t - clock[e - start, {K_OPEN}]) // {NS_PER_MINUTE})",
+            "minutes_to_close": f"float((clock[e - start, {K_CLOSE}] - t) // {NS_PER_MINUTE})"}
 
 
 @lru_cache(maxsize=1)
@@ -120,7 +125,7 @@ class _Emitter:
 
     def name(self, j: int) -> str:
         op = self.p.ops[j]
-        return "t" if op.kind == "ts" else f"v{j}"
+        return "t" if op.kind == "ts" and self.p.clock is None else f"v{j}"
 
     def k_expr(self, spec: tuple) -> str:
         if spec[0] == "const":
@@ -164,8 +169,10 @@ class _Emitter:
         v = self.name(j)
         a = [self.name(x) for x in op.args]
         k = op.kind
-        if k == "ts":
-            return ""
+        if k == "ts":  # with a clock, the time functions read wall-clock time in the policy's zone
+            return "" if self.p.clock is None else f"{v} = t + clock[e - start, {K_OFFSET}]"
+        if k == "session":
+            return f"{v} = {_SESSION[op.attr[0]]}"
         if k == "const":
             return f"{v} = {_literal(op.attr[0])}"
         if k == "param":
@@ -231,7 +238,7 @@ class _Emitter:
         if fn == "is_nan":
             return f"{a[0]} != {a[0]}"
         if fn in _TIME:
-            return _TIME[fn]
+            return _TIME[fn].format(a[0])
         raise AssertionError(fn)
 
     def slot_extent(self, n: int) -> SimpleNamespace:
@@ -288,6 +295,9 @@ class _Emitter:
             features=[as_float(j) for j in p.features.values()],
             HELD_EPSILON=repr(L.HELD_EPSILON), TRACE_FIXED=L.TRACE_FIXED, MARKET=L.MARKET, INTENT=L.INTENT, DECIDE=L.DECIDE, FILL=L.FILL,
             REJECT=L.REJECT, HALT=L.HALT, RESUME=L.RESUME, FILL_SAME=L.FILL_SAME, FILL_NEXT=L.FILL_NEXT,
+            FILL_NEXT_OPEN=L.FILL_NEXT_OPEN, FILL_LATENCY=L.FILL_LATENCY, BAR_WIDTH=L.BAR_WIDTH,
+            BAR=SimpleNamespace(OPEN=L.BAR_OPEN, HIGH=L.BAR_HIGH, LOW=L.BAR_LOW),
+            clock=p.clock is not None, K_DAY=K_DAY, CLOCK_WIDTH=CLOCK_WIDTH,
         )
 
 
@@ -363,11 +373,11 @@ def emit(program: Program, checked: CheckedPolicy) -> str:
 @lru_cache(maxsize=1)
 def _generator_digest() -> str:
     """Everything that shapes generated source besides the policy: the templates, this
-    module, the state layout (its column numbers are written into the kernel) and the
-    table of risk keys it is built from (config slots and reason bits)."""
+    module, the state layout and the clock's columns (their numbers are written into the
+    kernel) and the table of risk keys it is built from (config slots and reason bits)."""
     here = Path(__file__).parent
     files = [*sorted((here / "templates").glob("*.j2")), here / "emit.py", here / "layout.py",
-             Path(risk_keys.__file__)]
+             here / "sessions.py", Path(risk_keys.__file__)]
     return hashlib.sha256(b"".join(f.read_bytes() for f in files)).hexdigest()
 
 

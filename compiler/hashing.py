@@ -20,7 +20,7 @@ def canonical_form(checked: CheckedPolicy) -> dict:
     """The policy's meaning with params bound: formatting, comments, key order of maps
     and redundant parentheses do not appear in it; rule order does."""
     p = checked.parsed
-    return {
+    form = {
         "language": LANGUAGE_VERSION,
         "policy": p.name,
         "version": p.version,
@@ -33,6 +33,11 @@ def canonical_form(checked: CheckedPolicy) -> dict:
         "custom": [[r.name, canonical(r.when), r.action] for r in p.custom],
         "account": {k: checked.account[k] for k in sorted(checked.account)},
     }
+    # only when named, so the hash of a policy on UTC days is what it was before these keys
+    for key in ("calendar", "timezone"):
+        if getattr(p, key) is not None:
+            form[key] = getattr(p, key).name
+    return form
 
 
 def _digest(obj) -> str:

@@ -13,6 +13,7 @@ from fractions import Fraction
 from . import layout as L
 from .ir import Program, resolve_int
 from .semantics import NAN, NS_PER_DAY, PURE_FUNCTIONS, TIME_FUNCTIONS, arith, compare
+from .sessions import K_DAY, K_OFFSET, clock_of, session_value
 
 
 # ---- stateful functions, following TA-Lib's arithmetic step for step -----------------
@@ -246,6 +247,7 @@ class Order:
     desired: float
     reasons: int
     exit: bool
+    ts: int = 0              # the decision's time, ns
     fill_event: int = -1
     fill_price: float = NAN
     fee: float = NAN
@@ -291,13 +293,16 @@ class Interpreter:
     """Runs a program over events exactly as the spec says (sections 3 to 7)."""
 
     def __init__(self, program: Program, params: dict, risk: dict, account: dict, n_instruments: int,
-                 mode: int = L.FILL_NEXT):
+                 mode: int = L.FILL_NEXT, latency_ns: int = 0):
         self.p = program
+        self.latency_ns = latency_ns  # FILL_LATENCY: an order fills at the first event this long after its decision
         self.param_values = [params[name] for name in program.params]
         self.risk, self.account_cfg, self.mode = risk, account, mode
         self.acct = Account(cash=account["initial_equity"], peak=account["initial_equity"],
                             equity=account["initial_equity"], day_open=account["initial_equity"])
         self.books = [self._new_book() for _ in range(n_instruments)]
+        self.clock = clock_of(program.clock)
+        self.clock_row = None  # the current event's row of Clock.columns, with a clock
         self.orders: list[Order] = []
         self.trace: list[dict] = []
         self.equity_curve: list[float] = []
@@ -328,8 +333,10 @@ class Interpreter:
                 v = float(row[op.attr[0]])
             elif k == "state":
                 v = self.state_value(op.attr[0], b)
-            elif k == "ts":
-                v = ts
+            elif k == "ts":  # the time functions read wall-clock time in the policy's zone
+                v = ts if self.clock_row is None else ts + int(self.clock_row[K_OFFSET])
+            elif k == "session":
+                v = session_value(op.attr[0], ts, self.clock_row)
             elif k == "neg":
                 v = -a[0]
             elif k == "not":
@@ -421,25 +428,29 @@ class Interpreter:
         self.fill(b, order.qty, fill_price, fee, price)
 
     def roll_day(self, ts: int):
-        """A later UTC day resets the day counters; an earlier one (time going backwards)
-        does not."""
+        """A later day resets the day counters; an earlier one (time going backwards)
+        does not. The day is the UTC day, or the trading day of the policy's clock."""
         a = self.acct
-        day = ts // NS_PER_DAY
+        day = ts // NS_PER_DAY if self.clock_row is None else int(self.clock_row[K_DAY])
         if a.day is None or day > a.day:
             a.day, a.orders_today, a.day_loss, a.day_open = day, 0, False, a.equity
 
     # -- the event loop --
-    def run(self, ts, kind, inst, vals):
+    def run(self, ts, kind, inst, vals, bars=None):
+        """`bars`: each event's open, high and low (layout.BAR_*), or None without bars."""
         for e in range(len(ts)):
-            self.step(e, int(ts[e]), int(kind[e]), int(inst[e]), vals[e])
+            self.step(e, int(ts[e]), int(kind[e]), int(inst[e]), vals[e], None if bars is None else bars[e])
         return self
 
-    def step(self, e: int, ts: int, kind: int, i: int, row):
+    def step(self, e: int, ts: int, kind: int, i: int, row, bar=None):
         b = self.books[i]
+        self.now = ts
+        if self.clock is not None:
+            self.clock_row = self.clock.columns([ts])[0]
         if kind == L.MARKET:
             price = float(row[0])
             if price > 0 and price != math.inf:
-                self.market(e, ts, i, b, row, price)
+                self.market(e, ts, i, b, row, price, bar)
         elif kind == L.INTENT:
             self.roll_day(ts)
             if math.isfinite(row[0]):
@@ -465,17 +476,37 @@ class Interpreter:
             self.acct.peak = self.acct.equity
         self.equity_curve.append(self.acct.equity)
 
-    def market(self, e: int, ts: int, i: int, b: Book, row, price: float):
+    def market(self, e: int, ts: int, i: int, b: Book, row, price: float, bar=None):
+        # the bar: the event's price alone without one; its high and low reach at least its
+        # open and its price, and a value that is no price is left out
+        low = high = open_ = price
+        if bar is not None:
+            if 0 < bar[L.BAR_OPEN] < math.inf:
+                open_ = float(bar[L.BAR_OPEN])
+            high, low = max(open_, price), min(open_, price)
+            if high < bar[L.BAR_HIGH] < math.inf:
+                high = float(bar[L.BAR_HIGH])
+            if 0 < bar[L.BAR_LOW] < low:
+                low = float(bar[L.BAR_LOW])
+        # waiting orders: at the open with next-open and latency, else at the price; with
+        # latency only those due (decided at least the latency before this event)
+        at = open_ if self.mode in (L.FILL_NEXT_OPEN, L.FILL_LATENCY) else price
         pending, b.pending = b.pending, []
         for order in pending:
-            self.simulated_fill(order, b, e, price)
+            if self.mode == L.FILL_LATENCY and order.ts + self.latency_ns > ts:
+                b.pending.append(order)
+            else:
+                self.simulated_fill(order, b, e, at)
+        in_bar = bar is not None and self.mode == L.FILL_NEXT_OPEN
+        stopped = self.exits_in_bar(e, i, b, open_, high, low) if in_bar else 0
         b.prev, b.last, b.last_ts = b.last, price, float(ts)
         self.mark()
         self.roll_day(ts)
+        self.acct.orders_today += stopped
         if b.position > 0:
-            b.best = max(b.best, price)
+            b.best = max(b.best, high if in_bar else price)
         elif b.position < 0:
-            b.best = min(b.best, price)
+            b.best = min(b.best, low if in_bar else price)
         values = self.evaluate(b, i, ts, row)
         if self.p.volatility is not None:
             b.volatility = values[self.p.volatility]
@@ -497,7 +528,7 @@ class Interpreter:
         bit = lambda code: 1 << L.R[code]
         price, desired, pos = b.last, b.desired, b.position
         q = b.position + b.open
-        seen = (e, desired, features, pos, q, a.equity)  # recorded as the decision saw them
+        seen = (e, desired, features, pos, q, a.equity, a.cash)  # recorded as the decision saw them
         reasons, target, exit_ = 0, desired, False
         if price != price:
             if desired != q:
@@ -648,11 +679,61 @@ class Interpreter:
         self.send(e, i, b, desired, q, order, reasons, exit_)
         return order, reasons
 
-    def order_limits(self, b: Book, order: float, reasons: int, target: float = 0.0) -> tuple[float, int]:
+    def exits_in_bar(self, e: int, i: int, b: Book, open_: float, high: float, low: float) -> int:
+        """Protective exits inside a bar (next-open with bars): the position held after the
+        open's fills exits at the open when it opened through a level, else at the first
+        level the bar reaches, the stop before the target when it reaches both. The exit
+        fills at once and locks as step 2 does. Returns the number of orders it sent."""
+        r, pos = self.risk, b.position
+        if b.lock != 0 or pos == 0:
+            return 0
+        long_ = pos > 0
+        side = 1.0 if long_ else -1.0
+        adverse = lambda x, level: x <= level if long_ else x >= level      # at or past a stop
+        favourable = lambda x, level: x >= level if long_ else x <= level   # at or past the target
+        # the stop nearest the price is the one a falling (rising) price reaches first;
+        # the stop loss wins a tie, as it is checked first
+        stops = []
+        if "stop_loss" in r:
+            stops.append(("stop_loss", b.entry * (1.0 - side * r["stop_loss"])))
+        if "trailing_stop" in r:
+            b.best = max(b.best, open_) if long_ else min(b.best, open_)
+            stops.append(("trailing_stop", b.best * (1.0 - side * r["trailing_stop"])))
+        stop = None
+        for key, level in stops:
+            if stop is None or (level - stop[1]) * side > 0:
+                stop = (key, level)
+        goal = ("take_profit", b.entry * (1.0 + side * r["take_profit"])) if "take_profit" in r else None
+        if stop is not None and adverse(open_, stop[1]):
+            key, fill = stop[0], open_
+        elif goal is not None and favourable(open_, goal[1]):
+            key, fill = goal[0], open_
+        elif stop is not None and adverse(low if long_ else high, stop[1]):
+            key, fill = stop
+        elif goal is not None and favourable(high if long_ else low, goal[1]):
+            key, fill = goal
+        else:
+            return 0
+        b.lock, b.lock_key = side, key
+        order, reasons = self.order_limits(b, -pos, 1 << L.EXITS[key].exit, price=fill, prev=b.last)
+        if order != 0 and not math.isfinite(abs(order) * fill):
+            order, reasons = 0.0, reasons | (1 << L.R["notional_invalid:blocked"])
+        if order == 0:
+            return 0
+        o = Order(e, i, order, fill, pos + b.open + order, b.desired, reasons, True)
+        self.orders.append(o)
+        b.open += order
+        self.simulated_fill(o, b, e, fill)
+        return 1
+
+    def order_limits(self, b: Book, order: float, reasons: int, target: float = 0.0, price: float | None = None,
+                     prev: float | None = None) -> tuple[float, int]:
         """Steps 8 and 9 on an order (units) toward `target`: lot rounding, min_order_qty
         (never for a target of 0: it closes everything), max_order_qty and
         max_order_notional, the collar: (order, reasons)."""
-        r, price = self.risk, b.last
+        r = self.risk
+        price = b.last if price is None else price
+        prev = b.prev if prev is None else prev
         bit = lambda code: 1 << L.R[code]
         lot = r.get("lot_size")
         if lot and order != 0:
@@ -674,7 +755,7 @@ class Interpreter:
             clipped = True
         if clipped and lot:
             order = _toward_zero(order / lot) * lot
-        if "price_collar" in r and order != 0 and b.prev == b.prev and abs(price - b.prev) > r["price_collar"] * b.prev:
+        if "price_collar" in r and order != 0 and prev == prev and abs(price - prev) > r["price_collar"] * prev:
             order = 0.0
             reasons |= bit("price_collar:blocked")
         return order, reasons
@@ -684,22 +765,23 @@ class Interpreter:
         quantity, and filled at once (--fill same) or at the next market event (--fill next)."""
         if order == 0:
             return
-        o = Order(e, i, order, b.last, q + order, desired, reasons, exit_)
+        o = Order(e, i, order, b.last, q + order, desired, reasons, exit_, self.now)
         self.orders.append(o)
         self.acct.orders_today += 1
         b.open += order
         if self.mode == L.FILL_SAME:
             self.simulated_fill(o, b, e, b.last)
             self.mark()
-        elif self.mode == L.FILL_NEXT:
+        elif self.mode in (L.FILL_NEXT, L.FILL_NEXT_OPEN, L.FILL_LATENCY):
             b.pending.append(o)
 
     def record(self, seen: tuple, order: float, reasons: int):
         """One trace row: `seen` is (event, desired, features, position, q, equity) as the
         decision began; order and reasons are those of all its orders."""
-        e, desired, features, pos, q, equity = seen
+        e, desired, features, pos, q, equity, cash = seen
         self.trace.append({"event": e, "desired": desired, "position": pos, "target": q + order,
-                           "order": order, "reasons": reasons, "equity": equity, "features": features})
+                           "order": order, "reasons": reasons, "equity": equity, "cash": cash,
+                           "features": features})
 
 
 def total(terms: list[float]) -> float:

@@ -61,6 +61,7 @@ class Program:
     params: list[str]                        # kernel param vector order
     columns: list[str]                       # event value columns: market fields, then inputs
     intent_column: int | None = None
+    clock: tuple[str | None, str | None] | None = None  # (calendar, timezone) when the policy names either
 
     def outputs(self) -> list[int]:
         out = list(self.features.values())
@@ -78,7 +79,7 @@ class Program:
             rules=[(mapping[w], mapping[t]) for w, t in self.rules],
             custom=[(n, a, mapping[w]) for n, a, w in self.custom],
             volatility=None if self.volatility is None else mapping[self.volatility],
-            params=self.params, columns=self.columns, intent_column=self.intent_column,
+            params=self.params, columns=self.columns, intent_column=self.intent_column, clock=self.clock,
         )
 
     def history_sources(self) -> dict[int, list[tuple]]:

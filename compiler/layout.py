@@ -29,8 +29,19 @@ EVENT_KINDS = ("market", "intent", "fill", "reject", "halt", "resume", "decide")
 MAX_MAGNITUDE = 1e15
 
 # ---- fill modes ----------------------------------------------------------------------
-FILL_NEXT, FILL_SAME, LIVE = range(3)
-FILL_MODES = {"next": FILL_NEXT, "same": FILL_SAME, "live": LIVE}
+#: How a backtest fills an order (docs/language.md section 8): at the instrument's next
+#: market event's price (FILL_NEXT), at once at the deciding event's price (FILL_SAME),
+#: at the next bar's open with protective exits inside each bar (FILL_NEXT_OPEN), or at
+#: the first market event at or after the decision time plus a latency (FILL_LATENCY);
+#: LIVE takes fills from a venue.
+FILL_NEXT, FILL_SAME, LIVE, FILL_NEXT_OPEN, FILL_LATENCY = range(5)
+FILL_MODES = {"next": FILL_NEXT, "same": FILL_SAME, "live": LIVE, "next-open": FILL_NEXT_OPEN,
+              "latency": FILL_LATENCY}
+
+# ---- bars (bars[event, column]): a market event's open, high and low ------------------
+BAR_OPEN, BAR_HIGH, BAR_LOW = range(3)
+BAR_WIDTH = 3
+BAR_FIELDS = ("open", "high", "low")
 
 # ---- per-instrument account and risk state (pstate[inst, column]) -------------------
 P_POS, P_OPEN, P_ENTRY, P_BEST, P_LAST, P_PREV, P_LAST_TS, P_DESIRED, P_LOCK, P_LOCK_CODE, \
@@ -77,8 +88,9 @@ O_EVENT, O_INST, O_QTY, O_PRICE, O_TARGET, O_DESIRED, O_REASONS, O_EXIT, O_FILL_
 ORDER_WIDTH = 11
 
 # ---- trace (trace[event, column]); named features follow ---------------------------
-T_DESIRED, T_POSITION, T_TARGET, T_ORDER, T_REASONS, T_EQUITY = range(6)
-TRACE_FIXED = 6
+#: T_EQUITY and T_CASH are the account's as the decision began (money).
+T_DESIRED, T_POSITION, T_TARGET, T_ORDER, T_REASONS, T_EQUITY, T_CASH = range(7)
+TRACE_FIXED = 7
 
 # ---- config: risk limits then account settings; NaN where a key is absent -----------
 CONFIG_KEYS = tuple(RISK_KEYS) + tuple(ACCOUNT_KEYS)

@@ -10,7 +10,7 @@ from policyc.dsl import expressions as ex
 from policyc.dsl.diagnostics import PolicyError, error
 from policyc.dsl.risk_keys import RISK_KEYS
 
-from .builtins import BOOL, NUM, STATE_VALUES, TIME, TIMESTAMP
+from .builtins import BOOL, FUNCTIONS, NUM, SESSION_FUNCTIONS, STATE_VALUES, TIME, TIMESTAMP
 from .check import CheckedPolicy
 from .ir import Op, Program
 
@@ -140,6 +140,8 @@ class _Lowerer:
             return self.emit("and", (now, then), (), BOOL, s)
         if f == "bars_since":
             return self.emit("bars_since", (self.lower(node.args[0]),), (), NUM, s)
+        if f in SESSION_FUNCTIONS:  # read from the event's clock row, not computed from arguments
+            return self.emit("session", (), (f,), FUNCTIONS[f].result, s)
         args = [self.lower(a) for a in node.args]
         return self.emit("call", args, (f,), BOOL if f == "is_nan" else NUM, s)
 
@@ -166,4 +168,8 @@ def lower(checked: CheckedPolicy) -> Program:
         ret = lw.emit("arith", (ratio, lw.const(1.0)), ("-",))
         volatility = lw.emit("moving", (ret,), ("stdev", window))
     intent = lw.columns.index("intent") if "intent" in lw.columns else None
-    return Program(lw.ops, dict(lw.feature_ops), rules, custom, volatility, lw.params, lw.columns, intent)
+    parsed = checked.parsed
+    clock = None
+    if parsed.calendar is not None or parsed.timezone is not None:
+        clock = (parsed.calendar and parsed.calendar.name, parsed.timezone and parsed.timezone.name)
+    return Program(lw.ops, dict(lw.feature_ops), rules, custom, volatility, lw.params, lw.columns, intent, clock)

@@ -37,6 +37,7 @@ CODES = {
     "E208": "features depend on each other in a cycle with no lookback",
     "E209": "a risk or account value must be a constant",
     "E210": "signals empty without an intent input",
+    "E211": "a session function in a policy with no `calendar` or `timezone`",
     "E301": "bad parameter override",
     "W001": "policy has no risk section",
     "W002": "feature is never used",

@@ -46,6 +46,7 @@ SHAPES = {
         "params": (("mapping", "scalar"), {}), "features": (("mapping", "scalar"), {}),
         "signals": (("list", "SignalModel"), REQUIRED), "risk": (("optional", "RiskModel"), None),
         "account": (("optional", "AccountModel"), None),
+        "calendar": (("optional", "text"), None), "timezone": (("optional", "text"), None),
     },
     "SignalModel": {"when": ("scalar", REQUIRED), "target": ("scalar", REQUIRED)},
     "CustomRuleModel": {"name": ("text", REQUIRED), "when": ("scalar", REQUIRED),
@@ -189,6 +190,8 @@ class ParsedPolicy:
     account: dict[str, ValueDecl]
     warnings: list[Diagnostic] = field(default_factory=list)
     name_span: Span | None = None
+    calendar: Named | None = None    # an exchange calendar's name (`XNYS`), checked by the checker
+    timezone: Named | None = None    # an IANA time zone (`Europe/Berlin`), checked by the checker
 
 
 def load_policy(path: str | Path, display_name: str | None = None) -> ParsedPolicy:
@@ -518,6 +521,8 @@ class _Builder:
             instruments=instruments, inputs=inputs, params=params, features=features, signals=signals,
             risk=risk, custom=custom, account=account, warnings=self.warnings,
             name_span=self.span(("policy",)),
+            calendar=None if m.calendar is None else Named(m.calendar, self.span(("calendar",))),
+            timezone=None if m.timezone is None else Named(m.timezone, self.span(("timezone",))),
         )
 
     def unique_names(self, key: str, values: list[str], pattern, what: str) -> list[Named]:

@@ -213,7 +213,7 @@ def _add_format(p: argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from policyc.runtime.live.audit import DEFAULT_FSYNC, FSYNC_MODES
+    from policyc.runtime.live import DEFAULT_FSYNC, FSYNC_MODES
 
     parser = _Parser(prog="policyc", description="Compile, check and run trading policies.")
     parser.add_argument("--version", action=_Version,
@@ -255,6 +255,7 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--jobs", type=_count, default=os.cpu_count() or 1, metavar="N")
     w.add_argument("--sort", default="sharpe", metavar="METRIC")
     w.add_argument("--out", type=_output_file, metavar="FILE", help="CSV of every combination, best first")
+    _add_format(w)
     r = sub.add_parser("run", help="trade a policy live: feed in, orders out")
     r.add_argument("file", type=_policy_file, metavar="FILE")
     r.add_argument("--feed", required=True, type=_ws_url, metavar="URL")
@@ -656,11 +657,49 @@ def _add_data(p: argparse.ArgumentParser):
     p.add_argument("--skip-bad-rows", action="store_true", help="skip bad rows and report them, instead of stopping")
     p.add_argument("--from", dest="start", type=_date_bound(end=False), metavar="DATE")
     p.add_argument("--to", dest="end", type=_date_bound(end=True), metavar="DATE")
+    p.add_argument("--tz", type=_zone, metavar="ZONE",
+                   help="read timestamps without a zone in this IANA zone, e.g. America/New_York (default: the "
+                        "policy's timezone or calendar's, else UTC)")
+
+
+def _zone(text: str) -> str:
+    """A --tz value: an IANA time zone name."""
+    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+    try:
+        ZoneInfo(text)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a time zone (an IANA name such as Europe/Berlin)") from None
+    return text
+
+
+_FILL_NAMES = ("next-open", "next", "same")
+
+
+def _fill(text: str) -> tuple[str, int]:
+    """A --fill value: `next-open`, `next`, `same` or `latency=DURATION` (`50ms`, `2s`, as
+    a policy writes a duration) -> (fill mode name, latency in ns)."""
+    from decimal import Decimal
+
+    from policyc.dsl.expressions import DURATION_SECONDS
+
+    t = text.strip()
+    if t in _FILL_NAMES:
+        return t, 0
+    m = re.fullmatch(r"latency=(\d+(?:\.\d+)?)(ms|s|m|h|d)", t)
+    if m is None:
+        raise argparse.ArgumentTypeError(_unknown("value", t, (*_FILL_NAMES, "latency=50ms")))
+    ns = Decimal(m[1]) * Decimal(str(DURATION_SECONDS[m[2]])) * 10**9
+    if ns >= 2**62:
+        raise argparse.ArgumentTypeError(f"latency {m[1]}{m[2]} is too long")
+    return "latency", int(ns.to_integral_value())
 
 
 def _add_account(p: argparse.ArgumentParser):
-    p.add_argument("--fill", choices=("next", "same"), default="next",
-                   help="fill at the next event's price (default) or this event's")
+    p.add_argument("--fill", type=_fill, metavar="MODEL",
+                   help="next-open: at the next bar's open (the default when the data has `open`); next: at the "
+                        "next event's price (the default otherwise); same: at this event's price; "
+                        "latency=DURATION: at the first event at or after the decision plus DURATION")
     p.add_argument("--fees-bps", type=float, metavar="X")
     p.add_argument("--slippage-bps", type=float, metavar="X")
     p.add_argument("--initial-equity", type=float, metavar="X")
@@ -817,12 +856,11 @@ def cmd_explain(args, parser) -> int:
 
 
 def cmd_backtest(args, parser) -> int:
-    from policyc.runtime.backtest import (format_summary, load_events, run_backtest, skipped_rows_warnings, summary,
-                                          write_orders, write_trace)
+    from policyc.runtime.backtest import (fill_mode, format_summary, load_events, run_backtest, skipped_rows_warnings,
+                                          summary, write_orders, write_trace)
     from policyc.runtime.data import DataError
 
     from policyc.compiler.build import compile_checked
-    from policyc.compiler.layout import FILL_MODES
 
     _check_run_options(args, parser, ("--orders", "--trace", "--report"))
     try:
@@ -841,12 +879,15 @@ def cmd_backtest(args, parser) -> int:
         return 1
 
     compiled = compile_checked(result, on_compile=_say)
+    name, latency_ns = args.fill or (None, 0)
     try:
-        events, tables = load_events(compiled, args.data, args.skip_bad_rows, args.start, args.end, args.date_format)
+        events, tables = load_events(compiled, args.data, args.skip_bad_rows, args.start, args.end, args.date_format,
+                                     bars=name in (None, "next-open", "latency"), zone=args.tz)
+        mode = fill_mode(name, events)
     except DataError as exc:
         return fail(exc)
-    bt = run_backtest(compiled, events, FILL_MODES[args.fill], account, trace=bool(args.trace),
-                      record_equity=bool(args.report))
+    bt = run_backtest(compiled, events, mode, account, trace=bool(args.trace), record_equity=bool(args.report),
+                      latency_ns=latency_ns)
     bt.data_files = [t.path for t in tables]
     for t in tables:
         for kind, count in t.skipped.items():
@@ -879,7 +920,7 @@ def cmd_backtest(args, parser) -> int:
 
 def cmd_sweep(args, parser) -> int:
     from policyc.runtime.data import DataError
-    from policyc.runtime.sweep import parse_grid, run_sweep, write_sweep
+    from policyc.runtime.sweep import format_sweep, parse_grid, run_sweep, sweep_json, write_sweep
 
     from policyc.runtime.sweep import LOWER_IS_BETTER, METRICS
 
@@ -907,8 +948,10 @@ def cmd_sweep(args, parser) -> int:
     rows.sort(key=lambda r: (r[args.sort] is None, sign * (r[args.sort] or 0.0)))
     if args.out:
         _write(args.out, lambda path: write_sweep(rows, path))
+    elif args.format == "json":
+        print(sweep_json(rows))
     else:
-        write_sweep(rows, None)
+        print(format_sweep(rows))
     return 0
 
 

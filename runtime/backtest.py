@@ -118,10 +118,15 @@ def time_bound(text: str, end: bool = False) -> int:
 
 def load_events(policy: CompiledPolicy, data: list[tuple[str | None, str]], skip_bad_rows: bool = False,
                 start_ns: int | None = None, end_ns: int | None = None,
-                date_format: str | None = None) -> tuple[Events, list[Table]]:
+                date_format: str | None = None, bars: bool = False,
+                zone: str | None = None) -> tuple[Events, list[Table]]:
     """Bind data files ((symbol or None, path) pairs) to the policy's instruments and merge
-    them into one event stream; the other arguments are those of `load_table`. Raises
-    DataError for a file that cannot be used or that no instrument (or two) would take."""
+    them into one event stream; the other arguments are those of `load_table`, but that
+    naive timestamps are read in `zone`, by default the policy's (its `timezone`, or its
+    calendar's), UTC without either. With
+    `bars`, the events also carry each row's open, high and low (`Events.bars`) when the
+    files have them (a file without one of them leaves it NaN; none with `open`: no bars).
+    Raises DataError for a file that cannot be used or that no instrument (or two) would take."""
     instruments = policy.instruments
     symbols = [sym for sym, _ in data if sym is not None]
     twice = next((s for k, s in enumerate(symbols) if s in symbols[:k]), None)
@@ -140,8 +145,48 @@ def load_events(policy: CompiledPolicy, data: list[tuple[str | None, str]], skip
     missing = [s for s in instruments if s not in named]
     if missing:
         raise DataError(f"no --data for instrument `{missing[0]}`; give --data {missing[0]}=PATH")
-    tables = [load_table(named[s], policy.columns, skip_bad_rows, start_ns, end_ns, date_format) for s in instruments]
-    return merge(tables, policy.columns), tables
+    if zone is None and policy.clock is not None:
+        zone = policy.clock.zone
+    if not bars:
+        tables = [load_table(named[s], policy.columns, skip_bad_rows, start_ns, end_ns, date_format, zone)
+                  for s in instruments]
+        return merge(tables, policy.columns), tables
+    tables = [_load_with_bars(named[s], policy.columns, skip_bad_rows, start_ns, end_ns, date_format, zone)
+              for s in instruments]
+    events = merge(tables, policy.columns)
+    if any(L.BAR_FIELDS[L.BAR_OPEN] in t.columns for t in tables):
+        nan = [np.full(len(t), np.nan) for t in tables]
+        columns = [np.concatenate([t.columns.get(f, no) for t, no in zip(tables, nan)]) for f in L.BAR_FIELDS]
+        stacked = np.column_stack(columns)
+        if len(tables) > 1:  # in the order `merge` gives the events
+            stacked = stacked[np.argsort(np.concatenate([t.ts for t in tables]), kind="stable")]
+        events.bars = np.ascontiguousarray(stacked)
+    return events, tables
+
+
+def _load_with_bars(path: str, columns: list[str], *args) -> Table:
+    """`load_table(path, columns, *args)` with the bar fields (open, high, low) the file has
+    besides `columns`: a bar field the file lacks is left out, and tried no more."""
+    extra = [f for f in L.BAR_FIELDS if f not in columns]
+    while True:
+        try:
+            return load_table(path, columns + extra, *args)
+        except DataError as exc:
+            lacking = next((f for f in extra if f"`{f}`" in exc.detail and "no such column" in exc.detail), None)
+            if lacking is None:
+                raise
+            extra.remove(lacking)
+
+
+def fill_mode(name: str | None, events: Events) -> int:
+    """The layout fill mode of a `--fill` name (`next-open`, `next`, `same`, `latency`) for
+    `events`; None is the default: `next-open` when the events have bars, else `next`.
+    Raises DataError for `next-open` without bars."""
+    if name is None:
+        return L.FILL_NEXT_OPEN if events.bars is not None else L.FILL_NEXT
+    if name == "next-open" and events.bars is None:
+        raise DataError("--fill next-open needs bars: the data has no `open` column; use --fill next")
+    return L.FILL_MODES[name]
 
 
 def skipped_rows_warnings(tables: list[Table]) -> list[str]:
@@ -178,10 +223,12 @@ class _Progress:
 
 
 def run_backtest(policy: CompiledPolicy, events: Events, mode: int = L.FILL_NEXT, account: dict | None = None,
-                 trace: bool = False, progress: bool = True, record_equity: bool = True) -> BacktestResult:
-    """Run `events` through a fresh session of `policy`. `record_equity` keeps the equity
+                 trace: bool = False, progress: bool = True, record_equity: bool = True,
+                 latency_ns: int = 0) -> BacktestResult:
+    """Run `events` through a fresh session of `policy` in the fill `mode` (with
+    layout.FILL_LATENCY, orders wait `latency_ns` ns). `record_equity` keeps the equity
     after each event (8 bytes an event; a report's charts need it, the summary does not)."""
-    session = policy.session(mode, account)
+    session = policy.session(mode, account, latency_ns)
     n = len(events)
     session.reserve_orders(n)
     equity = np.empty(n) if record_equity else None
@@ -475,7 +522,8 @@ def write_trace(result: BacktestResult, path: str | Path) -> None:
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(["ts", "instrument", *features, "desired_target", "position", "order_qty", "reasons"])
+        w.writerow(["ts", "instrument", *features, "desired_target", "position", "order_qty", "equity", "cash",
+                    "reasons"])
         for e in range(len(ev)):
             row = tr[e]
             if row[L.T_DESIRED] != row[L.T_DESIRED]:
@@ -484,34 +532,40 @@ def write_trace(result: BacktestResult, path: str | Path) -> None:
                 _iso(ev.ts[e]), names[int(ev.inst[e])],
                 *(f"{v:.10g}" for v in row[L.TRACE_FIXED:]),
                 f"{row[L.T_DESIRED]:g}", f"{row[L.T_POSITION]:g}", f"{row[L.T_ORDER]:g}",
+                repr(float(row[L.T_EQUITY])), repr(float(row[L.T_CASH])),
                 ";".join(L.decode_reasons(row[L.T_REASONS], reasons)),
             ])
 
 
+_PERCENT_FIGURES = {"total_return", "max_drawdown", "win_rate", "exposure"}
+_MONEY_FIGURES = {"initial_equity", "final_equity", "fees"}
+
+
+def figure_text(key: str, v) -> str:
+    """A summary figure rounded for people: fractions as percentages to 0.01%, money to
+    the cent with thousands separators, other ratios to 3 decimals; `n/a` when undefined."""
+    if v is None:
+        return "n/a"
+    if key in _PERCENT_FIGURES:
+        return f"{v * 100:.2f}%"
+    if key in _MONEY_FIGURES:
+        return f"{v:,.2f}"
+    if key == "events_per_s":
+        return f"{v:,.0f}"
+    if key == "elapsed_s":
+        return f"{v * 1e3:.2f} ms"
+    if isinstance(v, float):
+        return f"{v:.3f}"
+    return str(v)
+
+
 def format_summary(s: dict) -> str:
     """The summary as an aligned two-column table."""
-    pct = {"total_return", "max_drawdown", "win_rate", "exposure"}
-    money = {"initial_equity", "final_equity", "fees"}
     rows = []
     for key in ("policy", "policy_hash", "build_hash", "start", "end", "events", "orders", "fills", "trades",
                 "initial_equity", "final_equity", "total_return", "max_drawdown", "sharpe", "sortino", "win_rate",
                 "profit_factor", "exposure", "fees", "elapsed_s", "events_per_s"):
-        v = s[key]
-        if v is None:
-            text = "n/a"
-        elif key in pct:
-            text = f"{v * 100:.2f}%"
-        elif key in money:
-            text = f"{v:,.2f}"
-        elif key == "events_per_s":
-            text = f"{v:,.0f}"
-        elif key == "elapsed_s":
-            text = f"{v * 1e3:.2f} ms"
-        elif isinstance(v, float):
-            text = f"{v:.3f}"
-        else:
-            text = str(v)
-        rows.append((key, text))
+        rows.append((key, figure_text(key, s[key])))
     if s["skipped_rows"]:
         rows.append(("skipped_rows", ", ".join(f"{k}: {v}" for k, v in s["skipped_rows"].items())))
     for code, count in sorted(s["reasons"].items()):

@@ -44,6 +44,7 @@ import numpy as np
 
 from policyc.compiler.build import Events
 from policyc.compiler.layout import MAX_MAGNITUDE
+from policyc.compiler.sessions import localize
 
 PRICE_FIELDS = ("price", "open", "high", "low", "close", "bid", "ask")
 _ALIASES = {"datetime": "datetime", "timestamp": "datetime", "date": "date", "time": "time",
@@ -100,12 +101,15 @@ def _canonical(name: str) -> str:
 
 
 def load_table(path: str | Path, wanted: list[str], skip_bad_rows: bool = False,
-               start_ns: int | None = None, end_ns: int | None = None, date_format: str | None = None) -> Table:
+               start_ns: int | None = None, end_ns: int | None = None, date_format: str | None = None,
+               zone: str | None = None) -> Table:
     """Read the timestamp and the `wanted` columns of one file; rows in [start_ns, end_ns]
     (ns since the epoch, UTC, both inclusive). `date_format` reads timestamps: a strptime
     format reads text (and integer columns, as their digits); a time zone in it (`%z`) is
-    converted to UTC, without one the time is UTC. `epoch`, `epoch-ms`, `epoch-us` or
-    `epoch-ns` reads numbers (text or numeric columns) as that unit since 1970.
+    converted to UTC. A timestamp without a zone or offset (naive) is wall-clock time in
+    `zone` (an IANA name, the policy's time zone), or UTC when `zone` is None; one with a
+    zone keeps it. `epoch`, `epoch-ms`, `epoch-us` or `epoch-ns` reads numbers (text or
+    numeric columns) as that unit since 1970, UTC by definition.
     Raises DataError naming the file (and line) when the file cannot be used."""
     p = Path(path)
     if p.is_dir():
@@ -120,7 +124,7 @@ def load_table(path: str | Path, wanted: list[str], skip_bad_rows: bool = False,
     else:
         raw = p.read_bytes()  # once: a FIFO cannot be read twice
         source = (_read_clean_csv(raw, wanted) if date_format is None else None) or _read_csv(p, raw)
-    return _build(str(path), source, wanted, skip_bad_rows, start_ns, end_ns, date_format)
+    return _build(str(path), source, wanted, skip_bad_rows, start_ns, end_ns, date_format, zone)
 
 
 @dataclass
@@ -133,6 +137,7 @@ class _Source:
     problems: dict           # row -> (kind, message) found while reading
     line_label: str = ""     # "" for text files (lines), "row " for binary ones
     delimiter: str = ","     # of a CSV file; how a comma in a number is read follows from it
+    zoned: frozenset = frozenset()  # columns of times that carried a zone (already UTC); the others are naive
 
 
 def _decode(p: Path, raw: bytes) -> str:
@@ -233,6 +238,7 @@ def _read_clean_csv(raw: bytes, wanted: list[str]) -> _Source | None:
         return None
     time_of_day = index["time"] if stamp_names == ("date", "time") else None
     columns: list = [None] * len(header)
+    zoned = set()
     try:
         for k, col in zip(used, table.columns):
             if k in numeric:
@@ -245,12 +251,15 @@ def _read_clean_csv(raw: bytes, wanted: list[str]) -> _Source | None:
             elif k != time_of_day and (pa.types.is_timestamp(col.type) or pa.types.is_date32(col.type)):
                 ns = pa.timestamp("ns", tz=getattr(col.type, "tz", None))
                 values = np.asarray(col.cast(ns).to_numpy(), "datetime64[ns]")
+                if ns.tz is not None:
+                    zoned.add(k)
             else:
                 return None
             columns[k] = values
     except pa.ArrowException:  # a date beyond datetime64[ns] (years 1678 to 2262): the slow path says which
         return None
-    return _Source(header, columns, np.arange(2, n + 2, dtype=np.int64), {}, delimiter=delimiter)
+    return _Source(header, columns, np.arange(2, n + 2, dtype=np.int64), {}, delimiter=delimiter,
+                   zoned=frozenset(zoned))
 
 
 _NS_PER = {"s": 1_000_000_000, "ms": 1_000_000, "us": 1_000, "ns": 1}
@@ -272,16 +281,18 @@ def _read_parquet(p: Path) -> _Source:
         table = pq.read_table(p)
     except (pa.ArrowInvalid, OSError) as exc:
         raise _error(p, f"not a readable Parquet file: {exc}") from None
-    columns = []
-    for name in table.column_names:
+    columns, zoned = [], set()
+    for k, name in enumerate(table.column_names):
         col = table.column(name)
         if pa.types.is_timestamp(col.type) or pa.types.is_date(col.type):
             # datetime64[ns] (UTC, nulls NaT): a time, whatever unit --date-format gives numbers
+            if getattr(col.type, "tz", None) is not None:
+                zoned.add(k)
             col = col.cast(pa.timestamp("ns", tz=getattr(col.type, "tz", None)))
             columns.append(np.asarray(col.to_numpy(zero_copy_only=False), "datetime64[ns]"))
         else:
             columns.append(col.to_numpy(zero_copy_only=False))
-    return _Source(table.column_names, columns, np.arange(table.num_rows), {}, "row ")
+    return _Source(table.column_names, columns, np.arange(table.num_rows), {}, "row ", zoned=frozenset(zoned))
 
 
 def _read_npz(p: Path, wanted: list[str]) -> _Source:
@@ -396,6 +407,25 @@ def _parse_iso(strings: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
             except ValueError:
                 out[k] = _NAT
     return out, out == _NAT
+
+
+_ISO_ZONED = re.compile(r"[T ].*(?:Z|[+-]\d\d(?::?\d\d)?)\Z")  # a time followed by `Z` or a UTC offset
+
+
+def _naive(values, date_format: str | None) -> np.ndarray:
+    """Which timestamps carry no zone or offset (as `_parse_times` reads them): ISO text
+    without `Z` or an offset, strptime text when the format has no `%z`, and datetimes
+    (a file's typed times with a zone are told apart by the caller). Numbers since 1970
+    are UTC by definition."""
+    arr = np.asarray(values)
+    if arr.dtype.kind == "M":
+        return np.ones(len(arr), bool)
+    epoch = date_format in EPOCH_FORMATS or arr.dtype.kind == "f" or (date_format is None and arr.dtype.kind in "iub")
+    if epoch:
+        return np.zeros(len(arr), bool)
+    if date_format is not None:
+        return np.full(len(arr), "%z" not in date_format)
+    return np.array([_ISO_ZONED.search(str(v).strip()) is None for v in arr], bool)
 
 
 def _strptime(text: str, date_format: str) -> int:
@@ -680,7 +710,8 @@ def _timestamp_values(path: str, src: _Source, index: dict, found: list[str]):
     return [f"{str(d).strip()} {str(t).strip()}" for d, t in zip(day, time)]
 
 
-def _build(path: str, src: _Source, wanted: list[str], skip_bad_rows: bool, start_ns, end_ns, date_format) -> Table:
+def _build(path: str, src: _Source, wanted: list[str], skip_bad_rows: bool, start_ns, end_ns, date_format,
+           zone: str | None) -> Table:
     index = _column_index(src.header)
     found = [str(h).strip() for h in src.header]
     n = len(src.lines)
@@ -701,6 +732,11 @@ def _build(path: str, src: _Source, wanted: list[str], skip_bad_rows: bool, star
 
     stamps = _timestamp_values(path, src, index, found)
     ts, bad_ts = _parse_times(stamps, date_format)
+    names = _timestamp_names(index)
+    if zone is not None and not (len(names) == 1 and index[names[0]] in src.zoned):
+        naive = _naive(stamps, date_format) & ~bad_ts
+        if naive.any():  # wall-clock times in the zone, before the order of the rows is checked
+            ts[naive] = localize(ts[naive], zone)
     raw = np.asarray(stamps)
     if raw.dtype.kind in "iuf" and date_format is None and n:
         problem = _unit_problem(raw, ts)

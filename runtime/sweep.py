@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import csv
 import itertools
+import json
 import multiprocessing
 import re
 import sys
@@ -15,11 +16,10 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
 
-from policyc.compiler import layout as L
 from policyc.compiler.build import compile_policy
 from policyc.dsl.diagnostics import PolicyError
 
-from .backtest import load_events, run_backtest, skipped_rows_warnings, summary
+from .backtest import figure_text, fill_mode, load_events, run_backtest, skipped_rows_warnings, summary
 
 METRICS = ("final_equity", "total_return", "max_drawdown", "sharpe", "sortino", "win_rate", "profit_factor",
            "exposure", "fees", "trades", "orders")
@@ -82,10 +82,12 @@ def parse_grid(specs: list[tuple[str, str]]) -> dict[str, list]:
 
 def _init(policy_path, data, account, args):
     base = compile_policy(policy_path, on_compile=lambda message: print(message, file=sys.stderr, flush=True))
-    events, tables = load_events(base, data, args.skip_bad_rows, args.start, args.end, args.date_format)
+    name, latency_ns = args.fill or (None, 0)
+    events, tables = load_events(base, data, args.skip_bad_rows, args.start, args.end, args.date_format,
+                                 bars=name in (None, "next-open", "latency"), zone=args.tz)
     for line in skipped_rows_warnings(tables):
         print(line, file=sys.stderr)
-    _STATE.update(base=base, events=events, account=account, mode=L.FILL_MODES[args.fill],
+    _STATE.update(base=base, events=events, account=account, mode=fill_mode(name, events), latency_ns=latency_ns,
                   files=[t.path for t in tables])
 
 
@@ -95,7 +97,7 @@ def _run_one(combo: dict) -> dict:
     except PolicyError as exc:  # sent back to the parent, which reports it
         return {"__diagnostics__": exc.diagnostics}
     result = run_backtest(policy, _STATE["events"], _STATE["mode"], _STATE["account"], progress=False,
-                          record_equity=False)
+                          record_equity=False, latency_ns=_STATE["latency_ns"])
     s = summary(result)
     row = {f"p.{k}": v for k, v in combo.items()}
     row.update({k: s[k] for k in METRICS})
@@ -106,7 +108,8 @@ def _run_one(combo: dict) -> dict:
 def run_sweep(policy_path, grid: dict, data, account, args, jobs: int = 1) -> list[dict]:
     """One summary row per combination of `grid`, in completion order. `args` carries the
     options of `policyc sweep` for loading and filling: `skip_bad_rows`, `start` and `end`
-    (ns, or None), `date_format` (or None) and `fill`. Raises DataError and PolicyError."""
+    (ns, or None), `date_format` (or None) and `fill` (None for the default, or a fill mode
+    name and its latency in ns). Raises DataError and PolicyError."""
     names = list(grid)
     combos = [dict(zip(names, values)) for values in itertools.product(*grid.values())]
     jobs = max(1, min(jobs, len(combos)))  # no more processes than combinations
@@ -148,6 +151,33 @@ def _progress(done: int, total: int, t0: float, tty: bool):
 def _cell(value):
     """A param value as it was written: `10`, not `10.0`."""
     return int(value) if isinstance(value, float) and value.is_integer() and abs(value) < 2**53 else value
+
+
+def format_sweep(rows: list[dict]) -> str:
+    """The rows as an aligned table for people: params as written, the metrics rounded as
+    the backtest summary rounds them, the policy hash shortened to 12 characters (the CSV
+    and `--format json` keep every digit)."""
+    if not rows:
+        return ""
+    keys = list(rows[0])
+
+    def text(key: str, value) -> str:
+        if key.startswith("p."):
+            return str(_cell(value))
+        if key == "policy_hash":
+            return value[:12]
+        return figure_text(key, value)
+
+    table = [keys] + [[text(k, row[k]) for k in keys] for row in rows]
+    widths = [max(len(r[j]) for r in table) for j in range(len(keys))]
+    return "\n".join("  ".join(cell.rjust(w) if j else cell.ljust(w)
+                                for j, (cell, w) in enumerate(zip(r, widths))).rstrip()
+                      for r in table)
+
+
+def sweep_json(rows: list[dict]) -> str:
+    """The rows as a JSON list, every figure at full precision (params as written)."""
+    return json.dumps([{k: _cell(v) if k.startswith("p.") else v for k, v in row.items()} for row in rows], indent=2)
 
 
 def write_sweep(rows: list[dict], path) -> None:

@@ -38,7 +38,7 @@ class InterpreterSession:
             if trace is not None and len(it.trace) > decided:
                 d = it.trace[-1]
                 trace[e, :L.TRACE_FIXED] = (d["desired"], d["position"], d["target"], d["order"], d["reasons"],
-                                            d["equity"])
+                                            d["equity"], d["cash"])
                 if d["features"] is not None:
                     trace[e, L.TRACE_FIXED:] = [float(v) for v in d["features"]]
             if equity_out is not None:

@@ -172,7 +172,7 @@ def test_independent_ema_crossover_with_stop_loss(capsys, tmp_path, ema_stop_fil
     # --- via the command line
     orders_csv = tmp_path / "orders.csv"
     code, out, err = cli(capsys, "backtest", ema_stop_file, "--data", ORCL, "--orders", orders_csv,
-                         "--format", "json")
+                         "--fill", "next", "--format", "json")  # the reference fills at the next close
     assert code == 0, err
     s = json.loads(out)
     with open(orders_csv, newline="") as f:
@@ -296,7 +296,8 @@ def test_independent_long_short_crossover_with_exits_that_meet_a_reversal(capsys
     decided = [o["decision"] for o in ref_orders]
     assert sum(decided.count(d) == 2 for d in set(decided)) > 10   # the data has stops on reversal bars
     orders_csv = tmp_path / "orders.csv"
-    code, out, err = cli(capsys, "backtest", path, "--data", ORCL, "--orders", orders_csv, "--format", "json")
+    code, out, err = cli(capsys, "backtest", path, "--data", ORCL, "--orders", orders_csv, "--fill", "next",
+                         "--format", "json")  # the reference fills at the next close
     assert code == 0, err
     s = json.loads(out)
     with open(orders_csv, newline="") as f:
@@ -619,11 +620,12 @@ def test_orders_and_trace_csv_formats(capsys, tmp_path, ema_stop_file):
 
     rows = list(csv.reader(trace.open()))
     assert rows[0] == ["ts", "instrument", "fast_ma", "slow_ma", "desired_target", "position", "order_qty",
-                       "reasons"]
+                       "equity", "cash", "reasons"]
     assert len(rows) == 1 + len(closes)
-    assert rows[1] == ["2024-01-01T00:00:00.000000000Z", "ORCL", "nan", "nan", "0", "0", "0", ""]
+    assert rows[1] == ["2024-01-01T00:00:00.000000000Z", "ORCL", "nan", "nan", "0", "0", "0", "100000.0", "100000.0",
+                       ""]
     assert rows[-1][:2] == ["2024-02-10T00:00:00.000000000Z", "ORCL"]
-    assert rows[-1][4:] == ["100", "0", "100", ""]
+    assert rows[-1][4:] == ["100", "0", "100", "100000.0", "100000.0", ""]
     fast, slow = _ema(closes, 12), _ema(closes, 26)
     assert rel_close(float(rows[-1][2]), fast[-1], 1e-9) and rel_close(float(rows[-1][3]), slow[-1], 1e-9)
     assert rows[12][2] != "nan" and rows[11][2] == "nan"   # the fast EMA starts on its 12th value

@@ -25,7 +25,7 @@ WANTED = ["price", "high", "volume"]
 def _outcome(path: Path, source, wanted):
     """The table _build makes of `source`, as plain values, or the error it raises."""
     try:
-        t = D._build(str(path), source, wanted, False, None, None, None)
+        t = D._build(str(path), source, wanted, False, None, None, None, None)
     except DataError as exc:
         return ("error", str(exc), exc.line, exc.detail)
     return ("table", t.ts.tolist(), t.lines.tolist(), {c: v.tolist() for c, v in t.columns.items()})

@@ -240,8 +240,9 @@ def test_parquet_and_npz_through_the_cli(capsys, files, tmp_path):
     pq.write_table(pa.table({"Date": pa.array(ts.astype("datetime64[ns]"), pa.timestamp("ns")),
                              "Close": closes}), tmp_path / "o.parquet")
     np.savez(tmp_path / "o.npz", ts=ts, close=closes)
+    # the same fills for all three: the CSV has `open`, the other two only the close
     _, csv_out, _ = cli(capsys, "backtest", files["closer"], "--data", DATA / "orcl-1995-2014.csv",
-                        "--format", "json")
+                        "--fill", "next", "--format", "json")
     for name in ("o.parquet", "o.npz"):
         code, out, err = cli(capsys, "backtest", files["closer"], "--data", tmp_path / name, "--format", "json")
         assert code == 0, err
@@ -869,3 +870,45 @@ def test_a_utf16_unicode_text_export_is_read(closer, tmp_path, encoding, bom):
     path.write_bytes(bom + text.encode(encoding))
     t = load_table(path, closer.columns, date_format="%d.%m.%Y")
     assert list(t.columns["close"]) == [2.117284, 2.135803, 2.2] and len(t) == 3
+
+
+# ---- naive timestamps in a time zone ---------------------------------------------------
+def _ns(text: str) -> int:
+    return int(np.datetime64(text, "ns").astype(np.int64))
+
+
+def test_naive_timestamps_are_read_in_the_zone_and_zoned_ones_keep_theirs(tmp_path):
+    # 2024-03-31 in Berlin: CET (UTC+1) before 02:00, CEST (UTC+2) after
+    path = tmp_path / "berlin.csv"
+    path.write_text("Datetime,Close\n2024-03-31T01:30:00,10\n2024-03-31 03:30:00,11\n"
+                    "2024-03-31T04:00:00Z,12\n2024-03-31T06:00:00+02:00,13\n")
+    table = load_table(path, ["close"], zone="Europe/Berlin")
+    assert table.ts.tolist() == [_ns("2024-03-31T00:30"), _ns("2024-03-31T01:30"), _ns("2024-03-31T04:00"),
+                                 _ns("2024-03-31T04:00")]
+    assert load_table(path, ["close"]).ts[0] == _ns("2024-03-31T01:30")  # no zone: UTC
+
+
+def test_a_strptime_format_reads_naive_text_in_the_zone(tmp_path):
+    path = tmp_path / "ny.csv"
+    path.write_text("Date,Close\n02/01/2024 09:30,10\n07/02/2024 09:30,11\n")
+    table = load_table(path, ["close"], date_format="%m/%d/%Y %H:%M", zone="America/New_York")
+    # EST (UTC-5) in February, EDT (UTC-4) in July
+    assert table.ts.tolist() == [_ns("2024-02-01T14:30"), _ns("2024-07-02T13:30")]
+
+
+def test_epoch_numbers_stay_utc_in_a_zone(tmp_path):
+    path = tmp_path / "epoch.csv"
+    path.write_text("ts,price\n1700000000,10\n")
+    table = load_table(path, ["price"], date_format="epoch", zone="Asia/Tokyo")
+    assert table.ts.tolist() == [1_700_000_000 * 10**9]
+
+
+def test_parquet_times_with_a_zone_keep_it_and_naive_ones_take_the_policys(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    stamps = [_ns("2024-01-15T10:00")]
+    for tz, want in ((None, _ns("2024-01-15T01:00")), ("UTC", stamps[0])):
+        path = tmp_path / f"t{tz}.parquet"
+        pq.write_table(pa.table({"ts": pa.array(stamps, pa.timestamp("ns", tz=tz)), "price": [1.0]}), path)
+        assert load_table(path, ["price"], zone="Asia/Tokyo").ts.tolist() == [want]

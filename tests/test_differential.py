@@ -39,7 +39,10 @@ RTOL = 1e-9
 T0 = 1_700_000_000_000_000_000          # 2023-11-14T22:13:20Z
 NS_S = 1_000_000_000
 NS_H = 3600 * NS_S
-MODES = {"next": L.FILL_NEXT, "same": L.FILL_SAME}
+#: Every backtest fill mode, with its latency (ns; FILL_LATENCY's is between the streams'
+#: sub-second and minute steps, so an order waits for some events and not for others).
+MODES = {"next": (L.FILL_NEXT, 0), "same": (L.FILL_SAME, 0), "next-open": (L.FILL_NEXT_OPEN, 0),
+         "latency=30s": (L.FILL_LATENCY, 30 * 1_000_000_000)}
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -69,16 +72,17 @@ def close(a, b, rtol=RTOL) -> bool:
     return abs(a - b) <= rtol * max(abs(a), abs(b))
 
 
-def run_both(cp, ev: Events, mode: int):
-    res = cp.run(ev, mode, trace=True)
-    it = Interpreter(cp.program, cp.params, cp.checked.risk, cp.checked.account, len(cp.instruments), mode)
-    it.run(ev.ts, ev.kind, ev.inst, ev.vals)
+def run_both(cp, ev: Events, mode: int, latency_ns: int = 0):
+    res = cp.run(ev, mode, trace=True, latency_ns=latency_ns)
+    it = Interpreter(cp.program, cp.params, cp.checked.risk, cp.checked.account, len(cp.instruments), mode,
+                     latency_ns)
+    it.run(ev.ts, ev.kind, ev.inst, ev.vals, ev.bars)
     return res, it
 
 
-def differences(cp, ev: Events, mode: int, limit: int = 12) -> list[str]:
+def differences(cp, ev: Events, mode: int, latency_ns: int = 0, limit: int = 12) -> list[str]:
     """Every way the kernel and the interpreter disagree on one stream (first `limit`)."""
-    res, it = run_both(cp, ev, mode)
+    res, it = run_both(cp, ev, mode, latency_ns)
     out: list[str] = []
     names = cp.reason_names
 
@@ -114,7 +118,7 @@ def differences(cp, ev: Events, mode: int, limit: int = 12) -> list[str]:
             bad.append(f"reasons {reasons(row[L.T_REASONS]) if row[L.T_REASONS] == row[L.T_REASONS] else 'NaN'}"
                        f" vs {reasons(d['reasons'])}")
         for what, col in (("position", L.T_POSITION), ("target", L.T_TARGET), ("order", L.T_ORDER),
-                          ("equity", L.T_EQUITY)):
+                          ("equity", L.T_EQUITY), ("cash", L.T_CASH)):
             if not close(row[col], d[what]):
                 bad.append(f"{what} {float(row[col])!r} vs {float(d[what])!r}")
         if d["features"] is not None:
@@ -137,8 +141,8 @@ def differences(cp, ev: Events, mode: int, limit: int = 12) -> list[str]:
 
 
 def assert_same(cp, ev: Events, context: str = ""):
-    for label, mode in MODES.items():
-        problems = differences(cp, ev, mode)
+    for label, (mode, latency_ns) in MODES.items():
+        problems = differences(cp, ev, mode, latency_ns)
         assert not problems, (f"kernel and interpreter disagree (fill {label}) {context}\n"
                               + "\n".join(problems) + "\n--- policy ---\n" + cp.checked.parsed.source.text)
 
@@ -418,8 +422,15 @@ def policies(draw) -> GenPolicy:
     custom = [(f"c{j}", bool_expr(draw, full, draw(st.integers(0, 2))), pick(draw, ACTIONS))
               for j in range(draw(st.integers(0, 2)))]
     account = {name: pick(draw, key.samples) for name, key in ACCOUNT_KEYS.items() if draw(st.booleans())}
+    # a clock moves the day counters' roll off UTC midnight, and gives the session functions
+    clock = pick(draw, [None, None, None, "calendar: XASX", "calendar: XNYS", "timezone: Europe/Berlin"])
+    if clock:
+        features[f"f{n_feat}"] = pick(draw, ["minutes_since_open() + hour(ts)", "minutes_to_close() - day_of_week(ts)",
+                                             "if in_session() then minute_of_day(ts) else -1"])
 
     lines = ["policy: gen", "version: 1", f"instruments: [{', '.join(['AAA', 'BBB'][:n_inst])}]"]
+    if clock:
+        lines.append(clock)
     if has_intent:
         lines.append("inputs: [intent]")
     lines.append("params:")
@@ -490,6 +501,7 @@ def make_events(spec: StreamSpec, columns: list[str], n_inst: int) -> Events:
                       p=[1 - p_intent - 3 * control, p_intent, control, 1.5 * control, 0.5 * control]).astype(np.int8)
     inst = rng.integers(0, n_inst, n).astype(np.int32)
     vals = np.full((n, len(columns)), np.nan)
+    bars = np.full((n, L.BAR_WIDTH), np.nan)  # open, high and low of every market event
     col = {c: j for j, c in enumerate(columns)}
     last = rng.uniform(20, 200, n_inst)
     for e in range(n):
@@ -520,11 +532,14 @@ def make_events(spec: StreamSpec, columns: list[str], n_inst: int) -> Events:
             row["intent"] = rng.choice([0.0, -0.0, 3.0, -7.0, 50.0, -250.0, 1000.0, -np.inf, rng.uniform(-100, 100)])
         for c, j in col.items():
             vals[e, j] = row.get(c, rng.uniform(-1, 1))
+        bars[e] = row["open"], row["high"], row["low"]
+        if spec.bad_p and e % 17 == 5:  # a bar value that is no price: the bar goes without it
+            bars[e, e % L.BAR_WIDTH] = (0.0, np.nan, np.inf)[e % 3]
         if rng.random() < spec.bad_p:
             vals[e, 0] = rng.choice([np.nan, 0.0, -1.0, np.inf, 1e308, 1.7e308, 5e-324, 1e-300])
         if rng.random() < spec.bad_p and len(columns) > 1:
             vals[e, rng.integers(1, len(columns))] = np.nan
-    return Events(ts, kind, inst, vals)
+    return Events(ts, kind, inst, vals, bars)
 
 
 def rebound_params(draw, gp: GenPolicy) -> dict:
@@ -924,8 +939,8 @@ def test_account_totals_are_exact_sums(seed):
     so its certified path is what is being compared."""
     cp = compile_policy(parse_policy_text(TOTALS))
     ev = totals_events(seed)
-    for mode in MODES.values():
-        res, it = run_both(cp, ev, mode)
+    for mode, latency_ns in MODES.values():
+        res, it = run_both(cp, ev, mode, latency_ns)
         assert np.array_equal(res.equity, np.array(it.equity_curve), equal_nan=True)
         for d in it.trace:
             if d["features"] is not None:   # a market event's decision

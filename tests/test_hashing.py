@@ -7,6 +7,7 @@ import pytest
 
 from policyc.compiler.frontend import check_text
 from policyc.compiler.hashing import build_hash
+from policyc.compiler.sessions import NO_CLOCK
 
 BASE = """\
 policy: h
@@ -122,7 +123,7 @@ def test_the_source_cache_key_covers_every_input_of_code_generation(tmp_path, mo
     assert one.source != two.source and one.feature_names == ["b"] and two.feature_names == ["a", "b"]
     assert len(list((tmp_path / "sources").iterdir())) == 2
     ev = Events.market(np.arange(3, dtype=np.int64), np.repeat([[99.0], [101.0], [102.0]], 2, axis=1))  # price, close
-    assert one.run(ev, trace=True).trace.shape == (3, 7) and two.run(ev, trace=True).trace.shape == (3, 8)
+    assert one.run(ev, trace=True).trace.shape == (3, 8) and two.run(ev, trace=True).trace.shape == (3, 9)
     assert [o[2] for o in one.run(ev).orders.tolist()] == [1.0]
 
 
@@ -150,7 +151,7 @@ def shapes():
 
 
 @pytest.mark.parametrize("spoil", ["nothing", "trace", "orders", "pstate", "acct", "fs", "vals", "inst", "equity",
-                                   "params"])
+                                   "params", "bars", "latency"])
 def test_the_kernel_refuses_buffers_of_another_shape(shapes, spoil):
     """A buffer of the wrong shape (another policy's, say) is a ValueError before the
     kernel runs, never a write out of bounds."""
@@ -165,7 +166,12 @@ def test_the_kernel_refuses_buffers_of_another_shape(shapes, spoil):
     trace = np.full((n, L.TRACE_FIXED + 1), np.nan)
     equity = np.empty(n)
     params, win, lay = s._bound()
-    if spoil == "trace":
+    bars, latency = np.zeros((0, L.BAR_WIDTH)), 0
+    if spoil == "bars":
+        bars = np.full((n - 1, L.BAR_WIDTH), 100.0)
+    elif spoil == "latency":
+        latency = -1
+    elif spoil == "trace":
         trace = np.full((n, L.TRACE_FIXED), np.nan)
     elif spoil == "orders":
         s.orders = np.empty((8, L.ORDER_WIDTH - 1))
@@ -184,5 +190,5 @@ def test_the_kernel_refuses_buffers_of_another_shape(shapes, spoil):
     elif spoil == "params":
         params = np.zeros(1)
     with pytest.raises(ValueError) if spoil != "nothing" else contextlib.nullcontext():
-        shapes.kernel.run(ev.ts, ev.kind, ev.inst, ev.vals, 0, n, params, win, lay, s.config, s.fs, s.pstate,
-                          s.acct, s.orders, 0, s.mode, equity, trace, 3)
+        shapes.kernel.run(ev.ts, ev.kind, ev.inst, ev.vals, NO_CLOCK, bars, 0, n, params, win, lay, s.config, s.fs,
+                          s.pstate, s.acct, s.orders, 0, s.mode, latency, equity, trace, 3)

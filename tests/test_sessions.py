@@ -1,0 +1,212 @@
+"""Trading days and sessions: a policy's `calendar` or `timezone` decides when its day
+counters roll and what the session functions return, in the kernel and the interpreter
+alike. The cases are worked by hand in the comments."""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from policyc.compiler import layout as L
+from policyc.compiler.build import Events, compile_checked
+from policyc.compiler.frontend import check_text
+from policyc.compiler.interpret import Interpreter
+from policyc.compiler.sessions import K_CLOSE, K_DAY, K_IN, K_OFFSET, K_OPEN, Clock
+from policyc.dsl.diagnostics import PolicyError
+
+
+def ns(text: str) -> int:
+    """ns since the epoch of a UTC time written as text."""
+    return pd.Timestamp(text, tz="UTC").value
+
+
+def epoch_day(text: str) -> int:
+    return (pd.Timestamp(text) - pd.Timestamp("1970-01-01")).days
+
+
+def compile_text(text: str):
+    return compile_checked(check_text(text, name="policy.yaml"))
+
+
+def policy(clock: str, risk: str, features: str = "") -> str:
+    return f"""policy: days
+version: 1
+{clock}
+instruments: [X]
+inputs: [intent]
+{features}
+signals: []
+risk:
+{risk}
+  max_position: 1000
+  max_order_qty: 1000
+account:
+  initial_equity: 10000
+"""
+
+
+def run_both(cp, times: list[str], prices: list[float], intents: list[float]):
+    """The kernel's run and the interpreter's, fill `same`, over market events with an intent."""
+    ev = Events.market(np.array([ns(t) for t in times]), np.column_stack([prices, intents]).astype(float))
+    res = cp.run(ev, L.FILL_SAME, trace=True)
+    it = Interpreter(cp.program, cp.params, cp.checked.risk, cp.checked.account, 1, L.FILL_SAME)
+    it.run(ev.ts, ev.kind, ev.inst, ev.vals)
+    kernel = [(int(o[L.O_EVENT]), float(o[L.O_QTY])) for o in res.orders]
+    reference = [(o.event, o.qty) for o in it.orders]
+    assert kernel == reference
+    return res, it
+
+
+# ---- the daily loss limit on an exchange calendar ------------------------------------
+# XASX (Sydney) in January runs on AEDT, UTC+11: the session of Monday 2024-01-15 opens
+# at 10:00 local = 2024-01-14 23:00 UTC and closes at 16:00 = 2024-01-15 05:00 UTC, so
+# UTC midnight falls inside it. The next session opens 2024-01-15 23:00 UTC.
+#
+#  e  time (UTC)         price intent  with XASX                         on UTC days
+#  0  01-14 23:30        100   100     day 01-15 opens at 10,000;        (UTC day 01-14)
+#                                      buy 100 at 100
+#  1  01-14 23:50         97   100     equity 9,700: loss 3% >= 2%,      same
+#                                      the day's limit trips
+#  2  01-15 00:10         97     0     reducing is allowed: sell 100     new UTC day, opens at
+#                                                                        9,700: sell 100
+#  3  01-15 00:30         97    50     same session: blocked             loss 0: buy 50
+#  4  01-15 06:00         97    50     after the close, still the        (held at 50)
+#                                      01-15 session: blocked
+#  5  01-15 23:05         97    50     session 01-16 opens at 9,700:     (held at 50)
+#                                      buy 50
+TIMES = ["2024-01-14 23:30", "2024-01-14 23:50", "2024-01-15 00:10", "2024-01-15 00:30",
+         "2024-01-15 06:00", "2024-01-15 23:05"]
+PRICES = [100.0, 97.0, 97.0, 97.0, 97.0, 97.0]
+INTENTS = [100.0, 100.0, 0.0, 50.0, 50.0, 50.0]
+LOSS = "  max_daily_loss: 2%"
+
+
+def test_daily_loss_resets_at_the_session_open_not_at_utc_midnight():
+    res, it = run_both(compile_text(policy("calendar: XASX", LOSS)), TIMES, PRICES, INTENTS)
+    assert [(int(o[L.O_EVENT]), o[L.O_QTY]) for o in res.orders] == [(0, 100.0), (2, -100.0), (5, 50.0)]
+    # the trace's reasons say why events 3 and 4 made no order (and that 1 to 4 were reduce-only)
+    bit = 1 << compile_text(policy("calendar: XASX", LOSS)).reason_names.index("max_daily_loss:blocked")
+    reasons = res.trace[:, L.T_REASONS].astype(np.int64)
+    assert [bool(r & bit) for r in reasons[3:]] == [True, True, False]
+
+
+def test_the_same_events_on_utc_days_reset_at_midnight():
+    res, _ = run_both(compile_text(policy("", LOSS)), TIMES, PRICES, INTENTS)
+    assert [(int(o[L.O_EVENT]), o[L.O_QTY]) for o in res.orders] == [(0, 100.0), (2, -100.0), (3, 50.0)]
+
+
+def test_clock_rows_of_the_asx_case():
+    rows = Clock("XASX", None).columns(np.array([ns(t) for t in TIMES]))
+    assert list(rows[:, K_DAY]) == [epoch_day("2024-01-15")] * 5 + [epoch_day("2024-01-16")]
+    assert list(rows[:, K_OPEN]) == [ns("2024-01-14 23:00")] * 5 + [ns("2024-01-15 23:00")]
+    assert list(rows[:, K_CLOSE]) == [ns("2024-01-15 05:00")] * 5 + [ns("2024-01-16 05:00")]
+    assert list(rows[:, K_IN]) == [1, 1, 1, 1, 0, 1]
+    assert set(rows[:, K_OFFSET]) == {11 * 3600 * 10**9}
+
+
+SESSION_FEATURES = """features:
+  since_open: minutes_since_open()
+  to_close: minutes_to_close()
+  open_now: if in_session() then 1 else 0
+  wall_hour: hour(ts)"""
+
+
+def test_session_functions_in_kernel_and_interpreter():
+    # e0 23:30 UTC is 10:30 AEDT: 30 minutes after the open, 330 before the close;
+    # e4 06:00 UTC is an hour after the close: outside the session, -60 minutes to it
+    cp = compile_text(policy("calendar: XASX", LOSS, SESSION_FEATURES))
+    res, it = run_both(cp, TIMES, PRICES, INTENTS)
+    traced = res.trace[:, L.TRACE_FIXED:]
+    assert traced[:, 0].tolist() == [30, 50, 70, 90, 420, 5]
+    assert traced[:, 1].tolist() == [330, 310, 290, 270, -60, 355]
+    assert traced[:, 2].tolist() == [1, 1, 1, 1, 0, 1]
+    assert traced[:, 3].tolist() == [10, 10, 11, 11, 17, 10]  # wall-clock hours in Sydney
+    reference = [d["features"] for d in it.trace]
+    assert np.array_equal(traced, np.array(reference, dtype=float))
+
+
+def test_a_lunch_break_is_outside_the_session():
+    # XTKS: 09:00 to 15:00 JST with a break from 11:30 to 12:30 (in 2024; 00:00-06:00 UTC)
+    rows = Clock("XTKS", None).columns(np.array([ns("2024-01-15 02:00"), ns("2024-01-15 02:45"),
+                                                 ns("2024-01-15 03:30")]))
+    assert list(rows[:, K_IN]) == [1, 0, 1]
+    assert len(set(rows[:, K_DAY])) == 1
+
+
+def test_a_half_day_closes_early():
+    # XNYS closes at 13:00 ET (18:00 UTC) the day after Thanksgiving 2024
+    rows = Clock("XNYS", None).columns(np.array([ns("2024-11-29 17:30"), ns("2024-11-29 18:30")]))
+    assert list(rows[:, K_CLOSE]) == [ns("2024-11-29 18:00")] * 2
+    assert list(rows[:, K_IN]) == [1, 0]
+
+
+# ---- a time zone across a DST change -------------------------------------------------
+# Europe/Berlin turns the clocks forward on 2024-03-31 at 02:00 CET: that local day runs
+# from 2024-03-30 23:00 UTC to 2024-03-31 22:00 UTC, 23 hours. One order a day:
+#
+#  e  time (UTC)         Berlin            Berlin day: order?      UTC day: order?
+#  0  03-30 22:30        23:30 CET 03-30   03-30: yes              03-30: yes
+#  1  03-30 22:50        23:50 CET 03-30   03-30: no (second)      03-30: no
+#  2  03-30 23:10        00:10 CET 03-31   03-31: yes              03-30: no
+#  3  03-31 21:50        23:50 CEST 03-31  03-31: no               03-31: yes
+#  4  03-31 22:10        00:10 CEST 04-01  04-01: yes              03-31: no
+# With a fixed UTC+1 instead of the zone, event 4 would be 23:10 on 03-31 and get no order.
+DST_TIMES = ["2024-03-30 22:30", "2024-03-30 22:50", "2024-03-30 23:10", "2024-03-31 21:50", "2024-03-31 22:10"]
+DST_INTENTS = [10.0, 20.0, 20.0, 30.0, 30.0]
+ONE_A_DAY = "  max_orders_per_day: 1"
+
+
+def test_a_timezone_day_across_a_dst_change():
+    cp = compile_text(policy("timezone: Europe/Berlin", ONE_A_DAY, SESSION_FEATURES))
+    res, _ = run_both(cp, DST_TIMES, [100.0] * 5, DST_INTENTS)
+    assert [int(o[L.O_EVENT]) for o in res.orders] == [0, 2, 4]
+    traced = res.trace[:, L.TRACE_FIXED:]
+    # the 03-31 day starts at 23:00 UTC and is 23 hours (1,380 minutes) long
+    assert traced[2, 0] == 10 and traced[3, 0] == 22 * 60 + 50 and traced[3, 1] == 10
+    assert traced[:, 3].tolist() == [23, 23, 0, 23, 0]
+    rows = Clock(None, "Europe/Berlin").columns(np.array([ns(t) for t in DST_TIMES]))
+    assert rows[3, K_CLOSE] - rows[3, K_OPEN] == 23 * 3600 * 10**9
+    assert list(rows[:, K_OFFSET] // 3600 // 10**9) == [1, 1, 1, 2, 2]
+
+
+def test_the_same_events_on_utc_days():
+    res, _ = run_both(compile_text(policy("", ONE_A_DAY)), DST_TIMES, [100.0] * 5, DST_INTENTS)
+    assert [int(o[L.O_EVENT]) for o in res.orders] == [0, 3]
+
+
+def test_live_one_event_at_a_time_gives_the_backtests_days():
+    cp = compile_text(policy("calendar: XASX", LOSS))
+    ev = Events.market(np.array([ns(t) for t in TIMES]), np.column_stack([PRICES, INTENTS]).astype(float))
+    whole = cp.run(ev, L.FILL_SAME)
+    s = cp.session(L.FILL_SAME)
+    for e in range(len(ev)):
+        s.feed(ev, start=e, stop=e + 1)
+    assert np.array_equal(s.orders[: s.n_orders], whole.orders)
+
+
+# ---- the checker ---------------------------------------------------------------------
+def diagnostics(text: str):
+    with pytest.raises(PolicyError) as info:
+        check_text(text, name="policy.yaml")
+    return info.value.diagnostics
+
+
+def test_a_session_function_without_a_clock_is_located():
+    text = policy("", LOSS, "features:\n  late: minutes_to_close() < 15")
+    [d] = diagnostics(text)
+    assert d.code == "E211" and (d.span.line, d.span.column) == (7, 9)
+    assert "calendar: XNYS" in d.help
+
+
+def test_unknown_calendar_and_zone_are_located_with_a_suggestion():
+    [d] = diagnostics(policy("calendar: XNYZ", LOSS))
+    assert d.code == "E007" and d.span.line == 3 and "did you mean" in d.help
+    [d] = diagnostics(policy("timezone: Europe/Berln", LOSS))
+    assert d.code == "E007" and d.span.line == 3 and "Europe/Berlin" in d.help
+
+
+def test_the_clock_is_part_of_the_policy_hash():
+    hashes = {check_text(policy(clock, LOSS)).policy_hash
+              for clock in ("", "calendar: XASX", "timezone: Australia/Sydney")}
+    assert len(hashes) == 3
+
