@@ -178,7 +178,7 @@ def bench_sweep(jobs: int = 2) -> list[list]:
     from policyc.runtime.sweep import parse_grid, run_sweep
 
     grid = parse_grid([("fast", "2:40:1"), ("slow", "20:100:10")])
-    args = argparse.Namespace(skip_bad_rows=False, start=None, end=None, date_format=None, fill="next")
+    args = argparse.Namespace(skip_bad_rows=False, start=None, end=None, date_format=None, fill=("next", 0), tz=None)
     combos = 1
     for values in grid.values():
         combos *= len(values)
