@@ -251,7 +251,8 @@ RISK_KEYS = {key.name: key for key in (
     Key("trailing_stop", FRACTION, _AT_MOST_ALL, step=2, example="1.5%", samples=("0.5%", "1.5%", "4%"),
         meaning="exit on this adverse move from the best price since entry"),
     Key("max_daily_loss", FRACTION, _AT_MOST_ALL, step=3, example="3%", samples=("0.5%", "1%", "5%"),
-        meaning="reduce-only until the next UTC day once equity is this far below the day's opening equity"),
+        meaning="reduce-only until the next day (UTC, or the policy's session day) once equity is this far below "
+                "the day's opening equity"),
     Key("max_volatility", FRACTION, _ABOVE_0, step=4, example="2%", samples=("0.3%", "1%", "3%"),
         meaning="reduce-only while the population stdev of `returns(price)` over `volatility_window` events "
                 "exceeds it, or is not known yet"),
@@ -282,7 +283,7 @@ RISK_KEYS = {key.name: key for key in (
     Key("price_collar", FRACTION, _ABOVE_0, step=9, example="5%", samples=("1%", "5%", "12%"),
         meaning="no order on an event whose price jumped more than this from the previous price"),
     Key("max_orders_per_day", ORDERS, Bounds(lowest_included=True, whole=True), step=10, example="50",
-        samples=("0", "1", "5", "40"), meaning="at most this many orders per UTC day (0: only exits)"),
+        samples=("0", "1", "5", "40"), meaning="at most this many orders per day (UTC, or the policy's session day; 0: only exits)"),
     Key("max_orders_per_second", ORDER_RATE, _ABOVE_0, step=10, example="2", samples=("0.5", "1", "3", "100"),
         meaning="token bucket on event time"),
 )}
