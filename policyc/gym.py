@@ -100,6 +100,17 @@ def check_account(account) -> dict[str, float]:
     return out
 
 
+def _with_defaults(render_mode, options: dict) -> dict:
+    """An environment's options over `_OPTIONS`'s defaults. Raises ValueError for a render
+    mode (`check_render_mode`), TypeError for an option no environment has."""
+    check_render_mode(render_mode)
+    unknown = [k for k in options if k not in _OPTIONS]
+    if unknown:
+        raise TypeError(f"unknown option `{unknown[0]}`; "
+                        f"{did_you_mean(unknown[0], _OPTIONS) or 'options: ' + ', '.join(_OPTIONS)}")
+    return {**_OPTIONS, **options}
+
+
 def check_render_mode(render_mode) -> None:
     """Raises ValueError for any render mode but None: the environments render nothing
     (`metadata["render_modes"]` is empty)."""
@@ -645,13 +656,8 @@ class PolicyEnv(gymnasium.Env):
 
     def __init__(self, policy: CompiledPolicy | str | Path, data, *, shield: bool = True,
                  render_mode: str | None = None, **options):
-        check_render_mode(render_mode)
         self.render_mode = None
-        unknown = [k for k in options if k not in _OPTIONS]
-        if unknown:
-            raise TypeError(f"unknown option `{unknown[0]}`; "
-                            f"{did_you_mean(unknown[0], _OPTIONS) or 'options: ' + ', '.join(_OPTIONS)}")
-        options = {**_OPTIONS, **options}
+        options = _with_defaults(render_mode, options)
         [self.policy] = _policies([policy], shield, options)
         self._core = _Core([self.policy], [data], **options)
         self.action_space = self._core.action_space
@@ -728,15 +734,10 @@ class PolicyVectorEnv(VectorEnv):
 
     def __init__(self, policies: Sequence[CompiledPolicy], data: Sequence, *, shield: bool = True,
                  render_mode: str | None = None, **options):
-        check_render_mode(render_mode)
         self.render_mode = None
-        unknown = [k for k in options if k not in _OPTIONS]
-        if unknown:
-            raise TypeError(f"unknown option `{unknown[0]}`; "
-                            f"{did_you_mean(unknown[0], _OPTIONS) or 'options: ' + ', '.join(_OPTIONS)}")
+        options = _with_defaults(render_mode, options)
         if len(policies) != len(data) or not policies:
             raise ValueError(f"give one policy per data source: {len(policies)} policies, {len(data)} data sources")
-        options = {**_OPTIONS, **options}
         compiled = _policies(policies, shield, options)
         kernels = {p.kernel_path for p in compiled}
         if len(kernels) > 1:

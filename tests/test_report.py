@@ -1,6 +1,6 @@
 """The HTML tearsheet (`--report`) of `make demo`'s backtest, read back two ways: from the
-Plotly figures' JSON in the page (always), and as headless Chromium renders it (where
-/usr/bin/chromium is installed). Both check that the time axes carry dates of the data,
+Plotly figures' JSON in the page (always), and as headless Chromium renders it (where a
+Chromium is on PATH, or named by $POLICYC_CHROMIUM). Both check that the time axes carry dates of the data,
 that the drawdown chart reaches the summary's max_drawdown, and that the trade count is
 the summary's."""
 from __future__ import annotations
@@ -8,7 +8,9 @@ from __future__ import annotations
 import base64
 import html
 import json
+import os
 import re
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -21,7 +23,9 @@ from policyc.runtime import demo
 from policyc.runtime.backtest import load_events, run_backtest, summary
 from policyc.runtime.report import decimate, write_report
 
-CHROMIUM = Path("/usr/bin/chromium")
+#: A headless Chromium: $POLICYC_CHROMIUM, else the first of these names on PATH (None: none installed).
+CHROMIUM = os.environ.get("POLICYC_CHROMIUM") or next(
+    filter(None, map(shutil.which, ("chromium", "chromium-browser", "google-chrome", "chrome"))), None)
 INTRADAY = demo.ROOT / "data" / "index-2006-5min.csv"
 TIME_CHARTS = ("equity", "drawdown", "position", "price-0", "rolling-sharpe")
 MS = 1_000_000
@@ -176,7 +180,7 @@ def render(page: Path, tmp_path: Path, *args: str) -> subprocess.CompletedProces
     profile = tmp_path / "profile"
     profile.mkdir(exist_ok=True)
     return subprocess.run(
-        [str(CHROMIUM), "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+        [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
          "--disable-background-networking", "--disable-component-update", "--disable-sync",
          f"--user-data-dir={profile}", "--window-size=1280,4000", "--virtual-time-budget=20000", *args,
          page.as_uri()], capture_output=True, text=True, timeout=120)
@@ -198,8 +202,8 @@ def ticks(chart: str, axis: str) -> list[tuple[float, str]]:
     return out
 
 
-@pytest.mark.skipif(not CHROMIUM.exists(), reason="/usr/bin/chromium is not installed: the report's figures are "
-                                                   "checked from their JSON only")
+@pytest.mark.skipif(CHROMIUM is None, reason="no Chromium on PATH (or $POLICYC_CHROMIUM): the report's figures "
+                                              "are checked from their JSON only")
 def test_the_report_as_chromium_renders_it(demo_run, tmp_path):
     path, result = demo_run
     done = render(path, tmp_path, "--dump-dom")
