@@ -686,12 +686,16 @@ def _fill(text: str) -> tuple[str, int]:
     t = text.strip()
     if t in _FILL_NAMES:
         return t, 0
-    m = re.fullmatch(r"latency=(\d+(?:\.\d+)?)(ms|s|m|h|d)", t)
+    m = re.fullmatch(r"latency=(-?)(\d+(?:\.\d+)?)(ms|s|m|h|d)", t)
     if m is None:
         raise argparse.ArgumentTypeError(_unknown("value", t, (*_FILL_NAMES, "latency=50ms")))
-    ns = Decimal(m[1]) * Decimal(str(DURATION_SECONDS[m[2]])) * 10**9
+    sign, amount, unit = m.groups()
+    if sign:
+        raise argparse.ArgumentTypeError(f"latency must not be negative: {t} (an order cannot fill before "
+                                         "its decision)")
+    ns = Decimal(amount) * Decimal(str(DURATION_SECONDS[unit])) * 10**9
     if ns >= 2**62:
-        raise argparse.ArgumentTypeError(f"latency {m[1]}{m[2]} is too long")
+        raise argparse.ArgumentTypeError(f"latency {amount}{unit} is too long")
     return "latency", int(ns.to_integral_value())
 
 

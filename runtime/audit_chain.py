@@ -60,7 +60,12 @@ def seal(record: dict, sign: Callable[[bytes], bytes] | None = None) -> tuple[by
     `record` must end with its `prev_hash`; `sign(digest)` (the hash's 32 bytes -> a
     64-byte Ed25519 signature) adds `sig`. Raises orjson.JSONEncodeError for a value
     JSON cannot hold."""
-    canonical = orjson.dumps(record, option=JSON_OPTIONS)
+    return seal_canonical(orjson.dumps(record, option=JSON_OPTIONS), sign)
+
+
+def seal_canonical(canonical: bytes, sign: Callable[[bytes], bytes] | None = None) -> tuple[bytes, str]:
+    """`seal` of a record already serialised: `canonical` is its compact JSON object,
+    ending with its `prev_hash` member (what `orjson.dumps` gives for the record)."""
     sha = hashlib.sha256(canonical)
     hex_hash = sha.hexdigest()
     tail = b'"}' if sign is None else b'","sig":"' + sign(sha.digest()).hex().encode() + b'"}'

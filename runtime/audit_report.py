@@ -5,8 +5,11 @@ order, as `runtime.live.audit` reads them) and the policy's bound risk limits, a
 returns an `AuditReport`; `render_text` and `render_html` turn it into a page. Three
 parts:
 
-- per day (UTC date of each record's `ts`): orders, fills, rejects, limit hits by
-  reason code, and every kill-switch trip and resume with its time and who did it;
+- per day (the policy's trading day of each record's `ts`: the UTC date, or with
+  `calendar:` the session's date and with `timezone:` the local date, as the day
+  counters of `max_orders_per_day` and `max_daily_loss` count it): orders, fills,
+  rejects, limit hits by reason code, and every kill-switch trip and resume with its
+  time and who did it;
 - limits: the largest position, gross exposure, order size, order notional and orders in
   one day that the log shows, next to the policy's limit for each;
 - control coverage: which of the pre-trade controls of RTS 6 (Commission Delegated
@@ -20,6 +23,12 @@ import math
 import re
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+
+import numpy as np
+
+from ..compiler.sessions import K_DAY, NS_PER_DAY, Clock, ClockError, clock_of
+from ..dsl.diagnostics import PolicyError
+from ..dsl.document import parse_policy_text
 
 #: A figure above its limit by more than this share is a breach; below it, rounding.
 TOLERANCE = 1e-9
@@ -73,7 +82,7 @@ class Coverage:
 
 @dataclass
 class Day:
-    date: str                                          # YYYY-MM-DD, UTC
+    date: str                                          # YYYY-MM-DD, the policy's trading day
     orders: int = 0
     exits: int = 0                                     # orders that were protective exits or liquidations
     fills: int = 0
@@ -100,12 +109,62 @@ class LimitFigure:
 class AuditReport:
     runs: list[dict]          # the session records
     days: list[Day]
+    day_basis: str            # what a day is: "UTC", "XNYS sessions", "Europe/Berlin days" (runs apart: each, joined)
     limits: list[LimitFigure]
     coverage: list[Coverage]
 
 
 def _date(ts) -> str:
     return datetime.fromtimestamp(int(ts) / 1e9, timezone.utc).strftime("%Y-%m-%d") if ts else "unknown"
+
+
+def _clock(session: dict) -> Clock | None:
+    """The calendar and zone of a run's policy, from the source its session record keeps;
+    None (UTC days) when it names neither or the record keeps no readable source."""
+    try:
+        parsed = parse_policy_text(str(session.get("policy_source") or ""))
+    except PolicyError:
+        return None
+    spec = (parsed.calendar and parsed.calendar.name, parsed.timezone and parsed.timezone.name)
+    return clock_of(spec) if spec != (None, None) else None
+
+
+def _basis(clock: Clock | None) -> str:
+    if clock is None:
+        return "UTC"
+    return f"{clock.calendar} sessions" if clock.calendar else f"{clock.timezone} days"
+
+
+def _trading_days(records: list[dict]) -> tuple[list[str], str]:
+    """The trading day (YYYY-MM-DD, or "unknown" without a time) of each record, by the
+    clock of the run it belongs to, computed a run at a time; and the days' basis."""
+    days, bases = ["unknown"] * len(records), []
+    clock, at, stamps = None, [], []
+
+    def finish():
+        if stamps:
+            t = np.asarray(stamps, dtype=np.int64)
+            try:
+                day = t // NS_PER_DAY if clock is None else clock.columns(t)[:, K_DAY]
+            except ClockError:  # times the calendar has no session for: the run could not have traded them
+                day = t // NS_PER_DAY
+            for k, d in zip(at, day.astype("datetime64[D]").astype(str)):
+                days[k] = str(d)
+        at.clear()
+        stamps.clear()
+
+    for k, r in enumerate(records):
+        if r.get("kind") == "session":
+            finish()
+            clock = _clock(r)
+            if _basis(clock) not in bases:
+                bases.append(_basis(clock))
+        ts = r.get("ts")
+        if type(ts) is int and ts:
+            at.append(k)
+            stamps.append(ts)
+    finish()
+    return days, ", ".join(bases) or "UTC"
 
 
 def _by(record: dict) -> str:
@@ -177,12 +236,13 @@ def build_report(records: list[dict], limits: dict[str, float]) -> AuditReport:
     days: dict[str, Day] = {}
     runs, figures = [], []
     peaks = _Peaks(limits)
+    trading_day, basis = _trading_days(records)
 
-    def day(record) -> Day:
-        d = _date(record.get("ts"))
+    def day(k: int) -> Day:
+        d = trading_day[k]
         return days.setdefault(d, Day(d))
 
-    for r in records:
+    for k, r in enumerate(records):
         kind = r.get("kind")
         if kind == "session":
             if runs:
@@ -191,11 +251,11 @@ def build_report(records: list[dict], limits: dict[str, float]) -> AuditReport:
             peaks = _Peaks(r.get("risk") or limits)   # each run starts flat as far as its log says
             continue
         if kind in ("order", "risk"):
-            hits = day(r).hits
+            hits = day(k).hits
             for code in r.get("reasons") or ():
                 hits[code] = hits.get(code, 0) + 1
         if kind == "order":
-            d = day(r)
+            d = day(k)
             d.orders += 1
             d.exits += bool(r.get("exit"))
             qty, p = abs(float(r.get("qty") or 0.0)), r.get("price")
@@ -207,7 +267,7 @@ def build_report(records: list[dict], limits: dict[str, float]) -> AuditReport:
                 if not r.get("exit"):
                     peaks.notional = _top(peaks.notional, qty * float(p))
         elif kind == "fill":
-            day(r).fills += 1
+            day(k).fills += 1
             inst = r["instrument"]
             peaks.position[inst] = float(r.get("position", 0.0))
             peaks.price[inst] = float(r.get("price", peaks.price.get(inst, math.nan)))
@@ -216,13 +276,13 @@ def build_report(records: list[dict], limits: dict[str, float]) -> AuditReport:
             if gross == gross:
                 peaks.gross = _top(peaks.gross, gross)
         elif kind == "reject":
-            day(r).rejects += 1
+            day(k).rejects += 1
         elif kind == "halt":
-            day(r).trips.append({"ts": r.get("ts"), "by": _by(r), "reason": r.get("reason", "")})
+            day(k).trips.append({"ts": r.get("ts"), "by": _by(r), "reason": r.get("reason", "")})
         elif kind == "resume":
-            day(r).resumes.append({"ts": r.get("ts"), "by": _by(r)})
+            day(k).resumes.append({"ts": r.get("ts"), "by": _by(r)})
     figures += peaks.figures(runs[-1].get("seq", len(runs)) if runs else 0)
-    return AuditReport(runs, [days[d] for d in sorted(days)], figures, coverage(peaks.limits))
+    return AuditReport(runs, [days[d] for d in sorted(days)], basis, figures, coverage(peaks.limits))
 
 
 def _num(v) -> str:
@@ -252,7 +312,7 @@ def _sections(rep: AuditReport) -> list[tuple[str, list[str], list[list[str]]]]:
               "; ".join(c.missing) or "-"] for c in rep.coverage]
     return [
         ("Runs", ["session seq", "date", "policy", "policy_hash", "order prefix"], runs),
-        ("Per day (UTC)", ["date", "orders", "exits", "fills", "rejects", "limit hits by reason",
+        (f"Per day ({rep.day_basis}; times UTC)", ["date", "orders", "exits", "fills", "rejects", "limit hits by reason",
                            "kill-switch trips", "resumes"], days),
         ("Limits, each run against its own", ["run", "figure", "peak in the log", "risk key", "limit", ""], limits),
         ("Control coverage", ["rule", "provision", "asks for", "status", "met by", "missing"], cover),

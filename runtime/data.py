@@ -772,6 +772,18 @@ def _build(path: str, src: _Source, wanted: list[str], skip_bad_rows: bool, star
                                               "in magnitude")
         columns[name] = values
 
+    # a bar's prices nest, low <= open, close <= high: fills inside a bar (stops, next-open) rest on it
+    if "high" in columns and "low" in columns:
+        high, low = columns["high"], columns["low"]
+        report(np.flatnonzero(high < low), "inconsistent bar",
+               lambda k: f"`high` {high[k]:g} is below `low` {low[k]:g}")
+        for name in ("open", "close"):
+            if name in columns and _source_of(name, index) == name:
+                v = columns[name]
+                report(np.flatnonzero((v < low) | (v > high)), "inconsistent bar",
+                       lambda k, v=v, name=name: f"`{name}` {v[k]:g} is outside the bar's low {low[k]:g} and "
+                                                 f"high {high[k]:g}")
+
     # equal timestamps are normal (several trades in one millisecond); going back is not
     if n > 1 and np.any(np.diff(ts) < 0):
         last = None

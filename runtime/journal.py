@@ -185,7 +185,7 @@ class Replayer:
         core, kind = self.core, rec["kind"]
         try:
             if kind == "market":
-                core.market([Market(name, ts, fields) for name, ts, fields in rec["events"]])
+                core.market([Market(*event) for event in rec["events"]])  # sent_ns, the 4th, since it is logged
             elif kind == "input":
                 core.set_input(rec["instrument"], rec["name"], rec["value"])
             elif kind == "intent":

@@ -134,7 +134,9 @@ def _pct(v: float, why: str = "") -> str:
 
 
 def _num(v: float, why: str = "", digits: int = 3) -> str:
-    return f"{v:,.{digits}f}" if v is not None and np.isfinite(v) else f"n/a{' (' + why + ')' if why else ''}"
+    # + 0.0 after rounding: a tiny loss shows as 0.00, not -0.00
+    return f"{round(v, digits) + 0.0:,.{digits}f}" if v is not None and np.isfinite(v) \
+        else f"n/a{' (' + why + ')' if why else ''}"
 
 
 def _money(v: float, why: str = "") -> str:

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import orjson
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat, PublicFormat
 
@@ -88,8 +90,8 @@ def test_a_record_is_in_the_file_when_write_returns(tmp_path):
     """Write-ahead: no buffer of policyc's own between a record and the operating system."""
     log = DecisionLog(tmp_path / "log.jsonl", P, B)
     log.write("session", policy="t")
-    record = log.write("order", ts=1, client_order_id="t-000001", qty=1.0)
-    assert orjson.loads(_lines(tmp_path / "log.jsonl")[-1]) == record
+    hash_ = log.write("order", ts=1, client_order_id="t-000001", qty=1.0)
+    assert orjson.loads(_lines(tmp_path / "log.jsonl")[-1]) == log.recent[-1] and log.recent[-1]["hash"] == hash_
     log.close()
 
 
@@ -535,3 +537,37 @@ def test_a_member_added_to_an_envelope_is_an_edit(tmp_path, key_file):
                     + lines[5:], log_key=LOG_KEY)
     problem = _problem(log, log_key_file=key_file)
     assert _at(problem) == (EDITED, 5, 5) and "envelope" in problem.detail
+
+
+_JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers(-2**63, 2**64 - 1) | st.floats() | st.text(),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner, max_size=3),
+    max_leaves=8)
+
+
+@settings(max_examples=200, deadline=None)
+@given(fields=st.dictionaries(st.text(max_size=12).filter(lambda k: k not in {*audit._RESERVED, "kind", "ts"}), _JSON_VALUES,
+                              max_size=6),
+       ts=st.integers(-2**63, 2**63 - 1) | st.none(), kind=st.sampled_from(["order", "fill", "market", "risk"]))
+def test_a_record_is_sealed_as_seal_seals_the_whole_record(tmp_path_factory, fields, ts, kind):
+    """`write` serialises only a record's own fields and splices in the members every
+    record repeats: the line must be byte for byte the one `seal` makes of the whole
+    record (what verify and any other reader recompute)."""
+    path = tmp_path_factory.mktemp("seal") / "log.jsonl"
+    log = DecisionLog(path, P, B, fsync="never")
+    written = log.write(kind, ts=ts, **fields)
+    log.close()
+    record = orjson.loads(_lines(path)[-1])
+    line, hash_ = seal({key: value for key, value in record.items() if key != "hash"})
+    assert _lines(path)[-1] == line + b"\n" and hash_ == written == record["hash"]
+
+
+@pytest.mark.parametrize("name", sorted(audit._RESERVED))
+def test_a_field_may_not_name_a_member_the_log_sets(tmp_path, name):
+    """A field named like a member the log sets would make a second, contradicting member
+    (a record claiming another policy's hash): refused, and nothing written."""
+    log = DecisionLog(tmp_path / "log.jsonl", P, B, fsync="never")
+    with pytest.raises(ValueError, match="the log's own members"):
+        log.write("order", **{name: 1})
+    assert log.seq == 0
+    log.close()

@@ -411,3 +411,15 @@ def test_a_data_error_with_format_json_is_json_on_stdout(capsys, tmp_path):
     assert code == 1
     assert json.loads(out)[0]["line"] is None and json.loads(out)[0]["message"] == (
         "no rows from 2030-01-01 on (--from/--to); the file runs from 1995-01-03 to 2014-12-31")
+
+
+@pytest.mark.parametrize("value, message", [
+    ("latency=-5ms", "latency must not be negative: latency=-5ms"),
+    ("latency=5", "unknown value `latency=5`"),
+    ("latency=99999d", "latency 99999d is too long"),
+    ("nextopen", "did you mean `next-open`"),
+])
+def test_a_bad_fill_model_is_a_usage_error_that_says_why(capsys, value, message):
+    code, _, err = run(capsys, "backtest", str(EMA), "--data", str(ORCL),
+                       "--fill", value)
+    assert code == 2 and message in err

@@ -345,26 +345,26 @@ def test_missing_column_names_the_column_and_lists_the_columns_found(capsys, fil
 # Broken CSVs
 # =====================================================================================
 H = "Date,Open,High,Low,Close,Volume\n"
-GOOD = "2024-01-02,1,1,1,10,5\n"
+GOOD = "2024-01-02,1,20,0.5,10,5\n"
 
 # name -> (text, line, phrases in the message, skipped kind, rows left after skipping)
 ROW_PROBLEMS = {
-    "non_numeric": (H + GOOD + "2024-01-03,1,1,1,abc,5\n2024-01-04,1,1,1,11,5\n", 3,
+    "non_numeric": (H + GOOD + "2024-01-03,1,20,0.5,abc,5\n2024-01-04,1,20,0.5,11,5\n", 3,
                     ["`Close` is not a number: `abc`"], "not a number", 2),
-    "empty_price_cell": (H + GOOD + "2024-01-03,1,1,1,,5\n2024-01-04,1,1,1,11,5\n", 3,
+    "empty_price_cell": (H + GOOD + "2024-01-03,1,20,0.5,,5\n2024-01-04,1,20,0.5,11,5\n", 3,
                          ["`Close`", "not a number"], "not a number", 2),
-    "nan_price": (H + GOOD + "2024-01-03,1,1,1,NaN,5\n2024-01-04,1,1,1,11,5\n", 3,
+    "nan_price": (H + GOOD + "2024-01-03,1,20,0.5,NaN,5\n2024-01-04,1,20,0.5,11,5\n", 3,
                   ["`Close`", "nan", "positive"], "non-positive, NaN or infinite price", 2),
-    "zero_price": (H + GOOD + "2024-01-03,1,1,1,0,5\n2024-01-04,1,1,1,11,5\n", 3,
+    "zero_price": (H + GOOD + "2024-01-03,1,20,0.5,0,5\n2024-01-04,1,20,0.5,11,5\n", 3,
                    ["`Close` is 0", "positive"], "non-positive, NaN or infinite price", 2),
-    "negative_price": (H + GOOD + "2024-01-03,1,1,1,11,5\n2024-01-04,1,1,1,-2.5,5\n", 4,
+    "negative_price": (H + GOOD + "2024-01-03,1,20,0.5,11,5\n2024-01-04,1,20,0.5,-2.5,5\n", 4,
                        ["`Close` is -2.5", "positive"], "non-positive, NaN or infinite price", 2),
-    "time_goes_back": (H + GOOD + "2024-01-05,1,1,1,11,5\n2024-01-05,1,1,1,11,5\n2024-01-04,1,1,1,12,5\n"
-                       "2024-01-06,1,1,1,12,5\n", 5, ["earlier than the row before"], "timestamp out of order", 4),
-    "bad_timestamp": (H + GOOD + "2024-13-45,1,1,1,11,5\n2024-01-06,1,1,1,12,5\n", 3,
+    "time_goes_back": (H + GOOD + "2024-01-05,1,20,0.5,11,5\n2024-01-05,1,20,0.5,11,5\n2024-01-04,1,20,0.5,12,5\n"
+                       "2024-01-06,1,20,0.5,12,5\n", 5, ["earlier than the row before"], "timestamp out of order", 4),
+    "bad_timestamp": (H + GOOD + "2024-13-45,1,20,0.5,11,5\n2024-01-06,1,20,0.5,12,5\n", 3,
                       ["timestamp `2024-13-45` is not a real date: there is no month 13"], "bad timestamp", 2),
     # finite, but sums and products of it would overflow the account's arithmetic (issue 9, case 1)
-    "huge_price": (H + GOOD + "2024-01-03,1,1,1,1e308,5\n2024-01-04,1,1,1,11,5\n", 3,
+    "huge_price": (H + GOOD + "2024-01-03,1,20,0.5,1e308,5\n2024-01-04,1,20,0.5,11,5\n", 3,
                    ["`Close` is 1e+308; values must be at most 1e+15 in magnitude"], "value too large", 2),
 }
 
@@ -405,15 +405,15 @@ def test_equal_timestamps_are_fine(closer, tmp_path):
 def test_skip_bad_rows_counts_each_kind(capsys, files, tmp_path):
     path = tmp_path / "mixed.csv"
     path.write_text(H + GOOD
-                    + "2024-01-03,1,1,1,x,5\n"        # 3 not a number
-                    + "2024-01-04,1,1,1,11,5\n"       # 4 ok
-                    + "2024-01-05,1,1,1,,5\n"         # 5 not a number (empty)
-                    + "2024-01-06,1,1,1,nan,5\n"      # 6 NaN
-                    + "2024-01-07,1,1,1,0,5\n"        # 7 zero
-                    + "2024-01-08,1,1,1,-1,5\n"       # 8 negative
-                    + "2024-01-09,1,1,1,12,5\n"       # 9 ok
-                    + "2024-01-01,1,1,1,12,5\n"       # 10 back in time
-                    + "2024-01-10,1,1,1,13,5\n")      # 11 ok
+                    + "2024-01-03,1,20,0.5,x,5\n"        # 3 not a number
+                    + "2024-01-04,1,20,0.5,11,5\n"       # 4 ok
+                    + "2024-01-05,1,20,0.5,,5\n"         # 5 not a number (empty)
+                    + "2024-01-06,1,20,0.5,nan,5\n"      # 6 NaN
+                    + "2024-01-07,1,20,0.5,0,5\n"        # 7 zero
+                    + "2024-01-08,1,20,0.5,-1,5\n"       # 8 negative
+                    + "2024-01-09,1,20,0.5,12,5\n"       # 9 ok
+                    + "2024-01-01,1,20,0.5,12,5\n"       # 10 back in time
+                    + "2024-01-10,1,20,0.5,13,5\n")      # 11 ok
     code, out, err = cli(capsys, "backtest", files["closer"], "--data", path, "--skip-bad-rows", "--format", "json")
     assert code == 0, err
     assert "skipped 2 row(s): not a number (lines 3, 5)" in err
@@ -430,7 +430,7 @@ def _junk(path: Path):
 
 
 FILE_PROBLEMS = {
-    "missing_column": (lambda p: p.write_text("Date,Open,High,Low,Volume\n2024-01-02,1,1,1,5\n"),
+    "missing_column": (lambda p: p.write_text("Date,Open,High,Low,Volume\n2024-01-02,1,20,0.5,5\n"),
                        ["no such column", "found: Date, Open, High, Low, Volume"]),
     "missing_timestamp_column": (lambda p: p.write_text("Open,High,Low,Close\n1,1,1,10\n"),
                                  ["no timestamp column", "found: Open, High, Low, Close"]),
@@ -457,7 +457,7 @@ def test_broken_file_is_an_error_naming_file_and_problem(capsys, files, tmp_path
 
 def test_missing_close_column_is_named_close(capsys, files, tmp_path):
     path = tmp_path / "no_close.csv"
-    path.write_text("Date,Open,High,Low,Volume\n2024-01-02,1,1,1,5\n")
+    path.write_text("Date,Open,High,Low,Volume\n2024-01-02,1,20,0.5,5\n")
     code, _, err = cli(capsys, "backtest", files["closer"], "--data", path)
     assert code == 1 and "`close`" in err, err
 
@@ -465,7 +465,7 @@ def test_missing_close_column_is_named_close(capsys, files, tmp_path):
 # ---- loader edge cases
 def test_wrong_number_of_fields(capsys, files, tmp_path):
     path = tmp_path / "fields.csv"
-    path.write_text(H + GOOD + "2024-01-03,1,1,1,10\n2024-01-04,1,1,1,11,5,7\n2024-01-05,1,1,1,12,5\n")
+    path.write_text(H + GOOD + "2024-01-03,1,20,0.5,10\n2024-01-04,1,20,0.5,11,5,7\n2024-01-05,1,20,0.5,12,5\n")
     code, _, err = cli(capsys, "backtest", files["closer"], "--data", path)
     assert code == 1
     assert f"error: {path}:3: has 5 fields, the header has 6" in err, err
@@ -498,7 +498,7 @@ def test_infinite_price_is_rejected(capsys, files, tmp_path):
 
 def test_more_problem_rows_counts_rows(capsys, files, tmp_path):
     path = tmp_path / "two_bad.csv"
-    path.write_text(H + GOOD + "2024-01-03,1,1,1,0,5\n2024-01-04,1,1,1,-3,5\n")
+    path.write_text(H + GOOD + "2024-01-03,1,20,0.5,0,5\n2024-01-04,1,20,0.5,-3,5\n")
     code, _, err = cli(capsys, "backtest", files["closer"], "--data", path)
     assert code == 1 and "(1 more problem rows" in err, err
 
@@ -912,3 +912,23 @@ def test_parquet_times_with_a_zone_keep_it_and_naive_ones_take_the_policys(tmp_p
         path = tmp_path / f"t{tz}.parquet"
         pq.write_table(pa.table({"ts": pa.array(stamps, pa.timestamp("ns", tz=tz)), "price": [1.0]}), path)
         assert load_table(path, ["price"], zone="Asia/Tokyo").ts.tolist() == [want]
+
+
+BARS = ("Date,Open,High,Low,Close\n2024-01-02,10,11,9,10.5\n{bad}\n2024-01-04,10,11,9,10.5\n")
+
+
+@pytest.mark.parametrize("bad, detail", [
+    ("2024-01-03,10,9,11,10", "`high` 9 is below `low` 11"),
+    ("2024-01-03,12,11,9,10", "`open` 12 is outside the bar's low 9 and high 11"),
+    ("2024-01-03,10,11,9,8.5", "`close` 8.5 is outside the bar's low 9 and high 11"),
+])
+def test_a_bar_whose_prices_do_not_nest_is_a_bad_row(tmp_path, bad, detail):
+    """Stops and next-open fills happen between a bar's low and high: a bar that cannot
+    exist is named at its line, and --skip-bad-rows counts it."""
+    path = tmp_path / "bars.csv"
+    path.write_text(BARS.format(bad=bad))
+    with pytest.raises(DataError, match=f"bars.csv:3: {detail}"):
+        load_table(path, ["open", "high", "low", "close"])
+    table = load_table(path, ["open", "high", "low", "close"], skip_bad_rows=True)
+    assert len(table.ts) == 2 and table.skipped == {"inconsistent bar": 1}
+    assert len(load_table(path, ["close"]).ts) == 3  # a run that reads no bar range does not judge it

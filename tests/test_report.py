@@ -233,3 +233,12 @@ def test_the_report_as_chromium_renders_it(demo_run, tmp_path):
     assert closed_trades_listed(dom) == s["trades"] == int(stat(dom, "closed trades"))
     shot = tmp_path / "report.png"
     assert render(path, tmp_path, f"--screenshot={shot}").returncode == 0 and shot.stat().st_size > 50_000
+
+
+@pytest.mark.parametrize("value, shown", [(-0.004, "0.00"), (-0.006, "-0.01"), (0.004, "0.00"), (-1234.565, "-1,234.57"),
+                                          (float("nan"), "n/a")])
+def test_money_never_shows_a_negative_zero(value, shown):
+    """A trade that lost a fraction of a cent is shown as 0.00, as a trader writes it."""
+    from policyc.runtime.report import _money
+
+    assert _money(value) == shown

@@ -19,8 +19,9 @@ from typing import Iterator
 import orjson
 
 from . import DEFAULT_FSYNC, FSYNC_MODES
-from ..audit_chain import (NONCE_BYTES, SIGNED, ZERO_HASH, Line, LogError, Problem, Summary, check, envelope, key_id,
-                           open_envelope, public_key_id, read_record, seal)
+from ..audit_chain import (JSON_OPTIONS, NONCE_BYTES, SIGNED, ZERO_HASH, Line, LogError, Problem, Summary, check, envelope, key_id,
+                           open_envelope, public_key_id, read_record, seal,
+                           seal_canonical)
 
 #: What reached the order core, written before it is handled (a journal that replays it).
 INPUT_KINDS = ("market", "input", "intent", "decide", "venue", "control", "link", "timer")
@@ -28,8 +29,10 @@ KINDS = ("session", "order", "fill", "reject", "overfill", "risk", "halt", "resu
          "bad_message", "reconcile", "checkpoint", "access", "auth_failures", *INPUT_KINDS)
 #: Written by the runner around the core (the listeners' security), not by the core: replay passes them by.
 RUNNER_KINDS = ("access", "auth_failures")
-_KNOWN = frozenset(KINDS)
+#: The members `write` sets itself (besides its parameters `kind` and `ts`); a record's own fields may not name them.
+_RESERVED = frozenset(("seq", "policy_hash", "build_hash", "prev_hash", "hash", "sig"))
 BATCH_SYNC_S = 0.005     # --fsync batch: the log is synced at most this often (s), by a thread of its own
+RECENT = 8  # decision records the status and the terminal view show
 CHECKPOINT_EVERY = 1000  # with a signing key: a signed checkpoint after this many records of a run
 _NOT_RECENT = frozenset(("session", "checkpoint", *INPUT_KINDS))  # not decisions: the status and view leave them out
 _SEGMENT = re.compile(r"(.+?)\.(\d{6,})((?:\.[^.]*)?)")  # decisions.000002.jsonl: name, number, suffix
@@ -305,7 +308,7 @@ class DecisionLog:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.policy_hash, self.build_hash = policy_hash, build_hash
         self.seq = 0
-        self.recent: deque = deque(maxlen=8)  # the latest decision records, for the status and the terminal view
+        self._recent: deque = deque(maxlen=RECENT)  # `recent`'s records, as `_record`'s arguments
         self._aead, self._keys = None, {}     # _keys: the key ids the session record names
         if log_key is not None:
             from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -316,6 +319,8 @@ class DecisionLog:
         if sign_key is not None:
             self._keys["sign_key_id"] = public_key_id(sign_key.public_key())
         self._since_signed = 0
+        self._middle = {kind: b',"kind":%s,"policy_hash":%s,"build_hash":%s,' % (  # after "ts"
+            orjson.dumps(kind), orjson.dumps(policy_hash), orjson.dumps(build_hash)) for kind in KINDS}
         files = segments(self.path) or [(0, self.path)]
         self.head = _chain_head(files, self._aead)  # the hash the next record follows
         self._number, current = files[-1]
@@ -348,37 +353,61 @@ class DecisionLog:
             if not self._batches:
                 self.flush()
 
-    def write(self, kind: str, ts: int | None = None, **fields) -> dict:
-        """Append one record and return it, `prev_hash` and `hash` included; `ts` is in
-        ns since the epoch, None for the wall clock. When this returns, the record is in
-        the operating system's hands (inside `batch`: at the batch's end or the next
-        `flush`), and with fsync "always" on disk. Raises ValueError for an unknown kind,
-        OSError when the file cannot be written (a full disk) or a background sync failed."""
-        if kind not in _KNOWN:
+    def write(self, kind: str, ts: int | None = None, **fields) -> str:
+        """Append one record and return its `hash`; `ts` is in ns since the epoch, None
+        for the wall clock. When this returns, the record is in the operating system's
+        hands (inside `batch`: at the batch's end or the next `flush`), and with fsync
+        "always" on disk. Raises ValueError for an unknown kind or a field named like a
+        member the log sets (`_RESERVED`), OSError when the file cannot be written (a full
+        disk) or a background sync failed."""
+        middle = self._middle.get(kind)
+        if middle is None:
             raise ValueError(f"unknown record kind {kind!r}")
-        seq = self.seq + 1
-        record = {"seq": seq, "ts": time.time_ns() if ts is None else ts, "kind": kind,
-                  "policy_hash": self.policy_hash, "build_hash": self.build_hash, **fields}
-        if kind == "session":
-            record.update(self._keys)
-        record["prev_hash"] = self.head
+        if not _RESERVED.isdisjoint(fields):
+            raise ValueError(f"{kind} record: {', '.join(sorted(_RESERVED.intersection(fields)))} "
+                             "are the log's own members")
+        seq, prev = self.seq + 1, self.head
+        if ts is None:
+            ts = time.time_ns()
         signed = self._sign is not None and kind in SIGNED
-        line, hash_ = seal(record, self._sign if signed else None)
+        if kind == "session" or type(ts) is not int:
+            line, hash_ = seal(self._record(seq, ts, kind, fields, prev), self._sign if signed else None)
+        else:  # the bytes `seal` makes of the whole record, without serialising what every record repeats
+            members = orjson.dumps(fields, option=JSON_OPTIONS)
+            line, hash_ = seal_canonical(b'{"seq":%d,"ts":%d%s%s"prev_hash":"%s"}' % (
+                seq, ts, middle, members[1:-1] + b"," if len(members) > 2 else b"", prev.encode()),
+                self._sign if signed else None)
         if self._aead is not None and kind != "session":
             line = envelope(self._aead, os.urandom(NONCE_BYTES), seq, line)
         self._pending.append(line + b"\n")
-        self._pending_prev.append(self.head)
+        self._pending_prev.append(prev)
         self.seq, self.head = seq, hash_
-        record["hash"] = hash_
         if kind not in _NOT_RECENT:
-            self.recent.append(record)
+            self._recent.append((seq, ts, kind, fields, prev, hash_))
         if not self._batches:
             self.flush()
         if self._sign is not None:
             self._since_signed = 0 if signed else self._since_signed + 1
             if self._since_signed >= CHECKPOINT_EVERY:
                 self.write("checkpoint", closing=False)
+        return hash_
+
+    def _record(self, seq: int, ts: int, kind: str, fields: dict, prev: str, hash_: str | None = None) -> dict:
+        """A record as a dict, its members in the order of its line."""
+        record = {"seq": seq, "ts": ts, "kind": kind, "policy_hash": self.policy_hash,
+                  "build_hash": self.build_hash, **fields}
+        if kind == "session":
+            record.update(self._keys)
+        record["prev_hash"] = prev
+        if hash_ is not None:
+            record["hash"] = hash_
         return record
+
+    @property
+    def recent(self) -> list[dict]:
+        """The latest decision records (at most RECENT), oldest first, `hash` included:
+        for the status and the terminal view. Built when asked, not on every write."""
+        return [self._record(*entry) for entry in self._recent]
 
     def flush(self) -> None:
         """Hand the pending records to the operating system, in as few writes as the
