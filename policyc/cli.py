@@ -328,6 +328,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_listener_tls(v, "serve the venue")
     v.add_argument("--latency", type=_not_negative, default=0.0, metavar="MS")
     v.add_argument("--fees-bps", type=_fees_bps, default=0.0, metavar="X")
+    v.add_argument("--fill", type=_fill, metavar="MODEL",
+                   help="same (the default): at the latest price the venue has seen; next: at the instrument's "
+                        "next event; next-open: at the next bar's open; latency=DURATION: at the first event at or "
+                        "after the order's decision time plus DURATION, at its open when it has one")
     p = sub.add_parser("replay", help="feed a decision log's inputs through the policy and compare its decisions")
     p.add_argument("log", type=_log_input, metavar="LOG", help="the log's first file, or its folder")
     p.add_argument("file", nargs="?", type=_policy_file, metavar="POLICY",
@@ -1102,7 +1106,11 @@ def cmd_paper_venue(args, parser) -> int:
         except SecurityError as exc:
             parser.error(f"argument --ca-file: {exc}")
     tls = _listener_tls(args, parser)
-    venue = PaperVenue(fees_bps=args.fees_bps, latency_ms=args.latency, feed_format=args.feed_format)
+    from policyc.compiler import layout as L
+
+    mode, latency_ns = args.fill or ("same", 0)
+    venue = PaperVenue(fees_bps=args.fees_bps, latency_ms=args.latency, feed_format=args.feed_format,
+                       fill_mode=L.FILL_MODES[mode], fill_latency_ns=latency_ns)
     host, port = args.listen
     eventloop.run(eventloop.until_signal(lambda stop: serve(venue, host, port, args.feed, stop=stop,
                                                             ca_file=args.ca_file, tls=tls)))

@@ -26,9 +26,9 @@ from datetime import datetime, timezone
 
 import numpy as np
 
-from ..compiler.sessions import K_DAY, NS_PER_DAY, Clock, ClockError, clock_of
-from ..dsl.diagnostics import PolicyError
-from ..dsl.document import parse_policy_text
+from policyc.compiler.sessions import K_DAY, NS_PER_DAY, Clock, ClockError, clock_of
+from policyc.dsl.diagnostics import PolicyError
+from policyc.dsl.document import parse_policy_text
 
 #: A figure above its limit by more than this share is a breach; below it, rounding.
 TOLERANCE = 1e-9

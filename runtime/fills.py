@@ -3,24 +3,37 @@
 `FillModel` is the arithmetic of a simulated fill, as the kernel's `simulated_fill`
 does it for a backtest: a buy pays `slippage_bps` above the market price, a sell gets
 that much below it, and the fee is |qty| x fill price x `fees_bps` / 10,000 (money).
-`FillBook` says which market price each order fills at, by one of the backtest's fill
-modes (`backtest --fill`):
+`FillBook` says which market event, and which of its prices, each order fills at, by
+the backtest's fill modes (`backtest --fill`, docs/language.md section 8):
 
 - `same` (layout.FILL_SAME): the price of the market event the order was decided on
   (its `event_ts`), or, for an order decided on no market event (an intent, a halt),
   the instrument's last price. When the book has not been shown that event yet (a
   venue's copy of the feed can lag the runtime's), the order waits for it.
 - `next` (layout.FILL_NEXT): the price of the instrument's first market event after the
-  order reached the book.
+  one the order was decided on, and after the order reached the book.
+- `next-open` (layout.FILL_NEXT_OPEN): that same event, at its open (a bar's `open`;
+  its price when the event has none).
+- `latency` (layout.FILL_LATENCY, with `latency_ns`): the first such event dated at or
+  after the order's decision time plus `latency_ns`, at its open as for `next-open`.
+
+"After the one the order was decided on": an order that reaches the book before the
+event it was decided on (its `event_ts`) does not fill at that event, as the backtest
+never fills an order at the event that decided it. "After the order reached the book":
+the book never fills at a price it was shown before the order came, as a venue cannot.
+So an owner that hands each order over before showing the next market event gets the
+backtest's fills, event for event; protective exits inside a bar (`next-open` in a
+backtest) are the kernel's, not the book's.
 
 Its owner shows it the market events and hands it the orders in the order they happen,
-and passes on the fills it returns; it keeps no clock. The paper venue
-(`runtime/live/paper.py`, `--fill same` with its own latency and fees) and the
-order-core backtest (`backtest.run_through_order_core`, either mode, the policy's
-slippage and fees) are its two owners.
+and passes on the fills it returns; it keeps no clock but the market events' times. The
+paper venue (`runtime/live/paper.py`, any mode, with its own fees and no slippage) and
+the order-core backtest (`backtest.run_through_order_core`, the policy's slippage and
+fees) are its two owners.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
@@ -63,44 +76,92 @@ class Fill(NamedTuple):
 class _Waiting:
     instrument: str
     qty: float
-    event_ts: int | None  # `same`: the market event it fills at; `next`: None
+    event_ts: int | None  # the market event it was decided on (ns), None for an intent, a halt
+    passed: bool          # the book has been shown that event (or the order has none)
+    due_ts: int | None    # `latency`: the earliest market event time it may fill at (ns)
+
+
+#: Fill modes whose orders wait for a market event after the one that decided them.
+_LATER = (L.FILL_NEXT, L.FILL_NEXT_OPEN, L.FILL_LATENCY)
 
 
 @dataclass
 class FillBook:
     """Open market orders and the market prices they fill at (see the module docstring).
-    Instruments are named as the market events name them."""
+    Instruments are named as the market events name them. `latency_ns` (int ns, 0 or
+    more) is the delay of layout.FILL_LATENCY; other modes take none. Raises ValueError
+    for a mode that is not one of the backtest's (layout.LIVE among them) or a latency
+    that is negative, not an int, or given with another mode."""
 
     model: FillModel = field(default_factory=FillModel)
     mode: int = L.FILL_SAME
+    latency_ns: int = 0
     last_price: dict[str, float] = field(default_factory=dict)  # instrument -> its latest market price
     last_ts: dict[str, int] = field(default_factory=dict)       # instrument -> that event's time, ns
     waiting: dict[str, _Waiting] = field(default_factory=dict)   # client_order_id -> order not filled yet
 
     def __post_init__(self):
-        if self.mode not in (L.FILL_SAME, L.FILL_NEXT):
-            raise ValueError(f"fill mode must be layout.FILL_SAME or FILL_NEXT, not {self.mode!r}")
+        if self.mode not in (L.FILL_SAME, *_LATER):
+            raise ValueError(f"fill mode must be layout.FILL_SAME, FILL_NEXT, FILL_NEXT_OPEN or FILL_LATENCY, "
+                             f"not {self.mode!r}")
+        if self.latency_ns.__class__ is not int or self.latency_ns < 0:
+            raise ValueError(f"latency_ns must be an int of 0 or more, not {self.latency_ns!r}")
+        if self.latency_ns and self.mode != L.FILL_LATENCY:
+            raise ValueError("latency_ns is for layout.FILL_LATENCY only")
 
-    def market(self, instrument: str, ts: int, price: float) -> list[Fill]:
-        """A market event at `price` (above 0, finite) and time `ts` (ns): the fills of the
-        orders waiting for it, in the order the book got them. `next`: every order of the
-        instrument waiting; `same`: those decided on a market event at or before `ts`."""
+    def market(self, instrument: str, ts: int, price: float, bar_open: float | None = None) -> list[Fill]:
+        """A market event at `price` (above 0, finite) and time `ts` (ns); `bar_open`, a bar's
+        opening price (None for a tick or a quote, or a bar without a usable one). Returns
+        the fills of the orders waiting for this event, in the order the book got them:
+        `same`, those decided on an event at or before `ts` (or on none), at `price`;
+        the other modes, those decided on an earlier event (or reached after it) and, for
+        `latency`, due at or before `ts`: at `bar_open` for `next-open` and `latency` when it
+        is a price (above 0, finite), else at `price`."""
         self.last_price[instrument], self.last_ts[instrument] = price, ts
-        due = [oid for oid, w in self.waiting.items()
-               if w.instrument == instrument and (w.event_ts is None or w.event_ts <= ts)]
-        return [self._fill(oid, self.waiting.pop(oid), price, ts) for oid in due]
+        if self.mode == L.FILL_SAME:
+            due = [oid for oid, w in self.waiting.items()
+                   if w.instrument == instrument and (w.event_ts is None or w.event_ts <= ts)]
+            return [self._fill(oid, self.waiting.pop(oid), price, ts) for oid in due]
+        at = price
+        if self.mode != L.FILL_NEXT and bar_open is not None and 0.0 < bar_open < math.inf:
+            at = bar_open
+        due = []
+        for oid, w in self.waiting.items():
+            if w.instrument != instrument:
+                continue
+            if not w.passed:  # the book lags the decision: wait for the deciding event to pass
+                if ts < w.event_ts:
+                    continue
+                w.passed = True
+                if ts == w.event_ts:  # the deciding event itself
+                    continue
+            if w.due_ts is None or ts >= w.due_ts:
+                due.append(oid)
+        return [self._fill(oid, self.waiting.pop(oid), at, ts) for oid in due]
 
-    def order(self, client_order_id: str, instrument: str, qty: float, event_ts: int | None = None) -> Fill | None:
-        """A market order of `qty` units (signed). `same`: its fill now, at the last price,
-        unless the book has not reached the market event it was decided on (`event_ts`,
-        ns) or has no price yet: then it waits (None). `next`: it waits for the
-        instrument's next market event (None)."""
+    def order(self, client_order_id: str, instrument: str, qty: float, event_ts: int | None = None,
+              decided_ts: int | None = None) -> Fill | None:
+        """A market order of `qty` units (signed), decided on the market event at
+        `event_ts` (ns; None for an intent or a halt) at event time `decided_ts` (ns; the
+        order's `ts`, which `latency` counts from: None takes `event_ts`, or without one
+        the instrument's last event time). `same`: its fill now, at the last price,
+        unless the book has not reached the market event it was decided on or has no
+        price yet: then it waits (None). The other modes: it waits for a later market
+        event (None), which `market` fills it at."""
         if self.mode == L.FILL_SAME:
             last = self.last_ts.get(instrument)
             if last is not None and (event_ts is None or event_ts <= last):
-                return self._fill(client_order_id, _Waiting(instrument, qty, event_ts), self.last_price[instrument],
-                                  last)
-        self.waiting[client_order_id] = _Waiting(instrument, qty, event_ts if self.mode == L.FILL_SAME else None)
+                return self._fill(client_order_id, _Waiting(instrument, qty, event_ts, True, None),
+                                  self.last_price[instrument], last)
+            self.waiting[client_order_id] = _Waiting(instrument, qty, event_ts, False, None)
+            return None
+        last = self.last_ts.get(instrument)
+        passed = event_ts is None or (last is not None and last >= event_ts)
+        due_ts = None
+        if self.mode == L.FILL_LATENCY:
+            start = decided_ts if decided_ts is not None else event_ts if event_ts is not None else last
+            due_ts = None if start is None else start + self.latency_ns
+        self.waiting[client_order_id] = _Waiting(instrument, qty, event_ts, passed, due_ts)
         return None
 
     def fill_now(self, client_order_id: str) -> Fill | None:

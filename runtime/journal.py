@@ -166,7 +166,8 @@ class Replayer:
             self.engine = Engine(policy, L.LIVE)
             self.core = OrderCore(self.engine, record["order_prefix"], lambda message, sent_ns: None, self._record,
                                   max_clock_skew_s=skew, max_feed_silence_s=silence,
-                                  wall_ns=lambda: self._clock[0], monotonic_ns=lambda: self._clock[1])
+                                  wall_ns=lambda: self._clock[0], monotonic_ns=lambda: self._clock[1],
+                                  reconcile=record.get("reconcile_at_start", False))
             return
         if policy.policy_hash != self.engine.policy.policy_hash:
             self.engine = carry_over(self.engine, policy)

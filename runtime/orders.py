@@ -94,12 +94,16 @@ class OrderCore:
     order they must reach the venue; `event_sent_ns` is the `sent_ns` of the market event
     behind an order, or None. `record(kind, ts=None, **fields)` gets each decision log
     record; `ts` None means the wall clock. `max_clock_skew_s` and `max_feed_silence_s`
-    are in seconds; `wall_ns()` and `monotonic_ns()` return nanoseconds."""
+    are in seconds; `wall_ns()` and `monotonic_ns()` return nanoseconds. `reconcile`:
+    ask the venue for its state on the first venue connection and hold every order
+    until it matches this state (flat, for a new one), as a resumed state does: a venue
+    that still holds an earlier run's positions is found before they add up past a limit."""
 
     def __init__(self, engine: Engine, order_prefix: str, send: Callable[[dict, int | None], None],
                  record: Callable[..., object], *, max_clock_skew_s: float = MAX_CLOCK_SKEW_S,
                  max_feed_silence_s: float = MAX_FEED_SILENCE_S, wall_ns: Callable[[], int] = time.time_ns,
-                 monotonic_ns: Callable[[], int] = time.monotonic_ns, journal: bool = False):
+                 monotonic_ns: Callable[[], int] = time.monotonic_ns, journal: bool = False,
+                 reconcile: bool = False):
         self.engine = engine
         self.instruments = tuple(engine.policy.instruments)
         self.policy_hash = engine.policy.policy_hash
@@ -122,7 +126,7 @@ class OrderCore:
         self.silent_since_ns: int | None = None  # while a silence is logged: monotonic time it began
         self.rejected: set[str] = set()         # the orders the venue rejected: a later fill of one is a break
         self.past_prefixes: dict[str, int] = {}  # order_prefix of an earlier run of this state -> orders it sent
-        self.reconcile_due = False              # a resumed state: compare positions with the venue's before trading
+        self.reconcile_due = reconcile          # compare positions with the venue's before trading
         self.reconciling = False                # the venue was asked for its state and has not answered yet
         self.held: set[str] = set()             # instruments whose orders were held while reconciling
 
@@ -517,10 +521,12 @@ class OrderCore:
     def venue_state(self, positions: dict, open_orders: list) -> None:
         """The venue's answer to `state_request`: its signed position per instrument
         (units; an instrument it does not name is flat) and the ids of the orders it
-        holds open. Matched against this state's positions within `MATCH_RTOL`: a match
-        lets the orders held meanwhile be decided again; a mismatch trips the kill switch
-        (`reconcile_mismatch`) until an operator resumes. Either way a `reconcile` record
-        shows both sides. An answer nobody asked for is ignored."""
+        holds open. Matched against this state's positions within `MATCH_RTOL`, and the
+        venue may hold no open order this state does not know (one would fill into a
+        position nobody limits): a match lets the orders held meanwhile be decided again;
+        a mismatch trips the kill switch (`reconcile_mismatch`) until an operator resumes.
+        Either way a `reconcile` record shows both sides (with `unknown_orders` when the
+        venue holds any). An answer nobody asked for is ignored."""
         self._begin("venue", type="state", positions=positions, open_orders=open_orders)
         if not self.reconciling:
             return
@@ -529,11 +535,13 @@ class OrderCore:
         theirs = {name: float(positions.get(name, 0.0)) for name in self.instruments}
         differ = [name for name in self.instruments
                   if abs(ours[name] - theirs[name]) > MATCH_RTOL * max(abs(ours[name]), abs(theirs[name]))]
-        self.record("reconcile", ts=self._wall, matched=not differ, instruments=differ,
+        unknown = sorted(set(open_orders) - set(self.open))
+        self.record("reconcile", ts=self._wall, matched=not differ and not unknown, instruments=differ,
                     runtime={"positions": ours, "open_orders": list(self.open)},
-                    venue={"positions": positions, "open_orders": open_orders})
+                    venue={"positions": positions, "open_orders": open_orders},
+                    **({"unknown_orders": unknown} if unknown else {}))
         held, self.held = sorted(self.held), set()
-        if differ:
+        if differ or unknown:
             if not self.engine.halted:
                 self._halt(RECONCILE_MISMATCH)
             return

@@ -423,3 +423,10 @@ def test_a_bad_fill_model_is_a_usage_error_that_says_why(capsys, value, message)
     code, _, err = run(capsys, "backtest", str(EMA), "--data", str(ORCL),
                        "--fill", value)
     assert code == 2 and message in err
+
+
+def test_the_paper_venue_takes_the_backtests_fill_models(capsys):
+    """`paper-venue --fill` reads a model as `backtest --fill` does, errors included."""
+    code, _, err = run(capsys, "paper-venue", "--listen", "127.0.0.1:9", "--feed", "ws://127.0.0.1:1",
+                       "--fill", "latency=-1s")
+    assert code == 2 and "latency must not be negative" in err

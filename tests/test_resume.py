@@ -17,7 +17,8 @@ from policyc.runtime.live import replay as feed
 from policyc.runtime.live.audit import read_log
 from policyc.runtime.live.protocol import Market
 from policyc.runtime.live.runner import LiveRuntime, RunConfig
-from policyc.runtime.orders import RECONCILE_MISMATCH, RECONCILE_PENDING
+from policyc.runtime.engine import Engine
+from policyc.runtime.orders import RECONCILE_MISMATCH, RECONCILE_PENDING, OrderCore
 
 from loopback import HOST, free_port, until
 from test_live import DATA
@@ -222,3 +223,46 @@ def test_an_encrypted_signed_run_that_was_killed_resumes(held, short, tmp_path):
     assert second.engine.position("ORCL") == first.engine.position("ORCL") == 150 == venue.positions["ORCL"]
     records = read_log(log, bytes.fromhex(key.read_text()))
     assert [r["matched"] for r in records if r["kind"] == "reconcile"] == [True]
+
+
+def _fresh(policy, venue_positions: dict, venue_open: list):
+    """A new core (no log behind it) that reconciles, connected to a venue holding
+    `venue_positions` and `venue_open`; returns the core, what it sent and its records."""
+    sent, records, clock = [], [], [1_800_000_000 * S, 10 * S]
+    core = OrderCore(Engine(policy, L.LIVE), "walk-1", lambda m, _: sent.append(m),
+                     lambda kind, ts=None, **fields: records.append({"kind": kind, **fields}),
+                     wall_ns=lambda: clock[0], monotonic_ns=lambda: clock[1], reconcile=True)
+    core.feed_connected()
+    core.market([Market("A", T, {"price": 50.0}, None), Market("B", T, {"price": 20.0}, None)])
+    core.venue_connected()
+    assert sent == [{"type": "state_request"}] and core.reconciling
+    decision, added = core.intent("A", 40.0)
+    assert RECONCILE_PENDING in added and not [m for m in sent if m["type"] == "order"]
+    core.venue_state(venue_positions, venue_open)
+    return core, sent, records
+
+
+def test_a_new_run_trades_once_the_venue_is_flat(walk):
+    """A new run expects a flat venue; it holds its first order until the venue says so."""
+    core, sent, records = _fresh(walk, {}, [])
+    (rec,) = [r for r in records if r["kind"] == "reconcile"]
+    assert rec["matched"] and not core.engine.halted
+    assert [(m["instrument"], m["qty"]) for m in sent if m["type"] == "order"] == [("A", 40.0)]
+
+
+def test_a_new_run_halts_on_a_venue_that_holds_an_earlier_runs_position(walk):
+    """The venue still holds 90 of A from a run whose log is gone: with max_position 100,
+    a new run that believed itself flat could buy 60 more, to 150. It halts instead."""
+    core, sent, records = _fresh(walk, {"A": 90.0}, [])
+    (rec,) = [r for r in records if r["kind"] == "reconcile"]
+    assert not rec["matched"] and rec["instruments"] == ["A"] and rec["venue"]["positions"] == {"A": 90.0}
+    assert core.engine.halted and [r["reason"] for r in records if r["kind"] == "halt"] == [RECONCILE_MISMATCH]
+    assert not [m for m in sent if m["type"] == "order" and m["qty"] > 0]
+
+
+def test_a_venue_holding_an_order_this_run_does_not_know_is_a_mismatch(walk):
+    """An open order nobody here sent would fill into a position no limit has seen."""
+    core, sent, records = _fresh(walk, {}, ["other-000007"])
+    (rec,) = [r for r in records if r["kind"] == "reconcile"]
+    assert not rec["matched"] and rec["unknown_orders"] == ["other-000007"] and rec["instruments"] == []
+    assert core.engine.halted

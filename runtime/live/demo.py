@@ -3,8 +3,9 @@ a terminal view of positions, equity, orders, risk state, rejects and latency.
 `loopback` is the same wiring for anything else that wants the three on one machine.
 
 The demo's feed runs in lockstep (`Lockstep`), so that the live run decides and fills
-as `backtest --fill same` does on the same file, and the two can be compared order by
-order; a feed paced by the clock (`rate`) shows what happens without that."""
+as `backtest --fill same` does on the same file (or as the backtest's other fill models
+do, with the paper venue in that model), and the two can be compared order by order; a
+feed paced by the clock (`rate`) shows what happens without that."""
 from __future__ import annotations
 
 import asyncio
@@ -14,6 +15,7 @@ from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from policyc.compiler import layout as L
 from policyc.compiler.build import CompiledPolicy
 
 from . import eventloop, paper, replay, view
@@ -47,9 +49,11 @@ async def _settled(condition, timeout: float) -> bool:
 
 class Lockstep:
     """A replay feed that sends one event at a time: to the paper venue first, then, once
-    the venue has taken it, to the runtime; the next event leaves once the runtime has
-    handled this one and every order it caused is filled or refused. The venue then fills
-    every order at the price of the event it was decided on, as `--fill same` does.
+    the venue has taken it and the runtime has applied the fills it made, to the
+    runtime; the next event leaves once the runtime has handled this one and every order
+    it caused is filled, refused, or acknowledged and resting in the venue's book for a
+    later event (`next`, `next-open`, `latency`). The venue then fills every order at the
+    event the backtest's fill model names: under `same` the one it was decided on.
 
     A feed paced by the clock races the venue against the runtime: after any stall of
     the machine it sends a burst, the venue reads the next event before the runtime's
@@ -85,14 +89,19 @@ class Lockstep:
         """Send the whole recording in lockstep; the number of events sent."""
         to_venue, to_runtime = await self._clients["venue"], await self._clients["runtime"]
         rec, counters = self.recording, runtime.counters
+
+        def resting() -> bool:
+            """Every order open in the runtime is acknowledged and waits in the venue's book."""
+            return all(oid in venue.behind and oid not in runtime.unacked for oid in runtime.open)
+
         for k in range(len(rec)):
             msg = replay.message(rec, k, "native", time.time_ns())
             frame, name = encode(msg).decode(), msg["instrument"]
             await to_venue.send(frame)
-            taken = await _settled(lambda: venue.last_ts.get(name) == msg["ts"], STALL_S)
+            taken = await _settled(lambda: venue.last_ts.get(name) == msg["ts"] and resting(), STALL_S)
             before = counters.events + counters.bad_messages
             await to_runtime.send(frame)
-            handled = await _settled(lambda: counters.events + counters.bad_messages > before and not runtime.open,
+            handled = await _settled(lambda: counters.events + counters.bad_messages > before and resting(),
                                      STALL_S)
             self.stalls += not (taken and handled)
         return len(rec)
@@ -109,10 +118,11 @@ class Loopback:
 
 @asynccontextmanager
 async def loopback(policy: CompiledPolicy, recording: replay.Recording, log: Path, rate: float | None,
-                   fees_bps: float = 0.0, **config):
+                   fees_bps: float = 0.0, fill_mode: int = L.FILL_SAME, fill_latency_ns: int = 0, **config):
     """A replay feed, a paper venue following it and a runtime between them, on
     127.0.0.1. `rate`: the feed sends that many events a second, starting once both are
-    connected; None: it runs in lockstep with them (`Lockstep`). On exit the runtime
+    connected; None: it runs in lockstep with them (`Lockstep`). `fill_mode` and
+    `fill_latency_ns`: the venue's fill model (`paper.PaperVenue`). On exit the runtime
     stops (its status is `run.result()`), then the venue and the feed."""
     async with AsyncExitStack() as servers:
         lockstep = None
@@ -128,7 +138,7 @@ async def loopback(policy: CompiledPolicy, recording: replay.Recording, log: Pat
             await feed_ready.wait()
             venue_feed = runtime_feed = f"ws://{HOST}:{feed_port}"
         venue_port = free_port()
-        venue = paper.PaperVenue(fees_bps=fees_bps)
+        venue = paper.PaperVenue(fees_bps=fees_bps, fill_mode=fill_mode, fill_latency_ns=fill_latency_ns)
         venue_ready, stop_venue = asyncio.Event(), asyncio.Event()
         venue_task = asyncio.create_task(paper.serve(venue, HOST, venue_port, venue_feed, ready=venue_ready,
                                                      stop=stop_venue))
@@ -150,11 +160,12 @@ async def loopback(policy: CompiledPolicy, recording: replay.Recording, log: Pat
                 feed.cancel()
 
 
-async def _run(policy: CompiledPolicy, data: Path, log: Path, rate: float | None, flatten: bool) -> dict:
+async def _run(policy: CompiledPolicy, data: Path, log: Path, rate: float | None, flatten: bool, fill_mode: int,
+               fill_latency_ns: int) -> dict:
     rec = replay.load_recording([(policy.instruments[0], str(data))])
-    async with loopback(policy, rec, log, rate, fees_bps=policy.checked.account["fees_bps"],
-                        flatten_on_exit=flatten) as stack:
-        await view.watch(stack.runtime, stack.feed, stack.venue)
+    async with loopback(policy, rec, log, rate, fees_bps=policy.checked.account["fees_bps"], fill_mode=fill_mode,
+                        fill_latency_ns=fill_latency_ns, flatten_on_exit=flatten) as stack:
+        await view.watch(stack.runtime, stack.feed, stack.venue, total=len(rec))
         if stack.lockstep is None:
             await asyncio.sleep(0.2)  # the last orders' fills, which a clock-paced feed did not wait for
     return {**stack.run.result(), "venue_latency": stack.venue.percentiles(), "venue_fills": len(stack.venue.fills),
@@ -162,14 +173,16 @@ async def _run(policy: CompiledPolicy, data: Path, log: Path, rate: float | None
 
 
 def run_live_demo(policy: CompiledPolicy, data: Path, log: Path, rate: float | None = None,
-                  flatten: bool | None = None) -> dict:
+                  flatten: bool | None = None, fill_mode: int = L.FILL_SAME, fill_latency_ns: int = 0) -> dict:
     """Trade `policy` on the replayed `data` over loopback, logging to `log`; the
     runtime's final status, with the venue's latency percentiles and fill count, the
     lockstep feed's `stalls` (None for a clock-paced feed) and `elapsed_s`. `rate`: as
     `loopback`. `flatten`: liquidate when the feed ends; by default only with a
-    clock-paced feed (in lockstep the run ends holding what the backtest holds)."""
+    clock-paced feed (in lockstep the run ends holding what the backtest holds).
+    `fill_mode`, `fill_latency_ns`: the paper venue's fill model, as `loopback`."""
     log.unlink(missing_ok=True)
     t0 = time.perf_counter()
-    status = eventloop.run(_run(policy, data, log, rate, rate is not None if flatten is None else flatten))
+    status = eventloop.run(_run(policy, data, log, rate, rate is not None if flatten is None else flatten,
+                                fill_mode, fill_latency_ns))
     status["elapsed_s"] = time.perf_counter() - t0
     return status

@@ -1,13 +1,18 @@
 """`policyc paper-venue`: a venue to trade against without an exchange account.
 
-It subscribes to a market-data feed, acknowledges market orders and fills them by the
-`same` fill model of `runtime/fills.py` (at the price of the market event each was
-decided on, or the feed's last price), after an optional latency during which a
-`cancel` still stops them, charges fees in basis points, and answers a
-`client_order_id` it has seen before, in an order or a cancel, with exactly what it
-answered so far, executing nothing twice. It keeps each instrument's position (the sum
-of its fills, over every connection) and answers a `state_request` with the positions
-and the orders it holds open. It records tick-to-order latency from `event_sent_ns`.
+It subscribes to a market-data feed, acknowledges market orders and fills them by one
+of the backtest's fill models (`runtime/fills.py`, `fill_mode`): by default `same`, at
+the price of the market event each was decided on (or the feed's last price); `next`,
+`next-open` and `latency` at a later market event of the feed, as `backtest --fill`
+does. An optional wall-clock latency comes first, during which a `cancel` still stops
+an order. It charges fees in basis points, and answers a `client_order_id` it has seen
+before, in an order or a cancel, with exactly what it answered so far, executing nothing
+twice. It keeps each instrument's position (the sum of its fills, over every
+connection) and answers a `state_request` with the positions and the orders it holds
+open. It records tick-to-order latency from `event_sent_ns`.
+
+`PaperVenue` is the venue without I/O (feed frames and order frames in, replies out);
+`serve` puts it on sockets and runs its timers.
 """
 from __future__ import annotations
 
@@ -18,20 +23,31 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 
+from policyc.compiler import layout as L
+
 from ..fills import Fill, FillBook, FillModel
 from . import transport
 from .protocol import MAX_FRAME_BYTES, Input, ProtocolError, decode, encode, parse_feed
 
 #: Seconds an order decided on an event the venue's feed has not brought yet waits for
-#: it; then it fills at the last price there is (two feeds should never be this far apart).
+#: it under `same`; then it fills at the last price there is (two feeds should never be
+#: this far apart). Under the other fill models an order waits for a later event anyway.
 FEED_WAIT_S = 1.0
 
 
 @dataclass
 class PaperVenue:
+    """The venue's state and answers, sans-I/O. `fees_bps`: fee per fill in basis points
+    of its notional; `latency_ms`: wall-clock wait between an order's `ack` and its
+    reaching the book; `fill_mode`: a layout fill mode of the backtest (FILL_SAME,
+    FILL_NEXT, FILL_NEXT_OPEN, FILL_LATENCY); `fill_latency_ns`: FILL_LATENCY's delay in
+    event time (int ns). Raises ValueError for a mode or latency `FillBook` refuses."""
+
     fees_bps: float = 0.0
     latency_ms: float = 0.0
     feed_format: str = "native"
+    fill_mode: int = L.FILL_SAME
+    fill_latency_ns: int = 0
     replies: dict = field(default_factory=dict)       # client_order_id -> replies sent so far
     pending: dict = field(default_factory=dict)       # client_order_id -> order waiting out the latency
     fills: list = field(default_factory=list)
@@ -44,7 +60,15 @@ class PaperVenue:
     book: FillBook = field(init=False, repr=False)    # the feed's prices and the orders waiting for them
 
     def __post_init__(self):
-        self.book = FillBook(FillModel(fees_bps=self.fees_bps))  # `same`; no slippage: a fill at the feed's price
+        # no slippage: a fill at the feed's price
+        self.book = FillBook(FillModel(fees_bps=self.fees_bps), self.fill_mode, self.fill_latency_ns)
+
+    @property
+    def feed_wait_s(self) -> float | None:
+        """How long an order executed but still waiting in the book may wait before it
+        fills at the last price (`execute(wait=False)`): FEED_WAIT_S under `same`, whose
+        orders wait only for a lagging feed; None (until its event) under the others."""
+        return FEED_WAIT_S if self.fill_mode == L.FILL_SAME else None
 
     @property
     def last_price(self) -> dict:
@@ -57,9 +81,9 @@ class PaperVenue:
         return self.book.last_ts
 
     def on_feed(self, frames: list) -> list[dict]:
-        """Show every market event to the book, in order; a frame it cannot read is
-        skipped (the runtime, not the venue, answers for bad market data). Returns the
-        fills of orders that were waiting for the feed to reach their `event_ts`."""
+        """Show every market event to the book, in order (a bar with its open); a frame
+        it cannot read is skipped (the runtime, not the venue, answers for bad market
+        data). Returns the fill replies of the orders waiting for these events."""
         fills = []
         for frame in frames:
             try:
@@ -68,7 +92,8 @@ class PaperVenue:
                 continue
             for item in items:
                 if not isinstance(item, Input):
-                    for fill in self.book.market(item.instrument, item.ts, item.fields["price"]):
+                    for fill in self.book.market(item.instrument, item.ts, item.fields["price"],
+                                                 item.fields.get("open")):
                         fills.append(self._filled(self.behind.pop(fill.client_order_id), fill))
         return fills
 
@@ -133,9 +158,10 @@ class PaperVenue:
 
     def execute(self, oid: str, msg: dict | None = None, wait: bool = True) -> list[dict]:
         """Hand an order done waiting out its latency to the book (nothing if it was
-        cancelled): it fills at the price of the event it was decided on, at once when
-        the venue's feed has brought that event, else when `on_feed` brings it.
-        `wait=False` ends that wait (`FEED_WAIT_S`): the last price, or a reject without one."""
+        cancelled): under `same` it fills at the price of the event it was decided on, at
+        once when the venue's feed has brought that event, else when `on_feed` brings it;
+        under the other fill models when `on_feed` brings its event. `wait=False` ends
+        the wait (`feed_wait_s`): the last price, or a reject without one."""
         if not wait:
             fill = self.book.fill_now(oid)
             if fill is not None:
@@ -147,7 +173,7 @@ class PaperVenue:
         if msg is None:
             return []
         qty = msg["qty"] if msg["side"] == "buy" else -msg["qty"]
-        fill = self.book.order(oid, self._priced_as(msg["instrument"]), qty, _event_ts(msg))
+        fill = self.book.order(oid, self._priced_as(msg["instrument"]), qty, _event_ts(msg), _ts(msg, "ts"))
         if fill is None:
             self.behind[oid] = msg
             return []
@@ -186,10 +212,15 @@ class PaperVenue:
         return {"p50_us": pick(0.5), "p99_us": pick(0.99), "n": len(xs)}
 
 
-def _event_ts(msg: dict) -> int | None:
-    """The `event_ts` of an order (ns), None when it has none or it is not an integer."""
-    ts = msg.get("event_ts")
+def _ts(msg: dict, key: str) -> int | None:
+    """A time field of an order (ns), None when it has none or it is not an integer."""
+    ts = msg.get(key)
     return ts if isinstance(ts, int) and not isinstance(ts, bool) else None
+
+
+def _event_ts(msg: dict) -> int | None:
+    """The `event_ts` of an order: the market event it was decided on (ns), or None."""
+    return _ts(msg, "event_ts")
 
 
 class _Anything:
@@ -244,11 +275,15 @@ async def serve(venue: PaperVenue, host: str, port: int, feed_url: str, ready: a
         if msg is not None:
             answer(oid, venue.execute(oid, msg, wait=False))
 
+    def wait_for_feed(oid: str) -> None:
+        if venue.feed_wait_s is not None:
+            loop.call_later(venue.feed_wait_s, end_wait, oid)
+
     def fill_due(oid: str) -> None:
         """The order executes when due even if its connection dropped meanwhile."""
         answer(oid, venue.execute(oid))
         if oid in venue.behind:
-            loop.call_later(FEED_WAIT_S, end_wait, oid)
+            wait_for_feed(oid)
 
     async def handler(websocket):
         try:
@@ -261,7 +296,7 @@ async def serve(venue: PaperVenue, host: str, port: int, feed_url: str, ready: a
                         if oid in venue.pending:  # the fill is due after the latency
                             loop.call_later(venue.latency_ms / 1000, fill_due, oid)
                         else:  # executed at once, but waiting for the feed
-                            loop.call_later(FEED_WAIT_S, end_wait, oid)
+                            wait_for_feed(oid)
                     route[oid] = websocket
         except Exception:
             return
