@@ -135,8 +135,8 @@ def start(policy: Path, log: Path, ex: Exchange, control: int, token: Path) -> s
 
 
 def reconciled(log: Path, count: int, port: int, proc: subprocess.Popen) -> None:
-    """Wait until the run listens and the log holds `count` reconcile records: a resumed
-    run has compared its positions with the venue's."""
+    """Wait until the run listens and the log holds `count` reconcile records: the run
+    (every run, the first included) has compared its positions with the venue's."""
     wait_port(port, proc=proc)
     deadline = time.monotonic() + FAILSAFE_S
     while sum(r["kind"] == "reconcile" for r in read_log(log)) < count:
@@ -178,7 +178,7 @@ def check(log: Path, ex: Exchange, runs: int) -> None:
     assert max(days.values(), default=0) <= MAX_ORDERS_PER_DAY, days
     assert ex.worst <= MAX_POSITION + 1e-9
     reconciles = [r for r in records if r["kind"] == "reconcile"]
-    assert len(reconciles) == runs - 1 and all(r["matched"] for r in reconciles), \
+    assert len(reconciles) == runs and all(r["matched"] for r in reconciles), \
         [r for r in reconciles if not r["matched"]][:1]
     assert sum(r["kind"] == "session" for r in records) == runs
 
@@ -201,7 +201,7 @@ def test_kill_9_at_random_moments_breaks_no_limit_and_loses_no_order(tmp_path):
             port = free_port()
             proc = start(policy, log, ex, port, token)
             try:
-                reconciled(log, cycle - 1, port, proc)
+                reconciled(log, cycle, port, proc)
                 if rng.random() < 0.25 and not halted:
                     control(port, OPERATOR, {"type": "halt", "reason": f"cycle {cycle}"})
                     halted = True
@@ -218,7 +218,7 @@ def test_kill_9_at_random_moments_breaks_no_limit_and_loses_no_order(tmp_path):
         # a last run, stopped cleanly: its state is the venue's
         port = free_port()
         proc = start(policy, log, ex, port, token)
-        reconciled(log, CYCLES, port, proc)
+        reconciled(log, CYCLES + 1, port, proc)
         time.sleep(2.0)
         proc.send_signal(signal.SIGTERM)
         _, err = proc.communicate(timeout=FAILSAFE_S)

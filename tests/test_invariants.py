@@ -302,8 +302,10 @@ class LimitsMachine(RuleBasedStateMachine):
         self.sec_times: list[int] = []  # the bucket clock at each non-exit order (invariant 5)
         self.peak = float(compiled().checked.account["initial_equity"])
         self._read_log()
-        self.venue_up = True
+        self.venue_up, self.state_asked = True, False
         self.rt._venue_connected(Stream(self._venue_receives))
+        assert self.state_asked  # a new run compares its (flat) state with the venue's before trading
+        self.rt.on_venue_messages([orjson.dumps({"type": "state", "positions": {}, "open_orders": []})])
         self.feed_up = True
         self.rt._feed_connected(Stream())
         for inst, price in zip(INSTRUMENTS, (pa, pb)):
@@ -722,7 +724,11 @@ class LimitsMachine(RuleBasedStateMachine):
 
     # ---- the venue --------------------------------------------------------------------------------------------
     def _venue_receives(self, msg: dict) -> None:
-        """An order or a cancel reaches the venue (called inside the runtime: only books it)."""
+        """An order or a cancel reaches the venue (called inside the runtime: only books it);
+        a new run's state request is answered when the machine starts."""
+        if msg["type"] == "state_request":
+            self.state_asked = True
+            return
         oid = msg["client_order_id"]
         v = self.book.get(oid)
         if msg["type"] == "order":

@@ -502,7 +502,8 @@ def test_an_oversized_feed_message_is_a_bad_message_the_feed_reconnects_and_trad
 
 @pytest.mark.parametrize("frame, text, reason, same_connection", [
     (tick(1, 70.0).encode(), False, "binary", True),                # a tick that would trade, as a binary frame
-    (b'{"type": "tick", "price": "\xff\xfe"}', True, "", None),     # not UTF-8: refused, or closed with 1007
+    # not UTF-8: the connection fails with 1007 (RFC 6455), and the feed connects again
+    (b'{"type": "tick", "price": "\xff\xfe"}', True, "connection closed with code 1007: invalid UTF-8", False),
 ], ids=["binary", "not-utf8"])
 def test_a_feed_frame_the_runtime_cannot_read_is_a_bad_message_and_trading_goes_on(trend, tmp_path, frame, text,
                                                                                      reason, same_connection):
@@ -523,12 +524,31 @@ def test_a_feed_frame_the_runtime_cannot_read_is_a_bad_message_and_trading_goes_
     mid, after = asyncio.run(scenario())
     assert mid == {"events": 1, "orders": 0, "last_price": 50.0}  # never acted on
     assert after["positions"] == {"ORCL": 10.0}
-    if same_connection is not None:
-        assert after["same_connection"] is same_connection
+    assert after["same_connection"] is same_connection
     (bad,) = _records(log, "bad_message")
     assert bad["source"] == "feed" and reason in bad["reason"]
     (order,) = _records(log, "order")
     assert order["price"] == 61.0
+
+
+def test_a_feed_that_closes_with_a_code_of_its_own_is_reconnected_and_no_bad_message(trend, tmp_path):
+    """A close the peer starts (1011, a server error) is echoed and the feed reconnects;
+    unlike a close the runtime sends for a frame it refuses, it is not a bad message."""
+    log = tmp_path / "log.jsonl"
+
+    async def scenario():
+        stack = await Stack(trend, log).start(price=50.0)
+        rt, first = stack.rt, stack.rt.feed
+        await (await stack.runtime_side()).close(1011, "restarting")
+        await stack.tick(2, 61.0)  # on the next connection
+        await until(lambda: not rt.open and rt.counters.fills == 1)
+        after = {"reconnected": rt.feed is not first, "bad": rt.counters.bad_messages,
+                 "positions": rt.engine.positions()}
+        await stack.close()
+        return after
+
+    assert asyncio.run(scenario()) == {"reconnected": True, "bad": 0, "positions": {"ORCL": 10.0}}
+    assert _records(log, "bad_message") == []
 
 
 @pytest.mark.parametrize("source", ["intents", "control"])
@@ -811,7 +831,9 @@ def test_a_fill_lost_with_the_venue_connection_is_recovered_once_on_reconnect(po
     assert held == {"venue_fills": 1, "acked": True, "open": {"ORCL": 60.0}, "positions": {"ORCL": 0.0},
                     "fills": 0, "reconnects": held["reconnects"]} and held["reconnects"] >= 1
     # on reconnect the open order went out again, unchanged, and nothing else did
-    assert [m["client_order_id"] for m in connections[0]] == [oid] and connections[1] == connections[0]
+    # (the first connection opened with the new run's state request, which the venue answered: flat)
+    assert connections[0][0] == {"type": "state_request"}
+    assert [m["client_order_id"] for m in connections[0][1:]] == [oid] and connections[1] == connections[0][1:]
     assert after == {"positions": {"ORCL": 60.0}, "open": {"ORCL": 0.0}, "fills": 1}
     assert len(venue.fills) == 1
     fills = _records(log, "fill")

@@ -4,8 +4,8 @@ import json
 import pytest
 
 from policyc.runtime.live.audit import DecisionLog, read_log
-from policyc.runtime.live.protocol import (MAX_FRAME_BYTES, Input, Intent, Market, ProtocolError, message_id,
-                                   parse_control, parse_feed, parse_intent, parse_venue)
+from policyc.runtime.live.protocol import (MAX_FRAME_BYTES, FeedDecoder, Input, Intent, Market, ProtocolError,
+                                           message_id, parse_control, parse_feed, parse_intent, parse_venue)
 
 INSTRUMENTS = {"ORCL", "BTC-USD", "binance:BTCUSDT"}
 TS = 1_700_000_000_000_000_000
@@ -220,3 +220,144 @@ def test_a_parser_defect_is_a_bad_message_for_its_frame_alone(monkeypatch):
     monkeypatch.setitem(protocol.FEED_PARSERS, "native", broken)
     with pytest.raises(ProtocolError, match=r"^unreadable message: KeyError\('a check nobody wrote'\)$"):
         parse_feed(_tick(), INSTRUMENTS)
+
+
+# ---- JSON junk, field by field, in every message type ---------------------------------------------------------------
+# Each field of each message gets each junk value, written as JSON text (so that what no
+# JSON encoder writes, NaN and 1e999, can be sent). A value its field does not take is
+# a ProtocolError, whose reason names the field or says the frame is not JSON; never
+# another exception, and never a message read another way. A native feed frame is also
+# decoded the fast way (FeedDecoder), which must agree.
+
+JUNK = {
+    "NaN": "NaN", "Infinity": "Infinity", "-Infinity": "-Infinity", "1e999": "1e999", "-1e999": "-1e999",
+    "-0": "-0", "-0.0": "-0.0", "2**64": str(2**64), "10**400": "1" + "0" * 400, "-2**63-1": str(-2**63 - 1),
+    "true": "true", "null": "null", "a string": '"1"', "an empty string": '""', "an array": "[1]",
+    "an object": '{"a": 1}', "nested 200 deep": "[" * 200 + "]" * 200, "nested 5,000 deep": "[" * 5000 + "]" * 5000,
+}
+#: per kind of field, the junk it takes (each is then read as it should be)
+TAKES = {
+    "price": set(), "decimal": {"a string"}, "ns": {"-0"}, "ms": {"-0"},
+    "number": {"-0", "-0.0"}, "fee": {"-0", "-0.0", "null"},
+    "optional price": {"null"}, "optional ns": {"null", "-0"}, "optional volume": {"null", "-0", "-0.0"},
+    "id": {"a string"}, "name": {"a string"}, "instrument": set(), "type": set(),
+    "positions": {"an object"}, "orders": set(),
+    # informational text: a value of another type is read as "" (a reject is still a reject)
+    "text": set(JUNK) - {"NaN", "Infinity", "-Infinity", "1e999", "-1e999", "10**400", "nested 5,000 deep"},
+}
+FEED = lambda fmt: lambda frame: parse_feed(frame, INSTRUMENTS, fmt)  # noqa: E731
+VENUE = lambda frame: parse_venue(frame)  # noqa: E731
+MESSAGES = {  # name: (parse, {field: (kind, value as JSON text)})
+    "tick": (FEED("native"), {"type": ("type", '"tick"'), "instrument": ("instrument", '"ORCL"'), "ts": ("ns", str(TS)),
+                              "price": ("price", "45.1"), "qty": ("optional price", "100"),
+                              "sent_ns": ("optional ns", str(TS + 5))}),
+    "bar": (FEED("native"), {"type": ("type", '"bar"'), "instrument": ("instrument", '"ORCL"'), "ts": ("ns", str(TS)),
+                             "open": ("price", "45"), "high": ("price", "46"), "low": ("price", "44"),
+                             "close": ("price", "45.5"), "volume": ("optional volume", "1000")}),
+    "quote": (FEED("native"), {"type": ("type", '"quote"'), "instrument": ("instrument", '"ORCL"'),
+                               "ts": ("ns", str(TS)), "bid": ("price", "45.09"), "ask": ("price", "45.11")}),
+    "feed input": (FEED("native"), {"type": ("type", '"input"'), "instrument": ("instrument", '"ORCL"'),
+                                    "ts": ("ns", str(TS)), "name": ("name", '"score"'), "value": ("number", "0.7")}),
+    "binance trade": (FEED("binance"), {"e": ("type", '"trade"'), "s": ("instrument", '"BTCUSDT"'),
+                                        "p": ("decimal", '"16541.53"'), "q": ("decimal", '"0.003"'),
+                                        "T": ("ms", "1672515782134")}),
+    "coinbase ticker": (FEED("coinbase"), {"type": ("type", '"ticker"'), "product_id": ("instrument", '"BTC-USD"'),
+                                           "price": ("decimal", '"16541.53"'),
+                                           "time": ("type", '"2022-12-31T19:43:02Z"')}),
+    "intent": (lambda frame: parse_intent(frame, INSTRUMENTS),
+               {"type": ("type", '"intent"'), "id": ("id", '"a1"'), "instrument": ("instrument", '"ORCL"'),
+                "target": ("number", "150")}),
+    "intents input": (lambda frame: parse_intent(frame, INSTRUMENTS),
+                      {"type": ("type", '"input"'), "id": ("id", '"a2"'), "instrument": ("instrument", '"ORCL"'),
+                       "name": ("name", '"score"'), "value": ("number", "0.7")}),
+    "ack": (VENUE, {"type": ("type", '"ack"'), "client_order_id": ("id", '"c1"'), "venue_order_id": ("text", '"v1"')}),
+    "fill": (VENUE, {"type": ("type", '"fill"'), "client_order_id": ("id", '"c1"'), "qty": ("price", "10"),
+                     "price": ("price", "45"), "fee": ("fee", "0.5"), "ts": ("optional ns", str(TS))}),
+    "reject": (VENUE, {"type": ("type", '"reject"'), "client_order_id": ("id", '"c1"'), "reason": ("text", '"no"')}),
+    "state": (VENUE, {"type": ("type", '"state"'), "positions": ("positions", '{"ORCL": 10}'),
+                      "open_orders": ("orders", '["c1"]')}),
+    "halt": (parse_control, {"type": ("type", '"halt"'), "reason": ("text", '"why"')}),
+}
+CASES = [(name, field, junk) for name, (_, fields) in MESSAGES.items() for field in fields for junk in JUNK]
+
+
+def _frame(fields: dict, **replaced: str) -> str:
+    return "{" + ", ".join(f'"{key}": {replaced.get(key, value)}' for key, (_, value) in fields.items()) + "}"
+
+
+def _outcome(parse, frame: str):
+    """What `parse` makes of `frame` (its messages, or its ProtocolError's reason), and,
+    for a native feed frame, the same from FeedDecoder, as bytes from a socket."""
+    try:
+        got = parse(frame)
+    except ProtocolError as exc:
+        got = ProtocolError(str(exc))
+    if parse is VENUE:  # as bytes from a socket, the fast way
+        try:
+            fast = parse_venue(frame.encode())
+        except ProtocolError as exc:
+            fast = ProtocolError(str(exc))
+        assert fast == got if not isinstance(got, ProtocolError) else str(fast) == str(got)
+    if parse.__qualname__.startswith("FEED") and '"e"' not in frame and "product_id" not in frame:
+        fast = FeedDecoder(INSTRUMENTS).messages([frame.encode()])
+        assert fast == got if not isinstance(got, ProtocolError) else [str(m) for m in fast] == [str(got)]
+    return got
+
+
+@pytest.mark.parametrize("name, field, junk", CASES, ids=[f"{n}.{f}={j}" for n, f, j in CASES])
+def test_json_junk_in_any_field_is_refused_with_its_reason_or_read_as_the_field_takes_it(name, field, junk):
+    parse, fields = MESSAGES[name]
+    kind = fields[field][0]
+    got = _outcome(parse, _frame(fields, **{field: JUNK[junk]}))
+    if junk in TAKES[kind]:
+        assert not isinstance(got, ProtocolError), got
+    else:
+        assert isinstance(got, ProtocolError)
+        assert str(got).startswith("not JSON") or field in str(got) or "unknown" in str(got) or \
+            "out of range" in str(got), str(got)
+
+
+@pytest.mark.parametrize("name", list(MESSAGES))
+def test_every_message_as_written_is_read(name):
+    parse, fields = MESSAGES[name]
+    assert not isinstance(_outcome(parse, _frame(fields)), ProtocolError)
+
+
+DUPLICATES = [(name, field) for name, (_, fields) in MESSAGES.items() for field in fields]
+
+
+@pytest.mark.parametrize("name, field", DUPLICATES, ids=[f"{n}.{f}" for n, f in DUPLICATES])
+def test_a_key_twice_in_one_object_is_refused_whichever_value_comes_last(name, field):
+    """RFC 8259 leaves an object with a key twice open to reading either value; orjson
+    and msgspec keep the last, other readers the first."""
+    parse, fields = MESSAGES[name]
+    for twice in (f'"{field}": {fields[field][1]}', f'"{field}": 1', f'"{field}": null'):
+        frame = _frame(fields)[:-1] + ", " + twice + "}"
+        got = _outcome(parse, frame)
+        assert isinstance(got, ProtocolError) and str(got) == f"key `{field}` appears twice in one object"
+
+
+@pytest.mark.parametrize("frame", [
+    '{"type": "tick", "instrument": "ORCL", "ts": 1, "price": 1, "x": {"a": 1, "a": 2}}',        # in an unknown field
+    '[{"type": "tick", "instrument": "ORCL", "ts": 1, "price": 1}, '
+    '{"type": "tick", "instrument": "ORCL", "ts": 2, "ts": 3, "price": 1}]',                     # in a batch
+    '{"type": "tick", "instrument": "ORCL", "ts": 1, "price": 1, "x": "\\u003a", "ts": 2}',      # an escaped colon
+    '{"type": "tick", "instrument": "ORCL", "ts": 1, "price": 1, "x": '
+    + "[" * 300 + '{"a": 1, "a": 1}' + "]" * 300 + "}",                                         # deeper than orjson writes
+])
+def test_a_key_twice_is_found_in_nested_objects_batches_and_behind_escapes(frame):
+    assert "appears twice in one object" in str(_outcome(FEED("native"), frame))
+
+
+@pytest.mark.parametrize("frame", [
+    '{"type": "tick", "instrument": "ORCL", "ts": 1, "price": 1, "x": "a:b", "y": {"c:d": ":"}}',
+    '{"type": "tick", "instrument": "ORCL", "ts": 1, "price": 1, "x": "\\u003a\\"", "y": "\\\\:"}',
+    '{"type": "tick", "instrument": "ORCL", "ts": 1, "price": 1, "qty": null, "sent_ns": null}',
+    '[{"type": "tick", "instrument": "ORCL", "ts": 1, "price": 1}, {"type": "tick", "instrument": "ORCL", "ts": 1, '
+    '"price": 2}]',
+    '{"type": "tick", "instrument": "binance:BTCUSDT", "ts": 1, "price": 1}',
+    '{"type": "tick", "instrument": "binance\\u003aBTCUSDT", "ts": 1, "price": 1}',
+])
+def test_colons_in_strings_escapes_and_explicit_nulls_are_no_duplicate(frame):
+    got = _outcome(FEED("native"), frame)
+    assert not isinstance(got, ProtocolError), got

@@ -160,7 +160,8 @@ def test_a_restarted_runtime_goes_on_from_the_logged_state(held, short, tmp_path
     records = read_log(log)
     sessions = [r for r in records if r["kind"] == "session"]
     assert [s["resumed_runs"] for s in sessions] == [0, 1, 2]
-    (rec,) = [r for r in records if r["kind"] == "reconcile"]
+    first_run, rec = [r for r in records if r["kind"] == "reconcile"]  # each run compares before trading
+    assert first_run["matched"] is True and first_run["venue"]["positions"] == {}
     assert rec["matched"] is True and rec["venue"]["positions"] == {"ORCL": 120.0}
     assert second.engine.position("ORCL") == 120 == venue.positions["ORCL"]
     _, found = replay(records, lambda record: held)
@@ -173,7 +174,7 @@ def test_the_kill_switch_survives_a_restart_and_a_flat_venue_is_a_mismatch(held,
     second = asyncio.run(session(held, log, paper.PaperVenue(), short))  # another venue: flat
     assert second.engine.halted
     records = read_log(log)
-    (rec,) = [r for r in records if r["kind"] == "reconcile"]
+    rec = [r for r in records if r["kind"] == "reconcile"][-1]
     assert rec["matched"] is True  # the halt flattened before the first run stopped
     third_venue = paper.PaperVenue()
     third_venue.positions["ORCL"] = 40.0
@@ -222,7 +223,7 @@ def test_an_encrypted_signed_run_that_was_killed_resumes(held, short, tmp_path):
     second = asyncio.run(session(held, log, venue, short, **keys))
     assert second.engine.position("ORCL") == first.engine.position("ORCL") == 150 == venue.positions["ORCL"]
     records = read_log(log, bytes.fromhex(key.read_text()))
-    assert [r["matched"] for r in records if r["kind"] == "reconcile"] == [True]
+    assert [r["matched"] for r in records if r["kind"] == "reconcile"] == [True, True]  # the new run, then the resumed
 
 
 def _fresh(policy, venue_positions: dict, venue_open: list):
@@ -266,3 +267,17 @@ def test_a_venue_holding_an_order_this_run_does_not_know_is_a_mismatch(walk):
     (rec,) = [r for r in records if r["kind"] == "reconcile"]
     assert not rec["matched"] and rec["unknown_orders"] == ["other-000007"] and rec["instruments"] == []
     assert core.engine.halted
+
+
+def test_a_new_log_on_a_venue_that_holds_a_position_halts_before_any_order(held, short, tmp_path):
+    """The earlier run's log is elsewhere (or gone) and the venue holds 400 ORCL of it.
+    With max_position 500, a new run that believed itself flat would buy 300 more, to
+    700: it halts with reconcile_mismatch before sending anything."""
+    venue = paper.PaperVenue()
+    venue.positions["ORCL"] = 400.0
+    fresh = asyncio.run(session(held, tmp_path / "new.jsonl", venue, short, intents=(300,)))
+    records = read_log(tmp_path / "new.jsonl")
+    (rec,) = [r for r in records if r["kind"] == "reconcile"]
+    assert rec["matched"] is False and rec["venue"]["positions"] == {"ORCL": 400.0}
+    assert fresh.engine.halted and [r["reason"] for r in records if r["kind"] == "halt"] == [RECONCILE_MISMATCH]
+    assert venue.positions["ORCL"] <= 400.0 and not [r for r in records if r["kind"] == "order" and r["qty"] > 0]

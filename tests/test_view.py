@@ -63,7 +63,8 @@ class Run:
         self.rt = LiveRuntime(policy, RunConfig("ws://127.0.0.1:9001/feed", "ws://127.0.0.1:9002/venue",
                                                 log_path=str(tmp_path / "log.jsonl")))
         self.venue = VenueSink()
-        self.rt._venue_connected(self.venue)
+        self.rt._venue_connected(self.venue)  # a new run asks the venue's state first: flat, nothing open
+        self.rt.on_venue_messages([orjson.dumps({"type": "state", "positions": {}, "open_orders": []})])
         self.rt._link_up("venue")
         self.rt._feed_connected(self.venue)  # a stream stand-in: the feed sends nothing back
         self.rt._link_up("feed")

@@ -8,6 +8,7 @@ which the runtime counts and logs as `bad_message`. Nothing here does I/O.
 from __future__ import annotations
 
 import functools
+import json
 import math
 import re
 from datetime import datetime, timedelta, timezone
@@ -77,13 +78,44 @@ class VenueState(NamedTuple):
 
 def decode(frame: str | bytes) -> object:
     """JSON of one frame (strict RFC 8259: NaN and Infinity literals are not JSON),
-    refusing oversized frames."""
+    refusing oversized frames and an object with a key twice (`_unique_keys`)."""
     if len(frame) > MAX_FRAME_BYTES:
         raise ProtocolError(f"frame of {len(frame):,} bytes is over the {MAX_FRAME_BYTES:,}-byte limit")
     try:
-        return orjson.loads(frame)
+        data = orjson.loads(frame)
     except orjson.JSONDecodeError as exc:
         raise ProtocolError(f"not JSON: {exc}") from None
+    _unique_keys(frame, data)
+    return data
+
+
+def _unique_keys(frame: str | bytes, data) -> None:
+    """Raise ProtocolError when an object of `frame` has a key twice. RFC 8259 leaves
+    such an object's meaning open and parsers differ (orjson keeps the last value), so
+    a fill whose `qty` is there twice could be read one way here and another way by
+    whatever else reads it. The check counts colons: without a backslash in the frame,
+    every string reads as it is written, and the frame holds one colon per key and the
+    colons of its strings, duplicates' included; `data` re-encoded holds the same minus
+    what duplicates took. Any other frame is read again, key by key."""
+    colon, backslash = (b":", b"\\") if frame.__class__ is not str else (":", "\\")
+    try:
+        if backslash not in frame and frame.count(colon) == orjson.dumps(data).count(b":"):
+            return
+    except orjson.JSONEncodeError:  # nested deeper than orjson writes: read it again
+        pass
+    try:
+        json.loads(frame, object_pairs_hook=_object_of_pairs)
+    except RecursionError:
+        raise ProtocolError("nested too deeply") from None
+
+
+def _object_of_pairs(pairs: list[tuple[str, object]]) -> dict:
+    data = dict(pairs)
+    if len(data) < len(pairs):
+        seen = set()
+        key = next(key for key, _ in pairs if key in seen or seen.add(key))
+        raise ProtocolError(f"key `{key}` appears twice in one object")
+    return data
 
 
 def encode(message: dict) -> bytes:
@@ -235,19 +267,24 @@ class FeedDecoder:
     well-formed ticks, bars and quotes is decoded and checked by one msgspec call (typed
     structs with the limits of the checks above); a frame that call refuses (an input, a
     field it does not know, any fault) goes through `parse_feed`, so a refusal has the
-    same reason and an accepted frame the same messages, whichever way the frame went."""
+    same reason and an accepted frame the same messages, whichever way the frame went.
+    msgspec keeps the last of a key given twice: the frames it read are checked for
+    that together, once per read (`_same_colons`), and the read goes through
+    `parse_feed` when that check fails."""
 
     def __init__(self, instruments, fmt: str = "native"):
         self.instruments, self.fmt = instruments, fmt
         self._decode, self._build = _native_decoder(tuple(sorted(instruments))) if fmt == "native" else (None, {})
 
-    def frames(self, frames) -> list[list | ProtocolError]:
-        """For each frame, its messages (`Market`s and `Input`s) or the `ProtocolError`
-        that refuses it."""
-        decode, build, slow = self._decode, self._build, self._slow
+    def messages(self, frames) -> list:
+        """The messages of `frames` (UTF-8 bytes), in order: `Market`s and `Input`s, and
+        for a frame refused, its `ProtocolError` in place of its messages (a batch is
+        all or nothing)."""
+        decode, build = self._decode, self._build
         if decode is None:
-            return [slow(frame) for frame in frames]
+            return self._slow(frames)
         out = []
+        read, structs = [], []  # the frames msgspec read, and what it read from them
         for frame in frames:
             try:
                 msg = decode(frame) if len(frame) <= MAX_FRAME_BYTES else None
@@ -256,19 +293,43 @@ class FeedDecoder:
             make = build.get(msg.__class__)
             if make is not None:
                 item = make(msg)
-                out.append([item] if item is not None else slow(frame))
+                if item is not None:
+                    out.append(item)
+                    read.append(frame)
+                    structs.append(msg)
+                    continue
             elif msg.__class__ is list and len(msg) <= MAX_BATCH:
                 items = [build[m.__class__](m) for m in msg]
-                out.append(items if None not in items else slow(frame))
-            else:
-                out.append(slow(frame))
+                if None not in items:
+                    out += items
+                    read.append(frame)
+                    structs.append(msg)
+                    continue
+            out += self._slow((frame,))
+        if read and not _same_colons(read, structs):  # a key twice somewhere: parse_feed finds where
+            return self._slow(frames)
         return out
 
-    def _slow(self, frame) -> list | ProtocolError:
-        try:
-            return parse_feed(frame, self.instruments, self.fmt)
-        except ProtocolError as exc:
-            return exc
+    def _slow(self, frames) -> list:
+        out = []
+        for frame in frames:
+            try:
+                out += parse_feed(frame, self.instruments, self.fmt)
+            except ProtocolError as exc:
+                out.append(exc)
+        return out
+
+
+_encode_structs = msgspec.json.Encoder().encode
+
+
+def _same_colons(frames: list, structs: list) -> bool:
+    """Whether `frames` hold no object with a key twice, for what msgspec read from them
+    (`structs`, which omit the keys left out or null): `_unique_keys`' count, made once
+    for all of them. False also when a backslash or an explicit null makes the count
+    unsure: `parse_feed` then judges."""
+    text = frames[0] if len(frames) == 1 else b"".join(frames)
+    return b"\\" not in text and text.count(b":") == _encode_structs(structs).count(b":")
 
 
 # The limits of `_positive`, `_integer` and a bar's `volume`, for the fast path. A JSON
@@ -316,7 +377,7 @@ def _native_decoder(instruments: tuple[str, ...]) -> tuple[Callable, dict]:
     for tag, make in (("tick", _tick), ("bar", _bar), ("quote", _quote)):
         struct = msgspec.defstruct(f"_{tag}", [("instrument", name), ("ts", _Ns), *fields[tag],
                                                ("sent_ns", Optional[_Ns], None)],
-                                   tag=tag, tag_field="type", forbid_unknown_fields=True)
+                                   tag=tag, tag_field="type", forbid_unknown_fields=True, omit_defaults=True)
         build[struct] = make
     message = Union[tuple(build)]
     return msgspec.json.Decoder(Union[message, list[message]]).decode, build
@@ -401,8 +462,28 @@ def parse_control(frame: str | bytes) -> Control:
 
 @_one_frame
 def parse_venue(frame: str | bytes) -> VenueReply | VenueState:
+    """A venue's answer. A well-formed `ack`, `fill` or `reject` (two for each order)
+    in bytes is decoded and checked by one msgspec call, as a native feed frame is;
+    anything else, and anything that call refuses, is checked field by field
+    (`_venue_fields`), which gives the reason: the same answers and refusals either
+    way."""
+    try:
+        msg = _decode_venue(frame) if frame.__class__ is bytes and len(frame) <= MAX_FRAME_BYTES else None
+    except Exception:  # noqa: BLE001 - whatever the fast path refuses, _venue_fields judges
+        msg = None
+    make = _VENUE_BUILD.get(msg.__class__)
+    if make is not None:
+        reply = make(msg)
+        if reply is not None and _same_colons((frame,), (msg,)):
+            return reply
+    return _venue_fields(frame)
+
+
+def _venue_fields(frame: str | bytes) -> VenueReply | VenueState:
     msg = _object(decode(frame))
     kind = msg.get("type")
+    if kind not in ("ack", "fill", "reject", "state"):
+        raise ProtocolError(f"unknown message type {kind!r}")
     if kind == "state":
         positions, open_orders = msg.get("positions"), msg.get("open_orders")
         if not isinstance(positions, dict) or not all(
@@ -426,7 +507,34 @@ def parse_venue(frame: str | bytes) -> VenueReply | VenueState:
             raise ProtocolError(f"`fee` is {fee!r}: a market order's fee is from 0 to the fill's notional "
                                 f"({qty * price:g})")
         return VenueReply("fill", oid, qty=qty, price=price, fee=fee, ts=_integer(msg, "ts", required=False))
-    if kind == "reject":
-        reason = msg.get("reason", "")
-        return VenueReply("reject", oid, reason=reason if isinstance(reason, str) else "")
-    raise ProtocolError(f"unknown message type {kind!r}")
+    reason = msg.get("reason", "")
+    return VenueReply("reject", oid, reason=reason if isinstance(reason, str) else "")
+
+
+def _fill(m) -> VenueReply | None:
+    """None for a fee above the fill's notional, which `_venue_fields` refuses with its reason."""
+    fee = m.fee or 0.0
+    if fee > m.qty * m.price:
+        return None
+    return VenueReply("fill", m.client_order_id, qty=m.qty, price=m.price, fee=fee, ts=m.ts)
+
+
+def _venue_decoder() -> tuple[Callable, dict]:
+    """The decoder of well-formed acks, fills and rejects, with `_venue_fields`' limits,
+    and for each struct it makes, the function from it to a `VenueReply`."""
+    oid = ("client_order_id", Annotated[str, msgspec.Meta(min_length=1)])
+    fields = {
+        "ack": [oid, ("venue_order_id", str, "")],
+        "fill": [oid, ("qty", _Price), ("price", _Price), ("fee", Optional[_Volume], None),
+                 ("ts", Optional[_Ns], None)],
+        "reject": [oid, ("reason", str, "")],
+    }
+    makes = {"ack": lambda m: VenueReply("ack", m.client_order_id, venue_order_id=m.venue_order_id),
+             "fill": _fill,
+             "reject": lambda m: VenueReply("reject", m.client_order_id, reason=m.reason)}
+    build = {msgspec.defstruct(f"_{tag}", fields[tag], tag=tag, tag_field="type", forbid_unknown_fields=True,
+                               omit_defaults=True): makes[tag] for tag in fields}
+    return msgspec.json.Decoder(Union[tuple(build)]).decode, build
+
+
+_decode_venue, _VENUE_BUILD = _venue_decoder()

@@ -125,7 +125,7 @@ class LiveRuntime:
             self.engine = Engine(policy, L.LIVE)
             self.core = OrderCore(self.engine, self.order_prefix, self._send, self._record,
                                   max_clock_skew_s=config.max_clock_skew, max_feed_silence_s=config.max_feed_silence,
-                                  monotonic_ns=self._monotonic_ns, journal=True)
+                                  monotonic_ns=self._monotonic_ns, journal=True, reconcile=True)
         else:
             self.engine, self.core = self.restored.engine, self.restored.core
             self.core.send, self.core.record = self._send, self._record
@@ -146,7 +146,7 @@ class LiveRuntime:
                        toolchain=toolchain_versions(), feed=config.feed_url, venue=config.venue_url,
                        order_prefix=self.order_prefix, max_clock_skew_s=config.max_clock_skew,
                        max_feed_silence_s=config.max_feed_silence, mono_ns=started_ns,
-                       resumed_runs=self.restored.runs if self.restored else 0,
+                       resumed_runs=self.restored.runs if self.restored else 0, reconcile_at_start=True,
                        policy_source=policy.checked.parsed.source.text,
                        **(config.guard.session_fields() if config.guard is not None else {}),
                        **({"tls_cert": security.cert_fingerprint(config.tls_cert)} if config.tls_cert else {}))
@@ -207,23 +207,19 @@ class LiveRuntime:
 
     def _feed_messages(self, frames: list[bytes]) -> None:
         batch = []
-        for items in self.feed_decoder.frames(frames):
-            if items.__class__ is ProtocolError:
-                self.bad_message("feed", str(items))
-                continue
-            if len(items) == 1 and items[0].__class__ is Market:  # the usual frame: one market event
-                batch.append(items[0])
-                continue
-            for item in items:
-                if item.__class__ is Input:
-                    self._market(batch)
-                    batch = []
-                    try:
-                        self.core.set_input(item.instrument, item.name, item.value)
-                    except EngineError as exc:
-                        self.bad_message("feed", str(exc))
-                else:
-                    batch.append(item)
+        for item in self.feed_decoder.messages(frames):
+            kind = item.__class__
+            if kind is Market:
+                batch.append(item)
+            elif kind is Input:
+                self._market(batch)
+                batch = []
+                try:
+                    self.core.set_input(item.instrument, item.name, item.value)
+                except EngineError as exc:
+                    self.bad_message("feed", str(exc))
+            else:
+                self.bad_message("feed", str(item))
         self._market(batch)
 
     def _market(self, batch: list[Market]) -> None:
@@ -240,11 +236,15 @@ class LiveRuntime:
                 self._send_all(outbox)
 
     def _send_all(self, outbox: list[tuple[dict, int | None]]) -> None:
-        if self.venue is not None:
+        venue = self.venue
+        if venue is not None:
             self.log.flush()
-            with self.venue.corked(len(outbox) > 1):
-                for message, _ in outbox:
-                    self.venue.send(encode(message))
+            if len(outbox) == 1:
+                venue.send(encode(outbox[0][0]))
+            else:
+                with venue.corked():
+                    for message, _ in outbox:
+                        venue.send(encode(message))
         now = time.time_ns()
         self.latencies_ns.extend(now - sent for _, sent in outbox if sent is not None)
 
