@@ -4,13 +4,15 @@ An action is the desired target position of each instrument. It goes into the po
 `intent` input of the instrument's next market event and through the same compiled kernel
 that backtests and trades live, so the risk steps clip or block it exactly as they would
 the model's intents in `policyc run`, and a run of actions through the environment is the
-backtest of those actions as an `intent` column (`PolicyEnv.intents`). The guide page is
+backtest of those actions as an `intent` column (`PolicyEnv.events`). The guide page is
 docs/rl.md.
 
 - `PolicyEnv(policy, data, ...)`: one environment (a `gymnasium.Env`).
 - `PolicyVectorEnv` / `make_vector(policy, data, num_envs, ...)`: many environments on one
-  compiled kernel (over data files, data slices, param values or random starts), stepped
-  together with one batched observation (a `gymnasium.vector.VectorEnv`, next-step autoreset).
+  compiled kernel (over data files, data slices, param values or random starts), reset and
+  stepped together by one call of a batched step generated for the kernel (`_STEP_MODULE`),
+  with one batched observation (a `gymnasium.vector.VectorEnv`, next-step autoreset).
+  `PolicyEnv` is the same machinery with one environment.
 - `Observer`: the observation's NumPy work alone, shared by both.
 - `unshielded(policy)`: the same policy without its risk section, to train a model that
   never meets the limits (and measure afterwards how often they overrule it).
@@ -34,8 +36,10 @@ from gymnasium import spaces
 from gymnasium.vector import AutoresetMode, VectorEnv
 
 from policyc.compiler import layout as L
-from policyc.compiler.build import CompiledPolicy, Events, compile_checked, compile_policy
+from policyc.compiler.build import ORDER_GROWTH, CompiledPolicy, Events, compile_checked, compile_policy
 from policyc.compiler.frontend import check_policy
+from policyc.compiler.jit import load_kernel
+from policyc.compiler.sessions import CLOCK_WIDTH
 from policyc.dsl.diagnostics import did_you_mean
 from policyc.dsl.risk_keys import ACCOUNT_KEYS
 from policyc.runtime.data import PRICE_FIELDS, load_table, merge
@@ -204,13 +208,7 @@ class _Data:
     events: Events
     starts: np.ndarray    # [steps + 1]: first event of each group, then len(events)
     next_of: np.ndarray   # [groups, instruments]: first event of the instrument at or after the group's start; -1 if none
-    last_of: np.ndarray   # [groups, instruments]: its last event up to the group's end; `pad` if none
-    decided: np.ndarray   # [groups, instruments] bool: the instrument has an event in the group
-
-    def __post_init__(self):
-        # Python ints: the per-step loop reads them without NumPy's boxing
-        self.start_list, self.next_list = self.starts.tolist(), self.next_of.tolist()
-        self.step_ts = self.events.ts[self.starts[1:] - 1]
+    last_of: np.ndarray   # [groups, instruments]: its last event up to the group's end; len(events) if none
 
     @property
     def groups(self) -> int:
@@ -299,13 +297,12 @@ def check_events(policy: CompiledPolicy, events: Events) -> Events:
     return Events(np.array(ts, np.int64), np.array(kind, np.int8), np.array(inst, np.int32), vals)
 
 
-def _prepare(policy: CompiledPolicy, data, pad: int | None = None) -> _Data:
+def _prepare(policy: CompiledPolicy, data) -> _Data:
     events = _events(policy, data)
     n, k = len(events), len(policy.instruments)
-    pad = n if pad is None else pad
     starts = np.concatenate([[0], np.flatnonzero(np.diff(events.ts)) + 1, [n]]).astype(np.int64)
     next_of = np.full((len(starts) - 1, k), -1, np.int64)
-    last_of = np.full((len(starts) - 1, k), pad, np.int64)
+    last_of = np.full((len(starts) - 1, k), n, np.int64)
     for j in range(k):
         mine = np.flatnonzero(events.inst == j)
         at = np.searchsorted(mine, starts[:-1])
@@ -313,14 +310,284 @@ def _prepare(policy: CompiledPolicy, data, pad: int | None = None) -> _Data:
         next_of[ok, j] = mine[at[ok]]
         before = np.searchsorted(mine, starts[1:]) - 1
         last_of[before >= 0, j] = mine[before[before >= 0]]
-    decided = (next_of >= 0) & (next_of < starts[1:, None])
-    return _Data(events, starts, next_of, last_of, decided)
+    return _Data(events, starts, next_of, last_of)
+
+
+#: The columns of `_Core.envs`, one row per environment (int64): the last group fed (-1
+#: before the first reset), the episode's last group, the environment's number of groups,
+#: the session's orders, those of the latest step, the first event fed in the episode, one
+#: past the last event given an intent in it; and, while a step is under way, the next
+#: event to feed (-1 between steps), the event to feed up to, and the orders before it.
+_ENV_COLUMNS = ("group", "stop", "groups", "n_orders", "new_orders", "fed", "intent_end", "at", "end",
+                "orders_before")
+#: The columns of `_Core.setup` (int64): the fill mode, its latency (ns), the kernel's
+#: trace flag, the intent column, the warm-up steps, `episode_steps` (0: none), and 1 for
+#: box actions (checked and scaled by `scale` in the step), 0 for targets.
+_SETUP_COLUMNS = ("mode", "latency", "trace_on", "intent", "warmup", "episode_steps", "box")
+_TRACE_ON = 2  # the kernel's flag to record the decision trace and the features
+#: The arrays `_Core` keeps for the batched step (name, dtype, dimensions), each with the
+#: environments first: the step finds them through `_Core.table`, a row [address,
+#: shape...] each, in this order.
+_HELD = (("ts", np.int64, 2), ("kind", np.int8, 2), ("inst", np.int32, 2), ("vals", np.float64, 3),
+         ("clock", np.int64, 3), ("bars", np.float64, 2), ("params", np.float64, 2), ("win", np.int64, 2),
+         ("lay", np.int64, 2), ("cfg", np.float64, 2), ("fs", np.float64, 3), ("pstate", np.float64, 3),
+         ("acct", np.float64, 2), ("orders", np.float64, 3), ("trace", np.float64, 3), ("no_equity", np.float64, 1),
+         ("fresh_acct", np.float64, 2), ("fresh_pstate", np.float64, 3), ("fresh_fs", np.float64, 3),
+         ("starts", np.int64, 2), ("next_of", np.int64, 3), ("last_of", np.int64, 3), ("step_ts", np.int64, 2),
+         ("feature_cols", np.int64, 1), ("setup", np.int64, 1), ("envs", np.int64, 2), ("targets", np.float64, 2),
+         ("before", np.float64, 2), ("features", np.float64, 3), ("scale", np.float64, 2),
+         ("observed_positions", np.float64, 3), ("observed_account", np.float64, 2))
+
+# The batched reset and step of many sessions of one kernel, as one Numba call. Numba
+# caches only functions of real files, and calls another compiled function directly only
+# when it is a global of the caller's module, so this module is written per kernel, beside
+# it (`jit.load_kernel`), with the kernel's `run` as its global `run`. The arrays come as
+# one table of addresses, and the kernel is given views that count no references: an
+# array passed to a Numba call from Python costs about 0.07 us, a view counted inside one
+# about 0.015 us, and the kernel takes fifteen a call, about as long as its step of an event.
+_STEP_MODULE = '''\
+"""policyc.gym's batched reset and step over the kernel {kernel}, generated by policyc.gym."""
+import sys
+
+import numpy as np
+from numba import carray, njit, types
+from numba.extending import intrinsic
+
+from policyc.compiler import layout as L
+
+run = sys.modules["{kernel}"].run
+{held} = range({n_held})
+{env_columns} = range({n_env_columns})
+{setup_columns} = range({n_setup_columns})
+
+
+@intrinsic
+def pointer(typingctx, address, dtype):
+    """A pointer of `dtype` (a NumPy scalar type, or an array's) to `address` (an int)."""
+    def codegen(context, builder, signature, args):
+        return builder.inttoptr(args[0], context.get_value_type(signature.return_type))
+    return types.CPointer(dtype.dtype)(address, dtype), codegen
+
+
+@njit(inline="always")
+def held1(table, k, dtype):
+    """The held array k of `table` (a row [address, shape...]), of 1 dimension."""
+    return carray(pointer(table[k, 0], dtype), (table[k, 1],))
+
+
+@njit(inline="always")
+def held2(table, k, dtype):
+    return carray(pointer(table[k, 0], dtype), (table[k, 1], table[k, 2]))
+
+
+@njit(inline="always")
+def held3(table, k, dtype):
+    return carray(pointer(table[k, 0], dtype), (table[k, 1], table[k, 2], table[k, 3]))
+
+
+@njit(inline="always")
+def row(a, i):
+    """a[i], as a view that counts no reference."""
+    return carray(pointer(a.ctypes.data + np.uint64(i * a.strides[0]), a), a.shape[1:])
+
+
+@njit(inline="always")
+def rows(a, i, lo, n):
+    """a[i, lo:lo + n], as a view that counts no reference."""
+    return carray(pointer(a.ctypes.data + np.uint64(i * a.strides[0] + lo * a.strides[1]), a), (n,) + a.shape[2:])
+
+
+@njit(inline="always")
+def snapshot(before, acct, pstate, i):
+    """Environment i's fills, fees, equity, reason counts and exposure per instrument, into before[i]."""
+    k = pstate.shape[1]
+    n_counts = before.shape[1] - 3 - k
+    before[i, 0] = acct[i, L.A_FILLS]
+    before[i, 1] = acct[i, L.A_FEES]
+    before[i, 2] = acct[i, L.A_EQUITY]
+    for r in range(n_counts):
+        before[i, 3 + r] = acct[i, L.A_REASON_COUNTS + r]
+    for j in range(k):
+        before[i, 3 + n_counts + j] = pstate[i, j, L.P_POS] + pstate[i, j, L.P_OPEN]
+
+
+@njit(cache=True, nogil=True)
+def refused(actions, setup):
+    """Whether `actions` are box actions (setup[BOX]) and one is outside [-1, 1] or NaN."""
+    if setup[BOX]:
+        for a in actions.flat:
+            if not abs(a) <= 1.0:  # NaN fails it too
+                return True
+    return False
+
+
+@njit(cache=True, error_model="numpy", nogil=True)
+def step(table, actions, restarts, floats, ints, flags, first):
+    """Environment i (from `first` on) restarts at group restarts[i] when that is 0 or
+    more (its session afresh, fed the warm-up groups before it with no intent), else
+    feeds its next group with the target of actions[i] on each instrument's next market
+    event: actions[i] x scale[i] for box actions (setup[BOX]), else actions[i] (units).
+    Then its outcome goes into floats[i], ints[i] and flags[i] (as policyc.gym._Outcome
+    lays them out), and what the observation reads into features[i], observed_positions[:, i]
+    (position, open quantity, last price) and observed_account[:, i] (equity, peak).
+
+    Returns -1; {refused}, having done nothing, when a box action is outside [-1, 1] (or
+    NaN); or the environment whose order buffer filled: grow the buffers and call again
+    with `first` that environment, which goes on where its session stopped. Raises
+    ValueError for a step past an episode's end."""
+    ts, kind, inst = held2(table, TS, np.int64), held2(table, KIND, np.int8), held2(table, INST, np.int32)
+    vals, clock = held3(table, VALS, np.float64), held3(table, CLOCK, np.int64)
+    bars, params = held2(table, BARS, np.float64), held2(table, PARAMS, np.float64)
+    win, lay, cfg = held2(table, WIN, np.int64), held2(table, LAY, np.int64), held2(table, CFG, np.float64)
+    fs, pstate, acct = held3(table, FS, np.float64), held3(table, PSTATE, np.float64), held2(table, ACCT, np.float64)
+    orders, trace = held3(table, ORDERS, np.float64), held3(table, TRACE, np.float64)
+    no_equity, fresh_acct = held1(table, NO_EQUITY, np.float64), held2(table, FRESH_ACCT, np.float64)
+    fresh_pstate, fresh_fs = held3(table, FRESH_PSTATE, np.float64), held3(table, FRESH_FS, np.float64)
+    starts, step_ts = held2(table, STARTS, np.int64), held2(table, STEP_TS, np.int64)
+    next_of, last_of = held3(table, NEXT_OF, np.int64), held3(table, LAST_OF, np.int64)
+    feature_cols, setup = held1(table, FEATURE_COLS, np.int64), held1(table, SETUP, np.int64)
+    envs, targets = held2(table, ENVS, np.int64), held2(table, TARGETS, np.float64)
+    before, features = held2(table, BEFORE, np.float64), held3(table, FEATURES, np.float64)
+    scale = held2(table, SCALE, np.float64)
+    observed_positions = held3(table, OBSERVED_POSITIONS, np.float64)
+    observed_account = held2(table, OBSERVED_ACCOUNT, np.float64)
+    mode, latency, trace_on, intent = setup[MODE], setup[LATENCY], setup[TRACE_ON], setup[INTENT]
+    clocked = clock.shape[1] > 0  # a policy without a clock is given no clock rows
+    n, k = targets.shape
+    n_counts = ints.shape[1] - 3
+    if first == 0 and refused(actions, setup):
+        return {refused}
+    for i in range(first, n):
+        stepping = restarts[i] < 0
+        if envs[i, AT] < 0:  # not begun by an earlier call
+            if stepping:
+                g = envs[i, GROUP] + 1
+                if g > envs[i, STOP]:  # the tables end there: indices past them read and write any memory
+                    raise ValueError("a step past the episode's end")
+                snapshot(before, acct, pstate, i)
+                for j in range(k):
+                    target = actions[i, j] * scale[i, j] if setup[BOX] else actions[i, j]
+                    e = next_of[i, g, j]
+                    if e >= 0:  # the instrument's next market event carries the target
+                        vals[i, e, intent] = target
+                        envs[i, INTENT_END] = max(envs[i, INTENT_END], e + 1)
+                    targets[i, j] = target
+                envs[i, AT], envs[i, END] = starts[i, g], starts[i, g + 1]
+            else:
+                g = restarts[i]
+                if g > envs[i, GROUPS] - 2:  # as past the end: a start must leave a step to take
+                    raise ValueError("a start past the data's last step")
+                acct[i, :] = fresh_acct[i]
+                pstate[i, :, :] = fresh_pstate[i]
+                fs[i, :, :] = fresh_fs[i]
+                envs[i, N_ORDERS] = 0
+                # what the last episode wrote, back to NaN: its intents, and the trace of the events it fed
+                vals[i, envs[i, FED]:envs[i, INTENT_END], intent] = np.nan
+                if envs[i, GROUP] >= 0:
+                    trace[i, envs[i, FED]:starts[i, envs[i, GROUP] + 1], :] = np.nan
+                envs[i, AT], envs[i, END] = starts[i, max(0, g - setup[WARMUP])], starts[i, g + 1]
+                envs[i, FED], envs[i, INTENT_END] = envs[i, AT], envs[i, AT]
+                targets[i, :] = np.nan
+            envs[i, ORDERS_BEFORE] = envs[i, N_ORDERS]
+        start, stop = envs[i, AT], envs[i, END]
+        start, envs[i, N_ORDERS] = run(
+            row(ts, i), row(kind, i), row(inst, i), row(vals, i),
+            rows(clock, i, start if clocked else 0, stop - start if clocked else 0), bars, start, stop,
+            row(params, i), row(win, i), row(lay, i), row(cfg, i), row(fs, i), row(pstate, i), row(acct, i),
+            row(orders, i), envs[i, N_ORDERS], mode, latency, no_equity, row(trace, i), trace_on)
+        if start < stop:
+            envs[i, AT] = start
+            return i
+        envs[i, AT] = -1
+        if stepping:
+            g = envs[i, GROUP] + 1
+            envs[i, NEW_ORDERS] = envs[i, N_ORDERS] - envs[i, ORDERS_BEFORE]
+        else:  # the outcome of a restart is no change: what follows the warm-up is its start
+            g = restarts[i]
+            steps = setup[EPISODE_STEPS] if setup[EPISODE_STEPS] > 0 else envs[i, GROUPS]
+            envs[i, STOP] = min(envs[i, GROUPS] - 1, g + steps)
+            envs[i, NEW_ORDERS] = 0
+            snapshot(before, acct, pstate, i)
+        envs[i, GROUP] = g
+        overruled = False
+        for j in range(k):
+            now = pstate[i, j, L.P_POS] + pstate[i, j, L.P_OPEN]
+            e = next_of[i, g, j]
+            delta = now - targets[i, j] if stepping and 0 <= e < starts[i, g + 1] else 0.0
+            overruled |= delta != 0.0
+            floats[i, j] = targets[i, j]
+            floats[i, k + j] = now
+            floats[i, 2 * k + j] = delta
+            floats[i, 3 * k + j] = now - before[i, 3 + n_counts + j]
+            at = last_of[i, g, j]
+            for f in range(feature_cols.shape[0]):
+                features[i, j, f] = trace[i, at, feature_cols[f]]
+            observed_positions[0, i, j] = pstate[i, j, L.P_POS]
+            observed_positions[1, i, j] = pstate[i, j, L.P_OPEN]
+            observed_positions[2, i, j] = pstate[i, j, L.P_LAST]
+        equity = acct[i, L.A_EQUITY]
+        observed_account[0, i] = equity
+        observed_account[1, i] = acct[i, L.A_PEAK]
+        floats[i, 4 * k] = acct[i, L.A_FEES] - before[i, 1]
+        floats[i, 4 * k + 1] = equity - before[i, 2]
+        floats[i, 4 * k + 2] = equity
+        floats[i, 4 * k + 3] = 1.0 - equity / acct[i, L.A_PEAK]
+        ints[i, 0] = envs[i, NEW_ORDERS]
+        ints[i, 1] = np.int64(acct[i, L.A_FILLS] - before[i, 0])
+        ints[i, 2] = step_ts[i, g]
+        for r in range(n_counts):
+            ints[i, 3 + r] = np.int64(acct[i, L.A_REASON_COUNTS + r] - before[i, 3 + r])
+        halted = acct[i, L.A_HALTED] != 0.0
+        flags[i, 0] = overruled
+        flags[i, 1] = halted
+        flags[i, 2] = stepping and halted
+        flags[i, 3] = stepping and not halted and g >= envs[i, STOP]
+        flags[i, 4] = flags[i, 2] or flags[i, 3]
+    return -1
+'''
+
+
+def _step_module(policy: CompiledPolicy):
+    """The batched step module of the policy's kernel, compiled (seconds, once per kernel on
+    this machine: Numba caches it beside the kernel)."""
+    source = _STEP_MODULE.format(
+        kernel=policy.kernel.__name__, held=", ".join(name.upper() for name, _, _ in _HELD), n_held=len(_HELD),
+        env_columns=", ".join(c.upper() for c in _ENV_COLUMNS), n_env_columns=len(_ENV_COLUMNS),
+        setup_columns=", ".join(c.upper() for c in _SETUP_COLUMNS), n_setup_columns=len(_SETUP_COLUMNS),
+        refused=_REFUSED)
+    return load_kernel(source)[0]
+
+
+#: The outcome of a step, one row per environment: `floats` has, per instrument, the
+#: target, approved exposure, shield delta and order quantity (four blocks of one column
+#: per instrument), then `_FLOATS`; `ints` has `_INTS`, then the reason counts; `flags`
+#: has `_FLAGS` (`terminated` and `truncated` as `PolicyEnv.step` returns them and `ended`
+#: either, all False for an environment that restarted).
+_FLOATS = ("fees", "pnl", "equity", "drawdown")
+_INTS = ("orders", "fills", "ts")
+_FLAGS = ("overruled", "halted", "terminated", "truncated", "ended")
+_GROUP, _N_ORDERS, _AT = (_ENV_COLUMNS.index(c) for c in ("group", "n_orders", "at"))
+_REFUSED = -2  # the step's answer to a box action outside [-1, 1]
+
+
+@dataclasses.dataclass
+class _Outcome:
+    floats: np.ndarray
+    ints: np.ndarray
+    flags: np.ndarray
+    k: int  # instruments
+
+    def column(self, name: str) -> np.ndarray:
+        return self.floats[:, 4 * self.k + _FLOATS.index(name)]
+
+    def flag(self, name: str) -> np.ndarray:
+        return self.flags[:, _FLAGS.index(name)]
 
 
 class _Core:
-    """`n` environments stepped together: one session each, their account and position
-    arrays rows of shared arrays (the kernel writes them in place), so that everything
-    after the kernel calls is one NumPy operation for all of them."""
+    """`n` environments stepped together: one session each, their state rows of shared
+    arrays, reset and stepped all at once by one call of the kernel's batched step
+    (`_STEP_MODULE`), so that what follows is one NumPy operation for all of them."""
 
     def __init__(self, policies: list[CompiledPolicy], data: list, *, mode, account, features, window, clip,
                  action, max_target, levels, reward, drawdown_penalty, warmup, episode_steps, random_start):
@@ -340,13 +607,9 @@ class _Core:
                 raise ValueError(f"`{name}` is not a feature of `{first.name}`; "
                                  f"{did_you_mean(name, names) or 'its features: ' + ', '.join(names)}")
         self.feature_names = chosen
-        self._feature_cols = np.array([L.TRACE_FIXED + names.index(n) for n in chosen], np.int64)
-        self._intent_col = first.columns.index(INTENT)
+        intent = first.columns.index(INTENT)
 
         loaded = [_prepare(p, d) for p, d in zip(policies, data)]
-        pad = max(len(d.events) for d in loaded)
-        self.data = [_Data(d.events, d.starts, d.next_of, np.where(d.last_of == len(d.events), pad, d.last_of),
-                           d.decided) for d in loaded]
         self.warmup = (int(first.state.windows.max(initial=0)) + 1) if warmup is None else int(warmup)
         if self.warmup < 0:
             raise ValueError(f"warmup must be 0 or more steps, not {warmup!r}")
@@ -358,19 +621,9 @@ class _Core:
         settings = [{**p.checked.account, **account} for p in policies]
         self.initial = np.array([s["initial_equity"] for s in settings])
         self.sessions = [p.session(mode, account) for p in policies]
-        self.fresh = [(s.acct.copy(), s.pstate.copy(), s.fs.copy()) for s in self.sessions]
-        self.acct = np.stack([s.acct for s in self.sessions])
-        self.pstate = np.stack([s.pstate for s in self.sessions])
-        for i, s in enumerate(self.sessions):
-            s.acct, s.pstate = self.acct[i], self.pstate[i]
-        self.trace = np.full((n_envs, pad + 1, L.TRACE_FIXED + len(names)), np.nan)  # row `pad` stays NaN
         self._reasons = first.reason_names
-        self._counted = slice(0, L.A_REASON_COUNTS + len(self._reasons))
-        self._prev = self.acct[:, self._counted].copy()
-        self._prev_exposure = np.zeros((n_envs, k))
-        self._prev_drawdown = np.zeros(n_envs)
 
-        self.scale = np.array(max_target, dtype=np.float64)  # [n_envs, instruments], from `_policies`
+        scale = np.array(max_target, dtype=np.float64)  # [n_envs, instruments], from `_policies`
         self.action_kind = action
         if action == "box":
             self.action_space = spaces.Box(-1.0, 1.0, (k,), np.float32)
@@ -388,21 +641,84 @@ class _Core:
         if not (_real(drawdown_penalty) and 0 <= drawdown_penalty < np.inf):
             raise ValueError(f"drawdown_penalty must be a finite number, 0 or more, not {drawdown_penalty!r}")
         self.reward, self.drawdown_penalty = reward, float(drawdown_penalty)
-
-        self.observer = Observer(n_envs, self.instruments, chosen, window, clip, self.scale, self.initial,
+        self.observer = Observer(n_envs, self.instruments, chosen, window, clip, scale, self.initial,
                                  np.array([s["margin_rate"] for s in settings]))
-        self.group = np.full(n_envs, -1, np.int64)      # the last group fed; -1 before the first reset
-        self._stop = np.full(n_envs, -1, np.int64)      # the episode's last group
-        self.last = np.full((n_envs, k), pad, np.int64)  # the event each instrument's features are read at
-        self.decided = np.zeros((n_envs, k), bool)
-        # every environment's per-group tables end to end, so one index reads all of them
-        self._offset = np.cumsum([0] + [d.groups for d in self.data[:-1]]).astype(np.int64)
-        self._last_all = np.concatenate([d.last_of for d in self.data])
-        self._decided_all = np.concatenate([d.decided for d in self.data])
-        self._ts_all = np.concatenate([d.step_ts for d in self.data])
-        self.new_orders = np.zeros(n_envs, np.int64)
-        self.targets = np.full((n_envs, k), np.nan)
-        self._env_index = np.arange(n_envs)[:, None, None]
+
+        # every environment's events and per-group tables, padded to the longest: row i is environment i's
+        n_events, n_groups = max(len(d.events) for d in loaded), max(d.groups for d in loaded)
+        clock = first.clock
+        ts, kind = np.zeros((n_envs, n_events), np.int64), np.zeros((n_envs, n_events), np.int8)
+        inst, vals = np.zeros((n_envs, n_events), np.int32), np.zeros((n_envs, n_events, len(first.columns)))
+        clock_rows = np.zeros((n_envs, n_events if clock is not None else 0, CLOCK_WIDTH), np.int64)
+        starts, step_ts = np.zeros((n_envs, n_groups + 1), np.int64), np.zeros((n_envs, n_groups), np.int64)
+        next_of = np.full((n_envs, n_groups, k), -1, np.int64)
+        last_of = np.full((n_envs, n_groups, k), n_events, np.int64)  # trace row n_events stays NaN: no event yet
+        self.events = []
+        for i, d in enumerate(loaded):
+            e, g = len(d.events), d.groups
+            ts[i, :e], kind[i, :e], inst[i, :e], vals[i, :e] = d.events.ts, d.events.kind, d.events.inst, d.events.vals
+            if clock is not None:  # a clock row depends on its event's time alone: computed once
+                clock_rows[i, :e] = clock.columns(d.events.ts)
+            starts[i, :g + 1], starts[i, g + 1:] = d.starts, e
+            step_ts[i, :g] = d.events.ts[d.starts[1:] - 1]
+            next_of[i, :g], last_of[i, :g] = d.next_of, np.where(d.last_of == e, n_events, d.last_of)
+            self.events.append(Events(ts[i, :e], kind[i, :e], inst[i, :e], vals[i, :e]))
+        self.groups = [d.groups for d in loaded]
+        width = max(s.fs.shape[1] for s in self.sessions)  # param values may size the feature state apart
+        fresh_fs = np.zeros((n_envs, k, width))
+        for i, s in enumerate(self.sessions):
+            fresh_fs[i, :, :s.fs.shape[1]] = s.fs
+        envs = np.zeros((n_envs, len(_ENV_COLUMNS)), np.int64)
+        envs[:, [_GROUP, _AT]] = -1
+        envs[:, _ENV_COLUMNS.index("groups")] = self.groups
+        fresh_acct = np.stack([s.acct for s in self.sessions])
+        fresh_pstate = np.stack([s.pstate for s in self.sessions])
+        held = dict(
+            ts=ts, kind=kind, inst=inst, vals=vals, clock=clock_rows, bars=np.zeros((0, L.BAR_WIDTH)),
+            params=np.stack([p.param_vector for p in policies]), win=np.stack([p.state.windows for p in policies]),
+            lay=np.stack([p.state.offsets for p in policies]), cfg=np.stack([s.config for s in self.sessions]),
+            fs=fresh_fs.copy(), pstate=fresh_pstate.copy(), acct=fresh_acct.copy(),
+            orders=np.empty((n_envs, len(self.sessions[0].orders), L.ORDER_WIDTH)),
+            trace=np.full((n_envs, n_events + 1, L.TRACE_FIXED + len(names)), np.nan), no_equity=np.zeros(1),
+            fresh_acct=fresh_acct, fresh_pstate=fresh_pstate, fresh_fs=fresh_fs, starts=starts, next_of=next_of,
+            last_of=last_of, step_ts=step_ts,
+            feature_cols=np.array([L.TRACE_FIXED + names.index(n) for n in chosen], np.int64),
+            setup=np.array([mode, 0, _TRACE_ON, intent, self.warmup, episode_steps or 0, action == "box"], np.int64),
+            envs=envs, scale=scale,
+            targets=np.full((n_envs, k), np.nan), before=np.zeros((n_envs, 3 + len(self._reasons) + k)),
+            features=np.zeros((n_envs, k, len(chosen))), observed_positions=np.zeros((3, n_envs, k)),
+            observed_account=np.zeros((2, n_envs)))
+        self.table = np.zeros((len(_HELD), 4), np.int64)
+        for name, _, _ in _HELD:
+            self._hold(name, held[name])
+        for i, s in enumerate(self.sessions):
+            s.acct, s.pstate, s.fs, s.orders = self.acct[i], self.pstate[i], self.fs[i], self.orders[i]
+        module = _step_module(first)
+        self._step, self._refused = module.step, module.refused
+        self._prev_drawdown = np.zeros(n_envs)
+        # the observation's inputs, each contiguous (NumPy is faster on them than on views of the state)
+        self._observed = (*self.observed_positions, *self.observed_account)
+
+    def __reduce__(self):
+        # a copy's table would hold the addresses of this one's arrays
+        raise TypeError("an environment's state cannot be copied or pickled: make a new environment")
+
+    def _hold(self, name: str, array: np.ndarray) -> None:
+        """Keep `array` as attribute `name`, and its address and shape in `table` for the
+        step: it must stay alive, in place, C-ordered and of `_HELD`'s type while there."""
+        k = [h[0] for h in _HELD].index(name)
+        _, dtype, ndim = _HELD[k]
+        if not (array.dtype == dtype and array.ndim == ndim and array.flags.c_contiguous and array.flags.writeable):
+            raise TypeError(f"{name} must be a writeable C-ordered {ndim}-dimension array of {np.dtype(dtype)}, "
+                            f"not {array.dtype} {array.shape}")
+        setattr(self, name, array)
+        self.table[k] = [array.ctypes.data, *array.shape, *[0] * (3 - ndim)]
+
+    def session(self, i: int):
+        """Environment i's kernel session, its order count brought up to date."""
+        s = self.sessions[i]
+        s.n_orders = int(self.envs[i, _N_ORDERS])
+        return s
 
     @staticmethod
     def targets_scale(policy: CompiledPolicy, max_target) -> np.ndarray:
@@ -421,9 +737,11 @@ class _Core:
         return scale
 
     # ---- actions --------------------------------------------------------------------------
-    def to_targets(self, actions, n: int) -> np.ndarray:
-        """Actions of `n` environments to targets `[n, instruments]` (units). Raises
-        ValueError for an action outside the action space (shape, NaN, range)."""
+    def actions(self, actions, n: int) -> np.ndarray:
+        """Actions of `n` environments as `step` takes them, float64 `[n, instruments]`: box
+        actions as given (the step refuses one outside [-1, 1], `refuse`, and scales them to
+        targets), or the targets (units) of discrete ones. Raises ValueError for an action
+        outside the action space (shape, dtype, choice)."""
         k = len(self.instruments)
         space = self.action_space
         try:
@@ -436,13 +754,7 @@ class _Core:
         if self.action_kind == "box":
             if a.dtype.kind not in "fiu":
                 raise ValueError(f"the action is of dtype {a.dtype}, not numbers; the action space is {space}")
-            a = a.astype(np.float64).reshape(n, k)
-            if not (np.abs(a) <= 1.0).all():  # NaN fails it too
-                if not np.isfinite(a).all():
-                    raise ValueError(f"the action has NaN or infinite values: {a.tolist()}")
-                raise ValueError(f"the action {a.tolist()} is outside the action space [-1, 1] "
-                                 f"(1.0 is a target of {self.scale[0].tolist()} units)")
-            return a * self.scale
+            return a.astype(np.float64).reshape(n, k)
         if a.dtype.kind == "f" and np.all(np.isfinite(a)) and np.all(a == np.round(a)):
             a = a.astype(np.int64)
         if a.dtype.kind not in "iu":
@@ -453,128 +765,113 @@ class _Core:
                              f"(choices 0..{len(self.levels) - 1} of targets {self.levels.tolist()})")
         return self.levels[a]
 
+    def check(self, actions: np.ndarray) -> None:
+        """Raise the ValueError `step` would raise for these actions (as `actions` returns
+        them), without stepping: a vector checks them before its restarts draw their starts."""
+        if self._refused(actions, self.setup):
+            self.refuse(actions)
+
+    def refuse(self, actions: np.ndarray):
+        """Raise the ValueError for box actions the step refused (NaN, infinite, or outside [-1, 1])."""
+        if not np.isfinite(actions).all():
+            raise ValueError(f"the action has NaN or infinite values: {actions.tolist()}")
+        raise ValueError(f"the action {actions.tolist()} is outside the action space [-1, 1] "
+                         f"(1.0 is a target of {self.scale[0].tolist()} units)")
+
     # ---- episodes -----------------------------------------------------------------------
     def start_range(self, i: int) -> tuple[int, int]:
-        last = self.data[i].groups - 1
+        last = self.groups[i] - 1
         lo = min(self.warmup, last - 1)
         hi = max(lo, last - (self.episode_steps or 1))
         return lo, hi
 
-    def reset_one(self, i: int, rng: np.random.Generator, start: int | None) -> None:
-        """Start environment i afresh at group `start` (or a random or the first start),
-        having fed the `warmup` groups before it (their intents NaN: the policy's own rules)."""
-        lo, hi = self.start_range(i)
+    def start_of(self, i: int, rng: np.random.Generator, start: int | None) -> int:
+        """The group environment i's next episode starts at: `start`, or a random one (or the
+        first) of `start_range`. Raises ValueError for a `start` not in the data."""
         if start is None:
-            start = int(rng.integers(lo, hi + 1)) if self.random_start else lo
-        elif not (isinstance(start, (int, np.integer)) and 0 <= start <= self.data[i].groups - 2):
-            raise ValueError(f"start must be a step from 0 to {self.data[i].groups - 2} (one step before the data "
+            lo, hi = self.start_range(i)
+            return int(rng.integers(lo, hi + 1)) if self.random_start else lo
+        if not (isinstance(start, (int, np.integer)) and 0 <= start <= self.groups[i] - 2):
+            raise ValueError(f"start must be a step from 0 to {self.groups[i] - 2} (one step before the data "
                              f"ends), not {start!r}")
-        d, s = self.data[i], self.sessions[i]
-        acct, pstate, fs = self.fresh[i]
-        self.acct[i], self.pstate[i] = acct, pstate
-        s.fs[...] = fs
-        s.n_orders = 0
-        d.events.vals[:, self._intent_col] = np.nan
-        self.trace[i] = np.nan
-        s.feed(d.events, None, self.trace[i], int(d.starts[max(0, start - self.warmup)]), int(d.starts[start + 1]))
-        self.group[i] = start
-        self._stop[i] = min(d.groups - 1, start + (self.episode_steps or d.groups))
-        self.last[i] = d.last_of[start]
-        self.decided[i] = False
-        self.new_orders[i] = 0
-        self.targets[i] = np.nan
-        self._prev[i] = self.acct[i, self._counted]
-        self._prev_exposure[i] = self.pstate[i, :, L.P_POS] + self.pstate[i, :, L.P_OPEN]
-        # the warm-up's own rules may have traded: the first step's rise is from here
-        self._prev_drawdown[i] = 1.0 - self.acct[i, L.A_EQUITY] / self.acct[i, L.A_PEAK]
+        return int(start)
 
-    def ended(self) -> np.ndarray:
-        """Per environment: its episode cannot go on (the data's last step, `episode_steps`
-        taken, the kill switch, or never started)."""
-        return (self.group >= self._stop) | (self.acct[:, L.A_HALTED] != 0.0)
+    def step(self, actions: np.ndarray, restarts: np.ndarray) -> "_Outcome":
+        """Environment i starts afresh at group restarts[i] when that is 0 or more (having
+        fed the `warmup` groups before it, their intents NaN: the policy's own rules), else
+        feeds its next group with the target of actions[i] (`actions`) on each instrument's
+        next market event. Raises ValueError, having done nothing, for a box action outside
+        [-1, 1] (of any environment)."""
+        n, k = actions.shape
+        out = _Outcome(np.empty((n, 4 * k + len(_FLOATS))), np.empty((n, len(_INTS) + len(self._reasons)), np.int64),
+                       np.empty((n, len(_FLAGS)), bool), k)
+        full = self._step(self.table, actions, restarts, out.floats, out.ints, out.flags, 0)
+        if full == _REFUSED:
+            self.refuse(actions)
+        while full >= 0:  # environment `full`'s order buffer filled: all grow, and it goes on
+            self._grow_orders()
+            full = self._step(self.table, actions, restarts, out.floats, out.ints, out.flags, full)
+        return out
 
-    def step(self, targets: np.ndarray, stepping: np.ndarray) -> None:
-        """Feed the next group of every environment in `stepping`, each instrument's target
-        on its next market event."""
-        self._prev[:] = self.acct[:, self._counted]
-        self._prev_exposure[:] = self.pstate[:, :, L.P_POS] + self.pstate[:, :, L.P_OPEN]
-        intent = self._intent_col
-        trace = self.trace
-        groups = self.group.tolist()
-        for i in np.flatnonzero(stepping).tolist():
-            d, s = self.data[i], self.sessions[i]
-            g = groups[i] + 1
-            vals = d.events.vals
-            for j, e in enumerate(d.next_list[g]):
-                if e >= 0:
-                    vals[e, intent] = targets[i, j]
-            before = s.n_orders
-            s.feed(d.events, None, trace[i], d.start_list[g], d.start_list[g + 1])
-            self.new_orders[i] = s.n_orders - before
-        self.group += stepping
-        rows = self._offset + self.group
-        self.last = self._last_all[rows]
-        self.decided = self._decided_all[rows] & stepping[:, None]
-        np.copyto(self.targets, targets, where=stepping[:, None])
+    def _grow_orders(self) -> None:
+        n, rows, width = self.orders.shape
+        grown = np.empty((n, rows * ORDER_GROWTH, width))
+        grown[:, :rows] = self.orders
+        self._hold("orders", grown)
+        for i, s in enumerate(self.sessions):
+            s.orders = grown[i]
+
+    def reset(self, restarts: np.ndarray) -> "_Outcome":
+        """`step` with every environment restarting (restarts[i] >= 0)."""
+        out = self.step(np.zeros_like(self.targets), restarts)
+        self._prev_drawdown[:] = out.column("drawdown")  # the warm-up's own rules may have traded
+        return out
 
     def observe(self, fresh: np.ndarray | None = None) -> np.ndarray:
-        features = self.trace[self._env_index, self.last[:, :, None], self._feature_cols]
-        return self.observer.update(features, self.pstate[:, :, L.P_POS], self.pstate[:, :, L.P_OPEN],
-                                    self.pstate[:, :, L.P_LAST], self.acct[:, L.A_EQUITY], self.acct[:, L.A_PEAK], fresh)
-
-    def ts(self, i: int) -> int:
-        """The time (ns) of environment i's current step: its last event's."""
-        return int(self._ts_all[self._offset[i] + self.group[i]])
+        return self.observer.update(self.features, *self._observed, fresh)
 
     # ---- what a step did ----------------------------------------------------------------
-    def outcome(self) -> dict:
-        """Per environment, what the last step did: arrays with the environments first."""
-        change = self.acct[:, self._counted] - self._prev
-        equity = self.acct[:, L.A_EQUITY].copy()
-        exposure = self.pstate[:, :, L.P_POS] + self.pstate[:, :, L.P_OPEN]
-        delta = np.where(self.decided, exposure - self.targets, 0.0)
+    def rewards(self, out: "_Outcome") -> np.ndarray:
+        pnl = out.column("pnl")
+        if self.reward == "equity":
+            return pnl.copy()
+        equity = out.column("equity")
+        prev = equity - pnl
+        if self.reward == "log":
+            return reward_curve(equity, self.initial) - reward_curve(prev, self.initial)
+        if self.reward == "drawdown":
+            drawdown = out.column("drawdown")
+            r = (pnl / np.maximum(prev, REWARD_FLOOR * self.initial)
+                 - self.drawdown_penalty * np.maximum(0.0, drawdown - self._prev_drawdown))
+            self._prev_drawdown[:] = drawdown
+            return r
+        return np.array([float(self.reward(self.info_of(out, i))) for i in range(len(pnl))])
+
+    def info(self, out: "_Outcome", stepping: np.ndarray) -> dict:
+        """What the step did per environment (`PolicyVectorEnv.step`'s info): arrays with the
+        environments first, each key `k` with its mask `_k`, `stepping`."""
+        k, f, z, b, m = out.k, out.floats, out.ints, out.flags, stepping
+        e = 4 * k  # `_FLOATS` from here
         return {
-            "target": self.targets.copy(),
-            "approved": exposure,
-            "shield_delta": delta,
-            "overruled": (delta != 0.0).any(axis=1),
-            "reason_counts": change[:, L.A_REASON_COUNTS:].astype(np.int64),
-            "orders": self.new_orders.copy(),
-            "order_qty": exposure - self._prev_exposure,
-            "fills": change[:, L.A_FILLS].astype(np.int64),
-            "fees": change[:, L.A_FEES],
-            "pnl": change[:, L.A_EQUITY],
-            "equity": equity,
-            "drawdown": 1.0 - equity / self.acct[:, L.A_PEAK],  # the peak starts at the initial equity, above 0
-            "halted": self.acct[:, L.A_HALTED] != 0.0,
-            "ts": self._ts_all[self._offset + self.group],
+            "target": f[:, :k], "_target": m, "approved": f[:, k: 2 * k], "_approved": m,
+            "shield_delta": f[:, 2 * k: 3 * k], "_shield_delta": m, "overruled": b[:, 0], "_overruled": m,
+            "reason_counts": z[:, len(_INTS):], "_reason_counts": m, "orders": z[:, 0], "_orders": m,
+            "order_qty": f[:, 3 * k: e], "_order_qty": m, "fills": z[:, 1], "_fills": m, "fees": f[:, e], "_fees": m,
+            "pnl": f[:, e + 1], "_pnl": m, "equity": f[:, e + 2], "_equity": m, "drawdown": f[:, e + 3],
+            "_drawdown": m, "halted": b[:, 1], "_halted": m, "ts": z[:, 2], "_ts": m,
         }
 
-    def rewards(self, out: dict) -> np.ndarray:
-        equity = out["equity"]
-        prev = equity - out["pnl"]
-        if self.reward == "equity":
-            r = out["pnl"]
-        elif self.reward == "log":
-            r = reward_curve(equity, self.initial) - reward_curve(prev, self.initial)
-        elif self.reward == "drawdown":
-            r = (out["pnl"] / np.maximum(prev, REWARD_FLOOR * self.initial)
-                 - self.drawdown_penalty * np.maximum(0.0, out["drawdown"] - self._prev_drawdown))
-        else:
-            r = np.array([float(self.reward(self.info_of(out, i))) for i in range(len(equity))])
-        self._prev_drawdown[:] = out["drawdown"]
-        return np.asarray(r, dtype=np.float64)
-
-    def info_of(self, out: dict, i: int) -> dict:
+    def info_of(self, out: "_Outcome", i: int) -> dict:
         """Environment i's step as the plain dict `PolicyEnv.step` returns (see its docstring)."""
-        counts = out["reason_counts"][i]
+        k, f = out.k, out.floats[i]
+        fees, pnl, equity, drawdown = f[4 * k:].tolist()
+        orders, fills, ts, *counts = out.ints[i].tolist()
+        overruled, halted = out.flags[i, :2].tolist()
         return {
-            "target": out["target"][i], "approved": out["approved"][i], "shield_delta": out["shield_delta"][i],
-            "overruled": bool(out["overruled"][i]),
-            "reasons": {self._reasons[b]: int(counts[b]) for b in np.flatnonzero(counts)} if counts.any() else {},
-            "orders": int(out["orders"][i]), "order_qty": out["order_qty"][i], "fills": int(out["fills"][i]),
-            "fees": float(out["fees"][i]), "pnl": float(out["pnl"][i]), "equity": float(out["equity"][i]),
-            "drawdown": float(out["drawdown"][i]), "halted": bool(out["halted"][i]), "ts": int(out["ts"][i]),
+            "target": f[:k], "approved": f[k: 2 * k], "shield_delta": f[2 * k: 3 * k], "overruled": overruled,
+            "reasons": {self._reasons[b]: c for b, c in enumerate(counts) if c},
+            "orders": orders, "order_qty": f[3 * k: 4 * k], "fills": fills, "fees": fees, "pnl": pnl,
+            "equity": equity, "drawdown": drawdown, "halted": halted, "ts": ts,
         }
 
 
@@ -663,6 +960,7 @@ class PolicyEnv(gymnasium.Env):
         self.action_space = self._core.action_space
         self.observation_space = self._core.observer.space
         self._done = True
+        self._stepping = np.full(1, -1, np.int64)  # `_Core.step`'s restarts: none
 
     @property
     def observation_names(self) -> list[str]:
@@ -682,13 +980,13 @@ class PolicyEnv(gymnasium.Env):
     @property
     def session(self):
         """The kernel session of the current episode (`orders[:n_orders]`, `acct`, `pstate`)."""
-        return self._core.sessions[0]
+        return self._core.session(0)
 
     @property
     def events(self) -> Events:
         """The data's events with this episode's actions so far in the `intent` column (NaN:
         no action): the input that `policyc backtest` runs to the same orders."""
-        return self._core.data[0].events
+        return self._core.events[0]
 
     @property
     def reason_names(self) -> list[str]:
@@ -696,33 +994,34 @@ class PolicyEnv(gymnasium.Env):
 
     def reset(self, *, seed: int | None = None, options: dict | None = None):
         super().reset(seed=seed)
-        start = (options or {}).get("start")
-        self._core.reset_one(0, self.np_random, start)
+        core = self._core
+        start = core.start_of(0, self.np_random, (options or {}).get("start"))
+        out = core.reset(np.full(1, start, np.int64))
         self._done = False
-        obs = self._core.observe(np.ones(1, bool))[0]
-        return obs, {"start": int(self._core.group[0]), "ts": self._core.ts(0)}
+        obs = core.observe(np.ones(1, bool))[0]
+        return obs, {"start": start, "ts": int(out.ints[0, _INTS.index("ts")])}
 
     def step(self, action):
         if self._done:
             raise RuntimeError("the episode has ended (or never started): call reset() first")
         core = self._core
-        targets = core.to_targets(action, 1)
-        core.step(targets, np.ones(1, bool))
+        out = core.step(core.actions(action, 1), self._stepping)
         obs = core.observe()[0]
-        out = core.outcome()
         reward = float(core.rewards(out)[0])
-        terminated = bool(out["halted"][0])
-        truncated = not terminated and bool(core.ended()[0])
+        info = core.info_of(out, 0)
+        terminated, truncated = (bool(out.flags[0, _FLAGS.index(f)]) for f in ("terminated", "truncated"))
         self._done = terminated or truncated
-        return obs, reward, terminated, truncated, core.info_of(out, 0)
+        core.session(0)  # its order count, for a caller holding `session`
+        return obs, reward, terminated, truncated, info
 
 
 class PolicyVectorEnv(VectorEnv):
-    """`num_envs` environments stepped together on one compiled kernel: the kernel runs
-    each one's step, then the observation, reward and info of all of them are single NumPy
-    operations. Sub-environment i runs `policies[i]` on `data[i]` (the policies the same
-    policy under different param values, `CompiledPolicy.with_params`, so they share the
-    kernel); the options are `PolicyEnv`'s, for all of them.
+    """`num_envs` environments stepped together on one compiled kernel: one call of its
+    batched step resets and steps them all, then the observation, reward and info of all
+    of them are single NumPy operations. Sub-environment i runs `policies[i]` on `data[i]`
+    (the policies the same policy under different param values,
+    `CompiledPolicy.with_params`, so they share the kernel); the options are `PolicyEnv`'s,
+    for all of them.
 
     Autoreset is next-step (`metadata["autoreset_mode"]`): the step after one that ended a
     sub-environment resets it, ignoring its action, with reward 0. The info is a dict of
@@ -750,6 +1049,7 @@ class PolicyVectorEnv(VectorEnv):
         self.action_space = gymnasium.vector.utils.batch_space(self.single_action_space, self.num_envs)
         self.observation_space = gymnasium.vector.utils.batch_space(self.single_observation_space, self.num_envs)
         self._ended = np.ones(self.num_envs, bool)
+        self._stepping = np.full(self.num_envs, -1, np.int64)  # `_Core.step`'s restarts: none
 
     @property
     def observation_names(self) -> list[str]:
@@ -761,7 +1061,9 @@ class PolicyVectorEnv(VectorEnv):
 
     @property
     def sessions(self) -> list:
-        return self._core.sessions
+        """Each sub-environment's kernel session (`orders[:n_orders]`, `acct`, `pstate`): the
+        steps that follow update their arrays but not `n_orders`, which is this call's."""
+        return [self._core.session(i) for i in range(self.num_envs)]
 
     def reset(self, *, seed: int | Sequence[int] | None = None, options: dict | None = None):
         """Reset every sub-environment; `seed` an int (sub-environment i gets seed + i) or one
@@ -771,35 +1073,35 @@ class PolicyVectorEnv(VectorEnv):
                  if isinstance(seed, (int, np.integer)) else list(seed))
         if len(seeds) != self.num_envs:
             raise ValueError(f"give one seed per sub-environment ({self.num_envs}), not {len(seeds)}")
-        self._rngs = [np.random.default_rng(s) for s in seeds]
+        rngs = [np.random.default_rng(s) for s in seeds]
         start = (options or {}).get("start")
-        for i in range(self.num_envs):
-            self._core.reset_one(i, self._rngs[i], start)
-        self._ended[:] = False
+        starts = np.array([self._core.start_of(i, rngs[i], start) for i in range(self.num_envs)], np.int64)
+        self._rngs = rngs
+        self._core.reset(starts)
+        self._ended = np.zeros(self.num_envs, bool)
         obs = self._core.observe(np.ones(self.num_envs, bool))
-        return obs, {"start": self._core.group.copy()}
+        return obs, {"start": starts}
 
     def step(self, actions):
         core = self._core
         if not hasattr(self, "_rngs"):
             raise RuntimeError("call reset() first")
-        targets = core.to_targets(actions, self.num_envs)
-        resetting = self._ended.copy()
-        for i in np.flatnonzero(resetting):
-            core.reset_one(i, self._rngs[i], None)
-        stepping = ~resetting
-        core.step(targets, stepping)
+        actions = core.actions(actions, self.num_envs)
+        resetting = self._ended
+        restarts = self._stepping
+        any_resetting = np.count_nonzero(resetting) > 0
+        if any_resetting:
+            core.check(actions)  # before the restarts draw their starts
+            restarts = restarts.copy()
+            for i in np.flatnonzero(resetting).tolist():
+                restarts[i] = core.start_of(i, self._rngs[i], None)
+        out = core.step(actions, restarts)
         obs = core.observe(resetting)
-        out = core.outcome()
-        rewards = np.where(stepping, core.rewards(out), 0.0)
-        terminated = out["halted"] & stepping
-        truncated = core.ended() & stepping & ~terminated
-        self._ended = terminated | truncated
-        info = {}
-        for key, value in out.items():
-            info[key] = value
-            info[f"_{key}"] = stepping
-        return obs, rewards, terminated, truncated, info
+        rewards = core.rewards(out)
+        if any_resetting:
+            rewards[resetting] = 0.0
+        terminated, truncated, self._ended = out.flag("terminated"), out.flag("truncated"), out.flag("ended")
+        return obs, rewards, terminated, truncated, core.info(out, ~resetting)
 
 
 def make_vector(policy: CompiledPolicy | str | Path, data, num_envs: int | None = None, *,
