@@ -18,7 +18,7 @@ from . import layout as L
 from .check import CheckedPolicy
 from .emit import emit_cached
 from .frontend import Checked, check_policy
-from .hashing import COMPILER_VERSION, toolchain_versions
+from .hashing import COMPILER_VERSION, toolchain_of
 from .ir import Program
 from .lower import lower
 from .passes import optimise
@@ -224,7 +224,7 @@ class CompiledPolicy:
             "features": self.feature_names,
             "reasons": self.reason_names,
             "compiler": {"policyc": COMPILER_VERSION},
-            "toolchain": toolchain_versions(),
+            "toolchain": toolchain_of(self.checked),
             "kernel": {"file": "kernel.py", "cache_path": str(self.kernel_path)},
             "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         }

@@ -12,7 +12,7 @@ from policyc.dsl.diagnostics import Diagnostic, PolicyError
 from policyc.dsl.document import ParsedPolicy, load_policy, parse_policy_text
 
 from .check import CheckedPolicy, check
-from .hashing import build_hash, policy_hash
+from .hashing import build_hash, policy_hash, toolchain_of
 
 
 @dataclass
@@ -22,9 +22,9 @@ class Checked:
 
     @cached_property
     def build_hash(self) -> str:
-        """`policy_hash` with the toolchain's versions, read from package metadata when
-        first asked for (`validate` and `hash` never ask)."""
-        return build_hash(self.policy_hash)
+        """`policy_hash` with the toolchain's versions (`toolchain_of`), read from package
+        metadata when first asked for (`validate` and `hash` never ask)."""
+        return build_hash(self.policy_hash, toolchain_of(self.checked))
 
     @property
     def warnings(self) -> list[Diagnostic]:

@@ -49,11 +49,13 @@ def policy_hash(checked: CheckedPolicy) -> str:
     return _digest(canonical_form(checked))
 
 
-@lru_cache(maxsize=1)
-def toolchain_versions() -> dict[str, str]:
-    """Versions read from package metadata, so hashing never imports Numba."""
+@lru_cache(maxsize=2)
+def toolchain_versions(calendar: bool = False) -> dict[str, str]:
+    """Versions read from package metadata, so hashing never imports Numba; with
+    `calendar` (a policy that names an exchange calendar) also exchange_calendars', whose
+    sessions and holidays decide its days."""
     versions = {"policyc": COMPILER_VERSION, "python": platform.python_version()}
-    for package in ("numba", "llvmlite", "numpy"):
+    for package in ("numba", "llvmlite", "numpy", *(("exchange_calendars",) if calendar else ())):
         try:
             versions[package] = metadata.version(package)
         except metadata.PackageNotFoundError:
@@ -61,5 +63,12 @@ def toolchain_versions() -> dict[str, str]:
     return versions
 
 
+def toolchain_of(checked: CheckedPolicy) -> dict[str, str]:
+    """The versions a policy's build hash covers: exchange_calendars' among them when it
+    names a calendar."""
+    return toolchain_versions(checked.parsed.calendar is not None)
+
+
 def build_hash(policy_hash_hex: str, toolchain: dict[str, str] | None = None) -> str:
+    """The SHA-256 of the policy hash and the toolchain's versions (`toolchain_versions`)."""
     return _digest({"policy_hash": policy_hash_hex, "toolchain": toolchain or toolchain_versions()})

@@ -192,3 +192,16 @@ def test_the_kernel_refuses_buffers_of_another_shape(shapes, spoil):
     with pytest.raises(ValueError) if spoil != "nothing" else contextlib.nullcontext():
         shapes.kernel.run(ev.ts, ev.kind, ev.inst, ev.vals, NO_CLOCK, bars, 0, n, params, win, lay, s.config, s.fs,
                           s.pstate, s.acct, s.orders, 0, s.mode, latency, equity, trace, 3)
+
+
+def test_a_calendar_policys_build_hash_covers_exchange_calendars():
+    """A new release of exchange_calendars can move a holiday, and so a day counter: the
+    build of a policy with `calendar:` names its version; one without does not."""
+    from importlib import metadata
+
+    from policyc.compiler.hashing import toolchain_of
+
+    cal = check_text(BASE.replace("instruments:", "calendar: XNYS\ninstruments:", 1))
+    assert toolchain_of(cal.checked)["exchange_calendars"] == metadata.version("exchange_calendars")
+    assert cal.build_hash == build_hash(cal.policy_hash, toolchain_of(cal.checked)) != build_hash(cal.policy_hash)
+    assert "exchange_calendars" not in toolchain_of(check_text(BASE).checked)

@@ -24,7 +24,7 @@ from datetime import datetime, timezone
 
 from policyc.compiler import layout as L
 from policyc.compiler.build import CompiledPolicy
-from policyc.compiler.hashing import toolchain_versions
+from policyc.compiler.hashing import toolchain_of
 
 from ..engine import Engine, EngineError
 from ..journal import resume_state
@@ -143,7 +143,7 @@ class LiveRuntime:
         started_ns = self._monotonic_ns()
         self.log.write("session", policy=policy.name, version=policy.checked.parsed.version, params=policy.params,
                        account=policy.checked.account, risk=policy.checked.risk, instruments=policy.instruments,
-                       toolchain=toolchain_versions(), feed=config.feed_url, venue=config.venue_url,
+                       toolchain=toolchain_of(policy.checked), feed=config.feed_url, venue=config.venue_url,
                        order_prefix=self.order_prefix, max_clock_skew_s=config.max_clock_skew,
                        max_feed_silence_s=config.max_feed_silence, mono_ns=started_ns,
                        resumed_runs=self.restored.runs if self.restored else 0, reconcile_at_start=True,
