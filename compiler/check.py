@@ -342,8 +342,8 @@ class _Checker:
 
     # ---- the clock -------------------------------------------------------------------
     def check_clock(self):
-        """The calendar must be one `exchange_calendars` knows and the zone an IANA zone.
-        Only a policy naming a calendar imports exchange_calendars (about 0.3 s, with pandas)."""
+        """The calendar must be one `exchange_calendars` knows (`sessions.calendar_names`,
+        kept in the cache folder) and the zone an IANA zone."""
         zone = self.p.timezone
         if zone is not None:
             try:
@@ -354,9 +354,9 @@ class _Checker:
                                          or "use an IANA zone name such as `America/New_York`"))
         calendar = self.p.calendar
         if calendar is not None:
-            import exchange_calendars
+            from .sessions import calendar_names  # with NumPy: only for a policy that names a calendar
 
-            names = exchange_calendars.get_calendar_names(include_aliases=True)
+            names = calendar_names()
             if calendar.name not in names:
                 self.errors.append(error("E007", calendar.span, f"unknown exchange calendar `{calendar.name}`",
                                          did_you_mean(calendar.name, names)

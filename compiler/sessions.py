@@ -25,9 +25,12 @@ kernel reads no clock rows.
 from __future__ import annotations
 
 import functools
+import json
 from dataclasses import dataclass, field
 
 import numpy as np
+
+from policyc.dsl.cache import cache_root, write_atomic
 
 from .semantics import NS_PER_DAY, NS_PER_MINUTE
 
@@ -44,6 +47,37 @@ CLOCK_FROM = -2_208_988_800 * 10**9    # 1900-01-01T00:00Z
 CLOCK_UNTIL = 7_258_118_400 * 10**9    # 2200-01-01T00:00Z
 _MIN, _MAX = np.iinfo(np.int64).min, np.iinfo(np.int64).max
 _FIRST_DAY, _LAST_DAY = _MIN // NS_PER_DAY, _MAX // NS_PER_DAY
+
+
+@functools.lru_cache(maxsize=1)
+def calendar_names() -> frozenset[str]:
+    """The exchange calendars `exchange_calendars` knows (codes and aliases). Kept in the
+    cache folder per version of the package, so that checking a policy's `calendar:`
+    does not import it and pandas (about 0.3 s) in every process: `validate` stays fast."""
+    from importlib import metadata
+
+    try:
+        version = metadata.version("exchange_calendars")
+    except metadata.PackageNotFoundError:
+        version = None
+    path = cache_root() / f"calendars-{version}.json"
+    if version is not None:
+        try:
+            kept = json.loads(path.read_text())
+        except (OSError, ValueError):
+            kept = None
+        if isinstance(kept, list) and kept and all(isinstance(name, str) for name in kept):
+            return frozenset(kept)  # anything else (a file cut short or edited) is built again
+    import exchange_calendars
+
+    names = sorted(exchange_calendars.get_calendar_names(include_aliases=True))
+    if version is not None:
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            write_atomic(path, json.dumps(names))
+        except OSError:  # a cache that cannot be written only costs the import next time
+            pass
+    return frozenset(names)
 
 
 class ClockError(ValueError):

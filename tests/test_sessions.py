@@ -3,6 +3,9 @@ counters roll and what the session functions return, in the kernel and the inter
 alike. The cases are worked by hand in the comments."""
 from __future__ import annotations
 
+import json
+import os
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -210,3 +213,22 @@ def test_the_clock_is_part_of_the_policy_hash():
               for clock in ("", "calendar: XASX", "timezone: Australia/Sydney")}
     assert len(hashes) == 3
 
+
+
+def test_calendar_names_are_kept_so_validate_does_not_import_exchange_calendars(tmp_path):
+    """The first process reads the names from exchange_calendars and keeps them in the
+    cache folder, per version of the package; the next checks a `calendar:` without
+    importing it (and pandas)."""
+    import subprocess
+    import sys
+
+    import exchange_calendars
+
+    code = ("import sys; from policyc.compiler.sessions import calendar_names; names = calendar_names(); "
+            "print('XNYS' in names, 'exchange_calendars' in sys.modules)")
+    env = {**os.environ, "POLICYC_CACHE": str(tmp_path)}
+    runs = [subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
+            for _ in range(2)]
+    assert runs == ["True True\n", "True False\n"]
+    (kept,) = tmp_path.glob("calendars-*.json")
+    assert set(json.loads(kept.read_text())) == set(exchange_calendars.get_calendar_names(include_aliases=True))
