@@ -311,6 +311,9 @@ def build_parser() -> argparse.ArgumentParser:
     f = sub.add_parser("replay-feed", help="serve recorded data as a live WebSocket feed")
     _add_data_files(f, "CSV, Parquet or .npz, served as SYMBOL (default: the file name up to its first -)")
     f.add_argument("--listen", type=_address, required=True, metavar="HOST:PORT")
+    f.add_argument("--tz", type=_zone, metavar="ZONE",
+                   help="read timestamps without a zone in this IANA zone, e.g. Europe/Berlin, as backtest --tz and a "
+                        "policy's timezone or calendar do (default: UTC); the feed sends UTC")
     pace = f.add_mutually_exclusive_group()
     pace.add_argument("--speed", type=_positive, metavar="X", help="X times the data's own clock")
     pace.add_argument("--rate", type=_positive, metavar="N", help="N events per second")
@@ -1080,7 +1083,7 @@ def cmd_replay_feed(args, parser) -> int:
         parser.error(f"argument --data: {clash}")
     tls = _listener_tls(args, parser)
     try:
-        rec = load_recording(args.data, args.date_format)
+        rec = load_recording(args.data, args.date_format, zone=args.tz)
     except DataError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

@@ -238,8 +238,16 @@ def build_report(records: list[dict], limits: dict[str, float]) -> AuditReport:
     peaks = _Peaks(limits)
     trading_day, basis = _trading_days(records)
 
+    order_day: dict[str, str] = {}  # client_order_id -> the trading day of its order
+
     def day(k: int) -> Day:
         d = trading_day[k]
+        return days.setdefault(d, Day(d))
+
+    def day_of_order(k: int) -> Day:
+        """A fill's or reject's day: its order's (the venue stamps it with its own clock,
+        which in a replay of old data is not the data's day)."""
+        d = order_day.get(records[k].get("client_order_id"), trading_day[k])
         return days.setdefault(d, Day(d))
 
     for k, r in enumerate(records):
@@ -256,6 +264,7 @@ def build_report(records: list[dict], limits: dict[str, float]) -> AuditReport:
                 hits[code] = hits.get(code, 0) + 1
         if kind == "order":
             d = day(k)
+            order_day[r.get("client_order_id")] = d.date
             d.orders += 1
             d.exits += bool(r.get("exit"))
             qty, p = abs(float(r.get("qty") or 0.0)), r.get("price")
@@ -267,7 +276,7 @@ def build_report(records: list[dict], limits: dict[str, float]) -> AuditReport:
                 if not r.get("exit"):
                     peaks.notional = _top(peaks.notional, qty * float(p))
         elif kind == "fill":
-            day(k).fills += 1
+            day_of_order(k).fills += 1
             inst = r["instrument"]
             peaks.position[inst] = float(r.get("position", 0.0))
             peaks.price[inst] = float(r.get("price", peaks.price.get(inst, math.nan)))
@@ -276,7 +285,7 @@ def build_report(records: list[dict], limits: dict[str, float]) -> AuditReport:
             if gross == gross:
                 peaks.gross = _top(peaks.gross, gross)
         elif kind == "reject":
-            day(k).rejects += 1
+            day_of_order(k).rejects += 1
         elif kind == "halt":
             day(k).trips.append({"ts": r.get("ts"), "by": _by(r), "reason": r.get("reason", "")})
         elif kind == "resume":
@@ -324,12 +333,19 @@ def _sections(rep: AuditReport) -> list[tuple[str, list[str], list[list[str]]]]:
 _UNPRINTABLE = re.compile(r"[\x00-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069]")
 
 
+def printable(text: str) -> str:
+    """`text` with each character that would move the cursor or the text's direction (a
+    newline, an escape sequence, a right-to-left override) shown as `?`: for text from
+    outside (a peer's message, an operator's reason) on a terminal."""
+    return _UNPRINTABLE.sub("?", text)
+
+
 def render_text(rep: AuditReport) -> str:
     """The report as plain text tables; characters that would move the cursor or the
     text's direction are shown as `?`."""
     out = []
     for title, header, rows in _sections(rep):
-        rows = [[_UNPRINTABLE.sub("?", cell) for cell in row] for row in rows]
+        rows = [[printable(cell) for cell in row] for row in rows]
         out.append(title)
         widths = [max(len(x) for x in col) for col in zip(header, *rows)]
         for row in [header, *rows]:

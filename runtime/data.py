@@ -766,6 +766,11 @@ def _build(path: str, src: _Source, wanted: list[str], skip_bad_rows: bool, star
         if name in PRICE_FIELDS:
             report(np.flatnonzero(~bad & ~empty & ~((values > 0) & (values < np.inf))), "non-positive, NaN or infinite price",
                    lambda k, v=values, lab=label: f"`{lab}` is {v[k]:g}; prices must be positive and finite")
+        elif name in ("qty", "volume"):  # as the live feed checks them: a trade's size above 0, a bar's volume 0 or more
+            wrong = ~(values > 0) if name == "qty" else ~(values >= 0)
+            report(np.flatnonzero(~bad & ~empty & wrong), "bad size",
+                   lambda k, v=values, lab=label, n=name: f"`{lab}` is {v[k]:g}; "
+                                                          f"{'a trade size must be above 0' if n == 'qty' else 'volume must be 0 or more'}")
         # sums and products of larger values could overflow the account's arithmetic and turn a limit off
         report(np.flatnonzero(np.abs(values) > MAX_MAGNITUDE), "value too large",
                lambda k, v=values, lab=label: f"`{lab}` is {v[k]:g}; values must be at most {MAX_MAGNITUDE:g} "

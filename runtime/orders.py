@@ -129,6 +129,7 @@ class OrderCore:
         self.reconcile_due = reconcile          # compare positions with the venue's before trading
         self.reconciling = False                # the venue was asked for its state and has not answered yet
         self.held: set[str] = set()             # instruments whose orders were held while reconciling
+        self.mismatched = False                 # the venue's books differed: no order leaves until they agree
 
     # ---- inputs ------------------------------------------------------------------
     # Every public input reads both clocks once, here, and uses those readings throughout,
@@ -305,7 +306,13 @@ class OrderCore:
                         return
         for decision, event_sent_ns in decisions:
             for step in steps(decision):
-                if step.order_qty and self.reconciling:  # held: decided again once the venue agrees
+                if step.order_qty and self.mismatched:
+                    # not even a liquidation: it would trade this state's positions, which are not the venue's
+                    self._withdraw(step.instrument, step.ts, step.order_qty)
+                    self.record("risk", ts=step.ts, instrument=step.instrument,
+                                reasons=(*step.reasons, RECONCILE_MISMATCH), desired_target=step.desired_target,
+                                approved_target=step.approved_target, withdrawn_qty=step.order_qty)
+                elif step.order_qty and self.reconciling:  # held: decided again once the venue agrees
                     self._withdraw(step.instrument, step.ts, step.order_qty)
                     self.held.add(step.instrument)
                     self.record("risk", ts=step.ts, instrument=step.instrument,
@@ -413,7 +420,9 @@ class OrderCore:
 
     def resume(self) -> None:
         """Trading again: orders still being cancelled count against the limits again
-        until the venue answers them, as every open order does."""
+        until the venue answers them, as every open order does. After a
+        `reconcile_mismatch`, the venue's state is asked for again, and orders are held
+        until it matches (a mismatch halts again)."""
         self._begin("control", action="resume", reason="")
         ts = self.latest_time()
         for order in self.open.values():
@@ -423,6 +432,10 @@ class OrderCore:
         self.engine.resume(ts)
         self.kill_switch_handled = False
         self.record("resume", ts=self._wall)
+        if self.mismatched:
+            self.mismatched = False
+            self.reconcile_due = self.reconciling = True
+            self.send({"type": "state_request"}, None)  # lost with a venue that is down: its reconnect asks
 
     # ---- the venue -----------------------------------------------------------------
     def venue_connected(self) -> None:
@@ -524,7 +537,9 @@ class OrderCore:
         holds open. Matched against this state's positions within `MATCH_RTOL`, and the
         venue may hold no open order this state does not know (one would fill into a
         position nobody limits): a match lets the orders held meanwhile be decided again;
-        a mismatch trips the kill switch (`reconcile_mismatch`) until an operator resumes.
+        a mismatch trips the kill switch (`reconcile_mismatch`) and no order leaves, not
+        even a liquidation (it would trade this state's positions, which are not the
+        venue's), until an operator resumes and the venue's state, asked for again, matches.
         Either way a `reconcile` record shows both sides (with `unknown_orders` when the
         venue holds any). An answer nobody asked for is ignored."""
         self._begin("venue", type="state", positions=positions, open_orders=open_orders)
@@ -542,6 +557,7 @@ class OrderCore:
                     **({"unknown_orders": unknown} if unknown else {}))
         held, self.held = sorted(self.held), set()
         if differ or unknown:
+            self.mismatched = True
             if not self.engine.halted:
                 self._halt(RECONCILE_MISMATCH)
             return

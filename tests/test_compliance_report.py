@@ -157,3 +157,17 @@ def test_days_are_the_policys_trading_days_under_a_calendar():
     utc = build_report([{**records[0], "policy_source": source.replace("calendar: XNYS\n", "")}, *records[1:]], {})
     assert [(d.date, d.orders) for d in utc.days] == [("2024-01-02", 2), ("2024-01-03", 1)]
     assert utc.day_basis == "UTC"
+
+
+def test_a_fill_counts_on_its_orders_day_not_the_venues_clock():
+    """A replay of 1996 data: the order is stamped with its event's time, the venue's fill
+    with the venue's wall clock in 2026. The fill belongs to 1996's day, with its order."""
+    old_day, wall = _ns("1996-06-03T15:00"), _ns("2026-11-30T03:00")
+    records = [rec(1, "session", wall, policy="p"),
+               rec(2, "order", old_day, client_order_id="p-1", instrument="A", qty=1.0, price=10.0, reasons=[],
+                   exit=False),
+               rec(3, "fill", wall, client_order_id="p-1", instrument="A", qty=1.0, price=10.0, position=1.0),
+               rec(4, "reject", wall, client_order_id="p-2", instrument="A", qty=1.0, reason="no such order")]
+    rep = build_report(records, {})
+    assert [(d.date, d.orders, d.fills, d.rejects) for d in rep.days] == [("1996-06-03", 1, 1, 0),
+                                                                          ("2026-11-30", 0, 0, 1)]

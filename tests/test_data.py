@@ -932,3 +932,15 @@ def test_a_bar_whose_prices_do_not_nest_is_a_bad_row(tmp_path, bad, detail):
     table = load_table(path, ["open", "high", "low", "close"], skip_bad_rows=True)
     assert len(table.ts) == 2 and table.skipped == {"inconsistent bar": 1}
     assert len(load_table(path, ["close"]).ts) == 3  # a run that reads no bar range does not judge it
+
+
+@pytest.mark.parametrize("column, value, detail", [("Volume", "-5", "`Volume` is -5; volume must be 0 or more"),
+                                                    ("Qty", "0", "`Qty` is 0; a trade size must be above 0")])
+def test_a_size_the_live_feed_refuses_is_a_bad_row(tmp_path, column, value, detail):
+    """The backtest trades what live would: a size the live feed refuses is a bad row."""
+    path = tmp_path / "sizes.csv"
+    path.write_text(f"Date,Close,{column}\n2024-01-02,10,5\n2024-01-03,11,{value}\n2024-01-04,12,5\n")
+    wanted = ["close", column.lower()]
+    with pytest.raises(DataError, match=f"sizes.csv:3: {detail}"):
+        load_table(path, wanted)
+    assert load_table(path, wanted, skip_bad_rows=True).skipped == {"bad size": 1}

@@ -3,6 +3,7 @@ import asyncio
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from policyc.compiler.build import compile_policy
@@ -177,3 +178,15 @@ def test_intents_and_control_need_the_token_and_answer_each_message(policy, shor
     assert access[1][2].startswith("refused: `intent` needs a TOTP code")
     from policyc.runtime.journal import replay as replay_log, session_policy
     assert replay_log(records, session_policy)[1] == []  # `access` and `auth_failures` are not the core's
+
+
+def test_replay_feed_reads_naive_times_in_the_zone_it_is_given():
+    """The bundled Xetra bars are Frankfurt wall-clock times without an offset: the feed
+    sends them one hour earlier in UTC with `--tz Europe/Berlin` (winter), as the backtest
+    of a policy with `calendar: XETR` reads them, so live trades at the backtest's hours."""
+    from policyc.runtime.live.replay import load_recording
+
+    path = str(DATA.parent / "index-2006-5min.csv")
+    utc, berlin = load_recording([("IDX", path)]), load_recording([("IDX", path)], zone="Europe/Berlin")
+    assert utc.ts[0] - berlin.ts[0] == 3_600 * 10**9  # 2006-01-02 09:05 in Frankfurt is 08:05 UTC
+    assert len(utc.ts) == len(berlin.ts) and (np.diff(berlin.ts) >= 0).all()

@@ -361,3 +361,15 @@ def test_a_key_twice_is_found_in_nested_objects_batches_and_behind_escapes(frame
 def test_colons_in_strings_escapes_and_explicit_nulls_are_no_duplicate(frame):
     got = _outcome(FEED("native"), frame)
     assert not isinstance(got, ProtocolError), got
+
+
+@pytest.mark.parametrize("open_, high, low, close", [(45.0, 44.0, 44.9, 45.1), (46.0, 45.3, 44.9, 45.1),
+                                                     (45.0, 45.3, 44.9, 44.0)])
+def test_a_bar_whose_prices_do_not_nest_is_refused_on_both_paths(open_, high, low, close):
+    """As a data file's `inconsistent bar`: the fast msgspec path and `parse_feed` agree."""
+    frame = json.dumps({"type": "bar", "instrument": "ORCL", "ts": TS, "open": open_, "high": high, "low": low,
+                        "close": close}).encode()
+    with pytest.raises(ProtocolError, match="inconsistent bar"):
+        parse_feed(frame, {"ORCL"}, "native")
+    (got,) = FeedDecoder({"ORCL"}).messages([frame])
+    assert isinstance(got, ProtocolError) and "inconsistent bar" in str(got)

@@ -15,7 +15,7 @@ from policyc.runtime.journal import replay
 from policyc.runtime.live import paper
 from policyc.runtime.live import replay as feed
 from policyc.runtime.live.audit import read_log
-from policyc.runtime.live.protocol import Market
+from policyc.runtime.live.protocol import Market, VenueReply
 from policyc.runtime.live.runner import LiveRuntime, RunConfig
 from policyc.runtime.engine import Engine
 from policyc.runtime.orders import RECONCILE_MISMATCH, RECONCILE_PENDING, OrderCore
@@ -281,3 +281,35 @@ def test_a_new_log_on_a_venue_that_holds_a_position_halts_before_any_order(held,
     assert rec["matched"] is False and rec["venue"]["positions"] == {"ORCL": 400.0}
     assert fresh.engine.halted and [r["reason"] for r in records if r["kind"] == "halt"] == [RECONCILE_MISMATCH]
     assert venue.positions["ORCL"] <= 400.0 and not [r for r in records if r["kind"] == "order" and r["qty"] > 0]
+
+
+def test_a_mismatch_sends_no_order_not_even_a_liquidation_until_the_venue_agrees(walk):
+    """This state holds 40 A; the venue, asked after a restart, holds nothing (another
+    venue, or one whose books were reset). Liquidating the 40 would sell what the venue
+    does not hold, a short of 40 nobody decided: no order leaves, not even that one.
+    The operator's resume asks the venue again; it still says flat, so it halts again;
+    once the venue says 40, trading goes on."""
+    core, sent, records = _fresh(walk, {}, [])
+    (order,) = [m for m in sent if m["type"] == "order"]
+    core.venue_reply(VenueReply("fill", order["client_order_id"], qty=40.0, price=50.0, fee=0.0,
+                                ts=1_800_000_000 * S))
+    assert core.engine.position("A") == 40.0
+    core.restart("walk-2", 20 * S)
+    sent.clear()
+    core.venue_connected()
+    core.feed_connected()
+    assert sent == [{"type": "state_request"}]
+    core.venue_state({}, [])
+    assert core.engine.halted and core.mismatched and not [m for m in sent if m["type"] == "order"]
+    withheld = [r for r in records if r["kind"] == "risk" and RECONCILE_MISMATCH in r["reasons"]]
+    assert [(r["instrument"], r["withdrawn_qty"]) for r in withheld] == [("A", -40.0)]
+    core.market([Market("A", T + S, {"price": 51.0}, None)])  # still halted: the liquidation is withheld again
+    assert not [m for m in sent if m["type"] == "order"] and core.engine.open_quantity("A") == 0.0
+    core.resume()
+    assert sent[-1] == {"type": "state_request"} and core.reconciling
+    core.venue_state({}, [])
+    assert core.engine.halted and not [m for m in sent if m["type"] == "order"]
+    core.resume()
+    core.venue_state({"A": 40.0}, [])
+    assert not core.engine.halted and not core.mismatched and not [m for m in sent if m["type"] == "order"]
+    assert [r["matched"] for r in records if r["kind"] == "reconcile"] == [True, False, False, True]

@@ -255,3 +255,30 @@ def test_the_feed_rate_is_over_the_last_five_seconds():
     assert rate.update(100, 11.0) == 100.0
     assert rate.update(1_100, 16.0) == 200.0                     # 11 s to 16 s: the sample at 10 s dropped
     assert rate.update(1_200, 17.0) == pytest.approx(1_100 / 6)  # 11 s to 17 s: at least 5 s of history
+
+
+def test_a_peers_text_cannot_move_the_cursor_and_large_counts_do_not_wrap(tmp_path):
+    """A feed names an unknown instrument `ESC[2J` and newlines: the bad message's reason
+    reaches the latest decisions, shown with `?` for each such character, on one row.
+    Counts in the millions stay on their line, cut at 80 columns, not wrapped."""
+    run = Run(tmp_path, ["ORCL"], limits=True)
+    try:
+        run.rt.on_feed_messages([orjson.dumps({"type": "tick", "instrument": "\x1b[2J\nY\nZ\u202e", "ts": T0,
+                                               "price": 1.0})])
+        status = run.rt.status()
+        assert "\x1b[2J" in str(status["recent"][-1]["reason"])  # the record keeps what came, the view does not
+        status.update(events=12_345_678, orders=123_456, fills=123_456, rejects=1_234, bad_messages=1_234,
+                      reconnects=17, unacknowledged=12_345)
+        console = Console(width=80, height=24, record=True, file=io.StringIO(), color_system=None)
+        console.print(render(status, {"p50_us": 95.0, "p99_us": 410.0}, run.rt.links,
+                             figures=account_figures(run.rt.engine)))
+        text = console.export_text()
+        assert "\x1b" not in text
+        assert "\u202e" not in text
+        assert "unknown instrument `?[2" in text  # on one row, cut to its column
+        assert len(screen(render(status, {"p50_us": 95.0, "p99_us": 410.0}, run.rt.links,
+                                 figures=account_figures(run.rt.engine)))) <= 24
+        (counts,) = [line for line in text.splitlines() if line.startswith("events 12,345,678")]
+        assert counts.endswith("…")
+    finally:
+        run.rt.log.close()

@@ -242,6 +242,9 @@ def _native(msg: dict, instruments) -> Market | Input:
     elif kind == "bar":
         fields = {"open": _positive(msg, "open"), "high": _positive(msg, "high"), "low": _positive(msg, "low"),
                   "close": _positive(msg, "close")}
+        if not _nests(fields):  # as a data file's `inconsistent bar`: fills inside a bar rest on its range
+            raise ProtocolError(f"inconsistent bar: open {fields['open']:g}, close {fields['close']:g} not within "
+                                f"low {fields['low']:g} and high {fields['high']:g}")
         volume = msg.get("volume")
         if volume is not None:
             if not ((volume.__class__ is float or volume.__class__ is int) and 0 <= volume <= MAX_MAGNITUDE):
@@ -345,8 +348,16 @@ def _tick(m) -> Market:
                   m.sent_ns)
 
 
-def _bar(m) -> Market:
+def _nests(bar: dict) -> bool:
+    """low <= open, close <= high."""
+    return bar["low"] <= min(bar["open"], bar["close"]) and max(bar["open"], bar["close"]) <= bar["high"]
+
+
+def _bar(m) -> Market | None:
+    """None for a bar whose prices do not nest, which `parse_feed` refuses with its reason."""
     fields = {"open": m.open, "high": m.high, "low": m.low, "close": m.close}
+    if not _nests(fields):
+        return None
     if m.volume is not None:
         fields["volume"] = m.volume
     fields["price"] = m.close

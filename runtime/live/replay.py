@@ -54,10 +54,12 @@ def duplicate_names(data: list[tuple[str | None, str]]) -> str | None:
     return None
 
 
-def load_recording(data: list[tuple[str | None, str]], date_format: str | None = None) -> Recording:
+def load_recording(data: list[tuple[str | None, str]], date_format: str | None = None,
+                   zone: str | None = None) -> Recording:
     """Bars (or, without them, prices) of each (symbol or None, path) file, served as
-    `instrument_name`. `date_format` is that of `load_table`. Raises DataError for a file
-    that cannot be used, or two of one name."""
+    `instrument_name`. `date_format` and `zone` (the IANA zone of timestamps without one;
+    None: UTC) are those of `load_table`. Raises DataError for a file that cannot be
+    used, or two of one name."""
     clash = duplicate_names(data)
     if clash:
         raise DataError(f"--data: {clash}")
@@ -65,9 +67,9 @@ def load_recording(data: list[tuple[str | None, str]], date_format: str | None =
     for symbol, path in data:
         name = instrument_name(symbol, path)
         try:
-            table = load_table(path, [*BAR, "volume"], date_format=date_format)
+            table = load_table(path, [*BAR, "volume"], date_format=date_format, zone=zone)
         except DataError:
-            table = load_table(path, ["price"], date_format=date_format)
+            table = load_table(path, ["price"], date_format=date_format, zone=zone)
         tables.append(table)
         names.append(name)
     fields = set.intersection(*(set(t.columns) for t in tables))

@@ -185,9 +185,13 @@ class LiveRuntime:
             self.latencies_ns.append(time.time_ns() - event_sent_ns)
 
     def _record(self, kind: str, ts: int | None = None, **fields) -> None:
-        """A record of the core to the log; a feed silence is also said on stderr, as a
-        connection that drops is."""
+        """A record of the core to the log; a feed silence and a venue whose books differ
+        are also said on stderr, as a connection that drops is."""
         self.log.write(kind, ts, **fields)
+        if kind == "reconcile" and not fields["matched"]:
+            differ = ", ".join(fields["instruments"] + fields.get("unknown_orders", []))
+            announce(f"venue {self.config.venue_url}: its positions or open orders differ from this run's ({differ}); "
+                     "halted (reconcile_mismatch), no order leaves until an operator resumes and they match")
         if kind == "feed_silent":
             announce(f"feed {self.config.feed_url}: no market data for {fields['silent_s']:.1f} s; intents are "
                      "reduce-only")

@@ -26,6 +26,7 @@ from rich.text import Text
 
 from policyc.compiler import layout as L
 
+from ..audit_report import printable
 from .runner import VENUE_FIRST_S
 
 #: The smallest terminal the view fits: columns and rows.
@@ -115,7 +116,7 @@ def links_text(links: dict, now: float | None = None) -> Text:
         if link.state == "connected":
             state = ("connected", "green")
         elif link.state == "down":
-            state = (f"DOWN for {now - link.since:,.0f} s: {link.error}; retrying", "bold red")
+            state = (f"DOWN for {now - link.since:,.0f} s: {printable(str(link.error))}; retrying", "bold red")
         elif link.state == "waiting":
             state = (f"waiting for the venue ({VENUE_FIRST_S:g} s at most)", "yellow")
         else:
@@ -241,15 +242,16 @@ def positions_table(status: dict, figures: dict | None, rows: int) -> Table:
     return table
 
 
-def flow_lines(status: dict, venue_latency: dict | None) -> Text:
-    """Two lines: the message counts (bad messages in red when not 0), then latency."""
+def flow_lines(status: dict, venue_latency: dict | None) -> list[Text]:
+    """Two lines, each cut rather than wrapped: the message counts (bad messages in red
+    when not 0), then latency."""
     bad = status["bad_messages"]
     counts = _line(f"events {status['events']:,}  orders {status['orders']:,}  fills {status['fills']:,}  "
                    f"rejects {status['rejects']:,}  unacked {status['unacknowledged']:,}  ",
                    (f"bad {bad:,}", "bold red" if bad else ""), f"  reconnects {status['reconnects']:,}")
     latency = _line(f"tick->order p50/p99 {percentiles_text(status['latency'])}",
                     f"   at the venue {percentiles_text(venue_latency)}" if venue_latency is not None else "")
-    return Text("\n").join([counts, latency])
+    return [counts, latency]
 
 
 def decisions_table(status: dict, rows: int) -> Table:
@@ -260,9 +262,9 @@ def decisions_table(status: dict, rows: int) -> Table:
                          justify="right" if column in ("seq", "qty") else "left")
     for record in status["recent"][len(status["recent"]) - rows:] if rows > 0 else []:
         reasons = record.get("reasons") or record.get("reason") or ""
-        table.add_row(str(record["seq"]), record["kind"], record.get("instrument", ""),
+        table.add_row(str(record["seq"]), record["kind"], printable(str(record.get("instrument", ""))),
                       "" if record.get("qty") is None else _fit(record["qty"], "+,g", NUMBER_WIDTH),
-                      ", ".join(reasons) if isinstance(reasons, (list, tuple)) else str(reasons))
+                      printable(", ".join(map(str, reasons)) if isinstance(reasons, (list, tuple)) else str(reasons)))
     return table
 
 
@@ -286,11 +288,11 @@ def render(status: dict, venue_latency: dict | None = None, links: dict | None =
     blocks, block_lines = account_and_risk(status, figures)
     flow = flow_lines(status, venue_latency)
     # what is left of the height once the lines above, the blocks, the flow and the two tables' headers are drawn
-    free = height - len(top) - block_lines - len(flow.split()) - 2
+    free = height - len(top) - block_lines - len(flow) - 2
     decisions = min(len(status["recent"]), MIN_DECISION_ROWS)
     positions = max(min(len(status["positions"]), free - decisions), 1)
     decisions = max(min(len(status["recent"]), free - positions), 0)
-    return Group(*top, blocks, positions_table(status, figures, positions), flow, decisions_table(status, decisions))
+    return Group(*top, blocks, positions_table(status, figures, positions), *flow, decisions_table(status, decisions))
 
 
 def runtime_view(runtime, venue=None, rate: FeedRate | None = None, total: int | None = None, width: int = WIDTH,
