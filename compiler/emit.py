@@ -143,6 +143,8 @@ class _Emitter:
     def scalars(self, n: int) -> list[tuple[str, str, int, bool]]:
         """Slot n's scalar state as (local, offset name, index, is an integer position)."""
         slot = self.slots[n]
+        if slot.kind == "publish":  # written to and read from the array only
+            return []
         if slot.kind == "history":
             count, positions = (3 if self.unit(slot) else 2), (1,)
         elif slot.kind == "bars_since":
@@ -204,6 +206,8 @@ class _Emitter:
         if k == "bars_since":
             n = self.slot_of[(j, "bars_since")]
             return str(self.ops_macros.bars_since(SimpleNamespace(v=v, a=a, o=f"o{n}", st=self.state(n)))).strip()
+        if k in ("ref", "xlag", "xstate", "age"):
+            return self.cross_code(j) if not self.single else f"{v} = (t - {self.P.LAST_TS}) / 1e9"
         if k == "lag":
             source = op.args[0]
             spec = op.attr[0]
@@ -247,15 +251,51 @@ class _Emitter:
         slot = self.slots[n]
         if slot.kind == "history":
             return SimpleNamespace(fixed=2, windowed=True)
-        if slot.kind == "bars_since":
+        if slot.kind in ("bars_since", "publish"):
             return SimpleNamespace(fixed=1, windowed=False)
         fn = self.p.ops[slot.op].attr[0]
         return SimpleNamespace(fixed=L.MOVING_SCALARS[fn], windowed=fn in L.MOVING_BUFFERED)
+
+    def published(self, source: int) -> SimpleNamespace:
+        """Slot of the value `source` had at its instrument's latest market event."""
+        n = self.slot_of[(source, "publish")]
+        value = self.name(source)
+        if self.p.ops[source].type == BOOL:
+            value = f"(1.0 if {value} else 0.0)"
+        return SimpleNamespace(o=f"o{n}", value=value)
+
+    def cross_code(self, j: int) -> str:
+        """Source of an op that reads another instrument (kernels of several instruments:
+        a policy of one lowers none). Instrument x's rows of `pstate` and `fs` are current
+        (each assignment writes through), so each read is one array access."""
+        op, v = self.p.ops[j], self.name(j)
+        if op.kind == "age":
+            x = op.attr[0]
+            return f"{v} = (t - ({self.P.LAST_TS} if i == {x} else pstate[{x}, {L.P_LAST_TS}])) / 1e9"
+        if op.kind == "xstate":
+            name, x = op.attr
+            other = SimpleNamespace(POS=f"pstate[{x}, {L.P_POS}]", ENTRY=f"pstate[{x}, {L.P_ENTRY}]",
+                                    LAST=f"pstate[{x}, {L.P_LAST}]")
+            return (f"{v} = ({_state_expr(name, self.P, self.A, self.gross)}) if i == {x} "
+                    f"else ({_state_expr(name, other, self.A, self.gross)})")
+        source = op.args[0]
+        ctx = SimpleNamespace(v=v, x=op.attr[0], type=op.type, src=self.name(source), LAST=L.P_LAST)
+        if op.kind == "ref":
+            ctx.publish = self.published(source)
+            return str(self.ops_macros.ref(ctx)).strip()
+        spec = op.attr[1]
+        ctx.history = self.history(source)
+        ctx.k = self.k_expr(spec)
+        ctx.own = str(self.ops_macros.lag(SimpleNamespace(
+            v=v, type=op.type, history=ctx.history, k=ctx.k, src=ctx.src,
+            k_zero_possible=spec[0] == "param" and source < j))).strip()
+        return str(self.ops_macros.xlag(ctx)).strip()
 
     def render(self, gen: "GenerationInput") -> str:
         p = self.p
         op_codes = [SimpleNamespace(code=code) for code in (self.op_code(j) for j in range(len(p.ops))) if code]
         pushes = [self.history(s.op) for s in self.slots if s.kind == "history"]
+        publishes = [self.published(s.op) for s in self.slots if s.kind == "publish"]
         slots = []
         for n, s in enumerate(self.slots):
             ema = s.kind == "moving" and p.ops[s.op].attr[0] == "ema"
@@ -287,7 +327,8 @@ class _Emitter:
                    for key, bits in L.EXITS.items() if key in gen.risk],
             custom=custom,
             params=[SimpleNamespace(v=f"p{i}", type=kind) for i, kind in enumerate(gen.param_types)],
-            slots=slots, op_lines=op_codes, pushes=pushes,
+            slots=slots, op_lines=op_codes, pushes=pushes, publishes=publishes,
+            reads_age=any(op.kind == "age" for op in p.ops),
             lag_ks=[SimpleNamespace(name=name, expr=f"int(p{spec[1]})") for spec, name in sorted(self.lag_ks.items())],
             volatility=None if p.volatility is None else self.name(p.volatility),
             rules=[SimpleNamespace(when=self.name(w), target=self.name(t)) for w, t in p.rules],

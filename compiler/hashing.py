@@ -33,6 +33,10 @@ def canonical_form(checked: CheckedPolicy) -> dict:
         "custom": [[r.name, canonical(r.when), r.action] for r in p.custom],
         "account": {k: checked.account[k] for k in sorted(checked.account)},
     }
+    # only for the map form's names, so a list of symbols hashes as it did before that form
+    aliases = {i.alias: i.name for i in p.instruments if i.alias not in (None, i.name)}
+    if aliases:
+        form["instrument_names"] = aliases
     # only when named, so the hash of a policy on UTC days is what it was before these keys
     for key in ("calendar", "timezone"):
         if getattr(p, key) is not None:

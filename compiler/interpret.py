@@ -287,6 +287,7 @@ class Book:
     custom: list = field(default_factory=list)
     states: dict = field(default_factory=dict)
     history: dict = field(default_factory=dict)
+    latest: list | None = None    # every op's value at the latest market event, for other instruments
 
 
 class Interpreter:
@@ -361,11 +362,26 @@ class Interpreter:
             elif k == "lag":
                 kk = resolve_int(op.attr[0], self.param_values)
                 v = values[op.args[0]] if kk == 0 else b.history[op.args[0]].get(kk, op.type == "bool")
+            elif k in ("ref", "xlag"):  # another instrument's value: from its book, as its latest event left it
+                x = self.books[op.attr[0]]
+                kk = 0 if k == "ref" else resolve_int(op.attr[1], self.param_values)
+                if x is b:
+                    v = values[op.args[0]] if kk == 0 else b.history[op.args[0]].get(kk, op.type == "bool")
+                elif x.latest is None:
+                    v = False if op.type == "bool" else NAN
+                else:  # its history holds its latest event's value too: one further back
+                    v = x.latest[op.args[0]] if kk == 0 else x.history[op.args[0]].get(kk + 1, op.type == "bool")
+            elif k == "xstate":
+                v = self.state_value(op.attr[0], self.books[op.attr[1]])
+            elif k == "age":
+                x = self.books[op.attr[0]]
+                v = NAN if x.last_ts is None else (float(ts) - x.last_ts) / 1e9
             else:
                 raise AssertionError(k)
             values[j] = v
         for source, hist in b.history.items():
             hist.push(values[source])
+        b.latest = values
         return values
 
     def state_value(self, name: str, b: Book) -> float:

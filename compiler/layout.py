@@ -154,13 +154,14 @@ class Slot:
     """State kept per instrument for one op: its moving window, counter or history ring."""
 
     op: int
-    kind: str        # "moving", "bars_since" or "history"
+    kind: str        # "moving", "bars_since", "history" or "publish" (the latest value, for other instruments)
     size_spec: tuple  # ("const", n) / ("param", i) window, or a tuple of lag specs for history
 
 
 def slots(program: Program) -> list[Slot]:
     out = []
     history = program.history_sources()
+    published = set(program.published_sources())
     for i, op in enumerate(program.ops):
         if op.kind == "moving":
             out.append(Slot(i, "moving", op.attr[1]))
@@ -168,12 +169,14 @@ def slots(program: Program) -> list[Slot]:
             out.append(Slot(i, "bars_since", ("const", 1)))
         if i in history:
             out.append(Slot(i, "history", tuple(history[i])))
+        if i in published:
+            out.append(Slot(i, "publish", ("const", 1)))
     return out
 
 
 def slot_size(program: Program, slot: Slot, params: list) -> tuple[int, int]:
     """(window or ring length, state width) of a slot under bound params."""
-    if slot.kind == "bars_since":
+    if slot.kind in ("bars_since", "publish"):
         return 1, 1
     if slot.kind == "history":
         k = max(resolve_int(spec, params) for spec in slot.size_spec)

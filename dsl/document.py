@@ -35,14 +35,15 @@ CUSTOM_ACTIONS = ("block", "reduce_only", "liquidate", "halt")
 # ---- the document's shape ------------------------------------------------------------
 # A value's shape: "text", "integer", "scalar" (true/false, a number or text: every
 # expression, as YAML reads it), ("optional", SHAPE) (also null), ("list", SHAPE),
-# ("mapping", SHAPE) (text keys), ("one of", CHOICES), or the name of a record in SHAPES.
+# ("mapping", SHAPE) (text keys), ("list or mapping", SHAPE) (either of those two),
+# ("one of", CHOICES), or the name of a record in SHAPES.
 # A record maps its keys to (shape, default); REQUIRED marks a key without one.
 REQUIRED = object()
 OPTIONAL_SCALAR = ("optional", "scalar")
 SHAPES = {
     "PolicyModel": {
         "policy": ("text", REQUIRED), "version": ("integer", REQUIRED), "description": (("optional", "text"), None),
-        "instruments": (("list", "text"), REQUIRED), "inputs": (("list", "text"), []),
+        "instruments": (("list or mapping", "text"), REQUIRED), "inputs": (("list", "text"), []),
         "params": (("mapping", "scalar"), {}), "features": (("mapping", "scalar"), {}),
         "signals": (("list", "SignalModel"), REQUIRED), "risk": (("optional", "RiskModel"), None),
         "account": (("optional", "AccountModel"), None),
@@ -80,6 +81,8 @@ def _fits(shape, value) -> bool:
         return isinstance(value, list) and all(_fits(inner, v) for v in value)
     if kind == "mapping":
         return isinstance(value, dict) and all(isinstance(k, str) and _fits(inner, v) for k, v in value.items())
+    if kind == "list or mapping":
+        return _fits(("list", inner), value) or _fits(("mapping", inner), value)
     return isinstance(value, str) and value in inner  # "one of"
 
 
@@ -92,7 +95,7 @@ def _filled(shape, value):
         return SimpleNamespace(**{k: _filled(s, value[k]) if k in value else copy.copy(default)
                                   for k, (s, default) in SHAPES[shape].items()})
     kind, inner = shape
-    if value is None or kind in ("mapping", "one of"):  # mappings hold scalars
+    if value is None or kind in ("mapping", "one of", "list or mapping"):  # these hold scalars
         return value
     if kind == "list":
         return [_filled(inner, v) for v in value]
@@ -118,6 +121,8 @@ def _model(name: str):
             return Literal[inner]
         if kind == "mapping":
             return dict[str, annotation(inner)]
+        if kind == "list or mapping":
+            return Union[list[annotation(inner)], dict[str, annotation(inner)]]
         return Optional[annotation(inner)] if kind == "optional" else list[annotation(inner)]
 
     return create_model(name, __base__=_Strict, **{key: (annotation(shape), ... if default is REQUIRED else default)
@@ -137,6 +142,15 @@ class Named:
 
     name: str
     span: Span
+
+
+@dataclass
+class InstrumentDecl(Named):
+    """An instrument: `name` is its symbol (data, the wire and the logs use it), `alias` the
+    name expressions call it by (`cb` in `cb.bid`): the key of the map form of
+    `instruments`, else the symbol itself when it is a name (`ORCL`), else None."""
+
+    alias: str | None = None
 
 
 @dataclass
@@ -180,7 +194,7 @@ class ParsedPolicy:
     name: str
     version: int
     description: str | None
-    instruments: list[Named]
+    instruments: list[InstrumentDecl]
     inputs: list[Named]
     params: dict[str, ParamDecl]
     features: dict[str, FeatureDecl]
@@ -225,9 +239,9 @@ def _symbols_as_text(doc: Positioned) -> None:
     and `7203` (a number) are taken as written."""
     for key in ("instruments", "inputs"):
         items = doc.value.get(key)
-        if not isinstance(items, list):
+        if not isinstance(items, (list, dict)):
             continue
-        for i, item in enumerate(items):
+        for i, item in (enumerate(items) if isinstance(items, list) else list(items.items())):
             node = doc.nodes.get((key, i))
             if isinstance(item, (bool, int, float)) and isinstance(node, yaml.ScalarNode) and node.style is None:
                 items[i] = node.value
@@ -328,7 +342,9 @@ def _structure_errors(exc, doc: Positioned) -> list[Diagnostic]:
 
 def _expected_for(loc: tuple, kind: str) -> str:
     name = loc[-1] if loc else ""
-    if name in ("instruments", "inputs", "signals") or kind == "list_type":
+    if name == "instruments":
+        return "a list of symbols, or a mapping of names to symbols"
+    if name in ("inputs", "signals") or kind == "list_type":
         return "a list"
     if name in ("params", "features", "risk", "account") or kind in ("dict_type", "model_type"):
         return "a mapping"
@@ -462,7 +478,7 @@ class _Builder:
             self.errors.append(error("E007", self.span(("version",)), f"`version` must be 1 or more, not {m.version}"))
         if not m.instruments:
             self.errors.append(error("E007", self.span(("instruments",)), "`instruments` must list at least one symbol"))
-        instruments = self.unique_names("instruments", m.instruments, SYMBOL, "instrument symbol")
+        instruments = self.instruments(m.instruments)
         inputs = self.unique_names("inputs", m.inputs, IDENTIFIER, "input name")
         params = {}
         for key, value in m.params.items():
@@ -524,6 +540,26 @@ class _Builder:
             calendar=None if m.calendar is None else Named(m.calendar, self.span(("calendar",))),
             timezone=None if m.timezone is None else Named(m.timezone, self.span(("timezone",))),
         )
+
+    def instruments(self, value: list[str] | dict[str, str]) -> list[InstrumentDecl]:
+        """The list form (`[ORCL, NVDA]`: a symbol that is a name is its own alias) or the
+        map form (`{bn: "binance:BTCUSDT"}`: alias -> symbol) of `instruments`."""
+        if isinstance(value, list):
+            return [InstrumentDecl(n.name, n.span, n.name if IDENTIFIER.match(n.name) else None)
+                    for n in self.unique_names("instruments", value, SYMBOL, "instrument symbol")]
+        out, seen = [], {}
+        for alias, symbol in value.items():
+            path = ("instruments", alias)
+            if not self.name(path, alias, "instrument name", key=True) or not self.name(path, symbol, "instrument symbol",
+                                                                                        SYMBOL):
+                continue
+            if symbol in seen:
+                self.errors.append(error("E205", self.span(path), f"`{symbol}` is listed twice in `instruments`",
+                                         f"first listed at line {seen[symbol].line}"))
+                continue
+            seen[symbol] = self.span(path)
+            out.append(InstrumentDecl(symbol, self.span(path), alias))
+        return out
 
     def unique_names(self, key: str, values: list[str], pattern, what: str) -> list[Named]:
         out, seen = [], {}
