@@ -158,6 +158,12 @@ class CompiledPolicy:
     def instruments(self) -> list[str]:
         return self.checked.instruments
 
+    def symbol(self, name: str) -> str:
+        """The symbol of the instrument a policy calls `name` (`bn` in `instruments: {bn:
+        "binance:BTCUSDT"}`), or `name` itself when no instrument is called that."""
+        k = self.checked.aliases.get(name)
+        return name if k is None else self.instruments[k]
+
     @property
     def columns(self) -> list[str]:
         return self.program.columns

@@ -230,6 +230,7 @@ def _events(policy: CompiledPolicy, data) -> Events:
             data = {policy.instruments[0]: data}
         if not isinstance(data, Mapping):
             raise TypeError(f"data must be Events, a path or {{symbol: path}}, not {type(data).__name__}")
+        data = {policy.symbol(s) if isinstance(s, str) else s: path for s, path in data.items()}
         unknown = [s for s in data if s not in policy.instruments]
         if unknown:
             raise ValueError(f"`{unknown[0]}` is not an instrument of `{policy.name}`; "
@@ -606,7 +607,8 @@ class PolicyEnv(gymnasium.Env):
 
     policy: a `CompiledPolicy` or a policy file with an `intent` input. data: `Events`
     (market events, one value column per `policy.columns`; the intent column is
-    overwritten), a data file (one instrument), or {symbol: path}.
+    overwritten), a data file (one instrument), or {symbol: path} (a symbol may be given by
+    the policy's name of it, `bn` for `instruments: {bn: "binance:BTCUSDT"}`).
 
     Options (keywords):
     - `action`: `box` (default): `Box(-1, 1, (instruments,))`, target = action x

@@ -120,14 +120,16 @@ def load_events(policy: CompiledPolicy, data: list[tuple[str | None, str]], skip
                 start_ns: int | None = None, end_ns: int | None = None,
                 date_format: str | None = None, bars: bool = False,
                 zone: str | None = None) -> tuple[Events, list[Table]]:
-    """Bind data files ((symbol or None, path) pairs) to the policy's instruments and merge
-    them into one event stream; the other arguments are those of `load_table`, but that
+    """Bind data files ((symbol or None, path) pairs; the symbol may be the policy's name of
+    an instrument, `bn` for `instruments: {bn: "binance:BTCUSDT"}`) to the policy's
+    instruments and merge them into one event stream; the other arguments are those of `load_table`, but that
     naive timestamps are read in `zone`, by default the policy's (its `timezone`, or its
     calendar's), UTC without either. With
     `bars`, the events also carry each row's open, high and low (`Events.bars`) when the
     files have them (a file without one of them leaves it NaN; none with `open`: no bars).
     Raises DataError for a file that cannot be used or that no instrument (or two) would take."""
     instruments = policy.instruments
+    data = [(None if sym is None else policy.symbol(sym), path) for sym, path in data]  # a name means its symbol
     symbols = [sym for sym, _ in data if sym is not None]
     twice = next((s for k, s in enumerate(symbols) if s in symbols[:k]), None)
     if twice:
