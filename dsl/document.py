@@ -550,8 +550,8 @@ class _Builder:
         out, seen = [], {}
         for alias, symbol in value.items():
             path = ("instruments", alias)
-            if not self.name(path, alias, "instrument name", key=True) or not self.name(path, symbol, "instrument symbol",
-                                                                                        SYMBOL):
+            named = self.name(path, alias, "instrument name", key=True)
+            if not (self.name(path, symbol, "instrument symbol", SYMBOL) and named):
                 continue
             if symbol in seen:
                 self.errors.append(error("E205", self.span(path), f"`{symbol}` is listed twice in `instruments`",

@@ -105,7 +105,8 @@ LOGICAL = ("and", "or")
 
 #: Terminal names in words, for "expected ..." messages.
 TERMINAL_WORDS = {
-    "NAME": "a name", "REF": "a reference such as `ORCL.close`", "NUMBER": "a number", "PERCENT": "a percentage", "DURATION": "a duration",
+    "NAME": "a name", "REF": "a reference such as `ORCL.close`",
+    "NUMBER": "a number", "PERCENT": "a percentage", "DURATION": "a duration",
     "TRUE": "`true`", "FALSE": "`false`", "IF": "`if`", "THEN": "`then`", "ELSE": "`else`",
     "OR": "`or`", "AND": "`and`", "NOT": "`not`", "COMP_OP": "a comparison", "POW": "`**`",
     "MUL_OP": "`*` or `/`", "ADD_OP": "`+`", "MINUS": "`-`", "LPAR": "`(`", "RPAR": "`)`",

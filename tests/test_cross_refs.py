@@ -259,3 +259,20 @@ def test_backtest_binds_data_by_the_policys_names(tmp_path, capsys):
     capsys.readouterr()
     assert main(["backtest", str(policy), "--data", f"binance:BTCUSDT={bn}", "--data", f"bn={cb}"]) == 1
     assert "`binance:BTCUSDT` twice" in capsys.readouterr().err
+
+
+def test_the_live_engine_reads_references_across_its_one_event_calls(venues):
+    """Live, each event is a call of its own, named by symbol: the other instrument's
+    latest values and fills carry over between calls, and the decisions are the backtest's."""
+    from policyc.runtime.engine import Engine
+
+    engine = Engine(venues, L.FILL_NEXT)
+    symbols = venues.instruments
+    decided = []
+    for t, i, price, bid, ask in TAPE:
+        d = engine.market(symbols[i], T0 + int(t * NS_S), {"price": price, "close": price, "bid": bid, "ask": ask})
+        decided.append((d.instrument, d.desired_target, d.order_qty))
+    assert decided == [("binance:BTCUSDT", 0.0, 0.0), ("binance:BTCUSDT", 0.0, 0.0), ("coinbase:BTC-USD", 0.0, 0.0),
+                       ("binance:BTCUSDT", 0.0, 0.0), ("coinbase:BTC-USD", 1.0, 1.0), ("coinbase:BTC-USD", 1.0, 0.0),
+                       ("binance:BTCUSDT", 1.0, 1.0)]
+    assert engine.positions() == {"binance:BTCUSDT": 0.0, "coinbase:BTC-USD": 1.0}
