@@ -206,8 +206,10 @@ class _Emitter:
         if k == "bars_since":
             n = self.slot_of[(j, "bars_since")]
             return str(self.ops_macros.bars_since(SimpleNamespace(v=v, a=a, o=f"o{n}", st=self.state(n)))).strip()
+        if k == "age" and self.single:  # the one instrument's latest market event is this one
+            return f"{v} = (t - {self.P.LAST_TS}) / 1e9"
         if k in ("ref", "xlag", "xstate", "age"):
-            return self.cross_code(j) if not self.single else f"{v} = (t - {self.P.LAST_TS}) / 1e9"
+            return self.cross_code(j)
         if k == "lag":
             source = op.args[0]
             spec = op.attr[0]
@@ -265,9 +267,9 @@ class _Emitter:
         return SimpleNamespace(o=f"o{n}", value=value)
 
     def cross_code(self, j: int) -> str:
-        """Source of an op that reads another instrument (kernels of several instruments:
-        a policy of one lowers none). Instrument x's rows of `pstate` and `fs` are current
-        (each assignment writes through), so each read is one array access."""
+        """Source of an op that reads instrument x, in a kernel of several instruments (a
+        policy of one lowers only `age`). x's rows of `pstate` and `fs` are current (each
+        assignment writes through), so each read is one array access."""
         op, v = self.p.ops[j], self.name(j)
         if op.kind == "age":
             x = op.attr[0]

@@ -209,7 +209,7 @@ def num_leaf(draw, ctx: Ctx) -> str:
     kinds = ["field"] * 5 + ["literal"] * 2 + ["state"] + ["lagged"] * 2
     kinds += ["param"] * 2 * bool(ctx.num_params) + ["feature"] * 3 * bool(ctx.num_feats)
     kinds += ["forward"] * bool(ctx.lag_num) + ["input"] * bool(ctx.inputs)
-    kinds += ["ref"] * 3 * bool(ctx.instruments) + ["age"] * bool(ctx.instruments)
+    kinds += ["ref"] * 2 * bool(ctx.instruments) + ["age"] * bool(ctx.instruments)
     kind = pick(draw, kinds)
     if kind == "ref":
         return reference(draw, ctx, list(FIELDS) + ctx.num_feats + ctx.inputs + ["position", "entry_price"],
