@@ -16,7 +16,7 @@ from functools import cached_property
 from policyc.dsl import expressions as ex
 from policyc.dsl.diagnostics import Diagnostic, PolicyError, Span, did_you_mean, error, warning
 from policyc.dsl.document import ParsedPolicy, ValueDecl
-from policyc.dsl.risk_keys import ACCOUNT_KEYS, BOOLEAN, DURATION, FRACTION, RISK_KEYS, Key
+from policyc.dsl.risk_keys import ACCOUNT_KEYS, BOOLEAN, CONTRACT_KEYS, DURATION, FRACTION, RISK_KEYS, Key
 
 from .builtins import (BOOL, FUNCTIONS, INSTRUMENT_STATE, MARKET_FIELDS, MAX_LOOKBACK, MAX_WINDOW, NUM, RESERVED,
                        SESSION_FUNCTIONS, STATE_VALUES, TIME, TIMESTAMP)
@@ -40,6 +40,8 @@ class CheckedPolicy:
     risk: dict[str, float]             # bound limits; durations in seconds, bools 1.0/0.0
     account: dict[str, float]
     warnings: list[Diagnostic] = field(default_factory=list)
+    #: per instrument, the contract settings the policy gives (CONTRACT_KEYS), bound
+    contracts: list[dict[str, float]] = field(default_factory=list)
 
     @property
     def name(self) -> str:
@@ -49,6 +51,14 @@ class CheckedPolicy:
     def instruments(self) -> list[str]:
         """Computed once: the live runtime reads it per decision, with up to thousands of names."""
         return [i.name for i in self.parsed.instruments]
+
+    @cached_property
+    def contract_table(self) -> list[tuple[float, float]]:
+        """Per instrument, (multiplier, tick size): money per point of price per unit held
+        (1 when not given) and the price step (NaN when not given: no rounding)."""
+        given = self.contracts or [{} for _ in self.instruments]
+        return [(c.get("multiplier", CONTRACT_KEYS["multiplier"].default), c.get("tick_size", math.nan))
+                for c in given]
 
     @cached_property
     def aliases(self) -> dict[str, int]:
@@ -544,6 +554,18 @@ class _Checker:
                 out[name] = v
         return out
 
+    def contract_values(self) -> list[dict[str, float]]:
+        """Per instrument, the contract settings it is given, bound and checked."""
+        out = []
+        for inst in self.p.instruments:
+            values = {}
+            for name, decl in inst.contract.items():
+                v = self.bound_value(CONTRACT_KEYS[name], decl, f"instruments.{inst.alias}.{name}")
+                if v is not None:
+                    values[name] = v
+            out.append(values)
+        return out
+
     def account_values(self) -> dict[str, float]:
         """Every account setting: the policy's, or the key's default."""
         out = {name: key.default for name, key in ACCOUNT_KEYS.items()}
@@ -650,6 +672,7 @@ def _check(parsed: ParsedPolicy, overrides: dict | None) -> CheckedPolicy:
                               "combine conditions with `or`"))
     risk = c.risk_values()
     account = c.account_values()
+    contracts = c.contract_values()
     order = c.order_features() if not c.errors else list(parsed.features)
     if c.errors:
         raise PolicyError(sorted(c.errors, key=lambda d: (d.span.file, d.span.line, d.span.column)))
@@ -657,7 +680,7 @@ def _check(parsed: ParsedPolicy, overrides: dict | None) -> CheckedPolicy:
     return CheckedPolicy(
         parsed=parsed, params=params, param_types=c.param_types, feature_types=c.feature_types,
         feature_order=order, fields=[f for f in MARKET_FIELDS if f in c.fields], inputs=c.inputs,
-        risk=risk, account=account, warnings=warnings,
+        risk=risk, account=account, warnings=warnings, contracts=contracts,
     )
 
 
@@ -706,7 +729,9 @@ def _percent_as_quantity(parsed: ParsedPolicy, c: _Checker) -> list[Diagnostic]:
 
     for rule in parsed.signals:
         target(rule.target, "a rule's `target`", True, frozenset())
-    for section, keys in ((parsed.risk or {}), RISK_KEYS), (parsed.account, ACCOUNT_KEYS):
+    sections = [((parsed.risk or {}), RISK_KEYS), (parsed.account, ACCOUNT_KEYS)]
+    sections += [(inst.contract, CONTRACT_KEYS) for inst in parsed.instruments]
+    for section, keys in sections:
         for name, decl in section.items():
             unit = keys[name].kind.measure
             if unit is not None:

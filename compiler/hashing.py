@@ -37,6 +37,10 @@ def canonical_form(checked: CheckedPolicy) -> dict:
     aliases = {i.alias: i.name for i in p.instruments if i.alias not in (None, i.name)}
     if aliases:
         form["instrument_names"] = aliases
+    # only when given, so the hash of a policy without contract settings is what it was before them
+    contracts = {i.name: c for i, c in zip(p.instruments, checked.contracts) if c}
+    if contracts:
+        form["instrument_contracts"] = contracts
     # only when named, so the hash of a policy on UTC days is what it was before these keys
     for key in ("calendar", "timezone"):
         if getattr(p, key) is not None:

@@ -376,6 +376,7 @@ def round_trips(result: BacktestResult) -> list[Trade]:
     """Trades from flat to flat; a reversal closes one trade and opens the next. Closed
     trades' P&L plus the open trade's realised and unrealised P&L is the equity change."""
     names = result.policy.instruments
+    multiplier = [m for m, _ in result.policy.checked.contract_table]
     trades: list[Trade] = []
     open_: dict[int, Trade] = {}
     position: dict[int, float] = {}
@@ -387,7 +388,7 @@ def round_trips(result: BacktestResult) -> list[Trade]:
             t = open_[i]
             closing = qty if abs(qty) <= abs(pos) else -pos
             share = fee * abs(closing) / abs(qty)
-            t.pnl += -closing * (price - t.entry_price) - share
+            t.pnl += -closing * ((price - t.entry_price) * multiplier[i]) - share
             t.fees += share
             t.exit_qty += abs(closing)
             t.exit_notional += abs(closing) * price

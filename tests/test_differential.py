@@ -34,7 +34,7 @@ from policyc.compiler.build import Events, compile_policy
 from policyc.compiler.interpret import Interpreter, total
 from policyc.dsl.diagnostics import PolicyError
 from policyc.dsl.document import parse_policy_text
-from policyc.dsl.risk_keys import ACCOUNT_KEYS, RISK_KEYS
+from policyc.dsl.risk_keys import ACCOUNT_KEYS, CONTRACT_KEYS, RISK_KEYS
 
 RTOL = 1e-9
 T0 = 1_700_000_000_000_000_000          # 2023-11-14T22:13:20Z
@@ -76,7 +76,7 @@ def close(a, b, rtol=RTOL) -> bool:
 def run_both(cp, ev: Events, mode: int, latency_ns: int = 0):
     res = cp.run(ev, mode, trace=True, latency_ns=latency_ns)
     it = Interpreter(cp.program, cp.params, cp.checked.risk, cp.checked.account, len(cp.instruments), mode,
-                     latency_ns)
+                     latency_ns, cp.checked.contract_table)
     it.run(ev.ts, ev.kind, ev.inst, ev.vals, ev.bars)
     return res, it
 
@@ -452,10 +452,20 @@ def policies(draw) -> GenPolicy:
                                              "if in_session() then minute_of_day(ts) else -1"])
 
     symbols = ["AAA", "BBB"][:n_inst]
-    if aliases == symbols:
+    # sometimes a contract: a multiplier, a tick size or both, given as a param now and then
+    contracts = [{name: pick(draw, key.samples) for name, key in CONTRACT_KEYS.items() if draw(st.booleans())}
+                 if draw(st.integers(0, 3)) == 0 else {} for _ in symbols]
+    for c in contracts:
+        if "multiplier" in c and num_params and draw(st.integers(0, 3)) == 0:
+            c["multiplier"] = f"{pick(draw, num_params)} + 1"
+    if aliases == symbols and not any(contracts):
         lines = ["policy: gen", "version: 1", f"instruments: [{', '.join(symbols)}]"]
     else:
-        pairs = ", ".join(f'{a}: "venue{k}:{s}"' for k, (a, s) in enumerate(zip(aliases, symbols)))
+        def entry(k: int, s: str, c: dict) -> str:
+            symbol = s if aliases == symbols else f"venue{k}:{s}"
+            return f'"{symbol}"' if not c else \
+                "{" + ", ".join([f'symbol: "{symbol}"'] + [f"{n}: {v}" for n, v in c.items()]) + "}"
+        pairs = ", ".join(f"{a}: {entry(k, s, c)}" for k, (a, s, c) in enumerate(zip(aliases, symbols, contracts)))
         lines = ["policy: gen", "version: 1", f"instruments: {{{pairs}}}"]
     if clock:
         lines.append(clock)
