@@ -642,6 +642,8 @@ def test_kernel_matches_interpreter_on_random_policies():
     assert len(_compared) >= EXAMPLES, (
         f"only {len(_compared)} of {EXAMPLES} random policies were compiled and compared "
         "(Hypothesis gave up on too many invalid ones)")
+    if EXAMPLES >= 10:  # the fixed draws include contracts: a multiplier and a tick size
+        assert any("multiplier" in text for text in _compared) and any("tick_size" in text for text in _compared)
 
 
 # =====================================================================================
