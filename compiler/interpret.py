@@ -12,7 +12,7 @@ from fractions import Fraction
 
 from . import layout as L
 from .ir import Program, resolve_int
-from .semantics import NAN, NS_PER_DAY, PURE_FUNCTIONS, TIME_FUNCTIONS, arith, compare
+from .semantics import NAN, NS_PER_DAY, PURE_FUNCTIONS, TIME_FUNCTIONS, arith, compare, on_tick
 from .sessions import K_DAY, K_OFFSET, clock_of, session_value
 
 
@@ -827,24 +827,6 @@ def total(terms: list[float]) -> float:
             exact = math.inf if whole > 0 else -math.inf
     others = [x for x in terms if not math.isfinite(x)]
     return exact + sum(others) if others else exact
-
-
-def on_tick(x: float, tick: float, up: bool) -> float:
-    """A simulated fill price on the tick grid, against the trader (docs/language.md
-    section 8): the next multiple of `tick` up for a buy, down for a sell; a price within
-    a few ulps of a multiple is on it. x itself without a tick size (NaN), or beyond 2**52
-    ticks (where doubles are coarser than the grid)."""
-    if not tick > 0:
-        return x
-    r = x / tick
-    if not abs(r) < 2.0 ** 52:
-        return x
-    n = float(round(r))  # half to even, as np.rint
-    if abs(r - n) > 1e-9 + abs(r) * 2.0 ** -50:
-        n = float(math.ceil(r) if up else math.floor(r))
-    inv = float(round(1.0 / tick))
-    # a tick of 1/inv (0.01, 0.25): n / inv is the double nearest to n ticks, n * tick may not be
-    return n / inv if tick < 1.0 and inv * tick == 1.0 else n * tick
 
 
 def _toward_zero(x: float) -> float:

@@ -166,7 +166,8 @@ class Observer:
         """Push one row per environment and return the observations (float32, a new array).
 
         features `[n_envs, instruments, features]`; position, open_qty (units) and
-        last_price (money per unit) `[n_envs, instruments]`; equity and peak `[n_envs]`
+        last_price (money per unit: the last price x the contract's multiplier)
+        `[n_envs, instruments]`; equity and peak `[n_envs]`
         (money). `fresh`, a bool mask `[n_envs]`: those environments start a new episode,
         so their whole window is this row."""
         rows = self.rows
@@ -521,7 +522,8 @@ class _Core:
     def observe(self, fresh: np.ndarray | None = None) -> np.ndarray:
         features = self.trace[self._env_index, self.last[:, :, None], self._feature_cols]
         return self.observer.update(features, self.pstate[:, :, L.P_POS], self.pstate[:, :, L.P_OPEN],
-                                    self.pstate[:, :, L.P_LAST], self.acct[:, L.A_EQUITY], self.acct[:, L.A_PEAK], fresh)
+                                    self.pstate[:, :, L.P_LAST] * self.pstate[:, :, L.P_MULT], self.acct[:, L.A_EQUITY],
+                                    self.acct[:, L.A_PEAK], fresh)
 
     def ts(self, i: int) -> int:
         """The time (ns) of environment i's current step: its last event's."""

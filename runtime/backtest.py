@@ -297,8 +297,8 @@ def run_through_order_core(policy: CompiledPolicy, events: Events, mode: int = L
         raise ValueError("a backtest's events have no fills or rejects: the simulated venue makes them")
     settings = {**policy.checked.account, **(account or {})}
     engine = Engine(policy, L.LIVE, account)
-    book = FillBook(FillModel.of(settings), mode)
     names, columns = policy.instruments, policy.columns
+    book = FillBook(FillModel.of(settings, dict(zip(names, policy.checked.contract_table))), mode)
     reason_bit = {name: k for k, name in enumerate(policy.reason_names)}
     now = 0                          # the time (ns) of the event being handled: both clocks of the core
     current = 0                      # its index in `events`

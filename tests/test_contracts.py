@@ -12,7 +12,8 @@ import pytest
 from policyc.compiler import layout as L
 from policyc.compiler.build import Events, compile_policy
 from policyc.compiler.frontend import check_text
-from policyc.compiler.interpret import Interpreter, on_tick
+from policyc.compiler.interpret import Interpreter
+from policyc.compiler.semantics import on_tick
 from policyc.dsl.diagnostics import PolicyError
 from policyc.dsl.document import parse_policy_text
 
