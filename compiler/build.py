@@ -158,6 +158,12 @@ class CompiledPolicy:
     def instruments(self) -> list[str]:
         return self.checked.instruments
 
+    def symbol(self, name: str) -> str:
+        """The symbol of the instrument a policy calls `name` (`bn` in `instruments: {bn:
+        "binance:BTCUSDT"}`), or `name` itself when no instrument is called that."""
+        k = self.checked.aliases.get(name)
+        return name if k is None else self.instruments[k]
+
     @property
     def columns(self) -> list[str]:
         return self.program.columns
@@ -195,7 +201,8 @@ class CompiledPolicy:
     def session(self, mode: int = L.FILL_NEXT, account: dict | None = None, latency_ns: int = 0) -> Session:
         """A fresh session: `mode` a layout fill mode, `latency_ns` the delay of FILL_LATENCY (ns)."""
         settings = {**self.checked.account, **(account or {})}
-        acct, pstate = L.initial_account(len(self.instruments), len(self.program.custom), settings)
+        acct, pstate = L.initial_account(len(self.instruments), len(self.program.custom), settings,
+                                         self.checked.contract_table)
         fs = np.zeros((len(self.instruments), self.state.width))
         config = L.config_vector(self.checked.risk, settings)
         return Session(self, mode, config, fs, pstate, acct, np.empty((1024, L.ORDER_WIDTH)), latency_ns=latency_ns)

@@ -15,6 +15,9 @@ MARKET_FIELDS = ("price", "qty", "open", "high", "low", "close", "volume", "bid"
 STATE_VALUES = ("position", "entry_price", "unrealized_pnl", "equity", "cash", "drawdown",
                 "margin_usage", "orders_today")
 
+#: The state values that are an instrument's own, so `X.position` may read them.
+INSTRUMENT_STATE = ("position", "entry_price", "unrealized_pnl")
+
 TIMESTAMP = "ts"
 
 MAX_WINDOW = 100_000
@@ -24,7 +27,8 @@ MAX_LOOKBACK = 10_000
 @dataclass(frozen=True)
 class Signature:
     """`params` lists argument kinds: num, bool, time, window (a positive integer
-    literal or param) or lag (an integer literal or param >= 0)."""
+    literal or param), lag (an integer literal or param >= 0) or instrument (the name of
+    one of the policy's instruments)."""
 
     params: tuple[str, ...]
     result: str
@@ -62,6 +66,8 @@ FUNCTIONS: dict[str, Signature] = {
     "is_nan": Signature(("num",), BOOL),
     "hour": Signature(("time",), NUM), "minute_of_day": Signature(("time",), NUM),
     "day_of_week": Signature(("time",), NUM),
+    "age": Signature(("instrument",), NUM,
+                     doc="seconds from the instrument's latest market event to this event; NaN before its first"),
     "in_session": Signature((), BOOL, doc="the event is inside its session: open <= ts < close, not in a break"),
     "minutes_since_open": Signature((), NUM, doc="whole minutes from the session's open to the event"),
     "minutes_to_close": Signature((), NUM, doc="whole minutes from the event to the session's close"),

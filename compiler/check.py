@@ -16,10 +16,10 @@ from functools import cached_property
 from policyc.dsl import expressions as ex
 from policyc.dsl.diagnostics import Diagnostic, PolicyError, Span, did_you_mean, error, warning
 from policyc.dsl.document import ParsedPolicy, ValueDecl
-from policyc.dsl.risk_keys import ACCOUNT_KEYS, BOOLEAN, DURATION, FRACTION, RISK_KEYS, Key
+from policyc.dsl.risk_keys import ACCOUNT_KEYS, BOOLEAN, CONTRACT_KEYS, DURATION, FRACTION, RISK_KEYS, Key
 
-from .builtins import (BOOL, FUNCTIONS, MARKET_FIELDS, MAX_LOOKBACK, MAX_WINDOW, NUM, RESERVED, SESSION_FUNCTIONS,
-                       STATE_VALUES, TIME, TIMESTAMP)
+from .builtins import (BOOL, FUNCTIONS, INSTRUMENT_STATE, MARKET_FIELDS, MAX_LOOKBACK, MAX_WINDOW, NUM, RESERVED,
+                       SESSION_FUNCTIONS, STATE_VALUES, TIME, TIMESTAMP)
 
 COMMAND_LINE = "<command line>"
 
@@ -40,6 +40,8 @@ class CheckedPolicy:
     risk: dict[str, float]             # bound limits; durations in seconds, bools 1.0/0.0
     account: dict[str, float]
     warnings: list[Diagnostic] = field(default_factory=list)
+    #: per instrument, the contract settings the policy gives (CONTRACT_KEYS), bound
+    contracts: list[dict[str, float]] = field(default_factory=list)
 
     @property
     def name(self) -> str:
@@ -49,6 +51,19 @@ class CheckedPolicy:
     def instruments(self) -> list[str]:
         """Computed once: the live runtime reads it per decision, with up to thousands of names."""
         return [i.name for i in self.parsed.instruments]
+
+    @cached_property
+    def contract_table(self) -> list[tuple[float, float]]:
+        """Per instrument, (multiplier, tick size): money per point of price per unit held
+        (1 when not given) and the price step (NaN when not given: no rounding)."""
+        given = self.contracts or [{} for _ in self.instruments]
+        return [(c.get("multiplier", CONTRACT_KEYS["multiplier"].default), c.get("tick_size", math.nan))
+                for c in given]
+
+    @cached_property
+    def aliases(self) -> dict[str, int]:
+        """The name expressions call each instrument by (`cb` in `cb.bid`) -> its index."""
+        return {i.alias: k for k, i in enumerate(self.parsed.instruments) if i.alias is not None}
 
 
 def parse_param_value(text: str) -> float | bool | None:
@@ -131,6 +146,7 @@ class _Checker:
         self.warnings: list[Diagnostic] = []
         self.param_types = {k: BOOL if isinstance(v, bool) else NUM for k, v in params.items()}
         self.inputs = [i.name for i in parsed.inputs]
+        self.aliases = {i.alias: k for k, i in enumerate(parsed.instruments) if i.alias is not None}
         self.errors: list[Diagnostic] = []
         self.feature_types: dict[str, str] = {}
         self._typing: set[str] = set()
@@ -205,6 +221,8 @@ class _Checker:
             return None
         if isinstance(node, ex.Name):
             return self.name_type(node, owner, lookback)
+        if isinstance(node, ex.Ref):
+            return self.ref_type(node, owner, lookback)
         if isinstance(node, ex.Lookback):
             k = self.integer_arg(node.k, "a lookback", 0, MAX_LOOKBACK)
             t = self.type_of(node.target, owner, lookback + (k or 0) if k is not None else lookback + 1)
@@ -269,11 +287,7 @@ class _Checker:
         if name in self.inputs:
             return NUM
         if name in self.p.features:
-            if owner is not None:
-                self.uses.setdefault(owner, set()).add(name)
-                if lookback == 0:
-                    self.edges.setdefault(owner, set()).add(name)
-            return self.feature_type(name)
+            return self.read_feature(name, owner, lookback)
         if name in MARKET_FIELDS:
             self.fields.add(name)
             return NUM
@@ -287,6 +301,67 @@ class _Checker:
             return None
         self.errors.append(error("E201", node.span, f"unknown name `{name}`",
                                  ex.boolean_word_help(name) or did_you_mean(name, self.all_names()) or _name_help(name)))
+        return None
+
+    def read_feature(self, name: str, owner, lookback) -> str | None:
+        """The type of feature `name`, read by feature `owner` (None: a rule) at `lookback`."""
+        if owner is not None:
+            self.uses.setdefault(owner, set()).add(name)
+            if lookback == 0:
+                self.edges.setdefault(owner, set()).add(name)
+        return self.feature_type(name)
+
+    def instrument(self, alias: str, span: Span) -> int | None:
+        """The index of the instrument expressions call `alias`, or None after an E212."""
+        if alias in self.aliases:
+            return self.aliases[alias]
+        listed = ", ".join(f"`{a}`" for a in self.aliases) or "none"
+        unnamed = [i.name for i in self.p.instruments if i.alias is None]
+        help_ = did_you_mean(alias, self.aliases)
+        if help_ is None and unnamed:
+            help_ = (f"`{unnamed[0]}` is not a name: write `instruments` as a map of names to symbols, "
+                     f"e.g. `instruments: {{x: \"{unnamed[0]}\"}}`, and read it as `x.close`")
+        elif help_ is None and alias in self.all_names():
+            help_ = f"`{alias}` is a value, not an instrument; the policy's instruments are {listed}"
+        elif help_ is None:
+            help_ = f"the policy's instruments are {listed}"
+        self.errors.append(error("E212", span, f"unknown instrument `{alias}`", help_))
+        return None
+
+    def ref_type(self, node: ex.Ref, owner, lookback) -> str | None:
+        """`X.name`: the type of `name` as instrument X has it."""
+        if self.instrument(node.instrument, node.instrument_span) is None:
+            return None
+        name, x = node.id, node.instrument
+        if name in self.p.features:
+            return self.read_feature(name, owner, lookback)
+        if name in self.inputs or name in INSTRUMENT_STATE:
+            return NUM
+        if name in MARKET_FIELDS:
+            self.fields.add(name)
+            return NUM
+        if name == TIMESTAMP:
+            self.errors.append(error("E204", node.span, f"`{x}.ts`: `ts` can only be passed to hour, minute_of_day or "
+                                                        "day_of_week, and only as this event's time",
+                                     f"the seconds since `{x}`'s latest market event are `age({x})`"))
+            return None
+        if name in STATE_VALUES:
+            self.errors.append(error("E213", node.name_span, f"`{name}` is the account's, not an instrument's",
+                                     f"write `{name}`: one account serves every instrument; an instrument's own "
+                                     f"are {', '.join(f'`{x}.{s}`' for s in INSTRUMENT_STATE)}"))
+            return None
+        if name in self.params:
+            self.errors.append(error("E213", node.name_span, f"param `{name}` is the policy's, not an instrument's",
+                                     f"write `{name}`"))
+            return None
+        names = [*self.p.features, *self.inputs, *MARKET_FIELDS, *INSTRUMENT_STATE]
+        help_ = did_you_mean(name, names)
+        if help_ is None and name in FUNCTIONS:
+            help_ = f"`{name}` is a function: call it on the value, as in `{name}({x}.close, 10)`" \
+                if FUNCTIONS[name].params[:1] == ("num",) else f"`{name}` is a function, not a value"
+        self.errors.append(error("E201", node.name_span, f"unknown name `{name}` of instrument `{x}`",
+                                 help_ or "after `INSTRUMENT.` comes a market field, a feature, an input, or "
+                                          "position, entry_price or unrealized_pnl"))
         return None
 
     def feature_type(self, name: str) -> str | None:
@@ -328,6 +403,13 @@ class _Checker:
                 self.integer_arg(arg, f"the window of `{node.func}`", 1, MAX_WINDOW)
             elif kind == "lag":
                 self.integer_arg(arg, f"the lookback of `{node.func}`", 1, MAX_LOOKBACK)
+            elif kind == "instrument":
+                if isinstance(arg, ex.Name):
+                    self.instrument(arg.id, arg.span)
+                else:
+                    self.errors.append(error("E212", arg.span, f"`{node.func}` takes the name of an instrument",
+                                             f"write `{node.func}(X)` with X one of the policy's instruments: "
+                                             + (", ".join(f"`{a}`" for a in self.aliases) or "none has a name")))
             else:
                 t = self.type_of(arg, owner, lookback)
                 self.expect(arg, t, kind, f"`{node.func}`")
@@ -472,6 +554,18 @@ class _Checker:
                 out[name] = v
         return out
 
+    def contract_values(self) -> list[dict[str, float]]:
+        """Per instrument, the contract settings it is given, bound and checked."""
+        out = []
+        for inst in self.p.instruments:
+            values = {}
+            for name, decl in inst.contract.items():
+                v = self.bound_value(CONTRACT_KEYS[name], decl, f"instruments.{inst.alias}.{name}")
+                if v is not None:
+                    values[name] = v
+            out.append(values)
+        return out
+
     def account_values(self) -> dict[str, float]:
         """Every account setting: the policy's, or the key's default."""
         out = {name: key.default for name, key in ACCOUNT_KEYS.items()}
@@ -578,6 +672,7 @@ def _check(parsed: ParsedPolicy, overrides: dict | None) -> CheckedPolicy:
                               "combine conditions with `or`"))
     risk = c.risk_values()
     account = c.account_values()
+    contracts = c.contract_values()
     order = c.order_features() if not c.errors else list(parsed.features)
     if c.errors:
         raise PolicyError(sorted(c.errors, key=lambda d: (d.span.file, d.span.line, d.span.column)))
@@ -585,7 +680,7 @@ def _check(parsed: ParsedPolicy, overrides: dict | None) -> CheckedPolicy:
     return CheckedPolicy(
         parsed=parsed, params=params, param_types=c.param_types, feature_types=c.feature_types,
         feature_order=order, fields=[f for f in MARKET_FIELDS if f in c.fields], inputs=c.inputs,
-        risk=risk, account=account, warnings=warnings,
+        risk=risk, account=account, warnings=warnings, contracts=contracts,
     )
 
 
@@ -634,7 +729,9 @@ def _percent_as_quantity(parsed: ParsedPolicy, c: _Checker) -> list[Diagnostic]:
 
     for rule in parsed.signals:
         target(rule.target, "a rule's `target`", True, frozenset())
-    for section, keys in ((parsed.risk or {}), RISK_KEYS), (parsed.account, ACCOUNT_KEYS):
+    sections = [((parsed.risk or {}), RISK_KEYS), (parsed.account, ACCOUNT_KEYS)]
+    sections += [(inst.contract, CONTRACT_KEYS) for inst in parsed.instruments]
+    for section, keys in sections:
         for name, decl in section.items():
             unit = keys[name].kind.measure
             if unit is not None:
@@ -647,7 +744,7 @@ def _percent_as_quantity(parsed: ParsedPolicy, c: _Checker) -> list[Diagnostic]:
 def _unused_features(parsed: ParsedPolicy, c: _Checker) -> list[Diagnostic]:
     roots: set[str] = set()
     for node in [r.when for r in parsed.signals] + [r.target for r in parsed.signals] + [r.when for r in parsed.custom]:
-        roots.update(n.id for n in ex.walk(node) if isinstance(n, ex.Name) and n.id in parsed.features)
+        roots.update(n.id for n in ex.walk(node) if isinstance(n, (ex.Name, ex.Ref)) and n.id in parsed.features)
     seen, stack = set(), list(roots)
     while stack:
         name = stack.pop()

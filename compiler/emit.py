@@ -25,12 +25,13 @@ from .ir import Program
 from .semantics import NS_PER_DAY, NS_PER_HOUR, NS_PER_MINUTE
 from .sessions import CLOCK_WIDTH, K_CLOSE, K_DAY, K_IN, K_OFFSET, K_OPEN
 
-def _state_expr(name: str, P, A, gross: str) -> str:
-    """A state value (spec section 3) as kernel source."""
+def _state_expr(name: str, P, A, gross: str, value) -> str:
+    """A state value (spec section 3) as kernel source; `value(x)` is the money of one unit
+    at the price (difference) x: x itself, or x times the instrument's multiplier."""
     return {
         "position": P.POS,
         "entry_price": P.ENTRY,
-        "unrealized_pnl": f"({P.POS} * ({P.LAST} - {P.ENTRY}) if {P.POS} != 0.0 else 0.0)",
+        "unrealized_pnl": f"({P.POS} * {value(f'({P.LAST} - {P.ENTRY})')} if {P.POS} != 0.0 else 0.0)",
         "equity": A.EQUITY,
         "cash": A.CASH,
         "drawdown": f"(({A.PEAK} - {A.EQUITY}) / {A.PEAK} if {A.PEAK} > 0.0 else 0.0)",
@@ -42,6 +43,9 @@ def _state_expr(name: str, P, A, gross: str) -> str:
 #: Per-instrument columns that stay in `pstate` rather than in locals: the terms of the
 #: running totals, which an exact re-sum reads for every instrument.
 _IN_PLACE = ("MARK", "GROSS")
+#: The contract's columns: locals only in a kernel that reads them (a policy that gives a
+#: multiplier or a tick size), so other kernels load nothing more per event.
+_CONTRACT = ("MULT", "TICK")
 
 
 class _StateNames:
@@ -50,10 +54,11 @@ class _StateNames:
     of `pstate` at the start of each event and stores back at its end (so they can stay
     in registers through the event), except the running totals' terms (_IN_PLACE)."""
 
-    def __init__(self, n_custom: int):
+    def __init__(self, n_custom: int, contract: tuple[str, ...] = ()):
         self.columns = {k[2:]: getattr(L, k) for k in dir(L)
                         if k.startswith("P_") and k not in ("P_NAMES", "P_CUSTOM")}
         self.n_custom = n_custom
+        self.unread = set(_CONTRACT) - set(contract)  # contract columns this kernel never reads
 
     def __getattr__(self, key):
         if key.isupper() and key in self.columns:
@@ -67,7 +72,7 @@ class _StateNames:
     def locals(self) -> list[tuple[str, int, bool]]:
         """(local, column, is an integer) for every per-instrument state column held in a local."""
         out = [(f"p_{k.lower()}", v, k == "PENDING") for k, v in sorted(self.columns.items(), key=lambda kv: kv[1])
-               if k not in _IN_PLACE]
+               if k not in _IN_PLACE and k not in self.unread]
         return out + [(f"p_custom{j}", L.P_CUSTOM + j, False) for j in range(self.n_custom)]
 
 
@@ -106,15 +111,16 @@ def _nan_guard(args: list[str]) -> str:
 
 
 class _Emitter:
-    def __init__(self, program: Program, single: bool):
+    def __init__(self, program: Program, single: bool, multiplier: bool = False, tick_size: bool = False):
         self.p = program
         self.single = single
-        self.P = _StateNames(len(program.custom))
+        self.multiplier, self.tick_size = multiplier, tick_size
+        self.P = _StateNames(len(program.custom), ("MULT",) * multiplier + ("TICK",) * tick_size)
         self.A = SimpleNamespace(**{k[2:]: f"a_{k[2:].lower()}" for k in dir(L)
                                     if k.startswith("A_") and k not in ("A_NAMES", "A_REASON_COUNTS")})
         if single:  # one term besides cash: the one IEEE addition rounds the sum once
             q = f"({self.P.POS} + {self.P.OPEN})"
-            self.gross = f"(abs({q} * {self.P.LAST}) if {q} != 0.0 else 0.0)"
+            self.gross = f"(abs({q} * {self.value(self.P.LAST)}) if {q} != 0.0 else 0.0)"
         else:  # the running total, read into a local by the template's read_gross
             self.gross = "gross_now"
         self.slots = L.slots(program)
@@ -122,6 +128,12 @@ class _Emitter:
         self.env = _environment()
         self.ops_macros = self.env.get_template("ops.j2").module
         self.lag_ks: dict[tuple, str] = {}
+
+    def value(self, x: str, mult: str | None = None) -> str:
+        """The money of one unit at the price (or price difference) x: x times the
+        multiplier (`mult`, else the event's instrument's) when the policy gives one, else
+        x itself (a multiplier of 1 changes no value, so no code is spent on it)."""
+        return f"({x} * {mult or self.P.MULT})" if self.multiplier else x
 
     def name(self, j: int) -> str:
         op = self.p.ops[j]
@@ -143,6 +155,8 @@ class _Emitter:
     def scalars(self, n: int) -> list[tuple[str, str, int, bool]]:
         """Slot n's scalar state as (local, offset name, index, is an integer position)."""
         slot = self.slots[n]
+        if slot.kind == "publish":  # written to and read from the array only
+            return []
         if slot.kind == "history":
             count, positions = (3 if self.unit(slot) else 2), (1,)
         elif slot.kind == "bars_since":
@@ -180,7 +194,7 @@ class _Emitter:
         if k == "field":
             return f"{v} = vals[e, {op.attr[0]}]"
         if k == "state":
-            return f"{v} = {_state_expr(op.attr[0], self.P, self.A, self.gross)}"
+            return f"{v} = {_state_expr(op.attr[0], self.P, self.A, self.gross, self.value)}"
         if k == "neg":
             return f"{v} = -{a[0]}"
         if k == "not":
@@ -204,6 +218,10 @@ class _Emitter:
         if k == "bars_since":
             n = self.slot_of[(j, "bars_since")]
             return str(self.ops_macros.bars_since(SimpleNamespace(v=v, a=a, o=f"o{n}", st=self.state(n)))).strip()
+        if k == "age" and self.single:  # the one instrument's latest market event is this one
+            return f"{v} = (t - {self.P.LAST_TS}) / 1e9"
+        if k in ("ref", "xlag", "xstate", "age"):
+            return self.cross_code(j)
         if k == "lag":
             source = op.args[0]
             spec = op.attr[0]
@@ -247,15 +265,52 @@ class _Emitter:
         slot = self.slots[n]
         if slot.kind == "history":
             return SimpleNamespace(fixed=2, windowed=True)
-        if slot.kind == "bars_since":
+        if slot.kind in ("bars_since", "publish"):
             return SimpleNamespace(fixed=1, windowed=False)
         fn = self.p.ops[slot.op].attr[0]
         return SimpleNamespace(fixed=L.MOVING_SCALARS[fn], windowed=fn in L.MOVING_BUFFERED)
+
+    def published(self, source: int) -> SimpleNamespace:
+        """Slot of the value `source` had at its instrument's latest market event."""
+        n = self.slot_of[(source, "publish")]
+        value = self.name(source)
+        if self.p.ops[source].type == BOOL:
+            value = f"(1.0 if {value} else 0.0)"
+        return SimpleNamespace(o=f"o{n}", value=value)
+
+    def cross_code(self, j: int) -> str:
+        """Source of an op that reads instrument x, in a kernel of several instruments (a
+        policy of one lowers only `age`). x's rows of `pstate` and `fs` are current (each
+        assignment writes through), so each read is one array access."""
+        op, v = self.p.ops[j], self.name(j)
+        if op.kind == "age":
+            x = op.attr[0]
+            return f"{v} = (t - ({self.P.LAST_TS} if i == {x} else pstate[{x}, {L.P_LAST_TS}])) / 1e9"
+        if op.kind == "xstate":
+            name, x = op.attr
+            other = SimpleNamespace(POS=f"pstate[{x}, {L.P_POS}]", ENTRY=f"pstate[{x}, {L.P_ENTRY}]",
+                                    LAST=f"pstate[{x}, {L.P_LAST}]")
+            value_x = lambda price: self.value(price, f"pstate[{x}, {L.P_MULT}]")
+            return (f"{v} = ({_state_expr(name, self.P, self.A, self.gross, self.value)}) if i == {x} "
+                    f"else ({_state_expr(name, other, self.A, self.gross, value_x)})")
+        source = op.args[0]
+        ctx = SimpleNamespace(v=v, x=op.attr[0], type=op.type, src=self.name(source), LAST=L.P_LAST)
+        if op.kind == "ref":
+            ctx.publish = self.published(source)
+            return str(self.ops_macros.ref(ctx)).strip()
+        spec = op.attr[1]
+        ctx.history = self.history(source)
+        ctx.k = self.k_expr(spec)
+        ctx.own = str(self.ops_macros.lag(SimpleNamespace(
+            v=v, type=op.type, history=ctx.history, k=ctx.k, src=ctx.src,
+            k_zero_possible=spec[0] == "param" and source < j))).strip()
+        return str(self.ops_macros.xlag(ctx)).strip()
 
     def render(self, gen: "GenerationInput") -> str:
         p = self.p
         op_codes = [SimpleNamespace(code=code) for code in (self.op_code(j) for j in range(len(p.ops))) if code]
         pushes = [self.history(s.op) for s in self.slots if s.kind == "history"]
+        publishes = [self.published(s.op) for s in self.slots if s.kind == "publish"]
         slots = []
         for n, s in enumerate(self.slots):
             ema = s.kind == "moving" and p.ops[s.op].attr[0] == "ema"
@@ -287,7 +342,8 @@ class _Emitter:
                    for key, bits in L.EXITS.items() if key in gen.risk],
             custom=custom,
             params=[SimpleNamespace(v=f"p{i}", type=kind) for i, kind in enumerate(gen.param_types)],
-            slots=slots, op_lines=op_codes, pushes=pushes,
+            slots=slots, op_lines=op_codes, pushes=pushes, publishes=publishes,
+            reads_age=any(op.kind == "age" for op in p.ops),
             lag_ks=[SimpleNamespace(name=name, expr=f"int(p{spec[1]})") for spec, name in sorted(self.lag_ks.items())],
             volatility=None if p.volatility is None else self.name(p.volatility),
             rules=[SimpleNamespace(when=self.name(w), target=self.name(t)) for w, t in p.rules],
@@ -298,6 +354,7 @@ class _Emitter:
             FILL_NEXT_OPEN=L.FILL_NEXT_OPEN, FILL_LATENCY=L.FILL_LATENCY, BAR_WIDTH=L.BAR_WIDTH,
             BAR=SimpleNamespace(OPEN=L.BAR_OPEN, HIGH=L.BAR_HIGH, LOW=L.BAR_LOW),
             clock=p.clock is not None, K_DAY=K_DAY, CLOCK_WIDTH=CLOCK_WIDTH,
+            value=self.value, tick=self.tick_size,
         )
 
 
@@ -321,12 +378,17 @@ class GenerationInput:
     param_types: tuple[str, ...]   # of program.params, in order
     risk: tuple[str, ...]          # the risk keys present, sorted (their values are kernel arguments)
     instruments: int
+    #: whether some instrument is given a multiplier, a tick size (their values are pstate's)
+    multiplier: bool = False
+    tick_size: bool = False
 
     @staticmethod
     def of(program: Program, checked: CheckedPolicy) -> "GenerationInput":
+        given = {key for contract in checked.contracts for key in contract}
         return GenerationInput(program, checked.name, checked.parsed.version,
                                tuple(checked.param_types[name] for name in program.params),
-                               tuple(sorted(checked.risk)), len(checked.instruments))
+                               tuple(sorted(checked.risk)), len(checked.instruments),
+                               "multiplier" in given, "tick_size" in given)
 
     def key(self) -> str:
         """SHA-256 of every field, the program's included field by field (each op
@@ -355,7 +417,7 @@ def _write_through(source: str, cells: dict[str, str]) -> str:
 
 
 def _render(gen: GenerationInput) -> str:
-    emitter = _Emitter(gen.program, single=gen.instruments == 1)
+    emitter = _Emitter(gen.program, single=gen.instruments == 1, multiplier=gen.multiplier, tick_size=gen.tick_size)
     source = emitter.render(gen)
     if emitter.single:  # its state stays in locals for the whole batch
         return source

@@ -33,6 +33,14 @@ def canonical_form(checked: CheckedPolicy) -> dict:
         "custom": [[r.name, canonical(r.when), r.action] for r in p.custom],
         "account": {k: checked.account[k] for k in sorted(checked.account)},
     }
+    # only for the map form's names, so a list of symbols hashes as it did before that form
+    aliases = {i.alias: i.name for i in p.instruments if i.alias not in (None, i.name)}
+    if aliases:
+        form["instrument_names"] = aliases
+    # only when given, so the hash of a policy without contract settings is what it was before them
+    contracts = {i.name: c for i, c in zip(p.instruments, checked.contracts) if c}
+    if contracts:
+        form["instrument_contracts"] = contracts
     # only when named, so the hash of a policy on UTC days is what it was before these keys
     for key in ("calendar", "timezone"):
         if getattr(p, key) is not None:

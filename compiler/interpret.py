@@ -12,7 +12,7 @@ from fractions import Fraction
 
 from . import layout as L
 from .ir import Program, resolve_int
-from .semantics import NAN, NS_PER_DAY, PURE_FUNCTIONS, TIME_FUNCTIONS, arith, compare
+from .semantics import NAN, NS_PER_DAY, PURE_FUNCTIONS, TIME_FUNCTIONS, arith, compare, on_tick
 from .sessions import K_DAY, K_OFFSET, clock_of, session_value
 
 
@@ -287,13 +287,22 @@ class Book:
     custom: list = field(default_factory=list)
     states: dict = field(default_factory=dict)
     history: dict = field(default_factory=dict)
+    latest: list | None = None    # every op's value at the latest market event, for other instruments
+    multiplier: float = 1.0       # money per point of price per unit held
+    tick: float = NAN             # the price step of simulated fills (NaN: none)
+
+    def value(self, x: float) -> float:
+        """The money of one unit at the price (or price difference) x."""
+        return x * self.multiplier
 
 
 class Interpreter:
     """Runs a program over events exactly as the spec says (sections 3 to 7)."""
 
     def __init__(self, program: Program, params: dict, risk: dict, account: dict, n_instruments: int,
-                 mode: int = L.FILL_NEXT, latency_ns: int = 0):
+                 mode: int = L.FILL_NEXT, latency_ns: int = 0, contracts: list[tuple[float, float]] | None = None):
+        """`contracts`: per instrument (multiplier, tick size), as CheckedPolicy.contract_table
+        gives them; None: a multiplier of 1 and no tick size for each."""
         self.p = program
         self.latency_ns = latency_ns  # FILL_LATENCY: an order fills at the first event this long after its decision
         self.param_values = [params[name] for name in program.params]
@@ -301,6 +310,8 @@ class Interpreter:
         self.acct = Account(cash=account["initial_equity"], peak=account["initial_equity"],
                             equity=account["initial_equity"], day_open=account["initial_equity"])
         self.books = [self._new_book() for _ in range(n_instruments)]
+        for b, (multiplier, tick) in zip(self.books, contracts or []):
+            b.multiplier, b.tick = multiplier, tick
         self.clock = clock_of(program.clock)
         self.clock_row = None  # the current event's row of Clock.columns, with a clock
         self.orders: list[Order] = []
@@ -361,11 +372,26 @@ class Interpreter:
             elif k == "lag":
                 kk = resolve_int(op.attr[0], self.param_values)
                 v = values[op.args[0]] if kk == 0 else b.history[op.args[0]].get(kk, op.type == "bool")
+            elif k in ("ref", "xlag"):  # another instrument's value: from its book, as its latest event left it
+                x = self.books[op.attr[0]]
+                kk = 0 if k == "ref" else resolve_int(op.attr[1], self.param_values)
+                if x is b:
+                    v = values[op.args[0]] if kk == 0 else b.history[op.args[0]].get(kk, op.type == "bool")
+                elif x.latest is None:
+                    v = False if op.type == "bool" else NAN
+                else:  # its history holds its latest event's value too: one further back
+                    v = x.latest[op.args[0]] if kk == 0 else x.history[op.args[0]].get(kk + 1, op.type == "bool")
+            elif k == "xstate":
+                v = self.state_value(op.attr[0], self.books[op.attr[1]])
+            elif k == "age":
+                x = self.books[op.attr[0]]
+                v = NAN if x.last_ts is None else (float(ts) - x.last_ts) / 1e9
             else:
                 raise AssertionError(k)
             values[j] = v
         for source, hist in b.history.items():
             hist.push(values[source])
+        b.latest = values
         return values
 
     def state_value(self, name: str, b: Book) -> float:
@@ -375,7 +401,7 @@ class Interpreter:
         if name == "entry_price":
             return b.entry
         if name == "unrealized_pnl":
-            return b.position * (b.last - b.entry) if b.position != 0 else 0.0
+            return b.position * b.value(b.last - b.entry) if b.position != 0 else 0.0
         if name == "equity":
             return a.equity
         if name == "cash":
@@ -390,13 +416,13 @@ class Interpreter:
 
     # -- accounting --
     def gross(self) -> float:
-        """Gross exposure: the sum over instruments of |(position + open) x last price|."""
-        return total([abs((b.position + b.open) * b.last) for b in self.books if b.position + b.open != 0])
+        """Gross exposure: the sum over instruments of |(position + open) x last price x multiplier|."""
+        return total([abs((b.position + b.open) * b.value(b.last)) for b in self.books if b.position + b.open != 0])
 
     def mark(self):
-        """Equity: cash plus the sum over instruments of position x last price."""
+        """Equity: cash plus the sum over instruments of position x last price x multiplier."""
         a = self.acct
-        a.equity = total([a.cash] + [b.position * b.last for b in self.books if b.position != 0])
+        a.equity = total([a.cash] + [b.position * b.value(b.last) for b in self.books if b.position != 0])
         if a.equity > a.peak:
             a.peak = a.equity
 
@@ -406,7 +432,7 @@ class Interpreter:
         a = self.acct
         pos = b.position
         new = pos + qty
-        a.cash -= qty * price + fee
+        a.cash -= qty * b.value(price) + fee
         a.fees += fee
         if pos == 0 or pos * qty > 0:
             b.entry = price if pos == 0 else (b.entry * abs(pos) + price * abs(qty)) / abs(new)
@@ -422,7 +448,8 @@ class Interpreter:
     def simulated_fill(self, order: Order, b: Book, e: int, price: float):
         slip = self.account_cfg["slippage_bps"] / 1e4
         fill_price = price * (1.0 + slip) if order.qty > 0 else price * (1.0 - slip)
-        fee = abs(order.qty) * fill_price * self.account_cfg["fees_bps"] / 1e4
+        fill_price = on_tick(fill_price, b.tick, order.qty > 0)
+        fee = abs(order.qty) * b.value(fill_price) * self.account_cfg["fees_bps"] / 1e4
         order.fill_event, order.fill_price, order.fee = e, fill_price, fee
         b.open -= order.qty
         self.fill(b, order.qty, fill_price, fee, price)
@@ -569,7 +596,7 @@ class Interpreter:
             # from 3 to 5 and 10); the re-entry is then a new order from where the exit
             # leaves q, with every check
             exit_order, exit_reasons = self.order_limits(b, -q, reasons)
-            if exit_order != 0 and not math.isfinite(abs(exit_order) * price):
+            if exit_order != 0 and not math.isfinite(abs(exit_order) * b.value(price)):
                 exit_order, exit_reasons = 0.0, exit_reasons | bit("notional_invalid:blocked")
             self.send(e, i, b, desired, q, exit_order, exit_reasons, True)
             order, reasons = self.leg(e, ts, i, b, desired, q + exit_order, target, False, 0)
@@ -630,24 +657,25 @@ class Interpreter:
         if "max_position" in r and abs(target) > r["max_position"]:
             target = math.copysign(r["max_position"], target)
             reasons |= bit("max_position:clipped")
-        if "max_position_notional" in r and abs(target) * price > r["max_position_notional"]:
-            target = math.copysign(r["max_position_notional"] / price, target)
+        if "max_position_notional" in r and abs(target) * b.value(price) > r["max_position_notional"]:
+            target = math.copysign(r["max_position_notional"] / b.value(price), target)
             reasons |= bit("max_position_notional:clipped")
         # 7. portfolio limits, on exposure increases only
         if ("max_gross_exposure" in r or "max_margin_usage" in r) and _increases(target, q):
-            other = self.gross() - abs(q * price)
+            other = self.gross() - abs(q * b.value(price))
             keep = abs(q) if target * q > 0 else 0.0
             if not other < math.inf:   # the exposure overflowed, or is NaN: no increase
                 target = q if target * q > 0 else 0.0
                 reasons |= bit("exposure_invalid:blocked")
             else:
                 if "max_gross_exposure" in r:
-                    room = max((r["max_gross_exposure"] - other) / price, keep)
+                    room = max((r["max_gross_exposure"] - other) / b.value(price), keep)
                     if abs(target) > room:
                         target = math.copysign(room, target)
                         reasons |= bit("max_gross_exposure:clipped")
                 if "max_margin_usage" in r:
-                    room = max((r["max_margin_usage"] * a.equity / self.account_cfg["margin_rate"] - other) / price, keep)
+                    room = max((r["max_margin_usage"] * a.equity / self.account_cfg["margin_rate"] - other)
+                               / b.value(price), keep)
                     if abs(target) > room:
                         target = math.copysign(room, target)
                         reasons |= bit("max_margin_usage:clipped")
@@ -656,7 +684,7 @@ class Interpreter:
         if block and order != 0 and not exit_:
             order = 0.0
             reasons |= block
-        if order != 0 and not math.isfinite(abs(order) * price):  # NaN, inf, or a notional past float64
+        if order != 0 and not math.isfinite(abs(order) * b.value(price)):  # NaN, inf, or a notional past float64
             order = 0.0
             reasons |= bit("notional_invalid:blocked")
         # 10. rate limits
@@ -716,7 +744,7 @@ class Interpreter:
             return 0
         b.lock, b.lock_key = side, key
         order, reasons = self.order_limits(b, -pos, 1 << L.EXITS[key].exit, price=fill, prev=b.last)
-        if order != 0 and not math.isfinite(abs(order) * fill):
+        if order != 0 and not math.isfinite(abs(order) * b.value(fill)):
             order, reasons = 0.0, reasons | (1 << L.R["notional_invalid:blocked"])
         if order == 0:
             return 0
@@ -749,8 +777,8 @@ class Interpreter:
             order = math.copysign(r["max_order_qty"], order)
             reasons |= bit("max_order_qty:clipped")
             clipped = True
-        if "max_order_notional" in r and abs(order) * price > r["max_order_notional"]:
-            order = math.copysign(r["max_order_notional"] / price, order)
+        if "max_order_notional" in r and abs(order) * b.value(price) > r["max_order_notional"]:
+            order = math.copysign(r["max_order_notional"] / b.value(price), order)
             reasons |= bit("max_order_notional:clipped")
             clipped = True
         if clipped and lot:

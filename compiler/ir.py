@@ -29,7 +29,14 @@ from .builtins import BOOL, NUM, TIME
 #:   moving  (name, window)           sma ema rma wma stdev variance sum highest lowest rsi
 #:   bars_since                       events since the argument was last true
 #:   lag     (k,)                     the argument k events ago (k >= 1)
-#: A window or k is ("const", n) or ("param", index).
+#:   ref     (x,)                     instrument x's value of the argument as of x's latest
+#:                                    market event: the argument itself on x's own events
+#:   xlag    (x, k)                   instrument x's value of the argument k of x's market
+#:                                    events before its latest (k >= 1; a lag on x's events)
+#:   xstate  (name, x)                instrument x's state value `name` now (position, ...)
+#:   age     (x,)                     seconds from x's latest market event to the event
+#: A window or k is ("const", n) or ("param", index); a history length may also be
+#: ("param", index, extra): the param's value plus `extra`.
 PURE_CALLS = ("abs", "log", "exp", "sqrt", "sign", "floor", "ceil", "round", "min", "max", "clip", "nz",
               "is_nan", "hour", "minute_of_day", "day_of_week")
 MOVING = ("sma", "ema", "rma", "wma", "stdev", "variance", "sum", "highest", "lowest", "rsi")
@@ -88,7 +95,14 @@ class Program:
         for op in self.ops:
             if op.kind == "lag":
                 out.setdefault(op.args[0], []).append(op.attr[0])
+            elif op.kind == "xlag":  # read after the other instrument's own push: one more
+                kind, value = op.attr[1]
+                out.setdefault(op.args[0], []).append(("const", value + 1) if kind == "const" else (kind, value, 1))
         return out
+
+    def published_sources(self) -> list[int]:
+        """Ops whose value each instrument keeps as of its latest market event, for `ref`."""
+        return sorted({op.args[0] for op in self.ops if op.kind == "ref"})
 
     def dump(self) -> str:
         """A readable listing, one op a line (used by `explain` and golden tests)."""
@@ -106,15 +120,17 @@ class Program:
 def _attr_text(a, params) -> str:
     if isinstance(a, tuple) and len(a) == 2 and a[0] in ("const", "param"):
         return str(a[1]) if a[0] == "const" else params[a[1]]
+    if isinstance(a, tuple) and len(a) == 3 and a[0] == "param":
+        return f"{params[a[1]]}+{a[2]}"
     if isinstance(a, float):
         return repr(a)
     return str(a)
 
 
 def resolve_int(spec: tuple, params: list) -> int:
-    """A window or lookback under bound param values."""
-    kind, value = spec
-    return int(value) if kind == "const" else int(params[value])
+    """A window, lookback or history length under bound param values."""
+    kind, value, *extra = spec
+    return int(value) if kind == "const" else int(params[value]) + sum(extra)
 
 
 __all__ = ["Op", "Program", "PURE_CALLS", "MOVING", "NUM", "BOOL", "TIME", "resolve_int"]

@@ -45,12 +45,16 @@ BAR_FIELDS = ("open", "high", "low")
 
 # ---- per-instrument account and risk state (pstate[inst, column]) -------------------
 P_POS, P_OPEN, P_ENTRY, P_BEST, P_LAST, P_PREV, P_LAST_TS, P_DESIRED, P_LOCK, P_LOCK_CODE, \
-    P_VOL, P_PENDING, P_TRADE_PNL, P_MARK, P_GROSS, P_CUSTOM = range(16)
+    P_VOL, P_PENDING, P_TRADE_PNL, P_MARK, P_GROSS, P_MULT, P_TICK, P_CUSTOM = range(18)
 #: P_MARK and P_GROSS: the instrument's terms in the account's running totals (kernels of
 #: several instruments only): position x last price (0 when flat) and
-#: |(position + open quantity) x last price| (0 when both are flat), as last added.
+#: |(position + open quantity) x last price| (0 when both are flat), as last added; each
+#: x the multiplier when the policy gives contracts one.
+#: P_MULT and P_TICK: the instrument's contract (dsl/risk_keys.py CONTRACT_KEYS), constant
+#: for the run: the multiplier (1 when not given) and the tick size (NaN: none).
 P_NAMES = ("position", "open_qty", "entry_price", "best_price", "last_price", "prev_price", "last_ts",
-           "desired", "lock", "lock_code", "volatility", "pending_order", "trade_pnl", "mark_term", "gross_term")
+           "desired", "lock", "lock_code", "volatility", "pending_order", "trade_pnl", "mark_term", "gross_term",
+           "multiplier", "tick_size")
 #: |position| above this counts as holding one (a position summed back from fills may
 #: leave dust of a few ulps).
 HELD_EPSILON = 1e-12
@@ -154,13 +158,14 @@ class Slot:
     """State kept per instrument for one op: its moving window, counter or history ring."""
 
     op: int
-    kind: str        # "moving", "bars_since" or "history"
+    kind: str        # "moving", "bars_since", "history" or "publish" (the latest value, for other instruments)
     size_spec: tuple  # ("const", n) / ("param", i) window, or a tuple of lag specs for history
 
 
 def slots(program: Program) -> list[Slot]:
     out = []
     history = program.history_sources()
+    published = set(program.published_sources())
     for i, op in enumerate(program.ops):
         if op.kind == "moving":
             out.append(Slot(i, "moving", op.attr[1]))
@@ -168,12 +173,14 @@ def slots(program: Program) -> list[Slot]:
             out.append(Slot(i, "bars_since", ("const", 1)))
         if i in history:
             out.append(Slot(i, "history", tuple(history[i])))
+        if i in published:
+            out.append(Slot(i, "publish", ("const", 1)))
     return out
 
 
 def slot_size(program: Program, slot: Slot, params: list) -> tuple[int, int]:
     """(window or ring length, state width) of a slot under bound params."""
-    if slot.kind == "bars_since":
+    if slot.kind in ("bars_since", "publish"):
         return 1, 1
     if slot.kind == "history":
         k = max(resolve_int(spec, params) for spec in slot.size_spec)
@@ -211,8 +218,11 @@ def param_vector(program: Program, params: dict) -> np.ndarray:
     return np.array([float(params[name]) for name in program.params], dtype=np.float64)
 
 
-def initial_account(n_instruments: int, n_custom: int, account: dict[str, float]) -> tuple[np.ndarray, np.ndarray]:
-    """Fresh account arrays: cash = initial equity, flat, no prices seen."""
+def initial_account(n_instruments: int, n_custom: int, account: dict[str, float],
+                    contracts: list[tuple[float, float]] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Fresh account arrays: cash = initial equity, flat, no prices seen. `contracts`:
+    per instrument (multiplier, tick size) (CheckedPolicy.contract_table); None: a
+    multiplier of 1 and no tick size for each."""
     acct = np.zeros(ACCT_WIDTH)
     equity = account["initial_equity"]
     acct[[A_CASH, A_PEAK, A_DAY_OPEN, A_EQUITY, A_CURVE_PEAK, A_CURVE_TROUGH, A_DAY_CLOSE, A_MARK_HI]] = equity
@@ -223,4 +233,8 @@ def initial_account(n_instruments: int, n_custom: int, account: dict[str, float]
     pstate = np.zeros((n_instruments, P_CUSTOM + n_custom))
     pstate[:, [P_ENTRY, P_BEST, P_LAST, P_PREV, P_LAST_TS, P_VOL]] = np.nan
     pstate[:, P_PENDING] = -1.0
+    pstate[:, P_MULT] = 1.0
+    pstate[:, P_TICK] = np.nan
+    if contracts is not None:
+        pstate[:, [P_MULT, P_TICK]] = np.array(contracts, dtype=np.float64).reshape(n_instruments, 2)
     return acct, pstate

@@ -10,7 +10,7 @@ from policyc.dsl import expressions as ex
 from policyc.dsl.diagnostics import PolicyError, error
 from policyc.dsl.risk_keys import RISK_KEYS
 
-from .builtins import BOOL, FUNCTIONS, NUM, SESSION_FUNCTIONS, STATE_VALUES, TIME, TIMESTAMP
+from .builtins import BOOL, FUNCTIONS, INSTRUMENT_STATE, NUM, SESSION_FUNCTIONS, STATE_VALUES, TIME, TIMESTAMP
 from .check import CheckedPolicy
 from .ir import Op, Program
 
@@ -23,6 +23,8 @@ class _Lowerer:
         self.columns = list(checked.fields) + list(checked.inputs)
         self.feature_ops: dict[str, int] = {}
         self.pending_lags: list[tuple[int, str]] = []  # lag ops whose source is a later feature
+        # a policy of one instrument reads its own values through references: no cross ops
+        self.single = len(checked.instruments) == 1
 
     def emit(self, kind, args=(), attr=(), type_=NUM, span=None) -> int:
         self.ops.append(Op(kind, tuple(args), tuple(attr), type_, span))
@@ -52,14 +54,19 @@ class _Lowerer:
             return self.const(bool(node.value), s)
         if isinstance(node, ex.Name):
             return self.name(node)
+        if isinstance(node, ex.Ref):
+            return self.ref(node)
         if isinstance(node, ex.Lookback):
             spec = self.int_spec(node.k)
             target = node.target
-            if isinstance(target, ex.Name) and target.id in self.c.parsed.features and target.id not in self.feature_ops:
+            if isinstance(target, ex.Ref) and not self.single:
+                return self.cross_lag(target, spec, s)
+            if isinstance(target, (ex.Name, ex.Ref)) and target.id in self.c.parsed.features \
+                    and target.id not in self.feature_ops:
                 op = self.emit("lag", (-1,), (spec,), self.c.feature_types[target.id], s)
                 self.pending_lags.append((op, target.id))
                 return op
-            pending = [n.id for n in ex.walk(target) if isinstance(n, ex.Name)
+            pending = [n.id for n in ex.walk(target) if isinstance(n, (ex.Name, ex.Ref))
                        and n.id in self.c.parsed.features and n.id not in self.feature_ops]
             if pending:
                 raise PolicyError([error("E208", s, f"this lookback reads feature `{pending[0]}`, which depends on it",
@@ -95,6 +102,33 @@ class _Lowerer:
         if n == TIMESTAMP:
             return self.emit("ts", (), (), TIME, s)
         raise AssertionError(f"unresolved name {n}")  # the checker resolves every name
+
+    def ref_source(self, node: ex.Ref) -> int:
+        """The op of `node.id` as the event's own instrument computes it."""
+        return self.name(ex.Name(node.span, node.id))
+
+    def ref(self, node: ex.Ref) -> int:
+        """`X.name`: the event's own value when X is its instrument, else X's as of its
+        latest market event (`ref`), or X's state now (`xstate`)."""
+        if self.single:
+            return self.ref_source(node)
+        x, s = self.c.aliases[node.instrument], node.span
+        if node.id in INSTRUMENT_STATE:
+            return self.emit("xstate", (), (node.id, x), NUM, s)
+        source = self.ref_source(node)
+        return self.emit("ref", (source,), (x,), self.ops[source].type, s)
+
+    def cross_lag(self, node: ex.Ref, spec: tuple, span) -> int:
+        """`X.name[k]`: X's value k of X's market events before its latest (`xlag`)."""
+        x = self.c.aliases[node.instrument]
+        if spec == ("const", 0):
+            return self.ref(node)
+        if node.id in self.c.parsed.features and node.id not in self.feature_ops:
+            op = self.emit("xlag", (-1,), (x, spec), self.c.feature_types[node.id], span)
+            self.pending_lags.append((op, node.id))
+            return op
+        source = self.ref_source(node)
+        return self.emit("xlag", (source,), (x, spec), self.ops[source].type, span)
 
     def field(self, name: str, span) -> int:
         return self.emit("field", (), (self.columns.index(name),), NUM, span)
@@ -142,6 +176,8 @@ class _Lowerer:
             return self.emit("bars_since", (self.lower(node.args[0]),), (), NUM, s)
         if f in SESSION_FUNCTIONS:  # read from the event's clock row, not computed from arguments
             return self.emit("session", (), (f,), FUNCTIONS[f].result, s)
+        if f == "age":
+            return self.emit("age", (), (self.c.aliases[node.args[0].id],), NUM, s)
         args = [self.lower(a) for a in node.args]
         return self.emit("call", args, (f,), BOOL if f == "is_nan" else NUM, s)
 

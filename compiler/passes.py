@@ -17,7 +17,7 @@ def _rebuild(program: Program, transform) -> Program:
     ops: list[Op] = []
     forward: list[tuple[int, int]] = []
     for i, op in enumerate(program.ops):
-        if op.kind == "lag" and op.args[0] >= i:
+        if op.kind in ("lag", "xlag") and op.args[0] >= i:
             ops.append(op)
             forward.append((len(ops) - 1, op.args[0]))
             mapping[i] = len(ops) - 1
@@ -40,7 +40,8 @@ def fold_constants(program: Program) -> Program:
 
     def transform(op: Op, ops: list[Op]) -> int:
         args = [ops[a] for a in op.args]
-        if not args or any(a.kind != "const" for a in args) or op.kind in ("moving", "bars_since", "lag"):
+        across_events = op.kind in ("moving", "bars_since", "lag", "ref", "xlag")  # never a constant
+        if not args or any(a.kind != "const" for a in args) or across_events:
             if op.kind == "select" and args[0].kind == "const":
                 return op.args[1] if args[0].attr[0] else op.args[2]
             return _append(op, ops)

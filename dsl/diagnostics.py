@@ -38,6 +38,8 @@ CODES = {
     "E209": "a risk or account value must be a constant",
     "E210": "signals empty without an intent input",
     "E211": "a session function in a policy with no `calendar` or `timezone`",
+    "E212": "unknown instrument in a reference (`X.name`) or in `age(X)`",
+    "E213": "a reference reads something that is not an instrument's (`X.equity`, `X.size`)",
     "E301": "bad parameter override",
     "W001": "policy has no risk section",
     "W002": "feature is never used",

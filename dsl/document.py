@@ -23,7 +23,7 @@ import yaml
 
 from . import expressions as ex
 from .diagnostics import Diagnostic, PolicyError, Span, did_you_mean, error, warning
-from .risk_keys import ACCOUNT_KEYS, RISK_KEYS, Key
+from .risk_keys import ACCOUNT_KEYS, CONTRACT_KEYS, RISK_KEYS, Key
 from .source import Positioned, SourceFile, compose, read_source, scalar_text_offsets, source_from_bytes
 
 POLICY_NAME = re.compile(r"[a-z][a-z0-9_]*\Z")
@@ -35,19 +35,24 @@ CUSTOM_ACTIONS = ("block", "reduce_only", "liquidate", "halt")
 # ---- the document's shape ------------------------------------------------------------
 # A value's shape: "text", "integer", "scalar" (true/false, a number or text: every
 # expression, as YAML reads it), ("optional", SHAPE) (also null), ("list", SHAPE),
-# ("mapping", SHAPE) (text keys), ("one of", CHOICES), or the name of a record in SHAPES.
+# ("mapping", SHAPE) (text keys), ("either", (SHAPE, ...)) (the first of them that fits),
+# ("one of", CHOICES), or the name of a record in SHAPES.
 # A record maps its keys to (shape, default); REQUIRED marks a key without one.
 REQUIRED = object()
 OPTIONAL_SCALAR = ("optional", "scalar")
 SHAPES = {
     "PolicyModel": {
         "policy": ("text", REQUIRED), "version": ("integer", REQUIRED), "description": (("optional", "text"), None),
-        "instruments": (("list", "text"), REQUIRED), "inputs": (("list", "text"), []),
+        "instruments": (("either", (("list", "text"), ("mapping", ("either", ("text", "InstrumentModel"))))),
+                        REQUIRED),
+        "inputs": (("list", "text"), []),
         "params": (("mapping", "scalar"), {}), "features": (("mapping", "scalar"), {}),
         "signals": (("list", "SignalModel"), REQUIRED), "risk": (("optional", "RiskModel"), None),
         "account": (("optional", "AccountModel"), None),
         "calendar": (("optional", "text"), None), "timezone": (("optional", "text"), None),
     },
+    # an instrument of the map form given as a table: its symbol and its contract's settings
+    "InstrumentModel": {"symbol": ("text", REQUIRED), **{key: (OPTIONAL_SCALAR, None) for key in CONTRACT_KEYS}},
     "SignalModel": {"when": ("scalar", REQUIRED), "target": ("scalar", REQUIRED)},
     "CustomRuleModel": {"name": ("text", REQUIRED), "when": ("scalar", REQUIRED),
                         "action": (("one of", CUSTOM_ACTIONS), REQUIRED)},
@@ -80,6 +85,8 @@ def _fits(shape, value) -> bool:
         return isinstance(value, list) and all(_fits(inner, v) for v in value)
     if kind == "mapping":
         return isinstance(value, dict) and all(isinstance(k, str) and _fits(inner, v) for k, v in value.items())
+    if kind == "either":
+        return any(_fits(s, value) for s in inner)
     return isinstance(value, str) and value in inner  # "one of"
 
 
@@ -92,8 +99,12 @@ def _filled(shape, value):
         return SimpleNamespace(**{k: _filled(s, value[k]) if k in value else copy.copy(default)
                                   for k, (s, default) in SHAPES[shape].items()})
     kind, inner = shape
-    if value is None or kind in ("mapping", "one of"):  # mappings hold scalars
+    if value is None or kind == "one of":
         return value
+    if kind == "either":
+        return _filled(next(s for s in inner if _fits(s, value)), value)
+    if kind == "mapping":
+        return {k: _filled(inner, v) for k, v in value.items()}
     if kind == "list":
         return [_filled(inner, v) for v in value]
     return _filled(inner, value)
@@ -118,6 +129,8 @@ def _model(name: str):
             return Literal[inner]
         if kind == "mapping":
             return dict[str, annotation(inner)]
+        if kind == "either":
+            return Union[tuple(annotation(s) for s in inner)]
         return Optional[annotation(inner)] if kind == "optional" else list[annotation(inner)]
 
     return create_model(name, __base__=_Strict, **{key: (annotation(shape), ... if default is REQUIRED else default)
@@ -137,6 +150,17 @@ class Named:
 
     name: str
     span: Span
+
+
+@dataclass
+class InstrumentDecl(Named):
+    """An instrument: `name` is its symbol (data, the wire and the logs use it), `alias` the
+    name expressions call it by (`cb` in `cb.bid`): the key of the map form of
+    `instruments`, else the symbol itself when it is a name (`ORCL`), else None."""
+
+    alias: str | None = None
+    #: the contract's settings the policy gives (dsl/risk_keys.py CONTRACT_KEYS), by key
+    contract: dict[str, "ValueDecl"] = field(default_factory=dict)
 
 
 @dataclass
@@ -180,7 +204,7 @@ class ParsedPolicy:
     name: str
     version: int
     description: str | None
-    instruments: list[Named]
+    instruments: list[InstrumentDecl]
     inputs: list[Named]
     params: dict[str, ParamDecl]
     features: dict[str, FeatureDecl]
@@ -225,12 +249,15 @@ def _symbols_as_text(doc: Positioned) -> None:
     and `7203` (a number) are taken as written."""
     for key in ("instruments", "inputs"):
         items = doc.value.get(key)
-        if not isinstance(items, list):
+        if not isinstance(items, (list, dict)):
             continue
-        for i, item in enumerate(items):
-            node = doc.nodes.get((key, i))
+        for i, item in (enumerate(items) if isinstance(items, list) else list(items.items())):
+            path, holder = (key, i), items
+            if isinstance(item, dict) and "symbol" in item:  # an instrument written as a table
+                path, holder, i, item = (key, i, "symbol"), item, "symbol", item["symbol"]
+            node = doc.nodes.get(path)
             if isinstance(item, (bool, int, float)) and isinstance(node, yaml.ScalarNode) and node.style is None:
-                items[i] = node.value
+                holder[i] = node.value
 
 
 def _record_at(path: tuple) -> str | None:
@@ -241,6 +268,8 @@ def _record_at(path: tuple) -> str | None:
         return "RiskModel"
     if path == ("account",):
         return "AccountModel"
+    if len(path) == 2 and path[0] == "instruments":
+        return "InstrumentModel"
     if len(path) == 2 and path[0] == "signals":
         return "SignalModel"
     if len(path) == 3 and path[:2] == ("risk", "custom"):
@@ -275,12 +304,12 @@ def _describe_value(value: Any, text: str | None = None) -> str:
 def _structure_errors(exc, doc: Positioned) -> list[Diagnostic]:
     """The diagnostics of a pydantic ValidationError `exc` of the document `doc`."""
     diags: dict[tuple, Diagnostic] = {}
-    for err in exc.errors():
-        loc = tuple(err["loc"])
+    errors = [(_document_loc(doc.value, tuple(err["loc"]), err["type"]), err) for err in exc.errors()]
+    for loc, err in errors:
         kind = err["type"]
-        # pydantic reports each member of a union separately, tagged with its type name
-        if kind not in ("missing", "extra_forbidden") and len(loc) >= 2 and loc[-1] in _UNION_TAGS:
-            loc = loc[:-1]
+        if kind not in ("missing", "extra_forbidden") and \
+                any(len(other) > len(loc) and other[:len(loc)] == loc for other, _ in errors):
+            continue  # a union member this value is not: the errors inside the member it is say more
         if kind == "extra_forbidden":
             parent, key = loc[:-1], loc[-1]
             record = _record_at(parent)
@@ -326,9 +355,28 @@ def _structure_errors(exc, doc: Positioned) -> list[Diagnostic]:
     return sorted(diags.values(), key=lambda d: (d.span.line, d.span.column))
 
 
+def _document_loc(value: Any, loc: tuple, kind: str) -> tuple:
+    """A pydantic error's location as a path in the document: pydantic tags each member
+    of a union with its type's name (`list[str]`, `InstrumentModel`, `int`), which no key
+    of the document is. The last part of a missing or unknown key's location is the key."""
+    out = []
+    for n, part in enumerate(loc):
+        if isinstance(value, dict) and part in value or isinstance(value, list) and isinstance(part, int):
+            value = _value_at(value, (part,))
+            out.append(part)
+        elif kind in ("missing", "extra_forbidden") and n == len(loc) - 1:
+            out.append(part)
+        elif not (isinstance(part, str) and (part in _UNION_TAGS or "[" in part or part in SHAPES)):
+            out.append(part)
+            value = None
+    return tuple(out)
+
+
 def _expected_for(loc: tuple, kind: str) -> str:
     name = loc[-1] if loc else ""
-    if name in ("instruments", "inputs", "signals") or kind == "list_type":
+    if name == "instruments":
+        return "a list of symbols, or a mapping of names to symbols (or to tables with `symbol`)"
+    if name in ("inputs", "signals") or kind == "list_type":
         return "a list"
     if name in ("params", "features", "risk", "account") or kind in ("dict_type", "model_type"):
         return "a mapping"
@@ -340,6 +388,8 @@ def _expected_for(loc: tuple, kind: str) -> str:
         return "an expression"
     if len(loc) == 2 and loc[0] == "params":
         return "a number or true/false"
+    if len(loc) == 3 and loc[0] == "instruments" and loc[2] in CONTRACT_KEYS:
+        return "a number or a param"
     if len(loc) == 2 and loc[0] in ("risk", "account"):
         return "a number, a percentage, a duration, true/false or a param"
     if kind in _TYPE_WORDS and _TYPE_WORDS[kind]:
@@ -462,7 +512,7 @@ class _Builder:
             self.errors.append(error("E007", self.span(("version",)), f"`version` must be 1 or more, not {m.version}"))
         if not m.instruments:
             self.errors.append(error("E007", self.span(("instruments",)), "`instruments` must list at least one symbol"))
-        instruments = self.unique_names("instruments", m.instruments, SYMBOL, "instrument symbol")
+        instruments = self.instruments(m.instruments)
         inputs = self.unique_names("inputs", m.inputs, IDENTIFIER, "input name")
         params = {}
         for key, value in m.params.items():
@@ -524,6 +574,38 @@ class _Builder:
             calendar=None if m.calendar is None else Named(m.calendar, self.span(("calendar",))),
             timezone=None if m.timezone is None else Named(m.timezone, self.span(("timezone",))),
         )
+
+    def instruments(self, value: list[str] | dict[str, str | SimpleNamespace]) -> list[InstrumentDecl]:
+        """The list form (`[ORCL, NVDA]`: a symbol that is a name is its own alias) or the
+        map form (`{bn: "binance:BTCUSDT"}`: alias -> symbol, or alias -> a table of the
+        symbol and the contract's settings, `{symbol: "CME:ES", multiplier: 50}`) of
+        `instruments`."""
+        if isinstance(value, list):
+            return [InstrumentDecl(n.name, n.span, n.name if IDENTIFIER.match(n.name) else None)
+                    for n in self.unique_names("instruments", value, SYMBOL, "instrument symbol")]
+        out, seen = [], {}
+        for alias, item in value.items():
+            path = ("instruments", alias)
+            symbol, contract = item, {}
+            if isinstance(item, SimpleNamespace):
+                symbol = item.symbol
+                for key in CONTRACT_KEYS:
+                    if getattr(item, key) is not None:
+                        node = self.expr(path + (key,))
+                        if node is not None:
+                            contract[key] = ValueDecl(key, node, self.span(path + (key,)))
+                            self.percent_of_quantity(CONTRACT_KEYS[key], node)
+            named = self.name(path, alias, "instrument name", key=True)
+            symbol_path = path + ("symbol",) if isinstance(item, SimpleNamespace) else path
+            if not (self.name(symbol_path, symbol, "instrument symbol", SYMBOL) and named):
+                continue
+            if symbol in seen:
+                self.errors.append(error("E205", self.span(path), f"`{symbol}` is listed twice in `instruments`",
+                                         f"first listed at line {seen[symbol].line}"))
+                continue
+            seen[symbol] = self.span(path)
+            out.append(InstrumentDecl(symbol, self.span(path), alias, contract))
+        return out
 
     def unique_names(self, key: str, values: list[str], pattern, what: str) -> list[Named]:
         out, seen = [], {}

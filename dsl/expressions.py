@@ -56,6 +56,17 @@ class Name(Node):
 
 
 @dataclass(frozen=True)
+class Ref(Node):
+    """`X.name`: instrument X's value of `name` (a market field, feature, input or the
+    instrument's own state) as of X's latest market event."""
+
+    instrument: str
+    id: str
+    instrument_span: Span = field(compare=False, repr=False, default=None)
+    name_span: Span = field(compare=False, repr=False, default=None)
+
+
+@dataclass(frozen=True)
 class Call(Node):
     func: str
     args: tuple
@@ -94,13 +105,14 @@ LOGICAL = ("and", "or")
 
 #: Terminal names in words, for "expected ..." messages.
 TERMINAL_WORDS = {
-    "NAME": "a name", "NUMBER": "a number", "PERCENT": "a percentage", "DURATION": "a duration",
+    "NAME": "a name", "REF": "a reference such as `ORCL.close`",
+    "NUMBER": "a number", "PERCENT": "a percentage", "DURATION": "a duration",
     "TRUE": "`true`", "FALSE": "`false`", "IF": "`if`", "THEN": "`then`", "ELSE": "`else`",
     "OR": "`or`", "AND": "`and`", "NOT": "`not`", "COMP_OP": "a comparison", "POW": "`**`",
     "MUL_OP": "`*` or `/`", "ADD_OP": "`+`", "MINUS": "`-`", "LPAR": "`(`", "RPAR": "`)`",
     "LSQB": "`[`", "RSQB": "`]`", "COMMA": "`,`", "$END": "the end of the expression",
 }
-_OPERAND_START = {"NAME", "NUMBER", "PERCENT", "DURATION", "TRUE", "FALSE", "IF", "NOT", "MINUS", "LPAR"}
+_OPERAND_START = {"NAME", "REF", "NUMBER", "PERCENT", "DURATION", "TRUE", "FALSE", "IF", "NOT", "MINUS", "LPAR"}
 
 
 def children(node: Node) -> tuple:
@@ -145,6 +157,8 @@ def canonical(node: Node) -> str:
         return f"{node.seconds!r}s"
     if isinstance(node, Name):
         return node.id
+    if isinstance(node, Ref):
+        return f"{node.instrument}.{node.id}"
     if isinstance(node, Call):
         return f"{node.func}({', '.join(canonical(a) for a in node.args)})"
     if isinstance(node, Lookback):
@@ -168,7 +182,7 @@ def pretty(node: Node) -> str:
             return n.text or repr(n.value)
         if isinstance(n, Duration):
             return n.text or f"{n.seconds}s"
-        if isinstance(n, (Boolean, Name, Call, Lookback)):
+        if isinstance(n, (Boolean, Name, Ref, Call, Lookback)):
             if isinstance(n, Call):
                 return f"{n.func}({', '.join(go(a, 0) for a in n.args)})"
             if isinstance(n, Lookback):
@@ -242,6 +256,13 @@ class _ToAst(Transformer):
         if is_boolean_spelling(str(t)):  # `True`, `FALSE`: the YAML spellings of a boolean
             return self._make(Boolean, lo, hi, str(t).lower() == "true")
         return self._make(Name, lo, hi, str(t))
+
+    def ref(self, items):
+        (t,) = items
+        lo, hi = self._tok(t)
+        instrument, name = str(t).split(".")
+        dot = lo + len(instrument)
+        return self._make(Ref, lo, hi, instrument, name, self.span_of(lo, dot), self.span_of(dot + 1, hi))
 
     def paren(self, items):
         _, inner, rpar = items
@@ -432,6 +453,9 @@ def _token_help(tok: Token, expected: set, text: str) -> str | None:
         if before.count(opener) <= before.count(word):
             return f"`{word}` closes no `{opener}`: remove it"
         return None
+    if tok.type == "LPAR" and re.search(r"[A-Za-z_][A-Za-z0-9_]*\.[A-Za-z_][A-Za-z0-9_]*\s*\Z", before):
+        return ("values have no methods: call a function, `f(x)`, or look back with `x[1]`; "
+                "`INSTRUMENT.name` reads another instrument's value, as in `ORCL.close`")
     if tok.type == "LSQB":
         return "a lookback `[k]` follows a name, a call or `( )`, as in `close[1]`; there are no lists"
     if tok.type == "NAME":
@@ -460,7 +484,7 @@ def _token_help(tok: Token, expected: set, text: str) -> str | None:
                 and before.endswith(" "):
             return (f"if this is one number, write `{previous.group(1)}{word}`: numbers have no thousands "
                     "separators; otherwise an operator is missing")
-    if tok.type in ("NAME", "NUMBER", "PERCENT", "DURATION", "TRUE", "FALSE", "LPAR") and not value_expected:
+    if tok.type in ("NAME", "REF", "NUMBER", "PERCENT", "DURATION", "TRUE", "FALSE", "LPAR") and not value_expected:
         return "an operator is missing between two values"
     return None
 
@@ -558,8 +582,9 @@ def _character_help(text: str, p: int) -> str:
         return "write a choice as `if c then a else b`"
     if ch in "{}":
         return "use `(` and `)` to group"
-    if ch == "." and re.search(r"[A-Za-z_0-9]\Z", before):
-        return "values have no methods or fields: call a function, `f(x)`, or look back with `x[1]`"
+    if ch == "." and re.search(r"[A-Za-z_0-9]\s*\Z", before):
+        return ("`INSTRUMENT.name` reads another instrument's value, with no spaces, as in `ORCL.close`; "
+                "values have no methods: call a function, `f(x)`, or look back with `x[1]`")
     if ch == ":" and re.search(r"[0-9]\Z", before) and re.match(r"[0-9]", after):
         digits = re.search(r"[0-9]+(:[0-9]+)+", text[re.search(r"[0-9:]*\Z", before).start():]).group(0)
         value = 0
@@ -618,6 +643,8 @@ def _non_ascii_help(ch: str, text: str, p: int) -> str:
 def _describe(tok: Token) -> str:
     if tok.type in ("NAME", "NUMBER", "PERCENT", "DURATION"):
         return f"{TERMINAL_WORDS[tok.type][2:] if tok.type != 'NAME' else 'name'} `{tok}`"
+    if tok.type == "REF":
+        return f"reference `{tok}`"
     return f"`{tok}`"
 
 

@@ -5,7 +5,8 @@ runs them, each with the reason codes it records, in bit order (section 7). `RIS
 are the limits a policy sets under `risk:`, each with its kind of value, its bounds,
 its step and the line a trader reads about it; its reason codes are the codes of its
 step named after it (`stop_loss:exit`). `ACCOUNT_KEYS` are the settings under
-`account:`, with their defaults.
+`account:`, with their defaults. `CONTRACT_KEYS` are the optional settings of one
+instrument in the map form of `instruments` (its contract: point value and tick size).
 
 Everything else reads these tables: the document model and its W004 warning
 (dsl/document.py), the checker's bounds and messages (compiler/check.py), the kernel's
@@ -65,6 +66,10 @@ DURATION = Kind("duration", notation="seconds")
 BOOLEAN = Kind("`true` / `false`", notation="boolean")
 #: Hundredths of a percent of notional: 1 basis point is 0.0001.
 BASIS_POINTS = Kind("basis points", "basis points")
+#: Money per point of price per unit held: a contract's point value.
+POINT_VALUE = Kind("money per point", "currency units per point of price")
+#: A price step, in the instrument's price units.
+PRICE_STEP = Kind("price", "price units")
 
 
 @dataclass(frozen=True)
@@ -267,9 +272,9 @@ RISK_KEYS = {key.name: key for key in (
     Key("max_position", UNITS, _ABOVE_0, step=6, example="500", samples=("1", "10", "75", "200", "1000"),
         meaning="|target| at most this"),
     Key("max_position_notional", MONEY, _ABOVE_0, step=6, example="150000",
-        samples=("500", "5000", "20000", "100000"), meaning="|target| x price at most this"),
+        samples=("500", "5000", "20000", "100000"), meaning="|target| x price x multiplier at most this"),
     Key("max_gross_exposure", MONEY, _ABOVE_0, step=7, example="200000", samples=("1000", "15000", "60000"),
-        meaning="on increases, sum of |(position + open) x price| over instruments at most this"),
+        meaning="on increases, sum of |(position + open) x price x multiplier| over instruments at most this"),
     Key("max_margin_usage", FRACTION, _ABOVE_0, step=7, example="30%", samples=("5%", "30%", "80%", "150%"),
         meaning="on increases, gross exposure x `margin_rate` / equity at most this"),
     Key("lot_size", UNITS, _ABOVE_0, step=8, example="10", samples=("1", "5", "10", "0.5"),
@@ -279,7 +284,7 @@ RISK_KEYS = {key.name: key for key in (
     Key("max_order_qty", UNITS, _ABOVE_0, step=9, example="200", samples=("1", "7", "40", "150"),
         meaning="|order| at most this; a larger exit goes out over several events"),
     Key("max_order_notional", MONEY, _ABOVE_0, step=9, example="50000", samples=("300", "2500", "15000"),
-        meaning="|order| x price at most this"),
+        meaning="|order| x price x multiplier at most this"),
     Key("price_collar", FRACTION, _ABOVE_0, step=9, example="5%", samples=("1%", "5%", "12%"),
         meaning="no order on an event whose price jumped more than this from the previous price"),
     Key("max_orders_per_day", ORDERS, Bounds(lowest_included=True, whole=True), step=10, example="50",
@@ -300,4 +305,15 @@ ACCOUNT_KEYS = {key.name: key for key in (
         samples=("0", "0.5", "1", "7"), meaning="the fee of a fill, in basis points of its notional"),
     Key("slippage_bps", BASIS_POINTS, Bounds(lowest_included=True, highest=9_999.0), default=0.0, example="2",
         samples=("0", "1", "2.5"), meaning="a buy fills this many basis points above the price, a sell below"),
+)}
+
+#: The settings of one instrument's contract, written in the map form of `instruments`
+#: (`es: {symbol: "CME:ES", multiplier: 50, tick_size: 0.25}`). A missing `multiplier` is
+#: 1 (a notional is quantity x price); a missing `tick_size` rounds no price.
+CONTRACT_KEYS = {key.name: key for key in (
+    Key("multiplier", POINT_VALUE, _ABOVE_0, default=1.0, example="50", samples=("0.5", "5", "50"),
+        meaning="money per point of price per unit held: notional, P&L, fees, exposure and margin are "
+                "quantity x price x this"),
+    Key("tick_size", PRICE_STEP, _ABOVE_0, example="0.25", samples=("0.01", "0.25", "1"),
+        meaning="the price step: a simulated fill price is rounded to a multiple of it, against the trader"),
 )}

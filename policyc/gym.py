@@ -170,7 +170,8 @@ class Observer:
         """Push one row per environment and return the observations (float32, a new array).
 
         features `[n_envs, instruments, features]`; position, open_qty (units) and
-        last_price (money per unit) `[n_envs, instruments]`; equity and peak `[n_envs]`
+        last_price (money per unit: the last price x the contract's multiplier)
+        `[n_envs, instruments]`; equity and peak `[n_envs]`
         (money). `fresh`, a bool mask `[n_envs]`: those environments start a new episode,
         so their whole window is this row."""
         rows = self.rows
@@ -228,6 +229,7 @@ def _events(policy: CompiledPolicy, data) -> Events:
             data = {policy.instruments[0]: data}
         if not isinstance(data, Mapping):
             raise TypeError(f"data must be Events, a path or {{symbol: path}}, not {type(data).__name__}")
+        data = {policy.symbol(s) if isinstance(s, str) else s: path for s, path in data.items()}
         unknown = [s for s in data if s not in policy.instruments]
         if unknown:
             raise ValueError(f"`{unknown[0]}` is not an instrument of `{policy.name}`; "
@@ -524,7 +526,7 @@ def step(table, actions, restarts, floats, ints, flags, first):
                 features[i, j, f] = trace[i, at, feature_cols[f]]
             observed_positions[0, i, j] = pstate[i, j, L.P_POS]
             observed_positions[1, i, j] = pstate[i, j, L.P_OPEN]
-            observed_positions[2, i, j] = pstate[i, j, L.P_LAST]
+            observed_positions[2, i, j] = pstate[i, j, L.P_LAST] * pstate[i, j, L.P_MULT]
         equity = acct[i, L.A_EQUITY]
         observed_account[0, i] = equity
         observed_account[1, i] = acct[i, L.A_PEAK]
@@ -903,7 +905,8 @@ class PolicyEnv(gymnasium.Env):
 
     policy: a `CompiledPolicy` or a policy file with an `intent` input. data: `Events`
     (market events, one value column per `policy.columns`; the intent column is
-    overwritten), a data file (one instrument), or {symbol: path}.
+    overwritten), a data file (one instrument), or {symbol: path} (a symbol may be given by
+    the policy's name of it, `bn` for `instruments: {bn: "binance:BTCUSDT"}`).
 
     Options (keywords):
     - `action`: `box` (default): `Box(-1, 1, (instruments,))`, target = action x

@@ -129,6 +129,18 @@ def _clock(session: dict) -> Clock | None:
     return clock_of(spec) if spec != (None, None) else None
 
 
+def _multipliers(session: dict) -> dict[str, float]:
+    """Symbol -> the multiplier of its contract, from the policy source and params the
+    session record keeps; {} (every multiplier 1) when the source does not check."""
+    from policyc.compiler.check import check
+
+    try:
+        checked = check(parse_policy_text(str(session.get("policy_source") or "")), session.get("params") or None)
+    except PolicyError:
+        return {}
+    return {name: m for name, (m, _) in zip(checked.instruments, checked.contract_table) if m != 1.0}
+
+
 def _basis(clock: Clock | None) -> str:
     if clock is None:
         return "UTC"
@@ -199,6 +211,7 @@ class _Peaks:
     """The largest figures of one run, as its records go by."""
 
     limits: dict
+    multipliers: dict = field(default_factory=dict)  # instrument -> its multiplier, when not 1
     position: dict = field(default_factory=dict)   # instrument -> position after its latest fill
     price: dict = field(default_factory=dict)      # instrument -> latest logged price
     pos: float = math.nan
@@ -256,7 +269,7 @@ def build_report(records: list[dict], limits: dict[str, float]) -> AuditReport:
             if runs:
                 figures += peaks.figures(runs[-1].get("seq", len(runs)))
             runs.append(r)
-            peaks = _Peaks(r.get("risk") or limits)   # each run starts flat as far as its log says
+            peaks = _Peaks(r.get("risk") or limits, _multipliers(r))   # each run starts flat as far as its log says
             continue
         if kind in ("order", "risk"):
             hits = day(k).hits
@@ -274,14 +287,15 @@ def build_report(records: list[dict], limits: dict[str, float]) -> AuditReport:
             if p is not None and math.isfinite(p):
                 peaks.price[r["instrument"]] = float(p)
                 if not r.get("exit"):
-                    peaks.notional = _top(peaks.notional, qty * float(p))
+                    peaks.notional = _top(peaks.notional, qty * (float(p) * peaks.multipliers.get(r["instrument"], 1.0)))
         elif kind == "fill":
             day_of_order(k).fills += 1
             inst = r["instrument"]
             peaks.position[inst] = float(r.get("position", 0.0))
             peaks.price[inst] = float(r.get("price", peaks.price.get(inst, math.nan)))
             peaks.pos = _top(peaks.pos, abs(peaks.position[inst]))
-            gross = sum(abs(q) * peaks.price.get(i, math.nan) for i, q in peaks.position.items() if q)
+            gross = sum(abs(q) * (peaks.price.get(i, math.nan) * peaks.multipliers.get(i, 1.0))
+                        for i, q in peaks.position.items() if q)
             if gross == gross:
                 peaks.gross = _top(peaks.gross, gross)
         elif kind == "reject":

@@ -120,14 +120,16 @@ def load_events(policy: CompiledPolicy, data: list[tuple[str | None, str]], skip
                 start_ns: int | None = None, end_ns: int | None = None,
                 date_format: str | None = None, bars: bool = False,
                 zone: str | None = None) -> tuple[Events, list[Table]]:
-    """Bind data files ((symbol or None, path) pairs) to the policy's instruments and merge
-    them into one event stream; the other arguments are those of `load_table`, but that
+    """Bind data files ((symbol or None, path) pairs; the symbol may be the policy's name of
+    an instrument, `bn` for `instruments: {bn: "binance:BTCUSDT"}`) to the policy's
+    instruments and merge them into one event stream; the other arguments are those of `load_table`, but that
     naive timestamps are read in `zone`, by default the policy's (its `timezone`, or its
     calendar's), UTC without either. With
     `bars`, the events also carry each row's open, high and low (`Events.bars`) when the
     files have them (a file without one of them leaves it NaN; none with `open`: no bars).
     Raises DataError for a file that cannot be used or that no instrument (or two) would take."""
     instruments = policy.instruments
+    data = [(None if sym is None else policy.symbol(sym), path) for sym, path in data]  # a name means its symbol
     symbols = [sym for sym, _ in data if sym is not None]
     twice = next((s for k, s in enumerate(symbols) if s in symbols[:k]), None)
     if twice:
@@ -295,8 +297,8 @@ def run_through_order_core(policy: CompiledPolicy, events: Events, mode: int = L
         raise ValueError("a backtest's events have no fills or rejects: the simulated venue makes them")
     settings = {**policy.checked.account, **(account or {})}
     engine = Engine(policy, L.LIVE, account)
-    book = FillBook(FillModel.of(settings), mode)
     names, columns = policy.instruments, policy.columns
+    book = FillBook(FillModel.of(settings, dict(zip(names, policy.checked.contract_table))), mode)
     reason_bit = {name: k for k, name in enumerate(policy.reason_names)}
     now = 0                          # the time (ns) of the event being handled: both clocks of the core
     current = 0                      # its index in `events`
@@ -374,6 +376,7 @@ def round_trips(result: BacktestResult) -> list[Trade]:
     """Trades from flat to flat; a reversal closes one trade and opens the next. Closed
     trades' P&L plus the open trade's realised and unrealised P&L is the equity change."""
     names = result.policy.instruments
+    multiplier = [m for m, _ in result.policy.checked.contract_table]
     trades: list[Trade] = []
     open_: dict[int, Trade] = {}
     position: dict[int, float] = {}
@@ -385,7 +388,7 @@ def round_trips(result: BacktestResult) -> list[Trade]:
             t = open_[i]
             closing = qty if abs(qty) <= abs(pos) else -pos
             share = fee * abs(closing) / abs(qty)
-            t.pnl += -closing * (price - t.entry_price) - share
+            t.pnl += -closing * ((price - t.entry_price) * multiplier[i]) - share
             t.fees += share
             t.exit_qty += abs(closing)
             t.exit_notional += abs(closing) * price

@@ -2,7 +2,9 @@
 
 `FillModel` is the arithmetic of a simulated fill, as the kernel's `simulated_fill`
 does it for a backtest: a buy pays `slippage_bps` above the market price, a sell gets
-that much below it, and the fee is |qty| x fill price x `fees_bps` / 10,000 (money).
+that much below it (then rounded to the instrument's tick size against the trader, when
+it has one), and the fee is |qty| x fill price x multiplier x `fees_bps` / 10,000
+(money; the paper venue, given no policy, has no contracts: multiplier 1, no tick).
 `FillBook` says which market event, and which of its prices, each order fills at, by
 the backtest's fill modes (`backtest --fill`, docs/language.md section 8):
 
@@ -38,27 +40,36 @@ from dataclasses import dataclass, field
 from typing import NamedTuple
 
 from policyc.compiler import layout as L
+from policyc.compiler.semantics import on_tick
 
 
 @dataclass(frozen=True)
 class FillModel:
-    """Slippage and fees of simulated fills, both in basis points (1 bp = 0.01%)."""
+    """Slippage and fees of simulated fills, both in basis points (1 bp = 0.01%).
+    `contracts`: instrument -> (multiplier, tick size) of those a policy gives a contract
+    (docs/language.md section 1); any other has a multiplier of 1 and no tick size."""
 
     slippage_bps: float = 0.0
     fees_bps: float = 0.0
+    contracts: dict = field(default_factory=dict)
 
     @classmethod
-    def of(cls, settings: dict) -> FillModel:
-        """The model of a policy's account settings (`slippage_bps`, `fees_bps`)."""
-        return cls(settings["slippage_bps"], settings["fees_bps"])
+    def of(cls, settings: dict, contracts: dict | None = None) -> FillModel:
+        """The model of a policy's account settings (`slippage_bps`, `fees_bps`) and contracts."""
+        return cls(settings["slippage_bps"], settings["fees_bps"], contracts or {})
 
-    def fill(self, qty: float, market_price: float) -> tuple[float, float]:
-        """(fill price, fee) of `qty` units (signed: above 0 buys) at `market_price`, in the
-        instrument's currency; the same operations, in the same order, as the kernel's
-        simulated fill, so a backtest's fill prices and fees are reproduced to the bit."""
+    def fill(self, qty: float, market_price: float, instrument: str | None = None) -> tuple[float, float]:
+        """(fill price, fee) of `qty` units (signed: above 0 buys) of `instrument` at
+        `market_price`, in the instrument's currency; the same operations, in the same
+        order, as the kernel's simulated fill, so a backtest's fill prices and fees are
+        reproduced to the bit. With a tick size the price is rounded against the trader;
+        the fee is on the notional, quantity x price x multiplier."""
         slip = self.slippage_bps / 1e4
         price = market_price * (1.0 + slip) if qty > 0.0 else market_price * (1.0 - slip)
-        return price, abs(qty) * price * (self.fees_bps / 1e4)
+        multiplier, tick = self.contracts.get(instrument, (1.0, math.nan))
+        if tick == tick:
+            price = on_tick(price, tick, qty > 0.0)
+        return price, abs(qty) * (price * multiplier) * (self.fees_bps / 1e4)
 
 
 class Fill(NamedTuple):
@@ -177,5 +188,5 @@ class FillBook:
         return self.waiting.pop(client_order_id, None) is not None
 
     def _fill(self, client_order_id: str, w: _Waiting, market_price: float, ts: int) -> Fill:
-        price, fee = self.model.fill(w.qty, market_price)
+        price, fee = self.model.fill(w.qty, market_price, w.instrument)
         return Fill(client_order_id, w.instrument, w.qty, price, fee, ts)

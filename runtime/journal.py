@@ -73,12 +73,19 @@ def carry_over(old: Engine, policy: CompiledPolicy) -> Engine:
     instrument its position, open quantity, entry, best and last prices, desired target
     and locks; the account's cash, peak equity, kill switch, day, opening equity,
     daily-loss state, orders today, rate-limit tokens and fees. Features start afresh
-    (another policy may compute others). Raises ReplayError when the instruments differ."""
+    (another policy may compute others); the tick sizes are the new policy's. Raises
+    ReplayError when the instruments or their multipliers differ (a position's value would
+    change under it)."""
     if tuple(policy.instruments) != tuple(old.policy.instruments):
         raise ReplayError(f"the instruments changed ({', '.join(old.policy.instruments)} -> "
                           f"{', '.join(policy.instruments)}): positions cannot be carried over; start a new log")
+    before = [m for m, _ in old.policy.checked.contract_table]
+    after = [m for m, _ in policy.checked.contract_table]
+    if before != after:
+        changed = ", ".join(f"{s} {a:g} -> {b:g}" for s, a, b in zip(policy.instruments, before, after) if a != b)
+        raise ReplayError(f"the multipliers changed ({changed}): positions cannot be carried over; start a new log")
     new = Engine(policy, L.LIVE)
-    new.session.pstate[:, :L.P_CUSTOM] = old.session.pstate[:, :L.P_CUSTOM]
+    new.session.pstate[:, :L.P_MULT] = old.session.pstate[:, :L.P_MULT]
     new.session.acct[:L.A_REASON_COUNTS] = old.session.acct[:L.A_REASON_COUNTS]
     return new
 

@@ -233,7 +233,8 @@ def _trade_table(result: BacktestResult, prices: np.ndarray) -> tuple[str, np.nd
         reasons[mine] = [", ".join(L.decode_reasons(f[k, L.O_REASONS], result.policy.reason_names)) or "signal"
                          for k in at]
     reasons[~closed] = "open at the end"
-    ret = pnl / (entry_price * qty)
+    multiplier = np.array([m for m, _ in result.policy.checked.contract_table])[inst]
+    ret = pnl / (entry_price * qty * multiplier)
     shown = np.arange(len(trades))
     note = ""
     if len(trades) > MAX_TRADE_ROWS:
@@ -364,7 +365,8 @@ def write_report(result: BacktestResult, path: str | Path) -> None:
 
     # position and exposure
     pos = _positions(result, len(names))
-    gross = np.nansum(np.abs(pos) * np.nan_to_num(prices), axis=1)
+    multiplier = np.array([m for m, _ in result.policy.checked.contract_table])
+    gross = np.nansum(np.abs(pos) * (np.nan_to_num(prices) * multiplier), axis=1)
     exposure = np.divide(gross, eq, out=np.full(n, np.nan), where=eq > 0) * 100
     keep_p = decimate(n, exposure, *pos.T)
     xp, hover = axis.x(ts[keep_p]), axis.hover(ts[keep_p])

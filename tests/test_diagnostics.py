@@ -641,8 +641,12 @@ def test_text_field_yaml_reads_as_a_boolean_says_quote_it():
     ("close > m", "clip(close, lo=1, hi = 2) > m", 9, 25, "unexpected character `=`",
      "functions take arguments by position only: write `clip(close, 1, 2) > m`"),
     ("close > m", "close = m", 9, 17, "unexpected character `=`", "use `==` to compare"),
-    ("close > m", "close.shift(1) > m", 9, 16, "unexpected character `.`",
-     "values have no methods or fields: call a function, `f(x)`, or look back with `x[1]`"),
+    ("close > m", "close.shift(1) > m", 9, 22, "unexpected `(`",
+     "values have no methods: call a function, `f(x)`, or look back with `x[1]`; "
+     "`INSTRUMENT.name` reads another instrument's value, as in `ORCL.close`"),
+    ("close > m", "close. shift > m", 9, 16, "unexpected character `.`",
+     "`INSTRUMENT.name` reads another instrument's value, with no spaces, as in `ORCL.close`; "
+     "values have no methods: call a function, `f(x)`, or look back with `x[1]`"),
     # numbers
     ("max_position: 10", "stop_loss: 3 %", 12, 16, "unexpected character `%`", "write `3%`, with no space before `%`"),
     ("close > m", "close % 2 > m", 9, 17, "unexpected character `%`",

@@ -1,7 +1,8 @@
 """Differential tests: the Numba kernel against the reference interpreter.
 
 Hypothesis generates random but valid policies (typed expression trees over market
-fields, params, features, state values, lookbacks and every built-in; random signal
+fields, params, features, state values, lookbacks, every built-in and references to
+the other instrument's values (`BBB.close`, `AAA.f1[2]`, `age(BBB)`); random signal
 rules; a random subset of the risk keys and custom rules; fees and slippage) and random
 event streams (random-walk prices with jumps, equal / sub-second / day-crossing
 timestamps, intents, halts and resumes, bad prices). For every stream, in both backtest
@@ -33,7 +34,7 @@ from policyc.compiler.build import Events, compile_policy
 from policyc.compiler.interpret import Interpreter, total
 from policyc.dsl.diagnostics import PolicyError
 from policyc.dsl.document import parse_policy_text
-from policyc.dsl.risk_keys import ACCOUNT_KEYS, RISK_KEYS
+from policyc.dsl.risk_keys import ACCOUNT_KEYS, CONTRACT_KEYS, RISK_KEYS
 
 RTOL = 1e-9
 T0 = 1_700_000_000_000_000_000          # 2023-11-14T22:13:20Z
@@ -75,7 +76,7 @@ def close(a, b, rtol=RTOL) -> bool:
 def run_both(cp, ev: Events, mode: int, latency_ns: int = 0):
     res = cp.run(ev, mode, trace=True, latency_ns=latency_ns)
     it = Interpreter(cp.program, cp.params, cp.checked.risk, cp.checked.account, len(cp.instruments), mode,
-                     latency_ns)
+                     latency_ns, cp.checked.contract_table)
     it.run(ev.ts, ev.kind, ev.inst, ev.vals, ev.bars)
     return res, it
 
@@ -171,11 +172,12 @@ class Ctx:
     lag_num: list = field(default_factory=list)       # readable only through a lookback >= 1
     lag_bool: list = field(default_factory=list)
     inputs: list = field(default_factory=list)
+    instruments: list = field(default_factory=list)   # names a reference `X.name` may use
 
     def no_forward(self) -> "Ctx":
         """Inside `(expr)[k]` a feature not yet computed may not appear (E208)."""
         return Ctx(self.num_params, self.win_params, self.bool_params, self.num_feats, self.bool_feats,
-                   [], [], self.inputs)
+                   [], [], self.inputs, self.instruments)
 
 
 def pick(draw, options):
@@ -193,11 +195,27 @@ def lag_k(draw, ctx: Ctx, zero_ok: bool) -> str:
     return pick(draw, options)
 
 
+def reference(draw, ctx: Ctx, names: list, forward: list) -> str:
+    """`X.name`, or `X.name[k]` (k of X's events back; a feature not computed yet only
+    so), of a random instrument X: the event's own one or the other."""
+    x = pick(draw, ctx.instruments)
+    if forward and draw(st.booleans()):
+        return f"{x}.{pick(draw, forward)}[{lag_k(draw, ctx, False)}]"
+    name = pick(draw, names)
+    return f"{x}.{name}" if draw(st.integers(0, 2)) else f"{x}.{name}[{lag_k(draw, ctx, True)}]"
+
+
 def num_leaf(draw, ctx: Ctx) -> str:
     kinds = ["field"] * 5 + ["literal"] * 2 + ["state"] + ["lagged"] * 2
     kinds += ["param"] * 2 * bool(ctx.num_params) + ["feature"] * 3 * bool(ctx.num_feats)
     kinds += ["forward"] * bool(ctx.lag_num) + ["input"] * bool(ctx.inputs)
+    kinds += ["ref"] * 2 * bool(ctx.instruments) + ["age"] * bool(ctx.instruments)
     kind = pick(draw, kinds)
+    if kind == "ref":
+        return reference(draw, ctx, list(FIELDS) + ctx.num_feats + ctx.inputs + ["position", "entry_price"],
+                         ctx.lag_num)
+    if kind == "age":
+        return f"age({pick(draw, ctx.instruments)})"
     if kind == "field":
         return pick(draw, FIELDS)
     if kind == "literal":
@@ -259,8 +277,10 @@ def num_expr(draw, ctx: Ctx, depth: int) -> str:
 
 def bool_leaf(draw, ctx: Ctx) -> str:
     kinds = ["cmp"] * 4 + ["literal"] + ["param"] * bool(ctx.bool_params) + ["feature"] * 2 * bool(ctx.bool_feats)
-    kinds += ["forward"] * bool(ctx.lag_bool) + ["is_nan"]
+    kinds += ["forward"] * bool(ctx.lag_bool) + ["is_nan"] + ["ref"] * bool(ctx.instruments and ctx.bool_feats)
     kind = pick(draw, kinds)
+    if kind == "ref":
+        return reference(draw, ctx, ctx.bool_feats, ctx.lag_bool)
     if kind == "literal":
         return pick(draw, ["true", "false"])
     if kind == "param":
@@ -376,9 +396,12 @@ def policies(draw) -> GenPolicy:
         else:
             params["flag"] = (kind, pick(draw, ["true", "false"]))
     num_params = [n for n, (k, _) in params.items() if k != "flag"]
+    # references: by the symbols themselves (`[AAA, BBB]`) or by names of the map form
+    aliases = ["AAA", "BBB"][:n_inst] if draw(st.booleans()) else ["a", "b"][:n_inst]
     ctx = Ctx(num_params=num_params, win_params=[n for n, (k, _) in params.items() if k == "win"],
               bool_params=[n for n, (k, _) in params.items() if k == "flag"],
-              inputs=["intent"] if has_intent and draw(st.booleans()) else [])
+              inputs=["intent"] if has_intent and draw(st.booleans()) else [],
+              instruments=aliases if draw(st.integers(0, 3)) else [])
     sizes = [n for n, (k, _) in params.items() if k == "size"]
 
     # features: types fixed up front so later features can be read through lookbacks
@@ -393,7 +416,7 @@ def policies(draw) -> GenPolicy:
         c = Ctx(ctx.num_params, ctx.win_params, ctx.bool_params,
                 [f"f{m}" for m in range(j) if types[m] == "num"], [f"f{m}" for m in range(j) if types[m] == "bool"],
                 [m for m in later if types[int(m[1:])] == "num"] if forward else [],
-                [m for m in later if types[int(m[1:])] == "bool"] if forward else [], ctx.inputs)
+                [m for m in later if types[int(m[1:])] == "bool"] if forward else [], ctx.inputs, ctx.instruments)
         if types[j] == "num" and self_ref and j == n_feat - 1:
             seed = num_expr(draw, c, 1)
             step = num_expr(draw, c, 2)
@@ -406,7 +429,7 @@ def policies(draw) -> GenPolicy:
         features[name] = expr
     full = Ctx(ctx.num_params, ctx.win_params, ctx.bool_params,
                [f for f, t in zip(features, types) if t == "num"], [f for f, t in zip(features, types) if t == "bool"],
-               [], [], ctx.inputs)
+               [], [], ctx.inputs, ctx.instruments)
     rules = [(rule_when(draw, full), rule_target(draw, full, sizes)) for _ in range(draw(st.integers(1, 3)))]
 
     # risk
@@ -428,7 +451,22 @@ def policies(draw) -> GenPolicy:
         features[f"f{n_feat}"] = pick(draw, ["minutes_since_open() + hour(ts)", "minutes_to_close() - day_of_week(ts)",
                                              "if in_session() then minute_of_day(ts) else -1"])
 
-    lines = ["policy: gen", "version: 1", f"instruments: [{', '.join(['AAA', 'BBB'][:n_inst])}]"]
+    symbols = ["AAA", "BBB"][:n_inst]
+    # sometimes a contract: a multiplier, a tick size or both, given as a param now and then
+    contracts = [{name: pick(draw, key.samples) for name, key in CONTRACT_KEYS.items() if draw(st.booleans())}
+                 if draw(st.integers(0, 3)) == 0 else {} for _ in symbols]
+    for c in contracts:
+        if "multiplier" in c and num_params and draw(st.integers(0, 3)) == 0:
+            c["multiplier"] = f"{pick(draw, num_params)} + 1"
+    if aliases == symbols and not any(contracts):
+        lines = ["policy: gen", "version: 1", f"instruments: [{', '.join(symbols)}]"]
+    else:
+        def entry(k: int, s: str, c: dict) -> str:
+            symbol = s if aliases == symbols else f"venue{k}:{s}"
+            return f'"{symbol}"' if not c else \
+                "{" + ", ".join([f'symbol: "{symbol}"'] + [f"{n}: {v}" for n, v in c.items()]) + "}"
+        pairs = ", ".join(f"{a}: {entry(k, s, c)}" for k, (a, s, c) in enumerate(zip(aliases, symbols, contracts)))
+        lines = ["policy: gen", "version: 1", f"instruments: {{{pairs}}}"]
     if clock:
         lines.append(clock)
     if has_intent:
@@ -604,6 +642,8 @@ def test_kernel_matches_interpreter_on_random_policies():
     assert len(_compared) >= EXAMPLES, (
         f"only {len(_compared)} of {EXAMPLES} random policies were compiled and compared "
         "(Hypothesis gave up on too many invalid ones)")
+    if EXAMPLES >= 10:  # the fixed draws include contracts: a multiplier and a tick size
+        assert any("multiplier" in text for text in _compared) and any("tick_size" in text for text in _compared)
 
 
 # =====================================================================================

@@ -55,13 +55,13 @@ def account_figures(engine) -> dict:
 
     - `realised_pnl`: closed round trips' P&L plus the realised part of the open ones
       (a partial close), after all fees; money. With `unrealised_pnl` (the open
-      positions' position x (last price - average entry price)) it sums to the equity's
+      positions' position x (last price - average entry price) x multiplier) it sums to the equity's
       change since the start, as the backtest's trades do (docs/commands.md).
     - `today_pnl`: equity minus the equity at the day's first market event, as
       `max_daily_loss` measures the day (UTC, or the policy's trading day); money.
     - `orders_today`: orders sent today, as `max_orders_per_day` counts them (int);
       `max_orders_per_day`: that limit, None when the policy has none.
-    - `margin_usage`: gross exposure (|position + open orders| x last price, summed)
+    - `margin_usage`: gross exposure (|position + open orders| x last price x multiplier, summed)
       x `margin_rate` / equity, as the `margin_usage` function; NaN when equity is not
       above 0 or a held instrument has no price. `max_margin_usage`, `max_drawdown`:
       the limits (fractions), None when absent.
@@ -69,11 +69,11 @@ def account_figures(engine) -> dict:
       instrument with a position or open order and no price yet."""
     s = engine.session
     acct, p, cfg = s.acct, s.pstate, s.config
-    pos, last, entry = p[:, L.P_POS], p[:, L.P_LAST], p[:, L.P_ENTRY]
+    pos, last, entry, mult = p[:, L.P_POS], p[:, L.P_LAST], p[:, L.P_ENTRY], p[:, L.P_MULT]
     held = pos != 0.0
-    unrealised = np.where(held, pos * (last - entry), 0.0)
+    unrealised = np.where(held, pos * ((last - entry) * mult), 0.0)
     q = pos + p[:, L.P_OPEN]
-    exposure = np.where(q != 0.0, np.abs(q * last), 0.0)
+    exposure = np.where(q != 0.0, np.abs(q * (last * mult)), 0.0)
     exposure = np.where(np.isnan(exposure), math.inf, exposure)
     equity = float(acct[L.A_EQUITY])
     gross = float(np.sum(exposure))
