@@ -18,8 +18,9 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	@$(PY) -m policyc.runtime.demo
 
+# Two processes (pytest-xdist): most of the suite's time is Numba compiling kernels, one core each.
 test: $(STAMP)
-	$(PY) -m pytest
+	$(PY) -m pytest -n 2 --dist loadfile
 
 bench: $(STAMP)
 	$(PY) bench/run.py

@@ -1,9 +1,10 @@
 """Code generation: optimised IR -> Python source for Numba, through jinja2 templates.
 
 Each op becomes a local `v<N>`; stateful ops keep their scalars in locals `f<slot>_<k>`
-and their windows in their instrument's row of the feature-state array, at offsets given
-by the layout (kernel arguments), so param values never change the source. Risk steps
-absent from the policy emit no code.
+(but for the few that only a warm-up changes, `_Emitter.in_place`) and their windows in
+their instrument's row of the feature-state array, at offsets given by the layout (kernel
+arguments), so param values never change the source. Risk steps absent from the policy
+emit no code.
 """
 from __future__ import annotations
 
@@ -43,37 +44,59 @@ def _state_expr(name: str, P, A, gross: str, value) -> str:
 #: Per-instrument columns that stay in `pstate` rather than in locals: the terms of the
 #: running totals, which an exact re-sum reads for every instrument.
 _IN_PLACE = ("MARK", "GROSS")
-#: The contract's columns: locals only in a kernel that reads them (a policy that gives a
+#: The contract's columns: read only in a kernel that reads them (a policy that gives a
 #: multiplier or a tick size), so other kernels load nothing more per event.
 _CONTRACT = ("MULT", "TICK")
+#: The state the kernel's event loop (`run`) keeps in locals: what every event reads
+#: (the equity curve and the mark, the fast decision's tests, the exit levels). The rest
+#: stays in the arrays there; the out-of-line functions hold all of it in locals.
+_HOT_ACCOUNT = ("CASH", "EQUITY", "PEAK", "HALTED", "CURVE_PEAK", "CURVE_TROUGH")
+_HOT_TOTALS = ("MARK_HI", "MARK_LO", "MARK_ERR", "MARK_BAD", "GROSS_HI", "GROSS_LO", "GROSS_ERR", "GROSS_BAD")
+_HOT_INSTRUMENT = ("POS", "OPEN", "ENTRY", "BEST", "LAST", "PREV", "LAST_TS", "DESIRED", "LOCK", "PENDING")
 
 
 class _StateNames:
-    """Names of per-instrument state in the kernel: locals, which a policy of one
-    instrument loads once per batch and a policy of several loads from the event's row
-    of `pstate` at the start of each event and stores back at its end (so they can stay
-    in registers through the event), except the running totals' terms (_IN_PLACE)."""
+    """Names of per-instrument state in the kernel: locals, except the running totals'
+    terms (_IN_PLACE), and with `hot` given, except the columns not in it, which are
+    cells of the event's instrument's row of `pstate`. In `run` a policy of one instrument
+    loads its locals once per batch, a policy of several from the event's row at the
+    start of each event, storing each one back where it is assigned (so they can stay in
+    registers through the event); an out-of-line function loads them all on entry and
+    stores them on exit. `contract`: the contract columns the kernel reads (the others
+    are never loaded)."""
 
-    def __init__(self, n_custom: int, contract: tuple[str, ...] = ()):
+    def __init__(self, n_custom: int, hot: tuple[str, ...] | None = None, contract: tuple[str, ...] = ()):
         self.columns = {k[2:]: getattr(L, k) for k in dir(L)
                         if k.startswith("P_") and k not in ("P_NAMES", "P_CUSTOM")}
         self.n_custom = n_custom
+        self.hot = hot
         self.unread = set(_CONTRACT) - set(contract)  # contract columns this kernel never reads
+
+    def _local(self, key: str) -> bool:
+        return key not in _IN_PLACE and (self.hot is None or key in self.hot)
 
     def __getattr__(self, key):
         if key.isupper() and key in self.columns:
-            return f"pstate[i, {self.columns[key]}]" if key in _IN_PLACE else f"p_{key.lower()}"
+            return f"p_{key.lower()}" if self._local(key) else f"pstate[i, {self.columns[key]}]"
         raise AttributeError(key)
 
-    @staticmethod
-    def custom(j: int) -> str:
-        return f"p_custom{j}"
+    def custom(self, j: int) -> str:
+        return f"p_custom{j}" if self.hot is None else f"pstate[i, {L.P_CUSTOM + j}]"
 
     def locals(self) -> list[tuple[str, int, bool]]:
         """(local, column, is an integer) for every per-instrument state column held in a local."""
-        out = [(f"p_{k.lower()}", v, k == "PENDING") for k, v in sorted(self.columns.items(), key=lambda kv: kv[1])
-               if k not in _IN_PLACE and k not in self.unread]
-        return out + [(f"p_custom{j}", L.P_CUSTOM + j, False) for j in range(self.n_custom)]
+        out = [(f"p_{k.lower()}", v, k in ("PENDING", "PENDING_LAST"))
+               for k, v in sorted(self.columns.items(), key=lambda kv: kv[1]) if self._local(k) and k not in self.unread]
+        if self.hot is None:
+            out += [(f"p_custom{j}", L.P_CUSTOM + j, False) for j in range(self.n_custom)]
+        return out
+
+
+def _account_names(hot: tuple[str, ...] | None) -> SimpleNamespace:
+    """Names of the account columns: locals `a_<name>`, or with `hot` given, `acct[k]` cells
+    for the columns not in it."""
+    return SimpleNamespace(**{k[2:]: f"a_{k[2:].lower()}" if hot is None or k[2:] in hot else f"acct[{getattr(L, k)}]"
+                              for k in dir(L) if k.startswith("A_") and k not in ("A_NAMES", "A_REASON_COUNTS")})
 
 
 _UNARY_NUMPY = {"log": "np.log", "exp": "np.exp", "sqrt": "np.sqrt", "sign": "np.sign", "floor": "np.floor",
@@ -115,9 +138,14 @@ class _Emitter:
         self.p = program
         self.single = single
         self.multiplier, self.tick_size = multiplier, tick_size
-        self.P = _StateNames(len(program.custom), ("MULT",) * multiplier + ("TICK",) * tick_size)
-        self.A = SimpleNamespace(**{k[2:]: f"a_{k[2:].lower()}" for k in dir(L)
-                                    if k.startswith("A_") and k not in ("A_NAMES", "A_REASON_COUNTS")})
+        contract = ("MULT",) * multiplier + ("TICK",) * tick_size
+        # P and A name the state in `run`, where the ops are (the hot state in locals, the
+        # rest array cells); P_all and A_all in the out-of-line functions (all in locals)
+        self.P_all = _StateNames(len(program.custom), contract=contract)
+        self.P = _StateNames(len(program.custom), _HOT_INSTRUMENT, contract)
+        self.hot_account = _HOT_ACCOUNT if single else _HOT_ACCOUNT + _HOT_TOTALS
+        self.A_all = _account_names(None)
+        self.A = _account_names(self.hot_account)
         if single:  # one term besides cash: the one IEEE addition rounds the sum once
             q = f"({self.P.POS} + {self.P.OPEN})"
             self.gross = f"(abs({q} * {self.value(self.P.LAST)}) if {q} != 0.0 else 0.0)"
@@ -146,14 +174,25 @@ class _Emitter:
         self.lag_ks[spec] = name
         return name
 
-    @staticmethod
-    def state(n: int):
-        """Accessor of slot n's scalar state k: a local, loaded from the event's row of `fs`
-        once per batch (one instrument) or once per market event (several)."""
-        return lambda k: f"f{n}_{k}"
+    def in_place(self, n: int, k: int) -> bool:
+        """Whether slot n's scalar k stays in `fs` rather than in a local: the count and
+        the sum of an ema or rma, which only its warm-up changes, and the count of a
+        one-step history (always 1 once it has a value). Fewer locals carried from event to
+        event leave the registers to the state that changes on every one."""
+        slot = self.slots[n]
+        if slot.kind == "history":
+            return self.unit(slot) and k in (0, 1)
+        return slot.kind == "moving" and self.p.ops[slot.op].attr[0] in ("ema", "rma") and k in (0, 1)
+
+    def state(self, n: int):
+        """Accessor of slot n's scalar state k: a cell of the event's instrument's row of
+        `fs` (in_place), else a local, loaded from that row once per batch (one instrument)
+        or once per market event (several)."""
+        return lambda k: f"fs[i, o{n} + {k}]" if self.in_place(n, k) else f"f{n}_{k}"
 
     def scalars(self, n: int) -> list[tuple[str, str, int, bool]]:
-        """Slot n's scalar state as (local, offset name, index, is an integer position)."""
+        """Slot n's scalar state held in locals as (local, offset name, index, is an
+        integer position)."""
         slot = self.slots[n]
         if slot.kind == "publish":  # written to and read from the array only
             return []
@@ -165,7 +204,7 @@ class _Emitter:
             fn = self.p.ops[slot.op].attr[0]
             count = L.MOVING_SCALARS[fn]
             positions = {"sma": (2,), "sum": (2,)}.get(fn, (1,) if fn in L.MOVING_BUFFERED else ())
-        return [(f"f{n}_{k}", f"o{n}", k, k in positions) for k in range(count)]
+        return [(f"f{n}_{k}", f"o{n}", k, k in positions) for k in range(count) if not self.in_place(n, k)]
 
     @staticmethod
     def unit(slot) -> bool:
@@ -316,20 +355,23 @@ class _Emitter:
             ema = s.kind == "moving" and p.ops[s.op].attr[0] == "ema"
             slots.append(SimpleNamespace(o=f"o{n}", n=f"n{n}", k=f"k{n}" if ema else None, extent=self.slot_extent(n)))
         names = L.reason_names(p)
-        custom = [SimpleNamespace(action=action, value=self.name(when), mask=1 << (L.CUSTOM_BASE + j))
+        custom = [SimpleNamespace(action=action, value=self.name(when), mask=1 << (L.CUSTOM_BASE + j), index=j)
                   for j, (name, action, when) in enumerate(p.custom)]
         as_float = lambda j: f"(1.0 if {self.name(j)} else 0.0)" if p.ops[j].type == BOOL else self.name(j)
+        acct_columns = [(name, index) for index, name in enumerate(
+            k[2:].lower() for k in sorted((k for k in dir(L) if k.startswith("A_") and
+                                           k not in ("A_NAMES", "A_REASON_COUNTS")), key=lambda k: getattr(L, k)))]
         template = self.env.get_template("kernel.py.j2")
         return template.render(
             name=gen.name, version=gen.version,
-            A=self.A, P=self.P, single=self.single, n_instruments=gen.instruments,
+            A_all=self.A_all, A_hot=self.A, P_all=self.P_all, P_hot=self.P, single=self.single,
+            n_instruments=gen.instruments,
             n_columns=len(p.columns), n_config=len(L.CONFIG_KEYS), pstate_width=L.P_CUSTOM + len(p.custom),
             ACCT_WIDTH=L.ACCT_WIDTH, ORDER_WIDTH=L.ORDER_WIDTH,
             P_INDEX=SimpleNamespace(**self.P.columns),
-            acct_columns=[(name, index) for index, name in enumerate(
-                k[2:].lower() for k in sorted((k for k in dir(L) if k.startswith("A_") and
-                                               k not in ("A_NAMES", "A_REASON_COUNTS")), key=lambda k: getattr(L, k)))],
-            p_columns=self.P.locals(),
+            acct_columns=acct_columns,
+            hot_acct_columns=[(name, index) for name, index in acct_columns if name.upper() in self.hot_account],
+            p_columns=self.P_all.locals(), hot_p_columns=self.P.locals(),
             f_scalars=[x for n in range(len(self.slots)) for x in self.scalars(n)],
             gross_expr=self.gross, REASON_COUNTS=L.A_REASON_COUNTS,
             gross_state=any(op.kind == "state" and op.attr[0] == "margin_usage" for op in p.ops),
@@ -338,7 +380,7 @@ class _Emitter:
             C=_ConfigIndex(), reasons={code: i for i, code in enumerate(names)},
             bit=lambda code: 1 << names.index(code),
             risk=set(gen.risk),
-            exits=[SimpleNamespace(key=key, exit=bits.exit, blocked_mask=1 << bits.blocked)
+            exits=[SimpleNamespace(key=key, exit=bits.exit, blocked=bits.blocked, blocked_mask=1 << bits.blocked)
                    for key, bits in L.EXITS.items() if key in gen.risk],
             custom=custom,
             params=[SimpleNamespace(v=f"p{i}", type=kind) for i, kind in enumerate(gen.param_types)],
@@ -402,23 +444,70 @@ class GenerationInput:
 _ASSIGNMENT = re.compile(r"^(?P<indent>\s*)(?P<local>[pf]\w+) [-+]?= (?P<value>.*)$")
 
 
+_RUN = "\ndef run("
+#: The kernel's out-of-line functions (kernel.py.j2): each loads the state into locals on
+#: entry and stores it on exit, and `run` flushes its own locals around each call.
+_OUT_OF_LINE = ("fill_waiting", "exit_in_bar", "decide", "other_event")
+_STATE_LOAD = re.compile(r"^    (?P<local>[ap]_\w+) = (int\()?(acct\[\d+\]|pstate\[i, \d+\])\)?$")
+_STATE_STORE = re.compile(r"^    (acct\[\d+\]|pstate\[i, \d+\]) = (?P<local>[ap]_\w+)$")
+_TARGETS = re.compile(r"^\s*(?P<lhs>[\w, ]+?)\s*[-+*/|&]?=(?!=)")
+_STATE_NAME = re.compile(r"\b[ap]_\w+\b")
+_CALL_TAG = re.compile(r"^(?P<line>.*)  # (?P<way>to|from) (?P<fn>\w+)$")
+
+
+def _prune_state(source: str) -> str:
+    """Keep only the state moves that matter: an out-of-line function loads the locals it
+    uses and stores those it assigns, and around a call `run` flushes what the function
+    reads and reloads what it assigns (the lines tagged `# to fn` and `# from fn`)."""
+    reads: dict[str, set[str]] = {}
+    writes: dict[str, set[str]] = {}
+    lines = source.split("\n")
+    starts = [k for k, line in enumerate(lines) if line.startswith("def ")] + [len(lines)]
+    keep = [True] * len(lines)
+    for a, b in zip(starts, starts[1:]):
+        fn = lines[a][4:lines[a].index("(")]
+        if fn not in _OUT_OF_LINE:
+            continue
+        body = [line for line in lines[a:b] if not (_STATE_LOAD.match(line) or _STATE_STORE.match(line))]
+        used = {name for line in body for name in _STATE_NAME.findall(line)}
+        assigned = {name for line in body if (m := _TARGETS.match(line)) for name in _STATE_NAME.findall(m["lhs"])}
+        reads[fn], writes[fn] = used, assigned
+        for k in range(a, b):
+            if (m := _STATE_LOAD.match(lines[k])) and m["local"] not in used:
+                keep[k] = False
+            elif (m := _STATE_STORE.match(lines[k])) and m["local"] not in assigned:
+                keep[k] = False
+    out = []
+    for line, kept in zip(lines, keep):
+        m = _CALL_TAG.match(line)
+        if m:
+            wanted = reads if m["way"] == "to" else writes
+            if _STATE_NAME.search(m["line"])[0] in wanted[m["fn"]]:
+                out.append(m["line"])
+        elif kept:
+            out.append(line)
+    return "\n".join(out)
+
+
 def _write_through(source: str, cells: dict[str, str]) -> str:
     """A kernel of several instruments loads the event's instrument's state into locals
-    (`cells`: local -> the array cell it comes from) and writes each one back right
-    where it is assigned, so the arrays are current at every point and an event stores
-    only what it changes. Every assignment in the generated source is one line."""
+    in `run` (`cells`: local -> the array cell it comes from) and writes each one back
+    right where it is assigned, so the arrays are current at every point and an event
+    stores only what it changes (the out-of-line functions before `run` store their
+    locals on exit). Every assignment in the generated source is one line."""
+    head, run = source.split(_RUN)
     out = []
-    for line in source.split("\n"):
+    for line in run.split("\n"):
         out.append(line)
         m = _ASSIGNMENT.match(line)
         if m and m["local"] in cells and m["value"] not in (cells[m["local"]], f"int({cells[m['local']]})"):
             out.append(f"{m['indent']}{cells[m['local']]} = {m['local']}")
-    return "\n".join(out)
+    return head + _RUN + "\n".join(out)
 
 
 def _render(gen: GenerationInput) -> str:
     emitter = _Emitter(gen.program, single=gen.instruments == 1, multiplier=gen.multiplier, tick_size=gen.tick_size)
-    source = emitter.render(gen)
+    source = _prune_state(emitter.render(gen))
     if emitter.single:  # its state stays in locals for the whole batch
         return source
     cells = {local: f"pstate[i, {index}]" for local, index, _ in emitter.P.locals()}

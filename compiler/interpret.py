@@ -711,9 +711,13 @@ class Interpreter:
         """Protective exits inside a bar (next-open with bars): the position held after the
         open's fills exits at the open when it opened through a level, else at the first
         level the bar reaches, the stop before the target when it reaches both. The exit
-        fills at once and locks as step 2 does. Returns the number of orders it sent."""
+        fills at once and locks as step 2 does. Returns the number of orders it sent.
+
+        A lock does not stop the check: under a lock of the position's side its exit did
+        not go out (the collar blocked it), and a position on the other side is the
+        re-entry after an exit; both keep their stops."""
         r, pos = self.risk, b.position
-        if b.lock != 0 or pos == 0:
+        if pos == 0:
             return 0
         long_ = pos > 0
         side = 1.0 if long_ else -1.0

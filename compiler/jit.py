@@ -19,11 +19,11 @@ from types import ModuleType
 
 from policyc.dsl.cache import cache_root, write_atomic
 
-# A kernel is one big function, and Numba's compile time grows with the square of its
-# lines: the example policies (500 to 860 lines, 2 to 6 s) took 7.8 to 9.3 us per line
-# squared on a 2-core x86-64 VM. That is the factor until one is measured in the cache.
+# Numba's compile time of a kernel grows with about the square of its source's lines: the
+# example policies (910 to 1,850 lines, 5 to 10 s) took 2.8 to 5.7 us per line squared on
+# a 2-core x86-64 VM. That is the factor until one is measured in the cache.
 FACTOR_FILE = "compile-seconds-per-line-squared"
-DEFAULT_FACTOR = 8.5e-6
+DEFAULT_FACTOR = 4e-6
 
 
 def source_digest(source: str) -> str:

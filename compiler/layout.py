@@ -45,7 +45,10 @@ BAR_FIELDS = ("open", "high", "low")
 
 # ---- per-instrument account and risk state (pstate[inst, column]) -------------------
 P_POS, P_OPEN, P_ENTRY, P_BEST, P_LAST, P_PREV, P_LAST_TS, P_DESIRED, P_LOCK, P_LOCK_CODE, \
-    P_VOL, P_PENDING, P_TRADE_PNL, P_MARK, P_GROSS, P_MULT, P_TICK, P_CUSTOM = range(18)
+    P_VOL, P_PENDING, P_PENDING_LAST, P_TRADE_PNL, P_MARK, P_GROSS, P_MULT, P_TICK, P_CUSTOM = range(19)
+#: P_PENDING and P_PENDING_LAST: the first and the last order row of the instrument that
+#: waits for a simulated fill (-1 when none), so its next market event looks at those rows
+#: only, not at every order the other instruments sent since.
 #: P_MARK and P_GROSS: the instrument's terms in the account's running totals (kernels of
 #: several instruments only): position x last price (0 when flat) and
 #: |(position + open quantity) x last price| (0 when both are flat), as last added; each
@@ -53,8 +56,8 @@ P_POS, P_OPEN, P_ENTRY, P_BEST, P_LAST, P_PREV, P_LAST_TS, P_DESIRED, P_LOCK, P_
 #: P_MULT and P_TICK: the instrument's contract (dsl/risk_keys.py CONTRACT_KEYS), constant
 #: for the run: the multiplier (1 when not given) and the tick size (NaN: none).
 P_NAMES = ("position", "open_qty", "entry_price", "best_price", "last_price", "prev_price", "last_ts",
-           "desired", "lock", "lock_code", "volatility", "pending_order", "trade_pnl", "mark_term", "gross_term",
-           "multiplier", "tick_size")
+           "desired", "lock", "lock_code", "volatility", "pending_order", "last_pending_order", "trade_pnl",
+           "mark_term", "gross_term", "multiplier", "tick_size")
 #: |position| above this counts as holding one (a position summed back from fills may
 #: leave dust of a few ulps).
 HELD_EPSILON = 1e-12
@@ -232,7 +235,7 @@ def initial_account(n_instruments: int, n_custom: int, account: dict[str, float]
     acct[A_TOKEN_TS] = np.nan
     pstate = np.zeros((n_instruments, P_CUSTOM + n_custom))
     pstate[:, [P_ENTRY, P_BEST, P_LAST, P_PREV, P_LAST_TS, P_VOL]] = np.nan
-    pstate[:, P_PENDING] = -1.0
+    pstate[:, [P_PENDING, P_PENDING_LAST]] = -1.0
     pstate[:, P_MULT] = 1.0
     pstate[:, P_TICK] = np.nan
     if contracts is not None:

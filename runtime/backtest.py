@@ -245,7 +245,8 @@ def run_backtest(policy: CompiledPolicy, events: Events, mode: int = L.FILL_NEXT
     if bar:
         bar.close()
     settings = {**policy.checked.account, **(account or {})}
-    return BacktestResult(policy, events, session.orders[: session.n_orders].copy(), equity, tr,
+    # the session ends here: its order buffer becomes the result's, without a copy
+    return BacktestResult(policy, events, session.orders[: session.n_orders], equity, tr,
                           session.reason_counts, settings["initial_equity"], elapsed, session.acct.copy(),
                           session.pstate.copy())
 

@@ -174,7 +174,9 @@ def test_async_client_against_the_same_runtime(stack):
     # from 40 to -30 is an order of -70: max_order_qty clips it to -60
     assert (down.desired_target, down.order_qty, down.approved_target) == (-30.0, -60.0, -20.0)
     assert down.reasons == ("max_order_qty:clipped",) and down.overruled
-    assert status["positions"]["ORCL"] + status["open_orders"]["ORCL"] == -20.0
+    # -20 as the intent left it, or -30 once a market event since has decided the rest of the way to the
+    # desired -30 (the feed keeps running): never beyond
+    assert status["positions"]["ORCL"] + status["open_orders"]["ORCL"] in (-20.0, -30.0)
 
 
 def _recording(monkeypatch, name: str) -> list:

@@ -1036,7 +1036,7 @@ def test_exact_total_rounds_once(terms):
     extra, rest = (terms[0], terms[1:]) if terms else (0.0, [])
     pstate = np.zeros((len(rest), L.P_CUSTOM))
     pstate[:, L.P_MARK] = rest
-    value, hi, lo, err, bad = k.exact_total(pstate, L.P_MARK, extra)
+    value, hi, lo, err, bad = k.exact_total(pstate, L.P_MARK, extra, np.full(k.MAX_PARTIALS, np.nan))
     want = total(terms if terms else [0.0])
     assert value == want or (value != value and want != want), (value, want)
     finite = [x for x in terms if math.isfinite(x)]
@@ -1051,19 +1051,20 @@ def test_settle_never_trusts_an_uncertain_rounding():
     bound of one, is re-summed exactly; one far from any midpoint is rounded as it is.
     Either way the value is the exact sum of the terms rounded once."""
     k = compile_policy(parse_policy_text(TOTALS)).kernel
+    scratch = np.full(k.MAX_PARTIALS, np.nan)
     pstate = np.zeros((2, L.P_CUSTOM))
     pstate[:, L.P_MARK] = [ULP_1 / 2, 2.0 ** -300]            # the true sum is just above 1 + ulp/2
     truth = total([1.0, ULP_1 / 2, 2.0 ** -300])
     assert truth == 1.0 + ULP_1
     # hi + lo is the midpoint itself and err admits the lost 2**-300: IEEE alone would round
     # down to 1.0 (half to even), below the truth
-    value, hi, lo, err, _ = k.settle(1.0, ULP_1 / 2, 2.0 ** -300, 0.0, pstate, L.P_MARK, 1.0)
+    value, hi, lo, err, _ = k.settle(1.0, ULP_1 / 2, 2.0 ** -300, 0.0, pstate, L.P_MARK, 1.0, scratch)
     assert value == truth and hi == truth
     # far from a midpoint: certified as it is, the state unchanged
     pstate[:, L.P_MARK] = [ULP_1 / 8, 2.0 ** -300]
-    value, hi, lo, err, _ = k.settle(1.0, ULP_1 / 8, 2.0 ** -300, 0.0, pstate, L.P_MARK, 1.0)
+    value, hi, lo, err, _ = k.settle(1.0, ULP_1 / 8, 2.0 ** -300, 0.0, pstate, L.P_MARK, 1.0, scratch)
     assert value == 1.0 and (hi, lo, err) == (1.0, ULP_1 / 8, 2.0 ** -300)
     # a total near 0 cannot be certified against a non-zero error: re-summed
     pstate[:, L.P_MARK] = [-1.0, 2.0 ** -400]
-    value, *_ = k.settle(0.0, 0.0, 2.0 ** -300, 0.0, pstate, L.P_MARK, 1.0)
+    value, *_ = k.settle(0.0, 0.0, 2.0 ** -300, 0.0, pstate, L.P_MARK, 1.0, scratch)
     assert value == 2.0 ** -400

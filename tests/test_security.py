@@ -91,7 +91,7 @@ def test_a_token_given_twice_is_refused_even_across_roles(tmp_path):
     (f"model {MODEL} extra\n", "expected `ROLE TOKEN`"),
     (f"{MODEL}\n", "expected `ROLE TOKEN`"),
     ("viewer short\n", "too weak"),
-])
+], ids=["unknown role", "extra field", "no role", "weak token"])  # ids without the random token: the same in every process
 def test_a_bad_credentials_line_is_refused_by_its_number_without_echoing_it(tmp_path, text, error):
     path = private(tmp_path / "creds", "# first\n" + text)
     with pytest.raises(SecurityError, match=error) as err:
