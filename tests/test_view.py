@@ -15,6 +15,8 @@ from policyc.dsl.document import parse_policy_text
 from policyc.runtime.live.runner import LiveRuntime, RunConfig
 from policyc.runtime.live.view import FeedRate, account_figures, progress_line, render, runtime_view
 
+from test_live_runner import Venue
+
 T0 = int(np.datetime64("2024-01-02T01:00", "ns").astype(np.int64))
 DAY = 86_400 * 10**9
 LIMITS = """risk:
@@ -39,21 +41,6 @@ signals:
 """
 
 
-class VenueSink:
-    """The venue end of the runtime's venue connection: keeps the order messages sent."""
-
-    def __init__(self):
-        self.sent = []
-
-    def send(self, frame):
-        self.sent.append(orjson.loads(frame))
-
-    def corked(self, enabled=True):
-        from contextlib import nullcontext
-
-        return nullcontext()
-
-
 class Run:
     """A runtime with its venue and feed connections up and no sockets: market data and
     venue answers go in through `on_feed_messages` and `on_venue_messages`."""
@@ -62,7 +49,7 @@ class Run:
         policy = compile_policy(parse_policy_text(policy_text(names, limits), "view_case.yaml"))
         self.rt = LiveRuntime(policy, RunConfig("ws://127.0.0.1:9001/feed", "ws://127.0.0.1:9002/venue",
                                                 log_path=str(tmp_path / "log.jsonl")))
-        self.venue = VenueSink()
+        self.venue = Venue()
         self.rt._venue_connected(self.venue)  # a new run asks the venue's state first: flat, nothing open
         self.rt.on_venue_messages([orjson.dumps({"type": "state", "positions": {}, "open_orders": []})])
         self.rt._link_up("venue")
