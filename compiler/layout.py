@@ -91,8 +91,10 @@ ACCT_WIDTH = A_REASON_COUNTS + MASK_BITS
 
 # ---- order records (orders[row, column]) --------------------------------------------
 O_EVENT, O_INST, O_QTY, O_PRICE, O_TARGET, O_DESIRED, O_REASONS, O_EXIT, O_FILL_EVENT, O_FILL_PRICE, \
-    O_FEE = range(11)
-ORDER_WIDTH = 11
+    O_FEE, O_LIMIT = range(12)
+#: O_LIMIT: an immediate-or-cancel limit order's limit price (money per unit); NaN for a
+#: market order.
+ORDER_WIDTH = 12
 
 # ---- trace (trace[event, column]); named features follow ---------------------------
 #: T_EQUITY and T_CASH are the account's as the decision began (money).

@@ -312,7 +312,7 @@ def run_through_order_core(policy: CompiledPolicy, events: Events, mode: int = L
                 current, names.index(fields["instrument"]), fields["qty"], fields["price"],
                 fields["approved_target"], fields["desired_target"],
                 float(sum(1 << reason_bit[r] for r in fields["reasons"])), float(fields["exit"]),
-                -1.0, math.nan, math.nan]
+                -1.0, math.nan, math.nan, math.nan]
         elif kind == "fill":  # the venue fills each order whole, once
             row = rows[fields["client_order_id"]]
             row[L.O_FILL_EVENT], row[L.O_FILL_PRICE], row[L.O_FEE] = current, fields["price"], fields["fee"]
