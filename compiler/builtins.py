@@ -9,7 +9,7 @@ from dataclasses import dataclass
 NUM, BOOL, TIME = "num", "bool", "time"
 
 #: Market fields an event may carry (spec section 2), in the order of kernel columns.
-MARKET_FIELDS = ("price", "qty", "open", "high", "low", "close", "volume", "bid", "ask")
+MARKET_FIELDS = ("price", "qty", "open", "high", "low", "close", "volume", "bid", "ask", "bid_size", "ask_size")
 
 #: Read-only account state, as of just before the current decision (spec section 3).
 STATE_VALUES = ("position", "entry_price", "unrealized_pnl", "equity", "cash", "drawdown",

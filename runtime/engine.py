@@ -38,6 +38,7 @@ class Decision:
     is_exit: bool
     trips_kill_switch: bool = False  # this decision turned the kill switch on (max_drawdown, a custom halt)
     then: Decision | None = None     # the re-entry order after an exit, on the same event
+    limit_price: float = math.nan    # an immediate-or-cancel limit order's limit price; NaN: a market order
 
 
 #: From this many market events in one call on, their rows are written column by column
