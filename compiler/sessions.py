@@ -13,9 +13,11 @@ time (int64 ns since the epoch, UTC), one row of CLOCK_WIDTH int64 values:
   break of a calendar that has one), else 0;
 - K_OFFSET: the zone's offset from UTC at the event, in ns (local wall time = t + offset).
 
-With a calendar, an event belongs to the last session that opened at or before it: the
-trading day rolls at each session's open, and an event after a close (or on a holiday)
-belongs to the session that closed before it. The backtest computes the rows for a whole
+With a calendar, the trading day rolls at each session's open, or at the first instant
+of the session's date in the exchange's zone when that comes first: an event belongs to
+the session that contains it; between two sessions, to the next one from the first
+instant of its date on (pre-market events, and a daily bar stamped at midnight of its
+date), else to the one that closed before it (after-hours, weekends, holidays). The backtest computes the rows for a whole
 batch at once (`Session.feed`), the interpreter one event at a time, through this same
 function, so both see the same day for the same timestamp.
 
@@ -113,8 +115,11 @@ class Clock:
     @functools.cached_property
     def zone(self) -> str:
         """The zone of wall-clock time and of naive timestamps: `timezone`, else the calendar's."""
-        if self.timezone is not None:
-            return self.timezone
+        return self.timezone if self.timezone is not None else self.exchange_zone
+
+    @functools.cached_property
+    def exchange_zone(self) -> str:
+        """The calendar's own zone, in which its session dates are dates."""
         import exchange_calendars
 
         # the zone is a property of the calendar; a month of sessions builds in milliseconds,
@@ -152,11 +157,15 @@ class Clock:
             out[:, K_IN] = 1
             return out
         days, opens, closes, breaks, break_ends = self._sessions(int(ts.min()), int(ts.max()))
-        k = np.searchsorted(opens, ts, side="right") - 1
+        k = np.searchsorted(opens, ts, side="right") - 1  # the last session that opened at or before
+        # Between sessions, an event on the next session's date (or later) is that session's:
+        # its pre-market, or a daily bar stamped at midnight. `_sessions` guarantees k + 1 exists.
+        offsets = out[:, K_OFFSET] if self.timezone is None else utc_offsets(ts, self.exchange_zone)
+        k += (ts >= closes[k]) & ((ts + offsets) // NS_PER_DAY >= days[k + 1])
         out[:, K_DAY] = days[k]
         out[:, K_OPEN] = opens[k]
         out[:, K_CLOSE] = closes[k]
-        out[:, K_IN] = (ts < closes[k]) & ~((breaks[k] <= ts) & (ts < break_ends[k]))
+        out[:, K_IN] = (opens[k] <= ts) & (ts < closes[k]) & ~((breaks[k] <= ts) & (ts < break_ends[k]))
         return out
 
     def _sessions(self, lo: int, hi: int):

@@ -142,20 +142,22 @@ def _ns(iso: str) -> int:
 
 
 def test_days_are_the_policys_trading_days_under_a_calendar():
-    """With `calendar: XNYS` the day counters roll at the 9:30 New York open (14:30 UTC in
-    January), so the report counts orders per session as max_orders_per_day does:
-    09:00 New York on 2 January belongs to the session of Friday 29 December (1 January
-    is a holiday), 21:00 New York belongs to the session of 2 January."""
+    """With `calendar: XNYS` the day counters roll at New York midnight of a session's date
+    (or its open, were that earlier), so the report counts orders per session as
+    max_orders_per_day does: 18:00 New York on 31 December belongs to the session of
+    Friday 29 December (1 January is a holiday), 09:00 (pre-market) and 21:00 New York
+    (after the close) on 2 January to the session of 2 January."""
     source = "policy: p\nversion: 1\ncalendar: XNYS\ninstruments: [A]\nsignals:\n  - when: true\n    target: 1\n"
     records = [rec(1, "session", _ns("2024-01-02T13:00"), policy="p", policy_source=source)]
-    for seq, at in enumerate(("2024-01-02T14:00", "2024-01-02T15:00", "2024-01-03T02:00"), start=2):
+    for seq, at in enumerate(("2023-12-31T23:00", "2024-01-02T14:00", "2024-01-02T15:00", "2024-01-03T02:00"),
+                             start=2):
         records.append(rec(seq, "order", _ns(at), instrument="A", qty=1.0, price=10.0, reasons=[], exit=False))
     rep = build_report(records, {"max_orders_per_day": 1.0})
-    assert [(d.date, d.orders) for d in rep.days] == [("2023-12-29", 1), ("2024-01-02", 2)]
+    assert [(d.date, d.orders) for d in rep.days] == [("2023-12-29", 1), ("2024-01-02", 3)]
     assert rep.day_basis == "XNYS sessions" and "Per day (XNYS sessions; times UTC)" in render_text(rep)
-    assert {f.key: f.peak for f in rep.limits}["max_orders_per_day"] == 2.0
+    assert {f.key: f.peak for f in rep.limits}["max_orders_per_day"] == 3.0
     utc = build_report([{**records[0], "policy_source": source.replace("calendar: XNYS\n", "")}, *records[1:]], {})
-    assert [(d.date, d.orders) for d in utc.days] == [("2024-01-02", 2), ("2024-01-03", 1)]
+    assert [(d.date, d.orders) for d in utc.days] == [("2023-12-31", 1), ("2024-01-02", 2), ("2024-01-03", 1)]
     assert utc.day_basis == "UTC"
 
 

@@ -184,7 +184,7 @@ def test_live_one_event_at_a_time_gives_the_backtests_days():
     s = cp.session(L.FILL_SAME)
     for e in range(len(ev)):
         s.feed(ev, start=e, stop=e + 1)
-    assert np.array_equal(s.orders[: s.n_orders], whole.orders)
+    assert np.array_equal(s.orders[: s.n_orders], whole.orders, equal_nan=True)
 
 
 # ---- the checker ---------------------------------------------------------------------
@@ -232,3 +232,41 @@ def test_calendar_names_are_kept_so_validate_does_not_import_exchange_calendars(
     assert runs == ["True True\n", "True False\n"]
     (kept,) = tmp_path.glob("calendars-*.json")
     assert set(json.loads(kept.read_text())) == set(exchange_calendars.get_calendar_names(include_aliases=True))
+
+
+@pytest.mark.parametrize("utc, tz, session, inside, minutes_since_open", [
+    # XNYS in January: 09:30-16:00 New York = 14:30-21:00 UTC; 1 January 2024 is a holiday.
+    ("2024-01-02 05:00", None, "2024-01-02", 0, -570),     # midnight New York: a daily bar of 2 January
+    ("2024-01-03 13:00", None, "2024-01-03", 0, -90),      # 08:00 pre-market: the coming session
+    ("2024-01-03 15:00", None, "2024-01-03", 1, 30),       # 10:00: inside
+    ("2024-01-03 23:00", None, "2024-01-03", 0, 510),      # 18:00 after the close: the session that closed
+    ("2024-01-06 15:00", None, "2024-01-05", 0, 1470),     # Saturday 10:00: Friday's session
+    ("2024-01-01 15:00", None, "2023-12-29", 0, 4350),     # the holiday: the session before it
+    # with `timezone:` too, session dates stay New York dates: 03:00 London on 2 January is
+    # 22:00 New York on the 1st, a holiday, so the session before it
+    ("2024-01-02 03:00", "Europe/London", "2023-12-29", 0, 5070),
+])
+def test_between_sessions_an_event_on_a_sessions_date_is_that_sessions(utc, tz, session, inside,
+                                                                      minutes_since_open):
+    row = Clock("XNYS", tz).columns(np.array([ns(utc)]))[0]
+    assert (int(row[K_DAY]), int(row[K_IN])) == (epoch_day(session), inside)
+    assert (ns(utc) - int(row[K_OPEN])) // 60_000_000_000 == minutes_since_open
+
+
+def test_a_session_that_opens_the_evening_before_its_date_rolls_at_its_open():
+    """CME equity futures (CMES): Monday 8 January's session opens Sunday 17:00 Chicago
+    (23:00 UTC), before its date; Sunday 16:00 Chicago still belongs to Friday's session."""
+    clock = Clock("CMES", None)
+    rows = clock.columns(np.array([ns("2024-01-07 22:00"), ns("2024-01-07 23:30")]))
+    assert [int(d) for d in rows[:, K_DAY]] == [epoch_day("2024-01-05"), epoch_day("2024-01-08")]
+    assert [int(i) for i in rows[:, K_IN]] == [0, 1]
+
+
+def test_daily_bars_at_midnight_each_count_on_their_own_session():
+    """Daily bars stamped at New York midnight under XNYS: each bar's day is its own date,
+    so `max_orders_per_day: 1` allows one order per bar and the day rolls on every bar
+    (2 January to 5 January 2024). Intents flip the target each day, so every bar orders."""
+    cp = compile_text(policy("calendar: XNYS", "  max_orders_per_day: 1"))
+    days = ["2024-01-02 05:00", "2024-01-03 05:00", "2024-01-04 05:00", "2024-01-05 05:00"]
+    res, _ = run_both(cp, days, [10.0, 11.0, 12.0, 13.0], [1.0, -1.0, 1.0, -1.0])
+    assert [(int(o[L.O_EVENT]), o[L.O_QTY]) for o in res.orders] == [(0, 1.0), (1, -2.0), (2, 2.0), (3, -2.0)]
