@@ -144,8 +144,8 @@ TIME_FUNCTIONS = {"hour": hour, "minute_of_day": minute_of_day, "day_of_week": d
 
 def on_tick(x: float, tick: float, up: bool) -> float:
     """A simulated fill price x on the grid of `tick`, against the trader (docs/language.md
-    section 8): the next multiple up for a buy (`up`), down for a sell; a price within a
-    few ulps of a multiple is on it. x itself without a tick size (NaN), or beyond 2**52
+    section 8): the next multiple up for a buy (`up`), down for a sell, but at least one
+    tick; a price within a few ulps of a multiple is on it. x itself without a tick size (NaN), or beyond 2**52
     ticks (where doubles are coarser than the grid). The interpreter and the simulated
     venue (runtime/fills.py) call it; the kernel template emits the same steps."""
     if not tick > 0:
@@ -156,6 +156,8 @@ def on_tick(x: float, tick: float, up: bool) -> float:
     n = float(round(r))  # half to even, as np.rint
     if abs(r - n) > 1e-9 + abs(r) * 2.0 ** -50:
         n = float(math.ceil(r) if up else math.floor(r))
+    if n < 1.0:  # a sell below one tick: the lowest price on the grid, never a fill at 0
+        n = 1.0
     inv = float(round(1.0 / tick))
     # a tick of 1/inv (0.01, 0.25): n / inv is the double nearest to n ticks, n * tick may not be
     return n / inv if tick < 1.0 and inv * tick == 1.0 else n * tick

@@ -70,6 +70,14 @@ def test_tick_rounding_against_the_trader():
     assert on_tick(100.071, 0.01, True) == 100.08 and on_tick(100.079, 0.01, False) == 100.07
     assert on_tick(37.0, 5.0, True) == 40.0 and on_tick(37.0, 5.0, False) == 35.0
     assert on_tick(123.456, math.nan, True) == 123.456           # no tick size: as it is
+    assert on_tick(0.2, 0.25, False) == 0.25 and on_tick(0.0001, 5.0, False) == 5.0  # never below one tick
+
+
+def test_a_sell_below_one_tick_fills_at_one_tick_not_at_zero():
+    # sell 1 at 0.20 (below ES's tick of 0.25): down to the grid would be 0, a sale for
+    # nothing; it fills at the lowest price on the grid, in the kernel and the interpreter
+    cp, res = run_both(es_policy(target="-1"), [0.20, 0.20])
+    assert res.orders[0, L.O_FILL_PRICE] == 0.25
 
 
 def test_max_position_notional_clips_with_the_multiplier():
