@@ -300,7 +300,8 @@ class _Checker:
                                      f"call it: `{name}({', '.join(FUNCTIONS[name].params)})`"))
             return None
         self.errors.append(error("E201", node.span, f"unknown name `{name}`",
-                                 ex.boolean_word_help(name) or did_you_mean(name, self.all_names()) or _name_help(name)))
+                                 ex.boolean_word_help(name) or _time_help(name) or did_you_mean(name, self.all_names())
+                                 or _name_help(name)))
         return None
 
     def read_feature(self, name: str, owner, lookback) -> str | None:
@@ -628,6 +629,16 @@ def _arith_constant(op: str, a: float, b: float) -> float:
         return {"+": a + b, "-": a - b, "*": a * b, "/": a / b if b else float("nan"), "**": a ** b}[op]
     except (OverflowError, ZeroDivisionError, TypeError):
         return float("nan")
+
+
+#: Names authors reach for when they mean the event's timestamp.
+_TIME_WORDS = ("time", "timestamp", "now", "date", "datetime", "t")
+
+
+def _time_help(name: str) -> str | None:
+    if name.lower() in _TIME_WORDS:
+        return f"the event's time is `{TIMESTAMP}` (ns since the epoch, UTC), as in `hour({TIMESTAMP})`"
+    return None
 
 
 def _name_help(name: str) -> str | None:

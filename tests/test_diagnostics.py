@@ -977,3 +977,10 @@ def test_feature_value_of_wrong_type_says_expression(tmp_path):
     member of the Scalar union), not as 'must be an expression'."""
     _, diags = diagnose(BROKEN / "e003_feature_list_value.yaml")
     assert "true or false" not in diags[0].message
+
+
+@pytest.mark.parametrize("word", ["time", "timestamp", "now", "Date"])
+def test_a_name_for_the_time_points_to_ts(word):
+    _, diags = diagnose_text(GOOD.format(extra="", risk=RISK).replace("close > m", f"hour({word}) > 9", 1))
+    assert [(d.code, d.message, d.help) for d in diags] == \
+        [("E201", f"unknown name `{word}`", "the event's time is `ts` (ns since the epoch, UTC), as in `hour(ts)`")]
