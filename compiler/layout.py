@@ -68,9 +68,9 @@ A_CASH, A_PEAK, A_HALTED, A_DAY, A_DAY_OPEN, A_DAY_LOSS, A_ORDERS_TODAY, A_TOKEN
 #: Statistics of the run, kept by the kernel as it goes (no per-event array is needed):
 #: the equity curve's running peak, its lowest point since that peak and the largest
 #: drawdown (fraction of the peak) of the equity after each event; daily returns of the
-#: equity at the last event of each UTC day (Welford's running mean and sum of squared
-#: deviations, and the sum of squared negative returns), the current UTC day and the
-#: equity at the close of the one before; events after which a position was open, and
+#: equity at the last event of each day, UTC or the policy clock's trading day (Welford's
+#: running mean and sum of squared deviations, and the sum of squared negative returns),
+#: the current day and the equity at the close of the one before; events after which a position was open, and
 #: how many instruments hold one; closed round trips (flat to flat, a reversal closes
 #: one), how many made money, and the summed P&L (after fees) of winners and of losers.
 A_CURVE_PEAK, A_CURVE_TROUGH, A_MAX_DRAWDOWN, A_STAT_DAY, A_DAY_CLOSE, A_RET_N, A_RET_MEAN, A_RET_M2, \

@@ -434,7 +434,8 @@ def exposure(result: BacktestResult) -> float:
 
 def return_moments(result: BacktestResult) -> tuple[int, float, float, float]:
     """(count, mean, sample stdev, root mean square of the negative ones) of the daily
-    returns: returns of the equity at the last event of each UTC day, the first from the
+    returns: returns of the equity at the last event of each day (the UTC day, or the
+    trading day of the policy's clock), the first from the
     initial equity, the last day's at the final equity. The kernel keeps them for every
     day it closed (Welford's update); the last day's is added here."""
     a = result.acct

@@ -5,8 +5,9 @@ docs/commands.md states for the summary and the report:
 
 - Times are int64 ns since the epoch, UTC; returns, drawdowns and rates are fractions
   (0.05 is 5%); money is in the account's currency.
-- Daily returns are those of the equity at the last event of each UTC day that has an
-  event, the first from the initial equity (`daily_returns`). A year has
+- Daily returns are those of the equity at the last event of each day that has an
+  event (the UTC day, or the policy's trading day when it has a `calendar` or a
+  `timezone`), the first from the initial equity (`daily_returns`). A year has
   `TRADING_DAYS` such days: the annualisation of empyrical (`empyrical.stats`, with
   `period="daily"`), whose functions these match on daily returns.
 - Drawdown is measured on the equity after every event, from the running peak of the
@@ -33,19 +34,22 @@ def _finite_or_nan(x: float) -> float:
 
 # ---- the equity curve -------------------------------------------------------------
 
-def daily_closes(ts: np.ndarray, equity: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(days, closes): for each UTC day with an event, its start (int64 ns) and the
-    equity after its last event. `ts` (int64 ns, non-decreasing) and `equity` (money)
-    have one entry per event."""
-    day = ts // NS_PER_DAY
+def daily_closes(ts: np.ndarray, equity: np.ndarray, day: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(days, closes): for each day with an event, its start (int64 ns: the date's
+    midnight UTC) and the equity after its last event. `ts` (int64 ns, non-decreasing)
+    and `equity` (money) have one entry per event; `day`, when given, is each event's
+    trading day under the policy's clock (days since 1970-01-01, `sessions.K_DAY`),
+    else its UTC day."""
+    day = ts // NS_PER_DAY if day is None else np.asarray(day, dtype=np.int64)
     last = np.flatnonzero(np.append(np.diff(day) != 0, len(day) > 0))
     return day[last] * NS_PER_DAY, equity[last]
 
 
-def daily_returns(ts: np.ndarray, equity: np.ndarray, initial: float) -> tuple[np.ndarray, np.ndarray]:
-    """(days, returns): the return of each UTC day's closing equity over the day before's,
-    the first day's over `initial`. Shapes (n_days,); days as in `daily_closes`."""
-    days, closes = daily_closes(ts, equity)
+def daily_returns(ts: np.ndarray, equity: np.ndarray, initial: float,
+                  day: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(days, returns): the return of each day's closing equity over the day before's,
+    the first day's over `initial`. Shapes (n_days,); days and `day` as in `daily_closes`."""
+    days, closes = daily_closes(ts, equity, day)
     before = np.concatenate([[initial], closes[:-1]])
     return days, closes / before - 1.0
 

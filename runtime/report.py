@@ -24,6 +24,7 @@ import plotly.io as pio
 from plotly.offline import get_plotlyjs
 
 from policyc.compiler import layout as L
+from policyc.compiler.sessions import K_DAY
 
 from . import metrics as M
 from .backtest import BacktestResult, summary
@@ -316,13 +317,15 @@ def write_report(result: BacktestResult, path: str | Path) -> None:
         _write_page(path, s, head + body)
         return
 
-    days, ret = M.daily_returns(ts, eq, initial)
+    clock = result.policy.clock
+    day_word = "UTC day" if clock is None else "trading day of the policy's clock"
+    days, ret = M.daily_returns(ts, eq, initial, None if clock is None else clock.columns(ts)[:, K_DAY])
     cagr = M.annual_return(ret)
     prices = _ffill_prices(ev, price_col, len(names))
     trades_html, closed_pnl = _trade_table(result, prices)
     stats = M.trade_stats(closed_pnl)
     sections = [f"<h2>Statistics</h2>{_table(['figure', 'value'], _stats_rows(s, ret, cagr, stats), '', 'stats')}"
-                '<p class="note">Daily returns are those of the equity at the last event of each UTC day; a year is '
+                f'<p class="note">Daily returns are those of the equity at the last event of each {day_word}; a year is '
                 f"{M.TRADING_DAYS} such days. Drawdown is measured after every event. docs/commands.md gives every "
                 "formula.</p>"]
 

@@ -163,3 +163,29 @@ def test_period_returns_compound_within_the_month():
     keys, got = M.period_returns(days, np.array([0.1, 0.1, -0.5, 0.2]), "Y")
     assert [str(k) for k in keys] == ["2024", "2025"]
     np.testing.assert_allclose(got, [1.21 * 0.5 - 1, 0.2])
+
+
+def test_daily_returns_follow_the_policys_trading_days_under_a_clock():
+    """`timezone: America/New_York`: 22:00 New York on 2 January is 03:00 UTC on the 3rd.
+    By New York days the equity closes 2 January at 102 (that event) and 3 January at
+    99.96: returns 2% and -2%. By UTC days they would be 1% and about 0.97%."""
+    from policyc.compiler.build import Events, compile_checked
+    from policyc.compiler.frontend import check_text
+    from policyc.runtime.backtest import return_moments
+
+    hour = 3600 * 10**9
+    ts = np.array([T0 + 15 * hour, T0 + 27 * hour, T0 + 39 * hour], dtype=np.int64)  # 10:00, 22:00, 10:00 NY
+    equity = np.array([101.0, 102.0, 99.96])
+    day = np.array([19724, 19724, 19725])   # 2024-01-02, 2024-01-02, 2024-01-03 (days since 1970)
+    days, ret = M.daily_returns(ts, equity, 100.0, day)
+    assert days.tolist() == [T0, T0 + DAY]
+    np.testing.assert_allclose(ret, [0.02, -0.02], atol=1e-15)
+    # the kernel's streaming statistics use the same days: 18:00 and 20:00 New York on 2
+    # January are one New York day, and two UTC days (23:00 and 01:00 UTC)
+    source = ("policy: p\nversion: 1\ntimezone: America/New_York\ninstruments: [A]\nsignals:\n"
+              "  - when: true\n    target: 1\naccount:\n  initial_equity: 100\n")
+    stamps = np.array([T0 + 23 * hour, T0 + 25 * hour], dtype=np.int64)
+    for text, expected in ((source, 1), (source.replace("timezone: America/New_York\n", ""), 2)):
+        cp = compile_checked(check_text(text, name="p.yaml"))
+        res = run_backtest(cp, Events.market(stamps, np.array([[1.0], [2.0]])), FILL_SAME, progress=False)
+        assert return_moments(res)[0] == expected
