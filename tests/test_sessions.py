@@ -270,3 +270,12 @@ def test_daily_bars_at_midnight_each_count_on_their_own_session():
     days = ["2024-01-02 05:00", "2024-01-03 05:00", "2024-01-04 05:00", "2024-01-05 05:00"]
     res, _ = run_both(cp, days, [10.0, 11.0, 12.0, 13.0], [1.0, -1.0, 1.0, -1.0])
     assert [(int(o[L.O_EVENT]), o[L.O_QTY]) for o in res.orders] == [(0, 1.0), (1, -2.0), (2, 2.0), (3, -2.0)]
+
+
+def test_times_outside_the_clocks_range_read_utc():
+    """Under `timezone: Asia/Tokyo` (UTC+9), 03:00 UTC is noon in 2020, but in 1850 (before
+    1900, where zone rules mean little) the hour reads UTC: 3. Kernel and interpreter."""
+    cp = compile_text(policy("timezone: Asia/Tokyo", "  max_daily_loss: 50%", "features:\n  h: hour(ts)"))
+    res, it = run_both(cp, ["1850-06-01 03:00", "2020-06-01 03:00"], [10.0, 10.0], [0.0, 0.0])
+    assert res.trace[:, L.TRACE_FIXED].tolist() == [3.0, 12.0]
+    assert [d["features"][0] for d in it.trace] == [3.0, 12.0]
