@@ -258,9 +258,13 @@ def build_parser() -> argparse.ArgumentParser:
     _add_format(w)
     r = sub.add_parser("run", help="trade a policy live: feed in, orders out")
     r.add_argument("file", type=_policy_file, metavar="FILE")
-    r.add_argument("--feed", required=True, type=_ws_url, metavar="URL")
-    r.add_argument("--feed-format", choices=("native", "binance", "coinbase"), default="native")
-    r.add_argument("--venue", required=True, type=_ws_url, metavar="URL")
+    r.add_argument("--feed", required=True, action="append", type=_named_url, metavar="[NAME=]URL",
+                   help="the market-data feed; NAME=URL (repeatable) serves the instruments NAME:SYMBOL")
+    r.add_argument("--feed-format", action="append", type=_named_format, metavar="[NAME=]FORMAT",
+                   help="native, binance or coinbase (default native; a feed named like a format uses it); "
+                        "NAME=FORMAT for a named feed")
+    r.add_argument("--venue", required=True, action="append", type=_named_url, metavar="[NAME=]URL",
+                   help="the venue; NAME=URL (repeatable) trades the instruments NAME:SYMBOL")
     r.add_argument("--intents", type=_address, metavar="HOST:PORT",
                    help="listen for a model's intents (needs a model credential)")
     r.add_argument("--control", type=_address, metavar="HOST:PORT",
@@ -331,6 +335,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_listener_tls(v, "serve the venue")
     v.add_argument("--latency", type=_not_negative, default=0.0, metavar="MS")
     v.add_argument("--fees-bps", type=_fees_bps, default=0.0, metavar="X")
+    v.add_argument("--multiplier", action="append", type=_multiplier, default=[], metavar="INSTRUMENT=X",
+                   help="the contract multiplier of an instrument, which fees are charged on (repeatable; default 1)")
     v.add_argument("--fill", type=_fill, metavar="MODEL",
                    help="same (the default): at the latest price the venue has seen; next: at the instrument's "
                         "next event; next-open: at the next bar's open; latency=DURATION: at the first event at or "
@@ -371,6 +377,51 @@ def _ws_url(text: str) -> str:
     except InvalidURI:
         raise argparse.ArgumentTypeError(f"expected a ws:// or wss:// URL, got `{text}`") from None
     return text
+
+
+def _named_url(text: str) -> tuple[str, str]:
+    """`URL` (the unnamed feed or venue: name "") or `NAME=URL`."""
+    name, equals, url = text.partition("=")
+    if not equals or "://" in name:  # a URL's query may hold `=`; a name holds no `://`
+        return "", _ws_url(text)
+    if not name.isidentifier():
+        raise argparse.ArgumentTypeError(f"expected URL or NAME=URL with NAME a word such as binance, got `{text}`")
+    return name, _ws_url(url)
+
+
+def _named_format(text: str) -> tuple[str, str]:
+    """`FORMAT` (the unnamed feed's, and a named one's default) or `NAME=FORMAT`."""
+    from policyc.runtime.live.protocol import FEED_FORMATS
+
+    name, _, fmt = text.rpartition("=")
+    if fmt not in FEED_FORMATS:
+        raise argparse.ArgumentTypeError(f"invalid format `{fmt}` (choose from {', '.join(FEED_FORMATS)})")
+    return name, fmt
+
+
+def _multiplier(text: str) -> tuple[str, float]:
+    name, _, value = text.rpartition("=")
+    try:
+        number = float(value)
+    except ValueError:
+        number = math.nan
+    if not name or not 0 < number < math.inf:
+        raise argparse.ArgumentTypeError(f"expected INSTRUMENT=X with X a positive number, got `{text}`")
+    return name, number
+
+
+def _named(pairs: list[tuple[str, str]], option: str, parser) -> tuple[str, dict]:
+    """The unnamed value of a repeatable `[NAME=]VALUE` option ("" when none) and the
+    named ones; a name given twice is a usage error."""
+    unnamed, named = "", {}
+    for name, value in pairs:
+        if (name in named) if name else unnamed:
+            parser.error(f"argument {option}: {'the unnamed one' if not name else name} is given twice")
+        if name:
+            named[name] = value
+        else:
+            unnamed = value
+    return unnamed, named
 
 
 def _address(text: str) -> tuple[str, int]:
@@ -973,7 +1024,7 @@ def cmd_run(args, parser) -> int:
     from policyc.runtime.live import eventloop, view
     from policyc.runtime.live.audit import read_log_key, read_signing_key
     from policyc.runtime.live.protocol import encode_indented
-    from policyc.runtime.live.runner import LiveRuntime, RunConfig
+    from policyc.runtime.live.runner import ConfigError, LiveRuntime, RunConfig
 
     from policyc.compiler.build import compile_checked
 
@@ -987,15 +1038,21 @@ def cmd_run(args, parser) -> int:
         return 1
     limits = {key: value for key, value in (("max_clock_skew", args.max_clock_skew),
                                             ("max_feed_silence", args.max_feed_silence)) if value is not None}
+    feed_url, feeds = _named(args.feed, "--feed", parser)
+    venue_url, venues = _named(args.venue, "--venue", parser)
+    feed_format, feed_formats = _named(args.feed_format or [], "--feed-format", parser)
     try:
         runtime = LiveRuntime(compile_checked(result, on_compile=_say), RunConfig(
-            feed_url=args.feed, venue_url=args.venue, feed_format=args.feed_format, intents=args.intents,
+            feed_url=feed_url, venue_url=venue_url, feed_format=feed_format or "native", feeds=feeds, venues=venues,
+            feed_formats=feed_formats, intents=args.intents,
             control=args.control, log_path=args.log, duration=args.duration,
             flatten_on_exit=args.flatten_on_exit, busy_poll=args.busy_poll, fsync=args.fsync,
             log_max_bytes=args.log_max_bytes, log_key_file=args.log_key_file, sign_key_file=args.sign_key_file,
             resume=args.resume, allow_policy_change=args.allow_policy_change, **settings, **limits))
     except LogError as exc:  # a log that cannot be continued
         parser.error(f"argument --log: {exc}")
+    except ConfigError as exc:  # an instrument no feed or venue serves
+        parser.error(str(exc))
     if runtime.restored is not None:
         held = {name: qty for name, qty in runtime.engine.positions().items() if qty}
         print(f"resuming {args.log}: {runtime.restored.runs:,} earlier run{'s' * (runtime.restored.runs != 1)} "
@@ -1113,7 +1170,7 @@ def cmd_paper_venue(args, parser) -> int:
 
     mode, latency_ns = args.fill or ("same", 0)
     venue = PaperVenue(fees_bps=args.fees_bps, latency_ms=args.latency, feed_format=args.feed_format,
-                       fill_mode=L.FILL_MODES[mode], fill_latency_ns=latency_ns)
+                       fill_mode=L.FILL_MODES[mode], fill_latency_ns=latency_ns, multipliers=dict(args.multiplier))
     host, port = args.listen
     eventloop.run(eventloop.until_signal(lambda stop: serve(venue, host, port, args.feed, stop=stop,
                                                             ca_file=args.ca_file, tls=tls)))

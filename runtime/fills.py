@@ -1,4 +1,4 @@
-"""Simulated fills, sans-I/O: when a market order fills, at what price and for what fee.
+"""Simulated fills, sans-I/O: when an order fills, at what price and for what fee.
 
 `FillModel` is the arithmetic of a simulated fill, as the kernel's `simulated_fill`
 does it for a backtest: a buy pays `slippage_bps` above the market price, a sell gets
@@ -18,6 +18,13 @@ the backtest's fill modes (`backtest --fill`, docs/language.md section 8):
   its price when the event has none).
 - `latency` (layout.FILL_LATENCY, with `latency_ns`): the first such event dated at or
   after the order's decision time plus `latency_ns`, at its open as for `next-open`.
+
+An immediate-or-cancel (IOC) limit order (`FillBook.order`'s `limit_price`) is decided
+at the market event it would fill at: a buy fills when the ask (the event's price when
+it has no ask) is at or below the limit, at that ask moved by slippage and capped at the
+limit; a sell mirrors with the bid. Otherwise it is cancelled unfilled. The book fills it
+whole or not at all, or, with `partial`, up to the size there is (`ask_size` for a buy,
+`bid_size` for a sell; else the event's `qty`; else whole), the rest cancelled.
 
 "After the one the order was decided on": an order that reaches the book before the
 event it was decided on (its `event_ts`) does not fill at that event, as the backtest
@@ -71,16 +78,27 @@ class FillModel:
             price = on_tick(price, tick, qty > 0.0)
         return price, abs(qty) * (price * multiplier) * (self.fees_bps / 1e4)
 
+    def limit_fill(self, qty: float, touch: float, limit: float, instrument: str | None = None) -> tuple[float, float]:
+        """(fill price, fee) of an IOC limit order of `qty` units (signed) that is
+        marketable at `touch` (the ask for a buy, the bid for a sell): `fill`'s price
+        capped at `limit` (no worse than the limit), the fee on that price."""
+        price, _ = self.fill(qty, touch, instrument)
+        price = min(price, limit) if qty > 0.0 else max(price, limit)
+        multiplier = self.contracts.get(instrument, (1.0, math.nan))[0]
+        return price, abs(qty) * (price * multiplier) * (self.fees_bps / 1e4)
+
 
 class Fill(NamedTuple):
-    """One order filled in full."""
+    """What one order got: a market order is filled in full; an IOC limit order in full,
+    in part or not at all, `unfilled` being what was cancelled."""
 
     client_order_id: str
     instrument: str
-    qty: float           # signed units: above 0 bought
-    price: float         # the fill price, slippage included
+    qty: float           # signed units: above 0 bought; 0 when an IOC order filled nothing
+    price: float         # the fill price, slippage included; NaN when nothing filled
     fee: float           # money
     ts: int              # the time (ns) of the market event whose price it took
+    unfilled: float = 0.0  # signed units of an IOC order left unfilled and cancelled
 
 
 @dataclass
@@ -90,6 +108,7 @@ class _Waiting:
     event_ts: int | None  # the market event it was decided on (ns), None for an intent, a halt
     passed: bool          # the book has been shown that event (or the order has none)
     due_ts: int | None    # `latency`: the earliest market event time it may fill at (ns)
+    limit: float | None = None  # an IOC limit order's limit price; None: a market order
 
 
 #: Fill modes whose orders wait for a market event after the one that decided them.
@@ -100,15 +119,19 @@ _LATER = (L.FILL_NEXT, L.FILL_NEXT_OPEN, L.FILL_LATENCY)
 class FillBook:
     """Open market orders and the market prices they fill at (see the module docstring).
     Instruments are named as the market events name them. `latency_ns` (int ns, 0 or
-    more) is the delay of layout.FILL_LATENCY; other modes take none. Raises ValueError
-    for a mode that is not one of the backtest's (layout.LIVE among them) or a latency
-    that is negative, not an int, or given with another mode."""
+    more) is the delay of layout.FILL_LATENCY; other modes take none. `partial`: an IOC
+    order fills up to the size there is, the rest cancelled (the paper venue); else
+    whole or not at all (the order-core backtest). Raises ValueError for a mode that is
+    not one of the backtest's (layout.LIVE among them) or a latency that is negative,
+    not an int, or given with another mode."""
 
     model: FillModel = field(default_factory=FillModel)
     mode: int = L.FILL_SAME
     latency_ns: int = 0
+    partial: bool = False
     last_price: dict[str, float] = field(default_factory=dict)  # instrument -> its latest market price
     last_ts: dict[str, int] = field(default_factory=dict)       # instrument -> that event's time, ns
+    last_fields: dict[str, dict] = field(default_factory=dict)  # instrument -> that event's market fields
     waiting: dict[str, _Waiting] = field(default_factory=dict)   # client_order_id -> order not filled yet
 
     def __post_init__(self):
@@ -120,15 +143,19 @@ class FillBook:
         if self.latency_ns and self.mode != L.FILL_LATENCY:
             raise ValueError("latency_ns is for layout.FILL_LATENCY only")
 
-    def market(self, instrument: str, ts: int, price: float, bar_open: float | None = None) -> list[Fill]:
+    def market(self, instrument: str, ts: int, price: float, bar_open: float | None = None,
+               fields: dict | None = None) -> list[Fill]:
         """A market event at `price` (above 0, finite) and time `ts` (ns); `bar_open`, a bar's
-        opening price (None for a tick or a quote, or a bar without a usable one). Returns
+        opening price (None for a tick or a quote, or a bar without a usable one);
+        `fields`, the event's market fields, of which IOC orders read `bid`, `ask`,
+        `bid_size`, `ask_size` and `qty` (units; each optional). Returns
         the fills of the orders waiting for this event, in the order the book got them:
         `same`, those decided on an event at or before `ts` (or on none), at `price`;
         the other modes, those decided on an earlier event (or reached after it) and, for
         `latency`, due at or before `ts`: at `bar_open` for `next-open` and `latency` when it
         is a price (above 0, finite), else at `price`."""
         self.last_price[instrument], self.last_ts[instrument] = price, ts
+        self.last_fields[instrument] = fields or {}
         if self.mode == L.FILL_SAME:
             due = [oid for oid, w in self.waiting.items()
                    if w.instrument == instrument and (w.event_ts is None or w.event_ts <= ts)]
@@ -151,20 +178,22 @@ class FillBook:
         return [self._fill(oid, self.waiting.pop(oid), at, ts) for oid in due]
 
     def order(self, client_order_id: str, instrument: str, qty: float, event_ts: int | None = None,
-              decided_ts: int | None = None) -> Fill | None:
-        """A market order of `qty` units (signed), decided on the market event at
-        `event_ts` (ns; None for an intent or a halt) at event time `decided_ts` (ns; the
-        order's `ts`, which `latency` counts from: None takes `event_ts`, or without one
-        the instrument's last event time). `same`: its fill now, at the last price,
+              decided_ts: int | None = None, limit_price: float | None = None) -> Fill | None:
+        """An order of `qty` units (signed), decided on the market event at `event_ts`
+        (ns; None for an intent or a halt) at event time `decided_ts` (ns; the order's
+        `ts`, which `latency` counts from: None takes `event_ts`, or without one the
+        instrument's last event time); a market order, or with `limit_price` (above 0,
+        money per unit) an IOC limit order. `same`: its fill now, at the last event,
         unless the book has not reached the market event it was decided on or has no
         price yet: then it waits (None). The other modes: it waits for a later market
-        event (None), which `market` fills it at."""
+        event (None), which `market` fills it at. An IOC order's `Fill` says what filled
+        and what was cancelled (`unfilled`)."""
         if self.mode == L.FILL_SAME:
             last = self.last_ts.get(instrument)
             if last is not None and (event_ts is None or event_ts <= last):
-                return self._fill(client_order_id, _Waiting(instrument, qty, event_ts, True, None),
+                return self._fill(client_order_id, _Waiting(instrument, qty, event_ts, True, None, limit_price),
                                   self.last_price[instrument], last)
-            self.waiting[client_order_id] = _Waiting(instrument, qty, event_ts, False, None)
+            self.waiting[client_order_id] = _Waiting(instrument, qty, event_ts, False, None, limit_price)
             return None
         last = self.last_ts.get(instrument)
         passed = event_ts is None or (last is not None and last >= event_ts)
@@ -172,7 +201,7 @@ class FillBook:
         if self.mode == L.FILL_LATENCY:
             start = decided_ts if decided_ts is not None else event_ts if event_ts is not None else last
             due_ts = None if start is None else start + self.latency_ns
-        self.waiting[client_order_id] = _Waiting(instrument, qty, event_ts, passed, due_ts)
+        self.waiting[client_order_id] = _Waiting(instrument, qty, event_ts, passed, due_ts, limit_price)
         return None
 
     def fill_now(self, client_order_id: str) -> Fill | None:
@@ -188,5 +217,20 @@ class FillBook:
         return self.waiting.pop(client_order_id, None) is not None
 
     def _fill(self, client_order_id: str, w: _Waiting, market_price: float, ts: int) -> Fill:
-        price, fee = self.model.fill(w.qty, market_price, w.instrument)
-        return Fill(client_order_id, w.instrument, w.qty, price, fee, ts)
+        """The order's fill at the instrument's latest event, whose price (or, for
+        `next-open` and `latency`, open) is `market_price`."""
+        if w.limit is None:
+            price, fee = self.model.fill(w.qty, market_price, w.instrument)
+            return Fill(client_order_id, w.instrument, w.qty, price, fee, ts)
+        fields = self.last_fields.get(w.instrument, {})
+        buy = w.qty > 0.0
+        touch = fields.get("ask" if buy else "bid", market_price)
+        if (touch > w.limit) if buy else (touch < w.limit):  # not marketable: cancelled whole
+            return Fill(client_order_id, w.instrument, 0.0, math.nan, 0.0, ts, w.qty)
+        qty = w.qty
+        if self.partial:
+            there = fields.get("ask_size" if buy else "bid_size", fields.get("qty"))
+            if there is not None and there < abs(qty):
+                qty = there if buy else -there
+        price, fee = self.model.limit_fill(qty, touch, w.limit, w.instrument)
+        return Fill(client_order_id, w.instrument, qty, price, fee, ts, w.qty - qty)

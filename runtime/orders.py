@@ -8,10 +8,18 @@ so far), clamps a fill for more than is open (and logs an `overfill`), withdraws
 order's quantity from the engine while the kill switch cancels it and restores it on a
 `resume` or when a fill beats the cancel, runs the kill-switch sequence (cancel, then
 liquidate), keeps each instrument's event clock forward-only, and makes intents
-reduce-only while the feed is down or silent.
+reduce-only while the feed is down or silent. An order whose decision carries a limit
+price goes out as an immediate-or-cancel (IOC) limit order; the venue's `cancel` of its
+unfilled remainder releases that remainder as a reject does.
 
-Everything it sends goes through `send(message, event_sent_ns)` and everything it logs
-through `record(kind, ts=None, **fields)`, both given by its owner; time comes from two
+Several venues: `venues` maps each instrument to the name of the venue that trades it.
+Each venue connection resends only its own open orders and reconciles only its own
+instruments; the kill switch cancels and flattens on all of them. Without `venues`
+there is one venue, named "".
+
+Everything it sends goes through `send(message, event_sent_ns)` (or, with several
+venues, `route(venue, message, event_sent_ns)`) and everything it logs through
+`record(kind, ts=None, **fields)`, both given by its owner; time comes from two
 injected clocks, `wall_ns` (the Unix time, ns) and `monotonic_ns` (for durations, ns),
 read once per input. With `journal`, each input is logged before it is handled, so a
 log replays to the same records (`runtime/journal.py`); `restart` and `venue_state`
@@ -39,6 +47,7 @@ REDUCE_ONLY = "stale_after:blocked"  # the reason an intent's answer gets when r
 RECONCILE_PENDING = "reconcile_pending"  # the reason of an order held until the venue's state matches
 RECONCILE_MISMATCH = "reconcile_mismatch"  # the halt reason when the venue's positions differ
 MATCH_RTOL = 1e-9  # positions match within this share of the larger (fills add up in different orders)
+_NO_FIELDS: dict = {}  # no extra fields for a record (never written to)
 
 
 def _plain(value):
@@ -61,6 +70,7 @@ class Counters:
     orders: int = 0          # orders sent (the sequence number of the latest client_order_id)
     fills: int = 0           # fills applied
     rejects: int = 0         # rejects applied
+    cancels: int = 0         # IOC remainders the venue cancelled (`cancel` answers applied)
     bad_messages: int = 0    # refused messages of every source
     reconnects: int = 0      # connection retries to the feed and the venue
 
@@ -78,12 +88,13 @@ class OpenOrder:
     fills_seen: int = 0         # fills of it answered on the current venue connection
     cancelling: bool = False    # the kill switch sent a cancel for it
     withdrawn: bool = False     # its `left` is out of the engine's open quantity while the cancel is pending
+    venue: str = ""             # the venue it was sent to
 
 
 def steps(decision: Decision) -> tuple[Decision, ...]:
-    """A decision and the re-entry it carries (`Decision.then`): when a protective exit
+    """A decision and the orders it carries (`Decision.then`): when a protective exit
     meets an opposite target, the exit is one order and the re-entry, fully checked,
-    another, sent after it."""
+    another, sent after it; a multi-leg rule's legs, one order per instrument, in order."""
     return (decision,) if decision.then is None else (decision, *steps(decision.then))
 
 
@@ -97,15 +108,23 @@ class OrderCore:
     are in seconds; `wall_ns()` and `monotonic_ns()` return nanoseconds. `reconcile`:
     ask the venue for its state on the first venue connection and hold every order
     until it matches this state (flat, for a new one), as a resumed state does: a venue
-    that still holds an earlier run's positions is found before they add up past a limit."""
+    that still holds an earlier run's positions is found before they add up past a limit.
+    `venues`: instrument -> the name of its venue, for a run on several venues (each
+    instrument of the policy named; then `route(venue, message, event_sent_ns)` gets
+    every message instead of `send`); None: one venue, named ""."""
 
     def __init__(self, engine: Engine, order_prefix: str, send: Callable[[dict, int | None], None],
                  record: Callable[..., object], *, max_clock_skew_s: float = MAX_CLOCK_SKEW_S,
                  max_feed_silence_s: float = MAX_FEED_SILENCE_S, wall_ns: Callable[[], int] = time.time_ns,
                  monotonic_ns: Callable[[], int] = time.monotonic_ns, journal: bool = False,
-                 reconcile: bool = False):
+                 reconcile: bool = False, venues: dict[str, str] | None = None,
+                 route: Callable[[str, dict, int | None], None] | None = None):
         self.engine = engine
         self.instruments = tuple(engine.policy.instruments)
+        self.route = route
+        self.open: dict[str, OpenOrder] = {}    # client_order_id -> order not done yet
+        self.set_venues(venues)
+        self._multipliers(engine)
         self.policy_hash = engine.policy.policy_hash
         self.order_prefix = order_prefix
         self.send, self.record = send, record
@@ -115,7 +134,6 @@ class OrderCore:
         self.max_clock_skew_ns = round(max_clock_skew_s * 1e9)
         self.max_feed_silence_ns = round(max_feed_silence_s * 1e9)
         self.counters = Counters()
-        self.open: dict[str, OpenOrder] = {}    # client_order_id -> order not done yet
         self.unacked: set[str] = set()          # open orders the venue has not answered yet
         self.kill_switch_handled = False        # the current halt is recorded and its cancels sent
         self.last_ts: dict[str, int] = {}       # instrument -> its latest accepted market event's ts
@@ -126,10 +144,38 @@ class OrderCore:
         self.silent_since_ns: int | None = None  # while a silence is logged: monotonic time it began
         self.rejected: set[str] = set()         # the orders the venue rejected: a later fill of one is a break
         self.past_prefixes: dict[str, int] = {}  # order_prefix of an earlier run of this state -> orders it sent
-        self.reconcile_due = reconcile          # compare positions with the venue's before trading
-        self.reconciling = False                # the venue was asked for its state and has not answered yet
+        self.reconcile_due: set[str] = set(self.venue_names) if reconcile else set()  # venues to compare with
+        self.asked: set[str] = set()            # venues asked for their state that have not answered yet
         self.held: set[str] = set()             # instruments whose orders were held while reconciling
         self.mismatched = False                 # the venue's books differed: no order leaves until they agree
+
+    def set_venues(self, venues: dict[str, str] | None) -> None:
+        """Which venue trades each instrument (instrument -> venue name; None: one venue,
+        named ""), for a new core or one restored from a log; the open orders follow.
+        Raises ValueError unless it names one venue for every instrument."""
+        if venues is not None and set(venues) != set(self.instruments):
+            raise ValueError(f"venues must name the venue of each instrument: {sorted(self.instruments)}")
+        self.venue_of = dict(venues) if venues is not None else dict.fromkeys(self.instruments, "")
+        self.venue_names = tuple(dict.fromkeys(self.venue_of.values()))
+        for order in self.open.values():
+            order.venue = self.venue_of[order.instrument]
+
+    def _multipliers(self, engine: Engine) -> None:
+        """Each instrument's contract multiplier (money per point of price per unit), which a
+        fill's notional, the bound of its fee, is measured with."""
+        table = engine.policy.checked.contract_table
+        self.multiplier = {name: float(table[k][0]) for k, name in enumerate(self.instruments)}
+
+    @property
+    def reconciling(self) -> bool:
+        """A venue was asked for its state and has not answered yet: orders are held."""
+        return bool(self.asked)
+
+    def _out(self, venue: str, message: dict, event_sent_ns: int | None) -> None:
+        if self.route is None:
+            self.send(message, event_sent_ns)
+        else:
+            self.route(venue, message, event_sent_ns)
 
     # ---- inputs ------------------------------------------------------------------
     # Every public input reads both clocks once, here, and uses those readings throughout,
@@ -346,16 +392,27 @@ class OrderCore:
         msg = {"type": "order", "client_order_id": oid, "instrument": d.instrument,
                "side": "buy" if d.order_qty > 0 else "sell", "qty": abs(d.order_qty), "order_type": "market",
                "policy_hash": self.policy_hash, "ts": d.ts}
+        limit = d.limit_price
+        venue = self.venue_of[d.instrument]
+        extra = _NO_FIELDS  # the record's fields of a limit order or a named venue
+        if limit == limit:  # not NaN: an immediate-or-cancel limit order
+            msg.update(order_type="limit", limit_price=limit, time_in_force="IOC")
+            extra = {"limit_price": limit}
+        if venue:
+            extra = {**extra, "venue": venue}
         if event_sent_ns is not None:
             msg["event_sent_ns"] = event_sent_ns
         if on_market:  # a paper venue fills it at this event's price, not at one its feed had before
             msg["event_ts"] = d.ts
         self.unacked.add(oid)
-        self.open[oid] = OpenOrder(d.instrument, d.order_qty, d.order_qty, msg, d.is_exit)
+        self.open[oid] = OpenOrder(d.instrument, d.order_qty, d.order_qty, msg, d.is_exit, venue=venue)
         self.record("order", ts=d.ts, client_order_id=oid, instrument=d.instrument, qty=d.order_qty, price=d.price,
                     desired_target=d.desired_target, approved_target=d.approved_target, reasons=d.reasons,
-                    exit=d.is_exit)
-        self.send(msg, event_sent_ns)
+                    exit=d.is_exit, **extra)
+        if self.route is None:  # `_out`, inline: once per order
+            self.send(msg, event_sent_ns)
+        else:
+            self.route(venue, msg, event_sent_ns)
 
     # The engine counts open quantity from the decision to the venue's fill or reject (its
     # `reject` event releases it). While the kill switch cancels an order, its quantity is
@@ -400,7 +457,7 @@ class OrderCore:
             if order.is_exit or order.withdrawn:
                 continue
             if not order.cancelling:
-                self.send({"type": "cancel", "client_order_id": oid}, None)
+                self._out(order.venue, {"type": "cancel", "client_order_id": oid}, None)
             order.cancelling = order.withdrawn = True
             self._withdraw(order.instrument, ts, order.left)
 
@@ -434,34 +491,37 @@ class OrderCore:
         self.record("resume", ts=self._wall)
         if self.mismatched:
             self.mismatched = False
-            self.reconcile_due = self.reconciling = True
-            self.send({"type": "state_request"}, None)  # lost with a venue that is down: its reconnect asks
+            self.reconcile_due, self.asked = set(self.venue_names), set(self.venue_names)
+            for venue in self.venue_names:  # lost with a venue that is down: its reconnect asks
+                self._out(venue, {"type": "state_request"}, None)
 
     # ---- the venue -----------------------------------------------------------------
-    def venue_connected(self) -> None:
-        """A venue connection is open: send every open order again (the venue answers one
-        it has seen with every answer so far, which recovers a fill lost with the old
-        connection), or its cancel, for an order the kill switch is cancelling. A resumed
-        state then asks for the venue's (`venue_state` takes the answer)."""
-        self._begin("link", link="venue", up=True)
+    def venue_connected(self, venue: str = "") -> None:
+        """A connection to `venue` is open: send each of its open orders again (the venue
+        answers one it has seen with every answer so far, which recovers a fill lost with
+        the old connection), or its cancel, for an order the kill switch is cancelling. A
+        resumed state then asks for the venue's (`venue_state` takes the answer)."""
+        self._begin("link", link="venue", up=True, **({"venue": venue} if venue else {}))
         for oid, order in list(self.open.items()):
-            order.fills_seen = 0
-            self.send({"type": "cancel", "client_order_id": oid} if order.cancelling else order.message, None)
-        if self.reconcile_due:
-            self.reconciling = True
-            self.send({"type": "state_request"}, None)
+            if order.venue == venue:
+                order.fills_seen = 0
+                self._out(venue, {"type": "cancel", "client_order_id": oid} if order.cancelling else order.message,
+                          None)
+        if venue in self.reconcile_due:
+            self.asked.add(venue)
+            self._out(venue, {"type": "state_request"}, None)
 
-    def venue_lost(self) -> None:
-        """The venue connection is closed: a state asked for on it will not come."""
-        self._begin("link", link="venue", up=False)
+    def venue_lost(self, venue: str = "") -> None:
+        """The connection to `venue` is closed: a state asked for on it will not come."""
+        self._begin("link", link="venue", up=False, **({"venue": venue} if venue else {}))
 
-    def venue_reply(self, reply) -> None:
-        """One `ack`, `fill` or `reject` (a protocol `VenueReply`): `venue_replies` of it alone."""
-        self.venue_replies([reply])
+    def venue_reply(self, reply, venue: str = "") -> None:
+        """One answer (a protocol `VenueReply`): `venue_replies` of it alone."""
+        self.venue_replies([reply], venue)
 
-    def venue_replies(self, replies: list) -> None:
-        """The `ack`, `fill` and `reject` answers (protocol `VenueReply`s) of one read of
-        the venue connection, in order, journaled as one record. Kernel events take the
+    def venue_replies(self, replies: list, venue: str = "") -> None:
+        """The `ack`, `fill`, `reject` and `cancel` answers (protocol `VenueReply`s) of one
+        read of `venue`'s connection, in order, journaled as one record. Kernel events take the
         instrument's event time (`now_for`), so the kernel stays on the feed's clock; the
         records take the venue's `ts` when it sent one. An answer the core fails to
         handle (a defect) is logged as a bad message, and the answers after it are still
@@ -473,8 +533,13 @@ class OrderCore:
                 fields.update(qty=reply.qty, price=reply.price, fee=reply.fee, venue_ts=reply.ts)
             elif reply.type == "reject":
                 fields["reason"] = reply.reason
+            elif reply.type == "cancel":
+                fields.update(qty=reply.qty, reason=reply.reason)
             said.append(fields)
-        self._begin("venue", replies=said)
+        if venue:
+            self._begin("venue", replies=said, venue=venue)
+        else:
+            self._begin("venue", replies=said)
         for reply in replies:
             try:
                 self._venue_reply(reply)
@@ -497,17 +562,27 @@ class OrderCore:
         instrument, left = order.instrument, order.left
         ts = self.now_for(instrument)
         said = reply.ts if reply.ts is not None else ts
-        if reply.type == "reject":
-            self.counters.rejects += 1
+        if reply.type == "reject" or reply.type == "cancel":  # a cancel ends an IOC's remainder as a reject does
+            if reply.type == "reject":
+                self.counters.rejects += 1
+            else:
+                self.counters.cancels += 1
             if not order.withdrawn:
                 self._withdraw(instrument, ts, left)
             del self.open[oid]
             self.rejected.add(oid)
-            self.record("reject", ts=said, client_order_id=oid, instrument=instrument, qty=left, reason=reply.reason)
+            self.record(reply.type, ts=said, client_order_id=oid, instrument=instrument, qty=left,
+                        reason=reply.reason)
             return
         order.fills_seen += 1
         if order.fills_seen <= order.fills_applied:
             return  # a fill answered again after a resend: applied already
+        notional = reply.qty * (reply.price * self.multiplier[instrument])  # as a simulated fill's fee is computed
+        if reply.fee > notional:  # a fee above the fill's notional would move equity, and every limit that reads it
+            order.fills_seen -= 1  # not applied: a resend's answers must count it again
+            self._bad("venue", f"fill of {oid}: `fee` is {reply.fee!r}, above the fill's notional {notional:g} "
+                               f"(qty x price x multiplier {self.multiplier[instrument]:g}): refused")
+            return
         sign = 1.0 if left > 0 else -1.0
         qty = min(reply.qty, abs(left)) * sign
         overfilled = reply.qty > abs(left)
@@ -531,10 +606,11 @@ class OrderCore:
         if overfilled:
             self._venue_break(f"the venue filled {reply.qty:g} of {oid}, {abs(left):g} of which was open")
 
-    def venue_state(self, positions: dict, open_orders: list) -> None:
-        """The venue's answer to `state_request`: its signed position per instrument
+    def venue_state(self, positions: dict, open_orders: list, venue: str = "") -> None:
+        """`venue`'s answer to `state_request`: its signed position per instrument
         (units; an instrument it does not name is flat) and the ids of the orders it
-        holds open. Matched against this state's positions within `MATCH_RTOL`, and the
+        holds open, compared for the instruments it trades. Matched against this
+        state's positions within `MATCH_RTOL`, and the
         venue may hold no open order this state does not know (one would fill into a
         position nobody limits): a match lets the orders held meanwhile be decided again;
         a mismatch trips the kill switch (`reconcile_mismatch`) and no order leaves, not
@@ -542,25 +618,33 @@ class OrderCore:
         venue's), until an operator resumes and the venue's state, asked for again, matches.
         Either way a `reconcile` record shows both sides (with `unknown_orders` when the
         venue holds any). An answer nobody asked for is ignored."""
-        self._begin("venue", type="state", positions=positions, open_orders=open_orders)
-        if not self.reconciling:
+        self._begin("venue", type="state", positions=positions, open_orders=open_orders,
+                    **({"venue": venue} if venue else {}))
+        if venue not in self.asked:
             return
-        self.reconciling = self.reconcile_due = False
-        ours = self.engine.positions()
-        theirs = {name: float(positions.get(name, 0.0)) for name in self.instruments}
-        differ = [name for name in self.instruments
+        self.asked.discard(venue)
+        self.reconcile_due.discard(venue)
+        mine = [name for name in self.instruments if self.venue_of[name] == venue]
+        everything = self.engine.positions()
+        ours = {name: everything[name] for name in mine}
+        theirs = {name: float(positions.get(name, 0.0)) for name in mine}
+        differ = [name for name in mine
                   if abs(ours[name] - theirs[name]) > MATCH_RTOL * max(abs(ours[name]), abs(theirs[name]))]
-        unknown = sorted(set(open_orders) - set(self.open))
+        open_here = [oid for oid, order in self.open.items() if order.venue == venue]
+        unknown = sorted(set(open_orders) - set(open_here))
         self.record("reconcile", ts=self._wall, matched=not differ and not unknown, instruments=differ,
-                    runtime={"positions": ours, "open_orders": list(self.open)},
-                    venue={"positions": positions, "open_orders": open_orders},
+                    runtime={"positions": ours, "open_orders": open_here},
+                    venue={**({"name": venue} if venue else {}), "positions": positions, "open_orders": open_orders},
                     **({"unknown_orders": unknown} if unknown else {}))
-        held, self.held = sorted(self.held), set()
         if differ or unknown:
             self.mismatched = True
+            self.held = set()
             if not self.engine.halted:
                 self._halt(RECONCILE_MISMATCH)
             return
+        if self.asked or self.mismatched:  # another venue has not answered, or differed: still held
+            return
+        held, self.held = sorted(self.held), set()
         for name in held:
             self._decide(name)
 
@@ -568,6 +652,7 @@ class OrderCore:
         """Go on over another engine (another policy, `journal.carry_over`), with the
         open orders as they are."""
         self.engine, self.policy_hash = engine, engine.policy.policy_hash
+        self._multipliers(engine)
 
     def restart(self, order_prefix: str, mono_ns: int, *, max_clock_skew_s: float = MAX_CLOCK_SKEW_S,
                 max_feed_silence_s: float = MAX_FEED_SILENCE_S) -> None:
@@ -592,7 +677,7 @@ class OrderCore:
         for name, value in vars(Counters()).items():  # counted per run, in place: the owner holds the object
             setattr(self.counters, name, value)
         self.unacked = set(self.open)
-        self.reconciling, self.reconcile_due = False, True
+        self.asked, self.reconcile_due = set(), set(self.venue_names)
 
     def _venue_break(self, what: str) -> None:
         """The venue's answers contradict what it was sent, so its position and this

@@ -160,7 +160,8 @@ class Lockstep:
             for k in range(len(rec)):
                 msg = replay.message(rec, k, fmt, time.time_ns())
                 frame = encode(msg).decode()
-                price = msg["close"] if "close" in msg else msg["price"]
+                price = (msg["close"] if "close" in msg else msg["price"] if "price" in msg
+                         else (msg["bid"] + msg["ask"]) / 2)  # a quote: the venue prices it at its midpoint
                 for ws in [ws for ws in clients - {ours} if ws.state is State.OPEN]:  # the venue's
                     await ws.send(frame)
                 await until(lambda: venue.last_price.get(msg["instrument"]) == price)

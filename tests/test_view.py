@@ -154,7 +154,7 @@ def test_the_view_of_three_instruments_shows_those_figures_in_80_by_24(three):
     assert [line.split() for line in table] == [["AAA", "+4", "+0", "115.0000", "+60.00", "460"],
                                                 ["BBB", "+10", "-6", "106.0000", "+560.00", "424"],
                                                 ["CCC", "+0", "+10", "20.0000", "+0.00", "200"]]
-    assert any(line.startswith("events 8  orders 5  fills 3  rejects 0  unacked 0  bad 0") for line in lines)
+    assert any(line.startswith("events 8  orders 5  fills 3  rejects 0  cancels 0  unacked 0  bad 0") for line in lines)
 
 
 def test_the_kill_switch_shows_in_the_first_line_and_the_risk_column(three):

@@ -25,8 +25,8 @@ from ..audit_chain import (JSON_OPTIONS, NONCE_BYTES, SIGNED, ZERO_HASH, Line, L
 
 #: What reached the order core, written before it is handled (a journal that replays it).
 INPUT_KINDS = ("market", "input", "intent", "decide", "venue", "control", "link", "timer")
-KINDS = ("session", "order", "fill", "reject", "overfill", "risk", "halt", "resume", "feed_silent", "feed_live",
-         "bad_message", "reconcile", "checkpoint", "access", "auth_failures", *INPUT_KINDS)
+KINDS = ("session", "order", "fill", "reject", "cancel", "overfill", "risk", "halt", "resume", "feed_silent",
+         "feed_live", "bad_message", "reconcile", "checkpoint", "access", "auth_failures", *INPUT_KINDS)
 #: Written by the runner around the core (the listeners' security), not by the core: replay passes them by.
 RUNNER_KINDS = ("access", "auth_failures")
 #: The members `write` sets itself (besides its parameters `kind` and `ts`); a record's own fields may not name them.

@@ -1,15 +1,19 @@
 """`policyc paper-venue`: a venue to trade against without an exchange account.
 
-It subscribes to a market-data feed, acknowledges market orders and fills them by one
-of the backtest's fill models (`runtime/fills.py`, `fill_mode`): by default `same`, at
-the price of the market event each was decided on (or the feed's last price); `next`,
-`next-open` and `latency` at a later market event of the feed, as `backtest --fill`
-does. An optional wall-clock latency comes first, during which a `cancel` still stops
-an order. It charges fees in basis points, and answers a `client_order_id` it has seen
-before, in an order or a cancel, with exactly what it answered so far, executing nothing
-twice. It keeps each instrument's position (the sum of its fills, over every
-connection) and answers a `state_request` with the positions and the orders it holds
-open. It records tick-to-order latency from `event_sent_ns`.
+It subscribes to a market-data feed, acknowledges market orders and immediate-or-cancel
+(IOC) limit orders and fills them by one of the backtest's fill models
+(`runtime/fills.py`, `fill_mode`): by default `same`, at the price of the market event
+each was decided on (or the feed's last price); `next`, `next-open` and `latency` at a
+later market event of the feed, as `backtest --fill` does. An IOC limit order fills up
+to the size the quote shows (`fills.FillBook`, `partial`) and its remainder is cancelled
+(`{"type": "cancel", ..., "reason": "ioc_unfilled"}`). An optional wall-clock latency
+comes first, during which a `cancel` still stops an order. It charges fees in basis
+points of the notional (quantity x price x the instrument's contract multiplier,
+`multipliers`), and answers a `client_order_id` it has seen before, in an order or a
+cancel, with exactly what it answered so far, executing nothing twice. It keeps each
+instrument's position (the sum of its fills, over every connection) and answers a
+`state_request` with the positions and the orders it holds open. It records
+tick-to-order latency from `event_sent_ns`.
 
 `PaperVenue` is the venue without I/O (feed frames and order frames in, replies out);
 `serve` puts it on sockets and runs its timers.
@@ -17,6 +21,7 @@ open. It records tick-to-order latency from `event_sent_ns`.
 from __future__ import annotations
 
 import asyncio
+import math
 import random
 import ssl
 import time
@@ -41,13 +46,17 @@ class PaperVenue:
     of its notional; `latency_ms`: wall-clock wait between an order's `ack` and its
     reaching the book; `fill_mode`: a layout fill mode of the backtest (FILL_SAME,
     FILL_NEXT, FILL_NEXT_OPEN, FILL_LATENCY); `fill_latency_ns`: FILL_LATENCY's delay in
-    event time (int ns). Raises ValueError for a mode or latency `FillBook` refuses."""
+    event time (int ns); `multipliers`: instrument (as orders name it) -> its contract
+    multiplier (money per point of price per unit; 1 for any other), which the fee's
+    notional is measured with. Raises ValueError for a mode or latency `FillBook`
+    refuses, or a multiplier that is not a positive finite number."""
 
     fees_bps: float = 0.0
     latency_ms: float = 0.0
     feed_format: str = "native"
     fill_mode: int = L.FILL_SAME
     fill_latency_ns: int = 0
+    multipliers: dict = field(default_factory=dict)
     replies: dict = field(default_factory=dict)       # client_order_id -> replies sent so far
     pending: dict = field(default_factory=dict)       # client_order_id -> order waiting out the latency
     fills: list = field(default_factory=list)
@@ -60,8 +69,16 @@ class PaperVenue:
     book: FillBook = field(init=False, repr=False)    # the feed's prices and the orders waiting for them
 
     def __post_init__(self):
-        # no slippage: a fill at the feed's price
-        self.book = FillBook(FillModel(fees_bps=self.fees_bps), self.fill_mode, self.fill_latency_ns)
+        contracts = {}
+        for name, multiplier in self.multipliers.items():
+            if not (isinstance(multiplier, (int, float)) and 0 < multiplier < math.inf):
+                raise ValueError(f"the multiplier of {name} must be a positive number, not {multiplier!r}")
+            # the book names an instrument as the feed does: `binance:BTCUSDT` is priced as `BTCUSDT`
+            for as_named in {name, name.partition(":")[2] or name}:
+                contracts[as_named] = (float(multiplier), math.nan)  # no tick rounding
+        # no slippage: a fill at the feed's price (an IOC limit order's capped at its limit)
+        self.book = FillBook(FillModel(fees_bps=self.fees_bps, contracts=contracts), self.fill_mode,
+                             self.fill_latency_ns, partial=True)
 
     @property
     def feed_wait_s(self) -> float | None:
@@ -93,8 +110,8 @@ class PaperVenue:
             for item in items:
                 if not isinstance(item, Input):
                     for fill in self.book.market(item.instrument, item.ts, item.fields["price"],
-                                                 item.fields.get("open")):
-                        fills.append(self._filled(self.behind.pop(fill.client_order_id), fill))
+                                                 item.fields.get("open"), item.fields):
+                        fills += self._filled(self.behind.pop(fill.client_order_id), fill)
         return fills
 
     def on_order(self, frame) -> list[dict]:
@@ -139,8 +156,15 @@ class PaperVenue:
         side, qty = msg.get("side"), msg.get("qty")
         if side not in ("buy", "sell") or isinstance(qty, bool) or not isinstance(qty, (int, float)) or not qty > 0:
             return "bad side or qty"
-        if msg.get("order_type", "market") != "market":
-            return "only market orders"
+        kind = msg.get("order_type", "market")
+        if kind == "limit":
+            limit = msg.get("limit_price")
+            if isinstance(limit, bool) or not isinstance(limit, (int, float)) or not 0 < limit < math.inf:
+                return "`limit_price` must be a positive number"
+            if msg.get("time_in_force") != "IOC":
+                return "only IOC limit orders"
+        elif kind != "market":
+            return "only market orders and IOC limit orders"
         if self.price_of(msg.get("instrument")) is None and _event_ts(msg) is None:
             return f"no price for {msg.get('instrument')}"
         return ""
@@ -165,7 +189,7 @@ class PaperVenue:
         if not wait:
             fill = self.book.fill_now(oid)
             if fill is not None:
-                return [self._filled(msg, fill)]
+                return self._filled(msg, fill)
             reply = {"type": "reject", "client_order_id": oid, "reason": f"no price for {msg['instrument']}"}
             self.replies[oid].append(reply)
             return [reply]
@@ -173,22 +197,31 @@ class PaperVenue:
         if msg is None:
             return []
         qty = msg["qty"] if msg["side"] == "buy" else -msg["qty"]
-        fill = self.book.order(oid, self._priced_as(msg["instrument"]), qty, _event_ts(msg), _ts(msg, "ts"))
+        limit = msg.get("limit_price") if msg.get("order_type") == "limit" else None
+        fill = self.book.order(oid, self._priced_as(msg["instrument"]), qty, _event_ts(msg), _ts(msg, "ts"), limit)
         if fill is None:
             self.behind[oid] = msg
             return []
-        return [self._filled(msg, fill)]
+        return self._filled(msg, fill)
 
-    def _filled(self, msg: dict, fill: Fill) -> dict:
-        """The `fill` reply of an order (`msg`) the book filled, remembered and returned."""
+    def _filled(self, msg: dict, fill: Fill) -> list[dict]:
+        """The replies of an order (`msg`) the book executed, remembered and returned: its
+        `fill` (of the whole order, for a market order), and for an IOC limit order
+        whatever it left unfilled, a `cancel` of that remainder."""
         oid = fill.client_order_id
-        reply = {"type": "fill", "client_order_id": oid, "qty": msg["qty"], "price": fill.price, "fee": fill.fee,
-                 "ts": time.time_ns()}
-        self.replies[oid].append(reply)
-        self.fills.append({**reply, "instrument": msg["instrument"], "side": msg["side"]})
-        signed = msg["qty"] if msg["side"] == "buy" else -msg["qty"]
-        self.positions[msg["instrument"]] = self.positions.get(msg["instrument"], 0.0) + signed
-        return reply
+        out = []
+        if fill.qty:
+            qty = msg["qty"] if not fill.unfilled else abs(fill.qty)
+            reply = {"type": "fill", "client_order_id": oid, "qty": qty, "price": fill.price, "fee": fill.fee,
+                     "ts": time.time_ns()}
+            out.append(reply)
+            self.fills.append({**reply, "instrument": msg["instrument"], "side": msg["side"]})
+            signed = qty if msg["side"] == "buy" else -qty
+            self.positions[msg["instrument"]] = self.positions.get(msg["instrument"], 0.0) + signed
+        if fill.unfilled:
+            out.append({"type": "cancel", "client_order_id": oid, "qty": abs(fill.unfilled), "reason": "ioc_unfilled"})
+        self.replies[oid] += out
+        return out
 
     def _cancel(self, oid: str) -> list[dict]:
         """A pending order is cancelled and answered with a `reject`. For an order that is
@@ -259,8 +292,11 @@ async def serve(venue: PaperVenue, host: str, port: int, feed_url: str, ready: a
             ws_broadcast([websocket], encode(reply).decode())
 
     def on_feed(frames) -> None:
-        for fill in venue.on_feed(frames):
-            answer(fill["client_order_id"], [fill])
+        by_order: dict = {}  # an IOC's fill and the cancel of its remainder go out together
+        for reply in venue.on_feed(frames):
+            by_order.setdefault(reply["client_order_id"], []).append(reply)
+        for oid, replies in by_order.items():
+            answer(oid, replies)
 
     def answer(oid: str, replies: list) -> None:
         """An order's fill goes to the connection that sent it last; if that one dropped,

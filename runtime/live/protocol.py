@@ -33,7 +33,7 @@ class ProtocolError(ValueError):
 class Market(NamedTuple):  # named tuples: the cheapest records to build, one per message
     instrument: str
     ts: int
-    fields: dict            # market fields: price, qty, open, high, low, close, volume, bid, ask
+    fields: dict            # market fields: price, qty, open, high, low, close, volume, bid, ask, bid_size, ask_size
     sent_ns: int | None = None
 
 
@@ -58,9 +58,9 @@ class Control(NamedTuple):
 
 
 class VenueReply(NamedTuple):
-    type: str               # ack, fill or reject
+    type: str               # ack, fill, reject, or cancel (an IOC order's unfilled remainder ended)
     client_order_id: str
-    qty: float = 0.0
+    qty: float = 0.0        # a fill's quantity; a cancel's remainder (0 when the venue did not say)
     price: float = 0.0
     fee: float = 0.0
     ts: int | None = None
@@ -258,6 +258,10 @@ def _native(msg: dict, instruments) -> Market | Input:
         if bid > ask:
             raise ProtocolError(f"crossed quote: bid {bid:g} above ask {ask:g}")
         fields = {"bid": bid, "ask": ask, "price": (bid + ask) / 2}
+        for key in ("bid_size", "ask_size"):
+            size = _number(msg, key, positive=True, required=False)
+            if size is not None:
+                fields[key] = size
     elif kind == "input":
         return Input(instrument, ts, _text(msg, "name"), _number(msg, "value"), sent_ns=sent)
     else:
@@ -368,7 +372,12 @@ def _quote(m) -> Market | None:
     """None for a crossed quote, which `parse_feed` refuses with its reason."""
     if m.bid > m.ask:
         return None
-    return Market(m.instrument, m.ts, {"bid": m.bid, "ask": m.ask, "price": (m.bid + m.ask) / 2}, m.sent_ns)
+    fields = {"bid": m.bid, "ask": m.ask, "price": (m.bid + m.ask) / 2}
+    if m.bid_size is not None:
+        fields["bid_size"] = m.bid_size
+    if m.ask_size is not None:
+        fields["ask_size"] = m.ask_size
+    return Market(m.instrument, m.ts, fields, m.sent_ns)
 
 
 @functools.lru_cache(maxsize=8)
@@ -382,7 +391,8 @@ def _native_decoder(instruments: tuple[str, ...]) -> tuple[Callable, dict]:
         "tick": [("price", _Price), ("qty", Optional[_Price], None)],
         "bar": [("open", _Price), ("high", _Price), ("low", _Price), ("close", _Price),
                 ("volume", Optional[_Volume], None)],
-        "quote": [("bid", _Price), ("ask", _Price)],
+        "quote": [("bid", _Price), ("ask", _Price), ("bid_size", Optional[_Price], None),
+                  ("ask_size", Optional[_Price], None)],
     }
     build = {}
     for tag, make in (("tick", _tick), ("bar", _bar), ("quote", _quote)):
@@ -395,8 +405,11 @@ def _native_decoder(instruments: tuple[str, ...]) -> tuple[Callable, dict]:
 
 
 def _binance(msg: dict, instruments) -> Market:
-    if msg.get("e") != "trade":
-        raise ProtocolError(f"unknown binance event {msg.get('e')!r}")
+    """A trade (`"e": "trade"`) or a best bid and offer (`"e": "bookTicker"`, the USD-M
+    futures stream's form, which carries the transaction time `T`)."""
+    event = msg.get("e")
+    if event not in ("trade", "bookTicker"):
+        raise ProtocolError(f"unknown binance event {event!r}")
     symbol = _text(msg, "s")
     instrument = symbol if symbol in instruments else f"binance:{symbol}"
     if instrument not in instruments:
@@ -404,14 +417,35 @@ def _binance(msg: dict, instruments) -> Market:
     ms = _integer(msg, "T")
     if ms > MAX_NS // 1_000_000:
         raise ProtocolError(f"`T` is out of range: {ms} (ms since the epoch)")
-    fields = {"price": _number(msg, "p", positive=True, text=True), "qty": _number(msg, "q", positive=True, text=True)}
+    if event == "trade":
+        fields = {"price": _number(msg, "p", positive=True, text=True),
+                  "qty": _number(msg, "q", positive=True, text=True)}
+    else:
+        fields = _quote_fields(*(_number(msg, key, positive=True, text=True, required=key.islower())
+                                 for key in "bBaA"))  # the sizes `B` and `A` are optional
     return Market(instrument, ms * 1_000_000, fields)
+
+
+def _quote_fields(bid: float, bid_size: float | None, ask: float, ask_size: float | None) -> dict:
+    """The market fields of a best bid and offer, `price` its midpoint; a crossed one
+    (bid above ask) raises ProtocolError."""
+    if bid > ask:
+        raise ProtocolError(f"crossed quote: bid {bid:g} above ask {ask:g}")
+    fields = {"bid": bid, "ask": ask, "price": (bid + ask) / 2}
+    if bid_size is not None:
+        fields["bid_size"] = bid_size
+    if ask_size is not None:
+        fields["ask_size"] = ask_size
+    return fields
 
 
 def _coinbase(msg: dict, instruments) -> Market:
     if msg.get("type") != "ticker":
         raise ProtocolError(f"unknown coinbase message type {msg.get('type')!r}")
-    instrument = _instrument(msg, "product_id", instruments)
+    product = _text(msg, "product_id")
+    instrument = product if product in instruments else f"coinbase:{product}"
+    if instrument not in instruments:
+        raise ProtocolError(f"unknown instrument `{product}`")
     text = _text(msg, "time")
     try:
         moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
@@ -429,6 +463,11 @@ def _coinbase(msg: dict, instruments) -> Market:
     size = _number(msg, "last_size", positive=True, text=True, required=False)
     if size is not None:
         fields["qty"] = size
+    book = {key: _number(msg, f"best_{key}", positive=True, text=True, required=False)
+            for key in ("bid", "ask", "bid_size", "ask_size")}
+    if book["bid"] is not None and book["ask"] is not None and book["bid"] > book["ask"]:
+        raise ProtocolError(f"crossed quote: best_bid {book['bid']:g} above best_ask {book['ask']:g}")
+    fields.update((key, value) for key, value in book.items() if value is not None)
     return Market(instrument, ts, fields)
 
 
@@ -473,7 +512,7 @@ def parse_control(frame: str | bytes) -> Control:
 
 @_one_frame
 def parse_venue(frame: str | bytes) -> VenueReply | VenueState:
-    """A venue's answer. A well-formed `ack`, `fill` or `reject` (two for each order)
+    """A venue's answer. A well-formed `ack`, `fill`, `reject` or `cancel` (two for each order)
     in bytes is decoded and checked by one msgspec call, as a native feed frame is;
     anything else, and anything that call refuses, is checked field by field
     (`_venue_fields`), which gives the reason: the same answers and refusals either
@@ -493,7 +532,7 @@ def parse_venue(frame: str | bytes) -> VenueReply | VenueState:
 def _venue_fields(frame: str | bytes) -> VenueReply | VenueState:
     msg = _object(decode(frame))
     kind = msg.get("type")
-    if kind not in ("ack", "fill", "reject", "state"):
+    if kind not in ("ack", "fill", "reject", "cancel", "state"):
         raise ProtocolError(f"unknown message type {kind!r}")
     if kind == "state":
         positions, open_orders = msg.get("positions"), msg.get("open_orders")
@@ -512,26 +551,28 @@ def _venue_fields(frame: str | bytes) -> VenueReply | VenueState:
         qty = _positive(msg, "qty")
         price = _positive(msg, "price")
         fee = _number(msg, "fee", required=False) or 0.0
-        # Orders are market orders, which pay a fee and never earn a rebate; a fee below 0 or
-        # above the fill's notional would move equity, and every limit that reads it.
-        if not 0 <= fee <= qty * price:
-            raise ProtocolError(f"`fee` is {fee!r}: a market order's fee is from 0 to the fill's notional "
-                                f"({qty * price:g})")
+        # Orders take liquidity (market and IOC orders), which pays a fee and never earns a
+        # rebate. The upper bound, the fill's notional, needs the contract's multiplier: the
+        # order core checks it (`OrderCore`), knowing the order's instrument.
+        if fee < 0:
+            raise ProtocolError(f"`fee` is {fee!r}: a fee is 0 or more (orders take liquidity, which earns no rebate)")
         return VenueReply("fill", oid, qty=qty, price=price, fee=fee, ts=_integer(msg, "ts", required=False))
     reason = msg.get("reason", "")
-    return VenueReply("reject", oid, reason=reason if isinstance(reason, str) else "")
+    reason = reason if isinstance(reason, str) else ""
+    if kind == "cancel":
+        left = _number(msg, "qty", required=False) or 0.0
+        if left < 0:
+            raise ProtocolError(f"`qty` is {left:g}: a cancel's remainder is 0 or more")
+        return VenueReply("cancel", oid, qty=left, reason=reason)
+    return VenueReply("reject", oid, reason=reason)
 
 
-def _fill(m) -> VenueReply | None:
-    """None for a fee above the fill's notional, which `_venue_fields` refuses with its reason."""
-    fee = m.fee or 0.0
-    if fee > m.qty * m.price:
-        return None
-    return VenueReply("fill", m.client_order_id, qty=m.qty, price=m.price, fee=fee, ts=m.ts)
+def _fill(m) -> VenueReply:
+    return VenueReply("fill", m.client_order_id, qty=m.qty, price=m.price, fee=m.fee or 0.0, ts=m.ts)
 
 
 def _venue_decoder() -> tuple[Callable, dict]:
-    """The decoder of well-formed acks, fills and rejects, with `_venue_fields`' limits,
+    """The decoder of well-formed acks, fills, rejects and cancels, with `_venue_fields`' limits,
     and for each struct it makes, the function from it to a `VenueReply`."""
     oid = ("client_order_id", Annotated[str, msgspec.Meta(min_length=1)])
     fields = {
@@ -539,10 +580,12 @@ def _venue_decoder() -> tuple[Callable, dict]:
         "fill": [oid, ("qty", _Price), ("price", _Price), ("fee", Optional[_Volume], None),
                  ("ts", Optional[_Ns], None)],
         "reject": [oid, ("reason", str, "")],
+        "cancel": [oid, ("qty", _Volume, 0.0), ("reason", str, "")],
     }
     makes = {"ack": lambda m: VenueReply("ack", m.client_order_id, venue_order_id=m.venue_order_id),
              "fill": _fill,
-             "reject": lambda m: VenueReply("reject", m.client_order_id, reason=m.reason)}
+             "reject": lambda m: VenueReply("reject", m.client_order_id, reason=m.reason),
+             "cancel": lambda m: VenueReply("cancel", m.client_order_id, qty=m.qty, reason=m.reason)}
     build = {msgspec.defstruct(f"_{tag}", fields[tag], tag=tag, tag_field="type", forbid_unknown_fields=True,
                                omit_defaults=True): makes[tag] for tag in fields}
     return msgspec.json.Decoder(Union[tuple(build)]).decode, build

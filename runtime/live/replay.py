@@ -20,6 +20,8 @@ from policyc.runtime.data import DataError, load_table
 from .protocol import encode
 
 BAR = ("open", "high", "low", "close")
+QUOTE = ("bid", "ask")
+SIZES = ("bid_size", "ask_size")
 
 
 @dataclass
@@ -56,9 +58,10 @@ def duplicate_names(data: list[tuple[str | None, str]]) -> str | None:
 
 def load_recording(data: list[tuple[str | None, str]], date_format: str | None = None,
                    zone: str | None = None) -> Recording:
-    """Bars (or, without them, prices) of each (symbol or None, path) file, served as
-    `instrument_name`. `date_format` and `zone` (the IANA zone of timestamps without one;
-    None: UTC) are those of `load_table`. Raises DataError for a file that cannot be
+    """Bars, quotes (`bid` and `ask`, with `bid_size` and `ask_size` when the file has
+    both; its `price` column as the last trade's price, else their midpoint) or prices of each (symbol or None, path) file, the
+    first of these it has, served as `instrument_name`. `date_format` and `zone` (the
+    IANA zone of timestamps without one; None: UTC) are those of `load_table`. Raises DataError for a file that cannot be
     used, or two of one name."""
     clash = duplicate_names(data)
     if clash:
@@ -66,10 +69,16 @@ def load_recording(data: list[tuple[str | None, str]], date_format: str | None =
     tables, names = [], []
     for symbol, path in data:
         name = instrument_name(symbol, path)
-        try:
-            table = load_table(path, [*BAR, "volume"], date_format=date_format, zone=zone)
-        except DataError:
+        for wanted in ([*BAR, "volume"], [*QUOTE, *SIZES, "price"], [*QUOTE, *SIZES], [*QUOTE, "price"], list(QUOTE)):
+            try:
+                table = load_table(path, wanted, date_format=date_format, zone=zone)
+                break
+            except DataError:
+                continue
+        else:
             table = load_table(path, ["price"], date_format=date_format, zone=zone)
+        if "bid" in table.columns and "price" not in table.columns:  # a quote file and a price file served
+            table.columns["price"] = (table.columns["bid"] + table.columns["ask"]) / 2  # together are both ticks
         tables.append(table)
         names.append(name)
     fields = set.intersection(*(set(t.columns) for t in tables))
@@ -81,10 +90,16 @@ def load_recording(data: list[tuple[str | None, str]], date_format: str | None =
 
 
 def message(rec: Recording, k: int, fmt: str, sent_ns: int, shift_ns: int = 0) -> dict:
-    """Event k of the recording as a feed message, its time moved on by `shift_ns`."""
+    """Event k of the recording as a feed message, its time moved on by `shift_ns`: with
+    `bid` and `ask` columns a quote (native `quote`, binance `bookTicker`, coinbase
+    `ticker` with `best_bid` and `best_ask`, each with the sizes when there are), with
+    bars a bar (binance and coinbase: a trade or ticker at its close), else a tick."""
     name = rec.instruments[rec.inst[k]]
     ts = int(rec.ts[k]) + shift_ns
     c = rec.columns
+    if "bid" in c and "ask" in c:
+        return _quote(name, k, ts, fmt, sent_ns, float(c["bid"][k]), float(c["ask"][k]),
+                      *(float(c[f][k]) if f in c else None for f in SIZES), float(c["price"][k]))
     price = float(c["close"][k] if "close" in c else c["price"][k])
     if fmt == "binance":
         ms = ts // 1_000_000
@@ -93,13 +108,39 @@ def message(rec: Recording, k: int, fmt: str, sent_ns: int, shift_ns: int = 0) -
                 "q": repr(qty), "T": ms, "m": False, "M": True}
     if fmt == "coinbase":
         stamp = np.datetime_as_string(np.datetime64(ts, "ns"), unit="ms") + "Z"
-        return {"type": "ticker", "sequence": k, "product_id": name, "price": repr(price), "time": stamp}
+        return {"type": "ticker", "sequence": k, "product_id": name.removeprefix("coinbase:"), "price": repr(price),
+                "time": stamp}
     if all(f in c for f in BAR):
         msg = {"type": "bar", "instrument": name, "ts": ts, **{f: float(c[f][k]) for f in BAR}}
         if "volume" in c:
             msg["volume"] = float(c["volume"][k])
     else:
         msg = {"type": "tick", "instrument": name, "ts": ts, "price": price}
+    msg["sent_ns"] = sent_ns
+    return msg
+
+
+def _quote(name: str, k: int, ts: int, fmt: str, sent_ns: int, bid: float, ask: float, bid_size: float | None,
+           ask_size: float | None, price: float) -> dict:
+    """A best bid and offer as a message of `fmt`; sizes left out when None. `price`, the
+    last trade's, goes in a coinbase ticker only: the others' price is the midpoint."""
+    if fmt == "binance":
+        ms = ts // 1_000_000
+        msg = {"e": "bookTicker", "u": k, "s": name.removeprefix("binance:"), "b": repr(bid), "a": repr(ask),
+               "T": ms, "E": ms}
+        if bid_size is not None:
+            msg.update(B=repr(bid_size), A=repr(ask_size))
+        return msg
+    if fmt == "coinbase":
+        stamp = np.datetime_as_string(np.datetime64(ts, "ns"), unit="ms") + "Z"
+        msg = {"type": "ticker", "sequence": k, "product_id": name.removeprefix("coinbase:"),
+               "price": repr(price), "best_bid": repr(bid), "best_ask": repr(ask), "time": stamp}
+        if bid_size is not None:
+            msg.update(best_bid_size=repr(bid_size), best_ask_size=repr(ask_size))
+        return msg
+    msg = {"type": "quote", "instrument": name, "ts": ts, "bid": bid, "ask": ask}
+    if bid_size is not None:
+        msg.update(bid_size=bid_size, ask_size=ask_size)
     msg["sent_ns"] = sent_ns
     return msg
 

@@ -8,6 +8,11 @@ silence); this module keeps the sockets, the timers and the decision log. Market
 and venue replies arrive on `transport.Stream`s, so whatever one socket read completed
 goes through the kernel in one call; the intents and control listeners answer one
 message at a time.
+
+Several feeds and venues: each instrument is served by the feed and the venue named by
+the text before its `:` (`binance:BTCUSDT`: `binance`), or else by the unnamed one
+(`serving`). Each connection reconnects on its own; the order core resends and
+reconciles per venue.
 """
 from __future__ import annotations
 
@@ -20,6 +25,7 @@ import sys
 import time
 from collections import deque
 from dataclasses import dataclass, field
+from functools import partial
 from datetime import datetime, timezone
 
 from policyc.compiler import layout as L
@@ -31,8 +37,8 @@ from ..journal import resume_state
 from ..orders import MAX_CLOCK_SKEW_S, MAX_FEED_SILENCE_S, OrderCore, steps
 from . import security, transport
 from .audit import DEFAULT_FSYNC, DecisionLog, read_log_key, read_signing_key
-from .protocol import (MAX_FRAME_BYTES, FeedDecoder, Input, Market, ProtocolError, encode, message_id, parse_control,
-                       parse_intent, parse_venue)
+from .protocol import (FEED_FORMATS, MAX_FRAME_BYTES, FeedDecoder, Input, Market, ProtocolError, encode, message_id,
+                       parse_control, parse_intent, parse_venue)
 
 
 #: Messages a credential may send per second, over all its connections (each opened
@@ -45,11 +51,41 @@ RETRY_FIRST_S, RETRY_MAX_S = 0.05, 2.0  # reconnect backoff: the first wait, dou
 VENUE_FIRST_S = 5.0  # at start, the feed waits this long at most for the venue connection
 
 
+class ConfigError(ValueError):
+    """A run that cannot start as configured: an instrument no feed or venue serves."""
+
+
+def serving(instruments, names, what: str) -> dict[str, str]:
+    """Instrument -> the name of the connection (of `names`, "" the unnamed one) that
+    serves it: the one named by the text before its `:`, else the unnamed one. `what`
+    (`feed` or `venue`) names the option in the error. Raises ConfigError naming every
+    instrument none serves."""
+    out, missing = {}, []
+    for name in instruments:
+        prefix, colon, _ = name.partition(":")
+        if colon and prefix in names:
+            out[name] = prefix
+        elif "" in names:
+            out[name] = ""
+        else:
+            missing.append(name)
+    if missing:
+        wanted = sorted({name.partition(":")[0] for name in missing if ":" in name})
+        raise ConfigError(f"no --{what} serves {', '.join(missing)}: give --{what} URL, or --{what} NAME=URL"
+                          + (f" for {', '.join(wanted)}" if wanted else "")
+                          + " (an instrument `NAME:SYMBOL` is served by the connection named NAME)")
+    return out
+
+
 @dataclass
 class RunConfig:
-    feed_url: str
-    venue_url: str
-    feed_format: str = "native"
+    feed_url: str                                  # the unnamed feed ("" for none: named ones in `feeds`)
+    venue_url: str                                 # the unnamed venue ("" for none: named ones in `venues`)
+    feed_format: str = "native"                    # the unnamed feed's format, and a named one's by default
+    feeds: dict = field(default_factory=dict)      # NAME -> URL: feeds serving the instruments `NAME:...`
+    venues: dict = field(default_factory=dict)     # NAME -> URL: venues trading the instruments `NAME:...`
+    feed_formats: dict = field(default_factory=dict)  # NAME -> format of a named feed; default: NAME when it is
+                                                   # a format (`binance`), else `feed_format`
     intents: tuple[str, int] | None = None
     control: tuple[str, int] | None = None
     guard: security.Guard | None = None           # the listeners' credentials, roles and second factor
@@ -78,10 +114,16 @@ class Link:
     stderr reports its changes."""
 
     url: str
+    name: str = ""              # the feed's or venue's name ("" for the unnamed one)
     state: str = "connecting"   # "connecting" (no attempt over yet), "connected", "down"; the feed
                                 # is "waiting" for the venue first (`_feed_after_venue`)
     error: str | None = None     # while down: why the last attempt failed or the connection dropped
     since: float = field(default_factory=time.monotonic)  # when `state` last changed
+
+
+def _key(source: str, name: str) -> str:
+    """A connection's key in `LiveRuntime.links`: `feed` or `venue`, and its name if it has one."""
+    return f"{source} {name}" if name else source
 
 
 def _why(exc: BaseException) -> str:
@@ -109,6 +151,15 @@ class LiveRuntime:
 
     def __init__(self, policy: CompiledPolicy, config: RunConfig):
         self.policy, self.config = policy, config
+        # which connection serves each instrument, checked before anything is opened or connected
+        self.feed_urls = {**({"": config.feed_url} if config.feed_url else {}), **config.feeds}
+        self.venue_urls = {**({"": config.venue_url} if config.venue_url else {}), **config.venues}
+        feed_of = serving(policy.instruments, self.feed_urls, "feed")
+        venue_of = serving(policy.instruments, self.venue_urls, "venue")
+        self.several = len(self.venue_urls) > 1 or "" not in self.venue_urls  # orders are routed by venue
+        for name in config.feed_formats:
+            if name not in config.feeds:
+                raise ConfigError(f"--feed-format {name}=...: no --feed named {name}")
         log_key = read_log_key(config.log_key_file) if config.log_key_file else None
         # Before the log is opened for writing: a log that does not verify or replay is refused untouched.
         self.restored = resume_state(config.log_path, config.log_key_file, policy, config.allow_policy_change,
@@ -117,7 +168,14 @@ class LiveRuntime:
                                max_bytes=config.log_max_bytes, log_key=log_key,
                                sign_key=read_signing_key(config.sign_key_file) if config.sign_key_file else None)
         self.instruments = set(policy.instruments)
-        self.feed_decoder = FeedDecoder(self.instruments, config.feed_format)
+        self.feed_formats = {name: config.feed_formats.get(name, name if name in FEED_FORMATS else config.feed_format)
+                             for name in self.feed_urls}
+        self.feed_formats[""] = config.feed_format
+        # each feed reads the instruments it serves
+        self.decoders = {name: FeedDecoder({i for i, f in feed_of.items() if f == name}, self.feed_formats[name])
+                         for name in self.feed_urls}
+        self.feed_decoder = self.decoders[next(iter(self.decoders))]  # the only feed's, or the first's
+        self._one_feed = len(self.decoders) == 1
         stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S")
         self.order_prefix = f"{policy.name}-{stamp}-{secrets.token_hex(3)}"
         self._loop: asyncio.AbstractEventLoop | None = None  # set by `run`: durations are on its clock
@@ -125,17 +183,26 @@ class LiveRuntime:
             self.engine = Engine(policy, L.LIVE)
             self.core = OrderCore(self.engine, self.order_prefix, self._send, self._record,
                                   max_clock_skew_s=config.max_clock_skew, max_feed_silence_s=config.max_feed_silence,
-                                  monotonic_ns=self._monotonic_ns, journal=True, reconcile=True)
+                                  monotonic_ns=self._monotonic_ns, journal=True, reconcile=True,
+                                  venues=venue_of if self.several else None)
         else:
             self.engine, self.core = self.restored.engine, self.restored.core
             self.core.send, self.core.record = self._send, self._record
             self.core.wall_ns, self.core.monotonic_ns, self.core.journal = time.time_ns, self._monotonic_ns, True
+            self.core.set_venues(venue_of if self.several else None)
+        if self.several:
+            self.core.route = self._route
         self.counters = self.core.counters
         self.latencies_ns: deque = deque(maxlen=LATENCY_SAMPLES)
         self._outbox: list | None = None  # while the core handles a market batch: the messages it sends, in order
-        self.venue: transport.Stream | None = None
-        self.feed: transport.Stream | None = None
-        self.links = {"feed": Link(config.feed_url), "venue": Link(config.venue_url)}
+        self.venue: transport.Stream | None = None  # the unnamed venue's connection
+        self.feed: transport.Stream | None = None   # the unnamed feed's
+        self.venue_streams: dict[str, transport.Stream | None] = dict.fromkeys(self.venue_urls)
+        self.feed_streams: dict[str, transport.Stream | None] = dict.fromkeys(self.feed_urls)
+        self.feed_heard: dict[str, int] = {}   # feed -> monotonic ns of its latest accepted market event (or connection)
+        self.feeds_silent: set[str] = set()    # with several feeds: those connected but silent too long
+        self.links = {**{_key("feed", name): Link(url, name) for name, url in self.feed_urls.items()},
+                      **{_key("venue", name): Link(url, name) for name, url in self.venue_urls.items()}}
         self.stop = asyncio.Event()
         self.venue_up = asyncio.Event()
         self.intent_budget: dict[tuple, tuple] = {}  # (port, credential) -> (tokens, last refill time)
@@ -144,6 +211,8 @@ class LiveRuntime:
         self.log.write("session", policy=policy.name, version=policy.checked.parsed.version, params=policy.params,
                        account=policy.checked.account, risk=policy.checked.risk, instruments=policy.instruments,
                        toolchain=toolchain_of(policy.checked), feed=config.feed_url, venue=config.venue_url,
+                       **({"feeds": config.feeds, "venues": config.venues, "venue_of": venue_of}
+                          if self.several or config.feeds else {}),
                        order_prefix=self.order_prefix, max_clock_skew_s=config.max_clock_skew,
                        max_feed_silence_s=config.max_feed_silence, mono_ns=started_ns,
                        resumed_runs=self.restored.runs if self.restored else 0, reconcile_at_start=True,
@@ -184,34 +253,58 @@ class LiveRuntime:
         if event_sent_ns is not None:
             self.latencies_ns.append(time.time_ns() - event_sent_ns)
 
+    def _route(self, venue: str, message: dict, event_sent_ns: int | None) -> None:
+        """`_send` with several venues: to `venue`'s connection."""
+        if self._outbox is not None:
+            self._outbox.append((message, event_sent_ns, venue))
+            return
+        stream = self.venue_streams[venue]
+        if stream is not None:
+            self.log.flush()
+            stream.send(encode(message))
+        if event_sent_ns is not None:
+            self.latencies_ns.append(time.time_ns() - event_sent_ns)
+
     def _record(self, kind: str, ts: int | None = None, **fields) -> None:
         """A record of the core to the log; a feed silence and a venue whose books differ
         are also said on stderr, as a connection that drops is."""
         self.log.write(kind, ts, **fields)
         if kind == "reconcile" and not fields["matched"]:
             differ = ", ".join(fields["instruments"] + fields.get("unknown_orders", []))
-            announce(f"venue {self.config.venue_url}: its positions or open orders differ from this run's ({differ}); "
+            venue = fields["venue"].get("name", "")
+            announce(f"{_key('venue', venue)} {self.venue_urls[venue]}: its positions or open orders differ from "
+                     f"this run's ({differ}); "
                      "halted (reconcile_mismatch), no order leaves until an operator resumes and they match")
         if kind == "feed_silent":
-            announce(f"feed {self.config.feed_url}: no market data for {fields['silent_s']:.1f} s; intents are "
-                     "reduce-only")
+            announce(f"feed {' '.join(self.feed_urls.values())}: no market data for {fields['silent_s']:.1f} s; "
+                     "intents are reduce-only")
         elif kind == "feed_live":
-            announce(f"feed {self.config.feed_url}: market data again after {fields['silent_s']:.1f} s")
+            announce(f"feed {' '.join(self.feed_urls.values())}: market data again after {fields['silent_s']:.1f} s")
 
     def bad_message(self, source: str, reason: str) -> None:
         self.core.bad_message(source, reason)
 
     # ---- feed ---------------------------------------------------------------------
-    def on_feed_messages(self, frames: list[bytes]) -> None:
-        """Every message one socket read completed: one kernel call for all of them
-        (inputs split the batch, so each market event sees the inputs sent before it), and
-        one write of the log for all the records they make."""
+    def on_feed_messages(self, frames: list[bytes], feed: str = "") -> None:
+        """Every message one socket read of `feed` completed: one kernel call for all of
+        them (inputs split the batch, so each market event sees the inputs sent before it),
+        and one write of the log for all the records they make."""
         with self.log.batch():
-            self._feed_messages(frames)
+            if self._one_feed:
+                self._feed_messages(frames, self.feed_decoder)
+                return
+            if feed in self.feeds_silent:  # speaking again: up for the core before its events make it live
+                self.feeds_silent.discard(feed)
+                announce(f"{_key('feed', feed)} {self.feed_urls[feed]}: market data again")
+                if self.feeds_up:
+                    self.core.feed_connected()
+            before = self.counters.events
+            self._feed_messages(frames, self.decoders[feed])
+            self._feed_heard(feed, before)
 
-    def _feed_messages(self, frames: list[bytes]) -> None:
+    def _feed_messages(self, frames: list[bytes], decoder: FeedDecoder) -> None:
         batch = []
-        for item in self.feed_decoder.messages(frames):
+        for item in decoder.messages(frames):
             kind = item.__class__
             if kind is Market:
                 batch.append(item)
@@ -239,7 +332,10 @@ class LiveRuntime:
             if outbox:
                 self._send_all(outbox)
 
-    def _send_all(self, outbox: list[tuple[dict, int | None]]) -> None:
+    def _send_all(self, outbox: list[tuple]) -> None:
+        if self.several:
+            self._route_all(outbox)
+            return
         venue = self.venue
         if venue is not None:
             self.log.flush()
@@ -252,16 +348,32 @@ class LiveRuntime:
         now = time.time_ns()
         self.latencies_ns.extend(now - sent for _, sent in outbox if sent is not None)
 
-    # ---- venue --------------------------------------------------------------------
-    def on_venue_messages(self, frames: list[bytes]) -> None:
-        """The answers of one read, in order: each run of acks, fills and rejects goes to
-        the core together (one journal record); one the core cannot handle (a defect) is
-        logged as a bad message, and the fills after it are still applied. One write of
-        the log for the read, before anything it shows in the status."""
-        with self.log.batch():
-            self._venue_messages(frames)
+    def _route_all(self, outbox: list[tuple[dict, int | None, str]]) -> None:
+        """`_send_all` with several venues: each venue's orders in one write of its socket."""
+        self.log.flush()
+        by_venue: dict[str, list] = {}
+        for message, _, venue in outbox:
+            by_venue.setdefault(venue, []).append(message)
+        for venue, messages in by_venue.items():
+            stream = self.venue_streams[venue]
+            if stream is None:
+                continue  # sent again when it reconnects
+            with stream.corked():
+                for message in messages:
+                    stream.send(encode(message))
+        now = time.time_ns()
+        self.latencies_ns.extend(now - item[1] for item in outbox if item[1] is not None)
 
-    def _venue_messages(self, frames: list[bytes]) -> None:
+    # ---- venue --------------------------------------------------------------------
+    def on_venue_messages(self, frames: list[bytes], venue: str = "") -> None:
+        """The answers of one read of `venue`, in order: each run of acks, fills, rejects
+        and cancels goes to the core together (one journal record); one the core cannot
+        handle (a defect) is logged as a bad message, and the fills after it are still
+        applied. One write of the log for the read, before anything it shows in the status."""
+        with self.log.batch():
+            self._venue_messages(frames, venue)
+
+    def _venue_messages(self, frames: list[bytes], venue: str) -> None:
         answers: list = []  # the run of acks, fills and rejects not yet handed over
         for frame in frames:
             try:
@@ -273,18 +385,18 @@ class LiveRuntime:
             if reply.type != "state":
                 answers.append(reply)
                 continue
-            self._venue_answers(answers)
+            self._venue_answers(answers, venue)
             try:
-                self.core.venue_state(reply.positions, reply.open_orders)
+                self.core.venue_state(reply.positions, reply.open_orders, venue)
                 self._trading()
             except Exception as exc:  # a defect: logged, and the answers after it still count
                 self.bad_message("venue", f"internal error handling a `state`: {exc!r}")
-        self._venue_answers(answers)
+        self._venue_answers(answers, venue)
 
-    def _venue_answers(self, answers: list) -> None:
+    def _venue_answers(self, answers: list, venue: str = "") -> None:
         """Hand a run of answers to the core and empty it."""
         if answers:
-            self.core.venue_replies(answers)
+            self.core.venue_replies(answers, venue)
             answers.clear()
 
     # ---- control ------------------------------------------------------------------
@@ -306,7 +418,8 @@ class LiveRuntime:
                 "drawdown": (peak - equity) / peak if peak > 0 else 0.0, "halted": self.engine.halted,
                 "reduce_only": self.core.reduce_only, "risk": self.engine.session.reason_counts,
                 "events": self.counters.events, "orders": self.counters.orders, "fills": self.counters.fills,
-                "rejects": self.counters.rejects, "bad_messages": self.counters.bad_messages,
+                "rejects": self.counters.rejects, "cancels": self.counters.cancels,
+                "bad_messages": self.counters.bad_messages,
                 "unacknowledged": len(self.unacked),
                 "reconnects": self.counters.reconnects, "latency": pct, "recent": list(self.log.recent)}
 
@@ -365,9 +478,11 @@ class LiveRuntime:
             counts[0], counts[1] = 0, now
 
     # ---- connections ----------------------------------------------------------------
-    async def _keep_connected(self, url: str, source: str, on_messages, on_connect, on_lost) -> None:
-        """Keep a client connection up: reconnect with exponential backoff and jitter.
-        Each change of its state is reported once (`_link_down`, `_link_up`), not each retry."""
+    async def _keep_connected(self, url: str, source: str, on_messages, on_connect, on_lost, name: str = "") -> None:
+        """Keep a client connection to the feed or venue (`source`) `name` up: reconnect
+        with exponential backoff and jitter. Each change of its state is reported once
+        (`_link_down`, `_link_up`), not each retry."""
+        key = _key(source, name)
         delay = RETRY_FIRST_S
         while not self.stop.is_set():
             try:
@@ -378,10 +493,10 @@ class LiveRuntime:
             except Exception as exc:  # refused, timed out, a failed handshake: all mean "try again later"
                 stream = None
                 if not self.stop.is_set():
-                    self._link_down(source, f"cannot connect ({_why(exc)})", f"retrying about every {RETRY_MAX_S:g} s")
+                    self._link_down(key, f"cannot connect ({_why(exc)})", f"retrying about every {RETRY_MAX_S:g} s")
             if stream is not None:
                 delay = RETRY_FIRST_S
-                self._link_up(source)
+                self._link_up(key)
                 on_connect(stream)
                 try:
                     code = await asyncio.shield(stream.lost)
@@ -389,7 +504,7 @@ class LiveRuntime:
                     on_lost()
                     stream.close()
                 if not self.stop.is_set():
-                    self._link_down(source, "connection lost" if code in (None, 1006) else
+                    self._link_down(key, "connection lost" if code in (None, 1006) else
                                     f"connection closed (code {code})", "reconnecting")
             if self.stop.is_set():
                 return
@@ -414,49 +529,96 @@ class LiveRuntime:
             announce(f"{source} {link.url}: connected")
         link.state, link.error, link.since = "connected", None, time.monotonic()
 
-    def _venue_connected(self, stream: transport.Stream) -> None:
-        """Every open order goes to the new connection again (`OrderCore.venue_connected`),
-        and a resumed run asks for the venue's state."""
-        self.venue = stream
-        self.core.venue_connected()
+    def _venue_connected(self, stream: transport.Stream, venue: str = "") -> None:
+        """Every open order of `venue` goes to its new connection again
+        (`OrderCore.venue_connected`), and a resumed run asks for the venue's state."""
+        self.venue_streams[venue] = stream
+        if not venue:
+            self.venue = stream
+        self.core.venue_connected(venue)
         self._trading()
 
     def _trading(self) -> None:
-        """The order path is up, and a resumed state agrees with the venue's: market data
-        may come in."""
-        if not self.core.reconciling:
+        """The order path is up (every venue connected), and a resumed state agrees with
+        the venues': market data may come in."""
+        if not self.core.reconciling and None not in self.venue_streams.values():
             self.venue_up.set()
 
-    def _venue_lost(self) -> None:
-        self.venue = None
+    def _venue_lost(self, venue: str = "") -> None:
+        self.venue_streams[venue] = None
+        if not venue:
+            self.venue = None
         if not self.stop.is_set():  # stopping: the log may be closed, and a new run starts without connections
-            self.core.venue_lost()
+            self.core.venue_lost(venue)
 
-    def _feed_connected(self, stream: transport.Stream) -> None:
-        self.feed = stream
-        self.core.feed_connected()
+    def _feed_connected(self, stream: transport.Stream, feed: str = "") -> None:
+        """The feed is up for the order core once every feed is connected (and, with
+        several, none is silent)."""
+        self.feed_streams[feed] = stream
+        if not feed:
+            self.feed = stream
+        self.feed_heard[feed] = self._monotonic_ns()
+        self.feeds_silent.discard(feed)
+        if self.feeds_up:
+            self.core.feed_connected()
 
-    def _feed_lost(self) -> None:
-        self.feed = None
-        if not self.stop.is_set():  # as for the venue
+    def _feed_lost(self, feed: str = "") -> None:
+        """One feed down is the feed down: its instruments' prices are no longer fresh."""
+        was_up = self.feeds_up
+        self.feed_streams[feed] = None
+        if not feed:
+            self.feed = None
+        if was_up and not self.stop.is_set():  # as for the venue
             self.core.feed_lost()
 
     @property
+    def feeds_up(self) -> bool:
+        """Every feed is connected, and with several, none has fallen silent."""
+        return None not in self.feed_streams.values() and not self.feeds_silent
+
+    @property
     def feed_connected(self) -> bool:
-        return self.feed is not None
+        return None not in self.feed_streams.values()
+
+    def _feed_heard(self, feed: str, events_before: int) -> None:
+        """With several feeds: after a read of `feed`, note whether it brought a market
+        event the core accepted; a feed that was silent and speaks again is up again,
+        before its events are applied (`on_feed_messages`)."""
+        if self.counters.events > events_before:
+            self.feed_heard[feed] = self._monotonic_ns()
+
+    def _check_silent_feeds(self) -> None:
+        """With several feeds, one can fall silent while the others flow, and the core
+        (which hears them together) would stay live on its stale prices: a connected
+        feed without an accepted market event for `max_feed_silence` counts as down for
+        the core (intents reduce-only) until it brings one, and is said on stderr."""
+        now = self._monotonic_ns()
+        limit = round(self.config.max_feed_silence * 1e9)
+        for name, stream in self.feed_streams.items():
+            if stream is None or name in self.feeds_silent or now - self.feed_heard[name] < limit:
+                continue
+            was_up = self.feeds_up
+            self.feeds_silent.add(name)
+            announce(f"{_key('feed', name)} {self.feed_urls[name]}: no market data for "
+                     f"{(now - self.feed_heard[name]) / 1e9:.1f} s; intents are reduce-only")
+            if was_up:
+                self.core.feed_lost()
 
     async def _watch_feed(self) -> None:
         """Ask the core, a few times per `max_feed_silence`, whether the feed is live, so
-        a silence is logged when it starts even when no intent asks."""
+        a silence is logged when it starts even when no intent asks; with several feeds,
+        check each for a silence of its own."""
         every = min(1.0, self.config.max_feed_silence / 4)
         while not self.stop.is_set():
             await asyncio.sleep(every)
+            if not self._one_feed:
+                self._check_silent_feeds()
             self.core.feed_live()
 
-    async def _feed_after_venue(self, wait_s: float = VENUE_FIRST_S) -> None:
-        """Market data is consumed once the order path is up (or after `wait_s`, with
-        orders queued until the venue answers)."""
-        feed = self.links["feed"]
+    async def _feed_after_venue(self, wait_s: float = VENUE_FIRST_S, name: str = "") -> None:
+        """Market data of feed `name` is consumed once the order path is up (or after
+        `wait_s`, with orders queued until the venues answer)."""
+        feed = self.links[_key("feed", name)]
         if not self.venue_up.is_set():
             feed.state = "waiting"
         try:
@@ -464,8 +626,9 @@ class LiveRuntime:
         except asyncio.TimeoutError:
             pass
         feed.state = "connecting"
-        await self._keep_connected(self.config.feed_url, "feed", self.on_feed_messages, self._feed_connected,
-                                   self._feed_lost)
+        await self._keep_connected(self.feed_urls[name], "feed",
+                                   partial(self.on_feed_messages, feed=name) if name else self.on_feed_messages,
+                                   partial(self._feed_connected, feed=name), partial(self._feed_lost, name), name)
 
     async def _listen(self, address, on_frame, source: str):
         """A guarded listener (`security.Guard`): a connection is admitted by the role of its
@@ -541,9 +704,13 @@ class LiveRuntime:
         if self.config.control:
             servers.append(await self._listen(self.config.control, self.on_control_frame, "control"))
         tasks = [asyncio.create_task(self._busy_poll())] if self.config.busy_poll else []
-        tasks += [asyncio.create_task(self._keep_connected(self.config.venue_url, "venue", self.on_venue_messages,
-                                                          self._venue_connected, self._venue_lost)),
-                 asyncio.create_task(self._feed_after_venue()), asyncio.create_task(self._watch_feed())]
+        for name, url in self.venue_urls.items():
+            tasks.append(asyncio.create_task(self._keep_connected(
+                url, "venue", partial(self.on_venue_messages, venue=name) if name else self.on_venue_messages,
+                partial(self._venue_connected, venue=name),
+                partial(self._venue_lost, name), name)))
+        tasks += [asyncio.create_task(self._feed_after_venue(name=name)) for name in self.feed_urls]
+        tasks.append(asyncio.create_task(self._watch_feed()))
         if servers:
             tasks.append(asyncio.create_task(self._watch_failures()))
         try:
@@ -556,7 +723,7 @@ class LiveRuntime:
         if self.config.flatten_on_exit:
             await self.flatten()
         self.stop.set()
-        for stream in (self.feed, self.venue):
+        for stream in (*self.feed_streams.values(), *self.venue_streams.values()):
             if stream is not None:
                 stream.close()
         for task in tasks:

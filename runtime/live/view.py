@@ -247,11 +247,19 @@ def flow_lines(status: dict, venue_latency: dict | None) -> list[Text]:
     when not 0), then latency."""
     bad = status["bad_messages"]
     counts = _line(f"events {status['events']:,}  orders {status['orders']:,}  fills {status['fills']:,}  "
-                   f"rejects {status['rejects']:,}  unacked {status['unacknowledged']:,}  ",
+                   f"rejects {status['rejects']:,}  cancels {status.get('cancels', 0):,}  "
+                   f"unacked {status['unacknowledged']:,}  ",
                    (f"bad {bad:,}", "bold red" if bad else ""), f"  reconnects {status['reconnects']:,}")
     latency = _line(f"tick->order p50/p99 {percentiles_text(status['latency'])}",
                     f"   at the venue {percentiles_text(venue_latency)}" if venue_latency is not None else "")
     return [counts, latency]
+
+
+def _instrument_at(record: dict) -> str:
+    """A record's instrument, and the venue of its order (`@coinbase`) when the name
+    does not already begin with it (`coinbase:BTC-USD` does)."""
+    name, venue = str(record.get("instrument", "")), record.get("venue")
+    return name if not venue or name.startswith(f"{venue}:") else f"{name} @{venue}"
 
 
 def decisions_table(status: dict, rows: int) -> Table:
@@ -262,7 +270,7 @@ def decisions_table(status: dict, rows: int) -> Table:
                          justify="right" if column in ("seq", "qty") else "left")
     for record in status["recent"][len(status["recent"]) - rows:] if rows > 0 else []:
         reasons = record.get("reasons") or record.get("reason") or ""
-        table.add_row(str(record["seq"]), record["kind"], printable(str(record.get("instrument", ""))),
+        table.add_row(str(record["seq"]), record["kind"], printable(_instrument_at(record)),
                       "" if record.get("qty") is None else _fit(record["qty"], "+,g", NUMBER_WIDTH),
                       printable(", ".join(map(str, reasons)) if isinstance(reasons, (list, tuple)) else str(reasons)))
     return table
