@@ -345,6 +345,21 @@ class _Emitter:
             k_zero_possible=spec[0] == "param" and source < j))).strip()
         return str(self.ops_macros.xlag(ctx)).strip()
 
+    def rule(self, index: int, rule: tuple) -> SimpleNamespace:
+        """A rule of `signals` for the template: its ops' names, and for a multi-leg rule
+        each leg's instrument index (`x`), target and limit."""
+        when, target, limit, legs = rule
+        name = lambda j: None if j is None else self.name(j)
+        return SimpleNamespace(index=index, when=self.name(when), target=name(target), limit=name(limit),
+                               legs=[SimpleNamespace(x=x, target=self.name(t), limit=name(lim)) for x, t, lim in legs],
+                               leg_xs=[x for x, _, _ in legs])
+
+    @staticmethod
+    def limit_value(limit: str | None) -> str:
+        """The P_LIMIT a rule's target carries: NaN for market orders, else its limit price,
+        kept as -inf when it is not a number (as invalid, and told apart from a market order)."""
+        return "NAN" if limit is None else f"({limit} if {limit} == {limit} else -INF)"
+
     def render(self, gen: "GenerationInput") -> str:
         p = self.p
         op_codes = [SimpleNamespace(code=code) for code in (self.op_code(j) for j in range(len(p.ops))) if code]
@@ -388,7 +403,11 @@ class _Emitter:
             reads_age=any(op.kind == "age" for op in p.ops),
             lag_ks=[SimpleNamespace(name=name, expr=f"int(p{spec[1]})") for spec, name in sorted(self.lag_ks.items())],
             volatility=None if p.volatility is None else self.name(p.volatility),
-            rules=[SimpleNamespace(when=self.name(w), target=self.name(t)) for w, t in p.rules],
+            rules=[self.rule(n, rule) for n, rule in enumerate(p.rules)],
+            limit_value=self.limit_value, limits=p.uses_limits() or p.intent_column is not None,
+            legs_on=bool(p.leg_set()), leg_set=list(p.leg_set()),
+            quote_bid=p.columns.index("bid") if "bid" in p.columns else None,
+            quote_ask=p.columns.index("ask") if "ask" in p.columns else None,
             intent_column=p.intent_column,
             features=[as_float(j) for j in p.features.values()],
             HELD_EPSILON=repr(L.HELD_EPSILON), TRACE_FIXED=L.TRACE_FIXED, MARKET=L.MARKET, INTENT=L.INTENT, DECIDE=L.DECIDE, FILL=L.FILL,
@@ -447,7 +466,9 @@ _ASSIGNMENT = re.compile(r"^(?P<indent>\s*)(?P<local>[pf]\w+) [-+]?= (?P<value>.
 _RUN = "\ndef run("
 #: The kernel's out-of-line functions (kernel.py.j2): each loads the state into locals on
 #: entry and stores it on exit, and `run` flushes its own locals around each call.
-_OUT_OF_LINE = ("fill_waiting", "exit_in_bar", "decide", "other_event")
+_OUT_OF_LINE = ("fill_waiting", "exit_in_bar", "decide", "other_event", "decide_legs")
+#: Out-of-line functions that call others: around them `run` moves the state their callees use.
+_CALLS = {"decide_legs": ("decide",)}
 _STATE_LOAD = re.compile(r"^    (?P<local>[ap]_\w+) = (int\()?(acct\[\d+\]|pstate\[i, \d+\])\)?$")
 _STATE_STORE = re.compile(r"^    (acct\[\d+\]|pstate\[i, \d+\]) = (?P<local>[ap]_\w+)$")
 _TARGETS = re.compile(r"^\s*(?P<lhs>[\w, ]+?)\s*[-+*/|&]?=(?!=)")
@@ -477,6 +498,11 @@ def _prune_state(source: str) -> str:
                 keep[k] = False
             elif (m := _STATE_STORE.match(lines[k])) and m["local"] not in assigned:
                 keep[k] = False
+    for fn, callees in _CALLS.items():
+        for callee in callees:
+            if fn in reads and callee in reads:
+                reads[fn] |= reads[callee]
+                writes[fn] |= writes[callee]
     out = []
     for line, kept in zip(lines, keep):
         m = _CALL_TAG.match(line)
