@@ -621,7 +621,9 @@ class _Builder:
                  if key in table and table[key] is None]
         for where, key in nulls:  # an empty value is a mistake, not a key left out
             self.errors.append(error("E007", self.span(where), f"`{'.'.join(str(p) for p in where)}` must be "
-                                     f"{'a mapping' if key == 'legs' else 'an expression'}, not nothing (null)"))
+                                     f"{'a mapping' if key == 'legs' else 'an expression'}, not nothing (null)",
+                                     "write `legs: {NAME: UNITS, ...}`" if key == "legs" else
+                                     f"write an expression after `{key}:`, or leave the key out"))
         if nulls:
             return None
         if rule.target is None and rule.legs is None:
