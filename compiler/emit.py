@@ -474,6 +474,7 @@ _STATE_STORE = re.compile(r"^    (acct\[\d+\]|pstate\[i, \d+\]) = (?P<local>[ap]
 _TARGETS = re.compile(r"^\s*(?P<lhs>[\w, ]+?)\s*[-+*/|&]?=(?!=)")
 _STATE_NAME = re.compile(r"\b[ap]_\w+\b")
 _CALL_TAG = re.compile(r"^(?P<line>.*)  # (?P<way>to|from) (?P<fn>\w+)$")
+_CELL_STORE = re.compile(r"^\s*pstate\[[^,\]]+, (?P<column>\d+)\] = ")
 
 
 def _prune_state(source: str) -> str:
@@ -485,6 +486,10 @@ def _prune_state(source: str) -> str:
     lines = source.split("\n")
     starts = [k for k, line in enumerate(lines) if line.startswith("def ")] + [len(lines)]
     keep = [True] * len(lines)
+    # the local each per-instrument column is loaded into: a function that stores a column
+    # of any instrument's row in the array itself (decide_legs) assigns that local too
+    column_local = {m[3].split(", ")[1].rstrip("]"): m["local"] for line in lines
+                    if (m := _STATE_LOAD.match(line)) and m[3].startswith("pstate")}
     for a, b in zip(starts, starts[1:]):
         fn = lines[a][4:lines[a].index("(")]
         if fn not in _OUT_OF_LINE:
@@ -492,6 +497,8 @@ def _prune_state(source: str) -> str:
         body = [line for line in lines[a:b] if not (_STATE_LOAD.match(line) or _STATE_STORE.match(line))]
         used = {name for line in body for name in _STATE_NAME.findall(line)}
         assigned = {name for line in body if (m := _TARGETS.match(line)) for name in _STATE_NAME.findall(m["lhs"])}
+        assigned |= {column_local[m["column"]] for line in body
+                     if (m := _CELL_STORE.match(line)) and m["column"] in column_local}
         reads[fn], writes[fn] = used, assigned
         for k in range(a, b):
             if (m := _STATE_LOAD.match(lines[k])) and m["local"] not in used:
