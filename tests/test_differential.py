@@ -410,7 +410,9 @@ def yaml_expr(expr: str) -> str:
 
 
 @st.composite
-def policies(draw) -> GenPolicy:
+def policies(draw, legs: bool = True) -> GenPolicy:
+    """A random valid policy; with `legs` False none of its rules has a limit or legs (the
+    live order path's comparison, which sends market orders only)."""
     n_inst = draw(st.integers(1, 2))
     has_intent = draw(st.integers(0, 3)) == 0
     # params: windows, sizes, thresholds, at most one bool
@@ -499,7 +501,8 @@ def policies(draw) -> GenPolicy:
                 "{" + ", ".join([f'symbol: "{symbol}"'] + [f"{n}: {v}" for n, v in c.items()]) + "}"
         pairs = ", ".join(f"{a}: {entry(k, s, c)}" for k, (a, s, c) in enumerate(zip(aliases, symbols, contracts)))
         lines = ["policy: gen", "version: 1", f"instruments: {{{pairs}}}"]
-    rules = with_limits_and_legs(draw, full, sizes, rules, aliases)
+    rules = with_limits_and_legs(draw, full, sizes, rules, aliases) if legs else \
+        [{"when": when, "target": target, "limit": None} for when, target in rules]
     if any("legs" in r for r in rules) and draw(st.booleans()):
         risk["max_leg_imbalance"] = pick(draw, RISK_KEYS["max_leg_imbalance"].samples)
     if clock:
@@ -551,6 +554,7 @@ class StreamSpec:
     tick: bool          # prices rounded to cents (ties, equal prices)
     back_p: float = 0.0     # an event dated up to two days before the one it follows (time going backwards)
     leap: bool = False      # one event at the last int64 nanosecond, and the stream going on from before it
+    intent_limits: bool = False  # intents carry a limit price (market, near the price, or none that is a price)
 
 
 stream_specs = st.builds(
@@ -559,6 +563,7 @@ stream_specs = st.builds(
     intent_p=st.sampled_from([0.0, 0.03, 0.1]), control_p=st.sampled_from([0.0, 0.01, 0.04]),
     bad_p=st.sampled_from([0.0, 0.02, 0.06]), market_intent_p=st.sampled_from([0.0, 0.05, 0.3]),
     tick=st.booleans(), back_p=st.sampled_from([0.0, 0.0, 0.03, 0.1]), leap=st.booleans(),
+    intent_limits=st.booleans(),
 )
 
 
@@ -590,7 +595,7 @@ def make_events(spec: StreamSpec, columns: list[str], n_inst: int) -> Events:
         i = inst[e]
         if kind[e] == L.INTENT:
             vals[e, 0] = rng.choice([0.0, 1.0, -1.0, 5.0, -20.0, 100.0, -100.0, 333.3, 1e4, np.nan, np.inf])
-            if len(columns) > 1:  # its limit price (read by kernels that keep limits): market, near, or no price
+            if spec.intent_limits and len(columns) > 1:  # its limit price (read by kernels that keep limits)
                 vals[e, 1] = rng.choice([np.nan, np.nan, last[i] * 1.01, last[i] * 0.99, -1.0, np.inf])
             continue
         if kind[e] != L.MARKET:
