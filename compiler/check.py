@@ -42,6 +42,15 @@ class CheckedPolicy:
     warnings: list[Diagnostic] = field(default_factory=list)
     #: per instrument, the contract settings the policy gives (CONTRACT_KEYS), bound
     contracts: list[dict[str, float]] = field(default_factory=list)
+    #: per rule of `signals`, the instrument index of each of its legs in the order
+    #: written (empty for a rule with `target`)
+    rule_legs: list[tuple[int, ...]] = field(default_factory=list)
+
+    @cached_property
+    def leg_set(self) -> tuple[int, ...]:
+        """The instruments that are a leg of some multi-leg rule, in index order: the ones
+        `max_leg_imbalance` nets."""
+        return tuple(sorted({x for legs in self.rule_legs for x in legs}))
 
     @property
     def name(self) -> str:
@@ -311,6 +320,20 @@ class _Checker:
             if lookback == 0:
                 self.edges.setdefault(owner, set()).add(name)
         return self.feature_type(name)
+
+    def leg_instrument(self, key: str, span: Span) -> int | None:
+        """The index of the instrument a leg's key names (its name, or its symbol), or
+        None after an E215."""
+        if key in self.aliases:
+            return self.aliases[key]
+        symbols = {i.name: k for k, i in enumerate(self.p.instruments)}
+        if key in symbols:
+            return symbols[key]
+        names = list(self.aliases) + [i.name for i in self.p.instruments]
+        self.errors.append(error("E215", span, f"leg `{key}` is not an instrument of the policy",
+                                 did_you_mean(key, names) or
+                                 f"the policy's instruments are {', '.join(f'`{n}`' for n in dict.fromkeys(names))}"))
+        return None
 
     def instrument(self, alias: str, span: Span) -> int | None:
         """The index of the instrument expressions call `alias`, or None after an E212."""
@@ -648,7 +671,7 @@ def _name_help(name: str) -> str | None:
 
 
 MAX_FEATURES = 500
-MAX_CUSTOM_RULES = 25  # reason masks travel as float64: 28 fixed codes (layout.REASONS) + 25 rules = 53 exact bits
+MAX_CUSTOM_RULES = 23  # reason masks travel as float64: 30 fixed codes (layout.REASONS) + 23 rules = 53 exact bits
 
 
 def check(parsed: ParsedPolicy, overrides: dict | None = None) -> CheckedPolicy:
@@ -672,9 +695,32 @@ def _check(parsed: ParsedPolicy, overrides: dict | None) -> CheckedPolicy:
     c.check_clock()
     for name in parsed.features:
         c.feature_type(name)
+    rule_legs = []
     for rule in parsed.signals:
         c.expect(rule.when, c.type_of(rule.when, None), BOOL, "a rule's `when`")
-        c.expect(rule.target, c.type_of(rule.target, None), NUM, "a rule's `target`")
+        if rule.legs is None:
+            c.expect(rule.target, c.type_of(rule.target, None), NUM, "a rule's `target`")
+            if rule.limit is not None:
+                c.expect(rule.limit, c.type_of(rule.limit, None), NUM, "a rule's `limit`")
+            rule_legs.append(())
+            continue
+        legs = []
+        for leg in rule.legs:
+            c.expect(leg.target, c.type_of(leg.target, None), NUM, f"leg `{leg.instrument}`'s `target`")
+            if leg.limit is not None:
+                c.expect(leg.limit, c.type_of(leg.limit, None), NUM, f"leg `{leg.instrument}`'s `limit`")
+            x = c.leg_instrument(leg.instrument, leg.span)
+            if x is not None and x in legs:
+                c.errors.append(error("E215", leg.span, f"leg `{leg.instrument}` names instrument "
+                                                        f"`{parsed.instruments[x].name}` a second time",
+                                      "give each instrument one leg"))
+            elif x is not None:
+                legs.append(x)
+        rule_legs.append(tuple(legs))
+    if parsed.risk and "max_leg_imbalance" in parsed.risk and not any(rule_legs):
+        c.errors.append(error("E216", parsed.risk["max_leg_imbalance"].span,
+                              "`max_leg_imbalance` limits the legs of multi-leg rules, and this policy has none",
+                              "add a rule with `legs:`, or remove `max_leg_imbalance`"))
     for rule in parsed.custom:
         c.expect(rule.when, c.type_of(rule.when, None), BOOL, f"custom rule `{rule.name}`'s `when`")
     if len(parsed.custom) > MAX_CUSTOM_RULES:
@@ -691,8 +737,20 @@ def _check(parsed: ParsedPolicy, overrides: dict | None) -> CheckedPolicy:
     return CheckedPolicy(
         parsed=parsed, params=params, param_types=c.param_types, feature_types=c.feature_types,
         feature_order=order, fields=[f for f in MARKET_FIELDS if f in c.fields], inputs=c.inputs,
-        risk=risk, account=account, warnings=warnings, contracts=contracts,
+        risk=risk, account=account, warnings=warnings, contracts=contracts, rule_legs=rule_legs,
     )
+
+
+def _rule_targets(rule) -> list[ex.Node]:
+    """A rule's targets: its `target`, or each leg's."""
+    return [rule.target] if rule.legs is None else [leg.target for leg in rule.legs]
+
+
+def _rule_values(rule) -> list[ex.Node]:
+    """A rule's targets and limit prices."""
+    if rule.legs is None:
+        return [rule.target] + ([rule.limit] if rule.limit is not None else [])
+    return [n for leg in rule.legs for n in (leg.target, leg.limit) if n is not None]
 
 
 def _value_leaves(node: ex.Node):
@@ -739,7 +797,8 @@ def _percent_as_quantity(parsed: ParsedPolicy, c: _Checker) -> list[Diagnostic]:
                        seen | {leaf.id})
 
     for rule in parsed.signals:
-        target(rule.target, "a rule's `target`", True, frozenset())
+        for node in _rule_targets(rule):
+            target(node, "a rule's `target`", True, frozenset())
     sections = [((parsed.risk or {}), RISK_KEYS), (parsed.account, ACCOUNT_KEYS)]
     sections += [(inst.contract, CONTRACT_KEYS) for inst in parsed.instruments]
     for section, keys in sections:
@@ -754,7 +813,8 @@ def _percent_as_quantity(parsed: ParsedPolicy, c: _Checker) -> list[Diagnostic]:
 
 def _unused_features(parsed: ParsedPolicy, c: _Checker) -> list[Diagnostic]:
     roots: set[str] = set()
-    for node in [r.when for r in parsed.signals] + [r.target for r in parsed.signals] + [r.when for r in parsed.custom]:
+    nodes = [r.when for r in parsed.signals] + [n for r in parsed.signals for n in _rule_values(r)]
+    for node in nodes + [r.when for r in parsed.custom]:
         roots.update(n.id for n in ex.walk(node) if isinstance(n, (ex.Name, ex.Ref)) and n.id in parsed.features)
     seen, stack = set(), list(roots)
     while stack:

@@ -345,6 +345,21 @@ class _Emitter:
             k_zero_possible=spec[0] == "param" and source < j))).strip()
         return str(self.ops_macros.xlag(ctx)).strip()
 
+    def rule(self, index: int, rule: tuple) -> SimpleNamespace:
+        """A rule of `signals` for the template: its ops' names, and for a multi-leg rule
+        each leg's instrument index (`x`), target and limit."""
+        when, target, limit, legs = rule
+        name = lambda j: None if j is None else self.name(j)
+        return SimpleNamespace(index=index, when=self.name(when), target=name(target), limit=name(limit),
+                               legs=[SimpleNamespace(x=x, target=self.name(t), limit=name(lim)) for x, t, lim in legs],
+                               leg_xs=[x for x, _, _ in legs])
+
+    @staticmethod
+    def limit_value(limit: str | None) -> str:
+        """The P_LIMIT a rule's target carries: NaN for market orders, else its limit price,
+        kept as -inf when it is not a number (as invalid, and told apart from a market order)."""
+        return "NAN" if limit is None else f"({limit} if {limit} == {limit} else -INF)"
+
     def render(self, gen: "GenerationInput") -> str:
         p = self.p
         op_codes = [SimpleNamespace(code=code) for code in (self.op_code(j) for j in range(len(p.ops))) if code]
@@ -388,7 +403,11 @@ class _Emitter:
             reads_age=any(op.kind == "age" for op in p.ops),
             lag_ks=[SimpleNamespace(name=name, expr=f"int(p{spec[1]})") for spec, name in sorted(self.lag_ks.items())],
             volatility=None if p.volatility is None else self.name(p.volatility),
-            rules=[SimpleNamespace(when=self.name(w), target=self.name(t)) for w, t in p.rules],
+            rules=[self.rule(n, rule) for n, rule in enumerate(p.rules)],
+            limit_value=self.limit_value, limits=p.uses_limits() or p.intent_column is not None,
+            legs_on=bool(p.leg_set()), leg_set=list(p.leg_set()),
+            quote_bid=p.columns.index("bid") if "bid" in p.columns else None,
+            quote_ask=p.columns.index("ask") if "ask" in p.columns else None,
             intent_column=p.intent_column,
             features=[as_float(j) for j in p.features.values()],
             HELD_EPSILON=repr(L.HELD_EPSILON), TRACE_FIXED=L.TRACE_FIXED, MARKET=L.MARKET, INTENT=L.INTENT, DECIDE=L.DECIDE, FILL=L.FILL,
@@ -447,12 +466,15 @@ _ASSIGNMENT = re.compile(r"^(?P<indent>\s*)(?P<local>[pf]\w+) [-+]?= (?P<value>.
 _RUN = "\ndef run("
 #: The kernel's out-of-line functions (kernel.py.j2): each loads the state into locals on
 #: entry and stores it on exit, and `run` flushes its own locals around each call.
-_OUT_OF_LINE = ("fill_waiting", "exit_in_bar", "decide", "other_event")
+_OUT_OF_LINE = ("fill_waiting", "exit_in_bar", "decide", "other_event", "decide_legs")
+#: Out-of-line functions that call others: around them `run` moves the state their callees use.
+_CALLS = {"decide_legs": ("decide",)}
 _STATE_LOAD = re.compile(r"^    (?P<local>[ap]_\w+) = (int\()?(acct\[\d+\]|pstate\[i, \d+\])\)?$")
 _STATE_STORE = re.compile(r"^    (acct\[\d+\]|pstate\[i, \d+\]) = (?P<local>[ap]_\w+)$")
 _TARGETS = re.compile(r"^\s*(?P<lhs>[\w, ]+?)\s*[-+*/|&]?=(?!=)")
 _STATE_NAME = re.compile(r"\b[ap]_\w+\b")
 _CALL_TAG = re.compile(r"^(?P<line>.*)  # (?P<way>to|from) (?P<fn>\w+)$")
+_CELL_STORE = re.compile(r"^\s*pstate\[[^,\]]+, (?P<column>\d+)\] = ")
 
 
 def _prune_state(source: str) -> str:
@@ -464,6 +486,10 @@ def _prune_state(source: str) -> str:
     lines = source.split("\n")
     starts = [k for k, line in enumerate(lines) if line.startswith("def ")] + [len(lines)]
     keep = [True] * len(lines)
+    # the local each per-instrument column is loaded into: a function that stores a column
+    # of any instrument's row in the array itself (decide_legs) assigns that local too
+    column_local = {m[3].split(", ")[1].rstrip("]"): m["local"] for line in lines
+                    if (m := _STATE_LOAD.match(line)) and m[3].startswith("pstate")}
     for a, b in zip(starts, starts[1:]):
         fn = lines[a][4:lines[a].index("(")]
         if fn not in _OUT_OF_LINE:
@@ -471,12 +497,19 @@ def _prune_state(source: str) -> str:
         body = [line for line in lines[a:b] if not (_STATE_LOAD.match(line) or _STATE_STORE.match(line))]
         used = {name for line in body for name in _STATE_NAME.findall(line)}
         assigned = {name for line in body if (m := _TARGETS.match(line)) for name in _STATE_NAME.findall(m["lhs"])}
+        assigned |= {column_local[m["column"]] for line in body
+                     if (m := _CELL_STORE.match(line)) and m["column"] in column_local}
         reads[fn], writes[fn] = used, assigned
         for k in range(a, b):
             if (m := _STATE_LOAD.match(lines[k])) and m["local"] not in used:
                 keep[k] = False
             elif (m := _STATE_STORE.match(lines[k])) and m["local"] not in assigned:
                 keep[k] = False
+    for fn, callees in _CALLS.items():
+        for callee in callees:
+            if fn in reads and callee in reads:
+                reads[fn] |= reads[callee]
+                writes[fn] |= writes[callee]
     out = []
     for line, kept in zip(lines, keep):
         m = _CALL_TAG.match(line)

@@ -55,7 +55,14 @@ def explain(result: Checked, show_ir: bool = False) -> str:
     if "intent" in c.inputs:
         out.append("  an `intent` value on an event sets the desired target directly")
     for n, rule in enumerate(p.signals, 1):
-        out.append(f"  {n}. when {pretty(rule.when)}  ->  target {pretty(rule.target)}")
+        if rule.legs is None:
+            limit = "" if rule.limit is None else f" (IOC limit {pretty(rule.limit)})"
+            out.append(f"  {n}. when {pretty(rule.when)}  ->  target {pretty(rule.target)}{limit}")
+        else:
+            out.append(f"  {n}. when {pretty(rule.when)}  ->  legs, in this order:")
+            for leg in rule.legs:
+                limit = "" if leg.limit is None else f" (IOC limit {pretty(leg.limit)})"
+                out.append(f"       {leg.instrument}: target {pretty(leg.target)}{limit}")
     if p.risk is None:
         out.append("risk: none (warning: nothing limits this policy's orders)")
     else:

@@ -28,7 +28,7 @@ def canonical_form(checked: CheckedPolicy) -> dict:
         "inputs": sorted(i.name for i in p.inputs),
         "params": {k: checked.params[k] for k in sorted(checked.params)},
         "features": {k: canonical(p.features[k].expr) for k in sorted(p.features)},
-        "signals": [[canonical(r.when), canonical(r.target)] for r in p.signals],
+        "signals": [_rule(r, legs, checked.instruments) for r, legs in zip(p.signals, checked.rule_legs)],
         "risk": None if p.risk is None else {k: checked.risk[k] for k in sorted(checked.risk)},
         "custom": [[r.name, canonical(r.when), r.action] for r in p.custom],
         "account": {k: checked.account[k] for k in sorted(checked.account)},
@@ -80,3 +80,15 @@ def toolchain_of(checked: CheckedPolicy) -> dict[str, str]:
 def build_hash(policy_hash_hex: str, toolchain: dict[str, str] | None = None) -> str:
     """The SHA-256 of the policy hash and the toolchain's versions (`toolchain_versions`)."""
     return _digest({"policy_hash": policy_hash_hex, "toolchain": toolchain or toolchain_versions()})
+
+
+def _rule(rule, legs: tuple[int, ...], instruments: list[str]) -> list:
+    """A rule's canonical form: [when, target], then its limit when it has one; a
+    multi-leg rule's legs by instrument symbol, in the order written (the order its risk
+    steps run). A rule without a limit or legs hashes as it did before they existed."""
+    if rule.legs is None:
+        form = [canonical(rule.when), canonical(rule.target)]
+        return form if rule.limit is None else form + [canonical(rule.limit)]
+    return [canonical(rule.when), {"legs": [
+        [instruments[x], canonical(leg.target)] + ([] if leg.limit is None else [canonical(leg.limit)])
+        for x, leg in zip(legs, rule.legs)]}]

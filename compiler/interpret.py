@@ -249,8 +249,9 @@ class Order:
     exit: bool
     ts: int = 0              # the decision's time, ns
     fill_event: int = -1
-    fill_price: float = NAN
+    fill_price: float = NAN  # NaN once filled: an IOC order cancelled unfilled (fee 0)
     fee: float = NAN
+    limit: float = NAN       # an IOC order's limit price; NaN: a market order
 
 
 @dataclass
@@ -280,6 +281,9 @@ class Book:
     prev: float = NAN
     last_ts: int | None = None
     desired: float = 0.0
+    limit: float = NAN            # the limit price the desired target's orders carry (when `limited`)
+    limited: bool = False         # the desired target came with a limit: its orders are IOC limit orders
+    flatten: bool = False         # max_leg_imbalance flattens this leg (an exit) until it is flat
     lock: float = 0.0
     lock_key: str | None = None   # the protective exit that holds the lock
     volatility: float = NAN
@@ -315,6 +319,11 @@ class Interpreter:
         self.clock = clock_of(program.clock)
         self.clock_row = None  # the current event's row of Clock.columns, with a clock
         self.orders: list[Order] = []
+        self.leg_set = program.leg_set()
+        # a desired target carries a limit price from a rule's `limit`, or from an intent
+        self.uses_limits = program.uses_limits() or program.intent_column is not None
+        self.quote_columns = tuple(program.columns.index(f) if f in program.columns else None for f in ("bid", "ask"))
+        self.quotes: dict[int, tuple[float, float]] = {}  # the market event's instrument -> its (bid, ask)
         self.trace: list[dict] = []
         self.equity_curve: list[float] = []
 
@@ -445,10 +454,25 @@ class Interpreter:
             b.entry, b.best = price, market
         b.position = new
 
-    def simulated_fill(self, order: Order, b: Book, e: int, price: float):
+    def simulated_fill(self, order: Order, b: Book, e: int, price: float, quote: tuple[float, float] = (NAN, NAN)):
+        """Fill `order` on event e at `price`. An IOC order fills at its side of `quote`
+        (bid, ask: the ask for a buy; `price` where that is not a positive number) moved by
+        slippage and capped at its limit, when that side is at or through the limit; else
+        it is cancelled: its open quantity released, fill price NaN, fee 0."""
         slip = self.account_cfg["slippage_bps"] / 1e4
-        fill_price = price * (1.0 + slip) if order.qty > 0 else price * (1.0 - slip)
-        fill_price = on_tick(fill_price, b.tick, order.qty > 0)
+        buy = order.qty > 0
+        if order.limit == order.limit:
+            side = quote[1] if buy else quote[0]
+            at = side if 0 < side < math.inf else price
+            if not (at <= order.limit if buy else at >= order.limit):
+                order.fill_event, order.fill_price, order.fee = e, NAN, 0.0
+                b.open -= order.qty
+                return
+            fill_price = on_tick(at * (1.0 + slip) if buy else at * (1.0 - slip), b.tick, buy)
+            fill_price = min(fill_price, order.limit) if buy else max(fill_price, order.limit)
+        else:
+            fill_price = price * (1.0 + slip) if buy else price * (1.0 - slip)
+            fill_price = on_tick(fill_price, b.tick, buy)
         fee = abs(order.qty) * b.value(fill_price) * self.account_cfg["fees_bps"] / 1e4
         order.fill_event, order.fill_price, order.fee = e, fill_price, fee
         b.open -= order.qty
@@ -474,6 +498,7 @@ class Interpreter:
         self.now = ts
         if self.clock is not None:
             self.clock_row = self.clock.columns([ts])[0]
+        self.quotes = {}
         if kind == L.MARKET:
             price = float(row[0])
             if price > 0 and price != math.inf:
@@ -482,10 +507,13 @@ class Interpreter:
             self.roll_day(ts)
             if math.isfinite(row[0]):
                 b.desired = float(row[0])
-            self.decide(e, ts, i, b, None)
+                if self.uses_limits:
+                    b.limit = float(row[1]) if len(row) > 1 else NAN
+                    b.limited = b.limit == b.limit
+            self.decide_event(e, ts, i, [i], None)
         elif kind == L.DECIDE:
             self.roll_day(ts)
-            self.decide(e, ts, i, b, None)
+            self.decide_event(e, ts, i, [i], None)
         elif kind == L.FILL:
             b.open -= float(row[0])
             price = float(row[1])
@@ -498,7 +526,7 @@ class Interpreter:
         elif kind == L.RESUME:
             if self.acct.halted:  # the halt used up every desired target
                 for book in self.books:
-                    book.desired = 0.0
+                    book.desired, book.limit, book.limited = 0.0, NAN, False
             self.acct.halted = False
             self.acct.peak = self.acct.equity
         self.equity_curve.append(self.acct.equity)
@@ -518,12 +546,13 @@ class Interpreter:
         # waiting orders: at the open with next-open and latency, else at the price; with
         # latency only those due (decided at least the latency before this event)
         at = open_ if self.mode in (L.FILL_NEXT_OPEN, L.FILL_LATENCY) else price
+        self.quotes = {i: tuple(float(row[c]) if c is not None else NAN for c in self.quote_columns)}
         pending, b.pending = b.pending, []
         for order in pending:
             if self.mode == L.FILL_LATENCY and order.ts + self.latency_ns > ts:
                 b.pending.append(order)
             else:
-                self.simulated_fill(order, b, e, at)
+                self.simulated_fill(order, b, e, at, self.quotes[i])
         in_bar = bar is not None and self.mode == L.FILL_NEXT_OPEN
         stopped = self.exits_in_bar(e, i, b, open_, high, low) if in_bar else 0
         b.prev, b.last, b.last_ts = b.last, price, float(ts)
@@ -538,19 +567,57 @@ class Interpreter:
         if self.p.volatility is not None:
             b.volatility = values[self.p.volatility]
         b.custom = [values[w] for _, _, w in self.p.custom]
-        for when, target in self.p.rules:
+        deciding = [i]
+        for when, target, limit, legs in self.p.rules:
             if values[when]:
-                t = values[target]
-                if math.isfinite(t):
-                    b.desired = t
+                if not legs:
+                    self.set_target(b, values[target], NAN if limit is None else values[limit], limit is not None)
+                else:  # the event's instrument decides first when it is not a leg, then the legs as written
+                    for x, leg_target, leg_limit in legs:
+                        self.set_target(self.books[x], values[leg_target],
+                                        NAN if leg_limit is None else values[leg_limit], leg_limit is not None)
+                    deciding = ([] if any(x == i for x, _, _ in legs) else [i]) + [x for x, _, _ in legs]
                 break
         if self.p.intent_column is not None and math.isfinite(row[self.p.intent_column]):
-            b.desired = float(row[self.p.intent_column])
-        self.decide(e, ts, i, b, [values[f] for f in self.p.features.values()])
+            b.desired, b.limit, b.limited = float(row[self.p.intent_column]), NAN, False
+        self.decide_event(e, ts, i, deciding, [values[f] for f in self.p.features.values()])
 
-    def decide(self, e: int, ts: int, i: int, b: Book, features):
+    @staticmethod
+    def set_target(b: Book, target: float, limit: float, limited: bool):
+        """A rule's target (and limit price) for book b; a target that is not a finite
+        number leaves both as they were."""
+        if math.isfinite(target):
+            b.desired, b.limit, b.limited = target, limit, limited
+
+    def leg_imbalance(self) -> float:
+        """|sum over the leg set of (position + open) x last price x multiplier|, summed in
+        instrument order; a leg with nothing held or open adds nothing."""
+        net = 0.0
+        for x in self.leg_set:
+            book = self.books[x]
+            q = book.position + book.open
+            if q != 0:
+                net += q * book.value(book.last)
+        return abs(net)
+
+    def decide_event(self, e: int, ts: int, i: int, deciding: list[int], features):
+        """The decisions of one event, in order (the trace row is the event's instrument's).
+        When one of them is a leg's and the legs' imbalance is beyond `max_leg_imbalance`
+        (or not a number), every leg is flagged to flatten, its desired target becomes 0,
+        and every leg decides."""
+        if "max_leg_imbalance" in self.risk and any(x in self.leg_set for x in deciding):
+            if not self.leg_imbalance() <= self.risk["max_leg_imbalance"]:
+                for x in self.leg_set:
+                    book = self.books[x]
+                    book.flatten, book.desired, book.limit, book.limited = True, 0.0, NAN, False
+                deciding = deciding + [x for x in self.leg_set if x not in deciding]
+        for x in deciding:
+            self.decide(e, ts, x, self.books[x], features if x == i else None, x == i)
+
+    def decide(self, e: int, ts: int, i: int, b: Book, features, traced: bool = True):
         """Spec section 6: steps 1 and 2 here, then steps 3 to 10 and the order in `leg`;
-        twice when a protective exit meets an opposite target (the exit, then the re-entry)."""
+        twice when a protective exit meets an opposite target (the exit, then the re-entry).
+        `traced`: the decision is the event's instrument's, recorded in the trace."""
         r, a = self.risk, self.acct
         bit = lambda code: 1 << L.R[code]
         price, desired, pos = b.last, b.desired, b.position
@@ -560,7 +627,7 @@ class Interpreter:
         if price != price:
             if desired != q:
                 reasons |= bit("no_price:blocked")
-            self.record(seen, 0.0, reasons)
+            self.record(seen, 0.0, reasons, traced)
             return
         # 1. kill switch; equity, peak and drawdown must be numbers for it to be off
         if not a.halted:
@@ -591,6 +658,17 @@ class Interpreter:
                 reasons |= 1 << (bits.exit if pos * b.lock > 0 else bits.blocked)
         if triggered and target == 0:  # the strategy went flat as the stop fired: still an exit
             exit_ = True
+        # 2. a leg flattened by max_leg_imbalance: held while an order of it is open (an
+        # IOC may still be cancelled), then closed as an exit, until flat
+        if b.flatten and not a.halted:
+            if b.open != 0:
+                target, exit_ = q, True
+                reasons |= bit("max_leg_imbalance:exit")
+            elif pos != 0:
+                target, exit_ = 0.0, True
+                reasons |= bit("max_leg_imbalance:exit")
+            else:
+                b.flatten = False
         if triggered and target * b.lock < 0 and q * b.lock > 0:
             # the exit leaves first as an order of its own: steps 8 and 9 only (it is exempt
             # from 3 to 5 and 10); the re-entry is then a new order from where the exit
@@ -600,10 +678,10 @@ class Interpreter:
                 exit_order, exit_reasons = 0.0, exit_reasons | bit("notional_invalid:blocked")
             self.send(e, i, b, desired, q, exit_order, exit_reasons, True)
             order, reasons = self.leg(e, ts, i, b, desired, q + exit_order, target, False, 0)
-            self.record(seen, exit_order + order, exit_reasons | reasons)
+            self.record(seen, exit_order + order, exit_reasons | reasons, traced)
             return
         order, reasons = self.leg(e, ts, i, b, desired, q, target, exit_, reasons)
-        self.record(seen, order, reasons)
+        self.record(seen, order, reasons, traced)
 
     def leg(self, e: int, ts: int, i: int, b: Book, desired: float, q: float, target: float, exit_: bool,
             reasons: int) -> tuple[float, int]:
@@ -681,6 +759,13 @@ class Interpreter:
                         reasons |= bit("max_margin_usage:clipped")
         # 8 and 9. the order and its limits
         order, reasons = self.order_limits(b, target - q, reasons, target)
+        if order != 0 and b.limited and not exit_:   # an IOC limit order: its limit must be a price
+            if not 0 < b.limit < math.inf:
+                order = 0.0
+                reasons |= bit("limit_invalid:blocked")
+            elif "price_collar" in r and abs(b.limit - price) > r["price_collar"] * price:
+                order = 0.0
+                reasons |= bit("price_collar:blocked")
         if block and order != 0 and not exit_:
             order = 0.0
             reasons |= block
@@ -797,19 +882,23 @@ class Interpreter:
         quantity, and filled at once (--fill same) or at the next market event (--fill next)."""
         if order == 0:
             return
-        o = Order(e, i, order, b.last, q + order, desired, reasons, exit_, self.now)
+        o = Order(e, i, order, b.last, q + order, desired, reasons, exit_, self.now,
+                  limit=b.limit if b.limited and not exit_ else NAN)
         self.orders.append(o)
         self.acct.orders_today += 1
         b.open += order
         if self.mode == L.FILL_SAME:
-            self.simulated_fill(o, b, e, b.last)
+            self.simulated_fill(o, b, e, b.last, self.quotes.get(i, (NAN, NAN)))
             self.mark()
         elif self.mode in (L.FILL_NEXT, L.FILL_NEXT_OPEN, L.FILL_LATENCY):
             b.pending.append(o)
 
-    def record(self, seen: tuple, order: float, reasons: int):
+    def record(self, seen: tuple, order: float, reasons: int, traced: bool = True):
         """One trace row: `seen` is (event, desired, features, position, q, equity) as the
-        decision began; order and reasons are those of all its orders."""
+        decision began; order and reasons are those of all its orders. A decision of
+        another instrument than the event's (a leg) has no row."""
+        if not traced:
+            return
         e, desired, features, pos, q, equity, cash = seen
         self.trace.append({"event": e, "desired": desired, "position": pos, "target": q + order,
                            "order": order, "reasons": reasons, "equity": equity, "cash": cash,

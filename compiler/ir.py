@@ -62,7 +62,10 @@ class Program:
 
     ops: list[Op]
     features: dict[str, int]                 # feature name -> op
-    rules: list[tuple[int, int]]             # (when, target) in rule order
+    #: in rule order, (when, target, limit, legs): a rule for the event's instrument has
+    #: its target op, its limit op (None: market orders) and no legs; a multi-leg rule has
+    #: target and limit None and legs ((instrument, target, limit), ...) in the order written
+    rules: list[tuple]
     custom: list[tuple[str, str, int]]       # (name, action, when)
     volatility: int | None                   # op of the max_volatility brake, if any
     params: list[str]                        # kernel param vector order
@@ -72,8 +75,9 @@ class Program:
 
     def outputs(self) -> list[int]:
         out = list(self.features.values())
-        for when, target in self.rules:
-            out += [when, target]
+        for when, target, limit, legs in self.rules:
+            out += [x for x in (when, target, limit) if x is not None]
+            out += [x for _, t, lim in legs for x in (t, lim) if x is not None]
         out += [when for _, _, when in self.custom]
         if self.volatility is not None:
             out.append(self.volatility)
@@ -83,11 +87,22 @@ class Program:
         return Program(
             ops=ops,
             features={k: mapping[v] for k, v in self.features.items()},
-            rules=[(mapping[w], mapping[t]) for w, t in self.rules],
+            rules=[(mapping[w], _mapped(mapping, t), _mapped(mapping, lim),
+                    tuple((x, mapping[lt], _mapped(mapping, ll)) for x, lt, ll in legs))
+                   for w, t, lim, legs in self.rules],
             custom=[(n, a, mapping[w]) for n, a, w in self.custom],
             volatility=None if self.volatility is None else mapping[self.volatility],
             params=self.params, columns=self.columns, intent_column=self.intent_column, clock=self.clock,
         )
+
+    def uses_limits(self) -> bool:
+        """Whether a rule has a limit price or legs: the kernel then keeps each desired
+        target's limit, and fills IOC orders."""
+        return any(limit is not None or legs for _, _, limit, legs in self.rules)
+
+    def leg_set(self) -> tuple[int, ...]:
+        """The instruments that are a leg of some multi-leg rule, in index order."""
+        return tuple(sorted({x for *_, legs in self.rules for x, _, _ in legs}))
 
     def history_sources(self) -> dict[int, list[tuple]]:
         """Ops whose past values are read, with every k they are read at."""
@@ -115,6 +130,10 @@ class Program:
             label = f"  # {names[i]}" if i in names else ""
             lines.append(f"%{i}: {op.type} = {body}{label}")
         return "\n".join(lines)
+
+
+def _mapped(mapping: dict[int, int], op: int | None) -> int | None:
+    return None if op is None else mapping[op]
 
 
 def _attr_text(a, params) -> str:

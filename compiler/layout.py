@@ -18,8 +18,11 @@ from .ir import Program, resolve_int
 # ---- events ------------------------------------------------------------------------
 MARKET, INTENT, FILL, REJECT, HALT, RESUME, DECIDE = range(7)
 EVENT_KINDS = ("market", "intent", "fill", "reject", "halt", "resume", "decide")
-#: For intent events vals[e, 0] is the proposed target; for fill events vals[e, 0..2] are
-#: qty (signed), price, fee; for reject events vals[e, 0] is the rejected signed qty.
+#: For intent events vals[e, 0] is the proposed target and vals[e, 1] (when the events
+#: have a second column) its limit price: NaN for market orders, else the IOC limit price
+#: its orders carry (read by kernels that keep limits: a policy with a `limit`, `legs` or an
+#: `intent` input); for fill events vals[e, 0..2] are qty (signed), price, fee; for reject
+#: events vals[e, 0] is the rejected signed qty (an IOC's cancelled remainder is one too).
 
 #: The largest magnitude a price, quantity, intent target or input value may have. Far
 #: above any real market (prices and quantities both below 1e15 keep a notional under
@@ -45,7 +48,8 @@ BAR_FIELDS = ("open", "high", "low")
 
 # ---- per-instrument account and risk state (pstate[inst, column]) -------------------
 P_POS, P_OPEN, P_ENTRY, P_BEST, P_LAST, P_PREV, P_LAST_TS, P_DESIRED, P_LOCK, P_LOCK_CODE, \
-    P_VOL, P_PENDING, P_PENDING_LAST, P_TRADE_PNL, P_MARK, P_GROSS, P_MULT, P_TICK, P_CUSTOM = range(19)
+    P_VOL, P_PENDING, P_PENDING_LAST, P_TRADE_PNL, P_MARK, P_GROSS, P_MULT, P_TICK, P_LIMIT, P_FLATTEN, \
+    P_CUSTOM = range(21)
 #: P_PENDING and P_PENDING_LAST: the first and the last order row of the instrument that
 #: waits for a simulated fill (-1 when none), so its next market event looks at those rows
 #: only, not at every order the other instruments sent since.
@@ -55,9 +59,13 @@ P_POS, P_OPEN, P_ENTRY, P_BEST, P_LAST, P_PREV, P_LAST_TS, P_DESIRED, P_LOCK, P_
 #: x the multiplier when the policy gives contracts one.
 #: P_MULT and P_TICK: the instrument's contract (dsl/risk_keys.py CONTRACT_KEYS), constant
 #: for the run: the multiplier (1 when not given) and the tick size (NaN: none).
+#: P_LIMIT: the limit price of the desired target's orders (IOC limit orders): NaN when
+#: they are market orders; a limit that is not a number is kept as -inf, as invalid (its
+#: orders are blocked, `limit_invalid:blocked`). P_FLATTEN: 1.0 while `max_leg_imbalance`
+#: flattens this leg (until it is flat with no open order), else 0.0.
 P_NAMES = ("position", "open_qty", "entry_price", "best_price", "last_price", "prev_price", "last_ts",
            "desired", "lock", "lock_code", "volatility", "pending_order", "last_pending_order", "trade_pnl",
-           "mark_term", "gross_term", "multiplier", "tick_size")
+           "mark_term", "gross_term", "multiplier", "tick_size", "limit_price", "flatten")
 #: |position| above this counts as holding one (a position summed back from fills may
 #: leave dust of a few ulps).
 HELD_EPSILON = 1e-12
@@ -93,7 +101,9 @@ ACCT_WIDTH = A_REASON_COUNTS + MASK_BITS
 O_EVENT, O_INST, O_QTY, O_PRICE, O_TARGET, O_DESIRED, O_REASONS, O_EXIT, O_FILL_EVENT, O_FILL_PRICE, \
     O_FEE, O_LIMIT = range(12)
 #: O_LIMIT: an immediate-or-cancel limit order's limit price (money per unit); NaN for a
-#: market order.
+#: market order. A filled order has O_FILL_EVENT >= 0 and a fill price; an IOC order
+#: cancelled unfilled (a backtest's fill event found no price at or through its limit)
+#: has O_FILL_EVENT = that event, O_FILL_PRICE NaN and O_FEE 0: a cancel, not a fill.
 ORDER_WIDTH = 12
 
 # ---- trace (trace[event, column]); named features follow ---------------------------
@@ -121,10 +131,11 @@ class ExitBits(NamedTuple):
     blocked: int
 
 
-#: The protective exits (the keys with an `:exit` code), in the order step 2 checks them.
-#: A lock keeps its exit's bit in P_LOCK_CODE; each back end maps it to the blocked bit.
+#: The protective exits (the keys with an `:exit` and a `:blocked` code: an exit that
+#: locks its side), in the order step 2 checks them. A lock keeps its exit's bit in
+#: P_LOCK_CODE; each back end maps it to the blocked bit.
 EXITS = {name: ExitBits(R[key.reason("exit")], R[key.reason("blocked")])
-         for name, key in RISK_KEYS.items() if key.reason("exit")}
+         for name, key in RISK_KEYS.items() if key.reason("exit") and key.reason("blocked")}
 
 CUSTOM_SUFFIX = {"block": "blocked", "reduce_only": "blocked", "liquidate": "exit", "halt": "halt"}
 
@@ -240,6 +251,7 @@ def initial_account(n_instruments: int, n_custom: int, account: dict[str, float]
     pstate[:, [P_PENDING, P_PENDING_LAST]] = -1.0
     pstate[:, P_MULT] = 1.0
     pstate[:, P_TICK] = np.nan
+    pstate[:, P_LIMIT] = np.nan
     if contracts is not None:
         pstate[:, [P_MULT, P_TICK]] = np.array(contracts, dtype=np.float64).reshape(n_instruments, 2)
     return acct, pstate

@@ -189,7 +189,14 @@ def lower(checked: CheckedPolicy) -> Program:
     for op_index, feature in lw.pending_lags:
         old = lw.ops[op_index]
         lw.ops[op_index] = Op(old.kind, (lw.feature_ops[feature],), old.attr, old.type, old.span)
-    rules = [(lw.lower(r.when), lw.lower(r.target)) for r in checked.parsed.signals]
+    rules = []
+    for r, legs in zip(checked.parsed.signals, checked.rule_legs):
+        when = lw.lower(r.when)
+        if r.legs is None:
+            rules.append((when, lw.lower(r.target), None if r.limit is None else lw.lower(r.limit), ()))
+        else:
+            rules.append((when, None, None, tuple((x, lw.lower(leg.target), None if leg.limit is None else
+                                                   lw.lower(leg.limit)) for x, leg in zip(legs, r.legs))))
     custom = [(r.name, r.action, lw.lower(r.when)) for r in checked.parsed.custom]
     volatility = None
     if "max_volatility" in checked.risk:

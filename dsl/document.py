@@ -53,7 +53,12 @@ SHAPES = {
     },
     # an instrument of the map form given as a table: its symbol and its contract's settings
     "InstrumentModel": {"symbol": ("text", REQUIRED), **{key: (OPTIONAL_SCALAR, None) for key in CONTRACT_KEYS}},
-    "SignalModel": {"when": ("scalar", REQUIRED), "target": ("scalar", REQUIRED)},
+    # a rule sets one target (`target`, with an optional IOC `limit`) or several (`legs`:
+    # instrument -> a target, or a table of its target and limit); the checker requires
+    # exactly one of `target` and `legs` (E214)
+    "SignalModel": {"when": ("scalar", REQUIRED), "target": (OPTIONAL_SCALAR, None), "limit": (OPTIONAL_SCALAR, None),
+                    "legs": (("optional", ("mapping", ("either", ("scalar", "LegModel")))), None)},
+    "LegModel": {"target": ("scalar", REQUIRED), "limit": (OPTIONAL_SCALAR, None)},
     "CustomRuleModel": {"name": ("text", REQUIRED), "when": ("scalar", REQUIRED),
                         "action": (("one of", CUSTOM_ACTIONS), REQUIRED)},
     # Every key takes any scalar here: its value is an expression (a limit may be `2 * size`),
@@ -175,10 +180,26 @@ class FeatureDecl(Named):
 
 
 @dataclass
-class RuleDecl:
-    when: ex.Node
-    target: ex.Node
+class LegDecl:
+    """One leg of a multi-leg rule: the instrument as written (a name or a symbol), the
+    span of its key, its target and its IOC limit price (None: a market order)."""
+
+    instrument: str
     span: Span
+    target: ex.Node
+    limit: ex.Node | None = None
+
+
+@dataclass
+class RuleDecl:
+    """A rule of `signals`: `target` (and `limit`) for the event's instrument, or `legs`
+    (then `target` is None)."""
+
+    when: ex.Node
+    target: ex.Node | None
+    span: Span
+    limit: ex.Node | None = None
+    legs: list[LegDecl] | None = None
 
 
 @dataclass
@@ -272,6 +293,8 @@ def _record_at(path: tuple) -> str | None:
         return "InstrumentModel"
     if len(path) == 2 and path[0] == "signals":
         return "SignalModel"
+    if len(path) == 4 and path[0] == "signals" and path[2] == "legs":
+        return "LegModel"
     if len(path) == 3 and path[:2] == ("risk", "custom"):
         return "CustomRuleModel"
     return None
@@ -347,12 +370,23 @@ def _structure_errors(exc, doc: Positioned) -> list[Diagnostic]:
                     help_ = f"YAML reads `{text}` as {reads}: put it in quotes, `\"{text}\"`"
             if loc not in diags:
                 diags[loc] = error(code, doc.span(loc), msg, help_)
+    # `target` and `legs` are each optional, and a rule needs one of them: its absence is a
+    # missing key like any other
+    for i, rule in enumerate(_value_at(doc.value, ("signals",)) or []):
+        if isinstance(rule, dict) and "target" not in rule and "legs" not in rule:
+            diags.setdefault(("signals", i, "target"), _no_target(doc, ("signals", i)))
     # a misspelled required key is one mistake: keep the "did you mean" and drop the "missing"
     for loc, d in list(diags.items()):
         if d.code == "E004" and d.help and d.help.startswith("did you mean"):
             suggested = d.help.split("`")[1]
             diags.pop(loc[:-1] + (suggested,), None)
     return sorted(diags.values(), key=lambda d: (d.span.line, d.span.column))
+
+
+def _no_target(doc: Positioned, path: tuple) -> Diagnostic:
+    """E006 for a rule with neither `target` nor `legs`."""
+    return error("E006", doc.span(path), f"missing required key `target` in `{'.'.join(str(p) for p in path)}`",
+                 "each rule needs `target: UNITS`, or `legs: {NAME: UNITS, ...}` for several instruments")
 
 
 def _document_loc(value: Any, loc: tuple, kind: str) -> tuple:
@@ -527,10 +561,10 @@ class _Builder:
                 if node is not None:
                     features[key] = FeatureDecl(key, self.span(("features", key), key=True), node)
         signals = []
-        for i in range(len(m.signals)):
-            when, target = self.expr(("signals", i, "when")), self.expr(("signals", i, "target"))
-            if when is not None and target is not None:
-                signals.append(RuleDecl(when, target, self.span(("signals", i))))
+        for i, rule in enumerate(m.signals):
+            rule_decl = self.rule(i, rule)
+            if rule_decl is not None:
+                signals.append(rule_decl)
         if not m.signals and "intent" not in m.inputs:
             self.errors.append(error("E210", self.span(("signals",)), "`signals` is empty and there is no `intent` input",
                                      "add a rule, or `inputs: [intent]` to let a model propose targets"))
@@ -574,6 +608,60 @@ class _Builder:
             calendar=None if m.calendar is None else Named(m.calendar, self.span(("calendar",))),
             timezone=None if m.timezone is None else Named(m.timezone, self.span(("timezone",))),
         )
+
+    def rule(self, i: int, rule: SimpleNamespace) -> RuleDecl | None:
+        """Rule i of `signals`, its expressions parsed; None when one does not parse. A rule
+        with both `target` and `legs`, or neither, is E214, and a rule-level `limit`
+        beside `legs` too: each leg has its own."""
+        path = ("signals", i)
+        when = self.expr(path + ("when",))
+        written = [(path, _value_at(self.doc.value, path))]
+        written += [(path + ("legs", k), v) for k, v in (written[0][1].get("legs") or {}).items() if isinstance(v, dict)]
+        nulls = [(where + (key,), key) for where, table in written for key in ("target", "limit", "legs")
+                 if key in table and table[key] is None]
+        for where, key in nulls:  # an empty value is a mistake, not a key left out
+            self.errors.append(error("E007", self.span(where), f"`{'.'.join(str(p) for p in where)}` must be "
+                                     f"{'a mapping' if key == 'legs' else 'an expression'}, not nothing (null)",
+                                     "write `legs: {NAME: UNITS, ...}`" if key == "legs" else
+                                     f"write an expression after `{key}:`, or leave the key out"))
+        if nulls:
+            return None
+        if rule.target is None and rule.legs is None:
+            self.errors.append(_no_target(self.doc, path))
+            return None
+        if rule.target is not None and rule.legs is not None:
+            self.errors.append(error("E214", self.span(path + ("legs",), key=True), "a rule has both `target` and `legs`",
+                                     "keep `target` for this instrument's order, or `legs` for several instruments' "
+                                     "orders"))
+            return None
+        if rule.legs is None:
+            target = self.expr(path + ("target",))
+            limit = None if rule.limit is None else self.expr(path + ("limit",))
+            if when is None or target is None or (rule.limit is not None and limit is None):
+                return None
+            return RuleDecl(when, target, self.span(path), limit)
+        if rule.limit is not None:
+            self.errors.append(error("E214", self.span(path + ("limit",), key=True),
+                                     "a rule with `legs` has no `limit` of its own",
+                                     "give each leg its own: `legs: {NAME: {target: UNITS, limit: PRICE}}`"))
+            return None
+        if not rule.legs:
+            self.errors.append(error("E214", self.span(path + ("legs",)), "`legs` names no instrument",
+                                     "write `legs: {NAME: UNITS, ...}` with the policy's instrument names"))
+            return None
+        legs, ok = [], when is not None
+        for name, leg in rule.legs.items():
+            leg_path = path + ("legs", name)
+            if isinstance(leg, SimpleNamespace):
+                target = self.expr(leg_path + ("target",))
+                limit = None if leg.limit is None else self.expr(leg_path + ("limit",))
+                ok = ok and target is not None and (leg.limit is None or limit is not None)
+            else:
+                target, limit = self.expr(leg_path), None
+                ok = ok and target is not None
+            if ok:
+                legs.append(LegDecl(str(name), self.span(leg_path, key=True), target, limit))
+        return RuleDecl(when, None, self.span(path), None, legs) if ok else None
 
     def instruments(self, value: list[str] | dict[str, str | SimpleNamespace]) -> list[InstrumentDecl]:
         """The list form (`[ORCL, NVDA]`: a symbol that is a name is its own alias) or the

@@ -170,8 +170,16 @@ class Step:
 
     @property
     def keys(self) -> tuple[str, ...]:
-        """The risk keys of this step, in the order it checks them."""
-        return tuple(name for name, key in RISK_KEYS.items() if key.step == self.number and self.number is not None)
+        """The risk keys of this step, in the order it checks them; none for a later
+        continuation of a step (a second `Step` of the same number)."""
+        if self.number is None or next(s for s in RISK_STEPS if s.number == self.number) is not self:
+            return ()
+        return tuple(name for name, key in RISK_KEYS.items() if key.step == self.number)
+
+    @property
+    def all_reasons(self) -> tuple[Reason, ...]:
+        """The reason codes of this step and of its continuations, in bit order."""
+        return tuple(r for s in RISK_STEPS if s.number == self.number for r in s.reasons)
 
 
 #: The step whose checks are the policy's custom rules (`risk.custom`); their reason codes
@@ -238,6 +246,16 @@ RISK_STEPS = (
         Reason("no_price:blocked", "a decision for an instrument that has had no valid price yet, when its desired "
                                    "target differs from q"),
     )),
+    # Parts of steps 2 and 9, listed after the others for the same reason; each is a
+    # continuation of the step of its number (`Step.keys` lists a step's keys once).
+    Step(2, "leg imbalance", (
+        Reason("max_leg_imbalance:exit", "the legs' net notional is beyond `max_leg_imbalance` (or not a finite "
+                                         "number): each leg is flattened as an exit, and this is recorded while a leg "
+                                         "still holds a position or an open order"),
+    )),
+    Step(9, "limit price", (
+        Reason("limit_invalid:blocked", "an order's limit price is NaN, infinite or at most 0: not sent"),
+    )),
 )
 
 _ABOVE_0 = Bounds()
@@ -255,6 +273,9 @@ RISK_KEYS = {key.name: key for key in (
         meaning="exit when price moves this far in favour of the entry price"),
     Key("trailing_stop", FRACTION, _AT_MOST_ALL, step=2, example="1.5%", samples=("0.5%", "1.5%", "4%"),
         meaning="exit on this adverse move from the best price since entry"),
+    Key("max_leg_imbalance", MONEY, _ABOVE_0, step=2, example="20000", samples=("200", "3000", "50000"),
+        meaning="while |sum over the legs of multi-leg rules of (position + open) x price x multiplier| is above "
+                "this (or not a finite number), a decision of a leg flattens every leg"),
     Key("max_daily_loss", FRACTION, _AT_MOST_ALL, step=3, example="3%", samples=("0.5%", "1%", "5%"),
         meaning="reduce-only until the next day (UTC, or the policy's session day) once equity is this far below "
                 "the day's opening equity"),

@@ -77,7 +77,16 @@ class BacktestResult:
 
     @property
     def fills(self) -> np.ndarray:
-        return self.orders[self.orders[:, L.O_FILL_EVENT] >= 0]
+        """The order rows that filled (a fill event and a fill price)."""
+        o = self.orders
+        return o[(o[:, L.O_FILL_EVENT] >= 0) & ~np.isnan(o[:, L.O_FILL_PRICE])]
+
+    @property
+    def cancels(self) -> np.ndarray:
+        """The IOC order rows cancelled unfilled: a fill event, no fill price
+        (compiler/layout.py, O_LIMIT)."""
+        o = self.orders
+        return o[(o[:, L.O_FILL_EVENT] >= 0) & np.isnan(o[:, L.O_FILL_PRICE])]
 
     @cached_property
     def trades(self) -> list[Trade]:
@@ -478,6 +487,7 @@ def summary(result: BacktestResult) -> dict:
         "events": len(r.events),
         "orders": len(r.orders),
         "fills": len(fills),
+        "cancels": len(r.cancels),
         "trades": closed,
         "open_trades": int(np.count_nonzero(r.pstate[:, L.P_POS])),
         "initial_equity": r.initial_equity,
@@ -503,9 +513,11 @@ def write_orders(result: BacktestResult, path: str | Path) -> None:
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(["decision_ts", "fill_ts", "instrument", "qty", "fill_price", "fee", "reasons"])
+        w.writerow(["decision_ts", "fill_ts", "instrument", "qty", "fill_price", "fee", "reasons", "limit_price",
+                    "status"])
         for o in result.orders:
-            filled = o[L.O_FILL_EVENT] >= 0
+            ended = o[L.O_FILL_EVENT] >= 0
+            filled = ended and o[L.O_FILL_PRICE] == o[L.O_FILL_PRICE]
             w.writerow([
                 _iso(ts[int(o[L.O_EVENT])]),
                 _iso(ts[int(o[L.O_FILL_EVENT])]) if filled else "",
@@ -514,6 +526,8 @@ def write_orders(result: BacktestResult, path: str | Path) -> None:
                 repr(float(o[L.O_FILL_PRICE])) if filled else "",
                 repr(float(o[L.O_FEE])) if filled else "",
                 ";".join(L.decode_reasons(o[L.O_REASONS], reasons)),
+                repr(float(o[L.O_LIMIT])) if o[L.O_LIMIT] == o[L.O_LIMIT] else "",
+                "filled" if filled else "cancelled" if ended else "open",
             ])
 
 
@@ -567,7 +581,7 @@ def figure_text(key: str, v) -> str:
 def format_summary(s: dict) -> str:
     """The summary as an aligned two-column table."""
     rows = []
-    for key in ("policy", "policy_hash", "build_hash", "start", "end", "events", "orders", "fills", "trades",
+    for key in ("policy", "policy_hash", "build_hash", "start", "end", "events", "orders", "fills", "cancels", "trades",
                 "initial_equity", "final_equity", "total_return", "max_drawdown", "sharpe", "sortino", "win_rate",
                 "profit_factor", "exposure", "fees", "elapsed_s", "events_per_s"):
         rows.append((key, figure_text(key, s[key])))

@@ -7,7 +7,7 @@ does not depend on who drives it. Nothing here does I/O or knows about asyncio.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -21,11 +21,15 @@ class Decision:
     """What the policy decided on one event (spec section 6). Quantities are in units,
     prices in the instrument's currency.
 
-    An event makes at most two orders: when a protective exit meets an opposite target,
+    A decision makes at most two orders: when a protective exit meets an opposite target,
     the exit leaves on its own (this Decision: `is_exit`, `order_qty` the exit) and the
     re-entry, checked like any order, is `then` (is_exit False); each carries its own
-    reasons, and one whose order the risk steps blocked has `order_qty` 0. Otherwise
-    `then` is None."""
+    reasons, and one whose order the risk steps blocked has `order_qty` 0. When a
+    multi-leg rule fires (or `max_leg_imbalance` flattens the legs), the other
+    instruments' decisions on the same event follow on `then` too, each with its own
+    `instrument`, in the order the kernel made their orders (docs/language.md section
+    5); a leg of another instrument appears only when it made an order, and its
+    `position` is its filled position after the event. Otherwise `then` is None."""
 
     instrument: str
     ts: int
@@ -37,7 +41,7 @@ class Decision:
     reasons: tuple[str, ...]
     is_exit: bool
     trips_kill_switch: bool = False  # this decision turned the kill switch on (max_drawdown, a custom halt)
-    then: Decision | None = None     # the re-entry order after an exit, on the same event
+    then: Decision | None = None     # the next order of the same event: a re-entry, or another leg
     limit_price: float = math.nan    # an immediate-or-cancel limit order's limit price; NaN: a market order
 
 
@@ -76,6 +80,8 @@ class Engine:
         self._trip_mask = sum(1 << k for k, name in enumerate(self._reason_names)
                               if name.endswith(":halt") and name != "kill_switch:halt")
         self.columns = {name: k for k, name in enumerate(policy.columns)}
+        # whether the kernel keeps a desired target's limit price (and so an intent's)
+        self._limits = policy.program.uses_limits() or policy.program.intent_column is not None
         self.inputs = {name: self.columns[name] for name in policy.checked.inputs}
         self.intent_column = self.columns.get("intent")
         self._n_columns = max(len(policy.columns), 3)
@@ -163,33 +169,65 @@ class Engine:
         return tuple(L.decode_reasons(mask, self._reason_names)) if mask else ()
 
     def _decision(self, row: int, inst: int, ts: int, price: float, orders: list | None) -> Decision | None:
-        """The Decision of trace row `row`, whose event made `orders` (None, or one or two
-        order rows). When a protective exit met an opposite target the decision has two
-        legs, the exit and the re-entry, and each Decision carries its own leg's order
-        and reasons; a leg that made no order has order_qty 0 and the reasons the other
-        leg's order lacks. (A single decision's order row has exactly the decision's
-        reasons: one order row with others is one leg of two.)"""
+        """The Decisions of trace row `row`, whose event made `orders` (None, or order rows),
+        chained on `then`: the event's instrument's, and those of the other instruments
+        that made orders (a multi-leg rule's legs), in the order of their first order."""
+        own = [o for o in orders or () if int(o[L.O_INST]) == inst]
+        first = self._own_decision(row, inst, ts, price, own or None)
+        if first is None or len(own) == len(orders or ()):
+            return first
+        groups: dict[int, list] = {}
+        for o in orders:
+            groups.setdefault(int(o[L.O_INST]), []).append(o)
+        if inst not in groups:
+            groups = {inst: [], **groups}
+        chain = [first if x == inst else self._leg_decision(x, ts, rows) for x, rows in groups.items()]
+        out = chain[-1]
+        for d in reversed(chain[:-1]):
+            out = _followed_by(d, out)
+        return out
+
+    def _leg_decision(self, inst: int, ts: int, rows: list) -> Decision:
+        """The Decision of another instrument's orders on an event (one, or an exit and its
+        re-entry), from their order rows."""
+        out = None
+        for o in reversed([r.tolist() for r in rows]):
+            mask = int(o[L.O_REASONS])
+            out = Decision(self._names[inst], ts, o[L.O_PRICE], o[L.O_DESIRED], o[L.O_TARGET],
+                           float(self.session.pstate[inst, L.P_POS]), o[L.O_QTY], self._reasons(mask),
+                           bool(o[L.O_EXIT]), bool(mask & self._trip_mask), out, _limit(o[L.O_LIMIT]))
+        return out
+
+    def _own_decision(self, row: int, inst: int, ts: int, price: float, orders: list | None) -> Decision | None:
+        """The Decision of trace row `row`, whose instrument's decision made `orders` (None,
+        or one or two order rows). When a protective exit met an opposite target the
+        decision has two legs, the exit and the re-entry, and each Decision carries its
+        own leg's order and reasons; a leg that made no order has order_qty 0 and the
+        reasons the other leg's order lacks. (A single decision's order row has exactly
+        the decision's reasons: one order row with others is one leg of two.)"""
         desired, position, target, order_qty, reasons = self._trace[row, :L.T_EQUITY].tolist()
         if desired != desired:
             return None  # the engine made no decision (e.g. a price it ignores)
         name, mask = self._names[inst], int(reasons)
         trips = bool(mask & self._trip_mask)
         if orders and (len(orders) == 2 or int(orders[0][L.O_REASONS]) != mask):
-            legs = [(o[L.O_TARGET], o[L.O_QTY], int(o[L.O_REASONS]), bool(o[L.O_EXIT]))
+            legs = [(o[L.O_TARGET], o[L.O_QTY], int(o[L.O_REASONS]), bool(o[L.O_EXIT]), _limit(o[L.O_LIMIT]))
                     for o in (order.tolist() for order in orders)]
             if len(legs) == 1:
-                leg_target, leg_qty, leg_mask, leg_exit = legs[0]
+                leg_target, leg_qty, leg_mask, leg_exit, _ = legs[0]
                 if leg_exit:  # the re-entry made no order
-                    legs.append((target, 0.0, mask & ~leg_mask, False))
+                    legs.append((target, 0.0, mask & ~leg_mask, False, math.nan))
                 else:  # the exit made none (blocked): the re-entry left from where the exit started
-                    legs.insert(0, (leg_target - leg_qty, 0.0, mask & ~leg_mask, True))
-            (exit_target, exit_qty, exit_mask, exit_flag), (entry_target, entry_qty, entry_mask, entry_flag) = legs
+                    legs.insert(0, (leg_target - leg_qty, 0.0, mask & ~leg_mask, True, math.nan))
+            (exit_target, exit_qty, exit_mask, exit_flag, exit_limit), \
+                (entry_target, entry_qty, entry_mask, entry_flag, entry_limit) = legs
             then = Decision(name, ts, price, desired, entry_target, position, entry_qty, self._reasons(entry_mask),
-                            entry_flag, bool(entry_mask & self._trip_mask))
+                            entry_flag, bool(entry_mask & self._trip_mask), None, entry_limit)
             return Decision(name, ts, price, desired, exit_target, position, exit_qty, self._reasons(exit_mask),
-                            exit_flag, trips, then)
+                            exit_flag, trips, then, exit_limit)
         return Decision(name, ts, price, desired, target, position, order_qty, self._reasons(mask),
-                        bool(orders and orders[0][L.O_EXIT]), trips)
+                        bool(orders and orders[0][L.O_EXIT]), trips, None,
+                        _limit(float(orders[0][L.O_LIMIT])) if orders else math.nan)
 
     def _single(self, inst: int, ts: int, before: int, after: int) -> Decision | None:
         return self._decision(0, inst, ts, self.session.pstate[inst, L.P_LAST].item(),
@@ -368,12 +406,22 @@ class Engine:
         self.latest_inputs[inst, self.inputs[name]] = float(value)
         self._blank_rows.pop(inst, None)
 
-    def intent(self, instrument: str, ts: int, target: float) -> Decision:
-        """A model's proposed position; the risk steps decide what reaches the market."""
+    def intent(self, instrument: str, ts: int, target: float, limit_price: float = math.nan) -> Decision:
+        """A model's proposed position (units); the risk steps decide what reaches the
+        market. `limit_price` (money per unit): NaN for market orders, else the IOC limit
+        price its orders carry (one that is infinite or at most 0 blocks them,
+        `limit_invalid:blocked`). Raises EngineError for a target that is not a finite
+        number, a limit price that is not a number, or a limit price for a policy whose
+        kernel sends market orders only (no `limit`, `legs` or `intent` input)."""
         inst = self.instrument(instrument)
         if not math.isfinite(target):
             raise EngineError(f"target must be a finite number, not {target!r}")
-        return self._single(inst, ts, *self._run(L.INTENT, inst, ts, (float(target),)))
+        if isinstance(limit_price, bool) or not isinstance(limit_price, (int, float)):
+            raise EngineError(f"limit price must be a number (NaN: a market order), not {limit_price!r}")
+        if limit_price == limit_price and not self._limits:
+            raise EngineError(f"`{self.policy.name}` sends market orders only: a limit price needs a rule with "
+                              "`limit` or `legs`, or an `intent` input")
+        return self._single(inst, ts, *self._run(L.INTENT, inst, ts, (float(target), float(limit_price))))
 
     def decide(self, instrument: str, ts: int) -> Decision:
         """Re-run the risk steps on the current desired target (after a halt, say)."""
@@ -393,3 +441,16 @@ class Engine:
 
     def resume(self, ts: int) -> None:
         self._run(L.RESUME, 0, ts, traced=False)
+
+
+def _limit(price: float) -> float:
+    """An order row's limit price; a market order's is `math.nan` itself, so that two
+    Decisions of market orders compare equal (NaN == NaN is false; the same object is not
+    compared)."""
+    return price if price == price else math.nan
+
+
+def _followed_by(decision: Decision, then: Decision) -> Decision:
+    """`decision` with `then` at the end of its chain."""
+    tail = then if decision.then is None else _followed_by(decision.then, then)
+    return replace(decision, then=tail)

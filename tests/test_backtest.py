@@ -615,8 +615,8 @@ def test_orders_and_trace_csv_formats(capsys, tmp_path, ema_stop_file):
     assert f"wrote orders: {orders}" in out and f"wrote trace: {trace}" in out
 
     lines = orders.read_text().splitlines()
-    assert lines[0] == "decision_ts,fill_ts,instrument,qty,fill_price,fee,reasons"
-    assert lines[1:] == ["2024-02-10T00:00:00.000000000Z,,ORCL,100,,,"]
+    assert lines[0] == "decision_ts,fill_ts,instrument,qty,fill_price,fee,reasons,limit_price,status"
+    assert lines[1:] == ["2024-02-10T00:00:00.000000000Z,,ORCL,100,,,,,open"]
 
     rows = list(csv.reader(trace.open()))
     assert rows[0] == ["ts", "instrument", "fast_ma", "slow_ma", "desired_target", "position", "order_qty",

@@ -503,6 +503,8 @@ W004_CASES = [
      "currency units, not as a fraction", "`%` divides by 100; write the number of currency units"),
     ("risk", "max_order_notional", "5%", "`max_order_notional: 5%` is 0.05: `max_order_notional` is measured in "
      "currency units, not as a fraction", "`%` divides by 100; write the number of currency units"),
+    ("risk", "max_leg_imbalance", "20%", "`max_leg_imbalance: 20%` is 0.2: `max_leg_imbalance` is measured in "
+     "currency units, not as a fraction", "`%` divides by 100; write the number of currency units"),
     ("risk", "max_orders_per_day", "100%", "`max_orders_per_day: 100%` is 1: `max_orders_per_day` is measured in "
      "orders, not as a fraction", "`%` divides by 100; write the number of orders"),
     ("risk", "max_orders_per_second", "50%", "`max_orders_per_second: 50%` is 0.5: `max_orders_per_second` is "
@@ -523,7 +525,10 @@ def test_percentage_on_a_quantity_warns_w004(tmp_path, run_cli, section, key, va
     risk = f"risk:\n  {key}: {value}\n" if section == "risk" else f"{RISK}account:\n  {key}: {value}\n"
     if key == "volatility_window":
         risk += "  max_volatility: 2%\n"
-    path = write(tmp_path, GOOD.format(extra="", risk=risk))
+    text = GOOD.format(extra="", risk=risk)
+    if key == "max_leg_imbalance":  # the key limits the legs of multi-leg rules
+        text = text.replace("    target: 1\n", "    legs: {ORCL: 1}\n")
+    path = write(tmp_path, text)
     result, diags = diagnose(path)
     assert result is not None
     assert [(d.code, d.severity, d.message, d.help) for d in diags] == [("W004", "warning", message, help_)]

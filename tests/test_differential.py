@@ -99,7 +99,7 @@ def differences(cp, ev: Events, mode: int, latency_ns: int = 0, limit: int = 12)
                  ("fill_event", L.O_FILL_EVENT, o.fill_event), ("exit", L.O_EXIT, float(o.exit))]
         approx = [("qty", L.O_QTY, o.qty), ("price", L.O_PRICE, o.price), ("target", L.O_TARGET, o.target),
                   ("desired", L.O_DESIRED, o.desired), ("fill_price", L.O_FILL_PRICE, o.fill_price),
-                  ("fee", L.O_FEE, o.fee)]
+                  ("fee", L.O_FEE, o.fee), ("limit", L.O_LIMIT, o.limit)]
         bad = [f"{what} {float(k[col])!r} vs {float(want)!r}" for what, col, want in exact if float(k[col]) != float(want)]
         bad += [f"{what} {float(k[col])!r} vs {float(want)!r}" for what, col, want in approx if not close(k[col], want)]
         if int(k[L.O_REASONS]) != o.reasons:
@@ -359,9 +359,41 @@ def rule_target(draw, ctx: Ctx, sizes: list) -> str:
     return num_expr(draw, ctx, draw(st.integers(0, 2)))
 
 
+def limit_price(draw, ctx: Ctx) -> str:
+    """An IOC limit price: near the price (above or below, so some orders fill and some
+    are cancelled), at the quote, another instrument's, or one that is no price (NaN,
+    at most 0: the order is blocked)."""
+    options = ["price * 1.01", "price * 0.99", "close * 1.002", "ask * 1.0002", "bid * 0.9998", "price",
+               "nz(price[1], price)", "0 / 0", "-1"]
+    options += [f"{x}.close * 1.005" for x in ctx.instruments]
+    return pick(draw, options)
+
+
+def with_limits_and_legs(draw, ctx: Ctx, sizes: list, rules: list, names: list) -> list[dict]:
+    """The rules (when, target) as rules of `signals`, now and then with a `limit`, and in
+    about one policy in two some of them with `legs` on the instruments `names`: one or
+    two in a random order, the first with the rule's target, each a target alone or a
+    target and a limit. (Drawn after the rest of the policy, so the policies drawn before
+    legs existed are drawn still.)"""
+    legs_ok = draw(st.booleans())
+    out = []
+    for when, target in rules:
+        if legs_ok and draw(st.booleans()):
+            order = draw(st.permutations(names))[:draw(st.integers(1, len(names)))]
+            targets = [target] + [rule_target(draw, ctx, sizes) for _ in order[1:]]
+            out.append({"when": when, "legs": [(x, t, limit_price(draw, ctx) if draw(st.booleans()) else None)
+                                               for x, t in zip(order, targets)]})
+        else:
+            out.append({"when": when, "target": target,
+                        "limit": limit_price(draw, ctx) if draw(st.integers(0, 4)) == 0 else None})
+    return out
+
+
 #: Values each risk key may take in a random policy, as written (dsl/risk_keys.py): every
-#: key but those that only tune another key's check, drawn along with that key.
-RISK_VALUES = {name: key.samples for name, key in RISK_KEYS.items() if key.setting_of is None}
+#: key but those that only tune another key's check, drawn along with that key, and
+#: `max_leg_imbalance`, drawn only for a policy with legs (E216 otherwise).
+RISK_VALUES = {name: key.samples for name, key in RISK_KEYS.items()
+               if key.setting_of is None and name != "max_leg_imbalance"}
 ACTIONS = ("block", "reduce_only", "liquidate", "halt")
 
 
@@ -378,7 +410,9 @@ def yaml_expr(expr: str) -> str:
 
 
 @st.composite
-def policies(draw) -> GenPolicy:
+def policies(draw, legs: bool = True) -> GenPolicy:
+    """A random valid policy; with `legs` False none of its rules has a limit or legs (the
+    live order path's comparison, which sends market orders only)."""
     n_inst = draw(st.integers(1, 2))
     has_intent = draw(st.integers(0, 3)) == 0
     # params: windows, sizes, thresholds, at most one bool
@@ -467,6 +501,10 @@ def policies(draw) -> GenPolicy:
                 "{" + ", ".join([f'symbol: "{symbol}"'] + [f"{n}: {v}" for n, v in c.items()]) + "}"
         pairs = ", ".join(f"{a}: {entry(k, s, c)}" for k, (a, s, c) in enumerate(zip(aliases, symbols, contracts)))
         lines = ["policy: gen", "version: 1", f"instruments: {{{pairs}}}"]
+    rules = with_limits_and_legs(draw, full, sizes, rules, aliases) if legs else \
+        [{"when": when, "target": target, "limit": None} for when, target in rules]
+    if any("legs" in r for r in rules) and draw(st.booleans()):
+        risk["max_leg_imbalance"] = pick(draw, RISK_KEYS["max_leg_imbalance"].samples)
     if clock:
         lines.append(clock)
     if has_intent:
@@ -476,8 +514,17 @@ def policies(draw) -> GenPolicy:
     lines.append("features:")
     lines += [f"  {n}: {yaml_expr(e)}" for n, e in features.items()]
     lines.append("signals:")
-    for when, target in rules:
-        lines += [f"  - when: {yaml_expr(when)}", f"    target: {yaml_expr(target)}"]
+    for r in rules:
+        lines.append(f"  - when: {yaml_expr(r['when'])}")
+        if "legs" in r:
+            lines.append("    legs:")
+            for x, target, limit in r["legs"]:
+                lines.append(f"      {x}: {yaml_expr(target)}" if limit is None else
+                             f"      {x}: {{target: {yaml_expr(target)}, limit: {yaml_expr(limit)}}}")
+        else:
+            lines.append(f"    target: {yaml_expr(r['target'])}")
+            if r["limit"] is not None:
+                lines.append(f"    limit: {yaml_expr(r['limit'])}")
     if risk or custom:
         lines.append("risk:")
         lines += [f"  {k}: {v}" for k, v in risk.items()]
@@ -507,6 +554,7 @@ class StreamSpec:
     tick: bool          # prices rounded to cents (ties, equal prices)
     back_p: float = 0.0     # an event dated up to two days before the one it follows (time going backwards)
     leap: bool = False      # one event at the last int64 nanosecond, and the stream going on from before it
+    intent_limits: bool = False  # intents carry a limit price (market, near the price, or none that is a price)
 
 
 stream_specs = st.builds(
@@ -515,6 +563,7 @@ stream_specs = st.builds(
     intent_p=st.sampled_from([0.0, 0.03, 0.1]), control_p=st.sampled_from([0.0, 0.01, 0.04]),
     bad_p=st.sampled_from([0.0, 0.02, 0.06]), market_intent_p=st.sampled_from([0.0, 0.05, 0.3]),
     tick=st.booleans(), back_p=st.sampled_from([0.0, 0.0, 0.03, 0.1]), leap=st.booleans(),
+    intent_limits=st.booleans(),
 )
 
 
@@ -546,6 +595,8 @@ def make_events(spec: StreamSpec, columns: list[str], n_inst: int) -> Events:
         i = inst[e]
         if kind[e] == L.INTENT:
             vals[e, 0] = rng.choice([0.0, 1.0, -1.0, 5.0, -20.0, 100.0, -100.0, 333.3, 1e4, np.nan, np.inf])
+            if spec.intent_limits and len(columns) > 1:  # its limit price (read by kernels that keep limits)
+                vals[e, 1] = rng.choice([np.nan, np.nan, last[i] * 1.01, last[i] * 0.99, -1.0, np.inf])
             continue
         if kind[e] != L.MARKET:
             continue
@@ -642,8 +693,9 @@ def test_kernel_matches_interpreter_on_random_policies():
     assert len(_compared) >= EXAMPLES, (
         f"only {len(_compared)} of {EXAMPLES} random policies were compiled and compared "
         "(Hypothesis gave up on too many invalid ones)")
-    if EXAMPLES >= 10:  # the fixed draws include contracts: a multiplier and a tick size
+    if EXAMPLES >= 10:  # the fixed draws include contracts (a multiplier and a tick size), limits and legs
         assert any("multiplier" in text for text in _compared) and any("tick_size" in text for text in _compared)
+        assert any("    limit: " in text for text in _compared) and any("legs:" in text for text in _compared)
 
 
 # =====================================================================================

@@ -48,7 +48,9 @@ def _checked():
 
 def _nodes(parsed):
     exprs = [f.expr for f in parsed.features.values()]
-    exprs += [r.when for r in parsed.signals] + [r.target for r in parsed.signals]
+    exprs += [r.when for r in parsed.signals] + [r.target for r in parsed.signals if r.legs is None]
+    exprs += [r.limit for r in parsed.signals if r.limit is not None]
+    exprs += [n for r in parsed.signals for leg in r.legs or () for n in (leg.target, leg.limit) if n is not None]
     exprs += [c.when for c in parsed.custom]
     exprs += [v.expr for v in (parsed.risk or {}).values()] + [v.expr for v in parsed.account.values()]
     for e in exprs:

@@ -184,7 +184,7 @@ def test_live_one_event_at_a_time_gives_the_backtests_days():
     s = cp.session(L.FILL_SAME)
     for e in range(len(ev)):
         s.feed(ev, start=e, stop=e + 1)
-    assert np.array_equal(s.orders[: s.n_orders], whole.orders, equal_nan=True)
+    assert np.array_equal(s.orders[: s.n_orders], whole.orders, equal_nan=True)  # a market order's limit is NaN
 
 
 # ---- the checker ---------------------------------------------------------------------
