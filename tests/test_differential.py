@@ -657,7 +657,7 @@ RANDOM = bool(os.environ.get("POLICYC_DIFF_RANDOM"))
 _compared: list[str] = []  # the policies compared in full by the current run, in order
 
 
-@settings(max_examples=EXAMPLES, derandomize=not RANDOM, deadline=None,
+@settings(max_examples=EXAMPLES, derandomize=not RANDOM, deadline=None, database=None,
           phases=[Phase.explicit, Phase.reuse, Phase.generate],
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.filter_too_much])
 @given(gp=policies(), data=st.data())
