@@ -87,7 +87,7 @@ async def _venue(port: int) -> None:
             arrived = time.time_ns()
             msg = orjson.loads(frame)
             if msg.get("type") == "state_request":
-                await ws.send(orjson.dumps({"type": "state", "positions": positions, "open_orders": []}))
+                await ws.send(orjson.dumps({"type": "state", "positions": positions, "open_orders": []}).decode())
                 continue
             if msg.get("type") != "order":
                 continue
@@ -96,9 +96,10 @@ async def _venue(port: int) -> None:
             qty = msg["qty"] if msg["side"] == "buy" else -msg["qty"]
             positions[msg["instrument"]] = positions.get(msg["instrument"], 0.0) + qty
             oid = msg["client_order_id"]
-            await ws.send(orjson.dumps({"type": "ack", "client_order_id": oid}))
+            await ws.send(orjson.dumps({"type": "ack", "client_order_id": oid}).decode())
             await ws.send(orjson.dumps({"type": "fill", "client_order_id": oid, "qty": msg["qty"],
-                                        "price": msg.get("limit_price", 100.0), "fee": 0.0, "ts": msg["ts"]}))
+                                        "price": msg.get("limit_price", 100.0), "fee": 0.0,
+                                        "ts": msg["ts"]}).decode())
 
     try:
         async with serve(handler, HOST, port, compression=None):

@@ -13,6 +13,10 @@ measured figure with PASS or MISS, and every figure as JSON in reports/bench.jso
    one feed and 100 intent clients, each next to a bare websockets baseline (bench/live.py)
 8. the Gymnasium environment's steps/s, one env and a vector of 64, next to a bare env that
    does only the NumPy work of the observation and reward (bench/gym.py)
+9. the cross-venue arbitrage example (policies/arbitrage.yaml on examples/arbitrage/'s
+   quotes) against the same arbitrage hand-written in Numba (bench/arb.py), and live, the
+   time from a dislocating quote to both legs at their venues next to the echo round trip
+   (bench/legs_live.py)
 
 `run.py --sections kernel,instruments` runs only the named ones (SECTIONS).
 
@@ -637,8 +641,31 @@ def bench_gym(cache: str | None) -> None:
     table(["what", "figure"], figures)
 
 
+def bench_arb(cache: str | None) -> None:
+    """bench/arb.py: the two-venue arbitrage example's events/s, kernel and run_backtest,
+    against its hand-written @njit loop, after checking that their orders agree."""
+    from arb import rows
+
+    if cache:
+        os.environ["POLICYC_CACHE"] = cache
+    print()
+    print("9. Cross-venue arbitrage: policies/arbitrage.yaml over examples/arbitrage/ (two venues' quotes, IOC limit")
+    print("   legs, fill next) against the same logic hand-written (bench/arb.py); interleaved, medians")
+    figures, raw = rows()
+    table(["variant", "ns/event", "M events/s", "vs hand loop"], split_rows(figures))
+    RESULTS["arb"] = raw
+    from legs_live import bench_legs_latency
+
+    print()
+    print("   live: two feeds (native quotes, paced) and two venues over loopback, the runtime in this process "
+          "(bench/legs_live.py)")
+    latency, figures = bench_legs_latency()
+    table(["what", "p50", "p99", "ratio to baseline"], latency)
+    RESULTS["arb"]["detection_to_both_legs"] = figures
+
+
 SECTIONS = {"kernel": bench_kernel, "instruments": bench_instruments, "sweep-cost": bench_sweep_cost,
-            "data": bench_data_and_sweep, "live": bench_live_runtime, "gym": bench_gym}
+            "data": bench_data_and_sweep, "live": bench_live_runtime, "gym": bench_gym, "arb": bench_arb}
 
 
 def main() -> int:
