@@ -223,9 +223,12 @@ class _Ports:
             raise ValueError(f"no {port} URL was given to this client")
         return url
 
-    def intent(self, instrument: str, target) -> dict:
-        return {"type": "intent", "id": f"m{next(self._ids)}", "instrument": str(instrument),
-                "target": _number("target", target)}
+    def intent(self, instrument: str, target, limit_price=None) -> dict:
+        message = {"type": "intent", "id": f"m{next(self._ids)}", "instrument": str(instrument),
+                   "target": _number("target", target)}
+        if limit_price is not None:
+            message["limit_price"] = _number("limit_price", limit_price)
+        return message
 
     def input(self, instrument: str, name: str, value) -> dict:
         return {"type": "input", "id": f"m{next(self._ids)}", "instrument": str(instrument), "name": str(name),
@@ -278,9 +281,11 @@ class Client(_Ports):
             with lock:
                 self._drop(port, None)
 
-    def intent(self, instrument: str, target: float) -> Decision:
-        """Propose `target` units for `instrument`; returns the runtime's Decision."""
-        message = super().intent(instrument, target)
+    def intent(self, instrument: str, target: float, limit_price: float | None = None) -> Decision:
+        """Propose `target` units for `instrument`; returns the runtime's Decision. With
+        `limit_price` (money per unit, above 0) the orders toward it are IOC limit orders
+        at that price; the policy must allow limits (docs/live.md, "Intents")."""
+        message = super().intent(instrument, target, limit_price)
         return _decision(self.url("intents"), self._ask("intents", message))
 
     def input(self, instrument: str, name: str, value: float) -> None:
@@ -379,9 +384,10 @@ class AsyncClient(_Ports):
             async with lock:
                 await self._drop(port, None)
 
-    async def intent(self, instrument: str, target: float) -> Decision:
-        """Propose `target` units for `instrument`; returns the runtime's Decision."""
-        message = super().intent(instrument, target)
+    async def intent(self, instrument: str, target: float, limit_price: float | None = None) -> Decision:
+        """Propose `target` units for `instrument`; returns the runtime's Decision; with
+        `limit_price`, as `Client.intent`."""
+        message = super().intent(instrument, target, limit_price)
         return _decision(self.url("intents"), await self._ask("intents", message))
 
     async def input(self, instrument: str, name: str, value: float) -> None:

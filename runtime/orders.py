@@ -29,6 +29,7 @@ let a new run go on from a replayed state once the venue's positions agree.
 """
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass
 from typing import Callable
@@ -319,22 +320,28 @@ class OrderCore:
         return not self._live(self.monotonic_ns())
 
     # ---- intents -----------------------------------------------------------------
-    def intent(self, instrument: str, target: float, ident: str | None = None) -> tuple[Decision, tuple[str, ...]]:
+    def intent(self, instrument: str, target: float, ident: str | None = None,
+               limit_price: float = math.nan) -> tuple[Decision, tuple[str, ...]]:
         """A model's target through the risk steps; returns the decision and the reasons
-        the core added. While the feed is not live the instrument is reduce-only: a
+        the core added. `limit_price` (money per unit): the IOC limit price of the orders
+        toward this target; NaN for market orders. While the feed is not live the instrument is reduce-only: a
         target that would increase |position + open orders|, or cross zero, becomes the
         current exposure (same side) or 0, with `stale_after:blocked`; while the state is
         being reconciled with the venue, its order is held (`reconcile_pending`).
         `ident` is the intent's id, for the log. Raises EngineError for an unknown
-        instrument or a target that is not finite."""
-        self._begin("intent", id=ident, instrument=instrument, target=target)
+        instrument, a target that is not finite, or a limit price for a policy that sends
+        market orders only (`Engine.intent`)."""
+        if limit_price == limit_price:
+            self._begin("intent", id=ident, instrument=instrument, target=target, limit_price=limit_price)
+        else:
+            self._begin("intent", id=ident, instrument=instrument, target=target)
         added = (RECONCILE_PENDING,) if self.reconciling else ()
         if not self._feed_live():
             held = self.engine.position(instrument) + self.engine.open_quantity(instrument)
             if abs(target) > abs(held) or target * held < 0:
                 target = held if target * held > 0 else 0.0
                 added = (REDUCE_ONLY, *added)
-        decision = self.engine.intent(instrument, self.now_for(instrument), target)
+        decision = self.engine.intent(instrument, self.now_for(instrument), target, limit_price)
         self.act([(decision, None)])
         return decision, added
 

@@ -259,3 +259,31 @@ def test_quotes_carry_their_sizes_in_every_format():
     assert m.fields == {**want, "price": 1.6}
     with pytest.raises(ProtocolError, match="crossed quote"):
         parse_feed(encode(ticker | {"best_bid": "3"}), names, "coinbase")
+
+
+def test_an_intent_with_a_limit_price_goes_out_as_an_ioc_limit_order():
+    """The wire's `limit_price` on an intent reaches the kernel: the order toward that
+    target carries it (the engine keeps it with the desired target), and the journal
+    records it so a replay decides the same; without one the order is a market order."""
+    from policyc.runtime.live.protocol import parse_intent
+
+    msg = parse_intent(b'{"type":"intent","id":"a1","instrument":"binance:BTCUSDT","target":2,"limit_price":100.5}',
+                       (BN, CB))
+    assert (msg.target, msg.limit_price) == (2.0, 100.5)
+    assert math.isnan(parse_intent(b'{"type":"intent","id":"a2","instrument":"binance:BTCUSDT","target":1}',
+                                   (BN, CB)).limit_price)
+    for bad in (b'-1', b'0', b'"100"', b'1e300'):
+        with pytest.raises(ProtocolError, match="limit_price"):
+            parse_intent(b'{"type":"intent","id":"a3","instrument":"binance:BTCUSDT","target":1,"limit_price":'
+                         + bad + b'}', (BN, CB))
+    rig = Rig(TWO)
+    rig.core.journal = True
+    rig.quote(BN, T, 100.0, 100.5)
+    decision, added = rig.core.intent(BN, msg.target, msg.id, msg.limit_price)
+    assert decision.limit_price == 100.5 and added == ()
+    (_, order), = rig.sent
+    assert (order["order_type"], order["limit_price"], order["side"], order["qty"]) == ("limit", 100.5, "buy", 2.0)
+    (journal,) = rig.kinds("intent")
+    assert (journal["target"], journal["limit_price"]) == (2.0, 100.5)
+    rig.core.intent(BN, 0.0, "a4")
+    assert rig.sent[-1][1]["order_type"] == "market" and "limit_price" not in rig.kinds("intent")[-1]

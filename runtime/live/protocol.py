@@ -50,6 +50,7 @@ class Intent(NamedTuple):
     id: str
     instrument: str
     target: float
+    limit_price: float = math.nan  # an IOC limit order's limit price (money per unit); NaN: market orders
 
 
 class Control(NamedTuple):
@@ -484,7 +485,8 @@ def parse_intent(frame: str | bytes, instruments) -> Intent | Input:
         raise ProtocolError("`id` must be a non-empty string")
     instrument = _instrument(msg, "instrument", instruments)
     if kind == "intent":
-        return Intent(ident, instrument, _number(msg, "target"))
+        limit = _number(msg, "limit_price", positive=True, required=False)
+        return Intent(ident, instrument, _number(msg, "target"), math.nan if limit is None else limit)
     if kind == "input":
         return Input(instrument, None, _text(msg, "name"), _number(msg, "value"), id=ident)
     raise ProtocolError(f"unknown message type {kind!r}")

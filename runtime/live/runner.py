@@ -442,7 +442,7 @@ class LiveRuntime:
             if isinstance(msg, Input):
                 self.core.set_input(msg.instrument, msg.name, msg.value)
                 return {"type": "ack", "id": msg.id}
-            decision, added = self.core.intent(msg.instrument, msg.target, msg.id)
+            decision, added = self.core.intent(msg.instrument, msg.target, msg.id, msg.limit_price)
         except (ProtocolError, EngineError) as exc:
             self.bad_message("intents", str(exc))
             return {"type": "error", "id": ident, "code": "bad_message", "message": str(exc)}
