@@ -42,8 +42,9 @@ def _state_expr(name: str, P, A, gross: str, value) -> str:
 
 
 #: Per-instrument columns that stay in `pstate` rather than in locals: the terms of the
-#: running totals, which an exact re-sum reads for every instrument.
-_IN_PLACE = ("MARK", "GROSS")
+#: running totals, which an exact re-sum reads for every instrument, and the latest quote,
+#: which only a leg decided on another instrument's event reads.
+_IN_PLACE = ("MARK", "GROSS", "BID", "ASK")
 #: The contract's columns: read only in a kernel that reads them (a policy that gives a
 #: multiplier or a tick size), so other kernels load nothing more per event.
 _CONTRACT = ("MULT", "TICK")

@@ -284,6 +284,7 @@ class Book:
     limit: float = NAN            # the limit price the desired target's orders carry (when `limited`)
     limited: bool = False         # the desired target came with a limit: its orders are IOC limit orders
     flatten: bool = False         # max_leg_imbalance flattens this leg (an exit) until it is flat
+    quote: tuple = (NAN, NAN)     # (bid, ask) of the latest market event (NaN where it had none)
     lock: float = 0.0
     lock_key: str | None = None   # the protective exit that holds the lock
     volatility: float = NAN
@@ -323,7 +324,9 @@ class Interpreter:
         # a desired target carries a limit price from a rule's `limit`, or from an intent
         self.uses_limits = program.uses_limits() or program.intent_column is not None
         self.quote_columns = tuple(program.columns.index(f) if f in program.columns else None for f in ("bid", "ask"))
-        self.quotes: dict[int, tuple[float, float]] = {}  # the market event's instrument -> its (bid, ask)
+        # on a market event, each instrument -> its latest (bid, ask): the event's own for its
+        # instrument; what an order filled at once (--fill same) fills against
+        self.quotes: dict[int, tuple[float, float]] = {}
         self.trace: list[dict] = []
         self.equity_curve: list[float] = []
 
@@ -546,7 +549,8 @@ class Interpreter:
         # waiting orders: at the open with next-open and latency, else at the price; with
         # latency only those due (decided at least the latency before this event)
         at = open_ if self.mode in (L.FILL_NEXT_OPEN, L.FILL_LATENCY) else price
-        self.quotes = {i: tuple(float(row[c]) if c is not None else NAN for c in self.quote_columns)}
+        b.quote = tuple(float(row[c]) if c is not None else NAN for c in self.quote_columns)
+        self.quotes = {x: book.quote for x, book in enumerate(self.books)}
         pending, b.pending = b.pending, []
         for order in pending:
             if self.mode == L.FILL_LATENCY and order.ts + self.latency_ns > ts:

@@ -49,7 +49,7 @@ BAR_FIELDS = ("open", "high", "low")
 # ---- per-instrument account and risk state (pstate[inst, column]) -------------------
 P_POS, P_OPEN, P_ENTRY, P_BEST, P_LAST, P_PREV, P_LAST_TS, P_DESIRED, P_LOCK, P_LOCK_CODE, \
     P_VOL, P_PENDING, P_PENDING_LAST, P_TRADE_PNL, P_MARK, P_GROSS, P_MULT, P_TICK, P_LIMIT, P_FLATTEN, \
-    P_CUSTOM = range(21)
+    P_BID, P_ASK, P_CUSTOM = range(23)
 #: P_PENDING and P_PENDING_LAST: the first and the last order row of the instrument that
 #: waits for a simulated fill (-1 when none), so its next market event looks at those rows
 #: only, not at every order the other instruments sent since.
@@ -63,9 +63,13 @@ P_POS, P_OPEN, P_ENTRY, P_BEST, P_LAST, P_PREV, P_LAST_TS, P_DESIRED, P_LOCK, P_
 #: they are market orders; a limit that is not a number is kept as -inf, as invalid (its
 #: orders are blocked, `limit_invalid:blocked`). P_FLATTEN: 1.0 while `max_leg_imbalance`
 #: flattens this leg (until it is flat with no open order), else 0.0.
+#: P_BID and P_ASK: the bid and ask of the instrument's latest market event (NaN before
+#: one, or where it had none), kept by kernels with multi-leg rules whose events carry a
+#: quote: with --fill same, a leg's IOC order decided on another instrument's event fills
+#: against them.
 P_NAMES = ("position", "open_qty", "entry_price", "best_price", "last_price", "prev_price", "last_ts",
            "desired", "lock", "lock_code", "volatility", "pending_order", "last_pending_order", "trade_pnl",
-           "mark_term", "gross_term", "multiplier", "tick_size", "limit_price", "flatten")
+           "mark_term", "gross_term", "multiplier", "tick_size", "limit_price", "flatten", "last_bid", "last_ask")
 #: |position| above this counts as holding one (a position summed back from fills may
 #: leave dust of a few ulps).
 HELD_EPSILON = 1e-12
@@ -251,7 +255,7 @@ def initial_account(n_instruments: int, n_custom: int, account: dict[str, float]
     pstate[:, [P_PENDING, P_PENDING_LAST]] = -1.0
     pstate[:, P_MULT] = 1.0
     pstate[:, P_TICK] = np.nan
-    pstate[:, P_LIMIT] = np.nan
+    pstate[:, [P_LIMIT, P_BID, P_ASK]] = np.nan
     if contracts is not None:
         pstate[:, [P_MULT, P_TICK]] = np.array(contracts, dtype=np.float64).reshape(n_instruments, 2)
     return acct, pstate

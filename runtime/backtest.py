@@ -280,8 +280,20 @@ def run_through_order_core(policy: CompiledPolicy, events: Events, mode: int = L
     them before the event. Event kinds map to the core's calls: market -> `market`,
     intent -> `intent` (a target that is not a finite number -> `decide`: the kernel
     keeps the desired target then, and the wire refuses such an intent), decide ->
-    `decide`, halt -> `halt`, resume -> `resume`; fills and rejects are refused
-    (ValueError): the venue makes those.
+    `decide`, halt -> `halt`, resume -> `resume`; an intent's limit price (its second
+    value column, when the events have one) goes with it, as an intent message's
+    `limit_price` does (`Engine.intent` raises EngineError for one given to a policy that
+    sends market orders only). Fills and rejects are refused (ValueError): the venue
+    makes those.
+
+    A rule's `limit`, a leg's and an intent's make IOC limit orders, as in the kernel:
+    the venue fills one whole at the event it fills at when the quote (`ask` for a buy,
+    `bid` for a sell, where the policy reads them and they are prices: the fill event's,
+    or under `same` the instrument's latest, none for an order decided on no market
+    event; else the price) is at or through its limit, else answers a `cancel` of all of
+    it, which the core releases. The order's row carries its limit (layout.O_LIMIT); a
+    cancelled one has the event of the cancel as its fill event, a NaN fill price and no
+    fee, as the kernel's.
 
     The orders are `run_backtest`'s, bit for bit, but where live order management differs
     from the kernel's loop by design:
@@ -310,6 +322,7 @@ def run_through_order_core(policy: CompiledPolicy, events: Events, mode: int = L
     names, columns = policy.instruments, policy.columns
     book = FillBook(FillModel.of(settings, dict(zip(names, policy.checked.contract_table))), mode)
     reason_bit = {name: k for k, name in enumerate(policy.reason_names)}
+    quote = [(side, columns.index(side)) for side in ("bid", "ask") if side in columns]  # what IOC orders fill against
     now = 0                          # the time (ns) of the event being handled: both clocks of the core
     current = 0                      # its index in `events`
     outbox: list[dict] = []          # what the core sent and the venue has not answered yet
@@ -321,10 +334,13 @@ def run_through_order_core(policy: CompiledPolicy, events: Events, mode: int = L
                 current, names.index(fields["instrument"]), fields["qty"], fields["price"],
                 fields["approved_target"], fields["desired_target"],
                 float(sum(1 << reason_bit[r] for r in fields["reasons"])), float(fields["exit"]),
-                -1.0, math.nan, math.nan, math.nan]
+                -1.0, math.nan, math.nan, fields.get("limit_price", math.nan)]
         elif kind == "fill":  # the venue fills each order whole, once
             row = rows[fields["client_order_id"]]
             row[L.O_FILL_EVENT], row[L.O_FILL_PRICE], row[L.O_FEE] = current, fields["price"], fields["fee"]
+        elif kind == "cancel":  # an IOC order the venue cancelled: none of it filled
+            row = rows[fields["client_order_id"]]
+            row[L.O_FILL_EVENT], row[L.O_FILL_PRICE], row[L.O_FEE] = current, math.nan, 0.0
         if record is not None:
             record(current, kind, ts, **fields)
 
@@ -335,10 +351,16 @@ def run_through_order_core(policy: CompiledPolicy, events: Events, mode: int = L
 
     def filled(fills: list[Fill]) -> None:
         for f in fills:
-            core.venue_reply(VenueReply("fill", f.client_order_id, qty=abs(f.qty), price=f.price, fee=f.fee, ts=f.ts))
+            if f.qty:
+                core.venue_reply(VenueReply("fill", f.client_order_id, qty=abs(f.qty), price=f.price, fee=f.fee,
+                                            ts=f.ts))
+            if f.unfilled:
+                core.venue_reply(VenueReply("cancel", f.client_order_id, qty=abs(f.unfilled), ts=f.ts,
+                                            reason="ioc_unfilled"))
 
-    def answer() -> None:
-        """The venue answers what the core sent, which may send more (a fill that beat its cancel)."""
+    def answer(deciding: str | None) -> None:
+        """The venue answers what the core sent, which may send more (a fill that beat its
+        cancel). `deciding`: the instrument of the market event being handled, if it is one."""
         while outbox:
             msg = outbox.pop(0)
             oid = msg["client_order_id"]
@@ -348,7 +370,10 @@ def run_through_order_core(policy: CompiledPolicy, events: Events, mode: int = L
                 continue
             core.venue_reply(VenueReply("ack", oid))
             qty = msg["qty"] if msg["side"] == "buy" else -msg["qty"]
-            fill = book.order(oid, msg["instrument"], qty, msg.get("event_ts"))
+            # a leg decided on another instrument's event waits for no event of its own: under `same` it fills
+            # at once, else at its instrument's next market event, whatever that event's time
+            event_ts = msg.get("event_ts") if msg["instrument"] == deciding else None
+            fill = book.order(oid, msg["instrument"], qty, event_ts, limit_price=msg.get("limit_price"))
             if fill is not None:
                 filled([fill])
 
@@ -360,11 +385,13 @@ def run_through_order_core(policy: CompiledPolicy, events: Events, mode: int = L
         name, row = names[int(events.inst[e])], events.vals[e].tolist()
         if kind == L.MARKET:
             if 0.0 < row[0] < math.inf:  # a price the kernel takes (vals[:, 0] is `price`)
-                filled(book.market(name, now, row[0]))
+                # a side that is not a price is left out: an IOC order fills against the price then, as in the kernel
+                sides = {side: row[j] for side, j in quote if 0.0 < row[j] < math.inf}
+                filled(book.market(name, now, row[0], fields=sides))
             core.market([Market(name, now, dict(zip(columns, row)))])
         elif kind == L.INTENT:
             if math.isfinite(row[0]):
-                core.intent(name, row[0])
+                core.intent(name, row[0], limit_price=row[1] if len(row) > 1 else math.nan)
             else:
                 core.decide(name)
         elif kind == L.DECIDE:
@@ -373,7 +400,12 @@ def run_through_order_core(policy: CompiledPolicy, events: Events, mode: int = L
             core.halt("halt event")
         elif kind == L.RESUME:
             core.resume()
-        answer()
+        if kind == L.MARKET:
+            answer(name)
+        else:  # decided on no market event: an IOC order filled at once (`same`) has no quote, only the price
+            quotes, book.last_fields = book.last_fields, {}
+            answer(None)
+            book.last_fields = quotes
         equity[e] = engine.equity
     elapsed = time.perf_counter() - t0
     orders = np.array(list(rows.values()), dtype=np.float64).reshape(-1, L.ORDER_WIDTH)

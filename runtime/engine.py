@@ -279,7 +279,9 @@ class Engine:
         Each event starts with (instrument, ts, fields); a protocol `Market` is one.
         A bad event is refused on its own (its EngineError takes its place in the
         result) and the others still run; None means no decision (a price it ignores),
-        or with `actionable_only`, a decision without an order or a reason."""
+        or with `actionable_only`, an event that made no order and whose own decision
+        recorded no reason (an event whose only orders are other instruments' legs is
+        returned, its own decision first, as without `actionable_only`)."""
         if len(events) > len(self._events):
             self._grow(max(len(events), 2 * len(self._events)))
         results: list = [None] * len(events)
@@ -308,12 +310,18 @@ class Engine:
                 by_row.setdefault(int(order[L.O_EVENT]), []).append(order)
         if not actionable_only:
             wanted = range(n)
-        elif n < VECTOR_MIN:  # NaN (no decision) passes here and is dropped by _decision
-            orders, reasons = self._trace[:n, L.T_ORDER].tolist(), self._trace[:n, L.T_REASONS].tolist()
-            wanted = [row for row in range(n) if orders[row] or reasons[row]]
         else:
-            trace = self._trace[:n]
-            wanted = np.flatnonzero((trace[:, L.T_ORDER] != 0) | (trace[:, L.T_REASONS] != 0)).tolist()
+            # a row's trace is its own instrument's decision only: a row whose orders are
+            # all another instrument's (a multi-leg rule's legs, a leg flattened) is kept
+            # by its order rows, so that every order sent reaches the caller
+            if n < VECTOR_MIN:  # NaN (no decision) passes here and is dropped by _decision
+                orders, reasons = self._trace[:n, L.T_ORDER].tolist(), self._trace[:n, L.T_REASONS].tolist()
+                wanted = [row for row in range(n) if orders[row] or reasons[row]]
+            else:
+                trace = self._trace[:n]
+                wanted = np.flatnonzero((trace[:, L.T_ORDER] != 0) | (trace[:, L.T_REASONS] != 0)).tolist()
+            if by_row:
+                wanted = sorted(set(wanted).union(by_row))
         for row in wanted:
             results[positions[row]] = self._decision(row, insts[row], stamps[row], prices[row], by_row.get(row))
         return results

@@ -21,6 +21,7 @@ so those outputs, and the orders among them, are in the log before anything is s
 """
 from __future__ import annotations
 
+import math
 from collections import deque
 from pathlib import Path
 from dataclasses import dataclass, field
@@ -97,7 +98,9 @@ class Replayer:
     `policy_for(session_record)` gives the policy a run is replayed with (the one it was
     written with, or the one under audit). Within a log, runs go on from the state the
     run before left (as `policyc run` resumes); a run whose policy differs from the run
-    before takes its account and positions over (`carry_over`). `feed` returns the
+    before takes its account and positions over (`carry_over`). A run on several venues
+    routes as its `session` record's `venue_of` says, and each venue's `link` and `venue`
+    records go to the venue they name (`venue`; "" for the unnamed one). `feed` returns the
     divergences each record shows; `stop_at_first` stops comparing after the first."""
 
     policy_for: Callable[[dict], CompiledPolicy]
@@ -169,16 +172,21 @@ class Replayer:
         skew, silence = record["max_clock_skew_s"], record["max_feed_silence_s"]
         self.runs += 1
         self._inputs_this_run = self._outputs_this_run = 0
-        if self.core is None:
-            self.engine = Engine(policy, L.LIVE)
-            self.core = OrderCore(self.engine, record["order_prefix"], lambda message, sent_ns: None, self._record,
-                                  max_clock_skew_s=skew, max_feed_silence_s=silence,
-                                  wall_ns=lambda: self._clock[0], monotonic_ns=lambda: self._clock[1],
-                                  reconcile=record.get("reconcile_at_start", False))
-            return
-        if policy.policy_hash != self.engine.policy.policy_hash:
-            self.engine = carry_over(self.engine, policy)
-            self.core.use_engine(self.engine)
+        venues = _venues(record)
+        try:
+            if self.core is None:
+                self.engine = Engine(policy, L.LIVE)
+                self.core = OrderCore(self.engine, record["order_prefix"], lambda message, sent_ns: None,
+                                      self._record, max_clock_skew_s=skew, max_feed_silence_s=silence,
+                                      wall_ns=lambda: self._clock[0], monotonic_ns=lambda: self._clock[1],
+                                      reconcile=record.get("reconcile_at_start", False), venues=venues)
+                return
+            if policy.policy_hash != self.engine.policy.policy_hash:
+                self.engine = carry_over(self.engine, policy)
+                self.core.use_engine(self.engine)
+            self.core.set_venues(venues)  # before `restart`, which asks each of this run's venues for its state
+        except ValueError as exc:  # `OrderCore.set_venues`: a venue_of that misses or adds an instrument
+            raise ReplayError(f"the session record at seq {record.get('seq')}: {exc}") from None
         self.core.restart(record["order_prefix"], record["mono_ns"], max_clock_skew_s=skew,
                           max_feed_silence_s=silence)
 
@@ -191,30 +199,44 @@ class Replayer:
         the replay then counts)."""
         self._clock[0], self._clock[1] = rec["ts"], rec["mono_ns"]
         core, kind = self.core, rec["kind"]
+        venue = rec.get("venue", "")  # the venue an answer or a link is of: "" for the only one
         try:
             if kind == "market":
                 core.market([Market(*event) for event in rec["events"]])  # sent_ns, the 4th, since it is logged
             elif kind == "input":
                 core.set_input(rec["instrument"], rec["name"], rec["value"])
             elif kind == "intent":
-                core.intent(rec["instrument"], rec["target"], rec["id"])
+                core.intent(rec["instrument"], rec["target"], rec["id"], rec.get("limit_price", math.nan))
             elif kind == "decide":
                 core.decide(rec["instrument"])
             elif kind == "venue" and rec.get("type") == "state":
-                core.venue_state(rec["positions"], rec["open_orders"])
+                core.venue_state(rec["positions"], rec["open_orders"], venue)
             elif kind == "venue":  # a read's answers; a log of an earlier build has one answer a record
-                core.venue_replies([_reply(one) for one in rec["replies"]] if "replies" in rec else [_reply(rec)])
+                core.venue_replies([_reply(one) for one in rec["replies"]] if "replies" in rec else [_reply(rec)],
+                                   venue)
             elif kind == "control" and rec["action"] == "halt":
                 core.halt(rec["reason"])
             elif kind == "control":
                 core.resume()
+            elif kind == "link" and rec["link"] == "venue":
+                (core.venue_connected if rec["up"] else core.venue_lost)(venue)
             elif kind == "link":
-                {("feed", True): core.feed_connected, ("feed", False): core.feed_lost,
-                 ("venue", True): core.venue_connected, ("venue", False): core.venue_lost}[rec["link"], rec["up"]]()
+                (core.feed_connected if rec["up"] else core.feed_lost)()
             else:  # timer
                 core.feed_live()
         except Exception:  # noqa: BLE001 - the live run met the same and logged it; its records say what followed
             pass
+
+
+def _venues(record: dict) -> dict | None:
+    """A session record's `venue_of` (instrument -> venue name), which a run on named feeds
+    or venues writes; None (one venue, named "") without it. Raises ReplayError for one that
+    is not such a map."""
+    venue_of = record.get("venue_of")
+    if venue_of is not None and not (isinstance(venue_of, dict) and all(isinstance(v, str) for v in venue_of.values())):
+        raise ReplayError(f"the session record at seq {record.get('seq')} has a venue_of that is not a map of "
+                          "instrument to venue name: it cannot be replayed")
+    return venue_of
 
 
 def _reply(said: dict) -> VenueReply:

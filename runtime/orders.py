@@ -409,7 +409,9 @@ class OrderCore:
             extra = {**extra, "venue": venue}
         if event_sent_ns is not None:
             msg["event_sent_ns"] = event_sent_ns
-        if on_market:  # a paper venue fills it at this event's price, not at one its feed had before
+        if on_market and self.last_ts.get(d.instrument) == d.ts:
+            # a paper venue fills it at this event's price, not at one its feed had before; a leg
+            # decided on another instrument's event has no event of its own at that time to wait for
             msg["event_ts"] = d.ts
         self.unacked.add(oid)
         self.open[oid] = OpenOrder(d.instrument, d.order_qty, d.order_qty, msg, d.is_exit, venue=venue)

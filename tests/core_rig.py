@@ -7,8 +7,6 @@ trace rows, equity and order rows out. `CoreRig` is an order core with the test'
 that keeps everything it sent and recorded."""
 from __future__ import annotations
 
-import math
-
 import numpy as np
 
 from policyc.compiler import layout as L
@@ -54,7 +52,7 @@ class InterpreterSession:
     def orders(self) -> np.ndarray:
         for o in self.interpreter.orders[len(self._rows):]:
             self._rows.append([o.event, o.instrument, o.qty, o.price, o.target, o.desired, o.reasons, float(o.exit),
-                               o.fill_event, o.fill_price, o.fee, math.nan])
+                               o.fill_event, o.fill_price, o.fee, o.limit])
         return np.array(self._rows, dtype=np.float64).reshape(-1, L.ORDER_WIDTH)
 
     @property

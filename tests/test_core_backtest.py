@@ -302,7 +302,7 @@ def _order_core_matches_the_kernel(gp, data):
         assume(False)
     for spec in specs:
         spec.back_p, spec.leap = 0.0, False  # forward time only: the live path refuses a market event from the past
-        spec.intent_limits = False  # the order core's intents are market orders
+        spec.intent_limits = False  # intents with a limit price: tests/test_core_ioc.py
         ev = forward(td.make_events(spec, cp.columns, gp.n_instruments))
         for label, mode in MODES.items():
             if comparable(cp, mode):

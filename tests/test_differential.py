@@ -693,9 +693,26 @@ def test_kernel_matches_interpreter_on_random_policies():
     assert len(_compared) >= EXAMPLES, (
         f"only {len(_compared)} of {EXAMPLES} random policies were compiled and compared "
         "(Hypothesis gave up on too many invalid ones)")
-    if EXAMPLES >= 10:  # the fixed draws include contracts (a multiplier and a tick size), limits and legs
-        assert any("multiplier" in text for text in _compared) and any("tick_size" in text for text in _compared)
-        assert any("    limit: " in text for text in _compared) and any("legs:" in text for text in _compared)
+
+
+_drawn: list[str] = []
+
+
+@settings(max_examples=200, derandomize=True, deadline=None, database=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.filter_too_much])
+@given(gp=policies())
+def _draw_texts(gp):
+    _drawn.append(gp.text)
+
+
+def test_the_random_policies_use_every_new_construct():
+    """The generator of the test above draws contracts (a multiplier and a tick size),
+    limit orders and multi-leg rules: over 200 draws (texts only, nothing compiled), each
+    appears, so a run of the test above with enough examples compares them."""
+    _drawn.clear()
+    _draw_texts()
+    for construct in ("multiplier", "tick_size", "    limit: ", "legs:", "max_leg_imbalance"):
+        assert any(construct in text for text in _drawn), construct
 
 
 # =====================================================================================

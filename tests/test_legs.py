@@ -122,13 +122,18 @@ def test_an_ioc_sell_not_reached_is_cancelled_on_its_fill_event():
     assert res.orders[1, L.O_FILL_PRICE] == max(100.95 * (1 - SLIP), CB_LIMIT) == 100.95 * (1 - SLIP)
 
 
-def test_with_fill_same_each_leg_fills_at_once():
+def test_with_fill_same_each_leg_fills_at_once_against_its_own_latest_quote():
     res = both(arb(), OPEN, L.FILL_SAME)
-    # bn's leg is decided on cb's event: no quote of bn's there, so its price (100, at or
-    # under its limit) moved by slippage, then capped; cb's at its own bid 100.9
+    # bn's leg is decided on cb's event: it buys at bn's latest ask, 100.1 from bn's event
+    # at 0 (not at its price 100, the mid: that would be 100.02), moved by slippage to
+    # 100.12002, above the limit 100.11001: the fill is at the limit. cb sells at its own
+    # bid 100.9 x 0.9998 = 100.88982, under its limit 100.88991: at the limit too
     assert res.orders[:, L.O_FILL_EVENT].tolist() == [2, 2]
-    assert res.orders[:, L.O_FILL_PRICE].tolist() == [min(100.0 * (1 + SLIP), BN_LIMIT),
-                                                      max(100.9 * (1 - SLIP), CB_LIMIT)]
+    assert res.orders[:, L.O_FILL_PRICE].tolist() == [BN_LIMIT, CB_LIMIT]
+    # without slippage nothing is capped: bn buys at its ask 100.1 itself, cb sells at 100.9
+    flat = compile_policy(parse_policy_text(ARB.format(risk="  max_position: 2").replace("slippage_bps: 2",
+                                                                                          "slippage_bps: 0")))
+    assert both(flat, OPEN, L.FILL_SAME).orders[:, L.O_FILL_PRICE].tolist() == [100.1, 100.9]
 
 
 @pytest.mark.parametrize("limit", ["nan_value", "-1", "0"])
