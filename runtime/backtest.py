@@ -552,7 +552,7 @@ def write_orders(result: BacktestResult, path: str | Path) -> None:
             filled = ended and o[L.O_FILL_PRICE] == o[L.O_FILL_PRICE]
             w.writerow([
                 _iso(ts[int(o[L.O_EVENT])]),
-                _iso(ts[int(o[L.O_FILL_EVENT])]) if filled else "",
+                _iso(ts[int(o[L.O_FILL_EVENT])]) if ended else "",
                 names[int(o[L.O_INST])],
                 f"{o[L.O_QTY]:.17g}",
                 repr(float(o[L.O_FILL_PRICE])) if filled else "",

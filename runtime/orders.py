@@ -589,8 +589,9 @@ class OrderCore:
         notional = reply.qty * (reply.price * self.multiplier[instrument])  # as a simulated fill's fee is computed
         if reply.fee > notional:  # a fee above the fill's notional would move equity, and every limit that reads it
             order.fills_seen -= 1  # not applied: a resend's answers must count it again
-            self._bad("venue", f"fill of {oid}: `fee` is {reply.fee!r}, above the fill's notional {notional:g} "
-                               f"(qty x price x multiplier {self.multiplier[instrument]:g}): refused")
+            # the venue says it executed a fill this runtime cannot book, so their positions differ
+            self._venue_break(f"fill of {oid}: `fee` is {reply.fee!r}, above the fill's notional {notional:g} "
+                              f"(qty x price x multiplier {self.multiplier[instrument]:g}): refused")
             return
         sign = 1.0 if left > 0 else -1.0
         qty = min(reply.qty, abs(left)) * sign

@@ -177,3 +177,32 @@ class Lockstep:
         except BaseException as exc:
             self.error = exc
             raise
+
+
+async def feeds_and_venues(recordings: dict, venues: dict, stop: asyncio.Event) -> tuple[dict, dict, list]:
+    """One replay feed per name of `recordings` (each served to two clients, its venue and
+    the runtime, at 100 events a second, looping) and one paper venue per name of
+    `venues`, following the feed of its name; started and listening when this returns.
+    Returns (feed port by name, venue port by name, the servers' tasks, which end once
+    `stop` is set)."""
+    from policyc.runtime.live import paper
+
+    feed_ports = {name: free_port() for name in recordings}
+    venue_ports = {name: free_port() for name in venues}
+    servers = []
+    for name, rec in recordings.items():
+        ready = asyncio.Event()
+        servers.append(asyncio.create_task(replay.serve(rec, HOST, feed_ports[name], name, rate=100, loop=True,
+                                                        clients_needed=2, ready=ready, stop=stop)))
+        await ready.wait()
+    for name, venue in venues.items():
+        ready = asyncio.Event()
+        servers.append(asyncio.create_task(paper.serve(venue, HOST, venue_ports[name],
+                                                       f"ws://{HOST}:{feed_ports[name]}", ready=ready, stop=stop)))
+        await ready.wait()
+    return feed_ports, venue_ports, servers
+
+
+def named_urls(ports: dict) -> dict:
+    """{name: ws URL} of `feeds_and_venues`' ports, for RunConfig's `feeds` and `venues`."""
+    return {name: f"ws://{HOST}:{port}" for name, port in ports.items()}

@@ -300,4 +300,7 @@ def test_a_backtest_counts_a_cancel_in_its_orders_csv(tmp_path):
     write_orders(res, path)
     rows = path.read_text().splitlines()
     assert rows[1].endswith(f",{BN_LIMIT!r},open") and rows[2].endswith(f",{CB_LIMIT!r},cancelled")
-    assert rows[2].split(",")[1] == "" and rows[2].split(",")[4] == ""  # no fill time, no fill price
+    # the cancel's time (that of event 3, which cancelled it) and no fill price; the open order has no time
+    cancelled_at = str(np.datetime64(int(res.events.ts[3]), "ns")) + "Z"
+    assert int(res.orders[1, L.O_FILL_EVENT]) == 3 and rows[2].split(",")[1] == cancelled_at
+    assert rows[2].split(",")[4] == "" and rows[1].split(",")[1] == ""

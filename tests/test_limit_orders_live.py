@@ -156,12 +156,19 @@ def test_the_fee_bound_is_the_notional_with_the_contracts_multiplier():
     # 2 x 4000 x 50 = 400,000 of notional: a fee of 10,000 is within it (the protocol once refused above 8,000)
     rig.core.venue_reply(VenueReply("fill", oid, qty=1.0, price=4000.0, fee=10_000.0))
     assert rig.engine.position(ES_NAME) == 1.0 and rig.core.counters.bad_messages == 0
-    # above 1 x 4000 x 50 = 200,000 it is refused, not applied, and the order stays open
+    # exactly 1 x 4000 x 50 = 200,000 is within it too
+    other = Rig(ES)
+    other.core.market([Market(ES_NAME, T, {"price": 4000.0}, None)])
+    other.core.act([(other.decide(ES_NAME, 1.0), None)])
+    other.core.venue_reply(VenueReply("fill", other.sent[0][1]["client_order_id"], qty=1.0, price=4000.0,
+                                      fee=200_000.0))
+    assert other.engine.position(ES_NAME) == 1.0 and not other.core.open and not other.engine.halted
+    # above it the fill is refused, not applied; the venue holds a fill this runtime does not, so the
+    # kill switch trips (venue_break), as for an overfill
     rig.core.venue_reply(VenueReply("fill", oid, qty=1.0, price=4000.0, fee=200_000.5))
-    assert rig.engine.position(ES_NAME) == 1.0 and rig.core.counters.bad_messages == 1 and oid in rig.core.open
+    assert rig.engine.position(ES_NAME) == 1.0 and rig.core.counters.bad_messages == 1
     assert "multiplier 50" in rig.kinds("bad_message")[0]["reason"]
-    rig.core.venue_reply(VenueReply("fill", oid, qty=1.0, price=4000.0, fee=200_000.0))
-    assert rig.engine.position(ES_NAME) == 2.0 and not rig.core.open
+    assert rig.engine.halted and "venue_break" in rig.kinds("halt")[0]["reason"]
 
 
 def test_the_paper_venue_charges_its_fee_on_the_notional_with_the_multiplier():

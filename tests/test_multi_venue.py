@@ -9,7 +9,7 @@ import json
 import numpy as np
 import pytest
 
-from loopback import HOST, free_port, until
+from loopback import HOST, feeds_and_venues, named_urls, until
 from policyc.compiler.build import compile_policy
 from policyc.dsl.document import parse_policy_text
 from policyc.runtime.live import paper, replay
@@ -50,6 +50,14 @@ def test_an_instrument_no_connection_serves_is_refused_before_anything_connects(
         LiveRuntime(policy, RunConfig("", "", feeds={"binance": "ws://a", "coinbase": "ws://b"},
                                       venues={"binance": "ws://c"}, log_path=str(log)))
     assert not log.exists()
+    # a named feed or venue that serves none of the policy's instruments (a misspelt name) is refused too
+    for feeds, venues, what in (({"binance": "ws://a", "coinbase": "ws://b", "kraken": "ws://k"},
+                                 {"binance": "ws://c", "coinbase": "ws://d"}, "feed"),
+                                ({"binance": "ws://a", "coinbase": "ws://b"},
+                                 {"binance": "ws://c", "coinbase": "ws://d", "kraken": "ws://k"}, "venue")):
+        with pytest.raises(ConfigError, match=rf"--{what} kraken= serves no instrument of the policy"):
+            LiveRuntime(policy, RunConfig("", "", feeds=feeds, venues=venues, log_path=str(log)))
+    assert not log.exists()
     # an unnamed venue serves whatever no named one does
     rt = LiveRuntime(policy, RunConfig("ws://f", "ws://v", venues={"binance": "ws://c"}, log_path=str(log)))
     assert rt.core.venue_of == {BN: "binance", CB: ""} and set(rt.links) == {"feed", "venue", "venue binance"}
@@ -60,29 +68,15 @@ def test_orders_reach_their_own_venue_and_a_dropped_venue_loses_or_doubles_none(
     log = tmp_path / "log.jsonl"
     recordings = {"binance": replay.load_recording([(BN, quotes(tmp_path / "bn.csv", 30_000, 1))]),
                   "coinbase": replay.load_recording([(CB, quotes(tmp_path / "cb.csv", 30_010, 2))])}
-    feed_ports = {name: free_port() for name in recordings}
-    venue_ports = {name: free_port() for name in recordings}
     # the binance venue holds each order 0.2 s before it fills: orders are in flight when its connection drops
     venues = {"binance": paper.PaperVenue(latency_ms=200, feed_format="binance"),
               "coinbase": paper.PaperVenue(feed_format="coinbase")}
 
     async def scenario():
         stop = asyncio.Event()
-        servers = []
-        for name, rec in recordings.items():  # the venue and the runtime follow each feed
-            ready = asyncio.Event()
-            servers.append(asyncio.create_task(replay.serve(rec, HOST, feed_ports[name], name, rate=100, loop=True,
-                                                            clients_needed=2, ready=ready, stop=stop)))
-            await ready.wait()
-        for name, venue in venues.items():
-            ready = asyncio.Event()
-            servers.append(asyncio.create_task(paper.serve(venue, HOST, venue_ports[name],
-                                                           f"ws://{HOST}:{feed_ports[name]}", ready=ready, stop=stop)))
-            await ready.wait()
-        rt = LiveRuntime(policy, RunConfig(
-            "", "", feeds={name: f"ws://{HOST}:{port}" for name, port in feed_ports.items()},
-            venues={name: f"ws://{HOST}:{port}" for name, port in venue_ports.items()}, log_path=str(log),
-            max_feed_silence=60.0))
+        feed_ports, venue_ports, servers = await feeds_and_venues(recordings, venues, stop)
+        rt = LiveRuntime(policy, RunConfig("", "", feeds=named_urls(feed_ports), venues=named_urls(venue_ports),
+                                           log_path=str(log), max_feed_silence=60.0))
         run = asyncio.create_task(rt.run())
         await until(lambda: not rt.core.reduce_only and all(rt.engine.last_prices()[i] for i in (BN, CB)))
 
@@ -161,9 +155,9 @@ def test_one_feed_falling_silent_makes_intents_reduce_only_while_the_other_flows
         rt.on_feed_messages([encode({"e": "bookTicker", "u": second, "s": "BTCUSDT", "b": "100", "B": "1", "a": "101",
                                      "A": "1", "T": ms, "E": ms})], "binance")
 
-    def coinbase_at(second):
+    def coinbase_at(second, bid="100"):
         stamp = f"{np.datetime64(T0 + second, 's')}Z"
-        rt.on_feed_messages([encode({"type": "ticker", "product_id": "BTC-USD", "price": "100.5", "best_bid": "100",
+        rt.on_feed_messages([encode({"type": "ticker", "product_id": "BTC-USD", "price": "100.5", "best_bid": bid,
                                      "best_ask": "101", "time": stamp})], "coinbase")
 
     def intent(instrument, target):
@@ -179,7 +173,10 @@ def test_one_feed_falling_silent_makes_intents_reduce_only_while_the_other_flows
     assert rt.feeds_silent == {"coinbase"} and rt.core.reduce_only
     answer = intent(CB, 3.0)  # would add exposure on the silent venue's stale prices: held where it is
     assert answer["order_qty"] == 0.0 and answer["reasons"][0] == "stale_after:blocked"
-    coinbase_at(7)  # it speaks again: live again
+    coinbase_at(7, bid="102")  # a crossed quote, refused: still silent, however often it comes
+    quotes_at(7)
+    assert rt.feeds_silent == {"coinbase"} and rt.core.reduce_only and intent(CB, 3.0)["order_qty"] == 0.0
+    coinbase_at(7)  # an event the core takes: live again
     assert not rt.feeds_silent and not rt.core.reduce_only and intent(CB, 3.0)["order_qty"] == 2.0
     rt.log.close()
 

@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 
-from loopback import HOST, free_port, until
+from loopback import feeds_and_venues, named_urls, until
 from policyc.cli import main
 from policyc.runtime.journal import ReplayError, Replayer, replay, resume_state
 from policyc.runtime.live import paper
@@ -38,24 +38,10 @@ async def session(policy, log, venues, tmp_path, run: int, intents, still_open: 
     start = T0 + run * DAY
     recordings = {"binance": feed.load_recording([(BN, quotes(tmp_path / f"bn{run}.csv", 30_000, start))]),
                   "coinbase": feed.load_recording([(CB, quotes(tmp_path / f"cb{run}.csv", 30_010, start))])}
-    feed_ports = {name: free_port() for name in recordings}
-    venue_ports = {name: free_port() for name in recordings}
     stop = asyncio.Event()
-    servers = []
-    for name, rec in recordings.items():
-        ready = asyncio.Event()
-        servers.append(asyncio.create_task(feed.serve(rec, HOST, feed_ports[name], name, rate=100, loop=True,
-                                                      clients_needed=2, ready=ready, stop=stop)))
-        await ready.wait()
-    for name, venue in venues.items():
-        ready = asyncio.Event()
-        servers.append(asyncio.create_task(paper.serve(venue, HOST, venue_ports[name],
-                                                       f"ws://{HOST}:{feed_ports[name]}", ready=ready, stop=stop)))
-        await ready.wait()
-    rt = LiveRuntime(policy, RunConfig(
-        "", "", feeds={name: f"ws://{HOST}:{port}" for name, port in feed_ports.items()},
-        venues={name: f"ws://{HOST}:{port}" for name, port in venue_ports.items()}, log_path=str(log),
-        max_feed_silence=60.0, resume=resume))
+    feed_ports, venue_ports, servers = await feeds_and_venues(recordings, venues, stop)
+    rt = LiveRuntime(policy, RunConfig("", "", feeds=named_urls(feed_ports), venues=named_urls(venue_ports),
+                                       log_path=str(log), max_feed_silence=60.0, resume=resume))
     task = asyncio.create_task(rt.run())
     try:
         await until(lambda: not rt.core.reduce_only and not rt.core.reconciling

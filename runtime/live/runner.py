@@ -59,7 +59,8 @@ def serving(instruments, names, what: str) -> dict[str, str]:
     """Instrument -> the name of the connection (of `names`, "" the unnamed one) that
     serves it: the one named by the text before its `:`, else the unnamed one. `what`
     (`feed` or `venue`) names the option in the error. Raises ConfigError naming every
-    instrument none serves."""
+    instrument none serves, or a named connection that serves none of them (a typo in
+    its name would otherwise leave a connection nothing reads)."""
     out, missing = {}, []
     for name in instruments:
         prefix, colon, _ = name.partition(":")
@@ -74,6 +75,11 @@ def serving(instruments, names, what: str) -> dict[str, str]:
         raise ConfigError(f"no --{what} serves {', '.join(missing)}: give --{what} URL, or --{what} NAME=URL"
                           + (f" for {', '.join(wanted)}" if wanted else "")
                           + " (an instrument `NAME:SYMBOL` is served by the connection named NAME)")
+    idle = sorted(name for name in names if name and name not in out.values())
+    if idle:
+        raise ConfigError(f"--{what} {', '.join(f'{name}=' for name in idle)} serves no instrument of the policy "
+                          f"({', '.join(instruments)}): an instrument `NAME:SYMBOL` is served by the connection "
+                          "named NAME")
     return out
 
 
@@ -293,11 +299,6 @@ class LiveRuntime:
             if self._one_feed:
                 self._feed_messages(frames, self.feed_decoder)
                 return
-            if feed in self.feeds_silent:  # speaking again: up for the core before its events make it live
-                self.feeds_silent.discard(feed)
-                announce(f"{_key('feed', feed)} {self.feed_urls[feed]}: market data again")
-                if self.feeds_up:
-                    self.core.feed_connected()
             before = self.counters.events
             self._feed_messages(frames, self.decoders[feed])
             self._feed_heard(feed, before)
@@ -582,10 +583,16 @@ class LiveRuntime:
 
     def _feed_heard(self, feed: str, events_before: int) -> None:
         """With several feeds: after a read of `feed`, note whether it brought a market
-        event the core accepted; a feed that was silent and speaks again is up again,
-        before its events are applied (`on_feed_messages`)."""
+        event the core accepted. A feed that was silent is up again only then: messages
+        the core refuses (a crossed quote, a stale time) leave it silent, as with one feed;
+        the core, which took the read's events while it was down, is then live on them."""
         if self.counters.events > events_before:
             self.feed_heard[feed] = self._monotonic_ns()
+            if feed in self.feeds_silent:
+                self.feeds_silent.discard(feed)
+                announce(f"{_key('feed', feed)} {self.feed_urls[feed]}: market data again")
+                if self.feeds_up:
+                    self.core.feed_connected()
 
     def _check_silent_feeds(self) -> None:
         """With several feeds, one can fall silent while the others flow, and the core
