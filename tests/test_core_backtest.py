@@ -281,7 +281,7 @@ def test_the_order_core_makes_the_kernels_orders_on_random_walks(order_path):
 
 #: Each example is a Numba compile (2-9 s): a few, the same on every run. For a bug hunt:
 #: POLICYC_CORE_EXAMPLES=200 POLICYC_CORE_RANDOM=1 pytest tests/test_core_backtest.py
-EXAMPLES = int(os.environ.get("POLICYC_CORE_EXAMPLES", "4"))
+EXAMPLES = int(os.environ.get("POLICYC_CORE_EXAMPLES", "3"))
 RANDOM = bool(os.environ.get("POLICYC_CORE_RANDOM"))
 STREAMS_PER_POLICY = 8
 _compared: list[str] = []
