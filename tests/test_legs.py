@@ -136,15 +136,14 @@ def test_with_fill_same_each_leg_fills_at_once_against_its_own_latest_quote():
     assert both(flat, OPEN, L.FILL_SAME).orders[:, L.O_FILL_PRICE].tolist() == [100.1, 100.9]
 
 
-@pytest.mark.parametrize("limit", ["nan_value", "-1", "0"])
-def test_a_limit_that_is_no_price_blocks_the_order(limit):
-    text = ARB.format(risk="  max_position: 2").replace("limit: bn.ask * (1 + slip)", f"limit: {limit}")
-    text = text.replace("params: {", "params: {nan_value: 0, ") if limit == "nan_value" else text
-    if limit == "nan_value":  # a limit of 0 / 0: NaN
-        text = text.replace("limit: nan_value", "limit: nan_value / nan_value")
-    res = both(compile_policy(parse_policy_text(text)), OPEN)
-    assert res.orders[:, L.O_INST].tolist() == [CB]     # bn's leg blocked, cb's went out
-    assert res.reasons["limit_invalid:blocked"] == 1
+def test_a_limit_that_is_no_price_blocks_the_order():
+    # bn's limit is lim / den: 0 / 0 is NaN, then -1 and 0 (one kernel, its params re-bound)
+    text = ARB.format(risk="  max_position: 2").replace("limit: bn.ask * (1 + slip)", "limit: lim / den")
+    base = compile_policy(parse_policy_text(text.replace("params: {", "params: {lim: 0, den: 0, ")))
+    for lim, den in ((0, 0), (-1, 1), (0, 1)):
+        res = both(base.with_params(lim=lim, den=den), OPEN)
+        assert res.orders[:, L.O_INST].tolist() == [CB], (lim, den)     # bn's leg blocked, cb's went out
+        assert res.reasons["limit_invalid:blocked"] == 1, (lim, den)
 
 
 def test_the_price_collar_checks_a_limit_price():
