@@ -3,6 +3,7 @@ generator makes, with the properties the generator promises; the example policy
 validates, and its backtest on that data trades the dislocations and ends up after fees."""
 from __future__ import annotations
 
+import functools
 import importlib.util
 from pathlib import Path
 
@@ -150,7 +151,10 @@ def test_the_backtest_trades_every_dislocation_and_ends_up_after_fees(backtest, 
     assert 0 < np.count_nonzero(~filled) < len(ioc) / 5, "a few legs miss, as IOC orders do"
 
 
+@functools.cache
 def _bench_arb():
+    """bench/arb.py, loaded once for the tests that use it: its hand-written loop is an
+    `@njit(cache=False)` function, compiled again for every fresh load of the module."""
     spec = importlib.util.spec_from_file_location("bench_arb", ROOT / "bench" / "arb.py")
     arb = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(arb)

@@ -28,6 +28,8 @@ VENUES = """\
 policy: venues
 version: 1
 instruments: {bn: "binance:BTCUSDT", cb: "coinbase:BTC-USD"}
+params:
+  k: 2
 features:
   mid: (bid + ask) / 2
   spread: cb.bid - bn.ask
@@ -38,6 +40,8 @@ features:
   wide: spread > 1
   cb_wide: if cb.wide then 1 else 0
   cb_pos: cb.position
+  back: cb.close[k]
+  own: bn.close[1]
 signals:
   - when: wide
     target: 1
@@ -55,7 +59,9 @@ TAPE = [(0.0, 0, 100.0, 99.0, 101.0), (1.0, 0, 102.0, 101.0, 103.0), (2.0, 1, 10
 # until cb's first event; cb_smooth is the mean of the last two values of cb's latest
 # close as this instrument's own events saw it (a NaN, before cb's first event, is
 # skipped); cb_wide is false (0) before cb's first event; cb_pos: cb's order of event 4
-# (spread 2 > 1: target 1) fills at cb's next event, 5.
+# (spread 2 > 1: target 1) fills at cb's next event, 5. (`back` and `own`, lookbacks of
+# one instrument's close on the other's events, have a tape of their own below: they
+# are in this policy to share its kernel.)
 EXPECTED = {
     #          spread  cb_mid  cb_prev  cb_age  cb_smooth  wide  cb_wide  cb_pos
     0: (NAN, NAN, NAN, NAN, NAN, 0, 0, 0),
@@ -105,29 +111,18 @@ def test_references_worked_by_hand_in_the_kernel_and_the_interpreter(venues):
     assert [(int(o[L.O_EVENT]), int(o[L.O_INST]), float(o[L.O_QTY])) for o in res.orders] == [(4, 1, 1.0), (6, 0, 1.0)]
 
 
-def test_a_lookback_on_a_reference_counts_the_other_instruments_events():
-    """`b.close[2]` on an event of `a` is b's close two of b's events before b's latest;
-    on b's own events it is b's `close[2]`."""
-    text = """\
-policy: lags
-version: 1
-instruments: [a, b]
-params:
-  k: 2
-features:
-  back: b.close[k]
-  own: a.close[1]
-signals: []
-inputs: [intent]
-"""
-    cp = compile_policy(parse_policy_text(text))
-    # a: 10 (e0); b: 20, 21, 22 (e1-e3); a: 11 (e4); b: 23 (e5); a: 12 (e6)
+def test_a_lookback_on_a_reference_counts_the_other_instruments_events(venues):
+    """`cb.close[k]` (`back`, k = 2) on an event of bn is cb's close two of cb's events
+    before cb's latest; on cb's own events it is cb's `close[2]`. (VENUES's features `back`
+    and `own`, on a tape of closes alone: its other features, of bid and ask, are NaN here.)"""
+    cp = venues
+    # bn: 10 (e0); cb: 20, 21, 22 (e1-e3); bn: 11 (e4); cb: 23 (e5); bn: 12 (e6)
     tape = [(0, 10.0), (1, 20.0), (1, 21.0), (1, 22.0), (0, 11.0), (1, 23.0), (0, 12.0)]
     ev = Events(T0 + np.arange(len(tape), dtype=np.int64) * NS_S, np.zeros(len(tape), dtype=np.int8),
                 np.array([i for i, _ in tape], dtype=np.int32),
-                np.array([[NAN if c == "intent" else p for c in cp.columns] for _, p in tape]))
+                np.array([[p if c in ("price", "close") else NAN for c in cp.columns] for _, p in tape]))
     back = [NAN, NAN, NAN, 20.0, 20.0, 21.0, 21.0]
-    own = [NAN, NAN, NAN, NAN, 10.0, 10.0, 11.0]   # a has no event before its latest until event 4
+    own = [NAN, NAN, NAN, NAN, 10.0, 10.0, 11.0]   # bn has no event before its latest until event 4
     for bound in ({}, {"k": 0}):
         run = cp.with_params(**bound).run(ev, trace=True).trace
         want = back if not bound else [NAN, 20.0, 21.0, 22.0, 22.0, 23.0, 23.0]

@@ -10,6 +10,7 @@ import pytest
 
 from policyc.compiler import layout as L
 from policyc.compiler.build import Events, compile_policy
+from policyc.compiler.frontend import check_policy
 from policyc.compiler.interpret import Interpreter
 from policyc.dsl.diagnostics import PolicyError
 from policyc.dsl.document import parse_policy_text
@@ -50,6 +51,28 @@ SLIP = 2 / 1e4
 
 def arb(risk: str = "  max_position: 2"):
     return compile_policy(parse_policy_text(ARB.format(risk=risk), "arbitrage.yaml"))
+
+
+#: The policy of the tests of a risk key that acts on legs (`price_collar`,
+#: `max_gross_exposure`, `max_leg_imbalance`) and of a limit that is no price: ARB with all
+#: three keys present, so that they share one kernel (a key's value is a kernel argument,
+#: its presence is code). Each test gives the key it is about a value that binds and the
+#: other two values far beyond anything the tapes reach, so they never act. bn's limit is
+#: `lim / den` while `fixed` is above 0, else ARB's own: the same number, bit for bit.
+#: (The tests of the legs themselves keep ARB's own kernel, with none of these keys.)
+GUARDED_RISK = """\
+  max_position: 2
+  price_collar: {collar}
+  max_gross_exposure: {gross}
+  max_leg_imbalance: {imbalance}"""
+INERT = {"collar": "50%", "gross": "1000000000", "imbalance": "1000000000"}
+
+
+def guarded(**risk):
+    text = ARB.format(risk=GUARDED_RISK.format(**{**INERT, **risk}))
+    text = text.replace("params: {", "params: {fixed: 0, lim: 0, den: 1, ").replace(
+        "limit: bn.ask * (1 + slip)", "limit: if fixed > 0 then lim / den else bn.ask * (1 + slip)")
+    return compile_policy(parse_policy_text(text, "arbitrage.yaml"))
 
 
 def events(policy, tape) -> Events:
@@ -137,27 +160,29 @@ def test_with_fill_same_each_leg_fills_at_once_against_its_own_latest_quote():
 
 
 def test_a_limit_that_is_no_price_blocks_the_order():
-    # bn's limit is lim / den: 0 / 0 is NaN, then -1 and 0 (one kernel, its params re-bound)
-    text = ARB.format(risk="  max_position: 2").replace("limit: bn.ask * (1 + slip)", "limit: lim / den")
-    base = compile_policy(parse_policy_text(text.replace("params: {", "params: {lim: 0, den: 0, ")))
+    # bn's limit is lim / den: 0 / 0 is NaN, then -1 and 0 (one kernel, its params re-bound).
+    # The invalid limit is caught before the collar looks at it (which, at 50%, would
+    # block -1 and 0 as well): the reason is limit_invalid, not price_collar
+    base = guarded()
     for lim, den in ((0, 0), (-1, 1), (0, 1)):
-        res = both(base.with_params(lim=lim, den=den), OPEN)
+        res = both(base.with_params(fixed=1, lim=lim, den=den), OPEN)
         assert res.orders[:, L.O_INST].tolist() == [CB], (lim, den)     # bn's leg blocked, cb's went out
         assert res.reasons["limit_invalid:blocked"] == 1, (lim, den)
+        assert "price_collar:blocked" not in res.reasons, (lim, den)
 
 
 def test_the_price_collar_checks_a_limit_price():
     # bn's limit 100.11001 is 0.11% above its price 100, and bn has no previous price to
     # jump from: only its limit can trip the collar. (cb's price jumped 1%, from 100 to 101.)
-    res = both(arb("  max_position: 2\n  price_collar: 0.1%"), OPEN)
+    res = both(guarded(collar="0.1%"), OPEN)
     assert res.orders.shape[0] == 0 and res.reasons["price_collar:blocked"] == 2
-    res = both(arb("  max_position: 2\n  price_collar: 1.5%"), OPEN)
+    res = both(guarded(collar="1.5%"), OPEN)
     assert res.orders.shape[0] == 2 and "price_collar:blocked" not in res.reasons
 
 
 def test_portfolio_limits_see_the_earlier_leg():
     # bn's 0.5 at 100 uses 50 of the 75; cb's leg has (75 - 50) / 101 units left
-    res = both(arb("  max_position: 2\n  max_gross_exposure: 75"), OPEN)
+    res = both(guarded(gross="75"), OPEN)
     assert res.orders[:, L.O_QTY].tolist() == [0.5, -(75.0 - 50.0) / 101.0]
     assert res.orders[1, L.O_REASONS] == bit("max_gross_exposure:clipped")
 
@@ -167,7 +192,7 @@ def test_one_leg_filled_and_the_other_cancelled_flattens_the_filled_one():
     # its limit), and the imbalance 0.5 x 100.1 = 50.05 is above 20: bn is flattened, an
     # exit of -0.5 with no limit; cb has nothing to flatten
     tape = OPEN + [(3, BN, 100.1, 100.0, 100.1), (4, CB, 100.2, 100.15, 100.25), (5, BN, 100.0, 99.9, 100.1)]
-    res = both(arb("  max_position: 2\n  max_leg_imbalance: 20"), tape)
+    res = both(guarded(imbalance="20"), tape)
     o = res.orders
     assert o[:, L.O_EVENT].tolist() == [2, 2, 4]
     flat = o[2]
@@ -184,7 +209,7 @@ def test_a_leg_whose_ioc_is_open_is_flattened_once_the_ioc_ends():
     # IOC still open. bn exits at once; cb is held (no order against its IOC) and records
     # the reason. Event 4: cb's IOC fills (bid 100.95), and cb, now -0.5, exits
     tape = OPEN + [(3, BN, 100.1, 100.0, 100.1), (4, CB, 101.0, 100.95, 101.05)]
-    res = both(arb("  max_position: 2\n  max_leg_imbalance: 0.1"), tape)
+    res = both(guarded(imbalance="0.1"), tape)
     o = res.orders
     assert [(int(r[L.O_EVENT]), int(r[L.O_INST]), r[L.O_QTY], r[L.O_EXIT]) for r in o] == \
         [(2, BN, 0.5, 0.0), (2, CB, -0.5, 0.0), (3, BN, -0.5, 1.0), (4, CB, 0.5, 1.0)]
@@ -200,7 +225,8 @@ def test_rules_and_legs_in_the_policy_hash_and_explain():
     a, b = arb(), arb("  max_position: 2\n")
     assert a.policy_hash == b.policy_hash
     swapped = ARB.format(risk="  max_position: 2").replace("cb.bid * (1 - slip)", "cb.bid * (1 - 2 * slip)")
-    assert compile_policy(parse_policy_text(swapped)).policy_hash != a.policy_hash
+    # checked, not compiled: compile_policy's hash is the check's (and needs no kernel of its own)
+    assert check_policy(parse_policy_text(swapped)).policy_hash != a.policy_hash
     text = explain(check_text(ARB.format(risk="  max_position: 2")))
     assert "legs, in this order:" in text and "bn: target units (IOC limit bn.ask * (1 + slip))" in text
 
@@ -241,8 +267,18 @@ def test_a_bad_rule_is_a_located_error(rule, code, line, column, message):
 
 
 def test_a_leg_named_by_its_symbol_is_that_instrument():
-    policy = compile_policy(parse_policy_text(BASE.replace("RULE", '    legs: {"coinbase:BTC-USD": -1, bn: 1}')))
-    assert policy.checked.rule_legs == [(CB, BN)] and policy.checked.leg_set == (BN, CB)
+    """The checker's legs, and the generated kernel source (not Numba-compiled, which
+    would cost a kernel of its own): the same as the policy's with the leg named `cb`."""
+    from policyc.compiler.emit import emit
+    from policyc.compiler.lower import lower
+    from policyc.compiler.passes import optimise
+
+    sources = []
+    for legs in ('{"coinbase:BTC-USD": -1, bn: 1}', "{cb: -1, bn: 1}"):
+        checked = check_policy(parse_policy_text(BASE.replace("RULE", f"    legs: {legs}"))).checked
+        assert checked.rule_legs == [(CB, BN)] and checked.leg_set == (BN, CB), legs
+        sources.append(emit(optimise(lower(checked)), checked))
+    assert sources[0] == sources[1]
 
 
 def test_max_leg_imbalance_without_a_multi_leg_rule_is_an_error():
@@ -272,20 +308,28 @@ def test_the_engine_chains_the_legs_decisions_on_then():
 
 
 def test_an_intent_may_carry_a_limit_price():
-    text = BASE.replace("RULE", "    target: 1\n    limit: bn.ask").replace("policy: p", "policy: p\ninputs: [intent]")
-    engine = Engine(compile_policy(parse_policy_text(text)))
-    engine.market("binance:BTCUSDT", T0, {"price": 100.0, "bid": 99.0, "ask": 101.0})
-    d = engine.intent("binance:BTCUSDT", T0 + NS, 1.0, limit_price=100.5)
+    # A policy with a rule's `limit` and intents: test_core_ioc's `limited`, so that the
+    # suite compiles its kernel once (imported here, not at the top: test_core_ioc imports
+    # this file). One market event of A: its sma of 8 prices is not warm, so no rule fires
+    from test_core_ioc import LIMITED
+
+    engine = Engine(compile_policy(parse_policy_text(LIMITED, "limited.yaml")))
+    engine.market("A", T0, {"price": 100.0, "bid": 99.0, "ask": 101.0})
+    d = engine.intent("A", T0 + NS, 1.0, limit_price=100.5)
     assert (d.order_qty, d.limit_price) == (1.0, 100.5)
-    d = engine.intent("binance:BTCUSDT", T0 + 2 * NS, 2.0, limit_price=-3.0)
+    d = engine.intent("A", T0 + 2 * NS, 2.0, limit_price=-3.0)
     assert (d.order_qty, d.reasons) == (0.0, ("limit_invalid:blocked",))
-    d = engine.intent("binance:BTCUSDT", T0 + 3 * NS, 2.0)
+    d = engine.intent("A", T0 + 3 * NS, 2.0)
     assert (d.order_qty, d.limit_price) == (1.0, d.limit_price) and math.isnan(d.limit_price)  # a market order
 
 
 def test_a_limit_price_for_a_policy_of_market_orders_only_is_refused():
-    engine = Engine(compile_policy(parse_policy_text(BASE.replace("RULE", "    target: 1"))))
-    engine.market("binance:BTCUSDT", T0, {"price": 100.0, "bid": 99.0, "ask": 101.0})
+    # A policy with no `limit`, no `legs` and no intent input: test_cross_refs's `venues`,
+    # so that the suite compiles its kernel once
+    from test_cross_refs import VENUES
+
+    engine = Engine(compile_policy(parse_policy_text(VENUES, "venues.yaml")))
+    engine.market("binance:BTCUSDT", T0, {"price": 100.0, "close": 100.0, "bid": 99.0, "ask": 101.0})
     with pytest.raises(EngineError, match="market orders only"):
         engine.intent("binance:BTCUSDT", T0 + NS, 1.0, limit_price=100.0)
 
