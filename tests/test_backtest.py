@@ -63,6 +63,8 @@ def market_events(cp, ts, inst, price, intent=None) -> Events:
 # =====================================================================================
 # 1. Independent check: EMA crossover + 3% stop loss + 1 bp fees, --fill next, ORCL
 # =====================================================================================
+#: `down` and `lo` make the same kernel the long/short crossover of the second
+#: independent check (`-p down=-1 -p lo=false`): a param change never recompiles.
 EMA_STOP = """\
 policy: ema_stop
 version: 1
@@ -72,6 +74,8 @@ params:
   fast: 12
   slow: 26
   size: 100
+  down: 0
+  lo: true
 features:
   fast_ma: ema(close, fast)
   slow_ma: ema(close, slow)
@@ -79,9 +83,9 @@ signals:
   - when: crosses_above(fast_ma, slow_ma)
     target: size
   - when: crosses_below(fast_ma, slow_ma)
-    target: 0
+    target: size * down
 risk:
-  long_only: true
+  long_only: lo
   stop_loss: 3%
 account:
   initial_equity: 100000
@@ -205,27 +209,10 @@ def test_independent_ema_crossover_with_stop_loss(capsys, tmp_path, ema_stop_fil
     assert bt.reasons == ref_counts
 
 
-EMA_FLIP = """\
-policy: ema_flip
-version: 1
-description: long/short EMA crossover with a 3% stop, for the independent check of exits that meet a reversal
-instruments: [ORCL]
-params:
-  size: 100
-features:
-  fast_ma: ema(close, 12)
-  slow_ma: ema(close, 26)
-signals:
-  - when: crosses_above(fast_ma, slow_ma)
-    target: size
-  - when: crosses_below(fast_ma, slow_ma)
-    target: -size
-risk:
-  stop_loss: 3%
-account:
-  initial_equity: 100000
-  fees_bps: 1
-"""
+#: The long/short crossover of the second independent check is `EMA_STOP` with the cross
+#: below going short (`down` -1: target -size) and no long-only clip (`lo` false): EMA
+#: 12/26, size 100, a 3% stop, 1 bp fees, initial equity 100,000, on its kernel.
+EMA_FLIP_PARAMS = ("-p", "down=-1", "-p", "lo=false")
 
 
 def reference_ema_flip(path: Path, size=100.0, stop=0.03, fees_bps=1.0, equity0=100000.0):
@@ -289,15 +276,13 @@ def reference_ema_flip(path: Path, size=100.0, stop=0.03, fees_bps=1.0, equity0=
     return orders, cash + pos * close[-1], counts
 
 
-def test_independent_long_short_crossover_with_exits_that_meet_a_reversal(capsys, tmp_path):
-    path = tmp_path / "ema_flip.yaml"
-    path.write_text(EMA_FLIP)
+def test_independent_long_short_crossover_with_exits_that_meet_a_reversal(capsys, tmp_path, ema_stop_file):
     ref_orders, ref_equity, ref_counts = reference_ema_flip(ORCL)
     decided = [o["decision"] for o in ref_orders]
     assert sum(decided.count(d) == 2 for d in set(decided)) > 10   # the data has stops on reversal bars
     orders_csv = tmp_path / "orders.csv"
-    code, out, err = cli(capsys, "backtest", path, "--data", ORCL, "--orders", orders_csv, "--fill", "next",
-                         "--format", "json")  # the reference fills at the next close
+    code, out, err = cli(capsys, "backtest", ema_stop_file, *EMA_FLIP_PARAMS, "--data", ORCL, "--orders", orders_csv,
+                         "--fill", "next", "--format", "json")  # the reference fills at the next close
     assert code == 0, err
     s = json.loads(out)
     with open(orders_csv, newline="") as f:

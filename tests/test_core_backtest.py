@@ -324,11 +324,47 @@ def test_the_order_core_makes_the_kernels_orders_for_random_policies(monkeypatch
 
 # ---- the differences by design, one by one -----------------------------------------------------------------------
 
-def small(name: str, risk: str, account: str = "") -> CompiledPolicy:
-    """A policy of intents on A and B with these risk lines (and account lines)."""
-    text = (f"policy: {name}\nversion: 1\ninstruments: [A, B]\ninputs: [intent]\nsignals: []\nrisk:\n{risk}"
-            f"account:\n  initial_equity: 10000\n{account}")
-    return compile_policy(parse_policy_text(text, f"{name}.yaml"))
+#: One policy of intents on A and B for every case below: each re-binds the params of the
+#: step it is about (`small(...)`), which reuses the kernel. By default every step is
+#: inert: a drawdown, trailing stop and stop loss of 100% (no price here falls to 0, nor
+#: doubles against a short), a margin usage of 1,000 (100,000%), no fees.
+SMALL = """
+policy: small
+version: 1
+instruments: [A, B]
+inputs: [intent]
+params:
+  dd: 100%
+  trail: 100%
+  sl: 100%
+  mmu: 1000
+  fee: 0
+signals: []
+risk:
+  max_drawdown: dd
+  trailing_stop: trail
+  stop_loss: sl
+  max_margin_usage: mmu
+account:
+  initial_equity: 10000
+  margin_rate: 100%
+  fees_bps: fee
+"""
+
+
+@pytest.fixture(scope="module")
+def small_base():
+    return compile_policy(parse_policy_text(SMALL, "small.yaml"))
+
+
+@pytest.fixture(scope="module")
+def small(small_base):
+    """`SMALL` with these param values, on its one kernel."""
+    def rebind(**values) -> CompiledPolicy:
+        cp = small_base.with_params(**values)
+        assert cp.kernel is small_base.kernel
+        return cp
+    return rebind
 
 
 def orders(result, cp: CompiledPolicy) -> list[tuple]:
@@ -339,8 +375,8 @@ def orders(result, cp: CompiledPolicy) -> list[tuple]:
 
 
 @pytest.fixture(scope="module")
-def drawdown():
-    return small("drawdown", "  max_drawdown: 10%\n")
+def drawdown(small):
+    return small(dd=0.1)  # a kill switch at 10% drawdown
 
 
 def test_a_trip_liquidates_every_instrument_at_once_through_the_order_core(drawdown):
@@ -379,36 +415,36 @@ def test_a_halt_cancels_the_orders_waiting_for_their_fill_under_next(drawdown):
         (4, "A", -50.0, 101.0, ("kill_switch:halt",), 5, 102.0)]
 
 
-def test_under_next_a_fill_is_marked_at_the_price_before_it():
+def test_under_next_a_fill_is_marked_at_the_price_before_it(small):
     """Under `next`, 50 A bought at 100 fill at 80, the next event. The kernel fills them
     and marks the account once, at 80: equity 10,000, its peak. Through the order core
     the fill reaches the engine first, which marks it at 100, the price it has: equity
     11,000 becomes the peak, and at 80 the drawdown of 9.1% trips a 5% limit (then the
     liquidation, decided again, carries only `kill_switch:halt`)."""
-    cp = small("peak", "  max_drawdown: 5%\n")
+    cp = small(dd=0.05)
     ev = td.Script(cp.columns).bar(0, 100.0).intent(0, 50).bar(0, 80.0).bar(0, 80.0).events()
     assert orders(cp.run(ev, L.FILL_NEXT), cp) == [(1, "A", 50.0, 100.0, (), 2, 80.0)]
     assert orders(run_through_order_core(cp, ev, L.FILL_NEXT), cp) == [
         (1, "A", 50.0, 100.0, (), 2, 80.0), (2, "A", -50.0, 80.0, ("kill_switch:halt",), 3, 80.0)]
 
 
-def test_under_next_a_trailing_stop_starts_at_the_price_before_the_fill():
+def test_under_next_a_trailing_stop_starts_at_the_price_before_the_fill(small):
     """Under `next`, 10 A bought at 100 fill at 95. The kernel starts the trailing stop's
     best price at 95, the fill's market price, and 95 is no 4% below it; through the
     order core the engine had 100 when the fill came, and 95 is 5% below that: it exits."""
-    cp = small("trailing", "  trailing_stop: 4%\n")
+    cp = small(trail=0.04)
     ev = td.Script(cp.columns).bar(0, 100.0).intent(0, 10).bar(0, 95.0).bar(0, 96.0).events()
     assert orders(cp.run(ev, L.FILL_NEXT), cp) == [(1, "A", 10.0, 100.0, (), 2, 95.0)]
     assert orders(run_through_order_core(cp, ev, L.FILL_NEXT), cp) == [
         (1, "A", 10.0, 100.0, (), 2, 95.0), (2, "A", -10.0, 95.0, ("trailing_stop:exit",), 3, 96.0)]
 
 
-def test_under_same_a_re_entry_is_checked_before_its_exit_pays_fees():
+def test_under_same_a_re_entry_is_checked_before_its_exit_pays_fees(small):
     """Under `same`, long 50 A at 100 (fee 5), the stop fires at 94 as the target turns
     to -1000: the exit and the re-entry are two orders. The kernel fills the exit at once
     and its fee of 4.70 leaves less equity for the re-entry's margin room; through the
     order core both are decided before the exit fills."""
-    cp = small("margin", "  stop_loss: 5%\n  max_margin_usage: 100%\n", "  margin_rate: 100%\n  fees_bps: 10\n")
+    cp = small(sl=0.05, mmu=1.0, fee=10)  # margin_rate 100%
     ev = td.Script(cp.columns).bar(0, 100.0).intent(0, 50).bar(0, 94.0, intent=-1000.0).events()
     equity = 10000.0 - 5.0 - 50 * 6.0  # after the first fee and the fall to 94
     kernel, core = orders(cp.run(ev, L.FILL_SAME), cp), orders(run_through_order_core(cp, ev, L.FILL_SAME), cp)

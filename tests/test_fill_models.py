@@ -21,21 +21,14 @@ DAY = 86_400 * 10**9
 MS = 10**6
 T0 = 1_700_000_000 * 10**9
 
-POLICY = """
-policy: bars
-version: 1
-instruments: [A]
-inputs: [intent]
-signals: []
-risk:
-  stop_loss: 2%
-  take_profit: 5%
-"""
-
-
+# The cases of the fill models alone (a stop loss of 2% and a take profit of 5%) run on
+# the kernel of the collar cases below (`COLLARED`), its other keys inert: a trailing
+# stop of 100% (its level 0 for a long, never reached), a collar of 100,000%, orders of
+# up to 1,000 (these are of 10) and a kill switch at 100% drawdown. One kernel for the
+# file: a param change never recompiles.
 @pytest.fixture(scope="module")
-def policy():
-    return compile_policy(parse_policy_text(textwrap.dedent(POLICY), "bars.yaml"))
+def policy(collared):
+    return collared(stop=0.02, goal=0.05, collar=1000)
 
 
 def events(bars: list[tuple[float, float, float, float]], ts=None, intents: dict[int, float] | None = None) -> Events:
@@ -177,7 +170,12 @@ risk:
 @pytest.fixture(scope="module")
 def collared():
     base = compile_policy(parse_policy_text(textwrap.dedent(COLLARED), "collared.yaml"))
-    return lambda **values: base.with_params(**values)
+
+    def rebind(**values):
+        cp = base.with_params(**values)
+        assert cp.kernel is base.kernel  # the same kernel under other values
+        return cp
+    return rebind
 
 
 def decision_reasons(policy, ev: Events, bar: int) -> list[str]:

@@ -13,15 +13,39 @@ from policyc.runtime.live.audit import KINDS
 from policyc.runtime.live.protocol import Market, VenueReply
 from policyc.runtime.orders import MAX_NS, OrderCore
 
+#: One kernel for every test on ORCL. Its defaults are the plain guard most tests use
+#: (intents, max_position 100, max_order_qty 100); the tests of the kill switch on a
+#: drawdown, of one order a day and of a stop that meets a reversal re-bind params
+#: (`guarded(...)`), which reuses the kernel. The drawdown limit, the daily order count
+#: and the stop loss are inert by default (100%, 1e9, 100%: no price here falls to 0
+#: or doubles against a short), and the two signals only fire when `flip` is on.
 GUARD = """
 policy: guard
 version: 1
 instruments: [ORCL]
 inputs: [intent]
-signals: []
+params:
+  mp: 100
+  moq: 100
+  dd: 100%
+  mopd: 1e9
+  sl: 100%
+  flip: false
+  eq: 100000
+signals:
+  - when: flip and close >= 100
+    target: 10
+  - when: flip and close < 92
+    target: -10
 risk:
-  max_position: 100
-  max_order_qty: 100
+  max_position: mp
+  max_order_qty: moq
+  max_drawdown: dd
+  max_orders_per_day: mopd
+  stop_loss: sl
+account:
+  initial_equity: eq
+  fees_bps: 0
 """
 WALL = 1_800_000_000_000_000_000        # the test's wall clock (2027-01-15T08:00:00Z)
 S = 1_000_000_000                      # one second, ns
@@ -36,6 +60,16 @@ def compiled(text, name):
 @pytest.fixture(scope="module")
 def guard():
     return compiled(GUARD, "guard.yaml")
+
+
+@pytest.fixture(scope="module")
+def guarded(guard):
+    """`guard` under other param values, on the same kernel."""
+    def rebind(**values):
+        cp = guard.with_params(**values)
+        assert cp.kernel is guard.kernel
+        return cp
+    return rebind
 
 
 class Rig:
@@ -234,23 +268,13 @@ def test_resume_counts_the_orders_being_cancelled_again(guard):
     assert [r["kind"] for r in rig.records if r["kind"] in ("halt", "resume")] == ["halt", "resume"]
 
 
-DRAWDOWN = """
-policy: drawdown
-version: 1
-instruments: [ORCL]
-inputs: [intent]
-signals: []
-risk:
-  max_position: 1000
-  max_drawdown: 10%
-account:
-  initial_equity: 10000
-  fees_bps: 0
-"""
+#: Was its own policy: max_position 1000, max_drawdown 10%, initial equity 10,000, no
+#: fees, and no max_order_qty (so `moq` is lifted out of the way here).
+DRAWDOWN = dict(mp=1000, moq=1e9, dd=0.1, eq=10000)
 
 
-def test_a_decision_that_trips_the_kill_switch_sends_nothing_and_the_liquidation_follows(tmp_path):
-    rig = Rig(compiled(DRAWDOWN, "drawdown.yaml"))
+def test_a_decision_that_trips_the_kill_switch_sends_nothing_and_the_liquidation_follows(guarded):
+    rig = Rig(guarded(**DRAWDOWN))
     rig.tick(T, 50.0)
     rig.intent(100)
     buy = rig.orders()[0]["client_order_id"]
@@ -267,28 +291,16 @@ def test_a_decision_that_trips_the_kill_switch_sends_nothing_and_the_liquidation
 
 # ---- a protective exit and its re-entry: two orders, the exit first ----------------------------------------------
 
-FLIP = """
-policy: flip
-version: 1
-instruments: [ORCL]
-signals:
-  - when: close >= 100
-    target: 10
-  - when: close < 92
-    target: -10
-risk:
-  max_position: 10
-  stop_loss: 5%
-account:
-  initial_equity: 10000
-  fees_bps: 0
-"""
+#: Was its own policy of two signals on the close (long 10 from 100, short 10 below 92),
+#: max_position 10, a 5% stop, initial equity 10,000, no fees; the guard's max_order_qty
+#: of 100 never binds on orders of 10 or 20.
+FLIP = dict(flip=True, mp=10, sl=0.05, eq=10000)
 
 
-def test_a_stop_that_meets_an_opposite_target_leaves_as_the_exit_then_the_re_entry():
+def test_a_stop_that_meets_an_opposite_target_leaves_as_the_exit_then_the_re_entry(guarded):
     """Long 10 at 100; at 90 the stop triggers on the bar whose signal asks for -10: the
     exit is an order of its own, sent first, and the re-entry a second one."""
-    rig = Rig(compiled(FLIP, "flip.yaml"))
+    rig = Rig(guarded(**FLIP))
     rig.tick(T, 100.0)
     rig.answer("fill", rig.orders()[0]["client_order_id"], 10.0, 100.0)
     rig.tick(T + S, 90.0)
@@ -300,11 +312,11 @@ def test_a_stop_that_meets_an_opposite_target_leaves_as_the_exit_then_the_re_ent
     assert rig.open_qty() == rig.core.open_quantity("ORCL") == -20.0
 
 
-def test_each_orders_record_is_written_before_its_message_is_sent():
+def test_each_orders_record_is_written_before_its_message_is_sent(guarded):
     """Write ahead: an order's log record is written before its message is handed to
     `send`, for the exit and the re-entry of one event and for the flattening after a
     fill that beat its cancel alike."""
-    rig = Rig(compiled(FLIP, "flip.yaml"))
+    rig = Rig(guarded(**FLIP))
     trail = []
     record, send = rig.core.record, rig.core.send
     rig.core.record = lambda kind, ts=None, **fields: (trail.append(("logged", kind, fields.get("client_order_id"))),
@@ -324,22 +336,15 @@ def test_each_orders_record_is_written_before_its_message_is_sent():
 
 # ---- event time: forward only, never from the future -------------------------------------------------------------
 
-ORDERS_PER_DAY = """
-policy: once_a_day
-version: 1
-instruments: [ORCL]
-inputs: [intent]
-signals: []
-risk:
-  max_position: 100
-  max_orders_per_day: 1
-"""
+#: Was its own policy: max_position 100 and max_orders_per_day 1 (the guard's
+#: max_order_qty of 100 never binds on orders of 10 to 30).
+ORDERS_PER_DAY = dict(mopd=1)
 
 
-def test_a_tick_from_the_day_before_is_refused_and_does_not_reset_the_day(tmp_path):
+def test_a_tick_from_the_day_before_is_refused_and_does_not_reset_the_day(guarded):
     """Issue 9, case 2: one order a day; a tick dated a day back, then one a second on,
     used to reset the day counters twice, and 3 orders left within a second."""
-    rig = Rig(compiled(ORDERS_PER_DAY, "once_a_day.yaml"))
+    rig = Rig(guarded(**ORDERS_PER_DAY))
     rig.tick(T)
     assert rig.intent(10)[0].order_qty == 10
     assert "max_orders_per_day:blocked" in rig.intent(20)[0].reasons

@@ -2,9 +2,12 @@
 
 One policy carries every risk key but the volatility brake, each bound to a param whose
 default leaves it inert; a test switches on the step it is about by a param override,
-which reuses the compiled kernel. (The brake cannot be inert: while volatility is still
-unknown it refuses increases, so it has its own policy.) Every scenario also runs
-through the reference interpreter.
+which reuses the compiled kernel. Its custom rules on the hour of the day (a block from
+`block_from`, a liquidation from `close_at`; 24 never fires) and its initial equity are
+params too, so the scenarios of exits that always leave share that kernel. (The brake
+cannot be inert: while volatility is still unknown it refuses increases, so it has its
+own policy; so has the overflowing tick, whose reasons must be those of a policy with
+only max_drawdown.) Every scenario also runs through the reference interpreter.
 """
 import math
 
@@ -44,6 +47,9 @@ params:
   liq: false
   hlt: false
   slip: 0
+  block_from: 24
+  close_at: 24
+  eq: 100000
 signals: []
 risk:
   max_drawdown: dd
@@ -69,8 +75,10 @@ risk:
     - {name: wind_down, when: ro, action: reduce_only}
     - {name: get_out, when: liq, action: liquidate}
     - {name: stop_all, when: hlt, action: halt}
+    - {name: afternoon, when: hour(ts) >= block_from, action: block}
+    - {name: session_end, when: hour(ts) >= close_at, action: liquidate}
 account:
-  initial_equity: 100000
+  initial_equity: eq
   slippage_bps: slip
 """
 DAY = 86_400_000_000_000
@@ -437,31 +445,17 @@ def test_a_decision_dated_before_its_data_is_stale(lab):
 # =====================================================================================
 # Exits always leave
 # =====================================================================================
-AFTERNOON = """
-policy: afternoon
-version: 1
-instruments: [X]
-inputs: [intent]
-signals: []
-risk:
-  stop_loss: 5%
-  custom:
-    - {name: afternoon, when: hour(ts) >= 13, action: block}
-account:
-  initial_equity: 10000
-"""
 HOUR = 3_600_000_000_000
 
 
-def test_a_stop_that_meets_an_opposite_target_exits_on_its_own():
+def test_a_stop_that_meets_an_opposite_target_exits_on_its_own(lab):
     """Long 10 at 100 with a 5% stop; at 13:00 the price is 90 and the model asks for -10.
     The exit leaves as its own exempt order; the short re-entry is a separate order, which
-    the afternoon block drops. Exit 10 at 90, final equity 9,900."""
-    cp = compile_policy(parse_policy_text(AFTERNOON, "afternoon.yaml"))
+    the afternoon block (from 13:00) drops. Exit 10 at 90, final equity 9,900 (of 10,000)."""
     closes = (100, 99, 96, 90, 85, 80)
     intent = (10, math.nan, math.nan, -10, math.nan, math.nan)
     rows = [M(c, x, t=T0 + (10 + k) * HOUR) for k, (c, x) in enumerate(zip(closes, intent))]
-    res = run(cp, rows)
+    res = run(lab, rows, sl=0.05, block_from=13, eq=10000)
     assert orders(res) == [(0, 10, []), (3, -10, ["stop_loss:exit"])]
     assert res.orders[1, L.O_EXIT] == 1.0 and res.orders[1, L.O_FILL_PRICE] == 90
     assert reasons_at(res, 3) == ["stop_loss:exit", "afternoon:blocked"]
@@ -480,24 +474,11 @@ def test_the_reentry_after_an_exit_is_a_separate_checked_order(lab):
     assert reasons_at(res, 1) == ["stop_loss:exit", "max_orders_per_day:blocked"]
 
 
-SESSION = """
-policy: session
-version: 1
-instruments: [X]
-inputs: [intent]
-signals: []
-risk:
-  custom:
-    - {name: session_end, when: hour(ts) >= 20, action: liquidate}
-"""
-
-
-def test_a_liquidation_spends_the_desired_target():
-    """Bought on the model's 10 at 10:00, liquidated at 20:00; at the next session's first
-    bar no rule fires and no intent arrives, so nothing re-opens."""
-    cp = compile_policy(parse_policy_text(SESSION, "session.yaml"))
+def test_a_liquidation_spends_the_desired_target(lab):
+    """Bought on the model's 10 at 10:00, liquidated at 20:00 (the session_end rule); at
+    the next session's first bar no rule fires and no intent arrives, so nothing re-opens."""
     rows = [M(100, 10, t=T0 + 10 * HOUR), M(101, t=T0 + 20 * HOUR), M(102, t=T0 + DAY + 10 * HOUR)]
-    res = run(cp, rows)
+    res = run(lab, rows, close_at=20)
     assert orders(res) == [(0, 10, []), (1, -10, ["session_end:exit"])]
     assert res.trace[2, L.T_DESIRED] == 0 and reasons_at(res, 2) == []
 
