@@ -8,6 +8,7 @@ from policyc.compiler import layout as L
 from policyc.compiler.build import Events, compile_policy
 from policyc.dsl.document import parse_policy_text
 from policyc.runtime.engine import Engine, EngineError
+from test_live_faults import limits
 
 POLICY = """
 policy: engine_check
@@ -204,17 +205,11 @@ def test_a_stop_that_meets_an_opposite_intent_is_two_decisions(policy):
     assert got[1] == d and got[2].order_qty == 0
 
 
-HUGE_TICK = """
-policy: huge_tick
-version: 1
-instruments: [X]
-inputs: [intent]
-signals: []
-risk:
-  max_drawdown: 10%
-account:
-  initial_equity: 10000
-"""
+#: The live-mode limit tests below run tests/test_live_faults.py's intent-only policy
+#: (`limits`): with a key's value a kernel argument, every policy written from it is one
+#: kernel, shared with that file's tests; each sets the limit it is about, and every other
+#: one where it never binds.
+HUGE_TICK = limits("X", max_drawdown="10%", initial_equity=10000)
 
 
 def test_a_tick_that_overflows_equity_trips_the_kill_switch_live():
@@ -234,15 +229,7 @@ def test_a_tick_that_overflows_equity_trips_the_kill_switch_live():
         assert engine.halted
 
 
-DAY_LIMIT = """
-policy: day_limit
-version: 1
-instruments: [X]
-inputs: [intent]
-signals: []
-risk:
-  max_orders_per_day: 1
-"""
+DAY_LIMIT = limits("X", max_orders_per_day=1)
 
 
 def test_time_going_backwards_does_not_reset_the_day_live():

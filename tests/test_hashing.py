@@ -96,6 +96,8 @@ def test_examples_have_distinct_hashes():
 
 
 # ---- the kernel-source cache, and the kernel's own check of what it is given ---------
+#: `b` keeps state (an average), so a feature state of the wrong width is a wrong shape; the
+#: custom rule gives the kernel's custom-rule state a column (see `shapes` below).
 SAME_NAME = """\
 policy: same
 version: 1
@@ -105,12 +107,28 @@ features:
 signals:
   - when: b > 100
     target: 1
+risk:
+  custom:
+    - {{name: never, when: false, action: block}}
 """
+ONE = SAME_NAME.format(features="  b: sma(close, 2)")
+TWO = SAME_NAME.format(features="  a: close\n  b: sma(close, 2)")
 
 
-def test_the_source_cache_key_covers_every_input_of_code_generation(tmp_path, monkeypatch):
+@pytest.fixture(scope="module")
+def shapes():
+    """`ONE`, compiled in the suite's cache: the kernel of the shape checks below, and, as the
+    source-cache test compiles `ONE` again in a cache of its own, already loaded in this
+    process there (one Numba compile of it for this file, not two)."""
+    from policyc.compiler.build import compile_policy
+    from policyc.dsl.document import parse_policy_text
+
+    return compile_policy(parse_policy_text(ONE, "one.yaml"))
+
+
+def test_the_source_cache_key_covers_every_input_of_code_generation(shapes, tmp_path, monkeypatch):
     """Two policies with the same name and version, one with features `a: close` and
-    `b: close`, the other with `b: close` only, in one cache directory: each gets its own
+    `b: sma(close, 2)`, the other with `b` only, in one cache directory: each gets its own
     kernel (the second once got the first's, which wrote past its trace buffer)."""
     import numpy as np
 
@@ -118,36 +136,14 @@ def test_the_source_cache_key_covers_every_input_of_code_generation(tmp_path, mo
     from policyc.dsl.document import parse_policy_text
 
     monkeypatch.setenv("POLICYC_CACHE", str(tmp_path))
-    two = compile_policy(parse_policy_text(SAME_NAME.format(features="  a: close\n  b: close"), "two.yaml"))
-    one = compile_policy(parse_policy_text(SAME_NAME.format(features="  b: close"), "one.yaml"))
+    two = compile_policy(parse_policy_text(TWO, "two.yaml"))
+    one = compile_policy(parse_policy_text(ONE, "one.yaml"))
     assert one.source != two.source and one.feature_names == ["b"] and two.feature_names == ["a", "b"]
+    assert one.source == shapes.source  # the cache key follows the source's inputs, not the cache it is in
     assert len(list((tmp_path / "sources").iterdir())) == 2
     ev = Events.market(np.arange(3, dtype=np.int64), np.repeat([[99.0], [101.0], [102.0]], 2, axis=1))  # price, close
     assert one.run(ev, trace=True).trace.shape == (3, 8) and two.run(ev, trace=True).trace.shape == (3, 9)
-    assert [o[2] for o in one.run(ev).orders.tolist()] == [1.0]
-
-
-SHAPES = """\
-policy: shapes
-version: 1
-instruments: [X]
-features:
-  m: sma(close, 3)
-signals:
-  - when: close > m
-    target: 1
-risk:
-  custom:
-    - {name: never, when: false, action: block}
-"""
-
-
-@pytest.fixture(scope="module")
-def shapes():
-    from policyc.compiler.build import compile_policy
-    from policyc.dsl.document import parse_policy_text
-
-    return compile_policy(parse_policy_text(SHAPES, "shapes.yaml"))
+    assert [o[2] for o in one.run(ev).orders.tolist()] == [1.0]  # b: NaN, 100, 101.5
 
 
 @pytest.mark.parametrize("spoil", ["nothing", "trace", "orders", "pstate", "acct", "fs", "vals", "inst", "equity",

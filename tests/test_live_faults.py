@@ -21,16 +21,41 @@ from policyc.runtime.live.runner import LiveRuntime, RunConfig
 
 from loopback import FAILSAFE_S, FLIP, HOST, ORCL_DATA, Clock, free_port, policyc_command, runtime_side, until, wait_port
 
-POLICY = """
+#: The policy of every test here that trades on intents alone (and of tests/test_engine.py's
+#: live-mode limit tests): one kernel for all of them. A risk key's value is a kernel
+#: argument, not code, so every policy with this name, these params and these keys has one
+#: kernel source whatever the values: each test sets the limits it is about, and a key it
+#: is not about is set where it can never bind (`NEVER`), so that nothing compiles twice.
+LIMITS = """
 policy: guard
 version: 1
-instruments: [ORCL]
+instruments: [{instrument}]
 inputs: [intent]
 signals: []
 risk:
-  max_position: 100
-  max_order_qty: 100
+  max_position: {max_position}
+  max_order_qty: {max_order_qty}
+  max_drawdown: {max_drawdown}
+  max_orders_per_day: {max_orders_per_day}
+account:
+  initial_equity: {initial_equity}
+  fees_bps: 0
 """
+#: Limits that never bind where a test leaves them so: a drawdown of 100% (all of the
+#: equity lost, which no such test comes near), and sizes and order counts far past
+#: anything a test sends.
+NEVER = {"max_position": 1_000_000, "max_order_qty": 1_000_000, "max_drawdown": "100%",
+         "max_orders_per_day": 1_000_000}
+
+
+def limits(instrument: str = "ORCL", initial_equity: float = 100_000, **risk) -> str:
+    """`LIMITS` with the risk keys given and every other one at `NEVER`."""
+    assert set(risk) <= set(NEVER), risk
+    return LIMITS.format(instrument=instrument, initial_equity=initial_equity, **{**NEVER, **risk})
+
+
+#: Long or short at most 100, in orders of at most 100.
+POLICY = limits(max_position=100, max_order_qty=100)
 TOKEN = "70ce2f3a9b1d4e6f8a0b2c4d6e8f1a3b"     # the model's
 OPERATOR = "0be7a10c5d2e4f6a8b0c1d3e5f7a9b2c"  # the operator's, for the control port
 TOTP_SECRET = pyotp.random_base32()
@@ -373,24 +398,41 @@ def test_whole_quantities_never_pass_max_position_at_all(policy):
 
 # ---- frames the runtime must refuse, over real sockets -----------------------------------------------------------
 
-TREND = """
-policy: trend
+#: The policy of the tests that trade on the feed alone (no intents): TREND here, and
+#: STOP_FLIP below without its custom rule, are one kernel, as `LIMITS` is for the intents'
+#: tests. The rules' thresholds and targets are params and the limits' values are not code,
+#: so only the custom rule (present or absent) makes another kernel.
+RULES = """
+policy: rules
 version: 1
 instruments: [ORCL]
+params:
+  enter: {enter}
+  up: {up}
+  leave: {leave}
+  down: {down}
 signals:
-  - when: close > 60
-    target: 10
-  - when: close < 40
-    target: 0
+  - when: close >= enter
+    target: up
+  - when: close < leave
+    target: down
 risk:
-  max_position: 100
-  max_order_qty: 100
+  max_position: {max_position}
+  max_order_qty: {max_order_qty}
+  stop_loss: {stop_loss}
+{custom}account:
+  initial_equity: {initial_equity}
+  fees_bps: 0
 """
+#: Long 10 at or above 60, flat below 40 (no test price is 60). Its stop is 100%: a price
+#: of 0, which the feed can never send (prices are positive), so it never triggers.
+TREND = RULES.format(enter=60, up=10, leave=40, down=0, max_position=100, max_order_qty=100, stop_loss="100%",
+                     custom="", initial_equity=100_000)
 
 
 @pytest.fixture(scope="module")
 def trend():
-    """Trades on the feed alone: long 10 above 60, flat below 40."""
+    """Trades on the feed alone: long 10 at or above 60, flat below 40."""
     return compile_policy(parse_policy_text(TREND, "trend.yaml"))
 
 
@@ -984,26 +1026,14 @@ def test_an_order_pending_when_halt_comes_while_the_venue_is_down_never_executes
     assert out["executed"] == [], f"the venue executed {out['executed']} after the halt (positions {out['positions']})"
 
 
-DRAWDOWN = """
-policy: dd
-version: 1
-instruments: [ORCL]
-inputs: [intent]
-signals: []
-risk:
-  max_position: 200
-  max_order_qty: 200
-  max_drawdown: 5%
-account:
-  initial_equity: 10000
-"""
+DRAWDOWN = limits(max_position=200, max_order_qty=200, max_drawdown="5%", initial_equity=10000)
 
 
 def test_a_tripped_max_drawdown_with_a_pending_order_liquidates_the_position_only(tmp_path):
     """Long 100 filled with a buy of 20 waiting at the venue, a drop trips max_drawdown:
     the runtime cancels the 20 and sells the 100, not 120 (a liquidation netted against
     the order being cancelled would end short 20)."""
-    policy = compile_policy(parse_policy_text(DRAWDOWN, "dd.yaml"))
+    policy = compile_policy(parse_policy_text(DRAWDOWN, "dd.yaml"))  # POLICY's kernel
     log = tmp_path / "log.jsonl"
 
     async def scenario():
@@ -1036,18 +1066,7 @@ def test_a_tripped_max_drawdown_with_a_pending_order_liquidates_the_position_onl
 
 # ---- issue 9 over loopback: numbers too large, time going backwards, a silent feed --------------------------------
 
-HUGE = """
-policy: huge
-version: 1
-instruments: [ORCL]
-inputs: [intent]
-signals: []
-risk:
-  max_drawdown: 10%
-account:
-  initial_equity: 10000
-  fees_bps: 0
-"""
+HUGE = limits(max_drawdown="10%", initial_equity=10000)
 
 
 def test_a_huge_finite_price_is_refused_and_the_kill_switch_still_trips(tmp_path):
@@ -1055,7 +1074,7 @@ def test_a_huge_finite_price_is_refused_and_the_kill_switch_still_trips(tmp_path
     The 1e308 used to overflow equity and its peak to inf, so drawdown was NaN and
     `max_drawdown` never tripped, even at a 45% loss. It is a bad message now; the tick
     at 40 is a 10% drawdown, which trips the kill switch, and the liquidation sells at 40."""
-    policy = compile_policy(parse_policy_text(HUGE, "huge.yaml"))
+    policy = compile_policy(parse_policy_text(HUGE, "huge.yaml"))  # POLICY's kernel
     log = tmp_path / "log.jsonl"
 
     async def scenario():
@@ -1082,7 +1101,7 @@ def test_a_huge_finite_price_is_refused_and_the_kill_switch_still_trips(tmp_path
                                                                                   (-100.0, 40.0, True)]
 
 
-ONCE_A_DAY = POLICY + "  max_orders_per_day: 1\n"
+ONCE_A_DAY = limits(max_position=100, max_order_qty=100, max_orders_per_day=1)
 DAY_NS = 86_400_000_000_000
 
 
@@ -1092,7 +1111,7 @@ def test_time_going_backwards_on_the_feed_is_refused_and_does_not_reset_the_day(
     counters twice and let 3 orders out within a second. The tick from the day before is
     refused and logged with both times, so the third intent is blocked too; so is a tick
     dated at the last nanosecond of int64, without raising anywhere."""
-    policy = compile_policy(parse_policy_text(ONCE_A_DAY, "once_a_day.yaml"))
+    policy = compile_policy(parse_policy_text(ONCE_A_DAY, "once_a_day.yaml"))  # POLICY's kernel
     log = tmp_path / "log.jsonl"
     last_ns = 2**63 - 1
 
@@ -1165,22 +1184,10 @@ def test_a_feed_that_goes_silent_makes_intents_reduce_only_until_it_sends_again(
     assert said[0].endswith("s; intents are reduce-only")
 
 
-STOP_FLIP = """
-policy: stop_flip
-version: 1
-instruments: [ORCL]
-signals:
-  - when: close >= 100
-    target: 10
-  - when: close < 92
-    target: -10
-risk:
-  max_position: 10
-  stop_loss: 5%
-{custom}account:
-  initial_equity: 10000
-  fees_bps: 0
-"""
+#: Long 10 at or above 100, short 10 below 92, a 5% stop; its order size is never limited.
+#: Without a custom rule it is TREND's kernel; with one, a kernel of its own.
+STOP_FLIP = RULES.format(enter=100, up=10, leave=92, down=-10, max_position=10, max_order_qty=1_000_000,
+                         stop_loss="5%", custom="{custom}", initial_equity=10_000)
 AFTERNOON = "  custom:\n    - {name: afternoon, when: hour(ts) >= 13, action: block}\n"
 TEN_AM = 1_700_042_400 * 1_000_000_000 - TS  # 2023-11-15T10:00:00Z, as an offset for `tick`
 HOUR = 3_600_000_000_000
@@ -1279,9 +1286,8 @@ def test_paper_venue_fills_at_the_last_binance_trade_price(tmp_path):
 def test_a_runtime_on_a_binance_feed_gets_fills_from_a_binance_paper_venue(tmp_path, instrument):
     """The runtime names a trade's instrument `binance:SYMBOL` when the policy lists it so
     and sends its orders under that name; the venue must price them from SYMBOL's trades."""
-    policy = compile_policy(parse_policy_text(
-        f'policy: crypto\nversion: 1\ninstruments: ["{instrument}"]\ninputs: [intent]\nsignals: []\n'
-        "risk:\n  max_position: 10\n  max_order_qty: 10\n", "crypto.yaml"))
+    policy = compile_policy(parse_policy_text(  # POLICY's kernel: an instrument's name is not code
+        limits(f'"{instrument}"', max_position=10, max_order_qty=10), "crypto.yaml"))
     log = tmp_path / "log.jsonl"
 
     async def scenario():
