@@ -127,13 +127,21 @@ def test_ioc_orders_through_the_order_core_are_the_kernels(name, label, request)
 
 
 def test_a_cancelled_ioc_order_releases_its_quantity_in_the_core(limited):
-    """After the venue cancels an IOC order the core holds nothing open: the engine's
-    open quantity is back to 0 on every instrument, as the kernel's."""
+    """After the venue cancels an IOC order the core holds it open no longer: its open
+    quantity and positions are the kernel's, and what is still open at the end is only
+    orders decided on their instrument's last market event (no later event to fill or
+    cancel them)."""
     ev = quotes(limited, 1)
     kernel, core = run_backtest(limited, ev, L.FILL_NEXT, progress=False), run_through_order_core(limited, ev)
     assert len(core.cancels)
     assert core.pstate[:, L.P_OPEN].tolist() == kernel.pstate[:, L.P_OPEN].tolist()
     assert core.pstate[:, L.P_POS].tolist() == kernel.pstate[:, L.P_POS].tolist()
+    # the last event fills or cancels what is still open under FILL_NEXT only if the
+    # instrument trades again: what stays open is an order of the last event of its instrument
+    last_event = {int(i): e for e, i in enumerate(ev.inst) if ev.kind[e] == L.MARKET}
+    open_rows = core.orders[np.isnan(core.orders[:, L.O_FILL_EVENT]) | (core.orders[:, L.O_FILL_EVENT] < 0)]
+    for row in open_rows:
+        assert int(row[L.O_EVENT]) >= last_event[int(row[L.O_INST])], "an order left open before its instrument's last event"
 
 
 def test_intents_with_a_limit_price_are_the_kernels(limited):
