@@ -733,7 +733,8 @@ def _check(parsed: ParsedPolicy, overrides: dict | None) -> CheckedPolicy:
     order = c.order_features() if not c.errors else list(parsed.features)
     if c.errors:
         raise PolicyError(sorted(c.errors, key=lambda d: (d.span.file, d.span.line, d.span.column)))
-    warnings = list(parsed.warnings) + c.warnings + _percent_as_quantity(parsed, c) + _unused_features(parsed, c)
+    warnings = list(parsed.warnings) + c.warnings + _percent_as_quantity(parsed, c) + _unused_features(parsed, c) \
+        + _blocking_limits(parsed, c)
     return CheckedPolicy(
         parsed=parsed, params=params, param_types=c.param_types, feature_types=c.feature_types,
         feature_order=order, fields=[f for f in MARKET_FIELDS if f in c.fields], inputs=c.inputs,
@@ -751,6 +752,34 @@ def _rule_values(rule) -> list[ex.Node]:
     if rule.legs is None:
         return [rule.target] + ([rule.limit] if rule.limit is not None else [])
     return [n for leg in rule.legs for n in (leg.target, leg.limit) if n is not None]
+
+
+def _constant(node: ex.Node, params: dict) -> float | None:
+    """The value of a literal, a param or a negated one; None for anything else."""
+    if isinstance(node, ex.Number):
+        return node.value
+    if isinstance(node, ex.Name) and node.id in params:
+        return params[node.id]
+    if isinstance(node, ex.Unary) and node.op == "-":
+        value = _constant(node.operand, params)
+        return None if value is None else -value
+    return None
+
+
+def _blocking_limits(parsed: ParsedPolicy, c: _Checker) -> list[Diagnostic]:
+    """W006 for a `limit` (a rule's or a leg's) that is a constant at or below 0: the
+    kernel blocks every order such a limit prices, so the rule can never trade."""
+    out = []
+    for rule in parsed.signals:
+        limits = [(rule.limit, "the rule")] if rule.legs is None else \
+            [(leg.limit, f"leg `{leg.instrument}`") for leg in rule.legs]
+        for node, whose in limits:
+            value = None if node is None else _constant(node, c.params)
+            if value is not None and not value > 0:
+                out.append(warning("W006", node.span, f"this limit price is {value:g}: every order of {whose} "
+                                                      "is blocked (`limit_invalid:blocked`)",
+                                   "a limit price is money per unit above 0, such as `ask * (1 + 0.1%)`"))
+    return out
 
 
 def _value_leaves(node: ex.Node):

@@ -662,17 +662,21 @@ class Interpreter:
                 reasons |= 1 << (bits.exit if pos * b.lock > 0 else bits.blocked)
         if triggered and target == 0:  # the strategy went flat as the stop fired: still an exit
             exit_ = True
-        # 2. a leg flattened by max_leg_imbalance: held while an order of it is open (an
-        # IOC may still be cancelled), then closed as an exit, until flat
-        if b.flatten and not a.halted:
+        # 2. a leg holds while an order of it is open: an IOC may still be cancelled, so
+        # no order is netted against it (the kill switch's liquidation excepted). A leg
+        # flattened by max_leg_imbalance is then closed as an exit, until flat.
+        if i in self.leg_set and not a.halted:
             if b.open != 0:
-                target, exit_ = q, True
+                target = q
+                if b.flatten:
+                    exit_ = True
+                    reasons |= bit("max_leg_imbalance:exit")
+            elif b.flatten:
                 reasons |= bit("max_leg_imbalance:exit")
-            elif pos != 0:
-                target, exit_ = 0.0, True
-                reasons |= bit("max_leg_imbalance:exit")
-            else:
-                b.flatten = False
+                if pos != 0:
+                    target, exit_ = 0.0, True
+                else:
+                    b.flatten = False
         if triggered and target * b.lock < 0 and q * b.lock > 0:
             # the exit leaves first as an order of its own: steps 8 and 9 only (it is exempt
             # from 3 to 5 and 10); the re-entry is then a new order from where the exit

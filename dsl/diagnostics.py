@@ -50,6 +50,7 @@ CODES = {
     "W004": "a percentage where a quantity is expected: a rule's target, or a risk or account key measured in "
             "units, money, orders or basis points",
     "W005": "a fraction-valued risk or account key given a number above 1 without `%` (`take_profit: 5` is 500%)",
+    "W006": "a `limit` that is a constant at or below 0: it blocks every order it prices (`limit_invalid:blocked`)",
 }
 
 

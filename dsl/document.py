@@ -347,7 +347,9 @@ def _structure_errors(exc, doc: Positioned) -> list[Diagnostic]:
             if not parent:
                 first_key = next(iter(doc.keys.values()), None)
                 span = doc.source.node_span(first_key) if first_key is not None else span
-            diags.setdefault(loc, error("E006", span, f"missing required key `{key}` in {where}", _missing_help(str(key))))
+            in_leg = len(parent) >= 2 and parent[-2] == "legs"
+            diags.setdefault(loc, error("E006", span, f"missing required key `{key}` in {where}",
+                                        _missing_help(str(key), leg=parent[-1] if in_leg else None)))
         else:
             value = _value_at(doc.value, loc)
             if isinstance(value, (dict, list)) or kind in ("dict_type", "list_type", "model_type", "model_attributes_type"):
@@ -431,7 +433,10 @@ def _expected_for(loc: tuple, kind: str) -> str:
     return "a number, true/false or an expression"
 
 
-def _missing_help(key: str) -> str | None:
+def _missing_help(key: str, leg: str | None = None) -> str | None:
+    """The help line of a missing key; `leg`: the name of the leg it is missing from."""
+    if leg is not None and key == "target":
+        return f"each leg needs `target: UNITS`, or the target alone: `{leg}: UNITS`"
     return {
         "policy": "add `policy: my_policy` (lower case, digits and _)",
         "version": "add `version: 1`",

@@ -250,8 +250,8 @@ RISK_STEPS = (
     # continuation of the step of its number (`Step.keys` lists a step's keys once).
     Step(2, "leg imbalance", (
         Reason("max_leg_imbalance:exit", "the legs' net notional is beyond `max_leg_imbalance` (or not a finite "
-                                         "number): each leg is flattened as an exit, and this is recorded while a leg "
-                                         "still holds a position or an open order"),
+                                         "number): each leg is flattened as an exit; recorded on each decision of a "
+                                         "flagged leg (the one that finds it flat included)"),
     )),
     Step(9, "limit price", (
         Reason("limit_invalid:blocked", "an order's limit price is NaN, infinite or at most 0: not sent"),

@@ -1168,13 +1168,18 @@ def cmd_paper_venue(args, parser) -> int:
     tls = _listener_tls(args, parser)
     from policyc.compiler import layout as L
 
+    twice = sorted({name for name, _ in args.multiplier if [n for n, _ in args.multiplier].count(name) > 1})
+    if twice:
+        parser.error(f"argument --multiplier: {', '.join(twice)} given more than once")
     mode, latency_ns = args.fill or ("same", 0)
     venue = PaperVenue(fees_bps=args.fees_bps, latency_ms=args.latency, feed_format=args.feed_format,
                        fill_mode=L.FILL_MODES[mode], fill_latency_ns=latency_ns, multipliers=dict(args.multiplier))
     host, port = args.listen
     eventloop.run(eventloop.until_signal(lambda stop: serve(venue, host, port, args.feed, stop=stop,
-                                                            ca_file=args.ca_file, tls=tls)))
-    print(json.dumps({"fills": len(venue.fills), "latency": venue.percentiles()}), file=sys.stderr)
+                                                            ca_file=args.ca_file, tls=tls,
+                                                            warn=lambda m: print(m, file=sys.stderr, flush=True))))
+    print(json.dumps({"fills": len(venue.fills), "latency": venue.percentiles(), "bad_feed_messages": venue.bad_feed}),
+          file=sys.stderr)
     return 0
 
 

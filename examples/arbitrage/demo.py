@@ -243,9 +243,12 @@ def compare(policy, result, orders: list[dict]) -> None:
     def show(x):
         return f"{np.datetime_as_string(np.datetime64(x['ts'], 'ns'), unit='ms')} {x['instrument']} {x['qty']:+g}"
 
+    if filled_otherwise:
+        print("    filled otherwise (backtest's fill price, live's; None: not filled):")
     for x in filled_otherwise[:5]:
-        print(f"    filled otherwise: {show(x)}: backtest at {x['fill_price']}, live at {x['live_price']} "
-              "(None: not filled)")
+        print(f"      {show(x)}: {x['fill_price']}, {x['live_price']}")
+    if len(filled_otherwise) > 5:
+        print(f"      ... {len(filled_otherwise) - 5} more")
     for what, rows in (("backtest only", only_back), ("live only", only_live)):
         for x in rows[:5]:
             print(f"    {what}: {show(x)}")

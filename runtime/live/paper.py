@@ -26,6 +26,7 @@ import random
 import ssl
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from policyc.compiler import layout as L
@@ -62,6 +63,8 @@ class PaperVenue:
     fills: list = field(default_factory=list)
     latencies_ns: deque = field(default_factory=lambda: deque(maxlen=100_000))  # the latest orders
     rejected: int = 0
+    bad_feed: int = 0                                 # feed frames it could not read (the wrong --feed-format?)
+    bad_feed_reason: str | None = None                # why the first of them could not be read
     next_id: int = 0
     behind: dict = field(default_factory=dict)        # client_order_id -> order waiting for the feed, on the book
     positions: dict = field(default_factory=dict)     # instrument (as orders name it) -> signed sum of its fills
@@ -99,13 +102,17 @@ class PaperVenue:
 
     def on_feed(self, frames: list) -> list[dict]:
         """Show every market event to the book, in order (a bar with its open); a frame
-        it cannot read is skipped (the runtime, not the venue, answers for bad market
-        data). Returns the fill replies of the orders waiting for these events."""
+        it cannot read is skipped and counted in `bad_feed` (the runtime, not the venue,
+        answers for bad market data). Returns the fill replies of the orders waiting for
+        these events."""
         fills = []
         for frame in frames:
             try:
                 items = parse_feed(frame, _Anything(), self.feed_format)
-            except ProtocolError:
+            except ProtocolError as exc:
+                self.bad_feed += 1
+                if self.bad_feed_reason is None:
+                    self.bad_feed_reason = str(exc)
                 continue
             for item in items:
                 if not isinstance(item, Input):
@@ -265,9 +272,12 @@ class _Anything:
 
 async def serve(venue: PaperVenue, host: str, port: int, feed_url: str, ready: asyncio.Event | None = None,
                 stop: asyncio.Event | None = None, ca_file: str | None = None,
-                tls: ssl.SSLContext | None = None) -> None:
+                tls: ssl.SSLContext | None = None, warn: Callable[[str], None] | None = None) -> None:
     """`ca_file`: a wss:// feed is verified against these certificate authorities only.
-    `tls`: a server context (`security.server_context`) puts the venue itself on wss."""
+    `tls`: a server context (`security.server_context`) puts the venue itself on wss.
+    `warn(message)`: told when the feed's frames cannot be read, at the first read that
+    brings one and at each read that takes their count past a power of ten (10, 100,
+    ...): a venue that reads no price fills nothing."""
     from websockets.asyncio.server import broadcast as ws_broadcast
     from websockets.asyncio.server import serve as ws_serve
 
@@ -293,7 +303,14 @@ async def serve(venue: PaperVenue, host: str, port: int, feed_url: str, ready: a
 
     def on_feed(frames) -> None:
         by_order: dict = {}  # an IOC's fill and the cancel of its remainder go out together
-        for reply in venue.on_feed(frames):
+        bad = venue.bad_feed
+        replies = venue.on_feed(frames)
+        if warn is not None and venue.bad_feed != bad:
+            if bad == 0 or len(str(bad)) < len(str(venue.bad_feed)):  # the first, or past a power of 10
+                warn(f"paper venue: {venue.bad_feed:,} feed message{'s' if venue.bad_feed > 1 else ''} not readable "
+                     f"as --feed-format {venue.feed_format} (the first: {venue.bad_feed_reason}); orders fill only "
+                     "at prices it can read")
+        for reply in replies:
             by_order.setdefault(reply["client_order_id"], []).append(reply)
         for oid, replies in by_order.items():
             answer(oid, replies)

@@ -1,0 +1,149 @@
+"""A leg holds while an order of it is open (docs/language.md, section 6, step 2): an IOC
+may still be cancelled, so no order is netted against it. Netting an unwind against an
+open IOC that the venue then cancels left the other side unhedged, and repeated, it
+ratcheted a leg's position past the rule's size. Over the kernel and over the reference
+interpreter, with the live engine and a venue that fills, partly fills or cancels."""
+from __future__ import annotations
+
+import math
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from core_rig import interpreter_engine, kernel_engine
+from policyc.compiler.build import compile_policy
+from policyc.compiler import layout as L
+from policyc.dsl.document import parse_policy_text
+
+NS = 1_000_000_000
+T0 = 1_700_000_000 * NS
+BN, CB = "binance:BTCUSDT", "coinbase:BTC-USD"
+UNITS = 0.5
+
+ARB = """\
+policy: arbitrage
+version: 1
+instruments: {bn: "binance:BTCUSDT", cb: "coinbase:BTC-USD"}
+params: {edge: 0.1%, units: 0.5, slip: 0.01%}
+signals:
+  - when: cb.bid > bn.ask * (1 + edge)
+    legs:
+      bn: {target: units, limit: bn.ask * (1 + slip)}
+      cb: {target: -units, limit: cb.bid * (1 - slip)}
+  - when: bn.bid > cb.ask * (1 + edge)
+    legs:
+      bn: {target: -units, limit: bn.bid * (1 - slip)}
+      cb: {target: units, limit: cb.ask * (1 + slip)}
+  - when: abs(cb.price / bn.price - 1) < edge / 4
+    legs: {bn: 0, cb: 0}
+risk:
+  max_position: 2
+  max_leg_imbalance: 30
+"""
+QUIET = {"price": 100.0, "bid": 99.9, "ask": 100.1}
+HIGH = {"price": 101.0, "bid": 100.9, "ask": 101.1}   # this venue's bid is above the other's ask by > edge
+QUOTES = {"quiet": QUIET, "high": HIGH}
+EXIT = 1 << L.R["max_leg_imbalance:exit"]
+
+
+@pytest.fixture(scope="module")
+def arb():
+    return compile_policy(parse_policy_text(ARB, "arbitrage.yaml"))
+
+
+def chain(decision):
+    out = []
+    while decision is not None:
+        out.append((decision.instrument, decision.order_qty))
+        decision = decision.then
+    return out
+
+
+@pytest.mark.parametrize("make", [kernel_engine, interpreter_engine], ids=["kernel", "interpreter"])
+def test_the_unwind_is_not_netted_against_an_open_ioc_that_is_then_cancelled(arb, make):
+    engine = make(arb)
+    engine.market(BN, T0, QUIET)
+    engine.market(CB, T0 + NS, QUIET)
+    assert chain(engine.market(CB, T0 + 2 * NS, HIGH)) == [(BN, UNITS), (CB, -UNITS)]
+    engine.fill(BN, T0 + 3 * NS, UNITS, 100.11)
+    # the prices meet again while cb's IOC is open: bn closes; cb holds, for its IOC may
+    # still be cancelled (an order of +0.5 netted against it would then be a long of 0.5)
+    d = engine.market(CB, T0 + 4 * NS, QUIET)
+    assert chain(d) == [(CB, 0.0), (BN, -UNITS)]
+    assert engine.open_orders() == {BN: -UNITS, CB: -UNITS}
+    engine.reject(CB, T0 + 5 * NS, -UNITS)           # the venue cancels cb's IOC
+    engine.fill(BN, T0 + 6 * NS, -UNITS, 99.9)
+    d = engine.market(CB, T0 + 7 * NS, QUIET)
+    assert chain(d) == [(CB, 0.0)]
+    assert engine.positions() == {BN: 0.0, CB: 0.0}
+    assert engine.open_orders() == {BN: 0.0, CB: 0.0}
+
+
+@pytest.mark.parametrize("make", [kernel_engine, interpreter_engine], ids=["kernel", "interpreter"])
+def test_a_breach_records_its_code_on_a_flat_leg_whose_target_it_set_to_zero(arb, make):
+    engine = make(arb)
+    engine.market(BN, T0, QUIET)
+    engine.market(CB, T0 + NS, QUIET)
+    engine.market(CB, T0 + 2 * NS, HIGH)
+    engine.fill(BN, T0 + 3 * NS, UNITS, 100.11)
+    engine.reject(CB, T0 + 4 * NS, -UNITS)   # bn long 0.5 (about 50) unhedged: beyond 30
+    d = engine.market(CB, T0 + 5 * NS, HIGH)
+    # the rule fires again, but the breach sets every leg's target to 0: cb, flat, sends
+    # nothing and says why; bn closes at market
+    assert chain(d) == [(CB, 0.0), (BN, -UNITS)]
+    assert d.reasons == ("max_leg_imbalance:exit",)
+    assert d.then.reasons == ("max_leg_imbalance:exit",)
+    assert math.isnan(d.then.limit_price)
+
+
+STEP = st.one_of(
+    st.tuples(st.just("market"), st.sampled_from([BN, CB]), st.sampled_from(sorted(QUOTES))),
+    # the venue answers the k-th open order of the instrument (k modulo how many are
+    # open): fills this fraction of it and cancels the rest
+    st.tuples(st.just("answer"), st.sampled_from([BN, CB]), st.integers(0, 3), st.sampled_from([0.0, 0.5, 1.0])),
+)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.lists(STEP, min_size=1, max_size=40))
+def test_no_leg_ever_holds_more_than_the_rules_size_however_the_venues_answer(arb, steps):
+    """Random quotes on both venues, and venues that answer each order on its own, in
+    any order: fill it, fill half and cancel the rest, or cancel it. A rule's legs are
+    +-0.5 and an order is never netted against an open one, so no leg's position, nor
+    its position with its open orders, ever leaves [-0.5, 0.5] (netting let a target that
+    turned twice stack orders whose cancels left 1.5); the kernel and the interpreter
+    agree after every step."""
+    engines = [kernel_engine(arb), interpreter_engine(arb)]
+    books = [{BN: [], CB: []}, {BN: [], CB: []}]  # per engine: each instrument's open orders, oldest first
+    ts = T0
+    for engine in engines:
+        engine.market(BN, ts, QUIET)
+        engine.market(CB, ts, QUIET)
+    for step in steps:
+        ts += NS
+        for engine, book in zip(engines, books):
+            if step[0] == "market":
+                _, instrument, quote = step
+                d = engine.market(instrument, ts, QUOTES[quote])
+                while d is not None:
+                    if d.order_qty != 0.0:
+                        book[d.instrument].append(d.order_qty)
+                    d = d.then
+                continue
+            _, instrument, k, fraction = step
+            if not book[instrument]:
+                continue
+            qty = book[instrument].pop(k % len(book[instrument]))
+            filled = qty * fraction
+            if filled != 0.0:
+                engine.fill(instrument, ts, filled, engine.last_prices()[instrument])
+            if filled != qty:
+                engine.reject(instrument, ts, qty - filled)
+        kernel, interpreter = engines
+        assert books[0] == books[1]
+        assert kernel.positions() == interpreter.positions()
+        assert kernel.open_orders() == interpreter.open_orders()
+        for name in (BN, CB):
+            assert abs(kernel.position(name)) <= UNITS, (name, kernel.positions())
+            assert abs(kernel.position(name) + kernel.open_quantity(name)) <= UNITS
