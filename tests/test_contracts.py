@@ -11,8 +11,11 @@ import pytest
 
 from policyc.compiler import layout as L
 from policyc.compiler.build import Events, compile_policy
+from policyc.compiler.emit import emit
 from policyc.compiler.frontend import check_text
 from policyc.compiler.interpret import Interpreter
+from policyc.compiler.lower import lower
+from policyc.compiler.passes import optimise
 from policyc.compiler.semantics import on_tick
 from policyc.dsl.diagnostics import PolicyError
 from policyc.dsl.document import parse_policy_text
@@ -25,6 +28,37 @@ def es_policy(risk: str = "  max_position: 5", target: str = "2", account: str =
               instruments: str = '{es: {symbol: "CME:ES", multiplier: 50, tick_size: 0.25}}') -> str:
     return (f"policy: es_test\nversion: 1\ninstruments: {instruments}\nsignals:\n  - when: true\n"
             f"    target: {target}\nrisk:\n{risk}\naccount:\n{account}\n")
+
+
+# Every case on the ES contract runs on one kernel: a distinct kernel source costs a Numba
+# compile of seconds, and the source depends on which risk keys and features a policy has,
+# not on their values, the target's (a param) or the account's. So `es_case` always has
+# the four limits and the two features any case reads, and each case gives its own
+# values; a limit it is not about is set where it never binds (`NO_LIMIT` money, 500
+# contracts, a margin usage of 1,000,000%, 10,000 times equity: far above the 400% of 2
+# contracts at 4,000 on 100,000 with a margin rate of 100%).
+NO_LIMIT = 1e12
+ES = '{es: {symbol: "CME:ES", multiplier: 50, tick_size: 0.25}}'
+
+
+def es_case(target: float = 2, max_position: float = 5, max_position_notional: float = NO_LIMIT,
+            max_order_notional: float = NO_LIMIT, max_margin_usage: str = "1000000%",
+            account: str = "  slippage_bps: 1\n  fees_bps: 1") -> str:
+    """`es_policy`'s case (target `t`, the same account and contract) on the shared kernel."""
+    return (f"policy: es_test\nversion: 1\ninstruments: {ES}\nparams:\n  t: {target}\n"
+            "features:\n  mu: margin_usage\n  up: unrealized_pnl\n"
+            "signals:\n  - when: true\n    target: t\n"
+            f"risk:\n  max_position: {max_position}\n  max_position_notional: {max_position_notional}\n"
+            f"  max_order_notional: {max_order_notional}\n  max_margin_usage: {max_margin_usage}\n"
+            f"account:\n{account}\n")
+
+
+def generated_source(text: str) -> str:
+    """The kernel source code generation gives a policy, without a Numba compile (the
+    way test_cross_refs and test_risk_keys read it); test_the_cases_share_one_kernel
+    checks it is the source `compile_policy` loads."""
+    checked = check_text(text, name="es.yaml").checked
+    return emit(optimise(lower(checked)), checked)
 
 
 def run_both(text: str, prices: list[float], mode: int = L.FILL_NEXT):
@@ -46,7 +80,7 @@ def run_both(text: str, prices: list[float], mode: int = L.FILL_NEXT):
 
 def test_es_fill_pnl_and_fees_worked_by_hand():
     # buy 2 at 4000.10 with 1 bp slippage: 4000.50001, up to the tick: 4000.75
-    cp, res = run_both(es_policy(), [4000.10, 4000.10, 4010.10, 4010.10])
+    cp, res = run_both(es_case(), [4000.10, 4000.10, 4010.10, 4010.10])
     (qty, price, fee), = [(o[L.O_QTY], o[L.O_FILL_PRICE], o[L.O_FEE]) for o in res.orders]
     assert (qty, price) == (2.0, 4000.75)
     assert fee == pytest.approx(2 * 4000.75 * 50 * 1e-4)        # 40.0075: 1 bp of 400,075 notional
@@ -58,7 +92,7 @@ def test_es_fill_pnl_and_fees_worked_by_hand():
 
 def test_a_sell_rounds_down():
     # sell 1 at 4000.10 with 1 bp slippage: 3999.69999, down to the tick: 3999.50
-    cp, res = run_both(es_policy(target="-1"), [4000.10, 4000.10])
+    cp, res = run_both(es_case(target=-1), [4000.10, 4000.10])
     assert res.orders[0, L.O_FILL_PRICE] == 3999.5
 
 
@@ -76,33 +110,33 @@ def test_tick_rounding_against_the_trader():
 def test_a_sell_below_one_tick_fills_at_one_tick_not_at_zero():
     # sell 1 at 0.20 (below ES's tick of 0.25): down to the grid would be 0, a sale for
     # nothing; it fills at the lowest price on the grid, in the kernel and the interpreter
-    cp, res = run_both(es_policy(target="-1"), [0.20, 0.20])
+    cp, res = run_both(es_case(target=-1), [0.20, 0.20])
     assert res.orders[0, L.O_FILL_PRICE] == 0.25
 
 
 def test_max_position_notional_clips_with_the_multiplier():
     # 10 contracts at 4000 x 50 = 2,000,000; the limit of 500,000 allows 500,000 / 200,000 = 2.5
-    cp, res = run_both(es_policy(risk="  max_position_notional: 500000", target="10", account="  fees_bps: 0"),
+    cp, res = run_both(es_case(target=10, max_position=500, max_position_notional=500000, account="  fees_bps: 0"),
                        [4000.0, 4000.0])
     assert res.orders[0, L.O_QTY] == 2.5
-    assert "max_position_notional:clipped" in res.reasons_of(0)
+    assert res.reasons_of(0) == ["max_position_notional:clipped"]   # and no other limit bound
 
 
 def test_max_order_notional_and_margin_usage_with_the_multiplier():
     # margin: 50% of notional; 30% of 100,000 equity allows 60,000 of notional = 0.3 contracts
-    cp, res = run_both(es_policy(risk="  max_margin_usage: 30%", target="3",
-                                 account="  margin_rate: 50%\n  initial_equity: 100000"), [4000.0, 4000.0])
+    cp, res = run_both(es_case(target=3, max_position=500, max_margin_usage="30%",
+                               account="  margin_rate: 50%\n  initial_equity: 100000"), [4000.0, 4000.0])
     assert res.orders[0, L.O_QTY] == pytest.approx(0.3)
-    assert "max_margin_usage:clipped" in res.reasons_of(0)
-    cp, res = run_both(es_policy(risk="  max_order_notional: 100000", target="3", account="  fees_bps: 0"),
+    assert res.reasons_of(0) == ["max_margin_usage:clipped"]
+    cp, res = run_both(es_case(target=3, max_position=500, max_order_notional=100000, account="  fees_bps: 0"),
                        [4000.0, 4000.0])
     assert res.orders[0, L.O_QTY] == 0.5                        # 100,000 / (4,000 x 50)
+    assert res.reasons_of(0) == ["max_order_notional:clipped"]
 
 
 def test_margin_usage_and_unrealized_pnl_read_the_multiplier():
-    text = es_policy(account="  margin_rate: 10%").replace(
-        "signals:", "features:\n  mu: margin_usage\n  up: unrealized_pnl\nsignals:")
-    cp = compile_policy(parse_policy_text(text, "es.yaml"))
+    cp = compile_policy(parse_policy_text(es_case(account="  margin_rate: 10%"), "es.yaml"))
+    assert cp.feature_names[:2] == ["mu", "up"]
     ev = Events.market(T0 + np.arange(3, dtype=np.int64) * NS_S, np.array([[4000.0], [4000.0], [4001.0]]))
     res = cp.run(ev, L.FILL_NEXT, trace=True)
     mu, up = res.trace[2, L.TRACE_FIXED], res.trace[2, L.TRACE_FIXED + 1]
@@ -167,7 +201,26 @@ def test_params_bind_contract_values_and_the_hash_changes_only_when_given():
 
 
 def test_a_policy_without_contracts_generates_no_contract_code():
-    cp = compile_policy(parse_policy_text(es_policy(instruments='{es: "CME:ES"}'), "es.yaml"))
-    assert "p_mult" not in cp.source and "on_tick" not in cp.source
-    cp = compile_policy(parse_policy_text(es_policy(instruments='{es: {symbol: "CME:ES", tick_size: 0.25}}'), "es.yaml"))
-    assert "p_mult" not in cp.source and "on_tick" in cp.source
+    # the generated source alone is the subject: no Numba compile of either kernel.
+    # A kernel reads the multiplier as the local `p_mult` or, where it is not a local (in
+    # the event loop), as its pstate cell: `"p_mult" not in source` alone holds for the
+    # one-instrument kernel even with a multiplier, so the cell is checked too
+    mult_cell = f"pstate[i, {L.P_MULT}]"
+    source = generated_source(es_policy(instruments='{es: "CME:ES"}'))
+    assert "p_mult" not in source and mult_cell not in source and "on_tick" not in source
+    source = generated_source(es_policy(instruments='{es: {symbol: "CME:ES", tick_size: 0.25}}'))
+    assert "p_mult" not in source and mult_cell not in source and "on_tick" in source
+    # the control: the shared ES kernel, given both, reads both
+    source = generated_source(es_case())
+    assert mult_cell in source and "on_tick" in source
+
+
+def test_the_cases_share_one_kernel():
+    """What keeps this file at two compiles: the ES cases differ in values only, so they
+    load one kernel; and `generated_source` is the source `compile_policy` loads."""
+    cases = [es_case(), es_case(target=-1), es_case(target=10, max_position=500, max_position_notional=500000,
+                                                    account="  fees_bps: 0"),
+             es_case(target=3, max_margin_usage="30%", account="  margin_rate: 50%\n  initial_equity: 100000")]
+    compiled = [compile_policy(parse_policy_text(text, "es.yaml")) for text in cases]
+    assert all(cp.kernel is compiled[0].kernel for cp in compiled)
+    assert compiled[0].source == generated_source(cases[0])

@@ -13,9 +13,10 @@ Semantics beyond the spec that these tests pin down:
     NaN operand is false (`!=` included);
   * hour/minute_of_day/day_of_week read `ts` (integer ns) in UTC, Monday = 0.
 
-Each distinct policy text costs a Numba compile (superlinear in its size), so the
-features are grouped into a few mid-sized policies, each compiled once per session and
-run over several data sets. Edge cases each have a test with a minimal input:
+Each distinct kernel source costs a Numba compile (superlinear in its size), so there are
+two policies, each compiled once per session and run over several data sets: every
+moving statistic (windows from a param, re-bound per window) and every other function.
+Edge cases each have a test with a minimal input:
   * stdev/variance/zscore on short windows of prices, prices near 1e8, and after an
     outlier leaves the window (sums of deviations from a recent anchor, rebuilt
     from the window, keep them accurate);
@@ -37,6 +38,7 @@ talib = pytest.importorskip("talib")
 
 from policyc.compiler import layout as L  # noqa: E402
 from policyc.compiler.build import Events, compile_policy  # noqa: E402
+from policyc.compiler.frontend import check_text  # noqa: E402
 from policyc.compiler.interpret import Interpreter  # noqa: E402
 from policyc.dsl.diagnostics import PolicyError  # noqa: E402
 from policyc.dsl.document import parse_policy_text  # noqa: E402
@@ -109,15 +111,17 @@ def assert_bool_matches(got, want, label):
     assert bad.size == 0, f"{label}: differs at {bad[:5].tolist()}: got {got[bad[:5]]}, want {want[bad[:5]]}"
 
 
-def check_both(kern, interp, name, want, valid=None, boolean=False, rtol=RTOL):
-    """Both back ends against the oracle; a failure names every back end that is off."""
+def check_both(kern, interp, name, want, valid=None, boolean=False, rtol=RTOL, label=None):
+    """Both back ends against the oracle; a failure names every back end that is off
+    (and `label`, the feature's name unless given: a window the name does not carry)."""
     failures = []
+    label = label or name
     for backend, out in (("kernel", kern), ("interpreter", interp)):
         try:
             if boolean:
-                assert_bool_matches(out[name], want, f"{backend} {name}")
+                assert_bool_matches(out[name], want, f"{backend} {label}")
             else:
-                assert_matches(out[name], want, f"{backend} {name}", valid, rtol)
+                assert_matches(out[name], want, f"{backend} {label}", valid, rtol)
         except AssertionError as exc:
             failures.append(str(exc))
     if failures:
@@ -263,11 +267,17 @@ DATASETS = ("orcl", "walk", "gappy")
 
 # ==== 1. moving statistics against TA-Lib =====================================================
 SERIES = ("close", "y")
-# Numba compile time grows with kernel size (about 0.3-0.8 s per moving statistic), so
-# the functions are split into a few mid-sized policies and the windows are chosen per
-# series: 1 (TA-Lib's own special case, or the language's where TA-Lib refuses 1), 2,
-# the param `n` (14 by default; part 4 moves it without recompiling) and 200 on prices;
-# `n` alone on `y`, the series with NaNs.
+# Numba compile time grows superlinearly with kernel size, and a window is a kernel
+# argument whether it is written as a number or as a param: `sma(close, 2)` and
+# `sma(close, n)` with n = 2 generate the same kernel source, and both back ends size a
+# window of either kind with `resolve_int` (compiler/ir.py); see
+# test_literal_and_param_windows_generate_one_kernel.
+# So each moving statistic is one feature per series, `fn(close, n)` and `fn(y, n)`, all
+# in one policy (MOVING) compiled once, and each window is a run of that kernel re-bound
+# with `with_params(n=...)`. The windows checked per series are those of `windows_of`: 1
+# (TA-Lib's own special case, or the language's where TA-Lib refuses 1), 2, 5 for the
+# dispersion functions, `n` (the default, 14; part 4 moves it to other values) and 200 on
+# prices; `n` alone on `y`, the series with NaNs.
 GROUPS = {
     "averages": ("sma", "ema", "rma", "wma", "sum"),
     "dispersion": ("stdev", "variance", "zscore"),
@@ -278,6 +288,7 @@ N_DEFAULT = 14
 ATR_WINDOWS = (1, 2, "n", 200)
 # stdev/variance/zscore at 2 and 5 are checked against an exact oracle (see below)
 DISPERSION_BUGGY_WINDOWS = (2, 5)
+TRUE_RANGE = "max(high - low, abs(high - close[1]), abs(low - close[1]))"
 
 
 def windows_of(fn: str, src: str) -> tuple:
@@ -288,60 +299,74 @@ def windows_of(fn: str, src: str) -> tuple:
     return (1, 2, "n", 200)
 
 
-def group_features(group: str) -> dict[str, str]:
-    feats = {f"{fn}_{src}_{w}": f"{fn}({src}, {w})"
-             for fn in GROUPS[group] for src in SERIES for w in windows_of(fn, src)}
-    if group == "extremes":
-        for w in ATR_WINDOWS:
-            feats[f"atr_{w}"] = f"atr({w})"
-            feats[f"rma_tr_{w}"] = f"rma(max(high - low, abs(high - close[1]), abs(low - close[1])), {w})"
+def window_of(w, n_param: int = N_DEFAULT) -> int:
+    return n_param if w == "n" else w
+
+
+def moving_features() -> dict[str, str]:
+    """`{fn}_{src}` is fn(src, n) for every moving statistic; `atr_w` and `rma_tr` are
+    atr(n) and rma of the true range written out; part 2's nested calls ride along."""
+    feats = {f"{fn}_{src}": f"{fn}({src}, n)" for fn in GROUP_OF for src in SERIES}
+    feats["atr_w"] = "atr(n)"
+    feats["rma_tr"] = f"rma({TRUE_RANGE}, n)"
+    feats.update(NESTED_FEATURES)
     return feats
 
 
 @functools.lru_cache(maxsize=None)
-def group_policy(group: str):
-    feats = group_features(group)
-    if group == "averages":
-        feats.update(NESTED_FEATURES)       # part 2 rides along: one compile fewer
-    return compile_features(f"moving_{group}", feats, {"n": N_DEFAULT}, inputs=["y"])
+def moving_policy():
+    return compile_features("moving", moving_features(), {"n": N_DEFAULT}, inputs=["y"])
+
+
+def at_window(n: int):
+    """MOVING with its window param at n: the same kernel, never a new compile."""
+    cp = moving_policy()
+    return cp if n == N_DEFAULT else cp.with_params(n=n)
 
 
 @functools.lru_cache(maxsize=None)
-def group_run(group: str, dataset: str, n: int = N_DEFAULT):
-    """Run a group's policy (with its window param at n) over a data set."""
+def moving_run(dataset: str, n: int = N_DEFAULT):
+    """Run MOVING (its window param at n) over a data set: (data, (kernel, interpreter))."""
     ts, data = moving_dataset(dataset)
-    cp = group_policy(group)
-    if n != N_DEFAULT:
-        cp = cp.with_params(n=n)
-    return data, run_both(cp, ts, data)
+    return data, run_both(at_window(n), ts, data)
 
 
-def check_moving(data, kern, interp, fn, src, n_param, skip=()):
-    """Kernel and interpreter equal TA-Lib (rtol 1e-9) from its first output, NaN before.
+def run_series(x, n: int):
+    """MOVING at window n over one short series given as close and y (and as high and
+    low, which only atr reads): (kernel, interpreter)."""
+    x = np.asarray(x, dtype=np.float64)
+    return run_both(at_window(n), np.arange(len(x)) * NS, {"close": x, "y": x, "high": x, "low": x})
+
+
+def check_moving(dataset, fn, src, n_param, skip=()):
+    """Kernel and interpreter equal TA-Lib (rtol 1e-9) from its first output, NaN before,
+    at every window of `windows_of` not in `skip` (`n` at n_param).
 
     Where the series has NaNs inside, the oracle is TA-Lib over the non-NaN values,
     scattered back (each NaN is skipped and leaves the state as it was)."""
-    x = data[src]
-    ok = ~np.isnan(x)
     for w in windows_of(fn, src):
         if w in skip:
             continue
-        n = n_param if w == "n" else w
-        name = f"{fn}_{src}_{w}"
+        n = window_of(w, n_param)
+        data, (kern, interp) = moving_run(dataset, n)
+        x = data[src]
+        ok = ~np.isnan(x)
+        name = f"{fn}_{src}"
+        label = f"{fn}({src}, {n}) on {dataset}"
         want = skip_nan(lambda v: talib_moving(fn, v, n), x)
         valid = None
         if fn in ("stdev", "zscore") and n > 1:
             valid = np.ones(len(x), dtype=bool)
             valid[ok] = well_defined(fn, x[ok], n)
-        check_both(kern, interp, name, want, valid)
-        assert np.isnan(kern[name][~ok]).all(), f"{name}: a NaN input gives NaN"
+        check_both(kern, interp, name, want, valid, label=label)
+        assert np.isnan(kern[name][~ok]).all(), f"{label}: a NaN input gives NaN"
         if n > 1 and fn not in ("stdev", "variance"):
-            assert np.isnan(kern[name][np.flatnonzero(ok)[0]]), f"{name}: no value before the window fills"
+            assert np.isnan(kern[name][np.flatnonzero(ok)[0]]), f"{label}: no value before the window fills"
         if not np.isnan(x[np.argmax(ok):]).any():
             # leading NaNs only: the plain TA-Lib call (its wrapper skips them) is the oracle too
             plain = talib_moving(fn, x, n)
             assert np.isnan(plain[:np.argmax(ok)]).all()
-            assert_matches(want, plain, f"oracle self-check {name}", rtol=0)
+            assert_matches(want, plain, f"oracle self-check {label}", rtol=0)
 
 
 def _moving_cases():
@@ -353,42 +378,41 @@ def _moving_cases():
 
 @pytest.mark.parametrize("dataset, fn, src", list(_moving_cases()))
 def test_moving_statistic_matches_talib(dataset, fn, src):
-    data, (kern, interp) = group_run(GROUP_OF[fn], dataset)
     skip = ()
     if fn in GROUPS["dispersion"]:
         skip = DISPERSION_BUGGY_WINDOWS        # see test_short_window_dispersion_on_prices_matches_talib
     if fn == "wma":
         skip = (1,)                            # see test_wma_window_one_is_the_identity
-    check_moving(data, kern, interp, fn, src, N_DEFAULT, skip)
+    check_moving(dataset, fn, src, N_DEFAULT, skip)
 
 
 @pytest.mark.parametrize("dataset", DATASETS)
 def test_atr_matches_talib(dataset):
-    data, (kern, interp) = group_run("extremes", dataset)
-    h, lo, c = data["high"], data["low"], data["close"]
-    tr = np.maximum.reduce([h - lo, np.abs(h - lag(c, 1)), np.abs(lo - lag(c, 1))])  # NaN at 0
     for w in ATR_WINDOWS:
-        n = N_DEFAULT if w == "n" else w
+        n = window_of(w)
+        data, (kern, interp) = moving_run(dataset, n)
+        h, lo, c = data["high"], data["low"], data["close"]
+        tr = np.maximum.reduce([h - lo, np.abs(h - lag(c, 1)), np.abs(lo - lag(c, 1))])  # NaN at 0
         want = talib.ATR(h, lo, c, n)
-        check_both(kern, interp, f"atr_{w}", want)
+        check_both(kern, interp, "atr_w", want, label=f"atr({n}) on {dataset}")
         # `rma` of the true range written out is ATR: rma against TA-Lib
-        check_both(kern, interp, f"rma_tr_{w}", want)
+        check_both(kern, interp, "rma_tr", want, label=f"rma(true range, {n}) on {dataset}")
         # and the test's own Wilder smoothing agrees with TA-Lib's
         assert_matches(skip_nan(lambda v: wilder(v, n), tr), want, f"oracle self-check atr {n}", rtol=1e-12)
 
 
 def test_rma_is_the_smoothing_inside_talib_rsi():
     """The Wilder oracle of `rma` rebuilds TA-Lib's RSI; the kernel's rma equals it."""
-    data, (kern, interp) = group_run("averages", "walk")
-    x = data["close"]
     for w in (2, "n", 200):
-        n = N_DEFAULT if w == "n" else w
+        n = window_of(w)
+        data, (kern, interp) = moving_run("walk", n)
+        x = data["close"]
         d = np.diff(x)
         g = wilder(np.maximum(d, 0.0), n)
         lo = wilder(np.maximum(-d, 0.0), n)
         rsi = np.concatenate([[np.nan], 100.0 * g / (g + lo)])
         assert_matches(rsi, talib.RSI(x, n), f"Wilder RSI {n}")
-        check_both(kern, interp, f"rma_close_{w}", wilder(x, n))
+        check_both(kern, interp, "rma_close", wilder(x, n), label=f"rma(close, {n})")
 
 
 # ---- known mismatches of part 1 -------------------------------------------------------------
@@ -398,7 +422,7 @@ SHORT_DISPERSION_CASES = [pytest.param(fn, n, id=f"{fn}-{n}") for fn in GROUPS["
 @pytest.mark.parametrize("fn, n", SHORT_DISPERSION_CASES)
 def test_short_window_dispersion_on_prices_matches_talib(fn, n):
     for dataset in ("orcl", "walk"):
-        data, (kern, interp) = group_run("dispersion", dataset)
+        data, (kern, interp) = moving_run(dataset, n)
         x = data["close"]
         # TA-Lib's own running sums lose digits on short windows of prices (a few 1e-9
         # relative on tiny variances); the exact two-pass value is the oracle here
@@ -407,32 +431,32 @@ def test_short_window_dispersion_on_prices_matches_talib(fn, n):
             want = {"variance": var, "stdev": np.sqrt(var),
                     "zscore": (x - talib.SMA(x, n)) / np.sqrt(var)}[fn]
         np.testing.assert_allclose(want, talib_moving(fn, x, n), rtol=1e-6)  # still TA-Lib's meaning
-        check_both(kern, interp, f"{fn}_close_{n}", want, well_defined(fn, x, n))
+        check_both(kern, interp, f"{fn}_close", want, well_defined(fn, x, n), label=f"{fn}(close, {n}) on {dataset}")
 
 
 def test_variance_of_large_prices():
     x = 1e8 + np.array([0.0, 1.0, 3.0, 0.0, 2.0, 1.0])
     want = np.concatenate([[np.nan], np.lib.stride_tricks.sliding_window_view(x, 2).var(axis=1)])
     assert_matches(talib.VAR(x, 2, 1), want, "oracle self-check", rtol=1e-12)
-    kern, interp = run_both(group_policy("dispersion"), np.arange(len(x)) * NS, {"close": x, "y": x})
-    check_both(kern, interp, "variance_close_2", want)
-    check_both(kern, interp, "stdev_close_2", np.sqrt(want))
+    kern, interp = run_series(x, 2)
+    check_both(kern, interp, "variance_close", want, label="variance(close, 2)")
+    check_both(kern, interp, "stdev_close", np.sqrt(want), label="stdev(close, 2)")
 
 
 def test_variance_recovers_after_an_outlier():
     x = np.array([1.0, 2, 3, 4, 5, 1e9] + [1.0, 2, 3, 4, 5] * 4)
     want = talib.VAR(x, 5, 1)
     assert_matches(want[11:], np.full(len(x) - 11, 2.0), "oracle self-check", rtol=1e-12)
-    kern, interp = run_both(group_policy("dispersion"), np.arange(len(x)) * NS, {"close": x, "y": x})
-    check_both(kern, interp, "variance_close_5", want)
-    check_both(kern, interp, "stdev_close_5", np.sqrt(want))
+    kern, interp = run_series(x, 5)
+    check_both(kern, interp, "variance_close", want, label="variance(close, 5)")
+    check_both(kern, interp, "stdev_close", np.sqrt(want), label="stdev(close, 5)")
 
 
 def test_wma_window_one_is_the_identity():
     x = np.array([1e6, 0.001, 0.001, 0.001])
     assert np.array_equal(talib.WMA(x, 1), x)
-    kern, interp = run_both(group_policy("averages"), np.arange(len(x)) * NS, {"close": x, "y": x})
-    check_both(kern, interp, "wma_close_1", x, rtol=0)
+    kern, interp = run_series(x, 1)
+    check_both(kern, interp, "wma_close", x, rtol=0, label="wma(close, 1)")
 
 
 # ==== 2. nested calls keep their own state =====================================================
@@ -450,7 +474,7 @@ NESTED_FEATURES = {
 
 @pytest.mark.parametrize("dataset", DATASETS)
 def test_nested_calls_keep_their_own_state(dataset):
-    data, (kern, interp) = group_run("averages", dataset)
+    data, (kern, interp) = moving_run(dataset)
     c, y = data["close"], data["y"]
     check_both(kern, interp, "ema_10", talib.EMA(c, 10))
     # TA-Lib's wrapper skips the inner EMA's leading NaNs, as the language does
@@ -727,13 +751,15 @@ def test_power_of_minus_infinity():
 
 
 # ==== 4. windows and lookbacks from params ========================================================
-# The group policies of part 1 take their middle window from the param `n`, the scalar
-# policy of part 3 its lookbacks from `k` and `j`: moving them needs no new compile.
+# The moving policy of part 1 takes its windows from the param `n`, the scalar policy of
+# part 3 its lookbacks from `k` and `j`: moving them needs no new compile. Each case
+# checks one group of part 1's functions at a new n (the cases of the three policies
+# per group this file once had).
 @pytest.mark.parametrize("group, n", [("averages", 3), ("averages", 30), ("dispersion", 30),
                                       ("dispersion", 100), ("extremes", 3), ("extremes", 30)])
 def test_window_param_moves_without_recompiling(group, n):
     """`with_params(n=...)` reuses the kernel object and gives TA-Lib's values at n."""
-    cp = group_policy(group)
+    cp = moving_policy()
     other = cp.with_params(n=n)
     assert other.kernel is cp.kernel, "with_params must not recompile"
     assert other.source == cp.source and other.kernel_path == cp.kernel_path
@@ -741,29 +767,54 @@ def test_window_param_moves_without_recompiling(group, n):
     assert other.policy_hash != cp.policy_hash
     assert other.state.width != cp.state.width        # the windows really changed size
     for dataset in ("walk", "gappy"):
-        data, (kern, interp) = group_run(group, dataset, n)
         for fn in GROUPS[group]:
             for src in SERIES:
-                check_moving(data, kern, interp, fn, src, n, skip=(1, 2, 5, 200))
+                check_moving(dataset, fn, src, n, skip=(1, 2, 5, 200))
         if group == "extremes":
+            data, (kern, interp) = moving_run(dataset, n)
             want = talib.ATR(data["high"], data["low"], data["close"], n)
-            check_both(kern, interp, "atr_n", want)
+            check_both(kern, interp, "atr_w", want, label=f"atr({n}) on {dataset}")
     # and the original still computes at the default
-    data, (kern, interp) = group_run(group, "walk")
     for fn in GROUPS[group]:
-        check_moving(data, kern, interp, fn, "close", N_DEFAULT, skip=(1, 2, 5, 200))
+        check_moving("walk", fn, "close", N_DEFAULT, skip=(1, 2, 5, 200))
 
 
 def test_compile_with_params_equals_with_params():
     """Compiling the same text with n=30 loads the same kernel and hashes like with_params."""
-    cp = group_policy("extremes")
-    text = policy_text("moving_extremes", group_features("extremes"), {"n": N_DEFAULT}, inputs=["y"])
-    direct = compile_policy(parse_policy_text(text, "moving_extremes.yaml"), {"n": 30})
+    cp = moving_policy()
+    text = policy_text("moving", moving_features(), {"n": N_DEFAULT}, inputs=["y"])
+    direct = compile_policy(parse_policy_text(text, "moving.yaml"), {"n": 30})
     assert direct.kernel is cp.kernel
     assert direct.policy_hash == cp.with_params(n=30).policy_hash
     ts, data = moving_dataset("walk")
     kern, interp = run_both(direct, ts, data)
-    check_both(kern, interp, "highest_close_n", talib.MAX(data["close"], 30))
+    check_both(kern, interp, "highest_close", talib.MAX(data["close"], 30), label="highest(close, 30)")
+
+
+def generated(text: str) -> tuple[str, int]:
+    """(kernel source, state width) a policy gets, without a Numba compile."""
+    from policyc.compiler.emit import emit
+    from policyc.compiler.lower import lower
+    from policyc.compiler.passes import optimise
+
+    checked = check_text(text, name="windows.yaml").checked
+    program = optimise(lower(checked))
+    return emit(program, checked), L.state_layout(program, [checked.params[k] for k in program.params]).width
+
+
+@pytest.mark.parametrize("w", [1, 2, 5, 200])
+def test_literal_and_param_windows_generate_one_kernel(w):
+    """What lets part 1 check `fn(x, 2)` as `fn(x, n)` at n = 2: for every moving
+    statistic (and atr, and rma of an expression) a literal window and a param window
+    generate the same kernel source and the same state under the same value. And the
+    source generated here is the one `compile_policy` loads for the moving policy."""
+    calls = [f"{fn}({src}, {{w}})" for fn in GROUP_OF for src in SERIES]
+    calls += ["atr({w})", f"rma({TRUE_RANGE}, {{w}})"]
+    literal, param = (policy_text("windows", {f"f{i}": c.format(w=v) for i, c in enumerate(calls)}, {"n": w},
+                                  inputs=["y"]) for v in (w, "n"))
+    assert generated(literal) == generated(param)
+    text = policy_text("moving", moving_features(), {"n": N_DEFAULT}, inputs=["y"])
+    assert generated(text)[0] == moving_policy().source
 
 
 @pytest.mark.parametrize("k, j", [(1, 0), (7, 11), (50, 1)])

@@ -181,11 +181,17 @@ def test_daily_returns_follow_the_policys_trading_days_under_a_clock():
     assert days.tolist() == [T0, T0 + DAY]
     np.testing.assert_allclose(ret, [0.02, -0.02], atol=1e-15)
     # the kernel's streaming statistics use the same days: 18:00 and 20:00 New York on 2
-    # January are one New York day, and two UTC days (23:00 and 01:00 UTC)
+    # January are one New York day, and two UTC days (23:00 and 01:00 UTC). The count of
+    # daily returns does not depend on what the policy trades, so the case without a
+    # clock runs on ema_cross, whose kernel the backtests above compiled already (a
+    # kernel with a clock is another source, so `p` with its zone is a compile of its own)
     source = ("policy: p\nversion: 1\ntimezone: America/New_York\ninstruments: [A]\nsignals:\n"
               "  - when: true\n    target: 1\naccount:\n  initial_equity: 100\n")
     stamps = np.array([T0 + 23 * hour, T0 + 25 * hour], dtype=np.int64)
-    for text, expected in ((source, 1), (source.replace("timezone: America/New_York\n", ""), 2)):
-        cp = compile_checked(check_text(text, name="p.yaml"))
-        res = run_backtest(cp, Events.market(stamps, np.array([[1.0], [2.0]])), FILL_SAME, progress=False)
+    for cp, expected in ((compile_checked(check_text(source, name="p.yaml")), 1),
+                         (compile_policy(ROOT / "policies" / "ema_cross.yaml"), 2)):
+        assert (cp.clock is None) == (expected == 2)
+        prices = np.array([1.0, 2.0])  # as every column the policy reads (ema_cross: price and close)
+        res = run_backtest(cp, Events.market(stamps, np.column_stack([prices] * len(cp.columns))), FILL_SAME,
+                           progress=False)
         assert return_moments(res)[0] == expected

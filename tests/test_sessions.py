@@ -48,6 +48,36 @@ account:
 """
 
 
+# Each distinct kernel source costs a Numba compile of seconds, and a calendar's or zone's
+# name is not part of the source, only whether the policy has a clock at all. So every
+# case below runs on one of two kernels with both day-counting limits and the session
+# functions: `clocked` (any `calendar:` or `timezone:`) and `utc_days` (no clock: the
+# default UTC-day code path, kept on a kernel of its own). The limit a case is not about
+# is set where it never binds (1,000 orders a day; a daily loss of 50% on prices that
+# move 3% at most), and its values are per case: risk values are kernel arguments, so a
+# text differing only in them loads the same machine code.
+INERT_LOSS = "50%"
+INERT_ORDERS = 1000
+SESSION_FEATURES = """features:
+  since_open: minutes_since_open()
+  to_close: minutes_to_close()
+  open_now: if in_session() then 1 else 0
+  wall_hour: hour(ts)"""
+
+
+def clocked(clock: str, max_daily_loss: str = INERT_LOSS, max_orders_per_day: int = INERT_ORDERS):
+    """The kernel of every case with a clock; traces SESSION_FEATURES (in that order)."""
+    assert clock, "a clock: the no-clock path is `utc_days`"
+    return compile_text(policy(clock, f"  max_daily_loss: {max_daily_loss}\n"
+                                      f"  max_orders_per_day: {max_orders_per_day}", SESSION_FEATURES))
+
+
+def utc_days(max_daily_loss: str = INERT_LOSS, max_orders_per_day: int = INERT_ORDERS):
+    """The kernel of the cases without a clock (days are UTC days); no session functions."""
+    return compile_text(policy("", f"  max_daily_loss: {max_daily_loss}\n"
+                                   f"  max_orders_per_day: {max_orders_per_day}"))
+
+
 def run_both(cp, times: list[str], prices: list[float], intents: list[float]):
     """The kernel's run and the interpreter's, fill `same`, over market events with an intent."""
     ev = Events.market(np.array([ns(t) for t in times]), np.column_stack([prices, intents]).astype(float))
@@ -81,20 +111,24 @@ TIMES = ["2024-01-14 23:30", "2024-01-14 23:50", "2024-01-15 00:10", "2024-01-15
          "2024-01-15 06:00", "2024-01-15 23:05"]
 PRICES = [100.0, 97.0, 97.0, 97.0, 97.0, 97.0]
 INTENTS = [100.0, 100.0, 0.0, 50.0, 50.0, 50.0]
-LOSS = "  max_daily_loss: 2%"
+LOSS = "  max_daily_loss: 2%"   # for the checker's cases
 
 
 def test_daily_loss_resets_at_the_session_open_not_at_utc_midnight():
-    res, it = run_both(compile_text(policy("calendar: XASX", LOSS)), TIMES, PRICES, INTENTS)
+    cp = clocked("calendar: XASX", max_daily_loss="2%")
+    res, it = run_both(cp, TIMES, PRICES, INTENTS)
     assert [(int(o[L.O_EVENT]), o[L.O_QTY]) for o in res.orders] == [(0, 100.0), (2, -100.0), (5, 50.0)]
     # the trace's reasons say why events 3 and 4 made no order (and that 1 to 4 were reduce-only)
-    bit = 1 << compile_text(policy("calendar: XASX", LOSS)).reason_names.index("max_daily_loss:blocked")
+    bit = 1 << cp.reason_names.index("max_daily_loss:blocked")
     reasons = res.trace[:, L.T_REASONS].astype(np.int64)
     assert [bool(r & bit) for r in reasons[3:]] == [True, True, False]
+    # the day-order limit (1,000) never bound: no event carries its reason
+    orders_bit = 1 << cp.reason_names.index("max_orders_per_day:blocked")
+    assert not any(r & orders_bit for r in reasons)
 
 
 def test_the_same_events_on_utc_days_reset_at_midnight():
-    res, _ = run_both(compile_text(policy("", LOSS)), TIMES, PRICES, INTENTS)
+    res, _ = run_both(utc_days(max_daily_loss="2%"), TIMES, PRICES, INTENTS)
     assert [(int(o[L.O_EVENT]), o[L.O_QTY]) for o in res.orders] == [(0, 100.0), (2, -100.0), (3, 50.0)]
 
 
@@ -107,17 +141,10 @@ def test_clock_rows_of_the_asx_case():
     assert set(rows[:, K_OFFSET]) == {11 * 3600 * 10**9}
 
 
-SESSION_FEATURES = """features:
-  since_open: minutes_since_open()
-  to_close: minutes_to_close()
-  open_now: if in_session() then 1 else 0
-  wall_hour: hour(ts)"""
-
-
 def test_session_functions_in_kernel_and_interpreter():
     # e0 23:30 UTC is 10:30 AEDT: 30 minutes after the open, 330 before the close;
     # e4 06:00 UTC is an hour after the close: outside the session, -60 minutes to it
-    cp = compile_text(policy("calendar: XASX", LOSS, SESSION_FEATURES))
+    cp = clocked("calendar: XASX", max_daily_loss="2%")
     res, it = run_both(cp, TIMES, PRICES, INTENTS)
     traced = res.trace[:, L.TRACE_FIXED:]
     assert traced[:, 0].tolist() == [30, 50, 70, 90, 420, 5]
@@ -156,11 +183,12 @@ def test_a_half_day_closes_early():
 # With a fixed UTC+1 instead of the zone, event 4 would be 23:10 on 03-31 and get no order.
 DST_TIMES = ["2024-03-30 22:30", "2024-03-30 22:50", "2024-03-30 23:10", "2024-03-31 21:50", "2024-03-31 22:10"]
 DST_INTENTS = [10.0, 20.0, 20.0, 30.0, 30.0]
-ONE_A_DAY = "  max_orders_per_day: 1"
+# Each case gives `max_orders_per_day: 1`; prices stay at 100, so the daily loss limit
+# its kernel also carries never binds.
 
 
 def test_a_timezone_day_across_a_dst_change():
-    cp = compile_text(policy("timezone: Europe/Berlin", ONE_A_DAY, SESSION_FEATURES))
+    cp = clocked("timezone: Europe/Berlin", max_orders_per_day=1)
     res, _ = run_both(cp, DST_TIMES, [100.0] * 5, DST_INTENTS)
     assert [int(o[L.O_EVENT]) for o in res.orders] == [0, 2, 4]
     traced = res.trace[:, L.TRACE_FIXED:]
@@ -173,12 +201,12 @@ def test_a_timezone_day_across_a_dst_change():
 
 
 def test_the_same_events_on_utc_days():
-    res, _ = run_both(compile_text(policy("", ONE_A_DAY)), DST_TIMES, [100.0] * 5, DST_INTENTS)
+    res, _ = run_both(utc_days(max_orders_per_day=1), DST_TIMES, [100.0] * 5, DST_INTENTS)
     assert [int(o[L.O_EVENT]) for o in res.orders] == [0, 3]
 
 
 def test_live_one_event_at_a_time_gives_the_backtests_days():
-    cp = compile_text(policy("calendar: XASX", LOSS))
+    cp = clocked("calendar: XASX", max_daily_loss="2%")
     ev = Events.market(np.array([ns(t) for t in TIMES]), np.column_stack([PRICES, INTENTS]).astype(float))
     whole = cp.run(ev, L.FILL_SAME)
     s = cp.session(L.FILL_SAME)
@@ -206,6 +234,15 @@ def test_unknown_calendar_and_zone_are_located_with_a_suggestion():
     assert d.code == "E007" and d.span.line == 3 and "did you mean" in d.help
     [d] = diagnostics(policy("timezone: Europe/Berln", LOSS))
     assert d.code == "E007" and d.span.line == 3 and "Europe/Berlin" in d.help
+
+
+def test_every_clock_shares_one_kernel_and_no_clock_has_its_own():
+    """What keeps this file at two compiles (see `clocked`): a calendar, a zone and the
+    limits' values change the policy, not its kernel; having a clock or not does."""
+    one = clocked("calendar: XASX", max_daily_loss="2%")
+    assert all(cp.kernel is one.kernel and cp.policy_hash != one.policy_hash
+               for cp in (clocked("timezone: Asia/Tokyo"), clocked("calendar: XNYS", max_orders_per_day=1)))
+    assert utc_days().kernel is not one.kernel and utc_days().source != one.source
 
 
 def test_the_clock_is_part_of_the_policy_hash():
@@ -266,7 +303,7 @@ def test_daily_bars_at_midnight_each_count_on_their_own_session():
     """Daily bars stamped at New York midnight under XNYS: each bar's day is its own date,
     so `max_orders_per_day: 1` allows one order per bar and the day rolls on every bar
     (2 January to 5 January 2024). Intents flip the target each day, so every bar orders."""
-    cp = compile_text(policy("calendar: XNYS", "  max_orders_per_day: 1"))
+    cp = clocked("calendar: XNYS", max_orders_per_day=1)
     days = ["2024-01-02 05:00", "2024-01-03 05:00", "2024-01-04 05:00", "2024-01-05 05:00"]
     res, _ = run_both(cp, days, [10.0, 11.0, 12.0, 13.0], [1.0, -1.0, 1.0, -1.0])
     assert [(int(o[L.O_EVENT]), o[L.O_QTY]) for o in res.orders] == [(0, 1.0), (1, -2.0), (2, 2.0), (3, -2.0)]
@@ -274,8 +311,10 @@ def test_daily_bars_at_midnight_each_count_on_their_own_session():
 
 def test_times_outside_the_clocks_range_read_utc():
     """Under `timezone: Asia/Tokyo` (UTC+9), 03:00 UTC is noon in 2020, but in 1850 (before
-    1900, where zone rules mean little) the hour reads UTC: 3. Kernel and interpreter."""
-    cp = compile_text(policy("timezone: Asia/Tokyo", "  max_daily_loss: 50%", "features:\n  h: hour(ts)"))
+    1900, where zone rules mean little) the hour reads UTC: 3. Kernel and interpreter
+    (`hour(ts)` is SESSION_FEATURES' `wall_hour`, the fourth traced feature)."""
+    cp = clocked("timezone: Asia/Tokyo")
+    hour = cp.feature_names.index("wall_hour")
     res, it = run_both(cp, ["1850-06-01 03:00", "2020-06-01 03:00"], [10.0, 10.0], [0.0, 0.0])
-    assert res.trace[:, L.TRACE_FIXED].tolist() == [3.0, 12.0]
-    assert [d["features"][0] for d in it.trace] == [3.0, 12.0]
+    assert res.trace[:, L.TRACE_FIXED + hour].tolist() == [3.0, 12.0]
+    assert [d["features"][hour] for d in it.trace] == [3.0, 12.0]

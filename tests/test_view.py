@@ -26,6 +26,11 @@ LIMITS = """risk:
 """
 
 
+# Each distinct kernel source costs a Numba compile of seconds. The source depends on the
+# number of instruments (1, 3 or 50 here) and on whether the risk limits are there (the
+# view shows "no limit" for an absent key: a code path of its own), not on the
+# instruments' names, so every test below runs on one of six kernels: 1, 3 or 50
+# instruments, with or without LIMITS.
 def policy_text(names: list[str], limits: bool) -> str:
     return f"""
 policy: view_case
@@ -195,7 +200,9 @@ def test_any_number_of_instruments_fits_80_by_24(tmp_path, n, limits):
 
 
 def test_long_names_numbers_and_reasons_are_cut_not_wrapped(tmp_path):
-    names = ["binance:" + "X" * 30, "B"]
+    # three instruments, not two: the kernel depends on the number of instruments (not
+    # their names), so this shares the compile of the three-instrument case without limits
+    names = ["binance:" + "X" * 30, "B", "C"]
     run = Run(tmp_path, names, limits=False)
     try:
         run.rt.links["feed"].url = "wss://" + "feed." * 40 + "example"
