@@ -28,19 +28,15 @@ from websockets.sync.server import serve
 import policyc.client
 from loopback import FAILSAFE_S, HOST, ORCL_DATA, free_port, policyc_command, wait_port
 from policyc.client import AsyncClient, AuthError, Client, ClientError, PolicyViolation, Refused, Unreachable
+from test_live_faults import limits
 
 MODEL, OPERATOR = secrets.token_hex(16), secrets.token_hex(16)
-#: A model alone sets the target: no rules, so every order is the model's, within the limits.
-GUARD = """
-policy: guarded_model
-version: 1
-instruments: [ORCL]
-inputs: [intent]
-signals: []
-risk:
-  max_position: 100
-  max_order_qty: 60
-"""
+#: A model alone sets the target: no rules, so every order is the model's, within the limits
+#: (long or short at most 100, in orders of at most 60). It is tests/test_live_faults.py's
+#: `LIMITS` template, so `policyc run` here loads the kernel those tests compile (the same
+#: source: limits' values are not code) instead of compiling one of its own; its other
+#: keys (max_drawdown, max_orders_per_day) are at values these tests never come near.
+GUARD = limits(max_position=100, max_order_qty=60)
 
 
 def _private(path, text: str) -> str:
@@ -127,7 +123,7 @@ def test_sync_client_decisions_status_refusals_and_a_reconnect(stack):
         d = client.intent("ORCL", 500)  # beyond max_position: clipped to 100, of which 60 are open or held
         assert d.approved_target == 100.0 and "max_position:clipped" in d.reasons and d.overruled
         status = client.status()
-        assert status["type"] == "status" and status["policy"] == "guarded_model"
+        assert status["type"] == "status" and status["policy"] == "guard"  # the name `limits` gives
         assert status["positions"]["ORCL"] + status["open_orders"]["ORCL"] == 100.0
 
         for bad in (math.nan, math.inf, 1e16, "10", True):

@@ -27,6 +27,7 @@ from policyc.runtime.live.audit import read_log
 from policyc.runtime.live.protocol import encode
 
 from loopback import FAILSAFE_S, HOST, free_port, wait_port
+from test_live import live
 
 CYCLES = int(os.environ.get("CRASH_CYCLES", "8"))
 SEED = int(os.environ.get("CRASH_SEED", "7"))
@@ -35,25 +36,14 @@ TOTP_SECRET = pyotp.random_base32()             # `resume` needs a code
 MAX_POSITION, MAX_ORDERS_PER_DAY = 100, 8
 BAR_S = 600                    # one bar every 10 minutes: 144 a UTC day
 RATE = 60.0                    # bars per second on the feed
-POLICY = f"""
-policy: churn
-version: 1
-instruments: [SYN]
-params:
-  fast: 2
-  slow: 5
-features:
-  f: ema(close, fast)
-  s: sma(close, slow)
-signals:
-  - when: crosses_above(f, s)
-    target: 80
-  - when: crosses_below(f, s)
-    target: -80
-risk:
-  max_position: {MAX_POSITION}
-  max_orders_per_day: {MAX_ORDERS_PER_DAY}
-"""
+#: Long 80 when the fast EMA crosses above the slow SMA, short 80 when it crosses below, so it
+#: churns: tests/test_live.py's kernel (`live`), which `policyc run` here loads instead of
+#: compiling one of its own. Only max_position and max_orders_per_day bind; its other limits
+#: never do (orders of 160 at most, a bar every 10 minutes; a stop 100% away, a short's at twice
+#: its entry price, which moves of 0.4% a bar cannot reach while a position is held: it flips
+#: at the next crossing, or the next UTC day once the day's orders are used), and no intent is sent.
+POLICY = live(instrument="SYN", fast=2, slow=5, up=80, down=-80, crossings=1, max_position=MAX_POSITION,
+              max_orders_per_day=MAX_ORDERS_PER_DAY)
 DAY_NS = 86_400 * 10**9
 
 

@@ -16,45 +16,43 @@ from policyc.cli import main
 from policyc.runtime.backtest import load_events
 from policyc.runtime.data import DataError, load_table
 
+from loopback import FLIP
+from test_live_faults import limits
+
 DATA = Path(__file__).resolve().parent.parent / "data"
 
-CLOSER = """\
-policy: closer
-version: 1
-instruments: [ORCL]
-features:
-  m: sma(close, 2)
-signals:
-  - when: close > m
-    target: 1
-  - when: close < m
-    target: 0
-risk:
-  max_position: 1
-"""
-PAIR = """\
+#: The policies here are only read for their columns and run for the shape of their
+#: results (events, dates, skipped rows), so each is a kernel other test files compile too
+#: (a kernel is keyed by its source: params', limits' and instruments' values are not code).
+#: One instrument, trading on its closes: tests/loopback.py's FLIP, which the live tests run.
+CLOSER = FLIP
+#: Two instruments (long `size` above `enter`), a kernel tests/test_live_runner.py's
+#: kill-switch test runs too, as `two_longs(...)`.
+PAIR_TEMPLATE = """\
 policy: pair
 version: 1
-instruments: [ORCL, NVDA]
-features:
-  m: sma(close, 5)
+instruments: [{first}, {second}]
+params:
+  enter: {enter}
+  size: {size}
 signals:
-  - when: close > m
-    target: 10
-  - when: close < m
-    target: 0
+  - when: close > enter
+    target: size
 risk:
-  max_position: 10
+  max_position: {max_position}
+  max_drawdown: {max_drawdown}
 """
-INTENT = """\
-policy: follow
-version: 1
-instruments: [ORCL]
-inputs: [intent]
-signals: []
-risk:
-  max_position: 100
-"""
+
+
+def two_longs(first: str, second: str, enter: int, size: int, max_position: int, max_drawdown: str) -> str:
+    return PAIR_TEMPLATE.format(first=first, second=second, enter=enter, size=size, max_position=max_position,
+                                max_drawdown=max_drawdown)
+
+
+PAIR = two_longs("ORCL", "NVDA", enter=0, size=10, max_position=10, max_drawdown="100%")
+#: On intents alone, long or short at most 100: tests/test_live_faults.py's `LIMITS`
+#: template (its other keys where they never bind).
+INTENT = limits(max_position=100)
 
 # file -> (rows, first timestamp, last timestamp, first close)
 REAL = {

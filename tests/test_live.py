@@ -18,29 +18,51 @@ from policyc.runtime.live.demo import loopback
 from loopback import HOST, Lockstep, free_port, until
 
 DATA = Path(__file__).resolve().parent.parent / "data" / "orcl-1995-2014.csv"
-POLICY = """
+#: One kernel for the live tests here, tests/test_resume.py's (trading on intents alone) and
+#: tests/test_crash_loop.py's `policyc run` (on the crossings alone): the rules' windows and targets,
+#: and whether the crossings trade at all (`crossings`, 0 or 1), are params; the limits' values
+#: are not code. A test that does not use a limit sets it where it never binds (`NEVER`).
+LIVE = """
 policy: live_check
 version: 1
-instruments: [ORCL]
+instruments: [{instrument}]
 inputs: [intent]
 params:
-  fast: 3
-  slow: 8
+  fast: {fast}
+  slow: {slow}
+  up: {up}
+  down: {down}
+  crossings: {crossings}
 features:
   f: ema(close, fast)
   s: sma(close, slow)
 signals:
-  - when: crosses_above(f, s)
-    target: 100
-  - when: crosses_below(f, s)
-    target: -50
+  - when: crosses_above(f, s) and crossings > 0
+    target: up
+  - when: crosses_below(f, s) and crossings > 0
+    target: down
 risk:
-  max_position: 120
-  max_order_qty: 80
-  stop_loss: 3%
+  max_position: {max_position}
+  max_order_qty: {max_order_qty}
+  stop_loss: {stop_loss}
+  max_orders_per_day: {max_orders_per_day}
+  max_orders_per_second: {max_orders_per_second}
 account:
-  fees_bps: 1
+  fees_bps: {fees_bps}
 """
+NEVER = {"max_order_qty": 1_000_000, "stop_loss": "100%", "max_orders_per_day": 1_000_000,
+         "max_orders_per_second": 1_000_000}  # 100%: a long's stop at a price of 0, which never comes
+
+
+def live(**values) -> str:
+    """`LIVE` with `values`, and each limit not given at `NEVER`."""
+    return LIVE.format(**{"instrument": "ORCL", "fees_bps": 0, **NEVER, **values})
+
+
+#: Long 100 when the fast EMA crosses above the slow SMA, short 50 when it crosses below;
+#: at most 120, in orders of at most 80, with a stop 3% away (no day or rate limit).
+POLICY = live(fast=3, slow=8, up=100, down=-50, crossings=1, max_position=120, max_order_qty=80, stop_loss="3%",
+              fees_bps=1)
 TOKEN = "5e3c7a9b1d2f4e6a8c0b1d3f5a7c9e2b"     # the model's
 OPERATOR = "a1b2c3d4e5f60718293a4b5c6d7e8f90"  # the operator's: the control port admits no model
 

@@ -18,16 +18,15 @@ from policyc.compiler.build import compile_policy
 from policyc.dsl.document import parse_policy_text
 from policyc.runtime.live.runner import LiveRuntime, RunConfig
 
-POLICY = """
-policy: always_long
-version: 1
-instruments: [ORCL]
-signals:
-  - when: close > 0
-    target: 10
-risk:
-  max_position: 10
-"""
+from test_data import two_longs
+from test_live_faults import RULES
+
+#: Always long 10 (every price is above 0; none is below 0), at most 10: tests/test_live_faults.py's
+#: `RULES` template, so this is the kernel its feed-driven tests compile (the same source: the
+#: thresholds and targets are params, the limits' values are not code). Its max_order_qty
+#: and its stop (100%: a price of 0, which no tick here sends) never bind.
+POLICY = RULES.format(enter=0, up=10, leave=0, down=0, max_position=10, max_order_qty=1_000_000, stop_loss="100%",
+                      custom="", initial_equity=100_000)
 TS = 1_700_000_000_000_000_000
 
 
@@ -160,17 +159,9 @@ def test_a_reconnect_while_halted_cancels_the_orders_being_cancelled_and_resends
     assert kinds == [("cancel", None), ("order", "sell")]
 
 
-DRAWDOWN = """
-policy: two_longs
-version: 1
-instruments: [A, B]
-signals:
-  - when: close > 100
-    target: 1000
-risk:
-  max_position: 1000
-  max_drawdown: 10%
-"""
+#: Long 1000 of each above 100, a kill switch at a drawdown of 10%: tests/test_data.py's
+#: two-instrument kernel (its `PAIR` with these values).
+DRAWDOWN = two_longs("A", "B", enter=100, size=1000, max_position=1000, max_drawdown="10%")
 
 
 @pytest.fixture

@@ -21,20 +21,14 @@ from policyc.runtime.engine import Engine
 from policyc.runtime.orders import RECONCILE_MISMATCH, RECONCILE_PENDING, OrderCore
 
 from loopback import HOST, free_port, until
-from test_live import DATA
+from test_live import DATA, live
 from test_replay import S, T, WALK, JournalRig, drive
 
-HELD = """
-policy: held
-version: 1
-instruments: [ORCL]
-inputs: [intent]
-signals: []
-risk:
-  max_position: 500
-  max_orders_per_day: 50
-  max_orders_per_second: 20
-"""
+#: Trades on intents alone (`crossings: 0`: its rules never fire), long or short at most 500,
+#: at most 50 orders a day and 20 a second: tests/test_live.py's kernel, so that nothing
+#: compiles twice (its max_order_qty and its stop, 100%: a long's at a price of 0, never bind).
+HELD = live(fast=3, slow=8, up=0, down=0, crossings=0, max_position=500, max_orders_per_day=50,
+            max_orders_per_second=20)
 
 
 @pytest.fixture(scope="module")

@@ -26,18 +26,14 @@ from policyc.compiler.build import compile_policy
 from policyc.dsl.document import parse_policy_text
 
 from loopback import FAILSAFE_S, HOST, free_port, until, wait_port
+from test_live_faults import limits
 from test_security_loopback import ask, closed_with, make_authority
 
-POLICY = """
-policy: guarded
-version: 1
-instruments: [ORCL]
-inputs: [intent]
-signals: []
-risk:
-  max_position: 100
-  max_order_qty: 100
-"""
+#: Long or short at most 100, in orders of at most 100, on intents alone: tests/test_live_faults.py's
+#: `LIMITS` template (its other keys where they never bind), so the runner here and `policyc run`
+#: load the kernel those tests compile (the same source: limits' values are not code) instead
+#: of compiling one of their own. The tests here are about the listeners, not the limits.
+POLICY = limits(max_position=100, max_order_qty=100)
 MODEL, OPERATOR, VIEWER = (secrets.token_hex(16) for _ in range(3))
 TOTP_SECRET = pyotp.random_base32()
 

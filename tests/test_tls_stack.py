@@ -17,34 +17,18 @@ from policyc.runtime.live import paper, replay, security
 from policyc.runtime.live.audit import read_log
 from policyc.runtime.live.runner import LiveRuntime, RunConfig
 
-from loopback import FAILSAFE_S, HOST, free_port, until, wait_port
+from loopback import FAILSAFE_S, FLIP, HOST, free_port, until, wait_port
 from test_security_loopback import make_authority
 
 DATA = Path(__file__).resolve().parent.parent / "data" / "orcl-1995-2014.csv"
-POLICY = """
-policy: tls_check
-version: 1
-instruments: [ORCL]
-params:
-  fast: 3
-  slow: 8
-features:
-  f: ema(close, fast)
-  s: sma(close, slow)
-signals:
-  - when: crosses_above(f, s)
-    target: 100
-  - when: crosses_below(f, s)
-    target: -50
-risk:
-  max_position: 120
-  max_order_qty: 80
-"""
+#: Any policy that trades often on the feed does here (the tests are about the links, not the
+#: rules): tests/loopback.py's FLIP, a kernel the other live tests compile too.
+POLICY = FLIP
 
 
 @pytest.fixture(scope="module")
 def policy():
-    return compile_policy(parse_policy_text(POLICY, "tls_check.yaml"))
+    return compile_policy(parse_policy_text(POLICY, "flip.yaml"))
 
 
 @pytest.fixture(scope="module")
