@@ -664,19 +664,22 @@ class Interpreter:
             exit_ = True
         # 2. a leg holds while an order of it is open: an IOC may still be cancelled, so
         # no order is netted against it (the kill switch's liquidation excepted). A leg
-        # flattened by max_leg_imbalance is then closed as an exit, until flat.
-        if i in self.leg_set and not a.halted:
-            if b.open != 0:
+        # flattened by max_leg_imbalance is then closed as an exit, until flat (halted
+        # too: the liquidation then carries the code).
+        if i in self.leg_set:
+            if b.open != 0 and not a.halted:
                 target = q
                 if b.flatten:
                     exit_ = True
                     reasons |= bit("max_leg_imbalance:exit")
             elif b.flatten:
-                reasons |= bit("max_leg_imbalance:exit")
                 if pos != 0:
                     target, exit_ = 0.0, True
-                else:
+                    reasons |= bit("max_leg_imbalance:exit")
+                else:  # flat: the code only when the breach's 0 is still the target (not a new entry's)
                     b.flatten = False
+                    if desired == 0:
+                        reasons |= bit("max_leg_imbalance:exit")
         if triggered and target * b.lock < 0 and q * b.lock > 0:
             # the exit leaves first as an order of its own: steps 8 and 9 only (it is exempt
             # from 3 to 5 and 10); the re-entry is then a new order from where the exit

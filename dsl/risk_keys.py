@@ -251,7 +251,8 @@ RISK_STEPS = (
     Step(2, "leg imbalance", (
         Reason("max_leg_imbalance:exit", "the legs' net notional is beyond `max_leg_imbalance` (or not a finite "
                                          "number): each leg is flattened as an exit; recorded on each decision of a "
-                                         "flagged leg (the one that finds it flat included)"),
+                                         "flagged leg that holds a position or an open order, and when the breach "
+                                         "set a flat leg's target to 0"),
     )),
     Step(9, "limit price", (
         Reason("limit_invalid:blocked", "an order's limit price is NaN, infinite or at most 0: not sent"),

@@ -4,7 +4,9 @@ quote goes first to its venue, then, once the venue has taken it, to the runtime
 the next leaves once the runtime has taken this one and every order it caused is done.
 So each venue fills at the quote the order was decided on, as the backtest's `--fill
 same` does, and the live run makes the backtest's orders: the same decision times,
-instruments, quantities, limit prices, fill prices and cancels.
+instruments, quantities, limit prices, fill prices and fees, and the same positions at
+the end. In lockstep an IOC meets the very quote it was priced from, so none is
+cancelled here (tests/test_core_ioc.py covers cancels through the order core).
 
 A paper venue fills an IOC order no further than the size shown at its quote, where the
 backtest fills it whole; the sizes here are raised to 5 BTC (the policy trades 0.5), so
@@ -125,19 +127,20 @@ async def lockstep(policy, data: dict, log: Path) -> int:
         sent += 1
         await until(lambda: rt.counters.events + rt.counters.bad_messages == before + 1 and not rt.open, poll=0.0005)
     assert rt.counters.bad_messages == 0
+    positions = rt.engine.positions()
     rt.stop.set()
     await run
     stop.set()
     await asyncio.gather(*servers)
     feeds.close()
-    return sent
+    return sent, positions
 
 
 def test_the_example_live_in_lockstep_makes_the_backtests_orders_and_fills(tmp_path):
     policy = compile_policy(POLICY)
     data = {name: first_minutes(path, tmp_path / path.name) for name, path in FILES.items()}
     log = tmp_path / "decisions.jsonl"
-    sent = asyncio.run(lockstep(policy, data, log))
+    sent, positions = asyncio.run(lockstep(policy, data, log))
 
     events, _ = load_events(policy, list(data.items()))
     assert sent == len(events.ts)
@@ -151,6 +154,7 @@ def test_the_example_live_in_lockstep_makes_the_backtests_orders_and_fills(tmp_p
                          o[L.O_FILL_PRICE] if filled else "cancelled"))
     records = read_log(log)
     fills = {r["client_order_id"]: r["price"] for r in records if r["kind"] == "fill"}
+    fees = [r["fee"] for r in records if r["kind"] == "fill"]
     cancels = {r["client_order_id"] for r in records if r["kind"] == "cancel"}
     got = []
     for r in records:
@@ -159,6 +163,8 @@ def test_the_example_live_in_lockstep_makes_the_backtests_orders_and_fills(tmp_p
         oid = r["client_order_id"]
         outcome = fills.get(oid, "cancelled" if oid in cancels else None)
         got.append((r["ts"], r["instrument"], r["qty"], r.get("limit_price"), outcome))
-    assert len(expected) >= 20  # five round trips: entries on both legs, and their unwinds
+    assert len(expected) == 20  # five round trips: entries on both legs, and their unwinds
     assert got == expected
     assert [o[-1] for o in got].count(None) == 0
+    assert fees == pytest.approx([o[L.O_FEE] for o in bt.orders], rel=1e-12, abs=0.0)
+    assert positions == dict(zip(names, bt.pstate[:, L.P_POS].tolist()))

@@ -25,7 +25,7 @@ ARB = """\
 policy: arbitrage
 version: 1
 instruments: {bn: "binance:BTCUSDT", cb: "coinbase:BTC-USD"}
-params: {edge: 0.1%, units: 0.5, slip: 0.01%}
+params: {edge: 0.1%, units: 0.5, slip: 0.01%, imbalance: 30}
 signals:
   - when: cb.bid > bn.ask * (1 + edge)
     legs:
@@ -39,7 +39,7 @@ signals:
     legs: {bn: 0, cb: 0}
 risk:
   max_position: 2
-  max_leg_imbalance: 30
+  max_leg_imbalance: imbalance
 """
 QUIET = {"price": 100.0, "bid": 99.9, "ask": 100.1}
 HIGH = {"price": 101.0, "bid": 100.9, "ask": 101.1}   # this venue's bid is above the other's ask by > edge
@@ -95,6 +95,40 @@ def test_a_breach_records_its_code_on_a_flat_leg_whose_target_it_set_to_zero(arb
     assert d.reasons == ("max_leg_imbalance:exit",)
     assert d.then.reasons == ("max_leg_imbalance:exit",)
     assert math.isnan(d.then.limit_price)
+
+
+@pytest.mark.parametrize("make", [kernel_engine, interpreter_engine], ids=["kernel", "interpreter"])
+def test_a_new_entry_after_a_breach_is_not_an_exit(arb, make):
+    """A breach while both IOCs are open (the imbalance counts them as if they fill: 0.5 x
+    100 - 0.5 x 101 = -0.5, beyond 0.3) flags both legs, which hold; the venue cancels
+    both; when the rule fires again its orders are entries, with no exit code."""
+    engine = make(arb.with_params(imbalance=0.3))
+    engine.market(BN, T0, QUIET)
+    engine.market(CB, T0 + NS, QUIET)
+    engine.market(CB, T0 + 2 * NS, HIGH)
+    d = engine.market(CB, T0 + 3 * NS, HIGH)
+    assert chain(d) == [(CB, 0.0)] and d.reasons == ("max_leg_imbalance:exit",)
+    engine.reject(BN, T0 + 4 * NS, UNITS)
+    engine.reject(CB, T0 + 4 * NS, -UNITS)
+    d = engine.market(CB, T0 + 5 * NS, HIGH)
+    assert chain(d) == [(BN, UNITS), (CB, -UNITS)]
+    assert (d.reasons, d.then.reasons) == ((), ())
+    assert (d.is_exit, d.then.is_exit) == (False, False)
+
+
+@pytest.mark.parametrize("make", [kernel_engine, interpreter_engine], ids=["kernel", "interpreter"])
+def test_the_kill_switchs_liquidation_of_a_flagged_leg_carries_the_breachs_code(arb, make):
+    """bn long 0.5 (about 50) unhedged, beyond 30, when the kill switch trips: its
+    liquidation is recorded with `max_leg_imbalance:exit`, never as an order with no reason."""
+    engine = make(arb)
+    engine.market(BN, T0, QUIET)
+    engine.market(CB, T0 + NS, QUIET)
+    engine.market(CB, T0 + 2 * NS, HIGH)
+    engine.fill(BN, T0 + 3 * NS, UNITS, 100.11)
+    engine.reject(CB, T0 + 4 * NS, -UNITS)
+    out = [(d.instrument, d.order_qty, d.reasons) for d in engine.halt(T0 + 5 * NS)]
+    assert out[0] == (BN, -UNITS, ("max_leg_imbalance:exit",)), out
+    assert all(reasons for _, qty, reasons in out if qty)
 
 
 STEP = st.one_of(
