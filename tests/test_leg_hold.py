@@ -12,8 +12,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from core_rig import interpreter_engine, kernel_engine
+from test_legs_engine import chain
 from policyc.compiler.build import compile_policy
-from policyc.compiler import layout as L
 from policyc.dsl.document import parse_policy_text
 
 NS = 1_000_000_000
@@ -44,20 +44,11 @@ risk:
 QUIET = {"price": 100.0, "bid": 99.9, "ask": 100.1}
 HIGH = {"price": 101.0, "bid": 100.9, "ask": 101.1}   # this venue's bid is above the other's ask by > edge
 QUOTES = {"quiet": QUIET, "high": HIGH}
-EXIT = 1 << L.R["max_leg_imbalance:exit"]
 
 
 @pytest.fixture(scope="module")
 def arb():
     return compile_policy(parse_policy_text(ARB, "arbitrage.yaml"))
-
-
-def chain(decision):
-    out = []
-    while decision is not None:
-        out.append((decision.instrument, decision.order_qty))
-        decision = decision.then
-    return out
 
 
 @pytest.mark.parametrize("make", [kernel_engine, interpreter_engine], ids=["kernel", "interpreter"])
