@@ -671,7 +671,7 @@ def _name_help(name: str) -> str | None:
 
 
 MAX_FEATURES = 500
-MAX_CUSTOM_RULES = 23  # reason masks travel as float64: 30 fixed codes (layout.REASONS) + 23 rules = 53 exact bits
+MAX_CUSTOM_RULES = 22  # reason masks travel as float64: 31 fixed codes (layout.REASONS) + 22 rules = 53 exact bits
 
 
 def check(parsed: ParsedPolicy, overrides: dict | None = None) -> CheckedPolicy:

@@ -668,10 +668,12 @@ class Interpreter:
         # too: the liquidation then carries the code).
         if i in self.leg_set:
             if b.open != 0 and not a.halted:
-                target = q
                 if b.flatten:
                     exit_ = True
                     reasons |= bit("max_leg_imbalance:exit")
+                elif target != q:
+                    reasons |= bit("order_open:blocked")
+                target = q
             elif b.flatten:
                 if pos != 0:
                     target, exit_ = 0.0, True

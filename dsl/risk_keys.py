@@ -257,6 +257,11 @@ RISK_STEPS = (
     Step(9, "limit price", (
         Reason("limit_invalid:blocked", "an order's limit price is NaN, infinite or at most 0: not sent"),
     )),
+    Step(2, "leg hold", (
+        Reason("order_open:blocked", "a leg of a multi-leg rule with an order open (an IOC that may still be "
+                                     "cancelled) sends nothing until that order is filled, cancelled or rejected: "
+                                     "its desired target differs from q and is held"),
+    )),
 )
 
 _ABOVE_0 = Bounds()

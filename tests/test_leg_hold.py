@@ -57,11 +57,15 @@ def test_the_unwind_is_not_netted_against_an_open_ioc_that_is_then_cancelled(arb
     engine.market(BN, T0, QUIET)
     engine.market(CB, T0 + NS, QUIET)
     assert chain(engine.market(CB, T0 + 2 * NS, HIGH)) == [(BN, UNITS), (CB, -UNITS)]
+    # an intent on a leg whose IOC is open is held, and says so
+    held = engine.intent(CB, T0 + 2 * NS + 1, 0.25)
+    assert (held.order_qty, held.approved_target, held.reasons) == (0.0, -UNITS, ("order_open:blocked",))
     engine.fill(BN, T0 + 3 * NS, UNITS, 100.11)
     # the prices meet again while cb's IOC is open: bn closes; cb holds, for its IOC may
     # still be cancelled (an order of +0.5 netted against it would then be a long of 0.5)
     d = engine.market(CB, T0 + 4 * NS, QUIET)
     assert chain(d) == [(CB, 0.0), (BN, -UNITS)]
+    assert d.reasons == ("order_open:blocked",) and d.then.reasons == ()
     assert engine.open_orders() == {BN: -UNITS, CB: -UNITS}
     engine.reject(CB, T0 + 5 * NS, -UNITS)           # the venue cancels cb's IOC
     engine.fill(BN, T0 + 6 * NS, -UNITS, 99.9)
