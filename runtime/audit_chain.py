@@ -60,44 +60,16 @@ def seal(record: dict, sign: Callable[[bytes], bytes] | None = None) -> tuple[by
     `record` must end with its `prev_hash`; `sign(digest)` (the hash's 32 bytes -> a
     64-byte Ed25519 signature) adds `sig`. Raises orjson.JSONEncodeError for a value
     JSON cannot hold."""
-    return seal_canonical(orjson.dumps(record, default=json_default, option=JSON_OPTIONS), sign)
+    return seal_canonical(orjson.dumps(record, option=JSON_OPTIONS), sign)
 
 
 def seal_canonical(canonical: bytes, sign: Callable[[bytes], bytes] | None = None) -> tuple[bytes, str]:
     """`seal` of a record already serialised: `canonical` is its compact JSON object,
     ending with its `prev_hash` member (what `orjson.dumps` gives for the record)."""
-    (line,), hex_hash = seal_parts([canonical], sign)
-    return line, hex_hash
-
-
-def seal_parts(canonical: list[bytes], sign: Callable[[bytes], bytes] | None = None) -> tuple[list[bytes], str]:
-    """`seal_canonical` of a record whose canonical bytes are the parts of `canonical`
-    one after the other, never joined: the line as parts (the same parts, the last one
-    sealed) and the hash. A record that carries a large `Raw` member is hashed and
-    written without a copy of it."""
-    sha = hashlib.sha256()
-    for part in canonical:
-        sha.update(part)
+    sha = hashlib.sha256(canonical)
     hex_hash = sha.hexdigest()
     tail = b'"}' if sign is None else b'","sig":"' + sign(sha.digest()).hex().encode() + b'"}'
-    return [*canonical[:-1], b"".join((canonical[-1][:-1], _HASH, hex_hash.encode(), tail))], hex_hash
-
-
-class Raw(bytes):
-    """JSON text that a record member carries as it is: `DecisionLog.write` puts it in the
-    line unparsed and uncopied (the core's market batches, encoded once). Only a
-    record's last member may be Raw; whoever serialises records otherwise passes
-    `default=json_default` to orjson."""
-
-    __slots__ = ()
-
-
-def json_default(value):
-    """orjson's `default` for records: a Raw member as the JSON text it holds. Raises
-    TypeError for anything else, as orjson does."""
-    if value.__class__ is Raw:
-        return orjson.Fragment(bytes(value))  # a copy: orjson takes no subclass of bytes
-    raise TypeError(f"Type is not JSON serializable: {type(value).__name__}")
+    return b"".join((canonical[:-1], _HASH, hex_hash.encode(), tail)), hex_hash
 
 
 def envelope(aead, nonce: bytes, seq: int, line: bytes) -> bytes:

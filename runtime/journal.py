@@ -32,7 +32,7 @@ import orjson
 from policyc.compiler import layout as L
 from policyc.compiler.build import CompiledPolicy
 
-from .audit_chain import JSON_OPTIONS, json_default
+from .audit_chain import JSON_OPTIONS
 from .engine import Engine
 from .live.audit import INPUT_KINDS, RUNNER_KINDS
 from .live.protocol import Market, VenueReply
@@ -66,7 +66,7 @@ def comparable(record: dict) -> dict:
     """A record as a replay compares it: without its place in the log and the chain,
     every value as the log's JSON holds it (NaN as None, tuples as lists)."""
     return orjson.loads(orjson.dumps({k: v for k, v in record.items() if k not in NOT_COMPARED},
-                                     default=json_default, option=JSON_OPTIONS))
+                                     option=JSON_OPTIONS))
 
 
 def carry_over(old: Engine, policy: CompiledPolicy) -> Engine:

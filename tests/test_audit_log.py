@@ -107,11 +107,7 @@ def test_a_record_the_disk_refuses_leaves_no_partial_line_and_no_gap(tmp_path, m
         real(fd, data[:10])
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
-    def full_disk_v(fd, parts):  # the log hands a record over as parts, in one call
-        return full_disk(fd, b"".join(parts))
-
     monkeypatch.setattr(os, "write", full_disk)
-    monkeypatch.setattr(os, "writev", full_disk_v, raising=False)
     with pytest.raises(OSError):
         log.write("order", ts=1, qty=1.0)
     monkeypatch.undo()
@@ -575,27 +571,3 @@ def test_a_field_may_not_name_a_member_the_log_sets(tmp_path, name):
         log.write("order", **{name: 1})
     assert log.seq == 0
     log.close()
-
-
-@pytest.mark.parametrize("encrypted", [False, True], ids=["plain", "encrypted"])
-def test_a_raw_member_is_written_as_it_is_and_sealed_like_any_record(tmp_path, key_file, encrypted):
-    """The core's market batch reaches the log as JSON text (`audit_chain.Raw`), written
-    and hashed without being parsed or joined: the line is the one `seal` makes of the
-    same record with the member parsed, it verifies, and it reads back as that member."""
-    path = tmp_path / "log.jsonl"
-    log = DecisionLog(path, P, B, **({"log_key": LOG_KEY} if encrypted else {}))
-    log.write("session", policy="t")
-    payload = b'[["ORCL",1700000000000000000,{"price":10.5,"qty":null},17],["ORCL",1700000000000000001,{"price":11.0},null]]'
-    with log.batch():
-        hash_ = log.write("market", ts=5, mono_ns=7, events=audit_chain.Raw(payload))
-        log.write("order", ts=5, client_order_id="t-000001", qty=1.0)
-    log.close()
-    records = read_log(path, LOG_KEY if encrypted else None)
-    market = records[1]
-    assert market["events"] == orjson.loads(payload) and market["hash"] == hash_
-    assert list(market)[-3:] == ["events", "prev_hash", "hash"] and records[2]["prev_hash"] == hash_
-    line, same = seal({k: v for k, v in market.items() if k != "hash"})
-    assert same == hash_
-    if not encrypted:
-        assert _lines(path)[1] == line + b"\n"
-    assert _problem(path, log_key_file=key_file if encrypted else None) is None

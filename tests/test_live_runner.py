@@ -373,11 +373,9 @@ def test_a_read_is_one_write_of_the_log_and_each_order_is_in_the_file_before_its
     runtime = LiveRuntime(policy, RunConfig("ws://feed", "ws://venue", log_path=str(path), fsync="never"))
     venue = WalVenue(path)
     connect(runtime, venue)
-    writes = []  # the records (lines) each system call hands over
-    os_ = __import__("os")
-    real, real_v = os_.write, os_.writev
+    writes = []
+    real = __import__("os").write
     monkeypatch.setattr("os.write", lambda fd, data: writes.append(data.count(b"\n")) or real(fd, data))
-    monkeypatch.setattr("os.writev", lambda fd, parts: writes.append(b"".join(parts).count(b"\n")) or real_v(fd, parts))
     frames = [orjson.dumps({"type": "tick", "instrument": "ORCL", "ts": TS + k, "price": 50.0}) for k in range(3)]
     runtime.on_feed_messages(frames)
     monkeypatch.undo()
@@ -395,6 +393,8 @@ def test_records_a_full_disk_refused_in_a_batch_are_dropped_and_the_chain_goes_o
     path = tmp_path / "log.jsonl"
     log = DecisionLog(path, "p" * 64, "b" * 64, fsync="never")
     log.write("session", policy="t")
+    real = __import__("os").write
+
     def full_disk(fd, data):
         raise OSError(28, "No space left on device")
 
@@ -402,8 +402,7 @@ def test_records_a_full_disk_refused_in_a_batch_are_dropped_and_the_chain_goes_o
         with log.batch():
             log.write("market", ts=1, events=[])
             monkeypatch.setattr("os.write", full_disk)
-            monkeypatch.setattr("os.writev", full_disk)
-    monkeypatch.undo()
+    monkeypatch.setattr("os.write", real)
     with log.batch():
         log.write("market", ts=2, events=[])
     log.close()

@@ -11,7 +11,7 @@ from policyc.cli import main
 from policyc.compiler import layout as L
 from policyc.compiler.build import compile_policy
 from policyc.dsl.document import parse_policy_text
-from policyc.runtime.audit_chain import JSON_OPTIONS, ZERO_HASH, json_default, seal
+from policyc.runtime.audit_chain import JSON_OPTIONS, ZERO_HASH, seal
 from policyc.runtime.engine import Engine
 from policyc.runtime.journal import Replayer, replay, session_policy
 from policyc.runtime.live.audit import read_log
@@ -55,7 +55,7 @@ class JournalRig:
     def record(self, kind, ts=None, **fields):  # through JSON, as a record is read back from the log
         self.records.append(orjson.loads(orjson.dumps({"seq": len(self.records) + 1, "kind": kind,
                                                        "ts": self.wall if ts is None else ts, **fields},
-                                                      default=json_default, option=JSON_OPTIONS)))
+                                                      option=JSON_OPTIONS)))
 
 
 def drive(rig: JournalRig, rng: random.Random, steps: int) -> None:

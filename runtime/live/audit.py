@@ -19,8 +19,9 @@ from typing import Iterator
 import orjson
 
 from . import DEFAULT_FSYNC, FSYNC_MODES
-from ..audit_chain import (JSON_OPTIONS, NONCE_BYTES, SIGNED, ZERO_HASH, Line, LogError, Problem, Raw, Summary, check,
-                           envelope, key_id, open_envelope, public_key_id, read_record, seal, seal_parts)
+from ..audit_chain import (JSON_OPTIONS, NONCE_BYTES, SIGNED, ZERO_HASH, Line, LogError, Problem, Summary, check, envelope, key_id,
+                           open_envelope, public_key_id, read_record, seal,
+                           seal_canonical)
 
 #: What reached the order core, written before it is handled (a journal that replays it).
 INPUT_KINDS = ("market", "input", "intent", "decide", "venue", "control", "link", "timer")
@@ -218,14 +219,6 @@ def _sync_dir(path: Path) -> None:
 
 
 # ---- writing ----------------------------------------------------------------------------
-_WRITEV = hasattr(os, "writev")  # not on Windows
-_IOV_MAX = os.sysconf("SC_IOV_MAX") if hasattr(os, "sysconf") and "SC_IOV_MAX" in os.sysconf_names else 16
-
-
-def _size_of(parts: list[bytes]) -> int:
-    return sum(map(len, parts))
-
-
 class _GroupCommit:
     """--fsync batch: a thread syncs the log when something was written since its last
     sync, at most every BATCH_SYNC_S, so that no write waits for the disk. A failed sync
@@ -341,7 +334,7 @@ class DecisionLog:
         if created and self._fsync != "never":
             _sync_dir(current.parent)
         self._syncer = _GroupCommit(self._fd, current.parent) if self._fsync == "batch" else None
-        self._pending: list[list[bytes]] = []  # sealed lines (each as parts) not yet handed to the operating system, in order
+        self._pending: list[bytes] = []  # sealed lines not yet handed to the operating system, in order
         self._pending_prev: list[str] = []  # the chain head each of them follows
         self._batches = 0                # open `batch` blocks
 
@@ -377,25 +370,16 @@ class DecisionLog:
         if ts is None:
             ts = time.time_ns()
         signed = self._sign is not None and kind in SIGNED
-        raw = None  # (name, JSON text) of a last member that is Raw
-        if fields:
-            name, value = next(reversed(fields.items()))
-            if value.__class__ is Raw:
-                raw = name, value
         if kind == "session" or type(ts) is not int:
             line, hash_ = seal(self._record(seq, ts, kind, fields, prev), self._sign if signed else None)
-            parts = [line]
         else:  # the bytes `seal` makes of the whole record, without serialising what every record repeats
-            members = orjson.dumps(fields if raw is None else {k: v for k, v in fields.items() if k != raw[0]},
-                                   option=JSON_OPTIONS)
-            head = b'{"seq":%d,"ts":%d%s%s' % (seq, ts, middle, members[1:-1] + b"," if len(members) > 2 else b"")
-            end = b'"prev_hash":"%s"}' % prev.encode()
-            canonical = [head + end] if raw is None else [head + b'"%s":' % raw[0].encode(), raw[1], b"," + end]
-            parts, hash_ = seal_parts(canonical, self._sign if signed else None)
+            members = orjson.dumps(fields, option=JSON_OPTIONS)
+            line, hash_ = seal_canonical(b'{"seq":%d,"ts":%d%s%s"prev_hash":"%s"}' % (
+                seq, ts, middle, members[1:-1] + b"," if len(members) > 2 else b"", prev.encode()),
+                self._sign if signed else None)
         if self._aead is not None and kind != "session":
-            parts = [envelope(self._aead, os.urandom(NONCE_BYTES), seq, b"".join(parts))]
-        parts.append(b"\n")
-        self._pending.append(parts)
+            line = envelope(self._aead, os.urandom(NONCE_BYTES), seq, line)
+        self._pending.append(line + b"\n")
         self._pending_prev.append(prev)
         self.seq, self.head = seq, hash_
         if kind not in _NOT_RECENT:
@@ -437,17 +421,17 @@ class DecisionLog:
         limit = self._max_bytes
         try:
             while pending:
-                if limit is not None and self._size and self._size + _size_of(pending[0]) > limit:
+                if limit is not None and self._size and self._size + len(pending[0]) > limit:
                     self._rotate()
                 take, size = len(pending), self._size
                 if limit is not None:  # as many as fit the segment; at least one, however large
-                    for take, parts in enumerate(pending):
-                        size += _size_of(parts)
+                    for take, line in enumerate(pending):
+                        size += len(line)
                         if take and size > limit:
                             break
                     else:
                         take = len(pending)
-                self._append([part for parts in pending[:take] for part in parts])
+                self._append(pending[0] if take == 1 else b"".join(pending[:take]))
                 del pending[:take], prev[:take]
         except OSError:
             self.seq, self.head = self.seq - len(pending), prev[0]
@@ -456,23 +440,16 @@ class DecisionLog:
             raise
         self._synced()
 
-    def _append(self, parts: list[bytes]) -> None:
-        """`parts` (whole records, one after the other) at the end of the log, whole or
-        not at all: one system call for them all, with no copy of them joined."""
-        total = sum(map(len, parts))
+    def _append(self, data: bytes) -> None:
+        """`data` (whole records) at the end of the log, whole or not at all."""
         try:
-            if _WRITEV and len(parts) <= _IOV_MAX:
-                written = os.writev(self._fd, parts)
-            else:
-                written = os.write(self._fd, b"".join(parts))
-            if written < total:  # a regular file takes less only when the disk is full: the next call says so
-                rest = b"".join(parts)[written:]
-                while rest:
-                    rest = rest[os.write(self._fd, rest):]
+            written = os.write(self._fd, data)
+            while written < len(data):  # a regular file takes less only when the disk is full: the next call says so
+                written += os.write(self._fd, data[written:])
         except OSError:
             os.ftruncate(self._fd, self._size)  # no partial line for the next record to follow
             raise
-        self._size += total
+        self._size += written
 
     def _synced(self) -> None:
         if self._syncer is not None:
