@@ -420,7 +420,9 @@ def _expected_for(loc: tuple, kind: str) -> str:
         return "an integer"
     if name in ("policy", "description", "name"):
         return "text"
-    if len(loc) >= 3 and loc[-3] == "signals" or (len(loc) == 2 and loc[0] == "features"):
+    if len(loc) >= 3 and loc[-2] == "legs":
+        return "an expression (the leg's target) or a mapping with `target` (and `limit`)"
+    if len(loc) >= 3 and loc[-3] in ("signals", "legs") or (len(loc) == 2 and loc[0] == "features"):
         return "an expression"
     if len(loc) == 2 and loc[0] == "params":
         return "a number or true/false"

@@ -43,3 +43,17 @@ def test_a_constant_limit_at_or_below_zero_is_a_warning_on_a_rule_and_on_a_leg(l
 def test_a_positive_or_computed_limit_is_not_warned_of(limit):
     checked = check(f"  - when: cb.bid > bn.ask\n    target: 1\n    limit: {limit}\n")
     assert not [d for d in checked.warnings if d.code == "W006"]
+
+
+@pytest.mark.parametrize("leg, code, where, says", [
+    ("bn: ~", "E007", "`signals.0.legs.bn`", "an expression (the leg's target) or a mapping with `target` (and `limit`), "
+                                             "not nothing (null)"),
+    ("bn: [1]", "E003", "`signals.0.legs.bn`", "an expression (the leg's target) or a mapping with `target` (and "
+                                               "`limit`), not a list"),
+    ("bn: {target: ~}", "E007", "`signals.0.legs.bn.target`", "an expression, not nothing (null)"),
+])
+def test_a_leg_of_the_wrong_kind_is_told_what_a_leg_is(leg, code, where, says):
+    with pytest.raises(PolicyError) as exc:
+        check(f"  - when: cb.bid > bn.ask\n    legs:\n      {leg}\n      cb: -1\n")
+    (d,) = exc.value.diagnostics
+    assert (d.code, d.message) == (code, f"{where} must be {says}")
