@@ -57,7 +57,8 @@ def arb_hand(ts, inst, vals, c_bid, c_ask, edge, units, slip, max_position, max_
     equity halts (every decision then closes, at market); when the legs' net signed
     notional, sum of (position + open) x last mid, is beyond `max_leg_imbalance` (money),
     both legs are closed at market once no order of theirs is open; a venue with an order
-    open sends nothing until it fills or is cancelled; targets are clipped
+    open sends nothing until it fills or is cancelled (the halt's liquidation waits too);
+    targets are clipped
     to +-max_position; an entry is blocked when its limit is more than `collar` from its
     venue's mid, or when that mid moved more than `collar` since the venue's previous
     quote; orders that are not exits stop at max_orders_per_day a UTC day. Fees are fees_bps of each
@@ -185,12 +186,12 @@ def arb_hand(ts, inst, vals, c_bid, c_ask, edge, units, slip, max_position, max_
             exit_ = False
             if not halted and not (peak > 0.0 and (peak - equity) / peak < max_drawdown):
                 halted = True
-            if halted:
+            if open_qty[k] != 0.0:  # never netted against an IOC that may be cancelled, halted or not
+                target = held
+                exit_ = flatten[k] or halted
+            elif halted:
                 target = 0.0
                 exit_ = True
-            elif open_qty[k] != 0.0:  # never netted against an IOC that may be cancelled
-                target = held
-                exit_ = flatten[k]
             elif flatten[k]:
                 if pos[k] != 0.0:
                     target = 0.0

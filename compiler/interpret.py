@@ -663,11 +663,11 @@ class Interpreter:
         if triggered and target == 0:  # the strategy went flat as the stop fired: still an exit
             exit_ = True
         # 2. a leg holds while an order of it is open: an IOC may still be cancelled, so
-        # no order is netted against it (the kill switch's liquidation excepted). A leg
-        # flattened by max_leg_imbalance is then closed as an exit, until flat (halted
-        # too: the liquidation then carries the code).
+        # no order is netted against it, the kill switch's liquidation neither (it follows
+        # once the order ends). A leg flattened by max_leg_imbalance is then closed as an
+        # exit, until flat.
         if i in self.leg_set:
-            if b.open != 0 and not a.halted:
+            if b.open != 0:
                 if b.flatten:
                     exit_ = True
                     reasons |= bit("max_leg_imbalance:exit")

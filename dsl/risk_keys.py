@@ -260,7 +260,8 @@ RISK_STEPS = (
     Step(2, "leg hold", (
         Reason("order_open:blocked", "a leg of a multi-leg rule with an order open (an IOC that may still be "
                                      "cancelled) sends nothing until that order is filled, cancelled or rejected: "
-                                     "its desired target differs from q and is held"),
+                                     "its target (after the kill switch and the protective exits) differs from q "
+                                     "and is held"),
     )),
 )
 

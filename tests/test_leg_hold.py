@@ -126,6 +126,28 @@ def test_the_kill_switchs_liquidation_of_a_flagged_leg_carries_the_breachs_code(
     assert all(reasons for _, qty, reasons in out if qty)
 
 
+@pytest.mark.parametrize("make", [kernel_engine, interpreter_engine], ids=["kernel", "interpreter"])
+def test_the_kill_switch_does_not_net_a_legs_liquidation_against_its_open_order(arb, make):
+    """Both legs sent, bn filled, then the prices meet: bn's unwind goes and fills, cb's
+    IOC is still open. The kill switch trips: cb's liquidation waits for its IOC, and
+    says so; the venue's cancel leaves cb flat, never reversed."""
+    engine = make(arb)
+    engine.market(BN, T0, QUIET)
+    engine.market(CB, T0 + NS, QUIET)
+    engine.market(CB, T0 + 2 * NS, HIGH)
+    engine.fill(BN, T0 + 3 * NS, UNITS, 100.11)
+    engine.market(CB, T0 + 4 * NS, QUIET)          # bn's unwind (-0.5) leaves; cb holds
+    engine.fill(BN, T0 + 5 * NS, -UNITS, 99.9)
+    # cb's open -0.5 alone is about 50 of imbalance, beyond 30: flagged, and held
+    out = {d.instrument: (d.order_qty, d.reasons) for d in engine.halt(T0 + 6 * NS)}
+    assert out[CB] == (0.0, ("max_leg_imbalance:exit",))
+    assert engine.open_orders() == {BN: 0.0, CB: -UNITS}
+    engine.reject(CB, T0 + 7 * NS, -UNITS)          # the venue cancels cb's IOC: flat, nothing to liquidate
+    d = engine.market(CB, T0 + 8 * NS, QUIET)
+    assert d is None or d.order_qty == 0.0
+    assert engine.positions() == {BN: 0.0, CB: 0.0} and engine.open_orders() == {BN: 0.0, CB: 0.0}
+
+
 STEP = st.one_of(
     st.tuples(st.just("market"), st.sampled_from([BN, CB]), st.sampled_from(sorted(QUOTES))),
     # the venue answers the k-th open order of the instrument (k modulo how many are
