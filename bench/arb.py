@@ -23,6 +23,9 @@ from pathlib import Path
 import numpy as np
 from numba import njit
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # the bench's own modules, also when loaded by path
+from timing import KernelTimings, now  # noqa: E402
+
 ROOT = Path(__file__).resolve().parent.parent
 POLICY = ROOT / "policies" / "arbitrage.yaml"
 EXAMPLE = ROOT / "examples" / "arbitrage"
@@ -32,7 +35,6 @@ LIMIT = 1.3      # run_backtest / hand loop, time per event
 REPS = 31        # interleaved rounds; the run is a few ms, so many rounds for a stable median
 BN, CB = 0, 1    # instrument indices, in the policy's order
 NS_PER_DAY = 86_400_000_000_000
-now = time.perf_counter
 
 
 # Same compile options as the generated kernel (error_model="numpy": no ZeroDivision checks).
@@ -238,7 +240,7 @@ def load(policy=None):
     return policy, events
 
 
-class ArbJob:
+class ArbJob(KernelTimings):
     """The example three ways over one event batch: the hand loop, the generated kernel
     alone (Session.feed, one call) and run_backtest as `policyc backtest` runs it."""
 
@@ -260,21 +262,7 @@ class ArbJob:
         self.hand_result = arb_hand(ev.ts, ev.inst, ev.vals, *self.args, *self.out)
         return now() - a
 
-    def time_kernel(self) -> float:
-        session = self.policy.session()
-        session.reserve_orders(self.n)
-        a = now()
-        session.feed(self.events)
-        dt = now() - a
-        self.kernel_session = session
-        return dt
 
-    def time_backtest(self) -> float:
-        from policyc.runtime.backtest import run_backtest
-
-        a = now()
-        self.backtest_result = run_backtest(self.policy, self.events, progress=False, record_equity=False)
-        return now() - a
 
     def check(self) -> list[str]:
         """Warm every path and compare their orders; returns the problems (none: parity)."""

@@ -49,6 +49,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
+from timing import KernelTimings, now  # noqa: E402  (bench/, this script's folder, is on the path)
 POLICIES = ROOT / "policies"
 EMA = POLICIES / "ema_cross.yaml"
 BENCH_EMA_STOP = ROOT / "bench" / "ema_stop.yaml"
@@ -63,7 +64,6 @@ SWEEP_REPS = 5
 T0_NS = 1_704_067_200_000_000_000  # 2024-01-01T00:00:00Z
 MINUTE_NS = 60_000_000_000
 
-now = time.perf_counter
 CREATED_DIRS: list[str] = []   # temp caches made by this run, removed at the end
 TARGETS: list[dict] = []       # target rows, in the order measured
 RESULTS: dict = {}             # raw figures per section, for reports/bench.json
@@ -391,7 +391,7 @@ def market_events(policy, ts, vals, inst=None):
     return Events.market(ts, cols, inst)
 
 
-class Job:
+class Job(KernelTimings):
     """One policy over one event batch, three ways: the bare hand-written loop, the
     generated kernel alone (Session.feed over a pre-sized order buffer, one call), and
     `run_backtest` as `policyc backtest` and `sweep` run it (no equity curve recorded).
@@ -410,21 +410,7 @@ class Job:
         self.bare_result = self.bare(ev.ts, ev.vals, *self.bare_args, *self.bare_out)
         return now() - a
 
-    def time_kernel(self):
-        session = self.policy.session()
-        session.reserve_orders(self.n)
-        a = now()
-        session.feed(self.events)
-        dt = now() - a
-        self.kernel_session = session
-        return dt
 
-    def time_backtest(self):
-        from policyc.runtime.backtest import run_backtest
-
-        a = now()
-        self.backtest_result = run_backtest(self.policy, self.events, progress=False, record_equity=False)
-        return now() - a
 
     def check(self) -> str:
         """Warm every path and compare their orders (raises SystemExit on a mismatch)."""
