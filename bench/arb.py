@@ -51,7 +51,8 @@ def arb_hand(ts, inst, vals, c_bid, c_ask, edge, units, slip, max_position, max_
     |coinbase mid / binance mid - 1| < edge/4 -> both flat, market orders
 
     When a rule holds, both venues decide (binance first); else only the event's venue,
-    toward its last target. Each leg of an entry is an IOC limit `slip` beyond the quote
+    toward its last target. A rule sets no target while either leg has an order open or a
+    position still to close after an imbalance (the legs move together). Each leg of an entry is an IOC limit `slip` beyond the quote
     seen; it fills whole at its venue's next quote when that quote's ask (a buy; the bid
     for a sell) is at or inside the limit, at that price moved by `slippage_bps` and
     capped at the limit, and is cancelled otherwise. A market order fills at the next
@@ -147,23 +148,31 @@ def arb_hand(ts, inst, vals, c_bid, c_ask, edge, units, slip, max_position, max_
         if d > day:
             day = d
             orders_today = 0
-        # 3. the rules
+        # 3. the rules; they set no target while a leg has an order open or a position to
+        # flatten (the legs move together)
         fired = True
+        settled = True
+        for k in range(2):
+            if open_qty[k] != 0.0 or (flatten[k] and pos[k] != 0.0):
+                settled = False
         if bid[CB] > ask[BN] * (1.0 + edge):
-            desired[BN] = units
-            desired[CB] = -units
-            leg_limit[BN] = ask[BN] * (1.0 + slip)
-            leg_limit[CB] = bid[CB] * (1.0 - slip)
+            if settled:
+                desired[BN] = units
+                desired[CB] = -units
+                leg_limit[BN] = ask[BN] * (1.0 + slip)
+                leg_limit[CB] = bid[CB] * (1.0 - slip)
         elif bid[BN] > ask[CB] * (1.0 + edge):
-            desired[BN] = -units
-            desired[CB] = units
-            leg_limit[BN] = bid[BN] * (1.0 - slip)
-            leg_limit[CB] = ask[CB] * (1.0 + slip)
+            if settled:
+                desired[BN] = -units
+                desired[CB] = units
+                leg_limit[BN] = bid[BN] * (1.0 - slip)
+                leg_limit[CB] = ask[CB] * (1.0 + slip)
         elif abs(last[CB] / last[BN] - 1.0) < edge / 4.0:
-            desired[BN] = 0.0
-            desired[CB] = 0.0
-            leg_limit[BN] = nan
-            leg_limit[CB] = nan
+            if settled:
+                desired[BN] = 0.0
+                desired[CB] = 0.0
+                leg_limit[BN] = nan
+                leg_limit[CB] = nan
         else:
             fired = False
         deciding[BN] = fired or i == BN

@@ -284,6 +284,7 @@ class Book:
     limit: float = NAN            # the limit price the desired target's orders carry (when `limited`)
     limited: bool = False         # the desired target came with a limit: its orders are IOC limit orders
     flatten: bool = False         # max_leg_imbalance flattens this leg (an exit) until it is flat
+    held: bool = False            # its multi-leg rule held a target of it on this event
     quote: tuple = (NAN, NAN)     # (bid, ask) of the latest market event (NaN where it had none)
     lock: float = 0.0
     lock_key: str | None = None   # the protective exit that holds the lock
@@ -577,9 +578,16 @@ class Interpreter:
                 if not legs:
                     self.set_target(b, values[target], NAN if limit is None else values[limit], limit is not None)
                 else:  # the event's instrument decides first when it is not a leg, then the legs as written
-                    for x, leg_target, leg_limit in legs:
-                        self.set_target(self.books[x], values[leg_target],
-                                        NAN if leg_limit is None else values[leg_limit], leg_limit is not None)
+                    books = [self.books[x] for x, _, _ in legs]
+                    if all(lb.open == 0 and (not lb.flatten or lb.position == 0) for lb in books):
+                        for lb, (_, leg_target, leg_limit) in zip(books, legs):
+                            self.set_target(lb, values[leg_target],
+                                            NAN if leg_limit is None else values[leg_limit], leg_limit is not None)
+                    else:  # the legs move together: none takes its target while one is busy
+                        for lb, (_, leg_target, _) in zip(books, legs):
+                            t = values[leg_target]
+                            if math.isfinite(t) and t != lb.position + lb.open:
+                                lb.held = True
                     deciding = ([] if any(x == i for x, _, _ in legs) else [i]) + [x for x, _, _ in legs]
                 break
         if self.p.intent_column is not None and math.isfinite(row[self.p.intent_column]):
@@ -628,6 +636,9 @@ class Interpreter:
         q = b.position + b.open
         seen = (e, desired, features, pos, q, a.equity, a.cash)  # recorded as the decision saw them
         reasons, target, exit_ = 0, desired, False
+        if b.held:  # its multi-leg rule held the legs' targets on this event
+            b.held = False
+            reasons |= bit("order_open:blocked")
         if price != price:
             if desired != q:
                 reasons |= bit("no_price:blocked")

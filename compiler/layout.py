@@ -49,7 +49,7 @@ BAR_FIELDS = ("open", "high", "low")
 # ---- per-instrument account and risk state (pstate[inst, column]) -------------------
 P_POS, P_OPEN, P_ENTRY, P_BEST, P_LAST, P_PREV, P_LAST_TS, P_DESIRED, P_LOCK, P_LOCK_CODE, \
     P_VOL, P_PENDING, P_PENDING_LAST, P_TRADE_PNL, P_MARK, P_GROSS, P_MULT, P_TICK, P_LIMIT, P_FLATTEN, \
-    P_BID, P_ASK, P_CUSTOM = range(23)
+    P_BID, P_ASK, P_HOLD, P_CUSTOM = range(24)
 #: P_PENDING and P_PENDING_LAST: the first and the last order row of the instrument that
 #: waits for a simulated fill (-1 when none), so its next market event looks at those rows
 #: only, not at every order the other instruments sent since.
@@ -66,10 +66,13 @@ P_POS, P_OPEN, P_ENTRY, P_BEST, P_LAST, P_PREV, P_LAST_TS, P_DESIRED, P_LOCK, P_
 #: P_BID and P_ASK: the bid and ask of the instrument's latest market event (NaN before
 #: one, or where it had none), kept by kernels with multi-leg rules whose events carry a
 #: quote: with --fill same, a leg's IOC order decided on another instrument's event fills
-#: against them.
+#: against them. P_HOLD: 1.0 when a multi-leg rule fired on this event but held its targets
+#: (a leg of it had an order open or a position to flatten) and its target for this leg
+#: differed from the leg's q: the leg's next decision records `order_open:blocked`.
 P_NAMES = ("position", "open_qty", "entry_price", "best_price", "last_price", "prev_price", "last_ts",
            "desired", "lock", "lock_code", "volatility", "pending_order", "last_pending_order", "trade_pnl",
-           "mark_term", "gross_term", "multiplier", "tick_size", "limit_price", "flatten", "last_bid", "last_ask")
+           "mark_term", "gross_term", "multiplier", "tick_size", "limit_price", "flatten", "last_bid", "last_ask",
+           "rule_held")
 #: |position| above this counts as holding one (a position summed back from fills may
 #: leave dust of a few ulps).
 HELD_EPSILON = 1e-12

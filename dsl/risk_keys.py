@@ -261,7 +261,8 @@ RISK_STEPS = (
         Reason("order_open:blocked", "a leg of a multi-leg rule with an order open (an IOC that may still be "
                                      "cancelled) sends nothing until that order is filled, cancelled or rejected: "
                                      "its target (after the kill switch and the protective exits) differs from q "
-                                     "and is held"),
+                                     "and is held; or its rule fired while one of the rule's legs had an order "
+                                     "open or a position to flatten, and set no target: the legs move together"),
     )),
 )
 

@@ -52,7 +52,12 @@ def arb():
 
 
 @pytest.mark.parametrize("make", [kernel_engine, interpreter_engine], ids=["kernel", "interpreter"])
-def test_the_unwind_is_not_netted_against_an_open_ioc_that_is_then_cancelled(arb, make):
+@pytest.mark.parametrize("cb_ioc", ["fills", "is cancelled"])
+def test_a_leg_is_not_unwound_alone_while_the_other_legs_ioc_is_open(arb, make, cb_ioc):
+    """The prices meet again while cb's IOC is open: the closing rule holds both legs, for
+    bn unwound alone would leave cb's IOC, if it fills, unhedged (and an unwind netted
+    against that IOC, a long of 0.5 if it is cancelled). Once the IOC ends the legs move
+    together: closed by the rule when it filled, bn flattened by the breach when not."""
     engine = make(arb)
     engine.market(BN, T0, QUIET)
     engine.market(CB, T0 + NS, QUIET)
@@ -61,18 +66,47 @@ def test_the_unwind_is_not_netted_against_an_open_ioc_that_is_then_cancelled(arb
     held = engine.intent(CB, T0 + 2 * NS + 1, 0.25)
     assert (held.order_qty, held.approved_target, held.reasons) == (0.0, -UNITS, ("order_open:blocked",))
     engine.fill(BN, T0 + 3 * NS, UNITS, 100.11)
-    # the prices meet again while cb's IOC is open: bn closes; cb holds, for its IOC may
-    # still be cancelled (an order of +0.5 netted against it would then be a long of 0.5)
     d = engine.market(CB, T0 + 4 * NS, QUIET)
-    assert chain(d) == [(CB, 0.0), (BN, -UNITS)]
-    assert d.reasons == ("order_open:blocked",) and d.then.reasons == ()
-    assert engine.open_orders() == {BN: -UNITS, CB: -UNITS}
-    engine.reject(CB, T0 + 5 * NS, -UNITS)           # the venue cancels cb's IOC
-    engine.fill(BN, T0 + 6 * NS, -UNITS, 99.9)
-    d = engine.market(CB, T0 + 7 * NS, QUIET)
-    assert chain(d) == [(CB, 0.0)]
+    assert chain(d) == [(CB, 0.0)] and d.reasons == ("order_open:blocked",)
+    assert engine.open_orders() == {BN: 0.0, CB: -UNITS}
+    assert engine.positions() == {BN: UNITS, CB: 0.0}
+    if cb_ioc == "fills":
+        engine.fill(CB, T0 + 5 * NS, -UNITS, 100.0)
+        d = engine.market(CB, T0 + 6 * NS, QUIET)   # the closing rule, both legs at once
+        assert chain(d) == [(BN, -UNITS), (CB, UNITS)]
+        assert (d.reasons, d.then.reasons) == ((), ())
+        engine.fill(BN, T0 + 7 * NS, -UNITS, 99.9)
+        engine.fill(CB, T0 + 7 * NS, UNITS, 100.1)
+    else:
+        engine.reject(CB, T0 + 5 * NS, -UNITS)       # the venue cancels cb's IOC: bn unhedged
+        d = engine.market(CB, T0 + 6 * NS, QUIET)
+        assert chain(d) == [(CB, 0.0), (BN, -UNITS)]
+        assert (d.reasons, d.then.reasons) == (("max_leg_imbalance:exit",), ("max_leg_imbalance:exit",))
+        engine.fill(BN, T0 + 7 * NS, -UNITS, 99.9)
     assert engine.positions() == {BN: 0.0, CB: 0.0}
     assert engine.open_orders() == {BN: 0.0, CB: 0.0}
+
+
+@pytest.mark.parametrize("make", [kernel_engine, interpreter_engine], ids=["kernel", "interpreter"])
+def test_a_missed_leg_is_not_sent_alone_while_the_other_is_flattened(arb, make):
+    """bn filled, cb's IOC cancelled: the breach flattens bn. The entry rule keeps firing
+    while bn's unwind is open: it sets no target, so cb is not sent alone (it would be
+    short 0.5 unhedged once bn is flat), and cb's decision says why. Once bn is flat the
+    rule sends both legs together."""
+    engine = make(arb)
+    engine.market(BN, T0, QUIET)
+    engine.market(CB, T0 + NS, QUIET)
+    engine.market(CB, T0 + 2 * NS, HIGH)
+    engine.fill(BN, T0 + 3 * NS, UNITS, 100.11)
+    engine.reject(CB, T0 + 4 * NS, -UNITS)
+    assert chain(engine.market(CB, T0 + 5 * NS, HIGH)) == [(CB, 0.0), (BN, -UNITS)]   # the breach
+    d = engine.market(CB, T0 + 6 * NS, HIGH)        # the rule fires; bn's unwind is open
+    assert chain(d) == [(CB, 0.0)] and d.reasons == ("order_open:blocked",)
+    assert engine.open_orders() == {BN: -UNITS, CB: 0.0}
+    engine.fill(BN, T0 + 7 * NS, -UNITS, 99.9)
+    d = engine.market(CB, T0 + 8 * NS, HIGH)
+    assert chain(d) == [(BN, UNITS), (CB, -UNITS)]
+    assert (d.is_exit, d.then.is_exit) == (False, False)
 
 
 @pytest.mark.parametrize("make", [kernel_engine, interpreter_engine], ids=["kernel", "interpreter"])
@@ -128,16 +162,14 @@ def test_the_kill_switchs_liquidation_of_a_flagged_leg_carries_the_breachs_code(
 
 @pytest.mark.parametrize("make", [kernel_engine, interpreter_engine], ids=["kernel", "interpreter"])
 def test_the_kill_switch_does_not_net_a_legs_liquidation_against_its_open_order(arb, make):
-    """Both legs sent, bn filled, then the prices meet: bn's unwind goes and fills, cb's
-    IOC is still open. The kill switch trips: cb's liquidation waits for its IOC, and
-    says so; the venue's cancel leaves cb flat, never reversed."""
+    """Both legs sent, bn's IOC cancelled, cb's still open. The kill switch trips: cb's
+    liquidation waits for its IOC, and says so; the venue's cancel leaves cb flat, never
+    reversed."""
     engine = make(arb)
     engine.market(BN, T0, QUIET)
     engine.market(CB, T0 + NS, QUIET)
     engine.market(CB, T0 + 2 * NS, HIGH)
-    engine.fill(BN, T0 + 3 * NS, UNITS, 100.11)
-    engine.market(CB, T0 + 4 * NS, QUIET)          # bn's unwind (-0.5) leaves; cb holds
-    engine.fill(BN, T0 + 5 * NS, -UNITS, 99.9)
+    engine.reject(BN, T0 + 3 * NS, UNITS)          # bn's IOC is cancelled; cb's is still open
     # cb's open -0.5 alone is about 50 of imbalance, beyond 30: flagged, and held
     out = {d.instrument: (d.order_qty, d.reasons) for d in engine.halt(T0 + 6 * NS)}
     assert out[CB] == (0.0, ("max_leg_imbalance:exit",))
@@ -164,7 +196,9 @@ def test_no_leg_ever_holds_more_than_the_rules_size_however_the_venues_answer(ar
     +-0.5 and an order is never netted against an open one, so no leg's position, nor
     its position with its open orders, ever leaves [-0.5, 0.5] (netting let a target that
     turned twice stack orders whose cancels left 1.5); the kernel and the interpreter
-    agree after every step."""
+    agree after every step. The legs move together: no leg sends an entry (an order that
+    is not an exit) while the other leg's flattening is under way (an exit of it open
+    from before the event), which once sent a missed leg alone as its partner unwound."""
     engines = [kernel_engine(arb), interpreter_engine(arb)]
     books = [{BN: [], CB: []}, {BN: [], CB: []}]  # per engine: each instrument's open orders, oldest first
     ts = T0
@@ -176,16 +210,19 @@ def test_no_leg_ever_holds_more_than_the_rules_size_however_the_venues_answer(ar
         for engine, book in zip(engines, books):
             if step[0] == "market":
                 _, instrument, quote = step
+                unwinding = {name for name, orders in book.items() if any(is_exit for _, is_exit in orders)}
                 d = engine.market(instrument, ts, QUOTES[quote])
                 while d is not None:
                     if d.order_qty != 0.0:
-                        book[d.instrument].append(d.order_qty)
+                        book[d.instrument].append((d.order_qty, d.is_exit))
+                        other = CB if d.instrument == BN else BN
+                        assert d.is_exit or other not in unwinding, (d.instrument, d.order_qty, book)
                     d = d.then
                 continue
             _, instrument, k, fraction = step
             if not book[instrument]:
                 continue
-            qty = book[instrument].pop(k % len(book[instrument]))
+            qty, _ = book[instrument].pop(k % len(book[instrument]))
             filled = qty * fraction
             if filled != 0.0:
                 engine.fill(instrument, ts, filled, engine.last_prices()[instrument])
