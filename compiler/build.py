@@ -166,7 +166,15 @@ class CompiledPolicy:
 
     @property
     def columns(self) -> list[str]:
+        """The event value columns, in order: the market fields, then the inputs."""
         return self.program.columns
+
+    @property
+    def optional_columns(self) -> tuple[str, ...]:
+        """The columns of `columns` that data may lack (NaN where it does): the quote
+        (`bid`, `ask`) the IOC orders of a rule's or a leg's `limit` fill against, when
+        the policy does not read it itself."""
+        return self.program.optional_columns
 
     @property
     def feature_names(self) -> list[str]:
@@ -228,6 +236,7 @@ class CompiledPolicy:
             "inputs": self.checked.inputs,
             "market_fields": self.checked.fields,
             "columns": self.columns,
+            "optional_columns": list(self.optional_columns),
             "features": self.feature_names,
             "reasons": self.reason_names,
             "compiler": {"policyc": COMPILER_VERSION},

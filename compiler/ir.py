@@ -72,6 +72,9 @@ class Program:
     columns: list[str]                       # event value columns: market fields, then inputs
     intent_column: int | None = None
     clock: tuple[str | None, str | None] | None = None  # (calendar, timezone) when the policy names either
+    #: columns of `columns` the policy does not read, which data may lack (NaN then): the
+    #: quote (`bid`, `ask`) an IOC order fills against, in a policy with a rule's or a leg's `limit`
+    optional_columns: tuple[str, ...] = ()
 
     def outputs(self) -> list[int]:
         out = list(self.features.values())
@@ -93,6 +96,7 @@ class Program:
             custom=[(n, a, mapping[w]) for n, a, w in self.custom],
             volatility=None if self.volatility is None else mapping[self.volatility],
             params=self.params, columns=self.columns, intent_column=self.intent_column, clock=self.clock,
+            optional_columns=self.optional_columns,
         )
 
     def uses_limits(self) -> bool:

@@ -3,6 +3,10 @@
 Sugar becomes primitives here: `crosses_above(a, b)` is `a > b and a[1] <= b[1]`,
 `zscore`, `change`, `returns`, `log_return` and `atr` are built from smaller ops, so
 the optimiser and both back ends see a small, regular instruction set.
+
+The event columns are the market fields the policy reads, then its inputs; a policy with
+a rule's or a leg's `limit` also has the quote (`bid`, `ask`) its IOC orders fill
+against, read or not (`Program.optional_columns` those it does not read).
 """
 from __future__ import annotations
 
@@ -10,9 +14,12 @@ from policyc.dsl import expressions as ex
 from policyc.dsl.diagnostics import PolicyError, error
 from policyc.dsl.risk_keys import RISK_KEYS
 
-from .builtins import BOOL, FUNCTIONS, INSTRUMENT_STATE, NUM, SESSION_FUNCTIONS, STATE_VALUES, TIME, TIMESTAMP
+from .builtins import (BOOL, FUNCTIONS, INSTRUMENT_STATE, MARKET_FIELDS, NUM, SESSION_FUNCTIONS, STATE_VALUES, TIME,
+                       TIMESTAMP)
 from .check import CheckedPolicy
 from .ir import Op, Program
+
+QUOTE = ("bid", "ask")  # the sides an IOC order fills against: the ask for a buy, the bid for a sell
 
 
 class _Lowerer:
@@ -20,7 +27,15 @@ class _Lowerer:
         self.c = checked
         self.ops: list[Op] = []
         self.params = list(checked.params)
-        self.columns = list(checked.fields) + list(checked.inputs)
+        # a rule's or a leg's `limit` makes IOC orders, which a backtest fills against the
+        # data's quote whenever the data has one: the sides the policy does not read are
+        # optional columns (an intent's limit price comes with an intent event, never from
+        # a data file, so intents add none)
+        limited = any(r.limit is not None or any(leg.limit is not None for leg in r.legs or ())
+                      for r in checked.parsed.signals)
+        self.optional = tuple(side for side in QUOTE if side not in checked.fields) if limited else ()
+        fields = [f for f in MARKET_FIELDS if f in checked.fields or f in self.optional]
+        self.columns = fields + list(checked.inputs)
         self.feature_ops: dict[str, int] = {}
         self.pending_lags: list[tuple[int, str]] = []  # lag ops whose source is a later feature
         # a policy of one instrument reads its own values through references: no cross ops
@@ -215,4 +230,5 @@ def lower(checked: CheckedPolicy) -> Program:
     clock = None
     if parsed.calendar is not None or parsed.timezone is not None:
         clock = (parsed.calendar and parsed.calendar.name, parsed.timezone and parsed.timezone.name)
-    return Program(lw.ops, dict(lw.feature_ops), rules, custom, volatility, lw.params, lw.columns, intent, clock)
+    return Program(lw.ops, dict(lw.feature_ops), rules, custom, volatility, lw.params, lw.columns, intent, clock,
+                   lw.optional)

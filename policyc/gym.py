@@ -238,10 +238,8 @@ def _events(policy: CompiledPolicy, data) -> Events:
         if missing:
             raise ValueError(f"no data for instrument `{missing[0]}`")
         read = [c for c in columns if c != INTENT]
-        tables = [load_table(data[s], read) for s in policy.instruments]
-        for t in tables:
-            t.columns[INTENT] = np.full(len(t), np.nan)
-        events = merge(tables, columns)
+        tables = [load_table(data[s], read, optional=policy.optional_columns) for s in policy.instruments]
+        events = merge(tables, columns)  # the intent column, which no file has, NaN
     if len(np.unique(events.ts)) < 2:
         raise ValueError("the data has fewer than two distinct timestamps: nothing to step through")
     return events
@@ -253,7 +251,8 @@ def check_events(policy: CompiledPolicy, events: Events) -> Events:
     events only, one value column per `policy.columns`, instrument indices of the policy,
     timestamps (ns) that never go back (equal ones are fine), prices (`close`, `price`,
     `bid`, ...) positive and finite, `qty` and `volume` numbers, and every value at most
-    `layout.MAX_MAGNITUDE` in magnitude (a model input may be NaN: no value). Raises
+    `layout.MAX_MAGNITUDE` in magnitude (a model input may be NaN: no value, and so may
+    an optional column, `policy.optional_columns`: data without it). Raises
     ValueError naming the first bad event, its column and value."""
     columns = policy.columns
     ts, kind, inst, vals = (np.asarray(a) for a in (events.ts, events.kind, events.inst, events.vals))
@@ -285,7 +284,10 @@ def check_events(policy: CompiledPolicy, events: Events) -> Events:
             continue
         v = vals[:, c]
         if name in PRICE_FIELDS:
-            bad, rule = np.flatnonzero(~((v > 0) & (v < np.inf))), "prices must be positive and finite"
+            usable = (v > 0) & (v < np.inf)
+            if name in policy.optional_columns:
+                usable |= np.isnan(v)
+            bad, rule = np.flatnonzero(~usable), "prices must be positive and finite"
         elif name in ("qty", "volume"):
             bad, rule = np.flatnonzero(np.isnan(v)), "market data must be numbers"
         else:

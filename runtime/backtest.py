@@ -158,14 +158,13 @@ def load_events(policy: CompiledPolicy, data: list[tuple[str | None, str]], skip
         raise DataError(f"no --data for instrument `{missing[0]}`; give --data {missing[0]}=PATH")
     if zone is None and policy.clock is not None:
         zone = policy.clock.zone
-    if not bars:
-        tables = [load_table(named[s], policy.columns, skip_bad_rows, start_ns, end_ns, date_format, zone)
-                  for s in instruments]
-        return merge(tables, policy.columns), tables
-    tables = [_load_with_bars(named[s], policy.columns, skip_bad_rows, start_ns, end_ns, date_format, zone)
-              for s in instruments]
+    # with bars, the bar fields a file has are read besides the policy's columns, for the fills
+    extra = [f for f in L.BAR_FIELDS if bars and f not in policy.columns]
+    optional = (*policy.optional_columns, *extra)
+    tables = [load_table(named[s], policy.columns, skip_bad_rows, start_ns, end_ns, date_format, zone,
+                         optional=optional) for s in instruments]
     events = merge(tables, policy.columns)
-    if any(L.BAR_FIELDS[L.BAR_OPEN] in t.columns for t in tables):
+    if bars and any(L.BAR_FIELDS[L.BAR_OPEN] in t.columns for t in tables):
         nan = [np.full(len(t), np.nan) for t in tables]
         columns = [np.concatenate([t.columns.get(f, no) for t, no in zip(tables, nan)]) for f in L.BAR_FIELDS]
         stacked = np.column_stack(columns)
@@ -173,20 +172,6 @@ def load_events(policy: CompiledPolicy, data: list[tuple[str | None, str]], skip
             stacked = stacked[np.argsort(np.concatenate([t.ts for t in tables]), kind="stable")]
         events.bars = np.ascontiguousarray(stacked)
     return events, tables
-
-
-def _load_with_bars(path: str, columns: list[str], *args) -> Table:
-    """`load_table(path, columns, *args)` with the bar fields (open, high, low) the file has
-    besides `columns`: a bar field the file lacks is left out, and tried no more."""
-    extra = [f for f in L.BAR_FIELDS if f not in columns]
-    while True:
-        try:
-            return load_table(path, columns + extra, *args)
-        except DataError as exc:
-            lacking = next((f for f in extra if f"`{f}`" in exc.detail and "no such column" in exc.detail), None)
-            if lacking is None:
-                raise
-            extra.remove(lacking)
 
 
 def fill_mode(name: str | None, events: Events) -> int:
@@ -288,7 +273,7 @@ def run_through_order_core(policy: CompiledPolicy, events: Events, mode: int = L
 
     A rule's `limit`, a leg's and an intent's make IOC limit orders, as in the kernel:
     the venue fills one whole at the event it fills at when the quote (`ask` for a buy,
-    `bid` for a sell, where the policy reads them and they are prices: the fill event's,
+    `bid` for a sell, where the events carry them and they are prices: the fill event's,
     or under `same` the instrument's latest, none for an order decided on no market
     event; else the price) is at or through its limit, else answers a `cancel` of all of
     it, which the core releases. The order's row carries its limit (layout.O_LIMIT); a

@@ -102,20 +102,24 @@ def _canonical(name: str) -> str:
 
 def load_table(path: str | Path, wanted: list[str], skip_bad_rows: bool = False,
                start_ns: int | None = None, end_ns: int | None = None, date_format: str | None = None,
-               zone: str | None = None) -> Table:
+               zone: str | None = None, *, optional: tuple[str, ...] | list[str] = ()) -> Table:
     """Read the timestamp and the `wanted` columns of one file; rows in [start_ns, end_ns]
-    (ns since the epoch, UTC, both inclusive). `date_format` reads timestamps: a strptime
-    format reads text (and integer columns, as their digits); a time zone in it (`%z`) is
-    converted to UTC. A timestamp without a zone or offset (naive) is wall-clock time in
-    `zone` (an IANA name, the policy's time zone), or UTC when `zone` is None; one with a
-    zone keeps it. `epoch`, `epoch-ms`, `epoch-us` or `epoch-ns` reads numbers (text or
-    numeric columns) as that unit since 1970, UTC by definition.
+    (ns since the epoch, UTC, both inclusive). The `optional` columns (in `wanted` or
+    besides it) may be absent from the file: one it lacks is left out of `Table.columns`
+    (`merge` makes it NaN), one it has is read and checked as the others are.
+    `date_format` reads timestamps: a strptime format reads text (and integer columns,
+    as their digits); a time zone in it (`%z`) is converted to UTC. A timestamp without
+    a zone or offset (naive) is wall-clock time in `zone` (an IANA name, the policy's
+    time zone), or UTC when `zone` is None; one with a zone keeps it. `epoch`,
+    `epoch-ms`, `epoch-us` or `epoch-ns` reads numbers (text or numeric columns) as that
+    unit since 1970, UTC by definition.
     Raises DataError naming the file (and line) when the file cannot be used."""
     p = Path(path)
     if p.is_dir():
         raise _error(path, "is a directory, not a data file")
     if not (p.is_file() or p.is_fifo()):
         raise _error(path, "no such file" if not p.exists() else "not a regular file")
+    wanted = _reading(wanted, optional)
     suffix = p.suffix.lower()
     if suffix == ".parquet":
         source = _read_parquet(p)
@@ -123,8 +127,14 @@ def load_table(path: str | Path, wanted: list[str], skip_bad_rows: bool = False,
         source = _read_npz(p, wanted)
     else:
         raw = p.read_bytes()  # once: a FIFO cannot be read twice
-        source = (_read_clean_csv(raw, wanted) if date_format is None else None) or _read_csv(p, raw)
-    return _build(str(path), source, wanted, skip_bad_rows, start_ns, end_ns, date_format, zone)
+        source = (_read_clean_csv(raw, wanted, optional) if date_format is None else None) or _read_csv(p, raw)
+    return _build(str(path), source, wanted, skip_bad_rows, start_ns, end_ns, date_format, zone, optional)
+
+
+def _reading(wanted: list[str], optional) -> list[str]:
+    """The columns a load reads where the file has them: `wanted`, then the `optional`
+    columns not among them, each once, in that order."""
+    return [*wanted, *(name for name in dict.fromkeys(optional) if name not in wanted)]
 
 
 @dataclass
@@ -195,15 +205,16 @@ def _read_csv(p: Path, raw: bytes) -> _Source:
     return _Source(header, columns, np.array(lines, dtype=np.int64), problems, delimiter=delimiter)
 
 
-def _read_clean_csv(raw: bytes, wanted: list[str]) -> _Source | None:
+def _read_clean_csv(raw: bytes, wanted: list[str], optional=()) -> _Source | None:
     """A clean CSV file (`raw`, its bytes) read by pyarrow.csv, many times faster than
     `_read_csv`, with the same rows, values and line numbers; or None when the file is
     not one this path reads exactly as `_read_csv` does, which then reads it and names
-    its problems. Clean: UTF-8; the timestamp and `wanted` columns present, each header
-    name once; no blank line, nor a newline inside quotes (each would shift the line
-    numbers); every row with the header's number of fields; timestamps ISO 8601 that
-    pyarrow types as dates, times and timestamps; numbers finite in plain notation
-    (NaN and infinities spelled in ways Python does not read are the slow path's)."""
+    its problems. Clean: UTF-8; the timestamp and `wanted` columns present (but for the
+    `optional` ones, read when there), each header name once; no blank line, nor a
+    newline inside quotes (each would shift the line numbers); every row with the
+    header's number of fields; timestamps ISO 8601 that pyarrow types as dates, times
+    and timestamps; numbers finite in plain notation (NaN and infinities spelled in ways
+    Python does not read are the slow path's)."""
     import pyarrow as pa
     import pyarrow.csv as pcsv
 
@@ -219,9 +230,9 @@ def _read_clean_csv(raw: bytes, wanted: list[str]) -> _Source | None:
     index = _column_index(header)
     stamp_names = _timestamp_names(index)
     sources = [_source_of(name, index) for name in wanted]
-    if not stamp_names or None in sources:
+    if not stamp_names or any(source is None and name not in optional for name, source in zip(wanted, sources)):
         return None
-    numeric = {index[name] for name in sources}
+    numeric = {index[source] for source in sources if source is not None}
     used = sorted(_used_columns(header, wanted))
     if any(header.count(header[k]) > 1 for k in used):
         return None
@@ -711,7 +722,7 @@ def _timestamp_values(path: str, src: _Source, index: dict, found: list[str]):
 
 
 def _build(path: str, src: _Source, wanted: list[str], skip_bad_rows: bool, start_ns, end_ns, date_format,
-           zone: str | None) -> Table:
+           zone: str | None, optional=()) -> Table:
     index = _column_index(src.header)
     found = [str(h).strip() for h in src.header]
     n = len(src.lines)
@@ -753,6 +764,8 @@ def _build(path: str, src: _Source, wanted: list[str], skip_bad_rows: bool, star
     columns: dict[str, np.ndarray] = {}
     for name in wanted:
         source = _source_of(name, index)
+        if source is None and name in optional:
+            continue  # the file may lack it: left out, and NaN in the events
         if source is None:
             needed = f"`{name}`" + (" (or `close`)" if name == "price" else " (or `price`)" if name == "close" else "")
             raise _error(path, f"the policy reads {needed} but the file has no such column (found: {', '.join(found)})")
@@ -861,11 +874,12 @@ def _row_error(where: str, detail: str, path: str, src: _Source, k: int, suffix:
 
 def merge(tables: list[Table], columns: list[str]) -> Events:
     """One event stream from one table per instrument, by timestamp (stable: ties keep
-    instrument order)."""
+    instrument order), with the value `columns` in that order: NaN in a table that lacks
+    one (an optional column its file does not have)."""
     ts = np.concatenate([t.ts for t in tables])
     inst = np.concatenate([np.full(len(t), k, np.int32) for k, t in enumerate(tables)])
-    vals = np.concatenate([np.column_stack([t.columns[c] for c in columns]) if columns else np.zeros((len(t), 0))
-                           for t in tables])
+    vals = np.concatenate([np.column_stack([t.columns.get(c, np.full(len(t), np.nan)) for c in columns])
+                           if columns else np.zeros((len(t), 0)) for t in tables])
     if len(tables) > 1:
         order = np.argsort(ts, kind="stable")
         ts, inst, vals = ts[order], inst[order], vals[order]

@@ -88,7 +88,8 @@ class Engine:
         self.latest_inputs = np.full((len(policy.instruments), self._n_columns), np.nan)
         self._blank_rows: dict[int, list] = {}
         self._price_columns = [(c, self.columns[c]) for c in ("price", "close") if c in self.columns]
-        # every name a market event may carry -> its column, or None when the policy does not read it
+        # every name a market event may carry -> its column, or None when the kernel has none for it (a field
+        # the policy does not read; an optional column, the quote of a policy with a `limit`, is NaN when not sent)
         self._field_slots = {**dict.fromkeys(MARKET_FIELDS), **self.columns}
         self._plans: dict[tuple, tuple | bool] = {}  # the fields of a market event -> how `_market_batch` writes them
         self._grow(1)
@@ -258,7 +259,7 @@ class Engine:
         for name, value in fields.items():
             column = slots.get(name, -1)
             if column is None:
-                continue  # a market field this policy does not read
+                continue  # a market field the kernel has no column for
             if column < 0:
                 raise EngineError(f"unknown field `{name}`")
             values[column] = value
