@@ -51,6 +51,16 @@ def arb():
     return compile_policy(parse_policy_text(ARB, "arbitrage.yaml"))
 
 
+def bn_filled_cb_cancelled(engine):
+    """Both legs sent on coinbase's dislocation; bn's IOC filled, cb's cancelled: bn long
+    0.5 (about 50) unhedged, beyond the limit of 30."""
+    engine.market(BN, T0, QUIET)
+    engine.market(CB, T0 + NS, QUIET)
+    engine.market(CB, T0 + 2 * NS, HIGH)
+    engine.fill(BN, T0 + 3 * NS, UNITS, 100.11)
+    engine.reject(CB, T0 + 4 * NS, -UNITS)
+
+
 @pytest.mark.parametrize("make", [kernel_engine, interpreter_engine], ids=["kernel", "interpreter"])
 @pytest.mark.parametrize("cb_ioc", ["fills", "is cancelled"])
 def test_a_leg_is_not_unwound_alone_while_the_other_legs_ioc_is_open(arb, make, cb_ioc):
@@ -94,11 +104,7 @@ def test_a_missed_leg_is_not_sent_alone_while_the_other_is_flattened(arb, make):
     short 0.5 unhedged once bn is flat), and cb's decision says why. Once bn is flat the
     rule sends both legs together."""
     engine = make(arb)
-    engine.market(BN, T0, QUIET)
-    engine.market(CB, T0 + NS, QUIET)
-    engine.market(CB, T0 + 2 * NS, HIGH)
-    engine.fill(BN, T0 + 3 * NS, UNITS, 100.11)
-    engine.reject(CB, T0 + 4 * NS, -UNITS)
+    bn_filled_cb_cancelled(engine)
     assert chain(engine.market(CB, T0 + 5 * NS, HIGH)) == [(CB, 0.0), (BN, -UNITS)]   # the breach
     d = engine.market(CB, T0 + 6 * NS, HIGH)        # the rule fires; bn's unwind is open
     assert chain(d) == [(CB, 0.0)] and d.reasons == ("order_open:blocked",)
@@ -112,11 +118,7 @@ def test_a_missed_leg_is_not_sent_alone_while_the_other_is_flattened(arb, make):
 @pytest.mark.parametrize("make", [kernel_engine, interpreter_engine], ids=["kernel", "interpreter"])
 def test_a_breach_records_its_code_on_a_flat_leg_whose_target_it_set_to_zero(arb, make):
     engine = make(arb)
-    engine.market(BN, T0, QUIET)
-    engine.market(CB, T0 + NS, QUIET)
-    engine.market(CB, T0 + 2 * NS, HIGH)
-    engine.fill(BN, T0 + 3 * NS, UNITS, 100.11)
-    engine.reject(CB, T0 + 4 * NS, -UNITS)   # bn long 0.5 (about 50) unhedged: beyond 30
+    bn_filled_cb_cancelled(engine)
     d = engine.market(CB, T0 + 5 * NS, HIGH)
     # the rule fires again, but the breach sets every leg's target to 0: cb, flat, sends
     # nothing and says why; bn closes at market
@@ -150,11 +152,7 @@ def test_the_kill_switchs_liquidation_of_a_flagged_leg_carries_the_breachs_code(
     """bn long 0.5 (about 50) unhedged, beyond 30, when the kill switch trips: its
     liquidation is recorded with `max_leg_imbalance:exit`, never as an order with no reason."""
     engine = make(arb)
-    engine.market(BN, T0, QUIET)
-    engine.market(CB, T0 + NS, QUIET)
-    engine.market(CB, T0 + 2 * NS, HIGH)
-    engine.fill(BN, T0 + 3 * NS, UNITS, 100.11)
-    engine.reject(CB, T0 + 4 * NS, -UNITS)
+    bn_filled_cb_cancelled(engine)
     out = [(d.instrument, d.order_qty, d.reasons) for d in engine.halt(T0 + 5 * NS)]
     assert out[0] == (BN, -UNITS, ("max_leg_imbalance:exit",)), out
     assert all(reasons for _, qty, reasons in out if qty)
