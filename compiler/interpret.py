@@ -552,12 +552,15 @@ class Interpreter:
         at = open_ if self.mode in (L.FILL_NEXT_OPEN, L.FILL_LATENCY) else price
         b.quote = tuple(float(row[c]) if c is not None else NAN for c in self.quote_columns)
         self.quotes = {x: book.quote for x, book in enumerate(self.books)}
+        # an IOC order filled at a bar's open meets the open: the bar's quote is its end's
+        opened = bar is not None and 0 < bar[L.BAR_OPEN] < math.inf
+        at_quote = (NAN, NAN) if opened and self.mode in (L.FILL_NEXT_OPEN, L.FILL_LATENCY) else b.quote
         pending, b.pending = b.pending, []
         for order in pending:
             if self.mode == L.FILL_LATENCY and order.ts + self.latency_ns > ts:
                 b.pending.append(order)
             else:
-                self.simulated_fill(order, b, e, at, self.quotes[i])
+                self.simulated_fill(order, b, e, at, at_quote)
         in_bar = bar is not None and self.mode == L.FILL_NEXT_OPEN
         stopped = self.exits_in_bar(e, i, b, open_, high, low) if in_bar else 0
         b.prev, b.last, b.last_ts = b.last, price, float(ts)

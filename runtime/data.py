@@ -771,6 +771,13 @@ def _build(path: str, src: _Source, wanted: list[str], skip_bad_rows: bool, star
             raise _error(path, f"the policy reads {needed} but the file has no such column (found: {', '.join(found)})")
         label, cells = found[index[source]], src.columns[index[source]]
         values, bad, empty = _to_float(cells, src.delimiter)
+        if name in optional:
+            # a column the policy does not read (the quote an IOC order fills against, a
+            # bar's open, high, low): a cell with no usable value leaves none on its row,
+            # which the fills then do without, as with a file that lacks the column
+            usable = ~bad & ~empty & (values > 0) & (values < np.inf) & (np.abs(values) <= MAX_MAGNITUDE)
+            columns[name] = np.where(usable, values, np.nan)
+            continue
         is_input = name not in PRICE_FIELDS and name not in ("qty", "volume")
         if not is_input:  # a model input may be empty on rows without a value; market data may not
             report(np.flatnonzero(empty), "not a number", f"`{label}` is empty: not a number")
@@ -789,6 +796,16 @@ def _build(path: str, src: _Source, wanted: list[str], skip_bad_rows: bool, star
                lambda k, v=values, lab=label: f"`{lab}` is {v[k]:g}; values must be at most {MAX_MAGNITUDE:g} "
                                               "in magnitude")
         columns[name] = values
+
+    # a crossed quote (bid above ask) is refused, as the live feed refuses it; in a quote the
+    # policy does not read, it is left out of its row instead
+    if "bid" in columns and "ask" in columns:
+        bid, ask = columns["bid"], columns["ask"]
+        crossed = np.flatnonzero(bid > ask)
+        if "bid" in optional and "ask" in optional:
+            bid[crossed] = ask[crossed] = np.nan
+        else:
+            report(crossed, "crossed quote", lambda k: f"`bid` {bid[k]:g} is above `ask` {ask[k]:g}: a crossed quote")
 
     # a bar's prices nest, low <= open, close <= high: fills inside a bar (stops, next-open) rest on it
     if "high" in columns and "low" in columns:

@@ -160,9 +160,9 @@ class FillBook:
             due = [oid for oid, w in self.waiting.items()
                    if w.instrument == instrument and (w.event_ts is None or w.event_ts <= ts)]
             return [self._fill(oid, self.waiting.pop(oid), price, ts) for oid in due]
-        at = price
+        at, quoted = price, True
         if self.mode != L.FILL_NEXT and bar_open is not None and 0.0 < bar_open < math.inf:
-            at = bar_open
+            at, quoted = bar_open, False  # an IOC order meets the open: the bar's quote is its end's
         due = []
         for oid, w in self.waiting.items():
             if w.instrument != instrument:
@@ -175,7 +175,7 @@ class FillBook:
                     continue
             if w.due_ts is None or ts >= w.due_ts:
                 due.append(oid)
-        return [self._fill(oid, self.waiting.pop(oid), at, ts) for oid in due]
+        return [self._fill(oid, self.waiting.pop(oid), at, ts, quoted) for oid in due]
 
     def order(self, client_order_id: str, instrument: str, qty: float, event_ts: int | None = None,
               decided_ts: int | None = None, limit_price: float | None = None) -> Fill | None:
@@ -216,13 +216,14 @@ class FillBook:
         """Take a waiting order off the book; whether it was waiting."""
         return self.waiting.pop(client_order_id, None) is not None
 
-    def _fill(self, client_order_id: str, w: _Waiting, market_price: float, ts: int) -> Fill:
+    def _fill(self, client_order_id: str, w: _Waiting, market_price: float, ts: int, quoted: bool = True) -> Fill:
         """The order's fill at the instrument's latest event, whose price (or, for
-        `next-open` and `latency`, open) is `market_price`."""
+        `next-open` and `latency`, open) is `market_price`; `quoted`: an IOC order meets
+        the event's quote and sizes (not at a bar's open, which they postdate)."""
         if w.limit is None:
             price, fee = self.model.fill(w.qty, market_price, w.instrument)
             return Fill(client_order_id, w.instrument, w.qty, price, fee, ts)
-        fields = self.last_fields.get(w.instrument, {})
+        fields = self.last_fields.get(w.instrument, {}) if quoted else {}
         buy = w.qty > 0.0
         touch = fields.get("ask" if buy else "bid", market_price)
         if (touch > w.limit) if buy else (touch < w.limit):  # not marketable: cancelled whole

@@ -134,15 +134,58 @@ def test_without_a_quote_in_the_data_it_fills_at_the_price(quoted, tmp_path, siz
     assert_core_same(cp, events, L.FILL_NEXT)
 
 
-def test_a_bad_quote_cell_is_refused_with_its_line(quoted, tmp_path):
+@pytest.mark.parametrize("cell", ["", "oops", "0", "-1", "inf"])
+def test_a_quote_cell_with_no_price_leaves_its_row_without_a_quote(quoted, tmp_path, cell):
+    """A column the policy does not read never makes a bad row: the row is kept, with no
+    quote, and its order fills against the price, as with a file without the column."""
+    cp = quoted.with_params(size=10, lim=100.5)
+    events, run = backtest(cp, tmp_path, f"Date,Close,Bid,Ask\n2024-01-02,100,99.9,100.1\n2024-01-03,100,99.8,{cell}\n")
+    assert len(events) == 2 and math.isnan(events.vals[1, cp.columns.index("ask")])
+    assert events.vals[1, cp.columns.index("bid")] == 99.8
+    assert run.orders[0][L.O_FILL_PRICE] == 100.0
+    assert not differences(cp, events, L.FILL_NEXT)
+
+
+def test_a_crossed_quote_is_left_out_when_unread_and_a_bad_row_when_read(quoted, tmp_path):
+    cp = quoted.with_params(size=10, lim=100.5)
+    crossed = "Date,Close,Bid,Ask\n2024-01-02,100,99.9,100.1\n2024-01-03,100,100.3,100.2\n"
+    events, run = backtest(cp, tmp_path, crossed)
+    assert np.isnan(events.vals[1, [cp.columns.index("bid"), cp.columns.index("ask")]]).all()
+    assert run.orders[0][L.O_FILL_PRICE] == 100.0  # not the crossed ask's better price
     path = tmp_path / "a.csv"
-    path.write_text("Date,Close,Bid,Ask\n2024-01-02,100,99.9,100.1\n2024-01-03,100,oops,100.2\n")
-    with pytest.raises(DataError, match=r"a\.csv:3: `Bid` is not a number: `oops`") as err:
-        load_events(quoted, [(None, str(path))])
+    with pytest.raises(DataError, match=r"a\.csv:3: `bid` 100\.3 is above `ask` 100\.2: a crossed quote") as err:
+        load_table(path, ["close", "bid"], optional=["ask"])
     assert err.value.line == 3
-    path.write_text("Date,Close,Bid,Ask\n2024-01-02,100,99.9,100.1\n2024-01-03,100,0,100.2\n")
-    with pytest.raises(DataError, match=r"a\.csv:3: `Bid` is 0; prices must be positive and finite"):
-        load_events(quoted, [(None, str(path))])
+    table = load_table(path, ["close", "bid"], skip_bad_rows=True, optional=["ask"])
+    assert len(table) == 1 and table.skipped == {"crossed quote": 1}
+
+
+def test_an_order_filled_at_a_bars_open_meets_the_open_not_the_bars_quote(quoted, tmp_path):
+    """next-open: the order decided on the first bar fills at the second bar's open. That
+    bar opens at 110, through the limit of 100.5: cancelled, though the quote at the bar's
+    end (ask 100.2) is inside the limit; as the interpreter and the order path's book do."""
+    from policyc.runtime.fills import FillBook, FillModel
+
+    cp = quoted.with_params(size=10, lim=100.5)
+    path = tmp_path / "a.csv"
+    path.write_text("Date,Open,High,Low,Close,Bid,Ask\n2024-01-02,100,101,99,100,99.9,100.1\n"
+                    "2024-01-03,110,111,99,100,99.8,100.2\n")
+    events, _ = load_events(cp, [(None, str(path))], bars=True)
+    for mode in (L.FILL_NEXT_OPEN, L.FILL_LATENCY):
+        run = run_backtest(cp, events, mode, progress=False)
+        assert math.isnan(run.orders[0][L.O_FILL_PRICE]) and run.orders[0][L.O_FILL_EVENT] == 1
+        assert not differences(cp, events, mode)
+    # a bar opening inside the limit fills at the open, not at the bar's ask
+    path.write_text(path.read_text().replace("2024-01-03,110,111", "2024-01-03,100.4,111"))
+    events, _ = load_events(cp, [(None, str(path))], bars=True)
+    run = run_backtest(cp, events, L.FILL_NEXT_OPEN, progress=False)
+    assert run.orders[0][L.O_FILL_PRICE] == 100.4
+    assert not differences(cp, events, L.FILL_NEXT_OPEN)
+    book = FillBook(FillModel(), L.FILL_NEXT_OPEN)
+    book.market("A", T0, 100.0, bar_open=100.0, fields={"bid": 99.9, "ask": 100.1})
+    assert book.order("x", "A", 10.0, event_ts=T0, limit_price=100.5) is None
+    (fill,) = book.market("A", T0 + NS, 100.0, bar_open=110.0, fields={"bid": 99.8, "ask": 100.2})
+    assert fill.qty == 0.0 and fill.unfilled == 10.0
 
 
 def test_optional_columns_of_load_table(tmp_path):
