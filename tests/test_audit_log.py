@@ -117,6 +117,57 @@ def test_a_record_the_disk_refuses_leaves_no_partial_line_and_no_gap(tmp_path, m
     assert _problem(path) is None
 
 
+def _market_batch(n: int) -> orjson.Fragment:
+    """A market record's events as the order core journals them: JSON already made."""
+    return orjson.Fragment(orjson.dumps([["ORCL", 10 + k, {"price": 50.0 + k / 7}, None] for k in range(n)]))
+
+
+@pytest.mark.parametrize("options", [{}, {"log_key": LOG_KEY}, {"max_bytes": 60_000}])
+def test_a_large_record_is_written_from_its_own_bytes_as_seal_would_make_it(tmp_path, monkeypatch, key_file,
+                                                                           options):
+    """A read whose market batch is over 16 KiB: one os.writev, no joined copy; every line is
+    the one `seal` makes, in clear, encrypted or cut into segment files."""
+    path = tmp_path / "log.jsonl"
+    log = DecisionLog(path, P, B, fsync="never", **options)
+    log.write("session", policy="t")
+    calls = []
+    real = os.writev
+    monkeypatch.setattr(os, "writev", lambda fd, buffers: calls.append(len(buffers)) or real(fd, buffers))
+    with log.batch():
+        log.write("market", ts=5, mono_ns=7, events=_market_batch(2_000))
+        log.write("order", ts=5, client_order_id="t-000001", qty=1.0)
+        log.write("market", ts=6, mono_ns=8, events=_market_batch(1_000))
+    monkeypatch.undo()
+    log.close()
+    records = read_log(path, options.get("log_key"))
+    assert [r["kind"] for r in records] == ["session", "market", "order", "market"]
+    assert _problem(path, **({"log_key_file": key_file} if "log_key" in options else {})) is None
+    assert calls == ([] if options else [5])  # encrypted lines and segment cuts are written whole
+    for record in records[1:]:
+        assert seal({k: v for k, v in record.items() if k != "hash"})[1] == record["hash"]
+
+
+def test_a_large_record_the_disk_refuses_leaves_no_partial_line_and_no_gap(tmp_path, monkeypatch):
+    path = tmp_path / "log.jsonl"
+    log = DecisionLog(path, P, B, fsync="never")
+    log.write("session", policy="t")
+    real = os.writev
+
+    def full_disk(fd, buffers):  # the first buffer, then no space
+        os.write(fd, buffers[0])
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(os, "writev", full_disk)
+    with pytest.raises(OSError), log.batch():
+        log.write("market", ts=1, mono_ns=1, events=_market_batch(2_000))
+        log.write("order", ts=1, qty=1.0)
+    monkeypatch.setattr(os, "writev", real)
+    log.write("order", ts=2, qty=2.0)
+    log.close()
+    assert [(r["seq"], r.get("qty")) for r in read_log(path)] == [(1, None), (2, 2.0)]
+    assert _problem(path) is None
+
+
 def test_a_second_run_continues_the_chain_of_the_first(tmp_path):
     log = tmp_path / "log.jsonl"
     first = _write_run(log)

@@ -1,5 +1,5 @@
 """The decision log's files. `DecisionLog` appends each record the moment it is written
-(one os.write; inside `batch`, one os.write for the batch, before any order leaves),
+(one write; inside `batch`, one write for the batch, before any order leaves),
 sealed into the hash chain of `runtime/audit_chain.py`, encrypted and
 signed when given keys, rotating to numbered segment files; `read_log` and
 `verify_log` read a log back; the `read_*_key` functions read key files, which must be
@@ -19,9 +19,8 @@ from typing import Iterator
 import orjson
 
 from . import DEFAULT_FSYNC, FSYNC_MODES
-from ..audit_chain import (JSON_OPTIONS, NONCE_BYTES, SIGNED, ZERO_HASH, Line, LogError, Problem, Summary, check, envelope, key_id,
-                           open_envelope, public_key_id, read_record, seal,
-                           seal_canonical)
+from ..audit_chain import (JSON_OPTIONS, NONCE_BYTES, SIGNED, ZERO_HASH, Line, LogError, Problem, Summary, check,
+                           envelope, key_id, open_envelope, public_key_id, read_record, seal_open)
 
 #: What reached the order core, written before it is handled (a journal that replays it).
 INPUT_KINDS = ("market", "input", "intent", "decide", "venue", "control", "link", "timer")
@@ -37,6 +36,12 @@ CHECKPOINT_EVERY = 1000  # with a signing key: a signed checkpoint after this ma
 _NOT_RECENT = frozenset(("session", "checkpoint", *INPUT_KINDS))  # not decisions: the status and view leave them out
 _SEGMENT = re.compile(r"(.+?)\.(\d{6,})((?:\.[^.]*)?)")  # decisions.000002.jsonl: name, number, suffix
 _sync = getattr(os, "fdatasync", os.fsync)  # the data and the size, which is all a reader needs back
+#: A record whose own fields serialise to more than this many bytes (a market batch's events)
+#: is written from where they were serialised, through a view; a smaller one is built whole,
+#: in fewer steps than the view takes. Each copy of a batch of hundreds of kilobytes is a
+#: fresh allocation whose pages the kernel zeroes, read after read.
+_BY_VIEW = 1 << 14
+_IOV_MAX = 1024  # buffers one os.writev takes (IOV_MAX on Linux)
 
 
 # ---- key files --------------------------------------------------------------------------
@@ -334,8 +339,13 @@ class DecisionLog:
         if created and self._fsync != "never":
             _sync_dir(current.parent)
         self._syncer = _GroupCommit(self._fd, current.parent) if self._fsync == "batch" else None
-        self._pending: list[bytes] = []  # sealed lines not yet handed to the operating system, in order
-        self._pending_prev: list[str] = []  # the chain head each of them follows
+        # The sealed lines not yet handed to the operating system, in order: bytearrays of
+        # whole lines back to back, and between them a large record's fields as a view of
+        # where orjson serialised them (`_BY_VIEW`). One write hands them all over (`_append`).
+        self._parts: list = [bytearray()]
+        self._ends: list[int] = []   # where each pending line ends, in bytes from the first one's start
+        self._pending_size = 0       # bytes pending: where the last one ends
+        self._prevs: list[str] = []  # the chain head each of them follows
         self._batches = 0                # open `batch` blocks
 
     @contextmanager
@@ -370,17 +380,37 @@ class DecisionLog:
         if ts is None:
             ts = time.time_ns()
         signed = self._sign is not None and kind in SIGNED
+        sign = self._sign if signed else None
         if kind == "session" or type(ts) is not int:
-            line, hash_ = seal(self._record(seq, ts, kind, fields, prev), self._sign if signed else None)
+            body = (orjson.dumps(self._record(seq, ts, kind, fields, prev), option=JSON_OPTIONS)[:-1],)
         else:  # the bytes `seal` makes of the whole record, without serialising what every record repeats
             members = orjson.dumps(fields, option=JSON_OPTIONS)
-            line, hash_ = seal_canonical(b'{"seq":%d,"ts":%d%s%s"prev_hash":"%s"}' % (
-                seq, ts, middle, members[1:-1] + b"," if len(members) > 2 else b"", prev.encode()),
-                self._sign if signed else None)
+            if len(members) > _BY_VIEW:
+                body = (b'{"seq":%d,"ts":%d%s' % (seq, ts, middle), memoryview(members)[1:-1],
+                        b',"prev_hash":"%s"' % prev.encode())
+            else:
+                body = (b'{"seq":%d,"ts":%d%s%s"prev_hash":"%s"' % (
+                    seq, ts, middle, members[1:-1] + b"," if len(members) > 2 else b"", prev.encode()),)
+        tail, hash_ = seal_open(body, sign)
+        pending = self._parts
+        run = pending[-1]  # the bytearray the lines since the last large record's fields go on
         if self._aead is not None and kind != "session":
-            line = envelope(self._aead, os.urandom(NONCE_BYTES), seq, line)
-        self._pending.append(line + b"\n")
-        self._pending_prev.append(prev)
+            line = envelope(self._aead, os.urandom(NONCE_BYTES), seq, b"".join((*body, tail[:-1]))) + b"\n"
+            run += line
+            self._pending_size += len(line)
+        elif len(body) == 1:
+            run += body[0]
+            run += tail
+            self._pending_size += len(body[0]) + len(tail)
+        else:
+            head, fields_view, close = body
+            run += head
+            run = bytearray(close)
+            run += tail
+            pending += (fields_view, run)
+            self._pending_size += len(head) + len(fields_view) + len(run)
+        self._ends.append(self._pending_size)
+        self._prevs.append(prev)
         self.seq, self.head = seq, hash_
         if kind not in _NOT_RECENT:
             self._recent.append((seq, ts, kind, fields, prev, hash_))
@@ -415,41 +445,51 @@ class DecisionLog:
         file cannot be written (a full disk) or a background sync failed; then the records
         not written are dropped and the chain goes back to the last one written, so the
         next record follows it with no gap (an order whose record failed is not sent)."""
-        pending, prev = self._pending, self._pending_prev
-        if not pending:
+        ends, prevs = self._ends, self._prevs
+        if not ends:
             return
-        limit = self._max_bytes
+        limit, done = self._max_bytes, 0  # done: the lines written
         try:
-            while pending:
-                if limit is not None and self._size and self._size + len(pending[0]) > limit:
-                    self._rotate()
-                take, size = len(pending), self._size
-                if limit is not None:  # as many as fit the segment; at least one, however large
-                    for take, line in enumerate(pending):
-                        size += len(line)
-                        if take and size > limit:
-                            break
-                    else:
-                        take = len(pending)
-                self._append(pending[0] if take == 1 else b"".join(pending[:take]))
-                del pending[:take], prev[:take]
+            if limit is None:
+                self._append(self._parts, ends[-1])
+                done = len(ends)
+            else:  # cut where a segment file is full: at least one line in each, however large
+                data, start = memoryview(b"".join(self._parts)), 0
+                while done < len(ends):
+                    if self._size and self._size + ends[done] - start > limit:
+                        self._rotate()
+                    take = done + 1
+                    while take < len(ends) and self._size + ends[take] - start <= limit:
+                        take += 1
+                    self._append([data[start:ends[take - 1]]], ends[take - 1] - start)
+                    done, start = take, ends[take - 1]
         except OSError:
-            self.seq, self.head = self.seq - len(pending), prev[0]
-            pending.clear()
-            prev.clear()
+            self.seq, self.head = self.seq - (len(ends) - done), prevs[done]
             raise
+        finally:
+            self._parts = [bytearray()]
+            self._pending_size = 0
+            ends.clear()
+            prevs.clear()
         self._synced()
 
-    def _append(self, data: bytes) -> None:
-        """`data` (whole records) at the end of the log, whole or not at all."""
+    def _append(self, parts: list, size: int) -> None:
+        """`parts` (buffers of whole records, `size` bytes in all) at the end of the log,
+        whole or not at all: one os.write for one buffer, one os.writev for several (a
+        read with a large record), so that record is never copied into a joined buffer."""
         try:
-            written = os.write(self._fd, data)
-            while written < len(data):  # a regular file takes less only when the disk is full: the next call says so
-                written += os.write(self._fd, data[written:])
+            joined = parts[0] if len(parts) == 1 else None
+            if joined is None and (len(parts) > _IOV_MAX or not hasattr(os, "writev")):
+                joined = b"".join(parts)  # more buffers than one writev takes, or a system without it
+            written = os.write(self._fd, joined) if joined is not None else os.writev(self._fd, parts)
+            while written < size:  # a regular file takes less only when the disk is full: the next call says so
+                if joined is None:
+                    joined = b"".join(parts)
+                written += os.write(self._fd, joined[written:])
         except OSError:
             os.ftruncate(self._fd, self._size)  # no partial line for the next record to follow
             raise
-        self._size += written
+        self._size += size
 
     def _synced(self) -> None:
         if self._syncer is not None:
