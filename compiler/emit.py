@@ -406,7 +406,7 @@ class _Emitter:
             volatility=None if p.volatility is None else self.name(p.volatility),
             rules=[self.rule(n, rule) for n, rule in enumerate(p.rules)],
             limit_value=self.limit_value, limits=p.uses_limits() or p.intent_column is not None,
-            legs_on=bool(p.leg_set()), leg_set=list(p.leg_set()),
+            legs_on=bool(p.leg_set()), leg_set=list(p.leg_set()), leg_partners=sorted(p.leg_partners().items()),
             quote_bid=p.columns.index("bid") if "bid" in p.columns else None,
             quote_ask=p.columns.index("ask") if "ask" in p.columns else None,
             intent_column=p.intent_column,

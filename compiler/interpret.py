@@ -322,6 +322,7 @@ class Interpreter:
         self.clock_row = None  # the current event's row of Clock.columns, with a clock
         self.orders: list[Order] = []
         self.leg_set = program.leg_set()
+        self.leg_partners = program.leg_partners()
         # a desired target carries a limit price from a rule's `limit`, or from an intent
         self.uses_limits = program.uses_limits() or program.intent_column is not None
         self.quote_columns = tuple(program.columns.index(f) if f in program.columns else None for f in ("bid", "ask"))
@@ -510,10 +511,8 @@ class Interpreter:
         elif kind == L.INTENT:
             self.roll_day(ts)
             if math.isfinite(row[0]):
-                b.desired = float(row[0])
-                if self.uses_limits:
-                    b.limit = float(row[1]) if len(row) > 1 else NAN
-                    b.limited = b.limit == b.limit
+                limit = float(row[1]) if self.uses_limits and len(row) > 1 else NAN
+                self.take_intent(i, b, float(row[0]), limit, limit == limit)
             self.decide_event(e, ts, i, [i], None)
         elif kind == L.DECIDE:
             self.roll_day(ts)
@@ -582,7 +581,7 @@ class Interpreter:
                     self.set_target(b, values[target], NAN if limit is None else values[limit], limit is not None)
                 else:  # the event's instrument decides first when it is not a leg, then the legs as written
                     books = [self.books[x] for x, _, _ in legs]
-                    if all(lb.open == 0 and (not lb.flatten or lb.position == 0) for lb in books):
+                    if all(self.settled(lb) for lb in books):
                         for lb, (_, leg_target, leg_limit) in zip(books, legs):
                             self.set_target(lb, values[leg_target],
                                             NAN if leg_limit is None else values[leg_limit], leg_limit is not None)
@@ -594,8 +593,22 @@ class Interpreter:
                     deciding = ([] if any(x == i for x, _, _ in legs) else [i]) + [x for x, _, _ in legs]
                 break
         if self.p.intent_column is not None and math.isfinite(row[self.p.intent_column]):
-            b.desired, b.limit, b.limited = float(row[self.p.intent_column]), NAN, False
+            self.take_intent(i, b, float(row[self.p.intent_column]), NAN, False)
         self.decide_event(e, ts, i, deciding, [values[f] for f in self.p.features.values()])
+
+    def take_intent(self, i: int, b: Book, target: float, limit: float, limited: bool):
+        """An intent's target for instrument i: held when i is a leg one of whose partners
+        (itself included) has an order open or a position still to flatten, as a rule's is."""
+        if any(not self.settled(self.books[y]) for y in self.leg_partners.get(i, ())):
+            if target != b.position + b.open:
+                b.held = True
+        else:
+            b.desired, b.limit, b.limited = target, limit, limited
+
+    @staticmethod
+    def settled(b: Book) -> bool:
+        """Whether a leg can take a new target: no order open, no position left to flatten."""
+        return b.open == 0 and (not b.flatten or b.position == 0)
 
     @staticmethod
     def set_target(b: Book, target: float, limit: float, limited: bool):

@@ -104,6 +104,12 @@ class Program:
         target's limit, and fills IOC orders."""
         return any(limit is not None or legs for _, _, limit, legs in self.rules)
 
+    def leg_partners(self) -> dict[int, tuple[int, ...]]:
+        """Each leg -> the legs (itself among them) of the multi-leg rules it is a leg of,
+        in index order: the legs that move together with it."""
+        return {x: tuple(sorted({y for *_, legs in self.rules if any(x == z for z, _, _ in legs)
+                                 for y, _, _ in legs})) for x in self.leg_set()}
+
     def leg_set(self) -> tuple[int, ...]:
         """The instruments that are a leg of some multi-leg rule, in index order."""
         return tuple(sorted({x for *_, legs in self.rules for x, _, _ in legs}))

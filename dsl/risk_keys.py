@@ -261,8 +261,9 @@ RISK_STEPS = (
         Reason("order_open:blocked", "a leg of a multi-leg rule with an order open (an IOC that may still be "
                                      "cancelled) sends nothing until that order is filled, cancelled or rejected: "
                                      "its target (after the kill switch and the protective exits) differs from q "
-                                     "and is held; or its rule fired while one of the rule's legs had an order "
-                                     "open or a position to flatten, and set no target: the legs move together"),
+                                     "and is held; or its rule (or an intent for it) would have moved its target "
+                                     "while a leg of its rules had an order open or a position to flatten, and set "
+                                     "none: the legs move together"),
     )),
 )
 

@@ -239,7 +239,7 @@ def _events(policy: CompiledPolicy, data) -> Events:
             raise ValueError(f"no data for instrument `{missing[0]}`")
         read = [c for c in columns if c != INTENT]
         tables = [load_table(data[s], read, optional=policy.optional_columns) for s in policy.instruments]
-        events = merge(tables, columns)  # the intent column, which no file has, NaN
+        events = merge(tables, columns, (*policy.optional_columns, INTENT))  # no file has the intent: NaN
     if len(np.unique(events.ts)) < 2:
         raise ValueError("the data has fewer than two distinct timestamps: nothing to step through")
     return events

@@ -163,7 +163,7 @@ def load_events(policy: CompiledPolicy, data: list[tuple[str | None, str]], skip
     optional = (*policy.optional_columns, *extra)
     tables = [load_table(named[s], policy.columns, skip_bad_rows, start_ns, end_ns, date_format, zone,
                          optional=optional) for s in instruments]
-    events = merge(tables, policy.columns)
+    events = merge(tables, policy.columns, policy.optional_columns)
     if bars and any(L.BAR_FIELDS[L.BAR_OPEN] in t.columns for t in tables):
         nan = [np.full(len(t), np.nan) for t in tables]
         columns = [np.concatenate([t.columns.get(f, no) for t, no in zip(tables, nan)]) for f in L.BAR_FIELDS]

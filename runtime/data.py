@@ -889,13 +889,17 @@ def _row_error(where: str, detail: str, path: str, src: _Source, k: int, suffix:
                      f"{src.line_label}{line}: {detail}{suffix}" if src.line_label else detail + suffix)
 
 
-def merge(tables: list[Table], columns: list[str]) -> Events:
+def merge(tables: list[Table], columns: list[str], optional: tuple[str, ...] | list[str] = ()) -> Events:
     """One event stream from one table per instrument, by timestamp (stable: ties keep
     instrument order), with the value `columns` in that order: NaN in a table that lacks
-    one (an optional column its file does not have)."""
+    an `optional` one (a column its file may not have). Raises KeyError for another
+    column a table lacks."""
+    def column(t: Table, c: str) -> np.ndarray:
+        return t.columns[c] if c in t.columns or c not in optional else np.full(len(t), np.nan)
+
     ts = np.concatenate([t.ts for t in tables])
     inst = np.concatenate([np.full(len(t), k, np.int32) for k, t in enumerate(tables)])
-    vals = np.concatenate([np.column_stack([t.columns.get(c, np.full(len(t), np.nan)) for c in columns])
+    vals = np.concatenate([np.column_stack([column(t, c) for c in columns])
                            if columns else np.zeros((len(t), 0)) for t in tables])
     if len(tables) > 1:
         order = np.argsort(ts, kind="stable")

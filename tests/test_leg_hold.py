@@ -178,8 +178,26 @@ def test_the_kill_switch_does_not_net_a_legs_liquidation_against_its_open_order(
     assert engine.positions() == {BN: 0.0, CB: 0.0} and engine.open_orders() == {BN: 0.0, CB: 0.0}
 
 
+@pytest.mark.parametrize("make", [kernel_engine, interpreter_engine], ids=["kernel", "interpreter"])
+def test_an_intent_for_a_leg_waits_for_the_other_legs_unwind_as_a_rule_does(arb, make):
+    """bn's unwind is open after the breach: a model's intent to sell cb is held, says so,
+    and leaves cb's target as it was, so cb is not sent alone; once bn is flat an intent
+    goes as usual."""
+    engine = make(arb)
+    bn_filled_cb_cancelled(engine)
+    engine.market(CB, T0 + 5 * NS, HIGH)                    # the breach: bn's unwind leaves
+    d = engine.intent(CB, T0 + 6 * NS, -UNITS)
+    assert (d.order_qty, d.reasons, d.desired_target) == (0.0, ("order_open:blocked",), 0.0)
+    assert engine.open_orders() == {BN: -UNITS, CB: 0.0}
+    engine.fill(BN, T0 + 7 * NS, -UNITS, 99.9)
+    d = engine.intent(CB, T0 + 8 * NS, -UNITS)
+    assert (d.order_qty, d.reasons) == (-UNITS, ())
+
+
 STEP = st.one_of(
     st.tuples(st.just("market"), st.sampled_from([BN, CB]), st.sampled_from(sorted(QUOTES))),
+    # a model's intent for one leg, as `run` takes it (a market order)
+    st.tuples(st.just("intent"), st.sampled_from([BN, CB]), st.sampled_from([-UNITS, 0.0, UNITS])),
     # the venue answers the k-th open order of the instrument (k modulo how many are
     # open): fills this fraction of it and cancels the rest
     st.tuples(st.just("answer"), st.sampled_from([BN, CB]), st.integers(0, 3), st.sampled_from([0.0, 0.5, 1.0])),
@@ -193,8 +211,8 @@ def test_no_leg_ever_holds_more_than_the_rules_size_however_the_venues_answer(ar
     any order: fill it, fill half and cancel the rest, or cancel it. A rule's legs are
     +-0.5 and an order is never netted against an open one, so no leg's position, nor
     its position with its open orders, ever leaves [-0.5, 0.5] (netting let a target that
-    turned twice stack orders whose cancels left 1.5); the kernel and the interpreter
-    agree after every step. The legs move together: no leg sends an entry (an order that
+    turned twice stack orders whose cancels left 1.5), whatever a model's intents for a
+    leg say; the kernel and the interpreter agree after every step. The legs move together: no leg sends an entry (an order that
     is not an exit) while the other leg's flattening is under way (an exit of it open
     from before the event), which once sent a missed leg alone as its partner unwound."""
     engines = [kernel_engine(arb), interpreter_engine(arb)]
@@ -206,10 +224,11 @@ def test_no_leg_ever_holds_more_than_the_rules_size_however_the_venues_answer(ar
     for step in steps:
         ts += NS
         for engine, book in zip(engines, books):
-            if step[0] == "market":
-                _, instrument, quote = step
+            if step[0] in ("market", "intent"):
+                _, instrument, value = step
                 unwinding = {name for name, orders in book.items() if any(is_exit for _, is_exit in orders)}
-                d = engine.market(instrument, ts, QUOTES[quote])
+                d = engine.market(instrument, ts, QUOTES[value]) if step[0] == "market" else \
+                    engine.intent(instrument, ts, value)
                 while d is not None:
                     if d.order_qty != 0.0:
                         book[d.instrument].append((d.order_qty, d.is_exit))

@@ -193,7 +193,9 @@ def test_optional_columns_of_load_table(tmp_path):
     path.write_text(WITHOUT_QUOTE)
     table = load_table(path, ["close", "bid"], optional=["bid", "ask"])
     assert list(table.columns) == ["close"]
-    events = merge([table], ["close", "bid", "ask"])
+    with pytest.raises(KeyError):
+        merge([table], ["close", "bid", "ask"])
+    events = merge([table], ["close", "bid", "ask"], optional=["bid", "ask"])
     assert events.vals[:, 0].tolist() == [100.0, 100.0] and np.isnan(events.vals[:, 1:]).all()
     with pytest.raises(DataError, match="the policy reads `bid` but the file has no such column"):
         load_table(path, ["close", "bid"], optional=["ask"])
