@@ -323,6 +323,7 @@ class Interpreter:
         self.orders: list[Order] = []
         self.leg_set = program.leg_set()
         self.leg_partners = program.leg_partners()
+        self.busy: set[int] = set()  # legs another leg of whose rules was busy as this event began
         # a desired target carries a limit price from a rule's `limit`, or from an intent
         self.uses_limits = program.uses_limits() or program.intent_column is not None
         self.quote_columns = tuple(program.columns.index(f) if f in program.columns else None for f in ("bid", "ask"))
@@ -585,11 +586,14 @@ class Interpreter:
                         for lb, (_, leg_target, leg_limit) in zip(books, legs):
                             self.set_target(lb, values[leg_target],
                                             NAN if leg_limit is None else values[leg_limit], leg_limit is not None)
-                    else:  # the legs move together: none takes its target while one is busy
-                        for lb, (_, leg_target, _) in zip(books, legs):
+                    else:  # the legs move together: none takes a target that moves it while one is busy
+                        for lb, (_, leg_target, leg_limit) in zip(books, legs):
                             t = values[leg_target]
                             if math.isfinite(t) and t != lb.position + lb.open:
                                 lb.held = True
+                            else:
+                                self.set_target(lb, t, NAN if leg_limit is None else values[leg_limit],
+                                                leg_limit is not None)
                     deciding = ([] if any(x == i for x, _, _ in legs) else [i]) + [x for x, _, _ in legs]
                 break
         if self.p.intent_column is not None and math.isfinite(row[self.p.intent_column]):
@@ -599,9 +603,8 @@ class Interpreter:
     def take_intent(self, i: int, b: Book, target: float, limit: float, limited: bool):
         """An intent's target for instrument i: held when i is a leg one of whose partners
         (itself included) has an order open or a position still to flatten, as a rule's is."""
-        if any(not self.settled(self.books[y]) for y in self.leg_partners.get(i, ())):
-            if target != b.position + b.open:
-                b.held = True
+        if target != b.position + b.open and any(not self.settled(self.books[y]) for y in self.leg_partners.get(i, ())):
+            b.held = True
         else:
             b.desired, b.limit, b.limited = target, limit, limited
 
@@ -633,6 +636,9 @@ class Interpreter:
         When one of them is a leg's and the legs' imbalance is beyond `max_leg_imbalance`
         (or not a number), every leg is flagged to flatten, its desired target becomes 0,
         and every leg decides."""
+        # as the event begins: a leg another leg of whose rules is busy sends no entry on it
+        self.busy = {x for x, partners in self.leg_partners.items()
+                     if any(not self.settled(self.books[y]) for y in partners if y != x)}
         if "max_leg_imbalance" in self.risk and any(x in self.leg_set for x in deciding):
             if not self.leg_imbalance() <= self.risk["max_leg_imbalance"]:
                 for x in self.leg_set:
@@ -641,6 +647,7 @@ class Interpreter:
                 deciding = deciding + [x for x in self.leg_set if x not in deciding]
         for x in deciding:
             self.decide(e, ts, x, self.books[x], features if x == i else None, x == i)
+        self.busy = set()  # the snapshot is this event's
 
     def decide(self, e: int, ts: int, i: int, b: Book, features, traced: bool = True):
         """Spec section 6: steps 1 and 2 here, then steps 3 to 10 and the order in `leg`;
@@ -709,6 +716,10 @@ class Interpreter:
                     b.flatten = False
                     if desired == 0:
                         reasons |= bit("max_leg_imbalance:exit")
+            if i in self.busy and not exit_ and target != q:
+                # the legs move together: no entry, nor a stale target's, while another leg is busy
+                reasons |= bit("order_open:blocked")
+                target = q
         if triggered and target * b.lock < 0 and q * b.lock > 0:
             # the exit leaves first as an order of its own: steps 8 and 9 only (it is exempt
             # from 3 to 5 and 10); the re-entry is then a new order from where the exit

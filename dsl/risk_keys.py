@@ -261,9 +261,10 @@ RISK_STEPS = (
         Reason("order_open:blocked", "a leg of a multi-leg rule with an order open (an IOC that may still be "
                                      "cancelled) sends nothing until that order is filled, cancelled or rejected: "
                                      "its target (after the kill switch and the protective exits) differs from q "
-                                     "and is held; or its rule (or an intent for it) would have moved its target "
-                                     "while a leg of its rules had an order open or a position to flatten, and set "
-                                     "none: the legs move together"),
+                                     "and is held; or another leg of its rules was busy (an order open, a position to "
+                                     "flatten) as the event began, and its target (not an exit) is held; or its rule "
+                                     "(or an intent for it) would have moved its target then, and set none: the "
+                                     "legs move together"),
     )),
 )
 

@@ -194,6 +194,27 @@ def test_an_intent_for_a_leg_waits_for_the_other_legs_unwind_as_a_rule_does(arb,
     assert (d.order_qty, d.reasons) == (-UNITS, ())
 
 
+@pytest.mark.parametrize("make", [kernel_engine, interpreter_engine], ids=["kernel", "interpreter"])
+def test_a_legs_old_target_is_not_sent_while_the_other_leg_unwinds(arb, make):
+    """Within the imbalance limit, cb keeps the target of its cancelled IOC (-0.5) to
+    complete the hedge. Once the model unwinds bn, cb must not go on alone: not on its own
+    quote (no rule fires), not when the closing rule's 0 (cb's q already) leaves its old
+    target in place, and not on the model's intent of 0, which it takes."""
+    engine = make(arb.with_params(imbalance=1000))
+    bn_filled_cb_cancelled(engine)
+    assert chain(engine.intent(BN, T0 + 5 * NS, 0.0)) == [(BN, -UNITS)]
+    d = engine.market(CB, T0 + 6 * NS, {"price": 100.05, "bid": 99.95, "ask": 100.15})  # no rule fires
+    assert chain(d) == [(CB, 0.0)] and d.reasons == ("order_open:blocked",) and d.desired_target == -UNITS
+    d = engine.market(CB, T0 + 7 * NS, QUIET)           # the closing rule: cb's 0 is its q, taken
+    assert chain(d) == [(CB, 0.0)] and d.desired_target == 0.0
+    d = engine.intent(CB, T0 + 8 * NS, 0.0)
+    assert (d.order_qty, d.desired_target) == (0.0, 0.0)
+    assert engine.open_orders() == {BN: -UNITS, CB: 0.0}
+    engine.fill(BN, T0 + 9 * NS, -UNITS, 99.9)
+    assert engine.market(CB, T0 + 10 * NS, QUIET) is None or engine.open_orders() == {BN: 0.0, CB: 0.0}
+    assert engine.positions() == {BN: 0.0, CB: 0.0}
+
+
 STEP = st.one_of(
     st.tuples(st.just("market"), st.sampled_from([BN, CB]), st.sampled_from(sorted(QUOTES))),
     # a model's intent for one leg, as `run` takes it (a market order)

@@ -131,15 +131,17 @@ def test_an_ioc_buy_fills_at_the_ask_moved_by_slippage_capped_at_its_limit():
 def test_an_ioc_sell_not_reached_is_cancelled_on_its_fill_event():
     # cb's next bid, 100.15, is below its limit 100.88991: cancelled there, nothing held.
     # No rule fires at 3 (100.15 <= 100.2001, and 100.15 / 100.1 - 1 >= 0.025%): cb's
-    # desired target is still -0.5 with its limit, so the decision sends that IOC again
+    # desired target is still -0.5 with its limit, but bn's IOC is still open, so cb does
+    # not send it again alone (the legs move together): order_open:blocked
     res = both(arb(), OPEN + [(3, CB, 100.2, 100.15, 100.25)])
-    cancel, again = res.orders[1], res.orders[2]
+    assert len(res.orders) == 2
+    cancel = res.orders[1]
     assert cancel[L.O_FILL_EVENT] == 3 and math.isnan(cancel[L.O_FILL_PRICE]) and cancel[L.O_FEE] == 0.0
-    assert (again[L.O_EVENT], again[L.O_INST], again[L.O_QTY], again[L.O_LIMIT]) == (3, CB, -0.5, CB_LIMIT)
-    assert res.pstate[CB, L.P_POS] == 0.0 and res.pstate[CB, L.P_OPEN] == -0.5
+    assert res.pstate[CB, L.P_POS] == 0.0 and res.pstate[CB, L.P_OPEN] == 0.0
+    assert res.pstate[CB, L.P_DESIRED] == -0.5 and res.reasons == {"order_open:blocked": 1}
     assert res.acct[L.A_FILLS] == 0.0
     s = summary(res)
-    assert (s["orders"], s["fills"], s["cancels"]) == (3, 0, 1)
+    assert (s["orders"], s["fills"], s["cancels"]) == (2, 0, 1)
     # a bid at or above the limit fills at the bid moved by slippage, or at the limit
     res = both(arb(), OPEN + [(3, CB, 101.0, 100.95, 101.05)])
     assert res.orders[1, L.O_FILL_PRICE] == max(100.95 * (1 - SLIP), CB_LIMIT) == 100.95 * (1 - SLIP)

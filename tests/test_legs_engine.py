@@ -44,13 +44,15 @@ def engine(request):
 
 
 def opened_then_bn_rejected(engine):
-    """Both legs sent on cb's quote, then bn's IOC rejected: cb's target is its open order,
-    bn's is not met. The next quote of cb fires the rule again, and only bn orders."""
+    """Both legs sent on cb's quote, then bn's IOC rejected and cb's filled: cb's target is
+    met, bn's is not. The next quote of cb fires the rule again, and only bn orders (while
+    cb's IOC was open, bn would have waited: the legs move together)."""
     engine.market(BN, T0, QUIET)
     engine.market(CB, T0 + NS, QUIET)
     first = engine.market(CB, T0 + 2 * NS, WIDE)
     assert chain(first) == [(BN, 0.5), (CB, -0.5)]
     engine.reject(BN, T0 + 3 * NS, 0.5)
+    engine.fill(CB, T0 + 3 * NS, -0.5, 100.9)
 
 
 @pytest.mark.parametrize("size", [1, VECTOR_MIN], ids=["one", "batch"])
@@ -63,7 +65,7 @@ def test_a_legs_order_on_an_event_whose_own_decision_makes_none_reaches_the_call
     assert chain(d) == [(CB, 0.0), (BN, 0.5)]
     assert (d.reasons, d.then.approved_target) == ((), 0.5)
     assert lean[1:] == [None] * (size - 1)   # bn's order is open: nothing more to do
-    assert engine.open_orders() == {BN: 0.5, CB: -0.5}
+    assert engine.open_orders() == {BN: 0.5, CB: 0.0}
 
 
 def test_the_legs_order_carries_its_limit_price():
@@ -71,7 +73,7 @@ def test_the_legs_order_carries_its_limit_price():
     opened_then_bn_rejected(engine)
     d = engine.market_many([(CB, T0 + 4 * NS, WIDE)], actionable_only=True)[0]
     assert (d.then.instrument, d.then.limit_price) == (BN, BN_LIMIT)
-    assert engine.open_orders() == {BN: 0.5, CB: -0.5}
+    assert engine.open_orders() == {BN: 0.5, CB: 0.0}
 
 
 def test_actionable_only_keeps_exactly_the_decisions_with_an_order_or_a_reason_anywhere_in_the_chain():
@@ -103,8 +105,11 @@ def test_the_order_core_sends_the_legs_order(engine):
     assert [(m["instrument"], m["side"], m["qty"]) for m in sent] == [(BN, "buy", 0.5), (CB, "sell", 0.5)]
     rig.core.venue_reply(VenueReply("reject", sent[0]["client_order_id"]))
     assert engine.open_orders() == {BN: 0.0, CB: -0.5}
+    rig.core.market([Market(CB, T0 + 3 * NS, WIDE, None)])
+    assert rig.orders()[2:] == [], "bn retried alone while cb's IOC was open"
+    rig.core.venue_reply(VenueReply("fill", sent[1]["client_order_id"], qty=0.5, price=100.9))
     rig.core.market([Market(CB, T0 + 4 * NS, WIDE, None)])
     again = rig.orders()[2:]
     assert [(m["instrument"], m["side"], m["qty"]) for m in again] == [(BN, "buy", 0.5)], \
         "the venue never received bn's order"
-    assert engine.open_orders() == {BN: 0.5, CB: -0.5}
+    assert engine.open_orders() == {BN: 0.5, CB: 0.0}
