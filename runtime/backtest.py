@@ -299,7 +299,11 @@ def run_through_order_core(policy: CompiledPolicy, events: Events, mode: int = L
     - a market event dated before its instrument's latest is refused (the venue still
       fills at its price), and an intent before the first market event is reduce-only.
     One kernel call per event, with Python around it: of the order of 100,000 events
-    per second, for checking a policy's order path rather than for research."""
+    per second, for checking a policy's order path rather than for research. Raises
+    ValueError for a `mode` other than FILL_NEXT and FILL_SAME (the events carry no bars
+    and no latency here)."""
+    if mode not in (L.FILL_NEXT, L.FILL_SAME):
+        raise ValueError(f"the order path's backtest fills `next` or `same`, not mode {mode!r}")
     if np.any((events.kind == L.FILL) | (events.kind == L.REJECT)):
         raise ValueError("a backtest's events have no fills or rejects: the simulated venue makes them")
     settings = {**policy.checked.account, **(account or {})}

@@ -181,6 +181,8 @@ def test_an_order_filled_at_a_bars_open_meets_the_open_not_the_bars_quote(quoted
     run = run_backtest(cp, events, L.FILL_NEXT_OPEN, progress=False)
     assert run.orders[0][L.O_FILL_PRICE] == 100.4
     assert not differences(cp, events, L.FILL_NEXT_OPEN)
+    with pytest.raises(ValueError, match="fills `next` or `same`"):
+        run_through_order_core(cp, events, L.FILL_NEXT_OPEN)
     book = FillBook(FillModel(), L.FILL_NEXT_OPEN)
     book.market("A", T0, 100.0, bar_open=100.0, fields={"bid": 99.9, "ask": 100.1})
     assert book.order("x", "A", 10.0, event_ts=T0, limit_price=100.5) is None
