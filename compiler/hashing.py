@@ -12,7 +12,7 @@ from policyc.dsl.expressions import canonical
 
 from .check import CheckedPolicy
 
-COMPILER_VERSION = "0.1.0"
+COMPILER_VERSION = "0.2.0"
 LANGUAGE_VERSION = 1
 
 
