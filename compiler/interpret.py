@@ -581,19 +581,16 @@ class Interpreter:
                 if not legs:
                     self.set_target(b, values[target], NAN if limit is None else values[limit], limit is not None)
                 else:  # the event's instrument decides first when it is not a leg, then the legs as written
+                    # the legs move together: while one is busy, no target that moves a leg
                     books = [self.books[x] for x, _, _ in legs]
-                    if all(self.settled(lb) for lb in books):
-                        for lb, (_, leg_target, leg_limit) in zip(books, legs):
-                            self.set_target(lb, values[leg_target],
-                                            NAN if leg_limit is None else values[leg_limit], leg_limit is not None)
-                    else:  # the legs move together: none takes a target that moves it while one is busy
-                        for lb, (_, leg_target, leg_limit) in zip(books, legs):
-                            t = values[leg_target]
-                            if math.isfinite(t) and t != lb.position + lb.open:
-                                lb.held = True
-                            else:
-                                self.set_target(lb, t, NAN if leg_limit is None else values[leg_limit],
-                                                leg_limit is not None)
+                    settled = all(self.settled(lb) for lb in books)
+                    for lb, (_, leg_target, leg_limit) in zip(books, legs):
+                        t = values[leg_target]
+                        if not settled and math.isfinite(t) and t != lb.position + lb.open:
+                            lb.held = True
+                        else:
+                            self.set_target(lb, t, NAN if leg_limit is None else values[leg_limit],
+                                            leg_limit is not None)
                     deciding = ([] if any(x == i for x, _, _ in legs) else [i]) + [x for x, _, _ in legs]
                 break
         if self.p.intent_column is not None and math.isfinite(row[self.p.intent_column]):
