@@ -5,6 +5,7 @@ import errno
 import hashlib
 import os
 import threading
+import time
 from pathlib import Path
 
 import orjson
@@ -201,6 +202,37 @@ def test_every_fsync_mode_writes_the_same_log(tmp_path, mode, monkeypatch):
         assert "decision-log-sync" not in {t.name for t in threading.enumerate()}
     else:
         assert synced == []
+
+
+def test_batch_mode_wakes_its_sync_thread_once_the_block_is_out(tmp_path, monkeypatch):
+    """Inside a batch block a flush (the write-ahead before orders leave) hands the
+    records to the operating system but leaves the sync thread asleep, since a thread
+    woken then would take the interpreter from the orders being written to the socket;
+    the block's end wakes it. A failed sync is still raised by that flush, before any
+    order leaves."""
+    log = DecisionLog(tmp_path / "log.jsonl", P, B, fsync="batch")
+    log.write("session", policy="t")
+    syncer = log._syncer
+    deadline = time.monotonic() + 10
+    while syncer._pending and time.monotonic() < deadline:  # the session record's sync has begun
+        time.sleep(0.001)
+    woken = []
+    monkeypatch.setattr(syncer._wake, "set", lambda: woken.append(len(read_log(tmp_path / "log.jsonl"))))
+    with log.batch():
+        log.write("order", ts=1, qty=1.0)
+        log.flush()
+        assert len(read_log(tmp_path / "log.jsonl")) == 2 and woken == []
+        log.write("order", ts=2, qty=1.0)
+        log.flush()
+    assert woken == [3]
+    syncer.error = OSError(5, "Input/output error")
+    with pytest.raises(OSError, match="Input/output"), log.batch():
+        log.write("order", ts=3, qty=1.0)
+        log.flush()
+        pytest.fail("the flush went on past a failed sync")
+    syncer.error = None
+    log.close()
+    assert _problem(tmp_path / "log.jsonl") is None
 
 
 # ---- tampering: each found at its record, with its kind ---------------------------------

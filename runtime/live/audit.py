@@ -239,11 +239,12 @@ class _GroupCommit:
         self._thread = threading.Thread(target=self._run, name="decision-log-sync", daemon=True)
         self._thread.start()
 
-    def written(self) -> None:
-        """After each write: wake the thread, once per sync, not once per record."""
-        if not self._pending:
-            if self.error is not None:
-                raise self.error
+    def written(self, wake: bool = True) -> None:
+        """After each write: raise a failed sync, and with `wake` wake the thread, once per
+        sync, not once per record."""
+        if self.error is not None:
+            raise self.error
+        if wake and not self._pending:
             self._pending = True
             self._wake.set()
 
@@ -347,6 +348,7 @@ class DecisionLog:
         self._pending_size = 0       # bytes pending: where the last one ends
         self._prevs: list[str] = []  # the chain head each of them follows
         self._batches = 0                # open `batch` blocks
+        self._sync_due = False           # written inside them, the sync thread not yet woken
 
     @contextmanager
     def batch(self):
@@ -362,6 +364,9 @@ class DecisionLog:
             self._batches -= 1
             if not self._batches:
                 self.flush()
+                if self._sync_due:  # the block's orders are out: now the sync thread may take the interpreter
+                    self._sync_due = False
+                    self._syncer.written()
 
     def write(self, kind: str, ts: int | None = None, **fields) -> str:
         """Append one record and return its `hash`; `ts` is in ns since the epoch, None
@@ -493,7 +498,11 @@ class DecisionLog:
 
     def _synced(self) -> None:
         if self._syncer is not None:
-            self._syncer.written()
+            # Inside a batch the thread is woken as the outermost block ends, not here: a
+            # flush inside one comes just before orders leave (write-ahead), and a thread
+            # woken then would take the interpreter from them as they are written to the socket.
+            self._sync_due = self._sync_due or self._batches > 0
+            self._syncer.written(wake=not self._batches)
         elif self._fsync == "always":
             _sync(self._fd)
 
