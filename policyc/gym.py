@@ -42,7 +42,7 @@ from policyc.compiler.jit import load_kernel
 from policyc.compiler.sessions import CLOCK_WIDTH
 from policyc.dsl.diagnostics import did_you_mean
 from policyc.dsl.risk_keys import ACCOUNT_KEYS
-from policyc.runtime.data import PRICE_FIELDS, load_table, merge
+from policyc.runtime.data import load_table, market_faults, merge
 
 #: The built-in rewards, per step (`reward_curve` and `Reward` in docs/rl.md): `equity` the
 #: change in equity (money); `log` the change in `reward_curve(equity)`, which is the log
@@ -249,11 +249,14 @@ def check_events(policy: CompiledPolicy, events: Events) -> Events:
     """A copy of `events` (int64 ts, int8 kind, int32 inst, float64 vals) with its intent
     column NaN, checked as the data loader checks a file (`policyc.runtime.data`): market
     events only, one value column per `policy.columns`, instrument indices of the policy,
-    timestamps (ns) that never go back (equal ones are fine), prices (`close`, `price`,
-    `bid`, ...) positive and finite, `qty` and `volume` numbers, and every value at most
-    `layout.MAX_MAGNITUDE` in magnitude (a model input may be NaN: no value, and so may
-    an optional column, `policy.optional_columns`: data without it). Raises
-    ValueError naming the first bad event, its column and value."""
+    timestamps (ns) that never go back (equal ones are fine), and the rules of
+    `data.market_faults`: prices (`close`, `price`, `bid`, ...) positive and finite, a
+    trade's `qty` above 0 and a bar's `volume` 0 or more, every value at most
+    `layout.MAX_MAGNITUDE` in magnitude, no crossed quote, a bar's prices nesting. A
+    model input may be NaN (no value), and so may an optional column
+    (`policy.optional_columns`: data without it), where a value that is no usable price,
+    or a crossed quote, is made NaN as the loader makes it. Raises ValueError naming the
+    first bad event, its column and value."""
     columns = policy.columns
     ts, kind, inst, vals = (np.asarray(a) for a in (events.ts, events.kind, events.inst, events.vals))
     n = len(ts)
@@ -279,24 +282,12 @@ def check_events(policy: CompiledPolicy, events: Events) -> Events:
         raise ValueError(f"event {e}: timestamp {ts[e]} ns is earlier than the event before ({ts[e - 1]} ns); "
                          "the events must be sorted by time (equal timestamps are fine)")
     vals = np.array(vals, dtype=np.float64)
-    for c, name in enumerate(columns):
-        if name == INTENT:
-            continue
-        v = vals[:, c]
-        if name in PRICE_FIELDS:
-            usable = (v > 0) & (v < np.inf)
-            if name in policy.optional_columns:
-                usable |= np.isnan(v)
-            bad, rule = np.flatnonzero(~usable), "prices must be positive and finite"
-        elif name in ("qty", "volume"):
-            bad, rule = np.flatnonzero(np.isnan(v)), "market data must be numbers"
-        else:
-            bad = np.array([], np.int64)
-        if not len(bad):
-            bad, rule = np.flatnonzero(np.abs(v) > L.MAX_MAGNITUDE), f"values must be at most {L.MAX_MAGNITUDE:g} " \
-                                                                     "in magnitude"
-        if len(bad):
-            raise ValueError(f"event {bad[0]}: `{name}` is {v[bad[0]]:g}; {rule}")
+    # the rules of a data file's rows, which also leave an unusable optional value NaN, in place
+    market = {name: vals[:, c] for c, name in enumerate(columns) if name != INTENT}
+    broken = [(rows[0], text) for rows, _, text in market_faults(market, policy.optional_columns) if len(rows)]
+    if broken:
+        k, text = min(broken, key=lambda fault: fault[0])
+        raise ValueError(f"event {k}: {text(k) if callable(text) else text}")
     vals[:, columns.index(INTENT)] = np.nan
     return Events(np.array(ts, np.int64), np.array(kind, np.int8), np.array(inst, np.int32), vals)
 

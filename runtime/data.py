@@ -721,6 +721,68 @@ def _timestamp_values(path: str, src: _Source, index: dict, found: list[str]):
     return [f"{str(d).strip()} {str(t).strip()}" for d, t in zip(day, time)]
 
 
+def market_faults(columns: dict[str, np.ndarray], optional=(), labels: dict[str, str] | None = None,
+                  stand_ins=()) -> list[tuple[np.ndarray, str, object]]:
+    """The rules market data keeps, as the live feed checks them, over `columns` (float64
+    values by field name, a row per line or event): each rule a row breaks, as (rows, the
+    kind of bad row, its message: a str or a function of the row). Rules, in order:
+
+    - in a column read (not in `optional`): a price (PRICE_FIELDS) positive and finite;
+      a trade's `qty` above 0 and a bar's `volume` 0 or more (NaN breaks both); any value
+      at most MAX_MAGNITUDE in magnitude, since sums and products of larger ones could
+      overflow the account's arithmetic and turn a limit off;
+    - no crossed quote (`bid` above `ask`);
+    - a bar's prices nest (low <= open, close <= high), since fills inside a bar (stops,
+      next-open) rest on them; `stand_ins` (`open`, `close` read from another column)
+      are not held to it.
+
+    An optional column (the quote an IOC order fills against, a bar's open, high, low,
+    which the policy does not read) breaks no rule: a value there that is not a usable
+    price, and both sides of a crossed quote the policy does not read, become NaN (no
+    value on that row, which the fills do without), in place. `labels` names the columns
+    in messages (a file's header); by default, their field names."""
+    labels = labels or {}
+    found = []
+    for name, values in columns.items():
+        label = labels.get(name, name)
+        if name in optional:
+            if name in PRICE_FIELDS:
+                values[~((values > 0) & (values < np.inf) & (values <= MAX_MAGNITUDE))] = np.nan
+            continue
+        if name in PRICE_FIELDS:
+            found.append((np.flatnonzero(~((values > 0) & (values < np.inf))), "non-positive, NaN or infinite price",
+                          lambda k, v=values, lab=label: f"`{lab}` is {v[k]:g}; prices must be positive and finite"))
+        elif name in ("qty", "volume"):
+            wrong = ~(values > 0) if name == "qty" else ~(values >= 0)
+            rule = "a trade size must be above 0" if name == "qty" else "volume must be 0 or more"
+            found.append((np.flatnonzero(wrong), "bad size",
+                          lambda k, v=values, lab=label, r=rule: f"`{lab}` is {v[k]:g}; {r}"))
+        found.append((np.flatnonzero(np.abs(values) > MAX_MAGNITUDE), "value too large",
+                      lambda k, v=values, lab=label: f"`{lab}` is {v[k]:g}; values must be at most "
+                                                     f"{MAX_MAGNITUDE:g} in magnitude"))
+    if "bid" in columns and "ask" in columns:
+        bid, ask = columns["bid"], columns["ask"]
+        crossed = np.flatnonzero(bid > ask)
+        if "bid" in optional and "ask" in optional:
+            bid[crossed] = ask[crossed] = np.nan
+        else:
+            found.append((crossed, "crossed quote",
+                          lambda k: f"`{labels.get('bid', 'bid')}` {bid[k]:g} is above `{labels.get('ask', 'ask')}` "
+                                    f"{ask[k]:g}: a crossed quote"))
+    if "high" in columns and "low" in columns:
+        high, low = columns["high"], columns["low"]
+        found.append((np.flatnonzero(high < low), "inconsistent bar",
+                      lambda k: f"`{labels.get('high', 'high')}` {high[k]:g} is below `{labels.get('low', 'low')}` "
+                                f"{low[k]:g}"))
+        for name in ("open", "close"):
+            if name in columns and name not in stand_ins:
+                v = columns[name]
+                found.append((np.flatnonzero((v < low) | (v > high)), "inconsistent bar",
+                              lambda k, v=v, lab=labels.get(name, name): f"`{lab}` {v[k]:g} is outside the bar's low "
+                                                                        f"{low[k]:g} and high {high[k]:g}"))
+    return found
+
+
 def _build(path: str, src: _Source, wanted: list[str], skip_bad_rows: bool, start_ns, end_ns, date_format,
            zone: str | None, optional=()) -> Table:
     index = _column_index(src.header)
@@ -762,6 +824,7 @@ def _build(path: str, src: _Source, wanted: list[str], skip_bad_rows: bool, star
     report(bad_rows, "bad timestamp", bad_timestamp)
 
     columns: dict[str, np.ndarray] = {}
+    labels: dict[str, str] = {}  # each column's name in the file's header
     for name in wanted:
         source = _source_of(name, index)
         if source is None and name in optional:
@@ -771,53 +834,19 @@ def _build(path: str, src: _Source, wanted: list[str], skip_bad_rows: bool, star
             raise _error(path, f"the policy reads {needed} but the file has no such column (found: {', '.join(found)})")
         label, cells = found[index[source]], src.columns[index[source]]
         values, bad, empty = _to_float(cells, src.delimiter)
+        labels[name] = label
         if name in optional:
-            # a column the policy does not read (the quote an IOC order fills against, a
-            # bar's open, high, low): a cell with no usable value leaves none on its row,
-            # which the fills then do without, as with a file that lacks the column
-            usable = ~bad & ~empty & (values > 0) & (values < np.inf) & (np.abs(values) <= MAX_MAGNITUDE)
-            columns[name] = np.where(usable, values, np.nan)
+            columns[name] = np.where(~bad & ~empty, values, np.nan)  # `market_faults` drops what is left unusable
             continue
-        is_input = name not in PRICE_FIELDS and name not in ("qty", "volume")
-        if not is_input:  # a model input may be empty on rows without a value; market data may not
+        if name in PRICE_FIELDS or name in ("qty", "volume"):  # a model input may be empty on rows without a value
             report(np.flatnonzero(empty), "not a number", f"`{label}` is empty: not a number")
         report(np.flatnonzero(bad), "not a number",
                lambda k, c=cells, lab=label: f"`{lab}` is not a number: `{str(c[k]).strip()}`")
-        if name in PRICE_FIELDS:
-            report(np.flatnonzero(~bad & ~empty & ~((values > 0) & (values < np.inf))), "non-positive, NaN or infinite price",
-                   lambda k, v=values, lab=label: f"`{lab}` is {v[k]:g}; prices must be positive and finite")
-        elif name in ("qty", "volume"):  # as the live feed checks them: a trade's size above 0, a bar's volume 0 or more
-            wrong = ~(values > 0) if name == "qty" else ~(values >= 0)
-            report(np.flatnonzero(~bad & ~empty & wrong), "bad size",
-                   lambda k, v=values, lab=label, n=name: f"`{lab}` is {v[k]:g}; "
-                                                          f"{'a trade size must be above 0' if n == 'qty' else 'volume must be 0 or more'}")
-        # sums and products of larger values could overflow the account's arithmetic and turn a limit off
-        report(np.flatnonzero(np.abs(values) > MAX_MAGNITUDE), "value too large",
-               lambda k, v=values, lab=label: f"`{lab}` is {v[k]:g}; values must be at most {MAX_MAGNITUDE:g} "
-                                              "in magnitude")
         columns[name] = values
-
-    # a crossed quote (bid above ask) is refused, as the live feed refuses it; in a quote the
-    # policy does not read, it is left out of its row instead
-    if "bid" in columns and "ask" in columns:
-        bid, ask = columns["bid"], columns["ask"]
-        crossed = np.flatnonzero(bid > ask)
-        if "bid" in optional and "ask" in optional:
-            bid[crossed] = ask[crossed] = np.nan
-        else:
-            report(crossed, "crossed quote", lambda k: f"`bid` {bid[k]:g} is above `ask` {ask[k]:g}: a crossed quote")
-
-    # a bar's prices nest, low <= open, close <= high: fills inside a bar (stops, next-open) rest on it
-    if "high" in columns and "low" in columns:
-        high, low = columns["high"], columns["low"]
-        report(np.flatnonzero(high < low), "inconsistent bar",
-               lambda k: f"`high` {high[k]:g} is below `low` {low[k]:g}")
-        for name in ("open", "close"):
-            if name in columns and _source_of(name, index) == name:
-                v = columns[name]
-                report(np.flatnonzero((v < low) | (v > high)), "inconsistent bar",
-                       lambda k, v=v, name=name: f"`{name}` {v[k]:g} is outside the bar's low {low[k]:g} and "
-                                                 f"high {high[k]:g}")
+    # after the cells that are no number: a row's first problem is the one it is shown with
+    stand_ins = [name for name in ("open", "close") if name in columns and _source_of(name, index) != name]
+    for rows, kind, text in market_faults(columns, optional, labels, stand_ins):
+        report(rows, kind, text)
 
     # equal timestamps are normal (several trades in one millisecond); going back is not
     if n > 1 and np.any(np.diff(ts) < 0):

@@ -14,7 +14,7 @@ import pytest
 from policyc.compiler.build import compile_policy
 from policyc.cli import main
 from policyc.runtime.backtest import load_events
-from policyc.runtime.data import DataError, load_table
+from policyc.runtime.data import DataError, load_table, market_faults
 
 from loopback import FLIP
 from test_live_faults import limits
@@ -916,9 +916,9 @@ BARS = ("Date,Open,High,Low,Close\n2024-01-02,10,11,9,10.5\n{bad}\n2024-01-04,10
 
 
 @pytest.mark.parametrize("bad, detail", [
-    ("2024-01-03,10,9,11,10", "`high` 9 is below `low` 11"),
-    ("2024-01-03,12,11,9,10", "`open` 12 is outside the bar's low 9 and high 11"),
-    ("2024-01-03,10,11,9,8.5", "`close` 8.5 is outside the bar's low 9 and high 11"),
+    ("2024-01-03,10,9,11,10", "`High` 9 is below `Low` 11"),
+    ("2024-01-03,12,11,9,10", "`Open` 12 is outside the bar's low 9 and high 11"),
+    ("2024-01-03,10,11,9,8.5", "`Close` 8.5 is outside the bar's low 9 and high 11"),
 ])
 def test_a_bar_whose_prices_do_not_nest_is_a_bad_row(tmp_path, bad, detail):
     """Stops and next-open fills happen between a bar's low and high: a bar that cannot
@@ -942,3 +942,36 @@ def test_a_size_the_live_feed_refuses_is_a_bad_row(tmp_path, column, value, deta
     with pytest.raises(DataError, match=f"sizes.csv:3: {detail}"):
         load_table(path, wanted)
     assert load_table(path, wanted, skip_bad_rows=True).skipped == {"bad size": 1}
+
+
+def test_market_faults_are_the_rules_of_a_row_wherever_the_rows_come_from():
+    """One rule set for a file's rows (`load_table`) and for events given as arrays
+    (`policyc.gym.check_events`): each rule names the rows that break it, in order."""
+    nan, inf = np.nan, np.inf
+    columns = {"price": np.array([10.0, 0.0, 10.0, 10.0, 10.0, 10.0, 10.0, 10.0]),
+               "high": np.array([11.0, 11.0, 11.0, 11.0, 9.0, 11.0, 11.0, 11.0]),
+               "low": np.array([9.0, 9.0, 9.0, 9.0, 10.0, 9.0, 9.0, 9.0]),
+               "open": np.array([10.0, 10.0, 10.0, 10.0, 9.5, 12.0, 10.0, 10.0]),
+               "qty": np.array([1.0, 1.0, 0.0, nan, 1.0, 1.0, 1.0, 1.0]),
+               "volume": np.array([0.0, 0.0, -1.0, 0.0, 0.0, 0.0, 0.0, 0.0]),
+               "bid": np.array([9.9, 9.9, 9.9, 9.9, 9.9, 9.9, 10.2, 9.9]),
+               "ask": np.array([10.1, 10.1, 10.1, 10.1, 10.1, 10.1, 10.1, 10.1]),
+               "score": np.array([nan, 0.5, 2e15, 0.0, 0.0, 0.0, 0.0, -inf])}
+    found = [(kind, rows.tolist(), text(rows[0]) if len(rows) and callable(text) else text)
+             for rows, kind, text in market_faults(columns, labels={"qty": "Qty"})]
+    assert [f for f in found if f[1]] == [
+        ("non-positive, NaN or infinite price", [1], "`price` is 0; prices must be positive and finite"),
+        ("bad size", [2, 3], "`Qty` is 0; a trade size must be above 0"),
+        ("bad size", [2], "`volume` is -1; volume must be 0 or more"),
+        ("value too large", [2, 7], "`score` is 2e+15; values must be at most 1e+15 in magnitude"),
+        ("crossed quote", [6], "`bid` 10.2 is above `ask` 10.1: a crossed quote"),
+        ("inconsistent bar", [4], "`high` 9 is below `low` 10"),
+        ("inconsistent bar", [4, 5], "`open` 9.5 is outside the bar's low 10 and high 9")]
+    # an open read from another column is not held to the bar; optional columns break no
+    # rule, but lose what is no usable price, and a crossed quote, to NaN
+    quote = {"bid": np.array([9.9, 0.0, 10.2, inf]), "ask": np.array([10.1, 10.1, 10.1, 10.1]),
+             "high": np.array([11.0, 11.0, 11.0, 11.0]), "low": np.array([9.0, 9.0, 9.0, 9.0]),
+             "open": np.array([12.0, 10.0, 10.0, 10.0])}
+    assert not any(len(rows) for rows, _, _ in market_faults(quote, ("bid", "ask"), stand_ins=("open",)))
+    np.testing.assert_array_equal(quote["bid"], [9.9, nan, nan, nan])
+    np.testing.assert_array_equal(quote["ask"], [10.1, 10.1, nan, 10.1])

@@ -153,7 +153,7 @@ def test_a_crossed_quote_is_left_out_when_unread_and_a_bad_row_when_read(quoted,
     assert np.isnan(events.vals[1, [cp.columns.index("bid"), cp.columns.index("ask")]]).all()
     assert run.orders[0][L.O_FILL_PRICE] == 100.0  # not the crossed ask's better price
     path = tmp_path / "a.csv"
-    with pytest.raises(DataError, match=r"a\.csv:3: `bid` 100\.3 is above `ask` 100\.2: a crossed quote") as err:
+    with pytest.raises(DataError, match=r"a\.csv:3: `Bid` 100\.3 is above `Ask` 100\.2: a crossed quote") as err:
         load_table(path, ["close", "bid"], optional=["ask"])
     assert err.value.line == 3
     table = load_table(path, ["close", "bid"], skip_bad_rows=True, optional=["ask"])
@@ -214,7 +214,7 @@ def test_bars_are_optional_columns_too(quoted, tmp_path):
     assert events.bars.tolist() == [[99.0, 101.0, 98.0], [99.0, 101.0, 98.0]]
     assert np.isnan(events.vals[:, quoted.columns.index("bid")]).all()
     path.write_text("Date,Open,High,Low,Close\n2024-01-02,99,101,98,100\n2024-01-03,99,97,98,100\n")
-    with pytest.raises(DataError, match=r"a\.csv:3: `high` 97 is below `low` 98"):
+    with pytest.raises(DataError, match=r"a\.csv:3: `High` 97 is below `Low` 98"):
         load_events(quoted, [(None, str(path))], bars=True)
     path.write_text(WITHOUT_QUOTE)
     events, _ = load_events(quoted, [(None, str(path))], bars=True)
@@ -248,10 +248,15 @@ def test_the_environment_takes_data_with_or_without_a_quote(steered, tmp_path):
         path.write_text(text)
         env = PolicyEnv(steered, str(path), warmup=0, random_start=False, max_target=10.0)
         np.testing.assert_array_equal(env.events.vals[:, bid], quote)
-    # events given as data: a quote may be NaN (no quote), not 0
-    vals = np.column_stack([np.full(3, 100.0), np.full(3, 100.0), np.full(3, np.nan), np.full(3, 100.1),
-                            np.full(3, np.nan)])
-    assert np.isnan(check_events(steered, Events.market(np.arange(3) * NS, vals)).vals[:, bid]).all()
-    vals[1, bid] = 0.0
-    with pytest.raises(ValueError, match="event 1: `bid` is 0; prices must be positive and finite"):
-        check_events(steered, Events.market(np.arange(3) * NS, vals))
+    # events given as data, as the same rows of a file: in the quote the policy does not read,
+    # a value that is no usable price, and both sides of a crossed quote, leave no quote
+    ask = steered.columns.index("ask")
+    vals = np.column_stack([np.full(5, 100.0), np.full(5, 100.0), [99.9, 0.0, 100.3, -1.0, np.inf],
+                            [100.1, 100.1, 100.2, 100.1, 100.1], np.full(5, np.nan)])
+    checked = check_events(steered, Events.market(np.arange(5) * NS, vals)).vals
+    np.testing.assert_array_equal(checked[:, bid], [99.9, np.nan, np.nan, np.nan, np.nan])
+    np.testing.assert_array_equal(checked[:, ask], [100.1, 100.1, np.nan, 100.1, 100.1])
+    assert vals[1, bid] == 0.0  # the events given are left as they are
+    vals[3, 1] = 0.0  # a price the policy reads is still refused
+    with pytest.raises(ValueError, match="event 3: `close` is 0; prices must be positive and finite"):
+        check_events(steered, Events.market(np.arange(5) * NS, vals))
