@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from policyc.cli import main
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -50,3 +52,17 @@ def test_main_called_with_arguments_leaves_the_collector_alone(capsys):
     assert main(["validate", str(EMA)]) == 0
     assert gc.isenabled()
     assert gc.get_freeze_count() <= frozen  # main froze nothing (frozen objects may be freed meanwhile)
+
+
+def test_a_kernel_loads_without_scipy_linear_algebra_which_stays_importable():
+    """Numba, setting up, would import scipy.linalg (some 150 ms of a warm backtest) only to
+    see whether a BLAS exists; `jit.load_kernel` sets it up without. np.dot in Numba and
+    scipy.linalg itself still work afterwards, importing it then."""
+    scipy = pytest.importorskip("scipy")
+    code = ("import sys; from policyc.compiler.build import compile_policy; compile_policy(%r); "
+            "print('scipy.linalg' in sys.modules); import numba, numpy as np; "
+            "print(numba.njit(lambda a: np.dot(a, a))(np.arange(3.0))); import scipy.linalg; "
+            "print(scipy.linalg.det(np.eye(2)))") % str(EMA)
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["False", "5.0", "1.0"], scipy.__version__
