@@ -12,6 +12,7 @@ import hashlib
 import importlib.abc
 import importlib.util
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -35,30 +36,42 @@ def kernel_path(source: str) -> Path:
     return cache_root() / "kernels" / source_digest(source)[:32] / "kernel.py"
 
 
+#: True when the `policyc` program owns the process (`policyc.cli.main` called without
+#: arguments): its kernels then load with `set_up_numba_without_scipy_blas`.
+OWN_PROCESS = False
+
+
 class _Refused(importlib.abc.MetaPathFinder):
-    """A finder that refuses one module, as if it were not installed."""
+    """A finder that refuses one module to one thread, as if it were not installed."""
 
     def __init__(self, name: str):
-        self.name = name
+        self.name, self.thread = name, threading.get_ident()
 
     def find_spec(self, fullname, path=None, target=None):
-        if fullname == self.name:
+        if fullname == self.name and threading.get_ident() == self.thread:
             raise ModuleNotFoundError(f"{fullname} is not loaded while Numba sets up its CPU target", name=fullname)
         return None
 
 
-def _numba_ready() -> None:
-    """Set up Numba's CPU target (its implementations of Python and NumPy) once per
-    process, without SciPy's linear algebra. Setting up, Numba imports scipy.linalg
-    when SciPy is installed, only to decide whether one helper of np.polyval-like
-    reductions may call BLAS (numba.np.arraymath's `_HAVE_BLAS`): some 150 ms of a
-    warm `policyc backtest`'s 0.6 s. Kernels never call BLAS; np.dot and numba.np.linalg
-    import it themselves when first compiled, so they work as before, and so does
-    scipy.linalg for whoever imports it afterwards."""
+def set_up_numba_without_scipy_blas() -> None:
+    """Set up Numba's CPU target (its implementations of Python and NumPy) without
+    importing scipy.linalg, which it does when SciPy is installed only to decide whether
+    its np.convolve and np.correlate may take their inner products from BLAS
+    (numba.np.arraymath's `_HAVE_BLAS`): some 150 ms of a warm `policyc backtest`'s 0.6 s.
+
+    For the `policyc` program's own process only (`policyc.cli.main` without arguments):
+    the choice holds for the rest of the process, and there no code but the kernels,
+    which never call either function, compiles with Numba; in a process of a user's own,
+    their np.convolve would give other bits. Numba's extensions are loaded first, with
+    SciPy whole, and other threads may import scipy.linalg meanwhile. np.dot and
+    numba.np.linalg import it themselves when first compiled, and scipy.linalg imports as
+    ever afterwards. Does nothing once Numba's target is set up."""
     if "numba.np.arraymath" in sys.modules:
         return
+    from numba.core import entrypoints
     from numba.core.registry import cpu_target
 
+    entrypoints.init_all()
     refused = _Refused("scipy.linalg")
     sys.meta_path.insert(0, refused)
     try:
@@ -69,7 +82,8 @@ def _numba_ready() -> None:
 
 def load_kernel(source: str) -> tuple[ModuleType, Path]:
     """Write (once) and import the kernel module for this source."""
-    _numba_ready()
+    if OWN_PROCESS:
+        set_up_numba_without_scipy_blas()
     path = kernel_path(source)
     if not path.exists() or path.read_text() != source:
         path.parent.mkdir(parents=True, exist_ok=True)

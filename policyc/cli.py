@@ -24,6 +24,7 @@ import re
 import sys
 from pathlib import Path
 
+from policyc.compiler import jit
 from policyc.dsl.diagnostics import Diagnostic, PolicyError, render_json, render_text, sort_key
 
 # words other tools use -> what policyc has for them (the first word an option of the
@@ -1324,10 +1325,12 @@ def main(argv: list[str] | None = None) -> int:
     command's start-up makes hundreds of thousands of objects (Numba's among them) and
     no garbage cycles worth a pass over them. And at the end every object alive is
     frozen, so the interpreter's exit does not walk them once more before the operating
-    system frees the memory."""
+    system frees the memory. Its kernels load with Numba set up without scipy.linalg
+    (`compiler.jit.set_up_numba_without_scipy_blas`)."""
     own_process = argv is None
     if own_process:
         gc.disable()
+        jit.OWN_PROCESS = True
     try:
         parser = build_parser()
         argv = sys.argv[1:] if argv is None else list(argv)

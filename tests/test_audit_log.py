@@ -20,7 +20,7 @@ from policyc.runtime import audit_chain
 from policyc.runtime.audit_chain import (BAD_SIGNATURE, EDITED, INSERTED, MISSING, REORDERED, TRUNCATED, ZERO_HASH,
                                          LogError, seal)
 from policyc.runtime.live import audit
-from policyc.runtime.live.audit import CHECKPOINT_EVERY, DecisionLog, read_log, read_log_key, verify_log
+from policyc.runtime.live.audit import CHECKPOINT_EVERY, DecisionLog, read_log, read_log_key, segments, verify_log
 
 EMA = Path(__file__).resolve().parent.parent / "policies" / "ema_cross.yaml"
 P, B = "p" * 64, "b" * 64
@@ -212,25 +212,67 @@ def test_batch_mode_wakes_its_sync_thread_once_the_block_is_out(tmp_path, monkey
     order leaves."""
     log = DecisionLog(tmp_path / "log.jsonl", P, B, fsync="batch")
     log.write("session", policy="t")
-    syncer = log._syncer
-    deadline = time.monotonic() + 10
-    while syncer._pending and time.monotonic() < deadline:  # the session record's sync has begun
-        time.sleep(0.001)
-    woken = []
-    monkeypatch.setattr(syncer._wake, "set", lambda: woken.append(len(read_log(tmp_path / "log.jsonl"))))
+    woken = _asleep_sync_thread(log, monkeypatch)
     with log.batch():
         log.write("order", ts=1, qty=1.0)
         log.flush()
         assert len(read_log(tmp_path / "log.jsonl")) == 2 and woken == []
         log.write("order", ts=2, qty=1.0)
         log.flush()
-    assert woken == [3]
+    assert woken == [1]
+    syncer = log._syncer
     syncer.error = OSError(5, "Input/output error")
     with pytest.raises(OSError, match="Input/output"), log.batch():
         log.write("order", ts=3, qty=1.0)
         log.flush()
         pytest.fail("the flush went on past a failed sync")
     syncer.error = None
+    log.close()
+    assert _problem(tmp_path / "log.jsonl") is None
+
+
+def _asleep_sync_thread(log, monkeypatch) -> list:
+    """The sync thread of a --fsync batch log once idle, its wake-ups counted in the list."""
+    syncer = log._syncer
+    deadline = time.monotonic() + 10
+    while syncer._pending and time.monotonic() < deadline:
+        time.sleep(0.001)
+    woken = []
+    monkeypatch.setattr(syncer._wake, "set", lambda: woken.append(1))
+    return woken
+
+
+def test_a_batch_whose_last_write_fails_still_wakes_the_sync_thread(tmp_path, monkeypatch):
+    """An order that left inside the block has its record written; a failed write at the
+    block's end must not keep that record from the disk."""
+    log = DecisionLog(tmp_path / "log.jsonl", P, B, fsync="batch")
+    log.write("session", policy="t")
+    woken = _asleep_sync_thread(log, monkeypatch)
+
+    def full_disk(parts, size):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    with pytest.raises(OSError, match="No space"), log.batch():
+        log.write("order", ts=1, qty=1.0)
+        log.flush()  # the order leaves
+        log.write("fill", ts=2, qty=1.0)
+        monkeypatch.setattr(log, "_append", full_disk)
+    assert woken == [1] and [r["kind"] for r in read_log(tmp_path / "log.jsonl")] == ["session", "order"]
+    monkeypatch.undo()
+    log.close()
+
+
+def test_a_new_segment_inside_a_batch_waits_for_the_block_to_wake_the_sync_thread(tmp_path, monkeypatch):
+    log = DecisionLog(tmp_path / "log.jsonl", P, B, fsync="batch", max_bytes=700)
+    log.write("session", policy="t")
+    woken = _asleep_sync_thread(log, monkeypatch)
+    with log.batch():
+        for k in range(6):
+            log.write("order", ts=k, qty=1.0)
+            log.flush()
+        assert len(segments(tmp_path / "log.jsonl")) > 2 and woken == []
+    assert woken == [1]
+    monkeypatch.undo()
     log.close()
     assert _problem(tmp_path / "log.jsonl") is None
 

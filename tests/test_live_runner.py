@@ -8,6 +8,7 @@ import io
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import orjson
@@ -409,3 +410,22 @@ def test_records_a_full_disk_refused_in_a_batch_are_dropped_and_the_chain_goes_o
     records = [orjson.loads(line) for line in path.read_bytes().splitlines()]
     assert [(r["seq"], r["ts"]) for r in records[1:]] == [(2, 2)]
     assert verify_log(path)[2] is None
+
+
+def test_a_halt_from_the_control_socket_writes_its_records_before_its_orders_leave(rt, monkeypatch):
+    """A control message is handled as a socket read is: its records are written before
+    each order it sends (the cancel, then the flattening order, decided after it), and
+    the log's sync thread is woken once, when the message is handled."""
+    tick(rt, 0)
+    oid = orders(rt.venue)[0]["client_order_id"]
+    answer(rt, ack(oid), fill(oid, 4))
+    log, trail = rt.log, []
+    deadline = time.monotonic() + 10
+    while log._syncer._pending and time.monotonic() < deadline:  # the sync thread idle
+        time.sleep(0.001)
+    append, send, wake = log._append, rt.venue.send, log._syncer._wake.set
+    monkeypatch.setattr(log, "_append", lambda parts, size: (trail.append("write"), append(parts, size)))
+    monkeypatch.setattr(rt.venue, "send", lambda frame: (trail.append(orjson.loads(frame)["type"]), send(frame)))
+    monkeypatch.setattr(log._syncer._wake, "set", lambda: (trail.append("sync"), wake()))
+    status = rt.on_control_frame(json.dumps({"type": "halt", "reason": "desk"}))
+    assert status["halted"] and trail == ["write", "cancel", "write", "order", "sync"]

@@ -54,15 +54,55 @@ def test_main_called_with_arguments_leaves_the_collector_alone(capsys):
     assert gc.get_freeze_count() <= frozen  # main froze nothing (frozen objects may be freed meanwhile)
 
 
-def test_a_kernel_loads_without_scipy_linear_algebra_which_stays_importable():
-    """Numba, setting up, would import scipy.linalg (some 150 ms of a warm backtest) only to
-    see whether a BLAS exists; `jit.load_kernel` sets it up without. np.dot in Numba and
-    scipy.linalg itself still work afterwards, importing it then."""
-    scipy = pytest.importorskip("scipy")
-    code = ("import sys; from policyc.compiler.build import compile_policy; compile_policy(%r); "
-            "print('scipy.linalg' in sys.modules); import numba, numpy as np; "
-            "print(numba.njit(lambda a: np.dot(a, a))(np.arange(3.0))); import scipy.linalg; "
-            "print(scipy.linalg.det(np.eye(2)))") % str(EMA)
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+def _python(code: str) -> list[str]:
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
     assert done.returncode == 0, done.stderr
-    assert done.stdout.split() == ["False", "5.0", "1.0"], scipy.__version__
+    return done.stdout.split()
+
+
+def test_the_policyc_program_sets_numba_up_without_scipy_linear_algebra(tmp_path):
+    """Numba, setting up, imports scipy.linalg (some 150 ms of a warm backtest) only to
+    see whether np.convolve and np.correlate may use BLAS. The `policyc` program, whose
+    process runs no Numba code but its kernels, sets it up without; np.dot in Numba and
+    scipy.linalg itself still work afterwards, importing it then."""
+    pytest.importorskip("scipy")
+    code = ("import sys; from policyc.cli import main; sys.argv = ['policyc', 'compile', %r, '--out', %r]; "
+            "rc = main(); print(rc, 'scipy.linalg' in sys.modules); import numba, numpy as np; "
+            "print(numba.njit(lambda a: np.dot(a, a))(np.arange(3.0))); import scipy.linalg; "
+            "print(scipy.linalg.det(np.eye(2)))")
+    assert _python(code % (str(EMA), str(tmp_path)))[-4:] == ["0", "False", "5.0", "1.0"]
+
+
+def test_a_process_of_ones_own_keeps_numba_as_it_sets_itself_up():
+    """A kernel loaded in a user's process (the library, the gym) leaves Numba's set-up
+    alone: the user's own np.convolve keeps its BLAS, with the same bits."""
+    pytest.importorskip("scipy")
+    code = ("from policyc.compiler.build import compile_policy; compile_policy(%r); "
+            "import numba.np.arraymath as am; print(am._HAVE_BLAS)")
+    assert _python(code % str(EMA)) == ["True"]
+
+
+def test_another_thread_may_import_scipy_linear_algebra_while_numba_sets_up():
+    pytest.importorskip("scipy")
+    code = """
+import sys, threading
+from numba.core.registry import cpu_target
+from policyc.compiler import jit
+context = type(cpu_target.target_context)
+refresh, got = context.refresh, []
+def importer():
+    try:
+        import scipy.linalg
+        got.append("ok")
+    except ImportError as exc:
+        got.append(type(exc).__name__)
+def refresh_with_a_thread(self):  # the moment the setting-up thread refuses scipy.linalg
+    thread = threading.Thread(target=importer)
+    thread.start()
+    thread.join()
+    refresh(self)
+context.refresh = refresh_with_a_thread
+jit.set_up_numba_without_scipy_blas()
+print(got[0], "numba.np.arraymath" in sys.modules)
+"""
+    assert _python(code) == ["ok", "True"]

@@ -249,11 +249,11 @@ class _GroupCommit:
             self._wake.set()
 
     def rotated(self, fd: int) -> None:
-        """The log went on to a new file: the old one is synced and closed here."""
+        """The log went on to a new file: the old one is synced and closed here, at the
+        next sync (the writer asks for it as for any write)."""
         with self._lock:
             self._retired.append(self._fd)
             self._fd = fd
-        self.written()
 
     def _run(self) -> None:
         while True:
@@ -363,10 +363,12 @@ class DecisionLog:
         finally:
             self._batches -= 1
             if not self._batches:
-                self.flush()
-                if self._sync_due:  # the block's orders are out: now the sync thread may take the interpreter
-                    self._sync_due = False
-                    self._syncer.written()
+                try:
+                    self.flush()
+                finally:  # the block's orders are out: now the sync thread may take the interpreter
+                    if self._sync_due:  # (also when this flush failed: what went before it is written)
+                        self._sync_due = False
+                        self._syncer.written()
 
     def write(self, kind: str, ts: int | None = None, **fields) -> str:
         """Append one record and return its `hash`; `ts` is in ns since the epoch, None
@@ -512,6 +514,7 @@ class DecisionLog:
         old, self._fd, self._size, self._number = self._fd, fd, 0, self._number + 1
         if self._syncer is not None:
             self._syncer.rotated(fd)
+            self._synced()
             return
         os.close(old)  # with fsync "always" already synced, record by record
         if self._fsync == "always":

@@ -425,6 +425,12 @@ class LiveRuntime:
                 "reconnects": self.counters.reconnects, "latency": pct, "recent": list(self.log.recent)}
 
     def on_control_frame(self, frame) -> dict:
+        """One control message, answered with the status; its records are one write of
+        the log (before the orders it sends, as for a socket read of the feed)."""
+        with self.log.batch():
+            return self._control(frame)
+
+    def _control(self, frame) -> dict:
         try:
             msg = parse_control(frame)
         except ProtocolError as exc:
@@ -437,6 +443,12 @@ class LiveRuntime:
         return self.status()
 
     def on_intent_frame(self, frame) -> dict:
+        """One intent (or model input), answered with its decision; its records are one
+        write of the log, before the order it sends and its answer."""
+        with self.log.batch():
+            return self._intent(frame)
+
+    def _intent(self, frame) -> dict:
         ident = message_id(frame)
         try:
             msg = parse_intent(frame, self.instruments)
