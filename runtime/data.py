@@ -737,9 +737,10 @@ def market_faults(columns: dict[str, np.ndarray], optional=(), labels: dict[str,
       are not held to it.
 
     An optional column (the quote an IOC order fills against, a bar's open, high, low,
-    which the policy does not read) breaks no rule: a value there that is not a usable
-    price, and both sides of a crossed quote the policy does not read, become NaN (no
-    value on that row, which the fills do without), in place. `labels` names the columns
+    which the policy does not read) breaks none of a column's own rules: a value there
+    that is not a usable price, and both sides of a crossed quote the policy does not
+    read, become NaN (no value on that row, which the fills do without), in place; a
+    bar's fields nest whether read or not. `labels` names the columns
     in messages (a file's header); by default, their field names."""
     labels = labels or {}
     found = []
