@@ -23,6 +23,8 @@ from policyc.cli import main
 from policyc.dsl.document import parse_policy_text
 from policyc.runtime.backtest import load_events, run_backtest, summary
 
+from test_differential import StreamSpec, assert_trace_changes_nothing, make_events
+
 DATA = Path(__file__).resolve().parent.parent / "data"
 ORCL = DATA / "orcl-1995-2014.csv"
 NS_S = 1_000_000_000
@@ -769,3 +771,18 @@ def test_streamed_summary_figures_equal_those_of_the_equity_curve(multi, mode):
             assert s[key] == value, key
     assert summary(run_backtest(multi, events, mode, progress=False, record_equity=False)) | {"elapsed_s": 0,
            "events_per_s": 0} == s | {"elapsed_s": 0, "events_per_s": 0}
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_the_trace_changes_nothing(ema_stop, multi, seed):
+    """Without a decision trace (as a backtest, a sweep and the live runtime run) the
+    kernel takes the common market event in a loop of its own; with one, in its loop
+    body. Both leave the same bits, on random streams with gaps, jumps, intents,
+    controls, bad prices, ticks or bars, and time going back."""
+    for cp in (ema_stop, multi):
+        spec = StreamSpec(seed=seed, n=400, vol=0.01, jump_p=0.02, intent_p=0.03 * (seed % 2),
+                          control_p=0.01 * (seed % 2), bad_p=0.02 * (seed % 3), market_intent_p=0.05,
+                          tick=bool(seed % 2), back_p=0.03 if seed == 3 else 0.0, leap=seed == 2)
+        ev = make_events(spec, cp.columns, len(cp.instruments))
+        assert_trace_changes_nothing(cp, Events(ev.ts, ev.kind, ev.inst, ev.vals), f"{spec}, no bars")
+        assert_trace_changes_nothing(cp, ev, f"{spec}, bars")

@@ -148,6 +148,36 @@ def assert_same(cp, ev: Events, context: str = ""):
                               + "\n".join(problems) + "\n--- policy ---\n" + cp.checked.parsed.source.text)
 
 
+def _bits(a) -> np.ndarray:
+    return np.ascontiguousarray(a, dtype=np.float64).view(np.int64)
+
+
+def assert_trace_changes_nothing(cp, ev: Events, context: str = ""):
+    """What the kernel leaves without a decision trace (where it takes the common market
+    event in a loop of its own) is what it leaves with one, bit for bit: the orders, the
+    features' state, the instruments' and the account's, and the equity curve; fed
+    whole, or in pieces (the live runtime feeds a batch a call)."""
+    n = len(ev)
+    cuts = sorted({n // 3, n // 2, n - 1} - {0}) if n > 3 else []
+    for label, (mode, latency_ns) in MODES.items():
+        runs = {}
+        for traced in (True, False):
+            for pieces in ([], cuts):
+                session = cp.session(mode, latency_ns=latency_ns)
+                equity = np.full(n, np.nan)
+                trace = np.full((n, L.TRACE_FIXED + len(cp.program.features)), np.nan) if traced else None
+                for start, stop in zip([0, *pieces], [*pieces, n]):
+                    session.feed(ev, equity, trace, start, stop)
+                runs[traced, bool(pieces)] = [session.orders[:session.n_orders], session.fs, session.pstate,
+                                              session.acct, equity]
+        want = [_bits(a) for a in runs[True, False]]
+        for key, got in runs.items():
+            for name, a, b in zip(("orders", "features", "pstate", "account", "equity"), want, got):
+                assert a.shape == _bits(b).shape and np.array_equal(a, _bits(b)), (
+                    f"{name} differ (fill {label}, traced {key[0]}, in pieces {key[1]}) {context}\n"
+                    + cp.checked.parsed.source.text)
+
+
 # =====================================================================================
 # Random policies
 # =====================================================================================
@@ -679,6 +709,7 @@ def _kernel_matches_interpreter(gp, data):
                 cp = base
         ev = make_events(spec, cp.columns, gp.n_instruments)
         assert_same(cp, ev, f"on {spec} with params {cp.params}")
+        assert_trace_changes_nothing(cp, ev, f"on {spec} with params {cp.params}")
     _compared.append(gp.text)
 
 
