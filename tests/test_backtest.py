@@ -775,10 +775,12 @@ def test_streamed_summary_figures_equal_those_of_the_equity_curve(multi, mode):
 
 @pytest.mark.parametrize("seed", range(4))
 def test_the_trace_changes_nothing(ema_stop, multi, seed):
-    """Without a decision trace (as a backtest, a sweep and the live runtime run) the
-    kernel takes the common market event in a loop of its own; with one, in its loop
-    body. Both leave the same bits, on random streams with gaps, jumps, intents,
-    controls, bad prices, ticks or bars, and time going back."""
+    """Without a decision trace (as a backtest and a sweep run) a one-instrument kernel
+    takes the common market event in a loop of its own (`ema_stop`, on data without
+    bars); with one, in its loop body. Both leave the same bits, on random streams with
+    gaps, jumps, intents, controls, bad prices, ticks or bars, and time going back; as
+    does a kernel without that loop (`multi`, two instruments), whose trace changes
+    nothing either."""
     for cp in (ema_stop, multi):
         spec = StreamSpec(seed=seed, n=400, vol=0.01, jump_p=0.02, intent_p=0.03 * (seed % 2),
                           control_p=0.01 * (seed % 2), bad_p=0.02 * (seed % 3), market_intent_p=0.05,
