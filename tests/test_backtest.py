@@ -776,9 +776,8 @@ def test_streamed_summary_figures_equal_those_of_the_equity_curve(multi, mode):
 @pytest.mark.parametrize("seed", range(4))
 def test_the_trace_changes_nothing(ema_stop, multi, seed):
     """Without a decision trace (as a backtest and a sweep run) a one-instrument kernel
-    takes the common market event in a loop of its own (`ema_stop`; with bars and
-    next-open fills, while it holds no position its exits would check in the bar); with
-    one, in its loop body. Both leave the same bits, on random streams with
+    takes the common market event in a loop of its own (`ema_stop`, on data without
+    bars); with one, in its loop body. Both leave the same bits, on random streams with
     gaps, jumps, intents, controls, bad prices, ticks or bars, and time going back; as
     does a kernel without that loop (`multi`, two instruments), whose trace changes
     nothing either."""
