@@ -232,13 +232,15 @@ def test_batch_mode_wakes_its_sync_thread_once_the_block_is_out(tmp_path, monkey
 
 
 def _asleep_sync_thread(log, monkeypatch) -> list:
-    """The sync thread of a --fsync batch log once idle, its wake-ups counted in the list."""
+    """The sync thread of a --fsync batch log once idle, its wake-ups counted in the list.
+    Each wake-up still wakes it: a thread back at its wait when `close` stops it would
+    otherwise never end, and `close` would wait for it forever."""
     syncer = log._syncer
     deadline = time.monotonic() + 10
     while syncer._pending and time.monotonic() < deadline:
         time.sleep(0.001)
-    woken = []
-    monkeypatch.setattr(syncer._wake, "set", lambda: woken.append(1))
+    woken, wake = [], syncer._wake.set
+    monkeypatch.setattr(syncer._wake, "set", lambda: (woken.append(1), wake()))
     return woken
 
 
