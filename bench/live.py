@@ -407,7 +407,7 @@ async def _running(policy, feed_port: int, venue_port: int, log: Path, no_log: b
     elif log_before_the_chain:
         rt.log.close()
         rt.log = _LogBeforeTheChain(log, policy.policy_hash, policy.build_hash)
-        rt.core.journal = False
+        rt.core.journal, rt.core.record = False, rt.log.write
     task = asyncio.create_task(rt.run())
     try:
         yield rt

@@ -112,14 +112,18 @@ class OrderCore:
     that still holds an earlier run's positions is found before they add up past a limit.
     `venues`: instrument -> the name of its venue, for a run on several venues (each
     instrument of the policy named; then `route(venue, message, event_sent_ns)` gets
-    every message instead of `send`); None: one venue, named ""."""
+    every message instead of `send`); None: one venue, named "". `announce(kind, fields)`
+    also gets the records an operator must see as they happen: a feed going silent
+    (`feed_silent`) or live again (`feed_live`), and a venue's answer to a reconcile
+    (`reconcile`); `record` is called first."""
 
     def __init__(self, engine: Engine, order_prefix: str, send: Callable[[dict, int | None], None],
                  record: Callable[..., object], *, max_clock_skew_s: float = MAX_CLOCK_SKEW_S,
                  max_feed_silence_s: float = MAX_FEED_SILENCE_S, wall_ns: Callable[[], int] = time.time_ns,
                  monotonic_ns: Callable[[], int] = time.monotonic_ns, journal: bool = False,
                  reconcile: bool = False, venues: dict[str, str] | None = None,
-                 route: Callable[[str, dict, int | None], None] | None = None):
+                 route: Callable[[str, dict, int | None], None] | None = None,
+                 announce: Callable[[str, dict], None] | None = None):
         self.engine = engine
         self.instruments = tuple(engine.policy.instruments)
         self.route = route
@@ -128,7 +132,7 @@ class OrderCore:
         self._multipliers(engine)
         self.policy_hash = engine.policy.policy_hash
         self.order_prefix = order_prefix
-        self.send, self.record = send, record
+        self.send, self.record, self.announce = send, record, announce
         self.wall_ns, self.monotonic_ns = wall_ns, monotonic_ns
         self.journal = journal                  # write an input record before handling each input
         self._wall = self._mono = 0             # the clocks as read at the entry of the input being handled
@@ -187,6 +191,13 @@ class OrderCore:
         self._wall, self._mono = self.wall_ns(), self.monotonic_ns()
         if self.journal:
             self.record(kind, ts=self._wall, mono_ns=self._mono, **fields)
+
+    def _notable(self, kind: str, ts: int, **fields) -> None:
+        """A record `announce` also gets. The others go to `record` alone: a wrapper that
+        looked at every record's kind cost an order record a third of its write."""
+        self.record(kind, ts=ts, **fields)
+        if self.announce is not None:
+            self.announce(kind, fields)
 
     # ---- time --------------------------------------------------------------------
     def now_for(self, instrument: str) -> int:
@@ -250,7 +261,7 @@ class OrderCore:
         if advanced:
             self.heard_ns = now
             if self.silent_since_ns is not None:
-                self.record("feed_live", ts=fresh[0][1], silent_s=(now - self.silent_since_ns) / 1e9)
+                self._notable("feed_live", fresh[0][1], silent_s=(now - self.silent_since_ns) / 1e9)
                 self.silent_since_ns = None
         results = self.engine.market_many(fresh, actionable_only=True)
         decisions, refused = [], 0
@@ -310,8 +321,8 @@ class OrderCore:
             return True
         if self._silence_starts(now):
             self.silent_since_ns = quiet_since = self.heard_ns if self.heard_ns is not None else self.connected_ns
-            self.record("feed_silent", ts=self.latest_time(), silent_s=(now - quiet_since) / 1e9,
-                        last_event_ts=max(self.last_ts.values(), default=None))
+            self._notable("feed_silent", self.latest_time(), silent_s=(now - quiet_since) / 1e9,
+                          last_event_ts=max(self.last_ts.values(), default=None))
         return False
 
     @property
@@ -642,10 +653,10 @@ class OrderCore:
                   if abs(ours[name] - theirs[name]) > MATCH_RTOL * max(abs(ours[name]), abs(theirs[name]))]
         open_here = [oid for oid, order in self.open.items() if order.venue == venue]
         unknown = sorted(set(open_orders) - set(open_here))
-        self.record("reconcile", ts=self._wall, matched=not differ and not unknown, instruments=differ,
-                    runtime={"positions": ours, "open_orders": open_here},
-                    venue={**({"name": venue} if venue else {}), "positions": positions, "open_orders": open_orders},
-                    **({"unknown_orders": unknown} if unknown else {}))
+        self._notable("reconcile", self._wall, matched=not differ and not unknown, instruments=differ,
+                      runtime={"positions": ours, "open_orders": open_here},
+                      venue={**({"name": venue} if venue else {}), "positions": positions, "open_orders": open_orders},
+                      **({"unknown_orders": unknown} if unknown else {}))
         if differ or unknown:
             self.mismatched = True
             self.held = set()

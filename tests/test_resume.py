@@ -263,10 +263,10 @@ def test_a_venue_holding_an_order_this_run_does_not_know_is_a_mismatch(walk):
     assert core.engine.halted
 
 
-def test_a_new_log_on_a_venue_that_holds_a_position_halts_before_any_order(held, short, tmp_path):
+def test_a_new_log_on_a_venue_that_holds_a_position_halts_before_any_order(held, short, tmp_path, capsys):
     """The earlier run's log is elsewhere (or gone) and the venue holds 400 ORCL of it.
     With max_position 500, a new run that believed itself flat would buy 300 more, to
-    700: it halts with reconcile_mismatch before sending anything."""
+    700: it halts with reconcile_mismatch before sending anything, and says so."""
     venue = paper.PaperVenue()
     venue.positions["ORCL"] = 400.0
     fresh = asyncio.run(session(held, tmp_path / "new.jsonl", venue, short, intents=(300,)))
@@ -275,6 +275,8 @@ def test_a_new_log_on_a_venue_that_holds_a_position_halts_before_any_order(held,
     assert rec["matched"] is False and rec["venue"]["positions"] == {"ORCL": 400.0}
     assert fresh.engine.halted and [r["reason"] for r in records if r["kind"] == "halt"] == [RECONCILE_MISMATCH]
     assert venue.positions["ORCL"] <= 400.0 and not [r for r in records if r["kind"] == "order" and r["qty"] > 0]
+    (said,) = [line for line in capsys.readouterr().err.splitlines() if "differ from this run's" in line]
+    assert "(ORCL)" in said and "halted (reconcile_mismatch)" in said
 
 
 def test_a_mismatch_sends_no_order_not_even_a_liquidation_until_the_venue_agrees(walk):

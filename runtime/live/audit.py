@@ -386,8 +386,9 @@ class DecisionLog:
         seq, prev = self.seq + 1, self.head
         if ts is None:
             ts = time.time_ns()
-        signed = self._sign is not None and kind in SIGNED
-        sign = self._sign if signed else None
+        sign = self._sign
+        if sign is not None and kind not in SIGNED:
+            sign = None
         if kind == "session" or type(ts) is not int:
             body = (orjson.dumps(self._record(seq, ts, kind, fields, prev), option=JSON_OPTIONS)[:-1],)
         else:  # the bytes `seal` makes of the whole record, without serialising what every record repeats
@@ -399,17 +400,18 @@ class DecisionLog:
                 body = (b'{"seq":%d,"ts":%d%s%s"prev_hash":"%s"' % (
                     seq, ts, middle, members[1:-1] + b"," if len(members) > 2 else b"", prev.encode()),)
         tail, hash_ = seal_open(body, sign)
-        pending = self._parts
-        run = pending[-1]  # the bytearray the lines since the last large record's fields go on
+        run = self._parts[-1]  # the bytearray the lines since the last large record's fields go on
         if self._aead is not None and kind != "session":
             line = envelope(self._aead, os.urandom(NONCE_BYTES), seq, b"".join((*body, tail[:-1]))) + b"\n"
             run += line
             self._pending_size += len(line)
         elif len(body) == 1:
-            run += body[0]
+            line = body[0]
+            run += line
             run += tail
-            self._pending_size += len(body[0]) + len(tail)
+            self._pending_size += len(line) + len(tail)
         else:
+            pending = self._parts
             head, fields_view, close = body
             run += head
             run = bytearray(close)
@@ -424,7 +426,7 @@ class DecisionLog:
         if not self._batches:
             self.flush()
         if self._sign is not None:
-            self._since_signed = 0 if signed else self._since_signed + 1
+            self._since_signed = 0 if sign is not None else self._since_signed + 1
             if self._since_signed >= CHECKPOINT_EVERY:
                 self.write("checkpoint", closing=False)
         return hash_

@@ -187,13 +187,13 @@ class LiveRuntime:
         self._loop: asyncio.AbstractEventLoop | None = None  # set by `run`: durations are on its clock
         if self.restored is None:
             self.engine = Engine(policy, L.LIVE)
-            self.core = OrderCore(self.engine, self.order_prefix, self._send, self._record,
+            self.core = OrderCore(self.engine, self.order_prefix, self._send, self.log.write,
                                   max_clock_skew_s=config.max_clock_skew, max_feed_silence_s=config.max_feed_silence,
                                   monotonic_ns=self._monotonic_ns, journal=True, reconcile=True,
-                                  venues=venue_of if self.several else None)
+                                  venues=venue_of if self.several else None, announce=self._announce)
         else:
             self.engine, self.core = self.restored.engine, self.restored.core
-            self.core.send, self.core.record = self._send, self._record
+            self.core.send, self.core.record, self.core.announce = self._send, self.log.write, self._announce
             self.core.wall_ns, self.core.monotonic_ns, self.core.journal = time.time_ns, self._monotonic_ns, True
             self.core.set_venues(venue_of if self.several else None)
         if self.several:
@@ -271,10 +271,9 @@ class LiveRuntime:
         if event_sent_ns is not None:
             self.latencies_ns.append(time.time_ns() - event_sent_ns)
 
-    def _record(self, kind: str, ts: int | None = None, **fields) -> None:
-        """A record of the core to the log; a feed silence and a venue whose books differ
-        are also said on stderr, as a connection that drops is."""
-        self.log.write(kind, ts, **fields)
+    def _announce(self, kind: str, fields: dict) -> None:
+        """A feed silence and a venue whose books differ are said on stderr, as a
+        connection that drops is (the core's `announce`: its record is already logged)."""
         if kind == "reconcile" and not fields["matched"]:
             differ = ", ".join(fields["instruments"] + fields.get("unknown_orders", []))
             venue = fields["venue"].get("name", "")
