@@ -326,7 +326,7 @@ class Interpreter:
         self.busy: set[int] = set()  # legs another leg of whose rules was busy as this event began
         # a desired target carries a limit price from a rule's `limit`, or from an intent
         self.uses_limits = program.uses_limits() or program.intent_column is not None
-        self.quote_columns = tuple(program.columns.index(f) if f in program.columns else None for f in ("bid", "ask"))
+        self.quote_columns = tuple(program.columns.index(f) if f in program.columns else None for f in L.QUOTE_SIDES)
         # on a market event, each instrument -> its latest (bid, ask): the event's own for its
         # instrument; what an order filled at once (--fill same) fills against
         self.quotes: dict[int, tuple[float, float]] = {}

@@ -46,6 +46,9 @@ BAR_OPEN, BAR_HIGH, BAR_LOW = range(3)
 BAR_WIDTH = 3
 BAR_FIELDS = ("open", "high", "low")
 
+# ---- quotes: the market fields an IOC limit order fills against -----------------------
+QUOTE_SIDES = ("bid", "ask")  # a buy at the ask, a sell at the bid
+
 # ---- per-instrument account and risk state (pstate[inst, column]) -------------------
 P_POS, P_OPEN, P_ENTRY, P_BEST, P_LAST, P_PREV, P_LAST_TS, P_DESIRED, P_LOCK, P_LOCK_CODE, \
     P_VOL, P_PENDING, P_PENDING_LAST, P_TRADE_PNL, P_MARK, P_GROSS, P_MULT, P_TICK, P_LIMIT, P_FLATTEN, \

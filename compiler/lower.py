@@ -14,12 +14,12 @@ from policyc.dsl import expressions as ex
 from policyc.dsl.diagnostics import PolicyError, error
 from policyc.dsl.risk_keys import RISK_KEYS
 
+from . import layout as L
 from .builtins import (BOOL, FUNCTIONS, INSTRUMENT_STATE, MARKET_FIELDS, NUM, SESSION_FUNCTIONS, STATE_VALUES, TIME,
                        TIMESTAMP)
 from .check import CheckedPolicy
 from .ir import Op, Program
 
-QUOTE = ("bid", "ask")  # the sides an IOC order fills against: the ask for a buy, the bid for a sell
 
 
 class _Lowerer:
@@ -33,7 +33,7 @@ class _Lowerer:
         # a data file, so intents add none)
         limited = any(r.limit is not None or any(leg.limit is not None for leg in r.legs or ())
                       for r in checked.parsed.signals)
-        self.optional = tuple(side for side in QUOTE if side not in checked.fields) if limited else ()
+        self.optional = tuple(side for side in L.QUOTE_SIDES if side not in checked.fields) if limited else ()
         fields = [f for f in MARKET_FIELDS if f in checked.fields or f in self.optional]
         self.columns = fields + list(checked.inputs)
         self.feature_ops: dict[str, int] = {}

@@ -15,12 +15,12 @@ from pathlib import Path
 
 import numpy as np
 
+from policyc.compiler.layout import QUOTE_SIDES
 from policyc.runtime.data import DataError, load_table
 
 from .protocol import encode
 
 BAR = ("open", "high", "low", "close")
-QUOTE = ("bid", "ask")
 SIZES = ("bid_size", "ask_size")
 
 
@@ -69,7 +69,7 @@ def load_recording(data: list[tuple[str | None, str]], date_format: str | None =
     tables, names = [], []
     for symbol, path in data:
         name = instrument_name(symbol, path)
-        for wanted in ([*BAR, "volume"], [*QUOTE, *SIZES, "price"], [*QUOTE, *SIZES], [*QUOTE, "price"], list(QUOTE)):
+        for wanted in ([*BAR, "volume"], [*QUOTE_SIDES, *SIZES, "price"], [*QUOTE_SIDES, *SIZES], [*QUOTE_SIDES, "price"], list(QUOTE_SIDES)):
             try:
                 table = load_table(path, wanted, date_format=date_format, zone=zone)
                 break
