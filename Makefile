@@ -22,8 +22,20 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest -n 2 --dist loadfile
 
-bench: $(STAMP)
-	$(PY) bench/run.py
+# The other side of the bench's CSV comparison: vectorbt with its Rust engine, in an environment
+# of its own so that its pins never touch policyc's. Without it (no registry) the bench still
+# runs, and that row says why it has no figure; the next `make bench` tries again.
+VBT_VENV := .venv-vbt
+VBT_STAMP := $(VBT_VENV)/.installed
+$(VBT_STAMP):
+	@echo "== install: vectorbt and vectorbt-rust into $(VBT_VENV), for the bench's CSV comparison (pip's log: $(VBT_VENV)/install.log)"
+	@{ test -x $(VBT_VENV)/bin/python || $(PYTHON) -m venv $(VBT_VENV); } \
+		&& $(VBT_VENV)/bin/python -m pip install 'vectorbt>=1.2' 'vectorbt-rust>=1.2' > $(VBT_VENV)/install.log 2>&1 \
+		&& touch $(VBT_STAMP) \
+		|| echo "vectorbt did not install (see $(VBT_VENV)/install.log): the bench goes on without that comparison" >&2
+
+bench: $(STAMP) $(VBT_STAMP)
+	POLICYC_BENCH_VBT_PYTHON=$${POLICYC_BENCH_VBT_PYTHON:-$(CURDIR)/$(VBT_VENV)/bin/python} $(PY) bench/run.py
 
 # The state machine of tests/test_invariants.py (every risk limit after every random step) with many
 # more examples than `make test` runs: FUZZ_EXAMPLES (50,000 by default, derandomized; add
@@ -38,4 +50,4 @@ crash: $(STAMP)
 	CRASH_CYCLES=$(CRASH_CYCLES) $(PY) -m pytest tests/test_crash_loop.py -s -p no:cacheprovider
 
 clean:
-	rm -rf $(VENV) build reports .pytest_cache .hypothesis
+	rm -rf $(VENV) $(VBT_VENV) build reports .pytest_cache .hypothesis

@@ -11,8 +11,8 @@ each a dict {"section", "target", "measured", "limit", "unit", "pass"}:
 - a warm `policyc backtest` from the 1M-row CSV file: no slower than vectorbt reading
   the same file and running `Portfolio.from_signals` on the same crossover, with its
   Rust engine, in the same run. That row needs a Python with vectorbt and vectorbt-rust
-  ($POLICYC_BENCH_VBT_PYTHON, else this one); without one it is a table row that says
-  so instead of a target.
+  ($POLICYC_BENCH_VBT_PYTHON, else this one; `make bench` installs them in .venv-vbt);
+  without one it is a table row that says so instead of a target.
 
 Every figure is the median of interleaved runs (the commands take turns), so a busy
 machine slows both sides of a comparison alike. `bench_sweep` gives param combinations
@@ -111,8 +111,11 @@ print(pf.total_return())
 def _vbt_python() -> tuple[str | None, str]:
     """A Python that imports vectorbt with its Rust engine, and why not when there is none."""
     python = os.environ.get("POLICYC_BENCH_VBT_PYTHON", sys.executable)
-    probe = subprocess.run([python, "-c", "import vectorbt, vectorbt_rust"], capture_output=True, text=True)
-    if probe.returncode != 0:
+    try:
+        probe = subprocess.run([python, "-c", "import vectorbt, vectorbt_rust"], capture_output=True, text=True)
+    except OSError:  # no such interpreter (its environment did not install)
+        probe = None
+    if probe is None or probe.returncode != 0:
         return None, (f"vectorbt and vectorbt-rust not installed for {python} (set POLICYC_BENCH_VBT_PYTHON "
                       "to a Python that has them)")
     return python, ""
