@@ -37,17 +37,18 @@ $(VBT_STAMP):
 bench: $(STAMP) $(VBT_STAMP)
 	POLICYC_BENCH_VBT_PYTHON=$${POLICYC_BENCH_VBT_PYTHON:-$(CURDIR)/$(VBT_VENV)/bin/python} $(PY) bench/run.py
 
+# `fuzz` and `crash` run one test for as long as they take: pytest's 300 s limit per test is off.
 # The state machine of tests/test_invariants.py (every risk limit after every random step) with many
 # more examples than `make test` runs: FUZZ_EXAMPLES (50,000 by default, derandomized; add
 # POLICYC_FUZZ_RANDOM=1 for new ones each run). It prints how many ran.
 FUZZ_EXAMPLES ?= 50000
 fuzz: $(STAMP)
-	POLICYC_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(PY) -m pytest tests/test_invariants.py -p no:cacheprovider
+	POLICYC_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(PY) -m pytest tests/test_invariants.py -p no:cacheprovider -o timeout=0
 
 # tests/test_crash_loop.py with CRASH_CYCLES kills of `policyc run` (50 by default; `make test` runs 8).
 CRASH_CYCLES ?= 50
 crash: $(STAMP)
-	CRASH_CYCLES=$(CRASH_CYCLES) $(PY) -m pytest tests/test_crash_loop.py -s -p no:cacheprovider
+	CRASH_CYCLES=$(CRASH_CYCLES) $(PY) -m pytest tests/test_crash_loop.py -s -p no:cacheprovider -o timeout=0
 
 clean:
 	rm -rf $(VENV) $(VBT_VENV) build reports .pytest_cache .hypothesis

@@ -279,6 +279,73 @@ def test_a_new_segment_inside_a_batch_waits_for_the_block_to_wake_the_sync_threa
     assert _problem(tmp_path / "log.jsonl") is None
 
 
+def _closed_within(log, seconds: float = 10.0) -> bool:
+    """Close `log` in a thread of its own: whether it returned within `seconds` (a close
+    that waits forever for the sync thread fails the test instead of hanging the run)."""
+    done = threading.Thread(target=log.close, daemon=True)
+    done.start()
+    done.join(seconds)
+    return not done.is_alive()
+
+
+def test_closing_an_idle_batch_log_ends_its_sync_thread(tmp_path):
+    """The thread asleep at its wait for a write, long after its last sync: `close`
+    wakes it to end it, and syncs what is left itself."""
+    log = DecisionLog(tmp_path / "log.jsonl", P, B, fsync="batch")
+    log.write("session", policy="t")
+    thread = log._syncer._thread
+    time.sleep(20 * audit.BATCH_SYNC_S)  # its sync done and its pause after it over: waiting for a write
+    assert _closed_within(log) and not thread.is_alive()
+
+
+def _failing_sync(monkeypatch, error: Exception) -> list:
+    """The next sync in the sync thread raises `error`; any later one (the caller's, in
+    `close`) succeeds, as a write-back error is reported once. Returns the threads that synced."""
+    real, failed = audit._sync, []
+
+    def sync(fd):
+        if threading.current_thread().name == "decision-log-sync" and not failed:
+            failed.append(fd)
+            raise error
+        real(fd)
+    monkeypatch.setattr(audit, "_sync", sync)
+    return failed
+
+
+@pytest.mark.parametrize("error", [OSError(errno.EIO, "Input/output error"), RuntimeError("a defect")],
+                         ids=["EIO", "not an OSError"])
+def test_a_failed_background_sync_is_raised_by_close_when_no_write_follows(tmp_path, monkeypatch, error):
+    """The run's last records may not be on disk: its close says so, though the sync
+    close makes itself succeeds. A failure that is not an OSError stops the syncing
+    too, and is raised as one (the runtime halts on OSError from the log)."""
+    failed = _failing_sync(monkeypatch, error)
+    log = DecisionLog(tmp_path / "log.jsonl", P, B, fsync="batch")
+    log.write("session", policy="t")
+    deadline = time.monotonic() + 10
+    while log._syncer.error is None and time.monotonic() < deadline:
+        time.sleep(0.001)
+    assert failed and not log._syncer._thread.is_alive()
+    with pytest.raises(OSError, match="could not be synced to disk") as raised:
+        log.close()
+    assert raised.value.errno == errno.EIO
+    log.close()  # closed all the same: a second close does nothing
+    assert [r["kind"] for r in read_log(tmp_path / "log.jsonl")] == ["session"]
+
+
+def test_a_write_after_a_failed_background_sync_raises_it(tmp_path, monkeypatch):
+    failed = _failing_sync(monkeypatch, RuntimeError("a defect"))
+    log = DecisionLog(tmp_path / "log.jsonl", P, B, fsync="batch")
+    log.write("session", policy="t")
+    deadline = time.monotonic() + 10
+    while log._syncer.error is None and time.monotonic() < deadline:
+        time.sleep(0.001)
+    with pytest.raises(OSError, match=r"could not be synced to disk \(RuntimeError\('a defect'\)\)"):
+        log.write("order", ts=1, qty=1.0)
+    assert failed
+    with pytest.raises(OSError):
+        log.close()
+
+
 # ---- tampering: each found at its record, with its kind ---------------------------------
 def _tampered(tmp_path, change, n_fills=4, **options):
     log = tmp_path / "log.jsonl"

@@ -162,7 +162,7 @@ def test_a_restarted_runtime_goes_on_from_the_logged_state(held, short, tmp_path
     assert found == []
 
 
-def test_the_kill_switch_survives_a_restart_and_a_flat_venue_is_a_mismatch(held, short, tmp_path):
+def test_the_kill_switch_survives_a_restart_and_a_flat_venue_is_a_mismatch(held, short, tmp_path, capsys):
     log = tmp_path / "decisions.jsonl"
     asyncio.run(session(held, log, paper.PaperVenue(), short, intents=(200,), halt=True))
     second = asyncio.run(session(held, log, paper.PaperVenue(), short))  # another venue: flat
@@ -176,6 +176,9 @@ def test_the_kill_switch_survives_a_restart_and_a_flat_venue_is_a_mismatch(held,
     recs = [r for r in read_log(log) if r["kind"] == "reconcile"]
     assert recs[-1]["matched"] is False and recs[-1]["venue"]["positions"] == {"ORCL": 40.0}
     assert third.engine.halted
+    # the resumed run says so on stderr, as a new one does
+    (said,) = [line for line in capsys.readouterr().err.splitlines() if "differ from this run's" in line]
+    assert "(ORCL)" in said and "halted (reconcile_mismatch)" in said
 
 
 def test_a_log_of_another_policy_is_refused_unless_allowed(held, short, tmp_path):

@@ -6,6 +6,7 @@ signed when given keys, rotating to numbered segment files; `read_log` and
 private. docs/audit.md describes the formats and what each fsync mode guarantees."""
 from __future__ import annotations
 
+import errno
 import os
 import re
 import stat
@@ -227,7 +228,9 @@ def _sync_dir(path: Path) -> None:
 class _GroupCommit:
     """--fsync batch: a thread syncs the log when something was written since its last
     sync, at most every BATCH_SYNC_S, so that no write waits for the disk. A failed sync
-    is raised by the next write that would have woken it."""
+    ends the thread and is raised by the next write that would have woken it, and by
+    `stop` (a run that wrote nothing after it still learns that its records may not be
+    on disk)."""
 
     def __init__(self, fd: int, folder: Path):
         self._fd, self._folder = fd, folder
@@ -264,8 +267,10 @@ class _GroupCommit:
             self._pending = False  # before the sync: a write from now on asks for the next one
             try:
                 self.sync()
-            except OSError as exc:
-                self.error = exc
+            except Exception as exc:  # an OSError, or a defect: either way syncing has stopped
+                why = (exc.strerror or str(exc)) if isinstance(exc, OSError) else repr(exc)
+                self.error = OSError(getattr(exc, "errno", None) or errno.EIO,
+                                     f"the decision log could not be synced to disk ({why})")
                 return
             if self._stop.wait(BATCH_SYNC_S):
                 return
@@ -283,11 +288,15 @@ class _GroupCommit:
         _sync(fd)
 
     def stop(self) -> None:
-        """End the thread and sync what is left, in the caller's thread."""
+        """End the thread and sync what is left, in the caller's thread. Raises OSError
+        as the sync does, or the thread's failed sync: the operating system reports a
+        write-back error once, so a later sync succeeding would not mean it is on disk."""
         self._stop.set()
         self._wake.set()
         self._thread.join()
         self.sync()
+        if self.error is not None:
+            raise self.error
 
 
 class DecisionLog:
