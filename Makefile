@@ -29,8 +29,8 @@ VBT_VENV := .venv-vbt
 VBT_STAMP := $(VBT_VENV)/.installed
 $(VBT_STAMP):
 	@echo "== install: vectorbt and vectorbt-rust into $(VBT_VENV), for the bench's CSV comparison (pip's log: $(VBT_VENV)/install.log)"
-	@{ test -x $(VBT_VENV)/bin/python || $(PYTHON) -m venv $(VBT_VENV); } \
-		&& $(VBT_VENV)/bin/python -m pip install 'vectorbt>=1.2' 'vectorbt-rust>=1.2' > $(VBT_VENV)/install.log 2>&1 \
+	@mkdir -p $(VBT_VENV) && { $(PYTHON) -m venv $(VBT_VENV) \
+		&& $(VBT_VENV)/bin/python -m pip install 'vectorbt>=1.2' 'vectorbt-rust>=1.2'; } > $(VBT_VENV)/install.log 2>&1 \
 		&& touch $(VBT_STAMP) \
 		|| echo "vectorbt did not install (see $(VBT_VENV)/install.log): the bench goes on without that comparison" >&2
 

@@ -110,10 +110,11 @@ print(pf.total_return())
 
 def _vbt_python() -> tuple[str | None, str]:
     """A Python that imports vectorbt with its Rust engine, and why not when there is none."""
-    python = os.environ.get("POLICYC_BENCH_VBT_PYTHON", sys.executable)
+    python = os.environ.get("POLICYC_BENCH_VBT_PYTHON") or sys.executable
     try:
-        probe = subprocess.run([python, "-c", "import vectorbt, vectorbt_rust"], capture_output=True, text=True)
-    except OSError:  # no such interpreter (its environment did not install)
+        probe = subprocess.run([python, "-c", "import vectorbt, vectorbt_rust"], capture_output=True, text=True,
+                               timeout=120)
+    except (OSError, subprocess.TimeoutExpired):  # no such interpreter (its environment did not install)
         probe = None
     if probe is None or probe.returncode != 0:
         return None, (f"vectorbt and vectorbt-rust not installed for {python} (set POLICYC_BENCH_VBT_PYTHON "

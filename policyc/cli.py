@@ -1025,7 +1025,7 @@ def cmd_run(args, parser) -> int:
     from policyc.runtime.live import eventloop, view
     from policyc.runtime.live.audit import read_log_key, read_signing_key
     from policyc.runtime.live.protocol import encode_indented
-    from policyc.runtime.live.runner import ConfigError, LiveRuntime, RunConfig
+    from policyc.runtime.live.runner import ConfigError, LiveRuntime, LogFailed, RunConfig
 
     from policyc.compiler.build import compile_checked
 
@@ -1065,10 +1065,17 @@ def cmd_run(args, parser) -> int:
         await view.watch(runtime, run)
         return await run
 
-    status = eventloop.run(run_and_watch())
+    failed = None
+    try:
+        status = eventloop.run(run_and_watch())
+    except LogFailed as exc:  # the run stopped on it: its status and its log still say where it stopped
+        status, failed = exc.status, exc
     status.pop("recent")
     print(encode_indented(status))
     print(f"decision log: {args.log}")
+    if failed is not None:
+        print(f"error: {failed.strerror}: {args.log}; the run stopped", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -429,3 +429,63 @@ def test_a_halt_from_the_control_socket_writes_its_records_before_its_orders_lea
     monkeypatch.setattr(log._syncer._wake, "set", lambda: (trail.append("sync"), wake()))
     status = rt.on_control_frame(json.dumps({"type": "halt", "reason": "desk"}))
     assert status["halted"] and trail == ["write", "cancel", "write", "order", "sync"]
+
+
+# ---- a decision log that fails: the run stops (fail closed) ------------------------------
+def _sync_fails_in_its_thread(monkeypatch) -> None:
+    """The --fsync batch sync thread's syncs fail from now on (a disk that reports an I/O
+    error); a sync in the caller's thread succeeds, as one after a reported error does."""
+    import threading
+
+    from policyc.runtime.live import audit
+
+    real = audit._sync
+
+    def sync(fd):
+        if threading.current_thread().name == "decision-log-sync":
+            raise OSError(5, "Input/output error")
+        real(fd)
+    monkeypatch.setattr(audit, "_sync", sync)
+
+
+def test_a_log_that_fails_stops_the_run_and_no_order_leaves_after_it(policy, tmp_path, monkeypatch, capsys):
+    """The first read's order leaves; the sync thread then fails. The venue's reject of
+    that order is applied, and its read's records raise the failure: the runtime says
+    so and asks its run to stop. The next tick would send the order again: its record
+    cannot be shown on disk, so it does not leave."""
+    _sync_fails_in_its_thread(monkeypatch)
+    runtime = LiveRuntime(policy, RunConfig("ws://feed", "ws://venue", log_path=str(tmp_path / "log.jsonl")))
+    venue = Venue()
+    connect(runtime, venue)
+    tick(runtime, 1)
+    (first,) = orders(venue)
+    deadline = time.monotonic() + 10
+    while runtime.log._syncer.error is None and time.monotonic() < deadline:
+        time.sleep(0.001)
+    with pytest.raises(OSError, match="could not be synced to disk"):
+        answer(runtime, {"type": "reject", "client_order_id": first["client_order_id"], "reason": "no"})
+    assert runtime.stop.is_set() and runtime.log_error is not None
+    assert "stopping: no order leaves without its record" in capsys.readouterr().err
+    with pytest.raises(OSError, match="could not be synced to disk"):
+        tick(runtime, 2)
+    assert orders(venue) == [first]
+    with pytest.raises(OSError):
+        runtime.log.close()
+
+
+def test_run_stops_on_a_failed_log_and_says_so_with_its_status(tmp_path, monkeypatch, capsys):
+    """`policyc run` whose log cannot be synced (no write after the failure: it is found
+    as the log closes): the status and the log's path on stdout, the error on stderr,
+    exit status 1."""
+    from policyc.cli import main
+
+    _sync_fails_in_its_thread(monkeypatch)
+    policy_file, log = tmp_path / "always_long.yaml", tmp_path / "log.jsonl"
+    policy_file.write_text(POLICY)
+    code = main(["run", str(policy_file), "--feed", f"ws://{HOST}:{free_port()}/", "--venue",
+                 f"ws://{HOST}:{free_port()}/", "--log", str(log), "--duration", "1"])
+    out, err = capsys.readouterr()
+    assert code == 1
+    status = json.loads(out[:out.rindex("decision log:")])
+    assert status["orders"] == 0 and f"decision log: {log}" in out
+    assert f"error: the decision log could not be synced to disk (Input/output error): {log}; the run stopped" in err

@@ -15,7 +15,7 @@ import time
 from collections import deque
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import orjson
 
@@ -246,7 +246,7 @@ class _GroupCommit:
         """After each write: raise a failed sync, and with `wake` wake the thread, once per
         sync, not once per record."""
         if self.error is not None:
-            raise self.error
+            raise self.error.with_traceback(None)  # raised again and again: no traceback piling up on it
         if wake and not self._pending:
             self._pending = True
             self._wake.set()
@@ -296,7 +296,7 @@ class _GroupCommit:
         self._thread.join()
         self.sync()
         if self.error is not None:
-            raise self.error
+            raise self.error.with_traceback(None)
 
 
 class DecisionLog:
@@ -358,6 +358,9 @@ class DecisionLog:
         self._prevs: list[str] = []  # the chain head each of them follows
         self._batches = 0                # open `batch` blocks
         self._sync_due = False           # written inside them, the sync thread not yet woken
+        #: Called with the OSError of a write or a sync that failed, before it is raised
+        #: (the runtime stops on it: no order may leave without its record).
+        self.on_failure: Callable[[OSError], None] | None = None
 
     @contextmanager
     def batch(self):
@@ -377,7 +380,7 @@ class DecisionLog:
                 finally:  # the block's orders are out: now the sync thread may take the interpreter
                     if self._sync_due:  # (also when this flush failed: what went before it is written)
                         self._sync_due = False
-                        self._syncer.written()
+                        self._told(self._syncer.written)
 
     def write(self, kind: str, ts: int | None = None, **fields) -> str:
         """Append one record and return its `hash`; `ts` is in ns since the epoch, None
@@ -463,6 +466,19 @@ class DecisionLog:
         file cannot be written (a full disk) or a background sync failed; then the records
         not written are dropped and the chain goes back to the last one written, so the
         next record follows it with no gap (an order whose record failed is not sent)."""
+        if self._ends:
+            self._told(self._flush)
+
+    def _told(self, step: Callable[[], None]) -> None:
+        """Run `step`; an OSError it raises goes to `on_failure` first."""
+        try:
+            step()
+        except OSError as exc:
+            if self.on_failure is not None:
+                self.on_failure(exc)
+            raise
+
+    def _flush(self) -> None:
         ends, prevs = self._ends, self._prevs
         if not ends:
             return
@@ -545,9 +561,9 @@ class DecisionLog:
             fd, self._fd = self._fd, -1  # a write after this fails (EBADF), never reaching a reused descriptor
             try:
                 if self._syncer is not None:
-                    self._syncer.stop()
+                    self._told(self._syncer.stop)
                 elif self._fsync == "always":
-                    _sync(fd)
+                    self._told(lambda: _sync(fd))
             finally:
                 os.close(fd)
 

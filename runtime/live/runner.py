@@ -143,6 +143,16 @@ def _why(exc: BaseException) -> str:
     return (str(exc) or type(exc).__name__)[:200]
 
 
+class LogFailed(OSError):
+    """The decision log could not be written or synced, so the run stopped: no order may
+    leave without its record. `status` is the run's status as it stopped (`status()`);
+    the message is the log's error."""
+
+    def __init__(self, error: OSError, status: dict):
+        super().__init__(error.errno, error.strerror or str(error))
+        self.status = status
+
+
 def announce(line: str) -> None:
     """A connection's change of state, for the person running `run`: on stderr, which the
     terminal view shows above itself and which stays out of the JSON printed on stdout."""
@@ -210,6 +220,8 @@ class LiveRuntime:
         self.links = {**{_key("feed", name): Link(url, name) for name, url in self.feed_urls.items()},
                       **{_key("venue", name): Link(url, name) for name, url in self.venue_urls.items()}}
         self.stop = asyncio.Event()
+        self.log_error: OSError | None = None  # the log's first failure: the run stops on it
+        self.log.on_failure = self._log_failed
         self.venue_up = asyncio.Event()
         self.intent_budget: dict[tuple, tuple] = {}  # (port, credential) -> (tokens, last refill time)
         self.floods: dict[tuple, list] = {}  # (port, credential) -> [refused since logged, when last logged]
@@ -270,6 +282,16 @@ class LiveRuntime:
             stream.send(encode(message))
         if event_sent_ns is not None:
             self.latencies_ns.append(time.time_ns() - event_sent_ns)
+
+    def _log_failed(self, error: OSError) -> None:
+        """The log refused a write or a sync: stop the run (fail closed). Orders already
+        cannot leave (their records come first); without a log nothing else can be shown
+        to have happened either. `run` raises LogFailed once it has stopped."""
+        if self.log_error is None:
+            self.log_error = error
+            announce(f"decision log {self.config.log_path}: {error.strerror or error}; stopping: no order leaves "
+                     "without its record")
+            self.stop.set()
 
     def _announce(self, kind: str, fields: dict) -> None:
         """A feed silence and a venue whose books differ are said on stderr, as a
@@ -710,6 +732,9 @@ class LiveRuntime:
             self._summarise_failures()
 
     async def run(self) -> dict:
+        """Trade until `stop` is set (SIGINT, SIGTERM, `duration`), then close the
+        connections, the listeners and the log; returns `status()`. Raises LogFailed,
+        once all that is done, when the decision log failed (the run stopped on it)."""
         loop = self._loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             try:
@@ -738,8 +763,12 @@ class LiveRuntime:
                 await self.stop.wait()
         except asyncio.TimeoutError:
             pass
-        if self.config.flatten_on_exit:
-            await self.flatten()
+        if self.config.flatten_on_exit and self.log_error is None:  # with no log, no order may leave
+            try:
+                await self.flatten()
+            except OSError:
+                if self.log_error is None:
+                    raise
         self.stop.set()
         for stream in (*self.feed_streams.values(), *self.venue_streams.values()):
             if stream is not None:
@@ -755,7 +784,13 @@ class LiveRuntime:
         if servers:
             self._summarise_failures(force=True)
         summary = self.status()
-        self.log.close()
+        try:
+            self.log.close()
+        except OSError:
+            if self.log_error is None:  # `_log_failed` took every failure of the log's own
+                raise
+        if self.log_error is not None:
+            raise LogFailed(self.log_error, summary)
         return summary
 
     async def _busy_poll(self) -> None:
