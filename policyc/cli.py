@@ -1074,7 +1074,7 @@ def cmd_run(args, parser) -> int:
     print(encode_indented(status))
     print(f"decision log: {args.log}")
     if failed is not None:
-        print(f"error: {failed.strerror}: {args.log}; the run stopped", file=sys.stderr)
+        print(f"error: decision log {args.log}: {failed.strerror}; the run stopped", file=sys.stderr)
         return 1
     return 0
 

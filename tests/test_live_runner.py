@@ -462,11 +462,11 @@ def test_a_log_that_fails_stops_the_run_and_no_order_leaves_after_it(policy, tmp
     deadline = time.monotonic() + 10
     while runtime.log._syncer.error is None and time.monotonic() < deadline:
         time.sleep(0.001)
-    with pytest.raises(OSError, match="could not be synced to disk"):
+    with pytest.raises(OSError, match="sync to disk failed"):
         answer(runtime, {"type": "reject", "client_order_id": first["client_order_id"], "reason": "no"})
     assert runtime.stop.is_set() and runtime.log_error is not None
     assert "stopping: no order leaves without its record" in capsys.readouterr().err
-    with pytest.raises(OSError, match="could not be synced to disk"):
+    with pytest.raises(OSError, match="sync to disk failed"):
         tick(runtime, 2)
     assert orders(venue) == [first]
     with pytest.raises(OSError):
@@ -488,4 +488,36 @@ def test_run_stops_on_a_failed_log_and_says_so_with_its_status(tmp_path, monkeyp
     assert code == 1
     status = json.loads(out[:out.rindex("decision log:")])
     assert status["orders"] == 0 and f"decision log: {log}" in out
-    assert f"error: the decision log could not be synced to disk (Input/output error): {log}; the run stopped" in err
+    assert f"error: decision log {log}: sync to disk failed: Input/output error; the run stopped" in err
+    assert f"decision log {log}: sync to disk failed: Input/output error; stopping: no order leaves" in err
+
+
+def test_a_failed_background_sync_stops_the_run_as_it_fails_with_nothing_written_after_it(policy, tmp_path,
+                                                                                         monkeypatch):
+    """Nothing connects, so nothing is written after the session record: the sync
+    thread's failure, once the run is under way, stops it at once (through the loop),
+    not at the next write or at a --duration that may never come."""
+    import threading
+
+    from policyc.runtime.live import audit
+    from policyc.runtime.live.runner import LogFailed
+
+    started = threading.Event()
+
+    def sync(fd):
+        if threading.current_thread().name == "decision-log-sync":
+            started.wait(10)  # the session record's sync: failing once `run` has its loop
+            raise OSError(5, "Input/output error")
+    monkeypatch.setattr(audit, "_sync", sync)
+    runtime = LiveRuntime(policy, RunConfig(f"ws://{HOST}:{free_port()}/", f"ws://{HOST}:{free_port()}/",
+                                            log_path=str(tmp_path / "log.jsonl")))
+
+    async def main():
+        asyncio.get_running_loop().call_soon(started.set)
+        t0 = time.monotonic()
+        with pytest.raises(LogFailed, match="sync to disk failed") as failed:
+            await asyncio.wait_for(runtime.run(), 30)
+        return time.monotonic() - t0, failed.value
+
+    elapsed, failed = asyncio.run(main())
+    assert elapsed < 3 and failed.status["orders"] == 0

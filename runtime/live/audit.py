@@ -225,6 +225,21 @@ def _sync_dir(path: Path) -> None:
 
 
 # ---- writing ----------------------------------------------------------------------------
+def _sync_failed(exc: Exception) -> OSError:
+    """The error of a sync that failed: an OSError saying so, with the cause's errno (EIO
+    for a defect that is not an OSError)."""
+    why = (exc.strerror or str(exc)) if isinstance(exc, OSError) else repr(exc)
+    return OSError(getattr(exc, "errno", None) or errno.EIO, f"sync to disk failed: {why}")
+
+
+def _sync_saying(fd: int) -> None:
+    """Sync `fd`; a failure is raised as `_sync_failed` says it."""
+    try:
+        _sync(fd)
+    except OSError as exc:
+        raise _sync_failed(exc) from None
+
+
 class _GroupCommit:
     """--fsync batch: a thread syncs the log when something was written since its last
     sync, at most every BATCH_SYNC_S, so that no write waits for the disk. A failed sync
@@ -232,8 +247,8 @@ class _GroupCommit:
     `stop` (a run that wrote nothing after it still learns that its records may not be
     on disk)."""
 
-    def __init__(self, fd: int, folder: Path):
-        self._fd, self._folder = fd, folder
+    def __init__(self, fd: int, folder: Path, on_error: Callable[[OSError], None]):
+        self._fd, self._folder, self._on_error = fd, folder, on_error
         self._retired: list[int] = []   # files rotated away: synced once more, then closed, here
         self._lock = threading.Lock()   # guards `_fd` and `_retired`, never a sync
         self._pending = False           # a write has asked for a sync not started yet
@@ -268,9 +283,8 @@ class _GroupCommit:
             try:
                 self.sync()
             except Exception as exc:  # an OSError, or a defect: either way syncing has stopped
-                why = (exc.strerror or str(exc)) if isinstance(exc, OSError) else repr(exc)
-                self.error = OSError(getattr(exc, "errno", None) or errno.EIO,
-                                     f"the decision log could not be synced to disk ({why})")
+                self.error = _sync_failed(exc)
+                self._on_error(self.error)  # in this thread: the receiver hands it to its own
                 return
             if self._stop.wait(BATCH_SYNC_S):
                 return
@@ -294,7 +308,10 @@ class _GroupCommit:
         self._stop.set()
         self._wake.set()
         self._thread.join()
-        self.sync()
+        try:
+            self.sync()
+        except OSError as exc:
+            raise _sync_failed(exc) from None
         if self.error is not None:
             raise self.error.with_traceback(None)
 
@@ -348,7 +365,7 @@ class DecisionLog:
         self._max_bytes = max_bytes if regular else None
         if created and self._fsync != "never":
             _sync_dir(current.parent)
-        self._syncer = _GroupCommit(self._fd, current.parent) if self._fsync == "batch" else None
+        self._syncer = _GroupCommit(self._fd, current.parent, self._failed) if self._fsync == "batch" else None
         # The sealed lines not yet handed to the operating system, in order: bytearrays of
         # whole lines back to back, and between them a large record's fields as a view of
         # where orjson serialised them (`_BY_VIEW`). One write hands them all over (`_append`).
@@ -359,7 +376,8 @@ class DecisionLog:
         self._batches = 0                # open `batch` blocks
         self._sync_due = False           # written inside them, the sync thread not yet woken
         #: Called with the OSError of a write or a sync that failed, before it is raised
-        #: (the runtime stops on it: no order may leave without its record).
+        #: (the runtime stops on it: no order may leave without its record); for a sync of
+        #: --fsync batch, from the sync thread, as it fails.
         self.on_failure: Callable[[OSError], None] | None = None
 
     @contextmanager
@@ -474,9 +492,12 @@ class DecisionLog:
         try:
             step()
         except OSError as exc:
-            if self.on_failure is not None:
-                self.on_failure(exc)
+            self._failed(exc)
             raise
+
+    def _failed(self, error: OSError) -> None:
+        if self.on_failure is not None:
+            self.on_failure(error)
 
     def _flush(self) -> None:
         ends, prevs = self._ends, self._prevs
@@ -533,7 +554,7 @@ class DecisionLog:
             self._sync_due = self._sync_due or self._batches > 0
             self._syncer.written(wake=not self._batches)
         elif self._fsync == "always":
-            _sync(self._fd)
+            _sync_saying(self._fd)
 
     def _rotate(self) -> None:
         path = segment_path(self.path, self._number + 1)
@@ -563,7 +584,7 @@ class DecisionLog:
                 if self._syncer is not None:
                     self._told(self._syncer.stop)
                 elif self._fsync == "always":
-                    self._told(lambda: _sync(fd))
+                    self._told(lambda: _sync_saying(fd))
             finally:
                 os.close(fd)
 

@@ -22,6 +22,7 @@ import random
 import secrets
 import signal
 import sys
+import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -195,6 +196,7 @@ class LiveRuntime:
         stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S")
         self.order_prefix = f"{policy.name}-{stamp}-{secrets.token_hex(3)}"
         self._loop: asyncio.AbstractEventLoop | None = None  # set by `run`: durations are on its clock
+        self._loop_thread: int | None = None                 # and the thread it runs in
         if self.restored is None:
             self.engine = Engine(policy, L.LIVE)
             self.core = OrderCore(self.engine, self.order_prefix, self._send, self.log.write,
@@ -286,7 +288,12 @@ class LiveRuntime:
     def _log_failed(self, error: OSError) -> None:
         """The log refused a write or a sync: stop the run (fail closed). Orders already
         cannot leave (their records come first); without a log nothing else can be shown
-        to have happened either. `run` raises LogFailed once it has stopped."""
+        to have happened either. `run` raises LogFailed once it has stopped. A failed sync
+        of --fsync batch comes from the log's sync thread, and is handed to the loop."""
+        loop = self._loop
+        if loop is not None and threading.get_ident() != self._loop_thread:
+            loop.call_soon_threadsafe(self._log_failed, error)
+            return
         if self.log_error is None:
             self.log_error = error
             announce(f"decision log {self.config.log_path}: {error.strerror or error}; stopping: no order leaves "
@@ -309,6 +316,8 @@ class LiveRuntime:
             announce(f"feed {' '.join(self.feed_urls.values())}: market data again after {fields['silent_s']:.1f} s")
 
     def bad_message(self, source: str, reason: str) -> None:
+        if self.log_error is not None:  # the log's own failure met on a connection's way: nothing to record
+            return
         self.core.bad_message(source, reason)
 
     # ---- feed ---------------------------------------------------------------------
@@ -736,6 +745,7 @@ class LiveRuntime:
         connections, the listeners and the log; returns `status()`. Raises LogFailed,
         once all that is done, when the decision log failed (the run stopped on it)."""
         loop = self._loop = asyncio.get_running_loop()
+        self._loop_thread = threading.get_ident()
         for sig in (signal.SIGINT, signal.SIGTERM):
             try:
                 loop.add_signal_handler(sig, self.stop.set)
