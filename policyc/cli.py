@@ -1054,6 +1054,9 @@ def cmd_run(args, parser) -> int:
         parser.error(f"argument --log: {exc}")
     except ConfigError as exc:  # an instrument no feed or venue serves
         parser.error(str(exc))
+    except LogFailed as exc:  # its first records could not be written
+        print(f"error: decision log {args.log}: {exc.strerror}; the run did not start", file=sys.stderr)
+        return 1
     if runtime.restored is not None:
         held = {name: qty for name, qty in runtime.engine.positions().items() if qty}
         print(f"resuming {args.log}: {runtime.restored.runs:,} earlier run{'s' * (runtime.restored.runs != 1)} "

@@ -521,3 +521,24 @@ def test_a_failed_background_sync_stops_the_run_as_it_fails_with_nothing_written
 
     elapsed, failed = asyncio.run(main())
     assert elapsed < 3 and failed.status["orders"] == 0
+
+
+def test_a_log_that_cannot_take_the_session_record_is_no_run(tmp_path, monkeypatch, capsys):
+    """A full disk from the start: `policyc run` says so, starts nothing and leaves no
+    sync thread behind."""
+    import threading
+
+    from policyc.cli import main
+    from policyc.runtime.live import audit
+
+    def full_disk(fd, data):
+        raise OSError(28, "No space left on device")
+    monkeypatch.setattr(audit.os, "write", full_disk)
+    policy_file, log = tmp_path / "always_long.yaml", tmp_path / "log.jsonl"
+    policy_file.write_text(POLICY)
+    code = main(["run", str(policy_file), "--feed", f"ws://{HOST}:{free_port()}/", "--venue",
+                 f"ws://{HOST}:{free_port()}/", "--log", str(log), "--duration", "1"])
+    out, err = capsys.readouterr()
+    assert code == 1 and out == ""
+    assert f"error: decision log {log}: No space left on device; the run did not start" in err
+    assert "decision-log-sync" not in {t.name for t in threading.enumerate()}

@@ -146,10 +146,11 @@ def _why(exc: BaseException) -> str:
 
 class LogFailed(OSError):
     """The decision log could not be written or synced, so the run stopped: no order may
-    leave without its record. `status` is the run's status as it stopped (`status()`);
-    the message is the log's error."""
+    leave without its record. `status` is the run's status as it stopped (`status()`),
+    None when the log could not take the run's first records (`LiveRuntime` raises it
+    then, with no run); the message is the log's error."""
 
-    def __init__(self, error: OSError, status: dict):
+    def __init__(self, error: OSError, status: dict | None):
         super().__init__(error.errno, error.strerror or str(error))
         self.status = status
 
@@ -223,11 +224,23 @@ class LiveRuntime:
                       **{_key("venue", name): Link(url, name) for name, url in self.venue_urls.items()}}
         self.stop = asyncio.Event()
         self.log_error: OSError | None = None  # the log's first failure: the run stops on it
+        self._loop_lock = threading.Lock()     # `run` takes its loop, or `_log_failed` stops it: one at a time
         self.log.on_failure = self._log_failed
         self.venue_up = asyncio.Event()
         self.intent_budget: dict[tuple, tuple] = {}  # (port, credential) -> (tokens, last refill time)
         self.floods: dict[tuple, list] = {}  # (port, credential) -> [refused since logged, when last logged]
         started_ns = self._monotonic_ns()
+        try:
+            self._open_session(policy, config, venue_of, started_ns)
+        except OSError as exc:  # the log cannot take the run's first records: no run
+            try:
+                self.log.close()
+            except OSError:
+                pass
+            raise LogFailed(exc, None) from None
+
+    def _open_session(self, policy: CompiledPolicy, config: RunConfig, venue_of: dict, started_ns: int) -> None:
+        """The run's session record, then what the run it resumes did not finish writing."""
         self.log.write("session", policy=policy.name, version=policy.checked.parsed.version, params=policy.params,
                        account=policy.checked.account, risk=policy.checked.risk, instruments=policy.instruments,
                        toolchain=toolchain_of(policy.checked), feed=config.feed_url, venue=config.venue_url,
@@ -290,15 +303,16 @@ class LiveRuntime:
         cannot leave (their records come first); without a log nothing else can be shown
         to have happened either. `run` raises LogFailed once it has stopped. A failed sync
         of --fsync batch comes from the log's sync thread, and is handed to the loop."""
-        loop = self._loop
-        if loop is not None and threading.get_ident() != self._loop_thread:
-            loop.call_soon_threadsafe(self._log_failed, error)
-            return
-        if self.log_error is None:
-            self.log_error = error
-            announce(f"decision log {self.config.log_path}: {error.strerror or error}; stopping: no order leaves "
-                     "without its record")
-            self.stop.set()
+        with self._loop_lock:  # before `run`, `stop` is set here, and `run` finds it set
+            loop = self._loop
+            if loop is not None and threading.get_ident() != self._loop_thread:
+                loop.call_soon_threadsafe(self._log_failed, error)
+                return
+            if self.log_error is None:
+                self.log_error = error
+                announce(f"decision log {self.config.log_path}: {error.strerror or error}; stopping: no order "
+                         "leaves without its record")
+                self.stop.set()
 
     def _announce(self, kind: str, fields: dict) -> None:
         """A feed silence and a venue whose books differ are said on stderr, as a
@@ -744,8 +758,9 @@ class LiveRuntime:
         """Trade until `stop` is set (SIGINT, SIGTERM, `duration`), then close the
         connections, the listeners and the log; returns `status()`. Raises LogFailed,
         once all that is done, when the decision log failed (the run stopped on it)."""
-        loop = self._loop = asyncio.get_running_loop()
-        self._loop_thread = threading.get_ident()
+        with self._loop_lock:
+            loop = self._loop = asyncio.get_running_loop()
+            self._loop_thread = threading.get_ident()
         for sig in (signal.SIGINT, signal.SIGTERM):
             try:
                 loop.add_signal_handler(sig, self.stop.set)
