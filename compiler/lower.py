@@ -21,7 +21,6 @@ from .check import CheckedPolicy
 from .ir import Op, Program
 
 
-
 class _Lowerer:
     def __init__(self, checked: CheckedPolicy):
         self.c = checked

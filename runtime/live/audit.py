@@ -232,10 +232,10 @@ def _sync_failed(exc: Exception) -> OSError:
     return OSError(getattr(exc, "errno", None) or errno.EIO, f"sync to disk failed: {why}")
 
 
-def _sync_saying(fd: int) -> None:
-    """Sync `fd`; a failure is raised as `_sync_failed` says it."""
+def _saying(sync: Callable[..., None], *args) -> None:
+    """`sync(*args)`; its OSError is raised as `_sync_failed` says it."""
     try:
-        _sync(fd)
+        sync(*args)
     except OSError as exc:
         raise _sync_failed(exc) from None
 
@@ -308,10 +308,7 @@ class _GroupCommit:
         self._stop.set()
         self._wake.set()
         self._thread.join()
-        try:
-            self.sync()
-        except OSError as exc:
-            raise _sync_failed(exc) from None
+        _saying(self.sync)
         if self.error is not None:
             raise self.error.with_traceback(None)
 
@@ -554,7 +551,7 @@ class DecisionLog:
             self._sync_due = self._sync_due or self._batches > 0
             self._syncer.written(wake=not self._batches)
         elif self._fsync == "always":
-            _sync_saying(self._fd)
+            _saying(_sync, self._fd)
 
     def _rotate(self) -> None:
         path = segment_path(self.path, self._number + 1)
@@ -584,7 +581,7 @@ class DecisionLog:
                 if self._syncer is not None:
                     self._told(self._syncer.stop)
                 elif self._fsync == "always":
-                    self._told(lambda: _sync_saying(fd))
+                    self._told(lambda: _saying(_sync, fd))
             finally:
                 os.close(fd)
 

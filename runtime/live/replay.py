@@ -69,7 +69,8 @@ def load_recording(data: list[tuple[str | None, str]], date_format: str | None =
     tables, names = [], []
     for symbol, path in data:
         name = instrument_name(symbol, path)
-        for wanted in ([*BAR, "volume"], [*QUOTE_SIDES, *SIZES, "price"], [*QUOTE_SIDES, *SIZES], [*QUOTE_SIDES, "price"], list(QUOTE_SIDES)):
+        quote = list(QUOTE_SIDES)
+        for wanted in ([*BAR, "volume"], [*quote, *SIZES, "price"], [*quote, *SIZES], [*quote, "price"], quote):
             try:
                 table = load_table(path, wanted, date_format=date_format, zone=zone)
                 break
