@@ -35,7 +35,7 @@ from policyc.compiler.build import CompiledPolicy
 from .audit_chain import JSON_OPTIONS
 from .engine import Engine
 from .live.audit import INPUT_KINDS, RUNNER_KINDS
-from .live.protocol import Market, VenueReply
+from .live.protocol import Market, VenueReply, parse_feed, parse_venue
 from .orders import OrderCore
 
 #: Members of a record that are not the core's: its place in the log and the chain.
@@ -112,6 +112,7 @@ class Replayer:
     pending: deque = field(default_factory=deque)  # outputs the replay made that the log has not shown yet
     _clock: list = field(default_factory=lambda: [0, 0])  # the input's wall and monotonic readings (ns)
     _input_seq: int = 0
+    _instruments: frozenset = frozenset()
     _inputs_this_run: int = 0
     _outputs_this_run: int = 0
 
@@ -176,6 +177,7 @@ class Replayer:
         try:
             if self.core is None:
                 self.engine = Engine(policy, L.LIVE)
+                self._instruments = frozenset(policy.instruments)  # a run that follows keeps them (`carry_over`)
                 self.core = OrderCore(self.engine, record["order_prefix"], lambda message, sent_ns: None,
                                       self._record, max_clock_skew_s=skew, max_feed_silence_s=silence,
                                       wall_ns=lambda: self._clock[0], monotonic_ns=lambda: self._clock[1],
@@ -201,7 +203,10 @@ class Replayer:
         core, kind = self.core, rec["kind"]
         venue = rec.get("venue", "")  # the venue an answer or a link is of: "" for the only one
         try:
-            if kind == "market":
+            if kind == "market" and "frames" in rec:  # the read as it came: parsed as the feed parses it
+                instruments = self._instruments
+                core.market([item for frame in rec["frames"] for item in parse_feed(orjson.dumps(frame), instruments)])
+            elif kind == "market":
                 core.market([Market(*event) for event in rec["events"]])  # sent_ns, the 4th, since it is logged
             elif kind == "input":
                 core.set_input(rec["instrument"], rec["name"], rec["value"])
@@ -211,6 +216,8 @@ class Replayer:
                 core.decide(rec["instrument"])
             elif kind == "venue" and rec.get("type") == "state":
                 core.venue_state(rec["positions"], rec["open_orders"], venue)
+            elif kind == "venue" and "frames" in rec:  # a read's answers as they came
+                core.venue_replies([parse_venue(orjson.dumps(frame)) for frame in rec["frames"]], venue)
             elif kind == "venue":  # a read's answers; a log of an earlier build has one answer a record
                 core.venue_replies([_reply(one) for one in rec["replies"]] if "replies" in rec else [_reply(rec)],
                                    venue)

@@ -62,6 +62,17 @@ def _plain(value):
 _encode_json = msgspec.json.Encoder(enc_hook=_plain).encode
 
 
+def as_read(frames: list) -> bytes | None:
+    """The frames of one read, each a JSON text the protocol accepted, as one JSON array
+    of them as they came: what the journal holds of a read whose every frame was well-formed
+    (no copy of its messages to encode). None when a frame is not bytes or holds a line
+    break, which a line of the log cannot."""
+    if not all(frame.__class__ is bytes for frame in frames):
+        return None
+    joined = b",".join(frames)
+    return None if b"\n" in joined or b"\r" in joined else b"[" + joined + b"]"
+
+
 @dataclass
 class Counters:
     """What a live run has counted, as its status shows it. The core counts all of it
@@ -90,6 +101,18 @@ class OpenOrder:
     cancelling: bool = False    # the kill switch sent a cancel for it
     withdrawn: bool = False     # its `left` is out of the engine's open quantity while the cancel is pending
     venue: str = ""             # the venue it was sent to
+
+
+def _said(reply) -> dict:
+    """A venue answer as a `venue` record's `replies` hold it."""
+    fields = {"type": reply.type, "client_order_id": reply.client_order_id}
+    if reply.type == "fill":
+        fields.update(qty=reply.qty, price=reply.price, fee=reply.fee, venue_ts=reply.ts)
+    elif reply.type == "reject":
+        fields["reason"] = reply.reason
+    elif reply.type == "cancel":
+        fields.update(qty=reply.qty, reason=reply.reason)
+    return fields
 
 
 def steps(decision: Decision) -> tuple[Decision, ...]:
@@ -219,9 +242,11 @@ class OrderCore:
         return min(self.last_ts[instrument] + (self._mono - self.arrived_ns[instrument]), MAX_NS)
 
     # ---- the feed ----------------------------------------------------------------
-    def market(self, batch: list) -> None:
+    def market(self, batch: list, frames: list | None = None) -> None:
         """The market events of one read of the feed, in arrival order, through one kernel
         call; each is `(instrument, ts, fields, sent_ns)`, as a protocol `Market` is.
+        `frames`: the read's frames (bytes), when `batch` is all of their messages and
+        every one was well-formed; the journal then holds them as they came (`as_read`).
 
         An event older than its instrument's latest accepted one, or more than
         `max_clock_skew_s` ahead of the wall clock, is refused as a bad message with both
@@ -229,8 +254,12 @@ class OrderCore:
         recording replayed at any speed stays behind it, while an event time from the
         future can only be a fault: so a replay of old data runs and a leap to the year
         2262 does not."""
-        if self.journal:  # the batch's JSON as is, [instrument, ts, fields, sent_ns] each: no copy to encode
-            self._begin("market", events=orjson.Fragment(_encode_json(batch)))
+        if self.journal:
+            read = None if frames is None else as_read(frames)
+            if read is not None:
+                self._begin("market", frames=orjson.Fragment(read))
+            else:  # the batch's JSON as is, [instrument, ts, fields, sent_ns] each: no copy to encode
+                self._begin("market", events=orjson.Fragment(_encode_json(batch)))
         else:
             self._begin("market")
         now = self._mono
@@ -539,27 +568,20 @@ class OrderCore:
         """One answer (a protocol `VenueReply`): `venue_replies` of it alone."""
         self.venue_replies([reply], venue)
 
-    def venue_replies(self, replies: list, venue: str = "") -> None:
+    def venue_replies(self, replies: list, venue: str = "", frames: list | None = None) -> None:
         """The `ack`, `fill`, `reject` and `cancel` answers (protocol `VenueReply`s) of one
-        read of `venue`'s connection, in order, journaled as one record. Kernel events take the
-        instrument's event time (`now_for`), so the kernel stays on the feed's clock; the
-        records take the venue's `ts` when it sent one. An answer the core fails to
-        handle (a defect) is logged as a bad message, and the answers after it are still
-        applied."""
-        said = []
-        for reply in replies:
-            fields = {"type": reply.type, "client_order_id": reply.client_order_id}
-            if reply.type == "fill":
-                fields.update(qty=reply.qty, price=reply.price, fee=reply.fee, venue_ts=reply.ts)
-            elif reply.type == "reject":
-                fields["reason"] = reply.reason
-            elif reply.type == "cancel":
-                fields.update(qty=reply.qty, reason=reply.reason)
-            said.append(fields)
-        if venue:
-            self._begin("venue", replies=said, venue=venue)
+        read of `venue`'s connection, in order, journaled as one record: as their `frames`
+        came, when given (bytes, one a reply: `as_read`), else as the replies say. Kernel
+        events take the instrument's event time (`now_for`), so the kernel stays on the
+        feed's clock; the records take the venue's `ts` when it sent one. An answer the core
+        fails to handle (a defect) is logged as a bad message, and the answers after it are
+        still applied."""
+        read = None if frames is None else as_read(frames)
+        named = {"venue": venue} if venue else {}
+        if read is not None:
+            self._begin("venue", frames=orjson.Fragment(read), **named)
         else:
-            self._begin("venue", replies=said)
+            self._begin("venue", replies=[_said(reply) for reply in replies], **named)
         for reply in replies:
             try:
                 self._venue_reply(reply)

@@ -337,13 +337,44 @@ def test_the_answers_of_one_read_are_one_journal_record_and_replay_from_it(rt):
     oid = orders(rt.venue)[0]["client_order_id"]
     answer(rt, ack(oid), fill(oid, 4), fill(oid, 6))
     venue = [r for r in json_records(rt) if r["kind"] == "venue" and r.get("type") != "state"]  # after the state
-    assert [[a["type"] for a in r["replies"]] for r in venue] == [["ack", "fill", "fill"]]
+    assert [[a["type"] for a in r["frames"]] for r in venue] == [["ack", "fill", "fill"]]  # as they came
     assert rt.engine.position("ORCL") == 10
     rt.log.close()
     from policyc.runtime.journal import replay
 
     replayer, divergences = replay(json_records(rt), lambda session: rt.policy)
     assert divergences == [] and replayer.engine.position("ORCL") == 10
+
+
+def test_a_read_is_journaled_as_its_frames_came_only_when_every_frame_is_well_formed(rt):
+    """A read of well-formed frames is journaled as them, verbatim (`frames`); a read with a
+    refused frame, or a frame whose JSON spans lines (which a line of the log cannot hold),
+    as its messages (`events`, `replies`). Every read replays to the same decisions."""
+    good = [orjson.dumps({"type": "tick", "instrument": "ORCL", "ts": TS + k, "price": 50.0 + k}) for k in (0, 1)]
+    rt.on_feed_messages(good)
+    oid = orders(rt.venue)[0]["client_order_id"]
+    answer(rt, ack(oid))
+    spread = orjson.dumps({"type": "tick", "instrument": "ORCL", "ts": TS + 2, "price": 52.0},
+                          option=orjson.OPT_INDENT_2)
+    rt.on_feed_messages([spread])
+    rt.on_feed_messages([orjson.dumps({"type": "tick", "instrument": "ORCL", "ts": TS + 3, "price": 53.0}),
+                         b'{"type": "tick", "instrument": "ORCL", "ts": 1, "price": -1}'])
+    rt.on_venue_messages([orjson.dumps(fill(oid, 4), option=orjson.OPT_INDENT_2)])
+    rt.on_venue_messages([orjson.dumps(fill(oid, 3)), b"not json", orjson.dumps(fill(oid, 3))])
+    rt.log.close()
+    lines = rt.log.path.read_bytes().splitlines()
+    records = [orjson.loads(line) for line in lines]
+    markets = [r for r in records if r["kind"] == "market"]
+    assert [sorted(set(r) & {"frames", "events"}) for r in markets] == [["frames"], ["events"], ["events"]]
+    assert markets[0]["frames"] == [orjson.loads(frame) for frame in good]
+    assert [r.get("frames") for r in records if r["kind"] == "venue" and r.get("type") != "state"] == \
+        [[ack(oid)], None, [fill(oid, 3)], [fill(oid, 3)]]
+    assert rt.engine.position("ORCL") == 10 and rt.counters.bad_messages == 2
+    from policyc.runtime.journal import replay
+
+    replayer, divergences = replay(json_records(rt), lambda session: rt.policy)
+    assert divergences == [] and replayer.engine.position("ORCL") == 10
+    assert replayer.core.counters.bad_messages == 2 and replayer.core.counters.events == rt.counters.events
 
 
 def json_records(rt):
@@ -432,20 +463,24 @@ def test_a_halt_from_the_control_socket_writes_its_records_before_its_orders_lea
 
 
 # ---- a decision log that fails: the run stops (fail closed) ------------------------------
-def _sync_fails_in_its_thread(monkeypatch) -> None:
-    """The --fsync batch sync thread's syncs fail from now on (a disk that reports an I/O
-    error); a sync in the caller's thread succeeds, as one after a reported error does."""
+def _sync_fails_in_its_thread(monkeypatch, now: bool = True):
+    """The --fsync batch sync thread's syncs fail (a disk that reports an I/O error) from
+    now on, or, with `now` false, once the returned event is set; a sync in the caller's
+    thread succeeds, as one after a reported error does."""
     import threading
 
     from policyc.runtime.live import audit
 
-    real = audit._sync
+    real, failing = audit._sync, threading.Event()
+    if now:
+        failing.set()
 
     def sync(fd):
-        if threading.current_thread().name == "decision-log-sync":
+        if failing.is_set() and threading.current_thread().name == "decision-log-sync":
             raise OSError(5, "Input/output error")
         real(fd)
     monkeypatch.setattr(audit, "_sync", sync)
+    return failing
 
 
 def test_a_log_that_fails_stops_the_run_and_no_order_leaves_after_it(policy, tmp_path, monkeypatch, capsys):
@@ -453,12 +488,14 @@ def test_a_log_that_fails_stops_the_run_and_no_order_leaves_after_it(policy, tmp
     that order is applied, and its read's records raise the failure: the runtime says
     so and asks its run to stop. The next tick would send the order again: its record
     cannot be shown on disk, so it does not leave."""
-    _sync_fails_in_its_thread(monkeypatch)
+    failing = _sync_fails_in_its_thread(monkeypatch, now=False)  # not before the first order is out
     runtime = LiveRuntime(policy, RunConfig("ws://feed", "ws://venue", log_path=str(tmp_path / "log.jsonl")))
     venue = Venue()
     connect(runtime, venue)
     tick(runtime, 1)
     (first,) = orders(venue)
+    failing.set()
+    runtime.log._syncer._wake.set()  # a sync now, as the next write would ask for
     deadline = time.monotonic() + 10
     while runtime.log._syncer.error is None and time.monotonic() < deadline:
         time.sleep(0.001)

@@ -185,11 +185,17 @@ def test_a_policy_with_one_changed_param_is_refused_and_what_if_shows_its_decisi
     assert out.count("\n  logged:   ") == 3 and out.count("\n  what-if:  ") == 3
 
 
+def _messages(market: dict) -> list[dict]:
+    """The feed messages of a `market` record that holds its read's frames as they came
+    (a frame is a message or a batch of them)."""
+    return [m for frame in market["frames"] for m in (frame if isinstance(frame, list) else [frame])]
+
+
 def test_a_tampered_input_is_caught_by_verify_before_the_replay(demo_log, tmp_path, capsys):
     lines = demo_log.read_bytes().splitlines(keepends=True)
     k = next(i for i, line in enumerate(lines) if b'"kind":"market"' in line)
     rec = orjson.loads(lines[k])
-    rec["events"][0][2]["close"] *= 1.01
+    _messages(rec)[0]["close"] *= 1.01
     tampered = tmp_path / "tampered.jsonl"
     tampered.write_bytes(b"".join([*lines[:k], orjson.dumps(rec) + b"\n", *lines[k + 1:]]))
     code, out = replay_cli(capsys, tampered)
@@ -202,7 +208,9 @@ def test_a_rewritten_chain_still_does_not_replay(demo_log, tmp_path, capsys):
     records = read_log(demo_log)
     k = next(i for i, r in enumerate(records) if r["kind"] == "market" and i + 1 < len(records)
              and records[i + 1]["kind"] == "order")
-    records[k]["events"][-1][2]["close"] *= 0.5
+    bar = _messages(records[k])[-1]
+    for key in ("open", "high", "low", "close"):  # still a bar, at half the price
+        bar[key] *= 0.5
     head, out_lines = ZERO_HASH, []
     for r in records:
         body = {key: v for key, v in r.items() if key not in ("prev_hash", "hash")}

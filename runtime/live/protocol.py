@@ -283,12 +283,16 @@ class FeedDecoder:
     def __init__(self, instruments, fmt: str = "native"):
         self.instruments, self.fmt = instruments, fmt
         self._decode, self._build = _native_decoder(tuple(sorted(instruments))) if fmt == "native" else (None, {})
+        #: Whether every frame of the last read was a native frame of market events that
+        #: the msgspec call took whole: its messages are all `Market`s.
+        self.clean = False
 
     def messages(self, frames) -> list:
         """The messages of `frames` (UTF-8 bytes), in order: `Market`s and `Input`s, and
         for a frame refused, its `ProtocolError` in place of its messages (a batch is
         all or nothing)."""
         decode, build = self._decode, self._build
+        self.clean = False
         if decode is None:
             return self._slow(frames)
         out = []
@@ -316,6 +320,7 @@ class FeedDecoder:
             out += self._slow((frame,))
         if read and not _same_colons(read, structs):  # a key twice somewhere: parse_feed finds where
             return self._slow(frames)
+        self.clean = len(read) == len(frames)
         return out
 
     def _slow(self, frames) -> list:

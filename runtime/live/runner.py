@@ -348,8 +348,12 @@ class LiveRuntime:
             self._feed_heard(feed, before)
 
     def _feed_messages(self, frames: list[bytes], decoder: FeedDecoder) -> None:
+        items = decoder.messages(frames)
+        if decoder.clean:  # market events only, every frame well-formed: journaled as the frames came
+            self._market(items, frames)
+            return
         batch = []
-        for item in decoder.messages(frames):
+        for item in items:
             kind = item.__class__
             if kind is Market:
                 batch.append(item)
@@ -364,14 +368,15 @@ class LiveRuntime:
                 self.bad_message("feed", str(item))
         self._market(batch)
 
-    def _market(self, batch: list[Market]) -> None:
+    def _market(self, batch: list[Market], frames: list[bytes] | None = None) -> None:
         """One kernel call for the batch; the orders it decides leave together after it,
-        their records first (write-ahead: one write of the log, then one of the socket)."""
+        their records first (write-ahead: one write of the log, then one of the socket).
+        `frames`: the read's, when the batch is all of their messages (`OrderCore.market`)."""
         if not batch:
             return
         self._outbox = outbox = []
         try:
-            self.core.market(batch)
+            self.core.market(batch, frames)
         finally:
             self._outbox = None
             if outbox:
@@ -420,29 +425,32 @@ class LiveRuntime:
 
     def _venue_messages(self, frames: list[bytes], venue: str) -> None:
         answers: list = []  # the run of acks, fills and rejects not yet handed over
+        said: list = []     # and their frames
         for frame in frames:
             try:
                 reply = parse_venue(frame)
             except ProtocolError as exc:
-                self._venue_answers(answers)
+                self._venue_answers(answers, venue, said)
                 self.bad_message("venue", str(exc))
                 continue
             if reply.type != "state":
                 answers.append(reply)
+                said.append(frame)
                 continue
-            self._venue_answers(answers, venue)
+            self._venue_answers(answers, venue, said)
             try:
                 self.core.venue_state(reply.positions, reply.open_orders, venue)
                 self._trading()
             except Exception as exc:  # a defect: logged, and the answers after it still count
                 self.bad_message("venue", f"internal error handling a `state`: {exc!r}")
-        self._venue_answers(answers, venue)
+        self._venue_answers(answers, venue, said)
 
-    def _venue_answers(self, answers: list, venue: str = "") -> None:
-        """Hand a run of answers to the core and empty it."""
+    def _venue_answers(self, answers: list, venue: str, frames: list) -> None:
+        """Hand a run of answers, with their frames, to the core and empty both."""
         if answers:
-            self.core.venue_replies(answers, venue)
+            self.core.venue_replies(answers, venue, frames)
             answers.clear()
+            frames.clear()
 
     # ---- control ------------------------------------------------------------------
     def halt(self, reason: str) -> None:
