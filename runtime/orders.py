@@ -62,15 +62,24 @@ def _plain(value):
 _encode_json = msgspec.json.Encoder(enc_hook=_plain).encode
 
 
-def as_read(frames: list) -> bytes | None:
-    """The frames of one read, each a JSON text the protocol accepted, as one JSON array
-    of them as they came: what the journal holds of a read whose every frame was well-formed
-    (no copy of its messages to encode). None when a frame is not bytes or holds a line
-    break, which a line of the log cannot."""
+#: A read journaled as its frames holds at most this many bytes a message; one padded
+#: beyond it (JSON allows any whitespace) is journaled as its messages, so a peer cannot
+#: grow the log past what it said.
+VERBATIM_BYTES = 1024
+
+
+def as_read(frames: list, messages: int) -> bytes | None:
+    """The frames of one read, each a JSON text the protocol accepted, carrying `messages`
+    messages in all, as one JSON array of them as they came: what the journal holds of a
+    read whose every frame was well-formed (no copy of its messages to encode). None when
+    a frame is not bytes, holds a line break (which a line of the log cannot) or the read
+    is over VERBATIM_BYTES a message."""
     if not all(frame.__class__ is bytes for frame in frames):
         return None
     joined = b",".join(frames)
-    return None if b"\n" in joined or b"\r" in joined else b"[" + joined + b"]"
+    if len(joined) > VERBATIM_BYTES * messages or b"\n" in joined or b"\r" in joined:
+        return None
+    return b"[" + joined + b"]"
 
 
 @dataclass
@@ -255,7 +264,7 @@ class OrderCore:
         future can only be a fault: so a replay of old data runs and a leap to the year
         2262 does not."""
         if self.journal:
-            read = None if frames is None else as_read(frames)
+            read = None if frames is None else as_read(frames, len(batch))
             if read is not None:
                 self._begin("market", frames=orjson.Fragment(read))
             else:  # the batch's JSON as is, [instrument, ts, fields, sent_ns] each: no copy to encode
@@ -576,7 +585,7 @@ class OrderCore:
         feed's clock; the records take the venue's `ts` when it sent one. An answer the core
         fails to handle (a defect) is logged as a bad message, and the answers after it are
         still applied."""
-        read = None if frames is None else as_read(frames)
+        read = None if frames is None else as_read(frames, len(replies))
         named = {"venue": venue} if venue else {}
         if read is not None:
             self._begin("venue", frames=orjson.Fragment(read), **named)

@@ -348,8 +348,9 @@ def test_the_answers_of_one_read_are_one_journal_record_and_replay_from_it(rt):
 
 def test_a_read_is_journaled_as_its_frames_came_only_when_every_frame_is_well_formed(rt):
     """A read of well-formed frames is journaled as them, verbatim (`frames`); a read with a
-    refused frame, or a frame whose JSON spans lines (which a line of the log cannot hold),
-    as its messages (`events`, `replies`). Every read replays to the same decisions."""
+    refused frame, a frame whose JSON spans lines (which a line of the log cannot hold) or
+    one padded past VERBATIM_BYTES a message, as its messages (`events`, `replies`). Every
+    read replays to the same decisions."""
     good = [orjson.dumps({"type": "tick", "instrument": "ORCL", "ts": TS + k, "price": 50.0 + k}) for k in (0, 1)]
     rt.on_feed_messages(good)
     oid = orders(rt.venue)[0]["client_order_id"]
@@ -359,13 +360,14 @@ def test_a_read_is_journaled_as_its_frames_came_only_when_every_frame_is_well_fo
     rt.on_feed_messages([spread])
     rt.on_feed_messages([orjson.dumps({"type": "tick", "instrument": "ORCL", "ts": TS + 3, "price": 53.0}),
                          b'{"type": "tick", "instrument": "ORCL", "ts": 1, "price": -1}'])
+    rt.on_feed_messages([b'{"type": "tick",' + b" " * 2000 + b'"instrument": "ORCL", "ts": %d, "price": 54.0}' % (TS + 4)])
     rt.on_venue_messages([orjson.dumps(fill(oid, 4), option=orjson.OPT_INDENT_2)])
     rt.on_venue_messages([orjson.dumps(fill(oid, 3)), b"not json", orjson.dumps(fill(oid, 3))])
     rt.log.close()
     lines = rt.log.path.read_bytes().splitlines()
     records = [orjson.loads(line) for line in lines]
     markets = [r for r in records if r["kind"] == "market"]
-    assert [sorted(set(r) & {"frames", "events"}) for r in markets] == [["frames"], ["events"], ["events"]]
+    assert [sorted(set(r) & {"frames", "events"}) for r in markets] == [["frames"], ["events"], ["events"], ["events"]]
     assert markets[0]["frames"] == [orjson.loads(frame) for frame in good]
     assert [r.get("frames") for r in records if r["kind"] == "venue" and r.get("type") != "state"] == \
         [[ack(oid)], None, [fill(oid, 3)], [fill(oid, 3)]]
