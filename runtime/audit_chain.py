@@ -115,6 +115,12 @@ def open_envelope(aead, obj: dict) -> bytes:
         raise ValueError("does not decrypt") from exc
 
 
+def is_envelope(line: bytes) -> bool:
+    """Whether `line` (without its newline) is an encrypted record as `envelope` writes it,
+    judged by its whole form: a record in clear may hold `"enc":"` in text it carries."""
+    return _ENVELOPE.match(line) is not None
+
+
 def canonical_bytes(line: bytes) -> bytes | None:
     """What a sealed line's `hash` is the SHA-256 of: the line up to its `hash` member,
     closed with `}`; None for a line without one. (Inside a JSON string a quote is

@@ -35,7 +35,7 @@ from policyc.compiler.build import CompiledPolicy
 from .audit_chain import JSON_OPTIONS
 from .engine import Engine
 from .live.audit import INPUT_KINDS, RUNNER_KINDS
-from .live.protocol import Market, VenueReply, parse_feed, parse_venue
+from .live.protocol import Market, ProtocolError, VenueReply, parse_feed, parse_venue
 from .orders import OrderCore
 
 #: Members of a record that are not the core's: its place in the log and the chain.
@@ -202,10 +202,10 @@ class Replayer:
         self._clock[0], self._clock[1] = rec["ts"], rec["mono_ns"]
         core, kind = self.core, rec["kind"]
         venue = rec.get("venue", "")  # the venue an answer or a link is of: "" for the only one
+        read = _read(rec, self._instruments) if "frames" in rec else None
         try:
-            if kind == "market" and "frames" in rec:  # the read as it came: parsed as the feed parses it
-                instruments = self._instruments
-                core.market([item for frame in rec["frames"] for item in parse_feed(orjson.dumps(frame), instruments)])
+            if kind == "market" and read is not None:
+                core.market(read)
             elif kind == "market":
                 core.market([Market(*event) for event in rec["events"]])  # sent_ns, the 4th, since it is logged
             elif kind == "input":
@@ -216,8 +216,8 @@ class Replayer:
                 core.decide(rec["instrument"])
             elif kind == "venue" and rec.get("type") == "state":
                 core.venue_state(rec["positions"], rec["open_orders"], venue)
-            elif kind == "venue" and "frames" in rec:  # a read's answers as they came
-                core.venue_replies([parse_venue(orjson.dumps(frame)) for frame in rec["frames"]], venue)
+            elif kind == "venue" and read is not None:
+                core.venue_replies(read, venue)
             elif kind == "venue":  # a read's answers; a log of an earlier build has one answer a record
                 core.venue_replies([_reply(one) for one in rec["replies"]] if "replies" in rec else [_reply(rec)],
                                    venue)
@@ -233,6 +233,28 @@ class Replayer:
                 core.feed_live()
         except Exception:  # noqa: BLE001 - the live run met the same and logged it; its records say what followed
             pass
+
+
+def _read(rec: dict, instruments) -> list:
+    """The messages of an input record that holds its read's frames as they came (a
+    `market` record's market events, a `venue` record's answers), parsed as the run parsed
+    them. Raises ReplayError when one does not parse to what the run took from it: the run
+    journals only frames it accepted whole, so the record was not written by it."""
+    try:
+        if not isinstance(rec["frames"], list):
+            raise ProtocolError("`frames` is not a list")
+        if rec["kind"] == "market":
+            read = [item for frame in rec["frames"] for item in parse_feed(orjson.dumps(frame), instruments)]
+            if all(item.__class__ is Market for item in read):
+                return read
+            raise ProtocolError("a frame holds a message other than a market event")
+        read = [parse_venue(orjson.dumps(frame)) for frame in rec["frames"]]
+        if all(reply.__class__ is VenueReply for reply in read):
+            return read
+        raise ProtocolError("a frame holds a venue's state")
+    except (ProtocolError, orjson.JSONEncodeError) as exc:
+        raise ReplayError(f"the {rec['kind']} record at seq {rec.get('seq')} holds frames the run did not take as "
+                          f"they are: {exc}") from None
 
 
 def _venues(record: dict) -> dict | None:

@@ -348,9 +348,10 @@ def test_the_answers_of_one_read_are_one_journal_record_and_replay_from_it(rt):
 
 def test_a_read_is_journaled_as_its_frames_came_only_when_every_frame_is_well_formed(rt):
     """A read of well-formed frames is journaled as them, verbatim (`frames`); a read with a
-    refused frame, a frame whose JSON spans lines (which a line of the log cannot hold) or
-    one padded past VERBATIM_BYTES a message, as its messages (`events`, `replies`). Every
-    read replays to the same decisions."""
+    refused frame, a frame whose JSON spans lines (which a line of the log cannot hold), one
+    padded past VERBATIM_BYTES a message, or a valid answer with members the protocol does
+    not know or an escape, as its messages (`events`, `replies`): no text a peer chose
+    beyond the protocol's own reaches the log. Every read replays to the same decisions."""
     good = [orjson.dumps({"type": "tick", "instrument": "ORCL", "ts": TS + k, "price": 50.0 + k}) for k in (0, 1)]
     rt.on_feed_messages(good)
     oid = orders(rt.venue)[0]["client_order_id"]
@@ -363,6 +364,8 @@ def test_a_read_is_journaled_as_its_frames_came_only_when_every_frame_is_well_fo
     rt.on_feed_messages([b'{"type": "tick",' + b" " * 2000 + b'"instrument": "ORCL", "ts": %d, "price": 54.0}' % (TS + 4)])
     rt.on_venue_messages([orjson.dumps(fill(oid, 4), option=orjson.OPT_INDENT_2)])
     rt.on_venue_messages([orjson.dumps(fill(oid, 3)), b"not json", orjson.dumps(fill(oid, 3))])
+    rt.on_venue_messages([orjson.dumps({**fill(oid, 0.5), "enc": "x", "hash": "y"})])  # valid, members it ignores
+    rt.on_venue_messages([orjson.dumps(fill(oid, 0.25)).replace(b'"fill"', b'"\\u0066ill"')])  # valid, escaped
     rt.log.close()
     lines = rt.log.path.read_bytes().splitlines()
     records = [orjson.loads(line) for line in lines]
@@ -370,8 +373,8 @@ def test_a_read_is_journaled_as_its_frames_came_only_when_every_frame_is_well_fo
     assert [sorted(set(r) & {"frames", "events"}) for r in markets] == [["frames"], ["events"], ["events"], ["events"]]
     assert markets[0]["frames"] == [orjson.loads(frame) for frame in good]
     assert [r.get("frames") for r in records if r["kind"] == "venue" and r.get("type") != "state"] == \
-        [[ack(oid)], None, [fill(oid, 3)], [fill(oid, 3)]]
-    assert rt.engine.position("ORCL") == 10 and rt.counters.bad_messages == 2
+        [[ack(oid)], None, [fill(oid, 3)], [fill(oid, 3)], None, None]
+    assert rt.engine.position("ORCL") == 10 and rt.counters.bad_messages == 2 and rt.counters.fills == 3
     from policyc.runtime.journal import replay
 
     replayer, divergences = replay(json_records(rt), lambda session: rt.policy)

@@ -224,6 +224,30 @@ def test_a_rewritten_chain_still_does_not_replay(demo_log, tmp_path, capsys):
     assert code == 1 and out.startswith("DIVERGED at seq"), out
 
 
+@pytest.mark.parametrize("forge", ["a price below 0", "a venue state", "not a list"])
+def test_frames_the_run_could_not_have_taken_are_a_replay_error_not_a_skipped_input(demo_log, tmp_path, capsys, forge):
+    """A `frames` record holds only frames the run took whole; one that does not parse as
+    such (a log rewritten, chain and all) stops the replay at its record."""
+    records = read_log(demo_log)
+    kind = "venue" if forge == "a venue state" else "market"
+    k = next(i for i, r in enumerate(records) if r["kind"] == kind and "frames" in r)
+    if forge == "a price below 0":
+        _messages(records[k])[0]["close"] = -1.0
+    elif forge == "a venue state":
+        records[k]["frames"][0] = {"type": "state", "positions": {}, "open_orders": []}
+    else:
+        records[k]["frames"] = {"type": "tick"}
+    head, out_lines = ZERO_HASH, []
+    for r in records:
+        line, head = seal({**{key: v for key, v in r.items() if key not in ("prev_hash", "hash")}, "prev_hash": head})
+        out_lines.append(line + b"\n")
+    forged = tmp_path / "forged.jsonl"
+    forged.write_bytes(b"".join(out_lines))
+    code, out = replay_cli(capsys, forged)
+    assert code == 2 and f"the {kind} record at seq {records[k]['seq']} holds frames the run did not take" in out, out
+    assert "Traceback" not in out
+
+
 def test_bad_logs_and_policies_are_one_line_usage_errors(tmp_path, capsys):
     legacy = tmp_path / "old.jsonl"
     line, _ = seal({"seq": 1, "ts": 1, "kind": "session", "policy_hash": "0" * 64, "prev_hash": ZERO_HASH})

@@ -21,7 +21,7 @@ import orjson
 
 from . import DEFAULT_FSYNC, FSYNC_MODES
 from ..audit_chain import (JSON_OPTIONS, NONCE_BYTES, SIGNED, ZERO_HASH, Line, LogError, Problem, Summary, check,
-                           envelope, key_id, open_envelope, public_key_id, read_record, seal_open)
+                           envelope, is_envelope, key_id, open_envelope, public_key_id, read_record, seal_open)
 
 #: What reached the order core, written before it is handled (a journal that replays it).
 INPUT_KINDS = ("market", "input", "intent", "decide", "venue", "control", "link", "timer")
@@ -199,12 +199,13 @@ def _chain_head(files: list[tuple[int, Path]], aead) -> str:
         data = _last_line(path)
         if data is None:
             continue
-        if b'"enc":"' in data and aead is None:
+        encrypted = is_envelope(data)
+        if encrypted and aead is None:
             raise LogError(f"{path} is encrypted: give its key with --log-key-file, or start a new log")
         rec = read_record(Line(str(path), 0, data), aead)
         if isinstance(rec, Problem):
             raise LogError(f"cannot continue the hash chain of {path}: its last line "
-                           + ("does not decrypt with this --log-key-file (another key?)" if b'"enc":"' in data else
+                           + ("does not decrypt with this --log-key-file (another key?)" if encrypted else
                               "is not a record with a hash (a log of an older policyc?)") + "; start a new log")
         return rec.hash
     return ZERO_HASH

@@ -520,20 +520,29 @@ def parse_control(frame: str | bytes) -> Control:
 @_one_frame
 def parse_venue(frame: str | bytes) -> VenueReply | VenueState:
     """A venue's answer. A well-formed `ack`, `fill`, `reject` or `cancel` (two for each order)
-    in bytes is decoded and checked by one msgspec call, as a native feed frame is;
-    anything else, and anything that call refuses, is checked field by field
-    (`_venue_fields`), which gives the reason: the same answers and refusals either
-    way."""
+    in bytes is decoded and checked by one msgspec call, as a native feed frame is
+    (`well_formed_venue`); anything else, and anything that call refuses, is checked field
+    by field (`_venue_fields`), which gives the reason: the same answers and refusals
+    either way."""
+    reply = well_formed_venue(frame)
+    return reply if reply is not None else _venue_fields(frame)
+
+
+def well_formed_venue(frame: str | bytes) -> VenueReply | None:
+    """`parse_venue`'s answer for a frame its msgspec call takes whole: bytes of an `ack`,
+    `fill`, `reject` or `cancel` with no member the protocol does not know, no explicit
+    null and no backslash escape. None for any other frame (which may still be a valid
+    answer, read field by field)."""
     try:
         msg = _decode_venue(frame) if frame.__class__ is bytes and len(frame) <= MAX_FRAME_BYTES else None
     except Exception:  # noqa: BLE001 - whatever the fast path refuses, _venue_fields judges
-        msg = None
+        return None
     make = _VENUE_BUILD.get(msg.__class__)
     if make is not None:
         reply = make(msg)
         if reply is not None and _same_colons((frame,), (msg,)):
             return reply
-    return _venue_fields(frame)
+    return None
 
 
 def _venue_fields(frame: str | bytes) -> VenueReply | VenueState:

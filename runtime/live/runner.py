@@ -39,7 +39,7 @@ from ..orders import MAX_CLOCK_SKEW_S, MAX_FEED_SILENCE_S, OrderCore, steps
 from . import security, transport
 from .audit import DEFAULT_FSYNC, DecisionLog, read_log_key, read_signing_key
 from .protocol import (FEED_FORMATS, MAX_FRAME_BYTES, FeedDecoder, Input, Market, ProtocolError, encode, message_id,
-                       parse_control, parse_intent, parse_venue)
+                       parse_control, parse_intent, parse_venue, well_formed_venue)
 
 
 #: Messages a credential may send per second, over all its connections (each opened
@@ -425,19 +425,25 @@ class LiveRuntime:
 
     def _venue_messages(self, frames: list[bytes], venue: str) -> None:
         answers: list = []  # the run of acks, fills and rejects not yet handed over
-        said: list = []     # and their frames
+        said: list = []     # and their frames, while each is well-formed (`well_formed_venue`)
         for frame in frames:
+            reply = well_formed_venue(frame)
+            if reply is not None:
+                answers.append(reply)
+                if said is not None:
+                    said.append(frame)
+                continue
             try:
                 reply = parse_venue(frame)
             except ProtocolError as exc:
-                self._venue_answers(answers, venue, said)
+                said = self._venue_answers(answers, venue, said)
                 self.bad_message("venue", str(exc))
                 continue
             if reply.type != "state":
                 answers.append(reply)
-                said.append(frame)
+                said = None  # a valid answer the fast path did not take: the run is journaled as answers
                 continue
-            self._venue_answers(answers, venue, said)
+            said = self._venue_answers(answers, venue, said)
             try:
                 self.core.venue_state(reply.positions, reply.open_orders, venue)
                 self._trading()
@@ -445,12 +451,14 @@ class LiveRuntime:
                 self.bad_message("venue", f"internal error handling a `state`: {exc!r}")
         self._venue_answers(answers, venue, said)
 
-    def _venue_answers(self, answers: list, venue: str, frames: list) -> None:
-        """Hand a run of answers, with their frames, to the core and empty both."""
+    def _venue_answers(self, answers: list, venue: str, frames: list | None) -> list:
+        """Hand a run of answers to the core, with their frames when each was well-formed,
+        and empty it; returns the list for the next run's frames."""
         if answers:
             self.core.venue_replies(answers, venue, frames)
             answers.clear()
-            frames.clear()
+            return []
+        return [] if frames is None else frames
 
     # ---- control ------------------------------------------------------------------
     def halt(self, reason: str) -> None:
