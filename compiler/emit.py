@@ -242,7 +242,7 @@ class _Emitter:
         if k == "param":
             return f"{v} = p{op.attr[0]}"
         if k == "field":
-            return f"{v} = vals[e, {op.attr[0]}]"
+            return f"{v} = vals[u, {op.attr[0]}]"  # u: the event's index, unsigned (kernel.py.j2)
         if k == "state":
             return f"{v} = {_state_expr(op.attr[0], self.P, self.A, self.gross, self.value)}"
         if k == "neg":
@@ -291,7 +291,7 @@ class _Emitter:
         if fn == "round":
             x = a[0]
             return (f"math.copysign(np.floor(abs({x})) + (1.0 if abs({x}) - np.floor(abs({x})) >= 0.5 else 0.0), {x})"
-                    f" if abs({x}) < INF else {x}")
+                    f" if abs({x}) <= MAX_FLOAT else {x}")
         if fn in ("min", "max"):  # as Python's min/max: the first extreme argument wins ties (+0.0 vs -0.0)
             better = "<" if fn == "min" else ">"
             chosen = a[0]
