@@ -155,10 +155,11 @@ class _Emitter:
         self.slots = L.slots(program)
         self.slot_of = {(s.op, s.kind): n for n, s in enumerate(self.slots)}
         self.limits = program.uses_limits() or program.intent_column is not None
-        # `run`'s hot loop, an inner loop of the common market event: for one instrument
-        # without legs, limit prices (limit orders, intents) or a clock, each of which
-        # gives a market event work the loop body does
-        self.hot_loop = single and not program.leg_set() and not self.limits and program.clock is None
+        # `run`'s hot loop, an inner loop of the common market event: for a policy without
+        # legs, limit prices (limit orders, intents) or a clock, each of which gives a
+        # market event work the loop body does (with several instruments it loads the
+        # event's instrument's state as the loop body does, and writes it through)
+        self.hot_loop = not program.leg_set() and not self.limits and program.clock is None
         self.env = _environment()
         self.ops_macros = self.env.get_template("ops.j2").module
         self.lag_ks: dict[tuple, str] = {}
