@@ -425,7 +425,7 @@ class LiveRuntime:
 
     def _venue_messages(self, frames: list[bytes], venue: str) -> None:
         answers: list = []  # the run of acks, fills and rejects not yet handed over
-        said: list = []     # and their frames, while each is well-formed (`well_formed_venue`)
+        said: list | None = []  # and their frames, while each is well-formed (`well_formed_venue`)
         for frame in frames:
             reply = well_formed_venue(frame)
             if reply is not None:
