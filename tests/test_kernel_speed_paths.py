@@ -10,28 +10,17 @@ decision trace, so a traced run against an untraced one compares the two paths b
 bit (assert_trace_changes_nothing)."""
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from policyc.compiler.build import compile_policy
-from test_differential import StreamSpec, assert_same, assert_trace_changes_nothing, make_events
+from test_differential import (_private_kernel_cache, StreamSpec, assert_same,  # noqa: F401 - the fixture is autouse
+                               assert_trace_changes_nothing, make_events)
 
 ROOT = Path(__file__).resolve().parent.parent
 EMA_STOP = (ROOT / "bench" / "ema_stop.yaml").read_text()
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _private_kernel_cache(tmp_path_factory):
-    old = os.environ.get("POLICYC_CACHE")
-    os.environ["POLICYC_CACHE"] = str(tmp_path_factory.mktemp("kernels"))
-    yield
-    if old is None:
-        os.environ.pop("POLICYC_CACHE", None)
-    else:
-        os.environ["POLICYC_CACHE"] = old
 
 
 def policy(tmp_path, n_inst: int, gross: bool):

@@ -584,3 +584,11 @@ def test_a_log_that_cannot_take_the_session_record_is_no_run(tmp_path, monkeypat
     assert code == 1 and out == ""
     assert f"error: decision log {log}: No space left on device; the run did not start" in err
     assert "decision-log-sync" not in {t.name for t in threading.enumerate()}
+
+
+def test_a_read_with_a_text_frame_is_journaled_as_its_messages():
+    """Frames of text (a transport that decoded them) have no bytes as they came."""
+    from policyc.runtime.orders import as_read
+
+    assert as_read([b'{"a":1}', b"[]"], 1) == b'[{"a":1},[]]'
+    assert as_read([b'{"a":1}', '{"a":1}'], 2) is None
