@@ -14,8 +14,9 @@ in the same run:
 into its PASS/MISS table: throughput at least 0.8 of the bare client on the EMA crossover
 and 0.6 with 1,000 instruments, tick-to-order p50 at most 1.5x the echo, the chained,
 write-ahead decision log at most 10% of the EMA run's throughput against the same run with
-the log as it was before the chain (`_LogBeforeTheChain`); its cost against no log at all is
-shown too.
+the log as it was before the chain (`_LogBeforeTheChain`), and at most 10% of the runtime's
+CPU time per event on the same run in one process without sockets (bench/log_cost.py, far
+less noisy, every fill taken); its cost against no log at all is shown too.
 
 Every asyncio part runs on the loop the runtime uses (uvloop when installed). The feed,
 the venue, the echo server and the intent clients are processes of their own; the
@@ -38,6 +39,9 @@ import tempfile
 import time
 from contextlib import asynccontextmanager, contextmanager, suppress
 from pathlib import Path
+from typing import NamedTuple
+
+from log_cost import log_cost_rows
 
 HOST = "127.0.0.1"
 RATE = 500.0            # events (and echo messages) per second wherever a latency is measured
@@ -389,6 +393,17 @@ class _LogBeforeTheChain:
         self._file.close()
 
 
+def _swap_log(rt, log: Path, no_log: bool, log_before_the_chain: bool) -> None:
+    """A new runtime's decision log, as `_running` describes its flags: the chained log
+    it opened, none, or `_LogBeforeTheChain` in its place."""
+    if no_log:
+        rt.core.journal, rt.core.record = False, lambda kind, ts=None, **fields: None
+    elif log_before_the_chain:
+        rt.log.close()
+        rt.log = _LogBeforeTheChain(log, rt.policy.policy_hash, rt.policy.build_hash)
+        rt.core.journal, rt.core.record = False, rt.log.write
+
+
 @asynccontextmanager
 async def _running(policy, feed_port: int, venue_port: int, log: Path, no_log: bool = False,
                    log_before_the_chain: bool = False, **config):
@@ -403,12 +418,7 @@ async def _running(policy, feed_port: int, venue_port: int, log: Path, no_log: b
     scheme = "wss" if config.get("ca_file") else "ws"
     rt = LiveRuntime(policy, RunConfig(f"{scheme}://{HOST}:{feed_port}", f"{scheme}://{HOST}:{venue_port}",
                                        log_path=str(log), **config))
-    if no_log:
-        rt.core.journal, rt.core.record = False, lambda kind, ts=None, **fields: None
-    elif log_before_the_chain:
-        rt.log.close()
-        rt.log = _LogBeforeTheChain(log, policy.policy_hash, policy.build_hash)
-        rt.core.journal, rt.core.record = False, rt.log.write
+    _swap_log(rt, log, no_log, log_before_the_chain)
     task = asyncio.create_task(rt.run())
     try:
         yield rt
@@ -417,26 +427,39 @@ async def _running(policy, feed_port: int, venue_port: int, log: Path, no_log: b
         await task
 
 
-async def _runtime_until(policy, feed_port: int, venue_port: int, n: int, log: Path, **config):
-    """Run until the runtime has taken n events; returns it and its events per second
-    from the first event on."""
+class LiveRun(NamedTuple):
+    """One run of the runtime: it, its events per second from its first event on, the
+    venue's tick-to-order report, and the CPU time this process spent per event over the
+    same span (ns; the runtime and its log's sync thread, the only work of this process
+    then), which the feed and the venue sharing the cores disturb far less than the rate."""
+    rt: object
+    rate: float
+    latency: dict
+    cpu_ns: float
+
+
+async def _runtime_until(policy, feed_port: int, venue_port: int, n: int, log: Path,
+                         **config) -> tuple[object, float, float]:
+    """Run until the runtime has taken n events; returns it, its events per second and
+    the CPU ns per event of this process, both from the first event on."""
     async with _running(policy, feed_port, venue_port, log, **config) as rt, asyncio.timeout(120):
         while rt.counters.events == 0:
             await asyncio.sleep(0.001)
-        t0, start = time.perf_counter(), rt.counters.events  # the first read may hold many events
+        # the first read may hold many events
+        t0, c0, start = time.perf_counter(), time.process_time_ns(), rt.counters.events
         while rt.counters.events < n:
             await asyncio.sleep(0.002)
-        elapsed = time.perf_counter() - t0
-    return rt, (rt.counters.events - start) / elapsed
+        elapsed, cpu, taken = time.perf_counter() - t0, time.process_time_ns() - c0, rt.counters.events - start
+    return rt, taken / elapsed, cpu / taken
 
 
 def _live_run(policy, data: dict[str, Path], n: int, rate: float | None, log: Path, tls: Path | None = None,
-              **config):
+              **config) -> LiveRun:
     if tls is not None:
         config["ca_file"] = str(tls / "ca.pem")
     with _feed_and_venue(data, rate, tls=tls) as (feed_port, venue_port, venue):
-        rt, got = _run(_runtime_until(policy, feed_port, venue_port, n, log, **config))
-    return rt, got, venue.get("latency", {})
+        rt, got, cpu_ns = _run(_runtime_until(policy, feed_port, venue_port, n, log, **config))
+    return LiveRun(rt, got, venue.get("latency", {}), cpu_ns)
 
 
 def _bare_receive(data: dict[str, Path], n: int, client=None) -> float:
@@ -589,34 +612,42 @@ def _throughput_rows(what: str, policy, data: dict[str, Path], n: int, log: Path
     """Medians over `pairs` interleaved runs (bare client, runtime, runtime with the log as
     it was before the chain, runtime without a log); a ratio is the median of the ratios of
     the runs made together. Also returns the figures: the bare client's and the runtime's
-    medians (ev/s), the runtime's ratio to the bare client, the log's cost against the
-    log before the chain (the target) and against no log (the share of throughput it
-    takes)."""
-    bare, got, before, unlogged, orders = [], [], [], [], []
+    medians (ev/s), the runtime's ratio to the bare client, and the log's cost against the
+    log before the chain (`chain_cost`, the target) and against no log (`log_cost`), each
+    both as a share of throughput and (`*_cpu`) as a share of the runtime's CPU time per
+    event: 1 - before / chained, which is the throughput the log costs a runtime that is
+    the bottleneck, measured without the feed's and the venue's share of the cores."""
+    bare, got, before, unlogged = [], [], [], []
     for _ in range(pairs):
         bare.append(_bare_receive(data, n))
-        rt, rate, _ = _live_run(policy, data, n, None, log)
-        got.append(rate)
-        orders.append(rt.counters.orders)
-        before.append(_live_run(policy, data, n, None, log, log_before_the_chain=True)[1])
-        unlogged.append(_live_run(policy, data, n, None, log, no_log=True)[1])
-    ratio = statistics.median(g / b for g, b in zip(got, bare))
-    chain_cost = statistics.median(1 - g / p for g, p in zip(got, before))
-    log_cost = statistics.median(1 - g / u for g, u in zip(got, unlogged))
+        got.append(_live_run(policy, data, n, None, log))
+        before.append(_live_run(policy, data, n, None, log, log_before_the_chain=True))
+        unlogged.append(_live_run(policy, data, n, None, log, no_log=True))
+    med = statistics.median
+    ratio = med(g.rate / b for g, b in zip(got, bare))
+    figures = {"bare": med(bare), "runtime": med(g.rate for g in got), "ratio": ratio,
+               "chain_cost": med(1 - g.rate / p.rate for g, p in zip(got, before)),
+               "log_cost": med(1 - g.rate / u.rate for g, u in zip(got, unlogged)),
+               "chain_cost_cpu": med(1 - p.cpu_ns / g.cpu_ns for g, p in zip(got, before)),
+               "log_cost_cpu": med(1 - u.cpu_ns / g.cpu_ns for g, u in zip(got, unlogged))}
+
+    def cpu(runs) -> str:
+        return f"{med(r.cpu_ns for r in runs):,.0f} CPU ns/ev"
+
     return [[f"{what}: bare client in the runtime's place, orjson-decoding the feed ({n:,} events, median of "
-             f"{pairs})", f"{statistics.median(bare):,.0f} ev/s", "", "1.00"],
-            [f"{what}: runtime through the kernel, orders flowing ({statistics.median(orders):,.0f} orders), "
-             "decision log on (chained, write-ahead, --fsync batch, inputs journaled)",
-             f"{statistics.median(got):,.0f} ev/s", "", f"{ratio:.2f}"],
+             f"{pairs})", f"{med(bare):,.0f} ev/s", "", "1.00"],
+            [f"{what}: runtime through the kernel, orders flowing ({med(g.rt.counters.orders for g in got):,.0f} "
+             "orders), decision log on (chained, write-ahead, --fsync batch, inputs journaled)",
+             f"{figures['runtime']:,.0f} ev/s", cpu(got), f"{ratio:.2f}"],
             [f"  the same with the log as it was before the chain (decision records only, buffered, flushed "
-             f"every 64); the chained log's cost against it is {chain_cost:.1%} of throughput",
-             f"{statistics.median(before):,.0f} ev/s", "",
-             f"{statistics.median(p / b for p, b in zip(before, bare)):.2f}"],
+             f"every 64); the chained log's cost against it is {figures['chain_cost']:.1%} of throughput, "
+             f"{figures['chain_cost_cpu']:.1%} of CPU time per event",
+             f"{med(p.rate for p in before):,.0f} ev/s", cpu(before),
+             f"{med(p.rate / b for p, b in zip(before, bare)):.2f}"],
             [f"  the same without the decision log (records dropped unwritten); the log's cost is "
-             f"{log_cost:.1%} of throughput", f"{statistics.median(unlogged):,.0f} ev/s", "",
-             f"{statistics.median(u / b for u, b in zip(unlogged, bare)):.2f}"]], \
-        {"bare": statistics.median(bare), "runtime": statistics.median(got), "ratio": ratio,
-         "chain_cost": chain_cost, "log_cost": log_cost}
+             f"{figures['log_cost']:.1%} of throughput, {figures['log_cost_cpu']:.1%} of CPU time per event",
+             f"{med(u.rate for u in unlogged):,.0f} ev/s", cpu(unlogged),
+             f"{med(u.rate / b for u, b in zip(unlogged, bare)):.2f}"]], figures
 
 
 def bench_live() -> list[list | dict]:
@@ -636,23 +667,23 @@ def bench_live() -> list[list | dict]:
                      f"p99 {i99:,.0f} us", f"{i50 / e50:.2f} (p50)"])
 
         syn = {"SYN": _recording(tmp / "syn.csv", LATENCY_EVENTS + 500, seed=3)}
-        _, _, lat = _live_run(one, syn, LATENCY_EVENTS, RATE, tmp / "lat.jsonl")
+        lat = _live_run(one, syn, LATENCY_EVENTS, RATE, tmp / "lat.jsonl").latency
         rows.append(_latency_row(f"1 instrument, feed at {RATE:,.0f} ev/s: tick-to-order at the paper venue; ratio "
                                  "to the cross-process echo", lat, e50))
         targets = [_target("tick-to-order p50 / echo round trip p50 (1 instrument, no --busy-poll)",
                            lat["p50_us"] / e50 if lat else None, 1.5)]
-        _, _, before_lat = _live_run(one, syn, LATENCY_EVENTS, RATE, tmp / "lat-before.jsonl",
-                                     log_before_the_chain=True)
+        before_lat = _live_run(one, syn, LATENCY_EVENTS, RATE, tmp / "lat-before.jsonl",
+                               log_before_the_chain=True).latency
         rows.append(_latency_row("  the same with the log as it was before the chain (buffered, no write-ahead)",
                                  before_lat, e50))
         tls = _authority(tmp / "tls")
-        _, _, tls_lat = _live_run(one, syn, LATENCY_EVENTS, RATE, tmp / "lat-tls.jsonl", tls=tls)
+        tls_lat = _live_run(one, syn, LATENCY_EVENTS, RATE, tmp / "lat-tls.jsonl", tls=tls).latency
         rows.append(_tls_latency_row(tls_lat, lat))
-        _, _, lat = _live_run(one, syn, LATENCY_EVENTS, RATE, tmp / "busy.jsonl", busy_poll=True)
+        lat = _live_run(one, syn, LATENCY_EVENTS, RATE, tmp / "busy.jsonl", busy_poll=True).latency
         rows.append(_latency_row("  the same with run --busy-poll (the runtime keeps a core busy; p99 suffers when "
                                  "it has none of its own)", lat, e50))
         data = _many_recordings(tmp)
-        _, _, lat = _live_run(many, data, LATENCY_EVENTS, RATE, tmp / "many-lat.jsonl")
+        lat = _live_run(many, data, LATENCY_EVENTS, RATE, tmp / "many-lat.jsonl").latency
         rows.append(_latency_row(f"{INSTRUMENTS:,} instruments on one feed at {RATE:,.0f} ev/s: tick-to-order",
                                  lat, e50))
 
@@ -667,16 +698,20 @@ def bench_live() -> list[list | dict]:
                     _target("decision log's cost on the EMA run: 1 - chained / log before the chain (throughput)",
                             ema["chain_cost"], 0.10)]
         rows.append([f"  informational: the chained log against no log at all: {ema['log_cost']:.1%} of the EMA "
-                     "run's throughput", "", "", ""])
+                     f"run's throughput, {ema['log_cost_cpu']:.1%} of its CPU time per event", "", "", ""])
+        in_process, alone = log_cost_rows(_cross(["SYN"]), "SYN", big["SYN"], tmp / "alone.jsonl")
+        rows += in_process
+        targets.append(_target("decision log's cost on the EMA run in one process, no sockets, every fill taken: "
+                               "1 - before the chain / chained (CPU time per event)", alone["chain_cost"], 0.10))
         synced = statistics.median(_live_run(_cross(["SYN"]), big, THROUGHPUT_EVENTS, None, tmp / "cross-always.jsonl",
-                                             fsync="always")[1] for _ in range(TLS_THROUGHPUT_RUNS))
+                                             fsync="always").rate for _ in range(TLS_THROUGHPUT_RUNS))
         rows.append([f"  the same EMA run with --fsync always (each write on disk before the order leaves; median of "
                      f"{TLS_THROUGHPUT_RUNS}); ratio to the --fsync batch run above", f"{synced:,.0f} ev/s", "",
                      f"{synced / plain:.2f}"])
-        _, _, synced_lat = _live_run(one, syn, LATENCY_EVENTS, RATE, tmp / "lat-always.jsonl", fsync="always")
+        synced_lat = _live_run(one, syn, LATENCY_EVENTS, RATE, tmp / "lat-always.jsonl", fsync="always").latency
         rows.append(_latency_row("  1 instrument, tick-to-order with --fsync always", synced_lat, e50))
         tls_got = statistics.median(_live_run(_cross(["SYN"]), big, THROUGHPUT_EVENTS, None, tmp / "cross-tls.jsonl",
-                                              tls=tls)[1] for _ in range(TLS_THROUGHPUT_RUNS))
+                                              tls=tls).rate for _ in range(TLS_THROUGHPUT_RUNS))
         rows.append([f"  the same EMA run with TLS on the feed and the venue (median of {TLS_THROUGHPUT_RUNS}); ratio "
                      "to the plain runtime above", f"{tls_got:,.0f} ev/s", "", f"{tls_got / plain:.2f}"])
         own = statistics.median(_bare_receive(big, THROUGHPUT_EVENTS, _bare_stream_client)

@@ -1,0 +1,117 @@
+"""The decision log's cost with the sockets taken out, for `make bench`'s live section.
+
+On the live EMA run the runtime shares two cores with the feed and the venue, and one
+run's throughput differs from the next by more than the log costs. Here the same runtime
+(`LiveRuntime`, its `on_feed_messages` and `on_venue_messages`, the core, the kernel and
+the log with its sync thread) takes the same recording in one process: each read of
+`READ_EVENTS` feed frames goes to the paper venue's book (`PaperVenue`, sans-I/O) and then
+to the runtime, whose orders reach the venue as they are sent, and the venue's answers
+come back as the next venue read. What the transport would add (the websocket's framing,
+the event loop, the socket calls) is not measured, so the log's share of the runtime's
+work here is larger than its share of a live run's: a bound from above.
+
+The figure is CPU time per event of this process (the runtime and the log's sync
+thread), over `RUNS` rounds of the three logs in turn (chained, as it was before the
+chain, none); a cost is the median over the rounds of 1 - before / chained.
+"""
+from __future__ import annotations
+
+import statistics
+import time
+from contextlib import nullcontext
+from pathlib import Path
+
+READ_EVENTS = 256  # feed frames a read: the live EMA run's reads hold thousands, so a log's per-read records weigh more here
+RUNS = 7
+
+
+class _VenueConnection:
+    """The runtime's venue connection, in this process: an order frame reaches the paper
+    venue as it is sent, and its answers wait for the runtime's next venue read."""
+
+    def __init__(self, venue):
+        self.venue, self.inbox = venue, []
+
+    def send(self, frame: bytes) -> None:
+        from policyc.runtime.live.protocol import encode
+
+        self.inbox += [encode(reply) for reply in self.venue.on_order(frame)]
+
+    def corked(self):
+        return nullcontext()
+
+
+def _frames(instrument: str, csv: Path) -> list[bytes]:
+    """The recording, as `instrument`'s, as the replay feed sends it (native ticks)."""
+    from policyc.runtime.live.protocol import encode
+    from policyc.runtime.live.replay import load_recording, message
+
+    rec = load_recording([(instrument, str(csv))])
+    now = time.time_ns()
+    return [encode(message(rec, k, "native", now)) for k in range(len(rec.ts))]
+
+
+def _one_run(policy, frames: list[bytes], log: Path, no_log: bool, before: bool) -> tuple[float, int]:
+    """CPU ns per event of the runtime over every frame, and the orders it sent. The
+    runtime's time is this thread's inside its calls (not the paper venue's, which runs
+    between them) and all the time of the other threads (the log's sync thread)."""
+    from live import _swap_log
+    from policyc.runtime.live.paper import PaperVenue
+    from policyc.runtime.live.protocol import encode
+    from policyc.runtime.live.runner import LiveRuntime, RunConfig
+
+    log.unlink(missing_ok=True)
+    rt = LiveRuntime(policy, RunConfig("ws://feed.invalid", "ws://venue.invalid", log_path=str(log)))
+    _swap_log(rt, log, no_log, before)
+    venue = PaperVenue()
+    connection = _VenueConnection(venue)
+    rt._venue_connected(connection)
+    inside = [0]  # this thread's CPU ns inside the runtime's calls
+
+    def runtime(handle, messages) -> None:
+        t = time.thread_time_ns()
+        handle(messages)
+        inside[0] += time.thread_time_ns() - t
+
+    def venue_read() -> None:
+        if connection.inbox:
+            replies, connection.inbox = connection.inbox, []
+            runtime(rt.on_venue_messages, replies)
+
+    venue_read()  # the venue's state, which the runtime asked for as it connected: it trades once they agree
+    inside[0] = 0
+    process, thread = time.process_time_ns(), time.thread_time_ns()
+    for k in range(0, len(frames), READ_EVENTS):
+        read = frames[k:k + READ_EVENTS]
+        connection.inbox += [encode(reply) for reply in venue.on_feed(read)]
+        runtime(rt.on_feed_messages, read)
+        venue_read()
+    runtime(lambda _: rt.log.close(), None)  # the chained log's last sync is its work too
+    others = (time.process_time_ns() - process) - (time.thread_time_ns() - thread)
+    return (inside[0] + others) / len(frames), rt.counters.orders
+
+
+def log_cost_rows(policy, instrument: str, csv: Path, log: Path) -> tuple[list[list], dict[str, float]]:
+    """The table's rows and the figures: CPU ns per event with each log (medians) and the
+    chained log's cost against the log before the chain (`chain_cost`, the target) and
+    against none (`log_cost`), as shares of the runtime's CPU time per event."""
+    frames = _frames(instrument, csv)
+    chained, before, unlogged, orders = [], [], [], 0
+    for _ in range(RUNS):
+        cpu, orders = _one_run(policy, frames, log, False, False)
+        chained.append(cpu)
+        before.append(_one_run(policy, frames, log, False, True)[0])
+        unlogged.append(_one_run(policy, frames, log, True, False)[0])
+    med = statistics.median
+    figures = {"chained_ns": med(chained), "before_ns": med(before), "unlogged_ns": med(unlogged),
+               "chain_cost": med(1 - b / c for c, b in zip(chained, before)),
+               "log_cost": med(1 - u / c for c, u in zip(chained, unlogged))}
+    what = f"EMA run in one process, no sockets ({len(frames):,} events in reads of {READ_EVENTS}, {orders:,} orders, median of {RUNS})"
+    return [[f"{what}: runtime with the chained, write-ahead log (--fsync batch, inputs journaled)",
+             f"{figures['chained_ns']:,.0f} CPU ns/ev", "", "1.00"],
+            [f"  the same with the log as it was before the chain: the chained log costs {figures['chain_cost']:.1%} "
+             "of the runtime's CPU time per event", f"{figures['before_ns']:,.0f} CPU ns/ev", "",
+             f"{med(b / c for c, b in zip(chained, before)):.2f}"],
+            [f"  the same without a log: the chained log costs {figures['log_cost']:.1%}",
+             f"{figures['unlogged_ns']:,.0f} CPU ns/ev", "", f"{med(u / c for c, u in zip(chained, unlogged)):.2f}"]], \
+        figures
