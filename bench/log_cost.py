@@ -21,7 +21,7 @@ import time
 from contextlib import nullcontext
 from pathlib import Path
 
-READ_EVENTS = 256  # feed frames a read: the live EMA run's reads hold thousands, so a log's per-read records weigh more here
+READ_EVENTS = 256  # feed frames a read: the live EMA run's reads hold thousands, so per-read records weigh more here
 RUNS = 7
 
 
@@ -111,7 +111,8 @@ def log_cost_rows(policy, instrument: str, csv: Path, log: Path) -> tuple[list[l
     figures = {"chained_ns": med(chained), "before_ns": med(before), "unlogged_ns": med(unlogged),
                "chain_cost": med(1 - b / c for c, b in zip(chained, before)),
                "log_cost": med(1 - u / c for c, u in zip(chained, unlogged))}
-    what = f"EMA run in one process, no sockets ({len(frames):,} events in reads of {READ_EVENTS}, {orders:,} orders, median of {RUNS})"
+    what = (f"EMA run in one process, no sockets ({len(frames):,} events in reads of {READ_EVENTS}, {orders:,} orders, "
+            f"median of {RUNS})")
     return [[f"{what}: runtime with the chained, write-ahead log (--fsync batch, inputs journaled)",
              f"{figures['chained_ns']:,.0f} CPU ns/ev", "", "1.00"],
             [f"  the same with the log as it was before the chain: the chained log costs {figures['chain_cost']:.1%} "
