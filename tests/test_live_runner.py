@@ -208,6 +208,19 @@ def test_a_second_halt_after_resume_withdraws_orders_still_being_cancelled_again
     assert rt.engine.position("ORCL") == 0 and not rt.open
 
 
+def test_the_end_of_a_connection_is_said_with_why_this_side_dropped_it():
+    """stderr names the cause when the runtime dropped the connection itself (a venue not
+    reading its orders, a peer not answering a ping: `Stream.dropped`), the peer's close
+    code when it closed, and a plain loss otherwise."""
+    from policyc.runtime.live.runner import _why_lost
+
+    unread = "the peer left over 4,194,304 bytes unread"
+    assert _why_lost(None, unread) == f"connection dropped: {unread}"
+    assert _why_lost(1006, "no answer to a ping within 20 s") == "connection dropped: no answer to a ping within 20 s"
+    assert _why_lost(1001, None) == "connection closed (code 1001)"
+    assert _why_lost(None, None) == _why_lost(1006, None) == "connection lost"
+
+
 # ---- connections that fail: said once on stderr, not once per retry ---------------------------------------------------
 
 def test_a_connection_that_fails_is_said_once_on_stderr_and_again_when_it_comes_back(policy, tmp_path, capsys,

@@ -389,11 +389,13 @@ def test_a_frame_cut_short_and_then_silence_or_a_trickle_is_pinged_and_then_drop
             steps.append("drop" if wire.closed else "ping" if wire.written[sent:] else "-")
             if wire.closed:
                 break
-        return steps, [frame[0] for frame in wire.written[1:]]
+            assert stream.dropped is None
+        return steps, [frame[0] for frame in wire.written[1:]], stream.dropped
 
-    steps, sent = asyncio.run(scenario())
+    steps, sent, dropped = asyncio.run(scenario())
     assert steps == ["-", "ping", "drop"]  # the first interval completed a frame: no ping
     assert sent == [0x89]
+    assert dropped == f"no answer to a ping within {transport.PING_INTERVAL_S:g} s"  # what the runtime says on stderr
 
 
 # ---- the same messages as websockets' own client --------------------------------------------------------------
@@ -599,6 +601,8 @@ def test_a_peer_that_floods_pings_and_reads_nothing_is_dropped_before_the_pongs_
         flooding.set()
         await asyncio.wait_for(asyncio.shield(stream.lost), FAILSAFE_S)
         listener.close()
+        return stream.dropped
 
-    asyncio.run(scenario())
+    dropped = asyncio.run(scenario())
     assert refused == [f"the peer left over {1 << 18:,} bytes unread: connection dropped"]
+    assert dropped == f"the peer left over {1 << 18:,} bytes unread"  # what the runtime says on stderr

@@ -144,6 +144,14 @@ def _why(exc: BaseException) -> str:
     return (str(exc) or type(exc).__name__)[:200]
 
 
+def _why_lost(code: int | None, dropped: str | None) -> str:
+    """An open connection's end in a few words: this side dropped it (`Stream.dropped`),
+    the peer closed it with a code, or it was lost (no close, or 1006)."""
+    if dropped:
+        return f"connection dropped: {dropped}"
+    return "connection lost" if code in (None, 1006) else f"connection closed (code {code})"
+
+
 class LogFailed(OSError):
     """The decision log could not be written or synced, so the run stopped: no order may
     leave without its record. `status` is the run's status as it stopped (`status()`),
@@ -577,8 +585,7 @@ class LiveRuntime:
                     on_lost()
                     stream.close()
                 if not self.stop.is_set():
-                    self._link_down(key, "connection lost" if code in (None, 1006) else
-                                    f"connection closed (code {code})", "reconnecting")
+                    self._link_down(key, _why_lost(code, stream.dropped), "reconnecting")
             if self.stop.is_set():
                 return
             self.counters.reconnects += 1

@@ -79,6 +79,9 @@ class Stream(asyncio.Protocol):
         self._message = bytearray()
         self._fragments = 0
         self._failure_reported = False
+        #: Why this side dropped the connection, when it did (the peer not reading, or not
+        #: answering a ping); None when the peer or the network ended it.
+        self.dropped: str | None = None
         self._corked: list[bytes] | None = None  # while corked: the frames to write at its end
         # Reads that completed at least one frame: the keepalive compares counts, never times.
         # A read of part of a frame is not counted, so a peer trickling a frame in is not
@@ -253,7 +256,8 @@ class Stream(asyncio.Protocol):
     def pause_writing(self) -> None:
         """The peer has left MAX_UNSENT_BYTES of ours unread: drop the connection rather
         than buffer without end (the owner reconnects)."""
-        self.on_rejected(f"the peer left over {MAX_UNSENT_BYTES:,} bytes unread: connection dropped")
+        self.dropped = f"the peer left over {MAX_UNSENT_BYTES:,} bytes unread"
+        self.on_rejected(f"{self.dropped}: connection dropped")
         self.transport.abort()
 
     def eof_received(self) -> None:
@@ -337,7 +341,9 @@ class Stream(asyncio.Protocol):
         # timer resolution (uvloop's is 1 ms): a check that found a read one interval
         # ago minus a tick would otherwise skip its ping, and the next drop the peer.
         if self._reads_at_ping is not None and self._reads == self._reads_at_ping:
-            self.transport.abort()  # not even a pong (nor the end of a frame cut short): the owner reconnects
+            # not even a pong (nor the end of a frame cut short): the owner reconnects
+            self.dropped = f"no answer to a ping within {PING_INTERVAL_S:g} s"
+            self.transport.abort()
             return
         # quiet since the last check, or only the pong of its ping came: ping again
         if self._reads == self._reads_at_check or self._reads_at_ping is not None:
