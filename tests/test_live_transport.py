@@ -283,22 +283,25 @@ HOSTILE = {
 
 
 def _expect(session: Session, outcome) -> None:
+    # `dropped`: what the runtime says on stderr when the connection ends (runner._why_lost)
     if outcome[0] == "kept":
         assert session.messages == [OK, *outcome[1], OK] and session.refused == []
-        assert session.close_code is None and not session.aborted
+        assert session.close_code is None and not session.aborted and session.stream.dropped is None
     elif outcome[0] == "refused":
         assert session.refused == [outcome[1]]
         if "1009" in outcome[1]:  # the connection failed: nothing after the frame
             assert session.messages == [OK] and session.close_code == 1009
             assert session.sent_opcodes()[-1] == 0x8
+            assert session.stream.dropped == f"frame over the {MAX_SIZE:,}-byte limit (code 1009)"
         else:  # refused alone: the connection goes on
-            assert session.messages == [OK, OK] and session.close_code is None
+            assert session.messages == [OK, OK] and session.close_code is None and session.stream.dropped is None
     else:
         _, code, reason = outcome
         assert session.messages == [OK]
         assert session.close_code == code and session.sent_opcodes()[-1] == 0x8
         assert len(session.refused) == 1 and session.refused[0].startswith(f"connection closed with code {code}: ")
         assert reason in session.refused[0]
+        assert session.stream.dropped == f"{session.refused[0].split(': ', 1)[1]} (code {code})"
 
 
 @pytest.mark.parametrize("case", list(HOSTILE))

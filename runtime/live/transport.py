@@ -79,8 +79,8 @@ class Stream(asyncio.Protocol):
         self._message = bytearray()
         self._fragments = 0
         self._failure_reported = False
-        #: Why this side dropped the connection, when it did (the peer not reading, or not
-        #: answering a ping); None when the peer or the network ended it.
+        #: Why this side dropped the connection, when it did (the peer breaking the protocol,
+        #: not reading, or not answering a ping); None when the peer or the network ended it.
         self.dropped: str | None = None
         self._corked: list[bytes] | None = None  # while corked: the frames to write at its end
         # Reads that completed at least one frame: the keepalive compares counts, never times.
@@ -130,9 +130,12 @@ class Stream(asyncio.Protocol):
                 and not self._failure_reported):
             self._failure_reported = True  # the peer sent what the protocol refuses, not a close of its own
             if sent.code == 1009 and isinstance(self.protocol.parser_exc, PayloadTooBig):
-                self.on_rejected(f"frame over the {self.max_size:,}-byte limit: connection closed with code 1009")
+                why = f"frame over the {self.max_size:,}-byte limit"
+                self.on_rejected(f"{why}: connection closed with code 1009")
             else:
-                self.on_rejected(f"connection closed with code {sent.code}: {sent.reason or 'protocol error'}")
+                why = sent.reason or "protocol error"
+                self.on_rejected(f"connection closed with code {sent.code}: {why}")
+            self.dropped = f"{why} (code {sent.code})"
 
     def _handshake(self, data: bytes) -> list[bytes]:
         """The opening handshake's answer to the protocol, and nothing after it: a 101
