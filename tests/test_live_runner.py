@@ -221,6 +221,45 @@ def test_the_end_of_a_connection_is_said_with_why_this_side_dropped_it():
     assert _why_lost(None, None) == _why_lost(1006, None) == "connection lost"
 
 
+def test_a_feed_that_breaks_the_protocol_is_said_dropped_with_its_reason_and_code(policy, tmp_path, capsys,
+                                                                                 monkeypatch):
+    """End to end: a feed that sends a text frame that is not UTF-8 is failed by the
+    runtime (close 1007), and stderr says why, as its bad message does."""
+    from test_live_transport import _answer, _raw
+    from websockets.asyncio.server import serve
+
+    monkeypatch.setattr(LiveRuntime, "_feed_after_venue", functools.partialmethod(LiveRuntime._feed_after_venue, 0.0))
+    said: list[str] = []
+
+    async def feed(reader, writer):
+        writer.write(_answer(await reader.readuntil(b"\r\n\r\n")) + _raw(0x81, b'{"a":"\xff"}'))
+        await reader.read()  # until the runtime drops it
+        writer.close()
+
+    async def hold(ws):
+        await ws.wait_closed()
+
+    async def scenario():
+        feed_server = await asyncio.start_server(feed, HOST, 0)
+        venue_server = await serve(hold, HOST, 0)
+        feed_url = f"ws://{HOST}:{feed_server.sockets[0].getsockname()[1]}/"
+        venue_url = f"ws://{HOST}:{venue_server.sockets[0].getsockname()[1]}/"
+        rt = LiveRuntime(policy, RunConfig(feed_url, venue_url, log_path=str(tmp_path / "log.jsonl")))
+        run = asyncio.create_task(rt.run())
+        await until(lambda: said.extend(capsys.readouterr().err.splitlines()) or
+                    any("connection dropped" in line for line in said))
+        rt.stop.set()
+        await run
+        feed_server.close()
+        venue_server.close()
+        return feed_url, rt.counters.bad_messages
+
+    feed_url, bad = asyncio.run(scenario())
+    reason = "invalid UTF-8: invalid start byte at position 6"
+    assert f"feed {feed_url}: connection dropped: {reason} (code 1007); reconnecting" in said
+    assert bad >= 1  # and the bad message, with the same reason, is in the log
+
+
 # ---- connections that fail: said once on stderr, not once per retry ---------------------------------------------------
 
 def test_a_connection_that_fails_is_said_once_on_stderr_and_again_when_it_comes_back(policy, tmp_path, capsys,
