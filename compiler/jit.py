@@ -112,27 +112,58 @@ def compile_estimate(source: str) -> float:
 
 
 @contextmanager
+def _compiling_alone(source: str, on_wait: Callable[[], None]) -> Iterator[None]:
+    """Hold the kernel's compile lock (a file beside it) for the block, so that processes
+    that first call the same kernel at once compile it once: the others wait, then load
+    Numba's cached machine code. `on_wait()` is called when another process holds it. A
+    cache the lock cannot be created in (read-only) runs the block without it."""
+    from filelock import FileLock, Timeout
+
+    lock = FileLock(kernel_path(source).with_name("compile.lock"))
+    try:
+        try:
+            lock.acquire(blocking=False)
+        except Timeout:
+            on_wait()
+            lock.acquire()
+    except OSError:
+        yield
+        return
+    try:
+        yield
+    finally:
+        lock.release()
+
+
+@contextmanager
 def watch_compile(source: str, on_compile: Callable[[float], None]) -> Iterator[None]:
-    """Run the block that first calls the kernel of `source`. When Numba compiles in it,
-    call `on_compile(estimate_s)` as the compile starts, and store what it took for the
-    next estimate (a read-only cache keeps the old factor).
+    """Run the block that first calls the kernel of `source`, holding its compile lock
+    (`_compiling_alone`). When Numba compiles in it, or another process is compiling it,
+    call `on_compile(estimate_s)` once, as the wait starts, and store what a compile took
+    for the next estimate (a read-only cache keeps the old factor).
 
     Numba broadcasts `numba:compile` only when neither memory nor its cache holds the
     machine code, so a kernel loaded from the cache calls nothing."""
     from numba.core import event  # here: emit.py imports this module for cache_root alone
 
     started: list[float] = []
+    told: list[bool] = []
+
+    def tell() -> None:
+        if not told:
+            told.append(True)
+            on_compile(compile_estimate(source))
 
     class Watch(event.Listener):
         def on_start(self, ev):
             if not started:  # the first event: a kernel may compile helpers inside
                 started.append(time.perf_counter())
-                on_compile(compile_estimate(source))
+                tell()
 
         def on_end(self, ev):
             pass
 
-    with event.install_listener("numba:compile", Watch()):
+    with _compiling_alone(source, tell), event.install_listener("numba:compile", Watch()):
         yield
     if started:
         factor = (time.perf_counter() - started[0]) / source.count("\n") ** 2

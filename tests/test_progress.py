@@ -50,3 +50,52 @@ def test_estimate_grows_with_the_square_of_the_kernel(tmp_path, monkeypatch):
     assert jit.compile_estimate("x\n" * 1000) == jit.DEFAULT_FACTOR * 1000 ** 2  # before any compile
     (tmp_path / jit.FACTOR_FILE).write_text("2e-6\n")
     assert jit.compile_estimate("x\n" * 500) == 2e-6 * 500 ** 2
+
+
+# A process that compiles the policy when told to on stdin, and prints how many Numba
+# compiles it ran and what it told the person waiting.
+_COMPILER = """\
+import sys
+from numba.core import event
+from policyc.compiler.build import compile_policy
+from policyc.dsl.document import parse_policy_text
+
+compiles = []
+
+class Count(event.Listener):
+    def on_start(self, ev):
+        compiles.append(ev)
+
+    def on_end(self, ev):
+        pass
+
+parsed = parse_policy_text(sys.stdin.readline().replace("\\\\n", "\\n"), "progress_probe.yaml")
+print("ready", flush=True)
+sys.stdin.readline()
+messages = []
+with event.install_listener("numba:compile", Count()):
+    compile_policy(parsed, on_compile=messages.append)
+print(len(compiles), len(messages), flush=True)
+"""
+
+
+def test_processes_that_first_run_a_kernel_at_once_compile_it_once(tmp_path):
+    import os
+    import subprocess
+
+    env = {**os.environ, "POLICYC_CACHE": str(tmp_path)}
+    procs = [subprocess.Popen([sys.executable, "-c", _COMPILER], env=env, text=True, stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE) for _ in range(2)]
+    for proc in procs:
+        proc.stdin.write(POLICY.replace("\n", "\\n") + "\n")
+        proc.stdin.flush()
+    for proc in procs:
+        assert proc.stdout.readline() == "ready\n"
+    for proc in procs:  # both are set up: now they call the kernel at the same moment
+        proc.stdin.write("go\n")
+        proc.stdin.flush()
+    results = sorted(tuple(map(int, proc.communicate(timeout=240)[0].split())) for proc in procs)
+    assert [proc.returncode for proc in procs] == [0, 0]
+    (waited, told_waiting), (compiled, told_compiling) = results
+    assert waited == 0 and compiled > 0  # the second loaded the first's machine code from the cache
+    assert told_waiting == told_compiling == 1  # and each told the person waiting, once
