@@ -31,7 +31,11 @@ KINDS = ("session", "order", "fill", "reject", "cancel", "overfill", "risk", "ha
 RUNNER_KINDS = ("access", "auth_failures")
 #: The members `write` sets itself (besides its parameters `kind` and `ts`); a record's own fields may not name them.
 _RESERVED = frozenset(("seq", "policy_hash", "build_hash", "prev_hash", "hash", "sig"))
-BATCH_SYNC_S = 0.005     # --fsync batch: the log is synced at most this often (s), by a thread of its own
+# --fsync batch: the log is synced at most this often (s), by a thread of its own. At 5 ms the
+# syncs took about a tenth of the runtime's CPU time on a busy feed (each sync's own
+# CPU, a few tenths of a ms on a virtual disk, and the time the interpreter is handed to
+# the thread and back); at 10 ms about one hundredth (bench/log_cost.py's recording)
+BATCH_SYNC_S = 0.010
 RECENT = 8  # decision records the status and the terminal view show
 CHECKPOINT_EVERY = 1000  # with a signing key: a signed checkpoint after this many records of a run
 _NOT_RECENT = frozenset(("session", "checkpoint", *INPUT_KINDS))  # not decisions: the status and view leave them out
