@@ -251,8 +251,9 @@ def compile_checked(result: Checked, on_compile: Callable[[str], None] | None = 
     (Numba JIT), milliseconds once its machine code is in the cache (`jit.cache_root()`).
 
     `on_compile` is called with one line, `compiling NAME (first run; about N s)...`, as a
-    real compile starts, and never when the machine code comes from the cache, so a
-    caller can tell a person why they wait."""
+    real compile starts, or as this process starts to wait for another one compiling the
+    same kernel (`jit.watch_compile`), and never when the machine code comes from the
+    cache at once, so a caller can tell a person why they wait."""
     from .jit import load_kernel, watch_compile
 
     program = optimise(lower(result.checked))
