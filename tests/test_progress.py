@@ -52,40 +52,44 @@ def test_estimate_grows_with_the_square_of_the_kernel(tmp_path, monkeypatch):
     assert jit.compile_estimate("x\n" * 500) == 2e-6 * 500 ** 2
 
 
-# A process that compiles the policy when told to on stdin, and prints how many Numba
-# compiles it ran and what it told the person waiting.
+# A process that compiles the policy in THREADS threads at once when told to on stdin (Numba
+# not imported before), and prints how many signatures of the kernel it compiled rather
+# than loaded from the cache, then how many lines each thread told the person waiting.
 _COMPILER = """\
 import sys
-from numba.core import event
+import threading
 from policyc.compiler.build import compile_policy
 from policyc.dsl.document import parse_policy_text
-
-compiles = []
-
-class Count(event.Listener):
-    def on_start(self, ev):
-        compiles.append(ev)
-
-    def on_end(self, ev):
-        pass
 
 parsed = parse_policy_text(sys.stdin.readline().replace("\\\\n", "\\n"), "progress_probe.yaml")
 print("ready", flush=True)
 sys.stdin.readline()
-messages = []
-with event.install_listener("numba:compile", Count()):
-    compile_policy(parsed, on_compile=messages.append)
-print(len(compiles), len(messages), flush=True)
+told, kernels = [], []
+
+def compile_one():
+    messages = []
+    kernels.append(compile_policy(parsed, on_compile=messages.append).kernel)
+    told.append(len(messages))
+
+threads = [threading.Thread(target=compile_one) for _ in range(int(sys.argv[1]))]
+for thread in threads:
+    thread.start()
+for thread in threads:
+    thread.join()
+assert len(kernels) == len(threads) and all(k is kernels[0] for k in kernels)
+print(sum(kernels[0].run.stats.cache_misses.values()), *told, flush=True)
 """
 
 
-def test_processes_that_first_run_a_kernel_at_once_compile_it_once(tmp_path):
+def test_processes_and_threads_that_first_run_a_kernel_at_once_compile_it_once(tmp_path):
+    """Two processes, one of them with two threads, call a new kernel at the same moment:
+    one compiles it, the other loads its machine code, and each thread is told once."""
     import os
     import subprocess
 
     env = {**os.environ, "POLICYC_CACHE": str(tmp_path)}
-    procs = [subprocess.Popen([sys.executable, "-c", _COMPILER], env=env, text=True, stdin=subprocess.PIPE,
-                              stdout=subprocess.PIPE) for _ in range(2)]
+    procs = [subprocess.Popen([sys.executable, "-c", _COMPILER, str(threads)], env=env, text=True,
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE) for threads in (2, 1)]
     for proc in procs:
         proc.stdin.write(POLICY.replace("\n", "\\n") + "\n")
         proc.stdin.flush()
@@ -94,8 +98,8 @@ def test_processes_that_first_run_a_kernel_at_once_compile_it_once(tmp_path):
     for proc in procs:  # both are set up: now they call the kernel at the same moment
         proc.stdin.write("go\n")
         proc.stdin.flush()
-    results = sorted(tuple(map(int, proc.communicate(timeout=240)[0].split())) for proc in procs)
+    results = [list(map(int, proc.communicate(timeout=240)[0].split())) for proc in procs]
     assert [proc.returncode for proc in procs] == [0, 0]
-    (waited, told_waiting), (compiled, told_compiling) = results
-    assert waited == 0 and compiled > 0  # the second loaded the first's machine code from the cache
-    assert told_waiting == told_compiling == 1  # and each told the person waiting, once
+    compiled = sorted(misses for misses, *_ in results)
+    assert compiled[0] == 0 and compiled[1] > 0  # one loaded the other's machine code from the cache
+    assert [told for _, *told in results] == [[1, 1], [1]]  # each thread told the person waiting, once
