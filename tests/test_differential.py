@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import math
 import os
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -46,16 +47,31 @@ MODES = {"next": (L.FILL_NEXT, 0), "same": (L.FILL_SAME, 0), "next-open": (L.FIL
          "latency=30s": (L.FILL_LATENCY, 30 * 1_000_000_000)}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _private_kernel_cache(tmp_path_factory):
-    """Random kernels go to a throw-away cache, not the user's."""
+@contextmanager
+def kernel_cache(root: str | None):
+    """`POLICYC_CACHE` set to `root` (unset for None) for the block, then as it was."""
     old = os.environ.get("POLICYC_CACHE")
-    os.environ["POLICYC_CACHE"] = str(tmp_path_factory.mktemp("kernels"))
-    yield
-    if old is None:
+    if root is None:
         os.environ.pop("POLICYC_CACHE", None)
     else:
-        os.environ["POLICYC_CACHE"] = old
+        os.environ["POLICYC_CACHE"] = root
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop("POLICYC_CACHE", None)
+        else:
+            os.environ["POLICYC_CACHE"] = old
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _private_kernel_cache(tmp_path_factory):
+    """Random kernels go to a throw-away cache, not the user's. Its value is the suite's
+    cache (`POLICYC_CACHE` as it was, None for the default), for a fixed policy that other
+    files compile too (`kernel_cache(_private_kernel_cache)`), so that it compiles once."""
+    suite = os.environ.get("POLICYC_CACHE")
+    with kernel_cache(str(tmp_path_factory.mktemp("kernels"))):
+        yield suite
 
 
 # =====================================================================================
@@ -917,8 +933,11 @@ def reasons_seen(cp, ev) -> set[str]:
 
 
 @pytest.fixture(scope="module")
-def every_key():
-    return compile_policy(parse_policy_text(EVERY_KEY, "every_key.yaml"))
+def every_key(_private_kernel_cache):
+    """In the suite's cache, not this file's throw-away one: tests/test_core_differential.py
+    runs this policy too, and a cold run compiles its kernel once, not once per cache."""
+    with kernel_cache(_private_kernel_cache):
+        return compile_policy(parse_policy_text(EVERY_KEY, "every_key.yaml"))
 
 
 def test_every_risk_key_scripted(every_key):
