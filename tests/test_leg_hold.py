@@ -21,34 +21,50 @@ T0 = 1_700_000_000 * NS
 BN, CB = "binance:BTCUSDT", "coinbase:BTC-USD"
 UNITS = 0.5
 
+#: The example's arbitrage (policies/arbitrage.yaml): its rules, params and keys, so that this
+#: file runs on the kernel tests/test_arbitrage_example.py compiles (a limit's value is a
+#: kernel argument, not code). Its own values: a slip of 0.01%, a leg imbalance of at most
+#: `imbalance` (30 unless a test says otherwise), no fees, and the example's limits that are
+#: not about legs where they never bind here (a collar of 50%, a drawdown of 100%, a
+#: million orders a day).
 ARB = """\
 policy: arbitrage
 version: 1
-instruments: {bn: "binance:BTCUSDT", cb: "coinbase:BTC-USD"}
-params: {edge: 0.1%, units: 0.5, slip: 0.01%, imbalance: 30}
+instruments: {{bn: "binance:BTCUSDT", cb: "coinbase:BTC-USD"}}
+params: {{edge: 0.1%, units: 0.5, slip: 0.01%}}
 signals:
   - when: cb.bid > bn.ask * (1 + edge)
     legs:
-      bn: {target: units, limit: bn.ask * (1 + slip)}
-      cb: {target: -units, limit: cb.bid * (1 - slip)}
+      bn: {{target: units, limit: bn.ask * (1 + slip)}}
+      cb: {{target: -units, limit: cb.bid * (1 - slip)}}
   - when: bn.bid > cb.ask * (1 + edge)
     legs:
-      bn: {target: -units, limit: bn.bid * (1 - slip)}
-      cb: {target: units, limit: cb.ask * (1 + slip)}
+      bn: {{target: -units, limit: bn.bid * (1 - slip)}}
+      cb: {{target: units, limit: cb.ask * (1 + slip)}}
   - when: abs(cb.price / bn.price - 1) < edge / 4
-    legs: {bn: 0, cb: 0}
+    legs: {{bn: 0, cb: 0}}
 risk:
   max_position: 2
-  max_leg_imbalance: imbalance
+  max_leg_imbalance: {imbalance}
+  price_collar: 50%
+  max_drawdown: 100%
+  max_orders_per_day: 1000000
+account:
+  initial_equity: 100000
+  fees_bps: 0
 """
 QUIET = {"price": 100.0, "bid": 99.9, "ask": 100.1}
 HIGH = {"price": 101.0, "bid": 100.9, "ask": 101.1}   # this venue's bid is above the other's ask by > edge
 QUOTES = {"quiet": QUIET, "high": HIGH}
 
 
+def arbitrage(imbalance: float = 30):
+    return compile_policy(parse_policy_text(ARB.format(imbalance=imbalance), "arbitrage.yaml"))
+
+
 @pytest.fixture(scope="module")
 def arb():
-    return compile_policy(parse_policy_text(ARB, "arbitrage.yaml"))
+    return arbitrage()
 
 
 def bn_filled_cb_cancelled(engine):
@@ -133,7 +149,7 @@ def test_a_new_entry_after_a_breach_is_not_an_exit(arb, make):
     """A breach while both IOCs are open (the imbalance counts them as if they fill: 0.5 x
     100 - 0.5 x 101 = -0.5, beyond 0.3) flags both legs, which hold; the venue cancels
     both; when the rule fires again its orders are entries, with no exit code."""
-    engine = make(arb.with_params(imbalance=0.3))
+    engine = make(arbitrage(imbalance=0.3))
     engine.market(BN, T0, QUIET)
     engine.market(CB, T0 + NS, QUIET)
     engine.market(CB, T0 + 2 * NS, HIGH)
@@ -200,7 +216,7 @@ def test_a_legs_old_target_is_not_sent_while_the_other_leg_unwinds(arb, make):
     complete the hedge. Once the model unwinds bn, cb must not go on alone: not on its own
     quote (no rule fires), not when the closing rule's 0 (cb's q already) leaves its old
     target in place, and not on the model's intent of 0, which it takes."""
-    engine = make(arb.with_params(imbalance=1000))
+    engine = make(arbitrage(imbalance=1000))
     bn_filled_cb_cancelled(engine)
     assert chain(engine.intent(BN, T0 + 5 * NS, 0.0)) == [(BN, -UNITS)]
     d = engine.market(CB, T0 + 6 * NS, {"price": 100.05, "bid": 99.95, "ask": 100.15})  # no rule fires
