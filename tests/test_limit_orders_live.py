@@ -21,8 +21,10 @@ from policyc.runtime.orders import OrderCore
 S = 1_000_000_000
 T = 1_699_963_200 * S
 WALL = 1_800_000_000_000_000_000
+#: Intents on two venues: tests/test_multi_venue.py's policy (its name and keys; a limit's
+#: value is a kernel argument, not code), so the two files compile one kernel.
 TWO = """
-policy: arb
+policy: two_venues
 version: 1
 instruments: {bn: "binance:BTCUSDT", cb: "coinbase:BTC-USD"}
 inputs: [intent]
