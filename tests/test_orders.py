@@ -480,8 +480,11 @@ def test_a_feed_that_sends_only_refused_events_is_silent(guard):
 
 # ---- random sequences of venue answers: the invariants ------------------------------------------------------------
 
+#: Intents on A and B: tests/test_replay.py's `WALK` (its name and keys, with values of its
+#: own: they are kernel arguments, not code), so the two files compile one kernel. Its day's
+#: order limit is set where it never binds (a million: a sequence here has 60 steps at most).
 RANDOM = """
-policy: random_walk
+policy: walk
 version: 1
 instruments: [A, B]
 inputs: [intent]
@@ -489,6 +492,7 @@ signals: []
 risk:
   max_position: 100
   max_order_qty: 60
+  max_orders_per_day: 1000000
   max_drawdown: 15%
 account:
   initial_equity: 10000
