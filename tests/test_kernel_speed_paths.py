@@ -16,8 +16,10 @@ import numpy as np
 import pytest
 
 from policyc.compiler.build import compile_policy
-from test_differential import (_private_kernel_cache, StreamSpec, assert_same,  # noqa: F401 - the fixture is autouse
-                               assert_trace_changes_nothing, make_events)
+# Its four kernels are fixed policies, not random ones: they go to the suite's cache (not
+# tests/test_differential.py's throw-away one), so a process that runs some of these tests
+# after another has compiled them, or a later run, loads them instead of compiling again.
+from test_differential import StreamSpec, assert_same, assert_trace_changes_nothing, make_events
 
 ROOT = Path(__file__).resolve().parent.parent
 EMA_STOP = (ROOT / "bench" / "ema_stop.yaml").read_text()
