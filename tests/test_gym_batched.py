@@ -14,6 +14,8 @@ from loopback import ORCL_DATA
 from policyc.compiler.build import Events, compile_policy
 from policyc.gym import PolicyEnv, make_vector
 from policyc.runtime.backtest import run_backtest
+from test_sessions import INERT_LOSS, INERT_ORDERS, SESSION_FEATURES
+from test_sessions import policy as sessions_policy
 
 ROOT = ORCL_DATA.parent.parent
 GUARD = ROOT / "examples" / "rl" / "guard.yaml"
@@ -157,8 +159,11 @@ def test_order_buffers_that_fill_grow_without_changing_a_run(guard):
 
 
 def test_a_policy_with_a_calendar_steps_as_its_backtest(tmp_path):
-    path = tmp_path / "guard_xnys.yaml"
-    path.write_text(GUARD.read_text().replace("instruments: [ORCL]", "instruments: [ORCL]\ncalendar: XNYS"))
+    # tests/test_sessions.py's policy with a clock, whose features are the session
+    # functions: its kernel (a calendar's name is not code), not one of this test's own
+    path = tmp_path / "days_xnys.yaml"
+    path.write_text(sessions_policy("calendar: XNYS", f"  max_daily_loss: {INERT_LOSS}\n"
+                                    f"  max_orders_per_day: {INERT_ORDERS}", SESSION_FEATURES))
     policy = compile_policy(path)
     assert policy.clock is not None
     env = PolicyEnv(policy, ORCL_DATA, random_start=False, episode_steps=400)
