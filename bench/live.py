@@ -49,6 +49,7 @@ LATENCY_EVENTS = 2_500  # 5 s at RATE
 THROUGHPUT_EVENTS = 200_000
 THROUGHPUT_PAIRS = 3    # bare client and runtime interleaved, so drift on the shared machine hits both
 LOG_COST_PAIRS = 7      # the EMA run, whose log cost is a target: its runs vary by several percent each
+NOISE = 0.05           # a log cost below -NOISE (the chained log measured faster) is this run's noise, not a figure
 INSTRUMENTS = 1_000
 INTENT_CLIENTS = 100
 INTENTS_PER_SECOND = 20.0  # per client
@@ -694,9 +695,14 @@ def bench_live() -> list[list | dict]:
                                       tmp / "cross.jsonl", LOG_COST_PAIRS)
         rows += cross
         bare, plain = ema["bare"], ema["runtime"]
+        # The chained log does all the work of the one before it and more: a run where it
+        # measured more than NOISE faster could not tell the two apart, and says n/a (a MISS)
+        chain_cost = ema["chain_cost"] if ema["chain_cost"] >= -NOISE else None
         targets += [_target("EMA crossover throughput / bare websockets client", ema["ratio"], 0.8, at_least=True),
-                    _target("decision log's cost on the EMA run: 1 - chained / log before the chain (throughput)",
-                            ema["chain_cost"], 0.10)]
+                    _target("decision log's cost on the EMA run: 1 - chained / log before the chain (throughput)"
+                            + ("" if chain_cost is not None else
+                               f"; n/a: the chained log measured {-ema['chain_cost']:.1%} faster, this run's noise"),
+                            chain_cost, 0.10)]
         rows.append([f"  informational: the chained log against no log at all: {ema['log_cost']:.1%} of the EMA "
                      f"run's throughput, {ema['log_cost_cpu']:.1%} of its CPU time per event", "", "", ""])
         rows += log_cost_rows(_cross(["SYN"]), "SYN", big["SYN"], tmp / "alone.jsonl")[0]
