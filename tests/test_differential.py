@@ -50,18 +50,12 @@ MODES = {"next": (L.FILL_NEXT, 0), "same": (L.FILL_SAME, 0), "next-open": (L.FIL
 @contextmanager
 def kernel_cache(root: str | None):
     """`POLICYC_CACHE` set to `root` (unset for None) for the block, then as it was."""
-    old = os.environ.get("POLICYC_CACHE")
-    if root is None:
-        os.environ.pop("POLICYC_CACHE", None)
-    else:
-        os.environ["POLICYC_CACHE"] = root
-    try:
-        yield
-    finally:
-        if old is None:
-            os.environ.pop("POLICYC_CACHE", None)
+    with pytest.MonkeyPatch.context() as env:
+        if root is None:
+            env.delenv("POLICYC_CACHE", raising=False)
         else:
-            os.environ["POLICYC_CACHE"] = old
+            env.setenv("POLICYC_CACHE", root)
+        yield
 
 
 @pytest.fixture(scope="module", autouse=True)
