@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import math
 import sys
-import zoneinfo
 from dataclasses import dataclass, field
 from functools import cached_property
 
@@ -452,6 +451,8 @@ class _Checker:
         kept in the cache folder) and the zone an IANA zone."""
         zone = self.p.timezone
         if zone is not None:
+            import zoneinfo  # here: most policies name no zone, and `validate` starts faster without it
+
             try:
                 zoneinfo.ZoneInfo(zone.name)
             except (zoneinfo.ZoneInfoNotFoundError, ValueError):

@@ -1,10 +1,9 @@
 """Where policyc keeps what it derives once and reuses in every later process: the
-expression parser's tables (`policyc.dsl.expressions`) and compiled kernels
+expression parser (`policyc.dsl.expressions`) and compiled kernels
 (`policyc.compiler.jit`). The folder is the user's own, and what is in it is run."""
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 
 
@@ -17,11 +16,13 @@ def cache_root() -> Path:
     return Path(base) / "policyc"
 
 
-def write_atomic(path: Path, text: str) -> None:
-    """Write `text` to `path` through a temporary file in its folder, so that another
-    process reading it at the same time sees the old file or the new one, never half.
-    Raises OSError."""
+def write_atomic(path: Path, data: str | bytes) -> None:
+    """Write `data` (text, or bytes as they are) to `path` through a temporary file in its
+    folder, so that another process reading it at the same time sees the old file or the
+    new one, never half. Raises OSError."""
+    import tempfile  # here: `policyc validate` writes nothing once its cache is made
+
     fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
+    with os.fdopen(fd, "wb" if isinstance(data, bytes) else "w") as f:
+        f.write(data)
     os.replace(tmp, path)

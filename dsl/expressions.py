@@ -6,20 +6,84 @@ cannot exhaust the Python stack while parsing; depth is then bounded explicitly.
 from __future__ import annotations
 
 import hashlib
+import importlib.util
+import marshal
 import math
 import re
+import sys
 import threading
+import types
 import unicodedata
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 from typing import Callable
 
-from lark import Lark, Token, Transformer
-from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, UnexpectedToken, VisitError
-
-from .cache import cache_root
+from .cache import cache_root, write_atomic
 from .diagnostics import Diagnostic, PolicyError, Span, error
+
+#: The grammar's LALR parser, as Lark writes it for use without Lark ("stand-alone"):
+#: the parser's code and tables in one module. Its compiled code is kept in the cache
+#: folder under a name of everything it is made from, so a later process loads it with
+#: neither Lark nor its grammar compiler, nor Python's compiler (Lark and compiling the
+#: module took about a third of a `policyc validate`). A changed grammar, Lark or Python
+#: makes a new one.
+GRAMMAR = Path(__file__).with_name("grammar.lark")
+PARSER_OPTIONS = {"parser": "lalr", "lexer": "basic", "start": "start", "maybe_placeholders": True}
+
+
+def _parser_code(grammar: str) -> types.CodeType:
+    """The stand-alone parser module's code for `grammar`. Imports Lark."""
+    import io
+
+    import lark
+    from lark.tools.standalone import gen_standalone
+
+    out = io.StringIO()
+    gen_standalone(lark.Lark(grammar, **PARSER_OPTIONS), out=out)
+    return compile(out.getvalue(), f"<policyc expression parser, Lark {lark.__version__}>", "exec")
+
+
+def _lalr_module() -> types.ModuleType:
+    """The stand-alone parser module: its code from the cache folder, else made (and
+    kept there when the folder can be written). The file is the SHA-256 of the
+    marshalled code, then that code: one cut short or altered is made again."""
+    grammar = GRAMMAR.read_text()
+    spec = importlib.util.find_spec("lark")  # finds Lark without importing it
+    lark_init = Path(spec.origin).read_text() if spec is not None and spec.origin else ""  # its version is there
+    made_of = repr((grammar, PARSER_OPTIONS, lark_init, importlib.util.MAGIC_NUMBER))
+    key = hashlib.sha256(made_of.encode()).hexdigest()[:32]
+    path = cache_root() / "parsers" / f"expressions-{key}.code"
+    code = None
+    try:
+        data = path.read_bytes()
+        if hashlib.sha256(data[32:]).digest() == data[:32]:
+            code = marshal.loads(data[32:])
+    except (OSError, EOFError, ValueError, TypeError):
+        pass
+    if not isinstance(code, types.CodeType):
+        code = _parser_code(grammar)
+        data = marshal.dumps(code)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            write_atomic(path, hashlib.sha256(data).digest() + data)
+        except OSError:  # a cache folder that cannot be written: made again by the next process
+            pass
+    name = "policyc.dsl.lalr_parser"
+    module = types.ModuleType(name, "Lark's stand-alone LALR parser of grammar.lark")
+    sys.modules[name] = module  # where its dataclasses look themselves up as they are made
+    try:
+        exec(code, module.__dict__)
+    except BaseException:
+        del sys.modules[name]
+        raise
+    return module
+
+
+_LALR = _lalr_module()
+Token, Transformer, VisitError = _LALR.Token, _LALR.Transformer, _LALR.VisitError
+UnexpectedInput, UnexpectedCharacters, UnexpectedEOF, UnexpectedToken = (
+    _LALR.UnexpectedInput, _LALR.UnexpectedCharacters, _LALR.UnexpectedEOF, _LALR.UnexpectedToken)
 
 MAX_EXPRESSION_CHARS = 4000
 MAX_DEPTH = 100
@@ -329,22 +393,10 @@ _PARSE_LOCK = threading.Lock()
 
 
 @lru_cache(maxsize=1)
-def _parser() -> tuple[Lark, _ToAst]:
-    """One LALR parser whose transformer runs during the parse: no tree, no recursion.
-
-    Building its tables takes longer than the rest of a `policyc validate`, so Lark
-    keeps them in the cache folder, under a name of the grammar's digest; Lark checks
-    the grammar, its options and its own version against the file's, and rebuilds (and
-    rewrites) the tables when they differ or the file cannot be read."""
+def _parser() -> tuple:
+    """One LALR parser whose transformer runs during the parse: no tree, no recursion."""
     builder = _ToAst()
-    grammar = Path(__file__).with_name("grammar.lark").read_text()
-    tables = cache_root() / "parsers" / f"expressions-{hashlib.sha256(grammar.encode()).hexdigest()[:32]}.lark"
-    try:
-        tables.parent.mkdir(parents=True, exist_ok=True)
-    except OSError:  # a cache folder that cannot be written: build the tables every time
-        tables = None
-    return Lark(grammar, parser="lalr", lexer="basic", start="start", maybe_placeholders=True,
-                transformer=builder, cache=str(tables) if tables else False), builder
+    return _LALR.Lark_StandAlone(transformer=builder), builder
 
 
 def parse_expression(text: str, span_of: Callable[[int, int], Span]) -> Node:
