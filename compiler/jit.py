@@ -96,13 +96,16 @@ def load_machine_code_before_setting_up_numba() -> None:
     For the `policyc` program's own process only: it changes Numba's Cache class for the
     rest of the process. Does nothing when that class lacks the methods it relies on (a
     Numba whose cache works otherwise), or once done."""
-    from numba.core import caching
+    from numba.core import caching, entrypoints
     from numba.core.runtime import nrt
 
     cache = caching.Cache
     if getattr(cache.load_overload, "policyc_light", False) or not all(
             hasattr(cache, name) for name in ("_load_overload", "_guard_against_spurious_io_errors")):
         return
+    # Numba's extensions first, as Numba loads them before its first call anyway: here an
+    # extension that compiles as it loads is not taken for a compile of the kernel
+    entrypoints.init_all()
 
     def load_overload(self, sig, target_context):
         nrt.rtsys.initialize(target_context)

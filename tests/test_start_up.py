@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from policyc.cli import main
+from policyc.dsl.cache import cache_root
 
 ROOT = Path(__file__).resolve().parent.parent
 EMA = ROOT / "policies" / "ema_cross.yaml"
@@ -97,6 +98,31 @@ def test_a_warm_policyc_program_runs_cached_machine_code_without_setting_numba_u
     for run in (expected, got):
         del run["elapsed_s"], run["events_per_s"]
     assert got == expected
+
+
+def test_a_numba_extension_that_compiles_as_it_loads_is_no_compile_of_a_warm_kernel(tmp_path, capsys):
+    """Numba loads its extensions (`numba_extensions` entry points) before its first call;
+    one may compile as it loads. A warm `policyc backtest` loads them before it runs its
+    kernel, so that compile is not taken for the kernel's: no `compiling ...` line, and the
+    compile-time estimate stays as it was."""
+    info = tmp_path / "compiles_at_init-0.1.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: compiles-at-init\nVersion: 0.1\n")
+    (info / "entry_points.txt").write_text("[numba_extensions]\ninit = compiles_at_init:init\n")
+    (tmp_path / "compiles_at_init.py").write_text(
+        "def init():\n    from numba import njit\n    njit(lambda x: x * 2.0)(2.0)\n")
+    orcl = ROOT / "data" / "orcl-1995-2014.csv"
+    assert main(["backtest", str(EMA), "--data", str(orcl)]) == 0  # compiles if the cache has none
+    capsys.readouterr()
+    factor = cache_root() / "compile-seconds-per-line-squared"
+    before = factor.read_text() if factor.exists() else None
+    code = ("import sys; from policyc.cli import main; sys.argv = ['policyc', 'backtest', %r, '--data', %r]; "
+            "sys.exit(main())")
+    done = subprocess.run([sys.executable, "-c", code % (str(EMA), str(orcl))], capture_output=True, text=True,
+                          cwd=ROOT, env={**os.environ, "PYTHONPATH": str(tmp_path)})
+    assert done.returncode == 0, done.stderr
+    assert "compiling" not in done.stderr
+    assert (factor.read_text() if factor.exists() else None) == before
 
 
 def test_a_process_of_ones_own_keeps_numba_as_it_sets_itself_up():
