@@ -229,7 +229,21 @@ class _Emitter:
             value = f"(1.0 if {value} else 0.0)"
         return SimpleNamespace(o=f"o{n}", n=f"n{n}", unit=self.unit(self.slots[n]), value=value, st=self.state(n))
 
-    def op_code(self, j: int) -> str:
+    def averages(self) -> list[int]:
+        """The slots of the emas and rmas, which the hot loop runs warmed up (`op_code`)."""
+        return [n for n, s in enumerate(self.slots)
+                if s.kind == "moving" and self.p.ops[s.op].attr[0] in ("ema", "rma")]
+
+    def checked_fields(self) -> list[int]:
+        """The columns of the market fields an ema or rma takes directly, but the price
+        (column 0, which the hot loop checks anyway): the hot loop takes an event only when
+        each is a number, so these averages need no NaN test there."""
+        fields = {self.p.ops[self.p.ops[self.slots[n].op].args[0]] for n in self.averages()}
+        return sorted({op.attr[0] for op in fields if op.kind == "field" and op.attr[0] != 0})
+
+    def op_code(self, j: int, hot: bool = False) -> str:
+        """Op j's code in `run`; `hot`: in the hot loop, which takes an event only once every
+        ema and rma has warmed up and the fields they take are numbers (`checked_fields`)."""
         op = self.p.ops[j]
         v = self.name(j)
         a = [self.name(x) for x in op.args]
@@ -264,7 +278,10 @@ class _Emitter:
             return f"{v} = {self.call(op.attr[0], a)}"
         if k == "moving":
             n = self.slot_of[(j, "moving")]
-            ctx = SimpleNamespace(v=v, a=a, fn=op.attr[0], o=f"o{n}", n=f"n{n}", k=f"k{n}", st=self.state(n))
+            warm = hot and op.attr[0] in ("ema", "rma")
+            checked = warm and self.p.ops[op.args[0]].kind == "field"
+            ctx = SimpleNamespace(v=v, a=a, fn=op.attr[0], o=f"o{n}", n=f"n{n}", k=f"k{n}", st=self.state(n),
+                                  warm=warm, checked=checked)
             return str(self.ops_macros.moving(ctx)).strip()
         if k == "bars_since":
             n = self.slot_of[(j, "bars_since")]
@@ -374,7 +391,8 @@ class _Emitter:
 
     def render(self, gen: "GenerationInput") -> str:
         p = self.p
-        op_codes = [SimpleNamespace(code=code) for code in (self.op_code(j) for j in range(len(p.ops))) if code]
+        op_codes, hot_op_codes = ([SimpleNamespace(code=code) for code in (self.op_code(j, hot) for j in range(len(p.ops)))
+                                   if code] for hot in (False, True))
         pushes = [self.history(s.op) for s in self.slots if s.kind == "history"]
         publishes = [self.published(s.op) for s in self.slots if s.kind == "publish"]
         slots = []
@@ -412,7 +430,8 @@ class _Emitter:
                    for key, bits in L.EXITS.items() if key in gen.risk],
             custom=custom,
             params=[SimpleNamespace(v=f"p{i}", type=kind) for i, kind in enumerate(gen.param_types)],
-            slots=slots, op_lines=op_codes, pushes=pushes, publishes=publishes,
+            slots=slots, op_lines=op_codes, hot_op_lines=hot_op_codes, pushes=pushes, publishes=publishes,
+            warmed=[f"{self.state(n)(0)} >= n{n}" for n in self.averages()], checked_fields=self.checked_fields(),
             reads_age=any(op.kind == "age" for op in p.ops),
             lag_ks=[SimpleNamespace(name=name, expr=f"int(p{spec[1]})") for spec, name in sorted(self.lag_ks.items())],
             volatility=None if p.volatility is None else self.name(p.volatility),
