@@ -254,23 +254,29 @@ def compile_checked(result: Checked, on_compile: Callable[[str], None] | None = 
     real compile starts, or as this process starts to wait for another one compiling the
     same kernel (`jit.watch_compile`), and never when the machine code comes from the
     cache at once, so a caller can tell a person why they wait."""
-    from .jit import load_kernel, watch_compile
+    from .jit import load_kernel, machine_code_damaged, watch_compile
 
     program = optimise(lower(result.checked))
     source = emit_cached(program, result.checked)
-    module, path = load_kernel(source)
-    compiled = CompiledPolicy(result.checked, program, source, path, module, result.policy_hash, result.build_hash,
-                              dict(result.checked.params))
     empty = Events(np.zeros(0, np.int64), np.zeros(0, np.int8), np.zeros(0, np.int32),
                    np.zeros((0, len(program.columns))))
 
     def starting(estimate_s: float) -> None:
         if on_compile is not None:
-            on_compile(f"compiling {compiled.name} (first run; about {max(1, round(estimate_s))} s)...")
+            on_compile(f"compiling {result.checked.name} (first run; about {max(1, round(estimate_s))} s)...")
 
-    with watch_compile(source, starting):
-        compiled.run(empty, trace=True)  # JIT-compiles now, or loads the machine code from the cache
-    return compiled
+    for fresh in (False, True):
+        module, path = load_kernel(source, fresh)
+        compiled = CompiledPolicy(result.checked, program, source, path, module, result.policy_hash,
+                                  result.build_hash, dict(result.checked.params))
+        try:
+            with watch_compile(source, starting):
+                compiled.run(empty, trace=True)  # JIT-compiles now, or loads the machine code from the cache
+        except Exception as exc:
+            if fresh or not machine_code_damaged(exc):
+                raise
+            continue  # Numba's cache files of this kernel are damaged: compiled again without them
+        return compiled
 
 
 def compile_policy(source, params: dict | None = None,

@@ -599,7 +599,8 @@ def _generator_digest() -> str:
 def emit_cached(program: Program, checked: CheckedPolicy) -> str:
     """`emit`, remembered on disk by the whole input of code generation (never param
     values, which are kernel arguments): a cached compile in a fresh process skips
-    template rendering."""
+    template rendering. The file's first line is the SHA-256 of the source after it, so
+    a file cut short or altered is rendered again, never compiled."""
     from .hashing import COMPILER_VERSION
     from .jit import cache_root
 
@@ -607,14 +608,16 @@ def emit_cached(program: Program, checked: CheckedPolicy) -> str:
     key = hashlib.sha256(f"{COMPILER_VERSION}\n{_generator_digest()}\n{gen.key()}".encode()).hexdigest()
     path = cache_root() / "sources" / f"{key}.py"
     try:
-        return path.read_text()
-    except OSError:
+        digest, _, source = path.read_text().partition("\n")
+        if digest == "# " + hashlib.sha256(source.encode()).hexdigest():
+            return source
+    except (OSError, UnicodeDecodeError):
         pass
     source = _render(gen)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(source)
+        tmp.write_text(f"# {hashlib.sha256(source.encode()).hexdigest()}\n{source}")
         os.replace(tmp, path)
     except OSError:
         pass  # a read-only cache only costs the rendering time

@@ -125,13 +125,19 @@ def load_machine_code_before_setting_up_numba() -> None:
 _LOADING = threading.Lock()
 
 
-def load_kernel(source: str) -> tuple[ModuleType, Path]:
+def load_kernel(source: str, fresh: bool = False) -> tuple[ModuleType, Path]:
     """Write (once) and import the kernel module for this source. Safe to call from
-    several threads at once."""
+    several threads at once. `fresh`: import it anew, without the machine code Numba
+    keeps for it (`machine_code_damaged`), which is deleted."""
     with _LOADING:
         if OWN_PROCESS:
             load_machine_code_before_setting_up_numba()
         path = kernel_path(source)
+        if fresh:
+            sys.modules.pop(f"policyc_kernel_{path.parent.name}", None)
+            # Numba's files only (another process reading them meanwhile finds them gone: a miss)
+            for cached in path.parent.joinpath("__pycache__").glob("kernel.*.nb[ic]"):
+                cached.unlink(missing_ok=True)
         if not path.exists() or path.read_text() != source:
             path.parent.mkdir(parents=True, exist_ok=True)
             write_atomic(path, source)
@@ -142,11 +148,31 @@ def load_kernel(source: str) -> tuple[ModuleType, Path]:
             module = importlib.util.module_from_spec(spec)
             try:
                 sys.modules[name] = module
-                spec.loader.exec_module(module)
+                try:
+                    spec.loader.exec_module(module)
+                except RuntimeError as exc:
+                    if "cannot cache function" not in str(exc):
+                        raise
+                    # Numba finds no folder it may write machine code to (a read-only cache,
+                    # and no user cache folder): the kernel compiles in this process alone
+                    code = compile(source.replace("@njit(cache=True", "@njit(cache=False"), str(path), "exec")
+                    exec(code, module.__dict__)
             except BaseException:
                 del sys.modules[name]  # a module that failed to load is not left for the next call
                 raise
         return module, path
+
+
+def machine_code_damaged(exc: BaseException) -> bool:
+    """Whether `exc` was raised as Numba read its cache files of a kernel (the index, or
+    the pickled machine code): a file cut short or altered on disk. Numba itself passes
+    such an error on (it takes only a missing file for a miss), whatever it is."""
+    tb = exc.__traceback__
+    while tb is not None:
+        if tb.tb_frame.f_code.co_filename.endswith(os.path.join("numba", "core", "caching.py")):
+            return True
+        tb = tb.tb_next
+    return False
 
 
 def _measured_factor() -> float | None:

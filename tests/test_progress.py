@@ -45,6 +45,66 @@ def test_first_compile_is_announced_and_cached_ones_are_not(tmp_path, monkeypatc
     assert float((tmp_path / jit.FACTOR_FILE).read_text()) == measured  # nothing compiled, nothing measured
 
 
+def test_cache_files_cut_short_or_altered_are_made_again(tmp_path, monkeypatch):
+    """The rendered source kept in the cache folder, and Numba's index and machine code of
+    the kernel, each cut short or altered on disk as by a failing disk: the next process
+    renders or compiles them again (told as a compile) and runs as before, never an error."""
+    import hashlib
+
+    import numpy as np
+
+    from policyc.compiler.build import Events
+
+    monkeypatch.setenv("POLICYC_CACHE", str(tmp_path))
+    # its own kernel: another test's module of the same source would hold the machine code in memory
+    parsed = parse_policy_text(POLICY.replace("progress_probe", "damaged_probe"), "damaged_probe.yaml")
+    first = compile_policy(parsed)
+    rng = np.random.default_rng(4)
+    n = 500
+    events = Events(np.arange(n, dtype=np.int64) * 60 * 10**9, np.zeros(n, np.int8), np.zeros(n, np.int32),
+                    np.repeat(100 * np.exp(np.cumsum(rng.normal(0, 0.01, n)))[:, None], len(first.columns), 1))
+    expected = first.run(events).orders
+    assert len(expected) > 10
+    (source_file,) = (tmp_path / "sources").glob("*.py")
+    machine_code = first.kernel_path.parent / "__pycache__"
+    damages = [("the rendered source altered", source_file, lambda b: b.replace(b"def run(", b"def run_(", 1)),
+               ("Numba's index of run cut short", next(machine_code.glob("kernel.run-*.nbi")), lambda b: b[:100]),
+               ("run's machine code replaced", next(machine_code.glob("kernel.run-*.nbc")), lambda b: b"junk" * 50)]
+    for what, path, damage in damages:
+        path.write_bytes(damage(path.read_bytes()))
+        del sys.modules[f"policyc_kernel_{first.kernel_path.parent.name}"]  # as a fresh process: no code in memory
+        messages: list[str] = []
+        again = compile_policy(parsed, on_compile=messages.append)
+        assert np.array_equal(again.run(events).orders, expected, equal_nan=True), what
+        assert len(messages) == (0 if path == source_file else 1), what  # a source is rendered, code compiled
+    digest, _, source = source_file.read_text().partition("\n")
+    assert digest == "# " + hashlib.sha256(source.encode()).hexdigest() and source == first.source
+
+
+def test_a_cache_numba_cannot_write_to_compiles_in_the_process(tmp_path, monkeypatch):
+    """Where Numba finds no folder it may write a kernel's machine code to (the kernel's
+    folder read-only, no user cache folder), the kernel compiles in the process that runs
+    it, told as a compile, rather than fail."""
+    from policyc.compiler.emit import emit_cached
+    from policyc.compiler.frontend import check_policy
+    from policyc.compiler.lower import lower
+    from policyc.compiler.passes import optimise
+
+    blocker = tmp_path / "a file"
+    blocker.write_text("")
+    monkeypatch.setenv("POLICYC_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(blocker / "cache"))  # Numba's user cache folder: cannot be made
+    parsed = parse_policy_text(POLICY.replace("progress_probe", "unwritable_probe"), "unwritable_probe.yaml")
+    checked = check_policy(parsed).checked
+    folder = jit.kernel_path(emit_cached(optimise(lower(checked)), checked)).parent
+    folder.mkdir(parents=True)
+    (folder / "__pycache__").write_text("")  # where Numba would keep the machine code: cannot be made
+    messages: list[str] = []
+    compiled = compile_policy(parsed, on_compile=messages.append)
+    assert len(messages) == 1 and not (folder / "__pycache__").is_dir()
+    assert compiled.kernel.run.signatures  # compiled, in memory only
+
+
 def test_estimate_grows_with_the_square_of_the_kernel(tmp_path, monkeypatch):
     monkeypatch.setenv("POLICYC_CACHE", str(tmp_path))
     assert jit.compile_estimate("x\n" * 1000) == jit.DEFAULT_FACTOR * 1000 ** 2  # before any compile
