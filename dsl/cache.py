@@ -4,6 +4,7 @@ expression parser (`policyc.dsl.expressions`) and compiled kernels
 from __future__ import annotations
 
 import os
+import threading
 from pathlib import Path
 
 
@@ -19,10 +20,13 @@ def cache_root() -> Path:
 def write_atomic(path: Path, data: str | bytes) -> None:
     """Write `data` (text, or bytes as they are) to `path` through a temporary file in its
     folder, so that another process reading it at the same time sees the old file or the
-    new one, never half. Raises OSError."""
-    import tempfile  # here: `policyc validate` writes nothing once its cache is made
-
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    with os.fdopen(fd, "wb" if isinstance(data, bytes) else "w") as f:
-        f.write(data)
-    os.replace(tmp, path)
+    new one, never half. The file gets the permissions the umask leaves (as any new file:
+    a cache shared by several users stays readable by them). Raises OSError."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")  # this writer's own
+    try:
+        with open(tmp, "wb" if isinstance(data, bytes) else "w") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise

@@ -163,3 +163,23 @@ def test_processes_and_threads_that_first_run_a_kernel_at_once_compile_it_once(t
     compiled = sorted(misses for misses, *_ in results)
     assert compiled[0] == 0 and compiled[1] > 0  # one loaded the other's machine code from the cache
     assert [told for _, *told in results] == [[1, 1], [1]]  # each thread told the person waiting, once
+
+
+def test_cache_files_get_the_permissions_the_umask_leaves(tmp_path):
+    """A cache shared by several users (kernels, parser, calendars) stays readable by them:
+    its files are made as any new file is, not private as a temporary file would be."""
+    import os
+    import stat
+
+    from policyc.dsl.cache import write_atomic
+
+    before = os.umask(0o022)
+    try:
+        write_atomic(tmp_path / "kernel.py", "source")
+        write_atomic(tmp_path / "parser.code", b"code")
+        write_atomic(tmp_path / "kernel.py", "source again")  # replaced whole
+    finally:
+        os.umask(before)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["kernel.py", "parser.code"]  # no temporary file left
+    assert (tmp_path / "kernel.py").read_text() == "source again"
+    assert {stat.S_IMODE(p.stat().st_mode) for p in tmp_path.iterdir()} == {0o644}
