@@ -20,7 +20,7 @@ from types import SimpleNamespace
 from policyc.dsl import risk_keys
 
 from . import layout as L
-from .builtins import BOOL
+from .builtins import BOOL, MARKET_FIELDS
 from .check import CheckedPolicy
 from .ir import Program
 from .semantics import NS_PER_DAY, NS_PER_HOUR, NS_PER_MINUTE
@@ -234,12 +234,18 @@ class _Emitter:
         return [n for n, s in enumerate(self.slots)
                 if s.kind == "moving" and self.p.ops[s.op].attr[0] in ("ema", "rma")]
 
+    def market_field(self, j: int) -> bool:
+        """Whether op j reads a market field (`close`, `high`, ...), which clean data always
+        has, not a model's input, which may be NaN on most events."""
+        op = self.p.ops[j]
+        return op.kind == "field" and self.p.columns[op.attr[0]] in MARKET_FIELDS
+
     def checked_fields(self) -> list[int]:
         """The columns of the market fields an ema or rma takes directly, but the price
         (column 0, which the hot loop checks anyway): the hot loop takes an event only when
         each is a number, so these averages need no NaN test there."""
-        fields = {self.p.ops[self.p.ops[self.slots[n].op].args[0]] for n in self.averages()}
-        return sorted({op.attr[0] for op in fields if op.kind == "field" and op.attr[0] != 0})
+        taken = {self.p.ops[self.slots[n].op].args[0] for n in self.averages()}
+        return sorted({self.p.ops[j].attr[0] for j in taken if self.market_field(j)} - {0})
 
     def op_code(self, j: int, hot: bool = False) -> str:
         """Op j's code in `run`; `hot`: in the hot loop, which takes an event only once every
@@ -279,7 +285,7 @@ class _Emitter:
         if k == "moving":
             n = self.slot_of[(j, "moving")]
             warm = hot and op.attr[0] in ("ema", "rma")
-            checked = warm and self.p.ops[op.args[0]].kind == "field"
+            checked = warm and self.market_field(op.args[0])
             ctx = SimpleNamespace(v=v, a=a, fn=op.attr[0], o=f"o{n}", n=f"n{n}", k=f"k{n}", st=self.state(n),
                                   warm=warm, checked=checked)
             return str(self.ops_macros.moving(ctx)).strip()

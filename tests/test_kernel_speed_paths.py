@@ -10,6 +10,7 @@ decision trace, so a traced run against an untraced one compares the two paths b
 bit (assert_trace_changes_nothing)."""
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -67,3 +68,25 @@ def test_instrument_index_out_of_range_is_refused(tmp_path, n_inst):
     a = np.array([-5, 0, n_inst - 1, n_inst + 7], dtype=np.int32)
     m.check_instruments(a, 1, 3)
     m.check_instruments(a, 2, 2)
+
+
+def test_the_hot_loop_leaves_only_on_a_market_field_that_is_not_a_number():
+    """The hot loop runs an ema of a market field without a NaN test, and takes an event
+    only when that field is a number (clean data always has it); an ema of a model's input,
+    which may be NaN on most events, keeps its NaN test, so such events stay in the loop."""
+    from policyc.compiler.emit import emit
+    from policyc.compiler.frontend import check_policy
+    from policyc.compiler.lower import lower
+    from policyc.compiler.passes import optimise
+    from policyc.dsl.document import parse_policy_text
+
+    text = EMA_STOP.replace("features:\n", "inputs: [score]\nfeatures:\n  calm: ema(score, 5)\n").replace(
+        "crosses_above(fast_ma, slow_ma)", "crosses_above(fast_ma, slow_ma) and calm > 0")
+    checked = check_policy(parse_policy_text(text, "inputs.yaml")).checked
+    program = optimise(lower(checked))
+    source = emit(program, checked)
+    close, score = (program.columns.index(name) for name in ("close", "score"))
+    hot = source[source.index("decide_at = False"):source.index("if decide_at:")]
+    local = {c: re.search(rf"(v\d+) = vals\[u, {c}\]", hot)[1] for c in (close, score)}
+    assert f"if vals[u, {close}] != vals[u, {close}]:\n" in hot and f"if {local[close]} != {local[close]}:" not in hot
+    assert f"vals[u, {score}] != vals[u, {score}]" not in hot and f"if {local[score]} != {local[score]}:" in hot
