@@ -46,37 +46,58 @@ def _parser_code(grammar: str) -> types.CodeType:
 
 def _lalr_module() -> types.ModuleType:
     """The stand-alone parser module: its code from the cache folder, else made (and
-    kept there when the folder can be written). The file is the SHA-256 of the
-    marshalled code, then that code: one cut short or altered is made again."""
+    kept there when the folder can be written). The file is Python's bytecode magic, the
+    SHA-256 of the marshalled code, then that code: one cut short, altered, or from
+    another Python (whose code could crash this one) is made again, as is one that does
+    not make the parser."""
     grammar = GRAMMAR.read_text()
     spec = importlib.util.find_spec("lark")  # finds Lark without importing it
     lark_init = Path(spec.origin).read_text() if spec is not None and spec.origin else ""  # its version is there
     made_of = repr((grammar, PARSER_OPTIONS, lark_init, importlib.util.MAGIC_NUMBER))
     key = hashlib.sha256(made_of.encode()).hexdigest()[:32]
     path = cache_root() / "parsers" / f"expressions-{key}.code"
-    code = None
+    magic = importlib.util.MAGIC_NUMBER
+    start = len(magic) + 32
     try:
         data = path.read_bytes()
-        if hashlib.sha256(data[32:]).digest() == data[:32]:
-            code = marshal.loads(data[32:])
+        if data[:len(magic)] == magic and hashlib.sha256(data[start:]).digest() == data[len(magic):start]:
+            module = _parser_module(marshal.loads(data[start:]))
+            if module is not None:
+                return module
     except (OSError, EOFError, ValueError, TypeError):
         pass
-    if not isinstance(code, types.CodeType):
-        code = _parser_code(grammar)
-        data = marshal.dumps(code)
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            write_atomic(path, hashlib.sha256(data).digest() + data)
-        except OSError:  # a cache folder that cannot be written: made again by the next process
-            pass
+    code = _parser_code(grammar)
+    data = marshal.dumps(code)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_atomic(path, magic + hashlib.sha256(data).digest() + data)
+    except OSError:  # a cache folder that cannot be written: made again by the next process
+        pass
+    return _parser_module(code, made=True)
+
+
+#: What expressions.py takes from the parser module.
+_PARSER_NAMES = ("Lark_StandAlone", "Token", "Transformer", "VisitError", "UnexpectedInput", "UnexpectedCharacters",
+                 "UnexpectedEOF", "UnexpectedToken")
+
+
+def _parser_module(code, made: bool = False) -> types.ModuleType | None:
+    """The parser module that `code` makes, or None when it makes none (a cached file of
+    other code: any error it raises is its own, but from code just `made`)."""
     name = "policyc.dsl.lalr_parser"
     module = types.ModuleType(name, "Lark's stand-alone LALR parser of grammar.lark")
     sys.modules[name] = module  # where its dataclasses look themselves up as they are made
     try:
+        if not isinstance(code, types.CodeType):
+            raise TypeError("not code")
         exec(code, module.__dict__)
-    except BaseException:
+        if not all(hasattr(module, attr) for attr in _PARSER_NAMES):
+            raise TypeError("no parser")
+    except Exception:
         del sys.modules[name]
-        raise
+        if made:
+            raise
+        return None
     return module
 
 

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import gc
 import hashlib
+import importlib.util
 import json
+import marshal
 import os
 import subprocess
 import sys
@@ -40,12 +42,20 @@ def test_parser_tables_are_cached_and_a_broken_file_is_rebuilt(tmp_path):
     tables = list((tmp_path / "parsers").glob("expressions-*.code"))
     assert len(tables) == 1 and tables[0].stat().st_size > 1000
     whole = tables[0].read_bytes()
-    for damaged in (whole[:200], whole[:-1] + bytes([whole[-1] ^ 1])):  # cut short, as by a full disk; a bit flipped
+    magic = importlib.util.MAGIC_NUMBER
+    other_code = marshal.dumps(compile("x = 1", "other", "exec"))  # sealed as the parser is, but no parser
+    damages = [whole[:200],  # cut short, as by a full disk
+               whole[:-1] + bytes([whole[-1] ^ 1]),  # a bit flipped
+               b"\0\0\r\n" + whole[len(magic):],  # another Python's bytecode, whose code could crash this one
+               magic + hashlib.sha256(other_code).digest() + other_code]
+    for damaged in damages:
         tables[0].write_bytes(damaged)
         again = _validate(tmp_path)
         assert again.returncode == 0 and again.stdout.splitlines()[0] == first.stdout.splitlines()[0], again.stderr
         made = tables[0].read_bytes()  # made anew, whole (marshal's bytes may differ from one process to the next)
-        assert len(made) > 1000 and hashlib.sha256(made[32:]).digest() == made[:32]
+        start = len(magic) + 32
+        assert len(made) > 1000 and made[:len(magic)] == magic
+        assert hashlib.sha256(made[start:]).digest() == made[len(magic):start]
 
 
 def test_an_unwritable_cache_folder_only_costs_time(tmp_path):
