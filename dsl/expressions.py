@@ -53,10 +53,9 @@ def _lalr_module() -> types.ModuleType:
     grammar = GRAMMAR.read_text()
     spec = importlib.util.find_spec("lark")  # finds Lark without importing it
     lark_init = Path(spec.origin).read_text() if spec is not None and spec.origin else ""  # its version is there
-    made_of = repr((grammar, PARSER_OPTIONS, lark_init, importlib.util.MAGIC_NUMBER))
-    key = hashlib.sha256(made_of.encode()).hexdigest()[:32]
-    path = cache_root() / "parsers" / f"expressions-{key}.code"
     magic = importlib.util.MAGIC_NUMBER
+    key = hashlib.sha256(repr((grammar, PARSER_OPTIONS, lark_init, magic)).encode()).hexdigest()[:32]
+    path = cache_root() / "parsers" / f"expressions-{key}.code"
     start = len(magic) + 32
     try:
         data = path.read_bytes()
