@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import math
-import os
 import re
 from dataclasses import dataclass, fields
 from functools import lru_cache
@@ -48,6 +47,9 @@ _IN_PLACE = ("MARK", "GROSS", "BID", "ASK")
 #: The contract's columns: read only in a kernel that reads them (a policy that gives a
 #: multiplier or a tick size), so other kernels load nothing more per event.
 _CONTRACT = ("MULT", "TICK")
+#: The exponential averages: their state is a count, a sum (both change only in the warm-up)
+#: and the average; the hot loop runs them warmed up (`op_code`).
+AVERAGES = ("ema", "rma")
 #: The state the kernel's event loop (`run`) keeps in locals: what every event reads
 #: (the equity curve and the mark, the fast decision's tests, the exit levels). The rest
 #: stays in the arrays there; the out-of-line functions hold all of it in locals.
@@ -194,7 +196,7 @@ class _Emitter:
         kept = (1,) if self.hot_loop else (0, 1)
         if slot.kind == "history":
             return self.unit(slot) and k in kept
-        return slot.kind == "moving" and self.p.ops[slot.op].attr[0] in ("ema", "rma") and k in kept
+        return slot.kind == "moving" and self.p.ops[slot.op].attr[0] in AVERAGES and k in kept
 
     def state(self, n: int):
         """Accessor of slot n's scalar state k: a cell of the event's instrument's row of
@@ -232,7 +234,7 @@ class _Emitter:
     def averages(self) -> list[int]:
         """The slots of the emas and rmas, which the hot loop runs warmed up (`op_code`)."""
         return [n for n, s in enumerate(self.slots)
-                if s.kind == "moving" and self.p.ops[s.op].attr[0] in ("ema", "rma")]
+                if s.kind == "moving" and self.p.ops[s.op].attr[0] in AVERAGES]
 
     def market_field(self, j: int) -> bool:
         """Whether op j reads a market field (`close`, `high`, ...), which clean data always
@@ -284,7 +286,7 @@ class _Emitter:
             return f"{v} = {self.call(op.attr[0], a)}"
         if k == "moving":
             n = self.slot_of[(j, "moving")]
-            warm = hot and op.attr[0] in ("ema", "rma")
+            warm = hot and op.attr[0] in AVERAGES
             checked = warm and self.market_field(op.args[0])
             ctx = SimpleNamespace(v=v, a=a, fn=op.attr[0], o=f"o{n}", n=f"n{n}", k=f"k{n}", st=self.state(n),
                                   warm=warm, checked=checked)
@@ -607,8 +609,9 @@ def emit_cached(program: Program, checked: CheckedPolicy) -> str:
     values, which are kernel arguments): a cached compile in a fresh process skips
     template rendering. The file's first line is the SHA-256 of the source after it, so
     a file cut short or altered is rendered again, never compiled."""
+    from policyc.dsl.cache import cache_root, write_atomic
+
     from .hashing import COMPILER_VERSION
-    from .jit import cache_root
 
     gen = GenerationInput.of(program, checked)
     key = hashlib.sha256(f"{COMPILER_VERSION}\n{_generator_digest()}\n{gen.key()}".encode()).hexdigest()
@@ -622,9 +625,7 @@ def emit_cached(program: Program, checked: CheckedPolicy) -> str:
     source = _render(gen)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(f"# {hashlib.sha256(source.encode()).hexdigest()}\n{source}")
-        os.replace(tmp, path)
+        write_atomic(path, f"# {hashlib.sha256(source.encode()).hexdigest()}\n{source}")
     except OSError:
         pass  # a read-only cache only costs the rendering time
     return source
