@@ -248,7 +248,7 @@ class CompiledPolicy:
 
 def compile_checked(result: Checked, on_compile: Callable[[str], None] | None = None) -> CompiledPolicy:
     """Generate, load and compile the kernel of a checked policy: seconds the first time
-    (Numba JIT), milliseconds once its machine code is in the cache (`jit.cache_root()`).
+    (Numba JIT), milliseconds once its machine code is in the cache (`policyc.dsl.cache.cache_root()`).
 
     `on_compile` is called with one line, `compiling NAME (first run; about N s)...`, as a
     real compile starts, or as this process starts to wait for another one compiling the
