@@ -254,7 +254,7 @@ def compile_checked(result: Checked, on_compile: Callable[[str], None] | None = 
     real compile starts, or as this process starts to wait for another one compiling the
     same kernel (`jit.watch_compile`), and never when the machine code comes from the
     cache at once, so a caller can tell a person why they wait."""
-    from .jit import load_kernel, machine_code_damaged, watch_compile
+    from .jit import load_kernel, watch_compile
 
     program = optimise(lower(result.checked))
     source = emit_cached(program, result.checked)
@@ -272,10 +272,13 @@ def compile_checked(result: Checked, on_compile: Callable[[str], None] | None = 
         try:
             with watch_compile(source, starting):
                 compiled.run(empty, trace=True)  # JIT-compiles now, or loads the machine code from the cache
-        except Exception as exc:
-            if fresh or not machine_code_damaged(exc):
+        except Exception:
+            # A first call on no events fails only when what Numba loaded for it is damaged
+            # (a cache file cut short or altered, whatever it raises then): once more, with
+            # Numba's cache of the kernel forgotten, and a failure then is the kernel's own
+            if fresh:
                 raise
-            continue  # Numba's cache files of this kernel are damaged: compiled again without them
+            continue
         return compiled
 
 

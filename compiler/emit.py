@@ -604,11 +604,17 @@ def _generator_digest() -> str:
     return hashlib.sha256(b"".join(f.read_bytes() for f in files)).hexdigest()
 
 
+def _sealed(key: str, source: str) -> str:
+    """The first line of a rendered source's cache file: the SHA-256 of its key and text,
+    so that a file altered, or another policy's put in its place, is rendered again."""
+    return "# " + hashlib.sha256(f"{key}\n{source}".encode()).hexdigest()
+
+
 def emit_cached(program: Program, checked: CheckedPolicy) -> str:
     """`emit`, remembered on disk by the whole input of code generation (never param
     values, which are kernel arguments): a cached compile in a fresh process skips
-    template rendering. The file's first line is the SHA-256 of the source after it, so
-    a file cut short or altered is rendered again, never compiled."""
+    template rendering. The file's first line seals its key and text (`_sealed`), so a
+    file cut short, altered or another's is rendered again, never compiled."""
     from policyc.dsl.cache import cache_root, write_atomic
 
     from .hashing import COMPILER_VERSION
@@ -618,14 +624,14 @@ def emit_cached(program: Program, checked: CheckedPolicy) -> str:
     path = cache_root() / "sources" / f"{key}.py"
     try:
         digest, _, source = path.read_text().partition("\n")
-        if digest == "# " + hashlib.sha256(source.encode()).hexdigest():
+        if digest == _sealed(key, source):
             return source
     except (OSError, UnicodeDecodeError):
         pass
     source = _render(gen)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        write_atomic(path, f"# {hashlib.sha256(source.encode()).hexdigest()}\n{source}")
+        write_atomic(path, f"{_sealed(key, source)}\n{source}")
     except OSError:
         pass  # a read-only cache only costs the rendering time
     return source

@@ -127,52 +127,61 @@ _LOADING = threading.Lock()
 
 def load_kernel(source: str, fresh: bool = False) -> tuple[ModuleType, Path]:
     """Write (once) and import the kernel module for this source. Safe to call from
-    several threads at once. `fresh`: import it anew, without the machine code Numba
-    keeps for it (`machine_code_damaged`), which is deleted."""
+    several threads at once. `fresh`: import it anew, and have Numba forget the machine
+    code it keeps for it (a first call that failed: its cache files may be damaged), in
+    whatever folder Numba keeps it.
+
+    Where the kernel file cannot be written (a read-only cache), or Numba finds no folder
+    it may write machine code to, the kernel's functions are made without Numba's cache
+    and compile in this process."""
     with _LOADING:
         if OWN_PROCESS:
             load_machine_code_before_setting_up_numba()
         path = kernel_path(source)
-        if fresh:
-            sys.modules.pop(f"policyc_kernel_{path.parent.name}", None)
-            # Numba's files only (another process reading them meanwhile finds them gone: a miss)
-            for cached in path.parent.joinpath("__pycache__").glob("kernel.*.nb[ic]"):
-                cached.unlink(missing_ok=True)
-        if not path.exists() or path.read_text() != source:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            write_atomic(path, source)
         name = f"policyc_kernel_{path.parent.name}"
+        if fresh:
+            sys.modules.pop(name, None)
         module = sys.modules.get(name)
-        if module is None:
-            spec = importlib.util.spec_from_file_location(name, path)
-            module = importlib.util.module_from_spec(spec)
+        if module is not None:
+            return module, path
+        try:
+            if path.read_bytes() != source.encode():  # also a file that is not UTF-8
+                write_atomic(path, source)
+            cached = True
+        except FileNotFoundError:
             try:
-                sys.modules[name] = module
+                path.parent.mkdir(parents=True, exist_ok=True)
+                write_atomic(path, source)
+                cached = True
+            except OSError:
+                cached = False
+        except OSError:  # a kernel folder that cannot be written, a folder where the file should be
+            cached = False
+        spec = importlib.util.spec_from_file_location(name, path)
+        module = importlib.util.module_from_spec(spec)
+        try:
+            sys.modules[name] = module
+            if cached:
                 try:
                     spec.loader.exec_module(module)
-                except RuntimeError as exc:
+                    if fresh:
+                        for function in vars(module).values():
+                            forget = getattr(getattr(function, "_cache", None), "flush", None)
+                            if forget is not None:
+                                forget()  # Numba's own: an empty index, so the next call compiles
+                except RuntimeError as exc:  # Numba: "cannot cache function ...": no folder for it
                     if "cannot cache function" not in str(exc):
                         raise
-                    # Numba finds no folder it may write machine code to (a read-only cache,
-                    # and no user cache folder): the kernel compiles in this process alone
-                    code = compile(source.replace("@njit(cache=True", "@njit(cache=False"), str(path), "exec")
-                    exec(code, module.__dict__)
-            except BaseException:
-                del sys.modules[name]  # a module that failed to load is not left for the next call
-                raise
+                    cached = False
+                except OSError:  # its index could not be emptied (a read-only folder)
+                    cached = False
+            if not cached:
+                code = compile(source.replace("@njit(cache=True", "@njit(cache=False"), str(path), "exec")
+                exec(code, module.__dict__)
+        except BaseException:
+            del sys.modules[name]  # a module that failed to load is not left for the next call
+            raise
         return module, path
-
-
-def machine_code_damaged(exc: BaseException) -> bool:
-    """Whether `exc` was raised as Numba read its cache files of a kernel (the index, or
-    the pickled machine code): a file cut short or altered on disk. Numba itself passes
-    such an error on (it takes only a missing file for a miss), whatever it is."""
-    tb = exc.__traceback__
-    while tb is not None:
-        if tb.tb_frame.f_code.co_filename.endswith(os.path.join("numba", "core", "caching.py")):
-            return True
-        tb = tb.tb_next
-    return False
 
 
 def _measured_factor() -> float | None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 import sys
 
-from policyc.compiler import jit
+from policyc.compiler import emit, jit
 from policyc.compiler.build import compile_policy
 from policyc.dsl.document import parse_policy_text
 
@@ -49,8 +49,6 @@ def test_cache_files_cut_short_or_altered_are_made_again(tmp_path, monkeypatch):
     """The rendered source kept in the cache folder, and Numba's index and machine code of
     the kernel, each cut short or altered on disk as by a failing disk: the next process
     renders or compiles them again (told as a compile) and runs as before, never an error."""
-    import hashlib
-
     import numpy as np
 
     from policyc.compiler.build import Events
@@ -67,18 +65,31 @@ def test_cache_files_cut_short_or_altered_are_made_again(tmp_path, monkeypatch):
     assert len(expected) > 10
     (source_file,) = (tmp_path / "sources").glob("*.py")
     machine_code = first.kernel_path.parent / "__pycache__"
-    damages = [("the rendered source altered", source_file, lambda b: b.replace(b"def run(", b"def run_(", 1)),
-               ("Numba's index of run cut short", next(machine_code.glob("kernel.run-*.nbi")), lambda b: b[:100]),
-               ("run's machine code replaced", next(machine_code.glob("kernel.run-*.nbc")), lambda b: b"junk" * 50)]
-    for what, path, damage in damages:
+    key = source_file.stem
+
+    def another_policys(text: bytes) -> bytes:  # sealed well, but for another key
+        other = text.decode().partition("\n")[2].replace("def run(", "def run_(", 1)
+        return f"{emit._sealed('another key', other)}\n{other}".encode()
+
+    decide_code = next(machine_code.glob("kernel.decide-*.nbc")).read_bytes()
+    damages = [("the rendered source altered", source_file, lambda b: b.replace(b"def run(", b"def run_(", 1), False),
+               ("another policy's rendered source", source_file, another_policys, False),
+               ("the kernel file not UTF-8", first.kernel_path, lambda b: b"\xff\xfe" + b, False),  # written again
+               ("Numba's index of run cut short", next(machine_code.glob("kernel.run-*.nbi")), lambda b: b[:100], True),
+               ("run's machine code replaced", next(machine_code.glob("kernel.run-*.nbc")), lambda b: b"junk" * 50,
+                True),
+               ("decide's machine code in run's place", next(machine_code.glob("kernel.run-*.nbc")),
+                lambda b: decide_code, True)]
+    for what, path, damage, compiles in damages:
         path.write_bytes(damage(path.read_bytes()))
         del sys.modules[f"policyc_kernel_{first.kernel_path.parent.name}"]  # as a fresh process: no code in memory
         messages: list[str] = []
         again = compile_policy(parsed, on_compile=messages.append)
         assert np.array_equal(again.run(events).orders, expected, equal_nan=True), what
-        assert len(messages) == (0 if path == source_file else 1), what  # a source is rendered, code compiled
+        assert len(messages) == (1 if compiles else 0), what  # a source is rendered, code compiled
     digest, _, source = source_file.read_text().partition("\n")
-    assert digest == "# " + hashlib.sha256(source.encode()).hexdigest() and source == first.source
+    assert digest == emit._sealed(key, source) and source == first.source
+    assert first.kernel_path.read_text() == first.source
 
 
 def test_a_cache_numba_cannot_write_to_compiles_in_the_process(tmp_path, monkeypatch):
@@ -103,6 +114,13 @@ def test_a_cache_numba_cannot_write_to_compiles_in_the_process(tmp_path, monkeyp
     compiled = compile_policy(parsed, on_compile=messages.append)
     assert len(messages) == 1 and not (folder / "__pycache__").is_dir()
     assert compiled.kernel.run.signatures  # compiled, in memory only
+    # a cache whose kernel file cannot be written at all (its folder is a file here)
+    monkeypatch.setenv("POLICYC_CACHE", str(tmp_path / "second"))
+    (tmp_path / "second").mkdir()
+    (tmp_path / "second" / "kernels").write_text("")
+    del sys.modules[f"policyc_kernel_{folder.name}"]
+    again = compile_policy(parsed, on_compile=messages.append)
+    assert len(messages) == 2 and again.kernel.run.signatures
 
 
 def test_estimate_grows_with_the_square_of_the_kernel(tmp_path, monkeypatch):
