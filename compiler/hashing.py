@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import platform
 from functools import lru_cache
 
 from policyc.dsl.expressions import canonical
@@ -61,7 +60,8 @@ def toolchain_versions(calendar: bool = False) -> dict[str, str]:
     """Versions read from package metadata, so hashing never imports Numba; with
     `calendar` (a policy that names an exchange calendar) also exchange_calendars', whose
     sessions and holidays decide its days."""
-    from importlib import metadata  # here: `validate`, which never needs it, starts without its ~9 ms
+    import platform  # here, as metadata: `validate` never needs them
+    from importlib import metadata  # (metadata's import is about 9 ms)
 
     versions = {"policyc": COMPILER_VERSION, "python": platform.python_version()}
     for package in ("numba", "llvmlite", "numpy", *(("exchange_calendars",) if calendar else ())):

@@ -5,7 +5,6 @@ reach the user. The codes are a contract: tests and tools match on them.
 """
 from __future__ import annotations
 
-import difflib
 import json
 from dataclasses import dataclass, field
 from typing import Iterable, Sequence
@@ -109,6 +108,8 @@ def warning(code: str, span: Span, message: str, help: str | None = None) -> Dia
 
 def did_you_mean(name: str, candidates: Iterable[str]) -> str | None:
     """A 'did you mean' help line for a misspelled name, if a close candidate exists."""
+    import difflib  # here: only a policy with a misspelled name needs it
+
     matches = difflib.get_close_matches(name, sorted(set(candidates)), n=1, cutoff=0.6)
     if not matches and name.lower() != name:
         matches = [c for c in candidates if c.lower() == name.lower()][:1]

@@ -14,7 +14,6 @@ unexpected is reported as an internal error.
 from __future__ import annotations
 
 import argparse
-import difflib
 import gc
 import itertools
 import json
@@ -61,6 +60,8 @@ def _close(word: str, known) -> str | None:
     extended = [k for k in known if len(k.strip("-")) >= 3 and norm.startswith(k + "-")]
     if extended:
         return max(extended, key=len)
+    import difflib  # here: only a mistyped option needs it, and a `validate` starts without it
+
     best, score = None, 0.0
     for k in known:
         ratio = difflib.SequenceMatcher(None, norm, k).ratio()
