@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from types import ModuleType
+from types import MethodType, ModuleType
 
 from policyc.dsl.cache import cache_root, write_atomic
 
@@ -37,7 +37,8 @@ def kernel_path(source: str) -> Path:
 
 
 #: True when the `policyc` program owns the process (`policyc.cli.main` called without
-#: arguments): its kernels then load with `load_machine_code_before_setting_up_numba`.
+#: arguments): a kernel's cache miss then sets Numba up without scipy.linalg
+#: (`load_machine_code_first`).
 OWN_PROCESS = False
 
 
@@ -82,42 +83,49 @@ def set_up_numba_without_scipy_blas() -> None:
         sys.meta_path.remove(refused)
 
 
-def load_machine_code_before_setting_up_numba() -> None:
-    """Let Numba load a function's cached machine code without first setting up its CPU
-    target, and set the target up (`set_up_numba_without_scipy_blas`) only when the cache
-    misses and Numba is about to compile.
+def load_machine_code_first(functions) -> None:
+    """Have these Numba functions (dispatchers made with `cache=True`) load their cached
+    machine code without first setting up Numba's CPU target, and set it up only when
+    their cache misses, just before Numba compiles.
 
     Numba's `Cache.load_overload` sets the whole target up (it imports Numba's
-    implementations of Python and NumPy: some 100 ms of a warm `policyc backtest`'s
-    0.6 s) before it reads the cache, though machine code needs only Numba's runtime
-    (NRT) and the C helpers its context installs when made. The compiler sets the target
-    up for itself, so a later compile of any other function is as before.
+    implementations of Python and NumPy: some 250 ms of a cached `compile_policy` in a
+    fresh process, 100 ms of a warm `policyc backtest`) before it reads the cache, though
+    machine code needs only Numba's runtime (NRT) and the C helpers its context installs
+    when made. On a miss the target is set up as Numba sets it up, or in the `policyc`
+    program's own process without scipy.linalg (`set_up_numba_without_scipy_blas`).
 
-    For the `policyc` program's own process only: it changes Numba's Cache class for the
-    rest of the process. Does nothing when that class lacks the methods it relies on (a
-    Numba whose cache works otherwise), or once done."""
+    Only these functions' caches change (an attribute of each cache object), so any other
+    Numba function, a user's own among them, loads as ever, and the compiler sets the
+    target up for itself, so every compile is as before. Does nothing with a Numba whose
+    Cache class lacks the methods this relies on (one whose cache works otherwise)."""
     from numba.core import caching, entrypoints
-    from numba.core.runtime import nrt
 
-    cache = caching.Cache
-    if getattr(cache.load_overload, "policyc_light", False) or not all(
-            hasattr(cache, name) for name in ("_load_overload", "_guard_against_spurious_io_errors")):
+    if not all(hasattr(caching.Cache, name) for name in ("_load_overload", "_guard_against_spurious_io_errors")):
         return
     # Numba's extensions first, as Numba loads them before its first call anyway: here an
     # extension that compiles as it loads is not taken for a compile of the kernel
     entrypoints.init_all()
+    for function in functions:
+        cache = getattr(function, "_cache", None)
+        if isinstance(cache, caching.Cache):
+            cache.load_overload = MethodType(_load_overload_first, cache)
 
-    def load_overload(self, sig, target_context):
-        nrt.rtsys.initialize(target_context)
-        result = None
-        with self._guard_against_spurious_io_errors():  # as Numba's: an I/O error is a miss
-            result = self._load_overload(sig, target_context)
-        if result is None:
+
+def _load_overload_first(cache, sig, target_context):
+    """`Cache.load_overload` with the target set up only on a miss (`load_machine_code_first`)."""
+    from numba.core.runtime import nrt
+
+    nrt.rtsys.initialize(target_context)
+    result = None
+    with cache._guard_against_spurious_io_errors():  # as Numba's: an I/O error is a miss
+        result = cache._load_overload(sig, target_context)
+    if result is None:
+        if OWN_PROCESS:
             set_up_numba_without_scipy_blas()
-        return result
-
-    load_overload.policyc_light = True
-    cache.load_overload = load_overload
+        else:
+            target_context.refresh()
+    return result
 
 
 # One thread at a time imports a kernel module: another would find it in sys.modules
@@ -135,8 +143,6 @@ def load_kernel(source: str, fresh: bool = False) -> tuple[ModuleType, Path]:
     it may write machine code to, the kernel's functions are made without Numba's cache
     and compile in this process."""
     with _LOADING:
-        if OWN_PROCESS:
-            load_machine_code_before_setting_up_numba()
         path = kernel_path(source)
         name = f"policyc_kernel_{path.parent.name}"
         if fresh:
@@ -164,6 +170,7 @@ def load_kernel(source: str, fresh: bool = False) -> tuple[ModuleType, Path]:
             if cached:
                 try:
                     spec.loader.exec_module(module)
+                    load_machine_code_first(vars(module).values())
                     if fresh:
                         for function in vars(module).values():
                             forget = getattr(getattr(function, "_cache", None), "flush", None)

@@ -1336,9 +1336,8 @@ def main(argv: list[str] | None = None) -> int:
     command's start-up makes hundreds of thousands of objects (Numba's among them) and
     no garbage cycles worth a pass over them. And at the end every object alive is
     frozen, so the interpreter's exit does not walk them once more before the operating
-    system frees the memory. Its kernels' cached machine code loads before Numba's CPU
-    target is set up, and a compile sets it up without scipy.linalg
-    (`compiler.jit.load_machine_code_before_setting_up_numba`)."""
+    system frees the memory. A kernel compile sets Numba's CPU target up without
+    scipy.linalg (`compiler.jit.load_machine_code_first`)."""
     own_process = argv is None
     if own_process:
         gc.disable()

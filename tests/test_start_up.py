@@ -135,6 +135,31 @@ def test_a_numba_extension_that_compiles_as_it_loads_is_no_compile_of_a_warm_ker
     assert (factor.read_text() if factor.exists() else None) == before
 
 
+def test_a_cached_kernel_loads_in_a_users_process_without_setting_numba_up(tmp_path):
+    """A cached compile_policy in a process of a user's own loads the kernel's machine code
+    without Numba's implementations of Python and NumPy (some 250 ms) and gives this
+    process's backtest to the bit; the user's own Numba functions, cached and compiled
+    afterwards, load and compile as Numba does and give their own results."""
+    from policyc.compiler.build import compile_policy
+    from policyc.runtime.backtest import load_events, run_backtest
+
+    (tmp_path / "own.py").write_text("import numpy as np\nfrom numba import njit\n\n\n@njit(cache=True)\n"
+                                     "def own(a):\n    return np.convolve(a, a).sum() + np.sort(a)[0]\n")
+    orcl = str(ROOT / "data" / "orcl-1995-2014.csv")
+    policy = compile_policy(EMA)  # fills the kernel cache
+    here = run_backtest(policy, load_events(policy, [(None, orcl)])[0], progress=False)
+    code = ("import sys, hashlib; sys.path.insert(0, %r); import numpy as np, numba; "
+            "from policyc.compiler.build import compile_policy; "
+            "from policyc.runtime.backtest import load_events, run_backtest; policy = compile_policy(%r); "
+            "run = run_backtest(policy, load_events(policy, [(None, %r)])[0], progress=False); "
+            "print(hashlib.sha256(run.orders.tobytes() + run.equity.tobytes()).hexdigest()); "
+            "print('numba.np.arraymath' in sys.modules); from own import own; print(own(np.arange(5.0))); "
+            "print(numba.njit(lambda a: np.dot(a, a) + np.linalg.det(2.0 * np.eye(2)))(np.arange(3.0)))")
+    digest = hashlib.sha256(here.orders.tobytes() + here.equity.tobytes()).hexdigest()
+    for _ in range(2):  # the second loads the user's function from Numba's cache
+        assert _python(code % (str(tmp_path), str(EMA), orcl)) == [digest, "False", "100.0", "9.0"]
+
+
 def test_a_process_of_ones_own_keeps_numba_as_it_sets_itself_up():
     """A kernel loaded in a user's process (the library, the gym) leaves Numba's set-up
     alone: the user's own np.convolve keeps its BLAS, with the same bits."""
