@@ -79,7 +79,9 @@ class Session:
     orders: np.ndarray
     n_orders: int = 0
     latency_ns: int = 0  # of layout.FILL_LATENCY: an order fills at the first event this long after its decision
-    _bound_arrays: tuple | None = field(default=None, repr=False)
+    #: (param vector, state windows, state offsets): made once, by CompiledPolicy.session (the
+    #: per-event live path calls the kernel with one event at a time)
+    bound: tuple = field(kw_only=True, repr=False)
 
     def feed(self, events: Events, equity_out=None, trace=None, start: int = 0, stop: int | None = None) -> None:
         """Run the kernel over events[start:stop]; grows the order buffer as needed.
@@ -90,7 +92,7 @@ class Session:
         eq = equity_out if equity_out is not None else _UNUSED_EQUITY
         tr = trace if trace is not None else _UNUSED_TRACE
         n = len(events) if stop is None else stop
-        params, windows, offsets = self._bound()
+        params, windows, offsets = self.bound
         while True:
             clock = NO_CLOCK if pol.clock is None else pol.clock.columns(events.ts[start:n])
             start, self.n_orders = pol.kernel.run(
@@ -113,14 +115,6 @@ class Session:
             grown = np.empty((rows, L.ORDER_WIDTH))
             grown[: self.n_orders] = self.orders[: self.n_orders]
             self.orders = grown
-
-    def _bound(self) -> tuple:
-        """Param vector and state layout, computed once per session (the per-event live
-        path calls the kernel with one event at a time)."""
-        if self._bound_arrays is None:
-            state = self.policy.state
-            self._bound_arrays = (self.policy.param_vector, state.windows, state.offsets)
-        return self._bound_arrays
 
     @property
     def reason_counts(self) -> dict[str, int]:
@@ -211,9 +205,11 @@ class CompiledPolicy:
         settings = {**self.checked.account, **(account or {})}
         acct, pstate = L.initial_account(len(self.instruments), len(self.program.custom), settings,
                                          self.checked.contract_table)
-        fs = np.zeros((len(self.instruments), self.state.width))
+        state = self.state  # (a layout made from the params: once a session)
+        fs = np.zeros((len(self.instruments), state.width))
         config = L.config_vector(self.checked.risk, settings)
-        return Session(self, mode, config, fs, pstate, acct, np.empty((1024, L.ORDER_WIDTH)), latency_ns=latency_ns)
+        return Session(self, mode, config, fs, pstate, acct, np.empty((1024, L.ORDER_WIDTH)), latency_ns=latency_ns,
+                       bound=(self.param_vector, state.windows, state.offsets))
 
     def run(self, events: Events, mode: int = L.FILL_NEXT, *, record_equity: bool = True,
             trace: bool = False, latency_ns: int = 0) -> RunResult:
