@@ -44,6 +44,13 @@ def _state_expr(name: str, P, A, gross: str, value) -> str:
 #: running totals, which an exact re-sum reads for every instrument, and the latest quote,
 #: which only a leg decided on another instrument's event reads.
 _IN_PLACE = ("MARK", "GROSS", "BID", "ASK")
+#: The statistics that only a fill changes, of the account and of an instrument (its round
+#: trip's P&L): cells of the arrays in `run` and in the functions a decision calls, so that
+#: a decision that fills nothing at once neither loads nor stores them (2-3% of `make
+#: bench`'s reference job, whose orders wait for the next event); locals in `fill_waiting`,
+#: which adds to them on every fill (there cells ran slower).
+_FILL_STATISTICS = ("FEES", "FILLS", "EXPOSED", "HELD", "TRADES", "WINS", "WIN_PNL", "LOSS_PNL")
+_FILL_STATISTICS_P = ("TRADE_PNL",)
 #: The contract's columns: read only in a kernel that reads them (a policy that gives a
 #: multiplier or a tick size), so other kernels load nothing more per event.
 _CONTRACT = ("MULT", "TICK")
@@ -52,15 +59,16 @@ _CONTRACT = ("MULT", "TICK")
 AVERAGES = ("ema", "rma")
 #: The state the kernel's event loop (`run`) keeps in locals: what every event reads
 #: (the equity curve and the mark, the fast decision's tests, the exit levels). The rest
-#: stays in the arrays there; the out-of-line functions hold all of it in locals.
+#: stays in the arrays there; the out-of-line functions hold all of it in locals but
+#: `_IN_PLACE`'s columns and, but for `fill_waiting`, the fill statistics.
 _HOT_ACCOUNT = ("CASH", "EQUITY", "PEAK", "HALTED", "CURVE_PEAK", "CURVE_TROUGH")
 _HOT_TOTALS = ("MARK_HI", "MARK_LO", "MARK_ERR", "MARK_BAD", "GROSS_HI", "GROSS_LO", "GROSS_ERR", "GROSS_BAD")
 _HOT_INSTRUMENT = ("POS", "OPEN", "ENTRY", "BEST", "LAST", "PREV", "LAST_TS", "DESIRED", "LOCK", "PENDING")
 
 
 class _StateNames:
-    """Names of per-instrument state in the kernel: locals, except the running totals'
-    terms (_IN_PLACE), and with `hot` given, except the columns not in it, which are
+    """Names of per-instrument state in the kernel: locals, except _IN_PLACE's columns, the
+    fill statistics unless `fill` (_FILL_STATISTICS_P), and with `hot` given, except the columns not in it, which are
     cells of the event's instrument's row of `pstate`. In `run` a policy of one instrument
     loads its locals once per batch, a policy of several from the event's row at the
     start of each event, storing each one back where it is assigned (so they can stay in
@@ -68,15 +76,17 @@ class _StateNames:
     stores them on exit. `contract`: the contract columns the kernel reads (the others
     are never loaded)."""
 
-    def __init__(self, n_custom: int, hot: tuple[str, ...] | None = None, contract: tuple[str, ...] = ()):
+    def __init__(self, n_custom: int, hot: tuple[str, ...] | None = None, contract: tuple[str, ...] = (),
+                 fill: bool = False):
         self.columns = {k[2:]: getattr(L, k) for k in dir(L)
                         if k.startswith("P_") and k not in ("P_NAMES", "P_CUSTOM")}
         self.n_custom = n_custom
         self.hot = hot
+        self.in_place = _IN_PLACE if fill else _IN_PLACE + _FILL_STATISTICS_P
         self.unread = set(_CONTRACT) - set(contract)  # contract columns this kernel never reads
 
     def _local(self, key: str) -> bool:
-        return key not in _IN_PLACE and (self.hot is None or key in self.hot)
+        return key not in self.in_place and (self.hot is None or key in self.hot)
 
     def __getattr__(self, key):
         if key.isupper() and key in self.columns:
@@ -95,10 +105,14 @@ class _StateNames:
         return out
 
 
-def _account_names(hot: tuple[str, ...] | None) -> SimpleNamespace:
-    """Names of the account columns: locals `a_<name>`, or with `hot` given, `acct[k]` cells
-    for the columns not in it."""
-    return SimpleNamespace(**{k[2:]: f"a_{k[2:].lower()}" if hot is None or k[2:] in hot else f"acct[{getattr(L, k)}]"
+def _account_names(hot: tuple[str, ...] | None, fill: bool = False) -> SimpleNamespace:
+    """Names of the account columns: locals `a_<name>`, or `acct[k]` cells for the fill
+    statistics unless `fill` (`_FILL_STATISTICS`) and, with `hot` given, for the columns
+    not in it."""
+    def local(name: str) -> bool:
+        return (fill or name not in _FILL_STATISTICS) and (hot is None or name in hot)
+
+    return SimpleNamespace(**{k[2:]: f"a_{k[2:].lower()}" if local(k[2:]) else f"acct[{getattr(L, k)}]"
                               for k in dir(L) if k.startswith("A_") and k not in ("A_NAMES", "A_REASON_COUNTS")})
 
 
@@ -148,6 +162,9 @@ class _Emitter:
         self.P = _StateNames(len(program.custom), _HOT_INSTRUMENT, contract)
         self.hot_account = _HOT_ACCOUNT if single else _HOT_ACCOUNT + _HOT_TOTALS
         self.A_all = _account_names(None)
+        # fill_waiting's: the fill statistics in locals too
+        self.P_fill = _StateNames(len(program.custom), contract=contract, fill=True)
+        self.A_fill = _account_names(None, fill=True)
         self.A = _account_names(self.hot_account)
         if single:  # one term besides cash: the one IEEE addition rounds the sum once
             q = f"({self.P.POS} + {self.P.OPEN})"
@@ -431,6 +448,7 @@ class _Emitter:
         return template.render(
             name=gen.name, version=gen.version,
             A_all=self.A_all, A_hot=self.A, P_all=self.P_all, P_hot=self.P, single=self.single,
+            A_fill=self.A_fill, P_fill=self.P_fill, fill_p_columns=self.P_fill.locals(),
             hot_loop=self.hot_loop,
             n_instruments=gen.instruments,
             n_columns=len(p.columns), n_config=len(L.CONFIG_KEYS), pstate_width=L.P_CUSTOM + len(p.custom),
