@@ -128,6 +128,50 @@ def _load_overload_first(cache, sig, target_context):
     return result
 
 
+#: How a kernel function's machine-code file (Numba's `.nbc`) starts: this, then the SHA-256
+#: of the rest, which is Numba's own file (`seal_machine_code`).
+SEAL = b"policyc sha256\n"
+
+
+def seal_machine_code(functions) -> None:
+    """Have Numba write these functions' machine-code files sealed with the SHA-256 of their
+    bytes, and take a file whose seal does not match (a bit flipped on disk, a file cut
+    short or from before the seal) as a cache miss: Numba then compiles and writes it again.
+
+    Numba reads a machine-code file by unpickling it, and one altered where the pickle
+    still reads runs altered code, which can crash the process. The seal guards against
+    damage, not against someone who may write the cache folder (they could seal what
+    they write). Only these functions' cache files change (attributes of each one's
+    Numba cache file object); does nothing with a Numba whose cache file lacks the
+    methods this relies on."""
+    from numba.core import caching
+
+    for function in functions:
+        files = getattr(getattr(function, "_cache", None), "_cache_file", None)
+        if isinstance(files, caching.IndexDataCacheFile) and all(
+                hasattr(files, name) for name in ("_save_data", "_load_data", "_dump", "_open_for_write", "_data_path")):
+            files._save_data = MethodType(_save_sealed, files)
+            files._load_data = MethodType(_load_sealed, files)
+
+
+def _save_sealed(files, name: str, data) -> None:
+    data = files._dump(data)
+    with files._open_for_write(files._data_path(name)) as f:  # Numba's: a temporary file, then a rename
+        f.write(SEAL + hashlib.sha256(data).digest() + data)
+
+
+def _load_sealed(files, name: str):
+    """Numba's `_load_data` of a sealed file; None (a miss) when the seal does not match."""
+    import pickle
+
+    with open(files._data_path(name), "rb") as f:
+        data = f.read()
+    start = len(SEAL) + 32
+    if data[:len(SEAL)] != SEAL or hashlib.sha256(data[start:]).digest() != data[len(SEAL):start]:
+        return None
+    return pickle.loads(data[start:])
+
+
 # One thread at a time imports a kernel module: another would find it in sys.modules
 # half-built (and the first import of Numba is not safe from two threads at once).
 _LOADING = threading.Lock()
@@ -170,7 +214,9 @@ def load_kernel(source: str, fresh: bool = False) -> tuple[ModuleType, Path]:
             if cached:
                 try:
                     spec.loader.exec_module(module)
-                    load_machine_code_first(vars(module).values())
+                    functions = list(vars(module).values())
+                    seal_machine_code(functions)
+                    load_machine_code_first(functions)
                     if fresh:
                         for function in vars(module).values():
                             forget = getattr(getattr(function, "_cache", None), "flush", None)

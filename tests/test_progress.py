@@ -2,6 +2,7 @@
 measured on this machine; a kernel from memory or from the cache is not."""
 from __future__ import annotations
 
+import pickle
 import re
 import sys
 
@@ -72,11 +73,21 @@ def test_cache_files_cut_short_or_altered_are_made_again(tmp_path, monkeypatch):
         return f"{emit._sealed('another key', other)}\n{other}".encode()
 
     decide_code = next(machine_code.glob("kernel.decide-*.nbc")).read_bytes()
+
+    def a_bit_flipped(sealed: bytes) -> bytes:  # inside the object code, where the pickle still reads
+        start = len(jit.SEAL) + 32 if sealed.startswith(jit.SEAL) else 0
+        at = sealed.index(b"\x7fELF") + 2000
+        flipped = sealed[:at] + bytes([sealed[at] ^ 0x10]) + sealed[at + 1:]
+        assert pickle.loads(flipped[start:]) != pickle.loads(sealed[start:])  # unsealed, Numba would run it
+        return flipped
+
     damages = [("the rendered source altered", source_file, lambda b: b.replace(b"def run(", b"def run_(", 1), False),
                ("another policy's rendered source", source_file, another_policys, False),
                ("the kernel file not UTF-8", first.kernel_path, lambda b: b"\xff\xfe" + b, False),  # written again
                ("Numba's index of run cut short", next(machine_code.glob("kernel.run-*.nbi")), lambda b: b[:100], True),
                ("run's machine code replaced", next(machine_code.glob("kernel.run-*.nbc")), lambda b: b"junk" * 50,
+                True),
+               ("a bit of run's machine code flipped", next(machine_code.glob("kernel.run-*.nbc")), a_bit_flipped,
                 True),
                ("decide's machine code in run's place", next(machine_code.glob("kernel.run-*.nbc")),
                 lambda b: decide_code, True)]
