@@ -155,9 +155,15 @@ def seal_machine_code(functions) -> None:
 
 
 def _save_sealed(files, name: str, data) -> None:
+    """Numba's `_save_data`, sealed. Machine code that cannot be kept (a folder where its
+    file should be, a full disk) only costs the next process a compile, as elsewhere in
+    the cache: Numba would fail the call that compiled it."""
     data = files._dump(data)
-    with files._open_for_write(files._data_path(name)) as f:  # Numba's: a temporary file, then a rename
-        f.write(SEAL + hashlib.sha256(data).digest() + data)
+    try:
+        with files._open_for_write(files._data_path(name)) as f:  # Numba's: a temporary file, then a rename
+            f.write(SEAL + hashlib.sha256(data).digest() + data)
+    except OSError:
+        pass
 
 
 def _load_sealed(files, name: str):

@@ -98,6 +98,15 @@ def test_cache_files_cut_short_or_altered_are_made_again(tmp_path, monkeypatch):
         again = compile_policy(parsed, on_compile=messages.append)
         assert np.array_equal(again.run(events).orders, expected, equal_nan=True), what
         assert len(messages) == (1 if compiles else 0), what  # a source is rendered, code compiled
+    # a folder where run's machine code should be: compiled, run, and compiled again by the next process
+    run_code = next(machine_code.glob("kernel.run-*.nbc"))
+    run_code.unlink()
+    run_code.mkdir()
+    for _ in range(2):
+        del sys.modules[f"policyc_kernel_{first.kernel_path.parent.name}"]
+        messages = []
+        again = compile_policy(parsed, on_compile=messages.append)
+        assert np.array_equal(again.run(events).orders, expected, equal_nan=True) and len(messages) == 1
     digest, _, source = source_file.read_text().partition("\n")
     assert digest == emit._sealed(key, source) and source == first.source
     assert first.kernel_path.read_text() == first.source
