@@ -100,6 +100,7 @@ class Engine:
         self.intent_column = self.columns.get("intent")
         self._n_columns = max(len(policy.columns), 3)
         self.latest_inputs = np.full((len(policy.instruments), self._n_columns), np.nan)
+        self._nans = (math.nan,) * self._n_columns  # what an event's row holds past its values
         self._blank_rows: dict[int, list] = {}
         self._price_columns = [(c, self.columns[c]) for c in ("price", "close") if c in self.columns]
         # every name a market event may carry -> its column, or None when the kernel has none for it (a field
@@ -167,10 +168,7 @@ class Engine:
         _check_timestamp(ts)
         ev = self._events
         ev.ts[0], ev.kind[0], ev.inst[0] = ts, kind, inst
-        row = ev.vals[0]
-        row[:] = np.nan
-        for k, v in enumerate(values):
-            row[k] = v
+        ev.vals[0] = (*values, *self._nans[len(values):])  # one write of the row (a fill is one event per call)
         before = self.session.n_orders
         if traced:
             self._trace[0, :] = np.nan
