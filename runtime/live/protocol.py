@@ -533,16 +533,32 @@ def well_formed_venue(frame: str | bytes) -> VenueReply | None:
     `fill`, `reject` or `cancel` with no member the protocol does not know, no explicit
     null and no backslash escape. None for any other frame (which may still be a valid
     answer, read field by field)."""
-    try:
-        msg = _decode_venue(frame) if frame.__class__ is bytes and len(frame) <= MAX_FRAME_BYTES else None
-    except Exception:  # noqa: BLE001 - whatever the fast path refuses, _venue_fields judges
-        return None
-    make = _VENUE_BUILD.get(msg.__class__)
-    if make is not None:
-        reply = make(msg)
-        if reply is not None and _same_colons((frame,), (msg,)):
-            return reply
-    return None
+    return well_formed_venues((frame,))[0]
+
+
+def well_formed_venues(frames) -> list[VenueReply | None]:
+    """`well_formed_venue` of each of `frames` (one read of the venue), in order, with the
+    colons of the frames msgspec took counted once for all of them (`_same_colons`, which
+    cost more than the decoding when made for each frame). A frame's text never holds
+    fewer colons than the JSON of what msgspec read from it, so the read's counts agree
+    only when each frame's do; when they differ, each frame is counted on its own."""
+    replies, msgs, taken, structs = [], [], [], []
+    for frame in frames:
+        try:
+            msg = _decode_venue(frame) if frame.__class__ is bytes and len(frame) <= MAX_FRAME_BYTES else None
+        except Exception:  # noqa: BLE001 - whatever the fast path refuses, _venue_fields judges
+            msg = None
+        make = _VENUE_BUILD.get(msg.__class__)
+        reply = make(msg) if make is not None else None
+        if reply is not None:
+            taken.append(frame)
+            structs.append(msg)
+        replies.append(reply)
+        msgs.append(msg)
+    if taken and not _same_colons(taken, structs):  # a key twice somewhere (or a null, a backslash): which frame
+        return [reply if reply is None or _same_colons((frame,), (msg,)) else None
+                for frame, reply, msg in zip(frames, replies, msgs)]
+    return replies
 
 
 def _venue_fields(frame: str | bytes) -> VenueReply | VenueState:

@@ -39,7 +39,7 @@ from ..orders import MAX_CLOCK_SKEW_S, MAX_FEED_SILENCE_S, OrderCore, steps
 from . import security, transport
 from .audit import DEFAULT_FSYNC, DecisionLog, read_log_key, read_signing_key
 from .protocol import (FEED_FORMATS, MAX_FRAME_BYTES, FeedDecoder, Input, Market, ProtocolError, encode, message_id,
-                       parse_control, parse_intent, parse_venue, well_formed_venue)
+                       parse_control, parse_intent, parse_venue, well_formed_venues)
 
 
 #: Messages a credential may send per second, over all its connections (each opened
@@ -433,9 +433,8 @@ class LiveRuntime:
 
     def _venue_messages(self, frames: list[bytes], venue: str) -> None:
         answers: list = []  # the run of acks, fills and rejects not yet handed over
-        said: list | None = []  # and their frames, while each is well-formed (`well_formed_venue`)
-        for frame in frames:
-            reply = well_formed_venue(frame)
+        said: list | None = []  # and their frames, while each is well-formed (`well_formed_venues`)
+        for frame, reply in zip(frames, well_formed_venues(frames)):
             if reply is not None:
                 answers.append(reply)
                 if said is not None:
