@@ -1,4 +1,6 @@
 """The sans-I/O engine: one event at a time gives what one batch gives."""
+import dataclasses
+import inspect
 import math
 
 import numpy as np
@@ -7,7 +9,7 @@ import pytest
 from policyc.compiler import layout as L
 from policyc.compiler.build import Events, compile_policy
 from policyc.dsl.document import parse_policy_text
-from policyc.runtime.engine import Engine, EngineError
+from policyc.runtime.engine import Decision, Engine, EngineError
 from test_live_faults import limits
 
 POLICY = """
@@ -264,3 +266,20 @@ def test_the_last_int64_nanosecond_raises_nothing(policy):
     engine.fill("A", last, 10, 100.0)
     assert engine.market("A", T0, {"price": 100.0}).position == 10  # and back again
     assert engine.decide("A", last) is not None
+
+
+def test_a_decision_is_made_from_its_fields_in_order_with_their_defaults():
+    """Decision's own __init__ (faster than the dataclass's) takes the fields as declared,
+    so `dataclasses.replace`, equality and the hash see what the dataclass would."""
+    parameters = list(inspect.signature(Decision.__init__).parameters.values())[1:]
+    fields = dataclasses.fields(Decision)
+    assert [p.name for p in parameters] == [f.name for f in fields]
+    for p, f in zip(parameters, fields):
+        if f.default is dataclasses.MISSING:
+            assert p.default is inspect.Parameter.empty, f.name
+        else:
+            assert p.default == f.default or (math.isnan(p.default) and math.isnan(f.default)), f.name
+    d = Decision("X", 1, 100.0, 1.0, 1.0, 0.0, 1.0, ("r",), False)
+    assert dataclasses.replace(d, price=101.0) == Decision("X", 1, 101.0, 1.0, 1.0, 0.0, 1.0, ("r",), False)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        d.price = 5.0
