@@ -161,7 +161,7 @@ def test_the_kernel_refuses_buffers_of_another_shape(shapes, spoil):
     s = shapes.session()
     trace = np.full((n, L.TRACE_FIXED + 1), np.nan)
     equity = np.empty(n)
-    params, win, lay = s._bound()
+    params, win, lay = s.bound
     bars, latency = np.zeros((0, L.BAR_WIDTH)), 0
     if spoil == "bars":
         bars = np.full((n - 1, L.BAR_WIDTH), 100.0)
