@@ -224,7 +224,7 @@ def load_kernel(source: str, fresh: bool = False) -> tuple[ModuleType, Path]:
                     seal_machine_code(functions)
                     load_machine_code_first(functions)
                     if fresh:
-                        for function in vars(module).values():
+                        for function in functions:
                             forget = getattr(getattr(function, "_cache", None), "flush", None)
                             if forget is not None:
                                 forget()  # Numba's own: an empty index, so the next call compiles
