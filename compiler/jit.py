@@ -167,10 +167,14 @@ def _save_sealed(files, name: str, data) -> None:
 
 
 def _load_sealed(files, name: str):
-    """Numba's `_load_data` of a sealed file; None (a miss) when the seal does not match."""
+    """Numba's `_load_data` of a sealed file; None (a miss) when the seal does not match,
+    or the path is not a regular file (a link to a device that reads forever)."""
     import pickle
+    import stat
 
     with open(files._data_path(name), "rb") as f:
+        if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+            return None
         data = f.read()
     start = len(SEAL) + 32
     if data[:len(SEAL)] != SEAL or hashlib.sha256(data[start:]).digest() != data[len(SEAL):start]:

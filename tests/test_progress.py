@@ -107,6 +107,14 @@ def test_cache_files_cut_short_or_altered_are_made_again(tmp_path, monkeypatch):
         messages = []
         again = compile_policy(parsed, on_compile=messages.append)
         assert np.array_equal(again.run(events).orders, expected, equal_nan=True) and len(messages) == 1
+    # a link to a device that reads forever: not read, compiled again (and the link replaced by the file)
+    run_code.rmdir()
+    run_code.symlink_to("/dev/zero")
+    del sys.modules[f"policyc_kernel_{first.kernel_path.parent.name}"]
+    messages = []
+    again = compile_policy(parsed, on_compile=messages.append)
+    assert np.array_equal(again.run(events).orders, expected, equal_nan=True) and len(messages) == 1
+    assert not run_code.is_symlink() and run_code.read_bytes().startswith(jit.SEAL)
     digest, _, source = source_file.read_text().partition("\n")
     assert digest == emit._sealed(key, source) and source == first.source
     assert first.kernel_path.read_text() == first.source
