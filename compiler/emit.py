@@ -68,8 +68,8 @@ _HOT_INSTRUMENT = ("POS", "OPEN", "ENTRY", "BEST", "LAST", "PREV", "LAST_TS", "D
 
 class _StateNames:
     """Names of per-instrument state in the kernel: locals, except _IN_PLACE's columns, the
-    fill statistics unless `fill` (_FILL_STATISTICS_P), and with `hot` given, except the columns not in it, which are
-    cells of the event's instrument's row of `pstate`. In `run` a policy of one instrument
+    fill statistics unless `fill` (_FILL_STATISTICS_P), and with `hot` given the columns
+    not in it, which are cells of the event's instrument's row of `pstate`. In `run` a policy of one instrument
     loads its locals once per batch, a policy of several from the event's row at the
     start of each event, storing each one back where it is assigned (so they can stay in
     registers through the event); an out-of-line function loads them all on entry and
@@ -257,7 +257,7 @@ class _Emitter:
         """The slots of the one-step histories (`x[1]`) whose count the hot loop of several
         instruments takes as 1: there a lag is its history's value (`op_code`) and a push
         stores no count, a store an event less for each (`make bench`'s instruments job,
-        about 10% faster). With one instrument the count is a register, and testing it in
+        about 9% faster). With one instrument the count is a register, and testing it in
         the loop's condition cost more than the lag's select (0.3 ns an event)."""
         if self.single:
             return []
@@ -329,9 +329,8 @@ class _Emitter:
         if k == "lag":
             source = op.args[0]
             spec = op.attr[0]
-            history = self.history(source)
             ctx = SimpleNamespace(
-                v=v, type=op.type, history=history, k=self.k_expr(spec), src=self.name(source),
+                v=v, type=op.type, history=self.history(source), k=self.k_expr(spec), src=self.name(source),
                 k_zero_possible=spec[0] == "param" and source < j,
                 warm=hot and self.slot_of[(source, "history")] in self.unit_histories(),
             )
