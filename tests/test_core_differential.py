@@ -31,7 +31,7 @@ from policyc.dsl.document import parse_policy_text
 from policyc.runtime.engine import EngineError
 from policyc.runtime.live.protocol import Market, VenueReply
 
-EXAMPLES = int(os.environ.get("POLICYC_CORE_DIFF_EXAMPLES", "1000"))
+EXAMPLES = int(os.environ.get("POLICYC_CORE_DIFF_EXAMPLES", "500"))
 RANDOM = bool(os.environ.get("POLICYC_CORE_DIFF_RANDOM"))
 STEPS = 40
 S = 1_000_000_000                       # one second, ns

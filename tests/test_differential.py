@@ -692,7 +692,7 @@ STREAMS_PER_POLICY = 5
 #: Each example is one Numba compile (2-9 s), so there are few, and the same ones on every
 #: run (derandomized: a failure is a failure of the code, never of the draw). For a bug
 #: hunt, more and random ones: POLICYC_DIFF_EXAMPLES=300 POLICYC_DIFF_RANDOM=1 pytest tests/test_differential.py
-EXAMPLES = int(os.environ.get("POLICYC_DIFF_EXAMPLES", "6"))
+EXAMPLES = int(os.environ.get("POLICYC_DIFF_EXAMPLES", "4"))
 RANDOM = bool(os.environ.get("POLICYC_DIFF_RANDOM"))
 _compared: list[str] = []  # the policies compared in full by the current run, in order
 

@@ -70,7 +70,7 @@ answers, not read from the engine.
    once each however often the venue answers them again, rejects releasing what was
    open, the kill switch's withdraw and restore).
 
-`make test` runs EXAMPLES derandomized examples (POLICYC_FUZZ_EXAMPLES, default 2,000) of
+`make test` runs EXAMPLES derandomized examples (POLICYC_FUZZ_EXAMPLES, default 1,000) of
 up to STEPS steps (POLICYC_FUZZ_STEPS) and fails if fewer ran; `make fuzz` runs 50,000
 and prints how many ran. POLICYC_FUZZ_RANDOM=1 draws new examples instead.
 """
@@ -127,7 +127,7 @@ account:
 INSTRUMENTS = ("A", "B")
 PROTECTIVE = {key.reason("exit") for key in RISK_KEYS.values() if key.reason("exit")}  # the protective exits
 
-EXAMPLES = int(os.environ.get("POLICYC_FUZZ_EXAMPLES", "2000"))
+EXAMPLES = int(os.environ.get("POLICYC_FUZZ_EXAMPLES", "1000"))
 STEPS = int(os.environ.get("POLICYC_FUZZ_STEPS", "40"))
 RANDOM = bool(os.environ.get("POLICYC_FUZZ_RANDOM"))
 RAN = {"examples": 0, "steps": 0}  # counted by the machine's teardown: checked after the test
