@@ -6,8 +6,10 @@ which reuses the compiled kernel. Its custom rules on the hour of the day (a blo
 `block_from`, a liquidation from `close_at`; 24 never fires) and its initial equity are
 params too, so the scenarios of exits that always leave share that kernel. (The brake
 cannot be inert: while volatility is still unknown it refuses increases, so it has its
-own policy; so has the overflowing tick, whose reasons must be those of a policy with
-only max_drawdown.) Every scenario also runs through the reference interpreter.
+own policy. The overflowing tick's reasons must be those of max_drawdown alone, without
+the lab's keys on notional and exposure: it runs on tests/test_live_faults.py's intent-only
+policy, whose other limits never bind.) Every scenario also runs through the reference
+interpreter.
 """
 import math
 
@@ -18,6 +20,7 @@ from policyc.compiler import layout as L
 from policyc.compiler.build import Events, compile_policy
 from policyc.compiler.interpret import Interpreter
 from policyc.dsl.document import parse_policy_text
+from test_live_faults import limits
 
 LAB = """
 policy: risk_lab
@@ -340,17 +343,11 @@ def test_custom_rule_limit_matches_the_reason_mask():
 # =====================================================================================
 # Fail closed: a value a check needs that is not a finite number is a breach
 # =====================================================================================
-HUGE_TICK = """
-policy: huge_tick
-version: 1
-instruments: [X]
-inputs: [intent]
-signals: []
-risk:
-  max_drawdown: 10%
-account:
-  initial_equity: 10000
-"""
+#: A drawdown limit of 10% on intents, on 10,000: tests/test_live_faults.py's intent-only
+#: policy (`limits`), as tests/test_engine.py's live case of this tick, so the three share
+#: one kernel (a key's value is a kernel argument, not code). Its other limits are where
+#: they never bind (a million units and orders, no fees).
+HUGE_TICK = limits("X", max_drawdown="10%", initial_equity=10000)
 
 
 @pytest.fixture(scope="module")
