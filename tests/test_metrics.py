@@ -169,9 +169,9 @@ def test_daily_returns_follow_the_policys_trading_days_under_a_clock():
     """`timezone: America/New_York`: 22:00 New York on 2 January is 03:00 UTC on the 3rd.
     By New York days the equity closes 2 January at 102 (that event) and 3 January at
     99.96: returns 2% and -2%. By UTC days they would be 1% and about 0.97%."""
-    from policyc.compiler.build import Events, compile_checked
-    from policyc.compiler.frontend import check_text
+    from policyc.compiler.build import Events
     from policyc.runtime.backtest import return_moments
+    from test_sessions import clocked
 
     hour = 3600 * 10**9
     ts = np.array([T0 + 15 * hour, T0 + 27 * hour, T0 + 39 * hour], dtype=np.int64)  # 10:00, 22:00, 10:00 NY
@@ -183,15 +183,15 @@ def test_daily_returns_follow_the_policys_trading_days_under_a_clock():
     # the kernel's streaming statistics use the same days: 18:00 and 20:00 New York on 2
     # January are one New York day, and two UTC days (23:00 and 01:00 UTC). The count of
     # daily returns does not depend on what the policy trades, so the case without a
-    # clock runs on ema_cross, whose kernel the backtests above compiled already (a
-    # kernel with a clock is another source, so `p` with its zone is a compile of its own)
-    source = ("policy: p\nversion: 1\ntimezone: America/New_York\ninstruments: [A]\nsignals:\n"
-              "  - when: true\n    target: 1\naccount:\n  initial_equity: 100\n")
+    # clock runs on ema_cross, whose kernel the backtests above compiled already, and the
+    # case with New York's zone on tests/test_sessions.py's kernel of every clock (a
+    # kernel with a clock is another source; the zone's name is not in it)
     stamps = np.array([T0 + 23 * hour, T0 + 25 * hour], dtype=np.int64)
-    for cp, expected in ((compile_checked(check_text(source, name="p.yaml")), 1),
+    for cp, expected in ((clocked("timezone: America/New_York"), 1),
                          (compile_policy(ROOT / "policies" / "ema_cross.yaml"), 2)):
         assert (cp.clock is None) == (expected == 2)
-        prices = np.array([1.0, 2.0])  # as every column the policy reads (ema_cross: price and close)
+        # as every column the policy reads (ema_cross: price and close; the clocked one: price and intent)
+        prices = np.array([1.0, 2.0])
         res = run_backtest(cp, Events.market(stamps, np.column_stack([prices] * len(cp.columns))), FILL_SAME,
                            progress=False)
         assert return_moments(res)[0] == expected
