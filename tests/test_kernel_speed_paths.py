@@ -1,8 +1,9 @@
 """The kernel's fast paths give what its general loop body gives, and what the interpreter
-gives: the reference job of `make bench` (an EMA crossover with a stop, bench/ema_stop.yaml)
-with one instrument and with several (with a gross exposure limit, so the running totals
-are read), on streams with prices that are not numbers, infinite, zero, negative, the
-largest double and subnormal, time going backwards and the last int64 nanosecond.
+gives: the reference job of `make bench` (an EMA crossover with a stop, bench/ema_stop.yaml,
+as tests/test_backtest.py writes it) with one instrument and with several (with a gross
+exposure limit, so the running totals are read), on streams with prices that are not
+numbers, infinite, zero, negative, the largest double and subnormal, time going backwards
+and the last int64 nanosecond.
 
 With several instruments the common market event runs in `run`'s hot loop too, which
 loads the event's instrument's state and writes it through; that loop is off with a
@@ -21,15 +22,23 @@ from policyc.compiler.build import compile_policy
 # tests/test_differential.py's throw-away one), so a process that runs some of these tests
 # after another has compiled them, or a later run, loads them instead of compiling again.
 from test_differential import StreamSpec, assert_same, assert_trace_changes_nothing, make_events
+from test_backtest import EMA_STOP as BACKTEST_EMA_STOP
 
 ROOT = Path(__file__).resolve().parent.parent
 EMA_STOP = (ROOT / "bench" / "ema_stop.yaml").read_text()
 
 
+#: The four kernels are those of tests/test_backtest.py's `EMA_STOP`: the bench's job with
+#: two params more, `down` (the cross below targets size x down: 0, flat, as the bench's)
+#: and `lo` (long_only, which a long-or-flat policy never meets), given the bench's values
+#: (one unit, a 2% stop). A value is not code, nor an instrument's name, so its kernel with
+#: one instrument and no gross exposure is the one test_backtest compiles, not another.
 def policy(tmp_path, n_inst: int, gross: bool):
-    text = EMA_STOP.replace("instruments: [X]", f"instruments: [{', '.join(f'I{k}' for k in range(n_inst))}]")
+    text = BACKTEST_EMA_STOP.replace("instruments: [ORCL]",
+                                     f"instruments: [{', '.join(f'I{k}' for k in range(n_inst))}]")
     if gross:
         text = text.replace("risk:\n", "risk:\n  max_gross_exposure: 1e9\n")
+    text = text.replace("size: 100", "size: 1").replace("stop_loss: 3%", "stop_loss: 2%")
     # short windows, so that the EMAs are warm early and the policy trades in a short stream
     text = text.replace("fast: 12", "fast: 2").replace("slow: 26", "slow: 5")
     path = tmp_path / f"ema_stop_{n_inst}_{int(gross)}.yaml"
