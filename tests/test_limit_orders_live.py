@@ -22,15 +22,19 @@ S = 1_000_000_000
 T = 1_699_963_200 * S
 WALL = 1_800_000_000_000_000_000
 #: Intents on two venues: tests/test_multi_venue.py's policy (its name and keys; a limit's
-#: value is a kernel argument, not code), so the two files compile one kernel.
+#: value is a kernel argument, not code), so the two files compile one kernel (that of
+#: tests/test_replay.py's `WALK`). Its limits but max_position never bind.
 TWO = """
-policy: two_venues
+policy: walk
 version: 1
 instruments: {bn: "binance:BTCUSDT", cb: "coinbase:BTC-USD"}
 inputs: [intent]
 signals: []
 risk:
   max_position: 5
+  max_order_qty: 1000000
+  max_orders_per_day: 1000000
+  max_drawdown: 100%
 """
 ES = """
 policy: es

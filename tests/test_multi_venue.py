@@ -17,14 +17,22 @@ from policyc.runtime.live.audit import read_log
 from policyc.runtime.live.runner import ConfigError, LiveRuntime, RunConfig
 
 BN, CB = "binance:BTCUSDT", "coinbase:BTC-USD"
+#: Intents on two venues, long or short at most 10: tests/test_replay.py's `WALK` (its name
+#: and keys; a limit's value is a kernel argument and an instrument's name is not code), so
+#: that this file, tests/test_resume_venues.py and tests/test_limit_orders_live.py run on
+#: the kernel of test_replay and test_orders. Its other limits are where they never bind
+#: (a million units and orders a day, a drawdown of 100%: all of the equity lost).
 POLICY = """
-policy: two_venues
+policy: walk
 version: 1
 instruments: {bn: "binance:BTCUSDT", cb: "coinbase:BTC-USD"}
 inputs: [intent]
 signals: []
 risk:
   max_position: 10
+  max_order_qty: 1000000
+  max_orders_per_day: 1000000
+  max_drawdown: 100%
 """
 T0 = 1_700_000_000  # s
 
