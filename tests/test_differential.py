@@ -718,9 +718,9 @@ def _kernel_matches_interpreter(gp, data):
             except PolicyError:      # e.g. a window param re-bound to 0
                 cp = base
         ev = make_events(spec, cp.columns, gp.n_instruments)
+        label = f"on {spec} with params {cp.params}"
         if k % 2:  # the hot loops run only on data without bars: every other stream has none
-            ev = replace(ev, bars=None)
-        label = f"on {spec}{' without bars' if k % 2 else ''} with params {cp.params}"
+            ev, label = replace(ev, bars=None), f"{label}, without bars"
         assert_same(cp, ev, label)
         assert_trace_changes_nothing(cp, ev, label)
     _compared.append(gp.text)

@@ -35,13 +35,16 @@ EMA_STOP = (ROOT / "bench" / "ema_stop.yaml").read_text()
 #: (one unit, a 2% stop). A value is not code, nor an instrument's name, so its kernel with
 #: one instrument and no gross exposure is the one test_backtest compiles, not another.
 def policy(tmp_path, n_inst: int, gross: bool):
-    text = BACKTEST_EMA_STOP.replace("instruments: [ORCL]",
-                                     f"instruments: [{', '.join(f'I{k}' for k in range(n_inst))}]")
+    edits = {"instruments: [ORCL]": f"instruments: [{', '.join(f'I{k}' for k in range(n_inst))}]",
+             "size: 100": "size: 1", "stop_loss: 3%": "stop_loss: 2%",
+             # short windows, so that the EMAs are warm early and the policy trades in a short stream
+             "fast: 12": "fast: 2", "slow: 26": "slow: 5"}
     if gross:
-        text = text.replace("risk:\n", "risk:\n  max_gross_exposure: 1e9\n")
-    text = text.replace("size: 100", "size: 1").replace("stop_loss: 3%", "stop_loss: 2%")
-    # short windows, so that the EMAs are warm early and the policy trades in a short stream
-    text = text.replace("fast: 12", "fast: 2").replace("slow: 26", "slow: 5")
+        edits["risk:\n"] = "risk:\n  max_gross_exposure: 1e9\n"
+    text = BACKTEST_EMA_STOP
+    for old, new in edits.items():  # each edit must find its text, or the policy is not the one described
+        assert old in text, f"tests/test_backtest.py's EMA_STOP has no {old!r}"
+        text = text.replace(old, new)
     path = tmp_path / f"ema_stop_{n_inst}_{int(gross)}.yaml"
     path.write_text(text)
     return compile_policy(path)
