@@ -229,3 +229,36 @@ def test_cache_files_get_the_permissions_the_umask_leaves(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["kernel.py", "parser.code"]  # no temporary file left
     assert (tmp_path / "kernel.py").read_text() == "source again"
     assert {stat.S_IMODE(p.stat().st_mode) for p in tmp_path.iterdir()} == {0o644}
+
+
+def _faults_over_depths(call, depths: int = 400, calls: int = 200) -> int:
+    """Page faults of this thread while `call` runs `calls` times at each stack depth
+    from 0 to `depths`."""
+    import resource
+
+    def at_depth(k: int) -> None:
+        if k:
+            return at_depth(k - 1)
+        for _ in range(calls):
+            call(k)
+
+    before = resource.getrusage(resource.RUSAGE_THREAD).ru_minflt
+    for depth in range(depths):
+        at_depth(depth)
+    return resource.getrusage(resource.RUSAGE_THREAD).ru_minflt - before
+
+
+def test_a_compile_runs_clear_of_the_edges_of_the_frame_stacks_chunks():
+    """CPython 3.11 and 3.12 free a chunk of the frame stack as soon as the frame at its
+    base returns, so a call at the depth of a chunk's edge maps and unmaps a chunk every
+    time (python/cpython#142183): 200 calls there fault 200 pages. `compile_policy` runs
+    under `jit.with_stack_headroom`, where calls at any depth find the chunk mapped."""
+    def leaf(k):
+        return k + 1
+
+    assert jit.with_stack_headroom(leaf, 1) == 2
+    inside = jit.with_stack_headroom(_faults_over_depths, leaf)
+    assert inside < 100, inside
+    if sys.version_info < (3, 13):  # the control: without the headroom, some depth is at an edge
+        outside = _faults_over_depths(leaf)
+        assert outside >= 200, outside
