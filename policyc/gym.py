@@ -35,10 +35,10 @@ import numpy as np
 from gymnasium import spaces
 from gymnasium.vector import AutoresetMode, VectorEnv
 
+from policyc.compiler import jit
 from policyc.compiler import layout as L
 from policyc.compiler.build import ORDER_GROWTH, CompiledPolicy, Events, compile_checked, compile_policy
 from policyc.compiler.frontend import check_policy
-from policyc.compiler.jit import load_kernel
 from policyc.compiler.sessions import CLOCK_WIDTH
 from policyc.dsl.diagnostics import did_you_mean
 from policyc.dsl.risk_keys import ACCOUNT_KEYS
@@ -550,7 +550,7 @@ def _step_module(policy: CompiledPolicy):
         env_columns=", ".join(c.upper() for c in _ENV_COLUMNS), n_env_columns=len(_ENV_COLUMNS),
         setup_columns=", ".join(c.upper() for c in _SETUP_COLUMNS), n_setup_columns=len(_SETUP_COLUMNS),
         refused=_REFUSED)
-    return load_kernel(source)[0]
+    return jit.load_kernel(source)[0]
 
 
 #: The outcome of a step, one row per environment: `floats` has, per instrument, the
@@ -577,6 +577,12 @@ class _Outcome:
 
     def flag(self, name: str) -> np.ndarray:
         return self.flags[:, _FLAGS.index(name)]
+
+
+def _compiling(function) -> Callable:
+    """A function of the batched step module called as a compile (`jit.run_compile`): its
+    first call, where Numba compiles it or loads its machine code."""
+    return lambda *args: jit.run_compile(function, *args)
 
 
 class _Core:
@@ -763,7 +769,8 @@ class _Core:
     def check(self, actions: np.ndarray) -> None:
         """Raise the ValueError `step` would raise for these actions (as `actions` returns
         them), without stepping: a vector checks them before its restarts draw their starts."""
-        if self._refused(actions, self.setup):
+        refused = self._refused if self._refused.overloads else _compiling(self._refused)
+        if refused(actions, self.setup):
             self.refuse(actions)
 
     def refuse(self, actions: np.ndarray):
@@ -800,7 +807,8 @@ class _Core:
         n, k = actions.shape
         out = _Outcome(np.empty((n, 4 * k + len(_FLOATS))), np.empty((n, len(_INTS) + len(self._reasons)), np.int64),
                        np.empty((n, len(_FLAGS)), bool), k)
-        full = self._step(self.table, actions, restarts, out.floats, out.ints, out.flags, 0)
+        step = self._step if self._step.overloads else _compiling(self._step)
+        full = step(self.table, actions, restarts, out.floats, out.ints, out.flags, 0)
         if full == _REFUSED:
             self.refuse(actions)
         while full >= 0:  # environment `full`'s order buffer filled: all grow, and it goes on

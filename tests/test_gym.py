@@ -354,3 +354,32 @@ def test_events_given_as_data_are_checked_as_files_are(guard):
         with pytest.raises(ValueError, match=message):
             PolicyEnv(guard, data)
     PolicyEnv(guard, events(ts=[0, day, day, 2 * day, 3 * day]), warmup=0)  # equal timestamps are fine
+
+
+def test_the_batched_steps_first_call_runs_as_a_compile(guard, monkeypatch):
+    """The batched step compiles (or loads its machine code) on its first call, which runs
+    under `jit.run_compile` as compile_policy does; later calls are the Numba function
+    itself."""
+    from numba import njit
+
+    from policyc.compiler import jit
+
+    env = PolicyEnv(guard, ORCL_DATA)
+    env.reset(seed=1)
+    core = env.unwrapped._core
+    assert core._step.overloads
+    ran = []
+    real = jit.run_compile
+
+    def spy(fn, *args):
+        ran.append(fn.py_func.__name__)
+        return real(fn, *args)
+
+    monkeypatch.setattr(jit, "run_compile", spy)
+    env.step(env.action_space.sample())
+    assert ran == []  # compiled already: called as it is
+    # the same function as it is before a first call: Numba has neither compiled nor loaded it
+    core._step = njit(cache=True)(core._step.py_func)
+    jit.seal_machine_code([core._step])  # its machine code is in the cache, sealed
+    env.step(env.action_space.sample())
+    assert ran == ["step"] and core._step.overloads
