@@ -295,7 +295,7 @@ def with_stack_headroom(fn: Callable[..., object], *args, **kwargs) -> object:
 # back what was there before the first began.
 _FEWER_COLLECTIONS = 100_000
 _collections_lock = threading.Lock()
-_compiling: list[tuple[int, ...]] = []  # the threshold before the first, once per compile under way
+_under_way: list[tuple[int, ...]] = []  # per compile under way, the threshold from before the first
 
 
 @contextmanager
@@ -304,16 +304,16 @@ def fewer_collections() -> Iterator[None]:
     instead of CPython's 700 (see above). Safe from several threads at once; a collector
     turned off (`gc.disable()`, or a threshold of 0) stays off."""
     with _collections_lock:
-        before = _compiling[0] if _compiling else gc.get_threshold()
-        _compiling.append(before)
+        before = _under_way[0] if _under_way else gc.get_threshold()
+        _under_way.append(before)
         if before[0]:
             gc.set_threshold(max(before[0], _FEWER_COLLECTIONS), *before[1:])
     try:
         yield
     finally:
         with _collections_lock:
-            _compiling.pop()
-            if not _compiling:
+            _under_way.pop()
+            if not _under_way:
                 gc.set_threshold(*before)
 
 
