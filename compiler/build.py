@@ -291,7 +291,7 @@ def compile_policy(source, params: dict | None = None,
     read or does not check."""
     from .jit import run_compile
 
-    return run_compile(lambda: compile_checked(check_policy(source, params), on_compile))
+    return run_compile(lambda: _compile_checked(check_policy(source, params), on_compile))
 
 
 def write_artifact(compiled: CompiledPolicy, out: Path) -> dict:

@@ -267,16 +267,15 @@ def _call(fn: Callable[..., object], args: tuple, kwargs: dict) -> object:
 
 # CPython 3.11 and 3.12 keep a thread's Python frames in chunks of 16 KiB and free a chunk
 # as soon as the frame at its base returns, so code that calls in and out across a chunk's
-# edge maps and unmaps memory on every call (python/cpython#142183, fixed in 3.13 and
-# 3.14). Numba's compiler recurses deeply, and where the caller's stack depth put an edge
-# in its path, a compile of policies/ema_cross.yaml took 1.3 to 1.8 times as long, with 7
-# to 20 times the page faults (`make test` ran in 448 s instead of 582, its system time 32
-# CPU-s instead of 196). `with_stack_headroom` calls from a frame that reserves 2**17
+# edge maps and unmaps memory on every call (python/cpython#142183: 3.13.0 still does, the
+# fix is in later 3.13 releases and in 3.14). Numba's compiler recurses deeply, and where
+# the caller's stack depth put an edge in its path, a compile took 1.3 to 2 times as long,
+# with 3 to 20 times the page faults (policies/ema_cross.yaml at a few depths; `make test`
+# ran in 448 s instead of 582, its system time 32 CPU-s instead of 196). `with_stack_headroom` calls from a frame that reserves 2**17
 # words (1 MiB, never used) for its value stack: it does not fit the chunk in use, so
 # CPython gives it a new one of 2 MiB (the first doubling of 16 KiB that holds it and
 # 1,000 words more), and the frames of what it calls fit in the MiB above it.
-_headroom = FunctionType(_call.__code__.replace(co_stacksize=_call.__code__.co_stacksize + (1 << 17)), {},
-                         "with_stack_headroom")
+_headroom = FunctionType(_call.__code__.replace(co_stacksize=_call.__code__.co_stacksize + (1 << 17)), {})
 
 
 def with_stack_headroom(fn: Callable[..., object], *args, **kwargs) -> object:

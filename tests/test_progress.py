@@ -262,6 +262,7 @@ def test_a_compile_runs_clear_of_the_edges_of_the_frame_stacks_chunks():
     inside = jit.with_stack_headroom(_faults_over_depths, leaf)
     assert inside < 100, inside
     if sys.version_info < (3, 13):  # the control: without the headroom, some depth is at an edge
+        # (3.13.0 too; the later 3.13 releases and 3.14 keep a chunk, so there it need not be)
         outside = _faults_over_depths(leaf)
         assert outside >= 200, outside
 
