@@ -250,9 +250,9 @@ def compile_checked(result: Checked, on_compile: Callable[[str], None] | None = 
     real compile starts, or as this process starts to wait for another one compiling the
     same kernel (`jit.watch_compile`), and never when the machine code comes from the
     cache at once, so a caller can tell a person why they wait."""
-    from .jit import run_compile
+    from .jit import with_stack_headroom
 
-    return run_compile(_compile_checked, result, on_compile)
+    return with_stack_headroom(_compile_checked, result, on_compile)
 
 
 def _compile_checked(result: Checked, on_compile: Callable[[str], None] | None) -> CompiledPolicy:
@@ -289,9 +289,9 @@ def compile_policy(source, params: dict | None = None,
     """Load, check and compile a policy file (or a ParsedPolicy) with param overrides;
     `on_compile` as in `compile_checked`. Raises PolicyError for a file that cannot be
     read or does not check."""
-    from .jit import run_compile
+    from .jit import with_stack_headroom
 
-    return run_compile(lambda: _compile_checked(check_policy(source, params), on_compile))
+    return with_stack_headroom(lambda: _compile_checked(check_policy(source, params), on_compile))
 
 
 def write_artifact(compiled: CompiledPolicy, out: Path) -> dict:

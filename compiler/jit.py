@@ -8,7 +8,6 @@ measures it, for the next estimate.
 """
 from __future__ import annotations
 
-import gc
 import hashlib
 import importlib.util
 import os
@@ -265,17 +264,19 @@ def _call(fn: Callable[..., object], args: tuple, kwargs: dict) -> object:
     return fn(*args, **kwargs)
 
 
-# CPython 3.11 and 3.12 keep a thread's Python frames in chunks of 16 KiB and free a chunk
-# as soon as the frame at its base returns, so code that calls in and out across a chunk's
-# edge maps and unmaps memory on every call (python/cpython#142183: 3.13.0 still does, the
-# fix is in later 3.13 releases and in 3.14). Numba's compiler recurses deeply, and where
-# the caller's stack depth put an edge in its path, a compile took 1.3 to 2 times as long,
-# with 3 to 20 times the page faults (policies/ema_cross.yaml at a few depths; `make test`
-# ran in 448 s instead of 582, its system time 32 CPU-s instead of 196). `with_stack_headroom` calls from a frame that reserves 2**17
-# words (1 MiB, never used) for its value stack: it does not fit the chunk in use, so
-# CPython gives it a new one of 2 MiB (the first doubling of 16 KiB that holds it and
-# 1,000 words more), and the frames of what it calls fit in the MiB above it.
-_headroom = FunctionType(_call.__code__.replace(co_stacksize=_call.__code__.co_stacksize + (1 << 17)), {})
+# CPython 3.11 and 3.12 keep a thread's Python frames in chunks of 16 KiB and free a
+# chunk as soon as the frame at its base returns, so code that calls in and out across a
+# chunk's edge maps and unmaps memory on every call (python/cpython#142183: 3.13.0 still
+# does, the fix is in later 3.13 releases and in 3.14). Numba's compiler recurses
+# deeply, and where the caller's stack depth put an edge in its path, a compile took 1.3
+# to 2 times as long, with 3 to 20 times the page faults (policies/ema_cross.yaml at a
+# few depths; `make test` ran in 448 s instead of 582, its system time 32 CPU-s instead
+# of 196). `with_stack_headroom` calls from a frame that reserves 2**17 words (1 MiB,
+# never used) for its value stack: it does not fit the chunk in use, so CPython gives it
+# a new one of 2 MiB (the first doubling of 16 KiB that holds it and 1,000 words more),
+# and the frames of what it calls fit in the MiB above it.
+_HEADROOM_WORDS = 1 << 17
+_headroom = FunctionType(_call.__code__.replace(co_stacksize=_call.__code__.co_stacksize + _HEADROOM_WORDS), {})
 
 
 def with_stack_headroom(fn: Callable[..., object], *args, **kwargs) -> object:
@@ -283,45 +284,6 @@ def with_stack_headroom(fn: Callable[..., object], *args, **kwargs) -> object:
     frame stack (see above): what fn returns or raises. Costs about 10 us (a chunk mapped
     and unmapped), nothing beside a compile."""
     return _headroom(fn, args, kwargs)
-
-
-# A compile builds hundreds of thousands of objects that live until it ends (Numba's IR,
-# types and LLVM wrappers, the parser's trees). At CPython's default threshold (a
-# collection of the youngest generation every 700 allocations) the cyclic collector ran
-# about 1,400 times during a compile of policies/ema_cross.yaml, rescanning them: 9.0 to
-# 10.3 CPU-s against 8.1 with a collection every 100,000 (and 5 MB more at the peak).
-# While any thread compiles, the threshold is raised to that; the last one to finish puts
-# back what was there before the first began.
-_FEWER_COLLECTIONS = 100_000
-_collections_lock = threading.Lock()
-_under_way: list[tuple[int, ...]] = []  # per compile under way, the threshold from before the first
-
-
-@contextmanager
-def fewer_collections() -> Iterator[None]:
-    """Run the block with the youngest generation collected every 100,000 allocations
-    instead of CPython's 700 (see above). Safe from several threads at once; a collector
-    turned off (`gc.disable()`, or a threshold of 0) stays off."""
-    with _collections_lock:
-        before = _under_way[0] if _under_way else gc.get_threshold()
-        _under_way.append(before)
-        if before[0]:
-            gc.set_threshold(max(before[0], _FEWER_COLLECTIONS), *before[1:])
-    try:
-        yield
-    finally:
-        with _collections_lock:
-            _under_way.pop()
-            if not _under_way:
-                gc.set_threshold(*before)
-
-
-def run_compile(fn: Callable[..., object], *args, **kwargs) -> object:
-    """fn(*args, **kwargs), run as a compile runs best on CPython: clear of the edges of
-    the frame stack's chunks (`with_stack_headroom`) and with few collections
-    (`fewer_collections`); what fn returns or raises."""
-    with fewer_collections():
-        return with_stack_headroom(fn, *args, **kwargs)
 
 
 #: How long a process waits for another's compile lock before it says it is waiting: a

@@ -580,9 +580,9 @@ class _Outcome:
 
 
 def _compiling(function) -> Callable:
-    """A function of the batched step module called as a compile (`jit.run_compile`): its
-    first call, where Numba compiles it or loads its machine code."""
-    return lambda *args: jit.run_compile(function, *args)
+    """A function of the batched step module called as a compile is (`jit.with_stack_headroom`):
+    its first call, where Numba compiles it or loads its machine code."""
+    return lambda *args: jit.with_stack_headroom(function, *args)
 
 
 class _Core:

@@ -357,9 +357,9 @@ def test_events_given_as_data_are_checked_as_files_are(guard):
 
 
 def test_the_batched_steps_first_call_runs_as_a_compile(guard, monkeypatch):
-    """The batched step compiles (or loads its machine code) on its first call, which runs
-    under `jit.run_compile` as compile_policy does; later calls are the Numba function
-    itself."""
+    """The batched step and its check of actions compile (or load their machine code) on
+    their first call, which runs under `jit.with_stack_headroom` as compile_policy does;
+    later calls are the Numba functions themselves."""
     from numba import njit
 
     from policyc.compiler import jit
@@ -367,19 +367,23 @@ def test_the_batched_steps_first_call_runs_as_a_compile(guard, monkeypatch):
     env = PolicyEnv(guard, ORCL_DATA)
     env.reset(seed=1)
     core = env.unwrapped._core
-    assert core._step.overloads
+    action = np.zeros((1, 1))
+    core.check(action)
+    assert core._step.overloads and core._refused.overloads
     ran = []
-    real = jit.run_compile
+    real = jit.with_stack_headroom
 
     def spy(fn, *args):
         ran.append(fn.py_func.__name__)
         return real(fn, *args)
 
-    monkeypatch.setattr(jit, "run_compile", spy)
+    monkeypatch.setattr(jit, "with_stack_headroom", spy)
     env.step(env.action_space.sample())
-    assert ran == []  # compiled already: called as it is
-    # the same function as it is before a first call: Numba has neither compiled nor loaded it
-    core._step = njit(cache=True)(core._step.py_func)
-    jit.seal_machine_code([core._step])  # its machine code is in the cache, sealed
+    core.check(action)
+    assert ran == []  # compiled already: called as they are
+    # the same functions as they are before a first call: Numba has neither compiled nor loaded them
+    core._step, core._refused = (njit(cache=True)(f.py_func) for f in (core._step, core._refused))
+    jit.seal_machine_code([core._step, core._refused])  # their machine code is in the cache, sealed
     env.step(env.action_space.sample())
-    assert ran == ["step"] and core._step.overloads
+    core.check(action)
+    assert ran == ["step", "refused"] and core._step.overloads and core._refused.overloads

@@ -267,61 +267,20 @@ def test_a_compile_runs_clear_of_the_edges_of_the_frame_stacks_chunks():
         assert outside >= 200, outside
 
 
-def test_a_compile_collects_the_youngest_generation_seldom_and_puts_the_threshold_back():
-    """`jit.fewer_collections` raises the youngest generation's threshold to 100,000
-    while any thread compiles (compile_policy runs under it), and the last one to finish
-    puts back the threshold from before the first began; a collector turned off stays off."""
-    import gc
-    import threading
-
-    before = gc.get_threshold()
-    try:
-        gc.set_threshold(700, 10, 10)
-        seen = []
-        with jit.fewer_collections():
-            seen.append(gc.get_threshold())
-            inner_done = threading.Event()
-
-            def other_compile():
-                with jit.fewer_collections():
-                    seen.append(gc.get_threshold())
-                inner_done.set()
-
-            thread = threading.Thread(target=other_compile)
-            thread.start()
-            thread.join()
-            assert inner_done.is_set()
-            seen.append(gc.get_threshold())  # the other thread's end left it raised: this one compiles
-        assert seen == [(100_000, 10, 10)] * 3
-        assert gc.get_threshold() == (700, 10, 10)
-        assert jit.run_compile(lambda: gc.get_threshold()) == (100_000, 10, 10)
-        assert gc.get_threshold() == (700, 10, 10)
-        gc.set_threshold(0, 10, 10)  # the collector off stays off
-        assert jit.run_compile(lambda: gc.get_threshold()) == (0, 10, 10)
-        assert gc.get_threshold() == (0, 10, 10)
-        gc.set_threshold(200_000, 5, 5)  # a threshold already higher stays
-        assert jit.run_compile(lambda: gc.get_threshold()) == (200_000, 5, 5)
-        with pytest.raises(ZeroDivisionError):  # an error still puts the threshold back
-            jit.run_compile(lambda: 1 / 0)
-        assert gc.get_threshold() == (200_000, 5, 5)
-    finally:
-        gc.set_threshold(*before)
-
-
 def test_compile_policy_and_compile_checked_run_as_a_compile(monkeypatch):
-    """Both entry points run their work under `jit.run_compile` (stack headroom, fewer
-    collections): the check of the file too, and a failure passes through it unchanged."""
+    """Both entry points run their work under `jit.with_stack_headroom`: the check of the
+    file too, and a failure passes through it unchanged."""
     from policyc.compiler.build import compile_checked
     from policyc.compiler.frontend import check_policy
     from policyc.dsl.diagnostics import PolicyError
 
-    real, ran = jit.run_compile, []
+    real, ran = jit.with_stack_headroom, []
 
     def spy(fn, *args, **kwargs):
         ran.append(fn)
         return real(fn, *args, **kwargs)
 
-    monkeypatch.setattr(jit, "run_compile", spy)
+    monkeypatch.setattr(jit, "with_stack_headroom", spy)
     broken = POLICY.replace("ema(close, 5)", "ema(closing, 5)")
     assert broken != POLICY
     with pytest.raises(PolicyError, match="closing"):
@@ -335,7 +294,7 @@ def test_compile_policy_and_compile_checked_run_as_a_compile(monkeypatch):
         ran.append(fn)
         raise Stop
 
-    monkeypatch.setattr(jit, "run_compile", stop)
+    monkeypatch.setattr(jit, "with_stack_headroom", stop)
     with pytest.raises(Stop):
         compile_checked(check_policy(parse_policy_text(POLICY, "progress.yaml")))
     assert len(ran) == 2 and ran[1].__name__ == "_compile_checked"
