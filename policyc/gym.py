@@ -579,9 +579,10 @@ class _Outcome:
         return self.flags[:, _FLAGS.index(name)]
 
 
-def _compiling(function) -> Callable:
-    """A function of the batched step module called as a compile is (`jit.with_stack_headroom`):
-    its first call, where Numba compiles it or loads its machine code."""
+def _with_headroom(function) -> Callable:
+    """A function of the batched step module called as compile_policy runs a compile, with
+    `jit.with_stack_headroom`: for its first call, where Numba compiles it or loads its
+    machine code."""
     return lambda *args: jit.with_stack_headroom(function, *args)
 
 
@@ -769,7 +770,7 @@ class _Core:
     def check(self, actions: np.ndarray) -> None:
         """Raise the ValueError `step` would raise for these actions (as `actions` returns
         them), without stepping: a vector checks them before its restarts draw their starts."""
-        refused = self._refused if self._refused.overloads else _compiling(self._refused)
+        refused = self._refused if self._refused.overloads else _with_headroom(self._refused)
         if refused(actions, self.setup):
             self.refuse(actions)
 
@@ -807,7 +808,7 @@ class _Core:
         n, k = actions.shape
         out = _Outcome(np.empty((n, 4 * k + len(_FLOATS))), np.empty((n, len(_INTS) + len(self._reasons)), np.int64),
                        np.empty((n, len(_FLAGS)), bool), k)
-        step = self._step if self._step.overloads else _compiling(self._step)
+        step = self._step if self._step.overloads else _with_headroom(self._step)
         full = step(self.table, actions, restarts, out.floats, out.ints, out.flags, 0)
         if full == _REFUSED:
             self.refuse(actions)

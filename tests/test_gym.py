@@ -356,7 +356,7 @@ def test_events_given_as_data_are_checked_as_files_are(guard):
     PolicyEnv(guard, events(ts=[0, day, day, 2 * day, 3 * day]), warmup=0)  # equal timestamps are fine
 
 
-def test_the_batched_steps_first_call_runs_as_a_compile(guard, monkeypatch):
+def test_the_batched_steps_first_call_runs_with_stack_headroom(guard, monkeypatch):
     """The batched step and its check of actions compile (or load their machine code) on
     their first call, which runs under `jit.with_stack_headroom` as compile_policy does;
     later calls are the Numba functions themselves."""

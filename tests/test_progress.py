@@ -267,7 +267,7 @@ def test_a_compile_runs_clear_of_the_edges_of_the_frame_stacks_chunks():
         assert outside >= 200, outside
 
 
-def test_compile_policy_and_compile_checked_run_as_a_compile(monkeypatch):
+def test_compile_policy_and_compile_checked_run_with_stack_headroom(monkeypatch):
     """Both entry points run their work under `jit.with_stack_headroom`: the check of the
     file too, and a failure passes through it unchanged."""
     from policyc.compiler.build import compile_checked
