@@ -68,7 +68,7 @@ class EngineError(ValueError):
     """A message the engine cannot act on (unknown instrument or field, bad value)."""
 
 
-def _check_timestamp(ts) -> None:
+def check_timestamp(ts) -> None:
     """Raise EngineError unless ts is int64 nanoseconds since the epoch (not before it),
     so no timestamp the kernel sees can overflow its arrays or its arithmetic."""
     if not isinstance(ts, (int, np.integer)) or isinstance(ts, bool) or not 0 <= ts < 2**63:
@@ -165,7 +165,7 @@ class Engine:
     # ---- events ------------------------------------------------------------------
     def _run(self, kind: int, inst: int, ts: int, values=(), traced: bool = True) -> tuple[int, int]:
         """One event through the kernel; `traced` when a Decision is read back from it."""
-        _check_timestamp(ts)
+        check_timestamp(ts)
         ev = self._events
         ev.ts[0], ev.kind[0], ev.inst[0] = ts, kind, inst
         ev.vals[0] = (*values, *self._nans[len(values):])  # one write of the row (a fill is one event per call)
@@ -349,7 +349,7 @@ class Engine:
             instrument, ts, fields = event[0], event[1], event[2]
             try:
                 inst = self.instrument(instrument)
-                _check_timestamp(ts)
+                check_timestamp(ts)
                 row, price = self._market_values(inst, fields)
             except EngineError as exc:
                 results[k] = exc
@@ -455,6 +455,44 @@ class Engine:
 
     def reject(self, instrument: str, ts: int, qty: float) -> None:
         self._run(L.REJECT, self.instrument(instrument), ts, (qty,), traced=False)
+
+    def book(self, events: list[tuple[int, str, int, tuple]]) -> list[tuple[float, float]]:
+        """Fills and rejects through one kernel call, in order: what `fill` and `reject`
+        do one call each, to the bit, for the cost of one (a call is about 1.5 us of
+        argument passing; a venue read in a busy live run holds hundreds of fills).
+
+        Each event is `(kind, instrument, ts, values)`: kind layout.FILL with values
+        (qty, price, fee), or layout.REJECT with (qty,); quantities in units (signed),
+        price and fee in money, ts in ns. Returns the (position in units, equity in money)
+        after each event. Raises EngineError for an unknown instrument or a ts that is
+        not int64 ns, before any event is applied."""
+        n = len(events)
+        if not n:
+            return []
+        if n > len(self._events):
+            self._grow(max(n, 2 * len(self._events)))
+        insts = [self.instrument(name) for _, name, _, _ in events]
+        for event in events:
+            check_timestamp(event[2])
+        # a fill's position is the kernel's own sum, the position before it plus its
+        # quantity (other_event), in the same order: the same bits as reading it back
+        held = dict.fromkeys(insts)
+        pstate = self.session.pstate
+        for inst in held:
+            held[inst] = float(pstate[inst, L.P_POS])
+        positions = []
+        for (kind, _, _, values), inst in zip(events, insts):
+            if kind == L.FILL:
+                held[inst] += values[0]
+            positions.append(held[inst])
+        ev, nans = self._events, self._nans
+        ev.kind[:n] = [event[0] for event in events]
+        ev.inst[:n] = insts
+        ev.ts[:n] = [event[2] for event in events]
+        ev.vals[:n] = [(*values, *nans[len(values):]) for _, _, _, values in events]
+        self.session.feed(ev, self._equity, None, 0, n)
+        self.events += n
+        return list(zip(positions, self._equity[:n].tolist()))
 
     def halt(self, ts: int) -> list[Decision]:
         """Trip the kill switch and decide again on every instrument (liquidation orders)."""

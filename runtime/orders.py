@@ -38,7 +38,9 @@ import msgspec
 import numpy as np
 import orjson
 
-from .engine import Decision, Engine, EngineError
+from policyc.compiler.layout import FILL, REJECT
+
+from .engine import Decision, Engine, EngineError, check_timestamp
 
 MAX_NS = 2**63 - 1  # event times are int64 nanoseconds
 MAX_CLOCK_SKEW_S = 5.0  # default of `run --max-clock-skew`: how far a market event may be ahead of the wall clock
@@ -186,6 +188,10 @@ class OrderCore:
         self.asked: set[str] = set()            # venues asked for their state that have not answered yet
         self.held: set[str] = set()             # instruments whose orders were held while reconciling
         self.mismatched = False                 # the venue's books differed: no order leaves until they agree
+        # a venue read's fills and rejects waiting to go through the kernel in one call, and
+        # their fill records, each with the index of its last event (`_book`)
+        self._due: list[tuple[int, str, int, tuple]] = []
+        self._due_records: list[tuple[int, dict]] = []
 
     def set_venues(self, venues: dict[str, str] | None) -> None:
         """Which venue trades each instrument (instrument -> venue name; None: one venue,
@@ -596,8 +602,29 @@ class OrderCore:
             try:
                 self._venue_reply(reply)
             except Exception as exc:  # anything rather than the loss of the answers after it
+                self._book()
                 self._bad("venue", f"internal error handling a `{reply.type}` for "
                                    f"{reply.client_order_id[:80]!r}: {exc!r}")
+        self._book()
+
+    def _book(self) -> None:
+        """Put the fills and rejects waiting since the last call through the kernel in one
+        call (`Engine.book`), then write their fill records, each with the position and
+        equity after its own events: what handling each at once would have written.
+        `_venue_reply` calls it before anything that reads the engine or writes another
+        record, so records and kernel events keep their order."""
+        if not self._due:
+            return
+        due, records = self._due, self._due_records
+        self._due, self._due_records = [], []
+        try:
+            after = self.engine.book(due)
+        except Exception as exc:  # a defect: the fills are counted but not booked, which the record says
+            self._bad("venue", f"internal error booking {len(due)} fills and rejects: {exc!r}")
+            return
+        for last, fields in records:
+            fields["position"], fields["equity"] = after[last]
+            self.record("fill", **fields)
 
     def _venue_reply(self, reply) -> None:
         oid = reply.client_order_id
@@ -605,6 +632,8 @@ class OrderCore:
         if reply.type == "ack":
             return
         order = self.open.get(oid)
+        if order is None or reply.type != "fill":  # what follows reads the engine or records: after the fills before
+            self._book()
         if order is None:
             if reply.type == "fill" and not self._sent_by_us(oid):
                 self._bad("venue", f"fill for an order this runtime did not send: {oid}")
@@ -633,31 +662,40 @@ class OrderCore:
         if reply.fee > notional:  # a fee above the fill's notional would move equity, and every limit that reads it
             order.fills_seen -= 1  # not applied: a resend's answers must count it again
             # the venue says it executed a fill this runtime cannot book, so their positions differ
+            self._book()
             self._venue_break(f"fill of {oid}: `fee` is {reply.fee!r}, above the fill's notional {notional:g} "
                               f"(qty x price x multiplier {self.multiplier[instrument]:g}): refused")
             return
         sign = 1.0 if left > 0 else -1.0
         qty = min(reply.qty, abs(left)) * sign
         overfilled = reply.qty > abs(left)
+        # A plain fill waits for the read's others (`_book`); one that overfills, or fills an
+        # order the kill switch withdrew, is booked with those before it, and at once
+        if overfilled or order.withdrawn:
+            self._book()
         if overfilled:  # the venue says it filled more than was open: apply what was open
             self.record("overfill", ts=said, client_order_id=oid, instrument=instrument, venue_qty=reply.qty * sign,
                         qty=qty)
         if order.withdrawn:  # it filled before its cancel: a real position again
             self._restore(instrument, ts, qty)
-        self.engine.fill(instrument, ts, qty, reply.price, reply.fee)
+        check_timestamp(ts)  # raised here, before anything counts the fill, as by `engine.fill`
+        due = self._due
+        due.append((FILL, instrument, ts, (qty, reply.price, reply.fee)))
         self.counters.fills += 1
         order.fills_applied += 1
         order.left = left - qty
         if abs(order.left) <= DONE * abs(order.qty):
             if order.left and not order.withdrawn:  # the rounding of partial fills: release what is left
-                self._withdraw(instrument, ts, order.left)
+                due.append((REJECT, instrument, ts, (order.left,)))  # `_withdraw`, booked with the fill
             del self.open[oid]
-        self.record("fill", ts=said, client_order_id=oid, instrument=instrument, qty=qty, price=reply.price,
-                    fee=reply.fee, position=self.engine.position(instrument), equity=self.engine.equity)
-        if order.withdrawn and self.engine.halted:  # flatten what that fill left
-            self._decide(instrument)
-        if overfilled:
-            self._venue_break(f"the venue filled {reply.qty:g} of {oid}, {abs(left):g} of which was open")
+        self._due_records.append((len(due) - 1, {"ts": said, "client_order_id": oid, "instrument": instrument,
+                                                 "qty": qty, "price": reply.price, "fee": reply.fee}))
+        if order.withdrawn or overfilled:
+            self._book()
+            if order.withdrawn and self.engine.halted:  # flatten what that fill left
+                self._decide(instrument)
+            if overfilled:
+                self._venue_break(f"the venue filled {reply.qty:g} of {oid}, {abs(left):g} of which was open")
 
     def venue_state(self, positions: dict, open_orders: list, venue: str = "") -> None:
         """`venue`'s answer to `state_request`: its signed position per instrument
