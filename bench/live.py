@@ -2,7 +2,9 @@
 in the same run:
 
 - tick-to-order latency at the paper venue vs an echo round trip to a server in its own
-  process (both cross a process boundary twice, both paced like the feed);
+  process (both cross a process boundary twice, both paced like the feed), and, to show
+  what the feed -> runtime -> venue path costs by itself, a bare relay in the runtime's
+  place (`_bare_relay`: decode, order, nothing else);
 - market-data throughput through the runtime vs a bare client, in the runtime's place,
   decoding the same frames, both fed faster than they can take them;
 - the same at scale: 1,000 instruments on one feed, and 100 intent clients at once;
@@ -463,6 +465,45 @@ def _live_run(policy, data: dict[str, Path], n: int, rate: float | None, log: Pa
     return LiveRun(rt, got, venue.get("latency", {}), cpu_ns)
 
 
+async def _bare_relay(feed_port: int, venue_port: int, n: int) -> None:
+    """A bare relay in the runtime's place, websockets both ways: each of the feed's
+    first n ticks decoded with orjson, and every other one answered at once with a market
+    order carrying the tick's `sent_ns` (the flip policy orders on about every other
+    event); no kernel, no checks, no log. The venue's answers are read and dropped. Its
+    tick-to-order is what the feed -> runtime -> venue path costs with nothing done in
+    the middle."""
+    import orjson
+    from websockets.asyncio.client import connect
+
+    async def drain(ws) -> None:
+        with suppress(Exception):
+            async for _ in ws:
+                pass
+
+    async with connect(f"ws://{HOST}:{venue_port}", compression=None) as venue, \
+            connect(f"ws://{HOST}:{feed_port}", compression=None) as feed:
+        answers = asyncio.create_task(drain(venue))
+        k = 0
+        async for frame in feed:
+            tick = orjson.loads(frame)
+            if k % 2 == 0:
+                await venue.send(orjson.dumps({
+                    "type": "order", "client_order_id": f"relay-{k:06d}", "instrument": tick["instrument"],
+                    "side": "buy" if k % 4 == 0 else "sell", "qty": 10.0, "order_type": "market", "ts": tick["ts"],
+                    "event_sent_ns": tick["sent_ns"], "event_ts": tick["ts"]}).decode())
+            k += 1
+            if k == n:
+                break
+        answers.cancel()
+
+
+def _relay_latency(data: dict[str, Path], n: int) -> dict:
+    """`_bare_relay` between a paced feed and a paper venue: the venue's tick-to-order report."""
+    with _feed_and_venue(data, RATE) as (feed_port, venue_port, venue):
+        _run(_bare_relay(feed_port, venue_port, n))
+    return venue.get("latency", {})
+
+
 def _bare_receive(data: dict[str, Path], n: int, client=None) -> float:
     """A bare client in the runtime's place: same feed, same venue also subscribed."""
     with _feed_and_venue(data, None) as (feed_port, _, _):
@@ -673,6 +714,9 @@ def bench_live() -> list[list | dict]:
                                  "to the cross-process echo", lat, e50))
         targets = [_target("tick-to-order p50 / echo round trip p50 (1 instrument, no --busy-poll)",
                            lat["p50_us"] / e50 if lat else None, 1.5)]
+        rows.append(_latency_row("  informational: a bare relay in the runtime's place (websockets both ways, orjson, "
+                                 "an order on every other tick; no kernel, checks or log): the path's own cost",
+                                 _relay_latency(syn, LATENCY_EVENTS), e50))
         before_lat = _live_run(one, syn, LATENCY_EVENTS, RATE, tmp / "lat-before.jsonl",
                                log_before_the_chain=True).latency
         rows.append(_latency_row("  the same with the log as it was before the chain (buffered, no write-ahead)",
