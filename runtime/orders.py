@@ -612,15 +612,18 @@ class OrderCore:
         call (`Engine.book`), then write their fill records, each with the position and
         equity after its own events: what handling each at once would have written.
         `_venue_reply` calls it before anything that reads the engine or writes another
-        record, so records and kernel events keep their order."""
+        record, so records and kernel events keep their order. A booking that fails (a
+        defect) trips the kill switch (`_venue_break`)."""
         if not self._due:
             return
         due, records = self._due, self._due_records
         self._due, self._due_records = [], []
         try:
             after = self.engine.book(due)
-        except Exception as exc:  # a defect: the fills are counted but not booked, which the record says
-            self._bad("venue", f"internal error booking {len(due)} fills and rejects: {exc!r}")
+        except Exception as exc:  # noqa: BLE001 - a defect
+            # The fills are counted here but not in the kernel, so this state and the
+            # venue's may differ: the kill switch trips, as for a venue's contradiction
+            self._venue_break(f"internal error booking {len(due)} fills and rejects: {exc!r}")
             return
         for last, fields in records:
             fields["position"], fields["equity"] = after[last]

@@ -291,3 +291,23 @@ def test_an_answer_the_core_fails_on_is_logged_after_the_fills_before_it(intents
         VenueReply("fill", ids[1], qty=20.0, price=100.0, fee=0.0)])
     assert [r["kind"] for r in rig.records][-3:] == ["fill", "bad_message", "fill"]
     assert rig.engine.position("A") == 30.0
+
+
+def test_a_read_the_kernel_fails_to_book_trips_the_kill_switch(intents, monkeypatch):
+    """A defect in the booking leaves fills counted here that the kernel does not hold:
+    this state and the venue's may differ, so it is a venue break (bad message, halt),
+    and no fill record claims a position the kernel does not have."""
+    rig = CoreRig(kernel_engine(intents))
+    rig.core.market([Market("A", T, {"price": 100.0, "close": 100.0}, None)])
+    rig.mono += S
+    rig.core.intent("A", 10.0)
+    oid = rig.orders()[0]["client_order_id"]
+
+    def broken(events):
+        raise RuntimeError("defect")
+
+    monkeypatch.setattr(rig.engine, "book", broken)
+    rig.core.venue_replies([VenueReply("fill", oid, qty=10.0, price=100.0, fee=0.0)])
+    assert not rig.kinds("fill")
+    assert "internal error booking 1 fills and rejects: RuntimeError('defect')" in rig.kinds("bad_message")[0]["reason"]
+    assert rig.engine.halted and rig.kinds("halt")
