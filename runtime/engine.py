@@ -64,6 +64,10 @@ class Decision:
 VECTOR_MIN = 8
 
 
+#: What `Engine.book` takes: (event kind, number of values)
+_BOOKED = frozenset(((L.FILL, 3), (L.REJECT, 1)))
+
+
 class EngineError(ValueError):
     """A message the engine cannot act on (unknown instrument or field, bad value)."""
 
@@ -464,16 +468,20 @@ class Engine:
         Each event is `(kind, instrument, ts, values)`: kind layout.FILL with values
         (qty, price, fee), or layout.REJECT with (qty,); quantities in units (signed),
         price and fee in money, ts in ns. Returns the (position in units, equity in money)
-        after each event. Raises EngineError for an unknown instrument or a ts that is
-        not int64 ns, before any event is applied."""
+        after each event. Raises EngineError for an unknown instrument, a ts that is not
+        int64 ns, or an event of another kind or with another number of values, before
+        any event is applied."""
         n = len(events)
         if not n:
             return []
         if n > len(self._events):
             self._grow(max(n, 2 * len(self._events)))
         insts = [self.instrument(name) for _, name, _, _ in events]
-        for event in events:
-            check_timestamp(event[2])
+        for kind, _, ts, values in events:
+            check_timestamp(ts)
+            if (kind, len(values)) not in _BOOKED:
+                raise EngineError(f"book takes fills (qty, price, fee) and rejects (qty), not kind {kind!r} with "
+                                  f"{len(values)} values")
         # a fill's position is the kernel's own sum, the position before it plus its
         # quantity (other_event), in the same order: the same bits as reading it back
         held = dict.fromkeys(insts)

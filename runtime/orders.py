@@ -484,8 +484,13 @@ class OrderCore:
     # taken out of that count at once (`_withdraw`, a reject the venue has not sent yet),
     # and put back (`_restore`, the same event with the opposite sign) when a fill beats
     # the cancel or a `resume` counts the order again.
-    def _withdraw(self, instrument: str, ts: int, qty: float) -> None:
-        self.engine.reject(instrument, ts, qty)
+    def _withdraw(self, instrument: str, ts: int, qty: float, due: list | None = None) -> None:
+        """Take `qty` (signed units) out of the engine's open quantity, a reject event: at
+        once, or with a venue read's fills when given their list (`due`, `_book`)."""
+        if due is None:
+            self.engine.reject(instrument, ts, qty)
+        else:
+            due.append((REJECT, instrument, ts, (qty,)))
 
     def _restore(self, instrument: str, ts: int, qty: float) -> None:
         self.engine.reject(instrument, ts, -qty)
@@ -612,22 +617,33 @@ class OrderCore:
         call (`Engine.book`), then write their fill records, each with the position and
         equity after its own events: what handling each at once would have written.
         `_venue_reply` calls it before anything that reads the engine or writes another
-        record, so records and kernel events keep their order. A booking that fails (a
-        defect) trips the kill switch (`_venue_break`)."""
+        record, so records and kernel events keep their order. When the call fails (a
+        defect), each answer's events are booked on their own, and each that fails again
+        trips the kill switch (`_venue_break`) in place of its record."""
         if not self._due:
             return
         due, records = self._due, self._due_records
         self._due, self._due_records = [], []
         try:
             after = self.engine.book(due)
-        except Exception as exc:  # noqa: BLE001 - a defect
-            # The fills are counted here but not in the kernel, so this state and the
-            # venue's may differ: the kill switch trips, as for a venue's contradiction
-            self._venue_break(f"internal error booking {len(due)} fills and rejects: {exc!r}")
-            return
+        except Exception:  # noqa: BLE001 - a defect: each answer's events on their own, to find which
+            after = None
+        first = 0  # the first event of the answer of the record at hand
         for last, fields in records:
-            fields["position"], fields["equity"] = after[last]
+            if after is None:
+                try:
+                    fields["position"], fields["equity"] = self.engine.book(due[first:last + 1])[-1]
+                except Exception as exc:  # noqa: BLE001
+                    # counted here and not in the kernel: this state and the venue's may
+                    # differ, so the kill switch trips, as for a venue's contradiction
+                    self._venue_break(f"internal error booking the fill of {fields['client_order_id'][:80]!r}: "
+                                      f"{exc!r}")
+                    first = last + 1
+                    continue
+            else:
+                fields["position"], fields["equity"] = after[last]
             self.record("fill", **fields)
+            first = last + 1
 
     def _venue_reply(self, reply) -> None:
         oid = reply.client_order_id
@@ -689,7 +705,7 @@ class OrderCore:
         order.left = left - qty
         if abs(order.left) <= DONE * abs(order.qty):
             if order.left and not order.withdrawn:  # the rounding of partial fills: release what is left
-                due.append((REJECT, instrument, ts, (order.left,)))  # `_withdraw`, booked with the fill
+                self._withdraw(instrument, ts, order.left, due)
             del self.open[oid]
         self._due_records.append((len(due) - 1, {"ts": said, "client_order_id": oid, "instrument": instrument,
                                                  "qty": qty, "price": reply.price, "fee": reply.fee}))

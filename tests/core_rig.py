@@ -83,16 +83,16 @@ def interpreter_engine(policy: CompiledPolicy) -> Engine:
 
 
 class CoreRig:
-    """An order core over `engine` whose clocks the test moves (`wall`, `mono`, ns), with
-    every message it sent (`sent`) and record it wrote (`records`, each a dict with its
-    `kind` and `ts`)."""
+    """An order core (`core`: OrderCore or a subclass) over `engine` whose clocks the test
+    moves (`wall`, `mono`, ns), with every message it sent (`sent`) and record it wrote
+    (`records`, each a dict with its `kind` and `ts`)."""
 
-    def __init__(self, engine: Engine, **limits):
+    def __init__(self, engine: Engine, core: type[OrderCore] = OrderCore, **limits):
         self.engine = engine
         self.wall, self.mono = WALL, 0
         self.sent: list[dict] = []
         self.records: list[dict] = []
-        self.core = OrderCore(engine, "p-1", lambda message, sent_ns: self.sent.append(dict(message)), self.record,
+        self.core = core(engine, "p-1", lambda message, sent_ns: self.sent.append(dict(message)), self.record,
                               wall_ns=lambda: self.wall, monotonic_ns=lambda: self.mono, **limits)
         self.core.feed_connected()
 

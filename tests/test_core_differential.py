@@ -115,6 +115,8 @@ class Pair:
     """Both cores, moved by the same steps; `venue` keeps what the venue said about each
     order, so a reconnection can answer every order again with all of it."""
 
+    labels = ("kernel's core", "interpreter")  # the two cores, as a failure names them
+
     def __init__(self, policy):
         self.names = policy.instruments
         self.rigs = (CoreRig(kernel_engine(policy)), CoreRig(interpreter_engine(policy)))
@@ -199,7 +201,7 @@ class Pair:
         sent, records = seen
         for what, a, b in (("sent", kernel.sent[sent:], interpreter.sent[sent:]),
                            ("recorded", kernel.records[records:], interpreter.records[records:])):
-            assert agree(a, b), f"after {step}, the kernel's core {what}\n{a}\nthe interpreter's\n{b}"
+            assert agree(a, b), f"after {step}, the {self.labels[0]} {what}\n{a}\nthe {self.labels[1]}'s\n{b}"
         for name in self.names:
             for value in ("position", "open_quantity"):
                 k, i = getattr(kernel.engine, value)(name), getattr(interpreter.engine, value)(name)
