@@ -17,7 +17,6 @@ reconciles per venue.
 from __future__ import annotations
 
 import asyncio
-import gc
 import os
 import random
 import secrets
@@ -26,7 +25,6 @@ import sys
 import threading
 import time
 from collections import deque
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import partial
 from datetime import datetime, timezone
@@ -163,37 +161,6 @@ class LogFailed(OSError):
     def __init__(self, error: OSError, status: dict | None):
         super().__init__(error.errno, error.strerror or str(error))
         self.status = status
-
-
-_frozen = [0]  # runs under way in this process (`start_up_heap_frozen`)
-_frozen_lock = threading.Lock()
-
-
-@contextmanager
-def start_up_heap_frozen():
-    """Run the block with the objects the process holds as the first such block starts
-    out of the garbage collector's full passes (`gc.freeze`, after one collection so no
-    garbage is frozen), back in them (`gc.unfreeze`) once the last one ends.
-
-    A full pass scans every object the collector tracks, and pauses the event loop for
-    as long: 7 to 13 ms in a process over a cached kernel (60,000 objects: modules,
-    Numba's dispatchers, the policy), 60 to 110 ms after a compile in the same process
-    (320,000), as `run` makes on a cache miss. Those objects live as long as the run, so
-    scanning them finds nothing; frozen, a pass scans what the run made since. Objects
-    frozen and freed during the run still go at once, as their count of references drops
-    to zero; only a cycle among them waits for the block's end."""
-    with _frozen_lock:
-        if not _frozen[0]:  # a run that starts while another runs leaves that one's objects scanned
-            gc.collect()
-            gc.freeze()
-        _frozen[0] += 1
-    try:
-        yield
-    finally:
-        with _frozen_lock:
-            _frozen[0] -= 1
-            if not _frozen[0]:
-                gc.unfreeze()
 
 
 def announce(line: str) -> None:
@@ -812,13 +779,7 @@ class LiveRuntime:
     async def run(self) -> dict:
         """Trade until `stop` is set (SIGINT, SIGTERM, `duration`), then close the
         connections, the listeners and the log; returns `status()`. Raises LogFailed,
-        once all that is done, when the decision log failed (the run stopped on it).
-        While it runs, the objects the process held as it started are out of the garbage
-        collector's full passes (`start_up_heap_frozen`)."""
-        with start_up_heap_frozen():
-            return await self._run()
-
-    async def _run(self) -> dict:
+        once all that is done, when the decision log failed (the run stopped on it)."""
         with self._loop_lock:
             loop = self._loop = asyncio.get_running_loop()
             self._loop_thread = threading.get_ident()
