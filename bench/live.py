@@ -4,7 +4,7 @@ in the same run:
 - tick-to-order latency at the paper venue vs an echo round trip to a server in its own
   process (both cross a process boundary twice, both paced like the feed), and, to show
   what the feed -> runtime -> venue path costs by itself, a bare relay in the runtime's
-  place (`_bare_relay`: decode, order, nothing else);
+  place on the runtime's own transport (`_bare_relay`: decode, order, nothing else);
 - market-data throughput through the runtime vs a bare client, in the runtime's place,
   decoding the same frames, both fed faster than they can take them;
 - the same at scale: 1,000 instruments on one feed, and 100 intent clients at once;
@@ -466,35 +466,42 @@ def _live_run(policy, data: dict[str, Path], n: int, rate: float | None, log: Pa
 
 
 async def _bare_relay(feed_port: int, venue_port: int, n: int) -> None:
-    """A bare relay in the runtime's place, websockets both ways: each of the feed's
-    first n ticks decoded with orjson, and every other one answered at once with a market
-    order carrying the tick's `sent_ns` (the flip policy orders on about every other
-    event); no kernel, no checks, no log. The venue's answers are read and dropped. Its
-    tick-to-order is what the feed -> runtime -> venue path costs with nothing done in
-    the middle."""
+    """A bare relay in the runtime's place, on the runtime's own transport both ways
+    (`transport.Stream`: a socket read's messages in one call, a frame written at once):
+    each of the feed's first n messages decoded with orjson, and every other one answered
+    at once with a market order carrying its `sent_ns` (the flip policy orders on about
+    every other event); no kernel, no checks, no log. The venue's answers are dropped.
+    Its tick-to-order is what the feed -> runtime -> venue path costs with nothing done
+    in the middle."""
     import orjson
-    from websockets.asyncio.client import connect
 
-    async def drain(ws) -> None:
-        with suppress(Exception):
-            async for _ in ws:
-                pass
+    from policyc.runtime.live import transport
 
-    async with connect(f"ws://{HOST}:{venue_port}", compression=None) as venue, \
-            connect(f"ws://{HOST}:{feed_port}", compression=None) as feed:
-        answers = asyncio.create_task(drain(venue))
-        k = 0
-        async for frame in feed:
-            tick = orjson.loads(frame)
-            if k % 2 == 0:
-                await venue.send(orjson.dumps({
-                    "type": "order", "client_order_id": f"relay-{k:06d}", "instrument": tick["instrument"],
-                    "side": "buy" if k % 4 == 0 else "sell", "qty": 10.0, "order_type": "market", "ts": tick["ts"],
-                    "event_sent_ns": tick["sent_ns"], "event_ts": tick["ts"]}).decode())
-            k += 1
+    done = asyncio.get_running_loop().create_future()
+    seen = [0]
+    venue = await transport.connect(f"ws://{HOST}:{venue_port}", lambda frames: None, lambda why: None)
+
+    def on_feed(frames) -> None:
+        for frame in frames:
+            k = seen[0]
+            seen[0] += 1
             if k == n:
-                break
-        answers.cancel()
+                if not done.done():
+                    done.set_result(None)
+                return
+            message = orjson.loads(frame)
+            if k % 2 == 0:
+                venue.send(orjson.dumps({
+                    "type": "order", "client_order_id": f"relay-{k:06d}", "instrument": message.get("instrument"),
+                    "side": "buy" if k % 4 == 0 else "sell", "qty": 10.0, "order_type": "market",
+                    "ts": message.get("ts"), "event_sent_ns": message.get("sent_ns"), "event_ts": message.get("ts")}))
+
+    feed = await transport.connect(f"ws://{HOST}:{feed_port}", on_feed, lambda why: None)
+    try:
+        await done
+    finally:
+        feed.close()
+        venue.close()
 
 
 def _relay_latency(data: dict[str, Path], n: int) -> dict:
@@ -714,8 +721,9 @@ def bench_live() -> list[list | dict]:
                                  "to the cross-process echo", lat, e50))
         targets = [_target("tick-to-order p50 / echo round trip p50 (1 instrument, no --busy-poll)",
                            lat["p50_us"] / e50 if lat else None, 1.5)]
-        rows.append(_latency_row("  informational: a bare relay in the runtime's place (websockets both ways, orjson, "
-                                 "an order on every other tick; no kernel, checks or log): the path's own cost",
+        rows.append(_latency_row("  informational: a bare relay in the runtime's place (the runtime's transport both "
+                                 "ways, orjson, an order on every other tick; no kernel, checks or log): the path's "
+                                 "own cost",
                                  _relay_latency(syn, LATENCY_EVENTS), e50))
         before_lat = _live_run(one, syn, LATENCY_EVENTS, RATE, tmp / "lat-before.jsonl",
                                log_before_the_chain=True).latency

@@ -14,9 +14,9 @@ a live run's: an upper bound, shown next to the live target, not a target itself
 log goes to the bench's temporary folder: where that is a tmpfs, its syncs cost nothing.
 
 The figure is CPU time per event of the runtime (its thread inside its calls, and the
-log's sync thread), with the process's earlier objects out of the collector's full
-passes as `LiveRuntime.run` has them (`start_up_heap_frozen`; without it the earlier
-runs' garbage made a full pass of 70 to 90 ms land in one run or another), over `RUNS`
+log's sync thread), each run starting as a live command does, its process's objects
+collected and frozen (`eventloop.freeze_start_up_heap`; without it the earlier runs'
+garbage made a full pass of 70 to 90 ms land in one run or another), over `RUNS`
 rounds of the three logs (chained, as it was before the chain, none) in an order that
 rotates, after one round that is not counted; a cost is 1 - before / chained of the
 medians. A round whose runs did not all trade alike (the
@@ -72,7 +72,8 @@ def _one_run(policy, frames: list[bytes], log: Path, no_log: bool, before: bool)
     from live import _swap_log
     from policyc.runtime.live.paper import PaperVenue
     from policyc.runtime.live.protocol import encode
-    from policyc.runtime.live.runner import LiveRuntime, RunConfig, start_up_heap_frozen
+    from policyc.runtime.live.eventloop import freeze_start_up_heap
+    from policyc.runtime.live.runner import LiveRuntime, RunConfig
 
     log.unlink(missing_ok=True)
     rt = LiveRuntime(policy, RunConfig("ws://feed.invalid", "ws://venue.invalid", log_path=str(log)))
@@ -94,15 +95,15 @@ def _one_run(policy, frames: list[bytes], log: Path, no_log: bool, before: bool)
 
     venue_read()  # the venue's state, which the runtime asked for as it connected: it trades once they agree
     inside[0], connection.venue_ns = 0, 0
-    with start_up_heap_frozen():  # as `LiveRuntime.run` trades
-        process, thread = time.process_time_ns(), time.thread_time_ns()
-        for k in range(0, len(frames), READ_EVENTS):
-            read = frames[k:k + READ_EVENTS]
-            connection.inbox += [encode(reply) for reply in venue.on_feed(read)]
-            runtime(rt.on_feed_messages, read)
-            venue_read()
-        runtime(lambda _: rt.log.close(), None)  # the chained log's last sync is its work too
-        others = (time.process_time_ns() - process) - (time.thread_time_ns() - thread)
+    freeze_start_up_heap()  # as a live command starts
+    process, thread = time.process_time_ns(), time.thread_time_ns()
+    for k in range(0, len(frames), READ_EVENTS):
+        read = frames[k:k + READ_EVENTS]
+        connection.inbox += [encode(reply) for reply in venue.on_feed(read)]
+        runtime(rt.on_feed_messages, read)
+        venue_read()
+    runtime(lambda _: rt.log.close(), None)  # the chained log's last sync is its work too
+    others = (time.process_time_ns() - process) - (time.thread_time_ns() - thread)
     c = rt.counters
     did = (c.events, c.orders, c.fills, c.bad_messages, rt.core.reconciling, rt.engine.halted)
     return (inside[0] - connection.venue_ns + others) / len(frames), did
