@@ -112,7 +112,6 @@ class Engine:
         self._field_slots = {**dict.fromkeys(MARKET_FIELDS), **self.columns}
         self._plans: dict[tuple, tuple | bool] = {}  # the fields of a market event -> how `_market_batch` writes them
         self._grow(1)
-        self.events = 0
 
     def _grow(self, capacity: int) -> None:
         """Event, trace and equity buffers for batches of up to `capacity` events."""
@@ -179,7 +178,6 @@ class Engine:
             self.session.feed(ev, self._equity, self._trace, 0, 1)
         else:
             self.session.feed(ev, None, None, 0, 1)
-        self.events += 1
         return before, self.session.n_orders
 
     def _reasons(self, mask: float) -> tuple[str, ...]:
@@ -321,7 +319,6 @@ class Engine:
         self._trace[:n, :L.T_EQUITY] = np.nan
         before = self.session.n_orders
         self.session.feed(ev, self._equity, self._trace, 0, n)
-        self.events += n
         by_row: dict[int, list] = {}  # an event makes one order, or two (an exit and its re-entry)
         if self.session.n_orders > before:
             for order in self.session.orders[before: self.session.n_orders].tolist():
@@ -499,7 +496,6 @@ class Engine:
         ev.ts[:n] = [event[2] for event in events]
         ev.vals[:n] = [(*values, *nans[len(values):]) for _, _, _, values in events]
         self.session.feed(ev, self._equity, None, 0, n)
-        self.events += n
         return list(zip(positions, self._equity[:n].tolist()))
 
     def halt(self, ts: int) -> list[Decision]:
