@@ -460,7 +460,8 @@ class Engine:
     def book(self, events: list[tuple[int, str, int, tuple]]) -> list[tuple[float, float]]:
         """Fills and rejects through one kernel call, in order: what `fill` and `reject`
         do one call each, to the bit, for the cost of one (a call is about 1.5 us of
-        argument passing; a venue read in a busy live run holds hundreds of fills).
+        argument passing; a venue read in a busy live run holds up to a hundred fills
+        and more).
 
         Each event is `(kind, instrument, ts, values)`: kind layout.FILL with values
         (qty, price, fee), or layout.REJECT with (qty,); quantities in units (signed),
