@@ -79,19 +79,26 @@ intent = st.tuples(st.just("intent"), st.integers(0, 1),
 #: A fill of an open order (or of one done, when none is open): a share of its size, at a price, with a fee
 fill = st.tuples(st.just("fill"), st.integers(0, 30), st.sampled_from([0.25, 0.5, 1.0, 1.0, 1.5, 3.0]),
                  st.sampled_from([40.0, 100.0, 101.5]), st.sampled_from([0.0, 0.75]))
+
+
+def about_an_order(kind: str) -> st.SearchStrategy:
+    """A step about one of the orders sent (`again`, `reject`, `ack`), picked by index."""
+    return st.tuples(st.just(kind), st.integers(0, 30))
+
+
+def plain(kind: str) -> st.SearchStrategy:
+    """A step with nothing to it but its kind (`cancelled`, `reconnect`, `halt`, ...)."""
+    return st.tuples(st.just(kind),)
+
+
+#: A wait of the feed's silence timer, in ns
+wait = st.tuples(st.just("wait"), st.sampled_from([S // 10, 3 * S, 6 * S, 3600 * S]))
 STEP = weighted(
     (6, tick), (1, st.tuples(st.just("burst"), st.lists(tick, min_size=2, max_size=5))), (5, intent), (5, fill),
-    (1, st.tuples(st.just("again"), st.integers(0, 30))),
-    (1, st.tuples(st.just("reject"), st.integers(0, 30))),
-    (1, st.tuples(st.just("ack"), st.integers(0, 30))),
-    (1, st.tuples(st.just("cancelled"),)),
-    (1, st.tuples(st.just("reconnect"),)),
-    (1, st.tuples(st.just("halt"),)),
-    (1, st.tuples(st.just("resume"),)),
+    (1, about_an_order("again")), (1, about_an_order("reject")), (1, about_an_order("ack")),
+    (1, plain("cancelled")), (1, plain("reconnect")), (1, plain("halt")), (1, plain("resume")),
     (1, st.tuples(st.just("decide"), st.integers(0, 1))),
-    (1, st.tuples(st.just("feed_lost"),)),
-    (1, st.tuples(st.just("feed_connected"),)),
-    (1, st.tuples(st.just("wait"), st.sampled_from([S // 10, 3 * S, 6 * S, 3600 * S]))),
+    (1, plain("feed_lost")), (1, plain("feed_connected")), (1, wait),
 )
 
 

@@ -221,14 +221,9 @@ class Reads(cd.Pair):
 #: several fills, and rejects, cancels and duplicates between them
 STEP = cd.weighted(
     (4, cd.tick), (4, cd.intent), (8, cd.fill),
-    (2, st.tuples(st.just("again"), st.integers(0, 30))),
-    (3, st.tuples(st.just("reject"), st.integers(0, 30))),
-    (1, st.tuples(st.just("ack"), st.integers(0, 30))),
-    (1, st.tuples(st.just("cancelled"),)),
-    (1, st.tuples(st.just("reconnect"),)),
-    (1, st.tuples(st.just("halt"),)),
-    (1, st.tuples(st.just("resume"),)),
-    (1, st.tuples(st.just("wait"), st.sampled_from([S // 10, 6 * S]))),
+    (2, cd.about_an_order("again")), (3, cd.about_an_order("reject")), (1, cd.about_an_order("ack")),
+    (1, cd.plain("cancelled")), (1, cd.plain("reconnect")), (1, cd.plain("halt")), (1, cd.plain("resume")),
+    (1, cd.wait),
 )
 
 
