@@ -253,7 +253,9 @@ def test_a_read_booked_together_equals_its_answers_one_at_a_time(name, request):
     policy = request.getfixturevalue(name)
     seen_reads = [0, set(), 0]
     _reads_agree(policy, seen_reads=seen_reads)
-    assert seen_reads[0] >= 100 and seen_reads[2] >= 100, seen_reads
+    # Hypothesis draws other sequences on other machines even when derandomized (208 and
+    # 104 reads on one, 161 and 90 on another), so the bar sits near half the lower.
+    assert seen_reads[0] >= 50 and seen_reads[2] >= 50, seen_reads
     assert seen_reads[1] == {"fill", "overfill", "reject", "bad_message"}, seen_reads
 
 
