@@ -33,7 +33,7 @@ from policyc.compiler import layout as L
 
 from ..fills import Fill, FillBook, FillModel
 from . import transport
-from .protocol import MAX_FRAME_BYTES, Input, ProtocolError, decode, encode, parse_feed
+from .protocol import ANY_INSTRUMENT, MAX_FRAME_BYTES, FeedDecoder, Input, Market, ProtocolError, decode, encode
 
 #: Seconds an order decided on an event the venue's feed has not brought yet waits for
 #: it under `same`; then it fills at the last price there is (two feeds should never be
@@ -70,6 +70,7 @@ class PaperVenue:
     positions: dict = field(default_factory=dict)     # instrument (as orders name it) -> signed sum of its fills
     received: list = field(default_factory=list)      # every order message taken in, the first time, in order
     book: FillBook = field(init=False, repr=False)    # the feed's prices and the orders waiting for them
+    _decoder: FeedDecoder = field(init=False, repr=False)  # of the feed's reads: any instrument it carries
 
     def __post_init__(self):
         contracts = {}
@@ -80,6 +81,7 @@ class PaperVenue:
             for as_named in {name, name.partition(":")[2] or name}:
                 contracts[as_named] = (float(multiplier), math.nan)  # no tick rounding
         # no slippage: a fill at the feed's price (an IOC limit order's capped at its limit)
+        self._decoder = FeedDecoder(ANY_INSTRUMENT, self.feed_format)
         self.book = FillBook(FillModel(fees_bps=self.fees_bps, contracts=contracts), self.fill_mode,
                              self.fill_latency_ns, partial=True)
 
@@ -106,19 +108,16 @@ class PaperVenue:
         answers for bad market data). Returns the fill replies of the orders waiting for
         these events."""
         fills = []
-        for frame in frames:
-            try:
-                items = parse_feed(frame, _Anything(), self.feed_format)
-            except ProtocolError as exc:
+        market = self.book.market
+        for item in self._decoder.messages(frames):
+            if item.__class__ is Market:
+                fields = item.fields
+                for fill in market(item.instrument, item.ts, fields["price"], fields.get("open"), fields):
+                    fills += self._filled(self.behind.pop(fill.client_order_id), fill)
+            elif item.__class__ is not Input:  # a frame's ProtocolError, in place of its messages
                 self.bad_feed += 1
                 if self.bad_feed_reason is None:
-                    self.bad_feed_reason = str(exc)
-                continue
-            for item in items:
-                if not isinstance(item, Input):
-                    for fill in self.book.market(item.instrument, item.ts, item.fields["price"],
-                                                 item.fields.get("open"), item.fields):
-                        fills += self._filled(self.behind.pop(fill.client_order_id), fill)
+                    self.bad_feed_reason = str(item)
         return fills
 
     def on_order(self, frame) -> list[dict]:
@@ -261,13 +260,6 @@ def _ts(msg: dict, key: str) -> int | None:
 def _event_ts(msg: dict) -> int | None:
     """The `event_ts` of an order: the market event it was decided on (ns), or None."""
     return _ts(msg, "event_ts")
-
-
-class _Anything:
-    """Accept every instrument name: the venue trades whatever its feed carries."""
-
-    def __contains__(self, item) -> bool:
-        return True
 
 
 async def serve(venue: PaperVenue, host: str, port: int, feed_url: str, ready: asyncio.Event | None = None,

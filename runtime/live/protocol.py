@@ -189,6 +189,17 @@ def _integer(msg: dict, key: str, required: bool = True) -> int | None:
     raise ProtocolError(f"`{key}` is out of range: {value} (ns since the epoch, 0 to 2**63-1)")
 
 
+class _AnyInstrument:
+    """Holds every instrument name: for a reader that takes whatever its feed carries."""
+
+    def __contains__(self, name) -> bool:
+        return True
+
+
+#: `instruments` for `parse_feed` and `FeedDecoder` that accepts any name (a non-empty string).
+ANY_INSTRUMENT = _AnyInstrument()
+
+
 def _instrument(msg: dict, key: str, instruments) -> str:
     name = _text(msg, key)
     if name not in instruments:
@@ -281,16 +292,20 @@ class FeedDecoder:
     `parse_feed` when that check fails."""
 
     def __init__(self, instruments, fmt: str = "native"):
+        """`instruments`: the names a message may carry, or ANY_INSTRUMENT for any
+        non-empty name (a paper venue trades whatever its feed carries). `fmt`: a key of
+        FEED_PARSERS."""
         self.instruments, self.fmt = instruments, fmt
-        self._decode, self._build = _native_decoder(tuple(sorted(instruments))) if fmt == "native" else (None, {})
+        names = None if instruments is ANY_INSTRUMENT else tuple(sorted(instruments))
+        self._decode, self._build = _native_decoder(names) if fmt == "native" else (None, {})
         #: Whether every frame of the last read was a native frame of market events that
         #: the msgspec call took whole: its messages are all `Market`s.
         self.clean = False
 
     def messages(self, frames) -> list:
-        """The messages of `frames` (UTF-8 bytes), in order: `Market`s and `Input`s, and
-        for a frame refused, its `ProtocolError` in place of its messages (a batch is
-        all or nothing)."""
+        """The messages of `frames` (UTF-8 bytes, as a socket gives them; a frame of text
+        goes the slow way), in order: `Market`s and `Input`s, and for a frame refused,
+        its `ProtocolError` in place of its messages (a batch is all or nothing)."""
         decode, build = self._decode, self._build
         self.clean = False
         if decode is None:
@@ -299,7 +314,7 @@ class FeedDecoder:
         read, structs = [], []  # the frames msgspec read, and what it read from them
         for frame in frames:
             try:
-                msg = decode(frame) if len(frame) <= MAX_FRAME_BYTES else None
+                msg = decode(frame) if len(frame) <= MAX_FRAME_BYTES and frame.__class__ is bytes else None
             except Exception:  # noqa: BLE001 - whatever the fast path refuses, parse_feed judges
                 msg = None
             make = build.get(msg.__class__)
@@ -387,12 +402,13 @@ def _quote(m) -> Market | None:
 
 
 @functools.lru_cache(maxsize=8)
-def _native_decoder(instruments: tuple[str, ...]) -> tuple[Callable, dict]:
+def _native_decoder(instruments: tuple[str, ...] | None) -> tuple[Callable, dict]:
     """The decoder of native frames whose `instrument` is one of `instruments` (a
-    Literal: an unknown one is refused inside the call), and for each struct it makes,
-    the function from it to a `Market` (fields in the order `_native` gives them, which
-    the journal records). Built once per set of instruments."""
-    name = Literal[instruments]
+    Literal: an unknown one is refused inside the call; None: any non-empty string, as
+    `_text` takes), and for each struct it makes, the function from it to a `Market`
+    (fields in the order `_native` gives them, which the journal records). Built once per
+    set of instruments."""
+    name = Annotated[str, msgspec.Meta(min_length=1)] if instruments is None else Literal[instruments]
     fields = {
         "tick": [("price", _Price), ("qty", Optional[_Price], None)],
         "bar": [("open", _Price), ("high", _Price), ("low", _Price), ("close", _Price),
