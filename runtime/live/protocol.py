@@ -190,10 +190,11 @@ def _integer(msg: dict, key: str, required: bool = True) -> int | None:
 
 
 class _AnyInstrument:
-    """Holds every instrument name: for a reader that takes whatever its feed carries."""
+    """Holds every instrument name (a non-empty string): for a reader that takes whatever
+    its feed carries."""
 
     def __contains__(self, name) -> bool:
-        return True
+        return name.__class__ is str and name != ""
 
 
 #: `instruments` for `parse_feed` and `FeedDecoder` that accepts any name (a non-empty string).
