@@ -282,35 +282,51 @@ def test_a_fill_record_carries_the_state_after_its_own_fill(intents):
     assert math.isclose(rig.engine.equity, expected[-1], rel_tol=1e-12)
 
 
-def _both_ways(policy, orders: list[float], read: list, halt: bool = False, filled_first: int = 0) -> CoreRig:
-    """Two cores that sent the orders of intents to `orders` (targets, on A), optionally
-    halted (the kill switch withdraws them, and liquidates what the first `filled_first`
-    orders, filled in full before it, hold); `read(ids)` gives the venue's answers, which
-    the reference (`OneCallPerAnswer`) gets one at a time and the order core together.
-    Asserts that both sent and recorded the same and hold the same state, and returns
-    the order core's rig."""
+def _two_cores(policy, orders: list[float], halt: bool = False, filled_first: int = 0,
+               earlier=None) -> tuple[CoreRig, CoreRig]:
+    """The reference (`OneCallPerAnswer`) and the order core, each having sent the orders
+    of intents to `orders` (targets, on A), given `earlier(ids)`'s answers one read at a
+    time (the orders' ids in order), and optionally halted (the kill switch withdraws
+    the open orders, and liquidates what the first `filled_first` orders, filled in full
+    before it, hold)."""
     rigs = (CoreRig(kernel_engine(policy), OneCallPerAnswer), CoreRig(kernel_engine(policy)))
     for rig in rigs:
         rig.core.market([Market("A", T, {"price": 100.0, "close": 100.0}, None)])
         for target in orders:
             rig.mono += S
             rig.core.intent("A", target)
+        ids = [m["client_order_id"] for m in rig.orders()]
         for order in rig.orders()[:filled_first]:
             rig.core.venue_replies([VenueReply("fill", order["client_order_id"], qty=order["qty"], price=100.0,
                                                fee=0.0)])
+        for reply in earlier(ids) if earlier else ():
+            rig.core.venue_replies([reply])
         if halt:
             rig.core.halt("operator halt")
-    answers = read([m["client_order_id"] for m in rigs[0].orders()])
-    for reply in answers:
-        rigs[0].core.venue_reply(reply)
-    rigs[1].core.venue_replies(answers)
+    return rigs
+
+
+def _deliver(rigs: tuple[CoreRig, CoreRig], answers: list) -> CoreRig:
+    """One venue read: the reference gets its answers one at a time, the order core all
+    together. Asserts that both sent and recorded the same and hold the same state, and
+    returns the order core's rig."""
     singly, together = rigs
+    for reply in answers:
+        singly.core.venue_reply(reply)
+    together.core.venue_replies(answers)
     assert cd.agree(singly.sent, together.sent) and cd.agree(singly.records, together.records), \
         (singly.records[-6:], together.records[-6:])
     for value in ("position", "open_quantity"):
         assert bits(getattr(singly.engine, value)("A")) == bits(getattr(together.engine, value)("A"))
     assert bits(singly.engine.equity) == bits(together.engine.equity)
+    assert singly.engine.halted == together.engine.halted
     return together
+
+
+def _both_ways(policy, orders: list[float], read, **setup) -> CoreRig:
+    """`_deliver` of `read(ids)`'s answers (the orders' ids in order) to `_two_cores`."""
+    rigs = _two_cores(policy, orders, **setup)
+    return _deliver(rigs, read([m["client_order_id"] for m in rigs[0].orders()]))
 
 
 def test_partial_fills_that_leave_a_rounding_remainder_release_it_in_the_same_booking(intents):
@@ -330,6 +346,40 @@ def test_partial_fills_that_leave_a_rounding_remainder_release_it_in_the_same_bo
     left = (0.3 - 0.1 - 0.1) - last
     assert ((0.35 - 0.1 - 0.1) - last) - left != ((0.35 - 0.1 - 0.1) - left) - last
     assert len(rig.core.open) == 1
+
+
+def test_a_withdrawn_orders_rounding_remainder_is_not_released_again(intents):
+    """Halted: 0.3 is withdrawn whole; its fills 0.1 and 0.1 beat the cancel and are
+    liquidated, those liquidations fill, and its last fill leaves 1.4e-17: nothing to
+    release, as the withdrawal took it already (the engine's open quantity is near 0
+    here, so a release would show)."""
+    rigs = _two_cores(intents, [0.3], halt=True)
+    oid = rigs[0].orders()[0]["client_order_id"]
+    _deliver(rigs, [VenueReply("fill", oid, qty=q, price=100.0, fee=0.0) for q in (0.1, 0.1)])
+    liquidations = [m for m in rigs[0].orders() if m["client_order_id"] != oid]
+    assert liquidations
+    _deliver(rigs, [VenueReply("fill", m["client_order_id"], qty=m["qty"], price=100.0, fee=0.0)
+                    for m in liquidations])
+    rig = _deliver(rigs, [VenueReply("fill", oid, qty=0.09999999999999997, price=100.0, fee=0.0)])
+    assert rig.orders()[-1]["side"] == "sell" and rig.orders()[-1]["qty"] == 0.09999999999999997
+
+
+def test_a_fill_the_venue_should_not_have_sent_breaks_after_the_fills_before_it(intents):
+    """A fill of an order the venue rejected, or of one this runtime never sent, after a
+    plain fill in the same read: the plain fill is booked and recorded first, and the
+    liquidation of the venue break counts it."""
+    rig = _both_ways(intents, [10.0, 30.0], lambda ids: [
+        VenueReply("fill", ids[0], qty=10.0, price=100.0, fee=0.0),
+        VenueReply("fill", ids[1], qty=20.0, price=100.0, fee=0.0)],
+        earlier=lambda ids: [VenueReply("reject", ids[1], reason="no")])
+    kinds = [r["kind"] for r in rig.records]
+    assert kinds.index("fill") < kinds.index("bad_message") and rig.engine.halted
+    assert sum(m["qty"] for m in rig.orders() if m["side"] == "sell") == 10.0
+    rig = _both_ways(intents, [10.0], lambda ids: [
+        VenueReply("fill", ids[0], qty=10.0, price=100.0, fee=0.0),
+        VenueReply("fill", "zz-000001", qty=1.0, price=100.0, fee=0.0)])
+    kinds = [r["kind"] for r in rig.records]
+    assert kinds.index("fill") < kinds.index("bad_message")
 
 
 def test_an_overfill_is_booked_with_the_fills_before_it_and_then_breaks(intents):
@@ -449,3 +499,33 @@ def test_a_withdrawn_orders_fill_after_a_plain_one_is_booked_after_it(intents):
     assert len(rig.kinds("fill")) == 3 and rig.engine.halted
     # the open quantity's sums in the other order end a bit apart: the check has teeth
     assert ((-10.0 + 2.2) + 0.7) - 0.7 != ((-10.0 + 0.7) + 2.2) - 0.7
+
+
+def test_a_retried_read_books_each_fills_rounding_release(intents, monkeypatch):
+    """A read that fails to book as a whole is booked answer by answer: a fill that
+    leaves a rounding remainder books its release with it. Here A's fills close a
+    position (no liquidation of A follows the break), so the engine's open quantity on A
+    must be the core's, to the bit."""
+    rig = CoreRig(kernel_engine(intents))
+    rig.core.market([Market("A", T, {"price": 100.0, "close": 100.0}, None),
+                     Market("B", T, {"price": 50.0, "close": 50.0}, None)])
+    rig.mono += S
+    rig.core.intent("A", 0.3)
+    rig.core.venue_replies([VenueReply("fill", rig.orders()[0]["client_order_id"], qty=0.3, price=100.0, fee=0.0)])
+    for name, target in (("A", 0.0), ("B", 10.0)):
+        rig.mono += S
+        rig.core.intent(name, target)
+    close_a, open_b = (m["client_order_id"] for m in rig.orders()[1:])
+    book = rig.engine.book
+
+    def failing_at_13(events):
+        if any(values[1:2] == (13.0,) for _, _, _, values in events):
+            raise RuntimeError("defect")
+        return book(events)
+
+    monkeypatch.setattr(rig.engine, "book", failing_at_13)
+    rig.core.venue_replies([VenueReply("fill", close_a, qty=q, price=100.0, fee=0.0)
+                            for q in (0.1, 0.1, 0.09999999999999997)]
+                           + [VenueReply("fill", open_b, qty=1.0, price=13.0, fee=0.0)])
+    assert rig.engine.halted
+    assert bits(rig.engine.open_quantity("A")) == bits(rig.core.open_quantity("A"))
