@@ -133,6 +133,10 @@ class FillBook:
     last_ts: dict[str, int] = field(default_factory=dict)       # instrument -> that event's time, ns
     last_fields: dict[str, dict] = field(default_factory=dict)  # instrument -> that event's market fields
     waiting: dict[str, _Waiting] = field(default_factory=dict)   # client_order_id -> order not filled yet
+    #: `waiting` by instrument, each in the order the book got them: a market event looks
+    #: at its own instrument's orders only, however many others wait (a venue whose feed
+    #: lags holds one or more per instrument)
+    _waiting_of: dict[str, dict[str, _Waiting]] = field(default_factory=dict, repr=False)
 
     def __post_init__(self):
         if self.mode not in (L.FILL_SAME, *_LATER):
@@ -156,17 +160,17 @@ class FillBook:
         is a price (above 0, finite), else at `price`."""
         self.last_price[instrument], self.last_ts[instrument] = price, ts
         self.last_fields[instrument] = fields or {}
+        mine = self._waiting_of.get(instrument)
+        if not mine:
+            return []
         if self.mode == L.FILL_SAME:
-            due = [oid for oid, w in self.waiting.items()
-                   if w.instrument == instrument and (w.event_ts is None or w.event_ts <= ts)]
-            return [self._fill(oid, self.waiting.pop(oid), price, ts) for oid in due]
+            due = [oid for oid, w in mine.items() if w.event_ts is None or w.event_ts <= ts]
+            return [self._fill(oid, self._take(oid), price, ts) for oid in due]
         at, quoted = price, True
         if self.mode != L.FILL_NEXT and bar_open is not None and 0.0 < bar_open < math.inf:
             at, quoted = bar_open, False  # an IOC order meets the open: the bar's quote is its end's
         due = []
-        for oid, w in self.waiting.items():
-            if w.instrument != instrument:
-                continue
+        for oid, w in mine.items():
             if not w.passed:  # the book lags the decision: wait for the deciding event to pass
                 if ts < w.event_ts:
                     continue
@@ -175,7 +179,7 @@ class FillBook:
                     continue
             if w.due_ts is None or ts >= w.due_ts:
                 due.append(oid)
-        return [self._fill(oid, self.waiting.pop(oid), at, ts, quoted) for oid in due]
+        return [self._fill(oid, self._take(oid), at, ts, quoted) for oid in due]
 
     def order(self, client_order_id: str, instrument: str, qty: float, event_ts: int | None = None,
               decided_ts: int | None = None, limit_price: float | None = None) -> Fill | None:
@@ -193,7 +197,7 @@ class FillBook:
             if last is not None and (event_ts is None or event_ts <= last):
                 return self._fill(client_order_id, _Waiting(instrument, qty, event_ts, True, None, limit_price),
                                   self.last_price[instrument], last)
-            self.waiting[client_order_id] = _Waiting(instrument, qty, event_ts, False, None, limit_price)
+            self._wait(client_order_id, _Waiting(instrument, qty, event_ts, False, None, limit_price))
             return None
         last = self.last_ts.get(instrument)
         passed = event_ts is None or (last is not None and last >= event_ts)
@@ -201,20 +205,33 @@ class FillBook:
         if self.mode == L.FILL_LATENCY:
             start = decided_ts if decided_ts is not None else event_ts if event_ts is not None else last
             due_ts = None if start is None else start + self.latency_ns
-        self.waiting[client_order_id] = _Waiting(instrument, qty, event_ts, passed, due_ts, limit_price)
+        self._wait(client_order_id, _Waiting(instrument, qty, event_ts, passed, due_ts, limit_price))
         return None
 
     def fill_now(self, client_order_id: str) -> Fill | None:
         """End an order's wait: it leaves the book, filled at the instrument's last price,
         or unfilled (None) when the instrument has no price yet or it was not waiting."""
-        w = self.waiting.pop(client_order_id, None)
+        w = self._take(client_order_id)
         if w is None or w.instrument not in self.last_price:
             return None
         return self._fill(client_order_id, w, self.last_price[w.instrument], self.last_ts[w.instrument])
 
     def cancel(self, client_order_id: str) -> bool:
         """Take a waiting order off the book; whether it was waiting."""
-        return self.waiting.pop(client_order_id, None) is not None
+        return self._take(client_order_id) is not None
+
+    def _wait(self, client_order_id: str, w: _Waiting) -> None:
+        """The order waits, after the others (an id given again waits anew, as the last)."""
+        self._take(client_order_id)
+        self.waiting[client_order_id] = w
+        self._waiting_of.setdefault(w.instrument, {})[client_order_id] = w
+
+    def _take(self, client_order_id: str) -> _Waiting | None:
+        """The waiting order off the book, None when it was not waiting."""
+        w = self.waiting.pop(client_order_id, None)
+        if w is not None:
+            del self._waiting_of[w.instrument][client_order_id]
+        return w
 
     def _fill(self, client_order_id: str, w: _Waiting, market_price: float, ts: int, quoted: bool = True) -> Fill:
         """The order's fill at the instrument's latest event, whose price (or, for
