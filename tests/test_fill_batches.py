@@ -442,6 +442,19 @@ def test_a_read_the_kernel_fails_to_book_trips_the_kill_switch(intents, monkeypa
     assert rig.engine.halted and rig.kinds("halt")
 
 
+def _fail_bookings_with_a_fill_at(price: float, rig: CoreRig, monkeypatch) -> None:
+    """The rig's engine refuses, as a defect would, to book any events among which a fill
+    is at `price`."""
+    book = rig.engine.book
+
+    def failing(events):
+        if any(values[1:2] == (price,) for _, _, _, values in events):
+            raise RuntimeError("defect")
+        return book(events)
+
+    monkeypatch.setattr(rig.engine, "book", failing)
+
+
 def test_when_a_read_fails_to_book_each_answer_is_booked_on_its_own(intents, monkeypatch):
     """One fill the kernel cannot take (a defect, here made to fail on its price) costs
     the read's other fills nothing: they are booked and recorded in order, and that one
@@ -452,14 +465,7 @@ def test_when_a_read_fails_to_book_each_answer_is_booked_on_its_own(intents, mon
         rig.mono += S
         rig.core.intent("A", target)
     ids = [m["client_order_id"] for m in rig.orders()]
-    book = rig.engine.book
-
-    def failing_at_13(events):
-        if any(values[1:2] == (13.0,) for _, _, _, values in events):
-            raise RuntimeError("defect")
-        return book(events)
-
-    monkeypatch.setattr(rig.engine, "book", failing_at_13)
+    _fail_bookings_with_a_fill_at(13.0, rig, monkeypatch)
     rig.core.venue_replies([VenueReply("fill", oid, qty=qty, price=price, fee=0.0)
                             for oid, qty, price in zip(ids, (10.0, 20.0, 30.0), (100.0, 13.0, 100.0))])
     kinds = [r["kind"] for r in rig.records]
@@ -516,14 +522,7 @@ def test_a_retried_read_books_each_fills_rounding_release(intents, monkeypatch):
         rig.mono += S
         rig.core.intent(name, target)
     close_a, open_b = (m["client_order_id"] for m in rig.orders()[1:])
-    book = rig.engine.book
-
-    def failing_at_13(events):
-        if any(values[1:2] == (13.0,) for _, _, _, values in events):
-            raise RuntimeError("defect")
-        return book(events)
-
-    monkeypatch.setattr(rig.engine, "book", failing_at_13)
+    _fail_bookings_with_a_fill_at(13.0, rig, monkeypatch)
     rig.core.venue_replies([VenueReply("fill", close_a, qty=q, price=100.0, fee=0.0)
                             for q in (0.1, 0.1, 0.09999999999999997)]
                            + [VenueReply("fill", open_b, qty=1.0, price=13.0, fee=0.0)])
