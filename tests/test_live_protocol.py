@@ -4,8 +4,9 @@ import json
 import pytest
 
 from policyc.runtime.live.audit import DecisionLog, read_log
-from policyc.runtime.live.protocol import (ANY_INSTRUMENT, MAX_FRAME_BYTES, FeedDecoder, Input, Intent, Market, ProtocolError,
-                                           message_id, parse_control, parse_feed, parse_intent, parse_venue)
+from policyc.runtime.live.protocol import (ANY_INSTRUMENT, MAX_FRAME_BYTES, FeedDecoder, Input, Intent, Market,
+                                           ProtocolError, message_id, parse_control, parse_feed, parse_intent,
+                                           parse_venue)
 
 INSTRUMENTS = {"ORCL", "BTC-USD", "binance:BTCUSDT"}
 TS = 1_700_000_000_000_000_000
@@ -295,29 +296,27 @@ def _frame(fields: dict, **replaced: str) -> str:
     return "{" + ", ".join(f'"{key}": {replaced.get(key, value)}' for key, (_, value) in fields.items()) + "}"
 
 
+def _read(parse, frame):
+    """`parse(frame)`, or its ProtocolError (its reason alone) when it refuses the frame."""
+    try:
+        return parse(frame)
+    except ProtocolError as exc:
+        return ProtocolError(str(exc))
+
+
 def _outcome(parse, frame: str):
     """What `parse` makes of `frame` (its messages, or its ProtocolError's reason), and,
-    for a native feed frame, the same from FeedDecoder, as bytes from a socket."""
-    try:
-        got = parse(frame)
-    except ProtocolError as exc:
-        got = ProtocolError(str(exc))
+    for a native feed frame, the same from FeedDecoder, as bytes from a socket: over the
+    runtime's instruments, and over any (a paper venue's reading)."""
+    got = _read(parse, frame)
     if parse is VENUE:  # as bytes from a socket, the fast way
-        try:
-            fast = parse_venue(frame.encode())
-        except ProtocolError as exc:
-            fast = ProtocolError(str(exc))
+        fast = _read(parse_venue, frame.encode())
         assert fast == got if not isinstance(got, ProtocolError) else str(fast) == str(got)
     if getattr(parse, "feed_format", None) == "native":
-        fast = FeedDecoder(INSTRUMENTS).messages([frame.encode()])
-        assert fast == got if not isinstance(got, ProtocolError) else [str(m) for m in fast] == [str(got)]
-        # a paper venue's reading, which takes any instrument: the fast way and parse_feed agree too
-        try:
-            anyone = parse_feed(frame, ANY_INSTRUMENT)
-        except ProtocolError as exc:
-            anyone = ProtocolError(str(exc))
-        fast = FeedDecoder(ANY_INSTRUMENT).messages([frame.encode()])
-        assert fast == anyone if not isinstance(anyone, ProtocolError) else [str(m) for m in fast] == [str(anyone)]
+        anyone = _read(lambda text: parse_feed(text, ANY_INSTRUMENT), frame)
+        for instruments, slow in ((INSTRUMENTS, got), (ANY_INSTRUMENT, anyone)):
+            fast = FeedDecoder(instruments).messages([frame.encode()])
+            assert fast == slow if not isinstance(slow, ProtocolError) else [str(m) for m in fast] == [str(slow)]
     return got
 
 
