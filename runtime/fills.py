@@ -132,11 +132,12 @@ class FillBook:
     last_price: dict[str, float] = field(default_factory=dict)  # instrument -> its latest market price
     last_ts: dict[str, int] = field(default_factory=dict)       # instrument -> that event's time, ns
     last_fields: dict[str, dict] = field(default_factory=dict)  # instrument -> that event's market fields
-    waiting: dict[str, _Waiting] = field(default_factory=dict)   # client_order_id -> order not filled yet
+    #: client_order_id -> order not filled yet; changed only by the book's own methods
+    waiting: dict[str, _Waiting] = field(default_factory=dict, init=False)
     #: `waiting` by instrument, each in the order the book got them: a market event looks
     #: at its own instrument's orders only, however many others wait (a venue whose feed
     #: lags holds one or more per instrument)
-    _waiting_of: dict[str, dict[str, _Waiting]] = field(default_factory=dict, repr=False)
+    _waiting_of: dict[str, dict[str, _Waiting]] = field(default_factory=dict, init=False, repr=False)
 
     def __post_init__(self):
         if self.mode not in (L.FILL_SAME, *_LATER):
@@ -230,7 +231,10 @@ class FillBook:
         """The waiting order off the book, None when it was not waiting."""
         w = self.waiting.pop(client_order_id, None)
         if w is not None:
-            del self._waiting_of[w.instrument][client_order_id]
+            mine = self._waiting_of[w.instrument]
+            del mine[client_order_id]
+            if not mine:  # no key left behind per instrument name an order ever carried
+                del self._waiting_of[w.instrument]
         return w
 
     def _fill(self, client_order_id: str, w: _Waiting, market_price: float, ts: int, quoted: bool = True) -> Fill:

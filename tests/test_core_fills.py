@@ -122,5 +122,8 @@ def test_a_market_event_fills_what_scanning_every_waiting_order_would(mode, part
             got = [getattr(b, step[0])(f"o{step[1]}") for b in books]
         assert got[0] == got[1], step
         assert list(books[0].waiting) == list(books[1].waiting)
-    assert {oid: w.instrument for oid, w in books[1].waiting.items()} == \
-        {oid: instrument for instrument, mine in books[1]._waiting_of.items() for oid in mine}
+        # the index by instrument holds exactly the waiting orders, in the order the book got them
+        assert all(mine for mine in books[1]._waiting_of.values())
+        assert {instrument: list(mine) for instrument, mine in books[1]._waiting_of.items()} == \
+            {instrument: [oid for oid, w in books[1].waiting.items() if w.instrument == instrument]
+             for instrument in {w.instrument for w in books[1].waiting.values()}}
